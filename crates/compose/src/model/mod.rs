@@ -1,0 +1,3 @@
+//! The typed, canonical compose project.
+
+pub mod placement;

@@ -1,0 +1,1 @@
+//! The pure core: scheduling, desired state and diff. No I/O, no clock.

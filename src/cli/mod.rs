@@ -1,0 +1,102 @@
+//! Command-line interface: one file per command. Flags mirror `docker compose`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, CommandFactory, Parser, Subcommand};
+
+mod config;
+
+/// Run compose files on Incus, on one server or across a cluster.
+#[derive(Debug, Parser)]
+#[command(name = "incus-compose", version, about, long_about = None)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Flags every command takes, with the environment variables docker compose users know.
+#[derive(Debug, Args, Clone, Default)]
+pub struct GlobalArgs {
+    /// Compose configuration files (repeatable; `-` reads standard input)
+    #[arg(short = 'f', long = "file", global = true, value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+    /// Project name
+    #[arg(short = 'p', long = "project-name", global = true, env = "COMPOSE_PROJECT_NAME")]
+    pub project_name: Option<String>,
+    /// Working directory of the project (default: the directory of the first compose file)
+    #[arg(long, global = true, value_name = "DIR")]
+    pub project_directory: Option<PathBuf>,
+    /// Environment files (repeatable; default: `.env` in the project directory)
+    #[arg(long = "env-file", global = true, value_name = "PATH")]
+    pub env_files: Vec<PathBuf>,
+    /// Profiles to enable (repeatable; also COMPOSE_PROFILES, comma separated)
+    #[arg(long = "profile", global = true, value_name = "PROFILE")]
+    pub profiles: Vec<String>,
+    /// Incus remote to use (default: the incus CLI's default remote)
+    #[arg(long, global = true, env = "INCUS_COMPOSE_REMOTE")]
+    pub remote: Option<String>,
+    /// Incus project to deploy into (default: one named after the compose project)
+    #[arg(long, global = true, env = "INCUS_COMPOSE_INCUS_PROJECT")]
+    pub incus_project: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Parse, resolve and render the compose file in canonical form
+    Config(config::ConfigArgs),
+    /// Create and start the project's instances
+    Up,
+    /// Stop and remove the project's instances and networks (volumes only with -v)
+    Down,
+    /// List the project's instances
+    Ps,
+    /// Show instance output
+    Logs,
+    /// Run a command in a running instance
+    Exec,
+    /// Start existing instances
+    Start,
+    /// Stop running instances
+    Stop,
+    /// Restart instances
+    Restart,
+    /// Set the number of replicas of services
+    Scale,
+    /// List the images used by the project's instances
+    Images,
+    /// Pull service images
+    Pull,
+    /// Cluster members: list them, label them
+    Node,
+    /// Generate shell completions
+    Completion {
+        /// The shell to generate completions for
+        shell: clap_complete::Shell,
+    },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Config(args) => config::run(&cli.global, &args),
+        Command::Completion { shell } => {
+            let mut cmd = Cli::command();
+            clap_complete::generate(shell, &mut cmd, "incus-compose", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        other => Err(anyhow::anyhow!(
+            "`{}` is not implemented yet",
+            format!("{other:?}").to_lowercase()
+        )),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
