@@ -1,1 +1,37 @@
 //! Incus REST API client.
+//!
+//! - [`Client`] talks to one server over a unix socket or HTTPS ([`transport`]), found like
+//!   the incus CLI does ([`config`]), with one request core ([`Client::send`],
+//!   [`Client::send_operation`], [`Client::websocket`]).
+//! - One module per API resource adds typed methods: [`server`], [`cluster`],
+//!   [`instances`], [`networks`], [`storage`], [`images`], [`projects`],
+//!   [`operations`], [`events`].
+//! - Errors ([`Error`]) carry Incus's own message and the request that failed.
+
+pub mod client;
+pub mod cluster;
+pub mod config;
+pub mod error;
+pub mod events;
+pub mod images;
+pub mod instances;
+pub mod networks;
+pub mod operations;
+pub mod projects;
+pub mod server;
+pub mod storage;
+pub mod transport;
+
+pub use client::{Client, RawResponse, Request, Scope, api_path, encode_component};
+pub use cluster::{Cluster, ClusterMember, ClusterMemberPut};
+pub use error::{Error, RequestLabel, Result};
+pub use events::{Event, EventFilter, EventStream, LifecycleEvent};
+pub use images::{Image, ImageAlias, ImageAliasEntry};
+pub use instances::{
+    Devices, Instance, InstancePut, InstanceSource, InstanceState, InstanceStatePut, InstancesPost,
+};
+pub use networks::{Network, NetworkPut, NetworksPost};
+pub use operations::{Operation, PendingOperation};
+pub use projects::{Project, ProjectPut, ProjectsPost};
+pub use server::{ServerEnvironment, ServerInfo, extensions};
+pub use storage::{StoragePool, StorageVolume, StorageVolumePut, StorageVolumesPost};

@@ -1,0 +1,642 @@
+//! The transport-agnostic client and its one request core. Resource modules
+//! (`instances.rs`, `cluster.rs`, ...) add typed methods on [`Client`] built on
+//! [`Client::send`], [`Client::send_operation`] and [`Client::websocket`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Method;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client as HyperClient;
+use hyper_util::rt::TokioExecutor;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::OnceCell;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+use crate::config::{self, Address, Env, LoadedConfig, ProcessEnv};
+use crate::error::{Error, RequestLabel, Result, chain};
+use crate::operations::{Operation, PendingOperation};
+use crate::server::ServerInfo;
+use crate::transport::https::{self, ServerTrust};
+use crate::transport::{Connector, Endpoint, Stream};
+
+/// Characters left as they are in a path segment or query value: RFC 3986 unreserved.
+const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// Percent-encode one path segment or query value (`testapp/v1` -> `testapp%2Fv1`).
+pub fn encode_component(s: &str) -> String {
+    utf8_percent_encode(s, COMPONENT).to_string()
+}
+
+/// Build an API path from raw segments, each percent-encoded:
+/// `api_path(&["instances", "web-1", "state"])` -> `/1.0/instances/web-1/state`.
+pub fn api_path(segments: &[&str]) -> String {
+    let mut p = String::from("/1.0");
+    for s in segments {
+        p.push('/');
+        p.push_str(&encode_component(s));
+    }
+    p
+}
+
+/// Whether a request is about something inside an Incus project (instances, networks,
+/// volumes, images, operations, events) or global (server, cluster, storage pools, projects).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Gets the client's `?project=`.
+    Project,
+    /// Never gets `?project=`.
+    Global,
+}
+
+/// One API request, before it is sent. Build with [`Request::new`] or the method shortcuts.
+#[derive(Debug, Clone)]
+pub struct Request {
+    method: Method,
+    path: String,
+    query: Vec<(String, String)>,
+    body: Option<Vec<u8>>,
+    scope: Scope,
+}
+
+impl Request {
+    /// A request for `path` (already encoded, e.g. from [`api_path`]), project-scoped.
+    pub fn new(method: Method, path: impl Into<String>) -> Request {
+        Request {
+            method,
+            path: path.into(),
+            query: Vec::new(),
+            body: None,
+            scope: Scope::Project,
+        }
+    }
+    /// `GET path`.
+    pub fn get(path: impl Into<String>) -> Request {
+        Request::new(Method::GET, path)
+    }
+    /// `POST path`.
+    pub fn post(path: impl Into<String>) -> Request {
+        Request::new(Method::POST, path)
+    }
+    /// `PUT path`.
+    pub fn put(path: impl Into<String>) -> Request {
+        Request::new(Method::PUT, path)
+    }
+    /// `PATCH path`.
+    pub fn patch(path: impl Into<String>) -> Request {
+        Request::new(Method::PATCH, path)
+    }
+    /// `DELETE path`.
+    pub fn delete(path: impl Into<String>) -> Request {
+        Request::new(Method::DELETE, path)
+    }
+    /// Add a query parameter (the value is encoded when sent).
+    pub fn query(mut self, key: &str, value: impl Into<String>) -> Request {
+        self.query.push((key.to_string(), value.into()));
+        self
+    }
+    /// Add `?target=member` when given (cluster member selection).
+    pub fn target(self, target: Option<&str>) -> Request {
+        match target {
+            Some(t) => self.query("target", t),
+            None => self,
+        }
+    }
+    /// Mark the request as not project-scoped.
+    pub fn global(mut self) -> Request {
+        self.scope = Scope::Global;
+        self
+    }
+    /// Set a JSON body.
+    pub fn json<B: Serialize + ?Sized>(mut self, body: &B) -> Result<Request> {
+        let bytes = serde_json::to_vec(body).map_err(|e| Error::InvalidInput {
+            what: format!("body of {} {}", self.method, self.path),
+            message: e.to_string(),
+        })?;
+        self.body = Some(bytes);
+        Ok(self)
+    }
+    /// Set a raw body.
+    pub fn body(mut self, bytes: Vec<u8>) -> Request {
+        self.body = Some(bytes);
+        self
+    }
+
+    /// Path with encoded query, adding `project` for project-scoped requests when set and
+    /// not given explicitly.
+    pub(crate) fn path_and_query(&self, project: Option<&str>) -> String {
+        let mut params: Vec<(&str, &str)> = Vec::new();
+        if self.scope == Scope::Project
+            && let Some(p) = project
+            && !self
+                .query
+                .iter()
+                .any(|(k, _)| k == "project" || k == "all-projects")
+        {
+            params.push(("project", p));
+        }
+        params.extend(self.query.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let mut out = self.path.clone();
+        for (i, (k, v)) in params.iter().enumerate() {
+            out.push(if i == 0 { '?' } else { '&' });
+            out.push_str(&encode_component(k));
+            out.push('=');
+            out.push_str(&encode_component(v));
+        }
+        out
+    }
+}
+
+/// A raw answer: status and body, for endpoints that do not answer JSON (console log).
+#[derive(Debug, Clone)]
+pub struct RawResponse {
+    /// HTTP status.
+    pub status: u16,
+    /// `Content-Type` header, if any.
+    pub content_type: Option<String>,
+    /// Body bytes.
+    pub body: Bytes,
+}
+
+/// Incus's response envelope.
+#[derive(Debug, serde::Deserialize)]
+struct Envelope {
+    #[serde(rename = "type", default)]
+    kind: String,
+    #[serde(default)]
+    error: String,
+    #[serde(default)]
+    error_code: u16,
+    #[serde(default)]
+    metadata: serde_json::Value,
+}
+
+struct Inner {
+    endpoint: Arc<Endpoint>,
+    http: HyperClient<Connector, Full<Bytes>>,
+    remote: String,
+    server: OnceCell<ServerInfo>,
+}
+
+/// An Incus API client: cheap to clone; clones share the connection pool.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+    project: Option<String>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("remote", &self.inner.remote)
+            .field("endpoint", &self.inner.endpoint)
+            .field("project", &self.project)
+            .finish()
+    }
+}
+
+impl Client {
+    /// A client for an endpoint; `remote` is the name shown in messages.
+    pub fn new(endpoint: Endpoint, remote: impl Into<String>) -> Client {
+        let endpoint = Arc::new(endpoint);
+        let http = HyperClient::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(Connector {
+                endpoint: endpoint.clone(),
+            });
+        Client {
+            inner: Arc::new(Inner {
+                endpoint,
+                http,
+                remote: remote.into(),
+                server: OnceCell::new(),
+            }),
+            project: None,
+        }
+    }
+
+    /// A client for the unix socket at `path`.
+    pub fn unix(path: impl Into<std::path::PathBuf>) -> Client {
+        Client::new(
+            Endpoint::Unix {
+                path: path.into(),
+                reason: "given path".into(),
+            },
+            "local",
+        )
+    }
+
+    /// A client for the local daemon, found like the incus CLI does
+    /// (`INCUS_SOCKET`, `$INCUS_DIR/unix.socket`, default locations).
+    pub fn local() -> Client {
+        let c = config::local_socket(&ProcessEnv);
+        Client::new(
+            Endpoint::Unix {
+                path: c.path,
+                reason: c.reason.into(),
+            },
+            "local",
+        )
+    }
+
+    /// A client for a remote of the incus CLI's configuration (`None`: its default remote),
+    /// with its client certificate and pinned server certificate, and its default project.
+    pub fn from_cli_config(remote: Option<&str>) -> Result<Client> {
+        Client::from_cli_config_with(&ProcessEnv, remote)
+    }
+
+    /// [`Client::from_cli_config`] with an explicit environment.
+    pub fn from_cli_config_with(env: &dyn Env, remote: Option<&str>) -> Result<Client> {
+        let loaded = LoadedConfig::load(env)?;
+        let (name, r) = loaded.config.remote(remote, &loaded.file())?;
+        if r.protocol != "incus" {
+            return Err(Error::UnsupportedRemote {
+                name,
+                addr: r.addr,
+                protocol: r.protocol,
+            });
+        }
+        let endpoint = match config::parse_address(&r.addr)? {
+            Address::Unix(Some(path)) => Endpoint::Unix {
+                path,
+                reason: format!("remote {name:?}"),
+            },
+            Address::Unix(None) => {
+                let c = config::local_socket(env);
+                Endpoint::Unix {
+                    path: c.path,
+                    reason: c.reason.into(),
+                }
+            }
+            Address::Https { host, port } => {
+                let identity = match loaded.client_cert() {
+                    Some((crt, key)) => Some(https::load_identity(&crt, &key)?),
+                    None => None,
+                };
+                let trust = match loaded.server_cert(&name) {
+                    Some(p) => ServerTrust::Pinned(https::load_pinned(&p)?),
+                    None => ServerTrust::SystemRoots,
+                };
+                let tls = https::client_config(identity, trust)?;
+                Endpoint::Https {
+                    host,
+                    port,
+                    tls: Arc::new(tls),
+                }
+            }
+        };
+        let client = Client::new(endpoint, name);
+        Ok(if r.project.is_empty() {
+            client
+        } else {
+            client.with_project(r.project)
+        })
+    }
+
+    /// The same client (sharing connections) working in another Incus project.
+    pub fn with_project(&self, project: impl Into<String>) -> Client {
+        Client {
+            inner: self.inner.clone(),
+            project: Some(project.into()),
+        }
+    }
+
+    /// The project project-scoped requests go to (`None`: the server's default).
+    pub fn project(&self) -> Option<&str> {
+        self.project.as_deref()
+    }
+
+    /// The remote's name.
+    pub fn remote(&self) -> &str {
+        &self.inner.remote
+    }
+
+    /// Where requests go.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.inner.endpoint
+    }
+
+    pub(crate) fn label(&self, req: &Request) -> RequestLabel {
+        RequestLabel {
+            method: req.method.to_string(),
+            path: req.path_and_query(self.project.as_deref()),
+        }
+    }
+
+    fn connect_error(&self, source: std::io::Error) -> Error {
+        let hint = match self.inner.endpoint.as_ref() {
+            Endpoint::Unix { reason, .. } => format!(
+                " (socket chosen by {reason}; is incusd running and is this user allowed to use it? \
+                 Set INCUS_SOCKET or INCUS_DIR, or pick a remote with --remote)"
+            ),
+            Endpoint::Https { .. } => format!(
+                " (remote {:?}; check the address in the incus CLI configuration and that this client's certificate is trusted by the server)",
+                self.inner.remote
+            ),
+        };
+        Error::Connect {
+            endpoint: self.inner.endpoint.describe(),
+            hint,
+            source,
+        }
+    }
+
+    /// Send a request and return the raw answer, whatever its status.
+    pub async fn send_raw(&self, req: Request) -> Result<RawResponse> {
+        let label = self.label(&req);
+        let uri = format!("http://{}{}", self.inner.endpoint.authority(), label.path);
+        let mut builder = http::Request::builder()
+            .method(req.method.clone())
+            .uri(&uri);
+        if req.body.is_some() {
+            builder = builder.header(http::header::CONTENT_TYPE, "application/json");
+        }
+        let http_req = builder
+            .body(Full::new(Bytes::from(req.body.unwrap_or_default())))
+            .map_err(|e| Error::InvalidInput {
+                what: label.to_string(),
+                message: e.to_string(),
+            })?;
+        tracing::debug!(request = %label, "incus request");
+        let resp = match self.inner.http.request(http_req).await {
+            Ok(r) => r,
+            Err(e) if e.is_connect() => {
+                let io = find_io_error(&e).unwrap_or_else(|| std::io::Error::other(chain(&e)));
+                return Err(self.connect_error(io));
+            }
+            Err(e) => {
+                return Err(Error::Transport {
+                    request: label,
+                    endpoint: self.inner.endpoint.describe(),
+                    message: chain(&e),
+                });
+            }
+        };
+        let status = resp.status().as_u16();
+        let content_type = resp
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| Error::Transport {
+                request: label.clone(),
+                endpoint: self.inner.endpoint.describe(),
+                message: format!("reading response body: {}", chain(&e)),
+            })?
+            .to_bytes();
+        Ok(RawResponse {
+            status,
+            content_type,
+            body,
+        })
+    }
+
+    /// Send a request, turning error answers into [`Error::Api`]; returns the envelope.
+    async fn send_envelope(&self, req: Request) -> Result<(RequestLabel, u16, Envelope)> {
+        let label = self.label(&req);
+        let raw = self.send_raw(req).await?;
+        let env: Envelope = match serde_json::from_slice(&raw.body) {
+            Ok(e) => e,
+            Err(source) => {
+                if !(200..300).contains(&raw.status) {
+                    return Err(Error::Api {
+                        request: label,
+                        status: raw.status,
+                        message: String::from_utf8_lossy(&raw.body).trim().to_string(),
+                    });
+                }
+                return Err(Error::Decode {
+                    request: label,
+                    source,
+                    body_start: body_start(&raw.body),
+                });
+            }
+        };
+        if env.kind == "error" || !(200..300).contains(&raw.status) {
+            let status = if env.error_code != 0 {
+                env.error_code
+            } else {
+                raw.status
+            };
+            let message = if env.error.is_empty() {
+                format!("HTTP {} with no error message", raw.status)
+            } else {
+                env.error
+            };
+            return Err(Error::Api {
+                request: label,
+                status,
+                message,
+            });
+        }
+        Ok((label, raw.status, env))
+    }
+
+    /// Send a request answered synchronously and decode its `metadata`.
+    pub async fn send<T: DeserializeOwned>(&self, req: Request) -> Result<T> {
+        let (label, _, env) = self.send_envelope(req).await?;
+        let body_start_text = env.metadata.to_string();
+        serde_json::from_value(env.metadata).map_err(|source| Error::Decode {
+            request: label,
+            source,
+            body_start: body_start(body_start_text.as_bytes()),
+        })
+    }
+
+    /// Send a request and ignore the answer's `metadata` (only errors matter).
+    /// If Incus runs it as a background operation, wait for it.
+    pub async fn send_unit(&self, req: Request) -> Result<()> {
+        let (label, _, env) = self.send_envelope(req).await?;
+        if env.kind == "async" {
+            let op = decode_operation(&label, env.metadata)?;
+            PendingOperation::new(self.clone(), label, op)
+                .wait()
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Send a request that Incus runs as a background operation (HTTP 202).
+    pub async fn send_operation(&self, req: Request) -> Result<PendingOperation> {
+        let (label, _, env) = self.send_envelope(req).await?;
+        if env.kind != "async" {
+            return Err(Error::Decode {
+                request: label,
+                source: serde::de::Error::custom(format!(
+                    "expected a background operation, got response type {:?}",
+                    env.kind
+                )),
+                body_start: body_start(env.metadata.to_string().as_bytes()),
+            });
+        }
+        let op = decode_operation(&label, env.metadata)?;
+        Ok(PendingOperation::new(self.clone(), label, op))
+    }
+
+    /// Open a websocket on any API path (events, exec streams, ...).
+    pub async fn websocket(&self, req: Request) -> Result<WebSocketStream<Stream>> {
+        let label = self.label(&req);
+        let ws_err = |e: tokio_tungstenite::tungstenite::Error| Error::WebSocket {
+            request: label.clone(),
+            source: Box::new(e),
+        };
+        let url = format!("ws://{}{}", self.inner.endpoint.authority(), label.path);
+        let ws_req = url.into_client_request().map_err(ws_err)?;
+        let stream = self
+            .inner
+            .endpoint
+            .connect()
+            .await
+            .map_err(|e| self.connect_error(e))?;
+        match tokio_tungstenite::client_async(ws_req, stream).await {
+            Ok((ws, _)) => Ok(ws),
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                let status = resp.status().as_u16();
+                let message = resp
+                    .body()
+                    .as_ref()
+                    .and_then(|b| serde_json::from_slice::<Envelope>(b).ok())
+                    .map(|e| e.error)
+                    .filter(|m| !m.is_empty())
+                    .unwrap_or_else(|| format!("websocket upgrade refused with HTTP {status}"));
+                Err(Error::Api {
+                    request: label,
+                    status,
+                    message,
+                })
+            }
+            Err(e) => Err(ws_err(e)),
+        }
+    }
+
+    /// Server information (`GET /1.0`), fetched once per client and cached.
+    pub async fn server_info(&self) -> Result<&ServerInfo> {
+        self.inner
+            .server
+            .get_or_try_init(|| async { self.server().await })
+            .await
+    }
+
+    /// Fail with [`Error::MissingExtension`] unless the server has API extension `extension`;
+    /// `feature` names what needs it, for the message.
+    pub async fn require_extension(&self, extension: &str, feature: &str) -> Result<()> {
+        self.server_info()
+            .await?
+            .require_extension(extension, feature)
+    }
+}
+
+fn decode_operation(label: &RequestLabel, metadata: serde_json::Value) -> Result<Operation> {
+    let text = metadata.to_string();
+    serde_json::from_value(metadata).map_err(|source| Error::Decode {
+        request: label.clone(),
+        source,
+        body_start: body_start(text.as_bytes()),
+    })
+}
+
+fn body_start(b: &[u8]) -> String {
+    let s = String::from_utf8_lossy(b);
+    s.chars().take(200).collect()
+}
+
+fn find_io_error(e: &(dyn std::error::Error + 'static)) -> Option<std::io::Error> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return Some(std::io::Error::new(io.kind(), io.to_string()));
+        }
+        cur = err.source();
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_segments_are_percent_encoded() {
+        assert_eq!(
+            api_path(&["images", "aliases", "testapp/v1"]),
+            "/1.0/images/aliases/testapp%2Fv1"
+        );
+        assert_eq!(
+            api_path(&["instances", "web-1", "state"]),
+            "/1.0/instances/web-1/state"
+        );
+        assert_eq!(api_path(&["a b", "ü?#"]), "/1.0/a%20b/%C3%BC%3F%23");
+    }
+
+    #[test]
+    fn project_is_added_to_project_scoped_requests_only() {
+        let r = Request::post("/1.0/instances").target(Some("node2"));
+        assert_eq!(
+            r.path_and_query(Some("x")),
+            "/1.0/instances?project=x&target=node2"
+        );
+        assert_eq!(r.path_and_query(None), "/1.0/instances?target=node2");
+        let g = Request::get("/1.0/cluster/members")
+            .query("recursion", "1")
+            .global();
+        assert_eq!(
+            g.path_and_query(Some("x")),
+            "/1.0/cluster/members?recursion=1"
+        );
+    }
+
+    #[test]
+    fn explicit_project_or_all_projects_is_not_overridden() {
+        let r = Request::get("/1.0/events").query("all-projects", "true");
+        assert_eq!(r.path_and_query(Some("x")), "/1.0/events?all-projects=true");
+        let r = Request::get("/1.0/instances").query("project", "other");
+        assert_eq!(r.path_and_query(Some("x")), "/1.0/instances?project=other");
+    }
+
+    #[test]
+    fn query_values_are_encoded() {
+        let r = Request::get("/1.0/instances").query("filter", "name eq a&b=c");
+        assert_eq!(
+            r.path_and_query(None),
+            "/1.0/instances?filter=name%20eq%20a%26b%3Dc"
+        );
+    }
+
+    #[test]
+    fn request_label_shows_method_and_full_path() {
+        let c = Client::unix("/nonexistent/unix.socket").with_project("shop");
+        let r = Request::post("/1.0/instances").target(Some("node2"));
+        assert_eq!(
+            c.label(&r).to_string(),
+            "POST /1.0/instances?project=shop&target=node2"
+        );
+    }
+
+    #[tokio::test]
+    async fn missing_socket_is_a_connect_error_that_says_where_and_why() {
+        let c = Client::new(
+            Endpoint::Unix {
+                path: "/nonexistent/unix.socket".into(),
+                reason: "INCUS_DIR".into(),
+            },
+            "local",
+        );
+        let err = c.server().await.unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, Error::Connect { .. }), "{msg}");
+        assert!(msg.contains("/nonexistent/unix.socket"), "{msg}");
+        assert!(msg.contains("INCUS_DIR"), "{msg}");
+    }
+}

@@ -1,0 +1,434 @@
+//! Instances (`/1.0/instances`): list, get, create, update, delete, state changes, console log.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::client::{Client, Request, api_path};
+use crate::error::{Error, Result};
+use crate::operations::PendingOperation;
+
+/// Instance devices: device name -> its settings (`type`, `path`, `pool`...).
+pub type Devices = BTreeMap<String, BTreeMap<String, String>>;
+
+/// An instance (`GET /1.0/instances/{name}`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Instance {
+    /// Name.
+    pub name: String,
+    /// `container` or `virtual-machine`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Description.
+    pub description: String,
+    /// Status, e.g. `Running`, `Stopped`.
+    pub status: String,
+    /// Numeric status (103 running, 102 stopped).
+    pub status_code: u16,
+    /// Cluster member it lives on.
+    pub location: String,
+    /// Project.
+    pub project: String,
+    /// Architecture.
+    pub architecture: String,
+    /// Its own configuration.
+    pub config: BTreeMap<String, String>,
+    /// Its own devices.
+    pub devices: Devices,
+    /// Configuration with profiles applied.
+    pub expanded_config: BTreeMap<String, String>,
+    /// Devices with profiles applied.
+    pub expanded_devices: Devices,
+    /// Profiles.
+    pub profiles: Vec<String>,
+    /// Deleted when stopped.
+    pub ephemeral: bool,
+    /// Stateful snapshots/stop.
+    pub stateful: bool,
+    /// Creation time.
+    pub created_at: String,
+    /// Last start.
+    pub last_used_at: String,
+    /// Runtime state; only filled by [`Client::instances_full`].
+    pub state: Option<InstanceState>,
+}
+
+impl Instance {
+    /// Whether Incus reports it running.
+    pub fn is_running(&self) -> bool {
+        self.status.eq_ignore_ascii_case("running")
+    }
+
+    /// The writable part, for [`Client::update_instance`].
+    pub fn writable(&self) -> InstancePut {
+        InstancePut {
+            architecture: self.architecture.clone(),
+            config: self.config.clone(),
+            devices: self.devices.clone(),
+            ephemeral: self.ephemeral,
+            profiles: self.profiles.clone(),
+            stateful: self.stateful,
+            description: self.description.clone(),
+        }
+    }
+}
+
+/// Runtime state (`GET /1.0/instances/{name}/state`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct InstanceState {
+    /// `Running`, `Stopped`...
+    pub status: String,
+    /// Numeric status.
+    pub status_code: u16,
+    /// PID of its init process (0 when stopped).
+    pub pid: i64,
+    /// Number of processes.
+    pub processes: i64,
+    /// Network interfaces by name.
+    pub network: Option<BTreeMap<String, NetworkState>>,
+    /// Memory usage.
+    pub memory: MemoryState,
+    /// CPU usage.
+    pub cpu: CpuState,
+}
+
+/// One network interface of a running instance.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct NetworkState {
+    /// Addresses.
+    pub addresses: Vec<NetworkAddress>,
+    /// MAC address.
+    pub hwaddr: String,
+    /// Host-side interface name.
+    pub host_name: String,
+    /// MTU.
+    pub mtu: i64,
+    /// `up` or `down`.
+    pub state: String,
+    /// `broadcast`, `loopback`...
+    #[serde(rename = "type")]
+    pub kind: String,
+}
+
+/// One address of an interface.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct NetworkAddress {
+    /// `inet` or `inet6`.
+    pub family: String,
+    /// The address.
+    pub address: String,
+    /// Prefix length.
+    pub netmask: String,
+    /// `global`, `link`, `local`.
+    pub scope: String,
+}
+
+/// Memory usage.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct MemoryState {
+    /// Bytes in use.
+    pub usage: i64,
+    /// Peak bytes.
+    pub usage_peak: i64,
+}
+
+/// CPU usage.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CpuState {
+    /// Nanoseconds of CPU used.
+    pub usage: i64,
+}
+
+/// Where a new instance comes from.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct InstanceSource {
+    /// `image`, `none`, `copy`...
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Image alias (e.g. `testapp/v1`).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub alias: String,
+    /// Image fingerprint.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub fingerprint: String,
+    /// Remote image server URL.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub server: String,
+    /// Its protocol (`simplestreams`, `oci`, `incus`).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub protocol: String,
+    /// Source instance for `copy`.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub source: String,
+}
+
+impl InstanceSource {
+    /// From a local image alias.
+    pub fn image_alias(alias: impl Into<String>) -> Self {
+        InstanceSource {
+            kind: "image".into(),
+            alias: alias.into(),
+            ..Default::default()
+        }
+    }
+    /// From a local image fingerprint.
+    pub fn image_fingerprint(fingerprint: impl Into<String>) -> Self {
+        InstanceSource {
+            kind: "image".into(),
+            fingerprint: fingerprint.into(),
+            ..Default::default()
+        }
+    }
+    /// No image (empty instance).
+    pub fn none() -> Self {
+        InstanceSource {
+            kind: "none".into(),
+            ..Default::default()
+        }
+    }
+}
+
+/// `POST /1.0/instances` body.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct InstancesPost {
+    /// Name.
+    pub name: String,
+    /// `container` (default) or `virtual-machine`.
+    #[serde(rename = "type", skip_serializing_if = "String::is_empty")]
+    pub kind: String,
+    /// Source.
+    pub source: InstanceSource,
+    /// Configuration.
+    pub config: BTreeMap<String, String>,
+    /// Devices.
+    pub devices: Devices,
+    /// Profiles (`None`: the server's `default` profile).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profiles: Option<Vec<String>>,
+    /// Deleted when stopped.
+    pub ephemeral: bool,
+    /// Description.
+    pub description: String,
+    /// Start it once created.
+    pub start: bool,
+}
+
+impl InstancesPost {
+    /// A container named `name` from local image alias `alias`.
+    pub fn from_image_alias(name: impl Into<String>, alias: impl Into<String>) -> Self {
+        InstancesPost {
+            name: name.into(),
+            kind: "container".into(),
+            source: InstanceSource::image_alias(alias),
+            ..Default::default()
+        }
+    }
+}
+
+/// Writable fields of an instance (PUT replaces all, PATCH merges).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct InstancePut {
+    /// Architecture.
+    pub architecture: String,
+    /// Configuration.
+    pub config: BTreeMap<String, String>,
+    /// Devices.
+    pub devices: Devices,
+    /// Ephemeral.
+    pub ephemeral: bool,
+    /// Profiles.
+    pub profiles: Vec<String>,
+    /// Stateful.
+    pub stateful: bool,
+    /// Description.
+    pub description: String,
+}
+
+/// A state change (`PUT /1.0/instances/{name}/state`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct InstanceStatePut {
+    /// `start`, `stop`, `restart`, `freeze`, `unfreeze`.
+    pub action: String,
+    /// Seconds to wait for a clean stop before failing (or killing with `force`); -1: forever.
+    pub timeout: i64,
+    /// Kill instead of a clean shutdown.
+    pub force: bool,
+    /// Stateful stop/start.
+    pub stateful: bool,
+}
+
+impl InstanceStatePut {
+    /// `action` with the given timeout (seconds, -1 none) and force.
+    pub fn new(action: &str, timeout: i64, force: bool) -> Self {
+        InstanceStatePut {
+            action: action.into(),
+            timeout,
+            force,
+            stateful: false,
+        }
+    }
+}
+
+impl Client {
+    /// `GET /1.0/instances?recursion=1`.
+    pub async fn instances(&self) -> Result<Vec<Instance>> {
+        self.send(Request::get("/1.0/instances").query("recursion", "1"))
+            .await
+    }
+
+    /// `GET /1.0/instances?recursion=2`: instances with their runtime state.
+    pub async fn instances_full(&self) -> Result<Vec<Instance>> {
+        self.send(Request::get("/1.0/instances").query("recursion", "2"))
+            .await
+    }
+
+    /// `GET /1.0/instances/{name}`.
+    pub async fn instance(&self, name: &str) -> Result<Instance> {
+        self.send(Request::get(api_path(&["instances", name])))
+            .await
+    }
+
+    /// `GET /1.0/instances/{name}/state`.
+    pub async fn instance_state(&self, name: &str) -> Result<InstanceState> {
+        self.send(Request::get(api_path(&["instances", name, "state"])))
+            .await
+    }
+
+    /// `POST /1.0/instances[?target=member]`: create (and start, with `start: true`).
+    pub async fn create_instance(
+        &self,
+        req: &InstancesPost,
+        target: Option<&str>,
+    ) -> Result<PendingOperation> {
+        self.send_operation(Request::post("/1.0/instances").target(target).json(req)?)
+            .await
+    }
+
+    /// `PUT /1.0/instances/{name}`: replace the writable fields.
+    pub async fn update_instance(&self, name: &str, put: &InstancePut) -> Result<PendingOperation> {
+        self.send_operation(Request::put(api_path(&["instances", name])).json(put)?)
+            .await
+    }
+
+    /// `PATCH /1.0/instances/{name}`: merge `patch` (a partial [`InstancePut`] as JSON).
+    pub async fn patch_instance(&self, name: &str, patch: &serde_json::Value) -> Result<()> {
+        self.send_unit(Request::patch(api_path(&["instances", name])).json(patch)?)
+            .await
+    }
+
+    /// `DELETE /1.0/instances/{name}` (it must be stopped).
+    pub async fn delete_instance(&self, name: &str) -> Result<PendingOperation> {
+        self.send_operation(Request::delete(api_path(&["instances", name])))
+            .await
+    }
+
+    /// `PUT /1.0/instances/{name}/state`.
+    pub async fn change_instance_state(
+        &self,
+        name: &str,
+        put: &InstanceStatePut,
+    ) -> Result<PendingOperation> {
+        self.send_operation(Request::put(api_path(&["instances", name, "state"])).json(put)?)
+            .await
+    }
+
+    /// Start and wait.
+    pub async fn start_instance(&self, name: &str) -> Result<()> {
+        self.change_instance_state(name, &InstanceStatePut::new("start", -1, false))
+            .await?
+            .wait()
+            .await
+            .map(drop)
+    }
+
+    /// Stop and wait: a clean shutdown within `timeout` seconds (-1: no limit), or a kill
+    /// with `force`.
+    pub async fn stop_instance(&self, name: &str, timeout: i64, force: bool) -> Result<()> {
+        self.change_instance_state(name, &InstanceStatePut::new("stop", timeout, force))
+            .await?
+            .wait()
+            .await
+            .map(drop)
+    }
+
+    /// Restart and wait.
+    pub async fn restart_instance(&self, name: &str, timeout: i64, force: bool) -> Result<()> {
+        self.change_instance_state(name, &InstanceStatePut::new("restart", timeout, force))
+            .await?
+            .wait()
+            .await
+            .map(drop)
+    }
+
+    /// `GET /1.0/instances/{name}/console`: the console log (what PID 1 printed).
+    pub async fn instance_console_log(&self, name: &str) -> Result<String> {
+        let req = Request::get(api_path(&["instances", name, "console"]));
+        let request = self.label(&req);
+        let raw = self.send_raw(req).await?;
+        if (200..300).contains(&raw.status)
+            && !raw
+                .content_type
+                .as_deref()
+                .is_some_and(|c| c.starts_with("application/json"))
+        {
+            return Ok(String::from_utf8_lossy(&raw.body).into_owned());
+        }
+        let message = serde_json::from_slice::<serde_json::Value>(&raw.body)
+            .ok()
+            .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
+            .unwrap_or_else(|| String::from_utf8_lossy(&raw.body).into_owned());
+        Err(Error::Api {
+            request,
+            status: raw.status,
+            message,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn create_body_has_what_incus_expects() {
+        let mut req = InstancesPost::from_image_alias("web-1", "testapp/v1");
+        req.config.insert("boot.autorestart".into(), "true".into());
+        req.start = true;
+        let v = serde_json::to_value(&req).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "name": "web-1", "type": "container",
+                "source": {"type": "image", "alias": "testapp/v1"},
+                "config": {"boot.autorestart": "true"}, "devices": {},
+                "ephemeral": false, "description": "", "start": true
+            })
+        );
+    }
+
+    #[test]
+    fn instance_parses_from_incus_json() {
+        let i: Instance = serde_json::from_value(serde_json::json!({
+            "name": "web-1", "type": "container", "status": "Running", "status_code": 103,
+            "location": "node2", "project": "default",
+            "config": {"image.os": "busybox"},
+            "devices": {"data": {"type": "disk", "path": "/data", "source": "/srv"}},
+            "profiles": ["default"], "snapshots": null
+        }))
+        .unwrap();
+        assert!(i.is_running());
+        assert_eq!(i.location, "node2");
+        assert_eq!(i.devices["data"]["path"], "/data");
+        assert!(i.state.is_none());
+    }
+}

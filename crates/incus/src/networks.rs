@@ -1,0 +1,124 @@
+//! Networks (`/1.0/networks`). On a cluster a managed network is created in two steps:
+//! once per member with `?target=` (pending, member-specific config only), then once
+//! without target with the global config.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::client::{Client, Request, api_path};
+use crate::error::Result;
+
+/// A network.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Network {
+    /// Name.
+    pub name: String,
+    /// `bridge`, `macvlan`, `ovn`, `physical`...
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Description.
+    pub description: String,
+    /// Configuration.
+    pub config: BTreeMap<String, String>,
+    /// Whether Incus manages it.
+    pub managed: bool,
+    /// `Created`, `Pending`, `Errored`...
+    pub status: String,
+    /// Members it exists on.
+    pub locations: Vec<String>,
+    /// Users (instances, profiles) by URL.
+    pub used_by: Vec<String>,
+    /// Project.
+    pub project: String,
+}
+
+/// `POST /1.0/networks` body.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct NetworksPost {
+    /// Name.
+    pub name: String,
+    /// Type (`bridge`...); empty for the server default.
+    #[serde(rename = "type", skip_serializing_if = "String::is_empty")]
+    pub kind: String,
+    /// Description.
+    pub description: String,
+    /// Configuration.
+    pub config: BTreeMap<String, String>,
+}
+
+/// Writable fields of a network.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct NetworkPut {
+    /// Description.
+    pub description: String,
+    /// Configuration.
+    pub config: BTreeMap<String, String>,
+}
+
+impl Client {
+    /// `GET /1.0/networks?recursion=1`.
+    pub async fn networks(&self) -> Result<Vec<Network>> {
+        self.send(Request::get("/1.0/networks").query("recursion", "1"))
+            .await
+    }
+
+    /// `GET /1.0/networks/{name}[?target=member]`.
+    pub async fn network(&self, name: &str, target: Option<&str>) -> Result<Network> {
+        self.send(Request::get(api_path(&["networks", name])).target(target))
+            .await
+    }
+
+    /// `POST /1.0/networks[?target=member]`.
+    pub async fn create_network(&self, req: &NetworksPost, target: Option<&str>) -> Result<()> {
+        self.send_unit(Request::post("/1.0/networks").target(target).json(req)?)
+            .await
+    }
+
+    /// Create a managed network on every member of a cluster (pending per member, then
+    /// global), or directly on a standalone server. `member_config` is applied per member.
+    pub async fn create_network_everywhere(
+        &self,
+        req: &NetworksPost,
+        members: &[String],
+        member_config: &BTreeMap<String, String>,
+    ) -> Result<()> {
+        if members.is_empty() {
+            return self.create_network(req, None).await;
+        }
+        for m in members {
+            let pending = NetworksPost {
+                name: req.name.clone(),
+                kind: req.kind.clone(),
+                description: String::new(),
+                config: member_config.clone(),
+            };
+            self.create_network(&pending, Some(m)).await?;
+        }
+        self.create_network(req, None).await
+    }
+
+    /// `PUT /1.0/networks/{name}[?target=member]`.
+    pub async fn update_network(
+        &self,
+        name: &str,
+        put: &NetworkPut,
+        target: Option<&str>,
+    ) -> Result<()> {
+        self.send_unit(
+            Request::put(api_path(&["networks", name]))
+                .target(target)
+                .json(put)?,
+        )
+        .await
+    }
+
+    /// `DELETE /1.0/networks/{name}`.
+    pub async fn delete_network(&self, name: &str) -> Result<()> {
+        self.send_unit(Request::delete(api_path(&["networks", name])))
+            .await
+    }
+}

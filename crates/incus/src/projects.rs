@@ -1,0 +1,84 @@
+//! Projects (`/1.0/projects`).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::client::{Client, Request, api_path};
+use crate::error::Result;
+
+/// A project.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Project {
+    /// Name.
+    pub name: String,
+    /// Description.
+    pub description: String,
+    /// Configuration (`features.images`, `features.profiles`, `limits.*`...).
+    pub config: BTreeMap<String, String>,
+    /// Users by URL.
+    pub used_by: Vec<String>,
+}
+
+/// `POST /1.0/projects` body.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ProjectsPost {
+    /// Name.
+    pub name: String,
+    /// Description.
+    pub description: String,
+    /// Configuration.
+    pub config: BTreeMap<String, String>,
+}
+
+/// Writable fields of a project.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ProjectPut {
+    /// Description.
+    pub description: String,
+    /// Configuration.
+    pub config: BTreeMap<String, String>,
+}
+
+impl Client {
+    /// `GET /1.0/projects?recursion=1`.
+    pub async fn projects(&self) -> Result<Vec<Project>> {
+        self.send(
+            Request::get("/1.0/projects")
+                .query("recursion", "1")
+                .global(),
+        )
+        .await
+    }
+
+    /// `GET /1.0/projects/{name}`.
+    pub async fn get_project(&self, name: &str) -> Result<Project> {
+        self.send(Request::get(api_path(&["projects", name])).global())
+            .await
+    }
+
+    /// `POST /1.0/projects`.
+    pub async fn create_project(&self, req: &ProjectsPost) -> Result<()> {
+        self.send_unit(Request::post("/1.0/projects").global().json(req)?)
+            .await
+    }
+
+    /// `PUT /1.0/projects/{name}`.
+    pub async fn update_project(&self, name: &str, put: &ProjectPut) -> Result<()> {
+        self.send_unit(
+            Request::put(api_path(&["projects", name]))
+                .global()
+                .json(put)?,
+        )
+        .await
+    }
+
+    /// `DELETE /1.0/projects/{name}` (it must be empty).
+    pub async fn delete_project(&self, name: &str) -> Result<()> {
+        self.send_unit(Request::delete(api_path(&["projects", name])).global())
+            .await
+    }
+}
