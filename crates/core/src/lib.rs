@@ -1,1 +1,2 @@
 //! The pure core: scheduling, desired state and diff. No I/O, no clock.
+pub mod schedule;
