@@ -65,6 +65,7 @@ pub struct Request {
     query: Vec<(String, String)>,
     body: Option<Vec<u8>>,
     scope: Scope,
+    if_match: Option<String>,
 }
 
 impl Request {
@@ -76,6 +77,7 @@ impl Request {
             query: Vec::new(),
             body: None,
             scope: Scope::Project,
+            if_match: None,
         }
     }
     /// `GET path`.
@@ -124,6 +126,12 @@ impl Request {
         self.body = Some(bytes);
         Ok(self)
     }
+    /// Send `If-Match: etag`: Incus refuses the change (HTTP 412) if the object changed
+    /// since the ETag was read (see [`Client::send_with_etag`]).
+    pub fn if_match(mut self, etag: Option<String>) -> Request {
+        self.if_match = etag;
+        self
+    }
     /// Set a raw body.
     pub fn body(mut self, bytes: Vec<u8>) -> Request {
         self.body = Some(bytes);
@@ -162,6 +170,8 @@ pub struct RawResponse {
     pub status: u16,
     /// `Content-Type` header, if any.
     pub content_type: Option<String>,
+    /// `ETag` header, if any.
+    pub etag: Option<String>,
     /// Body bytes.
     pub body: Bytes,
 }
@@ -359,6 +369,9 @@ impl Client {
         if req.body.is_some() {
             builder = builder.header(http::header::CONTENT_TYPE, "application/json");
         }
+        if let Some(etag) = &req.if_match {
+            builder = builder.header(http::header::IF_MATCH, etag);
+        }
         let http_req = builder
             .body(Full::new(Bytes::from(req.body.unwrap_or_default())))
             .map_err(|e| Error::InvalidInput {
@@ -381,11 +394,14 @@ impl Client {
             }
         };
         let status = resp.status().as_u16();
-        let content_type = resp
-            .headers()
-            .get(http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
+        let header = |name: http::header::HeaderName| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let content_type = header(http::header::CONTENT_TYPE);
+        let etag = header(http::header::ETAG);
         let body = resp
             .into_body()
             .collect()
@@ -399,12 +415,16 @@ impl Client {
         Ok(RawResponse {
             status,
             content_type,
+            etag,
             body,
         })
     }
 
     /// Send a request, turning error answers into [`Error::Api`]; returns the envelope.
-    async fn send_envelope(&self, req: Request) -> Result<(RequestLabel, u16, Envelope)> {
+    async fn send_envelope(
+        &self,
+        req: Request,
+    ) -> Result<(RequestLabel, Option<String>, Envelope)> {
         let label = self.label(&req);
         let raw = self.send_raw(req).await?;
         let env: Envelope = match serde_json::from_slice(&raw.body) {
@@ -441,18 +461,29 @@ impl Client {
                 message,
             });
         }
-        Ok((label, raw.status, env))
+        Ok((label, raw.etag, env))
     }
 
     /// Send a request answered synchronously and decode its `metadata`.
     pub async fn send<T: DeserializeOwned>(&self, req: Request) -> Result<T> {
-        let (label, _, env) = self.send_envelope(req).await?;
+        self.send_with_etag(req).await.map(|(v, _)| v)
+    }
+
+    /// Like [`Client::send`], also returning the `ETag` header, for a later
+    /// read-modify-write with [`Request::if_match`].
+    pub async fn send_with_etag<T: DeserializeOwned>(
+        &self,
+        req: Request,
+    ) -> Result<(T, Option<String>)> {
+        let (label, etag, mut env) = self.send_envelope(req).await?;
+        strip_nulls(&mut env.metadata);
         let body_start_text = env.metadata.to_string();
-        serde_json::from_value(env.metadata).map_err(|source| Error::Decode {
+        let value = serde_json::from_value(env.metadata).map_err(|source| Error::Decode {
             request: label,
             source,
             body_start: body_start(body_start_text.as_bytes()),
-        })
+        })?;
+        Ok((value, etag))
     }
 
     /// Send a request and ignore the answer's `metadata` (only errors matter).
@@ -538,13 +569,27 @@ impl Client {
     }
 }
 
-fn decode_operation(label: &RequestLabel, metadata: serde_json::Value) -> Result<Operation> {
+fn decode_operation(label: &RequestLabel, mut metadata: serde_json::Value) -> Result<Operation> {
+    strip_nulls(&mut metadata);
     let text = metadata.to_string();
     serde_json::from_value(metadata).map_err(|source| Error::Decode {
         request: label.clone(),
         source,
         body_start: body_start(text.as_bytes()),
     })
+}
+
+/// Remove `null` members of JSON objects, recursively. Incus (Go) sends empty lists and
+/// maps as `null`; without the member, `#[serde(default)]` gives the empty value.
+pub(crate) fn strip_nulls(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(map) => {
+            map.retain(|_, v| !v.is_null());
+            map.values_mut().for_each(strip_nulls);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(strip_nulls),
+        _ => {}
+    }
 }
 
 fn body_start(b: &[u8]) -> String {
@@ -566,6 +611,19 @@ fn find_io_error(e: &(dyn std::error::Error + 'static)) -> Option<std::io::Error
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn null_lists_from_go_decode_as_empty() {
+        let mut v = serde_json::json!([{"name": "n", "used_by": null, "config": null,
+            "locations": ["a"], "nested": {"x": null}}]);
+        strip_nulls(&mut v);
+        assert_eq!(
+            v,
+            serde_json::json!([{"name": "n", "locations": ["a"], "nested": {}}])
+        );
+        let nets: Vec<crate::Network> = serde_json::from_value(v).unwrap();
+        assert!(nets[0].used_by.is_empty());
+    }
 
     #[test]
     fn path_segments_are_percent_encoded() {

@@ -119,26 +119,61 @@ impl Client {
         .await
     }
 
-    /// Set (`Some`) or remove (`None`) one `user.*` label of a member, keeping the rest.
-    /// `key` is given without the `user.` prefix.
+    /// `GET /1.0/cluster/members/{name}` with its ETag.
+    pub async fn cluster_member_with_etag(
+        &self,
+        name: &str,
+    ) -> Result<(ClusterMember, Option<String>)> {
+        self.send_with_etag(Request::get(api_path(&["cluster", "members", name])).global())
+            .await
+    }
+
+    /// `PUT /1.0/cluster/members/{name}` only if it still matches `etag` (else HTTP 412).
+    pub async fn update_cluster_member_if_match(
+        &self,
+        name: &str,
+        put: &ClusterMemberPut,
+        etag: Option<String>,
+    ) -> Result<()> {
+        self.send_unit(
+            Request::put(api_path(&["cluster", "members", name]))
+                .global()
+                .if_match(etag)
+                .json(put)?,
+        )
+        .await
+    }
+
+    /// Set (`Some`) or remove (`None`) one `user.*` label of a member, keeping everything
+    /// else. `key` is given without the `user.` prefix. Read-modify-write guarded by the
+    /// member's ETag, retried when someone else changed the member meanwhile.
     pub async fn set_cluster_member_label(
         &self,
         name: &str,
         key: &str,
         value: Option<&str>,
     ) -> Result<()> {
-        let member = self.cluster_member(name).await?;
-        let mut put = member.writable();
         let full = format!("user.{key}");
-        match value {
-            Some(v) => {
-                put.config.insert(full, v.to_string());
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let (member, etag) = self.cluster_member_with_etag(name).await?;
+            let mut put = member.writable();
+            match value {
+                Some(v) => {
+                    put.config.insert(full.clone(), v.to_string());
+                }
+                None => {
+                    if put.config.remove(&full).is_none() {
+                        return Ok(());
+                    }
+                }
             }
-            None => {
-                put.config.remove(&full);
+            match self.update_cluster_member_if_match(name, &put, etag).await {
+                Err(e) if e.status() == Some(412) && attempt < 10 => continue,
+                other => return other,
             }
         }
-        self.update_cluster_member(name, &put).await
     }
 }
 

@@ -130,12 +130,14 @@ impl Stream for EventStream {
                 // Pings are answered by tungstenite; nothing to yield.
                 _ => continue,
             };
-            return Poll::Ready(Some(serde_json::from_slice(bytes).map_err(|source| {
-                Error::Decode {
-                    request: this.request.clone(),
-                    source,
-                    body_start: String::from_utf8_lossy(bytes).chars().take(200).collect(),
-                }
+            let decoded = serde_json::from_slice::<serde_json::Value>(bytes).and_then(|mut v| {
+                crate::client::strip_nulls(&mut v);
+                serde_json::from_value::<Event>(v)
+            });
+            return Poll::Ready(Some(decoded.map_err(|source| Error::Decode {
+                request: this.request.clone(),
+                source,
+                body_start: String::from_utf8_lossy(bytes).chars().take(200).collect(),
             })));
         }
     }

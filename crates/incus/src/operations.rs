@@ -122,13 +122,40 @@ impl PendingOperation {
                 }
                 None => WAIT_SLICE_SECS,
             };
-            op = self
+            let waited = self
                 .client
-                .send(
+                .send::<Operation>(
                     Request::get(api_path(&["operations", &op.id, "wait"]))
                         .query("timeout", slice.to_string()),
                 )
-                .await?;
+                .await;
+            op = match waited {
+                Ok(o) => o,
+                // Incus answers `/wait` on a failed operation with an error response carrying
+                // the operation's `err`; the operation itself (GET) still says what it was.
+                Err(Error::Api {
+                    status, message, ..
+                }) => match self.client.operation(&op.id).await {
+                    Ok(o) if o.is_done() => o,
+                    _ if status == 404 && message.contains("Operation not found") => {
+                        return Err(Error::Api {
+                            request: self.request,
+                            status,
+                            message: format!(
+                                "background operation {} ({}) vanished before its result was read",
+                                op.id, op.description
+                            ),
+                        });
+                    }
+                    _ => Operation {
+                        status: "Failure".into(),
+                        status_code: status::FAILURE,
+                        err: message,
+                        ..op
+                    },
+                },
+                Err(e) => return Err(e),
+            };
         }
         if op.is_success() {
             Ok(op)
