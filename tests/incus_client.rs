@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use ic_incus::config::Env;
 use ic_incus::{
-    Client, Error, EventFilter, InstancesPost, ProjectsPost, Request, api_path, extensions,
+    Client, Error, EventFilter, ExecRequest, FileOptions, InstancesPost, ProjectsPost, Request,
+    api_path, extensions,
 };
 
 const SETUP_HINT: &str = "start the test cluster and load its environment: \
@@ -593,4 +594,84 @@ async fn https_remote_from_cli_config_uses_client_certificate_and_pinned_server_
         },
     )
     .await;
+}
+
+#[tokio::test]
+async fn files_are_pushed_and_pulled_and_commands_run_with_stdin_output_and_exit_code() {
+    let c = client().await;
+    let member = other_online_member(&c).await;
+    let name = unique("exec");
+    let (c2, name2) = (c.clone(), name.clone());
+    run_then_clean(
+        async move {
+            let mut req = InstancesPost::from_image_alias(&name2, "busybox");
+            req.start = true;
+            c2.create_instance(&req, Some(&member))
+                .await
+                .unwrap()
+                .wait()
+                .await
+                .unwrap();
+            // `start: true` may report done before the start has finished.
+            for _ in 0..50 {
+                if c2.instance_state(&name2).await.unwrap().status == "Running" {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+
+            let opts = FileOptions {
+                mode: 0o640,
+                uid: 12,
+                gid: 34,
+                append: false,
+            };
+            let content = b"line one\nline two\n".to_vec();
+            c2.push_file(&name2, "/tmp/ictc file.txt", content.clone(), &opts)
+                .await
+                .unwrap();
+            assert_eq!(
+                c2.pull_file(&name2, "/tmp/ictc file.txt").await.unwrap(),
+                content
+            );
+            let stat = c2
+                .exec_output(
+                    &name2,
+                    &ExecRequest::new(["stat", "-c", "%a %u %g", "/tmp/ictc file.txt"]),
+                    b"",
+                )
+                .await
+                .unwrap();
+            assert_eq!(String::from_utf8_lossy(&stat.stdout), "640 12 34\n");
+            assert_eq!(stat.exit_code, 0);
+
+            let mut cmd = ExecRequest::new([
+                "sh",
+                "-c",
+                "read x; echo got:$x:$GREETING; echo oops >&2; exit 7",
+            ]);
+            cmd.environment.insert("GREETING".into(), "hi".into());
+            let out = c2.exec_output(&name2, &cmd, b"hello\n").await.unwrap();
+            assert_eq!(out.exit_code, 7);
+            assert_eq!(String::from_utf8_lossy(&out.stdout), "got:hello:hi\n");
+            assert_eq!(String::from_utf8_lossy(&out.stderr), "oops\n");
+
+            // The console log of a running instance is readable (possibly empty).
+            c2.instance_console_log(&name2).await.unwrap();
+            let missing = c2.pull_file(&name2, "/nonexistent/ictc").await.unwrap_err();
+            assert!(missing.is_not_found(), "{missing}");
+
+            c2.stop_instance(&name2, -1, true).await.unwrap();
+            let err = c2
+                .exec_output(&name2, &ExecRequest::new(["true"]), b"")
+                .await
+                .unwrap_err();
+            assert!(matches!(err, Error::Api { .. }), "{err:?}");
+            assert!(err.to_string().contains("/exec"), "{err}");
+        },
+        remove_instance(&c, &name),
+    )
+    .await;
+    let err = c.instance_console_log(&name).await.unwrap_err();
+    assert!(err.is_not_found(), "{err}");
 }

@@ -66,6 +66,8 @@ pub struct Request {
     body: Option<Vec<u8>>,
     scope: Scope,
     if_match: Option<String>,
+    headers: Vec<(String, String)>,
+    content_type: &'static str,
 }
 
 impl Request {
@@ -78,6 +80,8 @@ impl Request {
             body: None,
             scope: Scope::Project,
             if_match: None,
+            headers: Vec::new(),
+            content_type: "application/json",
         }
     }
     /// `GET path`.
@@ -132,9 +136,15 @@ impl Request {
         self.if_match = etag;
         self
     }
-    /// Set a raw body.
+    /// Set a raw body sent as `application/octet-stream` (file uploads).
     pub fn body(mut self, bytes: Vec<u8>) -> Request {
         self.body = Some(bytes);
+        self.content_type = "application/octet-stream";
+        self
+    }
+    /// Add a request header (e.g. `X-Incus-mode`).
+    pub fn header(mut self, name: &str, value: impl Into<String>) -> Request {
+        self.headers.push((name.to_string(), value.into()));
         self
     }
 
@@ -366,8 +376,12 @@ impl Client {
         let mut builder = http::Request::builder()
             .method(req.method.clone())
             .uri(&uri);
+        // Always name the body's type: Incus parses form-encoded bodies as query values.
         if req.body.is_some() {
-            builder = builder.header(http::header::CONTENT_TYPE, "application/json");
+            builder = builder.header(http::header::CONTENT_TYPE, req.content_type);
+        }
+        for (k, v) in &req.headers {
+            builder = builder.header(k.as_str(), v.as_str());
         }
         if let Some(etag) = &req.if_match {
             builder = builder.header(http::header::IF_MATCH, etag);

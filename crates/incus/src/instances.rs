@@ -372,26 +372,105 @@ impl Client {
 
     /// `GET /1.0/instances/{name}/console`: the console log (what PID 1 printed).
     pub async fn instance_console_log(&self, name: &str) -> Result<String> {
-        let req = Request::get(api_path(&["instances", name, "console"]));
+        self.get_bytes(Request::get(api_path(&["instances", name, "console"])))
+            .await
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+    }
+
+    /// `POST /1.0/instances/{name}/files?path=`: write a file into the instance
+    /// (its parent directory must exist).
+    pub async fn push_file(
+        &self,
+        name: &str,
+        path: &str,
+        content: Vec<u8>,
+        opts: &FileOptions,
+    ) -> Result<()> {
+        let req = Request::post(api_path(&["instances", name, "files"]))
+            .query("path", path)
+            .header("X-Incus-type", "file")
+            .header("X-Incus-uid", opts.uid.to_string())
+            .header("X-Incus-gid", opts.gid.to_string())
+            .header("X-Incus-mode", format!("{:04o}", opts.mode))
+            .header(
+                "X-Incus-write",
+                if opts.append { "append" } else { "overwrite" },
+            )
+            .body(content);
+        self.send_unit(req).await
+    }
+
+    /// `POST /1.0/instances/{name}/files?path=` with type `directory`: create a directory
+    /// (its parent must exist).
+    pub async fn create_directory(&self, name: &str, path: &str, opts: &FileOptions) -> Result<()> {
+        let req = Request::post(api_path(&["instances", name, "files"]))
+            .query("path", path)
+            .header("X-Incus-type", "directory")
+            .header("X-Incus-uid", opts.uid.to_string())
+            .header("X-Incus-gid", opts.gid.to_string())
+            .header("X-Incus-mode", format!("{:04o}", opts.mode))
+            .body(Vec::new());
+        self.send_unit(req).await
+    }
+
+    /// `GET /1.0/instances/{name}/files?path=`: read a file from the instance.
+    pub async fn pull_file(&self, name: &str, path: &str) -> Result<Vec<u8>> {
+        self.get_bytes(Request::get(api_path(&["instances", name, "files"])).query("path", path))
+            .await
+            .map(|b| b.to_vec())
+    }
+
+    /// A request whose success answer is raw bytes and whose failure is an Incus error.
+    async fn get_bytes(&self, req: Request) -> Result<bytes::Bytes> {
         let request = self.label(&req);
         let raw = self.send_raw(req).await?;
-        if (200..300).contains(&raw.status)
-            && !raw
-                .content_type
-                .as_deref()
-                .is_some_and(|c| c.starts_with("application/json"))
-        {
-            return Ok(String::from_utf8_lossy(&raw.body).into_owned());
+        // Errors are JSON envelopes; a successful answer may be empty and still claim JSON.
+        let envelope = serde_json::from_slice::<serde_json::Value>(&raw.body).ok();
+        let error = envelope
+            .as_ref()
+            .filter(|v| v.get("type").and_then(|t| t.as_str()) == Some("error"));
+        if (200..300).contains(&raw.status) && error.is_none() {
+            return Ok(raw.body);
         }
-        let message = serde_json::from_slice::<serde_json::Value>(&raw.body)
-            .ok()
-            .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
-            .unwrap_or_else(|| String::from_utf8_lossy(&raw.body).into_owned());
+        let message = error
+            .and_then(|v| v.get("error").and_then(|e| e.as_str()))
+            .map(str::to_string)
+            .unwrap_or_else(|| String::from_utf8_lossy(&raw.body).trim().to_string());
+        let status = error
+            .and_then(|v| v.get("error_code").and_then(|c| c.as_u64()))
+            .and_then(|c| u16::try_from(c).ok())
+            .filter(|c| *c != 0)
+            .unwrap_or(raw.status);
         Err(Error::Api {
             request,
-            status: raw.status,
+            status,
             message,
         })
+    }
+}
+
+/// Ownership and mode of a pushed file or directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileOptions {
+    /// Owner uid inside the instance.
+    pub uid: u32,
+    /// Owner gid inside the instance.
+    pub gid: u32,
+    /// Permission bits (e.g. `0o644`).
+    pub mode: u32,
+    /// Append instead of overwrite (files only).
+    pub append: bool,
+}
+
+impl Default for FileOptions {
+    /// root:root, 0644, overwrite.
+    fn default() -> Self {
+        FileOptions {
+            uid: 0,
+            gid: 0,
+            mode: 0o644,
+            append: false,
+        }
     }
 }
 

@@ -5,7 +5,7 @@
 //!   [`Client::send_operation`], [`Client::websocket`]).
 //! - One module per API resource adds typed methods: [`server`], [`cluster`],
 //!   [`instances`], [`networks`], [`storage`], [`images`], [`projects`],
-//!   [`operations`], [`events`].
+//!   [`operations`], [`events`], [`exec`].
 //! - Errors ([`Error`]) carry Incus's own message and the request that failed.
 
 pub mod client;
@@ -13,6 +13,7 @@ pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod events;
+pub mod exec;
 pub mod images;
 pub mod instances;
 pub mod networks;
@@ -26,9 +27,11 @@ pub use client::{Client, RawResponse, Request, Scope, api_path, encode_component
 pub use cluster::{Cluster, ClusterMember, ClusterMemberPut};
 pub use error::{Error, RequestLabel, Result};
 pub use events::{Event, EventFilter, EventStream, LifecycleEvent};
+pub use exec::{ExecOutput, ExecRequest, ExecSession, ExecStreams};
 pub use images::{Image, ImageAlias, ImageAliasEntry};
 pub use instances::{
-    Devices, Instance, InstancePut, InstanceSource, InstanceState, InstanceStatePut, InstancesPost,
+    Devices, FileOptions, Instance, InstancePut, InstanceSource, InstanceState, InstanceStatePut,
+    InstancesPost,
 };
 pub use networks::{Network, NetworkPut, NetworksPost};
 pub use operations::{Operation, PendingOperation};

@@ -93,6 +93,15 @@ pub enum Stream {
     Tls(Box<TlsStream<TcpStream>>),
 }
 
+impl std::fmt::Debug for Stream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Stream::Unix(_) => "Stream::Unix",
+            Stream::Tls(_) => "Stream::Tls",
+        })
+    }
+}
+
 impl AsyncRead for Stream {
     fn poll_read(
         self: Pin<&mut Self>,

@@ -1,0 +1,330 @@
+//! Running commands in instances (`POST /1.0/instances/{name}/exec`) over the operation's
+//! websockets (`/1.0/operations/{id}/websocket?secret=...`).
+//!
+//! - [`Client::exec_output`]: run to completion, feed stdin, capture stdout/stderr and the exit code.
+//! - [`Client::exec_start`]: the raw websockets (a pty for interactive sessions, or three pipes),
+//!   plus the control socket for window size and signals, for callers that stream.
+
+use std::collections::BTreeMap;
+
+use futures_util::{SinkExt, StreamExt};
+use serde::Serialize;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::{self, Message};
+
+use crate::client::{Client, Request, api_path};
+use crate::error::{Error, RequestLabel, Result};
+use crate::operations::PendingOperation;
+use crate::transport::Stream;
+
+/// A websocket to the server.
+pub type WebSocket = WebSocketStream<Stream>;
+
+/// What to run.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ExecRequest {
+    /// Program and arguments (no shell unless you run one).
+    pub command: Vec<String>,
+    /// Extra environment variables.
+    pub environment: BTreeMap<String, String>,
+    /// Working directory (empty: the instance's default).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub cwd: String,
+    /// User id to run as.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<u32>,
+    /// Group id to run as.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<u32>,
+    /// Allocate a terminal: one websocket carries input and output.
+    pub interactive: bool,
+    /// Terminal width (interactive).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub width: Option<u32>,
+    /// Terminal height (interactive).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub height: Option<u32>,
+}
+
+impl ExecRequest {
+    /// A non-interactive command.
+    pub fn new<I, S>(command: I) -> ExecRequest
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        ExecRequest {
+            command: command.into_iter().map(Into::into).collect(),
+            ..Default::default()
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct ExecPost<'a> {
+    #[serde(flatten)]
+    req: &'a ExecRequest,
+    #[serde(rename = "wait-for-websocket")]
+    wait_for_websocket: bool,
+    #[serde(rename = "record-output")]
+    record_output: bool,
+}
+
+/// The websockets of a running command.
+#[derive(Debug)]
+pub enum ExecStreams {
+    /// `interactive: true`: one terminal for input and output.
+    Terminal {
+        /// Terminal bytes both ways (binary messages).
+        pty: Box<WebSocket>,
+    },
+    /// `interactive: false`: separate pipes.
+    Pipes {
+        /// Send stdin as binary messages; close the socket for end of input.
+        stdin: Box<WebSocket>,
+        /// Stdout as binary messages until the server closes it.
+        stdout: Box<WebSocket>,
+        /// Stderr as binary messages until the server closes it.
+        stderr: Box<WebSocket>,
+    },
+}
+
+/// A started command.
+#[derive(Debug)]
+pub struct ExecSession {
+    /// The operation; done when the command has exited and its output was delivered.
+    pub operation: PendingOperation,
+    /// Its input and output.
+    pub streams: ExecStreams,
+    /// Control socket: see [`control_resize`] and [`control_signal`].
+    pub control: WebSocket,
+}
+
+/// Output of a command run to completion.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecOutput {
+    /// Exit code (128+N when killed by signal N).
+    pub exit_code: i32,
+    /// Everything written to stdout.
+    pub stdout: Vec<u8>,
+    /// Everything written to stderr.
+    pub stderr: Vec<u8>,
+}
+
+/// A control message that resizes the terminal.
+pub fn control_resize(width: u32, height: u32) -> Message {
+    Message::text(
+        serde_json::json!({
+            "command": "window-resize",
+            "args": {"width": width.to_string(), "height": height.to_string()}
+        })
+        .to_string(),
+    )
+}
+
+/// A control message that sends signal `signal` to the command.
+pub fn control_signal(signal: i32) -> Message {
+    Message::text(serde_json::json!({"command": "signal", "signal": signal}).to_string())
+}
+
+impl ExecSession {
+    /// Wait for the command to finish and return its exit code.
+    pub async fn wait(self) -> Result<i32> {
+        let ExecSession {
+            operation,
+            streams,
+            mut control,
+        } = self;
+        let op = operation.wait().await?;
+        drop(streams);
+        let _ = control.close(None).await;
+        exit_code(&op.metadata)
+    }
+}
+
+fn exit_code(metadata: &serde_json::Value) -> Result<i32> {
+    metadata
+        .get("return")
+        .and_then(|r| r.as_i64())
+        .and_then(|r| i32::try_from(r).ok())
+        .ok_or_else(|| Error::InvalidInput {
+            what: "exec operation result".into(),
+            message: format!("no exit code in operation metadata {metadata}"),
+        })
+}
+
+/// Read binary/text messages until the server closes the socket.
+async fn read_all(ws: &mut WebSocket, label: &RequestLabel) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    while let Some(msg) = ws.next().await {
+        match msg {
+            Ok(Message::Binary(b)) => out.extend_from_slice(&b),
+            Ok(Message::Text(t)) => out.extend_from_slice(t.as_bytes()),
+            Ok(Message::Close(_)) => break,
+            Ok(_) => {}
+            // The server may drop the connection right after the last data.
+            Err(tungstenite::Error::ConnectionClosed)
+            | Err(tungstenite::Error::AlreadyClosed)
+            | Err(tungstenite::Error::Protocol(
+                tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
+            )) => break,
+            Err(e) => {
+                return Err(Error::WebSocket {
+                    request: label.clone(),
+                    source: Box::new(e),
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+impl Client {
+    /// Start `req` in instance `name` and connect its websockets.
+    pub async fn exec_start(&self, name: &str, req: &ExecRequest) -> Result<ExecSession> {
+        let body = ExecPost {
+            req,
+            wait_for_websocket: true,
+            record_output: false,
+        };
+        let operation = self
+            .send_operation(Request::post(api_path(&["instances", name, "exec"])).json(&body)?)
+            .await?;
+        let fds = operation.operation.metadata.get("fds").cloned();
+        let label = operation.request().clone();
+        let secret = |fd: &str| -> Result<String> {
+            fds.as_ref()
+                .and_then(|f| f.get(fd))
+                .and_then(|s| s.as_str())
+                .map(str::to_string)
+                .ok_or_else(|| Error::InvalidInput {
+                    what: label.to_string(),
+                    message: format!("exec operation has no websocket secret for fd {fd:?}"),
+                })
+        };
+        let id = operation.id().to_string();
+        let connect = |secret: String| {
+            let id = id.clone();
+            async move {
+                self.websocket(
+                    Request::get(api_path(&["operations", &id, "websocket"]))
+                        .query("secret", secret),
+                )
+                .await
+            }
+        };
+        // Incus starts the command once every websocket is connected; control first.
+        let control = connect(secret("control")?).await?;
+        let streams = if req.interactive {
+            ExecStreams::Terminal {
+                pty: Box::new(connect(secret("0")?).await?),
+            }
+        } else {
+            let stdin = connect(secret("0")?).await?;
+            let stdout = connect(secret("1")?).await?;
+            let stderr = connect(secret("2")?).await?;
+            ExecStreams::Pipes {
+                stdin: Box::new(stdin),
+                stdout: Box::new(stdout),
+                stderr: Box::new(stderr),
+            }
+        };
+        Ok(ExecSession {
+            operation,
+            streams,
+            control,
+        })
+    }
+
+    /// Run a non-interactive command to completion: send `stdin`, collect stdout, stderr
+    /// and the exit code. A non-zero exit code is not an error.
+    pub async fn exec_output(
+        &self,
+        name: &str,
+        req: &ExecRequest,
+        stdin: &[u8],
+    ) -> Result<ExecOutput> {
+        let mut req = req.clone();
+        req.interactive = false;
+        let session = self.exec_start(name, &req).await?;
+        let label = session.operation.request().clone();
+        let ExecSession {
+            operation,
+            streams,
+            mut control,
+        } = session;
+        let ExecStreams::Pipes {
+            stdin: mut input,
+            mut stdout,
+            mut stderr,
+        } = streams
+        else {
+            // exec_start with interactive = false always gives pipes.
+            return Err(Error::InvalidInput {
+                what: label.to_string(),
+                message: "expected pipes for a non-interactive command".into(),
+            });
+        };
+        let feed = async {
+            if !stdin.is_empty() {
+                input
+                    .send(Message::binary(stdin.to_vec()))
+                    .await
+                    .map_err(|e| Error::WebSocket {
+                        request: label.clone(),
+                        source: Box::new(e),
+                    })?;
+            }
+            // End of input; the server may already have closed it.
+            let _ = input.close(None).await;
+            Ok::<(), Error>(())
+        };
+        let (fed, out, err) = tokio::join!(
+            feed,
+            read_all(&mut stdout, &label),
+            read_all(&mut stderr, &label)
+        );
+        let op = operation.wait().await?;
+        let _ = control.close(None).await;
+        // A write failure on stdin matters only if the command did not finish normally.
+        let exit_code = exit_code(&op.metadata)?;
+        if exit_code == 0 {
+            fed?;
+        }
+        Ok(ExecOutput {
+            exit_code,
+            stdout: out?,
+            stderr: err?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exec_body_asks_for_websockets() {
+        let mut req = ExecRequest::new(["sh", "-c", "echo hi"]);
+        req.environment.insert("A".into(), "1".into());
+        let v = serde_json::to_value(ExecPost {
+            req: &req,
+            wait_for_websocket: true,
+            record_output: false,
+        })
+        .unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "command": ["sh", "-c", "echo hi"], "environment": {"A": "1"},
+                "interactive": false, "wait-for-websocket": true, "record-output": false
+            })
+        );
+    }
+
+    #[test]
+    fn exit_code_comes_from_operation_metadata() {
+        assert_eq!(exit_code(&serde_json::json!({"return": 7})).unwrap(), 7);
+        assert!(exit_code(&serde_json::json!({})).is_err());
+    }
+}
