@@ -69,7 +69,11 @@ fn seven_replicas_over_three_members_split_three_two_two() {
     );
     assert_eq!(
         counts(&p),
-        vec![("node1".into(), 3), ("node2".into(), 2), ("node3".into(), 2)]
+        vec![
+            ("node1".into(), 3),
+            ("node2".into(), 2),
+            ("node3".into(), 2)
+        ]
     );
     assert_eq!(p.pending().count(), 0);
 }
@@ -127,10 +131,7 @@ fn constraints_to_two_labelled_members_place_only_there() {
         ..ServiceSpec::replicated("db", 5)
     };
     let p = one(&ms, spec, &[]);
-    assert_eq!(
-        counts(&p),
-        vec![("node1".into(), 3), ("node3".into(), 2)]
-    );
+    assert_eq!(counts(&p), vec![("node1".into(), 3), ("node3".into(), 2)]);
 }
 
 #[test]
@@ -175,7 +176,12 @@ fn spread_over_zones_a_a_b_splits_evenly_between_the_zones() {
         let zone_a = per.get("node1").unwrap_or(&0) + per.get("node2").unwrap_or(&0);
         assert_eq!((zone_a, *per.get("node3").unwrap_or(&0)), (a, b));
         // Within zone a, the two members differ by at most one.
-        assert!(per.get("node1").unwrap_or(&0).abs_diff(*per.get("node2").unwrap_or(&0)) <= 1);
+        assert!(
+            per.get("node1")
+                .unwrap_or(&0)
+                .abs_diff(*per.get("node2").unwrap_or(&0))
+                <= 1
+        );
     }
 }
 
@@ -193,7 +199,11 @@ fn members_without_the_spread_label_form_their_own_group() {
     let p = one(&ms, spec, &[]);
     assert_eq!(
         counts(&p),
-        vec![("node1".into(), 2), ("node2".into(), 1), ("node3".into(), 1)]
+        vec![
+            ("node1".into(), 2),
+            ("node2".into(), 1),
+            ("node3".into(), 1)
+        ]
     );
 }
 
@@ -201,10 +211,18 @@ fn members_without_the_spread_label_form_their_own_group() {
 fn nested_spreads_are_even_at_every_level() {
     // zone a: racks x (2 members), y (1); zone b: rack x (1).
     let ms = vec![
-        Member::new("n1").with_label("zone", "a").with_label("rack", "x"),
-        Member::new("n2").with_label("zone", "a").with_label("rack", "x"),
-        Member::new("n3").with_label("zone", "a").with_label("rack", "y"),
-        Member::new("n4").with_label("zone", "b").with_label("rack", "x"),
+        Member::new("n1")
+            .with_label("zone", "a")
+            .with_label("rack", "x"),
+        Member::new("n2")
+            .with_label("zone", "a")
+            .with_label("rack", "x"),
+        Member::new("n3")
+            .with_label("zone", "a")
+            .with_label("rack", "y"),
+        Member::new("n4")
+            .with_label("zone", "b")
+            .with_label("rack", "x"),
     ];
     let spec = ServiceSpec {
         preferences: vec![
@@ -386,7 +404,11 @@ fn a_replica_on_an_offline_member_moves_and_keeps_its_slot_number() {
     let mut ms = members(&["node1", "node2", "node3"]);
     let first = one(&ms, ServiceSpec::replicated("web", 3), &[]);
     ms[1].online = false;
-    let p = one(&ms, ServiceSpec::replicated("web", 3), &existing_after(&first));
+    let p = one(
+        &ms,
+        ServiceSpec::replicated("web", 3),
+        &existing_after(&first),
+    );
     let moved = &p.slots[1];
     assert_eq!(moved.key, SlotKey::Replica(2));
     assert_eq!(moved.previous.as_deref(), Some("node2"));
@@ -494,10 +516,7 @@ fn ties_go_to_the_member_with_fewest_instances_then_name_order() {
         },
     ];
     let p = one(&ms, ServiceSpec::replicated("web", 2), &[]);
-    assert_eq!(
-        counts(&p),
-        vec![("node2".into(), 1), ("node3".into(), 1)]
-    );
+    assert_eq!(counts(&p), vec![("node2".into(), 1), ("node3".into(), 1)]);
 }
 
 #[test]
@@ -527,7 +546,10 @@ fn node_role_manager_means_database_members_and_arch_accepts_docker_names() {
         vec![("node3".into(), 2)]
     );
     let not_arm = ServiceSpec {
-        constraints: vec![c("node.platform.arch != arm64"), c("node.platform.os == linux")],
+        constraints: vec![
+            c("node.platform.arch != arm64"),
+            c("node.platform.os == linux"),
+        ],
         ..ServiceSpec::replicated("c", 2)
     };
     assert_eq!(
@@ -543,7 +565,10 @@ fn a_missing_label_satisfies_not_equal() {
         Member::new("node2"),
     ];
     let spec = ServiceSpec {
-        constraints: vec![c("node.labels.tier != cold"), c("engine.labels.tier != hot")],
+        constraints: vec![
+            c("node.labels.tier != cold"),
+            c("engine.labels.tier != hot"),
+        ],
         ..ServiceSpec::replicated("web", 1)
     };
     assert_eq!(counts(&one(&ms, spec, &[])), vec![("node2".into(), 1)]);

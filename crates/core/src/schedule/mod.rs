@@ -541,7 +541,11 @@ impl<'a> State<'a> {
             }
             cap = u64::from(max - count);
         }
-        if let Some(p) = spec.fixed_host_ports.iter().find(|p| self.ports[m].contains_key(p)) {
+        if let Some(p) = spec
+            .fixed_host_ports
+            .iter()
+            .find(|p| self.ports[m].contains_key(p))
+        {
             return Err(Rejection::HostPort(*p));
         }
         if !spec.fixed_host_ports.is_empty() {
@@ -597,7 +601,7 @@ impl<'a> Replicated<'a> {
         state: &mut State<'_>,
         spec: &'a ServiceSpec,
         replicas: u32,
-        mut existing: Vec<&ExistingReplica>,
+        existing: Vec<&ExistingReplica>,
     ) -> Replicated<'a> {
         let n = state.members.len();
         let static_rejections: Vec<Option<Rejection>> =
@@ -624,20 +628,19 @@ impl<'a> Replicated<'a> {
             removals: Vec::new(),
         };
         // Per slot, a replica on an eligible member wins over duplicates.
-        let eligible = |e: &ExistingReplica| {
-            state
-                .index
-                .get(e.member.as_str())
-                .is_some_and(|&m| this.static_rejections[m].is_none())
-        };
-        existing.sort_by(|a, b| {
-            (&a.slot, !eligible(a), &a.member).cmp(&(&b.slot, !eligible(b), &b.member))
-        });
+        let mut existing: Vec<(Option<usize>, bool, &ExistingReplica)> = existing
+            .into_iter()
+            .map(|e| {
+                let index = state.index.get(e.member.as_str()).copied();
+                let ineligible = index.is_none_or(|m| this.static_rejections[m].is_some());
+                (index, ineligible, e)
+            })
+            .collect();
+        existing.sort_by(|a, b| (&a.2.slot, a.1, &a.2.member).cmp(&(&b.2.slot, b.1, &b.2.member)));
         let mut seen = BTreeSet::new();
         let mut displaced: Vec<Displaced> = Vec::new();
         let mut candidates: BTreeMap<usize, Vec<u32>> = BTreeMap::new();
-        for e in existing {
-            let index = state.index.get(e.member.as_str()).copied();
+        for (index, _, e) in existing {
             let slot = match e.slot {
                 SlotKey::Replica(s) if seen.insert(s) => s,
                 SlotKey::Replica(_) | SlotKey::Member(_) => {
@@ -680,12 +683,14 @@ impl<'a> Replicated<'a> {
             for (i, slot) in slots.into_iter().enumerate() {
                 let reason = match (max, spec.fixed_host_ports.first()) {
                     (_, Some(p)) if i >= 1 => Some(Rejection::HostPort(*p)),
-                    (Some(max), _) if i as u64 >= u64::from(max) => Some(Rejection::MaxReplicas(max)),
+                    (Some(max), _) if i as u64 >= u64::from(max) => {
+                        Some(Rejection::MaxReplicas(max))
+                    }
                     _ => None,
                 };
                 match reason {
                     None => {
-                        this.tree.add_existing(m, slot);
+                        this.tree.add_existing(m);
                         this.kept.insert(slot, m);
                     }
                     Some(r) => displaced.push(Displaced {
@@ -700,7 +705,8 @@ impl<'a> Replicated<'a> {
         displaced.sort_by_key(|d| d.slot);
         let kept = this.tree.total();
         if kept > replicas {
-            for (m, slot) in this.tree.scale_down(kept - replicas) {
+            let holders: Vec<(u32, usize)> = this.kept.iter().map(|(&s, &m)| (s, m)).collect();
+            for (m, slot) in this.tree.scale_down(kept - replicas, holders) {
                 this.kept.remove(&slot);
                 state.release(m, spec);
                 this.removals.push(Removal {

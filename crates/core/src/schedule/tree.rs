@@ -32,8 +32,8 @@ pub(crate) struct Tree {
     nodes: Vec<Node>,
     /// Leaf node of each member index (`None` for members not in the tree).
     leaf: Vec<Option<usize>>,
-    /// Existing slots held by each leaf, for scaling down.
-    slots: BTreeMap<usize, Vec<u32>>,
+    /// Scratch space for the walk from the root to a leaf.
+    path: Vec<usize>,
 }
 
 #[derive(Default)]
@@ -63,7 +63,7 @@ impl Tree {
         let mut tree = Tree {
             nodes: Vec::new(),
             leaf: vec![None; member_count],
-            slots: BTreeMap::new(),
+            path: Vec::new(),
         };
         tree.flatten(root, NO_PARENT, 0);
         tree
@@ -114,12 +114,11 @@ impl Tree {
         self.nodes.first().map_or(0, |n| n.count)
     }
 
-    /// Records an existing replica (slot `slot`) on a member of the tree.
-    pub(crate) fn add_existing(&mut self, member: usize, slot: u32) {
+    /// Records an existing replica on a member of the tree.
+    pub(crate) fn add_existing(&mut self, member: usize) {
         let Some(leaf) = self.leaf.get(member).copied().flatten() else {
             return;
         };
-        self.slots.entry(leaf).or_default().push(slot);
         let mut n = leaf;
         while n != NO_PARENT {
             self.nodes[n].count += 1;
@@ -127,20 +126,27 @@ impl Tree {
         }
     }
 
-    /// Removes `k` existing replicas: at every level from the child with the most replicas
-    /// (ties: the one holding the highest slot), on the member its highest slot.
-    /// Returns (member, slot) pairs.
-    pub(crate) fn scale_down(&mut self, k: u32) -> Vec<(usize, u32)> {
+    /// Removes `k` of the existing replicas `kept` (slot, member): at every level from the
+    /// child with the most replicas (ties: the one holding the highest slot), on the member its
+    /// highest slot. Returns (member, slot) pairs.
+    pub(crate) fn scale_down(
+        &mut self,
+        k: u32,
+        kept: impl IntoIterator<Item = (u32, usize)>,
+    ) -> Vec<(usize, u32)> {
         let mut removed = Vec::new();
         if k == 0 || self.nodes.is_empty() {
             return removed;
         }
         // Slots in every subtree, so ties can go to the highest slot.
         let mut sets: Vec<BTreeSet<u32>> = vec![BTreeSet::new(); self.nodes.len()];
-        for (&leaf, slots) in &self.slots {
-            let mut n = leaf;
+        for (slot, member) in kept {
+            let mut n = match self.leaf.get(member).copied().flatten() {
+                Some(l) => l,
+                None => continue,
+            };
             while n != NO_PARENT {
-                sets[n].extend(slots.iter().copied());
+                sets[n].insert(slot);
                 n = self.nodes[n].parent;
             }
         }
@@ -229,7 +235,9 @@ impl Tree {
         if self.nodes.first().is_none_or(|r| r.remaining == 0) {
             return None;
         }
-        let mut path = vec![0usize];
+        let mut path = std::mem::take(&mut self.path);
+        path.clear();
+        path.push(0);
         let mut n = 0usize;
         while self.nodes[n].member.is_none() {
             let Reverse((_, _, _, c)) = self.nodes[n].heap.pop()?;
@@ -251,6 +259,7 @@ impl Tree {
                 self.nodes[parent].heap.push(Reverse(k));
             }
         }
+        self.path = path;
         Some(member)
     }
 }
