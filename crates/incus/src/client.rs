@@ -211,7 +211,12 @@ struct Inner {
 pub struct Client {
     inner: Arc<Inner>,
     project: Option<String>,
+    timeout: Option<Duration>,
 }
+
+/// How long one HTTP request may take by default (operation waits ask the server for at
+/// most 30 s at a time, so this only catches a server that stopped answering).
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -219,6 +224,7 @@ impl std::fmt::Debug for Client {
             .field("remote", &self.inner.remote)
             .field("endpoint", &self.inner.endpoint)
             .field("project", &self.project)
+            .field("timeout", &self.timeout)
             .finish()
     }
 }
@@ -240,6 +246,7 @@ impl Client {
                 server: OnceCell::new(),
             }),
             project: None,
+            timeout: Some(DEFAULT_REQUEST_TIMEOUT),
         }
     }
 
@@ -267,8 +274,9 @@ impl Client {
         )
     }
 
-    /// A client for a remote of the incus CLI's configuration (`None`: its default remote),
-    /// with its client certificate and pinned server certificate, and its default project.
+    /// A client for a remote of the incus CLI's configuration (`None`: `INCUS_REMOTE`, else the
+    /// configured default remote), with its client certificate and pinned server certificate,
+    /// in `INCUS_PROJECT` or else the remote's project.
     pub fn from_cli_config(remote: Option<&str>) -> Result<Client> {
         Client::from_cli_config_with(&ProcessEnv, remote)
     }
@@ -276,7 +284,11 @@ impl Client {
     /// [`Client::from_cli_config`] with an explicit environment.
     pub fn from_cli_config_with(env: &dyn Env, remote: Option<&str>) -> Result<Client> {
         let loaded = LoadedConfig::load(env)?;
-        let (name, r) = loaded.config.remote(remote, &loaded.file())?;
+        // Like the CLI: INCUS_REMOTE replaces the configured default remote.
+        let env_remote = env.var("INCUS_REMOTE");
+        let (name, r) = loaded
+            .config
+            .remote(remote.or(env_remote.as_deref()), &loaded.file())?;
         if r.protocol != "incus" {
             return Err(Error::UnsupportedRemote {
                 name,
@@ -314,10 +326,13 @@ impl Client {
             }
         };
         let client = Client::new(endpoint, name);
-        Ok(if r.project.is_empty() {
-            client
-        } else {
-            client.with_project(r.project)
+        // Like the CLI: INCUS_PROJECT wins over the remote's project.
+        let project = env
+            .var("INCUS_PROJECT")
+            .or_else(|| (!r.project.is_empty()).then_some(r.project));
+        Ok(match project {
+            Some(p) => client.with_project(p),
+            None => client,
         })
     }
 
@@ -326,6 +341,16 @@ impl Client {
         Client {
             inner: self.inner.clone(),
             project: Some(project.into()),
+            timeout: self.timeout,
+        }
+    }
+
+    /// The same client with another per-request time limit (`None`: no limit), e.g. for
+    /// large uploads. Websockets are not limited.
+    pub fn with_request_timeout(&self, timeout: Option<Duration>) -> Client {
+        Client {
+            timeout,
+            ..self.clone()
         }
     }
 
@@ -371,6 +396,24 @@ impl Client {
 
     /// Send a request and return the raw answer, whatever its status.
     pub async fn send_raw(&self, req: Request) -> Result<RawResponse> {
+        let Some(limit) = self.timeout else {
+            return self.send_raw_unlimited(req).await;
+        };
+        let label = self.label(&req);
+        match tokio::time::timeout(limit, self.send_raw_unlimited(req)).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::Transport {
+                request: label,
+                endpoint: self.inner.endpoint.describe(),
+                message: format!(
+                    "no complete answer within {} s (see Client::with_request_timeout)",
+                    limit.as_secs()
+                ),
+            }),
+        }
+    }
+
+    async fn send_raw_unlimited(&self, req: Request) -> Result<RawResponse> {
         let label = self.label(&req);
         let uri = format!("http://{}{}", self.inner.endpoint.authority(), label.path);
         let mut builder = http::Request::builder()
@@ -694,6 +737,99 @@ mod tests {
             c.label(&r).to_string(),
             "POST /1.0/instances?project=shop&target=node2"
         );
+    }
+
+    struct MapEnv(std::collections::HashMap<&'static str, String>);
+    impl Env for MapEnv {
+        fn var(&self, name: &str) -> Option<String> {
+            self.0.get(name).cloned()
+        }
+        fn exists(&self, path: &std::path::Path) -> bool {
+            path.exists()
+        }
+    }
+
+    fn conf_dir(yaml: &str) -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("config.yml"), yaml).unwrap();
+        d
+    }
+
+    const TWO_REMOTES: &str = "default-remote: a\nremotes:\n  a:\n    addr: unix:///run/a.sock\n    project: pa\n  b:\n    addr: unix:///run/b.sock\n  img:\n    addr: https://images.example\n    protocol: simplestreams\n";
+
+    fn endpoint_path(c: &Client) -> String {
+        match c.endpoint() {
+            Endpoint::Unix { path, .. } => path.display().to_string(),
+            other => panic!("expected a unix endpoint, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn cli_config_default_remote_and_its_project_are_used() {
+        let d = conf_dir(TWO_REMOTES);
+        let env = MapEnv([("INCUS_CONF", d.path().display().to_string())].into());
+        let c = Client::from_cli_config_with(&env, None).unwrap();
+        assert_eq!(c.remote(), "a");
+        assert_eq!(endpoint_path(&c), "/run/a.sock");
+        assert_eq!(c.project(), Some("pa"));
+        let c = Client::from_cli_config_with(&env, Some("b")).unwrap();
+        assert_eq!(endpoint_path(&c), "/run/b.sock");
+        assert_eq!(c.project(), None);
+    }
+
+    #[test]
+    fn incus_remote_and_incus_project_override_the_configuration_like_the_cli() {
+        let d = conf_dir(TWO_REMOTES);
+        let env = MapEnv(
+            [
+                ("INCUS_CONF", d.path().display().to_string()),
+                ("INCUS_REMOTE", "b".to_string()),
+                ("INCUS_PROJECT", "pz".to_string()),
+            ]
+            .into(),
+        );
+        let c = Client::from_cli_config_with(&env, None).unwrap();
+        assert_eq!(c.remote(), "b");
+        assert_eq!(c.project(), Some("pz"));
+        // An explicit --remote still wins over INCUS_REMOTE.
+        let c = Client::from_cli_config_with(&env, Some("a")).unwrap();
+        assert_eq!(c.remote(), "a");
+        assert_eq!(c.project(), Some("pz"));
+    }
+
+    #[test]
+    fn local_remote_follows_incus_dir_and_image_servers_are_refused() {
+        let d = conf_dir(TWO_REMOTES);
+        let env = MapEnv(
+            [
+                ("INCUS_CONF", d.path().display().to_string()),
+                ("INCUS_DIR", "/srv/incus".to_string()),
+            ]
+            .into(),
+        );
+        let c = Client::from_cli_config_with(&env, Some("local")).unwrap();
+        assert_eq!(endpoint_path(&c), "/srv/incus/unix.socket");
+        let err = Client::from_cli_config_with(&env, Some("img")).unwrap_err();
+        assert!(matches!(err, Error::UnsupportedRemote { .. }), "{err}");
+        assert!(err.to_string().contains("simplestreams"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_server_that_never_answers_hits_the_request_timeout() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("silent.socket");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let keep = tokio::spawn(async move {
+            let (conn, _) = listener.accept().await.unwrap();
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            drop(conn);
+        });
+        let c = Client::unix(&path).with_request_timeout(Some(Duration::from_millis(200)));
+        let err = c.server().await.unwrap_err();
+        assert!(matches!(err, Error::Transport { .. }), "{err:?}");
+        assert!(err.to_string().starts_with("GET /1.0: "), "{err}");
+        assert!(err.to_string().contains("no complete answer"), "{err}");
+        keep.abort();
     }
 
     #[tokio::test]
