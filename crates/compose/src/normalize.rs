@@ -1411,6 +1411,7 @@ fn service_volume(n: &mut N, item: &Node, p: &str) -> Option<ServiceVolume> {
         );
         return None;
     };
+    let target = crate::canonical::clean(Path::new(&target)).to_string_lossy().into_owned();
     let source = item.get("source").and_then(text).filter(|s| !s.is_empty());
     if kind == VolumeType::Bind && source.is_none() {
         n.err(item, p, "a bind mount needs a source");
