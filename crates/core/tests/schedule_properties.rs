@@ -240,13 +240,13 @@ fn apply(
                     out.push(ExistingReplica {
                         service: p.service.clone(),
                         slot: slot.key.clone(),
-                        member: m.clone(),
+                        member: m.to_string(),
                     });
                 }
                 (Outcome::Pending(_), Some(prev)) => out.push(ExistingReplica {
                     service: p.service.clone(),
                     slot: slot.key.clone(),
-                    member: prev.clone(),
+                    member: prev.to_string(),
                 }),
                 (Outcome::Pending(_), None) => {}
             }

@@ -284,10 +284,13 @@ pub struct ExistingReplica {
     pub member: String,
 }
 
+/// A member name in the output; shared, since 100,000 slots may name the same few members.
+pub type MemberName = Arc<str>;
+
 /// Where a slot goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    Assigned(String),
+    Assigned(MemberName),
     Pending(PendingReason),
 }
 
@@ -296,7 +299,7 @@ pub enum Outcome {
 pub struct SlotDecision {
     pub key: SlotKey,
     /// Where the slot's replica is now, if it exists and is kept (in place or moved).
-    pub previous: Option<String>,
+    pub previous: Option<MemberName>,
     pub outcome: Outcome,
 }
 
@@ -449,6 +452,7 @@ pub fn schedule(
 struct State<'a> {
     /// Sorted by name.
     members: Vec<&'a Member>,
+    names: Vec<MemberName>,
     index: HashMap<&'a str, usize>,
     free_cpu: Vec<Option<u64>>,
     free_mem: Vec<Option<u64>>,
@@ -473,6 +477,10 @@ impl<'a> State<'a> {
             free_mem: sorted.iter().map(|m| m.free_memory).collect(),
             instances: sorted.iter().map(|m| u64::from(m.instances)).collect(),
             ports: vec![BTreeMap::new(); sorted.len()],
+            names: sorted
+                .iter()
+                .map(|m| MemberName::from(m.name.as_str()))
+                .collect(),
             members: sorted,
         })
     }
@@ -752,16 +760,13 @@ impl<'a> Replicated<'a> {
             .collect();
         self.tree.prepare(|m| caps[m], &state.instances);
 
-        let mut slots: Vec<SlotDecision> = self
-            .kept
-            .iter()
-            .map(|(&slot, &m)| SlotDecision {
-                key: SlotKey::Replica(slot),
-                previous: Some(state.members[m].name.clone()),
-                outcome: Outcome::Assigned(state.members[m].name.clone()),
-            })
-            .collect();
-        let mut used: BTreeSet<u32> = self.kept.keys().copied().collect();
+        let mut slots: Vec<SlotDecision> = Vec::with_capacity(self.kept.len() + need as usize);
+        slots.extend(self.kept.iter().map(|(&slot, &m)| SlotDecision {
+            key: SlotKey::Replica(slot),
+            previous: Some(state.names[m].clone()),
+            outcome: Outcome::Assigned(state.names[m].clone()),
+        }));
+        let mut used: Vec<u32> = self.kept.keys().copied().collect();
         let mut exhausted = false;
         let mut moved = 0u32;
         for d in std::mem::take(&mut self.movers) {
@@ -773,12 +778,12 @@ impl<'a> Replicated<'a> {
             match placed {
                 Some(m) => {
                     state.consume(m, spec);
-                    used.insert(d.slot);
+                    used.push(d.slot);
                     moved += 1;
                     slots.push(SlotDecision {
                         key: SlotKey::Replica(d.slot),
-                        previous: Some(d.member),
-                        outcome: Outcome::Assigned(state.members[m].name.clone()),
+                        previous: Some(MemberName::from(d.member)),
+                        outcome: Outcome::Assigned(state.names[m].clone()),
                     });
                 }
                 None => {
@@ -791,14 +796,24 @@ impl<'a> Replicated<'a> {
                 }
             }
         }
-        let mut next = 1u32;
+        // New slots: the lowest numbers not in use, in increasing order.
+        used.sort_unstable();
+        let mut used = used.into_iter().peekable();
+        let mut next = 0u32;
         let mut pending = Vec::new();
         for _ in moved..need {
-            while used.contains(&next) {
-                next = next.saturating_add(1);
+            next = next.saturating_add(1);
+            while let Some(&u) = used.peek() {
+                if u < next {
+                    used.next();
+                } else if u == next {
+                    used.next();
+                    next = next.saturating_add(1);
+                } else {
+                    break;
+                }
             }
             let slot = next;
-            used.insert(slot);
             let placed = if exhausted {
                 None
             } else {
@@ -810,7 +825,7 @@ impl<'a> Replicated<'a> {
                     slots.push(SlotDecision {
                         key: SlotKey::Replica(slot),
                         previous: None,
-                        outcome: Outcome::Assigned(state.members[m].name.clone()),
+                        outcome: Outcome::Assigned(state.names[m].clone()),
                     });
                 }
                 None => {
@@ -856,7 +871,7 @@ struct Global<'a> {
     /// Members whose replica stays where it is.
     kept: BTreeSet<usize>,
     /// Members that are offline or evacuated: their replica stays, pending, at `.0`.
-    stranded: BTreeMap<usize, (String, Rejection)>,
+    stranded: BTreeMap<usize, (MemberName, Rejection)>,
     /// Members whose replica runs elsewhere (`.1`) and must come back.
     movers: BTreeMap<usize, String>,
     removals: Vec<Removal>,
@@ -892,7 +907,8 @@ impl<'a> Global<'a> {
                     None => RemovalReason::MemberGone,
                     Some(home) => match &this.static_rejections[home] {
                         Some(r @ (Rejection::Offline | Rejection::Evacuated)) => {
-                            this.stranded.insert(home, (e.member.clone(), r.clone()));
+                            this.stranded
+                                .insert(home, (MemberName::from(e.member.as_str()), r.clone()));
                             continue;
                         }
                         Some(r) => RemovalReason::NotEligible(r.clone()),
@@ -927,8 +943,8 @@ impl<'a> Global<'a> {
         let mut slots = Vec::new();
         let mut rejections = Vec::new();
         for m in 0..state.members.len() {
-            let name = state.members[m].name.clone();
-            let key = SlotKey::Member(name.clone());
+            let name = state.names[m].clone();
+            let key = SlotKey::Member(name.to_string());
             if self.kept.contains(&m) {
                 slots.push(SlotDecision {
                     key,
@@ -947,7 +963,7 @@ impl<'a> Global<'a> {
             } else if let Some(r) = &self.static_rejections[m] {
                 r.clone()
             } else {
-                let previous = self.movers.remove(&m);
+                let previous = self.movers.remove(&m).map(MemberName::from);
                 match state.capacity(m, spec, 0) {
                     Ok(_) => {
                         state.consume(m, spec);
@@ -963,7 +979,7 @@ impl<'a> Global<'a> {
                         if let Some(previous) = previous {
                             self.removals.push(Removal {
                                 key: key.clone(),
-                                member: previous,
+                                member: previous.to_string(),
                                 reason: RemovalReason::NotEligible(r.clone()),
                             });
                         }
@@ -980,7 +996,7 @@ impl<'a> Global<'a> {
                 }
             };
             rejections.push(MemberRejection {
-                member: name,
+                member: name.to_string(),
                 reason,
             });
         }
