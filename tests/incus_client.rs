@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use ic_incus::config::Env;
 use ic_incus::{
-    Client, Error, EventFilter, ExecRequest, FileOptions, InstancesPost, ProjectsPost, Request,
-    api_path, extensions,
+    Client, Error, EventFilter, ExecRequest, FileOptions, InstancesPost, NetworksPost,
+    ProjectsPost, Request, api_path, extensions,
 };
 
 const SETUP_HINT: &str = "start the test cluster and load its environment: \
@@ -154,6 +154,22 @@ async fn cluster_members_are_listed_with_their_labels() {
                     assert_eq!(label, None, "{m:?}");
                 }
             }
+            // A write based on a stale read is refused (HTTP 412), not applied.
+            let (stale, etag) = c2.cluster_member_with_etag(&member2).await.unwrap();
+            assert!(etag.is_some(), "Incus sends ETags for members");
+            c2.set_cluster_member_label(&member2, &key2, Some("hdd"))
+                .await
+                .unwrap();
+            let mut put = stale.writable();
+            put.config.insert(format!("user.{key2}"), "stale".into());
+            let err = c2
+                .update_cluster_member_if_match(&member2, &put, etag)
+                .await
+                .unwrap_err();
+            assert_eq!(err.status(), Some(412), "{err}");
+            let m = c2.cluster_member(&member2).await.unwrap();
+            assert_eq!(m.labels().get(&key2).map(String::as_str), Some("hdd"));
+
             c2.set_cluster_member_label(&member2, &key2, None)
                 .await
                 .unwrap();
@@ -191,6 +207,32 @@ async fn instance_is_created_on_a_chosen_member_started_inspected_stopped_and_de
             assert_eq!(inst.status, "Stopped");
             assert_eq!(inst.kind, "container");
             assert!(inst.expanded_devices.contains_key("root"), "{inst:?}");
+
+            let mut put = inst.writable();
+            put.config.insert("user.ictc".into(), "one".into());
+            put.devices.insert(
+                "data".into(),
+                [("type", "disk"), ("path", "/data"), ("source", "/tmp")]
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            );
+            c2.update_instance(&name2, &put)
+                .await
+                .unwrap()
+                .wait()
+                .await
+                .unwrap();
+            c2.patch_instance(
+                &name2,
+                &serde_json::json!({"config": {"user.ictc2": "two"}}),
+            )
+            .await
+            .unwrap();
+            let inst = c2.instance(&name2).await.unwrap();
+            assert_eq!(inst.config["user.ictc"], "one");
+            assert_eq!(inst.config["user.ictc2"], "two");
+            assert_eq!(inst.devices["data"]["path"], "/data");
 
             c2.start_instance(&name2).await.unwrap();
             let state = c2.instance_state(&name2).await.unwrap();
@@ -674,4 +716,58 @@ async fn files_are_pushed_and_pulled_and_commands_run_with_stdin_output_and_exit
     .await;
     let err = c.instance_console_log(&name).await.unwrap_err();
     assert!(err.is_not_found(), "{err}");
+}
+
+#[tokio::test]
+async fn bridge_network_is_created_on_every_member_then_globally_and_deleted() {
+    let c = client().await;
+    let members: Vec<String> = c
+        .cluster_members()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.server_name)
+        .collect();
+    // Bridge names are at most 15 characters.
+    let name = format!(
+        "ictn{}",
+        unique("n")
+            .bytes()
+            .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(b.into()))
+            % 1_000_000
+    );
+    let (c2, name2, members2) = (c.clone(), name.clone(), members.clone());
+    run_then_clean(
+        async move {
+            let req = NetworksPost {
+                name: name2.clone(),
+                kind: "bridge".into(),
+                description: "ic-incus test".into(),
+                config: [("ipv4.address", "none"), ("ipv6.address", "none")]
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            };
+            c2.create_network_everywhere(&req, &members2, &Default::default())
+                .await
+                .unwrap();
+            let net = c2.network(&name2, None).await.unwrap();
+            assert_eq!(net.status, "Created");
+            assert!(net.managed);
+            assert_eq!(net.kind, "bridge");
+            let mut locations = net.locations.clone();
+            locations.sort();
+            let mut expected = members2.clone();
+            expected.sort();
+            assert_eq!(locations, expected);
+            let on_member = c2.network(&name2, Some(&members2[0])).await.unwrap();
+            assert_eq!(on_member.name, name2);
+            c2.delete_network(&name2).await.unwrap();
+            assert!(c2.network(&name2, None).await.unwrap_err().is_not_found());
+        },
+        async {
+            let _ = c.delete_network(&name).await;
+        },
+    )
+    .await;
 }
