@@ -35,19 +35,22 @@
 //! O(replicas · depth · log(branching)).
 //!
 //! **Stability.** Existing replicas stay where they are while their member is still eligible
-//! (no churn; `max_replicas_per_node` and host ports are re-checked: the lowest slots stay).
-//! Replicas on members that are gone or no longer eligible move, keeping their slot number;
-//! if no member can take one, it is removed and its slot becomes pending. Scaling down removes
-//! first such displaced replicas, then walks the same tree from the child with the most
-//! replicas (ties: the one holding the highest slot) and removes the member's highest slot;
-//! survivors keep their place and slot number. New slots take the lowest unused numbers, so
-//! `replicas: N` on an empty cluster gives slots `1..=N`. Removals (all services) free their
-//! resources before any placement, so re-running on the result changes nothing.
+//! (no churn; `max_replicas_per_node` and host ports are re-checked: the lowest slots stay),
+//! and are never moved just to even out the spread. Replicas on members that are gone or no
+//! longer eligible move, keeping their slot number; if no member can take one, it is removed
+//! and a pending slot takes the lowest unused number. Scaling down removes such displaced
+//! replicas first, then walks the same tree from the child with the most replicas (ties: the
+//! one holding the highest slot) and removes that member's highest slot; survivors keep their
+//! place and slot number. New slots take the lowest unused numbers, so `replicas: N` on an
+//! empty cluster gives slots `1..=N`. Removals (of all services) free their resources before
+//! any placement, so re-running on the result changes nothing.
 //!
 //! **Global mode.** One slot per eligible member, keyed by member name; `deploy.placement`
 //! preferences do not apply. A slot whose member lacks room is pending with that member's
 //! reason; a replica on an offline or evacuated member stays (pending) rather than being
-//! removed; replicas whose member left or no longer satisfies the constraints are removed.
+//! removed; one running on another member than its own (moved there by an evacuation) moves
+//! back; replicas whose member left or no longer satisfies the constraints are removed.
+//! `scheduler.instance=manual` members keep their replica but get no new slot.
 
 mod reason;
 mod tree;
