@@ -655,12 +655,9 @@ async fn files_are_pushed_and_pulled_and_commands_run_with_stdin_output_and_exit
                 .await
                 .unwrap();
             // `start: true` may report done before the start has finished.
-            for _ in 0..50 {
-                if c2.instance_state(&name2).await.unwrap().status == "Running" {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+            c2.wait_instance_status(&name2, "Running", Duration::from_secs(30))
+                .await
+                .unwrap();
 
             let opts = FileOptions {
                 mode: 0o640,

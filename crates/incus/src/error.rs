@@ -149,6 +149,15 @@ pub enum Error {
         version: String,
     },
 
+    /// Something did not happen in the time allowed.
+    #[error("timed out waiting for {what}: {message}")]
+    Timeout {
+        /// What was awaited.
+        what: String,
+        /// What was seen last.
+        message: String,
+    },
+
     /// A value handed to the client cannot be sent (bad address, body that will not serialize).
     #[error("invalid request {what}: {message}")]
     InvalidInput {

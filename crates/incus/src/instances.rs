@@ -370,6 +370,34 @@ impl Client {
             .map(drop)
     }
 
+    /// Poll the instance's state until its status is `status` (e.g. `Running`), at most
+    /// `timeout`. Useful after `start: true`, whose operation can finish before the start has.
+    pub async fn wait_instance_status(
+        &self,
+        name: &str,
+        status: &str,
+        timeout: std::time::Duration,
+    ) -> Result<InstanceState> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let state = self.instance_state(name).await?;
+            if state.status.eq_ignore_ascii_case(status) {
+                return Ok(state);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::Timeout {
+                    what: format!("instance {name:?} to be {status}"),
+                    message: format!(
+                        "still {} after {} s, expected {status}",
+                        state.status,
+                        timeout.as_secs()
+                    ),
+                });
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
     /// `GET /1.0/instances/{name}/console`: the console log (what PID 1 printed).
     pub async fn instance_console_log(&self, name: &str) -> Result<String> {
         self.get_bytes(Request::get(api_path(&["instances", name, "console"])))

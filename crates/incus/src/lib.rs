@@ -7,6 +7,22 @@
 //!   [`instances`], [`networks`], [`storage`], [`images`], [`projects`],
 //!   [`operations`], [`events`], [`exec`].
 //! - Errors ([`Error`]) carry Incus's own message and the request that failed.
+//!
+//! ```no_run
+//! # async fn demo() -> ic_incus::Result<()> {
+//! use ic_incus::{Client, InstancesPost};
+//! // The incus CLI's default remote (or `Some("name")`), in project "shop".
+//! let client = Client::from_cli_config(None)?.with_project("shop");
+//! client.require_extension("instance_auto_restart", "restart: on-failure").await?;
+//! for m in client.cluster_members().await? {
+//!     println!("{} {} {:?}", m.server_name, m.status, m.labels());
+//! }
+//! let mut req = InstancesPost::from_image_alias("web-1", "testapp/v1");
+//! req.start = true;
+//! client.create_instance(&req, Some("node2")).await?.wait().await?;
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod client;
 pub mod cluster;
