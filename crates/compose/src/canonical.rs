@@ -578,7 +578,10 @@ pub fn parse_volume(spec: &str, ctx: &Ctx) -> Result<Vec<(&'static str, VolPart)
             }),
         ));
     }
-    out.push(("target", VolPart::S(clean(Path::new(target)).to_string_lossy().into_owned())));
+    out.push((
+        "target",
+        VolPart::S(clean(Path::new(target)).to_string_lossy().into_owned()),
+    ));
     let mut bind: Vec<(&'static str, VolPart)> = Vec::new();
     let mut volume: Vec<(&'static str, VolPart)> = Vec::new();
     if let Some(mode) = mode {

@@ -144,7 +144,11 @@ impl Errors {
         } else {
             let mut list = self.list;
             list.sort_by(|a, b| (&a.file, a.line, a.col).cmp(&(&b.file, b.line, b.col)));
-            list.dedup();
+            // (stable sort: within one position, the earliest stage comes first)
+            // One error per position: the first stage to notice a problem explains it best.
+            list.dedup_by(|b, a| {
+                a.file == b.file && a.line == b.line && a.col == b.col && a.line > 0
+            });
             Err(LoadErrors(list))
         }
     }

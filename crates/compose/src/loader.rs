@@ -238,11 +238,9 @@ impl<'a> Loader<'a> {
             let lookup = |k: &str| env.get(k);
             interpolate_tree(&mut root, &lookup, &mut self.errors, &mut self.warnings);
         }
-        let before = self.errors.list.len();
+        // Structural errors do not stop the pipeline: later stages are defensive, and
+        // reporting their findings too gives every error of the file in one run.
         validate_file(&root, &mut self.errors);
-        if self.errors.list.len() > before {
-            return None;
-        }
         if let Some(v) = root.get("version") {
             self.warnings.push(Diagnostic::new(
                 v.span.clone(),
@@ -255,7 +253,7 @@ impl<'a> Loader<'a> {
             home: self.home.as_deref(),
         };
         canonicalize_file(&mut root, &ctx, &mut self.errors);
-        self.resolve_extends(&mut root, display, file_dir, base_dir, env, extends_stack);
+        self.resolve_extends(&mut root, display, file_dir, env, extends_stack);
         if let Some(inc) = root.as_map_mut().and_then(|m| m.shift_remove("include")) {
             self.apply_includes(&mut root, inc.node, file_dir, env);
         }
@@ -267,7 +265,6 @@ impl<'a> Loader<'a> {
         root: &mut Node,
         display: &str,
         file_dir: &Path,
-        base_dir: &Path,
         env: &Environment,
         stack: &mut Vec<(String, String)>,
     ) {
@@ -279,8 +276,7 @@ impl<'a> Loader<'a> {
             return;
         };
         for name in names {
-            let resolved =
-                self.resolve_service(root, &name, display, file_dir, base_dir, env, stack);
+            let resolved = self.resolve_service(root, &name, display, file_dir, env, stack);
             if let (Some(node), Some(services)) = (
                 resolved,
                 root.as_map_mut()
@@ -302,7 +298,6 @@ impl<'a> Loader<'a> {
         name: &str,
         display: &str,
         file_dir: &Path,
-        base_dir: &Path,
         env: &Environment,
         stack: &mut Vec<(String, String)>,
     ) -> Option<Node> {
@@ -341,7 +336,7 @@ impl<'a> Loader<'a> {
                     ));
                     None
                 } else {
-                    self.resolve_service(root, &target, display, file_dir, base_dir, env, stack)
+                    self.resolve_service(root, &target, display, file_dir, env, stack)
                 }
             }
             Some(f) => {
@@ -633,6 +628,7 @@ pub fn load_with(options: &LoadOptions, fs: &dyn FileSystem) -> Result<Project, 
     };
     let mut merged: Option<Node> = None;
     let mut displays = Vec::new();
+    let mut loaded = 0usize;
     for f in &files {
         let (display, text) = if f.as_os_str() == "-" {
             ("-".to_string(), options.stdin.clone().unwrap_or_default())
@@ -662,13 +658,16 @@ pub fn load_with(options: &LoadOptions, fs: &dyn FileSystem) -> Result<Project, 
             &env,
             &mut Vec::new(),
         ) {
+            loaded += 1;
             merged = Some(match merged {
                 None => tree,
                 Some(m) => merge_files(m, tree),
             });
         }
     }
-    let Some(tree) = merged.filter(|_| loader.errors.is_empty()) else {
+    // Go on to normalisation (and its checks) only when every file parsed; otherwise its
+    // findings would be noise from the missing file.
+    let Some(tree) = merged.filter(|_| loaded == files.len()) else {
         return Err(loader.errors.into_result(()).err().unwrap_or_else(|| {
             LoadErrors::single(Diagnostic::general("no compose file could be loaded"))
         }));

@@ -238,7 +238,7 @@ pub fn normalize(
     let mut services = BTreeMap::new();
     if let Some(m) = tree.get("services").and_then(Node::as_map) {
         for (name, e) in m {
-            let svc = service(&mut n, name, &e.node);
+            let svc = service(&mut n, name, &e.node, &e.key_span);
             services.insert(name.clone(), (svc, e.node.clone()));
         }
     }
@@ -621,7 +621,7 @@ fn secret(n: &mut N, project: &str, section: &str, key: &str, node: &Node) -> Se
     s
 }
 
-fn service(n: &mut N, name: &str, node: &Node) -> Service {
+fn service(n: &mut N, name: &str, node: &Node, key_span: &crate::yaml::Span) -> Service {
     let base = format!("services.{name}");
     let mut svc = Service {
         name: name.to_string(),
@@ -844,7 +844,7 @@ fn service(n: &mut N, name: &str, node: &Node) -> Service {
                 match parse_dotenv(&text, &lookup) {
                     Ok(vars) => {
                         for (k, v) in vars {
-                            if !m.get("environment").and_then(|e| e.node.get(&k)).is_some() {
+                            if m.get("environment").and_then(|e| e.node.get(&k)).is_none() {
                                 svc.environment.insert(k, Some(v));
                             }
                         }
@@ -874,7 +874,7 @@ fn service(n: &mut N, name: &str, node: &Node) -> Service {
     if svc.image.is_none() && svc.build.is_none() && !m.contains_key("provider") {
         n.errors.push(
             Diagnostic::new(
-                node.span.clone(),
+                key_span.clone(),
                 &base,
                 format!("service {name:?} has neither an image nor a build context"),
             )
@@ -1411,7 +1411,9 @@ fn service_volume(n: &mut N, item: &Node, p: &str) -> Option<ServiceVolume> {
         );
         return None;
     };
-    let target = crate::canonical::clean(Path::new(&target)).to_string_lossy().into_owned();
+    let target = crate::canonical::clean(Path::new(&target))
+        .to_string_lossy()
+        .into_owned();
     let source = item.get("source").and_then(text).filter(|s| !s.is_empty());
     if kind == VolumeType::Bind && source.is_none() {
         n.err(item, p, "a bind mount needs a source");

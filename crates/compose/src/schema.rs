@@ -865,11 +865,7 @@ pub fn check(node: &Node, shape: &Shape, path: &str, errors: &mut Errors) {
                 check(node, alt, path, errors);
             }
         }
-        OrNull(inner) => {
-            if !node.is_null() {
-                check(node, inner, path, errors);
-            }
-        }
+        OrNull(inner) if !node.is_null() => check(node, inner, path, errors),
         _ => {}
     }
 }

@@ -201,8 +201,7 @@ pub fn format_float(f: f64) -> String {
             "-.inf".into()
         }
     } else {
-        let s = f.to_string();
-        s
+        f.to_string()
     }
 }
 
@@ -424,6 +423,16 @@ impl Builder {
                     tag,
                     ..
                 }) => {
+                    // A block mapping's start event is marked at its first `:`; point at
+                    // its first key instead.
+                    let span = match map.first() {
+                        Some((_, e))
+                            if (e.key_span.line, e.key_span.col) < (span.line, span.col) =>
+                        {
+                            e.key_span.clone()
+                        }
+                        _ => span,
+                    };
                     apply_merges(&mut map, merges)?;
                     let mut node = Node::new(Value::Map(map), span);
                     node.tag = tag;

@@ -16,7 +16,10 @@ use ic_compose::{LoadOptions, load};
 use serde_json::Value;
 
 fn corpus() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/corpus"))
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../../shared/corpus"
+    ))
 }
 
 fn compose_files(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -90,7 +93,11 @@ const REJECTED_BY_DOCKER_COMPOSE_1_29: &[(&str, &str)] = &[
 fn every_corpus_compose_file_loads() {
     let mut files = Vec::new();
     compose_files(&corpus(), &mut files);
-    assert!(files.len() >= 45, "corpus shrank: {} compose files", files.len());
+    assert!(
+        files.len() >= 45,
+        "corpus shrank: {} compose files",
+        files.len()
+    );
     let mut failures = Vec::new();
     for f in &files {
         match load_ours(f) {
@@ -111,7 +118,10 @@ fn corpus_deploy_sections_are_typed() {
     let rp = d.restart_policy.as_ref().expect("restart policy");
     assert_eq!(rp.max_attempts, Some(3));
     assert_eq!(rp.window.map(|w| w.0.as_secs()), Some(120));
-    assert_eq!(d.placement.constraints[0].to_string(), "node.role == manager");
+    assert_eq!(
+        d.placement.constraints[0].to_string(),
+        "node.role == manager"
+    );
     assert_eq!(stack.services["redis"].replicas(), Some(2));
     let prom = load_ours(&corpus().join("swarm/swarmprom/docker-compose.yml")).expect("loads");
     assert_eq!(prom.services["cadvisor"].replicas(), None, "global");
@@ -179,8 +189,14 @@ fn volume_facts(v: &Value) -> (String, String, String, bool) {
             match parts.as_slice() {
                 [t] => ("volume".into(), String::new(), t.to_string(), false),
                 [src, t, rest @ ..] => {
-                    let kind = if src.starts_with('/') { "bind" } else { "volume" };
-                    let ro = rest.first().is_some_and(|m| m.split(',').any(|o| o == "ro"));
+                    let kind = if src.starts_with('/') {
+                        "bind"
+                    } else {
+                        "volume"
+                    };
+                    let ro = rest
+                        .first()
+                        .is_some_and(|m| m.split(',').any(|o| o == "ro"));
                     (kind.into(), src.to_string(), t.to_string(), ro)
                 }
                 [] => panic!("empty volume"),
@@ -196,7 +212,11 @@ fn flatten_deploy(prefix: &str, v: &Value, out: &mut BTreeMap<String, String>) {
     match v {
         Value::Object(o) => {
             for (k, x) in o {
-                let p = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                let p = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
                 flatten_deploy(&p, x, out);
             }
         }
@@ -252,7 +272,8 @@ fn facts(svc: &Value, drop_folded_restart: bool) -> Facts {
         flatten_deploy("", &deploy, &mut flat);
     }
     flat.remove("replicas");
-    flat.entry("mode".into()).or_insert_with(|| "replicated".into());
+    flat.entry("mode".into())
+        .or_insert_with(|| "replicated".into());
     if drop_folded_restart {
         // incus-compose folds `restart:` into deploy.restart_policy; docker-compose does not.
         flat.retain(|k, _| !k.starts_with("restart_policy"));
@@ -311,7 +332,11 @@ fn unescape_dollars(v: Value) -> Value {
     match v {
         Value::String(s) => Value::String(s.replace("$$", "$")),
         Value::Array(a) => Value::Array(a.into_iter().map(unescape_dollars).collect()),
-        Value::Object(o) => Value::Object(o.into_iter().map(|(k, v)| (k, unescape_dollars(v))).collect()),
+        Value::Object(o) => Value::Object(
+            o.into_iter()
+                .map(|(k, v)| (k, unescape_dollars(v)))
+                .collect(),
+        ),
         other => other,
     }
 }
@@ -332,7 +357,9 @@ fn docker_compose_1_29_agrees_on_every_corpus_file_it_loads() {
             }
         };
         let theirs = docker_compose_config(f);
-        let rejected = REJECTED_BY_DOCKER_COMPOSE_1_29.iter().find(|(n, _)| *n == name);
+        let rejected = REJECTED_BY_DOCKER_COMPOSE_1_29
+            .iter()
+            .find(|(n, _)| *n == name);
         match (theirs, rejected) {
             (Err(_), Some(_)) => continue,
             (Err(e), None) => {
@@ -344,21 +371,36 @@ fn docker_compose_1_29_agrees_on_every_corpus_file_it_loads() {
                 continue;
             }
             (Ok(theirs), None) => {
-                let ts = theirs.get("services").and_then(Value::as_object).cloned().unwrap_or_default();
-                let os = ours.get("services").and_then(Value::as_object).cloned().unwrap_or_default();
+                let ts = theirs
+                    .get("services")
+                    .and_then(Value::as_object)
+                    .cloned()
+                    .unwrap_or_default();
+                let os = ours
+                    .get("services")
+                    .and_then(Value::as_object)
+                    .cloned()
+                    .unwrap_or_default();
                 let tnames: BTreeSet<&String> = ts.keys().collect();
                 let onames: BTreeSet<&String> = os.keys().collect();
                 if tnames != onames {
-                    problems.push(format!("{name}: services differ: docker-compose {tnames:?}, ours {onames:?}"));
+                    problems.push(format!(
+                        "{name}: services differ: docker-compose {tnames:?}, ours {onames:?}"
+                    ));
                     continue;
                 }
                 for (svc, tv) in &ts {
                     let a = facts(tv, false);
                     let folded = tv.get("restart").is_some()
-                        && tv.get("deploy").and_then(|d| d.get("restart_policy")).is_none();
+                        && tv
+                            .get("deploy")
+                            .and_then(|d| d.get("restart_policy"))
+                            .is_none();
                     let b = facts(&os[svc], folded);
                     if a != b {
-                        problems.push(format!("{name}: service {svc}:\n docker-compose: {a:?}\n ours:           {b:?}"));
+                        problems.push(format!(
+                            "{name}: service {svc}:\n docker-compose: {a:?}\n ours:           {b:?}"
+                        ));
                     }
                 }
                 compared += 1;
