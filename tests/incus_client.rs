@@ -493,7 +493,11 @@ async fn projects_scope_requests() {
             c2.create_project(&ProjectsPost {
                 name: project2.clone(),
                 description: "ic-incus test".into(),
-                ..Default::default()
+                // Share the default project's images and profiles (root disk, network).
+                config: [("features.images", "false"), ("features.profiles", "false")]
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
             })
             .await
             .unwrap();
@@ -509,6 +513,33 @@ async fn projects_scope_requests() {
             let scoped = c2.with_project(&project2);
             assert_eq!(scoped.project(), Some(project2.as_str()));
             assert!(scoped.instances().await.unwrap().is_empty());
+            // An instance in the new project is seen there and across all projects only.
+            let inst = unique("pi");
+            scoped
+                .create_instance(&InstancesPost::from_image_alias(&inst, "busybox"), None)
+                .await
+                .unwrap()
+                .wait()
+                .await
+                .unwrap();
+            let listed = scoped.instances().await.unwrap();
+            assert_eq!(listed.len(), 1);
+            assert_eq!(listed[0].project, project2);
+            assert!(!c2.instances().await.unwrap().iter().any(|i| i.name == inst));
+            assert!(
+                c2.instances_all_projects()
+                    .await
+                    .unwrap()
+                    .iter()
+                    .any(|i| i.name == inst && i.project == project2)
+            );
+            scoped
+                .delete_instance(&inst)
+                .await
+                .unwrap()
+                .wait()
+                .await
+                .unwrap();
             assert_eq!(
                 scoped.server().await.unwrap().environment.project,
                 project2,
@@ -518,6 +549,12 @@ async fn projects_scope_requests() {
             assert!(c2.get_project(&project2).await.unwrap_err().is_not_found());
         },
         async {
+            let scoped = c.with_project(&project);
+            if let Ok(list) = scoped.instances().await {
+                for i in list {
+                    remove_instance(&scoped, &i.name).await;
+                }
+            }
             let _ = c.delete_project(&project).await;
         },
     )

@@ -292,6 +292,16 @@ impl Client {
             .await
     }
 
+    /// `GET /1.0/instances?recursion=1&all-projects=true`: instances of every project.
+    pub async fn instances_all_projects(&self) -> Result<Vec<Instance>> {
+        self.send(
+            Request::get("/1.0/instances")
+                .query("recursion", "1")
+                .query("all-projects", "true"),
+        )
+        .await
+    }
+
     /// `GET /1.0/instances/{name}`.
     pub async fn instance(&self, name: &str) -> Result<Instance> {
         self.send(Request::get(api_path(&["instances", name])))
