@@ -22,6 +22,21 @@ pub fn substitute(
     lookup: &dyn Fn(&str) -> Option<String>,
     unset: &mut Vec<String>,
 ) -> Result<String, TemplateError> {
+    substitute_at(template, lookup, unset, 0)
+}
+
+/// Nested templates deeper than this are refused (they would only exhaust the stack).
+const MAX_NESTING: usize = 32;
+
+fn substitute_at(
+    template: &str,
+    lookup: &dyn Fn(&str) -> Option<String>,
+    unset: &mut Vec<String>,
+    depth: usize,
+) -> Result<String, TemplateError> {
+    if depth > MAX_NESTING {
+        return Err(TemplateError::Invalid(template.to_string()));
+    }
     let mut out = String::with_capacity(template.len());
     let chars: Vec<char> = template.chars().collect();
     let mut i = 0;
@@ -39,18 +54,18 @@ pub fn substitute(
             }
             Some('{') => {
                 let start = i + 2;
-                let mut depth = 1usize;
+                let mut braces = 1usize;
                 let mut j = start;
                 while j < chars.len() {
                     match chars[j] {
                         '$' if chars.get(j + 1) == Some(&'$') => j += 1,
                         '$' if chars.get(j + 1) == Some(&'{') => {
-                            depth += 1;
+                            braces += 1;
                             j += 1;
                         }
                         '}' => {
-                            depth -= 1;
-                            if depth == 0 {
+                            braces -= 1;
+                            if braces == 0 {
                                 break;
                             }
                         }
@@ -62,7 +77,7 @@ pub fn substitute(
                     return Err(TemplateError::Invalid(template.to_string()));
                 }
                 let inner: String = chars[start..j].iter().collect();
-                out.push_str(&braced(&inner, template, lookup, unset)?);
+                out.push_str(&braced(&inner, template, lookup, unset, depth)?);
                 i = j + 1;
             }
             Some(&n) if n == '_' || n.is_ascii_alphabetic() => {
@@ -88,6 +103,7 @@ fn braced(
     whole: &str,
     lookup: &dyn Fn(&str) -> Option<String>,
     unset: &mut Vec<String>,
+    depth: usize,
 ) -> Result<String, TemplateError> {
     let name_len = inner
         .char_indices()
@@ -119,7 +135,7 @@ fn braced(
     } else {
         return Err(TemplateError::Invalid(whole.to_string()));
     };
-    let nested = |unset: &mut Vec<String>| substitute(arg, lookup, unset);
+    let nested = |unset: &mut Vec<String>| substitute_at(arg, lookup, unset, depth + 1);
     Ok(match op {
         "" => match value {
             Some(v) => v,
@@ -306,6 +322,12 @@ mod tests {
         let (s, unset) = run("x${UNSET}y$OTHER").unwrap();
         assert_eq!(s, "xy");
         assert_eq!(unset, vec!["UNSET".to_string(), "OTHER".to_string()]);
+    }
+
+    #[test]
+    fn absurdly_nested_templates_are_refused() {
+        let t = "${A:-".repeat(100) + &"}".repeat(100);
+        assert!(matches!(run(&t), Err(TemplateError::Invalid(_))));
     }
 
     #[test]

@@ -206,7 +206,7 @@ pub fn format_float(f: f64) -> String {
 }
 
 /// Limits that keep hostile input (alias bombs, absurd nesting) from exhausting memory or stack.
-const MAX_NODES: usize = 2_000_000;
+const MAX_NODES: usize = 500_000;
 const MAX_DEPTH: usize = 256;
 
 enum Frame {
@@ -348,7 +348,15 @@ impl Builder {
                     .ok_or_else(|| {
                         Diagnostic::new(span.clone(), "", "alias to an unknown anchor")
                     })?;
-                self.count(node_size(&node), &span)?;
+                let (size, height) = node_size(&node);
+                self.count(size, &span)?;
+                if self.stack.len() + height > MAX_DEPTH {
+                    return Err(Diagnostic::new(
+                        span,
+                        "",
+                        format!("nesting deeper than {MAX_DEPTH} levels (through aliases)"),
+                    ));
+                }
                 self.push_value(node, false)
             }
             Event::Scalar(text, style, anchor, tag) => {
@@ -535,19 +543,21 @@ fn apply_merges(map: &mut Mapping, merges: Vec<Node>) -> Result<(), Diagnostic> 
     Ok(())
 }
 
-fn node_size(node: &Node) -> usize {
-    // Iterative to stay safe on deep trees.
+/// Number of nodes and height of a tree (iteratively, to stay safe on deep trees).
+fn node_size(node: &Node) -> (usize, usize) {
     let mut n = 0usize;
-    let mut todo = vec![node];
-    while let Some(x) = todo.pop() {
+    let mut height = 0usize;
+    let mut todo = vec![(node, 1usize)];
+    while let Some((x, depth)) = todo.pop() {
         n += 1;
+        height = height.max(depth);
         match &x.value {
-            Value::Seq(items) => todo.extend(items.iter()),
-            Value::Map(m) => todo.extend(m.values().map(|e| &e.node)),
+            Value::Seq(items) => todo.extend(items.iter().map(|i| (i, depth + 1))),
+            Value::Map(m) => todo.extend(m.values().map(|e| (&e.node, depth + 1))),
             _ => {}
         }
     }
-    n
+    (n, height)
 }
 
 fn resolve_scalar(
@@ -732,6 +742,21 @@ mod tests {
         assert!(e[0].message.contains("duplicate key"));
         let e = parse("a: [1, 2\nb: 3\n", &Arc::from("t.yaml")).unwrap_err();
         assert!(e[0].message.starts_with("invalid YAML"));
+    }
+
+    #[test]
+    fn aliases_cannot_nest_deeper_than_the_limit() {
+        let mut src = String::from(
+            "a0: &a0 [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[x]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]\n",
+        );
+        for i in 1..8 {
+            let prev = i - 1;
+            let open = "[".repeat(48);
+            let close = "]".repeat(48);
+            src.push_str(&format!("a{i}: &a{i} {open}*a{prev}{close}\n"));
+        }
+        let e = parse(&src, &Arc::from("t.yaml")).unwrap_err();
+        assert!(e[0].message.contains("nesting deeper"), "{e:?}");
     }
 
     #[test]
