@@ -88,8 +88,18 @@ pub fn run(global: &GlobalArgs, args: &ConfigArgs) -> anyhow::Result<ExitCode> {
     if args.quiet {
         return Ok(ExitCode::SUCCESS);
     }
+    let text = render(&project, args)?;
+    match &args.output {
+        Some(path) => std::fs::write(path, text)?,
+        None => std::io::stdout().write_all(text.as_bytes())?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What `config` prints for a loaded project.
+pub fn render(project: &ic_compose::Project, args: &ConfigArgs) -> anyhow::Result<String> {
     let lines = |items: Vec<String>| items.into_iter().map(|s| s + "\n").collect::<String>();
-    let text = if args.services {
+    Ok(if args.services {
         lines(project.services.keys().cloned().collect())
     } else if args.volumes {
         lines(project.volumes.keys().cloned().collect())
@@ -111,15 +121,112 @@ pub fn run(global: &GlobalArgs, args: &ConfigArgs) -> anyhow::Result<ExitCode> {
         )
     } else {
         match args.format {
-            Format::Yaml => ic_compose::output::to_yaml_string(&project),
+            Format::Yaml => ic_compose::output::to_yaml_string(project),
             Format::Json => {
-                serde_json::to_string_pretty(&ic_compose::output::to_json(&project))? + "\n"
+                serde_json::to_string_pretty(&ic_compose::output::to_json(project))? + "\n"
             }
         }
-    };
-    match &args.output {
-        Some(path) => std::fs::write(path, text)?,
-        None => std::io::stdout().write_all(text.as_bytes())?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::{Path, PathBuf};
+
+    fn args() -> ConfigArgs {
+        ConfigArgs {
+            format: Format::Yaml,
+            services: false,
+            volumes: false,
+            networks: false,
+            list_profiles: false,
+            images: false,
+            quiet: false,
+            no_interpolate: false,
+            output: None,
+        }
     }
-    Ok(ExitCode::SUCCESS)
+
+    fn compose_files(dir: &Path, out: &mut Vec<PathBuf>) {
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+            .expect("corpus directory")
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        entries.sort();
+        for p in entries {
+            let name = p
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default()
+                .to_string();
+            if p.is_dir() {
+                compose_files(&p, out);
+            } else if (name.contains("compose") || name == "docker-stack.yml")
+                && (name.ends_with(".yml") || name.ends_with(".yaml"))
+            {
+                out.push(p);
+            }
+        }
+    }
+
+    /// `incus-compose -f FILE config` (YAML and JSON) from the file's own directory, for every
+    /// compose file of the corpus; the required variables of the swarmprom Traefik file are set.
+    #[test]
+    fn config_renders_every_corpus_file_from_its_own_directory() {
+        let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus");
+        let mut files = Vec::new();
+        compose_files(&corpus, &mut files);
+        assert!(
+            files.len() >= 45,
+            "corpus has {} compose files",
+            files.len()
+        );
+        for f in files {
+            let dir = f.parent().expect("directory").to_path_buf();
+            let global = GlobalArgs {
+                files: vec![PathBuf::from(f.file_name().expect("name"))],
+                ..GlobalArgs::default()
+            };
+            let mut options = load_options(&global, true).expect("options");
+            options.working_dir = dir;
+            for (k, v) in [
+                ("DOMAIN", "example.org"),
+                ("ADMIN_USER", "admin"),
+                ("HASHED_PASSWORD", "x"),
+            ] {
+                options.environment.insert(k.into(), v.into());
+            }
+            options
+                .environment
+                .retain(|k, _| !k.starts_with("COMPOSE_"));
+            let project =
+                ic_compose::load(&options).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+            let yaml = render(&project, &args()).expect("yaml");
+            assert!(yaml.starts_with("name: "), "{}", f.display());
+            let json = render(
+                &project,
+                &ConfigArgs {
+                    format: Format::Json,
+                    ..args()
+                },
+            )
+            .expect("json");
+            let v: serde_json::Value = serde_json::from_str(&json).expect("valid JSON");
+            assert_eq!(
+                v["services"].as_object().map(|m| m.len()),
+                Some(project.services.len())
+            );
+            let services = render(
+                &project,
+                &ConfigArgs {
+                    services: true,
+                    ..args()
+                },
+            )
+            .expect("services");
+            assert_eq!(services.lines().count(), project.services.len());
+        }
+    }
 }
