@@ -328,6 +328,7 @@ fn short_syntax_is_normalised_to_long_form() {
     assert!(dep.restart && dep.required);
     assert!(web.networks.contains_key("front"));
     assert_eq!(web.secrets[0].source, "s");
+    assert_eq!(web.secrets[0].secret_target(), "/run/secrets/s");
     assert!(!web.env_file[0].required);
     assert_eq!(
         web.command,

@@ -266,6 +266,27 @@ pub struct FileRef {
     pub mode: Option<u32>,
 }
 
+impl FileRef {
+    /// Where a secret is mounted: `target` (relative targets go under `/run/secrets/`), else
+    /// `/run/secrets/<source>`.
+    pub fn secret_target(&self) -> String {
+        match &self.target {
+            Some(t) if t.starts_with('/') => t.clone(),
+            Some(t) => format!("/run/secrets/{t}"),
+            None => format!("/run/secrets/{}", self.source),
+        }
+    }
+
+    /// Where a config is mounted: `target`, else `/<source>`.
+    pub fn config_target(&self) -> String {
+        match &self.target {
+            Some(t) if t.starts_with('/') => t.clone(),
+            Some(t) => format!("/{t}"),
+            None => format!("/{}", self.source),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Default)]
 pub struct Healthcheck {
     /// `["NONE"]`, `["CMD", ...]` or `["CMD-SHELL", "..."]`; a string is `CMD-SHELL`.
