@@ -324,6 +324,16 @@ mod tests {
         assert_eq!(unset, vec!["UNSET".to_string(), "OTHER".to_string()]);
     }
 
+    proptest::proptest! {
+        #[test]
+        fn escaped_text_comes_back_unchanged(text in "\\PC*") {
+            let escaped = text.replace('$', "$$");
+            let (out, unset) = run(&escaped).unwrap();
+            proptest::prop_assert_eq!(out, text);
+            proptest::prop_assert!(unset.is_empty());
+        }
+    }
+
     #[test]
     fn absurdly_nested_templates_are_refused() {
         let t = "${A:-".repeat(100) + &"}".repeat(100);

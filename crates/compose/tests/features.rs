@@ -128,7 +128,14 @@ fn interpolation_is_skipped_with_no_interpolate_and_keys_are_never_interpolated(
 
 #[test]
 fn unset_variables_warn_with_their_position() {
-    let p = one("services:\n  web:\n    image: \"nginx${SUFFIX}\"\n");
+    let p =
+        one("services:\n  web:\n    image: \"nginx${SUFFIX}\"\n    labels: [\"a=${SUFFIX}\"]\n");
+    assert_eq!(
+        p.warnings.len(),
+        1,
+        "one warning per variable: {:?}",
+        p.warnings
+    );
     assert_eq!(p.services["web"].image.as_deref(), Some("nginx"));
     let w = &p.warnings[0];
     assert_eq!(
