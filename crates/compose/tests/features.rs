@@ -619,3 +619,43 @@ fn config_output_is_stable_and_sorted() {
     let reloaded = one(&yaml);
     assert_eq!(reloaded.services, a.services);
 }
+
+#[test]
+fn project_directory_sets_the_base_for_paths_env_and_name() {
+    let fs = MemFs::default()
+        .with(
+            "/files/compose.yaml",
+            "services:\n  web:\n    image: \"${IMG}\"\n    volumes: ['./data:/data']\n",
+        )
+        .with("/elsewhere/app/.env", "IMG=from-project-dir\n");
+    let mut o = opts(&["/files/compose.yaml"]);
+    o.project_directory = Some(PathBuf::from("/elsewhere/app"));
+    let p = ok(&fs, &o);
+    assert_eq!(p.name, "app");
+    assert_eq!(p.services["web"].image.as_deref(), Some("from-project-dir"));
+    assert_eq!(
+        p.services["web"].volumes[0].source.as_deref(),
+        Some("/elsewhere/app/data")
+    );
+}
+
+#[test]
+fn secrets_and_configs_merge_by_target_and_entrypoint_is_replaced() {
+    let fs = MemFs::default()
+        .with(
+            "/proj/a.yml",
+            "services:\n  web:\n    image: a\n    entrypoint: [a, b]\n    secrets: [s1, {source: s2, target: /x}]\n    configs: [{source: c1, target: /etc/c}]\nsecrets:\n  s1: {file: s1}\n  s2: {file: s2}\n  s3: {file: s3}\nconfigs:\n  c1: {content: one}\n  c2: {content: two}\n",
+        )
+        .with(
+            "/proj/b.yml",
+            "services:\n  web:\n    entrypoint: c\n    secrets: [{source: s3, target: /x}]\n    configs: [{source: c2, target: /etc/c}]\n",
+        );
+    let p = ok(&fs, &opts(&["a.yml", "b.yml"]));
+    let web = &p.services["web"];
+    assert_eq!(web.entrypoint, Some(vec!["c".to_string()]));
+    let secrets: Vec<&str> = web.secrets.iter().map(|s| s.source.as_str()).collect();
+    assert_eq!(secrets, vec!["s1", "s3"]);
+    assert_eq!(web.configs.len(), 1);
+    assert_eq!(web.configs[0].source, "c2");
+    assert_eq!(p.configs["c2"].content.as_deref(), Some("two"));
+}
