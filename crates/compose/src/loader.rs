@@ -253,10 +253,11 @@ impl<'a> Loader<'a> {
             home: self.home.as_deref(),
         };
         canonicalize_file(&mut root, &ctx, &mut self.errors);
-        self.resolve_extends(&mut root, display, file_dir, env, extends_stack);
+        // Includes first (as compose-go does), so a service may extend an included one.
         if let Some(inc) = root.as_map_mut().and_then(|m| m.shift_remove("include")) {
             self.apply_includes(&mut root, inc.node, file_dir, env);
         }
+        self.resolve_extends(&mut root, display, file_dir, env, extends_stack);
         Some(root)
     }
 

@@ -659,3 +659,11 @@ fn secrets_and_configs_merge_by_target_and_entrypoint_is_replaced() {
     assert_eq!(web.configs[0].source, "c2");
     assert_eq!(p.configs["c2"].content.as_deref(), Some("two"));
 }
+
+#[test]
+fn a_service_may_extend_an_included_service() {
+    let fs = fs1("include: [lib.yml]\nservices:\n  web:\n    extends: base\n    ports: ['80']\n")
+        .with("/proj/lib.yml", "services:\n  base:\n    image: shared\n");
+    let p = ok(&fs, &opts(&[]));
+    assert_eq!(p.services["web"].image.as_deref(), Some("shared"));
+}
