@@ -1,2 +1,3 @@
 //! The pure core: scheduling, desired state and diff. No I/O, no clock.
+pub mod plan;
 pub mod schedule;

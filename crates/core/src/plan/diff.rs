@@ -1,0 +1,500 @@
+//! Desired + observed -> ordered actions (see the parent module documentation).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use ic_compose::Project;
+
+use super::{
+    Action, Desired, InstancePlan, InstanceTemplate, LABEL_HASH, LABEL_PROJECT, LABEL_SERVICE,
+    LABEL_SLOT, Observed, ObservedInstance, Plan, PlanError, Stage, allocate_subnet,
+};
+use crate::schedule::{self, ExistingReplica, Mode, Outcome, SlotKey};
+
+/// `up` flags that change the diff.
+#[derive(Debug, Clone, Default)]
+pub struct DiffOptions {
+    /// Recreate every replica even when its spec did not change.
+    pub force_recreate: bool,
+    /// Never recreate a replica whose spec changed.
+    pub no_recreate: bool,
+    /// Remove replicas of services that are no longer in the compose file.
+    pub remove_orphans: bool,
+    /// Create without starting; do not start stopped replicas.
+    pub no_start: bool,
+}
+
+/// `down` flags.
+#[derive(Debug, Clone, Default)]
+pub struct DownOptions {
+    /// Also remove the project's named volumes.
+    pub volumes: bool,
+    /// Also remove replicas of services no longer in the compose file.
+    pub remove_orphans: bool,
+    /// Seconds to wait for a clean stop (None: each service's `stop_grace_period`, else 10).
+    pub timeout: Option<i64>,
+}
+
+/// Dependency level of every service: 0 without `depends_on`, else one more than the deepest
+/// dependency.
+pub fn dependency_levels(project: &Project) -> BTreeMap<String, usize> {
+    let mut levels: BTreeMap<String, usize> = BTreeMap::new();
+    for name in project.services_in_dependency_order() {
+        let level = project.services[name]
+            .depends_on
+            .keys()
+            .filter_map(|d| levels.get(d))
+            .map(|l| l + 1)
+            .max()
+            .unwrap_or(0);
+        levels.insert(name.to_string(), level);
+    }
+    levels
+}
+
+fn is_ours(config: &BTreeMap<String, String>, compose: &str) -> bool {
+    config.get(LABEL_PROJECT).map(String::as_str) == Some(compose)
+}
+
+fn owner_hint(config: &BTreeMap<String, String>) -> String {
+    match config.get(LABEL_PROJECT) {
+        Some(p) => format!(" (it belongs to compose project {p:?})"),
+        None => String::new(),
+    }
+}
+
+fn slot_key(template: &InstanceTemplate, slot: &str) -> Option<SlotKey> {
+    match template.spec.mode {
+        Mode::Global => Some(SlotKey::Member(slot.to_string())),
+        Mode::Replicated { .. } => slot.parse().ok().map(SlotKey::Replica),
+    }
+}
+
+/// The actions that take `observed` to `desired`.
+pub fn diff(d: &Desired, obs: &Observed, o: &DiffOptions) -> Result<Plan, PlanError> {
+    let compose = d.compose_project.as_str();
+    let mut warnings = d.warnings.clone();
+    let not_ours =
+        |kind: &'static str, name: &str, config: &BTreeMap<String, String>| PlanError::NotOurs {
+            kind,
+            name: name.to_string(),
+            project: d.incus_project.clone(),
+            compose: compose.to_string(),
+            owner: owner_hint(config),
+        };
+
+    // Project.
+    let mut project_stage = Vec::new();
+    if !obs.project_exists {
+        project_stage.push(Action::CreateProject {
+            name: d.incus_project.clone(),
+            config: BTreeMap::from([
+                ("features.images".to_string(), "false".to_string()),
+                ("features.profiles".to_string(), "false".to_string()),
+                ("features.networks".to_string(), "false".to_string()),
+                ("features.storage.volumes".to_string(), "true".to_string()),
+                (LABEL_PROJECT.to_string(), compose.to_string()),
+            ]),
+        });
+    }
+
+    // Networks.
+    let mut network_stage = Vec::new();
+    let mut used_subnets: Vec<String> = obs
+        .networks
+        .iter()
+        .filter_map(|n| n.config.get("ipv4.address").cloned())
+        .collect();
+    for net in &d.networks {
+        let existing = obs.networks.iter().find(|n| n.name == net.name);
+        match (existing, net.external) {
+            (Some(_), true) => {}
+            (None, true) => {
+                return Err(PlanError::ExternalMissing {
+                    kind: "network",
+                    name: net.name.clone(),
+                });
+            }
+            (Some(n), false) if is_ours(&n.config, compose) => {}
+            (Some(n), false) => return Err(not_ours("network", &n.name, &n.config)),
+            (None, false) => {
+                let subnet = match net.subnet {
+                    Some(s) => s,
+                    None => allocate_subnet(&net.name, &used_subnets)
+                        .ok_or_else(|| PlanError::NoFreeSubnet(net.key.clone()))?,
+                };
+                used_subnets.push(subnet.bridge_address());
+                let mut config = net.config.clone();
+                config.insert("ipv4.address".into(), subnet.bridge_address());
+                network_stage.push(Action::CreateNetwork {
+                    name: net.name.clone(),
+                    config,
+                });
+            }
+        }
+    }
+
+    // Placement.
+    let ours: Vec<&ObservedInstance> = obs
+        .instances
+        .iter()
+        .filter(|i| is_ours(&i.config, compose))
+        .collect();
+    let template_of: BTreeMap<&str, &InstanceTemplate> =
+        d.services.iter().map(|t| (t.service.as_str(), t)).collect();
+    let mut existing = Vec::new();
+    let mut by_slot: BTreeMap<(String, SlotKey), &ObservedInstance> = BTreeMap::new();
+    for i in &ours {
+        let (Some(service), Some(slot)) = (i.label(LABEL_SERVICE), i.label(LABEL_SLOT)) else {
+            continue;
+        };
+        let Some(t) = template_of.get(service) else {
+            continue;
+        };
+        let Some(key) = slot_key(t, slot) else {
+            continue;
+        };
+        existing.push(ExistingReplica {
+            service: service.to_string(),
+            slot: key.clone(),
+            member: i.location.clone(),
+        });
+        by_slot.insert((service.to_string(), key), i);
+    }
+    let specs: Vec<_> = d.services.iter().map(|t| t.spec.clone()).collect();
+    let sched = schedule::schedule(&obs.members, &specs, &existing)
+        .map_err(|e| PlanError::Schedule(e.to_string()))?;
+
+    let mut remove_stage: Vec<Action> = Vec::new();
+    let mut removed: BTreeSet<String> = BTreeSet::new();
+    let mut remove =
+        |i: &ObservedInstance, timeout: i64, reason: String, stage: &mut Vec<Action>| {
+            if removed.insert(i.name.clone()) {
+                stage.push(Action::Remove {
+                    name: i.name.clone(),
+                    service: i.label(LABEL_SERVICE).unwrap_or_default().to_string(),
+                    member: i.location.clone(),
+                    timeout,
+                    reason,
+                });
+            }
+        };
+
+    // Orphans: replicas of services that left the file.
+    for i in &ours {
+        let service = i.label(LABEL_SERVICE).unwrap_or_default();
+        if d.all_services.contains(service) {
+            continue;
+        }
+        if o.remove_orphans {
+            remove(
+                i,
+                10,
+                format!("orphan: service {service:?} is not in the compose file"),
+                &mut remove_stage,
+            );
+        } else {
+            warnings.push(format!(
+                "found orphan instance {} (service {service:?} is not in the compose file); `up --remove-orphans` removes it",
+                i.name
+            ));
+        }
+    }
+
+    let mut service_actions: BTreeMap<String, Vec<Action>> = BTreeMap::new();
+    let mut volume_needs: BTreeSet<(String, String)> = BTreeSet::new();
+    let mut unchanged = Vec::new();
+    let mut placement = Vec::new();
+    let mut claimed: BTreeMap<String, String> = BTreeMap::new();
+    for p in &sched.placements {
+        let Some(t) = template_of.get(p.service.as_str()) else {
+            continue;
+        };
+        if let Some(u) = p.unsatisfiable() {
+            return Err(PlanError::Unschedulable {
+                service: p.service.clone(),
+                reason: u.to_string(),
+            });
+        }
+        for r in &p.removals {
+            if let Some(i) = by_slot.get(&(p.service.clone(), r.key.clone())) {
+                remove(i, t.stop_timeout, r.reason.to_string(), &mut remove_stage);
+            }
+        }
+        let pending = p.pending().count();
+        if pending > 0 {
+            warnings.push(format!(
+                "service {:?}: {pending} replica(s) cannot be placed now: {}",
+                p.service, p.rejections
+            ));
+        }
+        let actions = service_actions.entry(p.service.clone()).or_default();
+        for slot in &p.slots {
+            let Outcome::Assigned(member) = &slot.outcome else {
+                continue;
+            };
+            let slot_text = slot.key.to_string();
+            let name = t.instance_name(&slot_text);
+            if let Some(other) = claimed.insert(name.clone(), p.service.clone()) {
+                return Err(PlanError::NameCollision {
+                    first: format!("a replica of service {other:?}"),
+                    second: format!("a replica of service {:?}", p.service),
+                    incus: name,
+                });
+            }
+            placement.push((member.to_string(), name.clone(), p.service.clone()));
+            for v in &t.volumes {
+                volume_needs.insert((v.clone(), member.to_string()));
+            }
+            let mut config = t.config.clone();
+            config.insert(LABEL_SLOT.into(), slot_text.clone());
+            let plan = |reason: &str, old_member: Option<String>| InstancePlan {
+                name: name.clone(),
+                service: p.service.clone(),
+                slot: slot_text.clone(),
+                member: member.to_string(),
+                old_member,
+                image: t.image.clone(),
+                template_image: t.image.to_string(),
+                config: config.clone(),
+                devices: t.devices.clone(),
+                command: t.command.clone(),
+                start: !o.no_start,
+                stop_timeout: t.stop_timeout,
+                reason: reason.to_string(),
+            };
+            let current = by_slot.get(&(p.service.clone(), slot.key.clone()));
+            match current {
+                None => actions.push(Action::Create(Box::new(plan("new", None)))),
+                Some(i) if i.name != name || i.location != member.as_ref() => {
+                    let why = if i.name != name {
+                        format!("renamed from {}", i.name)
+                    } else {
+                        format!("moved from {}", i.location)
+                    };
+                    remove(i, t.stop_timeout, why.clone(), &mut remove_stage);
+                    actions.push(Action::Create(Box::new(plan(&why, None))));
+                }
+                Some(i) => {
+                    let changed = i.label(LABEL_HASH) != Some(t.hash.as_str());
+                    if (changed || o.force_recreate) && !o.no_recreate {
+                        let why = if changed {
+                            "configuration changed"
+                        } else {
+                            "--force-recreate"
+                        };
+                        actions.push(Action::Recreate(Box::new(plan(
+                            why,
+                            Some(i.location.clone()),
+                        ))));
+                    } else if !i.running && !o.no_start {
+                        actions.push(Action::Start {
+                            name: i.name.clone(),
+                            service: p.service.clone(),
+                        });
+                    } else {
+                        unchanged.push(i.name.clone());
+                    }
+                }
+            }
+        }
+    }
+
+    // Desired names taken by objects that are not ours (or ours but staying elsewhere).
+    for (name, service) in &claimed {
+        if let Some(i) = obs.instances.iter().find(|i| &i.name == name) {
+            if !is_ours(&i.config, compose) {
+                return Err(not_ours("instance", name, &i.config));
+            }
+            let same = i.label(LABEL_SERVICE) == Some(service.as_str());
+            if !same && !removed.contains(name) {
+                return Err(PlanError::NameCollision {
+                    first: format!(
+                        "existing instance {name} of service {:?}",
+                        i.label(LABEL_SERVICE).unwrap_or("?")
+                    ),
+                    second: format!("a replica of service {service:?}"),
+                    incus: name.clone(),
+                });
+            }
+        }
+    }
+
+    // Volumes, per member that runs a replica using them.
+    let mut volume_stage = Vec::new();
+    for (name, member) in &volume_needs {
+        let Some(v) = d.volumes.iter().find(|v| &v.name == name) else {
+            continue;
+        };
+        let same_name: Vec<_> = obs.volumes.iter().filter(|o| &o.name == name).collect();
+        if let Some(other) = same_name.iter().find(|o| !is_ours(&o.config, compose)) {
+            return Err(not_ours("volume", &other.name, &other.config));
+        }
+        if !same_name.iter().any(|o| &o.location == member) {
+            volume_stage.push(Action::CreateVolume {
+                pool: v.pool.clone(),
+                name: name.clone(),
+                member: member.clone(),
+                config: v.config.clone(),
+            });
+        }
+    }
+
+    let mut stages = vec![
+        Stage {
+            title: "project".into(),
+            actions: project_stage,
+        },
+        Stage {
+            title: "networks".into(),
+            actions: network_stage,
+        },
+        Stage {
+            title: "volumes".into(),
+            actions: volume_stage,
+        },
+        Stage {
+            title: "removals".into(),
+            actions: remove_stage,
+        },
+    ];
+    let mut levels: BTreeMap<usize, Vec<&InstanceTemplate>> = BTreeMap::new();
+    let mut level_of: BTreeMap<&str, usize> = BTreeMap::new();
+    for t in &d.services {
+        let l = t
+            .depends_on
+            .iter()
+            .filter_map(|x| level_of.get(x.as_str()))
+            .map(|l| l + 1)
+            .max()
+            .unwrap_or(0);
+        level_of.insert(&t.service, l);
+        levels.entry(l).or_default().push(t);
+    }
+    for ts in levels.values() {
+        let names: Vec<&str> = ts.iter().map(|t| t.service.as_str()).collect();
+        let mut actions = Vec::new();
+        for t in ts {
+            actions.extend(service_actions.remove(&t.service).unwrap_or_default());
+        }
+        stages.push(Stage {
+            title: format!("services {}", names.join(", ")),
+            actions,
+        });
+    }
+    stages.retain(|s| !s.actions.is_empty());
+    placement.sort();
+    unchanged.sort();
+    Ok(Plan {
+        incus_project: d.incus_project.clone(),
+        stages,
+        unchanged,
+        placement,
+        warnings,
+    })
+}
+
+/// The actions of `down`: remove the project's instances (dependents first), then its
+/// networks, then (with `volumes`) its volumes, then the Incus project if incus-compose made
+/// it and nothing else is left in it. Objects of other projects, or without labels, stay.
+pub fn plan_down(
+    compose: &str,
+    incus_project: &str,
+    levels: &BTreeMap<String, usize>,
+    stop_timeouts: &BTreeMap<String, i64>,
+    obs: &Observed,
+    o: &DownOptions,
+) -> Plan {
+    let mut warnings = Vec::new();
+    let mut by_level: BTreeMap<usize, Vec<Action>> = BTreeMap::new();
+    let mut kept_instances = 0usize;
+    for i in &obs.instances {
+        if !is_ours(&i.config, compose) {
+            kept_instances += 1;
+            continue;
+        }
+        let service = i.label(LABEL_SERVICE).unwrap_or_default().to_string();
+        let level = match levels.get(&service) {
+            Some(l) => *l,
+            None if o.remove_orphans => 0,
+            None => {
+                warnings.push(format!(
+                    "found orphan instance {} (service {service:?} is not in the compose file); `down --remove-orphans` removes it",
+                    i.name
+                ));
+                kept_instances += 1;
+                continue;
+            }
+        };
+        let timeout = o
+            .timeout
+            .or_else(|| stop_timeouts.get(&service).copied())
+            .unwrap_or(10);
+        by_level.entry(level).or_default().push(Action::Remove {
+            name: i.name.clone(),
+            service,
+            member: i.location.clone(),
+            timeout,
+            reason: "down".into(),
+        });
+    }
+    let mut stages: Vec<Stage> = by_level
+        .into_iter()
+        .rev()
+        .map(|(l, actions)| Stage {
+            title: format!("remove dependency level {l}"),
+            actions,
+        })
+        .collect();
+    let networks: Vec<Action> = obs
+        .networks
+        .iter()
+        .filter(|n| is_ours(&n.config, compose))
+        .map(|n| Action::RemoveNetwork {
+            name: n.name.clone(),
+        })
+        .collect();
+    stages.push(Stage {
+        title: "networks".into(),
+        actions: networks,
+    });
+    let ours_volumes: Vec<_> = obs
+        .volumes
+        .iter()
+        .filter(|v| is_ours(&v.config, compose))
+        .collect();
+    let kept_volumes = obs.volumes.len() - if o.volumes { ours_volumes.len() } else { 0 };
+    if o.volumes {
+        stages.push(Stage {
+            title: "volumes".into(),
+            actions: ours_volumes
+                .iter()
+                .map(|v| Action::RemoveVolume {
+                    pool: v.pool.clone(),
+                    name: v.name.clone(),
+                    member: v.location.clone(),
+                })
+                .collect(),
+        });
+    }
+    if obs.project_exists
+        && is_ours(&obs.project_config, compose)
+        && kept_instances == 0
+        && kept_volumes == 0
+        && incus_project != "default"
+    {
+        stages.push(Stage {
+            title: "project".into(),
+            actions: vec![Action::RemoveProject {
+                name: incus_project.to_string(),
+            }],
+        });
+    }
+    stages.retain(|s| !s.actions.is_empty());
+    Plan {
+        incus_project: incus_project.to_string(),
+        stages,
+        unchanged: Vec::new(),
+        placement: Vec::new(),
+        warnings,
+    }
+}

@@ -1,0 +1,903 @@
+//! The planner: from a loaded compose [`Project`] and what Incus holds now ([`Observed`]),
+//! the ordered [`Action`]s that make Incus match the project. Pure: no I/O, no clock.
+//!
+//! Three steps: [`desired`] maps every service to an instance template (image, config,
+//! devices, spec hash) and every network and volume to an Incus object; the scheduler
+//! ([`crate::schedule`]) places every replica on a member; [`diff`] compares that with the
+//! observed objects and orders the actions in [`Stage`]s (the actions of a stage are
+//! independent and may run in parallel; stages run one after another).
+//!
+//! **Incus project.** One compose project lives in one Incus project, named after the
+//! compose project, created by the first `up` with `features.images=false` and
+//! `features.profiles=false` (it uses the `default` project's images and profiles) and, as
+//! Incus defaults, `features.networks=false` (its networks live in the `default` project,
+//! hence their per-project names, see [`naming`]) and `features.storage.volumes=true` (its
+//! volumes are its own). `--incus-project NAME` or `x-incus: {project: NAME}` choose another
+//! (existing or not) project instead.
+//!
+//! **Ownership.** Every object incus-compose makes carries `user.*` keys: [`LABEL_PROJECT`]
+//! (the compose project), [`LABEL_SERVICE`], [`LABEL_SLOT`] (replica number, or member name
+//! for global services), [`LABEL_HASH`] (see [`spec_hash`]) and [`LABEL_VERSION`]; networks
+//! carry [`LABEL_NETWORK`] and volumes [`LABEL_VOLUME`] instead of service and slot. An
+//! object without a matching [`LABEL_PROJECT`] is never changed or removed; if the name of a
+//! desired object is taken by such an object, planning fails and names it, before any change.
+//!
+//! **What changes.** A missing replica is created (and started unless `--no-start`). One whose
+//! [`LABEL_HASH`] differs from the service's current hash, or with `--force-recreate`, is
+//! recreated (unless `--no-recreate`). A stopped one is started. Surplus replicas (scale down)
+//! are removed; replicas of services no longer in the file only with `--remove-orphans`
+//! (otherwise a warning names them). Services start in `depends_on` order: one stage per
+//! dependency level.
+
+pub mod mapping;
+pub mod naming;
+
+mod diff;
+mod network;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use ic_compose::Project;
+use ic_compose::model::{DeployMode, Service, VolumeType};
+use sha2::{Digest, Sha256};
+
+use crate::schedule::{HostPort, ServiceSpec};
+
+pub use diff::{DiffOptions, DownOptions, dependency_levels, diff, plan_down};
+pub use mapping::Devices;
+pub use network::{Subnet, allocate_subnet};
+
+/// The compose project an object belongs to.
+pub const LABEL_PROJECT: &str = "user.incus-compose.project";
+/// The service an instance belongs to.
+pub const LABEL_SERVICE: &str = "user.incus-compose.service";
+/// The replica slot of an instance: a number, or a member name for global services.
+pub const LABEL_SLOT: &str = "user.incus-compose.slot";
+/// The hash of the service spec an instance was made from.
+pub const LABEL_HASH: &str = "user.incus-compose.hash";
+/// The incus-compose version that made the object.
+pub const LABEL_VERSION: &str = "user.incus-compose.version";
+/// The compose network key of a network.
+pub const LABEL_NETWORK: &str = "user.incus-compose.network";
+/// The compose volume key of a volume.
+pub const LABEL_VOLUME: &str = "user.incus-compose.volume";
+
+/// Where the command script lives inside an instance (see [`InstanceTemplate::command`]).
+pub const COMMAND_PATH: &str = "/.incus-compose/cmd";
+
+/// What the caller asks for.
+#[derive(Debug, Clone, Default)]
+pub struct PlanOptions {
+    /// `--incus-project`: overrides `x-incus.project` and the compose project name.
+    pub incus_project: Option<String>,
+    /// `--scale svc=N`.
+    pub scale: BTreeMap<String, u32>,
+    /// Services named on the command line (and, implied, what they depend on); empty = all.
+    pub services: Vec<String>,
+    /// Value of [`LABEL_VERSION`].
+    pub version: String,
+}
+
+/// Facts about the server the mapping depends on.
+#[derive(Debug, Clone, Default)]
+pub struct ServerFacts {
+    /// Incus version (for messages).
+    pub version: String,
+    /// API extension `instance_oci`.
+    pub oci: bool,
+    /// Local image aliases (in the project that holds the images).
+    pub image_aliases: BTreeSet<String>,
+    /// Local image fingerprints.
+    pub image_fingerprints: Vec<String>,
+    /// Names of the incus CLI's image remotes (`remote:alias` images).
+    pub remotes: BTreeSet<String>,
+    /// The storage pool named volumes go to (the default profile's root disk pool).
+    pub storage_pool: String,
+}
+
+/// The image an instance is made from.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub enum ImageSource {
+    /// A local alias or fingerprint.
+    Local(String),
+    /// `remote:alias` of one of the incus CLI's remotes.
+    Remote { remote: String, alias: String },
+}
+
+impl fmt::Display for ImageSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ImageSource::Local(a) => f.write_str(a),
+            ImageSource::Remote { remote, alias } => write!(f, "{remote}:{alias}"),
+        }
+    }
+}
+
+/// What every replica of a service is made of.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InstanceTemplate {
+    /// Compose service name.
+    pub service: String,
+    /// Incus form of the service name (prefix of replica names).
+    pub base_name: String,
+    /// `container_name`, mapped.
+    pub container_name: Option<String>,
+    pub image: ImageSource,
+    /// Config keys, labels included except [`LABEL_SLOT`].
+    pub config: BTreeMap<String, String>,
+    pub devices: Devices,
+    /// `entrypoint` + `command` as a shell script, run as PID 1 through `raw.lxc`
+    /// `lxc.init.cmd` (Incus 6.0 system containers run `/sbin/init` otherwise); pushed to
+    /// [`COMMAND_PATH`] before the first start.
+    pub command: Option<String>,
+    /// [`spec_hash`] of this template.
+    pub hash: String,
+    /// Named (not external) volumes the service mounts: Incus volume names.
+    pub volumes: Vec<String>,
+    /// What the scheduler needs.
+    pub spec: ServiceSpec,
+    /// Services it depends on (that are part of the plan).
+    pub depends_on: Vec<String>,
+    /// Seconds to wait for a clean stop (`stop_grace_period`, default 10).
+    pub stop_timeout: i64,
+}
+
+impl InstanceTemplate {
+    /// The instance name of a slot.
+    pub fn instance_name(&self, slot: &str) -> String {
+        match &self.container_name {
+            Some(n) => n.clone(),
+            None => naming::instance_name(&self.base_name, slot),
+        }
+    }
+}
+
+/// A network the project wants.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DesiredNetwork {
+    pub key: String,
+    /// Incus name.
+    pub name: String,
+    /// Used as it is, never created or removed.
+    pub external: bool,
+    /// From `ipam.config[0].subnet` (and `gateway`); `None`: allocated at plan time.
+    pub subnet: Option<Subnet>,
+    /// Config without `ipv4.address` (added when the subnet is known).
+    pub config: BTreeMap<String, String>,
+}
+
+/// A named volume the project wants.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DesiredVolume {
+    pub key: String,
+    pub name: String,
+    pub external: bool,
+    pub pool: String,
+    pub config: BTreeMap<String, String>,
+}
+
+/// The desired state of a project, before placement.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Desired {
+    pub compose_project: String,
+    pub incus_project: String,
+    pub networks: Vec<DesiredNetwork>,
+    pub volumes: Vec<DesiredVolume>,
+    /// In dependency order.
+    pub services: Vec<InstanceTemplate>,
+    /// Every service of the file (selected or not), for orphan detection.
+    pub all_services: BTreeSet<String>,
+    pub warnings: Vec<String>,
+}
+
+/// Planning failed; nothing was changed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    #[error("{what} {name:?} cannot be an Incus name: {problem}; rename it in the compose file")]
+    BadName {
+        what: &'static str,
+        name: String,
+        problem: String,
+    },
+    #[error(
+        "{first} and {second} both become the Incus name {incus:?} (`_` and `.` map to `-`); rename one of them"
+    )]
+    NameCollision {
+        first: String,
+        second: String,
+        incus: String,
+    },
+    #[error(
+        "service {service:?} has no image; incus-compose does not build images (`build:`): set `image:`"
+    )]
+    NoImage { service: String },
+    #[error(
+        "service {service:?}: image {image:?} is not a local image alias or fingerprint on this Incus server (version {version}), and {why}; import it (`incus image import ... --alias {image}`), or write `<remote>:<alias>` with one of your incus remotes"
+    )]
+    UnknownImage {
+        service: String,
+        image: String,
+        version: String,
+        why: String,
+    },
+    #[error(
+        "service {service:?}: `container_name` needs exactly one replica, it asks for {replicas}"
+    )]
+    ContainerNameWithReplicas { service: String, replicas: u64 },
+    #[error("service {0:?} named on the command line is not in the compose file")]
+    UnknownService(String),
+    #[error("--scale {0}: no such service in the compose file")]
+    UnknownScaleService(String),
+    #[error(
+        "{kind} {name:?} already exists in Incus project {project:?} and was not made by incus-compose for compose project {compose:?}{owner}; incus-compose never touches it. Rename or remove it, or rename the service (nothing was changed)"
+    )]
+    NotOurs {
+        kind: &'static str,
+        name: String,
+        project: String,
+        compose: String,
+        owner: String,
+    },
+    #[error("{kind} {name:?} is declared external but does not exist; create it first")]
+    ExternalMissing { kind: &'static str, name: String },
+    #[error("network {network:?}: {message}")]
+    BadSubnet { network: String, message: String },
+    #[error("no free /24 left in 100.100.0.0/14 for network {0:?}; give it an ipam subnet")]
+    NoFreeSubnet(String),
+    #[error("service {service:?} cannot be placed on any member: {reason}")]
+    Unschedulable { service: String, reason: String },
+    #[error("scheduler: {0}")]
+    Schedule(String),
+}
+
+fn bad_name(what: &'static str, name: &str, p: naming::NameProblem) -> PlanError {
+    PlanError::BadName {
+        what,
+        name: name.to_string(),
+        problem: p.to_string(),
+    }
+}
+
+/// The Incus project for a compose project: `--incus-project`, else `x-incus.project`,
+/// else the compose project name.
+pub fn incus_project_name(project: &Project, opts: &PlanOptions) -> String {
+    if let Some(p) = &opts.incus_project {
+        return p.clone();
+    }
+    project
+        .extensions
+        .get("x-incus")
+        .and_then(|x| x.get("project"))
+        .and_then(|p| p.as_str())
+        .map(str::to_string)
+        .unwrap_or_else(|| project.name.clone())
+}
+
+/// Stable hash of what defines a service's instances: image, config and devices (labels with
+/// a per-replica value or the tool version left out; the replica count is not part of it).
+/// sha256 of the canonical JSON (sorted maps), hex.
+pub fn spec_hash(
+    image: &ImageSource,
+    config: &BTreeMap<String, String>,
+    devices: &Devices,
+    command: Option<&str>,
+) -> String {
+    let config: BTreeMap<&String, &String> = config
+        .iter()
+        .filter(|(k, _)| {
+            k.as_str() != LABEL_VERSION && k.as_str() != LABEL_SLOT && k.as_str() != LABEL_HASH
+        })
+        .collect();
+    let canonical = serde_json::json!({
+        "image": image,
+        "config": config,
+        "devices": devices,
+        "command": command,
+    });
+    let digest = Sha256::digest(canonical.to_string().as_bytes());
+    naming::hex(&digest)
+}
+
+/// Checks an image against the server (see [`PlanError::UnknownImage`]).
+pub fn resolve_image(
+    service: &str,
+    image: &str,
+    facts: &ServerFacts,
+) -> Result<ImageSource, PlanError> {
+    if let Some((remote, alias)) = image.split_once(':')
+        && facts.remotes.contains(remote)
+        && !alias.is_empty()
+    {
+        return Ok(ImageSource::Remote {
+            remote: remote.to_string(),
+            alias: alias.to_string(),
+        });
+    }
+    let is_fingerprint = image.len() >= 12
+        && image.chars().all(|c| c.is_ascii_hexdigit())
+        && facts
+            .image_fingerprints
+            .iter()
+            .any(|f| f.starts_with(image));
+    if facts.image_aliases.contains(image) || is_fingerprint {
+        return Ok(ImageSource::Local(image.to_string()));
+    }
+    let why = if facts.oci {
+        "OCI registry images need an `oci` remote (`incus remote add <name> https://<registry> --protocol=oci`) named as `<name>:<image>`".to_string()
+    } else {
+        "this server cannot run OCI (Docker) images: that needs API extension instance_oci (Incus 6.3 or later)".to_string()
+    };
+    Err(PlanError::UnknownImage {
+        service: service.to_string(),
+        image: image.to_string(),
+        version: if facts.version.is_empty() {
+            "unknown".into()
+        } else {
+            facts.version.clone()
+        },
+        why,
+    })
+}
+
+/// Single-quote a word for `sh`.
+fn sh_quote(word: &str) -> String {
+    format!("'{}'", word.replace('\'', "'\\''"))
+}
+
+/// The PID 1 script for `entrypoint` + `command` (`None` when neither is set).
+pub fn command_script(service: &Service) -> Option<String> {
+    let mut words: Vec<&String> = Vec::new();
+    if let Some(e) = &service.entrypoint {
+        words.extend(e);
+    }
+    if let Some(c) = &service.command {
+        words.extend(c);
+    }
+    if words.is_empty() {
+        return None;
+    }
+    let line: Vec<String> = words.iter().map(|w| sh_quote(w)).collect();
+    Some(format!(
+        "# written by incus-compose: the service's entrypoint and command\nexec {}\n",
+        line.join(" ")
+    ))
+}
+
+fn scheduler_spec(service: &Service, name: &str, replicas: Option<u64>) -> ServiceSpec {
+    let mut spec = match replicas {
+        Some(n) => ServiceSpec::replicated(name, u32::try_from(n).unwrap_or(u32::MAX)),
+        None => ServiceSpec::global(name),
+    };
+    if let Some(d) = &service.deploy {
+        spec.constraints = d.placement.constraints.clone();
+        spec.preferences = d.placement.preferences.clone();
+        spec.max_replicas_per_node = d
+            .placement
+            .max_replicas_per_node
+            .map(|n| u32::try_from(n).unwrap_or(u32::MAX));
+        if let Some(r) = &d.resources.reservations {
+            spec.reservation_millicpus = r.cpus.map(|c| (c * 1000.0).round() as u64);
+            spec.reservation_memory = r.memory.map(|m| m.bytes());
+        }
+    }
+    for p in &service.ports {
+        if let Some(r) = p.published {
+            for port in r.start..=r.end {
+                spec.fixed_host_ports.push(HostPort {
+                    port,
+                    udp: p.protocol.eq_ignore_ascii_case("udp"),
+                });
+            }
+        }
+    }
+    spec
+}
+
+/// The services to plan: the named ones and everything they depend on (all when none named).
+fn selected_services(project: &Project, opts: &PlanOptions) -> Result<BTreeSet<String>, PlanError> {
+    if opts.services.is_empty() {
+        return Ok(project.services.keys().cloned().collect());
+    }
+    let mut out = BTreeSet::new();
+    let mut todo: Vec<String> = Vec::new();
+    for s in &opts.services {
+        if !project.services.contains_key(s) {
+            return Err(PlanError::UnknownService(s.clone()));
+        }
+        todo.push(s.clone());
+    }
+    while let Some(s) = todo.pop() {
+        if out.insert(s.clone())
+            && let Some(svc) = project.services.get(&s)
+        {
+            todo.extend(
+                svc.depends_on
+                    .keys()
+                    .filter(|d| project.services.contains_key(*d))
+                    .cloned(),
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// The desired state of `project` (see the module documentation).
+pub fn desired(
+    project: &Project,
+    facts: &ServerFacts,
+    opts: &PlanOptions,
+) -> Result<Desired, PlanError> {
+    let incus_project = incus_project_name(project, opts);
+    let mut warnings: Vec<String> = project.warnings.iter().map(|d| d.to_string()).collect();
+    for s in opts.scale.keys() {
+        if !project.services.contains_key(s) {
+            return Err(PlanError::UnknownScaleService(s.clone()));
+        }
+    }
+    let selected = selected_services(project, opts)?;
+
+    let owner = |extra: &[(&str, &str)]| -> BTreeMap<String, String> {
+        let mut m = BTreeMap::from([
+            (LABEL_PROJECT.to_string(), project.name.clone()),
+            (LABEL_VERSION.to_string(), opts.version.clone()),
+        ]);
+        for (k, v) in extra {
+            m.insert(k.to_string(), v.to_string());
+        }
+        m
+    };
+
+    // Networks used by selected services.
+    let used_networks: BTreeSet<&String> = project
+        .services
+        .iter()
+        .filter(|(n, s)| selected.contains(*n) && s.network_mode.as_deref() != Some("none"))
+        .flat_map(|(_, s)| s.networks.keys())
+        .collect();
+    let mut networks = Vec::new();
+    for (key, net) in &project.networks {
+        if !used_networks.contains(key) {
+            continue;
+        }
+        if net.external {
+            networks.push(DesiredNetwork {
+                key: key.clone(),
+                name: net.name.clone(),
+                external: true,
+                subnet: None,
+                config: BTreeMap::new(),
+            });
+            continue;
+        }
+        if let Some(d) = net.driver.as_deref().filter(|d| *d != "bridge") {
+            warnings.push(format!(
+                "network {key:?}: driver {d:?} is not supported; an Incus bridge is used"
+            ));
+        }
+        let subnet =
+            match net.ipam.as_ref().and_then(|i| i.config.first()) {
+                Some(pool) => match &pool.subnet {
+                    Some(s) => Some(Subnet::parse(s, pool.gateway.as_deref()).map_err(
+                        |message| PlanError::BadSubnet {
+                            network: key.clone(),
+                            message,
+                        },
+                    )?),
+                    None => None,
+                },
+                None => None,
+            };
+        let mut config = owner(&[(LABEL_NETWORK, key)]);
+        config.insert("ipv4.nat".into(), "false".into());
+        config.insert("ipv6.address".into(), "none".into());
+        for (k, v) in &net.labels {
+            config.insert(format!("user.label.{k}"), v.clone());
+        }
+        networks.push(DesiredNetwork {
+            key: key.clone(),
+            name: naming::network_name(&incus_project, key),
+            external: false,
+            subnet,
+            config,
+        });
+    }
+
+    let pool = facts.storage_pool.clone();
+    let mut volumes = Vec::new();
+    for (key, vol) in &project.volumes {
+        let used = project.services.iter().any(|(n, s)| {
+            selected.contains(n)
+                && s.volumes
+                    .iter()
+                    .any(|v| v.kind == VolumeType::Volume && v.source.as_deref() == Some(key))
+        });
+        if !used {
+            continue;
+        }
+        if let Some(d) = vol.driver.as_deref().filter(|d| *d != "local") {
+            warnings.push(format!(
+                "volume {key:?}: driver {d:?} is not supported; a custom volume of pool {pool:?} is used"
+            ));
+        }
+        let mut config = owner(&[(LABEL_VOLUME, key)]);
+        for (k, v) in &vol.labels {
+            config.insert(format!("user.label.{k}"), v.clone());
+        }
+        volumes.push(DesiredVolume {
+            key: key.clone(),
+            name: vol.name.clone(),
+            external: vol.external,
+            pool: pool.clone(),
+            config,
+        });
+    }
+
+    let mut services = Vec::new();
+    let mut by_incus_name: BTreeMap<String, String> = BTreeMap::new();
+    for name in project.services_in_dependency_order() {
+        let Some(service) = project.services.get(name) else {
+            continue;
+        };
+        if !selected.contains(name) {
+            continue;
+        }
+        let base_name = naming::incus_name(name).map_err(|p| bad_name("service", name, p))?;
+        if let Some(first) = by_incus_name.insert(base_name.clone(), format!("service {name:?}")) {
+            return Err(PlanError::NameCollision {
+                first,
+                second: format!("service {name:?}"),
+                incus: base_name,
+            });
+        }
+        let container_name = match &service.container_name {
+            Some(c) => {
+                let mapped = naming::incus_name(c).map_err(|p| bad_name("container_name", c, p))?;
+                if let Some(first) =
+                    by_incus_name.insert(mapped.clone(), format!("container_name {c:?}"))
+                {
+                    return Err(PlanError::NameCollision {
+                        first,
+                        second: format!("container_name {c:?}"),
+                        incus: mapped,
+                    });
+                }
+                Some(mapped)
+            }
+            None => None,
+        };
+        let Some(image) = &service.image else {
+            return Err(PlanError::NoImage {
+                service: name.to_string(),
+            });
+        };
+        let image = resolve_image(name, image, facts)?;
+        let mut replicas = service.replicas();
+        if let Some(n) = opts.scale.get(name) {
+            match replicas {
+                Some(_) => replicas = Some(u64::from(*n)),
+                None => warnings.push(format!(
+                    "--scale {name}={n} ignored: a global service runs one replica per member"
+                )),
+            }
+        }
+        if matches!(
+            service.deploy.as_ref().map(|d| d.mode),
+            Some(DeployMode::ReplicatedJob | DeployMode::GlobalJob)
+        ) {
+            warnings.push(format!(
+                "service {name:?}: job modes run as ordinary services for now"
+            ));
+        }
+        if container_name.is_some() && replicas != Some(1) && replicas != Some(0) {
+            return Err(PlanError::ContainerNameWithReplicas {
+                service: name.to_string(),
+                replicas: replicas.unwrap_or(0),
+            });
+        }
+
+        let mut config = owner(&[(LABEL_SERVICE, name)]);
+        mapping::environment(service, &mut config, &mut warnings);
+        mapping::labels(service, &mut config);
+        mapping::limits(service, &mut config);
+        mapping::restart(service, &mut config, &mut warnings);
+        if service.privileged {
+            config.insert("security.privileged".into(), "true".into());
+        }
+        let command = command_script(service);
+        if command.is_some() {
+            config.insert(
+                "raw.lxc".into(),
+                format!("lxc.init.cmd = /bin/sh {COMMAND_PATH}"),
+            );
+        }
+        let mut devices = Devices::new();
+        mapping::ports(service, &mut devices, &mut warnings);
+        let bridge_of = |key: &str| {
+            networks
+                .iter()
+                .find(|n| n.key == key)
+                .map(|n| n.name.clone())
+        };
+        mapping::nics(service, &bridge_of, &mut devices, &mut warnings);
+        let volume_of = |key: &str| project.volumes.get(key).map(|v| v.name.clone());
+        let used = mapping::mounts(service, &pool, &volume_of, &mut devices, &mut warnings);
+        let volumes_used: Vec<String> = used
+            .into_iter()
+            .filter(|v| {
+                volumes
+                    .iter()
+                    .any(|d: &DesiredVolume| &d.name == v && !d.external)
+            })
+            .collect();
+        mapping::unsupported(service, &mut warnings);
+
+        let hash = spec_hash(&image, &config, &devices, command.as_deref());
+        config.insert(LABEL_HASH.into(), hash.clone());
+        let spec = scheduler_spec(service, name, replicas);
+        services.push(InstanceTemplate {
+            service: name.to_string(),
+            base_name,
+            container_name,
+            image,
+            config,
+            devices,
+            command,
+            hash,
+            volumes: volumes_used,
+            spec,
+            depends_on: service
+                .depends_on
+                .keys()
+                .filter(|d| selected.contains(*d))
+                .cloned()
+                .collect(),
+            stop_timeout: service
+                .stop_grace_period
+                .map(|d| d.as_std().as_secs() as i64)
+                .unwrap_or(10),
+        });
+    }
+    Ok(Desired {
+        compose_project: project.name.clone(),
+        incus_project,
+        networks,
+        volumes,
+        services,
+        all_services: project.services.keys().cloned().collect(),
+        warnings,
+    })
+}
+
+/// An instance as observed.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ObservedInstance {
+    pub name: String,
+    /// Member it is on.
+    pub location: String,
+    pub running: bool,
+    /// Its own config (labels included).
+    pub config: BTreeMap<String, String>,
+}
+
+impl ObservedInstance {
+    pub fn label(&self, key: &str) -> Option<&str> {
+        self.config.get(key).map(String::as_str)
+    }
+}
+
+/// A network as observed (in the project that holds the networks).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ObservedNetwork {
+    pub name: String,
+    pub managed: bool,
+    pub config: BTreeMap<String, String>,
+}
+
+/// A custom volume as observed.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ObservedVolume {
+    pub pool: String,
+    pub name: String,
+    /// Member it lives on (the server name on a standalone server).
+    pub location: String,
+    pub config: BTreeMap<String, String>,
+}
+
+/// What Incus holds now.
+#[derive(Debug, Clone, Default)]
+pub struct Observed {
+    /// Whether the Incus project exists.
+    pub project_exists: bool,
+    /// Its config (`user.incus-compose.project` marks a project incus-compose created).
+    pub project_config: BTreeMap<String, String>,
+    /// Cluster members (one for a standalone server).
+    pub members: Vec<crate::schedule::Member>,
+    pub clustered: bool,
+    /// Instances of the Incus project.
+    pub instances: Vec<ObservedInstance>,
+    /// Networks visible from the project (the `default` project's when it has no networks
+    /// of its own).
+    pub networks: Vec<ObservedNetwork>,
+    /// Custom volumes of the Incus project.
+    pub volumes: Vec<ObservedVolume>,
+}
+
+/// One change to make.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    CreateProject {
+        name: String,
+        config: BTreeMap<String, String>,
+    },
+    CreateNetwork {
+        name: String,
+        config: BTreeMap<String, String>,
+    },
+    CreateVolume {
+        pool: String,
+        name: String,
+        member: String,
+        config: BTreeMap<String, String>,
+    },
+    /// Create (and start) an instance on `member`.
+    Create(Box<InstancePlan>),
+    /// Remove the old instance and create it anew (its spec changed).
+    Recreate(Box<InstancePlan>),
+    Start {
+        name: String,
+        service: String,
+    },
+    Stop {
+        name: String,
+        service: String,
+        timeout: i64,
+    },
+    Remove {
+        name: String,
+        service: String,
+        member: String,
+        timeout: i64,
+        reason: String,
+    },
+    RemoveNetwork {
+        name: String,
+    },
+    RemoveVolume {
+        pool: String,
+        name: String,
+        member: String,
+    },
+    RemoveProject {
+        name: String,
+    },
+}
+
+impl Action {
+    /// The object it acts on, for messages.
+    pub fn object(&self) -> String {
+        match self {
+            Action::CreateProject { name, .. } | Action::RemoveProject { name } => {
+                format!("project {name}")
+            }
+            Action::CreateNetwork { name, .. } | Action::RemoveNetwork { name } => {
+                format!("network {name}")
+            }
+            Action::CreateVolume { name, member, .. }
+            | Action::RemoveVolume { name, member, .. } => {
+                format!("volume {name} on {member}")
+            }
+            Action::Create(p) | Action::Recreate(p) => p.name.clone(),
+            Action::Start { name, .. }
+            | Action::Stop { name, .. }
+            | Action::Remove { name, .. } => name.clone(),
+        }
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Action::CreateProject { name, .. } => write!(f, "create Incus project {name}"),
+            Action::CreateNetwork { name, config } => write!(
+                f,
+                "create network {name} ({})",
+                config
+                    .get("ipv4.address")
+                    .map(String::as_str)
+                    .unwrap_or("?")
+            ),
+            Action::CreateVolume {
+                pool, name, member, ..
+            } => {
+                write!(f, "create volume {pool}/{name} on {member}")
+            }
+            Action::Create(p) => write!(
+                f,
+                "create {} ({}, image {}) on {}{}",
+                p.name,
+                p.service,
+                p.template_image,
+                p.member,
+                if p.start { "" } else { ", not started" }
+            ),
+            Action::Recreate(p) => write!(f, "recreate {} on {} ({})", p.name, p.member, p.reason),
+            Action::Start { name, .. } => write!(f, "start {name}"),
+            Action::Stop { name, .. } => write!(f, "stop {name}"),
+            Action::Remove {
+                name,
+                member,
+                reason,
+                ..
+            } => write!(f, "remove {name} on {member} ({reason})"),
+            Action::RemoveNetwork { name } => write!(f, "remove network {name}"),
+            Action::RemoveVolume { pool, name, member } => {
+                write!(f, "remove volume {pool}/{name} on {member}")
+            }
+            Action::RemoveProject { name } => write!(f, "remove Incus project {name}"),
+        }
+    }
+}
+
+/// One instance to (re)create.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InstancePlan {
+    pub name: String,
+    pub service: String,
+    pub slot: String,
+    pub member: String,
+    /// For recreate: where the old one is.
+    pub old_member: Option<String>,
+    pub image: ImageSource,
+    pub template_image: String,
+    pub config: BTreeMap<String, String>,
+    pub devices: Devices,
+    pub command: Option<String>,
+    pub start: bool,
+    pub stop_timeout: i64,
+    pub reason: String,
+}
+
+/// Actions that may run in parallel.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stage {
+    pub title: String,
+    pub actions: Vec<Action>,
+}
+
+/// The outcome of planning.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    pub incus_project: String,
+    pub stages: Vec<Stage>,
+    /// Replicas kept as they are.
+    pub unchanged: Vec<String>,
+    /// Where every desired replica goes: (member, instance, service), sorted.
+    pub placement: Vec<(String, String, String)>,
+    pub warnings: Vec<String>,
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        self.stages.iter().all(|s| s.actions.is_empty())
+    }
+
+    pub fn actions(&self) -> impl Iterator<Item = &Action> {
+        self.stages.iter().flat_map(|s| &s.actions)
+    }
+}
+
+/// [`desired`] then [`diff`].
+pub fn plan_up(
+    project: &Project,
+    facts: &ServerFacts,
+    observed: &Observed,
+    opts: &PlanOptions,
+    diff_opts: &DiffOptions,
+) -> Result<Plan, PlanError> {
+    let d = desired(project, facts, opts)?;
+    diff(&d, observed, diff_opts)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,622 @@
+//! Planner tests: compose text in, actions out.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use ic_compose::{LoadOptions, MemFs, Project, load_with};
+
+use super::*;
+use crate::schedule::Member;
+
+fn load(text: &str) -> Project {
+    let o = LoadOptions {
+        files: vec![PathBuf::from("/proj/compose.yaml")],
+        working_dir: PathBuf::from("/proj"),
+        environment: BTreeMap::new(),
+        interpolate: true,
+        ..LoadOptions::default()
+    };
+    let fs = MemFs::default().with("/proj/compose.yaml", text);
+    load_with(&o, &fs).unwrap_or_else(|e| panic!("load failed:\n{e}"))
+}
+
+fn facts() -> ServerFacts {
+    ServerFacts {
+        version: "6.0.4".into(),
+        oci: false,
+        image_aliases: ["testapp/v1", "testapp/v2", "busybox"]
+            .map(String::from)
+            .into(),
+        image_fingerprints: vec!["acaa58b890cb0123456789".into()],
+        remotes: ["images".to_string()].into(),
+        storage_pool: "data".into(),
+    }
+}
+
+fn opts() -> PlanOptions {
+    PlanOptions {
+        version: "0.1.0".into(),
+        ..Default::default()
+    }
+}
+
+fn cluster() -> Observed {
+    Observed {
+        project_exists: true,
+        members: vec![
+            Member::new("node1"),
+            Member::new("node2"),
+            Member::new("node3"),
+        ],
+        clustered: true,
+        ..Default::default()
+    }
+}
+
+const APP: &str = r#"
+name: shop
+services:
+  web:
+    image: testapp/v1
+    environment: {MODE: prod}
+    ports: ["8080:80"]
+    depends_on: [db]
+    deploy: {replicas: 3}
+  db:
+    image: busybox
+    volumes: [data:/var/lib/db]
+volumes:
+  data: {}
+"#;
+
+/// What Incus would hold after executing `plan` on `obs`.
+fn apply(plan: &Plan, obs: &Observed) -> Observed {
+    let mut out = obs.clone();
+    out.project_exists = true;
+    for a in plan.actions() {
+        match a {
+            Action::CreateNetwork { name, config } => out.networks.push(ObservedNetwork {
+                name: name.clone(),
+                managed: true,
+                config: config.clone(),
+            }),
+            Action::CreateVolume {
+                pool,
+                name,
+                member,
+                config,
+            } => out.volumes.push(ObservedVolume {
+                pool: pool.clone(),
+                name: name.clone(),
+                location: member.clone(),
+                config: config.clone(),
+            }),
+            Action::Create(p) | Action::Recreate(p) => {
+                out.instances.retain(|i| i.name != p.name);
+                out.instances.push(ObservedInstance {
+                    name: p.name.clone(),
+                    location: p.member.clone(),
+                    running: p.start,
+                    config: p.config.clone(),
+                });
+            }
+            Action::Remove { name, .. } => out.instances.retain(|i| &i.name != name),
+            Action::Start { name, .. } => {
+                for i in &mut out.instances {
+                    if &i.name == name {
+                        i.running = true;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+fn up(text: &str, obs: &Observed, d: &DiffOptions) -> Result<Plan, PlanError> {
+    plan_up(&load(text), &facts(), obs, &opts(), d)
+}
+
+fn creates(plan: &Plan) -> Vec<(String, String)> {
+    plan.actions()
+        .filter_map(|a| match a {
+            Action::Create(p) => Some((p.name.clone(), p.member.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn first_up_creates_network_volume_and_replicas_spread_in_dependency_order() {
+    let plan = up(APP, &cluster(), &DiffOptions::default()).unwrap();
+    let titles: Vec<&str> = plan.stages.iter().map(|s| s.title.as_str()).collect();
+    assert_eq!(
+        titles,
+        ["networks", "volumes", "services db", "services web"]
+    );
+    let mut web: Vec<_> = creates(&plan)
+        .into_iter()
+        .filter(|(n, _)| n.starts_with("web-"))
+        .collect();
+    web.sort();
+    let members: std::collections::BTreeSet<_> = web.iter().map(|(_, m)| m.clone()).collect();
+    assert_eq!(
+        web.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+        ["web-1", "web-2", "web-3"]
+    );
+    assert_eq!(members.len(), 3, "one replica per member: {web:?}");
+    let Some(Action::Create(p)) = plan.actions().find(|a| a.object() == "web-1") else {
+        panic!("no web-1");
+    };
+    assert_eq!(p.config[LABEL_PROJECT], "shop");
+    assert_eq!(p.config[LABEL_SERVICE], "web");
+    assert_eq!(p.config[LABEL_SLOT], "1");
+    assert_eq!(p.config["environment.MODE"], "prod");
+    assert_eq!(p.config[LABEL_HASH].len(), 64);
+    assert_eq!(p.devices["eth0"]["type"], "nic");
+    assert!(p.devices["eth0"]["network"].starts_with("ic"));
+    // The db volume lives where db-1 runs.
+    let db_member = creates(&plan)
+        .into_iter()
+        .find(|(n, _)| n == "db-1")
+        .unwrap()
+        .1;
+    assert!(plan.actions().any(|a| matches!(a, Action::CreateVolume { name, member, .. } if name == "shop_data" && *member == db_member)));
+}
+
+#[test]
+fn a_missing_project_is_created_sharing_images_and_profiles() {
+    let mut obs = cluster();
+    obs.project_exists = false;
+    let plan = up(APP, &obs, &DiffOptions::default()).unwrap();
+    let Some(Action::CreateProject { name, config }) = plan.actions().next() else {
+        panic!("first action is not the project");
+    };
+    assert_eq!(name, "shop");
+    assert_eq!(config["features.images"], "false");
+    assert_eq!(config["features.profiles"], "false");
+}
+
+#[test]
+fn a_second_up_without_changes_does_nothing() {
+    let obs = cluster();
+    let first = up(APP, &obs, &DiffOptions::default()).unwrap();
+    let after = apply(&first, &obs);
+    let second = up(APP, &after, &DiffOptions::default()).unwrap();
+    assert!(second.is_empty(), "{:#?}", second.stages);
+    assert_eq!(second.unchanged, ["db-1", "web-1", "web-2", "web-3"]);
+}
+
+#[test]
+fn changing_one_services_environment_recreates_only_that_service() {
+    let obs = apply(
+        &up(APP, &cluster(), &DiffOptions::default()).unwrap(),
+        &cluster(),
+    );
+    let changed = APP.replace("MODE: prod", "MODE: test");
+    let plan = up(&changed, &obs, &DiffOptions::default()).unwrap();
+    let mut recreated: Vec<String> = plan
+        .actions()
+        .map(|a| match a {
+            Action::Recreate(p) => p.name.clone(),
+            other => panic!("unexpected {other}"),
+        })
+        .collect();
+    recreated.sort();
+    assert_eq!(recreated, ["web-1", "web-2", "web-3"]);
+    let no = up(
+        &changed,
+        &obs,
+        &DiffOptions {
+            no_recreate: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(no.is_empty());
+}
+
+#[test]
+fn force_recreate_recreates_unchanged_replicas() {
+    let obs = apply(
+        &up(APP, &cluster(), &DiffOptions::default()).unwrap(),
+        &cluster(),
+    );
+    let plan = up(
+        APP,
+        &obs,
+        &DiffOptions {
+            force_recreate: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        plan.actions()
+            .filter(|a| matches!(a, Action::Recreate(_)))
+            .count(),
+        4
+    );
+}
+
+#[test]
+fn scaling_down_removes_surplus_replicas_and_scaling_up_adds() {
+    let obs = apply(
+        &up(APP, &cluster(), &DiffOptions::default()).unwrap(),
+        &cluster(),
+    );
+    let mut o = opts();
+    o.scale.insert("web".into(), 1);
+    let plan = plan_up(&load(APP), &facts(), &obs, &o, &DiffOptions::default()).unwrap();
+    let mut removed: Vec<String> = plan
+        .actions()
+        .filter_map(|a| match a {
+            Action::Remove { name, .. } => Some(name.clone()),
+            _ => None,
+        })
+        .collect();
+    removed.sort();
+    assert_eq!(removed, ["web-2", "web-3"]);
+    assert_eq!(plan.actions().count(), 2);
+    o.scale.insert("web".into(), 5);
+    // A fixed host port allows one replica per member: two stay pending, with a warning.
+    let plan = plan_up(&load(APP), &facts(), &obs, &o, &DiffOptions::default()).unwrap();
+    assert!(plan.is_empty());
+    assert!(
+        plan.warnings
+            .iter()
+            .any(|w| w.contains("2 replica(s) cannot be placed")),
+        "{:?}",
+        plan.warnings
+    );
+    let no_port = APP.replace(r#"ports: ["8080:80"]"#, "");
+    let obs = apply(
+        &up(&no_port, &cluster(), &DiffOptions::default()).unwrap(),
+        &cluster(),
+    );
+    let plan = plan_up(&load(&no_port), &facts(), &obs, &o, &DiffOptions::default()).unwrap();
+    let mut new: Vec<String> = creates(&plan).into_iter().map(|(n, _)| n).collect();
+    new.sort();
+    assert_eq!(new, ["web-4", "web-5"]);
+}
+
+#[test]
+fn stopped_replicas_are_started_unless_no_start() {
+    let mut obs = apply(
+        &up(APP, &cluster(), &DiffOptions::default()).unwrap(),
+        &cluster(),
+    );
+    obs.instances
+        .iter_mut()
+        .find(|i| i.name == "web-2")
+        .unwrap()
+        .running = false;
+    let plan = up(APP, &obs, &DiffOptions::default()).unwrap();
+    assert_eq!(
+        plan.actions().map(|a| a.to_string()).collect::<Vec<_>>(),
+        ["start web-2"]
+    );
+    assert!(
+        up(
+            APP,
+            &obs,
+            &DiffOptions {
+                no_start: true,
+                ..Default::default()
+            }
+        )
+        .unwrap()
+        .is_empty()
+    );
+}
+
+#[test]
+fn orphans_are_removed_only_with_remove_orphans() {
+    let obs = apply(
+        &up(APP, &cluster(), &DiffOptions::default()).unwrap(),
+        &cluster(),
+    );
+    let without_db = r#"
+name: shop
+services:
+  web:
+    image: testapp/v1
+    environment: {MODE: prod}
+    ports: ["8080:80"]
+    deploy: {replicas: 3}
+"#;
+    let plan = up(without_db, &obs, &DiffOptions::default()).unwrap();
+    assert!(plan.actions().all(|a| !matches!(a, Action::Remove { .. })));
+    assert!(
+        plan.warnings
+            .iter()
+            .any(|w| w.contains("orphan instance db-1")),
+        "{:?}",
+        plan.warnings
+    );
+    let plan = up(
+        without_db,
+        &obs,
+        &DiffOptions {
+            remove_orphans: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(
+        plan.actions()
+            .any(|a| matches!(a, Action::Remove { name, .. } if name == "db-1"))
+    );
+}
+
+#[test]
+fn a_hand_made_instance_with_a_desired_name_fails_the_plan_and_names_it() {
+    let mut obs = cluster();
+    obs.instances.push(ObservedInstance {
+        name: "web-1".into(),
+        location: "node1".into(),
+        running: true,
+        config: BTreeMap::new(),
+    });
+    let err = up(APP, &obs, &DiffOptions::default()).unwrap_err();
+    assert!(
+        matches!(&err, PlanError::NotOurs { kind: "instance", name, .. } if name == "web-1"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("never touches it"), "{err}");
+    // Also with --remove-orphans and --force-recreate: never touched.
+    let err = up(
+        APP,
+        &obs,
+        &DiffOptions {
+            remove_orphans: true,
+            force_recreate: true,
+            ..Default::default()
+        },
+    );
+    assert!(err.is_err());
+}
+
+#[test]
+fn another_compose_projects_instance_is_not_ours() {
+    let mut obs = cluster();
+    obs.instances.push(ObservedInstance {
+        name: "db-1".into(),
+        location: "node1".into(),
+        running: true,
+        config: BTreeMap::from([(LABEL_PROJECT.to_string(), "blog".to_string())]),
+    });
+    let err = up(APP, &obs, &DiffOptions::default()).unwrap_err();
+    assert!(
+        err.to_string().contains("compose project \"blog\""),
+        "{err}"
+    );
+}
+
+#[test]
+fn networks_and_volumes_without_our_labels_are_refused() {
+    let d = desired(&load(APP), &facts(), &opts()).unwrap();
+    let mut obs = cluster();
+    obs.networks.push(ObservedNetwork {
+        name: d.networks[0].name.clone(),
+        managed: true,
+        config: BTreeMap::new(),
+    });
+    assert!(matches!(
+        up(APP, &obs, &DiffOptions::default()),
+        Err(PlanError::NotOurs {
+            kind: "network",
+            ..
+        })
+    ));
+    let mut obs = cluster();
+    obs.volumes.push(ObservedVolume {
+        pool: "data".into(),
+        name: "shop_data".into(),
+        location: "node2".into(),
+        config: BTreeMap::new(),
+    });
+    assert!(matches!(
+        up(APP, &obs, &DiffOptions::default()),
+        Err(PlanError::NotOurs { kind: "volume", .. })
+    ));
+}
+
+#[test]
+fn the_hash_is_stable_and_ignores_replica_count_but_not_config() {
+    let a = desired(&load(APP), &facts(), &opts()).unwrap();
+    let b = desired(&load(APP), &facts(), &opts()).unwrap();
+    let hash = |d: &Desired, s: &str| {
+        d.services
+            .iter()
+            .find(|t| t.service == s)
+            .unwrap()
+            .hash
+            .clone()
+    };
+    assert_eq!(hash(&a, "web"), hash(&b, "web"));
+    let scaled = desired(
+        &load(&APP.replace("replicas: 3", "replicas: 7")),
+        &facts(),
+        &opts(),
+    )
+    .unwrap();
+    assert_eq!(hash(&a, "web"), hash(&scaled, "web"));
+    let newer = PlanOptions {
+        version: "9.9.9".into(),
+        ..opts()
+    };
+    assert_eq!(
+        hash(&a, "web"),
+        hash(&desired(&load(APP), &facts(), &newer).unwrap(), "web")
+    );
+    let v2 = desired(
+        &load(&APP.replace("testapp/v1", "testapp/v2")),
+        &facts(),
+        &opts(),
+    )
+    .unwrap();
+    assert_ne!(hash(&a, "web"), hash(&v2, "web"));
+    assert_eq!(hash(&a, "db"), hash(&v2, "db"));
+}
+
+#[test]
+fn unknown_images_fail_naming_service_image_and_version() {
+    let err = up(
+        &APP.replace("testapp/v1", "nginx:1.25"),
+        &cluster(),
+        &DiffOptions::default(),
+    )
+    .unwrap_err();
+    let text = err.to_string();
+    for part in [
+        "\"web\"",
+        "\"nginx:1.25\"",
+        "6.0.4",
+        "instance_oci",
+        "incus image import",
+    ] {
+        assert!(text.contains(part), "{part} missing in: {text}");
+    }
+    let remote = resolve_image("web", "images:alpine/3.20", &facts()).unwrap();
+    assert_eq!(
+        remote,
+        ImageSource::Remote {
+            remote: "images".into(),
+            alias: "alpine/3.20".into()
+        }
+    );
+    assert_eq!(
+        resolve_image("web", "acaa58b890cb", &facts()).unwrap(),
+        ImageSource::Local("acaa58b890cb".into())
+    );
+}
+
+#[test]
+fn service_names_that_collide_after_mapping_are_rejected() {
+    let text = "name: p\nservices:\n  my_app: {image: busybox}\n  my.app: {image: busybox}\n";
+    let err = desired(&load(text), &facts(), &opts()).unwrap_err();
+    assert!(
+        matches!(err, PlanError::NameCollision { ref incus, .. } if incus == "my-app"),
+        "{err}"
+    );
+}
+
+#[test]
+fn container_name_replaces_the_replica_name() {
+    let text = "name: p\nservices:\n  db: {image: busybox, container_name: main_db}\n";
+    let plan = up(text, &cluster(), &DiffOptions::default()).unwrap();
+    assert_eq!(creates(&plan)[0].0, "main-db");
+}
+
+#[test]
+fn commands_become_the_init_process_through_a_script() {
+    let text = "name: p\nservices:\n  job: {image: busybox, entrypoint: [sh, -c], command: [\"echo 'hi' && sleep 1\"]}\n";
+    let d = desired(&load(text), &facts(), &opts()).unwrap();
+    let t = &d.services[0];
+    assert_eq!(
+        t.config["raw.lxc"],
+        format!("lxc.init.cmd = /bin/sh {COMMAND_PATH}")
+    );
+    assert!(
+        t.command
+            .as_deref()
+            .unwrap()
+            .contains("exec 'sh' '-c' 'echo '\\''hi'\\'' && sleep 1'"),
+        "{:?}",
+        t.command
+    );
+}
+
+#[test]
+fn selected_services_bring_their_dependencies() {
+    let o = PlanOptions {
+        services: vec!["web".into()],
+        ..opts()
+    };
+    let d = desired(&load(APP), &facts(), &o).unwrap();
+    assert_eq!(
+        d.services
+            .iter()
+            .map(|t| t.service.as_str())
+            .collect::<Vec<_>>(),
+        ["db", "web"]
+    );
+    let o = PlanOptions {
+        services: vec!["db".into()],
+        ..opts()
+    };
+    let d = desired(&load(APP), &facts(), &o).unwrap();
+    assert_eq!(d.services.len(), 1);
+    let o = PlanOptions {
+        services: vec!["nope".into()],
+        ..opts()
+    };
+    assert!(matches!(
+        desired(&load(APP), &facts(), &o),
+        Err(PlanError::UnknownService(_))
+    ));
+}
+
+#[test]
+fn down_removes_ours_dependents_first_and_volumes_only_when_asked() {
+    let obs = apply(
+        &up(APP, &cluster(), &DiffOptions::default()).unwrap(),
+        &cluster(),
+    );
+    let mut obs = obs;
+    obs.instances.push(ObservedInstance {
+        name: "hand-made".into(),
+        location: "node1".into(),
+        running: true,
+        config: BTreeMap::new(),
+    });
+    let levels = dependency_levels(&load(APP));
+    let plan = plan_down(
+        "shop",
+        "shop",
+        &levels,
+        &BTreeMap::new(),
+        &obs,
+        &DownOptions::default(),
+    );
+    let text: Vec<String> = plan.actions().map(|a| a.object()).collect();
+    assert_eq!(
+        &text[..3].iter().filter(|t| t.starts_with("web-")).count(),
+        &3,
+        "{text:?}"
+    );
+    assert_eq!(text[3], "db-1");
+    assert!(!text.contains(&"hand-made".to_string()));
+    assert!(
+        plan.actions()
+            .any(|a| matches!(a, Action::RemoveNetwork { .. }))
+    );
+    assert!(
+        !plan
+            .actions()
+            .any(|a| matches!(a, Action::RemoveVolume { .. }))
+    );
+    let plan = plan_down(
+        "shop",
+        "shop",
+        &levels,
+        &BTreeMap::new(),
+        &obs,
+        &DownOptions {
+            volumes: true,
+            ..Default::default()
+        },
+    );
+    assert!(
+        plan.actions()
+            .any(|a| matches!(a, Action::RemoveVolume { name, .. } if name == "shop_data"))
+    );
+    assert!(
+        !plan
+            .actions()
+            .any(|a| matches!(a, Action::RemoveProject { .. })),
+        "a hand-made instance keeps the project"
+    );
+}
