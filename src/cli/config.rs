@@ -121,9 +121,12 @@ pub fn render(project: &ic_compose::Project, args: &ConfigArgs) -> anyhow::Resul
         )
     } else {
         match args.format {
-            Format::Yaml => ic_compose::output::to_yaml_string(project),
+            Format::Yaml => ic_compose::output::to_yaml_output(project, args.no_interpolate),
             Format::Json => {
-                serde_json::to_string_pretty(&ic_compose::output::to_json(project))? + "\n"
+                serde_json::to_string_pretty(&ic_compose::output::to_json_output(
+                    project,
+                    args.no_interpolate,
+                ))? + "\n"
             }
         }
     })

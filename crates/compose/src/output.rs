@@ -28,15 +28,44 @@ fn to_yaml(v: &serde_json::Value) -> Yaml {
     }
 }
 
-/// The project as JSON, keys in the model's order (maps sorted by name).
+/// The project as JSON, keys in the model's order (maps sorted by name), values as loaded.
 pub fn to_json(project: &Project) -> serde_json::Value {
     serde_json::to_value(project).unwrap_or(serde_json::Value::Null)
 }
 
-/// The project as a YAML document.
+/// Write every `$` in string values as `$$`, so that the rendered project loads again with
+/// the same values (keys are never interpolated, so they are left alone).
+pub fn escape_dollars(v: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match v {
+        Value::String(s) if s.contains('$') => Value::String(s.replace('$', "$$")),
+        Value::Array(a) => Value::Array(a.into_iter().map(escape_dollars).collect()),
+        Value::Object(o) => {
+            Value::Object(o.into_iter().map(|(k, v)| (k, escape_dollars(v))).collect())
+        }
+        other => other,
+    }
+}
+
+/// The project as `config` prints it in JSON: `$` escaped as `$$` unless `raw` (for
+/// `--no-interpolate`, where values still hold their `${VAR}` templates).
+pub fn to_json_output(project: &Project, raw: bool) -> serde_json::Value {
+    if raw {
+        to_json(project)
+    } else {
+        escape_dollars(to_json(project))
+    }
+}
+
+/// The project as a YAML document, `$` escaped as `$$` (loads again to the same project).
 pub fn to_yaml_string(project: &Project) -> String {
+    to_yaml_output(project, false)
+}
+
+/// The project as `config` prints it in YAML; `raw` as for [`to_json_output`].
+pub fn to_yaml_output(project: &Project, raw: bool) -> String {
     let mut out = String::new();
-    let doc = to_yaml(&to_json(project));
+    let doc = to_yaml(&to_json_output(project, raw));
     let mut emitter = YamlEmitter::new(&mut out);
     emitter.multiline_strings(true);
     if emitter.dump(&doc).is_err() {

@@ -414,3 +414,33 @@ fn docker_compose_1_29_agrees_on_every_corpus_file_it_loads() {
         "every file is either compared or listed as rejected"
     );
 }
+
+/// `config` output loads again to the same project (`$` is escaped as `$$`, paths are absolute,
+/// names are explicit), for every corpus file.
+#[test]
+fn rendered_corpus_projects_load_again_unchanged() {
+    let mut files = Vec::new();
+    compose_files(&corpus(), &mut files);
+    for f in &files {
+        let first = load_ours(f).unwrap_or_else(|e| panic!("{}: {e}", rel(f)));
+        let yaml = ic_compose::output::to_yaml_string(&first);
+        let dir = ic_compose::canonical::clean(f.parent().expect("dir"));
+        let fs = ic_compose::MemFs::default().with(dir.join("rendered.yaml"), yaml.clone());
+        let again = ic_compose::load_with(
+            &LoadOptions {
+                files: vec![PathBuf::from("rendered.yaml")],
+                working_dir: dir,
+                environment: environment(),
+                interpolate: true,
+                ..LoadOptions::default()
+            },
+            &fs,
+        )
+        .unwrap_or_else(|e| panic!("{}: rendered output does not load:\n{e}\n{yaml}", rel(f)));
+        assert_eq!(again.services, first.services, "{}", rel(f));
+        assert_eq!(again.networks, first.networks, "{}", rel(f));
+        assert_eq!(again.volumes, first.volumes, "{}", rel(f));
+        assert_eq!(again.secrets, first.secrets, "{}", rel(f));
+        assert_eq!(again.configs, first.configs, "{}", rel(f));
+    }
+}
