@@ -1,6 +1,7 @@
 //! incus-compose: run compose files on Incus servers and clusters.
 
 mod cli;
+mod engine;
 
 use std::process::ExitCode;
 

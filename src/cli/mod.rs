@@ -6,6 +6,10 @@ use std::process::ExitCode;
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
 mod config;
+mod down;
+mod project;
+mod ps;
+mod up;
 
 /// Run compose files on Incus, on one server or across a cluster.
 #[derive(Debug, Parser)]
@@ -24,7 +28,12 @@ pub struct GlobalArgs {
     #[arg(short = 'f', long = "file", global = true, value_name = "FILE")]
     pub files: Vec<PathBuf>,
     /// Project name
-    #[arg(short = 'p', long = "project-name", global = true, env = "COMPOSE_PROJECT_NAME")]
+    #[arg(
+        short = 'p',
+        long = "project-name",
+        global = true,
+        env = "COMPOSE_PROJECT_NAME"
+    )]
     pub project_name: Option<String>,
     /// Working directory of the project (default: the directory of the first compose file)
     #[arg(long, global = true, value_name = "DIR")]
@@ -48,11 +57,11 @@ pub enum Command {
     /// Parse, resolve and render the compose file in canonical form
     Config(config::ConfigArgs),
     /// Create and start the project's instances
-    Up,
+    Up(up::UpArgs),
     /// Stop and remove the project's instances and networks (volumes only with -v)
-    Down,
+    Down(down::DownArgs),
     /// List the project's instances
-    Ps,
+    Ps(ps::PsArgs),
     /// Show instance output
     Logs,
     /// Run a command in a running instance
@@ -82,6 +91,9 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Config(args) => config::run(&cli.global, &args),
+        Command::Up(args) => up::run(&cli.global, &args),
+        Command::Down(args) => down::run(&cli.global, &args),
+        Command::Ps(args) => ps::run(&cli.global, &args),
         Command::Completion { shell } => {
             let mut cmd = Cli::command();
             clap_complete::generate(shell, &mut cmd, "incus-compose", &mut std::io::stdout());

@@ -1,0 +1,87 @@
+//! `incus-compose down`: remove the project's instances and networks (volumes with `-v`).
+//! Objects without the project's labels are never touched.
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+
+use clap::Args;
+use ic_core::plan::{DownOptions, dependency_levels, plan_down};
+
+use super::GlobalArgs;
+use super::project::{Context, block_on};
+use crate::engine::{self, observe};
+
+#[derive(Debug, Args)]
+pub struct DownArgs {
+    /// Also remove the named volumes of the project
+    #[arg(short = 'v', long)]
+    pub volumes: bool,
+    /// Also remove instances of services no longer in the compose file
+    #[arg(long)]
+    pub remove_orphans: bool,
+    /// Seconds to wait for a clean stop before killing (default: each service's stop_grace_period, else 10)
+    #[arg(short = 't', long)]
+    pub timeout: Option<i64>,
+    /// How many Incus operations run at once
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    pub parallel: usize,
+}
+
+pub fn run(global: &GlobalArgs, args: &DownArgs) -> anyhow::Result<ExitCode> {
+    let ctx = Context::new(global)?;
+    let levels = dependency_levels(&ctx.project);
+    let timeouts: BTreeMap<String, i64> = ctx
+        .project
+        .services
+        .iter()
+        .filter_map(|(n, s)| {
+            s.stop_grace_period
+                .map(|d| (n.clone(), d.as_std().as_secs() as i64))
+        })
+        .collect();
+    let opts = DownOptions {
+        volumes: args.volumes,
+        remove_orphans: args.remove_orphans,
+        timeout: args.timeout,
+    };
+    block_on(async {
+        let obs = observe(&ctx.base, &ctx.incus_project, false).await?;
+        if !obs.observed.project_exists {
+            println!(
+                "Nothing to remove: Incus project {} does not exist",
+                ctx.incus_project
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        let plan = plan_down(
+            &ctx.project.name,
+            &ctx.incus_project,
+            &levels,
+            &timeouts,
+            &obs.observed,
+            &opts,
+        );
+        for w in &plan.warnings {
+            eprintln!("warning: {w}");
+        }
+        if plan.is_empty() {
+            println!("Nothing to remove for compose project {}", ctx.project.name);
+            return Ok(ExitCode::SUCCESS);
+        }
+        let outcome = engine::execute(&ctx.target(&obs), &plan, args.parallel).await;
+        if outcome.ok() {
+            Ok(ExitCode::SUCCESS)
+        } else {
+            eprintln!(
+                "down failed: {} action(s) failed, {} done, {} not attempted:",
+                outcome.failed.len(),
+                outcome.done,
+                outcome.skipped
+            );
+            for (object, e) in &outcome.failed {
+                eprintln!("  {object}: {e}");
+            }
+            Ok(ExitCode::FAILURE)
+        }
+    })?
+}

@@ -1,0 +1,152 @@
+//! `incus-compose up`: converge Incus to the compose file. Observe, plan (pure), execute.
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{anyhow, bail};
+use clap::Args;
+use ic_core::plan::{DiffOptions, Plan, PlanOptions, plan_up};
+
+use super::GlobalArgs;
+use super::project::{Context, block_on};
+use crate::engine::{self, observe};
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// Run in the background (always the case for now: `up` returns once everything runs)
+    #[arg(short = 'd', long)]
+    pub detach: bool,
+    /// Print the actions and the placement, change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Recreate instances even if their configuration did not change
+    #[arg(long, conflicts_with = "no_recreate")]
+    pub force_recreate: bool,
+    /// Keep existing instances even if their configuration changed
+    #[arg(long)]
+    pub no_recreate: bool,
+    /// Remove instances of services that are no longer in the compose file
+    #[arg(long)]
+    pub remove_orphans: bool,
+    /// Create instances without starting them
+    #[arg(long)]
+    pub no_start: bool,
+    /// Number of replicas of a service (overrides `deploy.replicas`; repeatable)
+    #[arg(long, value_name = "SERVICE=N")]
+    pub scale: Vec<String>,
+    /// How many Incus operations run at once
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    pub parallel: usize,
+    /// Services to bring up (and what they depend on); default: all
+    pub services: Vec<String>,
+}
+
+fn parse_scale(items: &[String]) -> anyhow::Result<BTreeMap<String, u32>> {
+    let mut out = BTreeMap::new();
+    for item in items {
+        let (svc, n) = item
+            .split_once('=')
+            .ok_or_else(|| anyhow!("--scale {item:?}: expected SERVICE=N"))?;
+        let n: u32 = n
+            .parse()
+            .map_err(|_| anyhow!("--scale {item:?}: {n:?} is not a number of replicas"))?;
+        out.insert(svc.to_string(), n);
+    }
+    Ok(out)
+}
+
+/// Print a plan: stages of actions, then the placement member by member.
+pub fn print_plan(plan: &Plan, compose: &str) {
+    println!(
+        "Plan for compose project {compose} in Incus project {}:",
+        plan.incus_project
+    );
+    if plan.is_empty() {
+        println!("  nothing to change");
+    }
+    for stage in &plan.stages {
+        println!("  {}:", stage.title);
+        for a in &stage.actions {
+            println!("    {a}");
+        }
+    }
+    if !plan.unchanged.is_empty() {
+        println!("  unchanged: {}", plan.unchanged.join(", "));
+    }
+    let mut by_member: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for (member, name, service) in &plan.placement {
+        by_member
+            .entry(member)
+            .or_default()
+            .push(format!("{name} ({service})"));
+    }
+    if !by_member.is_empty() {
+        println!("Placement:");
+        for (member, items) in by_member {
+            println!("  {member}: {}", items.join(", "));
+        }
+    }
+}
+
+pub fn run(global: &GlobalArgs, args: &UpArgs) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    let ctx = Context::new(global)?;
+    let opts = PlanOptions {
+        incus_project: Some(ctx.incus_project.clone()),
+        scale: parse_scale(&args.scale)?,
+        services: args.services.clone(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    let diff = DiffOptions {
+        force_recreate: args.force_recreate,
+        no_recreate: args.no_recreate,
+        remove_orphans: args.remove_orphans,
+        no_start: args.no_start,
+    };
+    block_on(async {
+        let obs = observe(&ctx.base, &ctx.incus_project, true).await?;
+        let plan = match plan_up(&ctx.project, &obs.facts, &obs.observed, &opts, &diff) {
+            Ok(p) => p,
+            Err(e) => bail!("{e}"),
+        };
+        for w in &plan.warnings {
+            eprintln!("warning: {w}");
+        }
+        if args.dry_run {
+            print_plan(&plan, &ctx.project.name);
+            return Ok(ExitCode::SUCCESS);
+        }
+        if plan.is_empty() {
+            println!(
+                "Nothing to change: {} instance(s) of compose project {} are up to date in Incus project {}",
+                plan.unchanged.len(),
+                ctx.project.name,
+                plan.incus_project
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        let target = ctx.target(&obs);
+        let outcome = engine::execute(&target, &plan, args.parallel).await;
+        let secs = started.elapsed().as_secs_f64();
+        if outcome.ok() {
+            println!(
+                "up: {} change(s) done, {} instance(s) unchanged, in {secs:.1} s",
+                outcome.done,
+                plan.unchanged.len()
+            );
+            Ok(ExitCode::SUCCESS)
+        } else {
+            eprintln!(
+                "up failed: {} action(s) failed, {} done, {} not attempted (after {secs:.1} s):",
+                outcome.failed.len(),
+                outcome.done,
+                outcome.skipped
+            );
+            for (object, e) in &outcome.failed {
+                eprintln!("  {object}: {e}");
+            }
+            Ok(ExitCode::FAILURE)
+        }
+    })?
+}

@@ -1,0 +1,309 @@
+//! Execute: run a plan's stages in order, the actions of a stage in parallel (at most
+//! `parallel` at once), printing one line per finished action. A failed stage stops the
+//! stages after it (they may depend on it).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow};
+use ic_core::plan::{Action, COMMAND_PATH, ImageSource, InstancePlan, Plan};
+use ic_incus::{
+    Client, FileOptions, InstanceSource, InstancesPost, NetworksPost, ProjectsPost,
+    StorageVolumesPost,
+};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+/// How long a started instance may take to report `Running`.
+const START_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Where and how to act.
+#[derive(Clone)]
+pub struct Target {
+    /// Client without a project (global objects).
+    pub base: Client,
+    /// Client in the Incus project.
+    pub project: Client,
+    /// Client in the project that holds networks.
+    pub networks: Client,
+    pub clustered: bool,
+    /// Cluster member names (for networks created on every member).
+    pub members: Vec<String>,
+    /// Image remotes: name -> (address, protocol).
+    pub remotes: BTreeMap<String, (String, String)>,
+}
+
+/// What happened.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub done: usize,
+    pub failed: Vec<(String, String)>,
+    /// Actions not run because an earlier stage failed.
+    pub skipped: usize,
+}
+
+impl Outcome {
+    pub fn ok(&self) -> bool {
+        self.failed.is_empty()
+    }
+}
+
+/// Runs `plan` against `target`.
+pub async fn execute(target: &Target, plan: &Plan, parallel: usize) -> Outcome {
+    let mut outcome = Outcome::default();
+    let sem = Arc::new(Semaphore::new(parallel.max(1)));
+    for (i, stage) in plan.stages.iter().enumerate() {
+        let mut set = JoinSet::new();
+        for action in stage.actions.clone() {
+            let t = target.clone();
+            let sem = sem.clone();
+            set.spawn(async move {
+                let _permit = sem.acquire_owned().await;
+                let object = action.object();
+                let result = run(&t, &action).await;
+                (object, result)
+            });
+        }
+        while let Some(joined) = set.join_next().await {
+            match joined {
+                Ok((_, Ok(line))) => {
+                    outcome.done += 1;
+                    println!("{line}");
+                }
+                Ok((object, Err(e))) => {
+                    println!("[!] {object} failed: {e:#}");
+                    outcome.failed.push((object, format!("{e:#}")));
+                }
+                Err(e) => outcome.failed.push(("(task)".into(), e.to_string())),
+            }
+        }
+        if !outcome.ok() {
+            outcome.skipped = plan.stages[i + 1..].iter().map(|s| s.actions.len()).sum();
+            break;
+        }
+    }
+    outcome
+}
+
+fn target_of<'a>(t: &Target, member: &'a str) -> Option<&'a str> {
+    t.clustered.then_some(member)
+}
+
+async fn run(t: &Target, action: &Action) -> anyhow::Result<String> {
+    match action {
+        Action::CreateProject { name, config } => {
+            t.base
+                .create_project(&ProjectsPost {
+                    name: name.clone(),
+                    description: "incus-compose project".into(),
+                    config: config.clone(),
+                })
+                .await?;
+            Ok(format!("[+] Incus project {name} created"))
+        }
+        Action::CreateNetwork { name, config } => {
+            let req = NetworksPost {
+                name: name.clone(),
+                kind: "bridge".into(),
+                description: "incus-compose network".into(),
+                config: config.clone(),
+            };
+            let members = if t.clustered {
+                t.members.clone()
+            } else {
+                Vec::new()
+            };
+            t.networks
+                .create_network_everywhere(&req, &members, &BTreeMap::new())
+                .await?;
+            Ok(format!(
+                "[+] network {name} created ({})",
+                config.get("ipv4.address").map(String::as_str).unwrap_or("")
+            ))
+        }
+        Action::CreateVolume {
+            pool,
+            name,
+            member,
+            config,
+        } => {
+            let mut req = StorageVolumesPost::custom(name.clone());
+            req.config = config.clone();
+            t.project
+                .create_storage_volume(pool, &req, target_of(t, member))
+                .await?;
+            Ok(format!("[+] volume {name} created on {member}"))
+        }
+        Action::Create(p) => {
+            create(t, p).await?;
+            Ok(format!(
+                "[+] {} created on {}{}",
+                p.name,
+                p.member,
+                if p.start { " and started" } else { "" }
+            ))
+        }
+        Action::Recreate(p) => {
+            remove(t, &p.name, p.stop_timeout).await?;
+            create(t, p).await?;
+            Ok(format!(
+                "[~] {} recreated on {} ({})",
+                p.name, p.member, p.reason
+            ))
+        }
+        Action::Start { name, .. } => {
+            t.project.start_instance(name).await?;
+            t.project
+                .wait_instance_status(name, "Running", START_TIMEOUT)
+                .await?;
+            Ok(format!("[+] {name} started"))
+        }
+        Action::Stop { name, timeout, .. } => {
+            stop(t, name, *timeout).await?;
+            Ok(format!("[.] {name} stopped"))
+        }
+        Action::Remove {
+            name,
+            member,
+            timeout,
+            reason,
+            ..
+        } => {
+            remove(t, name, *timeout).await?;
+            Ok(format!("[-] {name} removed from {member} ({reason})"))
+        }
+        Action::RemoveNetwork { name } => {
+            t.networks.delete_network(name).await?;
+            Ok(format!("[-] network {name} removed"))
+        }
+        Action::RemoveVolume { pool, name, member } => {
+            t.project
+                .delete_storage_volume(pool, "custom", name, target_of(t, member))
+                .await?;
+            Ok(format!("[-] volume {name} removed from {member}"))
+        }
+        Action::RemoveProject { name } => {
+            t.base.delete_project(name).await?;
+            Ok(format!("[-] Incus project {name} removed"))
+        }
+    }
+}
+
+fn source(t: &Target, image: &ImageSource) -> anyhow::Result<InstanceSource> {
+    Ok(match image {
+        ImageSource::Local(a) => {
+            if a.len() >= 12 && a.chars().all(|c| c.is_ascii_hexdigit()) {
+                InstanceSource::image_fingerprint(a.clone())
+            } else {
+                InstanceSource::image_alias(a.clone())
+            }
+        }
+        ImageSource::Remote { remote, alias } => {
+            let (addr, protocol) = t
+                .remotes
+                .get(remote)
+                .ok_or_else(|| anyhow!("unknown image remote {remote:?}"))?;
+            InstanceSource {
+                kind: "image".into(),
+                alias: alias.clone(),
+                server: addr.clone(),
+                protocol: protocol.clone(),
+                ..Default::default()
+            }
+        }
+    })
+}
+
+async fn create(t: &Target, p: &InstancePlan) -> anyhow::Result<()> {
+    let req = InstancesPost {
+        name: p.name.clone(),
+        kind: "container".into(),
+        source: source(t, &p.image)?,
+        config: p.config.clone(),
+        devices: p.devices.clone(),
+        profiles: None,
+        ephemeral: false,
+        description: format!("incus-compose service {}", p.service),
+        start: p.start && p.command.is_none(),
+    };
+    t.project
+        .create_instance(&req, target_of(t, &p.member))
+        .await?
+        .wait()
+        .await
+        .with_context(|| format!("creating {} on {}", p.name, p.member))?;
+    if let Some(script) = &p.command {
+        let dir = COMMAND_PATH.rsplit_once('/').map(|(d, _)| d).unwrap_or("/");
+        let dir_opts = FileOptions {
+            uid: 0,
+            gid: 0,
+            mode: 0o755,
+            append: false,
+        };
+        t.project
+            .create_directory(&p.name, dir, &dir_opts)
+            .await
+            .or_else(|e| {
+                // Already there (an image that ships it): fine.
+                if e.status() == Some(409)
+                    || e.incus_message().is_some_and(|m| m.contains("exists"))
+                {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            })?;
+        let file_opts = FileOptions {
+            uid: 0,
+            gid: 0,
+            mode: 0o755,
+            append: false,
+        };
+        t.project
+            .push_file(
+                &p.name,
+                COMMAND_PATH,
+                script.clone().into_bytes(),
+                &file_opts,
+            )
+            .await
+            .with_context(|| format!("writing the command script into {}", p.name))?;
+        if p.start {
+            t.project.start_instance(&p.name).await?;
+        }
+    }
+    if p.start {
+        t.project
+            .wait_instance_status(&p.name, "Running", START_TIMEOUT)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Stop cleanly within `timeout` seconds, else kill. A stopped instance is left as it is.
+async fn stop(t: &Target, name: &str, timeout: i64) -> anyhow::Result<()> {
+    let state = t.project.instance_state(name).await?;
+    if !state.status.eq_ignore_ascii_case("running") && !state.status.eq_ignore_ascii_case("frozen")
+    {
+        return Ok(());
+    }
+    if t.project.stop_instance(name, timeout, false).await.is_err() {
+        t.project.stop_instance(name, -1, true).await?;
+    }
+    Ok(())
+}
+
+async fn remove(t: &Target, name: &str, timeout: i64) -> anyhow::Result<()> {
+    match stop(t, name, timeout).await {
+        Err(e)
+            if e.downcast_ref::<ic_incus::Error>()
+                .is_some_and(|e| e.is_not_found()) =>
+        {
+            return Ok(());
+        }
+        other => other?,
+    }
+    t.project.delete_instance(name).await?.wait().await?;
+    Ok(())
+}

@@ -1,0 +1,22 @@
+//! The I/O shell around the pure planner: connect to Incus, [`observe`] what it holds,
+//! [`execute`] a plan's actions with bounded parallelism. Nothing here decides anything:
+//! decisions are made in `ic_core::plan` and `ic_core::schedule`.
+
+mod execute;
+mod observe;
+
+pub use execute::{Target, execute};
+pub use observe::{Observation, is_ours, observe};
+
+use anyhow::Context;
+use ic_incus::Client;
+
+/// A client for the remote `remote` (None: the incus CLI's default remote).
+pub fn connect(remote: Option<&str>) -> anyhow::Result<Client> {
+    Client::from_cli_config(remote).with_context(|| {
+        format!(
+            "cannot set up an Incus client for remote {}",
+            remote.unwrap_or("(default)")
+        )
+    })
+}

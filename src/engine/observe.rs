@@ -1,0 +1,238 @@
+//! Observe: everything the planner needs to know about the server and the project.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use anyhow::Context;
+use ic_core::plan::{
+    LABEL_PROJECT, Observed, ObservedInstance, ObservedNetwork, ObservedVolume, ServerFacts,
+};
+use ic_core::schedule::Member;
+use ic_incus::{Client, Request, api_path, extensions};
+
+/// What [`observe`] found.
+pub struct Observation {
+    pub facts: ServerFacts,
+    pub observed: Observed,
+    /// The Incus project that holds the networks (`default` unless the project has
+    /// `features.networks=true`).
+    pub network_project: String,
+    /// Image remotes of the incus CLI configuration: name -> (address, protocol).
+    pub remotes: BTreeMap<String, (String, String)>,
+}
+
+fn member_of(m: &ic_incus::ClusterMember, instances: u32) -> Member {
+    Member {
+        name: m.server_name.clone(),
+        online: m.is_online() || m.status.eq_ignore_ascii_case("evacuated"),
+        evacuated: m.status.eq_ignore_ascii_case("evacuated"),
+        manual: m.config.get("scheduler.instance").map(String::as_str) == Some("manual"),
+        roles: m.roles.clone(),
+        architecture: m.architecture.clone(),
+        failure_domain: m.failure_domain.clone(),
+        labels: m.labels(),
+        free_millicpus: None,
+        free_memory: None,
+        instances,
+    }
+}
+
+/// Observe the server and Incus project `incus_project`. `need_images`: also list images and
+/// the storage pool (for `up`).
+pub async fn observe(
+    base: &Client,
+    incus_project: &str,
+    need_images: bool,
+) -> anyhow::Result<Observation> {
+    let info = base
+        .server()
+        .await
+        .context("cannot read the Incus server's information")?;
+    let clustered = info.is_clustered();
+    let project = match base.get_project(incus_project).await {
+        Ok(p) => Some(p),
+        Err(e) if e.is_not_found() => None,
+        Err(e) => return Err(e).context(format!("cannot read Incus project {incus_project:?}")),
+    };
+    let pc = base.with_project(incus_project);
+    let members = if clustered {
+        let all = base
+            .instances_all_projects()
+            .await
+            .context("cannot list instances")?;
+        let mut count: BTreeMap<&str, u32> = BTreeMap::new();
+        for i in &all {
+            *count.entry(i.location.as_str()).or_default() += 1;
+        }
+        base.cluster_members()
+            .await
+            .context("cannot list cluster members")?
+            .iter()
+            .map(|m| member_of(m, count.get(m.server_name.as_str()).copied().unwrap_or(0)))
+            .collect()
+    } else {
+        let mut m = Member::standalone(info.environment.server_name.clone());
+        m.architecture = info.environment.kernel_architecture.clone();
+        for (k, v) in &info.config {
+            if let (Some(k), Some(v)) = (k.strip_prefix("user."), v.as_str()) {
+                m.labels.insert(k.to_string(), v.to_string());
+            }
+        }
+        vec![m]
+    };
+    let standalone_name = info.environment.server_name.clone();
+    let feature = |key: &str| {
+        project
+            .as_ref()
+            .and_then(|p| p.config.get(key))
+            .map(String::as_str)
+    };
+    let network_project = if feature("features.networks") == Some("true") {
+        incus_project.to_string()
+    } else {
+        "default".to_string()
+    };
+    let networks = base
+        .with_project(&network_project)
+        .networks()
+        .await
+        .context("cannot list networks")?
+        .into_iter()
+        .map(|n| ObservedNetwork {
+            name: n.name,
+            managed: n.managed,
+            config: n.config,
+        })
+        .collect();
+
+    let mut instances = Vec::new();
+    let mut volumes = Vec::new();
+    let storage_pool = default_pool(base).await?;
+    if project.is_some() {
+        instances = pc
+            .instances()
+            .await
+            .with_context(|| format!("cannot list instances of Incus project {incus_project:?}"))?
+            .into_iter()
+            .map(|i| ObservedInstance {
+                running: i.is_running(),
+                name: i.name,
+                location: if clustered {
+                    i.location
+                } else {
+                    standalone_name.clone()
+                },
+                config: i.config,
+            })
+            .collect();
+        let pools = base
+            .storage_pools()
+            .await
+            .context("cannot list storage pools")?;
+        for pool in pools {
+            let vols = pc
+                .storage_volumes(&pool.name)
+                .await
+                .with_context(|| format!("cannot list volumes of pool {:?}", pool.name))?;
+            volumes.extend(vols.into_iter().filter(|v| v.kind == "custom").map(|v| {
+                ObservedVolume {
+                    pool: pool.name.clone(),
+                    name: v.name,
+                    location: if clustered && !v.location.is_empty() && v.location != "none" {
+                        v.location
+                    } else {
+                        standalone_name.clone()
+                    },
+                    config: v.config,
+                }
+            }));
+        }
+    }
+
+    let mut facts = ServerFacts {
+        version: info.server_version().to_string(),
+        oci: info.has_extension(extensions::INSTANCE_OCI),
+        storage_pool,
+        ..Default::default()
+    };
+    let mut remotes = BTreeMap::new();
+    if need_images {
+        let image_project = if feature("features.images") == Some("true") {
+            incus_project
+        } else {
+            "default"
+        };
+        let images = base
+            .with_project(image_project)
+            .images()
+            .await
+            .context("cannot list images")?;
+        let mut aliases = BTreeSet::new();
+        for img in &images {
+            facts.image_fingerprints.push(img.fingerprint.clone());
+            for a in &img.aliases {
+                aliases.insert(a.name.clone());
+            }
+        }
+        facts.image_aliases = aliases;
+        if let Ok(cfg) = ic_incus::config::LoadedConfig::load(&ic_incus::config::ProcessEnv) {
+            for (name, r) in cfg.config.remotes {
+                if name != "local" {
+                    remotes.insert(name.clone(), (r.addr.clone(), r.protocol.clone()));
+                    facts.remotes.insert(name);
+                }
+            }
+        }
+    }
+    Ok(Observation {
+        facts,
+        observed: Observed {
+            project_exists: project.is_some(),
+            project_config: project.map(|p| p.config).unwrap_or_default(),
+            members,
+            clustered,
+            instances,
+            networks,
+            volumes,
+        },
+        network_project,
+        remotes,
+    })
+}
+
+/// The pool of the `default` profile's root disk (the pool named volumes go to).
+async fn default_pool(base: &Client) -> anyhow::Result<String> {
+    let profile: serde_json::Value = base
+        .with_project("default")
+        .send(Request::get(api_path(&["profiles", "default"])))
+        .await
+        .context("cannot read the default profile")?;
+    let from_profile = profile
+        .get("devices")
+        .and_then(|d| d.as_object())
+        .and_then(|devices| {
+            devices.values().find_map(|d| {
+                (d.get("type")?.as_str()? == "disk" && d.get("path")?.as_str()? == "/")
+                    .then(|| d.get("pool")?.as_str().map(str::to_string))
+                    .flatten()
+            })
+        });
+    match from_profile {
+        Some(p) => Ok(p),
+        None => {
+            let pools = base
+                .storage_pools()
+                .await
+                .context("cannot list storage pools")?;
+            pools.into_iter().next().map(|p| p.name).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "the Incus server has no storage pool; create one (`incus storage create`)"
+                )
+            })
+        }
+    }
+}
+
+/// Whether an object carries compose project `compose`'s label.
+pub fn is_ours(config: &BTreeMap<String, String>, compose: &str) -> bool {
+    config.get(LABEL_PROJECT).map(String::as_str) == Some(compose)
+}
