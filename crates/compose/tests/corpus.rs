@@ -15,11 +15,11 @@ use ic_compose::model::{ByteSize, Duration};
 use ic_compose::{LoadOptions, load};
 use serde_json::Value;
 
+/// The corpus with symlinks resolved: docker-compose 1.29.2 reports paths from its real working
+/// directory, so a `shared/` reached through a link must compare by its real path.
 fn corpus() -> PathBuf {
-    PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/corpus"
-    ))
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/corpus");
+    std::fs::canonicalize(path).unwrap_or_else(|e| panic!("cannot find the corpus at {path}: {e}"))
 }
 
 fn compose_files(dir: &Path, out: &mut Vec<PathBuf>) {
