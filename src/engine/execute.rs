@@ -18,6 +18,21 @@ use tokio::task::JoinSet;
 /// How long a started instance may take to report `Running`.
 const START_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// How long a failed kill waits for a stop already under way.
+const STOP_SETTLE: Duration = Duration::from_secs(30);
+
+/// How often a transient failure is retried.
+const RETRIES: u64 = 3;
+
+/// Failures a busy server gives that a later attempt may not: internal errors and timeouts.
+fn transient(e: &ic_incus::Error) -> bool {
+    match e {
+        ic_incus::Error::Operation { .. } => true,
+        ic_incus::Error::Api { status, .. } => *status >= 500,
+        _ => false,
+    }
+}
+
 /// Where and how to act.
 #[derive(Clone)]
 pub struct Target {
@@ -153,7 +168,7 @@ async fn run(t: &Target, action: &Action) -> anyhow::Result<String> {
             ))
         }
         Action::Start { name, .. } => {
-            t.project.start_instance(name).await?;
+            start(t, name).await?;
             t.project
                 .wait_instance_status(name, "Running", START_TIMEOUT)
                 .await?;
@@ -227,12 +242,29 @@ async fn create(t: &Target, p: &InstancePlan) -> anyhow::Result<()> {
         description: format!("incus-compose service {}", p.service),
         start: p.start && p.command.is_none(),
     };
-    t.project
-        .create_instance(&req, target_of(t, &p.member))
-        .await?
-        .wait()
-        .await
-        .with_context(|| format!("creating {} on {}", p.name, p.member))?;
+    let mut attempt = 0;
+    loop {
+        let result = async {
+            t.project
+                .create_instance(&req, target_of(t, &p.member))
+                .await?
+                .wait()
+                .await
+        }
+        .await;
+        match result {
+            Ok(_) => break,
+            Err(e) if attempt < RETRIES && transient(&e) => {
+                attempt += 1;
+                // A half-made instance of ours may be left behind: remove it, then retry.
+                let _ = remove(t, &p.name, 0).await;
+                tokio::time::sleep(Duration::from_millis(500 * attempt)).await;
+            }
+            Err(e) => {
+                return Err(e).with_context(|| format!("creating {} on {}", p.name, p.member));
+            }
+        }
+    }
     if let Some(script) = &p.command {
         let dir = COMMAND_PATH.rsplit_once('/').map(|(d, _)| d).unwrap_or("/");
         let dir_opts = FileOptions {
@@ -270,7 +302,7 @@ async fn create(t: &Target, p: &InstancePlan) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("writing the command script into {}", p.name))?;
         if p.start {
-            t.project.start_instance(&p.name).await?;
+            start(t, &p.name).await?;
         }
     }
     if p.start {
@@ -281,29 +313,74 @@ async fn create(t: &Target, p: &InstancePlan) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Start, retrying transient failures (a busy member can time out in its start hook).
+async fn start(t: &Target, name: &str) -> anyhow::Result<()> {
+    let mut attempt = 0;
+    loop {
+        match t.project.start_instance(name).await {
+            Ok(()) => return Ok(()),
+            Err(e) if attempt < RETRIES && transient(&e) => {
+                attempt += 1;
+                if !is_stopped(t, name).await? {
+                    return Ok(());
+                }
+                tokio::time::sleep(Duration::from_millis(500 * attempt)).await;
+            }
+            Err(e) => return Err(e).with_context(|| format!("starting {name}")),
+        }
+    }
+}
+
+/// Whether the instance is stopped (or gone).
+async fn is_stopped(t: &Target, name: &str) -> ic_incus::Result<bool> {
+    match t.project.instance_state(name).await {
+        Ok(s) => {
+            Ok(!s.status.eq_ignore_ascii_case("running")
+                && !s.status.eq_ignore_ascii_case("frozen"))
+        }
+        Err(e) if e.is_not_found() => Ok(true),
+        Err(e) => Err(e),
+    }
+}
+
 /// Stop cleanly within `timeout` seconds, else kill. A stopped instance is left as it is.
 async fn stop(t: &Target, name: &str, timeout: i64) -> anyhow::Result<()> {
-    let state = t.project.instance_state(name).await?;
-    if !state.status.eq_ignore_ascii_case("running") && !state.status.eq_ignore_ascii_case("frozen")
-    {
+    if is_stopped(t, name).await? {
         return Ok(());
     }
-    if t.project.stop_instance(name, timeout, false).await.is_err() {
-        t.project.stop_instance(name, -1, true).await?;
+    if timeout > 0 && t.project.stop_instance(name, timeout, false).await.is_ok() {
+        return Ok(());
+    }
+    if let Err(e) = t.project.stop_instance(name, -1, true).await {
+        // The clean stop may still be finishing (Incus then refuses a second stop): give it
+        // time to end before calling this a failure.
+        let stopped = t
+            .project
+            .wait_instance_status(name, "Stopped", STOP_SETTLE)
+            .await;
+        match stopped {
+            Ok(_) => {}
+            Err(w) if w.is_not_found() => {}
+            Err(_) => return Err(e).with_context(|| format!("stopping {name}")),
+        }
     }
     Ok(())
 }
 
 async fn remove(t: &Target, name: &str, timeout: i64) -> anyhow::Result<()> {
-    match stop(t, name, timeout).await {
-        Err(e)
-            if e.downcast_ref::<ic_incus::Error>()
-                .is_some_and(|e| e.is_not_found()) =>
-        {
-            return Ok(());
+    stop(t, name, timeout).await?;
+    let mut attempt = 0;
+    loop {
+        let result = async { t.project.delete_instance(name).await?.wait().await }.await;
+        match result {
+            Ok(_) => return Ok(()),
+            Err(e) if e.is_not_found() => return Ok(()),
+            Err(e) if attempt < RETRIES && transient(&e) => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(500 * attempt)).await;
+                stop(t, name, 0).await?;
+            }
+            Err(e) => return Err(e.into()),
         }
-        other => other?,
     }
-    t.project.delete_instance(name).await?.wait().await?;
-    Ok(())
 }

@@ -38,6 +38,10 @@ pub fn environment(
 ) {
     for (k, v) in &service.environment {
         match v {
+            Some(v) if v.is_empty() => warnings.push(format!(
+                "service {:?}: environment variable {k:?} is empty; Incus treats an empty config value as unset, so it is left out",
+                service.name
+            )),
             Some(v) => {
                 config.insert(format!("environment.{k}"), v.clone());
             }
