@@ -7,6 +7,8 @@ use clap::{Args, CommandFactory, Parser, Subcommand};
 
 mod config;
 mod down;
+mod logs;
+mod power;
 mod project;
 mod ps;
 mod up;
@@ -62,16 +64,16 @@ pub enum Command {
     Down(down::DownArgs),
     /// List the project's instances
     Ps(ps::PsArgs),
-    /// Show instance output
-    Logs,
+    /// Show instance output (the console log of each replica)
+    Logs(logs::LogsArgs),
     /// Run a command in a running instance
     Exec,
     /// Start existing instances
-    Start,
+    Start(power::StartArgs),
     /// Stop running instances
-    Stop,
+    Stop(power::StopArgs),
     /// Restart instances
-    Restart,
+    Restart(power::StopArgs),
     /// Set the number of replicas of services
     Scale,
     /// List the images used by the project's instances
@@ -94,6 +96,10 @@ pub fn main() -> ExitCode {
         Command::Up(args) => up::run(&cli.global, &args),
         Command::Down(args) => down::run(&cli.global, &args),
         Command::Ps(args) => ps::run(&cli.global, &args),
+        Command::Logs(args) => logs::run(&cli.global, &args),
+        Command::Start(args) => power::start(&cli.global, &args),
+        Command::Stop(args) => power::stop(&cli.global, &args),
+        Command::Restart(args) => power::restart(&cli.global, &args),
         Command::Completion { shell } => {
             let mut cmd = Cli::command();
             clap_complete::generate(shell, &mut cmd, "incus-compose", &mut std::io::stdout());

@@ -498,3 +498,83 @@ pub fn plan_down(
         warnings,
     }
 }
+
+/// `start`, `stop` or `restart` of existing replicas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Power {
+    Start,
+    Stop,
+    Restart,
+}
+
+/// The actions of `start`/`stop`/`restart` on the project's replicas (of `services`, or all
+/// when empty): stops go dependents first, starts dependencies first; a restart stops
+/// everything selected, then starts it again. Replicas already in the wanted state are left.
+pub fn plan_power(
+    power: Power,
+    compose: &str,
+    incus_project: &str,
+    levels: &BTreeMap<String, usize>,
+    timeout: i64,
+    obs: &Observed,
+    services: &[String],
+) -> Plan {
+    let selected: Vec<&ObservedInstance> = obs
+        .instances
+        .iter()
+        .filter(|i| is_ours(&i.config, compose))
+        .filter(|i| {
+            services.is_empty()
+                || i.label(LABEL_SERVICE)
+                    .is_some_and(|s| services.iter().any(|x| x == s))
+        })
+        .collect();
+    let level = |i: &ObservedInstance| {
+        i.label(LABEL_SERVICE)
+            .and_then(|s| levels.get(s))
+            .copied()
+            .unwrap_or(0)
+    };
+    let mut stages = Vec::new();
+    if matches!(power, Power::Stop | Power::Restart) {
+        let mut by_level: BTreeMap<usize, Vec<Action>> = BTreeMap::new();
+        for i in selected.iter().filter(|i| i.running) {
+            by_level.entry(level(i)).or_default().push(Action::Stop {
+                name: i.name.clone(),
+                service: i.label(LABEL_SERVICE).unwrap_or_default().to_string(),
+                timeout,
+            });
+        }
+        for (l, actions) in by_level.into_iter().rev() {
+            stages.push(Stage {
+                title: format!("stop dependency level {l}"),
+                actions,
+            });
+        }
+    }
+    if matches!(power, Power::Start | Power::Restart) {
+        let mut by_level: BTreeMap<usize, Vec<Action>> = BTreeMap::new();
+        for i in selected
+            .iter()
+            .filter(|i| power == Power::Restart || !i.running)
+        {
+            by_level.entry(level(i)).or_default().push(Action::Start {
+                name: i.name.clone(),
+                service: i.label(LABEL_SERVICE).unwrap_or_default().to_string(),
+            });
+        }
+        for (l, actions) in by_level {
+            stages.push(Stage {
+                title: format!("start dependency level {l}"),
+                actions,
+            });
+        }
+    }
+    Plan {
+        incus_project: incus_project.to_string(),
+        stages,
+        unchanged: Vec::new(),
+        placement: Vec::new(),
+        warnings: Vec::new(),
+    }
+}

@@ -44,7 +44,7 @@ use sha2::{Digest, Sha256};
 
 use crate::schedule::{HostPort, ServiceSpec};
 
-pub use diff::{DiffOptions, DownOptions, dependency_levels, diff, plan_down};
+pub use diff::{DiffOptions, DownOptions, Power, dependency_levels, diff, plan_down, plan_power};
 pub use mapping::Devices;
 pub use network::{Subnet, allocate_subnet};
 

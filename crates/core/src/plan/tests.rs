@@ -620,3 +620,39 @@ fn down_removes_ours_dependents_first_and_volumes_only_when_asked() {
         "a hand-made instance keeps the project"
     );
 }
+
+#[test]
+fn stop_goes_dependents_first_and_start_dependencies_first() {
+    let obs = apply(
+        &up(APP, &cluster(), &DiffOptions::default()).unwrap(),
+        &cluster(),
+    );
+    let levels = dependency_levels(&load(APP));
+    let stop = plan_power(Power::Stop, "shop", "shop", &levels, 5, &obs, &[]);
+    let order: Vec<String> = stop.actions().map(|a| a.object()).collect();
+    assert_eq!(order.last().map(String::as_str), Some("db-1"), "{order:?}");
+    assert_eq!(order.len(), 4);
+    let mut stopped = obs.clone();
+    for i in &mut stopped.instances {
+        i.running = false;
+    }
+    let start = plan_power(
+        Power::Start,
+        "shop",
+        "shop",
+        &levels,
+        5,
+        &stopped,
+        &["db".to_string()],
+    );
+    assert_eq!(
+        start.actions().map(|a| a.to_string()).collect::<Vec<_>>(),
+        ["start db-1"]
+    );
+    assert!(
+        plan_power(Power::Start, "shop", "shop", &levels, 5, &obs, &[]).is_empty(),
+        "all running"
+    );
+    let restart = plan_power(Power::Restart, "shop", "shop", &levels, 5, &obs, &[]);
+    assert_eq!(restart.actions().count(), 8);
+}

@@ -1,0 +1,78 @@
+//! `incus-compose start`, `stop`, `restart`: change the state of existing replicas, in
+//! dependency order (stops dependents first, starts dependencies first).
+
+use std::process::ExitCode;
+
+use clap::Args;
+use ic_core::plan::{Power, dependency_levels, plan_power};
+
+use super::GlobalArgs;
+use super::project::{Context, block_on};
+use crate::engine::{self, observe};
+
+#[derive(Debug, Args)]
+pub struct StartArgs {
+    /// Services to start (default: all)
+    pub services: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct StopArgs {
+    /// Seconds to wait for a clean stop before killing
+    #[arg(short = 't', long, default_value_t = 10)]
+    pub timeout: i64,
+    /// Services to stop (default: all)
+    pub services: Vec<String>,
+}
+
+pub fn start(global: &GlobalArgs, args: &StartArgs) -> anyhow::Result<ExitCode> {
+    run(global, Power::Start, 10, &args.services)
+}
+
+pub fn stop(global: &GlobalArgs, args: &StopArgs) -> anyhow::Result<ExitCode> {
+    run(global, Power::Stop, args.timeout, &args.services)
+}
+
+pub fn restart(global: &GlobalArgs, args: &StopArgs) -> anyhow::Result<ExitCode> {
+    run(global, Power::Restart, args.timeout, &args.services)
+}
+
+fn run(
+    global: &GlobalArgs,
+    power: Power,
+    timeout: i64,
+    services: &[String],
+) -> anyhow::Result<ExitCode> {
+    let ctx = Context::new(global)?;
+    for s in services {
+        if !ctx.project.services.contains_key(s) {
+            anyhow::bail!("no service {s:?} in the compose file");
+        }
+    }
+    let levels = dependency_levels(&ctx.project);
+    block_on(async {
+        let obs = observe(&ctx.base, &ctx.incus_project, false).await?;
+        let plan = plan_power(
+            power,
+            &ctx.project.name,
+            &ctx.incus_project,
+            &levels,
+            timeout,
+            &obs.observed,
+            services,
+        );
+        if plan.is_empty() {
+            println!("Nothing to do");
+            return Ok(ExitCode::SUCCESS);
+        }
+        let outcome = engine::execute(&ctx.target(&obs), &plan, 8).await;
+        if outcome.ok() {
+            Ok(ExitCode::SUCCESS)
+        } else {
+            for (object, e) in &outcome.failed {
+                eprintln!("  {object}: {e}");
+            }
+            Ok(ExitCode::FAILURE)
+        }
+    })?
+}
