@@ -1,5 +1,9 @@
 //! `incus-compose logs`: what each replica's first process printed (the Incus console log),
 //! one line at a time, prefixed with the replica name.
+//!
+//! Incus 6.0 hands out a running container's console ring buffer and clears it, so each call
+//! shows what was printed since the previous read (by `logs` or `incus console --show-log`);
+//! `--follow` is not supported yet.
 
 use std::process::ExitCode;
 
