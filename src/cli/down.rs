@@ -72,15 +72,7 @@ pub fn run(global: &GlobalArgs, args: &DownArgs) -> anyhow::Result<ExitCode> {
         if outcome.ok() {
             Ok(ExitCode::SUCCESS)
         } else {
-            eprintln!(
-                "down failed: {} action(s) failed, {} done, {} not attempted:",
-                outcome.failed.len(),
-                outcome.done,
-                outcome.skipped
-            );
-            for (object, e) in &outcome.failed {
-                eprintln!("  {object}: {e}");
-            }
+            outcome.report_failures("down", None);
             Ok(ExitCode::FAILURE)
         }
     })?

@@ -69,9 +69,12 @@ fn run(
         if outcome.ok() {
             Ok(ExitCode::SUCCESS)
         } else {
-            for (object, e) in &outcome.failed {
-                eprintln!("  {object}: {e}");
-            }
+            let command = match power {
+                Power::Start => "start",
+                Power::Stop => "stop",
+                Power::Restart => "restart",
+            };
+            outcome.report_failures(command, None);
             Ok(ExitCode::FAILURE)
         }
     })?

@@ -137,15 +137,7 @@ pub fn run(global: &GlobalArgs, args: &UpArgs) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         } else {
-            eprintln!(
-                "up failed: {} action(s) failed, {} done, {} not attempted (after {secs:.1} s):",
-                outcome.failed.len(),
-                outcome.done,
-                outcome.skipped
-            );
-            for (object, e) in &outcome.failed {
-                eprintln!("  {object}: {e}");
-            }
+            outcome.report_failures("up", Some(started.elapsed()));
             Ok(ExitCode::FAILURE)
         }
     })?

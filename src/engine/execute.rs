@@ -62,6 +62,23 @@ impl Outcome {
     pub fn ok(&self) -> bool {
         self.failed.is_empty()
     }
+
+    /// Prints what failed, for a command that did not fully succeed:
+    /// `up failed: 1 action(s) failed, 3 done, 2 not attempted (after 4.1 s):` and one line each.
+    pub fn report_failures(&self, command: &str, elapsed: Option<std::time::Duration>) {
+        let after = elapsed
+            .map(|d| format!(" (after {:.1} s)", d.as_secs_f64()))
+            .unwrap_or_default();
+        eprintln!(
+            "{command} failed: {} action(s) failed, {} done, {} not attempted{after}:",
+            self.failed.len(),
+            self.done,
+            self.skipped
+        );
+        for (object, e) in &self.failed {
+            eprintln!("  {object}: {e}");
+        }
+    }
 }
 
 /// Runs `plan` against `target`.
