@@ -303,6 +303,19 @@ impl Builder {
         Ok((None, Some(tag)))
     }
 
+    /// Counts a new sequence or mapping and refuses nesting deeper than [`MAX_DEPTH`].
+    fn enter_collection(&mut self, span: &Span) -> Result<(), Diagnostic> {
+        self.count(1, span)?;
+        if self.stack.len() >= MAX_DEPTH {
+            return Err(Diagnostic::new(
+                span.clone(),
+                "",
+                format!("nesting deeper than {MAX_DEPTH} levels"),
+            ));
+        }
+        Ok(())
+    }
+
     fn count(&mut self, n: usize, span: &Span) -> Result<(), Diagnostic> {
         self.nodes = self.nodes.saturating_add(n);
         if self.nodes > MAX_NODES {
@@ -371,14 +384,7 @@ impl Builder {
                 self.push_value(node, is_merge_key)
             }
             Event::SequenceStart(anchor, tag) => {
-                self.count(1, &span)?;
-                if self.stack.len() >= MAX_DEPTH {
-                    return Err(Diagnostic::new(
-                        span,
-                        "",
-                        format!("nesting deeper than {MAX_DEPTH} levels"),
-                    ));
-                }
+                self.enter_collection(&span)?;
                 let (merge_tag, _) = self.tag(tag, &span)?;
                 self.stack.push(Frame::Seq {
                     items: Vec::new(),
@@ -389,14 +395,7 @@ impl Builder {
                 Ok(())
             }
             Event::MappingStart(anchor, tag) => {
-                self.count(1, &span)?;
-                if self.stack.len() >= MAX_DEPTH {
-                    return Err(Diagnostic::new(
-                        span,
-                        "",
-                        format!("nesting deeper than {MAX_DEPTH} levels"),
-                    ));
-                }
+                self.enter_collection(&span)?;
                 let (merge_tag, _) = self.tag(tag, &span)?;
                 self.stack.push(Frame::Map {
                     map: Mapping::new(),
@@ -742,6 +741,26 @@ mod tests {
         assert!(e[0].message.contains("duplicate key"));
         let e = parse("a: [1, 2\nb: 3\n", &Arc::from("t.yaml")).unwrap_err();
         assert!(e[0].message.starts_with("invalid YAML"));
+    }
+
+    #[test]
+    fn sequences_and_mappings_cannot_nest_deeper_than_the_limit() {
+        // Block style: flow style hits yaml-rust2's own recursion limit first.
+        let seq = |depth: usize| format!("a:\n{}x\n", "- ".repeat(depth));
+        let map = |depth: usize| -> String {
+            let mut src: String = (0..depth)
+                .map(|i| format!("{}k:\n", " ".repeat(i)))
+                .collect();
+            src.push_str(&" ".repeat(depth));
+            src.push_str("x: 1\n");
+            src
+        };
+        for (kind, src) in [("sequence", seq(MAX_DEPTH)), ("mapping", map(MAX_DEPTH))] {
+            let e = parse(&src, &Arc::from("t.yaml")).unwrap_err();
+            assert!(e[0].message.contains("nesting deeper"), "{kind}: {e:?}");
+        }
+        assert!(parse(&seq(MAX_DEPTH - 4), &Arc::from("t.yaml")).is_ok());
+        assert!(parse(&map(MAX_DEPTH - 4), &Arc::from("t.yaml")).is_ok());
     }
 
     #[test]
