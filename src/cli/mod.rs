@@ -7,10 +7,16 @@ use clap::{Args, CommandFactory, Parser, Subcommand};
 
 mod config;
 mod down;
+mod exec;
+mod images;
 mod logs;
+mod node;
 mod power;
 mod project;
 mod ps;
+mod pull;
+mod scale;
+mod top;
 mod up;
 
 /// Run compose files on Incus, on one server or across a cluster.
@@ -67,7 +73,7 @@ pub enum Command {
     /// Show instance output (the console log of each replica)
     Logs(logs::LogsArgs),
     /// Run a command in a running instance
-    Exec,
+    Exec(exec::ExecArgs),
     /// Start existing instances
     Start(power::StartArgs),
     /// Stop running instances
@@ -75,13 +81,15 @@ pub enum Command {
     /// Restart instances
     Restart(power::StopArgs),
     /// Set the number of replicas of services
-    Scale,
+    Scale(scale::ScaleArgs),
     /// List the images used by the project's instances
-    Images,
+    Images(images::ImagesArgs),
     /// Pull service images
-    Pull,
+    Pull(pull::PullArgs),
     /// Cluster members: list them, label them
-    Node,
+    Node(node::NodeArgs),
+    /// Show the processes running in each instance
+    Top(top::TopArgs),
     /// Generate shell completions
     Completion {
         /// The shell to generate completions for
@@ -100,15 +108,17 @@ pub fn main() -> ExitCode {
         Command::Start(args) => power::start(&cli.global, &args),
         Command::Stop(args) => power::stop(&cli.global, &args),
         Command::Restart(args) => power::restart(&cli.global, &args),
+        Command::Exec(args) => exec::run(&cli.global, &args),
+        Command::Scale(args) => scale::run(&cli.global, &args),
+        Command::Images(args) => images::run(&cli.global, &args),
+        Command::Pull(args) => pull::run(&cli.global, &args),
+        Command::Node(args) => node::run(&cli.global, &args),
+        Command::Top(args) => top::run(&cli.global, &args),
         Command::Completion { shell } => {
             let mut cmd = Cli::command();
             clap_complete::generate(shell, &mut cmd, "incus-compose", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)
         }
-        other => Err(anyhow::anyhow!(
-            "`{}` is not implemented yet",
-            format!("{other:?}").to_lowercase()
-        )),
     };
     match result {
         Ok(code) => code,
