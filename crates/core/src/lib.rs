@@ -1,3 +1,4 @@
 //! The pure core: scheduling, desired state and diff. No I/O, no clock.
+pub mod health;
 pub mod plan;
 pub mod schedule;
