@@ -336,6 +336,14 @@ async fn start(t: &Target, name: &str) -> anyhow::Result<()> {
     loop {
         match t.project.start_instance(name).await {
             Ok(()) => return Ok(()),
+            // An earlier attempt that timed out on our side went on and started it.
+            Err(e)
+                if attempt > 0
+                    && e.incus_message()
+                        .is_some_and(|m| m.contains("already running")) =>
+            {
+                return Ok(());
+            }
             Err(e) if attempt < RETRIES && transient(&e) => {
                 attempt += 1;
                 if !is_stopped(t, name).await? {
