@@ -4,6 +4,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use ic_compose::Project;
 
+use super::placement::PendingReplica;
+use super::storage::SHARED_DRIVERS;
 use super::{
     Action, Desired, InstancePlan, InstanceTemplate, LABEL_HASH, LABEL_PROJECT, LABEL_SERVICE,
     LABEL_SLOT, Observed, ObservedInstance, Plan, PlanError, Stage, allocate_subnet,
@@ -204,6 +206,7 @@ pub fn diff(d: &Desired, obs: &Observed, o: &DiffOptions) -> Result<Plan, PlanEr
     let mut volume_needs: BTreeSet<(String, String)> = BTreeSet::new();
     let mut unchanged = Vec::new();
     let mut placement = Vec::new();
+    let mut pending = Vec::new();
     let mut claimed: BTreeMap<String, String> = BTreeMap::new();
     for p in &sched.placements {
         let Some(t) = template_of.get(p.service.as_str()) else {
@@ -220,11 +223,27 @@ pub fn diff(d: &Desired, obs: &Observed, o: &DiffOptions) -> Result<Plan, PlanEr
                 remove(i, t.stop_timeout, r.reason.to_string(), &mut remove_stage);
             }
         }
-        let pending = p.pending().count();
-        if pending > 0 {
+        for slot in p.pending() {
+            let Outcome::Pending(reason) = &slot.outcome else {
+                continue;
+            };
+            let slot_text = slot.key.to_string();
+            pending.push(PendingReplica {
+                service: p.service.clone(),
+                name: t.instance_name(&slot_text),
+                slot: slot_text,
+                exists: slot.previous.is_some(),
+                reason: reason.clone(),
+            });
+        }
+        let members = p.per_member();
+        if !t.volumes.is_empty() && !d.shared_storage && members.len() > 1 {
             warnings.push(format!(
-                "service {:?}: {pending} replica(s) cannot be placed now: {}",
-                p.service, p.rejections
+                "service {:?} mounts named volumes and its replicas run on {} members ({}), but no storage pool is shared by the members: each replica has its own local copy of the data, and its instances cannot move when a member fails. Use a shared pool ({}) with `x-incus: {{pool: NAME}}`, or run one replica",
+                p.service,
+                members.len(),
+                members.keys().copied().collect::<Vec<_>>().join(", "),
+                SHARED_DRIVERS.join(", ")
             ));
         }
         let actions = service_actions.entry(p.service.clone()).or_default();
@@ -243,7 +262,9 @@ pub fn diff(d: &Desired, obs: &Observed, o: &DiffOptions) -> Result<Plan, PlanEr
             }
             placement.push((member.to_string(), name.clone(), p.service.clone()));
             for v in &t.volumes {
-                volume_needs.insert((v.clone(), member.to_string()));
+                // A shared pool holds one volume for the whole cluster (created without a target).
+                let on = if d.shared_storage { "" } else { member };
+                volume_needs.insert((v.clone(), on.to_string()));
             }
             let mut config = t.config.clone();
             config.insert(LABEL_SLOT.into(), slot_text.clone());
@@ -389,6 +410,7 @@ pub fn diff(d: &Desired, obs: &Observed, o: &DiffOptions) -> Result<Plan, PlanEr
         stages,
         unchanged,
         placement,
+        pending,
         warnings,
     })
 }
@@ -495,6 +517,7 @@ pub fn plan_down(
         stages,
         unchanged: Vec::new(),
         placement: Vec::new(),
+        pending: Vec::new(),
         warnings,
     }
 }
@@ -575,6 +598,7 @@ pub fn plan_power(
         stages,
         unchanged: Vec::new(),
         placement: Vec::new(),
+        pending: Vec::new(),
         warnings: Vec::new(),
     }
 }

@@ -31,6 +31,8 @@
 
 pub mod mapping;
 pub mod naming;
+pub mod placement;
+pub mod storage;
 
 mod diff;
 mod network;
@@ -92,8 +94,11 @@ pub struct ServerFacts {
     pub image_fingerprints: Vec<String>,
     /// Names of the incus CLI's image remotes (`remote:alias` images).
     pub remotes: BTreeSet<String>,
-    /// The storage pool named volumes go to (the default profile's root disk pool).
+    /// The `default` profile's root disk pool (named volumes go there unless [`storage`]
+    /// chooses a shared one).
     pub storage_pool: String,
+    /// Every storage pool: name -> driver (see [`storage`]).
+    pub pools: BTreeMap<String, String>,
 }
 
 /// The image an instance is made from.
@@ -188,6 +193,8 @@ pub struct Desired {
     pub services: Vec<InstanceTemplate>,
     /// Every service of the file (selected or not), for orphan detection.
     pub all_services: BTreeSet<String>,
+    /// Named volumes are in a pool every member shares (see [`storage`]).
+    pub shared_storage: bool,
     pub warnings: Vec<String>,
 }
 
@@ -245,8 +252,13 @@ pub enum PlanError {
     BadSubnet { network: String, message: String },
     #[error("no free /24 left in 100.100.0.0/14 for network {0:?}; give it an ipam subnet")]
     NoFreeSubnet(String),
-    #[error("service {service:?} cannot be placed on any member: {reason}")]
+    /// `reason` is the whole message: the service and every member with its reason.
+    #[error("{reason}")]
     Unschedulable { service: String, reason: String },
+    #[error(
+        "x-incus.pool: storage pool {pool:?} does not exist (pools: {known}); create it or name another"
+    )]
+    UnknownPool { pool: String, known: String },
     #[error("scheduler: {0}")]
     Schedule(String),
 }
@@ -503,7 +515,8 @@ pub fn desired(
         });
     }
 
-    let pool = facts.storage_pool.clone();
+    let storage = storage::choose(project, facts)?;
+    let pool = storage.volume_pool.clone();
     let mut volumes = Vec::new();
     for (key, vol) in &project.volumes {
         let used = project.services.iter().any(|(n, s)| {
@@ -631,6 +644,9 @@ pub fn desired(
             })
             .collect();
         mapping::unsupported(service, &mut warnings);
+        if let Some(root) = storage.root_device(!volumes_used.is_empty()) {
+            devices.insert("root".into(), root);
+        }
 
         let hash = spec_hash(&image, &config, &devices, command.as_deref());
         config.insert(LABEL_HASH.into(), hash.clone());
@@ -665,6 +681,7 @@ pub fn desired(
         volumes,
         services,
         all_services: project.services.keys().cloned().collect(),
+        shared_storage: storage.shared,
         warnings,
     })
 }
@@ -809,6 +826,11 @@ impl fmt::Display for Action {
             ),
             Action::CreateVolume {
                 pool, name, member, ..
+            } if member.is_empty() => {
+                write!(f, "create volume {pool}/{name} (shared by all members)")
+            }
+            Action::CreateVolume {
+                pool, name, member, ..
             } => {
                 write!(f, "create volume {pool}/{name} on {member}")
             }
@@ -874,6 +896,8 @@ pub struct Plan {
     pub unchanged: Vec<String>,
     /// Where every desired replica goes: (member, instance, service), sorted.
     pub placement: Vec<(String, String, String)>,
+    /// Replicas no member can take now, in service then slot order.
+    pub pending: Vec<placement::PendingReplica>,
     pub warnings: Vec<String>,
 }
 
@@ -901,3 +925,5 @@ pub fn plan_up(
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_deploy;

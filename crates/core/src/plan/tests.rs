@@ -30,6 +30,7 @@ fn facts() -> ServerFacts {
         image_fingerprints: vec!["acaa58b890cb0123456789".into()],
         remotes: ["images".to_string()].into(),
         storage_pool: "data".into(),
+        pools: BTreeMap::from([("data".into(), "dir".into())]),
     }
 }
 
@@ -260,15 +261,16 @@ fn scaling_down_removes_surplus_replicas_and_scaling_up_adds() {
     assert_eq!(removed, ["web-2", "web-3"]);
     assert_eq!(plan.actions().count(), 2);
     o.scale.insert("web".into(), 5);
-    // A fixed host port allows one replica per member: two stay pending, with a warning.
+    // A fixed host port allows one replica per member: two stay pending, with the reason.
     let plan = plan_up(&load(APP), &facts(), &obs, &o, &DiffOptions::default()).unwrap();
     assert!(plan.is_empty());
-    assert!(
-        plan.warnings
-            .iter()
-            .any(|w| w.contains("2 replica(s) cannot be placed")),
-        "{:?}",
-        plan.warnings
+    let pending: Vec<&str> = plan.pending.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(pending, ["web-4", "web-5"]);
+    assert_eq!(
+        plan.pending[0].reason.to_string(),
+        "node1: host port 8080 already used by another replica\n\
+         node2: host port 8080 already used by another replica\n\
+         node3: host port 8080 already used by another replica"
     );
     let no_port = APP.replace(r#"ports: ["8080:80"]"#, "");
     let obs = apply(
