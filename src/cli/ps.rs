@@ -8,7 +8,7 @@ use ic_core::plan::{LABEL_SERVICE, LABEL_SLOT};
 
 use super::GlobalArgs;
 use super::project::{Context, block_on};
-use crate::engine::observe;
+use crate::engine::{health, observe};
 
 #[derive(Debug, Clone, Copy, Default, ValueEnum)]
 pub enum Format {
@@ -36,6 +36,15 @@ struct Row {
     slot: String,
     member: String,
     state: String,
+    /// `healthy`, `unhealthy`, `starting` (one probe now, see `engine::health`), or null
+    /// without a healthcheck (or when not running).
+    health: Option<String>,
+    /// What the probe printed (exit code and output), when there was one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    health_output: Option<String>,
+    /// Incus `last_used_at`: used for the start period.
+    #[serde(skip)]
+    last_used_at: String,
     ports: Vec<String>,
 }
 
@@ -80,9 +89,13 @@ pub fn run(global: &GlobalArgs, args: &PsArgs) -> anyhow::Result<ExitCode> {
                     service,
                     member: i.location,
                     state: i.status,
+                    health: None,
+                    health_output: None,
+                    last_used_at: i.last_used_at,
                     ports,
                 });
             }
+            add_health(&ctx, &mut rows).await?;
         }
         rows.sort_by(|a, b| {
             (
@@ -104,9 +117,28 @@ pub fn run(global: &GlobalArgs, args: &PsArgs) -> anyhow::Result<ExitCode> {
     })?
 }
 
+/// Probes each running instance whose service has a healthcheck once (in parallel).
+async fn add_health(ctx: &Context, rows: &mut [Row]) -> anyhow::Result<()> {
+    let checks = health::checks(&ctx.project)?;
+    let running: Vec<(String, String, String)> = rows
+        .iter()
+        .filter(|r| r.state.eq_ignore_ascii_case("running"))
+        .map(|r| (r.name.clone(), r.service.clone(), r.last_used_at.clone()))
+        .collect();
+    let client = ctx.base.with_project(&ctx.incus_project);
+    let mut found = health::snapshot(&client, &running, &checks).await;
+    for r in rows.iter_mut() {
+        if let Some(s) = found.remove(&r.name) {
+            r.health = Some(s.health.to_string());
+            r.health_output = Some(s.output);
+        }
+    }
+    Ok(())
+}
+
 fn print_table(rows: &[Row]) {
-    let header = ["NAME", "SERVICE", "MEMBER", "STATE", "PORTS"];
-    let cells: Vec<[String; 5]> = rows
+    let header = ["NAME", "SERVICE", "MEMBER", "STATE", "HEALTH", "PORTS"];
+    let cells: Vec<[String; 6]> = rows
         .iter()
         .map(|r| {
             [
@@ -114,6 +146,7 @@ fn print_table(rows: &[Row]) {
                 r.service.clone(),
                 r.member.clone(),
                 r.state.clone(),
+                r.health.clone().unwrap_or_else(|| "-".into()),
                 r.ports.join(", "),
             ]
         })
@@ -124,10 +157,10 @@ fn print_table(rows: &[Row]) {
             *w = (*w).max(v.len());
         }
     }
-    let line = |c: [&str; 5]| {
+    let line = |c: [&str; 6]| {
         let mut s = String::new();
         for (i, v) in c.iter().enumerate() {
-            if i == 4 {
+            if i == 5 {
                 s.push_str(v);
             } else {
                 s.push_str(&format!("{v:<w$}   ", w = width[i]));
@@ -137,6 +170,6 @@ fn print_table(rows: &[Row]) {
     };
     line(header);
     for c in &cells {
-        line([&c[0], &c[1], &c[2], &c[3], &c[4]]);
+        line([&c[0], &c[1], &c[2], &c[3], &c[4], &c[5]]);
     }
 }

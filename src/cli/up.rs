@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail};
 use clap::Args;
@@ -10,7 +10,7 @@ use ic_core::plan::{DiffOptions, Plan, PlanOptions, plan_up};
 
 use super::GlobalArgs;
 use super::project::{Context, block_on};
-use crate::engine::{self, observe};
+use crate::engine::{self, health, observe};
 
 #[derive(Debug, Args)]
 pub struct UpArgs {
@@ -38,6 +38,14 @@ pub struct UpArgs {
     /// How many Incus operations run at once
     #[arg(long, default_value_t = 8, value_name = "N")]
     pub parallel: usize,
+    /// Wait until every service runs, and is healthy when it has a healthcheck (fails if
+    /// one does not)
+    #[arg(long)]
+    pub wait: bool,
+    /// With --wait: the longest wait in seconds, for depends_on conditions and --wait
+    /// together (default: no limit besides the healthchecks' own retries)
+    #[arg(long, value_name = "SECONDS", requires = "wait")]
+    pub wait_timeout: Option<u64>,
     /// Services to bring up (and what they depend on); default: all
     pub services: Vec<String>,
 }
@@ -117,6 +125,11 @@ pub fn run(global: &GlobalArgs, args: &UpArgs) -> anyhow::Result<ExitCode> {
             print_plan(&plan, &ctx.project.name);
             return Ok(ExitCode::SUCCESS);
         }
+        let gate = health::Gate::new(
+            ctx.base.with_project(&ctx.incus_project),
+            &ctx.project,
+            args.wait_timeout.map(Duration::from_secs),
+        )?;
         if plan.is_empty() {
             println!(
                 "Nothing to change: {} instance(s) of compose project {} are up to date in Incus project {}",
@@ -124,12 +137,15 @@ pub fn run(global: &GlobalArgs, args: &UpArgs) -> anyhow::Result<ExitCode> {
                 ctx.project.name,
                 plan.incus_project
             );
-            return Ok(ExitCode::SUCCESS);
+            return Ok(wait_for_services(&gate, &plan, args, started).await);
         }
         let target = ctx.target(&obs);
-        let outcome = engine::execute(&target, &plan, args.parallel).await;
+        let outcome = engine::execute_gated(&target, &plan, args.parallel, Some(&gate)).await;
         let secs = started.elapsed().as_secs_f64();
         if outcome.ok() {
+            if wait_for_services(&gate, &plan, args, started).await != ExitCode::SUCCESS {
+                return Ok(ExitCode::FAILURE);
+            }
             println!(
                 "up: {} change(s) done, {} instance(s) unchanged, in {secs:.1} s",
                 outcome.done,
@@ -141,4 +157,37 @@ pub fn run(global: &GlobalArgs, args: &UpArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::FAILURE)
         }
     })?
+}
+
+/// `--wait`: every service of the plan running, and healthy when it has a healthcheck.
+async fn wait_for_services(
+    gate: &health::Gate,
+    plan: &Plan,
+    args: &UpArgs,
+    started: Instant,
+) -> ExitCode {
+    if !args.wait || args.no_start {
+        return ExitCode::SUCCESS;
+    }
+    let mut services: Vec<String> = plan.placement.iter().map(|(_, _, s)| s.clone()).collect();
+    services.sort();
+    services.dedup();
+    println!("[~] waiting for {} to run (and be healthy)", services.join(", "));
+    let failed = gate.wait_all(&services).await;
+    if failed.is_empty() {
+        println!(
+            "up --wait: every service is running (healthy where checked), after {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+        return ExitCode::SUCCESS;
+    }
+    eprintln!(
+        "up --wait failed: {} service(s) not running or not healthy (after {:.1} s):",
+        failed.len(),
+        started.elapsed().as_secs_f64()
+    );
+    for (object, e) in failed {
+        eprintln!("  {object}: {e}");
+    }
+    ExitCode::FAILURE
 }

@@ -15,6 +15,8 @@ use ic_incus::{
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
+use super::health::Gate;
+
 /// How long a started instance may take to report `Running`.
 const START_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -83,9 +85,30 @@ impl Outcome {
 
 /// Runs `plan` against `target`.
 pub async fn execute(target: &Target, plan: &Plan, parallel: usize) -> Outcome {
+    execute_gated(target, plan, parallel, None).await
+}
+
+/// Runs `plan` against `target`; before a stage that starts services, `gate` waits for
+/// their `depends_on` conditions (a required one that fails stops the plan there).
+pub async fn execute_gated(
+    target: &Target,
+    plan: &Plan,
+    parallel: usize,
+    gate: Option<&Gate>,
+) -> Outcome {
     let mut outcome = Outcome::default();
     let sem = Arc::new(Semaphore::new(parallel.max(1)));
     for (i, stage) in plan.stages.iter().enumerate() {
+        if let Some(gate) = gate
+            && let Err(failed) = gate.before_stage(stage).await
+        {
+            for (object, e) in &failed {
+                println!("[!] {object} failed: {e}");
+            }
+            outcome.failed.extend(failed);
+            outcome.skipped = plan.stages[i..].iter().map(|s| s.actions.len()).sum();
+            break;
+        }
         let mut set = JoinSet::new();
         for action in stage.actions.clone() {
             let t = target.clone();
@@ -186,9 +209,7 @@ async fn run(t: &Target, action: &Action) -> anyhow::Result<String> {
         }
         Action::Start { name, .. } => {
             start(t, name).await?;
-            t.project
-                .wait_instance_status(name, "Running", START_TIMEOUT)
-                .await?;
+            wait_started(t, name).await?;
             Ok(format!("[+] {name} started"))
         }
         Action::Stop { name, timeout, .. } => {
@@ -323,11 +344,29 @@ async fn create(t: &Target, p: &InstancePlan) -> anyhow::Result<()> {
         }
     }
     if p.start {
-        t.project
-            .wait_instance_status(&p.name, "Running", START_TIMEOUT)
-            .await?;
+        wait_started(t, &p.name).await?;
     }
     Ok(())
+}
+
+/// After a successful start: until the instance runs. `Stopped` also counts: its PID 1
+/// (a one-shot `command`) already ran and exited; `depends_on` conditions and `up --wait`
+/// judge that, not the start.
+async fn wait_started(t: &Target, name: &str) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+    loop {
+        let status = t.project.instance_state(name).await?.status;
+        if status.eq_ignore_ascii_case("running") || status.eq_ignore_ascii_case("stopped") {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            anyhow::bail!(
+                "instance {name} is still {status} {} s after its start, expected Running",
+                START_TIMEOUT.as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Start, retrying transient failures (a busy member can time out in its start hook).

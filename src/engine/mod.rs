@@ -3,9 +3,10 @@
 //! decisions are made in `ic_core::plan` and `ic_core::schedule`.
 
 mod execute;
+pub mod health;
 mod observe;
 
-pub use execute::{Target, execute};
+pub use execute::{Target, execute, execute_gated};
 pub use observe::{Observation, is_ours, observe};
 
 use anyhow::Context;

@@ -1,0 +1,486 @@
+//! Health, the I/O part: run a service's healthcheck inside an instance through the Incus
+//! exec API (no sidecar, no daemon, no local state), show one probe's result in `ps`, and
+//! wait for `depends_on` conditions and `up --wait`.
+//!
+//! What is decided here is only when to probe and what to wait for; how probe results
+//! become a status is `ic_core::health` (Docker's rules). The time an instance last started
+//! is Incus's `last_used_at` (set on every start), so a `start_period` survives a restart of
+//! incus-compose itself.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use ic_compose::Project;
+use ic_compose::model::DependencyCondition;
+use ic_core::health::{Check, Health, HealthError, Tracker, check_of, single_probe_status};
+use ic_core::plan::{Action, LABEL_PROJECT, LABEL_SERVICE, Stage};
+use ic_incus::{Client, ExecRequest, Instance};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+
+/// How many probes `ps` runs at once.
+const PROBE_PARALLEL: usize = 16;
+/// How often a wait polls an instance's state (running/stopped).
+const POLL: Duration = Duration::from_millis(500);
+/// How much of a probe's output is kept (its end, like Docker keeps its last 4 KiB).
+const OUTPUT_KEEP: usize = 400;
+
+/// The result of one probe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Probe {
+    pub ok: bool,
+    /// What happened: `exit 1: <output>`, `timed out after 2 s`, or the exec error.
+    pub output: String,
+}
+
+fn tail(bytes: &[u8]) -> String {
+    let s = String::from_utf8_lossy(bytes);
+    let s = s.trim();
+    if s.len() <= OUTPUT_KEEP {
+        return s.to_string();
+    }
+    let mut start = s.len() - OUTPUT_KEEP;
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    format!("...{}", &s[start..])
+}
+
+/// Runs `check` once in `instance`, bounded by its timeout. A command still running at the
+/// timeout is a failure; its exec session is closed (Incus does not kill it).
+pub async fn probe(client: &Client, instance: &str, check: &Check) -> Probe {
+    let req = ExecRequest::new(check.argv.iter().cloned());
+    match tokio::time::timeout(check.timeout, client.exec_output(instance, &req, &[])).await {
+        Err(_) => Probe {
+            ok: false,
+            output: format!("timed out after {} s", check.timeout.as_secs_f64()),
+        },
+        Ok(Err(e)) => Probe {
+            ok: false,
+            output: format!("could not run the check: {e}"),
+        },
+        Ok(Ok(out)) => {
+            let mut text = tail(&out.stdout);
+            let err = tail(&out.stderr);
+            if !err.is_empty() {
+                if !text.is_empty() {
+                    text.push_str(" | ");
+                }
+                text.push_str(&err);
+            }
+            Probe {
+                ok: out.exit_code == 0,
+                output: if text.is_empty() {
+                    format!("exit {} (no output)", out.exit_code)
+                } else {
+                    format!("exit {}: {text}", out.exit_code)
+                },
+            }
+        }
+    }
+}
+
+/// Time since an instance last started, from Incus's `last_used_at` (RFC 3339). Zero when
+/// it cannot be read, or lies in the future (clock skew).
+pub fn since_start(last_used_at: &str) -> Duration {
+    let Ok(at) = time::OffsetDateTime::parse(
+        last_used_at,
+        &time::format_description::well_known::Rfc3339,
+    ) else {
+        return Duration::ZERO;
+    };
+    let elapsed = time::OffsetDateTime::now_utc() - at;
+    Duration::try_from(elapsed).unwrap_or(Duration::ZERO)
+}
+
+/// The checks of a project's services (services without one are absent).
+pub fn checks(project: &Project) -> Result<BTreeMap<String, Check>, HealthError> {
+    let mut out = BTreeMap::new();
+    for (name, s) in &project.services {
+        if let Some(c) = check_of(name, s.healthcheck.as_ref())? {
+            out.insert(name.clone(), c);
+        }
+    }
+    Ok(out)
+}
+
+/// What `ps` shows for one instance.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub health: Health,
+    pub output: String,
+}
+
+/// Probes every running instance whose service has a check, once, in parallel (at most
+/// [`PROBE_PARALLEL`] at once, each bounded by its check's timeout).
+pub async fn snapshot(
+    client: &Client,
+    instances: &[(String, String, String)],
+    checks: &BTreeMap<String, Check>,
+) -> BTreeMap<String, Snapshot> {
+    let sem = Arc::new(Semaphore::new(PROBE_PARALLEL));
+    let probes = instances.iter().filter_map(|(name, service, last_used)| {
+        let check = checks.get(service)?.clone();
+        let sem = sem.clone();
+        Some(async move {
+            let _permit = sem.acquire_owned().await;
+            let p = probe(client, name, &check).await;
+            let health = single_probe_status(&check, since_start(last_used), p.ok);
+            (
+                name.clone(),
+                Snapshot {
+                    health,
+                    output: p.output,
+                },
+            )
+        })
+    });
+    join_all(probes).await.into_iter().collect()
+}
+
+/// One `depends_on` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dependency {
+    pub service: String,
+    pub condition: DependencyCondition,
+    pub required: bool,
+}
+
+fn condition_text(c: &DependencyCondition) -> &'static str {
+    match c {
+        DependencyCondition::ServiceStarted => "started",
+        DependencyCondition::ServiceHealthy => "healthy",
+        DependencyCondition::ServiceCompletedSuccessfully => "completed",
+    }
+}
+
+/// Waits for `depends_on` conditions before a stage starts its services, and for every
+/// service at the end of `up --wait`.
+pub struct Gate {
+    client: Client,
+    compose: String,
+    checks: BTreeMap<String, Check>,
+    deps: BTreeMap<String, Vec<Dependency>>,
+    deadline: Option<Instant>,
+}
+
+impl Gate {
+    /// `client` is in the project's Incus project. `timeout` bounds every wait of this gate
+    /// together (`--wait-timeout`).
+    pub fn new(
+        client: Client,
+        project: &Project,
+        timeout: Option<Duration>,
+    ) -> Result<Gate, HealthError> {
+        let deps = project
+            .services
+            .iter()
+            .map(|(name, s)| {
+                let list = s
+                    .depends_on
+                    .iter()
+                    .filter(|(d, _)| project.services.contains_key(*d))
+                    .map(|(d, dep)| Dependency {
+                        service: d.clone(),
+                        condition: dep.condition.clone(),
+                        required: dep.required,
+                    })
+                    .collect();
+                (name.clone(), list)
+            })
+            .collect();
+        Ok(Gate {
+            client,
+            compose: project.name.clone(),
+            checks: checks(project)?,
+            deps,
+            deadline: timeout.map(|t| Instant::now() + t),
+        })
+    }
+
+    /// The instances of `service`, from Incus.
+    async fn instances(&self, service: &str) -> Result<Vec<Instance>, String> {
+        let all = self
+            .client
+            .instances()
+            .await
+            .map_err(|e| format!("cannot list instances: {e}"))?;
+        Ok(all
+            .into_iter()
+            .filter(|i| {
+                i.config.get(LABEL_PROJECT).map(String::as_str) == Some(self.compose.as_str())
+                    && i.config.get(LABEL_SERVICE).map(String::as_str) == Some(service)
+            })
+            .collect())
+    }
+
+    fn timed_out(&self) -> bool {
+        self.deadline.is_some_and(|d| Instant::now() >= d)
+    }
+
+    /// Waits before `stage` starts services: for every dependency of the services it starts,
+    /// the dependency's condition. Err: (object, message) per failed required dependency;
+    /// an optional one (`required: false`) that fails is a warning.
+    pub async fn before_stage(&self, stage: &Stage) -> Result<(), Vec<(String, String)>> {
+        let mut starting: BTreeMap<&str, ()> = BTreeMap::new();
+        for a in &stage.actions {
+            match a {
+                Action::Create(p) | Action::Recreate(p) if p.start => {
+                    starting.insert(&p.service, ());
+                }
+                Action::Start { service, .. } => {
+                    starting.insert(service, ());
+                }
+                _ => {}
+            }
+        }
+        // Dependency -> (condition, required, needed by).
+        let mut wanted: BTreeMap<(String, u8), (DependencyCondition, bool, Vec<&str>)> =
+            BTreeMap::new();
+        for s in starting.keys() {
+            for d in self.deps.get(*s).into_iter().flatten() {
+                let rank = match d.condition {
+                    DependencyCondition::ServiceStarted => 0,
+                    DependencyCondition::ServiceHealthy => 1,
+                    DependencyCondition::ServiceCompletedSuccessfully => 2,
+                };
+                let e = wanted
+                    .entry((d.service.clone(), rank))
+                    .or_insert_with(|| (d.condition.clone(), false, Vec::new()));
+                e.1 |= d.required;
+                e.2.push(s);
+            }
+        }
+        let waits = wanted
+            .iter()
+            .map(|((dep, _), (cond, required, by))| async move {
+                println!(
+                    "[~] waiting for {dep} to be {} (needed by {})",
+                    condition_text(cond),
+                    by.join(", ")
+                );
+                let r = self.wait_condition(dep, cond).await;
+                (dep, cond, *required, by, r)
+            });
+        let mut failed = Vec::new();
+        for (dep, cond, required, by, r) in join_all(waits).await {
+            match r {
+                Ok(()) => println!("[+] {dep} is {}", condition_text(cond)),
+                Err(e) if !required => eprintln!(
+                    "warning: optional dependency {dep} of {} (required: false) is not {}: {e}; starting anyway",
+                    by.join(", "),
+                    condition_text(cond)
+                ),
+                Err(e) => failed.push((
+                    format!("service {dep}"),
+                    format!(
+                        "dependency of {} did not become {}: {e}; {} not started",
+                        by.join(", "),
+                        condition_text(cond),
+                        by.join(", ")
+                    ),
+                )),
+            }
+        }
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(failed)
+        }
+    }
+
+    /// Waits until every replica of `service` meets `cond`.
+    pub async fn wait_condition(
+        &self,
+        service: &str,
+        cond: &DependencyCondition,
+    ) -> Result<(), String> {
+        let instances = self.instances(service).await?;
+        if instances.is_empty() {
+            return Err(format!("service {service} has no instance"));
+        }
+        let check = match cond {
+            DependencyCondition::ServiceHealthy => Some(self.checks.get(service).ok_or_else(|| {
+                format!("service {service} has no healthcheck (condition service_healthy needs one)")
+            })?),
+            _ => None,
+        };
+        let waits = instances.iter().map(|i| async move {
+            match (cond, check) {
+                (DependencyCondition::ServiceHealthy, Some(c)) => self.wait_healthy(i, c).await,
+                (DependencyCondition::ServiceCompletedSuccessfully, _) => {
+                    self.wait_stopped(&i.name).await
+                }
+                _ => self.wait_running(&i.name, false).await,
+            }
+        });
+        let errors: Vec<String> = join_all(waits)
+            .await
+            .into_iter()
+            .filter_map(Result::err)
+            .collect();
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors.join("; "))
+        }
+    }
+
+    /// `up --wait`: every replica of `services` running, and healthy when its service has
+    /// a check. A replica whose service others wait on with `service_completed_successfully`
+    /// may also have stopped (it ran to completion).
+    pub async fn wait_all(&self, services: &[String]) -> Vec<(String, String)> {
+        let completes = |svc: &str| {
+            self.deps.values().flatten().any(|d| {
+                d.service == svc
+                    && d.condition == DependencyCondition::ServiceCompletedSuccessfully
+            })
+        };
+        let waits = services.iter().map(|s| async move {
+            let r = async {
+                let instances = self.instances(s).await?;
+                if instances.is_empty() {
+                    return Err(format!("service {s} has no instance"));
+                }
+                let one_shot = completes(s);
+                let waits = instances.iter().map(|i| async move {
+                    match self.checks.get(s.as_str()) {
+                        Some(c) if !one_shot => self.wait_healthy(i, c).await,
+                        _ => self.wait_running(&i.name, one_shot).await,
+                    }
+                });
+                let errors: Vec<String> = join_all(waits)
+                    .await
+                    .into_iter()
+                    .filter_map(Result::err)
+                    .collect();
+                if errors.is_empty() {
+                    Ok(())
+                } else {
+                    Err(errors.join("; "))
+                }
+            }
+            .await;
+            (s.clone(), r)
+        });
+        join_all(waits)
+            .await
+            .into_iter()
+            .filter_map(|(s, r)| r.err().map(|e| (format!("service {s}"), e)))
+            .collect()
+    }
+
+    async fn status(&self, name: &str) -> Result<String, String> {
+        self.client
+            .instance_state(name)
+            .await
+            .map(|s| s.status)
+            .map_err(|e| format!("cannot read the state of instance {name}: {e}"))
+    }
+
+    fn timeout_error(&self, what: &str) -> String {
+        format!("timed out (--wait-timeout) waiting for {what}")
+    }
+
+    /// Until `name` runs (or, with `stopped_ok`, has stopped after running).
+    async fn wait_running(&self, name: &str, stopped_ok: bool) -> Result<(), String> {
+        loop {
+            let status = self.status(name).await?;
+            if status.eq_ignore_ascii_case("running")
+                || (stopped_ok && status.eq_ignore_ascii_case("stopped"))
+            {
+                return Ok(());
+            }
+            if status.eq_ignore_ascii_case("stopped") || status.eq_ignore_ascii_case("error") {
+                return Err(format!("instance {name} is {status}, not running"));
+            }
+            if self.timed_out() {
+                return Err(self.timeout_error(&format!("instance {name} to run ({status})")));
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Until `name` has stopped: its command ran to completion. Incus 6.0 does not record
+    /// the exit status of a container's init, so any stop counts as a successful completion.
+    async fn wait_stopped(&self, name: &str) -> Result<(), String> {
+        loop {
+            let status = self.status(name).await?;
+            if status.eq_ignore_ascii_case("stopped") {
+                return Ok(());
+            }
+            if status.eq_ignore_ascii_case("error") {
+                return Err(format!("instance {name} is in state Error"));
+            }
+            if self.timed_out() {
+                return Err(self.timeout_error(&format!("instance {name} to complete")));
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Probes `i` as Docker would (first probe one interval after the start, failures
+    /// within the start period not counted) until it is healthy or unhealthy.
+    async fn wait_healthy(&self, i: &Instance, check: &Check) -> Result<(), String> {
+        let name = &i.name;
+        let begun = Instant::now();
+        let offset = since_start(&i.last_used_at);
+        let now = || offset + begun.elapsed();
+        let mut tracker = Tracker::new(check.clone());
+        let mut last: Option<Probe> = None;
+        let last_text = |p: &Option<Probe>| match p {
+            Some(p) => format!("last probe: {}", p.output),
+            None => "not probed yet".to_string(),
+        };
+        loop {
+            let status = self.status(name).await?;
+            if !status.eq_ignore_ascii_case("running") {
+                return Err(format!(
+                    "instance {name} is {status}, not running ({})",
+                    last_text(&last)
+                ));
+            }
+            // The next probe is due one start_interval (within the start period) or one
+            // interval after the previous probe, the first one after the instance's start.
+            let wait = if last.is_none() {
+                tracker.next_delay(now()).saturating_sub(now())
+            } else {
+                tracker.next_delay(now())
+            };
+            let due = Instant::now() + wait;
+            while Instant::now() < due {
+                if self.timed_out() {
+                    return Err(self.timeout_error(&format!(
+                        "instance {name} to be healthy ({})",
+                        last_text(&last)
+                    )));
+                }
+                let left = due - Instant::now();
+                tokio::time::sleep(left.min(POLL)).await;
+            }
+            let p = probe(&self.client, name, check).await;
+            let health = tracker.record(now(), p.ok);
+            last = Some(p);
+            match health {
+                Health::Healthy => return Ok(()),
+                Health::Unhealthy => {
+                    return Err(format!(
+                        "instance {name} is unhealthy after {} failed probe(s) of `{}` ({})",
+                        tracker.failing_streak(),
+                        check.argv.join(" "),
+                        last_text(&last)
+                    ));
+                }
+                Health::Starting => {}
+            }
+            if self.timed_out() {
+                return Err(self.timeout_error(&format!(
+                    "instance {name} to be healthy ({})",
+                    last_text(&last)
+                )));
+            }
+        }
+    }
+}
