@@ -1,0 +1,654 @@
+# shellcheck shell=bash
+# scripts/lib/incus7.sh: the Incus 7.0 line of scripts/test-cluster (sourced by it; uses its log/die/
+# pid_alive/pkg_installed/apt_install). Selected with `scripts/test-cluster <cmd> --incus 7.0` or INCUS_LINE=7.0.
+#
+# Incus 7.0 (API extension instance_oci) is in Debian trixie-backports and does not install on Debian 12,
+# so it runs from a Debian 13 root (built with debootstrap, cached, rebuilt when missing or broken),
+# entered with pivot_root (not chroot: the kernel refuses user namespaces to a chrooted process, and
+# every container would fail with "Failed to clone a new set of namespaces").
+#
+# It lives alongside the 6.0 line and shares nothing with it (own state dir, lock, bridge, addresses, env file):
+#   /var/cache/incus-compose-test/trixie-root   the Debian 13 root (kept across `down`; a stamp file marks it complete)
+#   <root>/var/lib/incus-compose-test-images/   OCI image layout of the test images (cached with the root)
+#   /var/lib/incus-compose-test7/               state (removed by `down`):
+#     server/     INCUS_DIR (same path inside the root and on the host: bind-mounted into the namespace)
+#     registry/   the registry's storage;   run/   pid files and logs
+#   /run/incus-compose-test7.lock               serialises runs of the 7.0 line
+# Namespaces: a holder process `ic7-holder:<state>` in new mount, network and UTS namespaces whose root is
+#   the Debian 13 root (pivot_root); incusd and the registry run in it. Host bridge `ic7br0` 100.64.2.1/24,
+#   veth `ic7v1` <-> eth0 100.64.2.11/24 in the namespace; incusd listens on 100.64.2.11:8443 too.
+# Registry: Debian's docker-registry (distribution 2.8) on https://127.0.0.1:5443 *inside the namespace*
+#   (incusd pulls from it there; the host's 127.0.0.1 is another loopback). Self-signed certificate with
+#   subjectAltName IP:127.0.0.1, trusted by the Debian 13 root (update-ca-certificates).
+# Test images (built with umoci, pushed with skopeo), Docker-style entrypoint + cmd:
+#   testapp:v1, testapp:v2  entrypoint ["/docker-entrypoint.sh"] (brings lo up, prints a line, exec "$@"),
+#                           cmd ["httpd","-f","-v","-p","80","-h","/www"]; answers exactly v1 / v2 on :80;
+#                           env TESTAPP_VERSION=v1|v2, workdir /www.
+#   testapp:broken          entrypoint ["/bin/sh","-c"], cmd ["echo testapp broken: exiting; exit 3"].
+# Env file: <repo>/.test-cluster/env-7.0 (same keys as the 6.0 line's .test-cluster/env, plus
+#   INCUS_COMPOSE_TEST_INCUS_LINE=7.0, INCUS_COMPOSE_TEST_REGISTRY=127.0.0.1:5443,
+#   INCUS_COMPOSE_TEST_REGISTRY_CA=<path of the CA certificate on the host>). It is not .test-cluster/env,
+#   so the 6.0 cluster's env file stays as it is; pass --env-file to write .test-cluster/env instead.
+
+I7_STATE=/var/lib/incus-compose-test7
+I7_RUN="$I7_STATE/run"
+I7_DIR="$I7_STATE/server"
+I7_CACHE=/var/cache/incus-compose-test
+I7_ROOT="$I7_CACHE/trixie-root"
+I7_LOCK=/run/incus-compose-test7.lock
+I7_BRIDGE=ic7br0
+I7_HOST_ADDR=100.64.2.1
+I7_ADDR=100.64.2.11
+I7_VETH=ic7v1
+I7_REGISTRY_PORT=5443
+I7_REGISTRY="127.0.0.1:$I7_REGISTRY_PORT"
+I7_PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+# Bump when the root's contents change: a root with another stamp is rebuilt.
+I7_ROOT_STAMP="incus-compose trixie root v2: incus-base incus-client skopeo umoci docker-registry busybox-static socat"
+I7_ROOT_PACKAGES=(ca-certificates openssl iproute2 dnsmasq-base nftables xz-utils squashfs-tools busybox-static
+    skopeo umoci docker-registry socat)
+I7_ENV_FILE=""
+
+i7_log() { printf 'test-cluster[7.0]: %s\n' "$*" >&2; }
+
+i7_take_lock() {
+    exec 8>>"$I7_LOCK"
+    if ! flock -n 8; then
+        i7_log "waiting for another 7.0 run to finish"
+        flock -w 300 8 || die "another scripts/test-cluster --incus 7.0 run holds $I7_LOCK for more than 300 s"
+    fi
+}
+
+# Runs a command inside the root, chrooted (only for building: apt, umoci, skopeo need no user namespaces),
+# in a private mount namespace so that its /proc, /sys, /dev mounts vanish with it.
+i7_chroot() {
+    local root=$1
+    shift
+    unshare -m --propagation private -- sh -c '
+        r=$1; shift
+        mount -t proc proc "$r/proc"
+        mount -t sysfs sysfs "$r/sys"
+        mount --rbind /dev "$r/dev"
+        mount -t tmpfs tmpfs "$r/tmp"
+        exec chroot "$r" /usr/bin/env -i PATH='"$I7_PATH"' HOME=/root LC_ALL=C.UTF-8 DEBIAN_FRONTEND=noninteractive "$@"' \
+        i7-chroot "$root" "$@"
+}
+
+# The Debian mirror apt uses here (the URI of the `bookworm` entry).
+i7_mirror() {
+    local uri
+    uri="$(awk '/^URIs:/ { u = $2 } /^Suites:/ && / bookworm( |$)/ { if (u != "") { print u; exit } }' \
+        /etc/apt/sources.list.d/*.sources 2>/dev/null || true)"
+    if [ -z "$uri" ] && [ -f /etc/apt/sources.list ]; then
+        uri="$(awk '$1 == "deb" && $3 == "bookworm" { print $2; exit }' /etc/apt/sources.list)"
+    fi
+    [ -n "$uri" ] || die "no Debian 'bookworm' entry found in /etc/apt/sources.list(.d): cannot tell which mirror to debootstrap trixie from"
+    echo "$uri"
+}
+
+i7_root_ok() {
+    local r=${1:-$I7_ROOT} f
+    [ "$(cat "$r/.incus-compose-root" 2>/dev/null || true)" = "$I7_ROOT_STAMP" ] || return 1
+    for f in usr/libexec/incus/incusd usr/bin/incus usr/bin/skopeo usr/bin/umoci usr/bin/docker-registry usr/bin/socat \
+        bin/busybox usr/bin/openssl etc/ssl/certs/ca-certificates.crt etc/incus-compose-test/registry.crt \
+        etc/incus-compose-test/registry.key; do
+        [ -e "$r/$f" ] || return 1
+    done
+    # The certificate must be in the root's trust store.
+    grep -qF "$(sed -n 2p "$r/etc/incus-compose-test/registry.crt")" "$r/etc/ssl/certs/ca-certificates.crt" || return 1
+    return 0
+}
+
+# Builds the Debian 13 root when missing or broken (into a temporary directory, renamed when complete).
+i7_ensure_root() {
+    if i7_root_ok; then return 0; fi
+    local t0=$SECONDS mirror new="$I7_ROOT.new"
+    [ -e "$I7_ROOT" ] && i7_log "the Debian 13 root at $I7_ROOT is incomplete or outdated: rebuilding it"
+    pkg_installed debootstrap || apt_install debootstrap
+    mirror="$(i7_mirror)"
+    rm -rf --one-file-system "$new"
+    mkdir -p "$I7_CACHE"
+    i7_log "debootstrap trixie from $mirror into $new"
+    debootstrap --variant=minbase --include=ca-certificates trixie "$new" "$mirror" >"$I7_CACHE/trixie-root.debootstrap.log" 2>&1 ||
+        die "debootstrap failed (log: $I7_CACHE/trixie-root.debootstrap.log)"
+    i7_log "debootstrap done ($((SECONDS - t0)) s); installing Incus 7.0 from trixie-backports"
+    cat >"$new/etc/apt/sources.list.d/debian.sources" <<EOF
+Types: deb
+URIs: $mirror
+Suites: trixie trixie-updates trixie-backports
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+EOF
+    rm -f "$new/etc/apt/sources.list"
+    cp /etc/resolv.conf "$new/etc/resolv.conf" 2>/dev/null || true
+    # No service may start inside the root while installing.
+    printf '#!/bin/sh\nexit 101\n' >"$new/usr/sbin/policy-rc.d"
+    chmod +x "$new/usr/sbin/policy-rc.d"
+    i7_chroot "$new" apt-get update -qq >>"$I7_CACHE/trixie-root.debootstrap.log" 2>&1 || die "apt-get update in the trixie root failed"
+    i7_chroot "$new" apt-get install -y -qq --no-install-recommends "${I7_ROOT_PACKAGES[@]}" \
+        >>"$I7_CACHE/trixie-root.debootstrap.log" 2>&1 || die "apt-get install in the trixie root failed (log: $I7_CACHE/trixie-root.debootstrap.log)"
+    i7_chroot "$new" apt-get install -y -qq --no-install-recommends -t trixie-backports incus-base incus-client \
+        >>"$I7_CACHE/trixie-root.debootstrap.log" 2>&1 || die "installing incus from trixie-backports failed (log: $I7_CACHE/trixie-root.debootstrap.log)"
+    i7_chroot "$new" apt-get clean
+    # The registry's certificate: self-signed, for IP 127.0.0.1, trusted by the root.
+    mkdir -p "$new/etc/incus-compose-test"
+    i7_chroot "$new" openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj /CN=incus-compose-test-registry \
+        -addext subjectAltName=IP:127.0.0.1 -addext basicConstraints=critical,CA:TRUE \
+        -keyout /etc/incus-compose-test/registry.key -out /etc/incus-compose-test/registry.crt 2>/dev/null ||
+        die "could not make the registry certificate"
+    cp "$new/etc/incus-compose-test/registry.crt" "$new/usr/local/share/ca-certificates/incus-compose-test-registry.crt"
+    i7_chroot "$new" update-ca-certificates >/dev/null 2>&1 || die "update-ca-certificates in the trixie root failed"
+    echo "$I7_ROOT_STAMP" >"$new/.incus-compose-root"
+    i7_root_ok "$new" || die "the new trixie root at $new misses files it should have"
+    rm -rf --one-file-system "$I7_ROOT"
+    mv -T "$new" "$I7_ROOT"
+    i7_log "Debian 13 root built in $((SECONDS - t0)) s ($(du -sh "$I7_ROOT" | cut -f1))"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Processes, links: find and remove everything the 7.0 line made (also debris of killed runs)
+
+i7_read_pid() { # i7_read_pid holder|incusd|registry: the recorded pid, only if it still is ours
+    local pid
+    pid="$(cat "$I7_RUN/$1.pid" 2>/dev/null || true)"
+    [ -n "$pid" ] && tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline" | grep -qE "$I7_STATE/|ic7-holder:" && echo "$pid"
+    return 0
+}
+
+# Pids of the 7.0 line: command line names the state dir or the holder; in the holder's mount namespace
+# (incusd, registry, anything started there); in another mount namespace whose mounts come from the
+# state dir or the trixie root (containers, orphaned ones too); plus descendants. Never this script or its ancestors.
+i7_pids() {
+    local self_mnt pid cmd mnt d
+    self_mnt="$(readlink /proc/self/ns/mnt)"
+    local -A protect=() hit=()
+    local p=$$
+    while [ -n "$p" ] && [ "$p" != 0 ]; do
+        protect[$p]=1
+        p="$(awk '/^PPid:/ {print $2}' "/proc/$p/status" 2>/dev/null || true)"
+    done
+    protect[1]=1
+    protect[$BASHPID]=1
+    for d in /proc/[0-9]*; do
+        pid="${d#/proc/}"
+        [ -n "${protect[$pid]:-}" ] && continue
+        cmd="$(tr '\0' ' ' 2>/dev/null <"$d/cmdline" || true)"
+        if [[ "$cmd" == *"$I7_STATE/"* || "$cmd" == *"$I7_STATE "* || "$cmd" == ic7-holder:* ]]; then hit[$pid]=1; continue; fi
+        mnt="$(readlink "$d/ns/mnt" 2>/dev/null || true)"
+        if [ -n "$mnt" ] && [ "$mnt" != "$self_mnt" ] &&
+            grep -qsE " ($I7_STATE|$I7_ROOT)(/| )" "$d/mountinfo"; then
+            hit[$pid]=1
+        fi
+    done
+    [ "${#hit[@]}" -gt 0 ] || return 0
+    local -A children=()
+    local ppid c
+    while read -r pid ppid; do children[$ppid]+=" $pid"; done < <(ps -e -o pid=,ppid=)
+    local queue=("${!hit[@]}")
+    while [ "${#queue[@]}" -gt 0 ]; do
+        pid="${queue[0]}"
+        queue=("${queue[@]:1}")
+        for c in ${children[$pid]:-}; do
+            if [ -z "${hit[$c]:-}" ] && [ -z "${protect[$c]:-}" ]; then hit[$c]=1; queue+=("$c"); fi
+        done
+    done
+    printf '%s\n' "${!hit[@]}"
+}
+
+i7_kill_all() {
+    local pids killed=""
+    for _ in $(seq 1 30); do
+        pids="$(i7_pids)"
+        [ -n "$pids" ] || break
+        killed+=" $pids"
+        # shellcheck disable=SC2086
+        kill -9 $pids 2>/dev/null || true
+        sleep 0.2
+    done
+    pids="$(i7_pids)"
+    # shellcheck disable=SC2086
+    [ -z "$pids" ] || die "processes of the 7.0 server survive kill -9: $(echo $pids)"
+    # Wait until they are reaped (no zombie left).
+    local p left
+    for _ in $(seq 1 50); do
+        left=""
+        for p in $killed; do [ -e "/proc/$p" ] && left+=" $p"; done
+        [ -n "$left" ] || return 0
+        sleep 0.2
+    done
+}
+
+i7_has_debris() {
+    [ -e "$I7_STATE" ] && return 0
+    ip link show "$I7_BRIDGE" >/dev/null 2>&1 && return 0
+    ip link show "$I7_VETH" >/dev/null 2>&1 && return 0
+    [ -n "$(i7_pids)" ] && return 0
+    return 1
+}
+
+i7_inc() { INCUS_DIR="$I7_DIR" incus "$@"; }
+# The 7.0 client of the root, inside the namespace (the host's 6.0 client talks to the 7.0 daemon over the
+# unix socket but knows no `oci` remotes). Client config in $I7_STATE/client (not the user's).
+i7_inc7() { i7_in INCUS_DIR="$I7_DIR" INCUS_CONF="$I7_STATE/client" incus "$@"; }
+
+i7_teardown() {
+    # Instances first (killing incusd leaves them running), then daemons and the namespace.
+    if pid_alive "$(i7_read_pid incusd)"; then
+        local proj name status
+        while IFS=, read -r proj name status; do
+            [ -n "$name" ] || continue
+            case "$status" in RUNNING | FROZEN | ERROR)
+                i7_inc stop --force --project "$proj" "$name" >/dev/null 2>&1 8>&- 9>&- &
+                ;;
+            esac
+        done < <(timeout 20 env INCUS_DIR="$I7_DIR" incus list --all-projects -f csv -c ens 2>/dev/null || true)
+        wait
+    fi
+    i7_kill_all
+    ip link del "$I7_VETH" 2>/dev/null || true
+    ip link del "$I7_BRIDGE" 2>/dev/null || true
+    # Empty cgroups LXC left for our containers/monitors (rmdir removes only empty ones).
+    local d
+    for d in /sys/fs/cgroup/*/lxc.payload.* /sys/fs/cgroup/*/lxc.monitor.* /sys/fs/cgroup/lxc.payload.* /sys/fs/cgroup/lxc.monitor.*; do
+        [ -d "$d" ] || continue
+        find "$d" -depth -type d -exec rmdir {} \; 2>/dev/null || true
+    done
+    # All mounts lived in the holder's private mount namespace, gone with it; only the directory is left.
+    if [ -d "$I7_STATE" ]; then
+        if findmnt -rn -o TARGET | grep -qE "^$I7_STATE(/|$)"; then
+            findmnt -rn -o TARGET | grep -E "^$I7_STATE(/|$)" | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
+        fi
+        rm -rf --one-file-system "$I7_STATE"
+    fi
+}
+
+# ---------------------------------------------------------------------------------------------
+# The namespace (holder), incusd, registry
+
+i7_setup_network() {
+    ip link show "$I7_BRIDGE" >/dev/null 2>&1 || ip link add "$I7_BRIDGE" type bridge
+    ip link set "$I7_BRIDGE" up
+    ip addr replace "$I7_HOST_ADDR/24" dev "$I7_BRIDGE"
+}
+
+# A holder in new mount, network and UTS namespaces whose root is the Debian 13 root (pivot_root), with
+# its own /proc, /sys (for the new network namespace), the host's cgroup tree and /dev, tmpfs /run and
+# /tmp (the cached root stays clean), /lib/modules read-only, and the state dir at the same path.
+i7_start_holder() {
+    mkdir -p "$I7_DIR" "$I7_RUN" "$I7_STATE/registry"
+    chmod 711 "$I7_STATE"
+    setsid unshare -m -n -u --propagation private -- bash -c '
+        set -e
+        root=$1 state=$2
+        hostname incus7
+        mount --rbind "$root" "$root"
+        mount -t proc proc "$root/proc"
+        mount -t sysfs sysfs "$root/sys"
+        mount --rbind /sys/fs/cgroup "$root/sys/fs/cgroup"
+        mount --rbind /dev "$root/dev"
+        mount -t tmpfs -o mode=755 tmpfs "$root/run"
+        mount -t tmpfs -o mode=1777 tmpfs "$root/tmp"
+        if [ -d /lib/modules ]; then mkdir -p "$root/lib/modules"; mount --rbind -o ro /lib/modules "$root/lib/modules"; fi
+        mkdir -p "$root$state"
+        mount --bind "$state" "$root$state"
+        mkdir -p "$root/.oldroot"
+        cd "$root"
+        pivot_root . .oldroot
+        umount -l /.oldroot
+        ip link set lo up
+        # This network namespace by name, for socat netns=ic7 (the forwarder); /run is private to the namespace.
+        mkdir -p /run/netns
+        touch /run/netns/ic7
+        mount --bind /proc/self/ns/net /run/netns/ic7
+        exec -a "ic7-holder:$state" sleep infinity' i7-holder "$I7_ROOT" "$I7_STATE" \
+        </dev/null >>"$I7_RUN/holder.log" 2>&1 8>&- 9>&- &
+    local pid=$!
+    echo "$pid" >"$I7_RUN/holder.pid"
+    for _ in $(seq 1 400); do
+        tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline" | grep -q '^ic7-holder:' && break
+        pid_alive "$pid" || die "the 7.0 namespace holder exited; see $I7_RUN/holder.log"
+        sleep 0.05
+    done
+    tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline" | grep -q '^ic7-holder:' || die "the 7.0 namespace holder is not ready after 20 s; see $I7_RUN/holder.log"
+    i7_setup_network
+    ip link del "$I7_VETH" 2>/dev/null || true
+    ip link add "$I7_VETH" type veth peer name ic7p1
+    ip link set "$I7_VETH" master "$I7_BRIDGE" up
+    ip link set ic7p1 netns "$pid"
+    nsenter -t "$pid" -n ip link set ic7p1 name eth0
+    nsenter -t "$pid" -n ip addr add "$I7_ADDR/24" dev eth0
+    nsenter -t "$pid" -n ip link set eth0 up
+    nsenter -t "$pid" -n ip route add default via "$I7_HOST_ADDR"
+}
+
+# Runs a command inside the holder's namespaces (root = the Debian 13 root).
+i7_in() {
+    local holder
+    holder="$(i7_read_pid holder)"
+    pid_alive "$holder" || die "the 7.0 namespace holder is not running; run: scripts/test-cluster down --incus 7.0 && scripts/test-cluster up --incus 7.0"
+    nsenter -t "$holder" -n -m -u -r -w -- /usr/bin/env -i PATH="$I7_PATH" HOME=/root LC_ALL=C.UTF-8 "$@"
+}
+
+# i7_spawn NAME CMD...: starts CMD in the holder's namespaces as a daemon (own session, output to
+# $I7_RUN/NAME.out); records its pid in $I7_RUN/NAME.pid (nsenter, env and setsid exec: $! is the daemon).
+i7_spawn() {
+    local name=$1 holder
+    shift
+    holder="$(i7_read_pid holder)"
+    pid_alive "$holder" || die "the 7.0 namespace holder is not running"
+    nsenter -t "$holder" -n -m -u -r -w -- /usr/bin/env -i PATH="$I7_PATH" HOME=/root LC_ALL=C.UTF-8 \
+        setsid "$@" </dev/null >>"$I7_RUN/$name.out" 2>&1 8>&- 9>&- &
+    echo $! >"$I7_RUN/$name.pid"
+}
+
+i7_start_daemon() {
+    i7_spawn incusd env INCUS_DIR="$I7_DIR" INCUS_SKIP_INSTANCE_TYPES=1 /usr/libexec/incus/incusd --group root --logfile "$I7_RUN/incusd.log"
+    if ! i7_inc admin waitready --timeout=60 >/dev/null 2>&1; then
+        tail -n 20 "$I7_RUN/incusd.log" "$I7_RUN/incusd.out" >&2 2>/dev/null || true
+        die "incusd 7.0 did not become ready within 60 s (logs: $I7_RUN/incusd.log)"
+    fi
+}
+
+i7_bootstrap() {
+    i7_inc admin init --preseed >/dev/null <<EOT
+config:
+  core.https_address: "$I7_ADDR:8443"
+  images.auto_update_interval: "0"
+storage_pools:
+- name: data
+  driver: dir
+networks:
+- name: incusbr0
+  type: bridge
+  config:
+    ipv4.address: none
+    ipv6.address: none
+profiles:
+- name: default
+  devices:
+    root:
+      path: /
+      pool: data
+      type: disk
+EOT
+}
+
+# The host's 127.0.0.1:5443 forwards to the registry in the namespace (socat in the holder's mount namespace
+# but the host's network namespace, connecting through netns=ic7), so that tools on the host (incus-compose
+# reading an image's config) reach the same https://127.0.0.1:5443 as incusd does.
+i7_start_forwarder() {
+    local holder
+    holder="$(i7_read_pid holder)"
+    nsenter -t "$holder" -m -r -w -- /usr/bin/env -i PATH="$I7_PATH" \
+        setsid bash -c 'exec -a "socat[ic7-forward $0/]" socat --experimental "TCP-LISTEN:$1,bind=127.0.0.1,reuseaddr,fork" "TCP:127.0.0.1:$1,netns=ic7"' \
+        "$I7_STATE" "$I7_REGISTRY_PORT" </dev/null >>"$I7_RUN/forward.out" 2>&1 8>&- 9>&- &
+    echo $! >"$I7_RUN/forward.pid"
+    for _ in $(seq 1 100); do
+        # From the host, verifying the certificate against the registry's CA.
+        if openssl s_client -connect "$I7_REGISTRY" -CAfile "$I7_ROOT/etc/incus-compose-test/registry.crt" \
+            -verify_return_error </dev/null >/dev/null 2>&1; then
+            return 0
+        fi
+        pid_alive "$(i7_read_pid forward)" || break
+        sleep 0.1
+    done
+    tail -n 20 "$I7_RUN/forward.out" >&2 2>/dev/null || true
+    die "the forwarder from the host's 127.0.0.1:$I7_REGISTRY_PORT to the registry did not start (log: $I7_RUN/forward.out)"
+}
+
+i7_start_registry() {
+    cat >"$I7_STATE/registry.yml" <<EOT
+version: 0.1
+log:
+  level: warn
+storage:
+  filesystem:
+    rootdirectory: $I7_STATE/registry
+  delete:
+    enabled: true
+http:
+  addr: $I7_REGISTRY
+  tls:
+    certificate: /etc/incus-compose-test/registry.crt
+    key: /etc/incus-compose-test/registry.key
+EOT
+    i7_spawn registry /usr/bin/docker-registry serve "$I7_STATE/registry.yml"
+    for _ in $(seq 1 100); do
+        # A TLS handshake that verifies the certificate against the root's trust store.
+        if i7_in openssl s_client -connect "$I7_REGISTRY" -verify_return_error -verify_ip 127.0.0.1 </dev/null >/dev/null 2>&1; then
+            return 0
+        fi
+        pid_alive "$(i7_read_pid registry)" || break
+        sleep 0.1
+    done
+    tail -n 20 "$I7_RUN/registry.out" >&2 2>/dev/null || true
+    die "the registry did not answer on https://$I7_REGISTRY/v2/ (log: $I7_RUN/registry.out)"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Test images: an OCI layout inside the root (cached with it), built with umoci, pushed with skopeo
+
+I7_IMAGES_DIR=/var/lib/incus-compose-test-images
+I7_IMAGE_TAGS=(v1 v2 broken)
+
+# The build script (runs inside the namespace; $1 = layout dir). Its text is part of the cache key.
+I7_IMAGE_BUILD='
+set -eu
+L=$1
+rm -rf "$L.new"
+umoci init --layout "$L.new"
+for tag in v1 v2 broken; do
+    b=/tmp/bundle-$tag
+    rm -rf "$b"
+    umoci new --image "$L.new:$tag"
+    umoci unpack --image "$L.new:$tag" "$b" >/dev/null
+    r=$b/rootfs
+    mkdir -p "$r/bin" "$r/sbin" "$r/usr/bin" "$r/usr/sbin" "$r/etc" "$r/www" "$r/tmp" "$r/root" "$r/proc" "$r/sys" "$r/dev" "$r/run"
+    chmod 1777 "$r/tmp"
+    cp /bin/busybox "$r/bin/busybox"
+    for a in $(busybox --list-full); do
+        [ "$a" = bin/busybox ] && continue
+        mkdir -p "$r/${a%/*}"
+        ln -sf /bin/busybox "$r/$a"
+    done
+    echo "root:x:0:0:root:/root:/bin/sh" >"$r/etc/passwd"
+    echo "root:x:0:" >"$r/etc/group"
+    echo "app:x:1000:1000:app:/www:/bin/sh" >>"$r/etc/passwd"
+    echo "app:x:1000:" >>"$r/etc/group"
+    cat >"$r/docker-entrypoint.sh" <<EOS
+#!/bin/sh
+# Like the entrypoint scripts of Docker images: prepare, then run the command (cmd) as PID 1.
+ip link set lo up 2>/dev/null || true
+echo "testapp \$TESTAPP_VERSION: starting \$*"
+exec "\$@"
+EOS
+    chmod 755 "$r/docker-entrypoint.sh"
+    case $tag in
+        v1 | v2)
+            printf %s "$tag" >"$r/www/index.html"
+            umoci repack --image "$L.new:$tag" "$b"
+            umoci config --image "$L.new:$tag" --os linux --architecture amd64 \
+                --config.entrypoint /docker-entrypoint.sh \
+                --config.cmd httpd --config.cmd -f --config.cmd -v --config.cmd -p --config.cmd 80 --config.cmd -h --config.cmd /www \
+                --config.env PATH=/usr/sbin:/usr/bin:/sbin:/bin --config.env TESTAPP_VERSION=$tag \
+                --config.workingdir /www --config.exposedports 80/tcp \
+                --config.label org.opencontainers.image.title=testapp --config.label org.opencontainers.image.version=$tag
+            ;;
+        broken)
+            umoci repack --image "$L.new:$tag" "$b"
+            umoci config --image "$L.new:$tag" --os linux --architecture amd64 \
+                --config.entrypoint /bin/sh --config.entrypoint -c \
+                --config.cmd "echo testapp broken: exiting; exit 3" \
+                --config.env PATH=/usr/sbin:/usr/bin:/sbin:/bin --config.env TESTAPP_VERSION=broken
+            ;;
+    esac
+    rm -rf "$b"
+done
+umoci gc --layout "$L.new"
+rm -rf "$L"
+mv "$L.new" "$L"
+'
+
+i7_ensure_images() {
+    local key layout="$I7_IMAGES_DIR/oci" t0=$SECONDS
+    key="$(printf '%s\n%s\n' "$I7_IMAGE_BUILD" "$(sha256sum "$I7_ROOT/bin/busybox")" | sha256sum | cut -d' ' -f1)"
+    if [ "$(cat "$I7_ROOT$I7_IMAGES_DIR/inputs" 2>/dev/null || true)" != "$key" ] || [ ! -f "$I7_ROOT$layout/index.json" ]; then
+        i7_log "building the OCI test images (umoci)"
+        i7_in mkdir -p "$I7_IMAGES_DIR"
+        i7_in sh -c "$I7_IMAGE_BUILD" i7-images "$layout" >>"$I7_RUN/images.log" 2>&1 ||
+            die "building the OCI test images failed (log: $I7_RUN/images.log)"
+        echo "$key" >"$I7_ROOT$I7_IMAGES_DIR/inputs"
+        i7_log "OCI test images built ($((SECONDS - t0)) s)"
+    fi
+    local tag
+    for tag in "${I7_IMAGE_TAGS[@]}"; do
+        i7_in skopeo copy -q "oci:$layout:$tag" "docker://$I7_REGISTRY/testapp:$tag" >>"$I7_RUN/images.log" 2>&1 ||
+            die "skopeo could not push testapp:$tag to $I7_REGISTRY (log: $I7_RUN/images.log)"
+    done
+}
+
+# ---------------------------------------------------------------------------------------------
+# Env file, health
+
+i7_healthy() {
+    pid_alive "$(i7_read_pid holder)" && pid_alive "$(i7_read_pid incusd)" && pid_alive "$(i7_read_pid registry)" &&
+        pid_alive "$(i7_read_pid forward)" && i7_inc query /1.0 >/dev/null 2>&1 &&
+        openssl s_client -connect "$I7_REGISTRY" -CAfile "$I7_ROOT/etc/incus-compose-test/registry.crt" \
+            -verify_return_error </dev/null >/dev/null 2>&1
+}
+
+i7_write_env() {
+    local file=${I7_ENV_FILE:-$REPO_ROOT/.test-cluster/env-7.0}
+    mkdir -p "$(dirname "$file")"
+    {
+        echo "# Written by scripts/test-cluster (--incus 7.0) for the running Incus 7.0 test server; \`source\` this file."
+        echo "INCUS_DIR=$I7_DIR"
+        echo "INCUS_COMPOSE_TEST_INCUS_LINE=7.0"
+        echo "INCUS_COMPOSE_TEST_MEMBERS=1"
+        echo "INCUS_COMPOSE_TEST_CLUSTERED=0"
+        echo "INCUS_COMPOSE_TEST_MEMBER_NAMES=incus7"
+        echo "INCUS_COMPOSE_TEST_STATE=$I7_STATE"
+        echo "INCUS_COMPOSE_TEST_HARNESS=$SCRIPT_PATH"
+        echo "INCUS_COMPOSE_TEST_NODE1_DIR=$I7_DIR"
+        echo "INCUS_COMPOSE_TEST_NODE1_ADDRESS=$I7_ADDR:8443"
+        echo "INCUS_COMPOSE_TEST_REGISTRY=$I7_REGISTRY"
+        echo "INCUS_COMPOSE_TEST_REGISTRY_CA=$I7_ROOT/etc/incus-compose-test/registry.crt"
+        echo "export INCUS_DIR INCUS_COMPOSE_TEST_INCUS_LINE INCUS_COMPOSE_TEST_MEMBERS INCUS_COMPOSE_TEST_CLUSTERED INCUS_COMPOSE_TEST_MEMBER_NAMES INCUS_COMPOSE_TEST_STATE INCUS_COMPOSE_TEST_HARNESS INCUS_COMPOSE_TEST_NODE1_DIR INCUS_COMPOSE_TEST_NODE1_ADDRESS INCUS_COMPOSE_TEST_REGISTRY INCUS_COMPOSE_TEST_REGISTRY_CA"
+    } >"$file.tmp"
+    mv "$file.tmp" "$file"
+    grep -qxF "$file" "$I7_STATE/env-files" 2>/dev/null || echo "$file" >>"$I7_STATE/env-files"
+}
+
+i7_remove_env_files() {
+    local f
+    while read -r f; do
+        if [ -f "$f" ] && head -n1 "$f" | grep -qF '# Written by scripts/test-cluster (--incus 7.0)'; then rm -f "$f"; fi
+    done < <(cat "$I7_STATE/env-files" 2>/dev/null || true)
+}
+
+# ---------------------------------------------------------------------------------------------
+# Commands
+
+i7_cmd_up() {
+    local t0=$SECONDS
+    i7_take_lock
+    i7_ensure_root
+    if i7_healthy; then
+        i7_ensure_images
+        i7_write_env
+        i7_log "Incus 7.0 server is up (reused; $((SECONDS - t0)) s); env: ${I7_ENV_FILE:-$REPO_ROOT/.test-cluster/env-7.0}"
+        return 0
+    fi
+    if i7_has_debris; then
+        i7_log "cleaning what an earlier 7.0 run left behind"
+        i7_teardown
+    fi
+    i7_start_holder
+    i7_start_daemon
+    i7_bootstrap
+    i7_start_registry
+    i7_start_forwarder
+    i7_ensure_images
+    i7_write_env
+    i7_log "Incus $(i7_inc query /1.0 | sed -n 's/.*"server_version": *"\([^"]*\)".*/\1/p' | head -n1) server and registry https://$I7_REGISTRY are up in $((SECONDS - t0)) s; env: ${I7_ENV_FILE:-$REPO_ROOT/.test-cluster/env-7.0}"
+}
+
+i7_cmd_down() {
+    local t0=$SECONDS
+    i7_take_lock
+    i7_remove_env_files
+    if i7_has_debris; then
+        i7_log "stopping the Incus 7.0 server"
+        i7_teardown
+    fi
+    i7_log "down ($((SECONDS - t0)) s): no process, link or state of the 7.0 server is left (caches kept: $I7_ROOT)"
+}
+
+i7_cmd_status() {
+    if [ ! -e "$I7_STATE" ]; then
+        echo "no Incus 7.0 test server (state dir $I7_STATE absent)"
+        i7_has_debris && echo "debris of an earlier run exists: run 'scripts/test-cluster down --incus 7.0'"
+        return 1
+    fi
+    local what pid st
+    for what in holder incusd registry forward; do
+        pid="$(i7_read_pid "$what")"
+        st=dead; pid_alive "$pid" && st=alive
+        printf '%-9s pid %-8s %s\n' "$what" "$pid" "$st"
+    done
+    echo "INCUS_DIR=$I7_DIR   address $I7_ADDR:8443   registry https://$I7_REGISTRY (inside the server's network namespace)"
+    i7_inc query /1.0 2>/dev/null | grep -E '"(server_version|api_status)"' | tr -d ' ,' || { echo "incusd does not answer"; return 1; }
+    i7_healthy
+}
+
+# Launches testapp:v1 and testapp:broken from the registry; checks the page and the exit; cleans up.
+i7_cmd_selftest() {
+    local t0=$SECONDS body state
+    i7_healthy || die "no healthy Incus 7.0 test server: run scripts/test-cluster up --incus 7.0"
+    i7_st_cleanup() {
+        i7_inc delete --force ic7-st-v1 ic7-st-broken >/dev/null 2>&1 || true
+        i7_inc7 remote remove ic7-st-reg >/dev/null 2>&1 || true
+    }
+    i7_st_cleanup
+    trap i7_st_cleanup EXIT
+    i7_inc7 remote add ic7-st-reg "https://$I7_REGISTRY" --protocol=oci --public >/dev/null
+    i7_inc7 launch ic7-st-reg:testapp:v1 ic7-st-v1 -q || die "selftest: cannot launch testapp:v1 from the registry"
+    i7_inc7 launch ic7-st-reg:testapp:broken ic7-st-broken -q || die "selftest: cannot launch testapp:broken"
+    for _ in $(seq 1 40); do
+        body="$(i7_inc exec ic7-st-v1 -- wget -qO- http://127.0.0.1/ 2>/dev/null || true)"
+        [ "$body" = v1 ] && break
+        sleep 0.25
+    done
+    [ "$body" = v1 ] || die "selftest: testapp:v1 answered '$body' instead of 'v1'"
+    for _ in $(seq 1 40); do
+        state="$(i7_inc list ic7-st-broken -f csv -c s)"
+        [ "$state" = STOPPED ] && break
+        sleep 0.25
+    done
+    [ "$state" = STOPPED ] || die "selftest: testapp:broken is $state instead of STOPPED"
+    echo "selftest ok ($((SECONDS - t0)) s): testapp:v1 from https://$I7_REGISTRY answers v1 (oci.entrypoint: $(i7_inc config get ic7-st-v1 oci.entrypoint)); testapp:broken stopped by itself"
+}
+
+# Entry point from scripts/test-cluster: incus7_main CMD [ARGS...]
+incus7_main() {
+    local cmd=${1:-}
+    [ $# -gt 0 ] && shift
+    while [ $# -gt 0 ]; do
+        case "$1" in
+            --env-file) [ $# -ge 2 ] || die "--env-file needs a path"; I7_ENV_FILE=$2; shift 2 ;;
+            --env-file=*) I7_ENV_FILE="${1#--env-file=}"; shift ;;
+            --members) [ "${2:-}" = 1 ] || die "the 7.0 line runs a single server (--members 1)"; shift 2 ;;
+            --members=*) [ "${1#--members=}" = 1 ] || die "the 7.0 line runs a single server (--members 1)"; shift ;;
+            *) die "$cmd --incus 7.0: unknown argument $1" ;;
+        esac
+    done
+    case "$cmd" in
+        up) i7_cmd_up ;;
+        down) i7_cmd_down ;;
+        status) i7_cmd_status ;;
+        selftest) i7_cmd_selftest ;;
+        env) i7_healthy || die "no Incus 7.0 test server is running"; i7_write_env ;;
+        root) i7_take_lock; i7_ensure_root ;;
+        *) die "the 7.0 line supports: up, down, status, selftest, env, root (build the Debian 13 root only)" ;;
+    esac
+}
