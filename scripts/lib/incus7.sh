@@ -207,7 +207,7 @@ i7_kill_all() {
     done
     pids="$(i7_pids)"
     # shellcheck disable=SC2086
-    [ -z "$pids" ] || die "processes of the 7.0 server survive kill -9: $(echo $pids)"
+    [ -z "$pids" ] || die "processes of the 7.0 server survive kill -9: $(tr "\n" " " <<<"$pids")"
     # Wait until they are reaped (no zombie left).
     local p left
     for _ in $(seq 1 50); do
@@ -380,8 +380,8 @@ i7_start_forwarder() {
     local holder
     holder="$(i7_read_pid holder)"
     nsenter -t "$holder" -m -r -w -- /usr/bin/env -i PATH="$I7_PATH" \
-        setsid bash -c 'exec -a "socat[ic7-forward $0/]" socat --experimental "TCP-LISTEN:$1,bind=127.0.0.1,reuseaddr,fork" "TCP:127.0.0.1:$1,netns=ic7"' \
-        "$I7_STATE" "$I7_REGISTRY_PORT" </dev/null >>"$I7_RUN/forward.out" 2>&1 8>&- 9>&- &
+        setsid bash -c 'exec -a "socat[ic7-forward $0]" socat --experimental "TCP-LISTEN:$1,bind=127.0.0.1,reuseaddr,fork" "TCP:127.0.0.1:$1,netns=ic7"' \
+        "$I7_STATE/" "$I7_REGISTRY_PORT" </dev/null >>"$I7_RUN/forward.out" 2>&1 8>&- 9>&- &
     echo $! >"$I7_RUN/forward.pid"
     for _ in $(seq 1 100); do
         # From the host, verifying the certificate against the registry's CA.
