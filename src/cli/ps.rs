@@ -46,6 +46,9 @@ struct Row {
     #[serde(skip)]
     last_used_at: String,
     ports: Vec<String>,
+    /// For state `pending` (a replica no member can take now): every member with its reason.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pending_reason: Option<Vec<String>>,
 }
 
 pub fn run(global: &GlobalArgs, args: &PsArgs) -> anyhow::Result<ExitCode> {
@@ -93,9 +96,11 @@ pub fn run(global: &GlobalArgs, args: &PsArgs) -> anyhow::Result<ExitCode> {
                     health_output: None,
                     last_used_at: i.last_used_at,
                     ports,
+                    pending_reason: None,
                 });
             }
             add_health(&ctx, &mut rows).await?;
+            add_pending(&ctx, &obs.observed, args, &mut rows)?;
         }
         rows.sort_by(|a, b| {
             (
@@ -111,10 +116,60 @@ pub fn run(global: &GlobalArgs, args: &PsArgs) -> anyhow::Result<ExitCode> {
         });
         match args.format {
             Format::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
-            Format::Table => print_table(&rows),
+            Format::Table => {
+                print_table(&rows);
+                print_pending_reasons(&rows);
+            }
         }
         Ok(ExitCode::SUCCESS)
     })?
+}
+
+/// Rows (state `pending`) for the replicas the scheduler cannot place now, found by running
+/// the planner's scheduler on the compose file and what Incus holds.
+fn add_pending(
+    ctx: &Context,
+    observed: &ic_core::plan::Observed,
+    args: &PsArgs,
+    rows: &mut Vec<Row>,
+) -> anyhow::Result<()> {
+    let opts = ic_core::plan::PlanOptions {
+        incus_project: Some(ctx.incus_project.clone()),
+        ..Default::default()
+    };
+    let pending = ic_core::plan::placement::pending_replicas(&ctx.project, observed, &opts)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    for p in pending {
+        // A replica stranded on an offline member already has its own row.
+        if p.exists || (!args.services.is_empty() && !args.services.contains(&p.service)) {
+            continue;
+        }
+        rows.push(Row {
+            name: p.name,
+            service: p.service,
+            slot: p.slot,
+            member: String::new(),
+            state: "pending".into(),
+            health: None,
+            health_output: None,
+            last_used_at: String::new(),
+            ports: Vec::new(),
+            pending_reason: Some(p.reason.members().iter().map(|r| r.to_string()).collect()),
+        });
+    }
+    Ok(())
+}
+
+/// Below the table: why each pending replica is pending, member by member.
+fn print_pending_reasons(rows: &[Row]) {
+    for r in rows {
+        if let Some(reasons) = &r.pending_reason {
+            println!("{} is pending: no member can take it:", r.name);
+            for line in reasons {
+                println!("  {line}");
+            }
+        }
+    }
 }
 
 /// Probes each running instance whose service has a healthcheck once (in parallel).
@@ -144,7 +199,11 @@ fn print_table(rows: &[Row]) {
             [
                 r.name.clone(),
                 r.service.clone(),
-                r.member.clone(),
+                if r.member.is_empty() {
+                    "-".into()
+                } else {
+                    r.member.clone()
+                },
                 r.state.clone(),
                 r.health.clone().unwrap_or_else(|| "-".into()),
                 r.ports.join(", "),

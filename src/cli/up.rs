@@ -6,13 +6,21 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail};
 use clap::Args;
+use ic_core::plan::placement::PendingReplica;
 use ic_core::plan::{DiffOptions, Plan, PlanOptions, plan_up};
 
 use super::GlobalArgs;
 use super::project::{Context, block_on};
 use crate::engine::{self, health, observe};
 
+/// Exit status of `up` when everything else was done but some replicas are pending: no member
+/// can take them now (each is listed with every member's reason).
+pub const EXIT_PENDING: u8 = 3;
+
 #[derive(Debug, Args)]
+#[command(
+    after_help = "Exit status: 0 when every replica is placed (and running); 3 when everything else was done but some replicas are pending, because no member can take them now (each is printed with every member's reason; `ps` shows them too); 1 on any other error."
+)]
 pub struct UpArgs {
     /// Run in the background (always the case for now: `up` returns once everything runs)
     #[arg(short = 'd', long)]
@@ -112,12 +120,14 @@ pub fn run(global: &GlobalArgs, args: &UpArgs) -> anyhow::Result<ExitCode> {
         remove_orphans: args.remove_orphans,
         no_start: args.no_start,
     };
-    block_on(async {
+    let mut pending: Vec<PendingReplica> = Vec::new();
+    let code = block_on(async {
         let obs = observe(&ctx.base, &ctx.incus_project, true).await?;
         let plan = match plan_up(&ctx.project, &obs.facts, &obs.observed, &opts, &diff) {
             Ok(p) => p,
             Err(e) => bail!("{e}"),
         };
+        pending.clone_from(&plan.pending);
         for w in &plan.warnings {
             eprintln!("warning: {w}");
         }
@@ -156,7 +166,39 @@ pub fn run(global: &GlobalArgs, args: &UpArgs) -> anyhow::Result<ExitCode> {
             outcome.report_failures("up", Some(started.elapsed()));
             Ok(ExitCode::FAILURE)
         }
-    })?
+    })??;
+    Ok(report_pending(&pending, code))
+}
+
+/// Print the pending replicas (each with every member's reason); exit status
+/// [`EXIT_PENDING`] when there are some and nothing else failed.
+fn report_pending(pending: &[PendingReplica], code: ExitCode) -> ExitCode {
+    if pending.is_empty() {
+        return code;
+    }
+    println!(
+        "Pending: {} replica(s) cannot be placed on any member now:",
+        pending.len()
+    );
+    for p in pending {
+        let state = if p.exists {
+            ", its instance is on a member that cannot run it"
+        } else {
+            ""
+        };
+        println!("  {} (service {}{state}):", p.name, p.service);
+        for line in p.reason.to_string().lines() {
+            println!("    {line}");
+        }
+    }
+    if code != ExitCode::SUCCESS {
+        return code;
+    }
+    eprintln!(
+        "up: {} replica(s) pending (exit status {EXIT_PENDING}); a later `up` places them once a member can take them",
+        pending.len()
+    );
+    ExitCode::from(EXIT_PENDING)
 }
 
 /// `--wait`: every service of the plan running, and healthy when it has a healthcheck.
@@ -172,7 +214,10 @@ async fn wait_for_services(
     let mut services: Vec<String> = plan.placement.iter().map(|(_, _, s)| s.clone()).collect();
     services.sort();
     services.dedup();
-    println!("[~] waiting for {} to run (and be healthy)", services.join(", "));
+    println!(
+        "[~] waiting for {} to run (and be healthy)",
+        services.join(", ")
+    );
     let failed = gate.wait_all(&services).await;
     if failed.is_empty() {
         println!(

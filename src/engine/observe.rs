@@ -36,6 +36,30 @@ fn member_of(m: &ic_incus::ClusterMember, instances: u32) -> Member {
     }
 }
 
+/// A standalone server as the one member constraints are checked against: its name, its
+/// architecture, its `user.*` server config as labels, role `manager`.
+pub fn standalone_member(info: &ic_incus::ServerInfo) -> Member {
+    let mut m = Member::standalone(info.environment.server_name.clone());
+    m.architecture = info.environment.kernel_architecture.clone();
+    m.labels = server_labels(info);
+    m
+}
+
+/// The `user.*` keys of a standalone server's config, without the prefix.
+pub fn server_labels(info: &ic_incus::ServerInfo) -> BTreeMap<String, String> {
+    info.config
+        .iter()
+        .filter_map(|(k, v)| {
+            let k = k.strip_prefix("user.")?;
+            let v = match v {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            Some((k.to_string(), v))
+        })
+        .collect()
+}
+
 /// Observe the server and Incus project `incus_project`. `need_images`: also list images and
 /// the storage pool (for `up`).
 pub async fn observe(
@@ -70,14 +94,7 @@ pub async fn observe(
             .map(|m| member_of(m, count.get(m.server_name.as_str()).copied().unwrap_or(0)))
             .collect()
     } else {
-        let mut m = Member::standalone(info.environment.server_name.clone());
-        m.architecture = info.environment.kernel_architecture.clone();
-        for (k, v) in &info.config {
-            if let (Some(k), Some(v)) = (k.strip_prefix("user."), v.as_str()) {
-                m.labels.insert(k.to_string(), v.to_string());
-            }
-        }
-        vec![m]
+        vec![standalone_member(&info)]
     };
     let standalone_name = info.environment.server_name.clone();
     let feature = |key: &str| {
@@ -107,6 +124,10 @@ pub async fn observe(
     let mut instances = Vec::new();
     let mut volumes = Vec::new();
     let storage_pool = default_pool(base).await?;
+    let pools = base
+        .storage_pools()
+        .await
+        .context("cannot list storage pools")?;
     if project.is_some() {
         instances = pc
             .instances()
@@ -124,11 +145,8 @@ pub async fn observe(
                 config: i.config,
             })
             .collect();
-        let pools = base
-            .storage_pools()
-            .await
-            .context("cannot list storage pools")?;
-        for pool in pools {
+        for pool in &pools {
+            let shared = ic_core::plan::storage::is_shared_driver(&pool.driver);
             let vols = pc
                 .storage_volumes(&pool.name)
                 .await
@@ -137,7 +155,10 @@ pub async fn observe(
                 ObservedVolume {
                     pool: pool.name.clone(),
                     name: v.name,
-                    location: if clustered && !v.location.is_empty() && v.location != "none" {
+                    // One volume for the whole cluster: no member.
+                    location: if clustered && shared {
+                        String::new()
+                    } else if clustered && !v.location.is_empty() && v.location != "none" {
                         v.location
                     } else {
                         standalone_name.clone()
@@ -152,6 +173,10 @@ pub async fn observe(
         version: info.server_version().to_string(),
         oci: info.has_extension(extensions::INSTANCE_OCI),
         storage_pool,
+        pools: pools
+            .iter()
+            .map(|p| (p.name.clone(), p.driver.clone()))
+            .collect(),
         ..Default::default()
     };
     let mut remotes = BTreeMap::new();
@@ -235,4 +260,40 @@ async fn default_pool(base: &Client) -> anyhow::Result<String> {
 /// Whether an object carries compose project `compose`'s label.
 pub fn is_ours(config: &BTreeMap<String, String>, compose: &str) -> bool {
     config.get(LABEL_PROJECT).map(String::as_str) == Some(compose)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ic_compose::model::placement::Constraint;
+
+    #[test]
+    fn a_standalone_server_is_one_member_with_its_user_config_as_labels() {
+        let info: ic_incus::ServerInfo = serde_json::from_value(serde_json::json!({
+            "config": {"user.storage": "ssd", "user.zone": "a", "user.weight": 3,
+                       "core.https_address": "[::]:8443"},
+            "environment": {"server_name": "laptop", "server_clustered": false,
+                            "kernel_architecture": "x86_64"}
+        }))
+        .unwrap();
+        let m = standalone_member(&info);
+        assert_eq!(m.name, "laptop");
+        assert!(m.online && !m.evacuated && !m.manual);
+        assert_eq!(
+            m.labels,
+            BTreeMap::from([
+                ("storage".to_string(), "ssd".to_string()),
+                ("weight".into(), "3".into()),
+                ("zone".into(), "a".into()),
+            ])
+        );
+        let holds = |c: &str| m.satisfies(&c.parse::<Constraint>().unwrap());
+        assert!(holds("node.labels.storage == ssd"));
+        assert!(holds("engine.labels.zone == a"));
+        assert!(holds("node.hostname == laptop"));
+        assert!(holds("node.role == manager"));
+        assert!(holds("node.platform.arch == amd64"));
+        assert!(!holds("node.labels.storage == hdd"));
+        assert!(holds("node.labels.rack != r1"));
+    }
 }
