@@ -7,7 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow};
-use ic_core::plan::{Action, COMMAND_PATH, ImageSource, InstancePlan, Plan};
+use ic_core::plan::mapping::anonymous_volume_name;
+use ic_core::plan::{
+    Action, AnonymousVolume, COMMAND_PATH, ImageSource, InstancePlan, LABEL_PROJECT, LABEL_SERVICE,
+    LABEL_SLOT, LABEL_VERSION, Plan, PushFile,
+};
 use ic_incus::{
     Client, FileOptions, InstanceSource, InstancesPost, NetworksPost, ProjectsPost,
     StorageVolumesPost,
@@ -269,16 +273,32 @@ fn source(t: &Target, image: &ImageSource) -> anyhow::Result<InstanceSource> {
 }
 
 async fn create(t: &Target, p: &InstancePlan) -> anyhow::Result<()> {
+    let mut devices = p.devices.clone();
+    for a in &p.anonymous_volumes {
+        let volume = ensure_anonymous_volume(t, p, a).await?;
+        let mut d = BTreeMap::from([
+            ("type".to_string(), "disk".to_string()),
+            ("pool".to_string(), a.pool.clone()),
+            ("source".to_string(), volume),
+            ("path".to_string(), a.target.clone()),
+        ]);
+        if a.read_only {
+            d.insert("readonly".into(), "true".into());
+        }
+        devices.insert(a.device.clone(), d);
+    }
+    // Files go in before the first start: Incus starts it only when there are none.
+    let prepare = p.command.is_some() || !p.files.is_empty();
     let req = InstancesPost {
         name: p.name.clone(),
         kind: "container".into(),
         source: source(t, &p.image)?,
         config: p.config.clone(),
-        devices: p.devices.clone(),
+        devices,
         profiles: None,
         ephemeral: false,
         description: format!("incus-compose service {}", p.service),
-        start: p.start && p.command.is_none(),
+        start: p.start && !prepare,
     };
     let mut attempt = 0;
     loop {
@@ -303,27 +323,12 @@ async fn create(t: &Target, p: &InstancePlan) -> anyhow::Result<()> {
             }
         }
     }
+    for f in &p.files {
+        push(t, &p.name, f).await?;
+    }
     if let Some(script) = &p.command {
         let dir = COMMAND_PATH.rsplit_once('/').map(|(d, _)| d).unwrap_or("/");
-        let dir_opts = FileOptions {
-            uid: 0,
-            gid: 0,
-            mode: 0o755,
-            append: false,
-        };
-        t.project
-            .create_directory(&p.name, dir, &dir_opts)
-            .await
-            .or_else(|e| {
-                // Already there (an image that ships it): fine.
-                if e.status() == Some(409)
-                    || e.incus_message().is_some_and(|m| m.contains("exists"))
-                {
-                    Ok(())
-                } else {
-                    Err(e)
-                }
-            })?;
+        make_dirs(t, &p.name, dir).await?;
         let file_opts = FileOptions {
             uid: 0,
             gid: 0,
@@ -339,9 +344,9 @@ async fn create(t: &Target, p: &InstancePlan) -> anyhow::Result<()> {
             )
             .await
             .with_context(|| format!("writing the command script into {}", p.name))?;
-        if p.start {
-            start(t, &p.name).await?;
-        }
+    }
+    if prepare && p.start {
+        start(t, &p.name).await?;
     }
     if p.start {
         wait_started(t, &p.name).await?;
@@ -367,6 +372,101 @@ async fn wait_started(t: &Target, name: &str) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Creates `dir` and its missing parents (root, 0755); existing ones are left as they are.
+async fn make_dirs(t: &Target, instance: &str, dir: &str) -> anyhow::Result<()> {
+    let opts = FileOptions {
+        uid: 0,
+        gid: 0,
+        mode: 0o755,
+        append: false,
+    };
+    let mut path = String::new();
+    for part in dir.split('/').filter(|p| !p.is_empty()) {
+        path.push('/');
+        path.push_str(part);
+        t.project
+            .create_directory(instance, &path, &opts)
+            .await
+            .or_else(|e| {
+                // Already there: fine.
+                if e.status() == Some(409)
+                    || e.incus_message().is_some_and(|m| m.contains("exists"))
+                {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            })
+            .with_context(|| format!("creating directory {path} in {instance}"))?;
+    }
+    Ok(())
+}
+
+/// Writes one planned file (or directory) into a stopped instance. Errors name the path,
+/// never the content.
+async fn push(t: &Target, instance: &str, f: &PushFile) -> anyhow::Result<()> {
+    let parent = f.path.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
+    make_dirs(t, instance, parent).await?;
+    let opts = FileOptions {
+        uid: f.uid,
+        gid: f.gid,
+        mode: f.mode,
+        append: false,
+    };
+    match &f.content {
+        None => make_dirs(t, instance, &f.path).await,
+        Some(content) => t
+            .project
+            .push_file(instance, &f.path, content.clone(), &opts)
+            .await
+            .with_context(|| format!("writing {} into {instance}", f.path)),
+    }
+}
+
+/// The custom volume of an anonymous volume: created (labelled as ours) when missing on the
+/// member; an existing one that is not ours is refused.
+async fn ensure_anonymous_volume(
+    t: &Target,
+    p: &InstancePlan,
+    a: &AnonymousVolume,
+) -> anyhow::Result<String> {
+    let name = anonymous_volume_name(&p.name, &a.target);
+    let on = if a.shared {
+        None
+    } else {
+        target_of(t, &p.member)
+    };
+    let compose = p.config.get(LABEL_PROJECT).cloned().unwrap_or_default();
+    match t.project.storage_volume(&a.pool, "custom", &name, on).await {
+        Ok(v) => {
+            if v.config.get(LABEL_PROJECT) != Some(&compose) {
+                anyhow::bail!(
+                    "volume {name} (anonymous volume {} of {}) already exists and was not made by incus-compose for compose project {compose:?}; rename or remove it",
+                    a.target,
+                    p.name
+                );
+            }
+            return Ok(name);
+        }
+        Err(e) if e.is_not_found() => {}
+        Err(e) => return Err(e).with_context(|| format!("looking up volume {name}")),
+    }
+    let mut req = StorageVolumesPost::custom(name.clone());
+    req.description = format!("incus-compose anonymous volume {} of {}", a.target, p.name);
+    for key in [LABEL_PROJECT, LABEL_SERVICE, LABEL_SLOT, LABEL_VERSION] {
+        if let Some(v) = p.config.get(key) {
+            req.config.insert(key.to_string(), v.clone());
+        }
+    }
+    req.config
+        .insert("user.incus-compose.anonymous".into(), a.target.clone());
+    t.project
+        .create_storage_volume(&a.pool, &req, on)
+        .await
+        .with_context(|| format!("creating anonymous volume {name} on {}", p.member))?;
+    Ok(name)
 }
 
 /// Start, retrying transient failures (a busy member can time out in its start hook).

@@ -20,6 +20,10 @@ use crate::yaml::{Entry, Node, Value};
 pub trait FileSystem {
     fn read_to_string(&self, path: &Path) -> std::io::Result<String>;
     fn is_file(&self, path: &Path) -> bool;
+    /// The bytes of a file (secret and config `file:` sources may be binary).
+    fn read(&self, path: &Path) -> std::io::Result<Vec<u8>> {
+        self.read_to_string(path).map(String::into_bytes)
+    }
 }
 
 /// The real file system.
@@ -31,6 +35,9 @@ impl FileSystem for RealFs {
     }
     fn is_file(&self, path: &Path) -> bool {
         path.is_file()
+    }
+    fn read(&self, path: &Path) -> std::io::Result<Vec<u8>> {
+        std::fs::read(path)
     }
 }
 

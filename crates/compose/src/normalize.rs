@@ -618,6 +618,22 @@ fn secret(n: &mut N, project: &str, section: &str, key: &str, node: &Node) -> Se
             format!("{kind} {key:?} must have exactly one of {what}"),
         );
     }
+    s.value = if let Some(c) = &s.content {
+        Some(Ok(c.clone().into_bytes()))
+    } else if let Some(f) = &s.file {
+        Some(
+            n.s.fs
+                .read(Path::new(f))
+                .map_err(|e| format!("cannot read file {f}: {e}")),
+        )
+    } else {
+        s.environment.as_ref().map(|var| {
+            n.s.env
+                .get(var)
+                .map(String::into_bytes)
+                .ok_or_else(|| format!("environment variable {var} is not set"))
+        })
+    };
     s
 }
 

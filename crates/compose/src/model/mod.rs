@@ -530,6 +530,11 @@ pub struct Secret {
     pub template_driver: Option<String>,
     #[serde(flatten)]
     pub extensions: Extensions,
+    /// The value, resolved by the loader: `content`, the `file` read, or the `environment`
+    /// variable looked up (process environment, then `.env`); `Err` says why it could not be
+    /// resolved; `None` for external ones. Never serialized (never printed by `config`).
+    #[serde(skip)]
+    pub value: Option<Result<Vec<u8>, String>>,
 }
 
 pub type Config = Secret;

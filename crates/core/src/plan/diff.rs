@@ -282,6 +282,8 @@ pub fn diff(d: &Desired, obs: &Observed, o: &DiffOptions) -> Result<Plan, PlanEr
                 start: !o.no_start,
                 stop_timeout: t.stop_timeout,
                 reason: reason.to_string(),
+                files: t.files.clone(),
+                anonymous_volumes: t.anonymous_volumes.clone(),
             };
             let current = by_slot.get(&(p.service.clone(), slot.key.clone()));
             match current {

@@ -15,10 +15,37 @@
 //! | `networks` | a `nic` device `eth0`, `eth1`, ... per network (`network: <bridge>`), `ipv4_address` -> `ipv4.address`, `mac_address` -> `hwaddr`; `network_mode: none`: no NIC |
 //! | `volumes` (named) | a `disk` device: `pool`, `source: <volume>`, `path: <target>`, `readonly` |
 //! | `volumes` (bind) | a `disk` device: `source: <host path>`, `path: <target>`, `readonly` |
+//! | `volumes` (anonymous, `- /data`) | a custom volume per instance, `<instance>_anon-<target>` (e.g. `web-1_anon-data`), labelled as ours, mounted by a `disk` device; kept by `down`, removed by `down -v` |
+//! | `volumes` (`type: tmpfs`, `tmpfs.size`, `tmpfs.mode`), `tmpfs` | `raw.lxc`: `lxc.mount.entry = tmpfs <path> tmpfs rw,nosuid,nodev[,size=..][,mode=..],create=dir 0 0` (the mount point is created in the root filesystem before the first start) |
+//! | `shm_size` | a tmpfs of that size on `/dev/shm` (as above) |
+//! | `secrets`, `configs` | files written into the instance through the Incus file API before its first start: secrets at `/run/secrets/<name>` (or `target`), configs at `/<name>` (or `target`), owner `uid`/`gid` (default 0), mode `mode` (default 0444) without write bits; their content is part of the spec hash (a changed secret recreates the instance), never of a config key |
+//! | `read_only: true` | the instance's `root` disk device with `readonly: true` |
+//! | `hostname` | `raw.lxc`: `lxc.uts.name = <hostname>` |
+//! | `sysctls` | `linux.sysctl.<key> = <value>` |
+//! | `cap_drop` | `raw.lxc`: `lxc.cap.drop = <caps>`; `cap_drop: [ALL]` with `cap_add`: `lxc.cap.keep = <cap_add>` |
+//! | `cap_add` | nothing: root in the container already holds every capability in its user namespace (only with `cap_drop: [ALL]` it becomes the keep list) |
+//! | `devices` | `unix-block` (for `/dev/sd*`, `/dev/nvme*`, `/dev/vd*`, `/dev/loop*`, ...) or `unix-char` device: `source`, `path` |
+//! | `ulimits` | `limits.kernel.<name> = <soft>:<hard>` (`-1`: `unlimited`) |
+//! | `user` | with a command: numeric `uid[:gid]`: `raw.lxc` `lxc.init.uid`/`lxc.init.gid`; a name: the command script runs the command through `su` |
+//! | `working_dir` | with a command: `raw.lxc` `lxc.init.cwd` (the directory is created before the first start) |
+//! | `init: true` | with a command: the command script stays PID 1, runs the command as its child, forwards signals and reaps zombies |
+//! | `stop_signal` | `raw.lxc`: `lxc.signal.halt = <signal>` (default `SIGTERM` for services with a command; the image's init keeps Incus's `SIGPWR`) |
+//! | `stop_grace_period` | the stop timeout of `down`/`stop`/recreate |
+//! | `extra_hosts` | `/etc/hosts` written before the first start: localhost entries plus one line per host |
+//! | `dns`, `dns_search`, `dns_opt` | `/etc/resolv.conf` written before the first start |
+//! | `platform` | a placement constraint `node.platform.arch == <Incus arch>`; planning fails if no member has that architecture |
+//! | `pull_policy` | `always`, `missing`, `never`, `if_not_present`: the image must be a local alias or a remote image (nothing is pulled); `build`: refused |
+//! | `build` | refused: Incus cannot build Dockerfiles |
+//! | `mem_reservation`, `deploy.resources.reservations` | placement only (the scheduler reserves them); Incus has no reservation key |
 
 use std::collections::BTreeMap;
+use std::fmt;
 
-use ic_compose::model::{RestartCondition, Service, VolumeType};
+use ic_compose::Project;
+use ic_compose::model::{FileRef, RestartCondition, Service, Ulimit, VolumeType};
+use sha2::{Digest, Sha256};
+
+use super::{COMMAND_PATH, PlanError, naming};
 
 /// Instance devices: device name -> settings.
 pub type Devices = BTreeMap<String, BTreeMap<String, String>>;
@@ -257,6 +284,8 @@ pub fn mounts(
             (VolumeType::Bind, Some(src)) => {
                 dev(&[("type", "disk"), ("source", src), ("path", &v.target)])
             }
+            // See [`anonymous_volumes`] and [`tmpfs`].
+            (VolumeType::Volume, None) | (VolumeType::Tmpfs, _) => continue,
             (kind, _) => {
                 warnings.push(format!(
                     "service {:?}: {} mount at {:?} is not supported yet, ignored",
@@ -282,6 +311,854 @@ pub fn mounts(
     used
 }
 
+/// Fields of [`Service::other`] that are mapped here (not reported as unsupported).
+const MAPPED_OTHER: &[&str] = &["devices", "dns_opt"];
+
+/// A file or directory written into an instance through the Incus file API before its first
+/// start. Its `Debug` form never shows the content (secrets), only its length and sha256.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PushFile {
+    /// Absolute path inside the instance.
+    pub path: String,
+    /// `None`: a directory (made with its missing parents).
+    pub content: Option<Vec<u8>>,
+    pub uid: u32,
+    pub gid: u32,
+    pub mode: u32,
+}
+
+impl PushFile {
+    /// A directory owned by root, mode 0755.
+    pub fn dir(path: &str) -> PushFile {
+        PushFile {
+            path: path.to_string(),
+            content: None,
+            uid: 0,
+            gid: 0,
+            mode: 0o755,
+        }
+    }
+
+    /// sha256 of the content, hex (`None` for a directory).
+    pub fn digest(&self) -> Option<String> {
+        self.content
+            .as_ref()
+            .map(|c| naming::hex(&Sha256::digest(c)))
+    }
+
+    /// What the spec hash sees: everything, the content as its sha256.
+    pub(crate) fn hash_view(&self) -> serde_json::Value {
+        serde_json::json!({
+            "path": self.path,
+            "sha256": self.digest(),
+            "uid": self.uid,
+            "gid": self.gid,
+            "mode": self.mode,
+        })
+    }
+}
+
+impl fmt::Debug for PushFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("PushFile");
+        d.field("path", &self.path);
+        match &self.content {
+            Some(c) => d.field(
+                "content",
+                &format_args!(
+                    "<{} bytes, sha256 {}>",
+                    c.len(),
+                    self.digest().unwrap_or_default()
+                ),
+            ),
+            None => d.field("content", &"<directory>"),
+        };
+        d.field("uid", &self.uid)
+            .field("gid", &self.gid)
+            .field("mode", &format_args!("{:o}", self.mode))
+            .finish()
+    }
+}
+
+/// An anonymous volume (`volumes: [/data]`): one custom volume per instance, see
+/// [`anonymous_volume_name`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AnonymousVolume {
+    /// Device name (`mount<i>`, as the service's other mounts).
+    pub device: String,
+    pub target: String,
+    pub read_only: bool,
+    pub pool: String,
+    /// The pool is shared by every member (the volume is created without a target member).
+    pub shared: bool,
+}
+
+/// The custom volume of an anonymous volume: `<instance>_anon-<target>` with the target's
+/// `/` and other non-alphanumerics as `-` (`web-1_anon-var-lib-db`). Instance names hold no
+/// `_`, so it cannot collide with another instance's volume.
+pub fn anonymous_volume_name(instance: &str, target: &str) -> String {
+    let mut t = String::new();
+    for c in target.chars() {
+        let c = if c.is_ascii_alphanumeric() { c } else { '-' };
+        if !(c == '-' && t.ends_with('-')) {
+            t.push(c);
+        }
+    }
+    let t = t.trim_matches('-');
+    format!("{instance}_anon-{}", if t.is_empty() { "root" } else { t })
+}
+
+/// The service's anonymous volumes (volume mounts without a source).
+pub fn anonymous_volumes(service: &Service, pool: &str, shared: bool) -> Vec<AnonymousVolume> {
+    service
+        .volumes
+        .iter()
+        .enumerate()
+        .filter(|(_, v)| v.kind == VolumeType::Volume && v.source.is_none())
+        .map(|(i, v)| AnonymousVolume {
+            device: format!("mount{i}"),
+            target: v.target.clone(),
+            read_only: v.read_only,
+            pool: pool.to_string(),
+            shared,
+        })
+        .collect()
+}
+
+/// A value that goes into `raw.lxc`: one line, no control characters (a newline would
+/// inject LXC configuration).
+fn raw_safe(value: &str) -> bool {
+    !value.is_empty() && !value.chars().any(|c| c.is_control())
+}
+
+/// A path that can be an `lxc.mount.entry` target: absolute, no whitespace.
+fn mount_path_ok(path: &str) -> bool {
+    path.starts_with('/') && raw_safe(path) && !path.chars().any(char::is_whitespace)
+}
+
+fn numeric_id(
+    service: &Service,
+    what: &str,
+    v: Option<&String>,
+    warnings: &mut Vec<String>,
+) -> u32 {
+    match v {
+        None => 0,
+        Some(v) => v.parse().unwrap_or_else(|_| {
+            warnings.push(format!(
+                "service {:?}: {what} {v:?} is not a number; root (0) owns the file",
+                service.name
+            ));
+            0
+        }),
+    }
+}
+
+/// `secrets` and `configs`: files to push (see the module table). A secret or config whose
+/// value cannot be read fails the plan; external ones (Swarm's store) are left out with a
+/// warning.
+pub fn secrets_and_configs(
+    service: &Service,
+    project: &Project,
+    files: &mut Vec<PushFile>,
+    warnings: &mut Vec<String>,
+) -> Result<(), PlanError> {
+    let groups: [(&'static str, &Vec<FileRef>, bool); 2] = [
+        ("secret", &service.secrets, true),
+        ("config", &service.configs, false),
+    ];
+    for (kind, refs, is_secret) in groups {
+        for r in refs {
+            let top = if is_secret {
+                project.secrets.get(&r.source)
+            } else {
+                project.configs.get(&r.source)
+            };
+            let Some(top) = top else {
+                return Err(PlanError::SecretSource {
+                    kind,
+                    name: r.source.clone(),
+                    service: service.name.clone(),
+                    problem: format!("it is not defined in the top-level `{kind}s`"),
+                });
+            };
+            if top.external {
+                warnings.push(format!(
+                    "service {:?}: {kind} {:?} is external (a Swarm {kind} store); Incus has none, so it is not delivered",
+                    service.name, r.source
+                ));
+                continue;
+            }
+            if top.driver.is_some() || top.template_driver.is_some() {
+                warnings.push(format!(
+                    "service {:?}: {kind} {:?}: driver/template_driver ignored, the value is delivered as it is",
+                    service.name, r.source
+                ));
+            }
+            let content = match &top.value {
+                Some(Ok(v)) => v.clone(),
+                Some(Err(problem)) => {
+                    return Err(PlanError::SecretSource {
+                        kind,
+                        name: r.source.clone(),
+                        service: service.name.clone(),
+                        problem: problem.clone(),
+                    });
+                }
+                None => {
+                    return Err(PlanError::SecretSource {
+                        kind,
+                        name: r.source.clone(),
+                        service: service.name.clone(),
+                        problem: "it has no value (file, environment or content)".into(),
+                    });
+                }
+            };
+            let path = if is_secret {
+                r.secret_target()
+            } else {
+                r.config_target()
+            };
+            let uid = numeric_id(service, "uid", r.uid.as_ref(), warnings);
+            let gid = numeric_id(service, "gid", r.gid.as_ref(), warnings);
+            // Read-only: write bits are dropped (the compose spec: "writable bit must be
+            // ignored"); the default is the spec's world-readable 0444.
+            let mode = r.mode.unwrap_or(0o444) & 0o7555;
+            files.push(PushFile {
+                path,
+                content: Some(content),
+                uid,
+                gid,
+                mode,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// tmpfs mount options a compose file may give and that are passed on.
+const TMPFS_OPTIONS: &[&str] = &[
+    "size",
+    "mode",
+    "uid",
+    "gid",
+    "nr_inodes",
+    "noexec",
+    "exec",
+    "nosuid",
+    "suid",
+    "nodev",
+    "dev",
+    "ro",
+    "rw",
+    "noatime",
+    "atime",
+];
+
+fn tmpfs_entry(path: &str, options: &[String]) -> String {
+    let mut opts = vec!["rw".to_string(), "nosuid".into(), "nodev".into()];
+    for o in options {
+        let key = o.split('=').next().unwrap_or_default();
+        let opposite = match key {
+            "ro" => Some("rw"),
+            "exec" => Some("noexec"),
+            "suid" => Some("nosuid"),
+            "dev" => Some("nodev"),
+            _ => None,
+        };
+        if let Some(opp) = opposite {
+            opts.retain(|x| x != opp);
+        }
+        if !opts.contains(o) {
+            opts.push(o.clone());
+        }
+    }
+    opts.push("create=dir".into());
+    format!(
+        "lxc.mount.entry = tmpfs {} tmpfs {} 0 0",
+        path.trim_start_matches('/'),
+        opts.join(",")
+    )
+}
+
+/// `tmpfs`, `volumes` of type `tmpfs` and `shm_size`: `lxc.mount.entry` lines, and the mount
+/// points as directories to create (so that a read-only root filesystem works too).
+pub fn tmpfs(
+    service: &Service,
+    raw: &mut Vec<String>,
+    files: &mut Vec<PushFile>,
+    warnings: &mut Vec<String>,
+) {
+    let mut mounts: Vec<(String, Vec<String>)> = Vec::new();
+    for t in &service.tmpfs {
+        let (path, opts) = match t.split_once(':') {
+            Some((p, o)) => (p, o),
+            None => (t.as_str(), ""),
+        };
+        let mut options = Vec::new();
+        for o in opts.split(',').map(str::trim).filter(|o| !o.is_empty()) {
+            let key = o.split('=').next().unwrap_or_default();
+            if TMPFS_OPTIONS.contains(&key) && raw_safe(o) && !o.contains(char::is_whitespace) {
+                options.push(o.to_string());
+            } else {
+                warnings.push(format!(
+                    "service {:?}: tmpfs {path:?}: option {o:?} is not supported, ignored",
+                    service.name
+                ));
+            }
+        }
+        mounts.push((path.to_string(), options));
+    }
+    for v in service
+        .volumes
+        .iter()
+        .filter(|v| v.kind == VolumeType::Tmpfs)
+    {
+        let mut options = Vec::new();
+        if let Some(t) = &v.tmpfs {
+            if let Some(size) = t.size {
+                options.push(format!("size={}", size.bytes()));
+            }
+            if let Some(mode) = t.mode {
+                options.push(format!("mode={mode:o}"));
+            }
+        }
+        if v.read_only {
+            options.push("ro".into());
+        }
+        mounts.push((v.target.clone(), options));
+    }
+    if let Some(size) = service.shm_size {
+        mounts.push(("/dev/shm".into(), vec![format!("size={}", size.bytes())]));
+    }
+    for (path, options) in mounts {
+        if !mount_path_ok(&path) {
+            warnings.push(format!(
+                "service {:?}: tmpfs mount point {path:?} must be an absolute path without spaces; ignored",
+                service.name
+            ));
+            continue;
+        }
+        raw.push(tmpfs_entry(&path, &options));
+        // /dev is a fresh tmpfs of LXC's at start: nothing to prepare there.
+        if !path.starts_with("/dev/") {
+            files.push(PushFile::dir(&path));
+        }
+    }
+}
+
+/// `sysctls`: `linux.sysctl.*` keys.
+pub fn sysctls(service: &Service, config: &mut BTreeMap<String, String>) {
+    for (k, v) in &service.sysctls {
+        config.insert(format!("linux.sysctl.{k}"), v.clone());
+    }
+}
+
+/// `hostname`: `lxc.uts.name`; `domainname` has no equivalent in an unprivileged container.
+pub fn hostname(service: &Service, raw: &mut Vec<String>, warnings: &mut Vec<String>) {
+    if let Some(h) = &service.hostname {
+        if raw_safe(h) && !h.contains(char::is_whitespace) {
+            raw.push(format!("lxc.uts.name = {h}"));
+        } else {
+            warnings.push(format!(
+                "service {:?}: hostname {h:?} is not a valid host name; ignored",
+                service.name
+            ));
+        }
+    }
+    if service.domainname.is_some() {
+        warnings.push(format!(
+            "service {:?}: domainname is not supported on Incus (an unprivileged container cannot set its NIS domain name through LXC), ignored",
+            service.name
+        ));
+    }
+}
+
+fn cap_name(c: &str) -> String {
+    let c = c.trim().to_ascii_lowercase();
+    c.strip_prefix("cap_").map(str::to_string).unwrap_or(c)
+}
+
+/// `cap_add` / `cap_drop` (see the module table).
+pub fn capabilities(service: &Service, raw: &mut Vec<String>, warnings: &mut Vec<String>) {
+    let mut valid = |c: &String| {
+        let ok = !c.is_empty() && c.chars().all(|x| x.is_ascii_alphanumeric() || x == '_');
+        if !ok {
+            warnings.push(format!(
+                "service {:?}: capability {c:?} is not a capability name; ignored",
+                service.name
+            ));
+        }
+        ok
+    };
+    let add: Vec<String> = service.cap_add.iter().map(|c| cap_name(c)).collect();
+    let drop: Vec<String> = service.cap_drop.iter().map(|c| cap_name(c)).collect();
+    let (add, drop): (Vec<String>, Vec<String>) = (
+        add.into_iter().filter(&mut valid).collect(),
+        drop.into_iter().filter(&mut valid).collect(),
+    );
+    if drop.iter().any(|c| c == "all") {
+        let keep: Vec<&String> = add.iter().filter(|c| *c != "all").collect();
+        // LXC refuses lxc.cap.keep next to lxc.cap.drop: clear Incus's drop list first.
+        raw.push("lxc.cap.drop =".into());
+        if add.iter().any(|c| c == "all") {
+            return;
+        }
+        raw.push(if keep.is_empty() {
+            "lxc.cap.keep = none".to_string()
+        } else {
+            format!(
+                "lxc.cap.keep = {}",
+                keep.iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            )
+        });
+        return;
+    }
+    let drop: Vec<&String> = drop.iter().filter(|c| !add.contains(c)).collect();
+    if !drop.is_empty() {
+        raw.push(format!(
+            "lxc.cap.drop = {}",
+            drop.iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(" ")
+        ));
+    }
+}
+
+fn is_block_device(path: &str) -> bool {
+    const BLOCK: &[&str] = &[
+        "/dev/sd",
+        "/dev/hd",
+        "/dev/vd",
+        "/dev/xvd",
+        "/dev/loop",
+        "/dev/dm-",
+        "/dev/mapper/",
+        "/dev/md",
+        "/dev/mmcblk",
+        "/dev/sr",
+        "/dev/nbd",
+        "/dev/zd",
+        "/dev/rbd",
+        "/dev/ram",
+        "/dev/disk/",
+    ];
+    if BLOCK.iter().any(|p| path.starts_with(p)) {
+        return true;
+    }
+    // /dev/nvme0 is the controller (a character device), /dev/nvme0n1 a namespace (block).
+    path.strip_prefix("/dev/nvme")
+        .map(|rest| {
+            rest.trim_start_matches(|c: char| c.is_ascii_digit())
+                .starts_with('n')
+        })
+        .unwrap_or(false)
+}
+
+/// `devices`: `unix-block` or `unix-char` devices.
+pub fn devices(service: &Service, devices: &mut Devices, warnings: &mut Vec<String>) {
+    let Some(list) = service.other.get("devices").and_then(|d| d.as_array()) else {
+        return;
+    };
+    for (i, item) in list.iter().enumerate() {
+        let (source, target, perms) = match item {
+            serde_json::Value::String(s) => {
+                let mut parts = s.splitn(3, ':');
+                let source = parts.next().unwrap_or_default().to_string();
+                let target = parts.next().map(str::to_string);
+                let perms = parts.next().map(str::to_string);
+                (source, target, perms)
+            }
+            serde_json::Value::Object(m) => (
+                m.get("source")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or_default()
+                    .to_string(),
+                m.get("target").and_then(|v| v.as_str()).map(str::to_string),
+                m.get("permissions")
+                    .and_then(|v| v.as_str())
+                    .map(str::to_string),
+            ),
+            other => {
+                warnings.push(format!(
+                    "service {:?}: device {other} is not understood; ignored",
+                    service.name
+                ));
+                continue;
+            }
+        };
+        if !source.starts_with("/dev/") {
+            warnings.push(format!(
+                "service {:?}: device {source:?} is not a /dev path (CDI device names are not supported on Incus); ignored",
+                service.name
+            ));
+            continue;
+        }
+        let target = target.unwrap_or_else(|| source.clone());
+        if let Some(p) = perms.filter(|p| {
+            let mut c: Vec<char> = p.chars().collect();
+            c.sort_unstable();
+            c != ['m', 'r', 'w']
+        }) {
+            warnings.push(format!(
+                "service {:?}: device {source:?}: cgroup permissions {p:?} are not enforced on Incus (the device is readable and writable)",
+                service.name
+            ));
+        }
+        let kind = if is_block_device(&source) {
+            "unix-block"
+        } else {
+            "unix-char"
+        };
+        devices.insert(
+            format!("device{i}"),
+            dev(&[("type", kind), ("source", &source), ("path", &target)]),
+        );
+    }
+}
+
+/// Resource names `limits.kernel.*` accepts.
+const KERNEL_LIMITS: &[&str] = &[
+    "as",
+    "core",
+    "cpu",
+    "data",
+    "fsize",
+    "locks",
+    "memlock",
+    "msgqueue",
+    "nice",
+    "nofile",
+    "nproc",
+    "rss",
+    "rtprio",
+    "rttime",
+    "sigpending",
+    "stack",
+];
+
+/// `ulimits`: `limits.kernel.*` keys.
+pub fn ulimits(
+    service: &Service,
+    config: &mut BTreeMap<String, String>,
+    warnings: &mut Vec<String>,
+) {
+    let value = |v: i64| {
+        if v < 0 {
+            "unlimited".to_string()
+        } else {
+            v.to_string()
+        }
+    };
+    for (name, limit) in &service.ulimits {
+        if !KERNEL_LIMITS.contains(&name.as_str()) {
+            warnings.push(format!(
+                "service {:?}: ulimit {name:?} has no Incus equivalent (limits.kernel.*); ignored",
+                service.name
+            ));
+            continue;
+        }
+        let v = match limit {
+            Ulimit::Single(n) => value(*n),
+            Ulimit::SoftHard { soft, hard } if soft == hard => value(*soft),
+            Ulimit::SoftHard { soft, hard } => format!("{}:{}", value(*soft), value(*hard)),
+        };
+        config.insert(format!("limits.kernel.{name}"), v);
+    }
+}
+
+/// A signal name as LXC reads it: `SIGTERM`, `SIGRTMIN+3` or a number.
+fn signal_name(sig: &str) -> Option<String> {
+    let s = sig.trim().to_ascii_uppercase();
+    if s.is_empty()
+        || !s
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '+' || c == '-')
+    {
+        return None;
+    }
+    if s.chars().all(|c| c.is_ascii_digit()) || s.starts_with("SIG") {
+        Some(s)
+    } else {
+        Some(format!("SIG{s}"))
+    }
+}
+
+/// Single-quote a word for `sh`.
+fn sh_quote(word: &str) -> String {
+    format!("'{}'", word.replace('\'', "'\\''"))
+}
+
+/// The process side: `entrypoint` + `command` as the PID 1 script (`None` without either),
+/// and `user`, `working_dir`, `init`, `stop_signal` as `raw.lxc` lines or script lines.
+pub fn process(
+    service: &Service,
+    raw: &mut Vec<String>,
+    files: &mut Vec<PushFile>,
+    warnings: &mut Vec<String>,
+) -> Option<String> {
+    let name = &service.name;
+    let mut words: Vec<&String> = Vec::new();
+    if let Some(e) = &service.entrypoint {
+        words.extend(e);
+    }
+    if let Some(c) = &service.command {
+        words.extend(c);
+    }
+    let stop_signal = match service.stop_signal.as_deref().map(|s| (s, signal_name(s))) {
+        Some((_, Some(sig))) => Some(sig),
+        Some((s, None)) => {
+            warnings.push(format!(
+                "service {name:?}: stop_signal {s:?} is not a signal name; ignored"
+            ));
+            None
+        }
+        None => None,
+    };
+    if words.is_empty() {
+        let mut ignored = Vec::new();
+        if service.user.is_some() {
+            ignored.push("user");
+        }
+        if service.working_dir.is_some() {
+            ignored.push("working_dir");
+        }
+        if !ignored.is_empty() {
+            warnings.push(format!(
+                "service {name:?}: {} need `command:` or `entrypoint:` on Incus (without them the image's init runs, as root, from /); ignored",
+                ignored.join(" and ")
+            ));
+        }
+        if let Some(sig) = stop_signal {
+            raw.push(format!("lxc.signal.halt = {sig}"));
+        }
+        return None;
+    }
+    raw.push(format!("lxc.init.cmd = /bin/sh {COMMAND_PATH}"));
+    let mut line: Vec<String> = words.iter().map(|w| sh_quote(w)).collect();
+    if let Some(user) = &service.user {
+        let (u, g) = match user.split_once(':') {
+            Some((u, g)) => (u, Some(g)),
+            None => (user.as_str(), None),
+        };
+        let numeric = |x: &str| !x.is_empty() && x.chars().all(|c| c.is_ascii_digit());
+        if numeric(u) {
+            raw.push(format!("lxc.init.uid = {u}"));
+            match g {
+                Some(g) if numeric(g) => raw.push(format!("lxc.init.gid = {g}")),
+                Some(g) => warnings.push(format!(
+                    "service {name:?}: user {user:?}: a group name with a numeric uid is not supported, the group stays 0 ({g:?} ignored)"
+                )),
+                None => {}
+            }
+        } else if raw_safe(u) {
+            if let Some(g) = g {
+                warnings.push(format!(
+                    "service {name:?}: user {user:?}: with a user name the command runs with that user's groups ({g:?} ignored)"
+                ));
+            }
+            let mut su = vec![
+                "su".to_string(),
+                "-p".into(),
+                "-s".into(),
+                "/bin/sh".into(),
+                sh_quote(u),
+                "-c".into(),
+                sh_quote("exec \"$0\" \"$@\""),
+            ];
+            su.append(&mut line);
+            line = su;
+        } else {
+            warnings.push(format!(
+                "service {name:?}: user {user:?} is not valid; ignored"
+            ));
+        }
+    }
+    if let Some(dir) = &service.working_dir {
+        if mount_path_ok(dir) {
+            raw.push(format!("lxc.init.cwd = {dir}"));
+            files.push(PushFile::dir(dir));
+        } else {
+            warnings.push(format!(
+                "service {name:?}: working_dir {dir:?} must be an absolute path without spaces; ignored"
+            ));
+        }
+    }
+    let halt = stop_signal.unwrap_or_else(|| "SIGTERM".into());
+    raw.push(format!("lxc.signal.halt = {halt}"));
+    let script = if service.init == Some(true) {
+        let mut signals = vec!["TERM", "INT", "QUIT", "HUP", "USR1", "USR2"];
+        let own = halt.trim_start_matches("SIG").to_string();
+        if !signals.contains(&own.as_str()) {
+            signals.push(&own);
+        }
+        let mut traps = String::new();
+        for sig in &signals {
+            traps.push_str(&format!(
+                "trap 'kill -{sig} \"$child\" 2>/dev/null' {sig}\n"
+            ));
+        }
+        format!(
+            "# written by incus-compose: the service's entrypoint and command under a minimal init (init: true):\n\
+             # this shell stays PID 1, forwards signals to the command and reaps orphans\n\
+             {} &\nchild=$!\n{traps}\
+             while :; do\n    wait \"$child\"\n    status=$?\n    kill -0 \"$child\" 2>/dev/null || exit \"$status\"\ndone\n",
+            line.join(" ")
+        )
+    } else {
+        format!(
+            "# written by incus-compose: the service's entrypoint and command\nexec {}\n",
+            line.join(" ")
+        )
+    };
+    Some(script)
+}
+
+/// `extra_hosts` -> `/etc/hosts`; `dns`, `dns_search`, `dns_opt` -> `/etc/resolv.conf`.
+pub fn name_resolution(service: &Service, files: &mut Vec<PushFile>, warnings: &mut Vec<String>) {
+    let name = &service.name;
+    if !service.extra_hosts.is_empty() {
+        let mut hosts = String::from(
+            "# written by incus-compose (extra_hosts)\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n",
+        );
+        for entry in &service.extra_hosts {
+            let pair = entry
+                .split_once('=')
+                .or_else(|| entry.split_once(':'))
+                .map(|(h, ip)| {
+                    (
+                        h.trim(),
+                        ip.trim().trim_start_matches('[').trim_end_matches(']'),
+                    )
+                });
+            match pair {
+                Some((_, "host-gateway")) => warnings.push(format!(
+                    "service {name:?}: extra_hosts {entry:?}: host-gateway has no equivalent on Incus; ignored"
+                )),
+                Some((h, ip)) if !h.is_empty() && ip.parse::<std::net::IpAddr>().is_ok() => {
+                    hosts.push_str(&format!("{ip}\t{h}\n"));
+                }
+                _ => warnings.push(format!(
+                    "service {name:?}: extra_hosts {entry:?} is not HOST:IP; ignored"
+                )),
+            }
+        }
+        files.push(PushFile {
+            path: "/etc/hosts".into(),
+            content: Some(hosts.into_bytes()),
+            uid: 0,
+            gid: 0,
+            mode: 0o644,
+        });
+    }
+    let dns_opt: Vec<String> = service
+        .other
+        .get("dns_opt")
+        .and_then(|v| v.as_array())
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    if service.dns.is_empty() {
+        if !service.dns_search.is_empty() || !dns_opt.is_empty() {
+            warnings.push(format!(
+                "service {name:?}: dns_search/dns_opt need `dns:` on Incus (the name servers come from DHCP otherwise); ignored"
+            ));
+        }
+        return;
+    }
+    let mut conf = String::from("# written by incus-compose (dns)\n");
+    for d in &service.dns {
+        if d.parse::<std::net::IpAddr>().is_ok() {
+            conf.push_str(&format!("nameserver {d}\n"));
+        } else {
+            warnings.push(format!(
+                "service {name:?}: dns {d:?} is not an IP address; ignored"
+            ));
+        }
+    }
+    if !service.dns_search.is_empty() {
+        conf.push_str(&format!("search {}\n", service.dns_search.join(" ")));
+    }
+    if !dns_opt.is_empty() {
+        conf.push_str(&format!("options {}\n", dns_opt.join(" ")));
+    }
+    if words_empty(service) {
+        warnings.push(format!(
+            "service {name:?}: dns: /etc/resolv.conf is written before the first start; a DHCP client run by the image's init may replace it"
+        ));
+    }
+    files.push(PushFile {
+        path: "/etc/resolv.conf".into(),
+        content: Some(conf.into_bytes()),
+        uid: 0,
+        gid: 0,
+        mode: 0o644,
+    });
+}
+
+fn words_empty(service: &Service) -> bool {
+    service.entrypoint.as_ref().is_none_or(Vec::is_empty)
+        && service.command.as_ref().is_none_or(Vec::is_empty)
+}
+
+/// `platform` -> the Incus architecture name (`linux/amd64` -> `x86_64`).
+pub fn platform_arch(service: &Service) -> Result<Option<String>, PlanError> {
+    let Some(p) = &service.platform else {
+        return Ok(None);
+    };
+    let bad = |problem: &str| PlanError::Platform {
+        service: service.name.clone(),
+        platform: p.clone(),
+        problem: problem.to_string(),
+    };
+    let mut parts = p.split('/');
+    let os = parts.next().unwrap_or_default();
+    if os != "linux" {
+        return Err(bad("Incus runs Linux containers only"));
+    }
+    let arch = parts.next().unwrap_or_default();
+    let variant = parts.next();
+    let incus = match (arch, variant) {
+        ("amd64" | "x86_64", _) => "x86_64",
+        ("arm64" | "aarch64", _) => "aarch64",
+        ("arm", Some("v6")) => "armv6l",
+        ("arm", Some("v8")) => "armv8l",
+        ("arm", _) => "armv7l",
+        ("386" | "i386", _) => "i686",
+        ("ppc64le", _) => "ppc64le",
+        ("s390x", _) => "s390x",
+        ("riscv64", _) => "riscv64",
+        ("loong64", _) => "loongarch64",
+        _ => return Err(bad("unknown architecture")),
+    };
+    Ok(Some(incus.to_string()))
+}
+
+/// `build:` and `pull_policy` (see the module table).
+pub fn build_and_pull(service: &Service, warnings: &mut Vec<String>) -> Result<(), PlanError> {
+    if service.build.is_some() || service.pull_policy.as_deref() == Some("build") {
+        return Err(PlanError::Build {
+            service: service.name.clone(),
+        });
+    }
+    match service.pull_policy.as_deref() {
+        None | Some("always" | "missing" | "never" | "if_not_present" | "daily" | "weekly") => {}
+        Some(p) if p.starts_with("every_") => {}
+        Some(p) => warnings.push(format!(
+            "service {:?}: pull_policy {p:?} is unknown; the image must exist on the server or a remote",
+            service.name
+        )),
+    }
+    Ok(())
+}
+
 /// Warnings for the service fields incus-compose does not map (yet).
 pub fn unsupported(service: &Service, warnings: &mut Vec<String>) {
     let s = service;
@@ -292,40 +1169,18 @@ pub fn unsupported(service: &Service, warnings: &mut Vec<String>) {
         }
     };
     flag(s.build.is_some(), "build");
-    flag(!s.cap_add.is_empty(), "cap_add");
-    flag(!s.cap_drop.is_empty(), "cap_drop");
-    flag(!s.configs.is_empty(), "configs");
-    flag(!s.secrets.is_empty(), "secrets");
-    flag(!s.dns.is_empty(), "dns");
-    flag(!s.dns_search.is_empty(), "dns_search");
-    flag(s.domainname.is_some(), "domainname");
-    flag(!s.extra_hosts.is_empty(), "extra_hosts");
     flag(
         s.healthcheck
             .as_ref()
             .is_some_and(|h| !h.disable && h.test.first().map(String::as_str) != Some("NONE")),
         "healthcheck",
     );
-    flag(
-        s.hostname.is_some(),
-        "hostname (the hostname is the instance name)",
-    );
-    flag(s.init.is_some(), "init");
     flag(s.logging.is_some(), "logging");
-    flag(s.platform.is_some(), "platform");
-    flag(s.read_only, "read_only");
     flag(s.runtime.is_some(), "runtime");
     flag(!s.security_opt.is_empty(), "security_opt");
-    flag(s.shm_size.is_some(), "shm_size");
     flag(s.stdin_open, "stdin_open");
-    flag(s.stop_signal.is_some(), "stop_signal");
-    flag(!s.sysctls.is_empty(), "sysctls");
-    flag(!s.tmpfs.is_empty(), "tmpfs");
     flag(s.tty, "tty");
-    flag(!s.ulimits.is_empty(), "ulimits");
-    flag(s.user.is_some(), "user");
     flag(!s.volumes_from.is_empty(), "volumes_from");
-    flag(s.working_dir.is_some(), "working_dir");
     if let Some(d) = &s.deploy {
         flag(d.endpoint_mode.is_some(), "deploy.endpoint_mode");
         flag(!d.labels.is_empty(), "deploy.labels");
@@ -346,7 +1201,9 @@ pub fn unsupported(service: &Service, warnings: &mut Vec<String>) {
         }
     }
     for k in s.other.keys() {
-        names.push(k.clone());
+        if !MAPPED_OTHER.contains(&k.as_str()) {
+            names.push(k.clone());
+        }
     }
     if !names.is_empty() {
         warnings.push(format!(
@@ -523,17 +1380,22 @@ mod tests {
         assert_eq!(d["mount0"]["path"], "/data");
         assert_eq!(d["mount1"]["source"], "/srv/x");
         assert_eq!(d["mount1"]["readonly"], "true");
-        assert!(w[0].contains("tmpfs"));
+        assert!(!d.contains_key("mount2"), "tmpfs is a raw.lxc mount entry");
+        assert!(w.is_empty(), "{w:?}");
     }
 
     #[test]
     fn unsupported_fields_are_named_in_a_warning() {
         let mut s = svc();
+        s.security_opt = vec!["label:disable".into()];
+        s.runtime = Some("runc".into());
         s.cap_add = vec!["NET_ADMIN".into()];
-        s.user = Some("1000".into());
         let mut w = Vec::new();
         unsupported(&s, &mut w);
-        assert!(w[0].contains("cap_add") && w[0].contains("user"), "{w:?}");
+        assert!(
+            w[0].contains("security_opt") && w[0].contains("runtime") && !w[0].contains("cap_add"),
+            "{w:?}"
+        );
         let mut w = Vec::new();
         unsupported(&svc(), &mut w);
         assert!(w.is_empty());

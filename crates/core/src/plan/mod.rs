@@ -47,7 +47,7 @@ use sha2::{Digest, Sha256};
 use crate::schedule::{HostPort, ServiceSpec};
 
 pub use diff::{DiffOptions, DownOptions, Power, dependency_levels, diff, plan_down, plan_power};
-pub use mapping::Devices;
+pub use mapping::{AnonymousVolume, Devices, PushFile};
 pub use network::{Subnet, allocate_subnet};
 
 /// The compose project an object belongs to.
@@ -146,6 +146,13 @@ pub struct InstanceTemplate {
     pub depends_on: Vec<String>,
     /// Seconds to wait for a clean stop (`stop_grace_period`, default 10).
     pub stop_timeout: i64,
+    /// Files and directories written before the first start (secrets, configs, mount
+    /// points, `/etc/hosts`, ...), in order.
+    pub files: Vec<PushFile>,
+    /// Anonymous volumes: one custom volume per instance.
+    pub anonymous_volumes: Vec<AnonymousVolume>,
+    /// `platform` as an Incus architecture name.
+    pub architecture: Option<String>,
 }
 
 impl InstanceTemplate {
@@ -261,6 +268,25 @@ pub enum PlanError {
     UnknownPool { pool: String, known: String },
     #[error("scheduler: {0}")]
     Schedule(String),
+    #[error(
+        "service {service:?}: {kind} {name:?} cannot be delivered: {problem} (nothing was changed)"
+    )]
+    SecretSource {
+        kind: &'static str,
+        name: String,
+        service: String,
+        problem: String,
+    },
+    #[error(
+        "service {service:?} has a `build:` section (or pull_policy: build): Incus cannot build Dockerfiles. Build the image elsewhere, import it (`incus image import ... --alias NAME`), set `image: NAME` and remove `build:`"
+    )]
+    Build { service: String },
+    #[error("service {service:?}: platform {platform:?}: {problem}")]
+    Platform {
+        service: String,
+        platform: String,
+        problem: String,
+    },
 }
 
 fn bad_name(what: &'static str, name: &str, p: naming::NameProblem) -> PlanError {
@@ -294,6 +320,8 @@ pub fn spec_hash(
     config: &BTreeMap<String, String>,
     devices: &Devices,
     command: Option<&str>,
+    files: &[PushFile],
+    anonymous_volumes: &[AnonymousVolume],
 ) -> String {
     let config: BTreeMap<&String, &String> = config
         .iter()
@@ -301,12 +329,22 @@ pub fn spec_hash(
             k.as_str() != LABEL_VERSION && k.as_str() != LABEL_SLOT && k.as_str() != LABEL_HASH
         })
         .collect();
-    let canonical = serde_json::json!({
+    let mut canonical = serde_json::json!({
         "image": image,
         "config": config,
         "devices": devices,
         "command": command,
     });
+    // Left out when empty, so that hashes of services without them stay as they were.
+    if !files.is_empty() {
+        canonical["files"] = files.iter().map(PushFile::hash_view).collect();
+    }
+    if !anonymous_volumes.is_empty() {
+        canonical["anonymous_volumes"] = anonymous_volumes
+            .iter()
+            .map(|a| serde_json::json!([a.device, a.target, a.read_only, a.pool]))
+            .collect();
+    }
     let digest = Sha256::digest(canonical.to_string().as_bytes());
     naming::hex(&digest)
 }
@@ -352,28 +390,10 @@ pub fn resolve_image(
     })
 }
 
-/// Single-quote a word for `sh`.
-fn sh_quote(word: &str) -> String {
-    format!("'{}'", word.replace('\'', "'\\''"))
-}
-
-/// The PID 1 script for `entrypoint` + `command` (`None` when neither is set).
+/// The PID 1 script for `entrypoint` + `command` (`None` when neither is set); see
+/// [`mapping::process`].
 pub fn command_script(service: &Service) -> Option<String> {
-    let mut words: Vec<&String> = Vec::new();
-    if let Some(e) = &service.entrypoint {
-        words.extend(e);
-    }
-    if let Some(c) = &service.command {
-        words.extend(c);
-    }
-    if words.is_empty() {
-        return None;
-    }
-    let line: Vec<String> = words.iter().map(|w| sh_quote(w)).collect();
-    Some(format!(
-        "# written by incus-compose: the service's entrypoint and command\nexec {}\n",
-        line.join(" ")
-    ))
+    mapping::process(service, &mut Vec::new(), &mut Vec::new(), &mut Vec::new())
 }
 
 fn scheduler_spec(service: &Service, name: &str, replicas: Option<u64>) -> ServiceSpec {
@@ -617,14 +637,23 @@ pub fn desired(
         if service.privileged {
             config.insert("security.privileged".into(), "true".into());
         }
-        let command = command_script(service);
-        if command.is_some() {
-            config.insert(
-                "raw.lxc".into(),
-                format!("lxc.init.cmd = /bin/sh {COMMAND_PATH}"),
-            );
+        mapping::build_and_pull(service, &mut warnings)?;
+        let architecture = mapping::platform_arch(service)?;
+        mapping::sysctls(service, &mut config);
+        mapping::ulimits(service, &mut config, &mut warnings);
+        let mut raw: Vec<String> = Vec::new();
+        let mut files: Vec<PushFile> = Vec::new();
+        let command = mapping::process(service, &mut raw, &mut files, &mut warnings);
+        mapping::hostname(service, &mut raw, &mut warnings);
+        mapping::capabilities(service, &mut raw, &mut warnings);
+        mapping::tmpfs(service, &mut raw, &mut files, &mut warnings);
+        mapping::secrets_and_configs(service, project, &mut files, &mut warnings)?;
+        mapping::name_resolution(service, &mut files, &mut warnings);
+        if !raw.is_empty() {
+            config.insert("raw.lxc".into(), raw.join("\n"));
         }
         let mut devices = Devices::new();
+        mapping::devices(service, &mut devices, &mut warnings);
         mapping::ports(service, &mut devices, &mut warnings);
         let bridge_of = |key: &str| {
             networks
@@ -643,14 +672,49 @@ pub fn desired(
                     .any(|d: &DesiredVolume| &d.name == v && !d.external)
             })
             .collect();
+        let anonymous_volumes = mapping::anonymous_volumes(service, &pool, storage.shared);
         mapping::unsupported(service, &mut warnings);
-        if let Some(root) = storage.root_device(!volumes_used.is_empty()) {
+        if let Some(root) =
+            storage.root_device(!volumes_used.is_empty() || !anonymous_volumes.is_empty())
+        {
             devices.insert("root".into(), root);
         }
+        if service.read_only {
+            let root_pool = storage
+                .root_pool
+                .clone()
+                .unwrap_or_else(|| facts.storage_pool.clone());
+            let root = devices.entry("root".into()).or_insert_with(|| {
+                BTreeMap::from([
+                    ("type".to_string(), "disk".to_string()),
+                    ("path".to_string(), "/".to_string()),
+                    ("pool".to_string(), root_pool),
+                ])
+            });
+            root.insert("readonly".into(), "true".into());
+        }
 
-        let hash = spec_hash(&image, &config, &devices, command.as_deref());
+        let hash = spec_hash(
+            &image,
+            &config,
+            &devices,
+            command.as_deref(),
+            &files,
+            &anonymous_volumes,
+        );
         config.insert(LABEL_HASH.into(), hash.clone());
-        let spec = scheduler_spec(service, name, replicas);
+        let mut spec = scheduler_spec(service, name, replicas);
+        if let Some(arch) = &architecture {
+            let c: ic_compose::model::placement::Constraint =
+                format!("node.platform.arch == {arch}")
+                    .parse()
+                    .map_err(|e| PlanError::Platform {
+                        service: name.to_string(),
+                        platform: service.platform.clone().unwrap_or_default(),
+                        problem: format!("{e}"),
+                    })?;
+            spec.constraints.push(c);
+        }
         services.push(InstanceTemplate {
             service: name.to_string(),
             base_name,
@@ -672,6 +736,9 @@ pub fn desired(
                 .stop_grace_period
                 .map(|d| d.as_std().as_secs() as i64)
                 .unwrap_or(10),
+            files,
+            anonymous_volumes,
+            architecture,
         });
     }
     Ok(Desired {
@@ -878,6 +945,10 @@ pub struct InstancePlan {
     pub start: bool,
     pub stop_timeout: i64,
     pub reason: String,
+    /// Written before the first start (see [`InstanceTemplate::files`]).
+    pub files: Vec<PushFile>,
+    /// Custom volumes of this instance, made by the engine when missing.
+    pub anonymous_volumes: Vec<AnonymousVolume>,
 }
 
 /// Actions that may run in parallel.
@@ -920,7 +991,53 @@ pub fn plan_up(
     diff_opts: &DiffOptions,
 ) -> Result<Plan, PlanError> {
     let d = desired(project, facts, opts)?;
+    check_platforms(project, &d, observed)?;
     diff(&d, observed, diff_opts)
+}
+
+/// A service whose `platform` no member has fails the plan, naming the members and their
+/// architectures (members that have it are the only candidates, through a constraint).
+pub fn check_platforms(
+    project: &Project,
+    d: &Desired,
+    observed: &Observed,
+) -> Result<(), PlanError> {
+    for t in &d.services {
+        let Some(arch) = &t.architecture else {
+            continue;
+        };
+        if observed.members.iter().any(|m| &m.architecture == arch) {
+            continue;
+        }
+        let members: Vec<String> = observed
+            .members
+            .iter()
+            .map(|m| {
+                format!(
+                    "{} ({})",
+                    m.name,
+                    if m.architecture.is_empty() {
+                        "unknown"
+                    } else {
+                        &m.architecture
+                    }
+                )
+            })
+            .collect();
+        return Err(PlanError::Platform {
+            service: t.service.clone(),
+            platform: project
+                .services
+                .get(&t.service)
+                .and_then(|s| s.platform.clone())
+                .unwrap_or_default(),
+            problem: format!(
+                "no member has architecture {arch}; members: {}",
+                members.join(", ")
+            ),
+        });
+    }
+    Ok(())
 }
 
 #[cfg(test)]

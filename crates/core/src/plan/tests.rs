@@ -519,7 +519,7 @@ fn commands_become_the_init_process_through_a_script() {
     let t = &d.services[0];
     assert_eq!(
         t.config["raw.lxc"],
-        format!("lxc.init.cmd = /bin/sh {COMMAND_PATH}")
+        format!("lxc.init.cmd = /bin/sh {COMMAND_PATH}\nlxc.signal.halt = SIGTERM")
     );
     assert!(
         t.command
