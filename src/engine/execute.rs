@@ -101,6 +101,11 @@ pub async fn execute_gated(
     gate: Option<&Gate>,
 ) -> Outcome {
     let mut outcome = Outcome::default();
+    // OCI images: name their registries in the incus CLI's configuration (see engine::oci).
+    match super::oci::ensure_remotes(plan) {
+        Ok(lines) => lines.iter().for_each(|l| println!("{l}")),
+        Err(e) => println!("[!] warning: {e:#}"),
+    }
     let sem = Arc::new(Semaphore::new(parallel.max(1)));
     for (i, stage) in plan.stages.iter().enumerate() {
         if let Some(gate) = gate
@@ -256,6 +261,13 @@ fn source(t: &Target, image: &ImageSource) -> anyhow::Result<InstanceSource> {
                 InstanceSource::image_alias(a.clone())
             }
         }
+        ImageSource::Oci { server, alias, .. } => InstanceSource {
+            kind: "image".into(),
+            alias: alias.clone(),
+            server: server.clone(),
+            protocol: "oci".into(),
+            ..Default::default()
+        },
         ImageSource::Remote { remote, alias } => {
             let (addr, protocol) = t
                 .remotes

@@ -5,6 +5,7 @@
 mod execute;
 pub mod health;
 mod observe;
+mod oci;
 
 pub use execute::{Target, execute, execute_gated};
 pub use observe::{Observation, is_ours, observe};

@@ -202,6 +202,9 @@ pub async fn observe(
         if let Ok(cfg) = ic_incus::config::LoadedConfig::load(&ic_incus::config::ProcessEnv) {
             for (name, r) in cfg.config.remotes {
                 if name != "local" {
+                    if r.protocol == "oci" {
+                        facts.oci_remotes.insert(name.clone(), r.addr.clone());
+                    }
                     remotes.insert(name.clone(), (r.addr.clone(), r.protocol.clone()));
                     facts.remotes.insert(name);
                 }

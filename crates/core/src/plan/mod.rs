@@ -31,6 +31,7 @@
 
 pub mod mapping;
 pub mod naming;
+pub mod oci;
 pub mod placement;
 pub mod storage;
 
@@ -94,6 +95,8 @@ pub struct ServerFacts {
     pub image_fingerprints: Vec<String>,
     /// Names of the incus CLI's image remotes (`remote:alias` images).
     pub remotes: BTreeSet<String>,
+    /// The incus CLI's `oci` remotes: name -> address (see [`oci`]).
+    pub oci_remotes: BTreeMap<String, String>,
     /// The `default` profile's root disk pool (named volumes go there unless [`storage`]
     /// chooses a shared one).
     pub storage_pool: String,
@@ -108,6 +111,15 @@ pub enum ImageSource {
     Local(String),
     /// `remote:alias` of one of the incus CLI's remotes.
     Remote { remote: String, alias: String },
+    /// A Docker image reference (see [`oci`]): Incus pulls `alias` from the registry at
+    /// `server` (protocol `oci`). `remote` names it in the incus CLI's configuration (added
+    /// there when missing); it is not part of the spec hash.
+    Oci {
+        #[serde(skip)]
+        remote: String,
+        server: String,
+        alias: String,
+    },
 }
 
 impl fmt::Display for ImageSource {
@@ -115,6 +127,9 @@ impl fmt::Display for ImageSource {
         match self {
             ImageSource::Local(a) => f.write_str(a),
             ImageSource::Remote { remote, alias } => write!(f, "{remote}:{alias}"),
+            ImageSource::Oci { server, alias, .. } => {
+                write!(f, "{}/{alias}", server.trim_start_matches("https://"))
+            }
         }
     }
 }
@@ -268,6 +283,8 @@ pub enum PlanError {
     UnknownPool { pool: String, known: String },
     #[error("scheduler: {0}")]
     Schedule(String),
+    #[error(transparent)]
+    Oci(#[from] oci::OciError),
     #[error(
         "service {service:?}: {kind} {name:?} cannot be delivered: {problem} (nothing was changed)"
     )]
@@ -355,6 +372,17 @@ pub fn resolve_image(
     image: &str,
     facts: &ServerFacts,
 ) -> Result<ImageSource, PlanError> {
+    resolve_image_in(service, image, facts, None)
+}
+
+/// [`resolve_image`] with the default registry of Docker references (`x-incus.registry`,
+/// see [`oci::default_registry`]; `None`: Docker Hub).
+pub fn resolve_image_in(
+    service: &str,
+    image: &str,
+    facts: &ServerFacts,
+    default_registry: Option<&str>,
+) -> Result<ImageSource, PlanError> {
     if let Some((remote, alias)) = image.split_once(':')
         && facts.remotes.contains(remote)
         && !alias.is_empty()
@@ -372,6 +400,9 @@ pub fn resolve_image(
             .any(|f| f.starts_with(image));
     if facts.image_aliases.contains(image) || is_fingerprint {
         return Ok(ImageSource::Local(image.to_string()));
+    }
+    if facts.oci {
+        return oci::resolve(service, image, facts, default_registry).map_err(PlanError::from);
     }
     let why = if facts.oci {
         "OCI registry images need an `oci` remote (`incus remote add <name> https://<registry> --protocol=oci`) named as `<name>:<image>`".to_string()
@@ -566,6 +597,14 @@ pub fn desired(
         });
     }
 
+    let registry = oci::default_registry(
+        project
+            .extensions
+            .get("x-incus")
+            .and_then(|x| x.get("registry"))
+            .and_then(|r| r.as_str()),
+        &facts.oci_remotes,
+    );
     let mut services = Vec::new();
     let mut by_incus_name: BTreeMap<String, String> = BTreeMap::new();
     for name in project.services_in_dependency_order() {
@@ -604,7 +643,8 @@ pub fn desired(
                 service: name.to_string(),
             });
         };
-        let image = resolve_image(name, image, facts)?;
+        let image_ref = image;
+        let image = resolve_image_in(name, image, facts, registry.as_deref())?;
         let mut replicas = service.replicas();
         if let Some(n) = opts.scale.get(name) {
             match replicas {
@@ -643,7 +683,12 @@ pub fn desired(
         mapping::ulimits(service, &mut config, &mut warnings);
         let mut raw: Vec<String> = Vec::new();
         let mut files: Vec<PushFile> = Vec::new();
-        let command = mapping::process(service, &mut raw, &mut files, &mut warnings);
+        let command = if let ImageSource::Oci { .. } = &image {
+            oci::process_config(name, service, image_ref, None, &mut config)?;
+            None
+        } else {
+            mapping::process(service, &mut raw, &mut files, &mut warnings)
+        };
         mapping::hostname(service, &mut raw, &mut warnings);
         mapping::capabilities(service, &mut raw, &mut warnings);
         mapping::tmpfs(service, &mut raw, &mut files, &mut warnings);

@@ -1,0 +1,143 @@
+//! OCI remotes in the incus CLI's configuration: a plan whose images come from a registry the
+//! configuration has no `oci` remote for adds one (named by `ic_core::plan::oci::remote_name`),
+//! as `incus remote add <name> https://<registry> --protocol=oci --public` would. Incus pulls
+//! by address, so the remote is for the user (`incus image list <name>:`, credentials), and
+//! the next plan finds it and uses its name.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::Context;
+use ic_core::plan::{Action, ImageSource, Plan};
+use ic_incus::config::{LoadedConfig, ProcessEnv};
+
+/// The `oci` remotes the plan's instances name and the configuration lacks: name -> address.
+fn missing(plan: &Plan, config: &LoadedConfig) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for action in plan.actions() {
+        let (Action::Create(p) | Action::Recreate(p)) = action else {
+            continue;
+        };
+        if let ImageSource::Oci { remote, server, .. } = &p.image
+            && !config.config.remotes.contains_key(remote)
+        {
+            out.insert(remote.clone(), server.clone());
+        }
+    }
+    out
+}
+
+/// Adds the missing remotes to `config.yml`; one line per remote added, for the user.
+pub fn ensure_remotes(plan: &Plan) -> anyhow::Result<Vec<String>> {
+    let config =
+        LoadedConfig::load(&ProcessEnv).context("cannot read the incus CLI configuration")?;
+    let add = missing(plan, &config);
+    if add.is_empty() {
+        return Ok(Vec::new());
+    }
+    let dir = config.dir.as_deref().context(
+        "no incus CLI configuration directory (set INCUS_CONF or HOME) to add OCI remotes to",
+    )?;
+    let file = dir.join("config.yml");
+    add_remotes(&file, &add)?;
+    Ok(add
+        .iter()
+        .map(|(name, addr)| {
+            format!(
+                "[+] incus remote {name} ({addr}, protocol oci) added to {}",
+                file.display()
+            )
+        })
+        .collect())
+}
+
+fn add_remotes(file: &Path, add: &BTreeMap<String, String>) -> anyhow::Result<()> {
+    use serde_yaml_ng::{Mapping, Value};
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", file.display())),
+    };
+    let fresh = text.trim().is_empty();
+    let mut doc: Value = if fresh {
+        // What the incus CLI uses without a file, so that writing one loses nothing.
+        serde_yaml_ng::from_str(
+            "default-remote: local\nremotes:\n  local:\n    addr: unix://\n    public: false\n  images:\n    addr: https://images.linuxcontainers.org\n    protocol: simplestreams\n    public: true\n",
+        )
+        .context("built-in default incus configuration")?
+    } else {
+        serde_yaml_ng::from_str(&text)
+            .with_context(|| format!("{} is not valid YAML", file.display()))?
+    };
+    let root = doc
+        .as_mapping_mut()
+        .with_context(|| format!("{} is not a YAML mapping", file.display()))?;
+    let remotes = root
+        .entry(Value::from("remotes"))
+        .or_insert_with(|| Value::Mapping(Mapping::new()));
+    let remotes = remotes
+        .as_mapping_mut()
+        .with_context(|| format!("`remotes` in {} is not a mapping", file.display()))?;
+    for (name, addr) in add {
+        let mut r = Mapping::new();
+        r.insert(Value::from("addr"), Value::from(addr.as_str()));
+        r.insert(Value::from("protocol"), Value::from("oci"));
+        r.insert(Value::from("public"), Value::from(true));
+        remotes.insert(Value::from(name.as_str()), Value::Mapping(r));
+    }
+    let out = serde_yaml_ng::to_string(&doc).context("cannot write the incus configuration")?;
+    if let Some(parent) = file.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    let tmp = file.with_extension("yml.incus-compose.tmp");
+    std::fs::write(&tmp, out).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, file).with_context(|| format!("cannot replace {}", file.display()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remotes_are_added_and_other_settings_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.yml");
+        std::fs::write(
+            &file,
+            "default-remote: prod\nremotes:\n  prod:\n    addr: https://10.0.0.1:8443\n    auth_type: tls\n",
+        )
+        .unwrap();
+        let add = BTreeMap::from([(
+            "oci-127-0-0-1-5443".to_string(),
+            "https://127.0.0.1:5443".to_string(),
+        )]);
+        add_remotes(&file, &add).unwrap();
+        let cfg =
+            ic_incus::config::CliConfig::parse(&std::fs::read_to_string(&file).unwrap(), &file)
+                .unwrap();
+        assert_eq!(cfg.default_remote, "prod");
+        assert_eq!(cfg.remotes["prod"].auth_type, "tls");
+        let r = &cfg.remotes["oci-127-0-0-1-5443"];
+        assert_eq!(
+            (r.addr.as_str(), r.protocol.as_str(), r.public),
+            ("https://127.0.0.1:5443", "oci", true)
+        );
+    }
+
+    #[test]
+    fn a_missing_file_gets_the_cli_defaults_and_the_remote() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("sub").join("config.yml");
+        let add = BTreeMap::from([("hub".to_string(), "https://docker.io".to_string())]);
+        add_remotes(&file, &add).unwrap();
+        let cfg =
+            ic_incus::config::CliConfig::parse(&std::fs::read_to_string(&file).unwrap(), &file)
+                .unwrap();
+        assert_eq!(cfg.default_remote, "local");
+        assert_eq!(cfg.remotes["local"].addr, "unix://");
+        assert_eq!(cfg.remotes["images"].protocol, "simplestreams");
+        assert_eq!(cfg.remotes["hub"].protocol, "oci");
+    }
+}

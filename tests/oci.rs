@@ -1,0 +1,355 @@
+//! Docker images on Incus 7.0: the built `incus-compose` binary against the harness's Incus 7.0
+//! server and its local OCI registry (`https://127.0.0.1:5443`, images `testapp:v1`,
+//! `testapp:v2`, `testapp:broken`).
+//!
+//! Start it first: `scripts/test-cluster up --incus 7.0` (it writes `.test-cluster/env-7.0`,
+//! which this suite reads; `INCUS_COMPOSE_TEST_ENV7` names another file). Without it every
+//! test fails and says so. Then `cargo test --test oci`.
+//!
+//! Every test uses a compose project of its own (`oci-<tag>-<pid>-<n>`) and an incus CLI
+//! configuration of its own (`INCUS_CONF` in a temporary directory: the OCI remote that
+//! incus-compose adds goes there), and removes the project (`down -v`) even when it fails.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use ic_incus::{Client, ExecRequest, Instance};
+
+const SETUP_HINT: &str = "start the Incus 7.0 test server: `scripts/test-cluster up --incus 7.0`";
+
+const BIN: &str = env!("CARGO_BIN_EXE_incus-compose");
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+        .block_on(f)
+}
+
+/// The 7.0 line's env file, as KEY -> VALUE.
+fn env7() -> BTreeMap<String, String> {
+    let path = std::env::var_os("INCUS_COMPOSE_TEST_ENV7")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".test-cluster/env-7.0"));
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}; {SETUP_HINT}", path.display()));
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.starts_with("export "))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// At most one fixture at a time: the server shares two cores with the 6.0 cluster.
+static SLOTS: (Mutex<bool>, Condvar) = (Mutex::new(false), Condvar::new());
+
+struct Slot;
+
+impl Slot {
+    fn take() -> Slot {
+        let (lock, cvar) = &SLOTS;
+        let mut used = lock.lock().unwrap_or_else(|e| e.into_inner());
+        while *used {
+            used = cvar.wait(used).unwrap_or_else(|e| e.into_inner());
+        }
+        *used = true;
+        Slot
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let (lock, cvar) = &SLOTS;
+        *lock.lock().unwrap_or_else(|e| e.into_inner()) = false;
+        cvar.notify_one();
+    }
+}
+
+struct Fixture {
+    _slot: Slot,
+    name: String,
+    dir: tempfile::TempDir,
+    conf: tempfile::TempDir,
+    incus_dir: String,
+    registry: String,
+    client: Client,
+}
+
+impl Fixture {
+    fn new(tag: &str) -> Fixture {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let env = env7();
+        let incus_dir = env
+            .get("INCUS_DIR")
+            .unwrap_or_else(|| panic!("INCUS_DIR missing from the 7.0 env file; {SETUP_HINT}"))
+            .clone();
+        let registry = env
+            .get("INCUS_COMPOSE_TEST_REGISTRY")
+            .unwrap_or_else(|| panic!("INCUS_COMPOSE_TEST_REGISTRY missing; {SETUP_HINT}"))
+            .clone();
+        let client = Client::unix(Path::new(&incus_dir).join("unix.socket"));
+        match block_on(client.server()) {
+            Ok(info) => assert!(
+                info.has_extension("instance_oci"),
+                "the server at {incus_dir} (Incus {}) cannot run OCI images; {SETUP_HINT}",
+                info.server_version()
+            ),
+            Err(e) => {
+                panic!("the Incus 7.0 server at {incus_dir} does not answer: {e}; {SETUP_HINT}")
+            }
+        }
+        let slot = Slot::take();
+        Fixture {
+            _slot: slot,
+            name: format!(
+                "oci-{tag}-{}-{}",
+                std::process::id() % 100_000,
+                COUNTER.fetch_add(1, Ordering::Relaxed)
+            ),
+            dir: tempfile::tempdir().expect("temp dir"),
+            conf: tempfile::tempdir().expect("temp dir"),
+            incus_dir,
+            registry,
+            client,
+        }
+    }
+
+    /// Write the compose file (`{name}` -> project name, `{registry}` -> the registry).
+    fn write(&self, yaml: &str) {
+        let text = yaml
+            .replace("{name}", &self.name)
+            .replace("{registry}", &self.registry);
+        std::fs::write(self.dir.path().join("compose.yaml"), text).expect("write compose file");
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(BIN);
+        c.args(args)
+            .current_dir(self.dir.path())
+            .env("INCUS_DIR", &self.incus_dir)
+            .env("INCUS_CONF", self.conf.path())
+            .env_remove("INCUS_SOCKET")
+            .env_remove("INCUS_REMOTE")
+            .env_remove("INCUS_PROJECT")
+            .env_remove("COMPOSE_PROJECT_NAME")
+            .env_remove("INCUS_COMPOSE_INCUS_PROJECT");
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        let out = self.command(args).output().expect("run incus-compose");
+        eprintln!(
+            "$ incus-compose {}\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "incus-compose {} failed ({})",
+            args.join(" "),
+            out.status
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn project(&self) -> Client {
+        self.client.with_project(&self.name)
+    }
+
+    /// The instances of `service`.
+    fn instances(&self, service: &str) -> Vec<Instance> {
+        block_on(self.project().instances_full())
+            .expect("list instances")
+            .into_iter()
+            .filter(|i| {
+                i.config
+                    .get("user.incus-compose.service")
+                    .map(String::as_str)
+                    == Some(service)
+            })
+            .collect()
+    }
+
+    fn only_instance(&self, service: &str) -> Instance {
+        let mut all = self.instances(service);
+        assert_eq!(all.len(), 1, "service {service} should have one instance");
+        all.remove(0)
+    }
+
+    /// stdout of a command in an instance (retried until `want` or `wait` passes).
+    fn exec_until(&self, instance: &str, cmd: &[&str], want: &str, wait: Duration) -> String {
+        let t0 = Instant::now();
+        loop {
+            let got = block_on(self.project().exec_output(
+                instance,
+                &ExecRequest::new(cmd.to_vec()),
+                b"",
+            ))
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_else(|e| format!("exec failed: {e}"));
+            if got == want || t0.elapsed() > wait {
+                return got;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    fn console_until(&self, instance: &str, want: &str, wait: Duration) -> String {
+        let t0 = Instant::now();
+        loop {
+            let log = block_on(self.project().instance_console_log(instance)).unwrap_or_default();
+            if log.contains(want) || t0.elapsed() > wait {
+                return log;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        for attempt in 0..3 {
+            if attempt > 0 {
+                std::thread::sleep(Duration::from_secs(2));
+            }
+            match self
+                .command(&["down", "-v", "--remove-orphans", "-t", "1"])
+                .output()
+            {
+                Ok(o) if o.status.success() => break,
+                Ok(o) => eprintln!(
+                    "cleanup of {} failed:\n{}{}",
+                    self.name,
+                    String::from_utf8_lossy(&o.stdout),
+                    String::from_utf8_lossy(&o.stderr)
+                ),
+                Err(e) => eprintln!("cleanup of {}: {e}", self.name),
+            }
+        }
+    }
+}
+
+const WAIT: Duration = Duration::from_secs(20);
+
+#[test]
+fn a_registry_image_comes_up_serving_v1_and_moves_to_v2_on_the_next_up() {
+    let f = Fixture::new("v1v2");
+    let compose = "name: {name}\nservices:\n  web:\n    image: {registry}/testapp:TAG\n";
+    f.write(&compose.replace("TAG", "v1"));
+    let out = f.ok(&["up", "-d"]);
+    // The registry had no remote in this (empty) configuration: one was added.
+    assert!(out.contains("incus remote oci-127-0-0-1-5443"), "{out}");
+    let config = std::fs::read_to_string(f.conf.path().join("config.yml")).expect("config.yml");
+    let cfg = ic_incus::config::CliConfig::parse(&config, Path::new("config.yml")).expect("parse");
+    let remote = &cfg.remotes["oci-127-0-0-1-5443"];
+    assert_eq!(remote.addr, format!("https://{}", f.registry));
+    assert_eq!(remote.protocol, "oci");
+
+    let web = f.only_instance("web");
+    assert_eq!(
+        web.config.get("volatile.container.oci").map(String::as_str),
+        Some("true")
+    );
+    // The image's own entrypoint + cmd, as Incus sets them.
+    assert_eq!(
+        web.config.get("oci.entrypoint").map(String::as_str),
+        Some("/docker-entrypoint.sh httpd -f -v -p 80 -h /www")
+    );
+    let body = f.exec_until(
+        &web.name,
+        &["wget", "-qO-", "http://127.0.0.1/"],
+        "v1",
+        WAIT,
+    );
+    assert_eq!(body, "v1");
+    let log = f.console_until(&web.name, "testapp v1: starting httpd", WAIT);
+    assert!(
+        log.contains("testapp v1: starting httpd"),
+        "console log: {log:?}"
+    );
+
+    f.write(&compose.replace("TAG", "v2"));
+    let out = f.ok(&["up", "-d"]);
+    assert!(
+        !out.contains("incus remote"),
+        "the remote exists now: {out}"
+    );
+    let web = f.only_instance("web");
+    let body = f.exec_until(
+        &web.name,
+        &["wget", "-qO-", "http://127.0.0.1/"],
+        "v2",
+        WAIT,
+    );
+    assert_eq!(body, "v2");
+
+    // Nothing changed: nothing to do.
+    let out = f.ok(&["up", "-d"]);
+    assert!(out.contains("Nothing to change"), "{out}");
+}
+
+#[test]
+fn entrypoint_command_working_dir_user_and_environment_reach_the_application() {
+    let f = Fixture::new("proc");
+    f.write(
+        r#"name: {name}
+services:
+  job:
+    image: {registry}/testapp:v1
+    entrypoint: ["/bin/sh", "-c"]
+    command: ["echo \"pwd=$$(pwd) uid=$$(id -u) gid=$$(id -g) version=$$TESTAPP_VERSION extra=$$EXTRA\"; sleep 600"]
+    working_dir: /tmp
+    user: "1000:1000"
+    environment:
+      EXTRA: from compose
+"#,
+    );
+    f.ok(&["up", "-d"]);
+    let job = f.only_instance("job");
+    assert_eq!(job.config.get("oci.cwd").map(String::as_str), Some("/tmp"));
+    assert_eq!(job.config.get("oci.uid").map(String::as_str), Some("1000"));
+    let want = "pwd=/tmp uid=1000 gid=1000 version=v1 extra=from compose";
+    let log = f.console_until(&job.name, want, WAIT);
+    assert!(log.contains(want), "console log: {log:?}");
+}
+
+#[test]
+fn a_short_name_resolves_through_the_registry_named_in_x_incus() {
+    let f = Fixture::new("short");
+    f.write("name: {name}\nx-incus:\n  registry: {registry}\nservices:\n  web:\n    image: testapp:v2\n");
+    f.ok(&["up", "-d"]);
+    let web = f.only_instance("web");
+    let body = f.exec_until(
+        &web.name,
+        &["wget", "-qO-", "http://127.0.0.1/"],
+        "v2",
+        WAIT,
+    );
+    assert_eq!(body, "v2");
+}
+
+#[test]
+fn a_malformed_reference_is_refused_before_anything_changes() {
+    let f = Fixture::new("bad");
+    f.write("name: {name}\nservices:\n  web:\n    image: \"{registry}/TestApp:v1\"\n");
+    let out = f.run(&["up", "-d"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("web") && err.contains("TestApp"), "{err}");
+    assert!(
+        block_on(f.client.get_project(&f.name)).is_err(),
+        "the Incus project {} should not exist",
+        f.name
+    );
+}
