@@ -1,0 +1,577 @@
+//! `deploy:` on the real test cluster: replicas spread over members, global mode (and a
+//! member joining), placement constraints, spread preferences, pending replicas, `node`.
+//!
+//! Start the test cluster and load its environment first:
+//! `scripts/test-cluster up && set -a && . .test-cluster/env && set +a`, then
+//! `cargo test --test deploy`. Without a reachable Incus cluster of 3 members every test fails
+//! and says so.
+//!
+//! Every test uses a compose project of its own (`dp-<tag>-<pid>-<n>`) and removes it
+//! (`down -v`) even when it fails. Member labels are cluster-wide, so the tests use label keys
+//! unique to this run (`<key>_<pid>`) and remove them at the end (a guard, also on failure).
+//! The tests of this binary change or depend on the member set and labels, so they take
+//! turns (one lock). Placement is checked in Incus (`location` of each instance), not only
+//! through exit codes.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+use ic_incus::{Client, Instance, Request, api_path};
+
+const SETUP_HINT: &str = "start the test cluster and load its environment: \
+    `scripts/test-cluster up && set -a && . .test-cluster/env && set +a`";
+
+const BIN: &str = env!("CARGO_BIN_EXE_incus-compose");
+
+/// `up`'s exit status when some replicas are pending (src/cli/up.rs `EXIT_PENDING`).
+const EXIT_PENDING: i32 = 3;
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+        .block_on(f)
+}
+
+/// A client for the cluster named by `INCUS_DIR`/`INCUS_SOCKET`; fails the test when none is
+/// configured, none answers, or it is not a cluster of at least 3 members.
+fn client() -> Client {
+    if std::env::var_os("INCUS_DIR").is_none() && std::env::var_os("INCUS_SOCKET").is_none() {
+        panic!("no Incus server configured (INCUS_DIR and INCUS_SOCKET unset): {SETUP_HINT}");
+    }
+    let c = Client::local();
+    match block_on(c.server()) {
+        Err(e) => panic!("no Incus server answers: {e}; {SETUP_HINT}"),
+        Ok(info) if !info.is_clustered() => {
+            panic!(
+                "these tests need the 3-member test cluster, the server is not clustered: {SETUP_HINT}"
+            )
+        }
+        Ok(_) => c,
+    }
+}
+
+fn members(c: &Client) -> Vec<String> {
+    let mut names: Vec<String> = block_on(c.cluster_members())
+        .expect("list members")
+        .into_iter()
+        .map(|m| m.server_name)
+        .collect();
+    names.sort();
+    names
+}
+
+/// The tests of this binary take turns: they change or count on members and labels.
+static TURN: Mutex<()> = Mutex::new(());
+
+fn take_turn() -> MutexGuard<'static, ()> {
+    TURN.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A label key unique to this test run.
+fn key(base: &str) -> String {
+    format!("{base}_{}", std::process::id())
+}
+
+/// Member labels set for a test, removed when dropped (also when the test fails).
+struct Labels {
+    client: Client,
+    set: Vec<(String, String)>,
+}
+
+impl Labels {
+    fn new(client: &Client) -> Labels {
+        Labels {
+            client: client.clone(),
+            set: Vec::new(),
+        }
+    }
+
+    /// Set `user.<key>=<value>` on `member` through `incus-compose node label`.
+    fn set(&mut self, member: &str, key: &str, value: &str) {
+        self.set.push((member.to_string(), key.to_string()));
+        let out = run_in(
+            &std::env::temp_dir(),
+            &["node", "label", member, &format!("{key}={value}")],
+        );
+        assert!(
+            out.status.success(),
+            "node label failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let m = block_on(self.client.cluster_member(member)).expect("read member");
+        assert_eq!(
+            m.config.get(&format!("user.{key}")).map(String::as_str),
+            Some(value)
+        );
+    }
+}
+
+impl Drop for Labels {
+    fn drop(&mut self) {
+        for (member, key) in &self.set {
+            if let Err(e) = block_on(self.client.set_cluster_member_label(member, key, None)) {
+                eprintln!("cleanup: cannot remove label {key} of {member}: {e}");
+            }
+        }
+    }
+}
+
+/// A fourth member added with the harness's `add-member`, removed (`remove-member`) when
+/// dropped, also when the test fails.
+struct ExtraMember {
+    harness: PathBuf,
+    name: String,
+}
+
+impl ExtraMember {
+    fn add(client: &Client) -> ExtraMember {
+        let harness = std::env::var_os("INCUS_COMPOSE_TEST_HARNESS")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                panic!("INCUS_COMPOSE_TEST_HARNESS unset (add-member needs it): {SETUP_HINT}")
+            });
+        let before = members(client);
+        assert_eq!(before.len(), 3, "expected the 3-member test cluster");
+        let guard = ExtraMember {
+            harness,
+            name: "node4".into(),
+        };
+        let out = Command::new(&guard.harness)
+            .arg("add-member")
+            .output()
+            .expect("run the harness");
+        assert!(
+            out.status.success(),
+            "add-member failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let after = members(client);
+        let new: Vec<&String> = after.iter().filter(|m| !before.contains(m)).collect();
+        assert_eq!(new, [&guard.name], "add-member added {new:?}");
+        guard
+    }
+}
+
+impl Drop for ExtraMember {
+    fn drop(&mut self) {
+        match Command::new(&self.harness).arg("remove-member").output() {
+            Ok(o) if o.status.success() => {}
+            Ok(o) => eprintln!(
+                "cleanup: remove-member failed:\n{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            ),
+            Err(e) => eprintln!("cleanup: cannot run remove-member: {e}"),
+        }
+    }
+}
+
+fn run_in(dir: &std::path::Path, args: &[&str]) -> Output {
+    let out = Command::new(BIN)
+        .args(args)
+        .current_dir(dir)
+        .env_remove("COMPOSE_PROJECT_NAME")
+        .env_remove("COMPOSE_FILE")
+        .env_remove("INCUS_COMPOSE_INCUS_PROJECT")
+        .output()
+        .expect("run incus-compose");
+    eprintln!(
+        "$ incus-compose {}  (exit {:?})\n{}{}",
+        args.join(" "),
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// A compose project in a temporary directory, removed with `down -v` when dropped.
+struct Fixture {
+    name: String,
+    dir: tempfile::TempDir,
+    client: Client,
+}
+
+impl Fixture {
+    fn new(tag: &str, client: &Client) -> Fixture {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        Fixture {
+            name: format!(
+                "dp-{tag}-{}-{}",
+                std::process::id() % 100_000,
+                COUNTER.fetch_add(1, Ordering::Relaxed)
+            ),
+            dir: tempfile::tempdir().expect("temp dir"),
+            client: client.clone(),
+        }
+    }
+
+    /// Write the compose file (`{name}` is replaced by the project name).
+    fn write(&self, yaml: &str) {
+        std::fs::write(
+            self.dir.path().join("compose.yaml"),
+            yaml.replace("{name}", &self.name),
+        )
+        .expect("write compose file");
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        run_in(self.dir.path(), args)
+    }
+
+    /// Run and require success; returns stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "incus-compose {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn project(&self) -> Client {
+        self.client.with_project(&self.name)
+    }
+
+    fn project_exists(&self) -> bool {
+        match block_on(self.client.get_project(&self.name)) {
+            Ok(_) => true,
+            Err(e) if e.is_not_found() => false,
+            Err(e) => panic!("reading project {}: {e}", self.name),
+        }
+    }
+
+    /// Instances of the Incus project, by name.
+    fn instances(&self) -> BTreeMap<String, Instance> {
+        if !self.project_exists() {
+            return BTreeMap::new();
+        }
+        block_on(self.project().instances())
+            .expect("list instances")
+            .into_iter()
+            .map(|i| (i.name.clone(), i))
+            .collect()
+    }
+
+    /// Instance name -> member.
+    fn placement(&self) -> BTreeMap<String, String> {
+        self.instances()
+            .into_values()
+            .map(|i| (i.name, i.location))
+            .collect()
+    }
+
+    /// Member -> number of instances.
+    fn per_member(&self) -> BTreeMap<String, usize> {
+        let mut out = BTreeMap::new();
+        for m in self.placement().into_values() {
+            *out.entry(m).or_insert(0) += 1;
+        }
+        out
+    }
+
+    /// What shows that an instance was left alone: creation time, last start, ETag.
+    fn fingerprints(&self) -> BTreeMap<String, (String, String, String)> {
+        self.instances()
+            .into_values()
+            .map(|i| {
+                let (_, etag): (Instance, _) = block_on(
+                    self.project()
+                        .send_with_etag(Request::get(api_path(&["instances", &i.name]))),
+                )
+                .expect("read instance");
+                (
+                    i.name,
+                    (i.created_at, i.last_used_at, etag.unwrap_or_default()),
+                )
+            })
+            .collect()
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        if !self.dir.path().join("compose.yaml").exists() {
+            return;
+        }
+        // Again if need be: a busy server can fail one removal.
+        for attempt in 0..3 {
+            if attempt > 0 {
+                std::thread::sleep(std::time::Duration::from_secs(2));
+            }
+            let down = Command::new(BIN)
+                .args(["down", "-v", "--remove-orphans", "-t", "1"])
+                .current_dir(self.dir.path())
+                .env_remove("COMPOSE_PROJECT_NAME")
+                .env_remove("COMPOSE_FILE")
+                .output();
+            match down {
+                Ok(o) if o.status.success() => break,
+                Ok(o) => eprintln!(
+                    "cleanup of {} failed:\n{}{}",
+                    self.name,
+                    String::from_utf8_lossy(&o.stdout),
+                    String::from_utf8_lossy(&o.stderr)
+                ),
+                Err(e) => eprintln!("cleanup of {}: {e}", self.name),
+            }
+        }
+    }
+}
+
+/// An idle busybox service without networks (fast to create), with `deploy` given as YAML.
+fn service(deploy: &str) -> String {
+    format!(
+        "name: {{name}}\nservices:\n  app:\n    image: busybox\n    network_mode: none\n    deploy: {deploy}\n"
+    )
+}
+
+fn counts(per_member: &BTreeMap<String, usize>) -> Vec<usize> {
+    let mut c: Vec<usize> = per_member.values().copied().collect();
+    c.sort_unstable_by(|a, b| b.cmp(a));
+    c
+}
+
+#[test]
+fn three_replicas_go_one_per_member_seven_split_three_two_two_and_scaling_to_two_keeps_survivors_in_place()
+ {
+    let _turn = take_turn();
+    let c = client();
+    let all = members(&c);
+    assert_eq!(all.len(), 3, "expected the 3-member test cluster");
+    let f = Fixture::new("spread", &c);
+
+    f.write(&service("{replicas: 3}"));
+    f.ok(&["up", "-d"]);
+    let per = f.per_member();
+    assert_eq!(per.keys().cloned().collect::<Vec<_>>(), all, "{per:?}");
+    assert_eq!(counts(&per), [1, 1, 1]);
+    let three = f.fingerprints();
+
+    f.write(&service("{replicas: 7}"));
+    f.ok(&["up", "-d"]);
+    let per = f.per_member();
+    assert_eq!(counts(&per), [3, 2, 2], "{per:?}");
+    // The first three were not touched.
+    let seven = f.fingerprints();
+    for (name, before) in &three {
+        assert_eq!(seven.get(name), Some(before), "{name} changed on scale up");
+    }
+    let ps = f.ok(&["ps", "--format", "json"]);
+    let rows: serde_json::Value = serde_json::from_str(&ps).expect("ps json");
+    assert_eq!(rows.as_array().map(Vec::len), Some(7), "{ps}");
+
+    let before = f.placement();
+    f.write(&service("{replicas: 2}"));
+    f.ok(&["up", "-d"]);
+    let after = f.placement();
+    assert_eq!(after.len(), 2, "{after:?}");
+    for (name, member) in &after {
+        assert_eq!(
+            before.get(name),
+            Some(member),
+            "survivor {name} moved from {:?} to {member}",
+            before.get(name)
+        );
+        assert_eq!(
+            f.fingerprints().get(name),
+            seven.get(name),
+            "{name} was touched"
+        );
+    }
+    // Scaling down removes from the members that held the most: the survivors are on two
+    // different members.
+    assert_eq!(counts(&f.per_member()), [1, 1], "{after:?}");
+}
+
+#[test]
+fn global_mode_runs_one_per_member_and_a_new_member_gets_one_without_touching_the_others() {
+    let _turn = take_turn();
+    let c = client();
+    let all = members(&c);
+    assert_eq!(all.len(), 3, "expected the 3-member test cluster");
+    // Declared before the fixture: dropped after it (the project is gone before the member).
+    let mut extra: Vec<ExtraMember> = Vec::new();
+    let f = Fixture::new("global", &c);
+    f.write(&service("{mode: global}"));
+    f.ok(&["up", "-d"]);
+    let placement = f.placement();
+    let expected: BTreeMap<String, String> = all
+        .iter()
+        .map(|m| (format!("app-{m}"), m.clone()))
+        .collect();
+    assert_eq!(placement, expected);
+    let before = f.fingerprints();
+
+    extra.push(ExtraMember::add(&c));
+    let new = extra[0].name.clone();
+    let dry = f.ok(&["up", "--dry-run"]);
+    assert!(
+        dry.contains(&format!("create app-{new} (app, image busybox) on {new}")),
+        "{dry}"
+    );
+    f.ok(&["up", "-d"]);
+    let mut expected = expected;
+    expected.insert(format!("app-{new}"), new.clone());
+    assert_eq!(f.placement(), expected);
+    let after = f.fingerprints();
+    for (name, fp) in &before {
+        assert_eq!(after.get(name), Some(fp), "{name} was touched");
+    }
+    // A second `up` changes nothing.
+    let again = f.ok(&["up", "-d"]);
+    assert!(again.contains("Nothing to change"), "{again}");
+    drop(f);
+    drop(extra);
+    assert_eq!(members(&c), all, "the extra member is gone");
+}
+
+#[test]
+fn a_label_constraint_places_replicas_only_on_labelled_members_and_none_labelled_is_a_clear_error()
+{
+    let _turn = take_turn();
+    let c = client();
+    let all = members(&c);
+    assert_eq!(all.len(), 3, "expected the 3-member test cluster");
+    let storage = key("storage");
+    let mut labels = Labels::new(&c);
+    labels.set(&all[0], &storage, "ssd");
+    labels.set(&all[1], &storage, "ssd");
+    let f = Fixture::new("ssd", &c);
+    f.write(&service(&format!(
+        "{{replicas: 4, placement: {{constraints: [node.labels.{storage} == ssd]}}}}"
+    )));
+    f.ok(&["up", "-d"]);
+    let per = f.per_member();
+    assert_eq!(
+        per,
+        BTreeMap::from([(all[0].clone(), 2), (all[1].clone(), 2)]),
+        "replicas only on the labelled members, evenly"
+    );
+
+    // `node ls` shows the labels and this project's replicas per member.
+    let ls = f.ok(&["node", "ls", "--format", "json"]);
+    let rows: serde_json::Value = serde_json::from_str(&ls).expect("node ls json");
+    let rows = rows.as_array().expect("array");
+    assert_eq!(rows.len(), 3, "{ls}");
+    for (row, member) in rows.iter().zip(&all) {
+        assert_eq!(row["name"], member.as_str());
+        assert_eq!(row["status"], "Online");
+        let labelled = member != &all[2];
+        assert_eq!(
+            row["labels"][&storage].as_str(),
+            labelled.then_some("ssd"),
+            "{row}"
+        );
+        let replicas = row["replicas"]["app"].as_u64().unwrap_or(0);
+        assert_eq!(replicas, if labelled { 2 } else { 0 }, "{row}");
+    }
+    let table = f.ok(&["node", "ls"]);
+    assert!(table.contains(&format!("{storage}=ssd")), "{table}");
+
+    // Nobody labelled: a clear error naming every member, and nothing created.
+    let g = Fixture::new("nossd", &c);
+    let none = key("nowhere");
+    g.write(&service(&format!(
+        "{{replicas: 2, placement: {{constraints: [node.labels.{none} == ssd]}}}}"
+    )));
+    let out = g.run(&["up", "-d"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("service `app` cannot be placed on any cluster member"),
+        "{err}"
+    );
+    for m in &all {
+        assert!(
+            err.contains(&format!("{m}: node.labels.{none} == ssd not satisfied")),
+            "{err}"
+        );
+    }
+    assert!(g.instances().is_empty(), "nothing is created");
+    drop(labels);
+    let m = block_on(c.cluster_member(&all[0])).expect("member");
+    assert!(!m.config.contains_key(&format!("user.{storage}")));
+}
+
+#[test]
+fn spreading_over_a_zone_label_splits_replicas_evenly_between_zones() {
+    let _turn = take_turn();
+    let c = client();
+    let all = members(&c);
+    assert_eq!(all.len(), 3, "expected the 3-member test cluster");
+    let zone = key("zone");
+    let mut labels = Labels::new(&c);
+    labels.set(&all[0], &zone, "a");
+    labels.set(&all[1], &zone, "a");
+    labels.set(&all[2], &zone, "b");
+    let f = Fixture::new("zone", &c);
+    f.write(&service(&format!(
+        "{{replicas: 4, placement: {{preferences: [{{spread: node.labels.{zone}}}]}}}}"
+    )));
+    f.ok(&["up", "-d"]);
+    let per = f.per_member();
+    let zone_a = per.get(&all[0]).copied().unwrap_or(0) + per.get(&all[1]).copied().unwrap_or(0);
+    let zone_b = per.get(&all[2]).copied().unwrap_or(0);
+    assert_eq!((zone_a, zone_b), (2, 2), "{per:?}");
+    assert_eq!(counts(&per), [2, 1, 1], "within zone a, one each: {per:?}");
+}
+
+#[test]
+fn more_replicas_than_members_allow_leaves_one_pending_with_its_reason_and_exit_status_three() {
+    let _turn = take_turn();
+    let c = client();
+    let all = members(&c);
+    assert_eq!(all.len(), 3, "expected the 3-member test cluster");
+    let f = Fixture::new("pending", &c);
+    f.write(&service(
+        "{replicas: 4, placement: {max_replicas_per_node: 1}}",
+    ));
+    let out = f.run(&["up", "-d"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(EXIT_PENDING), "{stdout}{stderr}");
+    assert_eq!(counts(&f.per_member()), [1, 1, 1]);
+    assert!(f.instances().values().all(Instance::is_running));
+    assert!(!f.instances().contains_key("app-4"));
+    assert!(stdout.contains("app-4 (service app)"), "{stdout}");
+    for m in &all {
+        assert!(
+            stdout.contains(&format!("{m}: max_replicas_per_node (1) reached")),
+            "{stdout}"
+        );
+    }
+    assert!(
+        stderr.contains("1 replica(s) pending (exit status 3)"),
+        "{stderr}"
+    );
+
+    // `ps` shows it as a pending row with the reason.
+    let ps = f.ok(&["ps", "--format", "json"]);
+    let rows: serde_json::Value = serde_json::from_str(&ps).expect("ps json");
+    let pending: Vec<&serde_json::Value> = rows
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter(|r| r["state"] == "pending")
+        .collect();
+    assert_eq!(pending.len(), 1, "{ps}");
+    assert_eq!(pending[0]["name"], "app-4");
+    let reasons = pending[0]["pending_reason"].as_array().expect("reasons");
+    assert_eq!(reasons.len(), 3, "{ps}");
+    let table = f.ok(&["ps"]);
+    assert!(table.contains("pending"), "{table}");
+    assert!(table.contains("app-4 is pending"), "{table}");
+
+    // A second `up` changes nothing and still says so.
+    let again = f.run(&["up", "-d"]);
+    assert_eq!(again.status.code(), Some(EXIT_PENDING));
+    assert!(String::from_utf8_lossy(&again.stdout).contains("Nothing to change"));
+}
