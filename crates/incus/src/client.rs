@@ -233,11 +233,20 @@ impl Client {
     /// A client for an endpoint; `remote` is the name shown in messages.
     pub fn new(endpoint: Endpoint, remote: impl Into<String>) -> Client {
         let endpoint = Arc::new(endpoint);
-        let http = HyperClient::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build(Connector {
-                endpoint: endpoint.clone(),
-            });
+        let mut builder = HyperClient::builder(TokioExecutor::new());
+        builder.pool_idle_timeout(Duration::from_secs(30));
+        if matches!(*endpoint, Endpoint::Unix { .. }) {
+            // No idle connections on the unix socket. Incus 6.0's unix listener peeks at
+            // the first bytes of each new connection inside its accept loop, so a connection
+            // that was opened but never used (hyper opens one in the background when a pooled
+            // one frees up first, and keeps it idle) blocks every later connection to the
+            // daemon, including LXC's start/stop hooks (`incusd callhook`), which then time
+            // out after 30 s and fail the start or stop. A unix connect costs microseconds.
+            builder.pool_max_idle_per_host(0);
+        }
+        let http = builder.build(Connector {
+            endpoint: endpoint.clone(),
+        });
         Client {
             inner: Arc::new(Inner {
                 endpoint,
