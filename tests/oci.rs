@@ -77,6 +77,8 @@ struct Fixture {
     conf: tempfile::TempDir,
     incus_dir: String,
     registry: String,
+    /// The registry's CA certificate (for incus-compose reading image configs).
+    registry_ca: String,
     client: Client,
 }
 
@@ -91,6 +93,10 @@ impl Fixture {
         let registry = env
             .get("INCUS_COMPOSE_TEST_REGISTRY")
             .unwrap_or_else(|| panic!("INCUS_COMPOSE_TEST_REGISTRY missing; {SETUP_HINT}"))
+            .clone();
+        let registry_ca = env
+            .get("INCUS_COMPOSE_TEST_REGISTRY_CA")
+            .unwrap_or_else(|| panic!("INCUS_COMPOSE_TEST_REGISTRY_CA missing; {SETUP_HINT}"))
             .clone();
         let client = Client::unix(Path::new(&incus_dir).join("unix.socket"));
         match block_on(client.server()) {
@@ -115,6 +121,7 @@ impl Fixture {
             conf: tempfile::tempdir().expect("temp dir"),
             incus_dir,
             registry,
+            registry_ca,
             client,
         }
     }
@@ -133,6 +140,7 @@ impl Fixture {
             .current_dir(self.dir.path())
             .env("INCUS_DIR", &self.incus_dir)
             .env("INCUS_CONF", self.conf.path())
+            .env("SSL_CERT_FILE", &self.registry_ca)
             .env_remove("INCUS_SOCKET")
             .env_remove("INCUS_REMOTE")
             .env_remove("INCUS_PROJECT")
@@ -352,4 +360,31 @@ fn a_malformed_reference_is_refused_before_anything_changes() {
         "the Incus project {} should not exist",
         f.name
     );
+}
+
+#[test]
+fn a_command_alone_runs_after_the_image_entrypoint_as_docker_runs_it() {
+    let f = Fixture::new("cmd");
+    f.write(
+        "name: {name}\nservices:\n  web:\n    image: {registry}/testapp:v2\n    command: [\"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/www\"]\n",
+    );
+    f.ok(&["up", "-d"]);
+    let web = f.only_instance("web");
+    // The image's entrypoint (read from the registry) + the service's command; the image's cmd is replaced.
+    assert_eq!(
+        web.config.get("oci.entrypoint").map(String::as_str),
+        Some("/docker-entrypoint.sh httpd -f -p 8080 -h /www")
+    );
+    let log = f.console_until(&web.name, "testapp v2: starting httpd -f -p 8080", WAIT);
+    assert!(
+        log.contains("testapp v2: starting httpd -f -p 8080 -h /www"),
+        "console log: {log:?}"
+    );
+    let body = f.exec_until(
+        &web.name,
+        &["wget", "-qO-", "http://127.0.0.1:8080/"],
+        "v2",
+        WAIT,
+    );
+    assert_eq!(body, "v2");
 }

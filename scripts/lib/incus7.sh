@@ -18,8 +18,10 @@
 #   the Debian 13 root (pivot_root); incusd and the registry run in it. Host bridge `ic7br0` 100.64.2.1/24,
 #   veth `ic7v1` <-> eth0 100.64.2.11/24 in the namespace; incusd listens on 100.64.2.11:8443 too.
 # Registry: Debian's docker-registry (distribution 2.8) on https://127.0.0.1:5443 *inside the namespace*
-#   (incusd pulls from it there; the host's 127.0.0.1 is another loopback). Self-signed certificate with
-#   subjectAltName IP:127.0.0.1, trusted by the Debian 13 root (update-ca-certificates).
+#   (incusd pulls from it there; the host's 127.0.0.1 is another loopback), and socat (in the host's network
+#   namespace, connecting through netns=ic7) forwards the host's 127.0.0.1:5443 to it, so tools on the host
+#   reach the same address. Self-signed certificate with subjectAltName IP:127.0.0.1, trusted by the
+#   Debian 13 root (update-ca-certificates); on the host, point SSL_CERT_FILE at INCUS_COMPOSE_TEST_REGISTRY_CA.
 # Test images (built with umoci, pushed with skopeo), Docker-style entrypoint + cmd:
 #   testapp:v1, testapp:v2  entrypoint ["/docker-entrypoint.sh"] (brings lo up, prints a line, exec "$@"),
 #                           cmd ["httpd","-f","-v","-p","80","-h","/www"]; answers exactly v1 / v2 on :80;
@@ -552,6 +554,8 @@ i7_remove_env_files() {
 i7_cmd_up() {
     local t0=$SECONDS
     i7_take_lock
+    # incus-compose on the host reads OCI image configs with skopeo (as the incus CLI does for OCI remotes).
+    pkg_installed skopeo || apt_install skopeo
     i7_ensure_root
     if i7_healthy; then
         i7_ensure_images
@@ -596,7 +600,7 @@ i7_cmd_status() {
         st=dead; pid_alive "$pid" && st=alive
         printf '%-9s pid %-8s %s\n' "$what" "$pid" "$st"
     done
-    echo "INCUS_DIR=$I7_DIR   address $I7_ADDR:8443   registry https://$I7_REGISTRY (inside the server's network namespace)"
+    echo "INCUS_DIR=$I7_DIR   address $I7_ADDR:8443   registry https://$I7_REGISTRY (in the server's network namespace; the host's $I7_REGISTRY forwards to it)"
     i7_inc query /1.0 2>/dev/null | grep -E '"(server_version|api_status)"' | tr -d ' ,' || { echo "incusd does not answer"; return 1; }
     i7_healthy
 }

@@ -122,7 +122,11 @@ pub fn run(global: &GlobalArgs, args: &UpArgs) -> anyhow::Result<ExitCode> {
     };
     let mut pending: Vec<PendingReplica> = Vec::new();
     let code = block_on(async {
-        let obs = observe(&ctx.base, &ctx.incus_project, true).await?;
+        let mut obs = observe(&ctx.base, &ctx.incus_project, true).await?;
+        // OCI images: the entrypoint of those whose services set only `command` (engine::oci).
+        for w in engine::read_image_processes(&ctx.project, &mut obs.facts).await {
+            eprintln!("warning: {w}");
+        }
         let plan = match plan_up(&ctx.project, &obs.facts, &obs.observed, &opts, &diff) {
             Ok(p) => p,
             Err(e) => bail!("{e}"),

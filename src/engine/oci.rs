@@ -8,7 +8,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::Context;
-use ic_core::plan::{Action, ImageSource, Plan};
+use ic_compose::Project;
+use ic_core::plan::oci::{self, ImageProcess};
+use ic_core::plan::{Action, ImageSource, Plan, ServerFacts, resolve_image_in};
 use ic_incus::config::{LoadedConfig, ProcessEnv};
 
 /// The `oci` remotes the plan's instances name and the configuration lacks: name -> address.
@@ -96,6 +98,94 @@ fn add_remotes(file: &Path, add: &BTreeMap<String, String>) -> anyhow::Result<()
     Ok(())
 }
 
+/// The entrypoint and cmd of the OCI images whose services set `command` without `entrypoint`
+/// (Docker runs that command after the image's entrypoint, so the plan needs it), read from
+/// their registries into `facts.oci_images`. An image that cannot be read is left out
+/// (planning then says what to do) and gives a warning with the reason.
+///
+/// It asks `skopeo inspect --config` on this machine, as the incus CLI does for its OCI
+/// remotes: skopeo's own configuration applies (credentials from `skopeo login`, a private CA in
+/// `/etc/containers/certs.d/<host:port>/ca.crt` or `SSL_CERT_FILE`).
+pub async fn read_image_processes(project: &Project, facts: &mut ServerFacts) -> Vec<String> {
+    let mut warnings = Vec::new();
+    if !facts.oci {
+        return warnings;
+    }
+    let registry = oci::project_registry(project, &facts.oci_remotes);
+    let mut wanted: BTreeMap<String, String> = BTreeMap::new();
+    for (name, service) in &project.services {
+        let (Some(image), Some(_), None) = (&service.image, &service.command, &service.entrypoint)
+        else {
+            continue;
+        };
+        if let Ok(source @ ImageSource::Oci { .. }) =
+            resolve_image_in(name, image, facts, registry.as_deref())
+        {
+            wanted.insert(source.to_string(), name.clone());
+        }
+    }
+    for (reference, service) in wanted {
+        match read_process(&reference).await {
+            Ok(p) => {
+                facts.oci_images.insert(reference, p);
+            }
+            Err(e) => warnings.push(format!(
+                "service {service:?}: cannot read the entrypoint of image {reference}: {e:#}"
+            )),
+        }
+    }
+    warnings
+}
+
+async fn read_process(reference: &str) -> anyhow::Result<ImageProcess> {
+    let out = tokio::process::Command::new("skopeo")
+        .args(["inspect", "--config", "--retry-times", "1"])
+        .arg(format!("docker://{reference}"))
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(std::time::Duration::from_secs(60), out)
+        .await
+        .context("skopeo inspect took more than 60 s")?
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                anyhow::anyhow!("skopeo is not installed (it reads image configs from registries, as for the incus CLI's OCI remotes: apt-get install skopeo)")
+            } else {
+                anyhow::anyhow!("cannot run skopeo: {e}")
+            }
+        })?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "skopeo inspect failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    parse_process(&out.stdout)
+}
+
+/// `Entrypoint` and `Cmd` of an OCI image config (JSON).
+fn parse_process(config: &[u8]) -> anyhow::Result<ImageProcess> {
+    #[derive(serde::Deserialize, Default)]
+    struct Process {
+        #[serde(rename = "Entrypoint", default)]
+        entrypoint: Option<Vec<String>>,
+        #[serde(rename = "Cmd", default)]
+        cmd: Option<Vec<String>>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Config {
+        #[serde(default)]
+        config: Option<Process>,
+    }
+    let c: Config = serde_json::from_slice(config).context("the image config is not valid JSON")?;
+    let p = c.config.unwrap_or_default();
+    Ok(ImageProcess {
+        entrypoint: p.entrypoint.unwrap_or_default(),
+        cmd: p.cmd.unwrap_or_default(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,6 +214,19 @@ mod tests {
             (r.addr.as_str(), r.protocol.as_str(), r.public),
             ("https://127.0.0.1:5443", "oci", true)
         );
+    }
+
+    #[test]
+    fn the_entrypoint_and_cmd_are_read_from_an_image_config() {
+        let p = parse_process(
+            br#"{"architecture":"amd64","config":{"Env":["A=1"],"Entrypoint":["/docker-entrypoint.sh"],"Cmd":["httpd","-f"]}}"#,
+        )
+        .unwrap();
+        assert_eq!(p.entrypoint, ["/docker-entrypoint.sh"]);
+        assert_eq!(p.cmd, ["httpd", "-f"]);
+        let p = parse_process(br#"{"config":{"Entrypoint":null}}"#).unwrap();
+        assert!(p.entrypoint.is_empty() && p.cmd.is_empty());
+        assert!(parse_process(b"not json").is_err());
     }
 
     #[test]

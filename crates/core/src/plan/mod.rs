@@ -97,6 +97,9 @@ pub struct ServerFacts {
     pub remotes: BTreeSet<String>,
     /// The incus CLI's `oci` remotes: name -> address (see [`oci`]).
     pub oci_remotes: BTreeMap<String, String>,
+    /// Entrypoint and cmd of OCI images, read from their registries (by the engine, for
+    /// services with `command` and no `entrypoint`): [`ImageSource::Oci`] as text -> process.
+    pub oci_images: BTreeMap<String, oci::ImageProcess>,
     /// The `default` profile's root disk pool (named volumes go there unless [`storage`]
     /// chooses a shared one).
     pub storage_pool: String,
@@ -597,14 +600,7 @@ pub fn desired(
         });
     }
 
-    let registry = oci::default_registry(
-        project
-            .extensions
-            .get("x-incus")
-            .and_then(|x| x.get("registry"))
-            .and_then(|r| r.as_str()),
-        &facts.oci_remotes,
-    );
+    let registry = oci::project_registry(project, &facts.oci_remotes);
     let mut services = Vec::new();
     let mut by_incus_name: BTreeMap<String, String> = BTreeMap::new();
     for name in project.services_in_dependency_order() {
@@ -684,7 +680,8 @@ pub fn desired(
         let mut raw: Vec<String> = Vec::new();
         let mut files: Vec<PushFile> = Vec::new();
         let command = if let ImageSource::Oci { .. } = &image {
-            oci::process_config(name, service, image_ref, None, &mut config)?;
+            let known = facts.oci_images.get(&image.to_string());
+            oci::process_config(name, service, image_ref, known, &mut config)?;
             None
         } else {
             mapping::process(service, &mut raw, &mut files, &mut warnings)

@@ -355,6 +355,21 @@ pub struct NeedsImageEntrypoint;
 #[error("not a numeric UID or UID:GID")]
 pub struct NotNumericUser;
 
+/// The default registry of `project` (`x-incus.registry`, see [`default_registry`]).
+pub fn project_registry(
+    project: &ic_compose::Project,
+    oci_remotes: &BTreeMap<String, String>,
+) -> Option<String> {
+    default_registry(
+        project
+            .extensions
+            .get("x-incus")
+            .and_then(|x| x.get("registry"))
+            .and_then(|r| r.as_str()),
+        oci_remotes,
+    )
+}
+
 /// What the image itself says it runs (from its OCI config), when known.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ImageProcess {

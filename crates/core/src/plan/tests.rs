@@ -30,6 +30,7 @@ fn facts() -> ServerFacts {
         image_fingerprints: vec!["acaa58b890cb0123456789".into()],
         remotes: ["images".to_string()].into(),
         oci_remotes: BTreeMap::new(),
+        oci_images: BTreeMap::new(),
         storage_pool: "data".into(),
         pools: BTreeMap::from([("data".into(), "dir".into())]),
     }
