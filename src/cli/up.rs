@@ -157,15 +157,12 @@ pub fn run(global: &GlobalArgs, args: &UpArgs) -> anyhow::Result<ExitCode> {
         let outcome = engine::execute_gated(&target, &plan, args.parallel, Some(&gate)).await;
         let secs = started.elapsed().as_secs_f64();
         if outcome.ok() {
-            if wait_for_services(&gate, &plan, args, started).await != ExitCode::SUCCESS {
-                return Ok(ExitCode::FAILURE);
-            }
             println!(
                 "up: {} change(s) done, {} instance(s) unchanged, in {secs:.1} s",
                 outcome.done,
                 plan.unchanged.len()
             );
-            Ok(ExitCode::SUCCESS)
+            Ok(wait_for_services(&gate, &plan, args, started).await)
         } else {
             outcome.report_failures("up", Some(started.elapsed()));
             Ok(ExitCode::FAILURE)

@@ -24,6 +24,8 @@ use tokio::time::Instant;
 const PROBE_PARALLEL: usize = 16;
 /// How often a wait polls an instance's state (running/stopped).
 const POLL: Duration = Duration::from_millis(500);
+/// How often a probe is tried when Incus cannot run it (not when the check fails).
+const EXEC_ATTEMPTS: usize = 3;
 /// How much of a probe's output is kept (its end, like Docker keeps its last 4 KiB).
 const OUTPUT_KEEP: usize = 400;
 
@@ -49,46 +51,63 @@ fn tail(bytes: &[u8]) -> String {
 }
 
 /// Runs `check` once in `instance`, bounded by its timeout. A command still running at the
-/// timeout is a failure; its exec session is closed (Incus does not kill it).
+/// timeout is a failure; its exec session is closed (Incus does not kill it). When Incus
+/// could not run the command at all (e.g. an exec websocket reset), that is not the check's
+/// verdict: it is tried again, up to [`EXEC_ATTEMPTS`] times within the timeout.
 pub async fn probe(client: &Client, instance: &str, check: &Check) -> Probe {
     let req = ExecRequest::new(check.argv.iter().cloned());
-    match tokio::time::timeout(check.timeout, client.exec_output(instance, &req, &[])).await {
-        Err(_) => Probe {
-            ok: false,
-            output: format!("timed out after {} s", check.timeout.as_secs_f64()),
-        },
-        Ok(Err(e)) => Probe {
+    let deadline = Instant::now() + check.timeout;
+    let timed_out = || Probe {
+        ok: false,
+        output: format!("timed out after {} s", check.timeout.as_secs_f64()),
+    };
+    let mut error = None;
+    for _ in 0..EXEC_ATTEMPTS {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        match tokio::time::timeout(left, client.exec_output(instance, &req, &[])).await {
+            Err(_) => return timed_out(),
+            Ok(Err(e)) => {
+                error = Some(e);
+                tokio::time::sleep(Duration::from_millis(200).min(left)).await;
+            }
+            Ok(Ok(out)) => {
+                let mut text = tail(&out.stdout);
+                let err = tail(&out.stderr);
+                if !err.is_empty() {
+                    if !text.is_empty() {
+                        text.push_str(" | ");
+                    }
+                    text.push_str(&err);
+                }
+                return Probe {
+                    ok: out.exit_code == 0,
+                    output: if text.is_empty() {
+                        format!("exit {} (no output)", out.exit_code)
+                    } else {
+                        format!("exit {}: {text}", out.exit_code)
+                    },
+                };
+            }
+        }
+    }
+    match error {
+        Some(e) => Probe {
             ok: false,
             output: format!("could not run the check: {e}"),
         },
-        Ok(Ok(out)) => {
-            let mut text = tail(&out.stdout);
-            let err = tail(&out.stderr);
-            if !err.is_empty() {
-                if !text.is_empty() {
-                    text.push_str(" | ");
-                }
-                text.push_str(&err);
-            }
-            Probe {
-                ok: out.exit_code == 0,
-                output: if text.is_empty() {
-                    format!("exit {} (no output)", out.exit_code)
-                } else {
-                    format!("exit {}: {text}", out.exit_code)
-                },
-            }
-        }
+        None => timed_out(),
     }
 }
 
 /// Time since an instance last started, from Incus's `last_used_at` (RFC 3339). Zero when
 /// it cannot be read, or lies in the future (clock skew).
 pub fn since_start(last_used_at: &str) -> Duration {
-    let Ok(at) = time::OffsetDateTime::parse(
-        last_used_at,
-        &time::format_description::well_known::Rfc3339,
-    ) else {
+    let Ok(at) =
+        time::OffsetDateTime::parse(last_used_at, &time::format_description::well_known::Rfc3339)
+    else {
         return Duration::ZERO;
     };
     let elapsed = time::OffsetDateTime::now_utc() - at;
@@ -148,11 +167,16 @@ pub struct Dependency {
     pub required: bool,
 }
 
-fn condition_text(c: &DependencyCondition) -> &'static str {
+/// (what is awaited, what was reached, what was not reached).
+fn condition_text(c: &DependencyCondition) -> (&'static str, &'static str, &'static str) {
     match c {
-        DependencyCondition::ServiceStarted => "started",
-        DependencyCondition::ServiceHealthy => "healthy",
-        DependencyCondition::ServiceCompletedSuccessfully => "completed",
+        DependencyCondition::ServiceStarted => ("to start", "started", "did not start"),
+        DependencyCondition::ServiceHealthy => {
+            ("to be healthy", "healthy", "did not become healthy")
+        }
+        DependencyCondition::ServiceCompletedSuccessfully => {
+            ("to complete (stop)", "completed", "did not complete")
+        }
     }
 }
 
@@ -257,8 +281,8 @@ impl Gate {
             .iter()
             .map(|((dep, _), (cond, required, by))| async move {
                 println!(
-                    "[~] waiting for {dep} to be {} (needed by {})",
-                    condition_text(cond),
+                    "[~] waiting for {dep} {} (needed by {})",
+                    condition_text(cond).0,
                     by.join(", ")
                 );
                 let r = self.wait_condition(dep, cond).await;
@@ -267,18 +291,18 @@ impl Gate {
         let mut failed = Vec::new();
         for (dep, cond, required, by, r) in join_all(waits).await {
             match r {
-                Ok(()) => println!("[+] {dep} is {}", condition_text(cond)),
+                Ok(()) => println!("[+] {dep} {}", condition_text(cond).1),
                 Err(e) if !required => eprintln!(
-                    "warning: optional dependency {dep} of {} (required: false) is not {}: {e}; starting anyway",
+                    "warning: optional dependency {dep} of {} (required: false) {}: {e}; starting anyway",
                     by.join(", "),
-                    condition_text(cond)
+                    condition_text(cond).2
                 ),
                 Err(e) => failed.push((
                     format!("service {dep}"),
                     format!(
-                        "dependency of {} did not become {}: {e}; {} not started",
+                        "dependency of {} {}: {e}; {} not started",
                         by.join(", "),
-                        condition_text(cond),
+                        condition_text(cond).2,
                         by.join(", ")
                     ),
                 )),
@@ -302,9 +326,13 @@ impl Gate {
             return Err(format!("service {service} has no instance"));
         }
         let check = match cond {
-            DependencyCondition::ServiceHealthy => Some(self.checks.get(service).ok_or_else(|| {
-                format!("service {service} has no healthcheck (condition service_healthy needs one)")
-            })?),
+            DependencyCondition::ServiceHealthy => {
+                Some(self.checks.get(service).ok_or_else(|| {
+                    format!(
+                        "service {service} has no healthcheck (condition service_healthy needs one)"
+                    )
+                })?)
+            }
             _ => None,
         };
         let waits = instances.iter().map(|i| async move {
@@ -334,8 +362,7 @@ impl Gate {
     pub async fn wait_all(&self, services: &[String]) -> Vec<(String, String)> {
         let completes = |svc: &str| {
             self.deps.values().flatten().any(|d| {
-                d.service == svc
-                    && d.condition == DependencyCondition::ServiceCompletedSuccessfully
+                d.service == svc && d.condition == DependencyCondition::ServiceCompletedSuccessfully
             })
         };
         let waits = services.iter().map(|s| async move {
@@ -372,12 +399,21 @@ impl Gate {
             .collect()
     }
 
+    /// The instance's status, from `GET /1.0/instances/{name}` (its `/state` reads the
+    /// init PID and fails with HTTP 500 while a container stops). Transient server errors are
+    /// retried a few times.
     async fn status(&self, name: &str) -> Result<String, String> {
-        self.client
-            .instance_state(name)
-            .await
-            .map(|s| s.status)
-            .map_err(|e| format!("cannot read the state of instance {name}: {e}"))
+        let mut attempt = 0;
+        loop {
+            match self.client.instance(name).await {
+                Ok(i) => return Ok(i.status),
+                Err(e) if attempt < 5 && e.status().is_some_and(|s| s >= 500) => {
+                    attempt += 1;
+                    tokio::time::sleep(POLL).await;
+                }
+                Err(e) => return Err(format!("cannot read instance {name}: {e}")),
+            }
+        }
     }
 
     fn timeout_error(&self, what: &str) -> String {
