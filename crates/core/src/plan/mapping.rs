@@ -1400,4 +1400,459 @@ mod tests {
         unsupported(&svc(), &mut w);
         assert!(w.is_empty());
     }
+
+    /// A compose project loaded from text (files under /proj), with an environment.
+    fn project(text: &str, files: &[(&str, &str)], env: &[(&str, &str)]) -> Project {
+        use std::path::PathBuf;
+        let o = ic_compose::LoadOptions {
+            files: vec![PathBuf::from("/proj/compose.yaml")],
+            working_dir: PathBuf::from("/proj"),
+            environment: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            interpolate: true,
+            ..ic_compose::LoadOptions::default()
+        };
+        let mut fs = ic_compose::MemFs::default().with("/proj/compose.yaml", text);
+        for (path, content) in files {
+            fs = fs.with(*path, *content);
+        }
+        ic_compose::load_with(&o, &fs).unwrap_or_else(|e| panic!("load failed:\n{e}"))
+    }
+
+    fn facts() -> super::super::ServerFacts {
+        super::super::ServerFacts {
+            version: "6.0.4".into(),
+            image_aliases: ["busybox".to_string()].into(),
+            storage_pool: "data".into(),
+            ..Default::default()
+        }
+    }
+
+    fn template(p: &Project, service: &str) -> super::super::InstanceTemplate {
+        let opts = super::super::PlanOptions {
+            version: "0.1.0".into(),
+            ..Default::default()
+        };
+        let d = super::super::desired(p, &facts(), &opts).expect("desired");
+        d.services
+            .into_iter()
+            .find(|t| t.service == service)
+            .expect("service")
+    }
+
+    const SECRETS: &str = r#"
+name: p
+services:
+  app:
+    image: busybox
+    secrets:
+      - db
+      - source: token
+        target: api
+        uid: "1000"
+        gid: "1001"
+        mode: 0o640
+    configs:
+      - conf
+      - source: conf
+        target: /etc/app.ini
+secrets:
+  db: {file: ./db.txt}
+  token: {environment: TOKEN}
+configs:
+  conf: {content: "port = 1\n"}
+"#;
+
+    #[test]
+    fn secrets_and_configs_become_files_at_compose_paths_with_owner_and_read_only_mode() {
+        let p = project(
+            SECRETS,
+            &[("/proj/db.txt", "hunter2")],
+            &[("TOKEN", "xyzzy")],
+        );
+        let t = template(&p, "app");
+        let f: BTreeMap<&str, &PushFile> = t.files.iter().map(|f| (f.path.as_str(), f)).collect();
+        let db = f["/run/secrets/db"];
+        assert_eq!(db.content.as_deref(), Some(&b"hunter2"[..]));
+        assert_eq!((db.uid, db.gid, db.mode), (0, 0, 0o444));
+        let api = f["/run/secrets/api"];
+        assert_eq!(api.content.as_deref(), Some(&b"xyzzy"[..]));
+        // The write bit asked for is dropped: read-only.
+        assert_eq!((api.uid, api.gid, api.mode), (1000, 1001, 0o440));
+        assert_eq!(f["/conf"].content.as_deref(), Some(&b"port = 1\n"[..]));
+        assert_eq!(f["/conf"].mode, 0o444);
+        assert_eq!(
+            f["/etc/app.ini"].content.as_deref(),
+            Some(&b"port = 1\n"[..])
+        );
+        // Never in config keys nor in the Debug form.
+        for v in t.config.values() {
+            assert!(!v.contains("hunter2") && !v.contains("xyzzy"), "{v}");
+        }
+        let debug = format!("{:?}", t.files);
+        assert!(
+            !debug.contains("hunter2") && debug.contains("7 bytes, sha256"),
+            "{debug}"
+        );
+    }
+
+    #[test]
+    fn a_changed_secret_value_changes_the_spec_hash() {
+        let a = template(
+            &project(SECRETS, &[("/proj/db.txt", "one")], &[("TOKEN", "x")]),
+            "app",
+        );
+        let b = template(
+            &project(SECRETS, &[("/proj/db.txt", "two")], &[("TOKEN", "x")]),
+            "app",
+        );
+        let c = template(
+            &project(SECRETS, &[("/proj/db.txt", "one")], &[("TOKEN", "x")]),
+            "app",
+        );
+        assert_ne!(a.hash, b.hash);
+        assert_eq!(a.hash, c.hash);
+    }
+
+    #[test]
+    fn an_unreadable_secret_fails_the_plan_and_an_external_one_warns() {
+        let p = project(SECRETS, &[], &[("TOKEN", "x")]);
+        let opts = super::super::PlanOptions::default();
+        let err = super::super::desired(&p, &facts(), &opts).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("\"db\"") && text.contains("/proj/db.txt"),
+            "{text}"
+        );
+        let p = project(SECRETS, &[("/proj/db.txt", "x")], &[]);
+        let err = super::super::desired(&p, &facts(), &opts).unwrap_err();
+        assert!(err.to_string().contains("TOKEN is not set"), "{err}");
+
+        let text = "name: p\nservices:\n  app: {image: busybox, secrets: [ext]}\nsecrets:\n  ext: {external: true}\n";
+        let d = super::super::desired(&project(text, &[], &[]), &facts(), &opts).unwrap();
+        assert!(d.services[0].files.is_empty());
+        assert!(
+            d.warnings.iter().any(|w| w.contains("\"ext\" is external")),
+            "{:?}",
+            d.warnings
+        );
+    }
+
+    #[test]
+    fn tmpfs_and_shm_size_become_lxc_mount_entries_with_mount_points() {
+        let text = r#"
+name: p
+services:
+  app:
+    image: busybox
+    shm_size: 64m
+    tmpfs: ["/run:size=1m,noexec,uid=5", "/tmp:bogus=1"]
+    volumes:
+      - {type: tmpfs, target: /cache, tmpfs: {size: 1024, mode: 0o700}}
+"#;
+        let p = project(text, &[], &[]);
+        let s = &p.services["app"];
+        let (mut raw, mut files, mut w) = (Vec::new(), Vec::new(), Vec::new());
+        tmpfs(s, &mut raw, &mut files, &mut w);
+        assert_eq!(
+            raw,
+            [
+                "lxc.mount.entry = tmpfs run tmpfs rw,nosuid,nodev,size=1m,noexec,uid=5,create=dir 0 0",
+                "lxc.mount.entry = tmpfs tmp tmpfs rw,nosuid,nodev,create=dir 0 0",
+                "lxc.mount.entry = tmpfs cache tmpfs rw,nosuid,nodev,size=1024,mode=700,create=dir 0 0",
+                "lxc.mount.entry = tmpfs dev/shm tmpfs rw,nosuid,nodev,size=67108864,create=dir 0 0",
+            ]
+        );
+        let dirs: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(dirs, ["/run", "/tmp", "/cache"]);
+        assert!(w.len() == 1 && w[0].contains("bogus=1"), "{w:?}");
+        // A newline cannot smuggle LXC configuration in.
+        let mut s = s.clone();
+        s.tmpfs = vec!["/x\nlxc.apparmor.profile = unconfined".into()];
+        s.volumes.clear();
+        s.shm_size = None;
+        let (mut raw, mut w) = (Vec::new(), Vec::new());
+        tmpfs(&s, &mut raw, &mut Vec::new(), &mut w);
+        assert!(raw.is_empty() && w.len() == 1, "{raw:?} {w:?}");
+    }
+
+    #[test]
+    fn anonymous_volumes_are_per_instance_and_named_after_instance_and_target() {
+        assert_eq!(anonymous_volume_name("web-1", "/data"), "web-1_anon-data");
+        assert_eq!(
+            anonymous_volume_name("web-2", "/var/lib//my_db/"),
+            "web-2_anon-var-lib-my-db"
+        );
+        let text = "name: p\nservices:\n  app:\n    image: busybox\n    volumes: [/data, {type: volume, target: /ro, read_only: true}]\n";
+        let t = template(&project(text, &[], &[]), "app");
+        assert_eq!(t.anonymous_volumes.len(), 2);
+        assert_eq!(t.anonymous_volumes[0].device, "mount0");
+        assert_eq!(t.anonymous_volumes[0].target, "/data");
+        assert!(t.anonymous_volumes[1].read_only);
+        assert_eq!(t.anonymous_volumes[1].pool, "data");
+        assert!(
+            t.devices.keys().all(|k| !k.starts_with("mount")),
+            "added per instance"
+        );
+    }
+
+    #[test]
+    fn read_only_makes_the_root_disk_read_only_and_prepares_mount_points() {
+        let text = "name: p\nservices:\n  app:\n    image: busybox\n    read_only: true\n    volumes: [/data, \"/srv:/srv\"]\n";
+        let t = template(&project(text, &[], &[]), "app");
+        let root = &t.devices["root"];
+        assert_eq!(
+            (
+                root["type"].as_str(),
+                root["path"].as_str(),
+                root["pool"].as_str(),
+                root["readonly"].as_str()
+            ),
+            ("disk", "/", "data", "true")
+        );
+        let dirs: Vec<&str> = t.files.iter().map(|f| f.path.as_str()).collect();
+        assert!(
+            dirs.contains(&"/data") && dirs.contains(&"/srv"),
+            "{dirs:?}"
+        );
+    }
+
+    #[test]
+    fn hostname_sysctls_and_ulimits_map_to_incus_keys() {
+        let text = r#"
+name: p
+services:
+  app:
+    image: busybox
+    hostname: db-host
+    domainname: example.org
+    sysctls: {net.core.somaxconn: "1024"}
+    ulimits:
+      nproc: 512
+      nofile: {soft: 1024, hard: 4096}
+      core: {soft: -1, hard: -1}
+      bogus: 1
+"#;
+        let t = template(&project(text, &[], &[]), "app");
+        assert_eq!(t.config["linux.sysctl.net.core.somaxconn"], "1024");
+        assert_eq!(t.config["limits.kernel.nproc"], "512");
+        assert_eq!(t.config["limits.kernel.nofile"], "1024:4096");
+        assert_eq!(t.config["limits.kernel.core"], "unlimited");
+        assert!(!t.config.contains_key("limits.kernel.bogus"));
+        assert_eq!(t.config["raw.lxc"], "lxc.uts.name = db-host");
+        let p = project(text, &[], &[]);
+        let d = super::super::desired(&p, &facts(), &Default::default()).unwrap();
+        assert!(
+            d.warnings.iter().any(|w| w.contains("\"bogus\"")),
+            "{:?}",
+            d.warnings
+        );
+        assert!(
+            d.warnings.iter().any(|w| w.contains("domainname")),
+            "{:?}",
+            d.warnings
+        );
+    }
+
+    #[test]
+    fn capabilities_drop_from_lxc_and_drop_all_keeps_only_the_added_ones() {
+        let run = |add: &[&str], drop: &[&str]| {
+            let mut s = svc();
+            s.cap_add = add.iter().map(|c| c.to_string()).collect();
+            s.cap_drop = drop.iter().map(|c| c.to_string()).collect();
+            let (mut raw, mut w) = (Vec::new(), Vec::new());
+            capabilities(&s, &mut raw, &mut w);
+            raw
+        };
+        assert_eq!(
+            run(&[], &["NET_RAW", "CAP_MKNOD"]),
+            ["lxc.cap.drop = net_raw mknod"]
+        );
+        assert!(
+            run(&["NET_ADMIN"], &[]).is_empty(),
+            "already held in the user namespace"
+        );
+        assert_eq!(
+            run(&["NET_BIND_SERVICE", "CHOWN"], &["ALL"]),
+            ["lxc.cap.drop =", "lxc.cap.keep = net_bind_service chown"]
+        );
+        assert_eq!(
+            run(&[], &["ALL"]),
+            ["lxc.cap.drop =", "lxc.cap.keep = none"]
+        );
+        assert_eq!(
+            run(&["NET_RAW"], &["NET_RAW", "MKNOD"]),
+            ["lxc.cap.drop = mknod"]
+        );
+    }
+
+    #[test]
+    fn devices_become_unix_char_or_block_devices() {
+        let mut s = svc();
+        s.other.insert(
+            "devices".into(),
+            serde_json::json!([
+                "/dev/ttyUSB0:/dev/modem:rw",
+                "/dev/sdb",
+                "/dev/nvme0n1:/dev/disk0",
+                {"source": "/dev/fuse", "target": "/dev/fuse", "permissions": "rwm"},
+                "vendor.com/gpu=all"
+            ]),
+        );
+        let (mut d, mut w) = (Devices::new(), Vec::new());
+        devices(&s, &mut d, &mut w);
+        assert_eq!(d["device0"]["type"], "unix-char");
+        assert_eq!(d["device0"]["source"], "/dev/ttyUSB0");
+        assert_eq!(d["device0"]["path"], "/dev/modem");
+        assert_eq!(d["device1"]["type"], "unix-block");
+        assert_eq!(d["device1"]["path"], "/dev/sdb");
+        assert_eq!(d["device2"]["type"], "unix-block");
+        assert_eq!(d["device3"]["type"], "unix-char");
+        assert_eq!(d.len(), 4);
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(w[0].contains("\"rw\"") && w[1].contains("CDI"), "{w:?}");
+        let mut w = Vec::new();
+        unsupported(&s, &mut w);
+        assert!(w.is_empty(), "devices is mapped: {w:?}");
+    }
+
+    #[test]
+    fn user_working_dir_init_and_stop_signal_shape_the_init_process() {
+        let mut s = svc();
+        s.command = Some(vec!["sleep".into(), "1".into()]);
+        s.user = Some("1000:1001".into());
+        s.working_dir = Some("/srv/app".into());
+        s.stop_signal = Some("QUIT".into());
+        let (mut raw, mut files, mut w) = (Vec::new(), Vec::new(), Vec::new());
+        let script = process(&s, &mut raw, &mut files, &mut w).unwrap();
+        assert_eq!(
+            raw,
+            [
+                format!("lxc.init.cmd = /bin/sh {COMMAND_PATH}"),
+                "lxc.init.uid = 1000".into(),
+                "lxc.init.gid = 1001".into(),
+                "lxc.init.cwd = /srv/app".into(),
+                "lxc.signal.halt = SIGQUIT".into(),
+            ]
+        );
+        assert_eq!(files, [PushFile::dir("/srv/app")]);
+        assert!(script.contains("exec 'sleep' '1'"), "{script}");
+        assert!(w.is_empty(), "{w:?}");
+
+        // A user name: su runs the command; init: the shell stays PID 1 and forwards signals.
+        s.user = Some("www-data".into());
+        s.init = Some(true);
+        let (mut raw, mut w) = (Vec::new(), Vec::new());
+        let script = process(&s, &mut raw, &mut Vec::new(), &mut w).unwrap();
+        assert!(
+            script.contains("su -p -s /bin/sh 'www-data' -c 'exec \"$0\" \"$@\"' 'sleep' '1' &"),
+            "{script}"
+        );
+        assert!(
+            script.contains("trap 'kill -QUIT \"$child\" 2>/dev/null' QUIT"),
+            "{script}"
+        );
+        assert!(!script.contains("\nexec "), "{script}");
+        assert!(
+            !raw.iter().any(|l| l.starts_with("lxc.init.uid")),
+            "{raw:?}"
+        );
+
+        // Without a command: the image's init runs; user and working_dir warn.
+        let mut s = svc();
+        s.user = Some("1000".into());
+        s.working_dir = Some("/x".into());
+        s.stop_signal = Some("SIGRTMIN+3".into());
+        let (mut raw, mut w) = (Vec::new(), Vec::new());
+        assert!(process(&s, &mut raw, &mut Vec::new(), &mut w).is_none());
+        assert_eq!(raw, ["lxc.signal.halt = SIGRTMIN+3"]);
+        assert!(w[0].contains("user and working_dir"), "{w:?}");
+    }
+
+    #[test]
+    fn extra_hosts_and_dns_become_files() {
+        let mut s = svc();
+        s.command = Some(vec!["true".into()]);
+        s.extra_hosts = vec![
+            "db:10.0.0.5".into(),
+            "v6=::1".into(),
+            "gw:host-gateway".into(),
+        ];
+        s.dns = vec!["1.1.1.1".into()];
+        s.dns_search = vec!["example.org".into()];
+        let (mut files, mut w) = (Vec::new(), Vec::new());
+        name_resolution(&s, &mut files, &mut w);
+        let hosts = String::from_utf8(files[0].content.clone().unwrap()).unwrap();
+        assert_eq!(files[0].path, "/etc/hosts");
+        assert!(hosts.contains("127.0.0.1\tlocalhost\n"), "{hosts}");
+        assert!(
+            hosts.contains("10.0.0.5\tdb\n") && hosts.contains("::1\tv6\n"),
+            "{hosts}"
+        );
+        assert!(!hosts.contains("gw"), "{hosts}");
+        let resolv = String::from_utf8(files[1].content.clone().unwrap()).unwrap();
+        assert_eq!(files[1].path, "/etc/resolv.conf");
+        assert!(
+            resolv.contains("nameserver 1.1.1.1\nsearch example.org\n"),
+            "{resolv}"
+        );
+        assert_eq!(w.len(), 1, "host-gateway warns: {w:?}");
+
+        let mut s = svc();
+        s.dns_search = vec!["x".into()];
+        let (mut files, mut w) = (Vec::new(), Vec::new());
+        name_resolution(&s, &mut files, &mut w);
+        assert!(files.is_empty() && w[0].contains("need `dns:`"), "{w:?}");
+    }
+
+    #[test]
+    fn platforms_map_to_incus_architectures_and_build_is_refused() {
+        let with = |p: &str| Service {
+            platform: Some(p.into()),
+            ..svc()
+        };
+        assert_eq!(
+            platform_arch(&with("linux/amd64")).unwrap().as_deref(),
+            Some("x86_64")
+        );
+        assert_eq!(
+            platform_arch(&with("linux/arm64/v8")).unwrap().as_deref(),
+            Some("aarch64")
+        );
+        assert_eq!(
+            platform_arch(&with("linux/arm/v7")).unwrap().as_deref(),
+            Some("armv7l")
+        );
+        assert!(platform_arch(&with("windows/amd64")).is_err());
+        assert!(platform_arch(&with("linux/mips")).is_err());
+
+        let text = "name: p\nservices:\n  app: {image: busybox, platform: linux/arm64}\n";
+        let p = project(text, &[], &[]);
+        let d = super::super::desired(&p, &facts(), &Default::default()).unwrap();
+        assert_eq!(d.services[0].architecture.as_deref(), Some("aarch64"));
+        let mut m = crate::schedule::Member::new("node1");
+        m.architecture = "x86_64".into();
+        let obs = super::super::Observed {
+            members: vec![m],
+            ..Default::default()
+        };
+        let err = super::super::check_platforms(&p, &d, &obs)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("\"app\"") && err.contains("node1 (x86_64)"),
+            "{err}"
+        );
+
+        let text = "name: p\nservices:\n  app: {image: busybox, build: .}\n";
+        let err = super::super::desired(&project(text, &[], &[]), &facts(), &Default::default())
+            .unwrap_err();
+        assert!(matches!(err, PlanError::Build { .. }), "{err}");
+        let text = "name: p\nservices:\n  app: {image: busybox, pull_policy: never}\n";
+        assert!(
+            super::super::desired(&project(text, &[], &[]), &facts(), &Default::default()).is_ok()
+        );
+    }
 }

@@ -734,6 +734,18 @@ pub fn desired(
                 ])
             });
             root.insert("readonly".into(), "true".into());
+            // LXC cannot make mount points in a read-only root: they are made beforehand.
+            let targets = devices
+                .values()
+                .filter(|d| d.get("type").map(String::as_str) == Some("disk"))
+                .filter_map(|d| d.get("path"))
+                .chain(anonymous_volumes.iter().map(|a| &a.target))
+                .filter(|p| p.as_str() != "/");
+            for path in targets {
+                if !files.iter().any(|f| &f.path == path) {
+                    files.push(PushFile::dir(path));
+                }
+            }
         }
 
         let hash = spec_hash(

@@ -1,0 +1,584 @@
+//! Mapping tests: compose service fields brought up by the built `incus-compose` binary on a
+//! real Incus cluster, checked in Incus (config keys, devices, volumes) and inside the
+//! instances through exec (file content, owner and mode, mounts, process credentials).
+//!
+//! Start the test cluster and load its environment first:
+//! `scripts/test-cluster up && set -a && . .test-cluster/env && set +a`, then
+//! `cargo test --test mapping`. Without `INCUS_DIR`/`INCUS_SOCKET`, or with no daemon
+//! answering, every test fails and says so.
+//!
+//! Every test uses a compose project of its own (`map-<tag>-<pid>-<n>`) and removes it
+//! (`down -v`) even when it fails.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Condvar, Mutex};
+
+use ic_incus::{Client, ExecRequest, Instance};
+
+const SETUP_HINT: &str = "start the test cluster and load its environment: \
+    `scripts/test-cluster up && set -a && . .test-cluster/env && set +a`";
+
+const BIN: &str = env!("CARGO_BIN_EXE_incus-compose");
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+        .block_on(f)
+}
+
+/// A client for the server named by `INCUS_DIR`/`INCUS_SOCKET`; fails the test when none
+/// is configured or none answers.
+fn client() -> Client {
+    if std::env::var_os("INCUS_DIR").is_none() && std::env::var_os("INCUS_SOCKET").is_none() {
+        panic!("no Incus server configured (INCUS_DIR and INCUS_SOCKET unset): {SETUP_HINT}");
+    }
+    let c = Client::local();
+    if let Err(e) = block_on(c.server()) {
+        panic!("no Incus server answers: {e}; {SETUP_HINT}");
+    }
+    c
+}
+
+/// One fixture at a time: the test cluster's members share two CPU cores.
+static SLOTS: (Mutex<bool>, Condvar) = (Mutex::new(false), Condvar::new());
+
+struct Slot;
+
+impl Slot {
+    fn take() -> Slot {
+        let (lock, cvar) = &SLOTS;
+        let mut used = lock.lock().unwrap_or_else(|e| e.into_inner());
+        while *used {
+            used = cvar.wait(used).unwrap_or_else(|e| e.into_inner());
+        }
+        *used = true;
+        Slot
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let (lock, cvar) = &SLOTS;
+        *lock.lock().unwrap_or_else(|e| e.into_inner()) = false;
+        cvar.notify_one();
+    }
+}
+
+/// A compose project in a temporary directory, removed with `down -v` when dropped.
+struct Fixture {
+    _slot: Slot,
+    name: String,
+    dir: tempfile::TempDir,
+    client: Client,
+    env: Vec<(String, String)>,
+}
+
+impl Fixture {
+    fn new(tag: &str) -> Fixture {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "map-{tag}-{}-{}",
+            std::process::id() % 100_000,
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let slot = Slot::take();
+        Fixture {
+            _slot: slot,
+            name,
+            dir: tempfile::tempdir().expect("temp dir"),
+            client: client(),
+            env: Vec::new(),
+        }
+    }
+
+    /// Write a file of the project directory (`{name}` is replaced by the project name).
+    fn write_file(&self, file: &str, text: &str) -> PathBuf {
+        let path = self.dir.path().join(file);
+        std::fs::write(&path, text.replace("{name}", &self.name)).expect("write file");
+        path
+    }
+
+    fn write(&self, yaml: &str) -> PathBuf {
+        self.write_file("compose.yaml", yaml)
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        let out = Command::new(BIN)
+            .args(args)
+            .current_dir(self.dir.path())
+            .env_remove("COMPOSE_PROJECT_NAME")
+            .env_remove("INCUS_COMPOSE_INCUS_PROJECT")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .output()
+            .expect("run incus-compose");
+        eprintln!(
+            "$ incus-compose {}\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    /// Run and require success; returns stdout and stderr together.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "incus-compose {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    }
+
+    fn project(&self) -> Client {
+        self.client.with_project(&self.name)
+    }
+
+    fn project_exists(&self) -> bool {
+        match block_on(self.client.get_project(&self.name)) {
+            Ok(_) => true,
+            Err(e) if e.is_not_found() => false,
+            Err(e) => panic!("reading project {}: {e}", self.name),
+        }
+    }
+
+    fn instance(&self, name: &str) -> Instance {
+        block_on(self.project().instance(name))
+            .unwrap_or_else(|e| panic!("instance {name} of {}: {e}", self.name))
+    }
+
+    /// Custom volumes of the project: name -> config.
+    fn volumes(&self) -> BTreeMap<String, BTreeMap<String, String>> {
+        if !self.project_exists() {
+            return BTreeMap::new();
+        }
+        block_on(self.project().storage_volumes("data"))
+            .expect("list volumes")
+            .into_iter()
+            .filter(|v| v.kind == "custom")
+            .map(|v| (v.name, v.config))
+            .collect()
+    }
+
+    /// `sh -c script` in the instance; stdout (the test fails on a non-zero exit).
+    fn sh(&self, instance: &str, script: &str) -> String {
+        let out = block_on(self.project().exec_output(
+            instance,
+            &ExecRequest::new(["sh", "-c", script]),
+            b"",
+        ))
+        .unwrap_or_else(|e| panic!("exec in {instance}: {e}"));
+        assert_eq!(
+            out.exit_code,
+            0,
+            "{script:?} in {instance} exited {}: {}{}",
+            out.exit_code,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Exit code of `sh -c script` in the instance.
+    fn sh_status(&self, instance: &str, script: &str) -> i32 {
+        block_on(
+            self.project()
+                .exec_output(instance, &ExecRequest::new(["sh", "-c", script]), b""),
+        )
+        .unwrap_or_else(|e| panic!("exec in {instance}: {e}"))
+        .exit_code
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        if self.dir.path().join("compose.yaml").exists() {
+            for attempt in 0..3 {
+                if attempt > 0 {
+                    std::thread::sleep(std::time::Duration::from_secs(2));
+                }
+                let down = Command::new(BIN)
+                    .args(["down", "-v", "--remove-orphans", "-t", "1"])
+                    .current_dir(self.dir.path())
+                    .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                    .output();
+                match down {
+                    Ok(o) if o.status.success() => break,
+                    Ok(o) => eprintln!(
+                        "cleanup of {} failed:\n{}{}",
+                        self.name,
+                        String::from_utf8_lossy(&o.stdout),
+                        String::from_utf8_lossy(&o.stderr)
+                    ),
+                    Err(e) => eprintln!("cleanup of {}: {e}", self.name),
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn secrets_and_configs_arrive_as_read_only_files_and_a_changed_secret_recreates() {
+    let mut f = Fixture::new("secrets");
+    f.env
+        .push(("MAP_TEST_TOKEN".into(), "token-from-the-environment".into()));
+    f.write_file("db_password.txt", "s3cret-from-a-file\n");
+    f.write(
+        r#"
+name: {name}
+services:
+  app:
+    image: busybox
+    command: [sleep, "3600"]
+    secrets:
+      - db_password
+      - source: token
+        target: api_token
+        uid: "1000"
+        gid: "1001"
+        mode: 0o400
+    configs:
+      - app_conf
+      - source: app_conf
+        target: /etc/app/settings.ini
+        mode: 0o644
+secrets:
+  db_password:
+    file: ./db_password.txt
+  token:
+    environment: MAP_TEST_TOKEN
+configs:
+  app_conf:
+    content: |
+      [server]
+      port = 8080
+"#,
+    );
+    let up = f.ok(&["up", "-d"]);
+    assert!(
+        !up.contains("s3cret-from-a-file") && !up.contains("token-from-the-environment"),
+        "secret values printed: {up}"
+    );
+    let i = f.instance("app-1");
+    assert!(i.is_running(), "app-1 is {}", i.status);
+    for (k, v) in &i.config {
+        assert!(
+            !v.contains("s3cret") && !v.contains("token-from-the-environment"),
+            "secret value in config key {k}"
+        );
+    }
+
+    // Default secret path, content, owner root, the compose spec's default mode 0444.
+    assert_eq!(
+        f.sh("app-1", "cat /run/secrets/db_password"),
+        "s3cret-from-a-file"
+    );
+    assert_eq!(
+        f.sh("app-1", "stat -c '%a %u %g' /run/secrets/db_password"),
+        "444 0 0"
+    );
+    // Long syntax: relative target under /run/secrets, uid/gid/mode, value from the environment.
+    assert_eq!(
+        f.sh("app-1", "cat /run/secrets/api_token"),
+        "token-from-the-environment"
+    );
+    assert_eq!(
+        f.sh("app-1", "stat -c '%a %u %g' /run/secrets/api_token"),
+        "400 1000 1001"
+    );
+    // Configs: /<name> by default (0444), an absolute target with its directories; a write
+    // bit asked for is dropped (read-only).
+    assert_eq!(f.sh("app-1", "cat /app_conf"), "[server]\nport = 8080");
+    assert_eq!(f.sh("app-1", "stat -c '%a %u %g' /app_conf"), "444 0 0");
+    assert_eq!(
+        f.sh("app-1", "cat /etc/app/settings.ini"),
+        "[server]\nport = 8080"
+    );
+    assert_eq!(f.sh("app-1", "stat -c '%a' /etc/app/settings.ini"), "444");
+
+    // Same secret again: nothing to change. A new value: the instance is recreated with it.
+    let again = f.ok(&["up", "-d"]);
+    assert!(again.contains("Nothing to change"), "{again}");
+    f.write_file("db_password.txt", "rotated\n");
+    let changed = f.ok(&["up", "-d"]);
+    assert!(changed.contains("recreated"), "{changed}");
+    assert!(
+        !changed.contains("rotated"),
+        "secret value printed: {changed}"
+    );
+    assert_eq!(f.sh("app-1", "cat /run/secrets/db_password"), "rotated");
+}
+
+#[test]
+fn a_missing_secret_file_fails_before_any_change() {
+    let f = Fixture::new("nosecret");
+    f.write(
+        r#"
+name: {name}
+services:
+  app:
+    image: busybox
+    secrets: [gone]
+secrets:
+  gone:
+    file: ./does-not-exist.txt
+"#,
+    );
+    let out = f.run(&["up", "-d"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("\"gone\"") && err.contains("does-not-exist.txt"),
+        "{err}"
+    );
+    assert!(!f.project_exists(), "nothing may be created");
+}
+
+#[test]
+fn tmpfs_mounts_shm_size_a_read_only_root_and_anonymous_volumes_take_effect() {
+    let f = Fixture::new("mounts");
+    f.write(
+        r#"
+name: {name}
+services:
+  app:
+    image: busybox
+    command: [sleep, "3600"]
+    read_only: true
+    shm_size: 4m
+    tmpfs:
+      - /scratch:size=1m,mode=1777
+    volumes:
+      - type: tmpfs
+        target: /cache
+        tmpfs: {size: 2097152}
+      - /data
+"#,
+    );
+    f.ok(&["up", "-d"]);
+    let i = f.instance("app-1");
+    assert!(i.is_running(), "app-1 is {}", i.status);
+    assert_eq!(i.devices["root"]["readonly"], "true");
+    let raw = &i.config["raw.lxc"];
+    assert!(
+        raw.contains(
+            "lxc.mount.entry = tmpfs scratch tmpfs rw,nosuid,nodev,size=1m,mode=1777,create=dir 0 0"
+        ),
+        "{raw}"
+    );
+
+    let mounts = f.sh("app-1", "cat /proc/mounts");
+    let line = |target: &str| {
+        mounts
+            .lines()
+            .find(|l| l.split(' ').nth(1) == Some(target))
+            .unwrap_or_else(|| panic!("{target} is not mounted:\n{mounts}"))
+            .to_string()
+    };
+    assert!(
+        line("/scratch").starts_with("tmpfs /scratch tmpfs "),
+        "{mounts}"
+    );
+    assert!(
+        line("/scratch").contains("size=1024k"),
+        "{}",
+        line("/scratch")
+    );
+    assert!(line("/cache").contains("size=2048k"), "{}", line("/cache"));
+    assert!(
+        line("/dev/shm").contains("size=4096k"),
+        "{}",
+        line("/dev/shm")
+    );
+    assert!(line("/").contains(" ro,"), "{}", line("/"));
+    assert_ne!(
+        f.sh_status("app-1", "touch /not-here"),
+        0,
+        "the root is read-only"
+    );
+    f.sh("app-1", "echo kept > /scratch/x && echo kept > /data/x");
+    assert_eq!(f.sh("app-1", "stat -c %a /scratch"), "1777");
+
+    // The anonymous volume: one per instance, named after it, labelled as ours.
+    let vols = f.volumes();
+    let anon = vols
+        .get("app-1_anon-data")
+        .unwrap_or_else(|| panic!("no anonymous volume: {vols:?}"));
+    assert_eq!(anon["user.incus-compose.project"], f.name);
+    assert_eq!(anon["user.incus-compose.anonymous"], "/data");
+    assert_eq!(i.devices["mount1"]["source"], "app-1_anon-data");
+
+    // Kept by a recreate (data survives) and by `down`; removed by `down -v`.
+    f.ok(&["up", "-d", "--force-recreate"]);
+    assert_eq!(f.sh("app-1", "cat /data/x"), "kept");
+    assert_eq!(
+        f.sh_status("app-1", "test -e /scratch/x"),
+        1,
+        "tmpfs is fresh"
+    );
+    f.ok(&["down", "-t", "1"]);
+    assert!(f.volumes().contains_key("app-1_anon-data"), "down keeps it");
+    f.ok(&["down", "-v", "-t", "1"]);
+    assert!(
+        !f.volumes().contains_key("app-1_anon-data"),
+        "down -v removes it"
+    );
+}
+
+#[test]
+fn process_fields_set_user_directory_hostname_sysctls_capabilities_limits_and_hosts() {
+    let f = Fixture::new("proc");
+    f.write(
+        r#"
+name: {name}
+services:
+  app:
+    image: busybox
+    command: [sleep, "3600"]
+    init: true
+    user: "1000:1001"
+    working_dir: /work/dir
+    hostname: custom-host
+    stop_signal: SIGUSR1
+    sysctls:
+      net.ipv4.ip_unprivileged_port_start: "81"
+    cap_drop: [NET_RAW]
+    ulimits:
+      nofile: {soft: 1024, hard: 2048}
+    extra_hosts:
+      - "db.example:10.1.2.3"
+      - "cache.example=10.1.2.4"
+    dns: [10.9.9.9]
+    devices:
+      - /dev/zero:/dev/myzero
+  locked:
+    image: busybox
+    command: [sleep, "3600"]
+    cap_drop: [ALL]
+    cap_add: [NET_BIND_SERVICE]
+"#,
+    );
+    f.ok(&["up", "-d"]);
+    let i = f.instance("app-1");
+    assert!(i.is_running(), "app-1 is {}", i.status);
+    assert_eq!(
+        i.config["linux.sysctl.net.ipv4.ip_unprivileged_port_start"],
+        "81"
+    );
+    assert_eq!(i.config["limits.kernel.nofile"], "1024:2048");
+    assert_eq!(i.devices["device0"]["type"], "unix-char");
+    assert_eq!(i.devices["device0"]["path"], "/dev/myzero");
+    assert!(
+        i.config["raw.lxc"].contains("lxc.signal.halt = SIGUSR1"),
+        "{}",
+        i.config["raw.lxc"]
+    );
+
+    // init: true: a shell is PID 1, the command its child, as uid 1000 / gid 1001, in the
+    // working directory.
+    assert_eq!(f.sh("app-1", "cat /proc/1/comm"), "sh");
+    let child = f.sh("app-1", "pidof sleep");
+    assert_eq!(
+        f.sh(
+            "app-1",
+            &format!(
+                "grep -E '^(Uid|Gid):' /proc/{child}/status | awk '{{print $2}}' | tr '\\n' ' '"
+            )
+        ),
+        "1000 1001"
+    );
+    assert_eq!(
+        f.sh("app-1", &format!("readlink /proc/{child}/cwd")),
+        "/work/dir"
+    );
+    assert_eq!(f.sh("app-1", "hostname"), "custom-host");
+    assert_eq!(
+        f.sh("app-1", "cat /proc/sys/net/ipv4/ip_unprivileged_port_start"),
+        "81"
+    );
+    // CAP_NET_RAW (13) is gone from the bounding set, CAP_NET_ADMIN (12) is not.
+    let bnd = u64::from_str_radix(
+        &f.sh("app-1", "grep CapBnd /proc/1/status | awk '{print $2}'"),
+        16,
+    )
+    .expect("CapBnd");
+    assert_eq!(bnd & (1 << 13), 0, "{bnd:x}");
+    assert_ne!(bnd & (1 << 12), 0, "{bnd:x}");
+    assert_eq!(
+        f.sh(
+            "app-1",
+            &format!("grep 'Max open files' /proc/{child}/limits | awk '{{print $4, $5}}'")
+        ),
+        "1024 2048"
+    );
+    let hosts = f.sh("app-1", "cat /etc/hosts");
+    assert!(hosts.contains("10.1.2.3\tdb.example"), "{hosts}");
+    assert!(hosts.contains("10.1.2.4\tcache.example"), "{hosts}");
+    assert!(hosts.contains("127.0.0.1\tlocalhost"), "{hosts}");
+    assert!(
+        f.sh("app-1", "cat /etc/resolv.conf")
+            .contains("nameserver 10.9.9.9"),
+        "resolv.conf"
+    );
+    f.sh("app-1", "test -c /dev/myzero");
+
+    // cap_drop: [ALL] with cap_add: only CAP_NET_BIND_SERVICE (10) stays.
+    let locked = u64::from_str_radix(
+        &f.sh("locked-1", "grep CapBnd /proc/1/status | awk '{print $2}'"),
+        16,
+    )
+    .expect("CapBnd");
+    assert_eq!(locked, 1 << 10, "{locked:x}");
+
+    // The stop signal reaches the command through the init shell: a stop is clean.
+    let p = f.project();
+    block_on(p.stop_instance("app-1", 30, false)).expect("clean stop within 30 s");
+    assert_eq!(f.instance("app-1").status, "Stopped");
+}
+
+#[test]
+fn a_platform_no_member_has_fails_naming_the_members_and_build_is_refused() {
+    let f = Fixture::new("platform");
+    f.write(
+        r#"
+name: {name}
+services:
+  app:
+    image: busybox
+    platform: linux/s390x
+"#,
+    );
+    let out = f.run(&["up", "-d"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("\"app\"") && err.contains("s390x") && err.contains("node1 ("),
+        "{err}"
+    );
+    assert!(!f.project_exists(), "nothing may be created");
+
+    f.write(
+        r#"
+name: {name}
+services:
+  app:
+    image: busybox
+    build: .
+"#,
+    );
+    let out = f.run(&["up", "-d"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot build Dockerfiles"), "{err}");
+    assert!(!f.project_exists(), "nothing may be created");
+}
