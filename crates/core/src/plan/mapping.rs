@@ -1169,12 +1169,7 @@ pub fn unsupported(service: &Service, warnings: &mut Vec<String>) {
         }
     };
     flag(s.build.is_some(), "build");
-    flag(
-        s.healthcheck
-            .as_ref()
-            .is_some_and(|h| !h.disable && h.test.first().map(String::as_str) != Some("NONE")),
-        "healthcheck",
-    );
+    // `healthcheck` is run through Incus exec (src/engine/health.rs).
     flag(s.logging.is_some(), "logging");
     flag(s.runtime.is_some(), "runtime");
     flag(!s.security_opt.is_empty(), "security_opt");
