@@ -170,14 +170,27 @@ impl Fixture {
             .collect()
     }
 
+    /// `sh -c script` in the instance. Retried when the exec websocket itself fails (Incus
+    /// 6.0 in this harness resets one now and then), never on the script's exit status.
+    fn exec(&self, instance: &str, script: &str) -> ic_incus::ExecOutput {
+        let req = ExecRequest::new(["sh", "-c", script]);
+        let mut attempt = 0;
+        loop {
+            match block_on(self.project().exec_output(instance, &req, b"")) {
+                Ok(out) => return out,
+                Err(e) if attempt < 3 => {
+                    attempt += 1;
+                    eprintln!("exec in {instance} failed ({e}), again");
+                    std::thread::sleep(std::time::Duration::from_millis(500));
+                }
+                Err(e) => panic!("exec in {instance}: {e}"),
+            }
+        }
+    }
+
     /// `sh -c script` in the instance; stdout (the test fails on a non-zero exit).
     fn sh(&self, instance: &str, script: &str) -> String {
-        let out = block_on(self.project().exec_output(
-            instance,
-            &ExecRequest::new(["sh", "-c", script]),
-            b"",
-        ))
-        .unwrap_or_else(|e| panic!("exec in {instance}: {e}"));
+        let out = self.exec(instance, script);
         assert_eq!(
             out.exit_code,
             0,
@@ -191,12 +204,7 @@ impl Fixture {
 
     /// Exit code of `sh -c script` in the instance.
     fn sh_status(&self, instance: &str, script: &str) -> i32 {
-        block_on(
-            self.project()
-                .exec_output(instance, &ExecRequest::new(["sh", "-c", script]), b""),
-        )
-        .unwrap_or_else(|e| panic!("exec in {instance}: {e}"))
-        .exit_code
+        self.exec(instance, script).exit_code
     }
 }
 
@@ -461,9 +469,12 @@ services:
     dns: [10.9.9.9]
     devices:
       - /dev/zero:/dev/myzero
+    ports:
+      - "127.0.0.1:18611-18612:7001-7002/udp"
   locked:
     image: busybox
     command: [sleep, "3600"]
+    network_mode: none
     cap_drop: [ALL]
     cap_add: [NET_BIND_SERVICE]
 "#,
@@ -531,6 +542,22 @@ services:
         "resolv.conf"
     );
     f.sh("app-1", "test -c /dev/myzero");
+    // A UDP port range on one host address: a proxy device per port (the loader expands
+    // ranges, as docker compose does).
+    for (host, target) in [(18611, 7001), (18612, 7002)] {
+        let proxy = &i.devices[&format!("port-udp-{host}")];
+        assert_eq!(proxy["listen"], format!("udp:127.0.0.1:{host}"));
+        assert_eq!(proxy["connect"], format!("udp:127.0.0.1:{target}"));
+    }
+
+    // network_mode: none: no NIC, only the loopback interface.
+    let locked_i = f.instance("locked-1");
+    assert!(
+        !locked_i.devices.values().any(|d| d["type"] == "nic"),
+        "{:?}",
+        locked_i.devices
+    );
+    assert_eq!(f.sh("locked-1", "ls /sys/class/net"), "lo");
 
     // cap_drop: [ALL] with cap_add: only CAP_NET_BIND_SERVICE (10) stays.
     let locked = u64::from_str_radix(
