@@ -281,11 +281,16 @@ fn a_registry_image_comes_up_serving_v1_and_moves_to_v2_on_the_next_up() {
         WAIT,
     );
     assert_eq!(body, "v1");
-    let log = f.console_until(&web.name, "testapp v1: starting httpd", WAIT);
-    assert!(
-        log.contains("testapp v1: starting httpd"),
-        "console log: {log:?}"
-    );
+    // `logs` shows the application's output (the console of the application container). A
+    // running container's console buffer is handed out once, so the calls' outputs add up.
+    let want = "web-1 | testapp v1: starting httpd -f -v -p 80 -h /www";
+    let mut logs = String::new();
+    let t0 = Instant::now();
+    while !logs.contains(want) && t0.elapsed() < WAIT {
+        logs.push_str(&f.ok(&["logs", "web"]));
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(logs.contains(want), "{logs}");
 
     f.write(&compose.replace("TAG", "v2"));
     let out = f.ok(&["up", "-d"]);
