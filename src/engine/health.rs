@@ -208,7 +208,7 @@ impl Gate {
                     .filter(|(d, _)| project.services.contains_key(*d))
                     .map(|(d, dep)| Dependency {
                         service: d.clone(),
-                        condition: dep.condition.clone(),
+                        condition: dep.condition,
                         required: dep.required,
                     })
                     .collect();
@@ -272,7 +272,7 @@ impl Gate {
                 };
                 let e = wanted
                     .entry((d.service.clone(), rank))
-                    .or_insert_with(|| (d.condition.clone(), false, Vec::new()));
+                    .or_insert_with(|| (d.condition, false, Vec::new()));
                 e.1 |= d.required;
                 e.2.push(s);
             }
