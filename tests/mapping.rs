@@ -477,6 +477,18 @@ services:
     network_mode: none
     cap_drop: [ALL]
     cap_add: [NET_BIND_SERVICE]
+  named:
+    image: busybox
+    command: [sleep, "3600"]
+    user: app
+    configs:
+      - source: passwd
+        target: /etc/passwd
+configs:
+  passwd:
+    content: |
+      root:x:0:0:root:/root:/bin/sh
+      app:x:1234:1235:app:/:/bin/sh
 "#,
     );
     f.ok(&["up", "-d"]);
@@ -566,6 +578,19 @@ services:
     )
     .expect("CapBnd");
     assert_eq!(locked, 1 << 10, "{locked:x}");
+
+    // A user name: the command runs through su as that user (from the image's /etc/passwd,
+    // here delivered as a config).
+    let sleeper = f.sh("named-1", "pidof sleep");
+    assert_eq!(
+        f.sh(
+            "named-1",
+            &format!(
+                "grep -E '^(Uid|Gid):' /proc/{sleeper}/status | awk '{{print $2}}' | tr '\\n' ' '"
+            )
+        ),
+        "1234 1235"
+    );
 
     // The stop signal reaches the command through the init shell: a stop is clean.
     let p = f.project();
