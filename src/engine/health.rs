@@ -520,3 +520,36 @@ impl Gate {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn since_start_reads_incus_timestamps_and_is_zero_when_it_cannot() {
+        let five_ago = time::OffsetDateTime::now_utc() - time::Duration::seconds(5);
+        let text = five_ago
+            .format(&time::format_description::well_known::Rfc3339)
+            .expect("format");
+        let d = since_start(&text);
+        assert!(
+            d >= Duration::from_secs(5) && d < Duration::from_secs(60),
+            "{d:?}"
+        );
+        // Incus's form: nanoseconds and a Z.
+        assert!(since_start("2020-01-02T03:04:05.123456789Z") > Duration::from_secs(86400));
+        assert!(since_start("0001-01-01T00:00:00Z") > Duration::ZERO);
+        assert_eq!(since_start("not a time"), Duration::ZERO);
+        assert_eq!(since_start("2999-01-01T00:00:00Z"), Duration::ZERO);
+    }
+
+    #[test]
+    fn probe_output_keeps_the_end_of_long_output() {
+        assert_eq!(tail(b"  ok\n"), "ok");
+        let long = "é".repeat(OUTPUT_KEEP);
+        let t = tail(long.as_bytes());
+        assert!(t.starts_with("..."));
+        assert!(t.len() <= OUTPUT_KEEP + 3);
+        assert!(t.ends_with('é'));
+    }
+}
