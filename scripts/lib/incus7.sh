@@ -11,18 +11,20 @@
 #   /var/cache/incus-compose-test/trixie-root   the Debian 13 root (kept across `down`; a stamp file marks it complete)
 #   <root>/var/lib/incus-compose-test-images/   OCI image layout of the test images (cached with the root)
 #   /var/lib/incus-compose-test7/               state (removed by `down`):
-#     server/     INCUS_DIR (same path inside the root and on the host: bind-mounted into the namespace)
-#     registry/   the registry's storage;   run/   pid files and logs
+#     nodeK/      INCUS_DIR of member K (same path inside the root and on the host: bind-mounted into its namespace)
+#     registry/   the registry's storage;   run/   pid files and logs;   members   the number of members
 #   /run/incus-compose-test7.lock               serialises runs of the 7.0 line
-# Namespaces: a holder process `ic7-holder:<state>` in new mount, network and UTS namespaces whose root is
-#   the Debian 13 root (pivot_root); incusd and the registry run in it. Host bridge `ic7br0` 100.64.2.1/24,
-#   veth `ic7v1` <-> eth0 100.64.2.11/24 in the namespace; incusd listens on 100.64.2.11:8443 too.
-# Registry: Debian's docker-registry (distribution 2.8) on https://127.0.0.1:5443 *inside the namespace*
-#   (incusd pulls from it there; the host's 127.0.0.1 is another loopback), and socat (in the host's network
-#   namespace, connecting through netns=ic7) forwards the host's 127.0.0.1:5443 to it, so tools on the host
-#   reach the same address. Self-signed certificate with subjectAltName IP:127.0.0.1, trusted by the
+# Members (`--members N`, default 1 = a single unclustered server; N > 1 = a cluster node1..nodeN, formed
+#   as for the 6.0 line): per member a holder process `ic7-holder:<state>/nodeK` in new mount, network and
+#   UTS namespaces whose root is the Debian 13 root (pivot_root); its incusd runs there. Host bridge `ic7br0`
+#   100.64.2.1/24, veth `ic7vK` <-> eth0 100.64.2.(10+K)/24; incusd listens on 100.64.2.(10+K):8443.
+# Registry: Debian's docker-registry (distribution 2.8) on https://127.0.0.1:5443 *inside member 1's
+#   namespace* (incusd pulls from it there; the host's 127.0.0.1 is another loopback). socat (in the host's
+#   network namespace, connecting through netns=ic7) forwards the host's 127.0.0.1:5443 to it, so tools on
+#   the host reach the same address; on members K >= 2 a socat forwards their 127.0.0.1:5443 to 100.64.2.11. Self-signed certificate with subjectAltName IP:127.0.0.1, trusted by the
 #   Debian 13 root (update-ca-certificates); on the host, point SSL_CERT_FILE at INCUS_COMPOSE_TEST_REGISTRY_CA.
-# Test images (built with umoci, pushed with skopeo), Docker-style entrypoint + cmd:
+# System-container test images: the 6.0 line's testapp/v1, testapp/v2, testapp/broken, busybox (same aliases).
+# OCI test images (built with umoci, pushed with skopeo), Docker-style entrypoint + cmd:
 #   testapp:v1, testapp:v2  entrypoint ["/docker-entrypoint.sh"] (brings lo up, prints a line, exec "$@"),
 #                           cmd ["httpd","-f","-v","-p","80","-h","/www"]; answers exactly v1 / v2 on :80;
 #                           env TESTAPP_VERSION=v1|v2, workdir /www.
@@ -34,14 +36,13 @@
 
 I7_STATE=/var/lib/incus-compose-test7
 I7_RUN="$I7_STATE/run"
-I7_DIR="$I7_STATE/server"
+I7_DIR="$I7_STATE/node1"
 I7_CACHE=/var/cache/incus-compose-test
 I7_ROOT="$I7_CACHE/trixie-root"
 I7_LOCK=/run/incus-compose-test7.lock
 I7_BRIDGE=ic7br0
 I7_HOST_ADDR=100.64.2.1
 I7_ADDR=100.64.2.11
-I7_VETH=ic7v1
 I7_REGISTRY_PORT=5443
 I7_REGISTRY="127.0.0.1:$I7_REGISTRY_PORT"
 I7_PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
@@ -223,19 +224,24 @@ i7_kill_all() {
 i7_has_debris() {
     [ -e "$I7_STATE" ] && return 0
     ip link show "$I7_BRIDGE" >/dev/null 2>&1 && return 0
-    ip link show "$I7_VETH" >/dev/null 2>&1 && return 0
+    ip -o link show 2>/dev/null | grep -qE '^[0-9]+: ic7v[0-9]+' && return 0
     [ -n "$(i7_pids)" ] && return 0
     return 1
 }
 
 i7_inc() { INCUS_DIR="$I7_DIR" incus "$@"; }
+# Member K (1..N): INCUS_DIR, address, client.
+i7_members() { cat "$I7_STATE/members" 2>/dev/null || echo 0; }
+i7_dir() { echo "$I7_STATE/node$1"; }
+i7_ip() { echo "100.64.2.$((10 + $1))"; }
+i7_inc_k() { local k=$1; shift; INCUS_DIR="$(i7_dir "$k")" incus "$@"; }
 # The 7.0 client of the root, inside the namespace (the host's 6.0 client talks to the 7.0 daemon over the
 # unix socket but knows no `oci` remotes). Client config in $I7_STATE/client (not the user's).
 i7_inc7() { i7_in INCUS_DIR="$I7_DIR" INCUS_CONF="$I7_STATE/client" incus "$@"; }
 
 i7_teardown() {
     # Instances first (killing incusd leaves them running), then daemons and the namespace.
-    if pid_alive "$(i7_read_pid incusd)"; then
+    if pid_alive "$(i7_read_pid node1.incusd)"; then
         local proj name status
         while IFS=, read -r proj name status; do
             [ -n "$name" ] || continue
@@ -247,8 +253,10 @@ i7_teardown() {
         wait
     fi
     i7_kill_all
-    ip link del "$I7_VETH" 2>/dev/null || true
-    ip link del "$I7_BRIDGE" 2>/dev/null || true
+    local l
+    for l in $(ip -o link show 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1 | grep -E '^(ic7v[0-9]+|ic7br0)$' || true); do
+        ip link del "$l" 2>/dev/null || true
+    done
     # Empty cgroups LXC left for our containers/monitors (rmdir removes only empty ones).
     local d
     for d in /sys/fs/cgroup/*/lxc.payload.* /sys/fs/cgroup/*/lxc.monitor.* /sys/fs/cgroup/lxc.payload.* /sys/fs/cgroup/lxc.monitor.*; do
@@ -273,16 +281,18 @@ i7_setup_network() {
     ip addr replace "$I7_HOST_ADDR/24" dev "$I7_BRIDGE"
 }
 
-# A holder in new mount, network and UTS namespaces whose root is the Debian 13 root (pivot_root), with
+# Member K's holder: new mount, network and UTS namespaces whose root is the Debian 13 root (pivot_root), with
 # its own /proc, /sys (for the new network namespace), the host's cgroup tree and /dev, tmpfs /run and
 # /tmp (the cached root stays clean), /lib/modules read-only, and the state dir at the same path.
+# Wired to the bridge through veth ic7vK as eth0 with 100.64.2.(10+K).
 i7_start_holder() {
-    mkdir -p "$I7_DIR" "$I7_RUN" "$I7_STATE/registry"
+    local k=$1
+    mkdir -p "$(i7_dir "$k")" "$I7_RUN" "$I7_STATE/registry"
     chmod 711 "$I7_STATE"
     setsid unshare -m -n -u --propagation private -- bash -c '
         set -e
-        root=$1 state=$2
-        hostname incus7
+        root=$1 state=$2 name=$3
+        hostname "$name"
         mount --rbind "$root" "$root"
         mount -t proc proc "$root/proc"
         mount -t sysfs sysfs "$root/sys"
@@ -302,56 +312,70 @@ i7_start_holder() {
         mkdir -p /run/netns
         touch /run/netns/ic7
         mount --bind /proc/self/ns/net /run/netns/ic7
-        exec -a "ic7-holder:$state" sleep infinity' i7-holder "$I7_ROOT" "$I7_STATE" \
-        </dev/null >>"$I7_RUN/holder.log" 2>&1 8>&- 9>&- &
+        exec -a "ic7-holder:$state/$name" sleep infinity' i7-holder "$I7_ROOT" "$I7_STATE" "node$k" \
+        </dev/null >>"$I7_RUN/node$k.holder.log" 2>&1 8>&- 9>&- &
     local pid=$!
-    echo "$pid" >"$I7_RUN/holder.pid"
+    echo "$pid" >"$I7_RUN/node$k.holder.pid"
     for _ in $(seq 1 400); do
         tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline" | grep -q '^ic7-holder:' && break
-        pid_alive "$pid" || die "the 7.0 namespace holder exited; see $I7_RUN/holder.log"
+        pid_alive "$pid" || die "the namespace holder of 7.0 member node$k exited; see $I7_RUN/node$k.holder.log"
         sleep 0.05
     done
-    tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline" | grep -q '^ic7-holder:' || die "the 7.0 namespace holder is not ready after 20 s; see $I7_RUN/holder.log"
+    tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline" | grep -q '^ic7-holder:' || die "the namespace holder of 7.0 member node$k is not ready after 20 s; see $I7_RUN/node$k.holder.log"
     i7_setup_network
-    ip link del "$I7_VETH" 2>/dev/null || true
-    ip link add "$I7_VETH" type veth peer name ic7p1
-    ip link set "$I7_VETH" master "$I7_BRIDGE" up
-    ip link set ic7p1 netns "$pid"
-    nsenter -t "$pid" -n ip link set ic7p1 name eth0
-    nsenter -t "$pid" -n ip addr add "$I7_ADDR/24" dev eth0
+    ip link del "ic7v$k" 2>/dev/null || true
+    ip link add "ic7v$k" type veth peer name "ic7p$k"
+    ip link set "ic7v$k" master "$I7_BRIDGE" up
+    ip link set "ic7p$k" netns "$pid"
+    nsenter -t "$pid" -n ip link set "ic7p$k" name eth0
+    nsenter -t "$pid" -n ip addr add "$(i7_ip "$k")/24" dev eth0
     nsenter -t "$pid" -n ip link set eth0 up
     nsenter -t "$pid" -n ip route add default via "$I7_HOST_ADDR"
 }
 
-# Runs a command inside the holder's namespaces (root = the Debian 13 root).
-i7_in() {
-    local holder
-    holder="$(i7_read_pid holder)"
-    pid_alive "$holder" || die "the 7.0 namespace holder is not running; run: scripts/test-cluster down --incus 7.0 && scripts/test-cluster up --incus 7.0"
+# Runs a command inside member K's namespaces (root = the Debian 13 root); i7_in: member 1.
+i7_in_k() {
+    local k=$1 holder
+    shift
+    holder="$(i7_read_pid "node$k.holder")"
+    pid_alive "$holder" || die "the namespace holder of 7.0 member node$k is not running; run: scripts/test-cluster down --incus 7.0 && scripts/test-cluster up --incus 7.0"
     nsenter -t "$holder" -n -m -u -r -w -- /usr/bin/env -i PATH="$I7_PATH" HOME=/root LC_ALL=C.UTF-8 "$@"
 }
+i7_in() { i7_in_k 1 "$@"; }
 
-# i7_spawn NAME CMD...: starts CMD in the holder's namespaces as a daemon (own session, output to
+# i7_spawn K NAME CMD...: starts CMD in member K's namespaces as a daemon (own session, output to
 # $I7_RUN/NAME.out); records its pid in $I7_RUN/NAME.pid (nsenter, env and setsid exec: $! is the daemon).
 i7_spawn() {
-    local name=$1 holder
-    shift
-    holder="$(i7_read_pid holder)"
-    pid_alive "$holder" || die "the 7.0 namespace holder is not running"
+    local k=$1 name=$2 holder
+    shift 2
+    holder="$(i7_read_pid "node$k.holder")"
+    pid_alive "$holder" || die "the namespace holder of 7.0 member node$k is not running"
     nsenter -t "$holder" -n -m -u -r -w -- /usr/bin/env -i PATH="$I7_PATH" HOME=/root LC_ALL=C.UTF-8 \
         setsid "$@" </dev/null >>"$I7_RUN/$name.out" 2>&1 8>&- 9>&- &
     echo $! >"$I7_RUN/$name.pid"
 }
 
 i7_start_daemon() {
-    i7_spawn incusd env INCUS_DIR="$I7_DIR" INCUS_SKIP_INSTANCE_TYPES=1 /usr/libexec/incus/incusd --group root --logfile "$I7_RUN/incusd.log"
-    if ! i7_inc admin waitready --timeout=60 >/dev/null 2>&1; then
-        tail -n 20 "$I7_RUN/incusd.log" "$I7_RUN/incusd.out" >&2 2>/dev/null || true
-        die "incusd 7.0 did not become ready within 60 s (logs: $I7_RUN/incusd.log)"
+    local k=$1
+    i7_spawn "$k" "node$k.incusd" env INCUS_DIR="$(i7_dir "$k")" INCUS_SKIP_INSTANCE_TYPES=1 \
+        /usr/libexec/incus/incusd --group root --logfile "$I7_RUN/node$k.log"
+}
+
+i7_wait_ready() {
+    local k=$1
+    if ! i7_inc_k "$k" admin waitready --timeout=60 >/dev/null 2>&1; then
+        tail -n 20 "$I7_RUN/node$k.log" "$I7_RUN/node$k.incusd.out" >&2 2>/dev/null || true
+        die "incusd 7.0 of node$k did not become ready within 60 s (logs: $I7_RUN/node$k.log)"
     fi
 }
 
-i7_bootstrap() {
+i7_bootstrap() { # i7_bootstrap N: member 1 alone, or the first member of a cluster of N
+    local cluster_part=""
+    if [ "$1" -gt 1 ]; then
+        cluster_part="cluster:
+  server_name: node1
+  enabled: true"
+    fi
     i7_inc admin init --preseed >/dev/null <<EOT
 config:
   core.https_address: "$I7_ADDR:8443"
@@ -372,7 +396,43 @@ profiles:
       path: /
       pool: data
       type: disk
+$cluster_part
 EOT
+    if [ "$1" -gt 1 ]; then i7_inc config set cluster.offline_threshold 11; fi
+}
+
+i7_join() {
+    local k=$1 token
+    token="$(i7_inc cluster add "node$k" --quiet)" || die "could not get a join token for node$k"
+    i7_inc_k "$k" admin init --preseed >/dev/null <<EOT || die "7.0 member node$k could not join the cluster (log: $I7_RUN/node$k.log)"
+cluster:
+  enabled: true
+  server_name: node$k
+  server_address: "$(i7_ip "$k"):8443"
+  cluster_token: "$token"
+  member_config:
+  - entity: storage-pool
+    name: data
+    key: source
+    value: ""
+EOT
+}
+
+# Member K >= 2 reaches the registry (which runs in member 1's namespace) at its own 127.0.0.1:5443:
+# socat there forwards to member 1's address on the bridge (the registry listens on all of member 1's
+# addresses; TLS is end to end, so the certificate for 127.0.0.1 still verifies).
+i7_start_member_forwarder() {
+    local k=$1
+    i7_spawn "$k" "node$k.regfwd" bash -c 'exec -a "socat[ic7-regfwd $0]" socat "TCP-LISTEN:$1,bind=127.0.0.1,reuseaddr,fork" "TCP:$2:$1"' \
+        "$I7_STATE/" "$I7_REGISTRY_PORT" "$I7_ADDR"
+    for _ in $(seq 1 100); do
+        if i7_in_k "$k" openssl s_client -connect "$I7_REGISTRY" -verify_return_error -verify_ip 127.0.0.1 </dev/null >/dev/null 2>&1; then
+            return 0
+        fi
+        pid_alive "$(i7_read_pid "node$k.regfwd")" || break
+        sleep 0.1
+    done
+    die "node$k does not reach the registry at its 127.0.0.1:$I7_REGISTRY_PORT (log: $I7_RUN/node$k.regfwd.out)"
 }
 
 # The host's 127.0.0.1:5443 forwards to the registry in the namespace (socat in the holder's mount namespace
@@ -380,7 +440,7 @@ EOT
 # reading an image's config) reach the same https://127.0.0.1:5443 as incusd does.
 i7_start_forwarder() {
     local holder
-    holder="$(i7_read_pid holder)"
+    holder="$(i7_read_pid node1.holder)"
     nsenter -t "$holder" -m -r -w -- /usr/bin/env -i PATH="$I7_PATH" \
         setsid bash -c 'exec -a "socat[ic7-forward $0]" socat --experimental "TCP-LISTEN:$1,bind=127.0.0.1,reuseaddr,fork" "TCP:127.0.0.1:$1,netns=ic7"' \
         "$I7_STATE/" "$I7_REGISTRY_PORT" </dev/null >>"$I7_RUN/forward.out" 2>&1 8>&- 9>&- &
@@ -409,12 +469,12 @@ storage:
   delete:
     enabled: true
 http:
-  addr: $I7_REGISTRY
+  addr: :$I7_REGISTRY_PORT
   tls:
     certificate: /etc/incus-compose-test/registry.crt
     key: /etc/incus-compose-test/registry.key
 EOT
-    i7_spawn registry /usr/bin/docker-registry serve "$I7_STATE/registry.yml"
+    i7_spawn 1 registry /usr/bin/docker-registry serve "$I7_STATE/registry.yml"
     for _ in $(seq 1 100); do
         # A TLS handshake that verifies the certificate against the root's trust store.
         if i7_in openssl s_client -connect "$I7_REGISTRY" -verify_return_error -verify_ip 127.0.0.1 </dev/null >/dev/null 2>&1; then
@@ -509,33 +569,71 @@ i7_ensure_images() {
     done
 }
 
+# The 6.0 line's system-container test images (testapp/v1, testapp/v2, testapp/broken, busybox: built by
+# scripts/test-cluster's build_image, cached), imported under the same aliases, so that suites written for
+# the 6.0 line run on the 7.0 line too.
+i7_ensure_system_images() {
+    local name dir fp current aliases
+    aliases="$(i7_inc image alias list -f csv 2>/dev/null || true)"
+    for name in "${IMAGE_NAMES[@]}"; do
+        dir="$(build_image "$name")"
+        fp="$(cat "$dir/meta.tar.xz" "$dir/rootfs.tar.xz" | sha256sum | cut -d' ' -f1)"
+        current="$(awk -F, -v a="$name" '$1 == a { print $2 }' <<<"$aliases")"
+        if [ -n "$current" ] && [ "${fp#"$current"}" != "$fp" ]; then continue; fi
+        if ! i7_inc image info "$fp" >/dev/null 2>&1; then
+            i7_inc image import "$dir/meta.tar.xz" "$dir/rootfs.tar.xz" >/dev/null || die "could not import image $name into the 7.0 server"
+        fi
+        if [ -n "$current" ]; then i7_inc image alias delete "$name" >/dev/null 2>&1 || true; fi
+        i7_inc image alias create "$name" "$fp" >/dev/null || die "could not create image alias $name on the 7.0 server"
+    done
+}
+
 # ---------------------------------------------------------------------------------------------
 # Env file, health
 
 i7_healthy() {
-    pid_alive "$(i7_read_pid holder)" && pid_alive "$(i7_read_pid incusd)" && pid_alive "$(i7_read_pid registry)" &&
-        pid_alive "$(i7_read_pid forward)" && i7_inc query /1.0 >/dev/null 2>&1 &&
+    local n k
+    n="$(i7_members)"
+    [ "$n" -ge 1 ] 2>/dev/null || return 1
+    for k in $(seq 1 "$n"); do
+        pid_alive "$(i7_read_pid "node$k.holder")" && pid_alive "$(i7_read_pid "node$k.incusd")" || return 1
+        [ "$k" = 1 ] || pid_alive "$(i7_read_pid "node$k.regfwd")" || return 1
+        i7_inc_k "$k" query /1.0 >/dev/null 2>&1 || return 1
+    done
+    if [ "$n" -gt 1 ]; then
+        [ "$(i7_inc cluster list -f csv 2>/dev/null | grep -c ',ONLINE,' || true)" = "$n" ] || return 1
+    fi
+    pid_alive "$(i7_read_pid registry)" && pid_alive "$(i7_read_pid forward)" &&
         openssl s_client -connect "$I7_REGISTRY" -CAfile "$I7_ROOT/etc/incus-compose-test/registry.crt" \
             -verify_return_error </dev/null >/dev/null 2>&1
 }
 
 i7_write_env() {
-    local file=${I7_ENV_FILE:-$REPO_ROOT/.test-cluster/env-7.0}
+    local file=${I7_ENV_FILE:-$REPO_ROOT/.test-cluster/env-7.0} n k names="" clustered=0
+    n="$(i7_members)"
+    [ "$n" -gt 1 ] && clustered=1
+    for k in $(seq 1 "$n"); do names="${names:+$names,}node$k"; done
+    local vars=(INCUS_DIR INCUS_COMPOSE_TEST_INCUS_LINE INCUS_COMPOSE_TEST_MEMBERS INCUS_COMPOSE_TEST_CLUSTERED
+        INCUS_COMPOSE_TEST_MEMBER_NAMES INCUS_COMPOSE_TEST_STATE INCUS_COMPOSE_TEST_HARNESS INCUS_COMPOSE_TEST_REGISTRY
+        INCUS_COMPOSE_TEST_REGISTRY_CA)
     mkdir -p "$(dirname "$file")"
     {
         echo "# Written by scripts/test-cluster (--incus 7.0) for the running Incus 7.0 test server; \`source\` this file."
         echo "INCUS_DIR=$I7_DIR"
         echo "INCUS_COMPOSE_TEST_INCUS_LINE=7.0"
-        echo "INCUS_COMPOSE_TEST_MEMBERS=1"
-        echo "INCUS_COMPOSE_TEST_CLUSTERED=0"
-        echo "INCUS_COMPOSE_TEST_MEMBER_NAMES=incus7"
+        echo "INCUS_COMPOSE_TEST_MEMBERS=$n"
+        echo "INCUS_COMPOSE_TEST_CLUSTERED=$clustered"
+        echo "INCUS_COMPOSE_TEST_MEMBER_NAMES=$names"
         echo "INCUS_COMPOSE_TEST_STATE=$I7_STATE"
         echo "INCUS_COMPOSE_TEST_HARNESS=$SCRIPT_PATH"
-        echo "INCUS_COMPOSE_TEST_NODE1_DIR=$I7_DIR"
-        echo "INCUS_COMPOSE_TEST_NODE1_ADDRESS=$I7_ADDR:8443"
         echo "INCUS_COMPOSE_TEST_REGISTRY=$I7_REGISTRY"
         echo "INCUS_COMPOSE_TEST_REGISTRY_CA=$I7_ROOT/etc/incus-compose-test/registry.crt"
-        echo "export INCUS_DIR INCUS_COMPOSE_TEST_INCUS_LINE INCUS_COMPOSE_TEST_MEMBERS INCUS_COMPOSE_TEST_CLUSTERED INCUS_COMPOSE_TEST_MEMBER_NAMES INCUS_COMPOSE_TEST_STATE INCUS_COMPOSE_TEST_HARNESS INCUS_COMPOSE_TEST_NODE1_DIR INCUS_COMPOSE_TEST_NODE1_ADDRESS INCUS_COMPOSE_TEST_REGISTRY INCUS_COMPOSE_TEST_REGISTRY_CA"
+        for k in $(seq 1 "$n"); do
+            echo "INCUS_COMPOSE_TEST_NODE${k}_DIR=$(i7_dir "$k")"
+            echo "INCUS_COMPOSE_TEST_NODE${k}_ADDRESS=$(i7_ip "$k"):8443"
+            vars+=("INCUS_COMPOSE_TEST_NODE${k}_DIR" "INCUS_COMPOSE_TEST_NODE${k}_ADDRESS")
+        done
+        echo "export ${vars[*]}"
     } >"$file.tmp"
     mv "$file.tmp" "$file"
     grep -qxF "$file" "$I7_STATE/env-files" 2>/dev/null || echo "$file" >>"$I7_STATE/env-files"
@@ -552,29 +650,41 @@ i7_remove_env_files() {
 # Commands
 
 i7_cmd_up() {
-    local t0=$SECONDS
+    local n=$1 t0=$SECONDS k existing
     i7_take_lock
     # incus-compose on the host reads OCI image configs with skopeo (as the incus CLI does for OCI remotes).
     pkg_installed skopeo || apt_install skopeo
     i7_ensure_root
+    existing="$(i7_members)"
+    if [ "$existing" -ge 1 ] && [ "$existing" != "$n" ] && i7_healthy; then
+        die "an Incus 7.0 test server with $existing member(s) is running; run 'scripts/test-cluster down --incus 7.0' first"
+    fi
     if i7_healthy; then
         i7_ensure_images
+        i7_ensure_system_images
         i7_write_env
-        i7_log "Incus 7.0 server is up (reused; $((SECONDS - t0)) s); env: ${I7_ENV_FILE:-$REPO_ROOT/.test-cluster/env-7.0}"
+        i7_log "Incus 7.0 with $n member(s) is up (reused; $((SECONDS - t0)) s); env: ${I7_ENV_FILE:-$REPO_ROOT/.test-cluster/env-7.0}"
         return 0
     fi
     if i7_has_debris; then
         i7_log "cleaning what an earlier 7.0 run left behind"
         i7_teardown
     fi
-    i7_start_holder
-    i7_start_daemon
-    i7_bootstrap
+    mkdir -p "$I7_STATE" "$I7_RUN"
+    for k in $(seq 1 "$n"); do i7_start_holder "$k"; done
+    echo "$n" >"$I7_STATE/members"
+    for k in $(seq 1 "$n"); do i7_start_daemon "$k"; done
+    for k in $(seq 1 "$n"); do i7_wait_ready "$k"; done
+    i7_bootstrap "$n"
+    for k in $(seq 2 "$n"); do i7_join "$k"; done
     i7_start_registry
     i7_start_forwarder
+    for k in $(seq 2 "$n"); do i7_start_member_forwarder "$k"; done
     i7_ensure_images
+    i7_ensure_system_images
+    i7_healthy || die "the Incus 7.0 test server did not come up healthy; see logs in $I7_RUN/"
     i7_write_env
-    i7_log "Incus $(i7_inc query /1.0 | sed -n 's/.*"server_version": *"\([^"]*\)".*/\1/p' | head -n1) server and registry https://$I7_REGISTRY are up in $((SECONDS - t0)) s; env: ${I7_ENV_FILE:-$REPO_ROOT/.test-cluster/env-7.0}"
+    i7_log "Incus $(i7_inc query /1.0 | sed -n 's/.*"server_version": *"\([^"]*\)".*/\1/p' | head -n1) ($n member(s)) and registry https://$I7_REGISTRY are up in $((SECONDS - t0)) s; env: ${I7_ENV_FILE:-$REPO_ROOT/.test-cluster/env-7.0}"
 }
 
 i7_cmd_down() {
@@ -594,11 +704,16 @@ i7_cmd_status() {
         i7_has_debris && echo "debris of an earlier run exists: run 'scripts/test-cluster down --incus 7.0'"
         return 1
     fi
-    local what pid st
-    for what in holder incusd registry forward; do
+    local what pid st k
+    local whats=()
+    for k in $(seq 1 "$(i7_members)"); do
+        whats+=("node$k.holder" "node$k.incusd")
+        [ "$k" = 1 ] || whats+=("node$k.regfwd")
+    done
+    for what in "${whats[@]}" registry forward; do
         pid="$(i7_read_pid "$what")"
         st=dead; pid_alive "$pid" && st=alive
-        printf '%-9s pid %-8s %s\n' "$what" "$pid" "$st"
+        printf '%-14s pid %-8s %s\n' "$what" "$pid" "$st"
     done
     echo "INCUS_DIR=$I7_DIR   address $I7_ADDR:8443   registry https://$I7_REGISTRY (in the server's network namespace; the host's $I7_REGISTRY forwards to it)"
     i7_inc query /1.0 2>/dev/null | grep -E '"(server_version|api_status)"' | tr -d ' ,' || { echo "incusd does not answer"; return 1; }
@@ -616,7 +731,9 @@ i7_cmd_selftest() {
     i7_st_cleanup
     trap i7_st_cleanup EXIT
     i7_inc7 remote add ic7-st-reg "https://$I7_REGISTRY" --protocol=oci --public >/dev/null
-    i7_inc7 launch ic7-st-reg:testapp:v1 ic7-st-v1 -q || die "selftest: cannot launch testapp:v1 from the registry"
+    local target=()
+    [ "$(i7_members)" -gt 1 ] && target=(--target node2)
+    i7_inc7 launch ic7-st-reg:testapp:v1 ic7-st-v1 "${target[@]}" -q || die "selftest: cannot launch testapp:v1 from the registry"
     i7_inc7 launch ic7-st-reg:testapp:broken ic7-st-broken -q || die "selftest: cannot launch testapp:broken"
     for _ in $(seq 1 40); do
         body="$(i7_inc exec ic7-st-v1 -- wget -qO- http://127.0.0.1/ 2>/dev/null || true)"
@@ -630,24 +747,27 @@ i7_cmd_selftest() {
         sleep 0.25
     done
     [ "$state" = STOPPED ] || die "selftest: testapp:broken is $state instead of STOPPED"
-    echo "selftest ok ($((SECONDS - t0)) s): testapp:v1 from https://$I7_REGISTRY answers v1 (oci.entrypoint: $(i7_inc config get ic7-st-v1 oci.entrypoint)); testapp:broken stopped by itself"
+    echo "selftest ok ($((SECONDS - t0)) s): testapp:v1 (on $(i7_inc list ic7-st-v1 -f csv -c L)) from https://$I7_REGISTRY answers v1 (oci.entrypoint: $(i7_inc config get ic7-st-v1 oci.entrypoint)); testapp:broken stopped by itself"
 }
 
 # Entry point from scripts/test-cluster: incus7_main CMD [ARGS...]
 incus7_main() {
-    local cmd=${1:-}
+    local cmd=${1:-} members=1
     [ $# -gt 0 ] && shift
     while [ $# -gt 0 ]; do
         case "$1" in
             --env-file) [ $# -ge 2 ] || die "--env-file needs a path"; I7_ENV_FILE=$2; shift 2 ;;
             --env-file=*) I7_ENV_FILE="${1#--env-file=}"; shift ;;
-            --members) [ "${2:-}" = 1 ] || die "the 7.0 line runs a single server (--members 1)"; shift 2 ;;
-            --members=*) [ "${1#--members=}" = 1 ] || die "the 7.0 line runs a single server (--members 1)"; shift ;;
+            --members) [ $# -ge 2 ] || die "--members needs a number"; members=$2; shift 2 ;;
+            --members=*) members=${1#--members=}; shift ;;
             *) die "$cmd --incus 7.0: unknown argument $1" ;;
         esac
     done
     case "$cmd" in
-        up) i7_cmd_up ;;
+        up)
+            [[ "$members" =~ ^[1-9]$ ]] || die "--members must be between 1 and 9 for the 7.0 line, got $members"
+            i7_cmd_up "$members"
+            ;;
         down) i7_cmd_down ;;
         status) i7_cmd_status ;;
         selftest) i7_cmd_selftest ;;
