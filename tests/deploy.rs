@@ -575,3 +575,73 @@ fn more_replicas_than_members_allow_leaves_one_pending_with_its_reason_and_exit_
     assert_eq!(again.status.code(), Some(EXIT_PENDING));
     assert!(String::from_utf8_lossy(&again.stdout).contains("Nothing to change"));
 }
+
+#[test]
+fn concurrent_node_label_runs_keep_each_others_labels() {
+    let _turn = take_turn();
+    let c = client();
+    let all = members(&c);
+    let member = all.last().expect("a member").clone();
+    let keys: Vec<String> = (0..6).map(|i| key(&format!("conc{i}"))).collect();
+    // The guard removes them even if the test fails half way.
+    let mut labels = Labels::new(&c);
+    labels
+        .set
+        .extend(keys.iter().map(|k| (member.clone(), k.clone())));
+    let spawn = |args: Vec<String>| {
+        Command::new(BIN)
+            .args(args)
+            .current_dir(std::env::temp_dir())
+            .output()
+    };
+    let outputs: Vec<Output> = std::thread::scope(|s| {
+        let handles: Vec<_> = keys
+            .iter()
+            .map(|k| {
+                let args = vec![
+                    "node".to_string(),
+                    "label".into(),
+                    member.clone(),
+                    format!("{k}=v"),
+                ];
+                s.spawn(move || spawn(args))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("thread").expect("run incus-compose"))
+            .collect()
+    });
+    for o in &outputs {
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let m = block_on(c.cluster_member(&member)).expect("member");
+    for k in &keys {
+        assert_eq!(
+            m.config.get(&format!("user.{k}")).map(String::as_str),
+            Some("v"),
+            "label {k} was lost: {:?}",
+            m.config
+        );
+    }
+    // Removing them concurrently, too.
+    std::thread::scope(|s| {
+        for k in &keys {
+            let args = vec![
+                "node".to_string(),
+                "label".into(),
+                member.clone(),
+                "--remove".into(),
+                k.clone(),
+            ];
+            s.spawn(move || {
+                let o = spawn(args).expect("run incus-compose");
+                assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            });
+        }
+    });
+    let m = block_on(c.cluster_member(&member)).expect("member");
+    for k in &keys {
+        assert!(!m.config.contains_key(&format!("user.{k}")), "{k} left");
+    }
+}

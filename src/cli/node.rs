@@ -6,8 +6,8 @@
 //! of that compose project on each member. `node label <member> k=v ... --remove k` sets and
 //! removes labels: member config `user.<k>` on a cluster, server config `user.<k>` on a
 //! standalone server. Each change is a read-modify-write guarded by the object's ETag
-//! (`If-Match`), retried when someone else changed it in between, so concurrent edits of other
-//! keys are never lost.
+//! (`If-Match`), retried when someone else changed it in between, then read back (see
+//! [`Check`]), so concurrent edits of other keys are not lost.
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -337,7 +337,43 @@ where
 }
 
 /// Attempts of a read-modify-write before giving up on a member others keep changing.
-const ATTEMPTS: u32 = 10;
+const ATTEMPTS: u32 = 20;
+
+/// How long a written change must stay before `node label` trusts it (see [`Check`]).
+const SETTLE: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Verification of a read-modify-write. Incus 6.0 checks `If-Match` before, not inside, the
+/// transaction that writes, so two writes arriving together can both pass and the later one
+/// drops the other's keys (seen with six concurrent `node label` runs on one member). So after
+/// writing, `node label` reads again until its changes are there, and once more after
+/// [`SETTLE`], and writes again when they were lost.
+#[derive(Default)]
+struct Check {
+    wrote: bool,
+    seen_once: bool,
+}
+
+impl Check {
+    fn wrote(&mut self) {
+        self.wrote = true;
+        self.seen_once = false;
+    }
+
+    /// Given whether the state just read still needs a write: whether we are done (after a
+    /// pause when it is the first time a written change is seen in place).
+    async fn done(&mut self, needed: bool) -> bool {
+        if needed {
+            self.seen_once = false;
+            return false;
+        }
+        if !self.wrote || self.seen_once {
+            return true;
+        }
+        self.seen_once = true;
+        tokio::time::sleep(SETTLE).await;
+        false
+    }
+}
 
 fn label(global: &GlobalArgs, args: &LabelArgs) -> anyhow::Result<ExitCode> {
     let changes = changes(args)?;
@@ -384,6 +420,7 @@ async fn label_member(
     member: &str,
     changes: &BTreeMap<String, Option<String>>,
 ) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut check = Check::default();
     for _ in 0..ATTEMPTS {
         let (m, etag) = match base.cluster_member_with_etag(member).await {
             Ok(x) => x,
@@ -401,14 +438,18 @@ async fn label_member(
             Err(e) => return Err(e).context(format!("cannot read cluster member {member:?}")),
         };
         let mut put = m.writable();
-        if !apply(&mut put.config, changes, str::to_string) {
+        let needed = apply(&mut put.config, changes, str::to_string);
+        if check.done(needed).await {
             return Ok(user_labels(&put.config));
+        }
+        if !needed {
+            continue;
         }
         match base
             .update_cluster_member_if_match(member, &put, etag)
             .await
         {
-            Ok(()) => return Ok(user_labels(&put.config)),
+            Ok(()) => check.wrote(),
             // Someone changed the member since we read it: read again.
             Err(e) if e.status() == Some(412) => continue,
             Err(e) => return Err(e).context(format!("cannot update cluster member {member:?}")),
@@ -441,16 +482,21 @@ async fn label_server(
                 .collect(),
         )
     };
+    let mut check = Check::default();
     for _ in 0..ATTEMPTS {
         let (info, etag): (ic_incus::ServerInfo, _) = base
             .send_with_etag(Request::get("/1.0"))
             .await
             .context("cannot read the server configuration")?;
         let mut config = info.config;
-        if !apply(&mut config, changes, |v| {
+        let needed = apply(&mut config, changes, |v| {
             serde_json::Value::String(v.into())
-        }) {
+        });
+        if check.done(needed).await {
             return Ok(shown(&config));
+        }
+        if !needed {
+            continue;
         }
         let req = Request::put("/1.0")
             .if_match(etag)
@@ -459,7 +505,7 @@ async fn label_server(
             })
             .context("cannot encode the server configuration")?;
         match base.send_unit(req).await {
-            Ok(()) => return Ok(shown(&config)),
+            Ok(()) => check.wrote(),
             Err(e) if e.status() == Some(412) => continue,
             Err(e) => return Err(e).context("cannot update the server configuration"),
         }
