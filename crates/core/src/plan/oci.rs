@@ -653,6 +653,60 @@ mod tests {
         assert_eq!(default_registry(None, &remotes), None);
     }
 
+    fn facts(oci: bool) -> ServerFacts {
+        ServerFacts {
+            version: if oci { "7.0.2" } else { "6.0.4" }.into(),
+            oci,
+            image_aliases: ["testapp/v1".to_string()].into(),
+            oci_remotes: BTreeMap::from([("hub".to_string(), "https://docker.io/".to_string())]),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn docker_references_resolve_to_oci_sources_and_local_aliases_still_win() {
+        use crate::plan::resolve_image;
+        assert_eq!(
+            resolve_image("web", "127.0.0.1:5443/testapp:v1", &facts(true)).unwrap(),
+            ImageSource::Oci {
+                remote: "oci-127-0-0-1-5443".into(),
+                server: "https://127.0.0.1:5443".into(),
+                alias: "testapp:v1".into(),
+            }
+        );
+        // Through the user's remote for Docker Hub (its address without the trailing slash).
+        assert_eq!(
+            resolve_image("web", "nginx:alpine", &facts(true)).unwrap(),
+            ImageSource::Oci {
+                remote: "hub".into(),
+                server: "https://docker.io".into(),
+                alias: "library/nginx:alpine".into(),
+            }
+        );
+        assert_eq!(
+            resolve_image("web", "testapp/v1", &facts(true)).unwrap(),
+            ImageSource::Local("testapp/v1".into())
+        );
+        let e = resolve_image("web", "Bad/Ref", &facts(true)).unwrap_err();
+        assert!(e.to_string().contains("service \"web\""), "{e}");
+    }
+
+    #[test]
+    fn a_server_without_instance_oci_refuses_docker_references_naming_version_and_fix() {
+        let e = crate::plan::resolve_image("web", "127.0.0.1:5443/testapp:v1", &facts(false))
+            .unwrap_err()
+            .to_string();
+        for part in [
+            "\"web\"",
+            "127.0.0.1:5443/testapp:v1",
+            "6.0.4",
+            "instance_oci",
+            "6.3",
+        ] {
+            assert!(e.contains(part), "{part} missing from: {e}");
+        }
+    }
+
     fn words(ws: &[&str]) -> Vec<String> {
         ws.iter().map(|w| w.to_string()).collect()
     }
