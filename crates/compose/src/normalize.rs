@@ -621,11 +621,15 @@ fn secret(n: &mut N, project: &str, section: &str, key: &str, node: &Node) -> Se
     s.value = if let Some(c) = &s.content {
         Some(Ok(c.clone().into_bytes()))
     } else if let Some(f) = &s.file {
-        Some(
-            n.s.fs
-                .read(Path::new(f))
-                .map_err(|e| format!("cannot read file {f}: {e}")),
-        )
+        Some(n.s.fs.read(Path::new(f)).map_err(|e| {
+            // By kind, not the OS text: the same on every file system.
+            let why = match e.kind() {
+                std::io::ErrorKind::NotFound => "it does not exist".to_string(),
+                std::io::ErrorKind::PermissionDenied => "permission denied".to_string(),
+                k => k.to_string(),
+            };
+            format!("cannot read file {f}: {why}")
+        }))
     } else {
         s.environment.as_ref().map(|var| {
             n.s.env

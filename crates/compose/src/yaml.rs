@@ -640,6 +640,10 @@ fn parse_int(text: &str) -> Option<i64> {
         (16, h)
     } else if let Some(o) = digits.strip_prefix("0o") {
         (8, o)
+    } else if digits.len() > 1 && digits.starts_with('0') && digits.chars().all(|c| c.is_digit(8)) {
+        // `0640`: octal, as go-yaml v3 (compose-go) keeps it from YAML 1.1; secret and config
+        // modes are written this way.
+        (8, &digits[1..])
     } else {
         (10, digits)
     };
@@ -703,7 +707,11 @@ mod tests {
         let n = p("a: yes\nb: true\nc: 010\nd: 0x1f\ne: 1.5\nf: ~\ng: '3'\nh: 1e3\ni: .5\n");
         assert_eq!(n.get("a").unwrap().value, Value::Str("yes".into()));
         assert_eq!(n.get("b").unwrap().value, Value::Bool(true));
-        assert_eq!(n.get("c").unwrap().value, Value::Int(10));
+        assert_eq!(
+            n.get("c").unwrap().value,
+            Value::Int(8),
+            "0-prefixed octal, as go-yaml v3"
+        );
         assert_eq!(n.get("d").unwrap().value, Value::Int(31));
         assert_eq!(n.get("e").unwrap().value, Value::Float(1.5));
         assert_eq!(n.get("f").unwrap().value, Value::Null);

@@ -509,8 +509,10 @@ pub struct Volume {
     pub extensions: Extensions,
 }
 
-/// A top-level secret; configs have the same shape plus `content`.
-#[derive(Debug, Clone, PartialEq, Serialize, Default)]
+/// A top-level secret; configs have the same shape plus `content`. Equality compares the
+/// declaration, not [`Secret::value`] (what the file or variable holds when loaded); `Debug`
+/// shows the value's length only.
+#[derive(Clone, Serialize, Default)]
 pub struct Secret {
     pub name: String,
     /// Absolute path of the file holding the value.
@@ -535,6 +537,42 @@ pub struct Secret {
     /// resolved; `None` for external ones. Never serialized (never printed by `config`).
     #[serde(skip)]
     pub value: Option<Result<Vec<u8>, String>>,
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let value = match &self.value {
+            Some(Ok(v)) => format!("Some(Ok(<{} bytes>))", v.len()),
+            Some(Err(e)) => format!("Some(Err({e:?}))"),
+            None => "None".to_string(),
+        };
+        f.debug_struct("Secret")
+            .field("name", &self.name)
+            .field("file", &self.file)
+            .field("environment", &self.environment)
+            .field("content", &self.content)
+            .field("external", &self.external)
+            .field("labels", &self.labels)
+            .field("driver", &self.driver)
+            .field("template_driver", &self.template_driver)
+            .field("extensions", &self.extensions)
+            .field("value", &format_args!("{value}"))
+            .finish()
+    }
+}
+
+impl PartialEq for Secret {
+    fn eq(&self, other: &Secret) -> bool {
+        self.name == other.name
+            && self.file == other.file
+            && self.environment == other.environment
+            && self.content == other.content
+            && self.external == other.external
+            && self.labels == other.labels
+            && self.driver == other.driver
+            && self.template_driver == other.template_driver
+            && self.extensions == other.extensions
+    }
 }
 
 pub type Config = Secret;
