@@ -284,7 +284,7 @@ i7_setup_network() {
 # Member K's holder: new mount, network and UTS namespaces whose root is the Debian 13 root (pivot_root), with
 # its own /proc, /sys (for the new network namespace), the host's cgroup tree and /dev, tmpfs /run and
 # /tmp (the cached root stays clean), /lib/modules read-only, and the state dir at the same path.
-# Wired to the bridge through veth ic7vK as eth0 with 100.64.2.(10+K).
+# Wired to the bridge through veth ic7vK as eth0 with 100.64.2.(10+K); no default route, no DNS.
 i7_start_holder() {
     local k=$1
     mkdir -p "$(i7_dir "$k")" "$I7_RUN" "$I7_STATE/registry"
@@ -308,6 +308,10 @@ i7_start_holder() {
         pivot_root . .oldroot
         umount -l /.oldroot
         ip link set lo up
+        # No name server: nothing in the namespace may look up or reach anything outside this machine
+        # (the root keeps the resolv.conf it was built with, for apt).
+        echo "# incus-compose test namespace: no DNS" >/run/resolv.conf
+        mount --bind /run/resolv.conf /etc/resolv.conf
         # This network namespace by name, for socat netns=ic7 (the forwarder); /run is private to the namespace.
         mkdir -p /run/netns
         touch /run/netns/ic7
@@ -330,7 +334,7 @@ i7_start_holder() {
     nsenter -t "$pid" -n ip link set "ic7p$k" name eth0
     nsenter -t "$pid" -n ip addr add "$(i7_ip "$k")/24" dev eth0
     nsenter -t "$pid" -n ip link set eth0 up
-    nsenter -t "$pid" -n ip route add default via "$I7_HOST_ADDR"
+    # No default route: the bridge's /24 is all a member reaches (no traffic can leave this machine).
 }
 
 # Runs a command inside member K's namespaces (root = the Debian 13 root); i7_in: member 1.
