@@ -1,14 +1,457 @@
-//! `incus-compose exec`.
+//! `incus-compose exec SERVICE COMMAND [ARGS...]`: run a command in one replica of a service,
+//! through the Incus exec API.
+//!
+//! - With a terminal on both stdin and stdout (and no `-T`), the command gets a terminal:
+//!   the local terminal goes to raw mode (restored on exit, error or panic), its size is
+//!   sent at start and again on every SIGWINCH, and every key goes to the command.
+//! - Otherwise stdin is forwarded as it comes (end of input closes the command's stdin) and
+//!   stdout and stderr stay separate; SIGINT, SIGTERM and SIGHUP are forwarded to the command.
+//! - The command's exit code is incus-compose's exit code.
+//! - `--index N` picks replica N (the `web-N` instance). A global service has one replica per
+//!   member, named after the member: `--index N` is the N-th of them in member name order.
+//! - The service's `user:` and `working_dir:` apply unless `-u`/`-w` say otherwise; users and
+//!   groups are numbers, or names looked up in the instance's `/etc/passwd` and `/etc/group`.
 
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Read};
+use std::os::fd::AsFd;
 use std::process::ExitCode;
 
+use anyhow::{Context as _, anyhow, bail};
 use clap::Args;
+use ic_compose::model::DeployMode;
+use ic_core::plan::{LABEL_SERVICE, LABEL_SLOT};
+use ic_incus::{Client, ExecIo, ExecRequest, Instance};
+use rustix::termios::{self, OptionalActions, Termios};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
 
 use super::GlobalArgs;
+use super::project::{Context, block_on};
 
 #[derive(Debug, Args)]
-pub struct ExecArgs {}
+pub struct ExecArgs {
+    /// Start the command and return at once (its output is discarded)
+    #[arg(short = 'd', long)]
+    pub detach: bool,
+    /// Do not allocate a terminal (the default when stdin or stdout is not a terminal)
+    #[arg(short = 'T', long = "no-TTY", visible_alias = "no-tty")]
+    pub no_tty: bool,
+    /// Keep stdin open (always the case; accepted for docker compose compatibility)
+    #[arg(short = 'i', long, hide = true)]
+    pub interactive: bool,
+    /// Set an environment variable (KEY=VAL, or KEY to pass the local value; repeatable)
+    #[arg(short = 'e', long = "env", value_name = "KEY=VAL")]
+    pub env: Vec<String>,
+    /// Working directory of the command
+    #[arg(short = 'w', long, value_name = "DIR")]
+    pub workdir: Option<String>,
+    /// Run as this user: uid[:gid] or name[:group]
+    #[arg(short = 'u', long, value_name = "USER[:GROUP]")]
+    pub user: Option<String>,
+    /// Which replica: N for `SERVICE-N`; for a global service the N-th replica in member
+    /// name order
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub index: usize,
+    /// The service
+    pub service: String,
+    /// The command and its arguments
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<String>,
+}
 
-pub fn run(_global: &GlobalArgs, _args: &ExecArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`exec` is not implemented yet")
+/// Pick replica `index` of `service` among the project's instances (see the module docs).
+pub(super) fn pick_replica<'a>(
+    instances: &'a [Instance],
+    service: &str,
+    index: usize,
+    global: bool,
+) -> anyhow::Result<&'a Instance> {
+    let mut replicas: Vec<&Instance> = instances
+        .iter()
+        .filter(|i| i.config.get(LABEL_SERVICE).map(String::as_str) == Some(service))
+        .collect();
+    if replicas.is_empty() {
+        bail!(
+            "service {service:?} has no instances; start it with `incus-compose up -d {service}`"
+        );
+    }
+    replicas.sort_by(|a, b| a.config.get(LABEL_SLOT).cmp(&b.config.get(LABEL_SLOT)));
+    let found = if global {
+        index.checked_sub(1).and_then(|i| replicas.get(i)).copied()
+    } else {
+        replicas
+            .iter()
+            .find(|i| {
+                i.config
+                    .get(LABEL_SLOT)
+                    .and_then(|s| s.parse::<usize>().ok())
+                    == Some(index)
+            })
+            .copied()
+    };
+    found.ok_or_else(|| {
+        let have: Vec<String> = replicas
+            .iter()
+            .enumerate()
+            .map(|(n, i)| {
+                let slot = if global {
+                    (n + 1).to_string()
+                } else {
+                    i.config.get(LABEL_SLOT).cloned().unwrap_or_default()
+                };
+                format!("{slot} ({})", i.name)
+            })
+            .collect();
+        anyhow!(
+            "service {service:?} has no replica with index {index}; its replicas: {}",
+            have.join(", ")
+        )
+    })
+}
+
+/// `KEY=VAL`, or `KEY` alone to pass the local value (skipped when unset, like docker).
+fn parse_env(items: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for item in items {
+        match item.split_once('=') {
+            Some(("", _)) => bail!("-e {item:?}: the variable name is empty"),
+            Some((k, v)) => {
+                out.insert(k.to_string(), v.to_string());
+            }
+            None => {
+                if let Ok(v) = std::env::var(item) {
+                    out.insert(item.clone(), v);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// One entry of a passwd-style file: (name, id, primary gid, home).
+fn find_entry<'a>(
+    file: &'a str,
+    key: &str,
+) -> Option<(&'a str, u32, Option<u32>, Option<&'a str>)> {
+    file.lines().find_map(|line| {
+        let f: Vec<&str> = line.split(':').collect();
+        let id = f.get(2)?.parse().ok()?;
+        if f[0] == key || f.get(2) == Some(&key) {
+            Some((
+                f[0],
+                id,
+                f.get(3).and_then(|g| g.parse().ok()),
+                f.get(5).copied(),
+            ))
+        } else {
+            None
+        }
+    })
+}
+
+/// The user and group to run as, and HOME/USER for a user found in `/etc/passwd`.
+async fn resolve_user(
+    client: &Client,
+    instance: &str,
+    spec: &str,
+) -> anyhow::Result<(u32, Option<u32>, BTreeMap<String, String>)> {
+    let (user, group) = match spec.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (spec, None),
+    };
+    let numeric = |s: &str| s.parse::<u32>().ok();
+    let needs_passwd = numeric(user).is_none() || group.is_none();
+    let passwd = if needs_passwd {
+        client
+            .pull_file(instance, "/etc/passwd")
+            .await
+            .ok()
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+    } else {
+        None
+    };
+    let entry = passwd.as_deref().and_then(|p| find_entry(p, user));
+    let uid = match (numeric(user), entry) {
+        (Some(uid), _) => uid,
+        (None, Some((_, uid, _, _))) => uid,
+        (None, None) => {
+            bail!("-u {spec:?}: no user {user:?} in {instance}'s /etc/passwd; give a numeric uid")
+        }
+    };
+    let gid = match group {
+        None => entry.and_then(|(_, _, g, _)| g),
+        Some(g) => match numeric(g) {
+            Some(gid) => Some(gid),
+            None => {
+                let groups = client
+                    .pull_file(instance, "/etc/group")
+                    .await
+                    .map(|b| String::from_utf8_lossy(&b).into_owned())
+                    .unwrap_or_default();
+                match find_entry(&groups, g) {
+                    Some((_, gid, _, _)) => Some(gid),
+                    None => bail!(
+                        "-u {spec:?}: no group {g:?} in {instance}'s /etc/group; give a numeric gid"
+                    ),
+                }
+            }
+        },
+    };
+    let mut env = BTreeMap::new();
+    if let Some((name, _, _, home)) = entry {
+        env.insert("USER".to_string(), name.to_string());
+        if let Some(home) = home.filter(|h| !h.is_empty()) {
+            env.insert("HOME".to_string(), home.to_string());
+        }
+    }
+    Ok((uid, gid, env))
+}
+
+/// The local terminal in raw mode; the previous mode comes back when dropped (also when
+/// unwinding from a panic).
+struct RawMode {
+    saved: Termios,
+}
+
+impl RawMode {
+    fn enable() -> anyhow::Result<RawMode> {
+        let stdin = std::io::stdin();
+        let saved = termios::tcgetattr(stdin.as_fd()).context("cannot read the terminal mode")?;
+        let mut raw = saved.clone();
+        raw.make_raw();
+        termios::tcsetattr(stdin.as_fd(), OptionalActions::Now, &raw)
+            .context("cannot put the terminal in raw mode")?;
+        Ok(RawMode { saved })
+    }
+}
+
+impl Drop for RawMode {
+    fn drop(&mut self) {
+        let _ = termios::tcsetattr(std::io::stdin().as_fd(), OptionalActions::Now, &self.saved);
+    }
+}
+
+/// The local terminal's size (columns, rows), from stdout.
+fn window_size() -> Option<(u32, u32)> {
+    let ws = termios::tcgetwinsize(std::io::stdout().as_fd()).ok()?;
+    (ws.ws_col > 0 && ws.ws_row > 0).then(|| (u32::from(ws.ws_col), u32::from(ws.ws_row)))
+}
+
+/// Read stdin on a thread of its own (a blocking read cannot be cancelled; the thread ends
+/// with the process) and hand the chunks over; the channel closes at end of input.
+fn stdin_channel() -> mpsc::Receiver<Vec<u8>> {
+    let (tx, rx) = mpsc::channel(16);
+    std::thread::spawn(move || {
+        let mut stdin = std::io::stdin();
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            match stdin.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if tx.blocking_send(buf[..n].to_vec()).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    rx
+}
+
+/// Forward SIGINT, SIGTERM and SIGHUP (pipes mode: the local terminal, if any, is not raw).
+fn signal_channel() -> anyhow::Result<mpsc::Receiver<i32>> {
+    let (tx, rx) = mpsc::channel(8);
+    for (kind, number) in [
+        (SignalKind::interrupt(), 2),
+        (SignalKind::terminate(), 15),
+        (SignalKind::hangup(), 1),
+    ] {
+        let mut s = signal(kind).context("cannot install a signal handler")?;
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            while s.recv().await.is_some() {
+                if tx.send(number).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    Ok(rx)
+}
+
+/// Terminal sizes on every SIGWINCH.
+fn resize_channel() -> anyhow::Result<mpsc::Receiver<(u32, u32)>> {
+    let (tx, rx) = mpsc::channel(8);
+    let mut s = signal(SignalKind::window_change()).context("cannot watch window size changes")?;
+    tokio::spawn(async move {
+        while s.recv().await.is_some() {
+            if let Some(size) = window_size()
+                && tx.send(size).await.is_err()
+            {
+                break;
+            }
+        }
+    });
+    Ok(rx)
+}
+
+/// Map a command's exit code to ours (exit statuses are one byte).
+fn exit_code(code: i32) -> ExitCode {
+    ExitCode::from(u8::try_from(code & 0xff).unwrap_or(1))
+}
+
+pub fn run(global: &GlobalArgs, args: &ExecArgs) -> anyhow::Result<ExitCode> {
+    let ctx = Context::new(global)?;
+    let Some(service) = ctx.project.services.get(&args.service) else {
+        let known: Vec<&str> = ctx.project.services.keys().map(String::as_str).collect();
+        bail!(
+            "no service {:?} in compose project {} (services: {})",
+            args.service,
+            ctx.project.name,
+            known.join(", ")
+        );
+    };
+    let is_global = service
+        .deploy
+        .as_ref()
+        .is_some_and(|d| d.mode == DeployMode::Global);
+    let tty = !args.no_tty
+        && !args.detach
+        && std::io::stdin().is_terminal()
+        && std::io::stdout().is_terminal();
+    let mut environment = parse_env(&args.env)?;
+    let workdir = args.workdir.clone().or_else(|| service.working_dir.clone());
+    let user = args.user.clone().or_else(|| service.user.clone());
+    let client = ctx.base.with_project(&ctx.incus_project);
+
+    let code = block_on(async {
+        let instances = super::logs::project_instances(&client, &ctx.project.name, &[]).await?;
+        let instance = pick_replica(&instances, &args.service, args.index, is_global)?;
+        if !instance.is_running() {
+            bail!(
+                "{} is not running ({}); start it with `incus-compose start {}`",
+                instance.name,
+                instance.status,
+                args.service
+            );
+        }
+        let mut req = ExecRequest::new(args.command.iter().cloned());
+        if let Some(spec) = &user {
+            let (uid, gid, user_env) = resolve_user(&client, &instance.name, spec).await?;
+            req.user = Some(uid);
+            req.group = gid;
+            for (k, v) in user_env {
+                environment.entry(k).or_insert(v);
+            }
+        }
+        if let Some(dir) = workdir {
+            req.cwd = dir;
+        }
+        if args.detach {
+            req.environment = environment;
+            client
+                .exec_detached(&instance.name, &req)
+                .await
+                .with_context(|| format!("cannot start {:?} in {}", args.command, instance.name))?;
+            return Ok(0);
+        }
+        if tty {
+            let term = std::env::var("TERM").unwrap_or_else(|_| "xterm".to_string());
+            environment.entry("TERM".to_string()).or_insert(term);
+            req.interactive = true;
+            if let Some((w, h)) = window_size() {
+                req.width = Some(w);
+                req.height = Some(h);
+            }
+        }
+        req.environment = environment;
+        let mut io = ExecIo::output(tokio::io::stdout(), tokio::io::stderr());
+        io.stdin = Some(stdin_channel());
+        let _raw = if tty {
+            io.resize = Some(resize_channel()?);
+            Some(RawMode::enable()?)
+        } else {
+            io.signals = Some(signal_channel()?);
+            None
+        };
+        client
+            .exec_stream(&instance.name, &req, io)
+            .await
+            .with_context(|| format!("cannot run {:?} in {}", args.command, instance.name))
+    })??;
+    Ok(exit_code(code))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inst(name: &str, service: &str, slot: &str) -> Instance {
+        let mut i = Instance {
+            name: name.into(),
+            ..Default::default()
+        };
+        i.config.insert(LABEL_SERVICE.into(), service.into());
+        i.config.insert(LABEL_SLOT.into(), slot.into());
+        i
+    }
+
+    #[test]
+    fn index_picks_the_replica_with_that_slot_not_the_nth_listed() {
+        let all = vec![
+            inst("web-3", "web", "3"),
+            inst("web-1", "web", "1"),
+            inst("db-2", "db", "2"),
+        ];
+        assert_eq!(pick_replica(&all, "web", 3, false).unwrap().name, "web-3");
+        assert_eq!(pick_replica(&all, "web", 1, false).unwrap().name, "web-1");
+        let err = pick_replica(&all, "web", 2, false).unwrap_err().to_string();
+        assert!(err.contains("1 (web-1), 3 (web-3)"), "{err}");
+    }
+
+    #[test]
+    fn index_of_a_global_service_counts_members_in_name_order() {
+        let all = vec![
+            inst("agent-node2", "agent", "node2"),
+            inst("agent-node1", "agent", "node1"),
+        ];
+        assert_eq!(
+            pick_replica(&all, "agent", 1, true).unwrap().name,
+            "agent-node1"
+        );
+        assert_eq!(
+            pick_replica(&all, "agent", 2, true).unwrap().name,
+            "agent-node2"
+        );
+        assert!(pick_replica(&all, "agent", 3, true).is_err());
+        assert!(pick_replica(&all, "agent", 0, true).is_err());
+    }
+
+    #[test]
+    fn env_takes_pairs_and_local_values() {
+        let env = parse_env(&["A=1".into(), "B=x=y".into(), "PATH".into()]).unwrap();
+        assert_eq!(env["A"], "1");
+        assert_eq!(env["B"], "x=y");
+        assert_eq!(env["PATH"], std::env::var("PATH").unwrap());
+        assert!(parse_env(&["=1".into()]).is_err());
+    }
+
+    #[test]
+    fn passwd_entries_are_found_by_name_or_uid() {
+        let passwd = "root:x:0:0:root:/root:/bin/sh\nwww:x:33:34:www:/var/www:/bin/false\n";
+        assert_eq!(
+            find_entry(passwd, "www"),
+            Some(("www", 33, Some(34), Some("/var/www")))
+        );
+        assert_eq!(find_entry(passwd, "33").map(|e| e.0), Some("www"));
+        assert_eq!(find_entry(passwd, "nobody"), None);
+    }
+
+    #[test]
+    fn exit_codes_pass_through_as_one_byte() {
+        assert_eq!(exit_code(7), ExitCode::from(7));
+        assert_eq!(exit_code(0), ExitCode::SUCCESS);
+        assert_eq!(exit_code(130), ExitCode::from(130));
+    }
 }

@@ -98,7 +98,8 @@ pub enum Command {
 }
 
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // `logs -f` means --follow (docker compose), not the global --file.
+    let cli = Cli::parse_from(logs::rewrite_follow(std::env::args_os()));
     let result = match cli.command {
         Command::Config(args) => config::run(&cli.global, &args),
         Command::Up(args) => up::run(&cli.global, &args),

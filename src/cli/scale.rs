@@ -1,14 +1,215 @@
-//! `incus-compose scale`.
+//! `incus-compose scale SERVICE=N ...`: set the number of replicas of some services, like
+//! `up --scale` restricted to them.
+//!
+//! - Only the count changes: missing replicas are created (and started), surplus ones removed
+//!   (the scheduler's scale-down order), stopped ones started. Existing replicas are never
+//!   recreated, even if the compose file changed since (`up` does that).
+//! - Services the scaled ones depend on are created or started if need be, never recreated;
+//!   with `--no-deps` they are not touched at all. No other service is touched.
+//! - Global services cannot be scaled (one replica per member).
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::process::ExitCode;
+use std::time::Instant;
 
+use anyhow::{anyhow, bail};
 use clap::Args;
+use ic_compose::model::DeployMode;
+use ic_core::plan::{Action, DiffOptions, Plan, PlanOptions, plan_up};
 
 use super::GlobalArgs;
+use super::project::{Context, block_on};
+use super::up::print_plan;
+use crate::engine::{self, observe};
 
 #[derive(Debug, Args)]
-pub struct ScaleArgs {}
+pub struct ScaleArgs {
+    /// Do not create or start the services the scaled ones depend on
+    #[arg(long)]
+    pub no_deps: bool,
+    /// Print the actions, change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    /// How many Incus operations run at once
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    pub parallel: usize,
+    /// Services and their number of replicas
+    #[arg(required = true, value_name = "SERVICE=N")]
+    pub scale: Vec<String>,
+}
 
-pub fn run(_global: &GlobalArgs, _args: &ScaleArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`scale` is not implemented yet")
+fn parse_scale(items: &[String]) -> anyhow::Result<BTreeMap<String, u32>> {
+    let mut out = BTreeMap::new();
+    for item in items {
+        let (svc, n) = item
+            .split_once('=')
+            .ok_or_else(|| anyhow!("{item:?}: expected SERVICE=N"))?;
+        let n: u32 = n
+            .parse()
+            .map_err(|_| anyhow!("{item:?}: {n:?} is not a number of replicas"))?;
+        if out.insert(svc.to_string(), n).is_some() {
+            bail!("service {svc:?} is named twice");
+        }
+    }
+    Ok(out)
+}
+
+/// The service an instance action is about (`None` for projects, networks, volumes).
+fn action_service(a: &Action) -> Option<&str> {
+    match a {
+        Action::Create(p) | Action::Recreate(p) => Some(&p.service),
+        Action::Start { service, .. }
+        | Action::Stop { service, .. }
+        | Action::Remove { service, .. } => Some(service),
+        _ => None,
+    }
+}
+
+/// Keep what scaling `scaled` may do: instance actions on the scaled services (and, unless
+/// `no_deps`, on their dependencies), and the projects, networks and volumes they need.
+/// Never removals of anything but replicas of scaled services.
+fn restrict(mut plan: Plan, scaled: &BTreeSet<String>, no_deps: bool) -> Plan {
+    for stage in &mut plan.stages {
+        stage.actions.retain(|a| match (a, action_service(a)) {
+            (Action::Remove { service, .. }, _) => scaled.contains(service),
+            (_, Some(service)) => !no_deps || scaled.contains(service),
+            (
+                Action::RemoveNetwork { .. }
+                | Action::RemoveVolume { .. }
+                | Action::RemoveProject { .. },
+                None,
+            ) => false,
+            (_, None) => true,
+        });
+    }
+    plan.stages.retain(|s| !s.actions.is_empty());
+    plan
+}
+
+pub fn run(global: &GlobalArgs, args: &ScaleArgs) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    let ctx = Context::new(global)?;
+    let scale = parse_scale(&args.scale)?;
+    for name in scale.keys() {
+        let Some(svc) = ctx.project.services.get(name) else {
+            bail!(
+                "no service {name:?} in compose project {}",
+                ctx.project.name
+            );
+        };
+        if svc
+            .deploy
+            .as_ref()
+            .is_some_and(|d| d.mode == DeployMode::Global)
+        {
+            bail!("service {name:?} is global (one replica per member): it cannot be scaled");
+        }
+    }
+    let scaled: BTreeSet<String> = scale.keys().cloned().collect();
+    let opts = PlanOptions {
+        incus_project: Some(ctx.incus_project.clone()),
+        services: scaled.iter().cloned().collect(),
+        scale,
+        version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    let diff = DiffOptions {
+        no_recreate: true,
+        ..Default::default()
+    };
+    block_on(async {
+        let obs = observe(&ctx.base, &ctx.incus_project, true).await?;
+        let plan = match plan_up(&ctx.project, &obs.facts, &obs.observed, &opts, &diff) {
+            Ok(p) => restrict(p, &scaled, args.no_deps),
+            Err(e) => bail!("{e}"),
+        };
+        for w in &plan.warnings {
+            eprintln!("warning: {w}");
+        }
+        if args.dry_run {
+            print_plan(&plan, &ctx.project.name);
+            return Ok(ExitCode::SUCCESS);
+        }
+        if plan.is_empty() {
+            println!("Nothing to change: the services already have these numbers of replicas");
+            return Ok(ExitCode::SUCCESS);
+        }
+        let target = ctx.target(&obs);
+        let outcome = engine::execute(&target, &plan, args.parallel).await;
+        if outcome.ok() {
+            println!(
+                "scale: {} change(s) done in {:.1} s",
+                outcome.done,
+                started.elapsed().as_secs_f64()
+            );
+            Ok(ExitCode::SUCCESS)
+        } else {
+            outcome.report_failures("scale", Some(started.elapsed()));
+            Ok(ExitCode::FAILURE)
+        }
+    })?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ic_core::plan::Stage;
+
+    fn plan(actions: Vec<Action>) -> Plan {
+        Plan {
+            incus_project: "p".into(),
+            stages: vec![Stage {
+                title: "t".into(),
+                actions,
+            }],
+            unchanged: vec![],
+            placement: vec![],
+            pending: vec![],
+            warnings: vec![],
+        }
+    }
+
+    fn start(name: &str, service: &str) -> Action {
+        Action::Start {
+            name: name.into(),
+            service: service.into(),
+        }
+    }
+
+    fn remove(name: &str, service: &str) -> Action {
+        Action::Remove {
+            name: name.into(),
+            service: service.into(),
+            member: "m".into(),
+            timeout: 1,
+            reason: "r".into(),
+        }
+    }
+
+    #[test]
+    fn scale_parses_service_counts_and_refuses_junk() {
+        let s = parse_scale(&["web=3".into(), "db=0".into()]).unwrap();
+        assert_eq!(s["web"], 3);
+        assert_eq!(s["db"], 0);
+        assert!(parse_scale(&["web".into()]).is_err());
+        assert!(parse_scale(&["web=x".into()]).is_err());
+        assert!(parse_scale(&["web=1".into(), "web=2".into()]).is_err());
+    }
+
+    #[test]
+    fn restrict_keeps_dependencies_unless_no_deps_and_never_removes_others() {
+        let scaled = BTreeSet::from(["web".to_string()]);
+        let p = plan(vec![
+            start("web-2", "web"),
+            start("db-1", "db"),
+            remove("web-3", "web"),
+            remove("old-1", "old"),
+            Action::RemoveNetwork { name: "n".into() },
+        ]);
+        let kept = restrict(p.clone(), &scaled, false);
+        let names: Vec<String> = kept.actions().map(Action::object).collect();
+        assert_eq!(names, ["web-2", "db-1", "web-3"]);
+        let kept = restrict(p, &scaled, true);
+        let names: Vec<String> = kept.actions().map(Action::object).collect();
+        assert_eq!(names, ["web-2", "web-3"]);
+    }
 }

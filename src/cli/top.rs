@@ -1,14 +1,115 @@
-//! `incus-compose top`.
+//! `incus-compose top [SERVICES]`: the processes of each running replica, listed by `ps`
+//! inside it (Incus has no process list API).
+//!
+//! Tries `ps -o pid,ppid,user,stat,vsz,rss,args` (busybox and procps both know these), then
+//! plain `ps`, then a shell loop over `/proc` (PID and command line); if none works, says so
+//! for that replica and goes on. Stopped replicas are skipped. All replicas are asked at once.
 
 use std::process::ExitCode;
 
 use clap::Args;
+use ic_incus::{Client, ExecRequest};
 
 use super::GlobalArgs;
+use super::project::{Context, block_on};
 
 #[derive(Debug, Args)]
-pub struct TopArgs {}
+pub struct TopArgs {
+    /// Services to show (default: all)
+    pub services: Vec<String>,
+}
 
-pub fn run(_global: &GlobalArgs, _args: &TopArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`top` is not implemented yet")
+/// Without `ps`: PID and command line of every process, from `/proc`.
+const PROC_SCRIPT: &str = r#"echo "PID   COMMAND"; for d in /proc/[0-9]*; do p=${d#/proc/}; c=$(tr '\0' ' ' < $d/cmdline 2>/dev/null); [ -n "$c" ] || c="[$(cat $d/comm 2>/dev/null)]"; printf '%5s %s\n' "$p" "$c"; done"#;
+
+/// The attempts, in order.
+fn attempts() -> [Vec<&'static str>; 3] {
+    [
+        vec!["ps", "-o", "pid,ppid,user,stat,vsz,rss,args"],
+        vec!["ps"],
+        vec!["sh", "-c", PROC_SCRIPT],
+    ]
+}
+
+/// The process table of one instance, or why there is none (`true`: Incus failed, not just
+/// the programs inside).
+async fn processes(client: &Client, name: &str) -> Result<String, (bool, String)> {
+    let mut last = String::new();
+    for cmd in attempts() {
+        match client.exec_output(name, &ExecRequest::new(cmd), &[]).await {
+            Ok(out) if out.exit_code == 0 => {
+                return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
+            }
+            Ok(out) => {
+                last = format!(
+                    "`{}` exited with {}: {}",
+                    cmd_name(&out.stderr),
+                    out.exit_code,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+            }
+            // The exec call itself failed: no point trying another program.
+            Err(e) => return Err((true, format!("cannot run ps: {e}"))),
+        }
+    }
+    Err((false, format!("no process list: {last}")))
+}
+
+fn cmd_name(stderr: &[u8]) -> String {
+    String::from_utf8_lossy(stderr)
+        .split(':')
+        .next()
+        .unwrap_or("ps")
+        .trim()
+        .to_string()
+}
+
+pub fn run(global: &GlobalArgs, args: &TopArgs) -> anyhow::Result<ExitCode> {
+    let ctx = Context::new(global)?;
+    for s in &args.services {
+        if !ctx.project.services.contains_key(s) {
+            anyhow::bail!("no service {s:?} in compose project {}", ctx.project.name);
+        }
+    }
+    block_on(async {
+        let client = ctx.base.with_project(&ctx.incus_project);
+        let instances =
+            super::logs::project_instances(&client, &ctx.project.name, &args.services).await?;
+        let mut tasks = tokio::task::JoinSet::new();
+        let running: Vec<String> = instances
+            .iter()
+            .filter(|i| i.is_running())
+            .map(|i| i.name.clone())
+            .collect();
+        for (n, name) in running.iter().enumerate() {
+            let (client, name) = (client.clone(), name.clone());
+            tasks.spawn(async move { (n, processes(&client, &name).await) });
+        }
+        let mut results: Vec<Option<Result<String, (bool, String)>>> = vec![None; running.len()];
+        while let Some(done) = tasks.join_next().await {
+            let (n, r) = done?;
+            results[n] = Some(r);
+        }
+        let mut failed = false;
+        for (name, r) in running.iter().zip(results) {
+            println!("{name}");
+            match r {
+                Some(Ok(table)) => print!("{table}"),
+                Some(Err((fatal, why))) => {
+                    failed |= fatal;
+                    println!("({why})");
+                }
+                None => {
+                    failed = true;
+                    println!("(no answer)");
+                }
+            }
+            println!();
+        }
+        Ok(if failed {
+            ExitCode::FAILURE
+        } else {
+            ExitCode::SUCCESS
+        })
+    })?
 }

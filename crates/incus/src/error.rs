@@ -158,6 +158,17 @@ pub enum Error {
         message: String,
     },
 
+    /// Streamed output (exec, console) could not be written where the caller wanted it
+    /// (e.g. a closed pipe).
+    #[error("{request}: cannot write the output: {source}")]
+    Output {
+        /// The request whose output it was.
+        request: RequestLabel,
+        /// The local write error.
+        #[source]
+        source: std::io::Error,
+    },
+
     /// A value handed to the client cannot be sent (bad address, body that will not serialize).
     #[error("invalid request {what}: {message}")]
     InvalidInput {
@@ -198,7 +209,8 @@ impl Error {
             | Error::Operation { request, .. }
             | Error::Transport { request, .. }
             | Error::Decode { request, .. }
-            | Error::WebSocket { request, .. } => Some(request),
+            | Error::WebSocket { request, .. }
+            | Error::Output { request, .. } => Some(request),
             _ => None,
         }
     }

@@ -4,11 +4,16 @@
 //! - [`Client::exec_output`]: run to completion, feed stdin, capture stdout/stderr and the exit code.
 //! - [`Client::exec_start`]: the raw websockets (a pty for interactive sessions, or three pipes),
 //!   plus the control socket for window size and signals, for callers that stream.
+//! - [`Client::exec_stream`]: run with live input and output ([`ExecIo`]): input chunks from a
+//!   channel, output into writers as it arrives, window sizes and signals forwarded.
+//! - [`Client::exec_detached`]: start a command with no input or output and do not wait.
 
 use std::collections::BTreeMap;
 
 use futures_util::{SinkExt, StreamExt};
 use serde::Serialize;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::{self, Message};
 
@@ -109,6 +114,35 @@ pub struct ExecOutput {
     pub stdout: Vec<u8>,
     /// Everything written to stderr.
     pub stderr: Vec<u8>,
+}
+
+/// Live input and output of [`Client::exec_stream`].
+#[derive(Debug)]
+pub struct ExecIo<O, E> {
+    /// Input chunks. With pipes, the command sees end of input when the sender is dropped
+    /// (`None`: at once); with a terminal, input simply stops.
+    pub stdin: Option<mpsc::Receiver<Vec<u8>>>,
+    /// Where stdout goes (with a terminal: everything the terminal prints).
+    pub stdout: O,
+    /// Where stderr goes (unused with a terminal).
+    pub stderr: E,
+    /// Terminal sizes `(width, height)` to forward (terminal sessions).
+    pub resize: Option<mpsc::Receiver<(u32, u32)>>,
+    /// Signal numbers to forward to the command.
+    pub signals: Option<mpsc::Receiver<i32>>,
+}
+
+impl<O, E> ExecIo<O, E> {
+    /// Output only: no input, no resizes, no signals.
+    pub fn output(stdout: O, stderr: E) -> Self {
+        ExecIo {
+            stdin: None,
+            stdout,
+            stderr,
+            resize: None,
+            signals: None,
+        }
+    }
 }
 
 /// A control message that resizes the terminal.
@@ -296,6 +330,242 @@ impl Client {
             stdout: out?,
             stderr: err?,
         })
+    }
+}
+
+/// Whether a websocket error only means the peer went away (normal at the end of output).
+fn is_closed(e: &tungstenite::Error) -> bool {
+    matches!(
+        e,
+        tungstenite::Error::ConnectionClosed
+            | tungstenite::Error::AlreadyClosed
+            | tungstenite::Error::Protocol(
+                tungstenite::error::ProtocolError::ResetWithoutClosingHandshake
+            )
+    )
+}
+
+/// Copy a websocket's data messages into `out` until the server closes it.
+pub(crate) async fn pump<S, W>(ws: &mut S, out: &mut W, label: &RequestLabel) -> Result<()>
+where
+    S: futures_util::Stream<Item = std::result::Result<Message, tungstenite::Error>> + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    while let Some(msg) = ws.next().await {
+        let data: &[u8] = match &msg {
+            Ok(Message::Binary(b)) => b,
+            Ok(Message::Text(t)) => t.as_bytes(),
+            Ok(Message::Close(_)) => break,
+            Ok(_) => continue,
+            Err(e) if is_closed(e) => break,
+            Err(_) => {
+                let Err(e) = msg else { continue };
+                return Err(Error::WebSocket {
+                    request: label.clone(),
+                    source: Box::new(e),
+                });
+            }
+        };
+        let write = async {
+            out.write_all(data).await?;
+            out.flush().await
+        };
+        write.await.map_err(|source| Error::Output {
+            request: label.clone(),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+/// Forward window sizes and signals to the control socket until both channels close;
+/// then wait forever (the caller stops waiting when the command ends).
+async fn forward_control<C>(
+    control: &mut C,
+    mut resize: Option<mpsc::Receiver<(u32, u32)>>,
+    mut signals: Option<mpsc::Receiver<i32>>,
+) where
+    C: futures_util::Sink<Message> + Unpin,
+{
+    loop {
+        let msg = tokio::select! {
+            Some(Some((w, h))) = async { match resize.as_mut() {
+                Some(r) => Some(r.recv().await),
+                None => None,
+            } } => control_resize(w, h),
+            Some(Some(sig)) = async { match signals.as_mut() {
+                Some(s) => Some(s.recv().await),
+                None => None,
+            } } => control_signal(sig),
+            else => break,
+        };
+        // A control socket that fails only loses resizes and signals; the command goes on.
+        let _ = control.send(msg).await;
+    }
+    std::future::pending::<()>().await
+}
+
+impl Client {
+    /// Run `req` in instance `name` with live input and output (see [`ExecIo`]) and return
+    /// its exit code once it has exited and all its output was written. With
+    /// `req.interactive` the command gets a terminal: input and output share one stream
+    /// (write `io.stdout`), and `io.resize` changes its size. A non-zero exit code is not an
+    /// error.
+    pub async fn exec_stream<O, E>(
+        &self,
+        name: &str,
+        req: &ExecRequest,
+        io: ExecIo<O, E>,
+    ) -> Result<i32>
+    where
+        O: AsyncWrite + Unpin,
+        E: AsyncWrite + Unpin,
+    {
+        let ExecIo {
+            stdin,
+            mut stdout,
+            mut stderr,
+            resize,
+            signals,
+        } = io;
+        let session = self.exec_start(name, req).await?;
+        let label = session.operation.request().clone();
+        let ExecSession {
+            operation,
+            streams,
+            mut control,
+        } = session;
+        let control_task = forward_control(&mut control, resize, signals);
+        let done = match streams {
+            ExecStreams::Terminal { pty } => {
+                // One loop owns both halves of the terminal socket: input goes in, output
+                // comes out, and when the server closes its side we answer at once (Incus
+                // finishes the operation only once the client has closed too).
+                let (mut sink, mut source) = (*pty).split();
+                let mut stdin = stdin;
+                let mut output_done = false;
+                let op_done = operation.wait();
+                tokio::pin!(op_done);
+                tokio::pin!(control_task);
+                let result = loop {
+                    tokio::select! {
+                        op = &mut op_done => break op,
+                        chunk = async {
+                            match stdin.as_mut() {
+                                Some(rx) => rx.recv().await,
+                                None => std::future::pending().await,
+                            }
+                        } => match chunk {
+                            Some(c) => {
+                                if sink.send(Message::binary(c)).await.is_err() {
+                                    stdin = None;
+                                }
+                            }
+                            None => stdin = None,
+                        },
+                        msg = source.next(), if !output_done => {
+                            // An empty data message is Incus's end of output; it then waits
+                            // for the client to close its side.
+                            let data: Option<Vec<u8>> = match msg {
+                                Some(Ok(Message::Binary(b))) if !b.is_empty() => Some(b.to_vec()),
+                                Some(Ok(Message::Text(t))) if !t.is_empty() => {
+                                    Some(t.as_bytes().to_vec())
+                                }
+                                Some(Ok(Message::Binary(_) | Message::Text(_))) => None,
+                                Some(Ok(Message::Close(_))) | None => None,
+                                Some(Ok(_)) => Some(Vec::new()),
+                                Some(Err(e)) if is_closed(&e) => None,
+                                Some(Err(e)) => {
+                                    break Err(Error::WebSocket {
+                                        request: label.clone(),
+                                        source: Box::new(e),
+                                    });
+                                }
+                            };
+                            match data {
+                                Some(d) => {
+                                    let write = async {
+                                        stdout.write_all(&d).await?;
+                                        stdout.flush().await
+                                    };
+                                    if let Err(source) = write.await {
+                                        break Err(Error::Output {
+                                            request: label.clone(),
+                                            source,
+                                        });
+                                    }
+                                }
+                                None => {
+                                    output_done = true;
+                                    stdin = None;
+                                    let _ = sink.close().await;
+                                }
+                            }
+                        }
+                        _ = &mut control_task => unreachable!("control forwarding never returns"),
+                    }
+                };
+                if result.is_ok() && !output_done {
+                    // The command ended; what it printed last may still be on its way.
+                    let _ = tokio::time::timeout(
+                        std::time::Duration::from_secs(2),
+                        pump(&mut source, &mut stdout, &label),
+                    )
+                    .await;
+                }
+                let _ = sink.close().await;
+                result
+            }
+            ExecStreams::Pipes {
+                stdin: mut input,
+                stdout: mut out_ws,
+                stderr: mut err_ws,
+            } => {
+                let feed = async {
+                    if let Some(mut rx) = stdin {
+                        while let Some(chunk) = rx.recv().await {
+                            if input.send(Message::binary(chunk)).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                    // End of input; the server may already have closed it.
+                    let _ = input.close(None).await;
+                    std::future::pending::<()>().await
+                };
+                let output = async {
+                    let (o, e) = tokio::join!(
+                        pump(&mut out_ws, &mut stdout, &label),
+                        pump(&mut err_ws, &mut stderr, &label)
+                    );
+                    o?;
+                    e?;
+                    operation.wait().await
+                };
+                tokio::select! {
+                    r = output => r,
+                    _ = feed => unreachable!("feed never returns"),
+                    _ = control_task => unreachable!("control forwarding never returns"),
+                }
+            }
+        };
+        let op = done?;
+        let _ = control.close(None).await;
+        exit_code(&op.metadata)
+    }
+
+    /// Start `req` in instance `name` without input or output (they go to `/dev/null`) and
+    /// return at once; the operation ends when the command exits.
+    pub async fn exec_detached(&self, name: &str, req: &ExecRequest) -> Result<PendingOperation> {
+        let mut req = req.clone();
+        req.interactive = false;
+        let body = ExecPost {
+            req: &req,
+            wait_for_websocket: false,
+            record_output: false,
+        };
+        self.send_operation(Request::post(api_path(&["instances", name, "exec"])).json(&body)?)
+            .await
     }
 }
 

@@ -5,7 +5,7 @@
 //!   [`Client::send_operation`], [`Client::websocket`]).
 //! - One module per API resource adds typed methods: [`server`], [`cluster`],
 //!   [`instances`], [`networks`], [`storage`], [`images`], [`projects`],
-//!   [`operations`], [`events`], [`exec`].
+//!   [`operations`], [`events`], [`exec`], [`console`].
 //! - Errors ([`Error`]) carry Incus's own message and the request that failed.
 //!
 //! ```no_run
@@ -27,6 +27,7 @@
 pub mod client;
 pub mod cluster;
 pub mod config;
+pub mod console;
 pub mod error;
 pub mod events;
 pub mod exec;
@@ -41,9 +42,10 @@ pub mod transport;
 
 pub use client::{Client, RawResponse, Request, Scope, api_path, encode_component};
 pub use cluster::{Cluster, ClusterMember, ClusterMemberPut};
+pub use console::ConsoleSession;
 pub use error::{Error, RequestLabel, Result};
 pub use events::{Event, EventFilter, EventStream, LifecycleEvent};
-pub use exec::{ExecOutput, ExecRequest, ExecSession, ExecStreams};
+pub use exec::{ExecIo, ExecOutput, ExecRequest, ExecSession, ExecStreams};
 pub use images::{Image, ImageAlias, ImageAliasEntry};
 pub use instances::{
     Devices, FileOptions, Instance, InstancePut, InstanceSource, InstanceState, InstanceStatePut,
