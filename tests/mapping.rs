@@ -254,7 +254,7 @@ services:
         target: api_token
         uid: "1000"
         gid: "1001"
-        mode: 0o400
+        mode: 0400
     configs:
       - app_conf
       - source: app_conf
