@@ -321,18 +321,21 @@ services:
   job:
     image: {registry}/testapp:v1
     entrypoint: ["/bin/sh", "-c"]
-    command: ["echo \"pwd=$$(pwd) uid=$$(id -u) gid=$$(id -g) version=$$TESTAPP_VERSION extra=$$EXTRA\"; sleep 600"]
+    command: ["echo \"pwd=$$(pwd) uid=$$(id -u) gid=$$(id -g) name=$$TESTAPP_NAME version=$$TESTAPP_VERSION extra=$$EXTRA\"; sleep 600"]
     working_dir: /tmp
     user: "1000:1000"
     environment:
       EXTRA: from compose
+      TESTAPP_VERSION: from compose too
 "#,
     );
     f.ok(&["up", "-d"]);
     let job = f.only_instance("job");
     assert_eq!(job.config.get("oci.cwd").map(String::as_str), Some("/tmp"));
     assert_eq!(job.config.get("oci.uid").map(String::as_str), Some("1000"));
-    let want = "pwd=/tmp uid=1000 gid=1000 version=v1 extra=from compose";
+    // The image's environment is kept (TESTAPP_NAME), the service's overrides it (TESTAPP_VERSION).
+    let want =
+        "pwd=/tmp uid=1000 gid=1000 name=testapp version=from compose too extra=from compose";
     let log = f.console_until(&job.name, want, WAIT);
     assert!(log.contains(want), "console log: {log:?}");
 }

@@ -27,7 +27,7 @@
 # OCI test images (built with umoci, pushed with skopeo), Docker-style entrypoint + cmd:
 #   testapp:v1, testapp:v2  entrypoint ["/docker-entrypoint.sh"] (brings lo up, prints a line, exec "$@"),
 #                           cmd ["httpd","-f","-v","-p","80","-h","/www"]; answers exactly v1 / v2 on :80;
-#                           env TESTAPP_VERSION=v1|v2, workdir /www.
+#                           env TESTAPP_VERSION=v1|v2, TESTAPP_NAME=testapp, workdir /www.
 #   testapp:broken          entrypoint ["/bin/sh","-c"], cmd ["echo testapp broken: exiting; exit 3"].
 # Env file: <repo>/.test-cluster/env-7.0 (same keys as the 6.0 line's .test-cluster/env, plus
 #   INCUS_COMPOSE_TEST_INCUS_LINE=7.0, INCUS_COMPOSE_TEST_REGISTRY=127.0.0.1:5443,
@@ -537,7 +537,7 @@ EOS
                 --config.entrypoint /docker-entrypoint.sh \
                 --config.cmd httpd --config.cmd -f --config.cmd -v --config.cmd -p --config.cmd 80 --config.cmd -h --config.cmd /www \
                 --config.env PATH=/usr/sbin:/usr/bin:/sbin:/bin --config.env TESTAPP_VERSION=$tag \
-                --config.workingdir /www --config.exposedports 80/tcp \
+                --config.env TESTAPP_NAME=testapp --config.workingdir /www --config.exposedports 80/tcp \
                 --config.label org.opencontainers.image.title=testapp --config.label org.opencontainers.image.version=$tag
             ;;
         broken)

@@ -49,6 +49,10 @@ pub enum OciError {
     )]
     UnknownEntrypoint { service: String, image: String },
     #[error(
+        "service {service:?}: `entrypoint: []` without `command` leaves nothing to run (Docker refuses it too); set `command:` or drop `entrypoint:`"
+    )]
+    NothingToRun { service: String },
+    #[error(
         "service {service:?}: user {user:?} is not numeric; Incus needs numeric ids for OCI containers (oci.uid/oci.gid): write `user: \"UID[:GID]\"`"
     )]
     UserNotNumeric { service: String, user: String },
@@ -458,6 +462,11 @@ pub fn process_config(
         service.command.as_deref(),
         image_process,
     ) {
+        Ok(Some(args)) if args.is_empty() => {
+            return Err(OciError::NothingToRun {
+                service: name.to_string(),
+            });
+        }
         Ok(Some(args)) => {
             config.insert("oci.entrypoint".into(), join_args(&args));
         }
@@ -801,6 +810,17 @@ mod tests {
         assert_eq!(config["oci.entrypoint"], "/docker-entrypoint.sh x");
 
         let mut config = BTreeMap::new();
+        let nothing = Service {
+            entrypoint: Some(vec![]),
+            ..Default::default()
+        };
+        let e = process_config("web", &nothing, img, None, &mut config).unwrap_err();
+        assert_eq!(
+            e,
+            OciError::NothingToRun {
+                service: "web".into()
+            }
+        );
         let named_user = Service {
             user: Some("app".into()),
             ..Default::default()
