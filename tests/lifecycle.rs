@@ -512,7 +512,7 @@ services:
     assert!(job.is_running());
     assert_eq!(
         job.config["raw.lxc"],
-        "lxc.init.cmd = /bin/sh /.incus-compose/cmd"
+        "lxc.init.cmd = /bin/sh /.incus-compose/cmd\nlxc.signal.halt = SIGTERM"
     );
     let p = f.project();
     // PID 1 is the compose command (the script `exec`s it), and it sees the environment.
