@@ -614,7 +614,9 @@ services:
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("\"app\"") && err.contains("s390x") && err.contains("node1 ("),
+        err.contains("\"app\"")
+            && err.contains("s390x")
+            && err.contains(&format!(" ({})", std::env::consts::ARCH)),
         "{err}"
     );
     assert!(!f.project_exists(), "nothing may be created");
