@@ -260,6 +260,9 @@ services:
       - source: app_conf
         target: /etc/app/settings.ini
         mode: 0o644
+  plain:
+    image: busybox
+    configs: [app_conf]
 secrets:
   db_password:
     file: ./db_password.txt
@@ -313,6 +316,10 @@ configs:
         "[server]\nport = 8080"
     );
     assert_eq!(f.sh("app-1", "stat -c '%a' /etc/app/settings.ini"), "444");
+
+    // Without a command the image's init runs; the files are there before it starts.
+    assert!(f.instance("plain-1").is_running());
+    assert_eq!(f.sh("plain-1", "cat /app_conf"), "[server]\nport = 8080");
 
     // Same secret again: nothing to change. A new value: the instance is recreated with it.
     let again = f.ok(&["up", "-d"]);
