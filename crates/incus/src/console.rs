@@ -89,6 +89,9 @@ impl ConsoleSession {
     pub async fn next_output(&mut self) -> Result<Option<Vec<u8>>> {
         while let Some(msg) = self.console.next().await {
             match msg {
+                // An empty data message is Incus's end-of-output barrier.
+                Ok(Message::Binary(b)) if b.is_empty() => return Ok(None),
+                Ok(Message::Text(t)) if t.is_empty() => return Ok(None),
                 Ok(Message::Binary(b)) => return Ok(Some(b.to_vec())),
                 Ok(Message::Text(t)) => return Ok(Some(t.as_bytes().to_vec())),
                 Ok(Message::Close(_)) => return Ok(None),
@@ -115,5 +118,24 @@ impl ConsoleSession {
     pub async fn close(mut self) {
         let _ = self.console.close(None).await;
         let _ = self.control.close(None).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn console_body_asks_for_the_console_with_a_size() {
+        let v = serde_json::to_value(ConsolePost {
+            kind: "console",
+            width: 80,
+            height: 24,
+        })
+        .unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"type": "console", "width": 80, "height": 24})
+        );
     }
 }
