@@ -7,6 +7,7 @@
 //! json` everything, sizes in bytes.
 
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
@@ -169,18 +170,23 @@ pub fn run(global: &GlobalArgs, args: &ImagesArgs) -> anyhow::Result<ExitCode> {
             .collect();
         Ok::<_, anyhow::Error>(rows)
     })??;
-    if args.quiet {
+    let text = if args.quiet {
         let mut seen = std::collections::BTreeSet::new();
+        let mut t = String::new();
         for r in &rows {
             if !r.fingerprint.is_empty() && seen.insert(&r.fingerprint) {
-                println!("{}", r.fingerprint);
+                t.push_str(&r.fingerprint);
+                t.push('\n');
             }
         }
+        t
     } else if args.format == Format::Json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        format!("{}\n", serde_json::to_string_pretty(&rows)?)
     } else {
-        print!("{}", table(&rows));
-    }
+        table(&rows)
+    };
+    // A closed stdout (`| head`) is not an error worth a panic.
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
     Ok(ExitCode::SUCCESS)
 }
 

@@ -5,6 +5,7 @@
 //! plain `ps`, then a shell loop over `/proc` (PID and command line); if none works, says so
 //! for that replica and goes on. Stopped replicas are skipped. All replicas are asked at once.
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Args;
@@ -91,21 +92,25 @@ pub fn run(global: &GlobalArgs, args: &TopArgs) -> anyhow::Result<ExitCode> {
             results[n] = Some(r);
         }
         let mut failed = false;
+        let mut text = String::new();
         for (name, r) in running.iter().zip(results) {
-            println!("{name}");
+            text.push_str(name);
+            text.push('\n');
             match r {
-                Some(Ok(table)) => print!("{table}"),
+                Some(Ok(table)) => text.push_str(&table),
                 Some(Err((fatal, why))) => {
                     failed |= fatal;
-                    println!("({why})");
+                    text.push_str(&format!("({why})\n"));
                 }
                 None => {
                     failed = true;
-                    println!("(no answer)");
+                    text.push_str("(no answer)\n");
                 }
             }
-            println!();
+            text.push('\n');
         }
+        // A closed stdout (`| head`) is not an error worth a panic.
+        let _ = std::io::stdout().lock().write_all(text.as_bytes());
         Ok(if failed {
             ExitCode::FAILURE
         } else {
