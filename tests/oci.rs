@@ -396,3 +396,25 @@ fn a_command_alone_runs_after_the_image_entrypoint_as_docker_runs_it() {
     );
     assert_eq!(body, "v2");
 }
+
+#[test]
+fn an_image_the_registry_does_not_have_fails_up_before_anything_changes() {
+    let f = Fixture::new("missing");
+    f.write("name: {name}\nservices:\n  db:\n    image: {registry}/testapp:v1\n  web:\n    image: {registry}/testapp:nothere\n");
+    let out = f.run(&["up", "-d"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let version = block_on(f.client.server())
+        .expect("server")
+        .environment
+        .server_version;
+    assert!(
+        err.contains("\"web\"") && err.contains("testapp:nothere") && err.contains(&version),
+        "{err}"
+    );
+    assert!(
+        block_on(f.client.get_project(&f.name)).is_err(),
+        "the Incus project {} should not exist",
+        f.name
+    );
+}

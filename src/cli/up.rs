@@ -153,6 +153,8 @@ pub fn run(global: &GlobalArgs, args: &UpArgs) -> anyhow::Result<ExitCode> {
             );
             return Ok(wait_for_services(&gate, &plan, args, started).await);
         }
+        // OCI images: pulled before anything changes (engine::oci).
+        engine::pull_images(&ctx.base, &plan, &obs.facts.version).await?;
         let target = ctx.target(&obs);
         let outcome = engine::execute_gated(&target, &plan, args.parallel, Some(&gate)).await;
         let secs = started.elapsed().as_secs_f64();

@@ -9,7 +9,7 @@ mod oci;
 
 pub use execute::{Target, execute, execute_gated};
 pub use observe::{Observation, is_ours, observe};
-pub use oci::read_image_processes;
+pub use oci::{pull_images, read_image_processes};
 
 use anyhow::Context;
 use ic_incus::Client;

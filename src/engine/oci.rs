@@ -12,6 +12,7 @@ use ic_compose::Project;
 use ic_core::plan::oci::{self, ImageProcess};
 use ic_core::plan::{Action, ImageSource, Plan, ServerFacts, resolve_image_in};
 use ic_incus::config::{LoadedConfig, ProcessEnv};
+use ic_incus::{Client, Request};
 
 /// The `oci` remotes the plan's instances name and the configuration lacks: name -> address.
 fn missing(plan: &Plan, config: &LoadedConfig) -> BTreeMap<String, String> {
@@ -95,6 +96,55 @@ fn add_remotes(file: &Path, add: &BTreeMap<String, String>) -> anyhow::Result<()
     let tmp = file.with_extension("yml.incus-compose.tmp");
     std::fs::write(&tmp, out).with_context(|| format!("cannot write {}", tmp.display()))?;
     std::fs::rename(&tmp, file).with_context(|| format!("cannot replace {}", file.display()))?;
+    Ok(())
+}
+
+/// Pulls the OCI images the plan's new instances need into the server's image store
+/// (`POST /1.0/images`, source protocol `oci`, all at once), before anything else changes: an
+/// image that cannot be pulled (unknown, unreachable registry) fails `up` with nothing changed.
+/// Images already there cost the registry a manifest lookup. Pulled into the `default`
+/// project (where compose projects take their images from: `features.images=false`).
+pub async fn pull_images(base: &Client, plan: &Plan, version: &str) -> anyhow::Result<()> {
+    // Image (as text) -> (source, first service that uses it).
+    let mut wanted: BTreeMap<String, (&ImageSource, &str)> = BTreeMap::new();
+    for action in plan.actions() {
+        let (Action::Create(p) | Action::Recreate(p)) = action else {
+            continue;
+        };
+        if let ImageSource::Oci { .. } = &p.image {
+            wanted
+                .entry(p.image.to_string())
+                .or_insert((&p.image, p.service.as_str()));
+        }
+    }
+    let images = base.with_project("default");
+    let pulls = wanted.iter().map(|(text, (source, service))| {
+        let images = images.clone();
+        async move {
+            let ImageSource::Oci { server, alias, .. } = source else {
+                return Ok(());
+            };
+            let body = serde_json::json!({
+                "source": {"type": "image", "mode": "pull", "server": server, "protocol": "oci", "alias": alias},
+            });
+            let result = async {
+                images
+                    .send_operation(Request::post("/1.0/images").json(&body)?)
+                    .await?
+                    .wait()
+                    .await
+            }
+            .await;
+            result.map(|_| ()).map_err(|e| {
+                anyhow::anyhow!(
+                    "service {service:?}: cannot pull image {text} onto the Incus server (version {version}): {e}; nothing was changed (check the reference, and that the server reaches the registry)"
+                )
+            })
+        }
+    });
+    for r in futures_util::future::join_all(pulls).await {
+        r?;
+    }
     Ok(())
 }
 
