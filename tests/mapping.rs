@@ -478,6 +478,8 @@ services:
       - /dev/zero:/dev/myzero
     ports:
       - "127.0.0.1:18611-18612:7001-7002/udp"
+    cpuset: "0"
+    oom_score_adj: 500
   locked:
     image: busybox
     command: [sleep, "3600"]
@@ -561,6 +563,12 @@ configs:
         "resolv.conf"
     );
     f.sh("app-1", "test -c /dev/myzero");
+    assert_eq!(i.config["limits.cpu"], "0-0");
+    assert_eq!(f.sh("app-1", "nproc"), "1");
+    assert_eq!(
+        f.sh("app-1", &format!("cat /proc/{child}/oom_score_adj")),
+        "500"
+    );
     // A UDP port range on one host address: a proxy device per port (the loader expands
     // ranges, as docker compose does).
     for (host, target) in [(18611, 7001), (18612, 7002)] {

@@ -36,6 +36,8 @@
 //! | `platform` | a placement constraint `node.platform.arch == <Incus arch>`; planning fails if no member has that architecture |
 //! | `pull_policy` | `always`, `missing`, `never`, `if_not_present`: the image must be a local alias or a remote image (nothing is pulled); `build`: refused |
 //! | `build` | refused: Incus cannot build Dockerfiles |
+//! | `cpuset` | `limits.cpu = <set>` (pinning; a single CPU `N` as `N-N`; a whole-CPU count from `cpus` then becomes `limits.cpu.allowance`) |
+//! | `oom_score_adj` (0..1000) | `raw.lxc`: `lxc.proc.oom_score_adj` (negative values warn: not allowed unprivileged) |
 //! | `mem_reservation`, `deploy.resources.reservations` | placement only (the scheduler reserves them); Incus has no reservation key |
 
 use std::collections::BTreeMap;
@@ -312,7 +314,7 @@ pub fn mounts(
 }
 
 /// Fields of [`Service::other`] that are mapped here (not reported as unsupported).
-const MAPPED_OTHER: &[&str] = &["devices", "dns_opt"];
+const MAPPED_OTHER: &[&str] = &["devices", "dns_opt", "cpuset", "oom_score_adj"];
 
 /// A file or directory written into an instance through the Incus file API before its first
 /// start. Its `Debug` form never shows the content (secrets), only its length and sha256.
@@ -643,6 +645,61 @@ pub fn tmpfs(
         // /dev is a fresh tmpfs of LXC's at start: nothing to prepare there.
         if !path.starts_with("/dev/") {
             files.push(PushFile::dir(&path));
+        }
+    }
+}
+
+/// `cpuset`: `limits.cpu` as a CPU set (pinning); a whole-CPU count from `cpus` becomes the
+/// same quota as `limits.cpu.allowance`. `oom_score_adj` (0 or more): `raw.lxc`
+/// `lxc.proc.oom_score_adj`; a negative one needs privileges an unprivileged container lacks.
+pub fn cpuset_and_oom(
+    service: &Service,
+    config: &mut BTreeMap<String, String>,
+    raw: &mut Vec<String>,
+    warnings: &mut Vec<String>,
+) {
+    let name = &service.name;
+    if let Some(v) = service.other.get("cpuset") {
+        let set = match v {
+            serde_json::Value::String(s) => s.trim().to_string(),
+            serde_json::Value::Number(n) => n.to_string(),
+            _ => String::new(),
+        };
+        if !set.is_empty()
+            && set
+                .chars()
+                .all(|c| c.is_ascii_digit() || c == ',' || c == '-')
+        {
+            // A lone number is a count for Incus: CPU 2 alone is the range `2-2`.
+            let set = if set.chars().all(|c| c.is_ascii_digit()) {
+                format!("{set}-{set}")
+            } else {
+                set
+            };
+            if let Some(count) = config.insert("limits.cpu".into(), set)
+                && let Ok(n) = count.parse::<u64>()
+            {
+                config
+                    .entry("limits.cpu.allowance".into())
+                    .or_insert_with(|| format!("{}ms/100ms", n * 100));
+            }
+        } else {
+            warnings.push(format!(
+                "service {name:?}: cpuset {v} is not a CPU list like \"0-3\" or \"0,2\"; ignored"
+            ));
+        }
+    }
+    if let Some(v) = service.other.get("oom_score_adj") {
+        match v.as_i64() {
+            Some(n) if (0..=1000).contains(&n) => {
+                raw.push(format!("lxc.proc.oom_score_adj = {n}"));
+            }
+            Some(n) if (-1000..0).contains(&n) => warnings.push(format!(
+                "service {name:?}: oom_score_adj {n} is below 0, which an unprivileged container may not set; ignored"
+            )),
+            _ => warnings.push(format!(
+                "service {name:?}: oom_score_adj {v} is not a number from -1000 to 1000; ignored"
+            )),
         }
     }
 }
@@ -1649,6 +1706,34 @@ services:
             "{:?}",
             d.warnings
         );
+    }
+
+    #[test]
+    fn cpuset_pins_cpus_keeping_a_count_as_quota_and_oom_score_adj_goes_to_lxc() {
+        let mut s = with_limits(Some(2.0), None, None);
+        s.other.insert("cpuset".into(), serde_json::json!("0,1"));
+        s.other
+            .insert("oom_score_adj".into(), serde_json::json!(500));
+        let (mut c, mut raw, mut w) = (BTreeMap::new(), Vec::new(), Vec::new());
+        limits(&s, &mut c);
+        cpuset_and_oom(&s, &mut c, &mut raw, &mut w);
+        assert_eq!(c["limits.cpu"], "0,1");
+        assert_eq!(c["limits.cpu.allowance"], "200ms/100ms");
+        assert_eq!(raw, ["lxc.proc.oom_score_adj = 500"]);
+        assert!(w.is_empty(), "{w:?}");
+        s.other.insert("cpuset".into(), serde_json::json!("all"));
+        s.other
+            .insert("oom_score_adj".into(), serde_json::json!(-100));
+        let (mut c, mut raw, mut w) = (BTreeMap::new(), Vec::new(), Vec::new());
+        cpuset_and_oom(&s, &mut c, &mut raw, &mut w);
+        assert!(c.is_empty() && raw.is_empty() && w.len() == 2, "{w:?}");
+        s.other.insert("cpuset".into(), serde_json::json!("1"));
+        let mut c = BTreeMap::new();
+        cpuset_and_oom(&s, &mut c, &mut Vec::new(), &mut Vec::new());
+        assert_eq!(c["limits.cpu"], "1-1", "one pinned CPU, not a count");
+        let mut w = Vec::new();
+        unsupported(&s, &mut w);
+        assert!(w.is_empty(), "{w:?}");
     }
 
     #[test]

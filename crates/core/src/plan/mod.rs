@@ -686,6 +686,7 @@ pub fn desired(
         } else {
             mapping::process(service, &mut raw, &mut files, &mut warnings)
         };
+        mapping::cpuset_and_oom(service, &mut config, &mut raw, &mut warnings);
         mapping::hostname(service, &mut raw, &mut warnings);
         mapping::capabilities(service, &mut raw, &mut warnings);
         mapping::tmpfs(service, &mut raw, &mut files, &mut warnings);
