@@ -617,7 +617,7 @@ i7_write_env() {
     n="$(i7_members)"
     [ "$n" -gt 1 ] && clustered=1
     for k in $(seq 1 "$n"); do names="${names:+$names,}node$k"; done
-    local vars=(INCUS_DIR INCUS_COMPOSE_TEST_INCUS_LINE INCUS_COMPOSE_TEST_MEMBERS INCUS_COMPOSE_TEST_CLUSTERED
+    local vars=(INCUS_DIR INCUS_COMPOSE_TEST_INCUS_LINE INCUS_LINE INCUS_COMPOSE_TEST_MEMBERS INCUS_COMPOSE_TEST_CLUSTERED
         INCUS_COMPOSE_TEST_MEMBER_NAMES INCUS_COMPOSE_TEST_STATE INCUS_COMPOSE_TEST_HARNESS INCUS_COMPOSE_TEST_REGISTRY
         INCUS_COMPOSE_TEST_REGISTRY_CA)
     mkdir -p "$(dirname "$file")"
@@ -625,6 +625,8 @@ i7_write_env() {
         echo "# Written by scripts/test-cluster (--incus 7.0) for the running Incus 7.0 test server; \`source\` this file."
         echo "INCUS_DIR=$I7_DIR"
         echo "INCUS_COMPOSE_TEST_INCUS_LINE=7.0"
+        # Makes INCUS_COMPOSE_TEST_HARNESS (kill-member, revive-member...) act on this line, never on 6.0.
+        echo "INCUS_LINE=7.0"
         echo "INCUS_COMPOSE_TEST_MEMBERS=$n"
         echo "INCUS_COMPOSE_TEST_CLUSTERED=$clustered"
         echo "INCUS_COMPOSE_TEST_MEMBER_NAMES=$names"
@@ -754,12 +756,56 @@ i7_cmd_selftest() {
     echo "selftest ok ($((SECONDS - t0)) s): testapp:v1 (on $(i7_inc list ic7-st-v1 -f csv -c L)) from https://$I7_REGISTRY answers v1 (oci.entrypoint: $(i7_inc config get ic7-st-v1 oci.entrypoint)); testapp:broken stopped by itself"
 }
 
+i7_member_arg() {
+    local k=${1:-} n
+    n="$(i7_members)"
+    [[ "$k" =~ ^[0-9]+$ ]] && [ "$k" -ge 1 ] && [ "$k" -le "$n" ] || die "member must be a number between 1 and $n (got '$k')"
+    echo "$k"
+}
+
+# kill -9 member K's incusd (its containers live on).
+i7_cmd_kill_member() {
+    local k pid
+    k="$(i7_member_arg "${1:-}")"
+    pid="$(i7_read_pid "node$k.incusd")"
+    if pid_alive "$pid"; then
+        kill -9 "$pid"
+        for _ in $(seq 1 100); do pid_alive "$pid" || break; sleep 0.05; done
+        i7_log "node$k: incusd (pid $pid) killed"
+    else
+        i7_log "node$k: incusd was not running"
+    fi
+}
+
+# Start member K's incusd again; wait until it answers (and, in a cluster, is ONLINE).
+i7_cmd_revive_member() {
+    local k
+    i7_take_lock
+    k="$(i7_member_arg "${1:-}")"
+    if ! pid_alive "$(i7_read_pid "node$k.incusd")"; then
+        i7_start_daemon "$k"
+        i7_wait_ready "$k"
+    fi
+    if [ "$(i7_members)" -gt 1 ]; then
+        local via=1 state=""
+        [ "$k" = 1 ] && via=2
+        for _ in $(seq 1 180); do
+            state="$(i7_inc_k "$via" cluster list -f csv 2>/dev/null | awk -F, -v n="node$k" '$1 == n { for (i = 2; i <= NF; i++) if ($i ~ /^(ONLINE|OFFLINE|EVACUATED|BLOCKED)$/) { print $i; exit } }')"
+            [ "$state" = ONLINE ] && break
+            sleep 0.5
+        done
+        [ "$state" = ONLINE ] || die "node$k did not come back ONLINE"
+    fi
+    i7_log "node$k is up"
+}
+
 # Entry point from scripts/test-cluster: incus7_main CMD [ARGS...]
 incus7_main() {
-    local cmd=${1:-} members=1
+    local cmd=${1:-} members=1 pos=()
     [ $# -gt 0 ] && shift
     while [ $# -gt 0 ]; do
         case "$1" in
+            [0-9]*) pos+=("$1"); shift ;;
             --env-file) [ $# -ge 2 ] || die "--env-file needs a path"; I7_ENV_FILE=$2; shift 2 ;;
             --env-file=*) I7_ENV_FILE="${1#--env-file=}"; shift ;;
             --members) [ $# -ge 2 ] || die "--members needs a number"; members=$2; shift 2 ;;
@@ -775,8 +821,10 @@ incus7_main() {
         down) i7_cmd_down ;;
         status) i7_cmd_status ;;
         selftest) i7_cmd_selftest ;;
+        kill-member) i7_cmd_kill_member "${pos[0]:-}" ;;
+        revive-member) i7_cmd_revive_member "${pos[0]:-}" ;;
         env) i7_healthy || die "no Incus 7.0 test server is running"; i7_write_env ;;
         root) i7_take_lock; i7_ensure_root ;;
-        *) die "the 7.0 line supports: up, down, status, selftest, env, root (build the Debian 13 root only)" ;;
+        *) die "the 7.0 line supports: up [--members N], down, status, selftest, kill-member K, revive-member K, env, root (build the Debian 13 root only); not: $cmd" ;;
     esac
 }
