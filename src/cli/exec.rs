@@ -5,7 +5,8 @@
 //!   the local terminal goes to raw mode (restored on exit, error or panic), its size is
 //!   sent at start and again on every SIGWINCH, and every key goes to the command.
 //! - Otherwise stdin is forwarded as it comes (end of input closes the command's stdin) and
-//!   stdout and stderr stay separate; SIGINT, SIGTERM and SIGHUP are forwarded to the command.
+//!   stdout and stderr stay separate.
+//! - SIGINT, SIGTERM and SIGHUP sent to incus-compose are forwarded to the command.
 //! - The command's exit code is incus-compose's exit code.
 //! - `--index N` picks replica N (the `web-N` instance). A global service has one replica per
 //!   member, named after the member: `--index N` is the N-th of them in member name order.
@@ -259,7 +260,7 @@ fn stdin_channel() -> mpsc::Receiver<Vec<u8>> {
     rx
 }
 
-/// Forward SIGINT, SIGTERM and SIGHUP (pipes mode: the local terminal, if any, is not raw).
+/// Forward SIGINT, SIGTERM and SIGHUP to the command.
 fn signal_channel() -> anyhow::Result<mpsc::Receiver<i32>> {
     let (tx, rx) = mpsc::channel(8);
     for (kind, number) in [
@@ -368,11 +369,13 @@ pub fn run(global: &GlobalArgs, args: &ExecArgs) -> anyhow::Result<ExitCode> {
         req.environment = environment;
         let mut io = ExecIo::output(tokio::io::stdout(), tokio::io::stderr());
         io.stdin = Some(stdin_channel());
+        // Signals to incus-compose go to the command (so a SIGTERM ends the session normally
+        // and the terminal mode is restored); with a terminal, Ctrl-C is just a key.
+        io.signals = Some(signal_channel()?);
         let _raw = if tty {
             io.resize = Some(resize_channel()?);
             Some(RawMode::enable()?)
         } else {
-            io.signals = Some(signal_channel()?);
             None
         };
         client
