@@ -486,6 +486,7 @@ services:
     network_mode: none
     cap_drop: [ALL]
     cap_add: [NET_BIND_SERVICE]
+    security_opt: [no-new-privileges:true]
   named:
     image: busybox
     command: [sleep, "3600"]
@@ -593,6 +594,13 @@ configs:
     )
     .expect("CapBnd");
     assert_eq!(locked, 1 << 10, "{locked:x}");
+    assert_eq!(
+        f.sh(
+            "locked-1",
+            "grep NoNewPrivs /proc/1/status | awk '{print $2}'"
+        ),
+        "1"
+    );
 
     // A user name: the command runs through su as that user (from the image's /etc/passwd,
     // here delivered as a config).

@@ -38,6 +38,7 @@
 //! | `build` | refused: Incus cannot build Dockerfiles |
 //! | `cpuset` | `limits.cpu = <set>` (pinning; a single CPU `N` as `N-N`; a whole-CPU count from `cpus` then becomes `limits.cpu.allowance`) |
 //! | `oom_score_adj` (0..1000) | `raw.lxc`: `lxc.proc.oom_score_adj` (negative values warn: not allowed unprivileged) |
+//! | `security_opt: [no-new-privileges]` | `raw.lxc`: `lxc.no_new_privs = 1` (other options warn) |
 //! | `mem_reservation`, `deploy.resources.reservations` | placement only (the scheduler reserves them); Incus has no reservation key |
 
 use std::collections::BTreeMap;
@@ -704,6 +705,34 @@ pub fn cpuset_and_oom(
     }
 }
 
+/// `security_opt`: `no-new-privileges` -> `raw.lxc` `lxc.no_new_privs = 1`; the others
+/// (AppArmor, seccomp, SELinux labels) are Incus's to set and warn.
+pub fn security_opt(service: &Service, raw: &mut Vec<String>, warnings: &mut Vec<String>) {
+    let mut ignored = Vec::new();
+    for o in &service.security_opt {
+        let (key, value) = o
+            .split_once(['=', ':'])
+            .map(|(k, v)| (k.trim(), v.trim()))
+            .unwrap_or((o.trim(), "true"));
+        match (key, value) {
+            ("no-new-privileges", "true") => {
+                if !raw.iter().any(|l| l == "lxc.no_new_privs = 1") {
+                    raw.push("lxc.no_new_privs = 1".into());
+                }
+            }
+            ("no-new-privileges", "false") => {}
+            _ => ignored.push(o.as_str()),
+        }
+    }
+    if !ignored.is_empty() {
+        warnings.push(format!(
+            "service {:?}: security_opt {} not supported on Incus (its AppArmor and seccomp profiles apply), ignored",
+            service.name,
+            ignored.join(", ")
+        ));
+    }
+}
+
 /// `sysctls`: `linux.sysctl.*` keys.
 pub fn sysctls(service: &Service, config: &mut BTreeMap<String, String>) {
     for (k, v) in &service.sysctls {
@@ -1229,7 +1258,6 @@ pub fn unsupported(service: &Service, warnings: &mut Vec<String>) {
     // `healthcheck` is run through Incus exec (src/engine/health.rs).
     flag(s.logging.is_some(), "logging");
     flag(s.runtime.is_some(), "runtime");
-    flag(!s.security_opt.is_empty(), "security_opt");
     flag(s.stdin_open, "stdin_open");
     flag(s.tty, "tty");
     flag(!s.volumes_from.is_empty(), "volumes_from");
@@ -1439,13 +1467,13 @@ mod tests {
     #[test]
     fn unsupported_fields_are_named_in_a_warning() {
         let mut s = svc();
-        s.security_opt = vec!["label:disable".into()];
+        s.stdin_open = true;
         s.runtime = Some("runc".into());
         s.cap_add = vec!["NET_ADMIN".into()];
         let mut w = Vec::new();
         unsupported(&s, &mut w);
         assert!(
-            w[0].contains("security_opt") && w[0].contains("runtime") && !w[0].contains("cap_add"),
+            w[0].contains("stdin_open") && w[0].contains("runtime") && !w[0].contains("cap_add"),
             "{w:?}"
         );
         let mut w = Vec::new();
@@ -1734,6 +1762,23 @@ services:
         let mut w = Vec::new();
         unsupported(&s, &mut w);
         assert!(w.is_empty(), "{w:?}");
+    }
+
+    #[test]
+    fn no_new_privileges_sets_lxc_no_new_privs_and_other_security_options_warn() {
+        let mut s = svc();
+        s.security_opt = vec![
+            "no-new-privileges:true".into(),
+            "no-new-privileges".into(),
+            "apparmor=unconfined".into(),
+        ];
+        let (mut raw, mut w) = (Vec::new(), Vec::new());
+        security_opt(&s, &mut raw, &mut w);
+        assert_eq!(raw, ["lxc.no_new_privs = 1"]);
+        assert!(
+            w.len() == 1 && w[0].contains("apparmor=unconfined"),
+            "{w:?}"
+        );
     }
 
     #[test]

@@ -689,6 +689,7 @@ pub fn desired(
         mapping::cpuset_and_oom(service, &mut config, &mut raw, &mut warnings);
         mapping::hostname(service, &mut raw, &mut warnings);
         mapping::capabilities(service, &mut raw, &mut warnings);
+        mapping::security_opt(service, &mut raw, &mut warnings);
         mapping::tmpfs(service, &mut raw, &mut files, &mut warnings);
         mapping::secrets_and_configs(service, project, &mut files, &mut warnings)?;
         mapping::name_resolution(service, &mut files, &mut warnings);
@@ -831,6 +832,16 @@ pub struct ObservedNetwork {
     pub name: String,
     pub managed: bool,
     pub config: BTreeMap<String, String>,
+    /// Incus's status: `Created`, or `Pending`/`Errored` for a cluster network whose creation
+    /// did not finish (empty when unknown: taken as created).
+    pub status: String,
+}
+
+impl ObservedNetwork {
+    /// Whether a cluster-wide creation was left unfinished (then `up` finishes it).
+    pub fn unfinished(&self) -> bool {
+        matches!(self.status.as_str(), "Pending" | "Errored")
+    }
 }
 
 /// A custom volume as observed.
