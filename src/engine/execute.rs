@@ -178,9 +178,24 @@ async fn run(t: &Target, action: &Action) -> anyhow::Result<String> {
             } else {
                 Vec::new()
             };
-            t.networks
-                .create_network_everywhere(&req, &members, &BTreeMap::new())
-                .await?;
+            // Incus 6.0 fails a bridge creation now and then while another bridge is being
+            // removed ("Failed to delete bridge children interfaces"): try again, finishing
+            // what the failed attempt left.
+            let mut attempt = 0;
+            loop {
+                match t
+                    .networks
+                    .create_network_everywhere(&req, &members, &BTreeMap::new())
+                    .await
+                {
+                    Ok(()) => break,
+                    Err(e) if attempt < RETRIES && transient(&e) => {
+                        attempt += 1;
+                        tokio::time::sleep(Duration::from_millis(500 * attempt)).await;
+                    }
+                    Err(e) => return Err(e).with_context(|| format!("creating network {name}")),
+                }
+            }
             Ok(format!(
                 "[+] network {name} created ({})",
                 config.get("ipv4.address").map(String::as_str).unwrap_or("")

@@ -118,6 +118,7 @@ pub async fn observe(
             name: n.name,
             managed: n.managed,
             config: n.config,
+            status: n.status,
         })
         .collect();
 

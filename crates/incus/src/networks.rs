@@ -89,7 +89,16 @@ impl Client {
         if members.is_empty() {
             return self.create_network(req, None).await;
         }
-        for m in members {
+        // A creation that failed half way (status `Pending` on some members, or `Errored` after
+        // the global step) is finished rather than started again: members it is already
+        // defined on are skipped, then the global step runs (Incus retries it for an errored
+        // network).
+        let done: Vec<String> = match self.network(&req.name, None).await {
+            Ok(n) if n.status == "Errored" => members.to_vec(),
+            Ok(n) if n.status == "Pending" => n.locations,
+            Ok(_) | Err(_) => Vec::new(),
+        };
+        for m in members.iter().filter(|m| !done.contains(m)) {
             let pending = NetworksPost {
                 name: req.name.clone(),
                 kind: req.kind.clone(),

@@ -116,6 +116,18 @@ pub fn diff(d: &Desired, obs: &Observed, o: &DiffOptions) -> Result<Plan, PlanEr
                     name: net.name.clone(),
                 });
             }
+            (Some(n), false) if is_ours(&n.config, compose) && n.unfinished() => {
+                // An earlier `up` failed half way through a cluster-wide creation: finish it
+                // with the configuration (and subnet) it was started with.
+                let mut config = net.config.clone();
+                if let Some(a) = n.config.get("ipv4.address") {
+                    config.insert("ipv4.address".into(), a.clone());
+                }
+                network_stage.push(Action::CreateNetwork {
+                    name: net.name.clone(),
+                    config,
+                });
+            }
             (Some(n), false) if is_ours(&n.config, compose) => {}
             (Some(n), false) => return Err(not_ours("network", &n.name, &n.config)),
             (None, false) => {

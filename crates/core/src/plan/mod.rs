@@ -832,6 +832,16 @@ pub struct ObservedNetwork {
     pub name: String,
     pub managed: bool,
     pub config: BTreeMap<String, String>,
+    /// Incus's status: `Created`, or `Pending`/`Errored` for a cluster network whose creation
+    /// did not finish (empty when unknown: taken as created).
+    pub status: String,
+}
+
+impl ObservedNetwork {
+    /// Whether a cluster-wide creation was left unfinished (then `up` finishes it).
+    pub fn unfinished(&self) -> bool {
+        matches!(self.status.as_str(), "Pending" | "Errored")
+    }
 }
 
 /// A custom volume as observed.

@@ -82,6 +82,7 @@ fn apply(plan: &Plan, obs: &Observed) -> Observed {
                 name: name.clone(),
                 managed: true,
                 config: config.clone(),
+                status: "Created".into(),
             }),
             Action::CreateVolume {
                 pool,
@@ -406,6 +407,7 @@ fn networks_and_volumes_without_our_labels_are_refused() {
         name: d.networks[0].name.clone(),
         managed: true,
         config: BTreeMap::new(),
+        status: "Created".into(),
     });
     assert!(matches!(
         up(APP, &obs, &DiffOptions::default()),
@@ -659,4 +661,37 @@ fn stop_goes_dependents_first_and_start_dependencies_first() {
     );
     let restart = plan_power(Power::Restart, "shop", "shop", &levels, 5, &obs, &[]);
     assert_eq!(restart.actions().count(), 8);
+}
+
+#[test]
+fn a_network_left_errored_by_a_failed_up_is_finished_with_its_subnet() {
+    let first = up(APP, &cluster(), &DiffOptions::default()).unwrap();
+    let mut obs = apply(&first, &cluster());
+    for n in &mut obs.networks {
+        n.status = "Errored".into();
+        n.config
+            .insert("ipv4.address".into(), "100.100.7.1/24".into());
+    }
+    let again = up(APP, &obs, &DiffOptions::default()).unwrap();
+    let finished: Vec<&Action> = again
+        .actions()
+        .filter(|a| matches!(a, Action::CreateNetwork { .. }))
+        .collect();
+    assert_eq!(finished.len(), obs.networks.len(), "{again:?}");
+    for a in finished {
+        let Action::CreateNetwork { config, .. } = a else {
+            unreachable!()
+        };
+        assert_eq!(config["ipv4.address"], "100.100.7.1/24");
+    }
+    for n in &mut obs.networks {
+        n.status = "Created".into();
+    }
+    let settled = up(APP, &obs, &DiffOptions::default()).unwrap();
+    assert!(
+        !settled
+            .actions()
+            .any(|a| matches!(a, Action::CreateNetwork { .. })),
+        "{settled:?}"
+    );
 }

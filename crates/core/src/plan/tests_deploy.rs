@@ -67,6 +67,7 @@ fn apply(plan: &Plan, obs: &Observed) -> Observed {
                 name: name.clone(),
                 managed: true,
                 config: config.clone(),
+                status: "Created".into(),
             }),
             Action::Create(p) => out.instances.push(ObservedInstance {
                 name: p.name.clone(),
