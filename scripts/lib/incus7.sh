@@ -799,6 +799,69 @@ i7_cmd_revive_member() {
     i7_log "node$k is up"
 }
 
+# Member N+1 joins the cluster (N >= 2); the env file is rewritten.
+i7_cmd_add_member() {
+    local n k
+    i7_take_lock
+    n="$(i7_members)"
+    [ "$n" -ge 2 ] || die "add-member needs a running 7.0 cluster of at least 2 members; run: scripts/test-cluster up --incus 7.0 --members 3"
+    pid_alive "$(i7_read_pid node1.incusd)" || die "node1 of the 7.0 cluster is not running"
+    k=$((n + 1))
+    i7_start_holder "$k"
+    echo "$k" >"$I7_STATE/members"
+    i7_start_daemon "$k"
+    i7_wait_ready "$k"
+    i7_join "$k"
+    i7_start_member_forwarder "$k"
+    local state=""
+    for _ in $(seq 1 120); do
+        state="$(i7_inc cluster list -f csv 2>/dev/null | awk -F, -v n="node$k" '$1 == n { for (i = 2; i <= NF; i++) if ($i ~ /^(ONLINE|OFFLINE|EVACUATED|BLOCKED)$/) { print $i; exit } }')"
+        [ "$state" = ONLINE ] && break
+        sleep 0.5
+    done
+    [ "$state" = ONLINE ] || die "node$k joined but is not ONLINE"
+    i7_write_env
+    i7_log "node$k joined; env rewritten"
+}
+
+# The last member (of 3 or more) leaves, its instances deleted first; undoes add-member.
+i7_cmd_remove_member() {
+    local n k proj name loc pid
+    i7_take_lock
+    n="$(i7_members)"
+    [ "$n" -ge 3 ] || die "remove-member removes the last member of a 7.0 cluster of 3 or more (there are $n)"
+    k=$n
+    while IFS=, read -r proj name loc; do
+        [ "$loc" = "node$k" ] || continue
+        i7_inc delete --force --project "$proj" "$name" >/dev/null 2>&1 || true
+    done < <(i7_inc list --all-projects -f csv -c enL 2>/dev/null || true)
+    if pid_alive "$(i7_read_pid "node$k.incusd")"; then
+        i7_inc cluster remove "node$k" >/dev/null 2>&1 || i7_inc cluster remove "node$k" --force --yes >/dev/null
+    else
+        i7_inc cluster remove "node$k" --force --yes >/dev/null
+    fi
+    for pid in "$(i7_read_pid "node$k.regfwd")" "$(i7_read_pid "node$k.incusd")" "$(i7_read_pid "node$k.holder")"; do
+        if pid_alive "$pid"; then kill -9 "$pid" 2>/dev/null || true; fi
+    done
+    # Whatever else ran in that member's namespaces (its containers' processes, monitors).
+    local p
+    for p in /proc/[0-9]*; do
+        if tr '\0' ' ' 2>/dev/null <"$p/cmdline" | grep -qF "$(i7_dir "$k")/"; then kill -9 "${p#/proc/}" 2>/dev/null || true; fi
+    done
+    ip link del "ic7v$k" 2>/dev/null || true
+    sleep 0.5
+    rm -rf --one-file-system "$(i7_dir "$k")"
+    rm -f "$I7_RUN/node$k".*
+    echo $((n - 1)) >"$I7_STATE/members"
+    i7_write_env
+    local t0=$SECONDS
+    until i7_healthy; do
+        [ $((SECONDS - t0)) -lt 60 ] || die "the 7.0 cluster is not healthy 60 s after removing node$k"
+        sleep 0.5
+    done
+    i7_log "node$k removed; env rewritten"
+}
+
 # Entry point from scripts/test-cluster: incus7_main CMD [ARGS...]
 incus7_main() {
     local cmd=${1:-} members=1 pos=()
@@ -823,8 +886,10 @@ incus7_main() {
         selftest) i7_cmd_selftest ;;
         kill-member) i7_cmd_kill_member "${pos[0]:-}" ;;
         revive-member) i7_cmd_revive_member "${pos[0]:-}" ;;
+        add-member) i7_cmd_add_member ;;
+        remove-member) i7_cmd_remove_member ;;
         env) i7_healthy || die "no Incus 7.0 test server is running"; i7_write_env ;;
         root) i7_take_lock; i7_ensure_root ;;
-        *) die "the 7.0 line supports: up [--members N], down, status, selftest, kill-member K, revive-member K, env, root (build the Debian 13 root only); not: $cmd" ;;
+        *) die "the 7.0 line supports: up [--members N], down, status, selftest, kill-member K, revive-member K, add-member, remove-member, env, root (build the Debian 13 root only); not: $cmd" ;;
     esac
 }
