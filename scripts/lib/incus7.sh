@@ -1,6 +1,8 @@
 # shellcheck shell=bash
 # scripts/lib/incus7.sh: the Incus 7.0 line of scripts/test-cluster (sourced by it; uses its log/die/
-# pid_alive/pkg_installed/apt_install). Selected with `scripts/test-cluster <cmd> --incus 7.0` or INCUS_LINE=7.0.
+# pid_alive/pkg_installed/apt_install/build_image). Selected with `scripts/test-cluster <cmd> --incus 7.0` or
+# INCUS_LINE=7.0. Commands: up [--members N] [--env-file F], down, status, selftest, kill-member K,
+# revive-member K, add-member, remove-member, env, root (build the Debian 13 root only).
 #
 # Incus 7.0 (API extension instance_oci) is in Debian trixie-backports and does not install on Debian 12,
 # so it runs from a Debian 13 root (built with debootstrap, cached, rebuilt when missing or broken),
@@ -21,8 +23,10 @@
 # Registry: Debian's docker-registry (distribution 2.8) on https://127.0.0.1:5443 *inside member 1's
 #   namespace* (incusd pulls from it there; the host's 127.0.0.1 is another loopback). socat (in the host's
 #   network namespace, connecting through netns=ic7) forwards the host's 127.0.0.1:5443 to it, so tools on
-#   the host reach the same address; on members K >= 2 a socat forwards their 127.0.0.1:5443 to 100.64.2.11. Self-signed certificate with subjectAltName IP:127.0.0.1, trusted by the
-#   Debian 13 root (update-ca-certificates); on the host, point SSL_CERT_FILE at INCUS_COMPOSE_TEST_REGISTRY_CA.
+#   the host reach the same address; on members K >= 2 a socat forwards their 127.0.0.1:5443 to 100.64.2.11.
+#   Self-signed certificate with subjectAltName IP:127.0.0.1, trusted by the Debian 13 root
+#   (update-ca-certificates); on the host, point SSL_CERT_FILE at INCUS_COMPOSE_TEST_REGISTRY_CA.
+#   Members have no default route and no name server: nothing leaves the machine.
 # System-container test images: the 6.0 line's testapp/v1, testapp/v2, testapp/broken, busybox (same aliases).
 # OCI test images (built with umoci, pushed with skopeo), Docker-style entrypoint + cmd:
 #   testapp:v1, testapp:v2  entrypoint ["/docker-entrypoint.sh"] (brings lo up, prints a line, exec "$@"),
@@ -30,7 +34,8 @@
 #                           env TESTAPP_VERSION=v1|v2, TESTAPP_NAME=testapp, workdir /www.
 #   testapp:broken          entrypoint ["/bin/sh","-c"], cmd ["echo testapp broken: exiting; exit 3"].
 # Env file: <repo>/.test-cluster/env-7.0 (same keys as the 6.0 line's .test-cluster/env, plus
-#   INCUS_COMPOSE_TEST_INCUS_LINE=7.0, INCUS_COMPOSE_TEST_REGISTRY=127.0.0.1:5443,
+#   INCUS_COMPOSE_TEST_INCUS_LINE=7.0, INCUS_LINE=7.0 (harness calls from tests act on this line),
+#   INCUS_COMPOSE_TEST_REGISTRY=127.0.0.1:5443,
 #   INCUS_COMPOSE_TEST_REGISTRY_CA=<path of the CA certificate on the host>). It is not .test-cluster/env,
 #   so the 6.0 cluster's env file stays as it is; pass --env-file to write .test-cluster/env instead.
 
