@@ -533,3 +533,54 @@ services:
     f.ok(&["start"]);
     assert!(f.instances()["job-1"].is_running());
 }
+
+#[test]
+fn service_names_and_aliases_resolve_to_the_services_instances_on_the_same_member() {
+    let f = Fixture::new("dns");
+    // Both services on one member: on a cluster each member's bridge is its own segment.
+    let member = members(&f.client).into_iter().next().expect("a member");
+    f.write(
+        &r#"
+name: {name}
+services:
+  web:
+    image: testapp/v1
+    networks: {back: {aliases: [frontend]}}
+    deploy: {placement: {constraints: ["node.hostname == {member}"]}}
+  db:
+    image: testapp/v2
+    networks: {back: {aliases: [database]}}
+    deploy: {placement: {constraints: ["node.hostname == {member}"]}}
+networks:
+  back: {}
+"#
+        .replace("{member}", &member),
+    );
+    f.ok(&["up", "-d"]);
+    let p = f.project();
+    // Fetch a page from inside an instance, waiting for its DHCP lease and DNS.
+    let fetch = |from: &str, host: &str| -> String {
+        // (busybox wget segfaults with -T here.)
+        let cmd = format!("wget -q -O- http://{host}/");
+        let mut last = String::new();
+        for _ in 0..20 {
+            let out = block_on(p.exec_output(from, &ExecRequest::new(["sh", "-c", &cmd]), b""));
+            match out {
+                Ok(o) if o.exit_code == 0 => {
+                    return String::from_utf8_lossy(&o.stdout).into_owned();
+                }
+                Ok(o) => last = String::from_utf8_lossy(&o.stderr).into_owned(),
+                Err(e) => last = e.to_string(),
+            }
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
+        panic!("{from}: http://{host}/ never answered: {last}");
+    };
+    assert_eq!(fetch("web-1", "db"), "v2");
+    assert_eq!(fetch("web-1", "database"), "v2");
+    assert_eq!(fetch("db-1", "web"), "v1");
+    assert_eq!(fetch("db-1", "frontend"), "v1");
+    // The records live on the bridge and do not change on a second `up`.
+    let out = f.ok(&["up", "-d"]);
+    assert!(out.contains("Nothing to change"), "{out}");
+}

@@ -75,6 +75,7 @@ fn restrict(mut plan: Plan, scaled: &BTreeSet<String>, no_deps: bool) -> Plan {
             (_, Some(service)) => !no_deps || scaled.contains(service),
             (
                 Action::RemoveNetwork { .. }
+                | Action::UpdateNetwork { .. }
                 | Action::RemoveVolume { .. }
                 | Action::RemoveProject { .. },
                 None,

@@ -13,7 +13,7 @@ use ic_core::plan::{
     LABEL_SLOT, LABEL_VERSION, Plan, PushFile,
 };
 use ic_incus::{
-    Client, FileOptions, InstanceSource, InstancesPost, NetworksPost, ProjectsPost,
+    Client, FileOptions, InstanceSource, InstancesPost, NetworkPut, NetworksPost, ProjectsPost,
     StorageVolumesPost,
 };
 use tokio::sync::Semaphore;
@@ -249,6 +249,26 @@ async fn run(t: &Target, action: &Action) -> anyhow::Result<String> {
         } => {
             remove(t, name, *timeout).await?;
             Ok(format!("[-] {name} removed from {member} ({reason})"))
+        }
+        Action::UpdateNetwork { name, set } => {
+            let current = t.networks.network(name, None).await?;
+            let mut config = current.config.clone();
+            for (k, v) in set {
+                if v.is_empty() {
+                    config.remove(k);
+                } else {
+                    config.insert(k.clone(), v.clone());
+                }
+            }
+            let put = NetworkPut {
+                description: current.description.clone(),
+                config,
+            };
+            t.networks.update_network(name, &put, None).await?;
+            Ok(format!(
+                "[~] network {name} updated ({})",
+                set.keys().cloned().collect::<Vec<_>>().join(", ")
+            ))
         }
         Action::RemoveNetwork { name } => {
             t.networks.delete_network(name).await?;

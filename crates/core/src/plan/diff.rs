@@ -38,6 +38,10 @@ pub struct DownOptions {
 
 /// Dependency level of every service: 0 without `depends_on`, else one more than the deepest
 /// dependency.
+/// Network config keys `up` updates on an existing network of ours (the service-name DNS
+/// records change with the services; the rest of a network is fixed at creation).
+const NETWORK_KEYS_KEPT_UP_TO_DATE: &[&str] = &["raw.dnsmasq"];
+
 pub fn dependency_levels(project: &Project) -> BTreeMap<String, usize> {
     let mut levels: BTreeMap<String, usize> = BTreeMap::new();
     for name in project.services_in_dependency_order() {
@@ -128,7 +132,23 @@ pub fn diff(d: &Desired, obs: &Observed, o: &DiffOptions) -> Result<Plan, PlanEr
                     config,
                 });
             }
-            (Some(n), false) if is_ours(&n.config, compose) => {}
+            (Some(n), false) if is_ours(&n.config, compose) => {
+                // Keys incus-compose keeps up to date on an existing network.
+                let mut set = BTreeMap::new();
+                for key in NETWORK_KEYS_KEPT_UP_TO_DATE {
+                    let want = net.config.get(*key).map(String::as_str).unwrap_or("");
+                    let have = n.config.get(*key).map(String::as_str).unwrap_or("");
+                    if want != have {
+                        set.insert(key.to_string(), want.to_string());
+                    }
+                }
+                if !set.is_empty() {
+                    network_stage.push(Action::UpdateNetwork {
+                        name: net.name.clone(),
+                        set,
+                    });
+                }
+            }
             (Some(n), false) => return Err(not_ours("network", &n.name, &n.config)),
             (None, false) => {
                 let subnet = match net.subnet {

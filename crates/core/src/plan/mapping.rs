@@ -18,7 +18,7 @@
 //! | `volumes` (anonymous, `- /data`) | a custom volume per instance, `<instance>_anon-<target>` (e.g. `web-1_anon-data`), labelled as ours, mounted by a `disk` device; kept by `down`, removed by `down -v` |
 //! | `volumes` (`type: tmpfs`, `tmpfs.size`, `tmpfs.mode`), `tmpfs` | `raw.lxc`: `lxc.mount.entry = tmpfs <path> tmpfs rw,nosuid,nodev[,size=..][,mode=..],create=dir 0 0` (the mount point is created in the root filesystem before the first start) |
 //! | `shm_size` | a tmpfs of that size on `/dev/shm` (as above) |
-//! | `secrets`, `configs` | files written into the instance through the Incus file API before its first start: secrets at `/run/secrets/<name>` (or `target`), configs at `/<name>` (or `target`), owner `uid`/`gid` (default 0), mode `mode` (default 0444) without write bits; their content is part of the spec hash (a changed secret recreates the instance), never of a config key |
+//! | `secrets`, `configs` | files written into the instance through the Incus file API before its first start: secrets at `/run/secrets/<name>` (or `target`), configs at `/<name>` (or `target`), owner `uid`/`gid` (default 0), mode `mode` (default 0400 for secrets, owned by the service's numeric `user` unless `uid`/`gid` say otherwise; 0444 for configs) without write bits; their content is part of the spec hash (a changed secret recreates the instance), never of a config key |
 //! | `read_only: true` | the instance's `root` disk device with `readonly: true` |
 //! | `hostname` | `raw.lxc`: `lxc.uts.name = <hostname>` |
 //! | `sysctls` | `linux.sysctl.<key> = <value>` |
@@ -240,10 +240,8 @@ pub fn nics(
             if let Some(mac) = &n.mac_address {
                 d.insert("hwaddr".into(), mac.clone());
             }
+            // `aliases` are DNS names on the bridge (plan/dns.rs).
             let mut ignored = Vec::new();
-            if !n.aliases.is_empty() {
-                ignored.push("aliases");
-            }
             if n.ipv6_address.is_some() {
                 ignored.push("ipv6_address");
             }
@@ -457,6 +455,19 @@ fn numeric_id(
     }
 }
 
+/// The service's `user` as numeric `(uid, gid)` (`1000`, `1000:1001`); `(0, 0)` otherwise.
+fn numeric_user(service: &Service) -> (u32, u32) {
+    let Some(user) = service.user.as_deref() else {
+        return (0, 0);
+    };
+    let (u, g) = user.split_once(':').unwrap_or((user, ""));
+    match (u.parse::<u32>(), g.parse::<u32>()) {
+        (Ok(u), Ok(g)) => (u, g),
+        (Ok(u), Err(_)) if g.is_empty() => (u, u),
+        _ => (0, 0),
+    }
+}
+
 /// `secrets` and `configs`: files to push (see the module table). A secret or config whose
 /// value cannot be read fails the plan; external ones (Swarm's store) are left out with a
 /// warning.
@@ -522,11 +533,25 @@ pub fn secrets_and_configs(
             } else {
                 r.config_target()
             };
-            let uid = numeric_id(service, "uid", r.uid.as_ref(), warnings);
-            let gid = numeric_id(service, "gid", r.gid.as_ref(), warnings);
+            // Owner: `uid`/`gid` when given; else a secret belongs to the service's numeric
+            // `user` (so a non-root service reads its own 0400 secret), anything else to root.
+            let (user_uid, user_gid) = if is_secret {
+                numeric_user(service)
+            } else {
+                (0, 0)
+            };
+            let uid = match r.uid {
+                Some(_) => numeric_id(service, "uid", r.uid.as_ref(), warnings),
+                None => user_uid,
+            };
+            let gid = match r.gid {
+                Some(_) => numeric_id(service, "gid", r.gid.as_ref(), warnings),
+                None => user_gid,
+            };
             // Read-only: write bits are dropped (the compose spec: "writable bit must be
-            // ignored"); the default is the spec's world-readable 0444.
-            let mode = r.mode.unwrap_or(0o444) & 0o7555;
+            // ignored"). Default: 0400 for secrets (readable by their owner only), 0444 for
+            // configs.
+            let mode = r.mode.unwrap_or(if is_secret { 0o400 } else { 0o444 }) & 0o7555;
             files.push(PushFile {
                 path,
                 content: Some(content),
@@ -1556,7 +1581,7 @@ configs:
         let f: BTreeMap<&str, &PushFile> = t.files.iter().map(|f| (f.path.as_str(), f)).collect();
         let db = f["/run/secrets/db"];
         assert_eq!(db.content.as_deref(), Some(&b"hunter2"[..]));
-        assert_eq!((db.uid, db.gid, db.mode), (0, 0, 0o444));
+        assert_eq!((db.uid, db.gid, db.mode), (0, 0, 0o400));
         let api = f["/run/secrets/api"];
         assert_eq!(api.content.as_deref(), Some(&b"xyzzy"[..]));
         // The write bit asked for is dropped: read-only.

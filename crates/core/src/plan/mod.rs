@@ -29,6 +29,7 @@
 //! (otherwise a warning names them). Services start in `depends_on` order: one stage per
 //! dependency level.
 
+pub mod dns;
 pub mod mapping;
 pub mod naming;
 pub mod oci;
@@ -522,6 +523,8 @@ pub fn desired(
         .flat_map(|(_, s)| s.networks.keys())
         .collect();
     let mut networks = Vec::new();
+    // Service names and aliases as DNS names on each bridge (see dns.rs).
+    let dns_names = dns::service_names(project);
     for (key, net) in &project.networks {
         if !used_networks.contains(key) {
             continue;
@@ -559,6 +562,9 @@ pub fn desired(
         config.insert("ipv6.address".into(), "none".into());
         for (k, v) in &net.labels {
             config.insert(format!("user.label.{k}"), v.clone());
+        }
+        if let Some(pairs) = dns_names.get(key) {
+            config.insert("raw.dnsmasq".into(), dns::raw_dnsmasq(pairs));
         }
         networks.push(DesiredNetwork {
             key: key.clone(),
@@ -884,6 +890,11 @@ pub enum Action {
         name: String,
         config: BTreeMap<String, String>,
     },
+    /// Set config keys of a network of ours (an empty value removes the key).
+    UpdateNetwork {
+        name: String,
+        set: BTreeMap<String, String>,
+    },
     CreateVolume {
         pool: String,
         name: String,
@@ -930,7 +941,9 @@ impl Action {
             Action::CreateProject { name, .. } | Action::RemoveProject { name } => {
                 format!("project {name}")
             }
-            Action::CreateNetwork { name, .. } | Action::RemoveNetwork { name } => {
+            Action::CreateNetwork { name, .. }
+            | Action::UpdateNetwork { name, .. }
+            | Action::RemoveNetwork { name } => {
                 format!("network {name}")
             }
             Action::CreateVolume { name, member, .. }
@@ -985,6 +998,11 @@ impl fmt::Display for Action {
                 reason,
                 ..
             } => write!(f, "remove {name} on {member} ({reason})"),
+            Action::UpdateNetwork { name, set } => write!(
+                f,
+                "update network {name} ({})",
+                set.keys().cloned().collect::<Vec<_>>().join(", ")
+            ),
             Action::RemoveNetwork { name } => write!(f, "remove network {name}"),
             Action::RemoveVolume { pool, name, member } => {
                 write!(f, "remove volume {pool}/{name} on {member}")
