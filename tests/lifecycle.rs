@@ -584,3 +584,30 @@ networks:
     let out = f.ok(&["up", "-d"]);
     assert!(out.contains("Nothing to change"), "{out}");
 }
+
+#[test]
+fn pull_checks_local_images_and_names_the_service_whose_image_is_missing() {
+    let f = Fixture::new("pull");
+    f.write(
+        r#"
+name: {name}
+services:
+  web:
+    image: testapp/v1
+  db:
+    image: no-such-image/v9
+"#,
+    );
+    let out = f.run(&["pull", "web"]);
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("[=] web: testapp/v1"), "{stdout}");
+    let out = f.run(&["pull"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("\"db\"") && err.contains("no-such-image/v9"),
+        "{err}"
+    );
+    assert!(!f.project_exists(), "pull made the Incus project");
+}

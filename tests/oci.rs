@@ -418,3 +418,39 @@ fn an_image_the_registry_does_not_have_fails_up_before_anything_changes() {
         f.name
     );
 }
+
+#[test]
+fn pull_gets_registry_images_onto_the_server_and_names_what_it_cannot_pull() {
+    let f = Fixture::new("pull");
+    f.write(
+        "name: {name}\nservices:\n  web:\n    image: {registry}/testapp:v2\n  local:\n    image: busybox\n  gone:\n    image: {registry}/testapp:nothere\n",
+    );
+    let out = f.run(&["pull", "web", "local"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("[+] web: pulled"), "{stdout}");
+    assert!(stdout.contains("[=] local: busybox"), "{stdout}");
+    // The pulled image is in the server's store, described by its registry name.
+    let images = block_on(f.client.with_project("default").images()).expect("images");
+    assert!(
+        images.iter().any(|i| i
+            .properties
+            .get("description")
+            .is_some_and(|d| d.contains("testapp"))),
+        "no cached testapp image: {images:?}"
+    );
+    let out = f.run(&["pull"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("\"gone\"") && err.contains("testapp:nothere"),
+        "{err}"
+    );
+    assert!(f.run(&["pull", "--ignore-pull-failures"]).status.success());
+    // Pulling changes no project: none was made.
+    assert!(block_on(f.client.get_project(&f.name)).is_err());
+}
