@@ -187,6 +187,22 @@ fn exit_code(metadata: &serde_json::Value) -> Result<i32> {
         })
 }
 
+/// Why one attempt of [`Client::exec_start`] failed.
+enum ExecStartError {
+    /// A websocket could not be connected (the command has not started).
+    Connect {
+        operation: String,
+        error: Error,
+    },
+    Other(Error),
+}
+
+impl From<Error> for ExecStartError {
+    fn from(e: Error) -> Self {
+        ExecStartError::Other(e)
+    }
+}
+
 /// Read binary/text messages until the server closes the socket.
 async fn read_all(ws: &mut WebSocket, label: &RequestLabel) -> Result<Vec<u8>> {
     let mut out = Vec::new();
@@ -197,11 +213,7 @@ async fn read_all(ws: &mut WebSocket, label: &RequestLabel) -> Result<Vec<u8>> {
             Ok(Message::Close(_)) => break,
             Ok(_) => {}
             // The server may drop the connection right after the last data.
-            Err(tungstenite::Error::ConnectionClosed)
-            | Err(tungstenite::Error::AlreadyClosed)
-            | Err(tungstenite::Error::Protocol(
-                tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
-            )) => break,
+            Err(e) if is_closed(&e) => break,
             Err(e) => {
                 return Err(Error::WebSocket {
                     request: label.clone(),
@@ -215,7 +227,34 @@ async fn read_all(ws: &mut WebSocket, label: &RequestLabel) -> Result<Vec<u8>> {
 
 impl Client {
     /// Start `req` in instance `name` and connect its websockets.
+    ///
+    /// Incus runs the command only once every websocket is connected, so when connecting one
+    /// fails at the transport level (seen now and then under load: "connection reset by
+    /// peer" during the handshake) the command has not run: the operation is cancelled and
+    /// the exec is started again, up to three attempts in all.
     pub async fn exec_start(&self, name: &str, req: &ExecRequest) -> Result<ExecSession> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.exec_start_once(name, req).await {
+                Err(ExecStartError::Connect { operation, error }) if attempt < 3 => {
+                    let _ = self.cancel_operation(&operation).await;
+                    tracing::debug!("exec websocket connect failed ({error}); starting again");
+                    tokio::time::sleep(std::time::Duration::from_millis(200 * attempt)).await;
+                }
+                Err(ExecStartError::Connect { error, .. }) | Err(ExecStartError::Other(error)) => {
+                    return Err(error);
+                }
+                Ok(session) => return Ok(session),
+            }
+        }
+    }
+
+    async fn exec_start_once(
+        &self,
+        name: &str,
+        req: &ExecRequest,
+    ) -> std::result::Result<ExecSession, ExecStartError> {
         let body = ExecPost {
             req,
             wait_for_websocket: true,
@@ -245,6 +284,13 @@ impl Client {
                         .query("secret", secret),
                 )
                 .await
+                .map_err(|error| match error {
+                    Error::WebSocket { .. } => ExecStartError::Connect {
+                        operation: id.clone(),
+                        error,
+                    },
+                    other => ExecStartError::Other(other),
+                })
             }
         };
         // Incus starts the command once every websocket is connected; control first.
@@ -334,15 +380,25 @@ impl Client {
 }
 
 /// Whether a websocket error only means the peer went away (normal at the end of output).
+///
+/// Incus closes an exec's websockets as soon as the command ends, without reading what is
+/// still queued from us (our reply to its close frame, an end-of-input message): the kernel
+/// then reports "connection reset" to us. On a unix socket that error comes only after
+/// everything the server sent has been read, so nothing is lost; the exit code comes from the
+/// operation either way.
 fn is_closed(e: &tungstenite::Error) -> bool {
-    matches!(
-        e,
+    match e {
         tungstenite::Error::ConnectionClosed
-            | tungstenite::Error::AlreadyClosed
-            | tungstenite::Error::Protocol(
-                tungstenite::error::ProtocolError::ResetWithoutClosingHandshake
-            )
-    )
+        | tungstenite::Error::AlreadyClosed
+        | tungstenite::Error::Protocol(
+            tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
+        ) => true,
+        tungstenite::Error::Io(io) => matches!(
+            io.kind(),
+            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+        ),
+        _ => false,
+    }
 }
 
 /// Copy a websocket's data messages into `out` until the server closes it.
