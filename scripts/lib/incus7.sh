@@ -624,7 +624,7 @@ i7_write_env() {
     for k in $(seq 1 "$n"); do names="${names:+$names,}node$k"; done
     local vars=(INCUS_DIR INCUS_COMPOSE_TEST_INCUS_LINE INCUS_LINE INCUS_COMPOSE_TEST_MEMBERS INCUS_COMPOSE_TEST_CLUSTERED
         INCUS_COMPOSE_TEST_MEMBER_NAMES INCUS_COMPOSE_TEST_STATE INCUS_COMPOSE_TEST_HARNESS INCUS_COMPOSE_TEST_REGISTRY
-        INCUS_COMPOSE_TEST_REGISTRY_CA)
+        INCUS_COMPOSE_TEST_REGISTRY_CA INCUS_COMPOSE_TEST_CPU_LIMITS)
     mkdir -p "$(dirname "$file")"
     {
         echo "# Written by scripts/test-cluster (--incus 7.0) for the running Incus 7.0 test server; \`source\` this file."
@@ -639,6 +639,12 @@ i7_write_env() {
         echo "INCUS_COMPOSE_TEST_HARNESS=$SCRIPT_PATH"
         echo "INCUS_COMPOSE_TEST_REGISTRY=$I7_REGISTRY"
         echo "INCUS_COMPOSE_TEST_REGISTRY_CA=$I7_ROOT/etc/incus-compose-test/registry.crt"
+        # 1 when the daemon found the CPU cgroup controller (limits are enforced), else 0.
+        if grep -q "Couldn't find the CGroup CPU controller" "$I7_RUN/node1.log" 2>/dev/null; then
+            echo "INCUS_COMPOSE_TEST_CPU_LIMITS=0"
+        else
+            echo "INCUS_COMPOSE_TEST_CPU_LIMITS=1"
+        fi
         for k in $(seq 1 "$n"); do
             echo "INCUS_COMPOSE_TEST_NODE${k}_DIR=$(i7_dir "$k")"
             echo "INCUS_COMPOSE_TEST_NODE${k}_ADDRESS=$(i7_ip "$k"):8443"
