@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::progress::Progress;
 use anyhow::{Context, anyhow};
 use ic_core::plan::mapping::anonymous_volume_name;
 use ic_core::plan::{
@@ -101,10 +102,11 @@ pub async fn execute_gated(
     gate: Option<&Gate>,
 ) -> Outcome {
     let mut outcome = Outcome::default();
+    let progress = Progress::new();
     // OCI images: name their registries in the incus CLI's configuration (see engine::oci).
     match super::oci::ensure_remotes(plan) {
-        Ok(lines) => lines.iter().for_each(|l| println!("{l}")),
-        Err(e) => println!("[!] warning: {e:#}"),
+        Ok(lines) => lines.iter().for_each(|l| progress.line(l)),
+        Err(e) => progress.line(&format!("[!] warning: {e:#}")),
     }
     let sem = Arc::new(Semaphore::new(parallel.max(1)));
     for (i, stage) in plan.stages.iter().enumerate() {
@@ -112,7 +114,7 @@ pub async fn execute_gated(
             && let Err(failed) = gate.before_stage(stage).await
         {
             for (object, e) in &failed {
-                println!("[!] {object} failed: {e}");
+                progress.line(&format!("[!] {object} failed: {e}"));
             }
             outcome.failed.extend(failed);
             outcome.skipped = plan.stages[i..].iter().map(|s| s.actions.len()).sum();
@@ -122,10 +124,13 @@ pub async fn execute_gated(
         for action in stage.actions.clone() {
             let t = target.clone();
             let sem = sem.clone();
+            let progress = progress.clone();
             set.spawn(async move {
                 let _permit = sem.acquire_owned().await;
                 let object = action.object();
+                let spinner = progress.start(action.to_string());
                 let result = run(&t, &action).await;
+                Progress::done(spinner);
                 (object, result)
             });
         }
@@ -133,10 +138,10 @@ pub async fn execute_gated(
             match joined {
                 Ok((_, Ok(line))) => {
                     outcome.done += 1;
-                    println!("{line}");
+                    progress.line(&line);
                 }
                 Ok((object, Err(e))) => {
-                    println!("[!] {object} failed: {e:#}");
+                    progress.line(&format!("[!] {object} failed: {e:#}"));
                     outcome.failed.push((object, format!("{e:#}")));
                 }
                 Err(e) => outcome.failed.push(("(task)".into(), e.to_string())),

@@ -6,6 +6,7 @@ mod execute;
 pub mod health;
 mod observe;
 mod oci;
+mod progress;
 
 pub use execute::{Target, execute, execute_gated};
 pub use observe::{Observation, is_ours, observe};
