@@ -403,10 +403,15 @@ impl Gate {
     /// init PID and fails with HTTP 500 while a container stops). Transient server errors are
     /// retried a few times.
     async fn status(&self, name: &str) -> Result<String, String> {
+        Ok(self.status_and_start(name).await?.0)
+    }
+
+    /// Status and `last_used_at` (when it last started; the epoch if it never started).
+    async fn status_and_start(&self, name: &str) -> Result<(String, String), String> {
         let mut attempt = 0;
         loop {
             match self.client.instance(name).await {
-                Ok(i) => return Ok(i.status),
+                Ok(i) => return Ok((i.status, i.last_used_at)),
                 Err(e) if attempt < 5 && e.status().is_some_and(|s| s >= 500) => {
                     attempt += 1;
                     tokio::time::sleep(POLL).await;
@@ -443,8 +448,13 @@ impl Gate {
     /// the exit status of a container's init, so any stop counts as a successful completion.
     async fn wait_stopped(&self, name: &str) -> Result<(), String> {
         loop {
-            let status = self.status(name).await?;
-            if status.eq_ignore_ascii_case("stopped") {
+            let (status, last_used_at) = self.status_and_start(name).await?;
+            // Stopped before it ever started (its start is still on the way: Incus can
+            // answer the start before the container runs) is not a completion.
+            let started = !last_used_at.is_empty()
+                && !last_used_at.starts_with("1970-")
+                && !last_used_at.starts_with("0001-");
+            if status.eq_ignore_ascii_case("stopped") && started {
                 return Ok(());
             }
             if status.eq_ignore_ascii_case("error") {
