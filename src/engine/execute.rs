@@ -276,7 +276,21 @@ async fn run(t: &Target, action: &Action) -> anyhow::Result<String> {
             ))
         }
         Action::RemoveNetwork { name } => {
-            t.networks.delete_network(name).await?;
+            // Right after its last instance went away, Incus 6.0 can fail a bridge removal
+            // while it still cleans up that instance's veth ("Failed to delete bridge children
+            // interfaces ... does not exist"): try again.
+            let mut attempt = 0;
+            loop {
+                match t.networks.delete_network(name).await {
+                    Ok(()) => break,
+                    Err(e) if e.is_not_found() => break,
+                    Err(e) if attempt < RETRIES && transient(&e) => {
+                        attempt += 1;
+                        tokio::time::sleep(Duration::from_millis(500 * attempt)).await;
+                    }
+                    Err(e) => return Err(e).with_context(|| format!("removing network {name}")),
+                }
+            }
             Ok(format!("[-] network {name} removed"))
         }
         Action::RemoveVolume { pool, name, member } => {
