@@ -455,7 +455,15 @@ impl Gate {
                 && !last_used_at.starts_with("1970-")
                 && !last_used_at.starts_with("0001-");
             if status.eq_ignore_ascii_case("stopped") && started {
-                return Ok(());
+                // A container that is still starting (its pre-start hook has set last_used_at,
+                // its init does not run yet) can read as Stopped too: it has completed only if
+                // it is still Stopped, with the same start time, a moment later.
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                let (again, again_used) = self.status_and_start(name).await?;
+                if again.eq_ignore_ascii_case("stopped") && again_used == last_used_at {
+                    return Ok(());
+                }
+                continue;
             }
             if status.eq_ignore_ascii_case("error") {
                 return Err(format!("instance {name} is in state Error"));
