@@ -13,35 +13,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Condvar, Mutex};
 
 use ic_incus::{Client, ExecRequest, Instance, InstancesPost, ProjectsPost};
 
-const SETUP_HINT: &str = "start the test cluster and load its environment: \
-    `scripts/test-cluster up && set -a && . .test-cluster/env && set +a`";
+mod common;
+use common::{Slot, block_on, client};
 
 const BIN: &str = env!("CARGO_BIN_EXE_incus-compose");
-
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-        .block_on(f)
-}
-
-/// A client for the server named by `INCUS_DIR`/`INCUS_SOCKET`; fails the test when none
-/// is configured or none answers.
-fn client() -> Client {
-    if std::env::var_os("INCUS_DIR").is_none() && std::env::var_os("INCUS_SOCKET").is_none() {
-        panic!("no Incus server configured (INCUS_DIR and INCUS_SOCKET unset): {SETUP_HINT}");
-    }
-    let c = Client::local();
-    if let Err(e) = block_on(c.server()) {
-        panic!("no Incus server answers: {e}; {SETUP_HINT}");
-    }
-    c
-}
 
 fn members(c: &Client) -> BTreeSet<String> {
     let info = block_on(c.server()).expect("server info");
@@ -58,31 +36,6 @@ fn members(c: &Client) -> BTreeSet<String> {
 
 /// At most this many fixtures at once: the test cluster's members share two CPU cores.
 const CONCURRENT_FIXTURES: usize = 2;
-
-static SLOTS: (Mutex<usize>, Condvar) = (Mutex::new(0), Condvar::new());
-
-/// A place among the [`CONCURRENT_FIXTURES`]; given back when dropped.
-struct Slot;
-
-impl Slot {
-    fn take() -> Slot {
-        let (lock, cvar) = &SLOTS;
-        let mut used = lock.lock().unwrap_or_else(|e| e.into_inner());
-        while *used >= CONCURRENT_FIXTURES {
-            used = cvar.wait(used).unwrap_or_else(|e| e.into_inner());
-        }
-        *used += 1;
-        Slot
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        let (lock, cvar) = &SLOTS;
-        *lock.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
-        cvar.notify_one();
-    }
-}
 
 /// A compose project in a temporary directory, removed with `down -v` when dropped.
 struct Fixture {
@@ -105,7 +58,7 @@ impl Fixture {
             std::process::id() % 100_000,
             COUNTER.fetch_add(1, Ordering::Relaxed)
         );
-        let slot = Slot::take();
+        let slot = Slot::take(CONCURRENT_FIXTURES);
         Fixture {
             _slot: slot,
             name,

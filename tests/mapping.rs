@@ -14,60 +14,13 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Condvar, Mutex};
 
 use ic_incus::{Client, ExecRequest, Instance};
 
-const SETUP_HINT: &str = "start the test cluster and load its environment: \
-    `scripts/test-cluster up && set -a && . .test-cluster/env && set +a`";
+mod common;
+use common::{Slot, block_on, client};
 
 const BIN: &str = env!("CARGO_BIN_EXE_incus-compose");
-
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-        .block_on(f)
-}
-
-/// A client for the server named by `INCUS_DIR`/`INCUS_SOCKET`; fails the test when none
-/// is configured or none answers.
-fn client() -> Client {
-    if std::env::var_os("INCUS_DIR").is_none() && std::env::var_os("INCUS_SOCKET").is_none() {
-        panic!("no Incus server configured (INCUS_DIR and INCUS_SOCKET unset): {SETUP_HINT}");
-    }
-    let c = Client::local();
-    if let Err(e) = block_on(c.server()) {
-        panic!("no Incus server answers: {e}; {SETUP_HINT}");
-    }
-    c
-}
-
-/// One fixture at a time: the test cluster's members share two CPU cores.
-static SLOTS: (Mutex<bool>, Condvar) = (Mutex::new(false), Condvar::new());
-
-struct Slot;
-
-impl Slot {
-    fn take() -> Slot {
-        let (lock, cvar) = &SLOTS;
-        let mut used = lock.lock().unwrap_or_else(|e| e.into_inner());
-        while *used {
-            used = cvar.wait(used).unwrap_or_else(|e| e.into_inner());
-        }
-        *used = true;
-        Slot
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        let (lock, cvar) = &SLOTS;
-        *lock.lock().unwrap_or_else(|e| e.into_inner()) = false;
-        cvar.notify_one();
-    }
-}
 
 /// A compose project in a temporary directory, removed with `down -v` when dropped.
 struct Fixture {
@@ -86,7 +39,7 @@ impl Fixture {
             std::process::id() % 100_000,
             COUNTER.fetch_add(1, Ordering::Relaxed)
         );
-        let slot = Slot::take();
+        let slot = Slot::take(1);
         Fixture {
             _slot: slot,
             name,

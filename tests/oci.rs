@@ -14,22 +14,16 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use ic_incus::{Client, ExecRequest, Instance};
 
+mod common;
+use common::{Slot, block_on};
+
 const SETUP_HINT: &str = "start the Incus 7.0 test server: `scripts/test-cluster up --incus 7.0`";
 
 const BIN: &str = env!("CARGO_BIN_EXE_incus-compose");
-
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-        .block_on(f)
-}
 
 /// The 7.0 line's env file, as KEY -> VALUE.
 fn env7() -> BTreeMap<String, String> {
@@ -43,31 +37,6 @@ fn env7() -> BTreeMap<String, String> {
         .filter_map(|l| l.split_once('='))
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
-}
-
-/// At most one fixture at a time: the server shares two cores with the 6.0 cluster.
-static SLOTS: (Mutex<bool>, Condvar) = (Mutex::new(false), Condvar::new());
-
-struct Slot;
-
-impl Slot {
-    fn take() -> Slot {
-        let (lock, cvar) = &SLOTS;
-        let mut used = lock.lock().unwrap_or_else(|e| e.into_inner());
-        while *used {
-            used = cvar.wait(used).unwrap_or_else(|e| e.into_inner());
-        }
-        *used = true;
-        Slot
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        let (lock, cvar) = &SLOTS;
-        *lock.lock().unwrap_or_else(|e| e.into_inner()) = false;
-        cvar.notify_one();
-    }
 }
 
 struct Fixture {
@@ -109,7 +78,7 @@ impl Fixture {
                 panic!("the Incus 7.0 server at {incus_dir} does not answer: {e}; {SETUP_HINT}")
             }
         }
-        let slot = Slot::take();
+        let slot = Slot::take(1);
         Fixture {
             _slot: slot,
             name: format!(
