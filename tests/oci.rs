@@ -423,3 +423,252 @@ fn pull_gets_registry_images_onto_the_server_and_names_what_it_cannot_pull() {
     // Pulling changes no project: none was made.
     assert!(block_on(f.client.get_project(&f.name)).is_err());
 }
+
+impl Fixture {
+    /// Point `testapp:<to>` at the image `testapp:<from>` names (as a registry's tag moves on a
+    /// new release), with skopeo on this machine.
+    fn tag(&self, from: &str, to: &str) {
+        let out = Command::new("skopeo")
+            .args(["copy", "--quiet", "--retry-times", "2"])
+            .arg(format!("docker://{}/testapp:{from}", self.registry))
+            .arg(format!("docker://{}/testapp:{to}", self.registry))
+            .env("SSL_CERT_FILE", &self.registry_ca)
+            .output()
+            .expect("run skopeo");
+        assert!(
+            out.status.success(),
+            "skopeo copy {from} -> {to}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// What the instance's web server answers (`v1`, `v2`).
+    fn serves(&self, instance: &str, want: &str) -> String {
+        self.exec_until(instance, &["wget", "-qO-", "http://127.0.0.1/"], want, WAIT)
+    }
+}
+
+#[test]
+fn pull_policies_decide_when_a_moved_tag_is_pulled_and_up_recreates_what_changed() {
+    let f = Fixture::new("policy");
+    let n = f.name.clone();
+    for t in ["a", "m", "n"] {
+        f.tag("v1", &format!("{t}-{n}"));
+    }
+    let compose = format!(
+        "name: {{name}}
+services:
+  always:
+    image: {{registry}}/testapp:a-{n}
+    pull_policy: always
+  missing:
+    image: {{registry}}/testapp:m-{n}
+NEVER"
+    );
+    let never =
+        format!("  never:\n    image: {{registry}}/testapp:n-{n}\n    pull_policy: never\n");
+    // `never` and the server has no copy: refused before anything changes, naming the service.
+    f.write(&compose.replace("NEVER", &never));
+    let out = f.run(&["up", "-d"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("\"never\"")
+            && err.contains("pull_policy never")
+            && err.contains(&format!("testapp:n-{n}")),
+        "{err}"
+    );
+    assert!(
+        block_on(f.client.get_project(&f.name)).is_err(),
+        "the Incus project {} should not exist",
+        f.name
+    );
+    // `up --pull missing` overrides the policies: pulled, and it runs.
+    let out = f.ok(&["up", "-d", "--pull", "missing"]);
+    assert!(
+        out.contains(&format!("pulled {}/testapp:n-{n}", f.registry)),
+        "{out}"
+    );
+    for s in ["always", "missing", "never"] {
+        assert_eq!(f.serves(&f.only_instance(s).name, "v1"), "v1", "{s}");
+    }
+    let first = |s: &str| {
+        let i = f.only_instance(s);
+        (
+            i.created_at.clone(),
+            i.config.get("volatile.base_image").cloned(),
+        )
+    };
+    let (missing_created, missing_image) = first("missing");
+    let (never_created, _) = first("never");
+    let (_, always_image) = first("always");
+    assert!(always_image.is_some());
+
+    // A new release under the same tags.
+    for t in ["a", "m", "n"] {
+        f.tag("v2", &format!("{t}-{n}"));
+    }
+    let out = f.ok(&["up", "-d"]);
+    // `always` asks the registry and gets the new image; its replica is recreated from it.
+    assert!(
+        out.contains(&format!("pulled {}/testapp:a-{n} (new image:", f.registry)),
+        "{out}"
+    );
+    assert!(out.contains("changed ("), "{out}");
+    let (_, always_now) = first("always");
+    assert_ne!(always_now, always_image);
+    assert_eq!(f.serves(&f.only_instance("always").name, "v2"), "v2");
+    // `missing` and `never` keep the copy the server has: not pulled, not recreated.
+    assert!(!out.contains(&format!("testapp:m-{n}")), "{out}");
+    assert_eq!(
+        first("missing"),
+        (missing_created.clone(), missing_image.clone())
+    );
+    assert_eq!(first("never").0, never_created);
+    assert_eq!(f.serves(&f.only_instance("missing").name, "v1"), "v1");
+
+    // `pull` then `up`, as with Docker: the new image is fetched and the replica recreated.
+    let out = f.ok(&["pull", "missing"]);
+    assert!(out.contains("new image"), "{out}");
+    let out = f.ok(&["up", "-d"]);
+    assert!(out.contains("missing-1"), "{out}");
+    let (created, image) = first("missing");
+    assert_ne!((created, image), (missing_created, missing_image));
+    assert_eq!(f.serves(&f.only_instance("missing").name, "v2"), "v2");
+    assert_eq!(first("never").0, never_created, "never was not touched");
+
+    // Nothing moved since: `always` asks again, finds the same image, nothing changes.
+    let out = f.ok(&["up", "-d"]);
+    assert!(
+        out.contains(&format!("pulled {}/testapp:a-{n} (unchanged)", f.registry)),
+        "{out}"
+    );
+    assert!(out.contains("Nothing to change"), "{out}");
+}
+
+#[test]
+fn logs_follow_shows_the_applications_lines_as_they_come_once_each() {
+    let f = Fixture::new("follow");
+    f.write(
+        r#"name: {name}
+services:
+  ticker:
+    image: {registry}/testapp:v1
+    entrypoint: ["/bin/sh", "-c"]
+    command: ["i=0; while true; do i=$$((i+1)); echo tick $$i; sleep 0.5; done"]
+"#,
+    );
+    f.ok(&["up", "-d"]);
+    let mut child = f
+        .command(&["logs", "-f", "ticker"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start logs -f");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines() {
+            if tx.send(line.unwrap_or_default()).is_err() {
+                break;
+            }
+        }
+    });
+    // Ticks arrive while the command runs: consecutive, none twice, none lost.
+    let mut ticks: Vec<u64> = Vec::new();
+    let t0 = Instant::now();
+    while ticks.len() < 8 && t0.elapsed() < Duration::from_secs(30) {
+        if let Ok(line) = rx.recv_timeout(Duration::from_secs(1)) {
+            if let Some(n) = line.strip_prefix("ticker-1 | tick ") {
+                ticks.push(n.trim().parse().expect("tick number"));
+            }
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(ticks.len() >= 8, "too few ticks followed: {ticks:?}");
+    for w in ticks.windows(2) {
+        assert_eq!(
+            w[1],
+            w[0] + 1,
+            "ticks out of order, lost or repeated: {ticks:?}"
+        );
+    }
+    // It followed: the last tick came well after `logs -f` started.
+    assert!(ticks[ticks.len() - 1] >= ticks[0] + 7, "{ticks:?}");
+}
+
+#[test]
+fn a_private_registry_is_reached_with_the_credentials_of_the_users_oci_remote() {
+    let f = Fixture::new("private");
+    let env = env7();
+    let private = env
+        .get("INCUS_COMPOSE_TEST_PRIVATE_REGISTRY")
+        .unwrap_or_else(|| panic!("INCUS_COMPOSE_TEST_PRIVATE_REGISTRY missing; {SETUP_HINT}"))
+        .clone();
+    let auth = env
+        .get("INCUS_COMPOSE_TEST_PRIVATE_AUTH")
+        .unwrap_or_else(|| panic!("INCUS_COMPOSE_TEST_PRIVATE_AUTH missing; {SETUP_HINT}"))
+        .clone();
+    let password = auth.split_once(':').expect("user:password").1.to_string();
+    // `web` runs the image as it is; `cmd` sets only `command`, so incus-compose reads the
+    // image's entrypoint from the registry itself.
+    let compose = format!(
+        "name: {{name}}\nservices:\n  web:\n    image: {private}/testapp:v2\n  cmd:\n    image: {private}/testapp:v1\n    command: [\"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/www\"]\n"
+    );
+    f.write(&compose);
+    // No credentials: the registry refuses, and nothing changes.
+    let out = f.run(&["up", "-d"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("\"web\"") && err.contains(&format!("{private}/testapp:v2")),
+        "{err}"
+    );
+    assert!(
+        block_on(f.client.get_project(&f.name)).is_err(),
+        "the Incus project {} should not exist",
+        f.name
+    );
+    // The user's `oci` remote for that registry carries them, as
+    // `incus remote add private https://USER:PASSWORD@host:port --protocol=oci` writes it.
+    std::fs::write(
+        f.conf.path().join("config.yml"),
+        format!(
+            "default-remote: local\nremotes:\n  local:\n    addr: unix://\n    public: false\n  private:\n    addr: https://{auth}@{private}\n    protocol: oci\n    public: false\n"
+        ),
+    )
+    .expect("write config.yml");
+    let out = f.run(&["up", "-d"]);
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{printed}");
+    assert!(
+        !printed.contains(&password),
+        "the password was printed: {printed}"
+    );
+    assert!(
+        !printed.contains("incus remote"),
+        "no remote added: {printed}"
+    );
+    let web = f.only_instance("web");
+    assert_eq!(f.serves(&web.name, "v2"), "v2");
+    // The image's entrypoint, read from the private registry, runs before the command.
+    let cmd = f.only_instance("cmd");
+    assert_eq!(
+        cmd.config.get("oci.entrypoint").map(String::as_str),
+        Some("/docker-entrypoint.sh httpd -f -p 8080 -h /www")
+    );
+    // Nothing incus-compose wrote into the instances holds the password.
+    for i in [&web, &cmd] {
+        for (k, v) in &i.config {
+            assert!(!v.contains(&password), "{} {k} holds the password", i.name);
+        }
+    }
+    let out = f.ok(&["up", "-d"]);
+    assert!(out.contains("Nothing to change"), "{out}");
+}

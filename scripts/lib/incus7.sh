@@ -27,6 +27,9 @@
 #   Self-signed certificate with subjectAltName IP:127.0.0.1, trusted by the Debian 13 root
 #   (update-ca-certificates); on the host, point SSL_CERT_FILE at INCUS_COMPOSE_TEST_REGISTRY_CA.
 #   Members have no default route and no name server: nothing leaves the machine.
+# Private registry: a second docker-registry on https://127.0.0.1:5444 over the same storage (same
+#   images), which asks for a login (htpasswd, user ictest; bcrypt by `htpasswd -B` on the host), forwarded
+#   like the first. INCUS_COMPOSE_TEST_PRIVATE_REGISTRY / INCUS_COMPOSE_TEST_PRIVATE_AUTH (user:password).
 # System-container test images: the 6.0 line's testapp/v1, testapp/v2, testapp/broken, busybox (same aliases).
 # OCI test images (built with umoci, pushed with skopeo), Docker-style entrypoint + cmd:
 #   testapp:v1, testapp:v2  entrypoint ["/docker-entrypoint.sh"] (brings lo up, prints a line, exec "$@"),
@@ -35,7 +38,8 @@
 #   testapp:broken          entrypoint ["/bin/sh","-c"], cmd ["echo testapp broken: exiting; exit 3"].
 # Env file: <repo>/.test-cluster/env-7.0 (same keys as the 6.0 line's .test-cluster/env, plus
 #   INCUS_COMPOSE_TEST_INCUS_LINE=7.0, INCUS_LINE=7.0 (harness calls from tests act on this line),
-#   INCUS_COMPOSE_TEST_REGISTRY=127.0.0.1:5443,
+#   INCUS_COMPOSE_TEST_REGISTRY=127.0.0.1:5443, INCUS_COMPOSE_TEST_PRIVATE_REGISTRY=127.0.0.1:5444,
+#   INCUS_COMPOSE_TEST_PRIVATE_AUTH=user:password,
 #   INCUS_COMPOSE_TEST_REGISTRY_CA=<path of the CA certificate on the host>). It is not .test-cluster/env,
 #   so the 6.0 cluster's env file stays as it is; pass --env-file to write .test-cluster/env instead.
 
@@ -50,6 +54,10 @@ I7_HOST_ADDR=100.64.2.1
 I7_ADDR=100.64.2.11
 I7_REGISTRY_PORT=5443
 I7_REGISTRY="127.0.0.1:$I7_REGISTRY_PORT"
+# The private registry: the same storage, served with htpasswd authentication (test credentials).
+I7_PRIVATE_PORT=5444
+I7_PRIVATE="127.0.0.1:$I7_PRIVATE_PORT"
+I7_PRIVATE_AUTH="ictest:incus-compose-test-secret"
 I7_PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 # Bump when the root's contents change: a root with another stamp is rebuilt.
 I7_ROOT_STAMP="incus-compose trixie root v2: incus-base incus-client skopeo umoci docker-registry busybox-static socat"
@@ -430,45 +438,55 @@ EOT
 # Member K >= 2 reaches the registry (which runs in member 1's namespace) at its own 127.0.0.1:5443:
 # socat there forwards to member 1's address on the bridge (the registry listens on all of member 1's
 # addresses; TLS is end to end, so the certificate for 127.0.0.1 still verifies).
-i7_start_member_forwarder() {
-    local k=$1
-    i7_spawn "$k" "node$k.regfwd" bash -c 'exec -a "socat[ic7-regfwd $0]" socat "TCP-LISTEN:$1,bind=127.0.0.1,reuseaddr,fork" "TCP:$2:$1"' \
-        "$I7_STATE/" "$I7_REGISTRY_PORT" "$I7_ADDR"
+i7_start_member_forwarder() { # K [PORT NAME]: PORT (default the registry's) as pid file nodeK.NAME
+    local k=$1 port=${2:-$I7_REGISTRY_PORT} name=${3:-regfwd}
+    i7_spawn "$k" "node$k.$name" bash -c 'exec -a "socat[ic7-regfwd $0]" socat "TCP-LISTEN:$1,bind=127.0.0.1,reuseaddr,fork" "TCP:$2:$1"' \
+        "$I7_STATE/" "$port" "$I7_ADDR"
     for _ in $(seq 1 100); do
-        if i7_in_k "$k" openssl s_client -connect "$I7_REGISTRY" -verify_return_error -verify_ip 127.0.0.1 </dev/null >/dev/null 2>&1; then
+        if i7_in_k "$k" openssl s_client -connect "127.0.0.1:$port" -verify_return_error -verify_ip 127.0.0.1 </dev/null >/dev/null 2>&1; then
             return 0
         fi
-        pid_alive "$(i7_read_pid "node$k.regfwd")" || break
+        pid_alive "$(i7_read_pid "node$k.$name")" || break
         sleep 0.1
     done
-    die "node$k does not reach the registry at its 127.0.0.1:$I7_REGISTRY_PORT (log: $I7_RUN/node$k.regfwd.out)"
+    die "node$k does not reach the registry at its 127.0.0.1:$port (log: $I7_RUN/node$k.$name.out)"
 }
 
 # The host's 127.0.0.1:5443 forwards to the registry in the namespace (socat in the holder's mount namespace
 # but the host's network namespace, connecting through netns=ic7), so that tools on the host (incus-compose
 # reading an image's config) reach the same https://127.0.0.1:5443 as incusd does.
-i7_start_forwarder() {
-    local holder
+i7_start_forwarder() { # [PORT NAME]: PORT (default the registry's) as pid file NAME
+    local holder port=${1:-$I7_REGISTRY_PORT} name=${2:-forward}
     holder="$(i7_read_pid node1.holder)"
     nsenter -t "$holder" -m -r -w -- /usr/bin/env -i PATH="$I7_PATH" \
         setsid bash -c 'exec -a "socat[ic7-forward $0]" socat --experimental "TCP-LISTEN:$1,bind=127.0.0.1,reuseaddr,fork" "TCP:127.0.0.1:$1,netns=ic7"' \
-        "$I7_STATE/" "$I7_REGISTRY_PORT" </dev/null >>"$I7_RUN/forward.out" 2>&1 8>&- 9>&- &
-    echo $! >"$I7_RUN/forward.pid"
+        "$I7_STATE/" "$port" </dev/null >>"$I7_RUN/$name.out" 2>&1 8>&- 9>&- &
+    echo $! >"$I7_RUN/$name.pid"
     for _ in $(seq 1 100); do
         # From the host, verifying the certificate against the registry's CA.
-        if openssl s_client -connect "$I7_REGISTRY" -CAfile "$I7_ROOT/etc/incus-compose-test/registry.crt" \
+        if openssl s_client -connect "127.0.0.1:$port" -CAfile "$I7_ROOT/etc/incus-compose-test/registry.crt" \
             -verify_return_error </dev/null >/dev/null 2>&1; then
             return 0
         fi
-        pid_alive "$(i7_read_pid forward)" || break
+        pid_alive "$(i7_read_pid "$name")" || break
         sleep 0.1
     done
-    tail -n 20 "$I7_RUN/forward.out" >&2 2>/dev/null || true
-    die "the forwarder from the host's 127.0.0.1:$I7_REGISTRY_PORT to the registry did not start (log: $I7_RUN/forward.out)"
+    tail -n 20 "$I7_RUN/$name.out" >&2 2>/dev/null || true
+    die "the forwarder from the host's 127.0.0.1:$port to the registry did not start (log: $I7_RUN/$name.out)"
 }
 
-i7_start_registry() {
-    cat >"$I7_STATE/registry.yml" <<EOT
+i7_start_registry() { # [private]: the second registry, with authentication
+    local private=${1:-} name=registry port=$I7_REGISTRY_PORT auth=""
+    if [ -n "$private" ]; then
+        name=registry-private port=$I7_PRIVATE_PORT
+        htpasswd -nbB "${I7_PRIVATE_AUTH%%:*}" "${I7_PRIVATE_AUTH#*:}" >"$I7_STATE/registry-private.htpasswd" ||
+            die "htpasswd could not make the private registry's password file"
+        auth="auth:
+  htpasswd:
+    realm: incus-compose-test
+    path: $I7_STATE/registry-private.htpasswd"
+    fi
+    cat >"$I7_STATE/$name.yml" <<EOT
 version: 0.1
 log:
   level: warn
@@ -478,22 +496,23 @@ storage:
   delete:
     enabled: true
 http:
-  addr: :$I7_REGISTRY_PORT
+  addr: :$port
   tls:
     certificate: /etc/incus-compose-test/registry.crt
     key: /etc/incus-compose-test/registry.key
+$auth
 EOT
-    i7_spawn 1 registry /usr/bin/docker-registry serve "$I7_STATE/registry.yml"
+    i7_spawn 1 "$name" /usr/bin/docker-registry serve "$I7_STATE/$name.yml"
     for _ in $(seq 1 100); do
         # A TLS handshake that verifies the certificate against the root's trust store.
-        if i7_in openssl s_client -connect "$I7_REGISTRY" -verify_return_error -verify_ip 127.0.0.1 </dev/null >/dev/null 2>&1; then
+        if i7_in openssl s_client -connect "127.0.0.1:$port" -verify_return_error -verify_ip 127.0.0.1 </dev/null >/dev/null 2>&1; then
             return 0
         fi
-        pid_alive "$(i7_read_pid registry)" || break
+        pid_alive "$(i7_read_pid "$name")" || break
         sleep 0.1
     done
-    tail -n 20 "$I7_RUN/registry.out" >&2 2>/dev/null || true
-    die "the registry did not answer on https://$I7_REGISTRY/v2/ (log: $I7_RUN/registry.out)"
+    tail -n 20 "$I7_RUN/$name.out" >&2 2>/dev/null || true
+    die "the registry did not answer on https://127.0.0.1:$port/v2/ (log: $I7_RUN/$name.out)"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -606,12 +625,13 @@ i7_healthy() {
     [ "$n" -ge 1 ] 2>/dev/null || return 1
     for k in $(seq 1 "$n"); do
         pid_alive "$(i7_read_pid "node$k.holder")" && pid_alive "$(i7_read_pid "node$k.incusd")" || return 1
-        [ "$k" = 1 ] || pid_alive "$(i7_read_pid "node$k.regfwd")" || return 1
+        [ "$k" = 1 ] || { pid_alive "$(i7_read_pid "node$k.regfwd")" && pid_alive "$(i7_read_pid "node$k.regfwd-private")"; } || return 1
         i7_inc_k "$k" query /1.0 >/dev/null 2>&1 || return 1
     done
     if [ "$n" -gt 1 ]; then
         [ "$(i7_inc cluster list -f csv 2>/dev/null | grep -c ',ONLINE,' || true)" = "$n" ] || return 1
     fi
+    pid_alive "$(i7_read_pid registry-private)" && pid_alive "$(i7_read_pid forward-private)" || return 1
     pid_alive "$(i7_read_pid registry)" && pid_alive "$(i7_read_pid forward)" &&
         openssl s_client -connect "$I7_REGISTRY" -CAfile "$I7_ROOT/etc/incus-compose-test/registry.crt" \
             -verify_return_error </dev/null >/dev/null 2>&1
@@ -624,7 +644,8 @@ i7_write_env() {
     for k in $(seq 1 "$n"); do names="${names:+$names,}node$k"; done
     local vars=(INCUS_DIR INCUS_COMPOSE_TEST_INCUS_LINE INCUS_LINE INCUS_COMPOSE_TEST_MEMBERS INCUS_COMPOSE_TEST_CLUSTERED
         INCUS_COMPOSE_TEST_MEMBER_NAMES INCUS_COMPOSE_TEST_STATE INCUS_COMPOSE_TEST_HARNESS INCUS_COMPOSE_TEST_REGISTRY
-        INCUS_COMPOSE_TEST_REGISTRY_CA INCUS_COMPOSE_TEST_CPU_LIMITS)
+        INCUS_COMPOSE_TEST_REGISTRY_CA INCUS_COMPOSE_TEST_PRIVATE_REGISTRY INCUS_COMPOSE_TEST_PRIVATE_AUTH
+        INCUS_COMPOSE_TEST_CPU_LIMITS)
     mkdir -p "$(dirname "$file")"
     {
         echo "# Written by scripts/test-cluster (--incus 7.0) for the running Incus 7.0 test server; \`source\` this file."
@@ -639,6 +660,8 @@ i7_write_env() {
         echo "INCUS_COMPOSE_TEST_HARNESS=$SCRIPT_PATH"
         echo "INCUS_COMPOSE_TEST_REGISTRY=$I7_REGISTRY"
         echo "INCUS_COMPOSE_TEST_REGISTRY_CA=$I7_ROOT/etc/incus-compose-test/registry.crt"
+        echo "INCUS_COMPOSE_TEST_PRIVATE_REGISTRY=$I7_PRIVATE"
+        echo "INCUS_COMPOSE_TEST_PRIVATE_AUTH=$I7_PRIVATE_AUTH"
         # 1 when the daemon found the CPU cgroup controller (limits are enforced), else 0.
         if grep -q "Couldn't find the CGroup CPU controller" "$I7_RUN/node1.log" 2>/dev/null; then
             echo "INCUS_COMPOSE_TEST_CPU_LIMITS=0"
@@ -671,6 +694,8 @@ i7_cmd_up() {
     i7_take_lock
     # incus-compose on the host reads OCI image configs with skopeo (as the incus CLI does for OCI remotes).
     pkg_installed skopeo || apt_install skopeo
+    # The private registry's bcrypt password file.
+    pkg_installed apache2-utils || apt_install apache2-utils
     i7_ensure_root
     existing="$(i7_members)"
     if [ "$existing" -ge 1 ] && [ "$existing" != "$n" ] && i7_healthy; then
@@ -695,8 +720,13 @@ i7_cmd_up() {
     i7_bootstrap "$n"
     for k in $(seq 2 "$n"); do i7_join "$k"; done
     i7_start_registry
+    i7_start_registry private
     i7_start_forwarder
-    for k in $(seq 2 "$n"); do i7_start_member_forwarder "$k"; done
+    i7_start_forwarder "$I7_PRIVATE_PORT" forward-private
+    for k in $(seq 2 "$n"); do
+        i7_start_member_forwarder "$k"
+        i7_start_member_forwarder "$k" "$I7_PRIVATE_PORT" regfwd-private
+    done
     i7_ensure_images
     i7_ensure_system_images
     i7_healthy || die "the Incus 7.0 test server did not come up healthy; see logs in $I7_RUN/"

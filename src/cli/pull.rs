@@ -7,7 +7,7 @@
 //!   server pulls it into the default project's image store (`POST /1.0/images`, mode `pull`),
 //!   so the next `up` creates from the cached image.
 //!
-//! `pull_policy: build` services are refused (Incus cannot build); services without `image`
+//! `pull_policy: build` services are refused (Incus cannot build), `never` ones skipped; services without `image`
 //! are skipped with a note. Pulls run concurrently; a failure names the service and the image
 //! and makes the exit status non-zero unless `--ignore-pull-failures`.
 
@@ -15,12 +15,13 @@ use std::process::ExitCode;
 
 use anyhow::anyhow;
 use clap::Args;
+use ic_compose::model::PullPolicy;
 use ic_core::plan::{ImageSource, oci::project_registry, resolve_image_in};
 use ic_incus::Request;
 
 use super::GlobalArgs;
 use super::project::{Context, block_on};
-use crate::engine::observe;
+use crate::engine::{self, observe};
 
 #[derive(Debug, Args)]
 pub struct PullArgs {
@@ -52,11 +53,20 @@ pub fn run(global: &GlobalArgs, args: &PullArgs) -> anyhow::Result<ExitCode> {
             if !args.services.is_empty() && !args.services.contains(name) {
                 continue;
             }
-            if service.pull_policy.as_deref() == Some("build") {
-                failures.push(format!(
-                    "service {name:?}: pull_policy build: Incus cannot build images; build it elsewhere and import or push it"
-                ));
-                continue;
+            match PullPolicy::of(service.pull_policy.as_deref()) {
+                PullPolicy::Build => {
+                    failures.push(format!(
+                        "service {name:?}: pull_policy build: Incus cannot build images; build it elsewhere and import or push it"
+                    ));
+                    continue;
+                }
+                PullPolicy::Never => {
+                    if !args.quiet {
+                        println!("[.] {name}: pull_policy never, not pulled");
+                    }
+                    continue;
+                }
+                _ => {}
             }
             let Some(image) = service.image.as_deref() else {
                 if !args.quiet {
@@ -71,6 +81,7 @@ pub fn run(global: &GlobalArgs, args: &PullArgs) -> anyhow::Result<ExitCode> {
                     continue;
                 }
             };
+            let key = source.to_string();
             let (server, protocol, alias) = match &source {
                 ImageSource::Local(alias) => {
                     if !args.quiet {
@@ -94,27 +105,49 @@ pub fn run(global: &GlobalArgs, args: &PullArgs) -> anyhow::Result<ExitCode> {
             let images = images.clone();
             let name = name.clone();
             let image = image.to_string();
+            let before = obs.facts.image_targets.get(&key).cloned();
+            let (base, remotes) = (&ctx.base, &obs.remotes);
             pulls.push(async move {
-                let body = serde_json::json!({
-                    "source": {"type": "image", "mode": "pull", "server": server,
-                               "protocol": protocol, "alias": alias},
-                });
-                let result = async {
-                    images
-                        .send_operation(Request::post("/1.0/images").json(&body)?)
-                        .await?
-                        .wait()
+                let result = if protocol == "oci" {
+                    // The fingerprint it names now: `up` recreates replicas made from another.
+                    engine::pull_oci(base, &server, &alias, remotes)
                         .await
-                }
-                .await;
-                (name, image, result)
+                        .map(Some)
+                } else {
+                    let body = serde_json::json!({
+                        "source": {"type": "image", "mode": "pull", "server": server,
+                                   "protocol": protocol, "alias": alias},
+                    });
+                    async {
+                        images
+                            .send_operation(Request::post("/1.0/images").json(&body)?)
+                            .await?
+                            .wait()
+                            .await
+                    }
+                    .await
+                    .map(|_| None)
+                    .map_err(anyhow::Error::from)
+                };
+                (name, image, before, result)
             });
         }
-        for (name, image, result) in futures_util::future::join_all(pulls).await {
+        for (name, image, before, result) in futures_util::future::join_all(pulls).await {
             match result {
-                Ok(_) if !args.quiet => println!("[+] {name}: pulled {image}"),
+                Ok(now) if !args.quiet => {
+                    let what = match (before, now) {
+                        (Some(b), Some(n)) if b == n => " (unchanged)".to_string(),
+                        (Some(b), Some(n)) => format!(
+                            " (new image: {} -> {}; `up` recreates its replicas)",
+                            &b[..b.len().min(12)],
+                            &n[..n.len().min(12)]
+                        ),
+                        _ => String::new(),
+                    };
+                    println!("[+] {name}: pulled {image}{what}");
+                }
                 Ok(_) => {}
-                Err(e) => failures.push(format!("service {name:?}: cannot pull {image}: {e}")),
+                Err(e) => failures.push(format!("service {name:?}: cannot pull {image}: {e:#}")),
             }
         }
         for f in &failures {

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail};
 use clap::Args;
 use ic_core::plan::placement::PendingReplica;
+use ic_compose::model::PullPolicy;
 use ic_core::plan::{DiffOptions, Plan, PlanOptions, plan_up};
 
 use super::GlobalArgs;
@@ -54,8 +55,21 @@ pub struct UpArgs {
     /// together (default: no limit besides the healthchecks' own retries)
     #[arg(long, value_name = "SECONDS", requires = "wait")]
     pub wait_timeout: Option<u64>,
+    /// Pull images before starting, for every service: always, missing or never (default:
+    /// each service's `pull_policy`, `missing` when unset). OCI images only; local Incus
+    /// aliases are never pulled
+    #[arg(long, value_name = "POLICY", value_parser = parse_pull)]
+    pub pull: Option<PullPolicy>,
     /// Services to bring up (and what they depend on); default: all
     pub services: Vec<String>,
+}
+
+fn parse_pull(text: &str) -> Result<PullPolicy, String> {
+    match PullPolicy::parse(text) {
+        Some(PullPolicy::Build) => Err("build: Incus cannot build images".into()),
+        Some(p) => Ok(p),
+        None => Err("use always, missing or never".into()),
+    }
 }
 
 fn parse_scale(items: &[String]) -> anyhow::Result<BTreeMap<String, u32>> {
@@ -123,8 +137,29 @@ pub fn run(global: &GlobalArgs, args: &UpArgs) -> anyhow::Result<ExitCode> {
     let mut pending: Vec<PendingReplica> = Vec::new();
     let code = block_on(async {
         let mut obs = observe(&ctx.base, &ctx.incus_project, true).await?;
+        // OCI images: pulled by pull_policy before anything changes, and the image each
+        // reference names now recorded for the plan (engine::oci).
+        if obs.facts.oci {
+            let services = match ic_core::plan::selected_services(&ctx.project, &opts) {
+                Ok(s) => s,
+                Err(e) => bail!("{e}"),
+            };
+            let lines = engine::prepare_images(
+                &ctx.base,
+                &ctx.project,
+                &services,
+                &mut obs,
+                args.pull,
+                args.dry_run,
+            )
+            .await?;
+            for l in lines {
+                println!("{l}");
+            }
+        }
         // OCI images: the entrypoint of those whose services set only `command` (engine::oci).
-        for w in engine::read_image_processes(&ctx.project, &mut obs.facts).await {
+        let remotes = obs.remotes.clone();
+        for w in engine::read_image_processes(&ctx.project, &mut obs.facts, &remotes).await {
             eprintln!("warning: {w}");
         }
         let plan = match plan_up(&ctx.project, &obs.facts, &obs.observed, &opts, &diff) {
@@ -153,8 +188,6 @@ pub fn run(global: &GlobalArgs, args: &UpArgs) -> anyhow::Result<ExitCode> {
             );
             return Ok(wait_for_services(&gate, &plan, args, started).await);
         }
-        // OCI images: pulled before anything changes (engine::oci).
-        engine::pull_images(&ctx.base, &plan, &obs.facts.version).await?;
         let target = ctx.target(&obs);
         let outcome = engine::execute_gated(&target, &plan, args.parallel, Some(&gate)).await;
         let secs = started.elapsed().as_secs_f64();

@@ -306,7 +306,16 @@ async fn run(t: &Target, action: &Action) -> anyhow::Result<String> {
     }
 }
 
-fn source(t: &Target, image: &ImageSource) -> anyhow::Result<InstanceSource> {
+fn source(
+    t: &Target,
+    image: &ImageSource,
+    fingerprint: Option<&str>,
+) -> anyhow::Result<InstanceSource> {
+    // The image the reference names now (see `ServerFacts::image_targets`): every replica gets
+    // the same one, and an OCI image already pulled costs the registry nothing.
+    if let (Some(f), ImageSource::Local(_) | ImageSource::Oci { .. }) = (fingerprint, image) {
+        return Ok(InstanceSource::image_fingerprint(f.to_string()));
+    }
     Ok(match image {
         ImageSource::Local(a) => {
             if a.len() >= 12 && a.chars().all(|c| c.is_ascii_hexdigit()) {
@@ -318,7 +327,7 @@ fn source(t: &Target, image: &ImageSource) -> anyhow::Result<InstanceSource> {
         ImageSource::Oci { server, alias, .. } => InstanceSource {
             kind: "image".into(),
             alias: alias.clone(),
-            server: server.clone(),
+            server: super::oci::credentialed(server, &t.remotes),
             protocol: "oci".into(),
             ..Default::default()
         },
@@ -358,7 +367,7 @@ async fn create(t: &Target, p: &InstancePlan) -> anyhow::Result<()> {
     let req = InstancesPost {
         name: p.name.clone(),
         kind: "container".into(),
-        source: source(t, &p.image)?,
+        source: source(t, &p.image, p.image_fingerprint.as_deref())?,
         config: p.config.clone(),
         devices,
         profiles: None,

@@ -18,6 +18,9 @@ pub struct Observation {
     pub network_project: String,
     /// Image remotes of the incus CLI configuration: name -> (address, protocol).
     pub remotes: BTreeMap<String, (String, String)>,
+    /// OCI images in the image store: the newest copy per image key
+    /// (`ic_core::plan::oci::image_key`), for pull policies.
+    pub oci_cached: BTreeMap<String, crate::engine::oci::CachedImage>,
 }
 
 fn member_of(m: &ic_incus::ClusterMember, instances: u32) -> Member {
@@ -181,6 +184,7 @@ pub async fn observe(
         ..Default::default()
     };
     let mut remotes = BTreeMap::new();
+    let mut oci_cached = BTreeMap::new();
     if need_images {
         let image_project = if feature("features.images") == Some("true") {
             incus_project
@@ -197,7 +201,16 @@ pub async fn observe(
             facts.image_fingerprints.push(img.fingerprint.clone());
             for a in &img.aliases {
                 aliases.insert(a.name.clone());
+                facts
+                    .image_targets
+                    .insert(a.name.clone(), img.fingerprint.clone());
             }
+        }
+        oci_cached = crate::engine::oci::cached_oci(&images);
+        for (key, c) in &oci_cached {
+            facts
+                .image_targets
+                .insert(key.clone(), c.fingerprint.clone());
         }
         facts.image_aliases = aliases;
         if let Ok(cfg) = ic_incus::config::LoadedConfig::load(&ic_incus::config::ProcessEnv) {
@@ -225,6 +238,7 @@ pub async fn observe(
         },
         network_project,
         remotes,
+        oci_cached,
     })
 }
 

@@ -9,6 +9,7 @@ use std::path::Path;
 
 use anyhow::Context;
 use ic_compose::Project;
+use ic_compose::model::PullPolicy;
 use ic_core::plan::oci::{self, ImageProcess};
 use ic_core::plan::{Action, ImageSource, Plan, ServerFacts, resolve_image_in};
 use ic_incus::config::{LoadedConfig, ProcessEnv};
@@ -99,53 +100,203 @@ fn add_remotes(file: &Path, add: &BTreeMap<String, String>) -> anyhow::Result<()
     Ok(())
 }
 
-/// Pulls the OCI images the plan's new instances need into the server's image store
-/// (`POST /1.0/images`, source protocol `oci`, all at once), before anything else changes: an
-/// image that cannot be pulled (unknown, unreachable registry) fails `up` with nothing changed.
-/// Images already there cost the registry a manifest lookup. Pulled into the `default`
-/// project (where compose projects take their images from: `features.images=false`).
-pub async fn pull_images(base: &Client, plan: &Plan, version: &str) -> anyhow::Result<()> {
-    // Image (as text) -> (source, first service that uses it).
-    let mut wanted: BTreeMap<String, (&ImageSource, &str)> = BTreeMap::new();
-    for action in plan.actions() {
-        let (Action::Create(p) | Action::Recreate(p)) = action else {
+/// A copy of an OCI image in the server's image store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CachedImage {
+    pub fingerprint: String,
+    /// When the server pulled it (`uploaded_at`), if Incus says.
+    pub uploaded: Option<time::OffsetDateTime>,
+}
+
+/// The newest copy of each OCI image in a listing of the image store, by image key
+/// (`oci::image_key` of the registry and reference Incus recorded in `update_source`).
+pub fn cached_oci(images: &[ic_incus::Image]) -> BTreeMap<String, CachedImage> {
+    let mut out: BTreeMap<String, CachedImage> = BTreeMap::new();
+    for img in images {
+        let Some(src) = img
+            .update_source
+            .as_ref()
+            .filter(|s| s.protocol == "oci" && !s.alias.is_empty())
+        else {
             continue;
         };
-        if let ImageSource::Oci { .. } = &p.image {
-            wanted
-                .entry(p.image.to_string())
-                .or_insert((&p.image, p.service.as_str()));
+        let uploaded = time::OffsetDateTime::parse(
+            &img.uploaded_at,
+            &time::format_description::well_known::Rfc3339,
+        )
+        .ok();
+        let key = oci::image_key(&src.server, &src.alias);
+        let newer = out.get(&key).is_none_or(|c| uploaded > c.uploaded);
+        if newer {
+            out.insert(
+                key,
+                CachedImage {
+                    fingerprint: img.fingerprint.clone(),
+                    uploaded,
+                },
+            );
         }
     }
+    out
+}
+
+/// The address to hand Incus for registry `server`: the address of the user's `oci` remote for
+/// that registry when it carries credentials (`https://user:token@host`), so that the server's
+/// skopeo logs in; `server` itself otherwise.
+pub fn credentialed(server: &str, remotes: &BTreeMap<String, (String, String)>) -> String {
+    let want = server.trim_end_matches('/').to_ascii_lowercase();
+    remotes
+        .values()
+        .filter(|(addr, protocol)| protocol == "oci" && oci::without_credentials(addr) != *addr)
+        .find(|(addr, _)| {
+            oci::without_credentials(addr)
+                .trim_end_matches('/')
+                .to_ascii_lowercase()
+                == want
+        })
+        .map(|(addr, _)| addr.trim_end_matches('/').to_string())
+        .unwrap_or_else(|| server.to_string())
+}
+
+/// `user:password` of a credentialed address (see [`credentialed`]).
+fn credentials_of(addr: &str) -> Option<&str> {
+    let rest = addr.split_once("://").map_or(addr, |(_, r)| r);
+    let host_end = rest.find('/').unwrap_or(rest.len());
+    rest[..host_end].rfind('@').map(|at| &rest[..at])
+}
+
+/// Pulls `alias` from the registry at `server` into the `default` project's image store (where
+/// compose projects take their images from: `features.images=false`) and returns the
+/// fingerprint of the image it names now.
+pub async fn pull_oci(
+    base: &Client,
+    server: &str,
+    alias: &str,
+    remotes: &BTreeMap<String, (String, String)>,
+) -> anyhow::Result<String> {
     let images = base.with_project("default");
-    let pulls = wanted.iter().map(|(text, (source, service))| {
-        let images = images.clone();
-        async move {
-            let ImageSource::Oci { server, alias, .. } = source else {
-                return Ok(());
-            };
-            let body = serde_json::json!({
-                "source": {"type": "image", "mode": "pull", "server": server, "protocol": "oci", "alias": alias},
-            });
-            let result = async {
-                images
-                    .send_operation(Request::post("/1.0/images").json(&body)?)
-                    .await?
-                    .wait()
-                    .await
-            }
-            .await;
-            result.map(|_| ()).map_err(|e| {
-                anyhow::anyhow!(
-                    "service {service:?}: cannot pull image {text} onto the Incus server (version {version}): {e}; nothing was changed (check the reference, and that the server reaches the registry)"
-                )
-            })
-        }
+    let body = serde_json::json!({
+        "source": {"type": "image", "mode": "pull", "server": credentialed(server, remotes),
+                   "protocol": "oci", "alias": alias},
     });
-    for r in futures_util::future::join_all(pulls).await {
-        r?;
+    let op = images
+        .send_operation(Request::post("/1.0/images").json(&body)?)
+        .await?
+        .wait()
+        .await?;
+    op.metadata
+        .get("fingerprint")
+        .and_then(|f| f.as_str())
+        .filter(|f| !f.is_empty())
+        .map(str::to_string)
+        .ok_or_else(|| anyhow::anyhow!("Incus did not say which image it pulled"))
+}
+
+/// Applies the services' `pull_policy` (or `policy` for all, `up --pull`) to their OCI images,
+/// before anything changes: pulls what the policies ask for and records in
+/// `obs.facts.image_targets` the image each reference names now, so that the plan recreates
+/// replicas made from another one. A `never` image the server lacks, or a pull that fails,
+/// fails `up` with nothing changed. `dry_run`: nothing is pulled, the lines say what would be.
+/// Returns one line per pull, for the user.
+pub async fn prepare_images(
+    base: &Client,
+    project: &Project,
+    services: &std::collections::BTreeSet<String>,
+    obs: &mut crate::engine::Observation,
+    policy: Option<PullPolicy>,
+    dry_run: bool,
+) -> anyhow::Result<Vec<String>> {
+    let registry = oci::project_registry(project, &obs.facts.oci_remotes);
+    let now = time::OffsetDateTime::now_utc();
+    // Image key -> (server, alias, first service asking to pull it).
+    let mut pulls: BTreeMap<String, (String, String, String)> = BTreeMap::new();
+    let mut refused = Vec::new();
+    for name in services {
+        let Some(service) = project.services.get(name) else {
+            continue;
+        };
+        let Some(image) = service.image.as_deref() else {
+            continue;
+        };
+        let Ok(source @ ImageSource::Oci { .. }) =
+            resolve_image_in(name, image, &obs.facts, registry.as_deref())
+        else {
+            continue; // local and remote images, and bad references (the planner reports them)
+        };
+        let ImageSource::Oci { server, alias, .. } = &source else {
+            continue;
+        };
+        let key = source.to_string();
+        let policy = policy.unwrap_or_else(|| PullPolicy::of(service.pull_policy.as_deref()));
+        if policy == PullPolicy::Build {
+            continue;
+        }
+        let age = obs.oci_cached.get(&key).map(|c| {
+            c.uploaded
+                .map(|u| (now - u).try_into().unwrap_or_default())
+                .unwrap_or_default()
+        });
+        match oci::pull_decision(policy, age) {
+            oci::PullDecision::UseCached => {}
+            oci::PullDecision::Pull => {
+                pulls
+                    .entry(key)
+                    .or_insert_with(|| (server.clone(), alias.clone(), name.clone()));
+            }
+            oci::PullDecision::Refuse => refused.push(format!(
+                "service {name:?}: pull_policy never, and the Incus server (version {}) has no copy of image {key}; pull it first (`incus-compose pull {name}`, or `up --pull missing`)",
+                obs.facts.version
+            )),
+        }
     }
-    Ok(())
+    if !refused.is_empty() {
+        anyhow::bail!("{}; nothing was changed", refused.join("; "));
+    }
+    if dry_run {
+        return Ok(pulls
+            .keys()
+            .map(|k| format!("[~] would pull {k}"))
+            .collect());
+    }
+    let remotes = &obs.remotes;
+    let version = obs.facts.version.clone();
+    let results = futures_util::future::join_all(pulls.into_iter().map(
+        |(key, (server, alias, service))| async move {
+            let r = pull_oci(base, &server, &alias, remotes).await;
+            (key, service, r)
+        },
+    ))
+    .await;
+    let mut lines = Vec::new();
+    let mut failures = Vec::new();
+    for (key, service, r) in results {
+        match r {
+            Ok(fingerprint) => {
+                let before = obs.facts.image_targets.get(&key);
+                let what = match before {
+                    Some(b) if *b == fingerprint => "unchanged".to_string(),
+                    Some(b) => format!("new image: {} -> {}", short(b), short(&fingerprint)),
+                    None => short(&fingerprint).to_string(),
+                };
+                lines.push(format!("[+] pulled {key} ({what})"));
+                obs.facts.image_targets.insert(key, fingerprint);
+            }
+            Err(e) => failures.push(format!(
+                "service {service:?}: cannot pull image {key} onto the Incus server (version {version}): {e:#}"
+            )),
+        }
+    }
+    if !failures.is_empty() {
+        anyhow::bail!(
+            "{}; nothing was changed (check the reference, and that the server reaches the registry)",
+            failures.join("; ")
+        );
+    }
+    Ok(lines)
+}
+
+fn short(fingerprint: &str) -> &str {
+    fingerprint.get(..12).unwrap_or(fingerprint)
 }
 
 /// The entrypoint and cmd of the OCI images whose services set `command` without `entrypoint`
@@ -156,13 +307,17 @@ pub async fn pull_images(base: &Client, plan: &Plan, version: &str) -> anyhow::R
 /// It asks `skopeo inspect --config` on this machine, as the incus CLI does for its OCI
 /// remotes: skopeo's own configuration applies (credentials from `skopeo login`, a private CA in
 /// `/etc/containers/certs.d/<host:port>/ca.crt` or `SSL_CERT_FILE`).
-pub async fn read_image_processes(project: &Project, facts: &mut ServerFacts) -> Vec<String> {
+pub async fn read_image_processes(
+    project: &Project,
+    facts: &mut ServerFacts,
+    remotes: &BTreeMap<String, (String, String)>,
+) -> Vec<String> {
     let mut warnings = Vec::new();
     if !facts.oci {
         return warnings;
     }
     let registry = oci::project_registry(project, &facts.oci_remotes);
-    let mut wanted: BTreeMap<String, String> = BTreeMap::new();
+    let mut wanted: BTreeMap<String, (String, String)> = BTreeMap::new();
     for (name, service) in &project.services {
         let (Some(image), Some(_), None) = (&service.image, &service.command, &service.entrypoint)
         else {
@@ -170,12 +325,14 @@ pub async fn read_image_processes(project: &Project, facts: &mut ServerFacts) ->
         };
         if let Ok(source @ ImageSource::Oci { .. }) =
             resolve_image_in(name, image, facts, registry.as_deref())
+            && let ImageSource::Oci { server, .. } = &source
         {
-            wanted.insert(source.to_string(), name.clone());
+            wanted.insert(source.to_string(), (name.clone(), server.clone()));
         }
     }
-    for (reference, service) in wanted {
-        match read_process(&reference).await {
+    for (reference, (service, server)) in wanted {
+        let creds = credentialed(&server, remotes);
+        match read_process(&reference, credentials_of(&creds)).await {
             Ok(p) => {
                 facts.oci_images.insert(reference, p);
             }
@@ -187,9 +344,32 @@ pub async fn read_image_processes(project: &Project, facts: &mut ServerFacts) ->
     warnings
 }
 
-async fn read_process(reference: &str) -> anyhow::Result<ImageProcess> {
-    let out = tokio::process::Command::new("skopeo")
-        .args(["inspect", "--config", "--retry-times", "1"])
+/// A containers-auth.json (0600, removed when dropped) with `creds` for `registry`.
+fn auth_file(registry: &str, creds: &str) -> anyhow::Result<tempfile::NamedTempFile> {
+    use base64::Engine;
+    use std::io::Write;
+    let host = registry.split('/').next().unwrap_or(registry);
+    let body = serde_json::json!({"auths": {host: {
+        "auth": base64::engine::general_purpose::STANDARD.encode(creds)
+    }}});
+    let mut f = tempfile::Builder::new()
+        .prefix("incus-compose-auth-")
+        .tempfile()
+        .context("cannot create a credentials file for skopeo")?;
+    f.write_all(body.to_string().as_bytes())
+        .context("cannot write a credentials file for skopeo")?;
+    Ok(f)
+}
+
+async fn read_process(reference: &str, creds: Option<&str>) -> anyhow::Result<ImageProcess> {
+    let mut cmd = tokio::process::Command::new("skopeo");
+    cmd.args(["inspect", "--config", "--retry-times", "1"]);
+    // Kept until skopeo has run.
+    let auth = creds.map(|c| auth_file(reference, c)).transpose()?;
+    if let Some(a) = &auth {
+        cmd.arg("--authfile").arg(a.path());
+    }
+    let out = cmd
         .arg(format!("docker://{reference}"))
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true)
@@ -264,6 +444,115 @@ mod tests {
             (r.addr.as_str(), r.protocol.as_str(), r.public),
             ("https://127.0.0.1:5443", "oci", true)
         );
+    }
+
+    #[test]
+    fn the_newest_copy_of_each_oci_image_is_what_its_reference_names() {
+        let image =
+            |fp: &str, uploaded: &str, server: &str, alias: &str, protocol: &str| ic_incus::Image {
+                fingerprint: fp.into(),
+                uploaded_at: uploaded.into(),
+                update_source: Some(ic_incus::ImageUpdateSource {
+                    alias: alias.into(),
+                    server: server.into(),
+                    protocol: protocol.into(),
+                    image_type: "container".into(),
+                }),
+                ..Default::default()
+            };
+        let images = [
+            image(
+                "old",
+                "2026-11-20T10:00:00Z",
+                "https://127.0.0.1:5443",
+                "testapp:v1",
+                "oci",
+            ),
+            image(
+                "new",
+                "2026-11-25T10:00:00Z",
+                "https://127.0.0.1:5443",
+                "testapp:v1",
+                "oci",
+            ),
+            image(
+                "older",
+                "2026-11-01T10:00:00Z",
+                "https://127.0.0.1:5443",
+                "testapp:v1",
+                "oci",
+            ),
+            // Credentials in the recorded address do not make another key.
+            image(
+                "priv",
+                "2026-11-25T10:00:00Z",
+                "https://u:p@127.0.0.1:5444",
+                "testapp:v2",
+                "oci",
+            ),
+            image(
+                "ss",
+                "2026-11-25T10:00:00Z",
+                "https://images.example",
+                "debian/12",
+                "simplestreams",
+            ),
+            ic_incus::Image {
+                fingerprint: "local".into(),
+                ..Default::default()
+            },
+        ];
+        let cached = cached_oci(&images);
+        assert_eq!(
+            cached.keys().collect::<Vec<_>>(),
+            ["127.0.0.1:5443/testapp:v1", "127.0.0.1:5444/testapp:v2"]
+        );
+        assert_eq!(cached["127.0.0.1:5443/testapp:v1"].fingerprint, "new");
+        assert_eq!(cached["127.0.0.1:5444/testapp:v2"].fingerprint, "priv");
+    }
+
+    #[test]
+    fn credentials_come_from_the_users_remote_for_the_same_registry() {
+        let remotes = BTreeMap::from([
+            (
+                "private".to_string(),
+                (
+                    "https://bot:tok@reg.example:5000/".to_string(),
+                    "oci".to_string(),
+                ),
+            ),
+            (
+                "other".to_string(),
+                ("https://reg.example:5001".to_string(), "oci".to_string()),
+            ),
+            (
+                "ss".to_string(),
+                (
+                    "https://a:b@images.example".to_string(),
+                    "simplestreams".to_string(),
+                ),
+            ),
+        ]);
+        let server = credentialed("https://reg.example:5000", &remotes);
+        assert_eq!(server, "https://bot:tok@reg.example:5000");
+        assert_eq!(credentials_of(&server), Some("bot:tok"));
+        assert_eq!(
+            credentialed("https://reg.example:5001", &remotes),
+            "https://reg.example:5001"
+        );
+        assert_eq!(
+            credentialed("https://images.example", &remotes),
+            "https://images.example"
+        );
+        assert_eq!(credentials_of("https://reg.example:5001"), None);
+        // The auth file skopeo reads: the registry's host, base64 of user:password.
+        let f = auth_file("reg.example:5000/ns/app:v1", "bot:tok").unwrap();
+        let body: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(f.path()).unwrap()).unwrap();
+        assert_eq!(body["auths"]["reg.example:5000"]["auth"], "Ym90OnRvaw==");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(f.path()).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "{mode:o}");
     }
 
     #[test]

@@ -772,7 +772,23 @@ fn service(n: &mut N, name: &str, node: &Node, key_span: &crate::yaml::Span) -> 
             }
             "privileged" => svc.privileged = n.boolean(v, &p).unwrap_or(false),
             "profiles" => svc.profiles = n.string_list(v, &p),
-            "pull_policy" => svc.pull_policy = n.string(v, &p),
+            "pull_policy" => {
+                svc.pull_policy = n.string(v, &p);
+                if let Some(policy) = &svc.pull_policy
+                    && crate::model::PullPolicy::parse(policy).is_none()
+                {
+                    n.errors.push(
+                        Diagnostic::new(
+                            v.span.clone(),
+                            &p,
+                            format!("invalid pull_policy {policy:?}"),
+                        )
+                        .with_hint(
+                            "use always, missing (or if_not_present), never, build, daily, weekly or every_<duration> (e.g. every_12h)",
+                        ),
+                    );
+                }
+            }
             "read_only" => svc.read_only = n.boolean(v, &p).unwrap_or(false),
             "restart" => {
                 svc.restart = n.string(v, &p);

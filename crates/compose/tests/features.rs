@@ -667,3 +667,19 @@ fn a_service_may_extend_an_included_service() {
     let p = ok(&fs, &opts(&[]));
     assert_eq!(p.services["web"].image.as_deref(), Some("shared"));
 }
+
+#[test]
+fn an_unknown_pull_policy_is_an_error_at_its_line() {
+    let e = one_err("services:\n  web:\n    image: a\n    pull_policy: sometimes\n");
+    assert_eq!(e.len(), 1, "{e}");
+    assert_eq!(
+        (e.0[0].line, e.0[0].col, e.0[0].path.as_str()),
+        (4, 18, "services.web.pull_policy")
+    );
+    assert!(e.0[0].message.contains("sometimes"), "{e}");
+    for ok in ["always", "never", "missing", "if_not_present", "daily", "every_12h"] {
+        let text = format!("services:\n  web:\n    image: a\n    pull_policy: {ok}\n");
+        let p = one(&text);
+        assert_eq!(p.services["web"].pull_policy.as_deref(), Some(ok));
+    }
+}

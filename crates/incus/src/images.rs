@@ -41,6 +41,22 @@ pub struct Image {
     pub last_used_at: String,
     /// Project.
     pub project: String,
+    /// Where it was pulled from, for images pulled from a remote (`None` otherwise).
+    pub update_source: Option<ImageUpdateSource>,
+}
+
+/// Where a pulled image came from (`update_source` of an [`Image`]).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ImageUpdateSource {
+    /// The alias (for OCI images: the reference on the registry, `testapp:v1`).
+    pub alias: String,
+    /// The server's URL.
+    pub server: String,
+    /// `simplestreams`, `incus` or `oci`.
+    pub protocol: String,
+    /// `container` or `virtual-machine`.
+    pub image_type: String,
 }
 
 /// An alias as listed inside an [`Image`].

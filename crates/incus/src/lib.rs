@@ -46,7 +46,7 @@ pub use console::ConsoleSession;
 pub use error::{Error, RequestLabel, Result};
 pub use events::{Event, EventFilter, EventStream, LifecycleEvent};
 pub use exec::{ExecIo, ExecOutput, ExecRequest, ExecSession, ExecStreams};
-pub use images::{Image, ImageAlias, ImageAliasEntry};
+pub use images::{Image, ImageAlias, ImageAliasEntry, ImageUpdateSource};
 pub use instances::{
     Devices, FileOptions, Instance, InstancePut, InstanceSource, InstanceState, InstanceStatePut,
     InstancesPost,

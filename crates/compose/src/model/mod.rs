@@ -6,6 +6,7 @@
 
 pub mod deploy;
 pub mod placement;
+pub mod pull;
 pub mod units;
 
 use std::collections::BTreeMap;
@@ -15,6 +16,7 @@ use indexmap::IndexMap;
 use serde::Serialize;
 
 pub use deploy::*;
+pub use pull::PullPolicy;
 pub use units::{ByteSize, Duration};
 
 use crate::error::Diagnostic;

@@ -57,6 +57,14 @@ pub fn dependency_levels(project: &Project) -> BTreeMap<String, usize> {
     levels
 }
 
+/// The Incus key that records the image an instance was made from.
+const BASE_IMAGE: &str = "volatile.base_image";
+
+/// A fingerprint's first 12 characters, as Incus prints them.
+fn short(fingerprint: &str) -> &str {
+    fingerprint.get(..12).unwrap_or(fingerprint)
+}
+
 fn is_ours(config: &BTreeMap<String, String>, compose: &str) -> bool {
     config.get(LABEL_PROJECT).map(String::as_str) == Some(compose)
 }
@@ -307,6 +315,7 @@ pub fn diff(d: &Desired, obs: &Observed, o: &DiffOptions) -> Result<Plan, PlanEr
                 member: member.to_string(),
                 old_member,
                 image: t.image.clone(),
+                image_fingerprint: t.image_fingerprint.clone(),
                 template_image: t.image.to_string(),
                 config: config.clone(),
                 devices: t.devices.clone(),
@@ -331,14 +340,29 @@ pub fn diff(d: &Desired, obs: &Observed, o: &DiffOptions) -> Result<Plan, PlanEr
                 }
                 Some(i) => {
                     let changed = i.label(LABEL_HASH) != Some(t.hash.as_str());
-                    if (changed || o.force_recreate) && !o.no_recreate {
+                    // Made from another image than the one its reference names now (a tag
+                    // moved and was pulled, an alias re-pointed): as `docker compose up` does.
+                    let image_moved = match (&t.image_fingerprint, i.label(BASE_IMAGE)) {
+                        (Some(want), Some(have)) if !have.is_empty() && want != have => {
+                            Some(format!(
+                                "image {} changed ({} -> {})",
+                                t.image,
+                                short(have),
+                                short(want)
+                            ))
+                        }
+                        _ => None,
+                    };
+                    if (changed || image_moved.is_some() || o.force_recreate) && !o.no_recreate {
                         let why = if changed {
-                            "configuration changed"
+                            "configuration changed".to_string()
+                        } else if let Some(why) = image_moved {
+                            why
                         } else {
-                            "--force-recreate"
+                            "--force-recreate".to_string()
                         };
                         actions.push(Action::Recreate(Box::new(plan(
-                            why,
+                            &why,
                             Some(i.location.clone()),
                         ))));
                     } else if !i.running && !o.no_start {

@@ -34,7 +34,7 @@
 //! | `extra_hosts` | `/etc/hosts` written before the first start: localhost entries plus one line per host |
 //! | `dns`, `dns_search`, `dns_opt` | `/etc/resolv.conf` written before the first start |
 //! | `platform` | a placement constraint `node.platform.arch == <Incus arch>`; planning fails if no member has that architecture |
-//! | `pull_policy` | `always`, `missing`, `never`, `if_not_present`: the image must be a local alias or a remote image (nothing is pulled); `build`: refused |
+//! | `pull_policy` | OCI images (Incus >= 6.3): `always` pulls before every `up`, `missing`/`if_not_present` (default) when the server has no copy, `never` refuses a missing image, `daily`/`weekly`/`every_<d>` pull when the server's copy is older (engine `images`); local aliases are never pulled; `build`: refused |
 //! | `build` | refused: Incus cannot build Dockerfiles |
 //! | `cpuset` | `limits.cpu = <set>` (pinning; a single CPU `N` as `N-N`; a whole-CPU count from `cpus` then becomes `limits.cpu.allowance`) |
 //! | `oom_score_adj` (0..1000) | `raw.lxc`: `lxc.proc.oom_score_adj` (negative values warn: not allowed unprivileged) |
@@ -1254,18 +1254,21 @@ pub fn platform_arch(service: &Service) -> Result<Option<String>, PlanError> {
 
 /// `build:` and `pull_policy` (see the module table).
 pub fn build_and_pull(service: &Service, warnings: &mut Vec<String>) -> Result<(), PlanError> {
-    if service.build.is_some() || service.pull_policy.as_deref() == Some("build") {
+    use ic_compose::model::PullPolicy;
+    let policy = service.pull_policy.as_deref();
+    if service.build.is_some() || policy.and_then(PullPolicy::parse) == Some(PullPolicy::Build) {
         return Err(PlanError::Build {
             service: service.name.clone(),
         });
     }
-    match service.pull_policy.as_deref() {
-        None | Some("always" | "missing" | "never" | "if_not_present" | "daily" | "weekly") => {}
-        Some(p) if p.starts_with("every_") => {}
-        Some(p) => warnings.push(format!(
-            "service {:?}: pull_policy {p:?} is unknown; the image must exist on the server or a remote",
+    if let Some(p) = policy
+        && PullPolicy::parse(p).is_none()
+    {
+        // The loader refuses these; a project built in code may still carry one.
+        warnings.push(format!(
+            "service {:?}: pull_policy {p:?} is unknown; taken as `missing`",
             service.name
-        )),
+        ));
     }
     Ok(())
 }

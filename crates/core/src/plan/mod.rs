@@ -101,6 +101,12 @@ pub struct ServerFacts {
     /// Entrypoint and cmd of OCI images, read from their registries (by the engine, for
     /// services with `command` and no `entrypoint`): [`ImageSource::Oci`] as text -> process.
     pub oci_images: BTreeMap<String, oci::ImageProcess>,
+    /// The image each reference names on the server now: a local alias -> its fingerprint,
+    /// an [`ImageSource::Oci`] (as text) -> the fingerprint of the newest copy of it in the image
+    /// store (pulled by `up`/`pull`, see the engine). A replica made from another image is
+    /// recreated by the next `up`, as `docker compose up` recreates containers whose image
+    /// changed.
+    pub image_targets: BTreeMap<String, String>,
     /// The `default` profile's root disk pool (named volumes go there unless [`storage`]
     /// chooses a shared one).
     pub storage_pool: String,
@@ -131,9 +137,7 @@ impl fmt::Display for ImageSource {
         match self {
             ImageSource::Local(a) => f.write_str(a),
             ImageSource::Remote { remote, alias } => write!(f, "{remote}:{alias}"),
-            ImageSource::Oci { server, alias, .. } => {
-                write!(f, "{}/{alias}", server.trim_start_matches("https://"))
-            }
+            ImageSource::Oci { server, alias, .. } => f.write_str(&oci::image_key(server, alias)),
         }
     }
 }
@@ -148,6 +152,9 @@ pub struct InstanceTemplate {
     /// `container_name`, mapped.
     pub container_name: Option<String>,
     pub image: ImageSource,
+    /// The fingerprint `image` names on the server now, when known (see
+    /// [`ServerFacts::image_targets`]).
+    pub image_fingerprint: Option<String>,
     /// Config keys, labels included except [`LABEL_SLOT`].
     pub config: BTreeMap<String, String>,
     pub devices: Devices,
@@ -370,6 +377,24 @@ pub fn spec_hash(
     naming::hex(&digest)
 }
 
+/// The fingerprint `image` names on the server now (see [`ServerFacts::image_targets`]):
+/// `None` for images of other remotes and for references the server has no copy of.
+pub fn image_target(image: &ImageSource, facts: &ServerFacts) -> Option<String> {
+    match image {
+        ImageSource::Local(a) => facts.image_targets.get(a).cloned().or_else(|| {
+            let hex = a.len() >= 12 && a.chars().all(|c| c.is_ascii_hexdigit());
+            let mut found = facts.image_fingerprints.iter().filter(|f| f.starts_with(a.as_str()));
+            // A prefix names an image only when it is unambiguous.
+            match (hex, found.next(), found.next()) {
+                (true, Some(f), None) => Some(f.clone()),
+                _ => None,
+            }
+        }),
+        ImageSource::Oci { .. } => facts.image_targets.get(&image.to_string()).cloned(),
+        ImageSource::Remote { .. } => None,
+    }
+}
+
 /// Checks an image against the server (see [`PlanError::UnknownImage`]).
 pub fn resolve_image(
     service: &str,
@@ -462,7 +487,7 @@ fn scheduler_spec(service: &Service, name: &str, replicas: Option<u64>) -> Servi
 }
 
 /// The services to plan: the named ones and everything they depend on (all when none named).
-fn selected_services(project: &Project, opts: &PlanOptions) -> Result<BTreeSet<String>, PlanError> {
+pub fn selected_services(project: &Project, opts: &PlanOptions) -> Result<BTreeSet<String>, PlanError> {
     if opts.services.is_empty() {
         return Ok(project.services.keys().cloned().collect());
     }
@@ -781,6 +806,7 @@ pub fn desired(
             service: name.to_string(),
             base_name,
             container_name,
+            image_fingerprint: image_target(&image, facts),
             image,
             config,
             devices,
@@ -1022,6 +1048,8 @@ pub struct InstancePlan {
     /// For recreate: where the old one is.
     pub old_member: Option<String>,
     pub image: ImageSource,
+    /// Made from this image (fingerprint) when known, so that every replica gets the same one.
+    pub image_fingerprint: Option<String>,
     pub template_image: String,
     pub config: BTreeMap<String, String>,
     pub devices: Devices,

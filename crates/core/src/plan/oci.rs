@@ -288,6 +288,62 @@ pub fn remote_name(registry: &str) -> String {
     name
 }
 
+/// `addr` without the `user:password@` a private registry's remote may carry
+/// (`https://user:token@registry.example` -> `https://registry.example`). Plans, messages and
+/// spec hashes never hold credentials; the engine puts them back when it talks to Incus.
+pub fn without_credentials(addr: &str) -> String {
+    let (scheme, rest) = match addr.split_once("://") {
+        Some((s, r)) => (Some(s), r),
+        None => (None, addr),
+    };
+    let host_end = rest.find('/').unwrap_or(rest.len());
+    let rest = match rest[..host_end].rfind('@') {
+        Some(at) => &rest[at + 1..],
+        None => rest,
+    };
+    match scheme {
+        Some(s) => format!("{s}://{rest}"),
+        None => rest.to_string(),
+    }
+}
+
+/// The text an OCI image is known by: `host[:port]/alias`, from the registry's URL (scheme and
+/// credentials left out) and the reference on it (the [`ImageSource::Oci`] display).
+pub fn image_key(server: &str, alias: &str) -> String {
+    let server = without_credentials(server);
+    let host = server
+        .trim_start_matches("https://")
+        .trim_start_matches("http://")
+        .trim_end_matches('/');
+    format!("{host}/{alias}")
+}
+
+/// What `up` does about an OCI image, by the service's `pull_policy` and the copy the server
+/// has (`cached_age`: `Some(age)` when the image store holds one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PullDecision {
+    /// Ask the registry (a copy the server already has costs a manifest lookup).
+    Pull,
+    /// Use the server's copy.
+    UseCached,
+    /// `never` and no copy: an error.
+    Refuse,
+}
+
+/// See [`PullDecision`]. `build` never gets here (the planner refuses it).
+pub fn pull_decision(
+    policy: ic_compose::model::PullPolicy,
+    cached_age: Option<std::time::Duration>,
+) -> PullDecision {
+    use ic_compose::model::PullPolicy as P;
+    match (policy, cached_age) {
+        (P::Always, _) | (P::Missing | P::Every(_), None) => PullDecision::Pull,
+        (P::Every(d), Some(age)) if age >= d => PullDecision::Pull,
+        (P::Never | P::Build, None) => PullDecision::Refuse,
+        _ => PullDecision::UseCached,
+    }
+}
+
 /// The `oci` remote to pull `image` through: the first (by name) of `oci_remotes` (name ->
 /// address) whose address is the registry's, else a new one named by [`remote_name`].
 /// Returns (name, address, exists).
@@ -296,10 +352,10 @@ pub fn choose_remote(
     oci_remotes: &BTreeMap<String, String>,
 ) -> (String, String, bool) {
     let url = image.registry_url();
-    let norm = |a: &str| a.trim_end_matches('/').to_ascii_lowercase();
+    let norm = |a: &str| without_credentials(a).trim_end_matches('/').to_ascii_lowercase();
     for (name, addr) in oci_remotes {
         if norm(addr) == norm(&url) {
-            return (name.clone(), addr.clone(), true);
+            return (name.clone(), without_credentials(addr), true);
         }
     }
     (remote_name(&image.registry), url, false)
@@ -316,6 +372,7 @@ pub fn default_registry(
         return None;
     }
     if let Some(addr) = oci_remotes.get(r) {
+        let addr = without_credentials(addr);
         let host = addr
             .trim_start_matches("https://")
             .trim_start_matches("http://")
@@ -643,6 +700,62 @@ mod tests {
             ("oci-ghcr-io".into(), "https://ghcr.io".into(), false)
         );
         assert_eq!(remote_name("127.0.0.1:5443"), "oci-127-0-0-1-5443");
+    }
+
+    #[test]
+    fn credentials_in_a_remote_address_never_reach_plans_or_keys() {
+        assert_eq!(
+            without_credentials("https://bot:s3cr@t@registry.example:5000/v2"),
+            "https://registry.example:5000/v2"
+        );
+        assert_eq!(
+            without_credentials("https://registry.example"),
+            "https://registry.example"
+        );
+        assert_eq!(without_credentials("u:p@host:1"), "host:1");
+        let remotes = BTreeMap::from([(
+            "private".to_string(),
+            "https://bot:token@127.0.0.1:5444".to_string(),
+        )]);
+        assert_eq!(
+            choose_remote(&parse("127.0.0.1:5444/testapp:v1"), &remotes),
+            ("private".into(), "https://127.0.0.1:5444".into(), true)
+        );
+        assert_eq!(
+            default_registry(Some("private"), &remotes).as_deref(),
+            Some("127.0.0.1:5444")
+        );
+        assert_eq!(
+            image_key("https://bot:token@127.0.0.1:5444/", "testapp:v1"),
+            "127.0.0.1:5444/testapp:v1"
+        );
+        let source = ImageSource::Oci {
+            remote: "private".into(),
+            server: "https://127.0.0.1:5444".into(),
+            alias: "testapp:v1".into(),
+        };
+        assert_eq!(source.to_string(), "127.0.0.1:5444/testapp:v1");
+    }
+
+    #[test]
+    fn pull_policies_decide_from_the_servers_copy() {
+        use ic_compose::model::PullPolicy as P;
+        use std::time::Duration as D;
+        let day = D::from_secs(86400);
+        let cases = [
+            (P::Always, None, PullDecision::Pull),
+            (P::Always, Some(D::ZERO), PullDecision::Pull),
+            (P::Missing, None, PullDecision::Pull),
+            (P::Missing, Some(day * 400), PullDecision::UseCached),
+            (P::Never, None, PullDecision::Refuse),
+            (P::Never, Some(D::ZERO), PullDecision::UseCached),
+            (P::Every(day), None, PullDecision::Pull),
+            (P::Every(day), Some(day - D::from_secs(1)), PullDecision::UseCached),
+            (P::Every(day), Some(day), PullDecision::Pull),
+        ];
+        for (policy, age, want) in cases {
+            assert_eq!(pull_decision(policy, age), want, "{policy:?} {age:?}");
+        }
     }
 
     #[test]

@@ -31,6 +31,11 @@ fn facts() -> ServerFacts {
         remotes: ["images".to_string()].into(),
         oci_remotes: BTreeMap::new(),
         oci_images: BTreeMap::new(),
+        image_targets: BTreeMap::from([
+            ("testapp/v1".into(), "a1".repeat(32)),
+            ("testapp/v2".into(), "a2".repeat(32)),
+            ("busybox".into(), "bb".repeat(32)),
+        ]),
         storage_pool: "data".into(),
         pools: BTreeMap::from([("data".into(), "dir".into())]),
     }
@@ -97,11 +102,16 @@ fn apply(plan: &Plan, obs: &Observed) -> Observed {
             }),
             Action::Create(p) | Action::Recreate(p) => {
                 out.instances.retain(|i| i.name != p.name);
+                let mut config = p.config.clone();
+                // Incus records the image it made the instance from.
+                if let Some(f) = &p.image_fingerprint {
+                    config.insert("volatile.base_image".into(), f.clone());
+                }
                 out.instances.push(ObservedInstance {
                     name: p.name.clone(),
                     location: p.member.clone(),
                     running: p.start,
-                    config: p.config.clone(),
+                    config,
                 });
             }
             Action::Remove { name, .. } => out.instances.retain(|i| &i.name != name),
@@ -219,6 +229,70 @@ fn changing_one_services_environment_recreates_only_that_service() {
     )
     .unwrap();
     assert!(no.is_empty());
+}
+
+#[test]
+fn an_image_reference_that_names_another_image_now_recreates_only_its_replicas() {
+    let obs = apply(
+        &up(APP, &cluster(), &DiffOptions::default()).unwrap(),
+        &cluster(),
+    );
+    assert!(
+        obs.instances
+            .iter()
+            .all(|i| i.config.get("volatile.base_image").is_some()),
+        "{obs:?}"
+    );
+    // The alias web's image names moved to another image (re-imported, pulled again).
+    let mut moved = facts();
+    moved
+        .image_targets
+        .insert("testapp/v1".into(), "c3".repeat(32));
+    let plan = plan_up(&load(APP), &moved, &obs, &opts(), &DiffOptions::default()).unwrap();
+    let mut recreated: Vec<(String, String)> = plan
+        .actions()
+        .map(|a| match a {
+            Action::Recreate(p) => (p.name.clone(), p.reason.clone()),
+            other => panic!("unexpected {other}"),
+        })
+        .collect();
+    recreated.sort();
+    let names: Vec<&str> = recreated.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["web-1", "web-2", "web-3"]);
+    assert_eq!(
+        recreated[0].1,
+        "image testapp/v1 changed (a1a1a1a1a1a1 -> c3c3c3c3c3c3)"
+    );
+    // Every replica is made from the image the reference names now, by fingerprint.
+    assert!(plan.actions().all(|a| match a {
+        Action::Recreate(p) => p.image_fingerprint.as_deref() == Some("c3".repeat(32).as_str()),
+        _ => false,
+    }));
+    // Recreated, the next plan is empty; --no-recreate keeps the old ones.
+    assert!(
+        plan_up(
+            &load(APP),
+            &moved,
+            &apply(&plan, &obs),
+            &opts(),
+            &DiffOptions::default()
+        )
+        .unwrap()
+        .is_empty()
+    );
+    let no = DiffOptions {
+        no_recreate: true,
+        ..Default::default()
+    };
+    assert!(plan_up(&load(APP), &moved, &obs, &opts(), &no).unwrap().is_empty());
+    // An image the server knows nothing about now (removed from the store) recreates nothing.
+    let mut unknown = facts();
+    unknown.image_targets.remove("testapp/v1");
+    assert!(
+        plan_up(&load(APP), &unknown, &obs, &opts(), &DiffOptions::default())
+            .unwrap()
+            .is_empty()
+    );
 }
 
 #[test]
