@@ -618,8 +618,9 @@ fn a_private_registry_is_reached_with_the_credentials_of_the_users_oci_remote() 
         "name: {{name}}\nservices:\n  web:\n    image: {private}/testapp:v2\n  cmd:\n    image: {private}/testapp:v1\n    command: [\"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/www\"]\n"
     );
     f.write(&compose);
-    // No credentials: the registry refuses, and nothing changes.
-    let out = f.run(&["up", "-d"]);
+    // No credentials: the registry refuses, and nothing changes. (`--pull always`: the server
+    // may hold copies from earlier runs, which `missing` would use without asking the registry.)
+    let out = f.run(&["up", "-d", "--pull", "always"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -640,7 +641,7 @@ fn a_private_registry_is_reached_with_the_credentials_of_the_users_oci_remote() 
         ),
     )
     .expect("write config.yml");
-    let out = f.run(&["up", "-d"]);
+    let out = f.run(&["up", "-d", "--pull", "always"]);
     let printed = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -654,6 +655,11 @@ fn a_private_registry_is_reached_with_the_credentials_of_the_users_oci_remote() 
     assert!(
         !printed.contains("incus remote"),
         "no remote added: {printed}"
+    );
+    assert!(
+        printed.contains(&format!("pulled {private}/testapp:v2"))
+            && printed.contains(&format!("pulled {private}/testapp:v1")),
+        "{printed}"
     );
     let web = f.only_instance("web");
     assert_eq!(f.serves(&web.name, "v2"), "v2");

@@ -112,7 +112,7 @@ pub fn run(global: &GlobalArgs, args: &PullArgs) -> anyhow::Result<ExitCode> {
                     // The fingerprint it names now: `up` recreates replicas made from another.
                     engine::pull_oci(base, &server, &alias, remotes)
                         .await
-                        .map(Some)
+                        .map(|f| Some((key, f)))
                 } else {
                     let body = serde_json::json!({
                         "source": {"type": "image", "mode": "pull", "server": server,
@@ -132,8 +132,12 @@ pub fn run(global: &GlobalArgs, args: &PullArgs) -> anyhow::Result<ExitCode> {
                 (name, image, before, result)
             });
         }
+        let mut pulled = std::collections::BTreeMap::new();
         for (name, image, before, result) in futures_util::future::join_all(pulls).await {
-            match result {
+            if let Ok(Some((key, f))) = &result {
+                pulled.insert(key.clone(), f.clone());
+            }
+            match result.map(|r| r.map(|(_, f)| f)) {
                 Ok(now) if !args.quiet => {
                     let what = match (before, now) {
                         (Some(b), Some(n)) if b == n => " (unchanged)".to_string(),
@@ -149,6 +153,12 @@ pub fn run(global: &GlobalArgs, args: &PullArgs) -> anyhow::Result<ExitCode> {
                 Ok(_) => {}
                 Err(e) => failures.push(format!("service {name:?}: cannot pull {image}: {e:#}")),
             }
+        }
+        // The next `up` knows what each reference names now (see engine::record_pulls).
+        if let Some(w) =
+            engine::record_pulls(&ctx.base, &ctx.incus_project, &ctx.project.name, &pulled).await
+        {
+            eprintln!("warning: {w}");
         }
         for f in &failures {
             eprintln!("error: {f}");

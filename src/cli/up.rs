@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail};
 use clap::Args;
-use ic_core::plan::placement::PendingReplica;
 use ic_compose::model::PullPolicy;
+use ic_core::plan::placement::PendingReplica;
 use ic_core::plan::{DiffOptions, Plan, PlanOptions, plan_up};
 
 use super::GlobalArgs;
@@ -137,6 +137,7 @@ pub fn run(global: &GlobalArgs, args: &UpArgs) -> anyhow::Result<ExitCode> {
     let mut pending: Vec<PendingReplica> = Vec::new();
     let code = block_on(async {
         let mut obs = observe(&ctx.base, &ctx.incus_project, true).await?;
+        let mut pulled = BTreeMap::new();
         // OCI images: pulled by pull_policy before anything changes, and the image each
         // reference names now recorded for the plan (engine::oci).
         if obs.facts.oci {
@@ -144,7 +145,7 @@ pub fn run(global: &GlobalArgs, args: &UpArgs) -> anyhow::Result<ExitCode> {
                 Ok(s) => s,
                 Err(e) => bail!("{e}"),
             };
-            let lines = engine::prepare_images(
+            let prepared = engine::prepare_images(
                 &ctx.base,
                 &ctx.project,
                 &services,
@@ -153,9 +154,10 @@ pub fn run(global: &GlobalArgs, args: &UpArgs) -> anyhow::Result<ExitCode> {
                 args.dry_run,
             )
             .await?;
-            for l in lines {
+            for l in &prepared.lines {
                 println!("{l}");
             }
+            pulled = prepared.pulled;
         }
         // OCI images: the entrypoint of those whose services set only `command` (engine::oci).
         let remotes = obs.remotes.clone();
@@ -186,10 +188,12 @@ pub fn run(global: &GlobalArgs, args: &UpArgs) -> anyhow::Result<ExitCode> {
                 ctx.project.name,
                 plan.incus_project
             );
+            record(&ctx, &pulled).await;
             return Ok(wait_for_services(&gate, &plan, args, started).await);
         }
         let target = ctx.target(&obs);
         let outcome = engine::execute_gated(&target, &plan, args.parallel, Some(&gate)).await;
+        record(&ctx, &pulled).await;
         let secs = started.elapsed().as_secs_f64();
         if outcome.ok() {
             println!(
@@ -204,6 +208,16 @@ pub fn run(global: &GlobalArgs, args: &UpArgs) -> anyhow::Result<ExitCode> {
         }
     })??;
     Ok(report_pending(&pending, code))
+}
+
+/// Records what the pulls of this `up` found in the Incus project (which exists by now unless
+/// `up` failed early), so that the next `up` knows what each reference named.
+async fn record(ctx: &Context, pulled: &BTreeMap<String, String>) {
+    if let Some(w) =
+        engine::record_pulls(&ctx.base, &ctx.incus_project, &ctx.project.name, pulled).await
+    {
+        eprintln!("warning: {w}");
+    }
 }
 
 /// Print the pending replicas (each with every member's reason); exit status

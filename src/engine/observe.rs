@@ -206,7 +206,9 @@ pub async fn observe(
                     .insert(a.name.clone(), img.fingerprint.clone());
             }
         }
-        oci_cached = crate::engine::oci::cached_oci(&images);
+        let no_config = BTreeMap::new();
+        let project_config = project.as_ref().map_or(&no_config, |p| &p.config);
+        oci_cached = crate::engine::oci::cached_oci(&images, project_config);
         for (key, c) in &oci_cached {
             facts
                 .image_targets

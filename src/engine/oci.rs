@@ -108,9 +108,67 @@ pub struct CachedImage {
     pub uploaded: Option<time::OffsetDateTime>,
 }
 
-/// The newest copy of each OCI image in a listing of the image store, by image key
-/// (`oci::image_key` of the registry and reference Incus recorded in `update_source`).
-pub fn cached_oci(images: &[ic_incus::Image]) -> BTreeMap<String, CachedImage> {
+/// Records in the Incus project's config (`oci::pull_record`) that `pulled` references named
+/// these images, when the project exists and is this compose project's. Failures are only
+/// reported: a record saves a pull later, nothing depends on it now.
+pub async fn record_pulls(
+    base: &Client,
+    incus_project: &str,
+    compose: &str,
+    pulled: &BTreeMap<String, String>,
+) -> Option<String> {
+    if pulled.is_empty() {
+        return None;
+    }
+    let project = match base.get_project(incus_project).await {
+        Ok(p) => p,
+        Err(e) if e.is_not_found() => return None,
+        Err(e) => return Some(format!("cannot read Incus project {incus_project}: {e}")),
+    };
+    if !crate::engine::is_ours(&project.config, compose) {
+        return None;
+    }
+    let config: BTreeMap<String, String> = pulled
+        .iter()
+        .map(|(key, fp)| oci::pull_record(key, fp))
+        .filter(|(k, v)| project.config.get(k) != Some(v))
+        .collect();
+    if config.is_empty() {
+        return None;
+    }
+    base.set_project_config(incus_project, &config)
+        .await
+        .err()
+        .map(|e| format!("cannot record pulled images in Incus project {incus_project}: {e}"))
+}
+
+/// The copy of each OCI image the server has, by image key (`oci::image_key`): what the
+/// project's pull records (`oci::pull_records` of `project_config`) say the key named when
+/// incus-compose last pulled it, if that image is still in the store; else the newest image
+/// whose `update_source` (registry and reference) is that key.
+pub fn cached_oci(
+    images: &[ic_incus::Image],
+    project_config: &BTreeMap<String, String>,
+) -> BTreeMap<String, CachedImage> {
+    let uploaded = |img: &ic_incus::Image| {
+        time::OffsetDateTime::parse(
+            &img.uploaded_at,
+            &time::format_description::well_known::Rfc3339,
+        )
+        .ok()
+    };
+    let mut recorded: BTreeMap<String, CachedImage> = BTreeMap::new();
+    for (key, fingerprint) in oci::pull_records(project_config) {
+        if let Some(img) = images.iter().find(|i| i.fingerprint == fingerprint) {
+            recorded.insert(
+                key,
+                CachedImage {
+                    fingerprint,
+                    uploaded: uploaded(img),
+                },
+            );
+        }
+    }
     let mut out: BTreeMap<String, CachedImage> = BTreeMap::new();
     for img in images {
         let Some(src) = img
@@ -120,11 +178,7 @@ pub fn cached_oci(images: &[ic_incus::Image]) -> BTreeMap<String, CachedImage> {
         else {
             continue;
         };
-        let uploaded = time::OffsetDateTime::parse(
-            &img.uploaded_at,
-            &time::format_description::well_known::Rfc3339,
-        )
-        .ok();
+        let uploaded = uploaded(img);
         let key = oci::image_key(&src.server, &src.alias);
         let newer = out.get(&key).is_none_or(|c| uploaded > c.uploaded);
         if newer {
@@ -137,6 +191,7 @@ pub fn cached_oci(images: &[ic_incus::Image]) -> BTreeMap<String, CachedImage> {
             );
         }
     }
+    out.extend(recorded);
     out
 }
 
@@ -197,7 +252,6 @@ pub async fn pull_oci(
 /// `obs.facts.image_targets` the image each reference names now, so that the plan recreates
 /// replicas made from another one. A `never` image the server lacks, or a pull that fails,
 /// fails `up` with nothing changed. `dry_run`: nothing is pulled, the lines say what would be.
-/// Returns one line per pull, for the user.
 pub async fn prepare_images(
     base: &Client,
     project: &Project,
@@ -205,7 +259,7 @@ pub async fn prepare_images(
     obs: &mut crate::engine::Observation,
     policy: Option<PullPolicy>,
     dry_run: bool,
-) -> anyhow::Result<Vec<String>> {
+) -> anyhow::Result<Prepared> {
     let registry = oci::project_registry(project, &obs.facts.oci_remotes);
     let now = time::OffsetDateTime::now_utc();
     // Image key -> (server, alias, first service asking to pull it).
@@ -253,10 +307,13 @@ pub async fn prepare_images(
         anyhow::bail!("{}; nothing was changed", refused.join("; "));
     }
     if dry_run {
-        return Ok(pulls
-            .keys()
-            .map(|k| format!("[~] would pull {k}"))
-            .collect());
+        return Ok(Prepared {
+            lines: pulls
+                .keys()
+                .map(|k| format!("[~] would pull {k}"))
+                .collect(),
+            pulled: BTreeMap::new(),
+        });
     }
     let remotes = &obs.remotes;
     let version = obs.facts.version.clone();
@@ -268,6 +325,7 @@ pub async fn prepare_images(
     ))
     .await;
     let mut lines = Vec::new();
+    let mut pulled = BTreeMap::new();
     let mut failures = Vec::new();
     for (key, service, r) in results {
         match r {
@@ -279,7 +337,8 @@ pub async fn prepare_images(
                     None => short(&fingerprint).to_string(),
                 };
                 lines.push(format!("[+] pulled {key} ({what})"));
-                obs.facts.image_targets.insert(key, fingerprint);
+                obs.facts.image_targets.insert(key.clone(), fingerprint.clone());
+                pulled.insert(key, fingerprint);
             }
             Err(e) => failures.push(format!(
                 "service {service:?}: cannot pull image {key} onto the Incus server (version {version}): {e:#}"
@@ -292,7 +351,15 @@ pub async fn prepare_images(
             failures.join("; ")
         );
     }
-    Ok(lines)
+    Ok(Prepared { lines, pulled })
+}
+
+/// What [`prepare_images`] did.
+pub struct Prepared {
+    /// One line per pull (or, for a dry run, per pull it would make), for the user.
+    pub lines: Vec<String>,
+    /// Image key -> the fingerprint it names now, for what was pulled (to [`record_pulls`]).
+    pub pulled: BTreeMap<String, String>,
 }
 
 fn short(fingerprint: &str) -> &str {
@@ -502,13 +569,27 @@ mod tests {
                 ..Default::default()
             },
         ];
-        let cached = cached_oci(&images);
+        let cached = cached_oci(&images, &BTreeMap::new());
         assert_eq!(
             cached.keys().collect::<Vec<_>>(),
             ["127.0.0.1:5443/testapp:v1", "127.0.0.1:5444/testapp:v2"]
         );
         assert_eq!(cached["127.0.0.1:5443/testapp:v1"].fingerprint, "new");
         assert_eq!(cached["127.0.0.1:5444/testapp:v2"].fingerprint, "priv");
+
+        // Another tag pulled by incus-compose that names the same image: Incus kept the first
+        // pull's update_source; the project's pull record says what the tag names. A record of
+        // an image no longer in the store counts for nothing.
+        let config = BTreeMap::from([
+            oci::pull_record("127.0.0.1:5443/testapp:latest", "old"),
+            oci::pull_record("127.0.0.1:5443/testapp:v1", "older"),
+            oci::pull_record("127.0.0.1:5443/testapp:gone", "deleted"),
+        ]);
+        let cached = cached_oci(&images, &config);
+        assert_eq!(cached["127.0.0.1:5443/testapp:latest"].fingerprint, "old");
+        // The record wins over the newest update_source.
+        assert_eq!(cached["127.0.0.1:5443/testapp:v1"].fingerprint, "older");
+        assert!(!cached.contains_key("127.0.0.1:5443/testapp:gone"));
     }
 
     #[test]

@@ -677,7 +677,14 @@ fn an_unknown_pull_policy_is_an_error_at_its_line() {
         (4, 18, "services.web.pull_policy")
     );
     assert!(e.0[0].message.contains("sometimes"), "{e}");
-    for ok in ["always", "never", "missing", "if_not_present", "daily", "every_12h"] {
+    for ok in [
+        "always",
+        "never",
+        "missing",
+        "if_not_present",
+        "daily",
+        "every_12h",
+    ] {
         let text = format!("services:\n  web:\n    image: a\n    pull_policy: {ok}\n");
         let p = one(&text);
         assert_eq!(p.services["web"].pull_policy.as_deref(), Some(ok));

@@ -80,7 +80,10 @@ mod tests {
         assert_eq!(PullPolicy::parse("always"), Some(PullPolicy::Always));
         assert_eq!(PullPolicy::parse("refresh"), Some(PullPolicy::Always));
         assert_eq!(PullPolicy::parse("missing"), Some(PullPolicy::Missing));
-        assert_eq!(PullPolicy::parse("if_not_present"), Some(PullPolicy::Missing));
+        assert_eq!(
+            PullPolicy::parse("if_not_present"),
+            Some(PullPolicy::Missing)
+        );
         assert_eq!(PullPolicy::parse("never"), Some(PullPolicy::Never));
         assert_eq!(PullPolicy::parse("build"), Some(PullPolicy::Build));
         assert_eq!(
@@ -106,8 +109,16 @@ mod tests {
     #[test]
     fn other_values_are_not_policies() {
         for bad in [
-            "", "Always", "sometimes", "every_", "every_0s", "every_12", "every_h", "every_1x",
-            "every_-1h", "every_1.5h",
+            "",
+            "Always",
+            "sometimes",
+            "every_",
+            "every_0s",
+            "every_12",
+            "every_h",
+            "every_1x",
+            "every_-1h",
+            "every_1.5h",
         ] {
             assert_eq!(PullPolicy::parse(bad), None, "{bad:?}");
         }

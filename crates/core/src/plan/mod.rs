@@ -383,7 +383,10 @@ pub fn image_target(image: &ImageSource, facts: &ServerFacts) -> Option<String> 
     match image {
         ImageSource::Local(a) => facts.image_targets.get(a).cloned().or_else(|| {
             let hex = a.len() >= 12 && a.chars().all(|c| c.is_ascii_hexdigit());
-            let mut found = facts.image_fingerprints.iter().filter(|f| f.starts_with(a.as_str()));
+            let mut found = facts
+                .image_fingerprints
+                .iter()
+                .filter(|f| f.starts_with(a.as_str()));
             // A prefix names an image only when it is unambiguous.
             match (hex, found.next(), found.next()) {
                 (true, Some(f), None) => Some(f.clone()),
@@ -487,7 +490,10 @@ fn scheduler_spec(service: &Service, name: &str, replicas: Option<u64>) -> Servi
 }
 
 /// The services to plan: the named ones and everything they depend on (all when none named).
-pub fn selected_services(project: &Project, opts: &PlanOptions) -> Result<BTreeSet<String>, PlanError> {
+pub fn selected_services(
+    project: &Project,
+    opts: &PlanOptions,
+) -> Result<BTreeSet<String>, PlanError> {
     if opts.services.is_empty() {
         return Ok(project.services.keys().cloned().collect());
     }

@@ -318,6 +318,36 @@ pub fn image_key(server: &str, alias: &str) -> String {
     format!("{host}/{alias}")
 }
 
+/// Project config keys that record, per image reference, the image incus-compose last pulled
+/// for it: `user.incus-compose.image.<16 hex of sha256(key)>` = `<fingerprint> <key>`. Incus keeps
+/// one record per image content with the `update_source` of one pull only, so several tags
+/// naming the same image cannot be told apart from the image store alone (and aliases on pulled
+/// images make Incus 7.0 fail later pulls of the same content: "Alias already exists").
+pub const PULL_RECORD_PREFIX: &str = "user.incus-compose.image.";
+
+/// The config key and value recording that `key` named `fingerprint` when last pulled.
+pub fn pull_record(key: &str, fingerprint: &str) -> (String, String) {
+    use sha2::{Digest, Sha256};
+    let digest = super::naming::hex(&Sha256::digest(key.as_bytes()));
+    (
+        format!("{PULL_RECORD_PREFIX}{}", &digest[..16]),
+        format!("{fingerprint} {key}"),
+    )
+}
+
+/// The pull records in a project's config: image key -> fingerprint.
+pub fn pull_records(config: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    config
+        .iter()
+        .filter(|(k, _)| k.starts_with(PULL_RECORD_PREFIX))
+        .filter_map(|(k, v)| {
+            let (fingerprint, key) = v.split_once(' ')?;
+            (pull_record(key, fingerprint).0 == *k)
+                .then(|| (key.to_string(), fingerprint.to_string()))
+        })
+        .collect()
+}
+
 /// What `up` does about an OCI image, by the service's `pull_policy` and the copy the server
 /// has (`cached_age`: `Some(age)` when the image store holds one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -352,7 +382,11 @@ pub fn choose_remote(
     oci_remotes: &BTreeMap<String, String>,
 ) -> (String, String, bool) {
     let url = image.registry_url();
-    let norm = |a: &str| without_credentials(a).trim_end_matches('/').to_ascii_lowercase();
+    let norm = |a: &str| {
+        without_credentials(a)
+            .trim_end_matches('/')
+            .to_ascii_lowercase()
+    };
     for (name, addr) in oci_remotes {
         if norm(addr) == norm(&url) {
             return (name.clone(), without_credentials(addr), true);
@@ -738,6 +772,35 @@ mod tests {
     }
 
     #[test]
+    fn pull_records_round_trip_through_project_config_and_ignore_other_keys() {
+        let (k1, v1) = pull_record("127.0.0.1:5443/testapp:v1", "aaaa");
+        let (k2, v2) = pull_record("docker.io/library/nginx:latest", "bbbb");
+        assert!(k1.starts_with(PULL_RECORD_PREFIX) && k1.len() == PULL_RECORD_PREFIX.len() + 16);
+        assert_ne!(k1, k2);
+        let config = BTreeMap::from([
+            (k1, v1),
+            (k2.clone(), v2),
+            ("user.incus-compose.project".into(), "p".into()),
+            // A record whose key does not match its reference is not ours.
+            (
+                format!("{PULL_RECORD_PREFIX}0000000000000000"),
+                "cccc other:v1".into(),
+            ),
+            (format!("{k2}x"), "dddd x".into()),
+        ]);
+        assert_eq!(
+            pull_records(&config),
+            BTreeMap::from([
+                ("127.0.0.1:5443/testapp:v1".to_string(), "aaaa".to_string()),
+                (
+                    "docker.io/library/nginx:latest".to_string(),
+                    "bbbb".to_string()
+                ),
+            ])
+        );
+    }
+
+    #[test]
     fn pull_policies_decide_from_the_servers_copy() {
         use ic_compose::model::PullPolicy as P;
         use std::time::Duration as D;
@@ -750,7 +813,11 @@ mod tests {
             (P::Never, None, PullDecision::Refuse),
             (P::Never, Some(D::ZERO), PullDecision::UseCached),
             (P::Every(day), None, PullDecision::Pull),
-            (P::Every(day), Some(day - D::from_secs(1)), PullDecision::UseCached),
+            (
+                P::Every(day),
+                Some(day - D::from_secs(1)),
+                PullDecision::UseCached,
+            ),
             (P::Every(day), Some(day), PullDecision::Pull),
         ];
         for (policy, age, want) in cases {

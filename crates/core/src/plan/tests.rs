@@ -284,7 +284,11 @@ fn an_image_reference_that_names_another_image_now_recreates_only_its_replicas()
         no_recreate: true,
         ..Default::default()
     };
-    assert!(plan_up(&load(APP), &moved, &obs, &opts(), &no).unwrap().is_empty());
+    assert!(
+        plan_up(&load(APP), &moved, &obs, &opts(), &no)
+            .unwrap()
+            .is_empty()
+    );
     // An image the server knows nothing about now (removed from the store) recreates nothing.
     let mut unknown = facts();
     unknown.image_targets.remove("testapp/v1");
