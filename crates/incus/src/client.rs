@@ -486,6 +486,32 @@ impl Client {
         })
     }
 
+    /// Send a request whose success answer is raw bytes (a file download): any 2xx body is
+    /// returned as it is, even if it happens to look like JSON; any other status is an
+    /// [`Error::Api`] with Incus's error message.
+    pub(crate) async fn send_for_bytes(&self, req: Request) -> Result<Bytes> {
+        let label = self.label(&req);
+        let raw = self.send_raw(req).await?;
+        if (200..300).contains(&raw.status) {
+            return Ok(raw.body);
+        }
+        let envelope = serde_json::from_slice::<Envelope>(&raw.body).ok();
+        let status = envelope
+            .as_ref()
+            .map(|e| e.error_code)
+            .filter(|c| *c != 0)
+            .unwrap_or(raw.status);
+        let message = envelope
+            .map(|e| e.error)
+            .filter(|m| !m.is_empty())
+            .unwrap_or_else(|| String::from_utf8_lossy(&raw.body).trim().to_string());
+        Err(Error::Api {
+            request: label,
+            status,
+            message,
+        })
+    }
+
     /// Send a request, turning error answers into [`Error::Api`]; returns the envelope.
     async fn send_envelope(
         &self,
