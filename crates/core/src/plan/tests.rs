@@ -240,7 +240,7 @@ fn an_image_reference_that_names_another_image_now_recreates_only_its_replicas()
     assert!(
         obs.instances
             .iter()
-            .all(|i| i.config.get("volatile.base_image").is_some()),
+            .all(|i| i.config.contains_key("volatile.base_image")),
         "{obs:?}"
     );
     // The alias web's image names moved to another image (re-imported, pulled again).
