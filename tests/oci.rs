@@ -544,6 +544,23 @@ NEVER"
         "{out}"
     );
     assert!(out.contains("Nothing to change"), "{out}");
+
+    // What each reference named is recorded in the Incus project; a reference the compose file
+    // no longer names loses its record at the next pull.
+    let records = || -> std::collections::BTreeSet<String> {
+        block_on(f.client.get_project(&f.name))
+            .expect("project")
+            .config
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("user.incus-compose.image."))
+            .filter_map(|(_, v)| v.split_once(' ').map(|(_, key)| key.to_string()))
+            .collect()
+    };
+    let key = |t: &str| format!("{}/testapp:{t}-{n}", f.registry);
+    assert_eq!(records(), [key("a"), key("m"), key("n")].into());
+    f.write(&compose.replace("NEVER", ""));
+    f.ok(&["up", "-d", "--remove-orphans"]);
+    assert_eq!(records(), [key("a"), key("m")].into());
 }
 
 #[test]

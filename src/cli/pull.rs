@@ -155,8 +155,15 @@ pub fn run(global: &GlobalArgs, args: &PullArgs) -> anyhow::Result<ExitCode> {
             }
         }
         // The next `up` knows what each reference names now (see engine::record_pulls).
-        if let Some(w) =
-            engine::record_pulls(&ctx.base, &ctx.incus_project, &ctx.project.name, &pulled).await
+        let keep = engine::project_image_keys(&ctx.project, &obs.facts);
+        if let Some(w) = engine::record_pulls(
+            &ctx.base,
+            &ctx.incus_project,
+            &ctx.project.name,
+            &pulled,
+            &keep,
+        )
+        .await
         {
             eprintln!("warning: {w}");
         }

@@ -138,6 +138,7 @@ pub fn run(global: &GlobalArgs, args: &UpArgs) -> anyhow::Result<ExitCode> {
     let code = block_on(async {
         let mut obs = observe(&ctx.base, &ctx.incus_project, true).await?;
         let mut pulled = BTreeMap::new();
+        let keep = engine::project_image_keys(&ctx.project, &obs.facts);
         // OCI images: pulled by pull_policy before anything changes, and the image each
         // reference names now recorded for the plan (engine::oci).
         if obs.facts.oci {
@@ -188,12 +189,12 @@ pub fn run(global: &GlobalArgs, args: &UpArgs) -> anyhow::Result<ExitCode> {
                 ctx.project.name,
                 plan.incus_project
             );
-            record(&ctx, &pulled).await;
+            record(&ctx, &pulled, &keep).await;
             return Ok(wait_for_services(&gate, &plan, args, started).await);
         }
         let target = ctx.target(&obs);
         let outcome = engine::execute_gated(&target, &plan, args.parallel, Some(&gate)).await;
-        record(&ctx, &pulled).await;
+        record(&ctx, &pulled, &keep).await;
         let secs = started.elapsed().as_secs_f64();
         if outcome.ok() {
             println!(
@@ -212,9 +213,19 @@ pub fn run(global: &GlobalArgs, args: &UpArgs) -> anyhow::Result<ExitCode> {
 
 /// Records what the pulls of this `up` found in the Incus project (which exists by now unless
 /// `up` failed early), so that the next `up` knows what each reference named.
-async fn record(ctx: &Context, pulled: &BTreeMap<String, String>) {
-    if let Some(w) =
-        engine::record_pulls(&ctx.base, &ctx.incus_project, &ctx.project.name, pulled).await
+async fn record(
+    ctx: &Context,
+    pulled: &BTreeMap<String, String>,
+    keep: &std::collections::BTreeSet<String>,
+) {
+    if let Some(w) = engine::record_pulls(
+        &ctx.base,
+        &ctx.incus_project,
+        &ctx.project.name,
+        pulled,
+        keep,
+    )
+    .await
     {
         eprintln!("warning: {w}");
     }

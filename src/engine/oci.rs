@@ -108,14 +108,35 @@ pub struct CachedImage {
     pub uploaded: Option<time::OffsetDateTime>,
 }
 
-/// Records in the Incus project's config (`oci::pull_record`) that `pulled` references named
-/// these images, when the project exists and is this compose project's. Failures are only
+/// The image keys of the project's OCI images (every service, selected or not).
+pub fn project_image_keys(
+    project: &Project,
+    facts: &ServerFacts,
+) -> std::collections::BTreeSet<String> {
+    let registry = oci::project_registry(project, &facts.oci_remotes);
+    project
+        .services
+        .iter()
+        .filter_map(|(name, s)| {
+            let source = resolve_image_in(name, s.image.as_deref()?, facts, registry.as_deref());
+            match source {
+                Ok(source @ ImageSource::Oci { .. }) => Some(source.to_string()),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+/// Records in the Incus project's config (`oci::with_pull_records`) that `pulled` references
+/// named these images, dropping the records of references the compose file no longer names
+/// (not in `keep`), when the project exists and is this compose project's. Failures are only
 /// reported: a record saves a pull later, nothing depends on it now.
 pub async fn record_pulls(
     base: &Client,
     incus_project: &str,
     compose: &str,
     pulled: &BTreeMap<String, String>,
+    keep: &std::collections::BTreeSet<String>,
 ) -> Option<String> {
     if pulled.is_empty() {
         return None;
@@ -128,15 +149,12 @@ pub async fn record_pulls(
     if !crate::engine::is_ours(&project.config, compose) {
         return None;
     }
-    let config: BTreeMap<String, String> = pulled
-        .iter()
-        .map(|(key, fp)| oci::pull_record(key, fp))
-        .filter(|(k, v)| project.config.get(k) != Some(v))
-        .collect();
-    if config.is_empty() {
-        return None;
-    }
-    base.set_project_config(incus_project, &config)
+    let config = oci::with_pull_records(&project.config, pulled, keep)?;
+    let put = ic_incus::ProjectPut {
+        description: project.description,
+        config,
+    };
+    base.update_project(incus_project, &put)
         .await
         .err()
         .map(|e| format!("cannot record pulled images in Incus project {incus_project}: {e}"))

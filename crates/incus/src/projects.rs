@@ -77,27 +77,6 @@ impl Client {
     }
 
     /// `DELETE /1.0/projects/{name}` (it must be empty).
-    /// Set these config keys of project `name`, keeping the others: read, merge, `PUT`. (Incus's
-    /// `PATCH` of a project fills the `features.*` keys it is not given with their defaults, which
-    /// it then refuses on a project that is not empty.)
-    pub async fn set_project_config(
-        &self,
-        name: &str,
-        config: &BTreeMap<String, String>,
-    ) -> Result<()> {
-        let current = self.get_project(name).await?;
-        let mut merged = current.config;
-        merged.extend(config.iter().map(|(k, v)| (k.clone(), v.clone())));
-        self.update_project(
-            name,
-            &ProjectPut {
-                description: current.description,
-                config: merged,
-            },
-        )
-        .await
-    }
-
     pub async fn delete_project(&self, name: &str) -> Result<()> {
         self.send_unit(Request::delete(api_path(&["projects", name])).global())
             .await

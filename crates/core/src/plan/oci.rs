@@ -348,6 +348,27 @@ pub fn pull_records(config: &BTreeMap<String, String>) -> BTreeMap<String, Strin
         .collect()
 }
 
+/// A project config with `pulled` (image key -> fingerprint) recorded and the records of
+/// references not in `keep` (those the compose file no longer names) dropped; `None` when
+/// nothing changes.
+pub fn with_pull_records(
+    config: &BTreeMap<String, String>,
+    pulled: &BTreeMap<String, String>,
+    keep: &std::collections::BTreeSet<String>,
+) -> Option<BTreeMap<String, String>> {
+    let stale: Vec<String> = pull_records(config)
+        .into_keys()
+        .filter(|key| !keep.contains(key) && !pulled.contains_key(key))
+        .map(|key| pull_record(&key, "").0)
+        .collect();
+    let mut out = config.clone();
+    for k in &stale {
+        out.remove(k);
+    }
+    out.extend(pulled.iter().map(|(key, fp)| pull_record(key, fp)));
+    (out != *config).then_some(out)
+}
+
 /// What `up` does about an OCI image, by the service's `pull_policy` and the copy the server
 /// has (`cached_age`: `Some(age)` when the image store holds one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -798,6 +819,36 @@ mod tests {
                 ),
             ])
         );
+    }
+
+    #[test]
+    fn pulls_are_recorded_and_records_of_references_no_longer_named_are_dropped() {
+        let a = "127.0.0.1:5443/testapp:a".to_string();
+        let b = "127.0.0.1:5443/testapp:b".to_string();
+        let c = "127.0.0.1:5443/testapp:c".to_string();
+        let config = BTreeMap::from([
+            ("user.incus-compose.project".to_string(), "p".to_string()),
+            pull_record(&a, "f1"),
+            pull_record(&b, "f2"),
+        ]);
+        let keep = [a.clone(), c.clone()].into();
+        // c pulled: recorded; b no longer named: dropped; a kept; other keys untouched.
+        let out =
+            with_pull_records(&config, &BTreeMap::from([(c.clone(), "f3".into())]), &keep).unwrap();
+        assert_eq!(
+            pull_records(&out),
+            BTreeMap::from([(a.clone(), "f1".into()), (c.clone(), "f3".into())])
+        );
+        assert_eq!(out["user.incus-compose.project"], "p");
+        // Nothing new: no change to make.
+        assert_eq!(
+            with_pull_records(&out, &BTreeMap::from([(a.clone(), "f1".into())]), &keep),
+            None
+        );
+        // A new image for a: the record moves.
+        let moved =
+            with_pull_records(&out, &BTreeMap::from([(a.clone(), "f9".into())]), &keep).unwrap();
+        assert_eq!(pull_records(&moved)[&a], "f9");
     }
 
     #[test]
