@@ -314,6 +314,24 @@ fn a_service_healthy_dependent_starts_after_its_dependency_is_healthy_and_up_wai
     // A second `up` changes nothing and still succeeds with --wait.
     let again = f.ok(&["up", "--wait"]);
     assert!(again.contains("Nothing to change"), "{again}");
+
+    // `restart`, and `stop` then `start`: app starts again only once web is healthy again.
+    for steps in [
+        &[&["restart"][..]][..],
+        &[&["stop"][..], &["start"][..]][..],
+    ] {
+        let mut text = String::new();
+        for args in steps {
+            text = f.ok(args);
+        }
+        let healthy = line_of(&text, "[+] web healthy");
+        let started = line_of(&text, "[+] app-1 started");
+        assert!(
+            healthy < started,
+            "app-1 started before web was healthy:\n{text}"
+        );
+        assert!(f.instances()["app-1"].is_running());
+    }
 }
 
 const ONE_SHOT: &str = r#"

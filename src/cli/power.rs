@@ -65,7 +65,17 @@ fn run(
             println!("Nothing to do");
             return Ok(ExitCode::SUCCESS);
         }
-        let outcome = engine::execute(&ctx.target(&obs), &plan, 8).await;
+        // Dependencies first, and a dependent starts only once their `depends_on` conditions
+        // hold (healthy, completed), as `up` does.
+        let gate = match power {
+            Power::Stop => None,
+            Power::Start | Power::Restart => Some(engine::health::Gate::new(
+                ctx.base.with_project(&ctx.incus_project),
+                &ctx.project,
+                None,
+            )?),
+        };
+        let outcome = engine::execute_gated(&ctx.target(&obs), &plan, 8, gate.as_ref()).await;
         if outcome.ok() {
             Ok(ExitCode::SUCCESS)
         } else {
