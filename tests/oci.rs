@@ -144,6 +144,11 @@ impl Fixture {
         self.client.with_project(&self.name)
     }
 
+    /// Whether the compose project's Incus project exists (`up` made something).
+    fn project_exists(&self) -> bool {
+        block_on(self.client.get_project(&self.name)).is_ok()
+    }
+
     /// The instances of `service`.
     fn instances(&self, service: &str) -> Vec<Instance> {
         block_on(self.project().instances_full())
@@ -333,7 +338,7 @@ fn a_malformed_reference_is_refused_before_anything_changes() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("web") && err.contains("TestApp"), "{err}");
     assert!(
-        block_on(f.client.get_project(&f.name)).is_err(),
+        !f.project_exists(),
         "the Incus project {} should not exist",
         f.name
     );
@@ -382,7 +387,7 @@ fn an_image_the_registry_does_not_have_fails_up_before_anything_changes() {
         "{err}"
     );
     assert!(
-        block_on(f.client.get_project(&f.name)).is_err(),
+        !f.project_exists(),
         "the Incus project {} should not exist",
         f.name
     );
@@ -421,7 +426,7 @@ fn pull_gets_registry_images_onto_the_server_and_names_what_it_cannot_pull() {
     );
     assert!(f.run(&["pull", "--ignore-pull-failures"]).status.success());
     // Pulling changes no project: none was made.
-    assert!(block_on(f.client.get_project(&f.name)).is_err());
+    assert!(!f.project_exists());
 }
 
 impl Fixture {
@@ -479,7 +484,7 @@ NEVER"
         "{err}"
     );
     assert!(
-        block_on(f.client.get_project(&f.name)).is_err(),
+        !f.project_exists(),
         "the Incus project {} should not exist",
         f.name
     );
@@ -645,7 +650,7 @@ fn a_private_registry_is_reached_with_the_credentials_of_the_users_oci_remote() 
         "{err}"
     );
     assert!(
-        block_on(f.client.get_project(&f.name)).is_err(),
+        !f.project_exists(),
         "the Incus project {} should not exist",
         f.name
     );

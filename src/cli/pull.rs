@@ -17,7 +17,6 @@ use anyhow::anyhow;
 use clap::Args;
 use ic_compose::model::PullPolicy;
 use ic_core::plan::{ImageSource, oci::project_registry, resolve_image_in};
-use ic_incus::Request;
 
 use super::GlobalArgs;
 use super::project::{Context, block_on};
@@ -46,7 +45,6 @@ pub fn run(global: &GlobalArgs, args: &PullArgs) -> anyhow::Result<ExitCode> {
         let obs = observe(&ctx.base, &ctx.incus_project, true).await?;
         let target = ctx.target(&obs);
         let registry = project_registry(&ctx.project, &obs.facts.oci_remotes);
-        let images = ctx.base.with_project("default");
         let mut failures: Vec<String> = Vec::new();
         let mut pulls = Vec::new();
         for (name, service) in &ctx.project.services {
@@ -102,42 +100,24 @@ pub fn run(global: &GlobalArgs, args: &PullArgs) -> anyhow::Result<ExitCode> {
                     (server.clone(), "oci".to_string(), alias.clone())
                 }
             };
-            let images = images.clone();
             let name = name.clone();
             let image = image.to_string();
             let before = obs.facts.image_targets.get(&key).cloned();
             let (base, remotes) = (&ctx.base, &obs.remotes);
             pulls.push(async move {
-                let result = if protocol == "oci" {
-                    // The fingerprint it names now: `up` recreates replicas made from another.
-                    engine::pull_oci(base, &server, &alias, remotes)
-                        .await
-                        .map(|f| Some((key, f)))
-                } else {
-                    let body = serde_json::json!({
-                        "source": {"type": "image", "mode": "pull", "server": server,
-                                   "protocol": protocol, "alias": alias},
-                    });
-                    async {
-                        images
-                            .send_operation(Request::post("/1.0/images").json(&body)?)
-                            .await?
-                            .wait()
-                            .await
-                    }
-                    .await
-                    .map(|_| None)
-                    .map_err(anyhow::Error::from)
-                };
-                (name, image, before, result)
+                let result = engine::pull_image(base, &server, &protocol, &alias, remotes).await;
+                // What an OCI reference names now (recorded below): `up` recreates replicas made
+                // from another image.
+                let record = (protocol == "oci").then_some(key);
+                (name, image, before, record, result)
             });
         }
         let mut pulled = std::collections::BTreeMap::new();
-        for (name, image, before, result) in futures_util::future::join_all(pulls).await {
-            if let Ok(Some((key, f))) = &result {
-                pulled.insert(key.clone(), f.clone());
+        for (name, image, before, record, result) in futures_util::future::join_all(pulls).await {
+            if let (Some(key), Ok(Some(f))) = (record, &result) {
+                pulled.insert(key, f.clone());
             }
-            match result.map(|r| r.map(|(_, f)| f)) {
+            match result {
                 Ok(now) if !args.quiet => {
                     let what = match (before, now) {
                         (Some(b), Some(n)) if b == n => " (unchanged)".to_string(),

@@ -161,8 +161,7 @@ pub fn run(global: &GlobalArgs, args: &UpArgs) -> anyhow::Result<ExitCode> {
             pulled = prepared.pulled;
         }
         // OCI images: the entrypoint of those whose services set only `command` (engine::oci).
-        let remotes = obs.remotes.clone();
-        for w in engine::read_image_processes(&ctx.project, &mut obs.facts, &remotes).await {
+        for w in engine::read_image_processes(&ctx.project, &mut obs.facts, &obs.remotes).await {
             eprintln!("warning: {w}");
         }
         let plan = match plan_up(&ctx.project, &obs.facts, &obs.observed, &opts, &diff) {

@@ -220,7 +220,7 @@ pub fn credentialed(server: &str, remotes: &BTreeMap<String, (String, String)>) 
     let want = server.trim_end_matches('/').to_ascii_lowercase();
     remotes
         .values()
-        .filter(|(addr, protocol)| protocol == "oci" && oci::without_credentials(addr) != *addr)
+        .filter(|(addr, protocol)| protocol == "oci" && oci::credentials(addr).is_some())
         .find(|(addr, _)| {
             oci::without_credentials(addr)
                 .trim_end_matches('/')
@@ -231,38 +231,38 @@ pub fn credentialed(server: &str, remotes: &BTreeMap<String, (String, String)>) 
         .unwrap_or_else(|| server.to_string())
 }
 
-/// `user:password` of a credentialed address (see [`credentialed`]).
-fn credentials_of(addr: &str) -> Option<&str> {
-    let rest = addr.split_once("://").map_or(addr, |(_, r)| r);
-    let host_end = rest.find('/').unwrap_or(rest.len());
-    rest[..host_end].rfind('@').map(|at| &rest[..at])
-}
-
-/// Pulls `alias` from the registry at `server` into the `default` project's image store (where
-/// compose projects take their images from: `features.images=false`) and returns the
-/// fingerprint of the image it names now.
-pub async fn pull_oci(
+/// Pulls `alias` from the image server at `server` (`protocol`: `oci`, `simplestreams`,
+/// `incus`) into the `default` project's image store (where compose projects take their images
+/// from: `features.images=false`), with the user's credentials for an OCI registry (see
+/// [`credentialed`]); returns the fingerprint of the image it names now, when Incus says.
+pub async fn pull_image(
     base: &Client,
     server: &str,
+    protocol: &str,
     alias: &str,
     remotes: &BTreeMap<String, (String, String)>,
-) -> anyhow::Result<String> {
-    let images = base.with_project("default");
+) -> anyhow::Result<Option<String>> {
+    let server = if protocol == "oci" {
+        credentialed(server, remotes)
+    } else {
+        server.to_string()
+    };
     let body = serde_json::json!({
-        "source": {"type": "image", "mode": "pull", "server": credentialed(server, remotes),
-                   "protocol": "oci", "alias": alias},
+        "source": {"type": "image", "mode": "pull", "server": server,
+                   "protocol": protocol, "alias": alias},
     });
-    let op = images
+    let op = base
+        .with_project("default")
         .send_operation(Request::post("/1.0/images").json(&body)?)
         .await?
         .wait()
         .await?;
-    op.metadata
+    Ok(op
+        .metadata
         .get("fingerprint")
         .and_then(|f| f.as_str())
         .filter(|f| !f.is_empty())
-        .map(str::to_string)
-        .ok_or_else(|| anyhow::anyhow!("Incus did not say which image it pulled"))
+        .map(str::to_string))
 }
 
 /// Applies the services' `pull_policy` (or `policy` for all, `up --pull`) to their OCI images,
@@ -337,7 +337,9 @@ pub async fn prepare_images(
     let version = obs.facts.version.clone();
     let results = futures_util::future::join_all(pulls.into_iter().map(
         |(key, (server, alias, service))| async move {
-            let r = pull_oci(base, &server, &alias, remotes).await;
+            let r = pull_image(base, &server, "oci", &alias, remotes)
+                .await
+                .and_then(|f| f.context("Incus did not say which image it pulled"));
             (key, service, r)
         },
     ))
@@ -417,7 +419,7 @@ pub async fn read_image_processes(
     }
     for (reference, (service, server)) in wanted {
         let creds = credentialed(&server, remotes);
-        match read_process(&reference, credentials_of(&creds)).await {
+        match read_process(&reference, oci::credentials(&creds)).await {
             Ok(p) => {
                 facts.oci_images.insert(reference, p);
             }
@@ -634,7 +636,7 @@ mod tests {
         ]);
         let server = credentialed("https://reg.example:5000", &remotes);
         assert_eq!(server, "https://bot:tok@reg.example:5000");
-        assert_eq!(credentials_of(&server), Some("bot:tok"));
+        assert_eq!(oci::credentials(&server), Some("bot:tok"));
         assert_eq!(
             credentialed("https://reg.example:5001", &remotes),
             "https://reg.example:5001"
@@ -643,7 +645,7 @@ mod tests {
             credentialed("https://images.example", &remotes),
             "https://images.example"
         );
-        assert_eq!(credentials_of("https://reg.example:5001"), None);
+        assert_eq!(oci::credentials("https://reg.example:5001"), None);
         // The auth file skopeo reads: the registry's host, base64 of user:password.
         let f = auth_file("reg.example:5000/ns/app:v1", "bot:tok").unwrap();
         let body: serde_json::Value =

@@ -292,18 +292,29 @@ pub fn remote_name(registry: &str) -> String {
 /// (`https://user:token@registry.example` -> `https://registry.example`). Plans, messages and
 /// spec hashes never hold credentials; the engine puts them back when it talks to Incus.
 pub fn without_credentials(addr: &str) -> String {
+    let (scheme, credentials, rest) = split_credentials(addr);
+    match (scheme, credentials) {
+        (_, None) => addr.to_string(),
+        (Some(s), Some(_)) => format!("{s}://{rest}"),
+        (None, Some(_)) => rest.to_string(),
+    }
+}
+
+/// The `user:password` an address carries (`https://user:token@registry.example`), if any.
+pub fn credentials(addr: &str) -> Option<&str> {
+    split_credentials(addr).1
+}
+
+/// (scheme, `user:password`, the rest from the host on) of an address.
+fn split_credentials(addr: &str) -> (Option<&str>, Option<&str>, &str) {
     let (scheme, rest) = match addr.split_once("://") {
         Some((s, r)) => (Some(s), r),
         None => (None, addr),
     };
     let host_end = rest.find('/').unwrap_or(rest.len());
-    let rest = match rest[..host_end].rfind('@') {
-        Some(at) => &rest[at + 1..],
-        None => rest,
-    };
-    match scheme {
-        Some(s) => format!("{s}://{rest}"),
-        None => rest.to_string(),
+    match rest[..host_end].rfind('@') {
+        Some(at) => (scheme, Some(&rest[..at]), &rest[at + 1..]),
+        None => (scheme, None, rest),
     }
 }
 
@@ -768,6 +779,11 @@ mod tests {
             "https://registry.example"
         );
         assert_eq!(without_credentials("u:p@host:1"), "host:1");
+        assert_eq!(
+            credentials("https://bot:s3cr@t@registry.example:5000/v2"),
+            Some("bot:s3cr@t")
+        );
+        assert_eq!(credentials("https://registry.example/a@b"), None);
         let remotes = BTreeMap::from([(
             "private".to_string(),
             "https://bot:token@127.0.0.1:5444".to_string(),
