@@ -172,6 +172,54 @@ impl Drop for ExtraMember {
     }
 }
 
+/// Member `nodeK` refusing new connections to its API port (the harness's `isolate-member`),
+/// as a member that does not answer; taking them again (`reconnect-member`) when dropped.
+struct Isolated {
+    harness: PathBuf,
+    k: String,
+}
+
+impl Isolated {
+    fn new(member: &str) -> Isolated {
+        let harness = std::env::var_os("INCUS_COMPOSE_TEST_HARNESS")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                panic!("INCUS_COMPOSE_TEST_HARNESS unset (isolate-member needs it): {SETUP_HINT}")
+            });
+        let k = member
+            .strip_prefix("node")
+            .unwrap_or_else(|| panic!("member {member} is not a harness member nodeK"))
+            .to_string();
+        let out = Command::new(&harness)
+            .args(["isolate-member", &k])
+            .output()
+            .expect("run the harness");
+        assert!(
+            out.status.success(),
+            "isolate-member failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Isolated { harness, k }
+    }
+}
+
+impl Drop for Isolated {
+    fn drop(&mut self) {
+        match Command::new(&self.harness)
+            .args(["reconnect-member", &self.k])
+            .output()
+        {
+            Ok(o) if o.status.success() => {}
+            Ok(o) => eprintln!(
+                "cleanup: reconnect-member {} failed: {}",
+                self.k,
+                String::from_utf8_lossy(&o.stderr)
+            ),
+            Err(e) => eprintln!("cleanup: cannot run reconnect-member: {e}"),
+        }
+    }
+}
+
 fn run_in(dir: &std::path::Path, args: &[&str]) -> Output {
     let out = Command::new(BIN)
         .args(args)
@@ -389,6 +437,105 @@ fn three_replicas_go_one_per_member_seven_split_three_two_two_and_scaling_to_two
     // Scaling down removes from the members that held the most: the survivors are on two
     // different members.
     assert_eq!(counts(&f.per_member()), [1, 1], "{after:?}");
+}
+
+#[test]
+fn a_member_that_does_not_answer_is_asked_again_and_when_it_stays_silent_up_fails_naming_it_and_changes_nothing()
+ {
+    use std::io::{BufRead, Read};
+    let _turn = take_turn();
+    let c = client();
+    let all = members(&c);
+    assert_eq!(all.len(), 3, "expected the 3-member test cluster");
+    let f = Fixture::new("silent", &c);
+    f.write(&service("{replicas: 3}"));
+    f.ok(&["up", "-d"]);
+    let member = "node2";
+    let placement = f.placement();
+    let on_it = placement
+        .iter()
+        .find(|(_, m)| *m == member)
+        .map(|(n, _)| n.clone())
+        .unwrap_or_else(|| panic!("no replica on {member}: {placement:?}"));
+    let before = f.fingerprints();
+
+    // A short silence: Incus lists the replica on node2 as a stand-in (status Error, no
+    // configuration); `ps` reads it again by itself, and node2 answers again as soon as `ps`
+    // says so. `ps` then shows all three, node2's running.
+    let silent = Isolated::new(member);
+    let mut child = Command::new(BIN)
+        .args(["ps", "--format", "json"])
+        .current_dir(f.dir.path())
+        .env("INCUS_COMPOSE_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run ps");
+    let mut stdout = child.stdout.take().expect("stdout");
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        stdout.read_to_string(&mut s).map(|_| s)
+    });
+    let mut stderr = std::io::BufReader::new(child.stderr.take().expect("stderr"));
+    let mut log = String::new();
+    loop {
+        let mut line = String::new();
+        let n = stderr.read_line(&mut line).expect("read ps's stderr");
+        log.push_str(&line);
+        if n == 0 || (line.contains("reading it by itself") && line.contains(&on_it)) {
+            break;
+        }
+    }
+    drop(silent);
+    let mut rest = String::new();
+    stderr.read_to_string(&mut rest).expect("read ps's stderr");
+    log.push_str(&rest);
+    let status = child.wait().expect("wait for ps");
+    let out = reader
+        .join()
+        .expect("stdout reader")
+        .expect("read ps's stdout");
+    eprintln!("$ incus-compose ps --format json  (exit {status:?})\n{out}{log}");
+    assert!(
+        log.contains("reading it by itself") && log.contains(&on_it),
+        "ps never read {on_it} by itself: the listing did not hold a stand-in:\n{log}"
+    );
+    assert!(
+        status.success(),
+        "ps failed after {member} answered again:\n{log}"
+    );
+    let rows: serde_json::Value = serde_json::from_str(&out).expect("ps json");
+    let rows = rows.as_array().expect("ps rows");
+    assert_eq!(rows.len(), 3, "{out}");
+    let row = rows
+        .iter()
+        .find(|r| r["name"] == on_it.as_str())
+        .unwrap_or_else(|| panic!("{on_it} missing from ps: {out}"));
+    assert_eq!(row["member"], member, "{out}");
+    assert_eq!(row["state"], "Running", "{out}");
+
+    // A member that stays silent: `up` (with a change to make) fails naming the member and the
+    // replica, and changes nothing.
+    f.write(&service("{replicas: 4}"));
+    let silent = Isolated::new(member);
+    let out = f.run(&["up", "-d"]);
+    drop(silent);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "up succeeded while {member} was silent"
+    );
+    assert!(
+        err.contains(&format!("{on_it:?}"))
+            && err.contains(&format!("member {member:?}"))
+            && err.contains("cannot be read"),
+        "{err}"
+    );
+    assert_eq!(f.placement(), placement, "up changed instances");
+    assert_eq!(f.fingerprints(), before, "up touched an instance");
+    // Once it answers, the same `up` goes through.
+    f.ok(&["up", "-d"]);
+    assert_eq!(f.placement().len(), 4);
 }
 
 #[test]

@@ -1,7 +1,7 @@
 # shellcheck shell=bash
 # scripts/lib/incus7.sh: the Incus 7.0 line of scripts/test-cluster (sourced by it; uses its log/die/
 # pid_alive/pkg_installed/apt_install/build_image). Selected with `scripts/test-cluster <cmd> --incus 7.0` or
-# INCUS_LINE=7.0. Commands: up [--members N] [--env-file F], down, status, selftest, kill-member K,
+# INCUS_LINE=7.0. Commands: up [--members N] [--env-file F], down, status, selftest, kill-member K, isolate-member K, reconnect-member K,
 # revive-member K, add-member, remove-member, env, root (build the Debian 13 root only).
 #
 # Incus 7.0 (API extension instance_oci) is in Debian trixie-backports and does not install on Debian 12,
@@ -698,6 +698,10 @@ i7_cmd_up() {
     pkg_installed apache2-utils || apt_install apache2-utils
     i7_ensure_root
     existing="$(i7_members)"
+    # A member left isolated (isolate-member) takes connections again.
+    for k in $(seq 1 "$existing"); do
+        if pid_alive "$(i7_read_pid "node$k.holder")"; then isolate_script off | i7_in_k "$k" nft -f -; fi
+    done
     if [ "$existing" -ge 1 ] && [ "$existing" != "$n" ] && i7_healthy; then
         die "an Incus 7.0 test server with $existing member(s) is running; run 'scripts/test-cluster down --incus 7.0' first"
     fi
@@ -802,6 +806,17 @@ i7_member_arg() {
     n="$(i7_members)"
     [[ "$k" =~ ^[0-9]+$ ]] && [ "$k" -ge 1 ] && [ "$k" -le "$n" ] || die "member must be a number between 1 and $n (got '$k')"
     echo "$k"
+}
+
+# Member K refuses (or, with off, takes again) new connections to its API port; see isolate-member in
+# scripts/test-cluster.
+i7_cmd_isolate_member() {
+    local k pid
+    k="$(i7_member_arg "${1:-}")"
+    pid="$(i7_read_pid "node$k.holder")"
+    pid_alive "$pid" || die "node$k has no namespace holder"
+    isolate_script "$2" | i7_in_k "$k" nft -f -
+    if [ "$2" = on ]; then i7_log "node$k refuses new connections to :8443"; else i7_log "node$k takes connections again"; fi
 }
 
 # kill -9 member K's incusd (its containers live on).
@@ -927,10 +942,12 @@ incus7_main() {
         selftest) i7_cmd_selftest ;;
         kill-member) i7_cmd_kill_member "${pos[0]:-}" ;;
         revive-member) i7_cmd_revive_member "${pos[0]:-}" ;;
+        isolate-member) i7_cmd_isolate_member "${pos[0]:-}" on ;;
+        reconnect-member) i7_cmd_isolate_member "${pos[0]:-}" off ;;
         add-member) i7_cmd_add_member ;;
         remove-member) i7_cmd_remove_member ;;
         env) i7_healthy || die "no Incus 7.0 test server is running"; i7_write_env ;;
         root) i7_take_lock; i7_ensure_root ;;
-        *) die "the 7.0 line supports: up [--members N], down, status, selftest, kill-member K, revive-member K, add-member, remove-member, env, root (build the Debian 13 root only); not: $cmd" ;;
+        *) die "the 7.0 line supports: up [--members N], down, status, selftest, kill-member K, revive-member K, isolate-member K, reconnect-member K, add-member, remove-member, env, root (build the Debian 13 root only); not: $cmd" ;;
     esac
 }

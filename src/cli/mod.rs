@@ -97,9 +97,23 @@ pub enum Command {
     },
 }
 
+/// Diagnostics on stderr, off unless `INCUS_COMPOSE_LOG` asks (`info`, `debug` for every Incus
+/// request, or any `tracing` filter such as `ic_incus=debug`).
+fn init_log() {
+    let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("INCUS_COMPOSE_LOG") else {
+        return;
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
 pub fn main() -> ExitCode {
     // `logs -f` means --follow (docker compose), not the global --file.
     let cli = Cli::parse_from(logs::rewrite_follow(std::env::args_os()));
+    init_log();
     let result = match cli.command {
         Command::Config(args) => config::run(&cli.global, &args),
         Command::Up(args) => up::run(&cli.global, &args),

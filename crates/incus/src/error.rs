@@ -169,6 +169,22 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// Incus lists an instance but cannot read it from its cluster member (see
+    /// [`crate::Instance::is_stand_in`]), even when asked again.
+    #[error(
+        "instance {instance:?} (Incus project {project:?}) on cluster member {member:?} cannot be read: {message}; is {member} online? (`incus cluster list`)"
+    )]
+    Unreadable {
+        /// Instance name.
+        instance: String,
+        /// Its Incus project.
+        project: String,
+        /// The member Incus places it on.
+        member: String,
+        /// Incus's last answer.
+        message: String,
+    },
+
     /// A value handed to the client cannot be sent (bad address, body that will not serialize).
     #[error("invalid request {what}: {message}")]
     InvalidInput {

@@ -55,6 +55,16 @@ pub struct Instance {
 }
 
 impl Instance {
+    /// Whether this is the stand-in Incus lists for an instance it could not read from its
+    /// cluster member (member offline, a failed or timed-out request between members, a failed
+    /// render): status `Error` (112), no configuration, no creation time. Seen on a busy 7.0
+    /// cluster; Incus's `instancesGet` builds such entries on purpose.
+    pub fn is_stand_in(&self) -> bool {
+        self.status_code == 112
+            && self.config.is_empty()
+            && (self.created_at.is_empty() || self.created_at.starts_with("0001-01-01"))
+    }
+
     /// Whether Incus reports it running.
     pub fn is_running(&self) -> bool {
         self.status.eq_ignore_ascii_case("running")
@@ -279,20 +289,93 @@ impl InstanceStatePut {
     }
 }
 
+/// Pauses between the reads of an instance that Incus listed as a stand-in (3.75 s in all).
+const REREAD_PAUSES_MS: [u64; 4] = [250, 500, 1000, 2000];
+
 impl Client {
-    /// `GET /1.0/instances?recursion=1`.
+    /// `GET /1.0/instances?recursion=1`. An instance Incus could not read from its member
+    /// (listed as a stand-in, see [`Instance::is_stand_in`]) is read again by itself, a few
+    /// times over ~4 s; [`Error::Unreadable`] when it still cannot be.
     pub async fn instances(&self) -> Result<Vec<Instance>> {
-        self.send(Request::get("/1.0/instances").query("recursion", "1"))
-            .await
+        self.instances_read(false).await
     }
 
-    /// `GET /1.0/instances?recursion=2`: instances with their runtime state.
+    /// `GET /1.0/instances?recursion=2`: instances with their runtime state. Stand-ins are read
+    /// again as by [`Client::instances`].
     pub async fn instances_full(&self) -> Result<Vec<Instance>> {
-        self.send(Request::get("/1.0/instances").query("recursion", "2"))
-            .await
+        self.instances_read(true).await
     }
 
-    /// `GET /1.0/instances?recursion=1&all-projects=true`: instances of every project.
+    async fn instances_read(&self, full: bool) -> Result<Vec<Instance>> {
+        let recursion = if full { "2" } else { "1" };
+        let mut list: Vec<Instance> = self
+            .send(Request::get("/1.0/instances").query("recursion", recursion))
+            .await?;
+        let stand_ins: Vec<usize> = (0..list.len()).filter(|&k| list[k].is_stand_in()).collect();
+        if stand_ins.is_empty() {
+            return Ok(list);
+        }
+        let reads = stand_ins.iter().map(|&k| self.reread(&list[k], full));
+        let results = futures_util::future::join_all(reads).await;
+        let mut gone = Vec::new();
+        for (&k, result) in stand_ins.iter().zip(results) {
+            match result? {
+                Some(instance) => list[k] = instance,
+                None => gone.push(k),
+            }
+        }
+        for k in gone.into_iter().rev() {
+            list.remove(k);
+        }
+        Ok(list)
+    }
+
+    /// Reads a stand-in by itself (`GET /1.0/instances/{name}`, `?recursion=1` for its state),
+    /// again after each of [`REREAD_PAUSES_MS`]. `None` when it was deleted meanwhile.
+    async fn reread(&self, stand_in: &Instance, full: bool) -> Result<Option<Instance>> {
+        let client = if stand_in.project.is_empty() {
+            self.clone()
+        } else {
+            self.with_project(&stand_in.project)
+        };
+        let mut pauses = REREAD_PAUSES_MS.iter();
+        for attempt in 1.. {
+            tracing::info!(
+                instance = %stand_in.name,
+                member = %stand_in.location,
+                attempt,
+                "Incus listed the instance without its configuration (status Error): reading it by itself"
+            );
+            let mut req = Request::get(api_path(&["instances", &stand_in.name]));
+            if full {
+                req = req.query("recursion", "1");
+            }
+            let err = match client.send::<Instance>(req).await {
+                Ok(i) if !i.is_stand_in() => return Ok(Some(i)),
+                Ok(_) => None,
+                Err(e) if e.is_not_found() => return Ok(None),
+                Err(e) => Some(e),
+            };
+            match pauses.next() {
+                Some(ms) => tokio::time::sleep(std::time::Duration::from_millis(*ms)).await,
+                None => {
+                    return Err(Error::Unreadable {
+                        instance: stand_in.name.clone(),
+                        project: stand_in.project.clone(),
+                        member: stand_in.location.clone(),
+                        message: err.map_or_else(
+                            || "Incus lists it with status Error and no configuration".into(),
+                            |e| crate::error::chain(&e),
+                        ),
+                    });
+                }
+            }
+        }
+        unreachable!("the attempts end with a read or an error")
+    }
+
+    /// `GET /1.0/instances?recursion=1&all-projects=true`: instances of every project. Stand-ins
+    /// are kept as Incus lists them (their name, project and member are right).
     pub async fn instances_all_projects(&self) -> Result<Vec<Instance>> {
         self.send(
             Request::get("/1.0/instances")
@@ -531,6 +614,35 @@ mod tests {
                 "ephemeral": false, "description": "", "start": true
             })
         );
+    }
+
+    #[test]
+    fn a_stand_in_is_told_from_an_instance_in_error() {
+        // As Incus 6.0/7.0 list an instance a member did not render (captured on the test
+        // cluster with its member refusing connections).
+        let mut json = serde_json::json!({
+            "architecture": "", "config": null, "created_at": "0001-01-01T00:00:00Z",
+            "description": "", "devices": null, "ephemeral": false,
+            "last_used_at": "0001-01-01T00:00:00Z", "location": "node2", "name": "app-2",
+            "profiles": null, "project": "exp", "stateful": false, "status": "Error",
+            "status_code": 112, "type": "container"
+        });
+        crate::client::strip_nulls(&mut json);
+        let stand_in: Instance = serde_json::from_value(json).unwrap();
+        assert!(stand_in.is_stand_in());
+        // A real instance Incus reports in error keeps its configuration and creation time.
+        let real = Instance {
+            created_at: "2026-11-25T07:02:45.857984689Z".into(),
+            config: [("volatile.uuid".to_string(), "x".to_string())].into(),
+            ..stand_in.clone()
+        };
+        assert!(!real.is_stand_in());
+        let running = Instance {
+            status: "Running".into(),
+            status_code: 103,
+            ..stand_in
+        };
+        assert!(!running.is_stand_in());
     }
 
     #[test]
