@@ -338,12 +338,12 @@ impl Client {
         } else {
             self.with_project(&stand_in.project)
         };
-        let mut pauses = REREAD_PAUSES_MS.iter();
-        for attempt in 1.. {
+        let mut attempt = 0;
+        loop {
             tracing::info!(
                 instance = %stand_in.name,
                 member = %stand_in.location,
-                attempt,
+                attempt = attempt + 1,
                 "Incus listed the instance without its configuration (status Error): reading it by itself"
             );
             let mut req = Request::get(api_path(&["instances", &stand_in.name]));
@@ -356,22 +356,20 @@ impl Client {
                 Err(e) if e.is_not_found() => return Ok(None),
                 Err(e) => Some(e),
             };
-            match pauses.next() {
-                Some(ms) => tokio::time::sleep(std::time::Duration::from_millis(*ms)).await,
-                None => {
-                    return Err(Error::Unreadable {
-                        instance: stand_in.name.clone(),
-                        project: stand_in.project.clone(),
-                        member: stand_in.location.clone(),
-                        message: err.map_or_else(
-                            || "Incus lists it with status Error and no configuration".into(),
-                            |e| crate::error::chain(&e),
-                        ),
-                    });
-                }
-            }
+            let Some(ms) = REREAD_PAUSES_MS.get(attempt) else {
+                return Err(Error::Unreadable {
+                    instance: stand_in.name.clone(),
+                    project: stand_in.project.clone(),
+                    member: stand_in.location.clone(),
+                    message: err.map_or_else(
+                        || "Incus lists it with status Error and no configuration".into(),
+                        |e| crate::error::chain(&e),
+                    ),
+                });
+            };
+            tokio::time::sleep(std::time::Duration::from_millis(*ms)).await;
+            attempt += 1;
         }
-        unreachable!("the attempts end with a read or an error")
     }
 
     /// `GET /1.0/instances?recursion=1&all-projects=true`: instances of every project. Stand-ins
