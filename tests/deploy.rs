@@ -121,36 +121,42 @@ impl Drop for Labels {
     }
 }
 
+/// Runs the harness (`INCUS_COMPOSE_TEST_HARNESS`) with `args`; Err says what it printed.
+fn harness(args: &[&str]) -> Result<(), String> {
+    let path = std::env::var_os("INCUS_COMPOSE_TEST_HARNESS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            panic!(
+                "INCUS_COMPOSE_TEST_HARNESS unset ({} needs it): {SETUP_HINT}",
+                args.join(" ")
+            )
+        });
+    match Command::new(&path).args(args).output() {
+        Ok(o) if o.status.success() => Ok(()),
+        Ok(o) => Err(format!(
+            "harness {} failed:\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )),
+        Err(e) => Err(format!("cannot run the harness {}: {e}", args.join(" "))),
+    }
+}
+
 /// A fourth member added with the harness's `add-member`, removed (`remove-member`) when
 /// dropped, also when the test fails.
 struct ExtraMember {
-    harness: PathBuf,
     name: String,
 }
 
 impl ExtraMember {
     fn add(client: &Client) -> ExtraMember {
-        let harness = std::env::var_os("INCUS_COMPOSE_TEST_HARNESS")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| {
-                panic!("INCUS_COMPOSE_TEST_HARNESS unset (add-member needs it): {SETUP_HINT}")
-            });
         let before = members(client);
         assert_eq!(before.len(), 3, "expected the 3-member test cluster");
         let guard = ExtraMember {
-            harness,
             name: "node4".into(),
         };
-        let out = Command::new(&guard.harness)
-            .arg("add-member")
-            .output()
-            .expect("run the harness");
-        assert!(
-            out.status.success(),
-            "add-member failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        harness(&["add-member"]).unwrap_or_else(|e| panic!("{e}"));
         let after = members(client);
         let new: Vec<&String> = after.iter().filter(|m| !before.contains(m)).collect();
         assert_eq!(new, [&guard.name], "add-member added {new:?}");
@@ -160,62 +166,39 @@ impl ExtraMember {
 
 impl Drop for ExtraMember {
     fn drop(&mut self) {
-        match Command::new(&self.harness).arg("remove-member").output() {
-            Ok(o) if o.status.success() => {}
-            Ok(o) => eprintln!(
-                "cleanup: remove-member failed:\n{}{}",
-                String::from_utf8_lossy(&o.stdout),
-                String::from_utf8_lossy(&o.stderr)
-            ),
-            Err(e) => eprintln!("cleanup: cannot run remove-member: {e}"),
+        if let Err(e) = harness(&["remove-member"]) {
+            eprintln!("cleanup: {e}");
         }
     }
 }
 
-/// Member `nodeK` refusing new connections to its API port (the harness's `isolate-member`),
-/// as a member that does not answer; taking them again (`reconnect-member`) when dropped.
+/// The harness's number K of member `nodeK`.
+fn member_number(member: &str) -> String {
+    member
+        .strip_prefix("node")
+        .unwrap_or_else(|| panic!("member {member} is not a harness member nodeK"))
+        .to_string()
+}
+
+/// Member `member` refusing new connections to its API port from member `from` (the harness's
+/// `isolate-member`), as a member that does not answer it; taking them again
+/// (`reconnect-member`) when dropped.
 struct Isolated {
-    harness: PathBuf,
     k: String,
 }
 
 impl Isolated {
-    fn new(member: &str) -> Isolated {
-        let harness = std::env::var_os("INCUS_COMPOSE_TEST_HARNESS")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| {
-                panic!("INCUS_COMPOSE_TEST_HARNESS unset (isolate-member needs it): {SETUP_HINT}")
-            });
-        let k = member
-            .strip_prefix("node")
-            .unwrap_or_else(|| panic!("member {member} is not a harness member nodeK"))
-            .to_string();
-        let out = Command::new(&harness)
-            .args(["isolate-member", &k])
-            .output()
-            .expect("run the harness");
-        assert!(
-            out.status.success(),
-            "isolate-member failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Isolated { harness, k }
+    fn new(member: &str, from: &str) -> Isolated {
+        let k = member_number(member);
+        harness(&["isolate-member", &k, &member_number(from)]).unwrap_or_else(|e| panic!("{e}"));
+        Isolated { k }
     }
 }
 
 impl Drop for Isolated {
     fn drop(&mut self) {
-        match Command::new(&self.harness)
-            .args(["reconnect-member", &self.k])
-            .output()
-        {
-            Ok(o) if o.status.success() => {}
-            Ok(o) => eprintln!(
-                "cleanup: reconnect-member {} failed: {}",
-                self.k,
-                String::from_utf8_lossy(&o.stderr)
-            ),
-            Err(e) => eprintln!("cleanup: cannot run reconnect-member: {e}"),
+        if let Err(e) = harness(&["reconnect-member", &self.k]) {
+            eprintln!("cleanup: {e}");
         }
     }
 }
@@ -447,25 +430,45 @@ fn a_member_that_does_not_answer_is_asked_again_and_when_it_stays_silent_up_fail
     let c = client();
     let all = members(&c);
     assert_eq!(all.len(), 3, "expected the 3-member test cluster");
+    // incus-compose talks to `via`; `silent` stops answering `via` only. Neither is the database
+    // leader, whose heartbeats keep reaching `silent` (it stays ONLINE).
+    let leader = block_on(c.cluster_members())
+        .expect("list members")
+        .into_iter()
+        .find(|m| m.roles.iter().any(|r| r == "database-leader"))
+        .map(|m| m.server_name)
+        .expect("a database leader");
+    let others: Vec<&String> = all.iter().filter(|m| **m != leader).collect();
+    let (via, silent) = (others[0].as_str(), others[1].as_str());
+    let via_dir = std::env::var(format!("INCUS_COMPOSE_TEST_NODE{}_DIR", member_number(via)))
+        .unwrap_or_else(|_| panic!("INCUS_COMPOSE_TEST_NODEK_DIR unset for {via}: {SETUP_HINT}"));
     let f = Fixture::new("silent", &c);
     f.write(&service("{replicas: 3}"));
     f.ok(&["up", "-d"]);
-    let member = "node2";
     let placement = f.placement();
     let on_it = placement
         .iter()
-        .find(|(_, m)| *m == member)
+        .find(|(_, m)| *m == silent)
         .map(|(n, _)| n.clone())
-        .unwrap_or_else(|| panic!("no replica on {member}: {placement:?}"));
+        .unwrap_or_else(|| panic!("no replica on {silent}: {placement:?}"));
     let before = f.fingerprints();
+    let through_via = |args: &[&str]| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args)
+            .current_dir(f.dir.path())
+            .env("INCUS_DIR", &via_dir)
+            .env_remove("INCUS_SOCKET")
+            .env_remove("COMPOSE_PROJECT_NAME")
+            .env_remove("COMPOSE_FILE")
+            .env_remove("INCUS_COMPOSE_INCUS_PROJECT");
+        cmd
+    };
 
-    // A short silence: Incus lists the replica on node2 as a stand-in (status Error, no
-    // configuration); `ps` reads it again by itself, and node2 answers again as soon as `ps`
-    // says so. `ps` then shows all three, node2's running.
-    let silent = Isolated::new(member);
-    let mut child = Command::new(BIN)
-        .args(["ps", "--format", "json"])
-        .current_dir(f.dir.path())
+    // A short silence: Incus on `via` lists the replica on `silent` as a stand-in (status Error,
+    // no configuration); `ps` reads it again by itself, and `silent` answers again as soon as
+    // `ps` says so. `ps` then shows all three, the silent member's running.
+    let isolated = Isolated::new(silent, via);
+    let mut child = through_via(&["ps", "--format", "json"])
         .env("INCUS_COMPOSE_LOG", "info")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -486,7 +489,7 @@ fn a_member_that_does_not_answer_is_asked_again_and_when_it_stays_silent_up_fail
             break;
         }
     }
-    drop(silent);
+    drop(isolated);
     let mut rest = String::new();
     stderr.read_to_string(&mut rest).expect("read ps's stderr");
     log.push_str(&rest);
@@ -495,14 +498,14 @@ fn a_member_that_does_not_answer_is_asked_again_and_when_it_stays_silent_up_fail
         .join()
         .expect("stdout reader")
         .expect("read ps's stdout");
-    eprintln!("$ incus-compose ps --format json  (exit {status:?})\n{out}{log}");
+    eprintln!("$ incus-compose ps --format json  (through {via}; exit {status:?})\n{out}{log}");
     assert!(
         log.contains("reading it by itself") && log.contains(&on_it),
         "ps never read {on_it} by itself: the listing did not hold a stand-in:\n{log}"
     );
     assert!(
         status.success(),
-        "ps failed after {member} answered again:\n{log}"
+        "ps failed after {silent} answered again:\n{log}"
     );
     let rows: serde_json::Value = serde_json::from_str(&out).expect("ps json");
     let rows = rows.as_array().expect("ps rows");
@@ -511,30 +514,39 @@ fn a_member_that_does_not_answer_is_asked_again_and_when_it_stays_silent_up_fail
         .iter()
         .find(|r| r["name"] == on_it.as_str())
         .unwrap_or_else(|| panic!("{on_it} missing from ps: {out}"));
-    assert_eq!(row["member"], member, "{out}");
+    assert_eq!(row["member"], silent, "{out}");
     assert_eq!(row["state"], "Running", "{out}");
 
     // A member that stays silent: `up` (with a change to make) fails naming the member and the
     // replica, and changes nothing.
     f.write(&service("{replicas: 4}"));
-    let silent = Isolated::new(member);
-    let out = f.run(&["up", "-d"]);
-    drop(silent);
+    let isolated = Isolated::new(silent, via);
+    let out = through_via(&["up", "-d"]).output().expect("run up");
+    drop(isolated);
     let err = String::from_utf8_lossy(&out.stderr);
+    eprintln!(
+        "$ incus-compose up -d  (through {via}; exit {:?})\n{err}",
+        out.status.code()
+    );
     assert!(
         !out.status.success(),
-        "up succeeded while {member} was silent"
+        "up succeeded while {silent} was silent"
     );
     assert!(
         err.contains(&format!("{on_it:?}"))
-            && err.contains(&format!("member {member:?}"))
+            && err.contains(&format!("member {silent:?}"))
             && err.contains("cannot be read"),
         "{err}"
     );
     assert_eq!(f.placement(), placement, "up changed instances");
     assert_eq!(f.fingerprints(), before, "up touched an instance");
     // Once it answers, the same `up` goes through.
-    f.ok(&["up", "-d"]);
+    let out = through_via(&["up", "-d"]).output().expect("run up");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(f.placement().len(), 4);
 }
 

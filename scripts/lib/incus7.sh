@@ -1,7 +1,7 @@
 # shellcheck shell=bash
 # scripts/lib/incus7.sh: the Incus 7.0 line of scripts/test-cluster (sourced by it; uses its log/die/
 # pid_alive/pkg_installed/apt_install/build_image). Selected with `scripts/test-cluster <cmd> --incus 7.0` or
-# INCUS_LINE=7.0. Commands: up [--members N] [--env-file F], down, status, selftest, kill-member K, isolate-member K, reconnect-member K,
+# INCUS_LINE=7.0. Commands: up [--members N] [--env-file F], down, status, selftest, kill-member K, isolate-member K [J], reconnect-member K,
 # revive-member K, add-member, remove-member, env, root (build the Debian 13 root only).
 #
 # Incus 7.0 (API extension instance_oci) is in Debian trixie-backports and does not install on Debian 12,
@@ -808,15 +808,16 @@ i7_member_arg() {
     echo "$k"
 }
 
-# Member K refuses (or, with off, takes again) new connections to its API port; see isolate-member in
-# scripts/test-cluster.
+# Member K refuses (or, with off, takes again) new connections to its API port, from member J only when
+# given; see isolate-member in scripts/test-cluster. i7_cmd_isolate_member K on [J] | K off
 i7_cmd_isolate_member() {
-    local k pid
+    local k pid from=""
     k="$(i7_member_arg "${1:-}")"
     pid="$(i7_read_pid "node$k.holder")"
     pid_alive "$pid" || die "node$k has no namespace holder"
-    isolate_script "$2" | i7_in_k "$k" nft -f -
-    if [ "$2" = on ]; then i7_log "node$k refuses new connections to :8443"; else i7_log "node$k takes connections again"; fi
+    if [ -n "${3:-}" ]; then from="$(i7_ip "$(i7_member_arg "$3")")"; fi
+    isolate_script "$2" "$from" | i7_in_k "$k" nft -f -
+    if [ "$2" = on ]; then i7_log "node$k refuses new connections to :8443${3:+ from node$3}"; else i7_log "node$k takes connections again"; fi
 }
 
 # kill -9 member K's incusd (its containers live on).
@@ -942,12 +943,12 @@ incus7_main() {
         selftest) i7_cmd_selftest ;;
         kill-member) i7_cmd_kill_member "${pos[0]:-}" ;;
         revive-member) i7_cmd_revive_member "${pos[0]:-}" ;;
-        isolate-member) i7_cmd_isolate_member "${pos[0]:-}" on ;;
+        isolate-member) i7_cmd_isolate_member "${pos[0]:-}" on "${pos[1]:-}" ;;
         reconnect-member) i7_cmd_isolate_member "${pos[0]:-}" off ;;
         add-member) i7_cmd_add_member ;;
         remove-member) i7_cmd_remove_member ;;
         env) i7_healthy || die "no Incus 7.0 test server is running"; i7_write_env ;;
         root) i7_take_lock; i7_ensure_root ;;
-        *) die "the 7.0 line supports: up [--members N], down, status, selftest, kill-member K, revive-member K, isolate-member K, reconnect-member K, add-member, remove-member, env, root (build the Debian 13 root only); not: $cmd" ;;
+        *) die "the 7.0 line supports: up [--members N], down, status, selftest, kill-member K, revive-member K, isolate-member K [J], reconnect-member K, add-member, remove-member, env, root (build the Debian 13 root only); not: $cmd" ;;
     esac
 }
