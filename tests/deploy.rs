@@ -203,13 +203,19 @@ impl Drop for Isolated {
     }
 }
 
-fn run_in(dir: &std::path::Path, args: &[&str]) -> Output {
-    let out = Command::new(BIN)
-        .args(args)
+/// incus-compose with `args` in `dir`, the compose project named by the file there only.
+fn incus_compose(dir: &std::path::Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
         .current_dir(dir)
         .env_remove("COMPOSE_PROJECT_NAME")
         .env_remove("COMPOSE_FILE")
-        .env_remove("INCUS_COMPOSE_INCUS_PROJECT")
+        .env_remove("INCUS_COMPOSE_INCUS_PROJECT");
+    cmd
+}
+
+fn run_in(dir: &std::path::Path, args: &[&str]) -> Output {
+    let out = incus_compose(dir, args)
         .output()
         .expect("run incus-compose");
     eprintln!(
@@ -453,14 +459,8 @@ fn a_member_that_does_not_answer_is_asked_again_and_when_it_stays_silent_up_fail
         .unwrap_or_else(|| panic!("no replica on {silent}: {placement:?}"));
     let before = f.fingerprints();
     let through_via = |args: &[&str]| {
-        let mut cmd = Command::new(BIN);
-        cmd.args(args)
-            .current_dir(f.dir.path())
-            .env("INCUS_DIR", &via_dir)
-            .env_remove("INCUS_SOCKET")
-            .env_remove("COMPOSE_PROJECT_NAME")
-            .env_remove("COMPOSE_FILE")
-            .env_remove("INCUS_COMPOSE_INCUS_PROJECT");
+        let mut cmd = incus_compose(f.dir.path(), args);
+        cmd.env("INCUS_DIR", &via_dir).env_remove("INCUS_SOCKET");
         cmd
     };
 

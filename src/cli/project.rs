@@ -78,4 +78,24 @@ impl Context {
             remotes: obs.remotes.clone(),
         }
     }
+
+    /// Records in the Incus project what the pulls found (`engine::record_pulls`), so that the
+    /// next `up` knows what each reference named; a failure is only a warning.
+    pub async fn record_pulls(
+        &self,
+        pulled: &std::collections::BTreeMap<String, String>,
+        keep: &std::collections::BTreeSet<String>,
+    ) {
+        if let Some(w) = crate::engine::record_pulls(
+            &self.base,
+            &self.incus_project,
+            &self.project.name,
+            pulled,
+            keep,
+        )
+        .await
+        {
+            eprintln!("warning: {w}");
+        }
+    }
 }

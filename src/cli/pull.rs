@@ -16,7 +16,7 @@ use std::process::ExitCode;
 use anyhow::anyhow;
 use clap::Args;
 use ic_compose::model::PullPolicy;
-use ic_core::plan::{ImageSource, oci::project_registry, resolve_image_in};
+use ic_core::plan::{ImageSource, oci, oci::project_registry, resolve_image_in};
 
 use super::GlobalArgs;
 use super::project::{Context, block_on};
@@ -123,8 +123,8 @@ pub fn run(global: &GlobalArgs, args: &PullArgs) -> anyhow::Result<ExitCode> {
                         (Some(b), Some(n)) if b == n => " (unchanged)".to_string(),
                         (Some(b), Some(n)) => format!(
                             " (new image: {} -> {}; `up` recreates its replicas)",
-                            &b[..b.len().min(12)],
-                            &n[..n.len().min(12)]
+                            oci::short(&b),
+                            oci::short(&n)
                         ),
                         _ => String::new(),
                     };
@@ -136,17 +136,7 @@ pub fn run(global: &GlobalArgs, args: &PullArgs) -> anyhow::Result<ExitCode> {
         }
         // The next `up` knows what each reference names now (see engine::record_pulls).
         let keep = engine::project_image_keys(&ctx.project, &obs.facts);
-        if let Some(w) = engine::record_pulls(
-            &ctx.base,
-            &ctx.incus_project,
-            &ctx.project.name,
-            &pulled,
-            &keep,
-        )
-        .await
-        {
-            eprintln!("warning: {w}");
-        }
+        ctx.record_pulls(&pulled, &keep).await;
         for f in &failures {
             eprintln!("error: {f}");
         }

@@ -188,12 +188,12 @@ pub fn run(global: &GlobalArgs, args: &UpArgs) -> anyhow::Result<ExitCode> {
                 ctx.project.name,
                 plan.incus_project
             );
-            record(&ctx, &pulled, &keep).await;
+            ctx.record_pulls(&pulled, &keep).await;
             return Ok(wait_for_services(&gate, &plan, args, started).await);
         }
         let target = ctx.target(&obs);
         let outcome = engine::execute_gated(&target, &plan, args.parallel, Some(&gate)).await;
-        record(&ctx, &pulled, &keep).await;
+        ctx.record_pulls(&pulled, &keep).await;
         let secs = started.elapsed().as_secs_f64();
         if outcome.ok() {
             println!(
@@ -208,26 +208,6 @@ pub fn run(global: &GlobalArgs, args: &UpArgs) -> anyhow::Result<ExitCode> {
         }
     })??;
     Ok(report_pending(&pending, code))
-}
-
-/// Records what the pulls of this `up` found in the Incus project (which exists by now unless
-/// `up` failed early), so that the next `up` knows what each reference named.
-async fn record(
-    ctx: &Context,
-    pulled: &BTreeMap<String, String>,
-    keep: &std::collections::BTreeSet<String>,
-) {
-    if let Some(w) = engine::record_pulls(
-        &ctx.base,
-        &ctx.incus_project,
-        &ctx.project.name,
-        pulled,
-        keep,
-    )
-    .await
-    {
-        eprintln!("warning: {w}");
-    }
 }
 
 /// Print the pending replicas (each with every member's reason); exit status

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use anyhow::Context;
 use ic_compose::Project;
-use ic_compose::model::PullPolicy;
+use ic_compose::model::{PullPolicy, Service};
 use ic_core::plan::oci::{self, ImageProcess};
 use ic_core::plan::{Action, ImageSource, Plan, ServerFacts, resolve_image_in};
 use ic_incus::config::{LoadedConfig, ProcessEnv};
@@ -108,22 +108,49 @@ pub struct CachedImage {
     pub uploaded: Option<time::OffsetDateTime>,
 }
 
+/// A service whose `image` names an OCI registry image.
+struct OciImage<'a> {
+    name: &'a str,
+    service: &'a Service,
+    /// `oci::image_key`: registry host and reference.
+    key: String,
+    /// The registry's address.
+    server: String,
+    /// The reference in it (`testapp:v1`).
+    alias: String,
+}
+
+/// The project's services whose image resolves to an OCI registry image, in name order. Local
+/// aliases, `remote:alias` images and bad references (which the planner reports) are left out.
+fn oci_images<'a>(project: &'a Project, facts: &ServerFacts) -> Vec<OciImage<'a>> {
+    let registry = oci::project_registry(project, &facts.oci_remotes);
+    project
+        .services
+        .iter()
+        .filter_map(|(name, service)| {
+            let image = service.image.as_deref()?;
+            match resolve_image_in(name, image, facts, registry.as_deref()).ok()? {
+                ImageSource::Oci { server, alias, .. } => Some(OciImage {
+                    name,
+                    service,
+                    key: oci::image_key(&server, &alias),
+                    server,
+                    alias,
+                }),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
 /// The image keys of the project's OCI images (every service, selected or not).
 pub fn project_image_keys(
     project: &Project,
     facts: &ServerFacts,
 ) -> std::collections::BTreeSet<String> {
-    let registry = oci::project_registry(project, &facts.oci_remotes);
-    project
-        .services
-        .iter()
-        .filter_map(|(name, s)| {
-            let source = resolve_image_in(name, s.image.as_deref()?, facts, registry.as_deref());
-            match source {
-                Ok(source @ ImageSource::Oci { .. }) => Some(source.to_string()),
-                _ => None,
-            }
-        })
+    oci_images(project, facts)
+        .into_iter()
+        .map(|i| i.key)
         .collect()
 }
 
@@ -217,16 +244,10 @@ pub fn cached_oci(
 /// that registry when it carries credentials (`https://user:token@host`), so that the server's
 /// skopeo logs in; `server` itself otherwise.
 pub fn credentialed(server: &str, remotes: &BTreeMap<String, (String, String)>) -> String {
-    let want = server.trim_end_matches('/').to_ascii_lowercase();
     remotes
         .values()
         .filter(|(addr, protocol)| protocol == "oci" && oci::credentials(addr).is_some())
-        .find(|(addr, _)| {
-            oci::without_credentials(addr)
-                .trim_end_matches('/')
-                .to_ascii_lowercase()
-                == want
-        })
+        .find(|(addr, _)| oci::same_registry(addr, server))
         .map(|(addr, _)| addr.trim_end_matches('/').to_string())
         .unwrap_or_else(|| server.to_string())
 }
@@ -278,27 +299,21 @@ pub async fn prepare_images(
     policy: Option<PullPolicy>,
     dry_run: bool,
 ) -> anyhow::Result<Prepared> {
-    let registry = oci::project_registry(project, &obs.facts.oci_remotes);
     let now = time::OffsetDateTime::now_utc();
     // Image key -> (server, alias, first service asking to pull it).
     let mut pulls: BTreeMap<String, (String, String, String)> = BTreeMap::new();
     let mut refused = Vec::new();
-    for name in services {
-        let Some(service) = project.services.get(name) else {
+    for OciImage {
+        name,
+        service,
+        key,
+        server,
+        alias,
+    } in oci_images(project, &obs.facts)
+    {
+        if !services.contains(name) {
             continue;
-        };
-        let Some(image) = service.image.as_deref() else {
-            continue;
-        };
-        let Ok(source @ ImageSource::Oci { .. }) =
-            resolve_image_in(name, image, &obs.facts, registry.as_deref())
-        else {
-            continue; // local and remote images, and bad references (the planner reports them)
-        };
-        let ImageSource::Oci { server, alias, .. } = &source else {
-            continue;
-        };
-        let key = source.to_string();
+        }
         let policy = policy.unwrap_or_else(|| PullPolicy::of(service.pull_policy.as_deref()));
         if policy == PullPolicy::Build {
             continue;
@@ -313,7 +328,7 @@ pub async fn prepare_images(
             oci::PullDecision::Pull => {
                 pulls
                     .entry(key)
-                    .or_insert_with(|| (server.clone(), alias.clone(), name.clone()));
+                    .or_insert_with(|| (server, alias, name.to_string()));
             }
             oci::PullDecision::Refuse => refused.push(format!(
                 "service {name:?}: pull_policy never, and the Incus server (version {}) has no copy of image {key}; pull it first (`incus-compose pull {name}`, or `up --pull missing`)",
@@ -353,8 +368,8 @@ pub async fn prepare_images(
                 let before = obs.facts.image_targets.get(&key);
                 let what = match before {
                     Some(b) if *b == fingerprint => "unchanged".to_string(),
-                    Some(b) => format!("new image: {} -> {}", short(b), short(&fingerprint)),
-                    None => short(&fingerprint).to_string(),
+                    Some(b) => format!("new image: {} -> {}", oci::short(b), oci::short(&fingerprint)),
+                    None => oci::short(&fingerprint).to_string(),
                 };
                 lines.push(format!("[+] pulled {key} ({what})"));
                 obs.facts.image_targets.insert(key.clone(), fingerprint.clone());
@@ -382,10 +397,6 @@ pub struct Prepared {
     pub pulled: BTreeMap<String, String>,
 }
 
-fn short(fingerprint: &str) -> &str {
-    fingerprint.get(..12).unwrap_or(fingerprint)
-}
-
 /// The entrypoint and cmd of the OCI images whose services set `command` without `entrypoint`
 /// (Docker runs that command after the image's entrypoint, so the plan needs it), read from
 /// their registries into `facts.oci_images`. An image that cannot be read is left out
@@ -403,20 +414,12 @@ pub async fn read_image_processes(
     if !facts.oci {
         return warnings;
     }
-    let registry = oci::project_registry(project, &facts.oci_remotes);
-    let mut wanted: BTreeMap<String, (String, String)> = BTreeMap::new();
-    for (name, service) in &project.services {
-        let (Some(image), Some(_), None) = (&service.image, &service.command, &service.entrypoint)
-        else {
-            continue;
-        };
-        if let Ok(source @ ImageSource::Oci { .. }) =
-            resolve_image_in(name, image, facts, registry.as_deref())
-            && let ImageSource::Oci { server, .. } = &source
-        {
-            wanted.insert(source.to_string(), (name.clone(), server.clone()));
-        }
-    }
+    // Image key -> (the last service naming it, registry).
+    let wanted: BTreeMap<String, (&str, String)> = oci_images(project, facts)
+        .into_iter()
+        .filter(|i| i.service.command.is_some() && i.service.entrypoint.is_none())
+        .map(|i| (i.key, (i.name, i.server)))
+        .collect();
     for (reference, (service, server)) in wanted {
         let creds = credentialed(&server, remotes);
         match read_process(&reference, oci::credentials(&creds)).await {

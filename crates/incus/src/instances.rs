@@ -491,7 +491,7 @@ impl Client {
 
     /// `GET /1.0/instances/{name}/console`: the console log (what PID 1 printed).
     pub async fn instance_console_log(&self, name: &str) -> Result<String> {
-        self.get_bytes(Request::get(api_path(&["instances", name, "console"])))
+        self.send_for_bytes(Request::get(api_path(&["instances", name, "console"])))
             .await
             .map(|b| String::from_utf8_lossy(&b).into_owned())
     }
@@ -534,37 +534,11 @@ impl Client {
 
     /// `GET /1.0/instances/{name}/files?path=`: read a file from the instance.
     pub async fn pull_file(&self, name: &str, path: &str) -> Result<Vec<u8>> {
-        self.get_bytes(Request::get(api_path(&["instances", name, "files"])).query("path", path))
-            .await
-            .map(|b| b.to_vec())
-    }
-
-    /// A request whose success answer is raw bytes and whose failure is an Incus error.
-    async fn get_bytes(&self, req: Request) -> Result<bytes::Bytes> {
-        let request = self.label(&req);
-        let raw = self.send_raw(req).await?;
-        // Errors are JSON envelopes; a successful answer may be empty and still claim JSON.
-        let envelope = serde_json::from_slice::<serde_json::Value>(&raw.body).ok();
-        let error = envelope
-            .as_ref()
-            .filter(|v| v.get("type").and_then(|t| t.as_str()) == Some("error"));
-        if (200..300).contains(&raw.status) && error.is_none() {
-            return Ok(raw.body);
-        }
-        let message = error
-            .and_then(|v| v.get("error").and_then(|e| e.as_str()))
-            .map(str::to_string)
-            .unwrap_or_else(|| String::from_utf8_lossy(&raw.body).trim().to_string());
-        let status = error
-            .and_then(|v| v.get("error_code").and_then(|c| c.as_u64()))
-            .and_then(|c| u16::try_from(c).ok())
-            .filter(|c| *c != 0)
-            .unwrap_or(raw.status);
-        Err(Error::Api {
-            request,
-            status,
-            message,
-        })
+        self.send_for_bytes(
+            Request::get(api_path(&["instances", name, "files"])).query("path", path),
+        )
+        .await
+        .map(|b| b.to_vec())
     }
 }
 

@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use ic_compose::Project;
 
+use super::oci::short;
 use super::placement::PendingReplica;
 use super::storage::SHARED_DRIVERS;
 use super::{
@@ -59,11 +60,6 @@ pub fn dependency_levels(project: &Project) -> BTreeMap<String, usize> {
 
 /// The Incus key that records the image an instance was made from.
 const BASE_IMAGE: &str = "volatile.base_image";
-
-/// A fingerprint's first 12 characters, as Incus prints them.
-fn short(fingerprint: &str) -> &str {
-    fingerprint.get(..12).unwrap_or(fingerprint)
-}
 
 fn is_ours(config: &BTreeMap<String, String>, compose: &str) -> bool {
     config.get(LABEL_PROJECT).map(String::as_str) == Some(compose)

@@ -406,6 +406,22 @@ pub fn pull_decision(
     }
 }
 
+/// Whether two registry addresses name the same registry: credentials, a trailing `/` and
+/// letter case set aside.
+pub fn same_registry(a: &str, b: &str) -> bool {
+    let norm = |a: &str| {
+        without_credentials(a)
+            .trim_end_matches('/')
+            .to_ascii_lowercase()
+    };
+    norm(a) == norm(b)
+}
+
+/// A fingerprint's first 12 characters, as Incus prints them.
+pub fn short(fingerprint: &str) -> &str {
+    fingerprint.get(..12).unwrap_or(fingerprint)
+}
+
 /// The `oci` remote to pull `image` through: the first (by name) of `oci_remotes` (name ->
 /// address) whose address is the registry's, else a new one named by [`remote_name`].
 /// Returns (name, address, exists).
@@ -414,13 +430,8 @@ pub fn choose_remote(
     oci_remotes: &BTreeMap<String, String>,
 ) -> (String, String, bool) {
     let url = image.registry_url();
-    let norm = |a: &str| {
-        without_credentials(a)
-            .trim_end_matches('/')
-            .to_ascii_lowercase()
-    };
     for (name, addr) in oci_remotes {
-        if norm(addr) == norm(&url) {
+        if same_registry(addr, &url) {
             return (name.clone(), without_credentials(addr), true);
         }
     }
