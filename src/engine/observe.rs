@@ -63,8 +63,54 @@ pub fn server_labels(info: &ic_incus::ServerInfo) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// How long [`observe`] reads the cluster members again while the member answering lists
+/// itself as offline (see [`stale_view`]).
+const STALE_MEMBERS_WAIT: std::time::Duration = std::time::Duration::from_secs(45);
+
+/// Whether Incus's member list is stale: the member that `answering` names (the one serving
+/// the request) lists itself as offline. A member that answers is not offline; its heartbeat
+/// records have not been refreshed yet. Incus 7.0 here showed every member offline for a while
+/// after another member stopped answering one of them, and Incus 6.0 did after a member left.
+/// Incus refuses to create instances on members it lists as offline, so placing on that view
+/// would fail.
+fn stale_view(members: &[ic_incus::ClusterMember], answering: &str) -> bool {
+    members
+        .iter()
+        .any(|m| m.server_name == answering && m.status.eq_ignore_ascii_case("offline"))
+}
+
+/// The cluster members. With `settle` (for commands that place replicas), a stale list (see
+/// [`stale_view`]) is read again each second for up to [`STALE_MEMBERS_WAIT`], saying so once.
+/// After that, the last list is used as it is.
+async fn current_members(
+    base: &Client,
+    answering: &str,
+    settle: bool,
+) -> anyhow::Result<Vec<ic_incus::ClusterMember>> {
+    let deadline = std::time::Instant::now() + STALE_MEMBERS_WAIT;
+    let mut said = false;
+    loop {
+        let members = base
+            .cluster_members()
+            .await
+            .context("cannot list cluster members")?;
+        if !settle || !stale_view(&members, answering) || std::time::Instant::now() >= deadline {
+            return Ok(members);
+        }
+        if !said {
+            eprintln!(
+                "Incus lists {answering}, the member answering, as offline: its heartbeat records are stale; reading the members again for up to {} s",
+                STALE_MEMBERS_WAIT.as_secs()
+            );
+            said = true;
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
 /// Observe the server and Incus project `incus_project`. `need_images`: also list images and
-/// the storage pool (for `up`).
+/// the storage pool, and wait for a stale member list to be refreshed (for commands that
+/// create instances: `up`, `scale`, `pull`).
 pub async fn observe(
     base: &Client,
     incus_project: &str,
@@ -90,9 +136,8 @@ pub async fn observe(
         for i in &all {
             *count.entry(i.location.as_str()).or_default() += 1;
         }
-        base.cluster_members()
-            .await
-            .context("cannot list cluster members")?
+        current_members(base, &info.environment.server_name, need_images)
+            .await?
             .iter()
             .map(|m| member_of(m, count.get(m.server_name.as_str()).copied().unwrap_or(0)))
             .collect()
@@ -286,6 +331,26 @@ pub fn is_ours(config: &BTreeMap<String, String>, compose: &str) -> bool {
 mod tests {
     use super::*;
     use ic_compose::model::placement::Constraint;
+
+    #[test]
+    fn a_member_list_is_stale_when_the_member_answering_lists_itself_offline() {
+        let member = |name: &str, status: &str| ic_incus::ClusterMember {
+            server_name: name.into(),
+            status: status.into(),
+            ..Default::default()
+        };
+        let all_offline = [member("node1", "Offline"), member("node2", "Offline")];
+        assert!(stale_view(&all_offline, "node1"));
+        assert!(stale_view(&all_offline, "node2"));
+        // Another member offline is news, not staleness.
+        let one_offline = [member("node1", "Online"), member("node2", "Offline")];
+        assert!(!stale_view(&one_offline, "node1"));
+        // Evacuated or blocked members answer and are listed as they are.
+        assert!(!stale_view(&[member("node1", "Evacuated")], "node1"));
+        assert!(!stale_view(&[member("node1", "Blocked")], "node1"));
+        // A member that is not in the list says nothing.
+        assert!(!stale_view(&all_offline, "node3"));
+    }
 
     #[test]
     fn a_standalone_server_is_one_member_with_its_user_config_as_labels() {
