@@ -69,8 +69,9 @@ const STALE_MEMBERS_WAIT: std::time::Duration = std::time::Duration::from_secs(4
 
 /// Whether Incus's member list is stale: the member that `answering` names (the one serving
 /// the request) lists itself as offline. A member that answers is not offline; its heartbeat
-/// records have not been refreshed yet. Incus 7.0 here showed every member offline for a while
-/// after another member stopped answering one of them, and Incus 6.0 did after a member left.
+/// records have not been refreshed yet. Incus 7.0 here listed every member offline for a while
+/// right after a test in which one member refused another's connections (the cause is not
+/// known), and Incus 6.0 did after a member left.
 /// Incus refuses to create instances on members it lists as offline, so placing on that view
 /// would fail.
 fn stale_view(members: &[ic_incus::ClusterMember], answering: &str) -> bool {
@@ -79,7 +80,7 @@ fn stale_view(members: &[ic_incus::ClusterMember], answering: &str) -> bool {
         .any(|m| m.server_name == answering && m.status.eq_ignore_ascii_case("offline"))
 }
 
-/// The cluster members. With `settle` (for commands that place replicas), a stale list (see
+/// The cluster members. With `settle`, a stale list (see
 /// [`stale_view`]) is read again each second for up to [`STALE_MEMBERS_WAIT`], saying so once.
 /// After that, the last list is used as it is.
 async fn current_members(
@@ -109,8 +110,9 @@ async fn current_members(
 }
 
 /// Observe the server and Incus project `incus_project`. `need_images`: also list images and
-/// the storage pool, and wait for a stale member list to be refreshed (for commands that
-/// create instances: `up`, `scale`, `pull`).
+/// the storage pool, and wait for a stale member list to be refreshed (`up` and `scale`, which
+/// place replicas; `pull` asks for images and so waits too, which costs it nothing unless the
+/// list is stale).
 pub async fn observe(
     base: &Client,
     incus_project: &str,
