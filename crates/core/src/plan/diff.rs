@@ -79,36 +79,83 @@ fn slot_key(template: &InstanceTemplate, slot: &str) -> Option<SlotKey> {
     }
 }
 
-/// The actions that take `observed` to `desired`.
+/// The actions that take `observed` to `desired`: one function per kind of object
+/// ([`project_actions`], [`network_actions`], [`replica_actions`], [`check_names`],
+/// [`volume_actions`]), then [`order_stages`].
 pub fn diff(d: &Desired, obs: &Observed, o: &DiffOptions) -> Result<Plan, PlanError> {
-    let compose = d.compose_project.as_str();
     let mut warnings = d.warnings.clone();
-    let not_ours =
-        |kind: &'static str, name: &str, config: &BTreeMap<String, String>| PlanError::NotOurs {
-            kind,
-            name: name.to_string(),
-            project: d.incus_project.clone(),
-            compose: compose.to_string(),
-            owner: owner_hint(config),
-        };
+    let project_stage = project_actions(d, obs);
+    let network_stage = network_actions(d, obs)?;
+    let replicas = replica_actions(d, obs, o, &mut warnings)?;
+    check_names(d, obs, &replicas)?;
+    let volume_stage = volume_actions(d, obs, &replicas.volume_needs)?;
+    let Replicas {
+        removals,
+        mut service_actions,
+        mut unchanged,
+        mut placement,
+        pending,
+        ..
+    } = replicas;
+    let stages = order_stages(
+        d,
+        vec![
+            ("project", project_stage),
+            ("networks", network_stage),
+            ("volumes", volume_stage),
+            ("removals", removals),
+        ],
+        &mut service_actions,
+    );
+    placement.sort();
+    unchanged.sort();
+    Ok(Plan {
+        incus_project: d.incus_project.clone(),
+        stages,
+        unchanged,
+        placement,
+        pending,
+        warnings,
+    })
+}
 
-    // Project.
-    let mut project_stage = Vec::new();
-    if !obs.project_exists {
-        project_stage.push(Action::CreateProject {
-            name: d.incus_project.clone(),
-            config: BTreeMap::from([
-                ("features.images".to_string(), "false".to_string()),
-                ("features.profiles".to_string(), "false".to_string()),
-                ("features.networks".to_string(), "false".to_string()),
-                ("features.storage.volumes".to_string(), "true".to_string()),
-                (LABEL_PROJECT.to_string(), compose.to_string()),
-            ]),
-        });
+fn not_ours(
+    d: &Desired,
+    kind: &'static str,
+    name: &str,
+    config: &BTreeMap<String, String>,
+) -> PlanError {
+    PlanError::NotOurs {
+        kind,
+        name: name.to_string(),
+        project: d.incus_project.clone(),
+        compose: d.compose_project.clone(),
+        owner: owner_hint(config),
     }
+}
 
-    // Networks.
-    let mut network_stage = Vec::new();
+/// The Incus project, when it does not exist yet.
+fn project_actions(d: &Desired, obs: &Observed) -> Vec<Action> {
+    if obs.project_exists {
+        return Vec::new();
+    }
+    vec![Action::CreateProject {
+        name: d.incus_project.clone(),
+        config: BTreeMap::from([
+            ("features.images".to_string(), "false".to_string()),
+            ("features.profiles".to_string(), "false".to_string()),
+            ("features.networks".to_string(), "false".to_string()),
+            ("features.storage.volumes".to_string(), "true".to_string()),
+            (LABEL_PROJECT.to_string(), d.compose_project.clone()),
+        ]),
+    }]
+}
+
+/// Networks: missing ones created (with a free subnet when none is given), unfinished ones
+/// finished, the keys kept up to date updated; external ones must exist.
+fn network_actions(d: &Desired, obs: &Observed) -> Result<Vec<Action>, PlanError> {
+    let compose = d.compose_project.as_str();
+    let mut actions = Vec::new();
     let mut used_subnets: Vec<String> = obs
         .networks
         .iter()
@@ -131,7 +178,7 @@ pub fn diff(d: &Desired, obs: &Observed, o: &DiffOptions) -> Result<Plan, PlanEr
                 if let Some(a) = n.config.get("ipv4.address") {
                     config.insert("ipv4.address".into(), a.clone());
                 }
-                network_stage.push(Action::CreateNetwork {
+                actions.push(Action::CreateNetwork {
                     name: net.name.clone(),
                     config,
                 });
@@ -147,13 +194,13 @@ pub fn diff(d: &Desired, obs: &Observed, o: &DiffOptions) -> Result<Plan, PlanEr
                     }
                 }
                 if !set.is_empty() {
-                    network_stage.push(Action::UpdateNetwork {
+                    actions.push(Action::UpdateNetwork {
                         name: net.name.clone(),
                         set,
                     });
                 }
             }
-            (Some(n), false) => return Err(not_ours("network", &n.name, &n.config)),
+            (Some(n), false) => return Err(not_ours(d, "network", &n.name, &n.config)),
             (None, false) => {
                 let subnet = match net.subnet {
                     Some(s) => s,
@@ -163,25 +210,60 @@ pub fn diff(d: &Desired, obs: &Observed, o: &DiffOptions) -> Result<Plan, PlanEr
                 used_subnets.push(subnet.bridge_address());
                 let mut config = net.config.clone();
                 config.insert("ipv4.address".into(), subnet.bridge_address());
-                network_stage.push(Action::CreateNetwork {
+                actions.push(Action::CreateNetwork {
                     name: net.name.clone(),
                     config,
                 });
             }
         }
     }
+    Ok(actions)
+}
 
-    // Placement.
-    let ours: Vec<&ObservedInstance> = obs
-        .instances
-        .iter()
-        .filter(|i| is_ours(&i.config, compose))
-        .collect();
+/// What [`replica_actions`] decides.
+struct Replicas {
+    /// Removals (scale down, moves, renames, orphans), before any service stage.
+    removals: Vec<Action>,
+    /// Names removed by `removals`.
+    removed: BTreeSet<String>,
+    /// Creates, recreates and starts per service.
+    service_actions: BTreeMap<String, Vec<Action>>,
+    /// (volume, member) pairs that replicas need ("" = the shared pool).
+    volume_needs: BTreeSet<(String, String)>,
+    /// Every desired instance name -> its service.
+    claimed: BTreeMap<String, String>,
+    unchanged: Vec<String>,
+    placement: Vec<(String, String, String)>,
+    pending: Vec<PendingReplica>,
+}
+
+impl Replicas {
+    fn remove(&mut self, i: &ObservedInstance, timeout: i64, reason: String) {
+        if self.removed.insert(i.name.clone()) {
+            self.removals.push(Action::Remove {
+                name: i.name.clone(),
+                service: i.label(LABEL_SERVICE).unwrap_or_default().to_string(),
+                member: i.location.clone(),
+                timeout,
+                reason,
+            });
+        }
+    }
+}
+
+/// The project's observed replicas by (service, slot), and as the scheduler sees them.
+fn observed_replicas<'a>(
+    d: &Desired,
+    ours: &[&'a ObservedInstance],
+) -> (
+    Vec<ExistingReplica>,
+    BTreeMap<(String, SlotKey), &'a ObservedInstance>,
+) {
     let template_of: BTreeMap<&str, &InstanceTemplate> =
         d.services.iter().map(|t| (t.service.as_str(), t)).collect();
     let mut existing = Vec::new();
-    let mut by_slot: BTreeMap<(String, SlotKey), &ObservedInstance> = BTreeMap::new();
-    for i in &ours {
+    let mut by_slot = BTreeMap::new();
+    for i in ours {
         let (Some(service), Some(slot)) = (i.label(LABEL_SERVICE), i.label(LABEL_SLOT)) else {
             continue;
         };
@@ -196,54 +278,42 @@ pub fn diff(d: &Desired, obs: &Observed, o: &DiffOptions) -> Result<Plan, PlanEr
             slot: key.clone(),
             member: i.location.clone(),
         });
-        by_slot.insert((service.to_string(), key), i);
+        by_slot.insert((service.to_string(), key), *i);
     }
+    (existing, by_slot)
+}
+
+/// Replicas: schedule, then per slot create, recreate, start or keep; removals for scale
+/// down, moves and (with `--remove-orphans`) orphans; pending slots with their reasons.
+fn replica_actions(
+    d: &Desired,
+    obs: &Observed,
+    o: &DiffOptions,
+    warnings: &mut Vec<String>,
+) -> Result<Replicas, PlanError> {
+    let compose = d.compose_project.as_str();
+    let ours: Vec<&ObservedInstance> = obs
+        .instances
+        .iter()
+        .filter(|i| is_ours(&i.config, compose))
+        .collect();
+    let (existing, by_slot) = observed_replicas(d, &ours);
     let specs: Vec<_> = d.services.iter().map(|t| t.spec.clone()).collect();
     let sched = schedule::schedule(&obs.members, &specs, &existing)
         .map_err(|e| PlanError::Schedule(e.to_string()))?;
-
-    let mut remove_stage: Vec<Action> = Vec::new();
-    let mut removed: BTreeSet<String> = BTreeSet::new();
-    let mut remove =
-        |i: &ObservedInstance, timeout: i64, reason: String, stage: &mut Vec<Action>| {
-            if removed.insert(i.name.clone()) {
-                stage.push(Action::Remove {
-                    name: i.name.clone(),
-                    service: i.label(LABEL_SERVICE).unwrap_or_default().to_string(),
-                    member: i.location.clone(),
-                    timeout,
-                    reason,
-                });
-            }
-        };
-
-    // Orphans: replicas of services that left the file.
-    for i in &ours {
-        let service = i.label(LABEL_SERVICE).unwrap_or_default();
-        if d.all_services.contains(service) {
-            continue;
-        }
-        if o.remove_orphans {
-            remove(
-                i,
-                10,
-                format!("orphan: service {service:?} is not in the compose file"),
-                &mut remove_stage,
-            );
-        } else {
-            warnings.push(format!(
-                "found orphan instance {} (service {service:?} is not in the compose file); `up --remove-orphans` removes it",
-                i.name
-            ));
-        }
-    }
-
-    let mut service_actions: BTreeMap<String, Vec<Action>> = BTreeMap::new();
-    let mut volume_needs: BTreeSet<(String, String)> = BTreeSet::new();
-    let mut unchanged = Vec::new();
-    let mut placement = Vec::new();
-    let mut pending = Vec::new();
-    let mut claimed: BTreeMap<String, String> = BTreeMap::new();
+    let mut r = Replicas {
+        removals: Vec::new(),
+        removed: BTreeSet::new(),
+        service_actions: BTreeMap::new(),
+        volume_needs: BTreeSet::new(),
+        claimed: BTreeMap::new(),
+        unchanged: Vec::new(),
+        placement: Vec::new(),
+        pending: Vec::new(),
+    };
+    orphans(d, &ours, o, &mut r, warnings);
+    let template_of: BTreeMap<&str, &InstanceTemplate> =
+        d.services.iter().map(|t| (t.service.as_str(), t)).collect();
     for p in &sched.placements {
         let Some(t) = template_of.get(p.service.as_str()) else {
             continue;
@@ -254,9 +324,9 @@ pub fn diff(d: &Desired, obs: &Observed, o: &DiffOptions) -> Result<Plan, PlanEr
                 reason: u.to_string(),
             });
         }
-        for r in &p.removals {
-            if let Some(i) = by_slot.get(&(p.service.clone(), r.key.clone())) {
-                remove(i, t.stop_timeout, r.reason.to_string(), &mut remove_stage);
+        for rm in &p.removals {
+            if let Some(i) = by_slot.get(&(p.service.clone(), rm.key.clone())) {
+                r.remove(i, t.stop_timeout, rm.reason.to_string());
             }
         }
         for slot in p.pending() {
@@ -264,7 +334,7 @@ pub fn diff(d: &Desired, obs: &Observed, o: &DiffOptions) -> Result<Plan, PlanEr
                 continue;
             };
             let slot_text = slot.key.to_string();
-            pending.push(PendingReplica {
+            r.pending.push(PendingReplica {
                 service: p.service.clone(),
                 name: t.instance_name(&slot_text),
                 slot: slot_text,
@@ -282,130 +352,187 @@ pub fn diff(d: &Desired, obs: &Observed, o: &DiffOptions) -> Result<Plan, PlanEr
                 SHARED_DRIVERS.join(", ")
             ));
         }
-        let actions = service_actions.entry(p.service.clone()).or_default();
         for slot in &p.slots {
             let Outcome::Assigned(member) = &slot.outcome else {
                 continue;
             };
-            let slot_text = slot.key.to_string();
-            let name = t.instance_name(&slot_text);
-            if let Some(other) = claimed.insert(name.clone(), p.service.clone()) {
-                return Err(PlanError::NameCollision {
-                    first: format!("a replica of service {other:?}"),
-                    second: format!("a replica of service {:?}", p.service),
-                    incus: name,
-                });
-            }
-            placement.push((member.to_string(), name.clone(), p.service.clone()));
-            for v in &t.volumes {
-                // A shared pool holds one volume for the whole cluster (created without a target).
-                let on = if d.shared_storage { "" } else { member };
-                volume_needs.insert((v.clone(), on.to_string()));
-            }
-            let mut config = t.config.clone();
-            config.insert(LABEL_SLOT.into(), slot_text.clone());
-            let plan = |reason: &str, old_member: Option<String>| InstancePlan {
-                name: name.clone(),
-                service: p.service.clone(),
-                slot: slot_text.clone(),
-                member: member.to_string(),
-                old_member,
-                image: t.image.clone(),
-                image_fingerprint: t.image_fingerprint.clone(),
-                template_image: t.image.to_string(),
-                config: config.clone(),
-                devices: t.devices.clone(),
-                command: t.command.clone(),
-                start: !o.no_start,
-                stop_timeout: t.stop_timeout,
-                reason: reason.to_string(),
-                files: t.files.clone(),
-                anonymous_volumes: t.anonymous_volumes.clone(),
+            let current = by_slot.get(&(p.service.clone(), slot.key.clone())).copied();
+            slot_action(d, t, &slot.key.to_string(), member, current, o, &mut r)?;
+        }
+    }
+    Ok(r)
+}
+
+/// Replicas of services that left the file: removed with `--remove-orphans`, else named in
+/// a warning.
+fn orphans(
+    d: &Desired,
+    ours: &[&ObservedInstance],
+    o: &DiffOptions,
+    r: &mut Replicas,
+    warnings: &mut Vec<String>,
+) {
+    for i in ours {
+        let service = i.label(LABEL_SERVICE).unwrap_or_default();
+        if d.all_services.contains(service) {
+            continue;
+        }
+        if o.remove_orphans {
+            r.remove(
+                i,
+                10,
+                format!("orphan: service {service:?} is not in the compose file"),
+            );
+        } else {
+            warnings.push(format!(
+                "found orphan instance {} (service {service:?} is not in the compose file); `up --remove-orphans` removes it",
+                i.name
+            ));
+        }
+    }
+}
+
+/// One assigned slot: create it, recreate it (spec or image changed, moved, renamed),
+/// start it, or keep it.
+fn slot_action(
+    d: &Desired,
+    t: &InstanceTemplate,
+    slot_text: &str,
+    member: &str,
+    current: Option<&ObservedInstance>,
+    o: &DiffOptions,
+    r: &mut Replicas,
+) -> Result<(), PlanError> {
+    let name = t.instance_name(slot_text);
+    if let Some(other) = r.claimed.insert(name.clone(), t.service.clone()) {
+        return Err(PlanError::NameCollision {
+            first: format!("a replica of service {other:?}"),
+            second: format!("a replica of service {:?}", t.service),
+            incus: name,
+        });
+    }
+    r.placement
+        .push((member.to_string(), name.clone(), t.service.clone()));
+    for v in &t.volumes {
+        // A shared pool holds one volume for the whole cluster (created without a target).
+        let on = if d.shared_storage { "" } else { member };
+        r.volume_needs.insert((v.clone(), on.to_string()));
+    }
+    let mut config = t.config.clone();
+    config.insert(LABEL_SLOT.into(), slot_text.to_string());
+    let plan = |reason: &str, old_member: Option<String>| InstancePlan {
+        name: name.clone(),
+        service: t.service.clone(),
+        slot: slot_text.to_string(),
+        member: member.to_string(),
+        old_member,
+        image: t.image.clone(),
+        image_fingerprint: t.image_fingerprint.clone(),
+        template_image: t.image.to_string(),
+        config: config.clone(),
+        devices: t.devices.clone(),
+        command: t.command.clone(),
+        start: !o.no_start,
+        stop_timeout: t.stop_timeout,
+        reason: reason.to_string(),
+        files: t.files.clone(),
+        anonymous_volumes: t.anonymous_volumes.clone(),
+    };
+    let actions = r.service_actions.entry(t.service.clone()).or_default();
+    match current {
+        None => actions.push(Action::Create(Box::new(plan("new", None)))),
+        Some(i) if i.name != name || i.location != member => {
+            let why = if i.name != name {
+                format!("renamed from {}", i.name)
+            } else {
+                format!("moved from {}", i.location)
             };
-            let current = by_slot.get(&(p.service.clone(), slot.key.clone()));
-            match current {
-                None => actions.push(Action::Create(Box::new(plan("new", None)))),
-                Some(i) if i.name != name || i.location != member.as_ref() => {
-                    let why = if i.name != name {
-                        format!("renamed from {}", i.name)
-                    } else {
-                        format!("moved from {}", i.location)
-                    };
-                    remove(i, t.stop_timeout, why.clone(), &mut remove_stage);
-                    actions.push(Action::Create(Box::new(plan(&why, None))));
-                }
-                Some(i) => {
-                    let changed = i.label(LABEL_HASH) != Some(t.hash.as_str());
-                    // Made from another image than the one its reference names now (a tag
-                    // moved and was pulled, an alias re-pointed): as `docker compose up` does.
-                    let image_moved = match (&t.image_fingerprint, i.label(BASE_IMAGE)) {
-                        (Some(want), Some(have)) if !have.is_empty() && want != have => {
-                            Some(format!(
-                                "image {} changed ({} -> {})",
-                                t.image,
-                                short(have),
-                                short(want)
-                            ))
-                        }
-                        _ => None,
-                    };
-                    if (changed || image_moved.is_some() || o.force_recreate) && !o.no_recreate {
-                        let why = if changed {
-                            "configuration changed".to_string()
-                        } else if let Some(why) = image_moved {
-                            why
-                        } else {
-                            "--force-recreate".to_string()
-                        };
-                        actions.push(Action::Recreate(Box::new(plan(
-                            &why,
-                            Some(i.location.clone()),
-                        ))));
-                    } else if !i.running && !o.no_start {
-                        actions.push(Action::Start {
-                            name: i.name.clone(),
-                            service: p.service.clone(),
-                        });
-                    } else {
-                        unchanged.push(i.name.clone());
-                    }
-                }
-            }
+            actions.push(Action::Create(Box::new(plan(&why, None))));
+            r.remove(i, t.stop_timeout, why);
+        }
+        Some(i) => match recreate_reason(t, i, o) {
+            Some(why) => actions.push(Action::Recreate(Box::new(plan(
+                &why,
+                Some(i.location.clone()),
+            )))),
+            None if !i.running && !o.no_start => actions.push(Action::Start {
+                name: i.name.clone(),
+                service: t.service.clone(),
+            }),
+            None => r.unchanged.push(i.name.clone()),
+        },
+    }
+    Ok(())
+}
+
+/// Why a replica in place must be recreated: its spec changed, its image reference names
+/// another image now (a tag moved and was pulled, an alias re-pointed: as `docker compose up`
+/// does), or `--force-recreate`. `None` with `--no-recreate`.
+fn recreate_reason(t: &InstanceTemplate, i: &ObservedInstance, o: &DiffOptions) -> Option<String> {
+    if o.no_recreate {
+        return None;
+    }
+    if i.label(LABEL_HASH) != Some(t.hash.as_str()) {
+        return Some("configuration changed".to_string());
+    }
+    if let (Some(want), Some(have)) = (&t.image_fingerprint, i.label(BASE_IMAGE))
+        && !have.is_empty()
+        && want != have
+    {
+        return Some(format!(
+            "image {} changed ({} -> {})",
+            t.image,
+            short(have),
+            short(want)
+        ));
+    }
+    o.force_recreate.then(|| "--force-recreate".to_string())
+}
+
+/// Desired names taken by objects that are not ours (or ours, of another service, and
+/// staying) fail the plan before any change.
+fn check_names(d: &Desired, obs: &Observed, r: &Replicas) -> Result<(), PlanError> {
+    let compose = d.compose_project.as_str();
+    for (name, service) in &r.claimed {
+        let Some(i) = obs.instances.iter().find(|i| &i.name == name) else {
+            continue;
+        };
+        if !is_ours(&i.config, compose) {
+            return Err(not_ours(d, "instance", name, &i.config));
+        }
+        let same = i.label(LABEL_SERVICE) == Some(service.as_str());
+        if !same && !r.removed.contains(name) {
+            return Err(PlanError::NameCollision {
+                first: format!(
+                    "existing instance {name} of service {:?}",
+                    i.label(LABEL_SERVICE).unwrap_or("?")
+                ),
+                second: format!("a replica of service {service:?}"),
+                incus: name.clone(),
+            });
         }
     }
+    Ok(())
+}
 
-    // Desired names taken by objects that are not ours (or ours but staying elsewhere).
-    for (name, service) in &claimed {
-        if let Some(i) = obs.instances.iter().find(|i| &i.name == name) {
-            if !is_ours(&i.config, compose) {
-                return Err(not_ours("instance", name, &i.config));
-            }
-            let same = i.label(LABEL_SERVICE) == Some(service.as_str());
-            if !same && !removed.contains(name) {
-                return Err(PlanError::NameCollision {
-                    first: format!(
-                        "existing instance {name} of service {:?}",
-                        i.label(LABEL_SERVICE).unwrap_or("?")
-                    ),
-                    second: format!("a replica of service {service:?}"),
-                    incus: name.clone(),
-                });
-            }
-        }
-    }
-
-    // Volumes, per member that runs a replica using them.
-    let mut volume_stage = Vec::new();
-    for (name, member) in &volume_needs {
+/// Named volumes, per member that runs a replica using them ("" = the shared pool).
+fn volume_actions(
+    d: &Desired,
+    obs: &Observed,
+    needs: &BTreeSet<(String, String)>,
+) -> Result<Vec<Action>, PlanError> {
+    let compose = d.compose_project.as_str();
+    let mut actions = Vec::new();
+    for (name, member) in needs {
         let Some(v) = d.volumes.iter().find(|v| &v.name == name) else {
             continue;
         };
         let same_name: Vec<_> = obs.volumes.iter().filter(|o| &o.name == name).collect();
         if let Some(other) = same_name.iter().find(|o| !is_ours(&o.config, compose)) {
-            return Err(not_ours("volume", &other.name, &other.config));
+            return Err(not_ours(d, "volume", &other.name, &other.config));
         }
         if !same_name.iter().any(|o| &o.location == member) {
-            volume_stage.push(Action::CreateVolume {
+            actions.push(Action::CreateVolume {
                 pool: v.pool.clone(),
                 name: name.clone(),
                 member: member.clone(),
@@ -413,25 +540,23 @@ pub fn diff(d: &Desired, obs: &Observed, o: &DiffOptions) -> Result<Plan, PlanEr
             });
         }
     }
+    Ok(actions)
+}
 
-    let mut stages = vec![
-        Stage {
-            title: "project".into(),
-            actions: project_stage,
-        },
-        Stage {
-            title: "networks".into(),
-            actions: network_stage,
-        },
-        Stage {
-            title: "volumes".into(),
-            actions: volume_stage,
-        },
-        Stage {
-            title: "removals".into(),
-            actions: remove_stage,
-        },
-    ];
+/// The fixed stages first, then one stage per `depends_on` level of services; empty stages
+/// are left out.
+fn order_stages(
+    d: &Desired,
+    fixed: Vec<(&str, Vec<Action>)>,
+    service_actions: &mut BTreeMap<String, Vec<Action>>,
+) -> Vec<Stage> {
+    let mut stages: Vec<Stage> = fixed
+        .into_iter()
+        .map(|(title, actions)| Stage {
+            title: title.into(),
+            actions,
+        })
+        .collect();
     let mut levels: BTreeMap<usize, Vec<&InstanceTemplate>> = BTreeMap::new();
     let mut level_of: BTreeMap<&str, usize> = BTreeMap::new();
     for t in &d.services {
@@ -457,16 +582,7 @@ pub fn diff(d: &Desired, obs: &Observed, o: &DiffOptions) -> Result<Plan, PlanEr
         });
     }
     stages.retain(|s| !s.actions.is_empty());
-    placement.sort();
-    unchanged.sort();
-    Ok(Plan {
-        incus_project: d.incus_project.clone(),
-        stages,
-        unchanged,
-        placement,
-        pending,
-        warnings,
-    })
+    stages
 }
 
 /// The actions of `down`: remove the project's instances (dependents first), then its

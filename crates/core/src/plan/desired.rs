@@ -1,0 +1,456 @@
+//! `desired`: a loaded compose project -> the Incus objects it wants (see the parent module
+//! documentation). One function per kind of object: [`networks`], [`volumes`], and
+//! [`service`] (with its parts: [`names`], [`replicas`], [`config_and_files`], [`devices`]),
+//! so each new rule has one obvious home.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use ic_compose::Project;
+use ic_compose::model::{DeployMode, Service, VolumeType};
+
+use super::storage::StorageChoice;
+use super::{
+    Desired, DesiredNetwork, DesiredVolume, Devices, ImageSource, InstanceTemplate, LABEL_HASH,
+    LABEL_NETWORK, LABEL_PROJECT, LABEL_SERVICE, LABEL_VERSION, LABEL_VOLUME, PlanError,
+    PlanOptions, PushFile, ServerFacts, Subnet, bad_name, dns, image_target, incus_project_name,
+    mapping, naming, oci, resolve_image_in, scheduler_spec, selected_services, spec_hash, storage,
+};
+
+/// What every function here shares: the project, the server, the caller's options, the
+/// selected services and the warnings collected so far.
+struct Ctx<'a> {
+    project: &'a Project,
+    facts: &'a ServerFacts,
+    opts: &'a PlanOptions,
+    incus_project: String,
+    selected: BTreeSet<String>,
+    warnings: Vec<String>,
+}
+
+impl Ctx<'_> {
+    /// Ownership labels of an object of this project, plus `extra`.
+    fn owner(&self, extra: &[(&str, &str)]) -> BTreeMap<String, String> {
+        let mut m = BTreeMap::from([
+            (LABEL_PROJECT.to_string(), self.project.name.clone()),
+            (LABEL_VERSION.to_string(), self.opts.version.clone()),
+        ]);
+        for (k, v) in extra {
+            m.insert(k.to_string(), v.to_string());
+        }
+        m
+    }
+}
+
+/// The desired state of `project` (see the module documentation).
+pub fn desired(
+    project: &Project,
+    facts: &ServerFacts,
+    opts: &PlanOptions,
+) -> Result<Desired, PlanError> {
+    for s in opts.scale.keys() {
+        if !project.services.contains_key(s) {
+            return Err(PlanError::UnknownScaleService(s.clone()));
+        }
+    }
+    let mut cx = Ctx {
+        project,
+        facts,
+        opts,
+        incus_project: incus_project_name(project, opts),
+        selected: selected_services(project, opts)?,
+        warnings: project.warnings.iter().map(|d| d.to_string()).collect(),
+    };
+    let networks = networks(&mut cx)?;
+    let storage = storage::choose(project, facts)?;
+    let volumes = volumes(&mut cx, &storage.volume_pool);
+    let mut services = Vec::new();
+    let mut by_incus_name: BTreeMap<String, String> = BTreeMap::new();
+    for name in project.services_in_dependency_order() {
+        let Some(svc) = project.services.get(name) else {
+            continue;
+        };
+        if !cx.selected.contains(name) {
+            continue;
+        }
+        services.push(service(
+            &mut cx,
+            name,
+            svc,
+            &networks,
+            &volumes,
+            &storage,
+            &mut by_incus_name,
+        )?);
+    }
+    Ok(Desired {
+        compose_project: project.name.clone(),
+        incus_project: cx.incus_project,
+        networks,
+        volumes,
+        services,
+        all_services: project.services.keys().cloned().collect(),
+        shared_storage: storage.shared,
+        warnings: cx.warnings,
+    })
+}
+
+/// The networks the selected services use: external ones as they are, the others as Incus
+/// bridges of this project (subnet from `ipam` or allocated by `diff`; service names in DNS).
+fn networks(cx: &mut Ctx) -> Result<Vec<DesiredNetwork>, PlanError> {
+    let project = cx.project;
+    let used: BTreeSet<&String> = project
+        .services
+        .iter()
+        .filter(|(n, s)| cx.selected.contains(*n) && s.network_mode.as_deref() != Some("none"))
+        .flat_map(|(_, s)| s.networks.keys())
+        .collect();
+    // Service names and aliases as DNS names on each bridge (see dns.rs).
+    let dns_names = dns::service_names(project);
+    let mut out = Vec::new();
+    for (key, net) in &project.networks {
+        if !used.contains(key) {
+            continue;
+        }
+        if net.external {
+            out.push(DesiredNetwork {
+                key: key.clone(),
+                name: net.name.clone(),
+                external: true,
+                subnet: None,
+                config: BTreeMap::new(),
+            });
+            continue;
+        }
+        if let Some(d) = net.driver.as_deref().filter(|d| *d != "bridge") {
+            cx.warnings.push(format!(
+                "network {key:?}: driver {d:?} is not supported; an Incus bridge is used"
+            ));
+        }
+        let subnet = match net
+            .ipam
+            .as_ref()
+            .and_then(|i| i.config.first())
+            .and_then(|pool| pool.subnet.as_ref().map(|s| (s, pool.gateway.as_deref())))
+        {
+            Some((s, gateway)) => {
+                Some(
+                    Subnet::parse(s, gateway).map_err(|message| PlanError::BadSubnet {
+                        network: key.clone(),
+                        message,
+                    })?,
+                )
+            }
+            None => None,
+        };
+        let mut config = cx.owner(&[(LABEL_NETWORK, key)]);
+        config.insert("ipv4.nat".into(), "false".into());
+        config.insert("ipv6.address".into(), "none".into());
+        for (k, v) in &net.labels {
+            config.insert(format!("user.label.{k}"), v.clone());
+        }
+        if let Some(pairs) = dns_names.get(key) {
+            config.insert("raw.dnsmasq".into(), dns::raw_dnsmasq(pairs));
+        }
+        out.push(DesiredNetwork {
+            key: key.clone(),
+            name: naming::network_name(&cx.incus_project, key),
+            external: false,
+            subnet,
+            config,
+        });
+    }
+    Ok(out)
+}
+
+/// The named volumes the selected services mount, as custom volumes of `pool`.
+fn volumes(cx: &mut Ctx, pool: &str) -> Vec<DesiredVolume> {
+    let project = cx.project;
+    let mut out = Vec::new();
+    for (key, vol) in &project.volumes {
+        let used = project.services.iter().any(|(n, s)| {
+            cx.selected.contains(n)
+                && s.volumes
+                    .iter()
+                    .any(|v| v.kind == VolumeType::Volume && v.source.as_deref() == Some(key))
+        });
+        if !used {
+            continue;
+        }
+        if let Some(d) = vol.driver.as_deref().filter(|d| *d != "local") {
+            cx.warnings.push(format!(
+                "volume {key:?}: driver {d:?} is not supported; a custom volume of pool {pool:?} is used"
+            ));
+        }
+        let mut config = cx.owner(&[(LABEL_VOLUME, key)]);
+        for (k, v) in &vol.labels {
+            config.insert(format!("user.label.{k}"), v.clone());
+        }
+        out.push(DesiredVolume {
+            key: key.clone(),
+            name: vol.name.clone(),
+            external: vol.external,
+            pool: pool.to_string(),
+            config,
+        });
+    }
+    out
+}
+
+/// The instance template of one service.
+fn service(
+    cx: &mut Ctx,
+    name: &str,
+    svc: &Service,
+    networks: &[DesiredNetwork],
+    volumes: &[DesiredVolume],
+    storage: &StorageChoice,
+    by_incus_name: &mut BTreeMap<String, String>,
+) -> Result<InstanceTemplate, PlanError> {
+    let (base_name, container_name) = names(name, svc, by_incus_name)?;
+    let Some(image_ref) = &svc.image else {
+        return Err(PlanError::NoImage {
+            service: name.to_string(),
+        });
+    };
+    let registry = oci::project_registry(cx.project, &cx.facts.oci_remotes);
+    let image = resolve_image_in(name, image_ref, cx.facts, registry.as_deref())?;
+    let replicas = replicas(cx, name, svc, container_name.is_some())?;
+    mapping::build_and_pull(svc, &mut cx.warnings)?;
+    let architecture = mapping::platform_arch(svc)?;
+    let (config, mut files, command) = config_and_files(cx, name, svc, &image, image_ref)?;
+    let (mut devices, volumes_used, anonymous_volumes) =
+        self::devices(cx, svc, networks, volumes, storage);
+    if svc.read_only {
+        read_only_root(cx, storage, &anonymous_volumes, &mut devices, &mut files);
+    }
+
+    let mut config = config;
+    let hash = spec_hash(
+        &image,
+        &config,
+        &devices,
+        command.as_deref(),
+        &files,
+        &anonymous_volumes,
+    );
+    config.insert(LABEL_HASH.into(), hash.clone());
+    let mut spec = scheduler_spec(svc, name, replicas);
+    if let Some(arch) = &architecture {
+        let c: ic_compose::model::placement::Constraint = format!("node.platform.arch == {arch}")
+            .parse()
+            .map_err(|e| PlanError::Platform {
+                service: name.to_string(),
+                platform: svc.platform.clone().unwrap_or_default(),
+                problem: format!("{e}"),
+            })?;
+        spec.constraints.push(c);
+    }
+    Ok(InstanceTemplate {
+        service: name.to_string(),
+        base_name,
+        container_name,
+        image_fingerprint: image_target(&image, cx.facts),
+        image,
+        config,
+        devices,
+        command,
+        hash,
+        volumes: volumes_used,
+        spec,
+        depends_on: svc
+            .depends_on
+            .keys()
+            .filter(|d| cx.selected.contains(*d))
+            .cloned()
+            .collect(),
+        stop_timeout: svc
+            .stop_grace_period
+            .map(|d| d.as_std().as_secs() as i64)
+            .unwrap_or(10),
+        files,
+        anonymous_volumes,
+        architecture,
+    })
+}
+
+/// The Incus form of the service name and of its `container_name`; two services (or
+/// container names) that map to one Incus name fail.
+fn names(
+    name: &str,
+    svc: &Service,
+    by_incus_name: &mut BTreeMap<String, String>,
+) -> Result<(String, Option<String>), PlanError> {
+    let mut claim =
+        |incus: String, what: String| match by_incus_name.insert(incus.clone(), what.clone()) {
+            Some(first) => Err(PlanError::NameCollision {
+                first,
+                second: what,
+                incus,
+            }),
+            None => Ok(incus),
+        };
+    let base = naming::incus_name(name).map_err(|p| bad_name("service", name, p))?;
+    let base = claim(base, format!("service {name:?}"))?;
+    let container = match &svc.container_name {
+        Some(c) => {
+            let mapped = naming::incus_name(c).map_err(|p| bad_name("container_name", c, p))?;
+            Some(claim(mapped, format!("container_name {c:?}"))?)
+        }
+        None => None,
+    };
+    Ok((base, container))
+}
+
+/// The replica count (`None`: global), after `--scale`.
+fn replicas(
+    cx: &mut Ctx,
+    name: &str,
+    svc: &Service,
+    has_container_name: bool,
+) -> Result<Option<u64>, PlanError> {
+    let mut replicas = svc.replicas();
+    if let Some(n) = cx.opts.scale.get(name) {
+        match replicas {
+            Some(_) => replicas = Some(u64::from(*n)),
+            None => cx.warnings.push(format!(
+                "--scale {name}={n} ignored: a global service runs one replica per member"
+            )),
+        }
+    }
+    if matches!(
+        svc.deploy.as_ref().map(|d| d.mode),
+        Some(DeployMode::ReplicatedJob | DeployMode::GlobalJob)
+    ) {
+        cx.warnings.push(format!(
+            "service {name:?}: job modes run as ordinary services for now"
+        ));
+    }
+    if has_container_name && replicas != Some(1) && replicas != Some(0) {
+        return Err(PlanError::ContainerNameWithReplicas {
+            service: name.to_string(),
+            replicas: replicas.unwrap_or(0),
+        });
+    }
+    Ok(replicas)
+}
+
+/// Instance config keys (labels, environment, limits, restart, raw.lxc, ...), the files
+/// pushed before the first start and the PID 1 script.
+#[allow(clippy::type_complexity)]
+fn config_and_files(
+    cx: &mut Ctx,
+    name: &str,
+    svc: &Service,
+    image: &ImageSource,
+    image_ref: &str,
+) -> Result<(BTreeMap<String, String>, Vec<PushFile>, Option<String>), PlanError> {
+    let mut config = cx.owner(&[(LABEL_SERVICE, name)]);
+    let warnings = &mut cx.warnings;
+    mapping::environment(svc, &mut config, warnings);
+    mapping::labels(svc, &mut config);
+    mapping::limits(svc, &mut config);
+    mapping::restart(svc, &mut config, warnings);
+    if svc.privileged {
+        config.insert("security.privileged".into(), "true".into());
+    }
+    mapping::sysctls(svc, &mut config);
+    mapping::ulimits(svc, &mut config, warnings);
+    let mut raw: Vec<String> = Vec::new();
+    let mut files: Vec<PushFile> = Vec::new();
+    let command = if let ImageSource::Oci { .. } = image {
+        let known = cx.facts.oci_images.get(&image.to_string());
+        oci::process_config(name, svc, image_ref, known, &mut config)?;
+        None
+    } else {
+        mapping::process(svc, &mut raw, &mut files, warnings)
+    };
+    mapping::cpuset_and_oom(svc, &mut config, &mut raw, warnings);
+    mapping::hostname(svc, &mut raw, warnings);
+    mapping::capabilities(svc, &mut raw, warnings);
+    mapping::security_opt(svc, &mut raw, warnings);
+    mapping::tmpfs(svc, &mut raw, &mut files, warnings);
+    mapping::secrets_and_configs(svc, cx.project, &mut files, warnings)?;
+    mapping::name_resolution(svc, &mut files, warnings);
+    if !raw.is_empty() {
+        config.insert("raw.lxc".into(), raw.join("\n"));
+    }
+    Ok((config, files, command))
+}
+
+/// Devices (NICs, ports, mounts, root disk), the named volumes of this project the service
+/// mounts, and its anonymous volumes.
+fn devices(
+    cx: &mut Ctx,
+    svc: &Service,
+    networks: &[DesiredNetwork],
+    volumes: &[DesiredVolume],
+    storage: &StorageChoice,
+) -> (Devices, Vec<String>, Vec<mapping::AnonymousVolume>) {
+    let warnings = &mut cx.warnings;
+    let mut devices = Devices::new();
+    mapping::devices(svc, &mut devices, warnings);
+    mapping::ports(svc, &mut devices, warnings);
+    let bridge_of = |key: &str| {
+        networks
+            .iter()
+            .find(|n| n.key == key)
+            .map(|n| n.name.clone())
+    };
+    mapping::nics(svc, &bridge_of, &mut devices, warnings);
+    let project = cx.project;
+    let volume_of = |key: &str| project.volumes.get(key).map(|v| v.name.clone());
+    let used = mapping::mounts(
+        svc,
+        &storage.volume_pool,
+        &volume_of,
+        &mut devices,
+        warnings,
+    );
+    let volumes_used: Vec<String> = used
+        .into_iter()
+        .filter(|v| volumes.iter().any(|d| &d.name == v && !d.external))
+        .collect();
+    let anonymous_volumes = mapping::anonymous_volumes(svc, &storage.volume_pool, storage.shared);
+    mapping::unsupported(svc, warnings);
+    if let Some(root) =
+        storage.root_device(!volumes_used.is_empty() || !anonymous_volumes.is_empty())
+    {
+        devices.insert("root".into(), root);
+    }
+    (devices, volumes_used, anonymous_volumes)
+}
+
+/// `read_only: true`: a read-only root disk, and every mount point made beforehand (LXC
+/// cannot make them in a read-only root).
+fn read_only_root(
+    cx: &Ctx,
+    storage: &StorageChoice,
+    anonymous_volumes: &[mapping::AnonymousVolume],
+    devices: &mut Devices,
+    files: &mut Vec<PushFile>,
+) {
+    let root_pool = storage
+        .root_pool
+        .clone()
+        .unwrap_or_else(|| cx.facts.storage_pool.clone());
+    let root = devices.entry("root".into()).or_insert_with(|| {
+        BTreeMap::from([
+            ("type".to_string(), "disk".to_string()),
+            ("path".to_string(), "/".to_string()),
+            ("pool".to_string(), root_pool),
+        ])
+    });
+    root.insert("readonly".into(), "true".into());
+    let targets: Vec<String> = devices
+        .values()
+        .filter(|d| d.get("type").map(String::as_str) == Some("disk"))
+        .filter_map(|d| d.get("path").cloned())
+        .chain(anonymous_volumes.iter().map(|a| a.target.clone()))
+        .filter(|p| p.as_str() != "/")
+        .collect();
+    for path in targets {
+        if !files.iter().any(|f| f.path == path) {
+            files.push(PushFile::dir(&path));
+        }
+    }
+}
