@@ -203,11 +203,41 @@ pub fn run(global: &GlobalArgs, args: &UpArgs) -> anyhow::Result<ExitCode> {
             );
             Ok(wait_for_services(&gate, &plan, args, started).await)
         } else {
+            report_rollouts(&outcome.rollouts);
             outcome.report_failures("up", Some(started.elapsed()));
             Ok(ExitCode::FAILURE)
         }
     })??;
     Ok(report_pending(&pending, code))
+}
+
+/// What a failed rolling update left, and what to do (after an automatic rollback `up`
+/// exits non-zero too, unlike Swarm: the file's change did not take).
+fn report_rollouts(outcomes: &[engine::rollout::Outcome]) {
+    use engine::rollout::Ending;
+    for o in outcomes {
+        let failed = o
+            .failed
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
+        match o.ending {
+            Ending::Completed => {}
+            Ending::Paused => eprintln!(
+                "up: the update of service {} is paused after {failed} failed ({} replica(s) replaced, the others still run the previous version); fix the compose file and run `up` again to go on",
+                o.service, o.replaced
+            ),
+            Ending::RolledBack => eprintln!(
+                "up: the update of service {} failed ({failed}) and was rolled back: every replica runs the previous version again",
+                o.service
+            ),
+            Ending::RollbackPaused => eprintln!(
+                "up: the update of service {} failed ({failed}) and its rollback failed too: it is paused half way; check the replicas (`ps`) and run `up` again",
+                o.service
+            ),
+        }
+    }
 }
 
 /// Print the pending replicas (each with every member's reason); exit status

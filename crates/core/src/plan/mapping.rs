@@ -1292,11 +1292,6 @@ pub fn unsupported(service: &Service, warnings: &mut Vec<String>) {
     if let Some(d) = &s.deploy {
         flag(d.endpoint_mode.is_some(), "deploy.endpoint_mode");
         flag(!d.labels.is_empty(), "deploy.labels");
-        flag(
-            d.update_config.is_some(),
-            "deploy.update_config (updates recreate all replicas at once for now)",
-        );
-        flag(d.rollback_config.is_some(), "deploy.rollback_config");
         if let Some(r) = &d.resources.reservations {
             flag(
                 !r.generic_resources.is_empty(),
