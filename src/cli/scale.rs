@@ -165,6 +165,7 @@ mod tests {
             unchanged: vec![],
             placement: vec![],
             pending: vec![],
+            rollouts: Default::default(),
             warnings: vec![],
         }
     }

@@ -428,7 +428,7 @@ async fn retire(t: &Target, old: &str, plan: &InstancePlan) -> anyhow::Result<St
     if old == plan.name {
         name = format!("{old}-old");
         if let Ok(i) = t.project.instance(&name).await {
-            if i.config.get(LABEL_RETIRED).is_none()
+            if !i.config.contains_key(LABEL_RETIRED)
                 || i.config.get(LABEL_PROJECT) != plan.config.get(LABEL_PROJECT)
             {
                 anyhow::bail!(
