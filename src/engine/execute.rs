@@ -54,6 +54,9 @@ pub struct Target {
     pub members: Vec<String>,
     /// Image remotes: name -> (address, protocol).
     pub remotes: BTreeMap<String, (String, String)>,
+    /// The project lock this run holds, if any: checked before every stage and action, so a
+    /// run that lost it stops acting (see `engine::lock`).
+    pub fence: Option<super::lock::Lease>,
 }
 
 /// What happened.
@@ -110,6 +113,14 @@ pub async fn execute_gated(
     }
     let sem = Arc::new(Semaphore::new(parallel.max(1)));
     for (i, stage) in plan.stages.iter().enumerate() {
+        if let Some(lease) = &target.fence
+            && let Err(e) = lease.fence()
+        {
+            progress.line(&format!("[!] {e:#}"));
+            outcome.failed.push(("lock".into(), format!("{e:#}")));
+            outcome.skipped = plan.stages[i..].iter().map(|s| s.actions.len()).sum();
+            break;
+        }
         if let Some(gate) = gate
             && let Err(failed) = gate.before_stage(stage).await
         {
@@ -128,6 +139,11 @@ pub async fn execute_gated(
             set.spawn(async move {
                 let _permit = sem.acquire_owned().await;
                 let object = action.object();
+                if let Some(lease) = &t.fence
+                    && let Err(e) = lease.fence()
+                {
+                    return (object, Err(e));
+                }
                 let spinner = progress.start(action.to_string());
                 let result = run(&t, &action).await;
                 Progress::done(spinner);

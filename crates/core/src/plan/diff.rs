@@ -141,14 +141,20 @@ fn project_actions(d: &Desired, obs: &Observed) -> Vec<Action> {
     }
     vec![Action::CreateProject {
         name: d.incus_project.clone(),
-        config: BTreeMap::from([
-            ("features.images".to_string(), "false".to_string()),
-            ("features.profiles".to_string(), "false".to_string()),
-            ("features.networks".to_string(), "false".to_string()),
-            ("features.storage.volumes".to_string(), "true".to_string()),
-            (LABEL_PROJECT.to_string(), d.compose_project.clone()),
-        ]),
+        config: incus_project_config(&d.compose_project),
     }]
+}
+
+/// The config of the Incus project incus-compose creates for compose project `compose`
+/// (also used by `up` to create it before taking the project lock).
+pub fn incus_project_config(compose: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("features.images".to_string(), "false".to_string()),
+        ("features.profiles".to_string(), "false".to_string()),
+        ("features.networks".to_string(), "false".to_string()),
+        ("features.storage.volumes".to_string(), "true".to_string()),
+        (LABEL_PROJECT.to_string(), compose.to_string()),
+    ])
 }
 
 /// Networks: missing ones created (with a free subnet when none is given), unfinished ones

@@ -50,7 +50,10 @@ use sha2::{Digest, Sha256};
 use crate::schedule::{HostPort, ServiceSpec};
 
 pub use desired::desired;
-pub use diff::{DiffOptions, DownOptions, Power, dependency_levels, diff, plan_down, plan_power};
+pub use diff::{
+    DiffOptions, DownOptions, Power, dependency_levels, diff, incus_project_config, plan_down,
+    plan_power,
+};
 pub use mapping::{AnonymousVolume, Devices, PushFile};
 pub use network::{Subnet, allocate_subnet};
 
