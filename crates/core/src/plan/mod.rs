@@ -71,6 +71,11 @@ pub const LABEL_VERSION: &str = "user.incus-compose.version";
 pub const LABEL_NETWORK: &str = "user.incus-compose.network";
 /// The compose volume key of a volume.
 pub const LABEL_VOLUME: &str = "user.incus-compose.volume";
+/// Incus project config key prefix (followed by a network name): incus-compose is creating
+/// that cluster network. Written before the first per-member step and removed once the
+/// network is created, it is how a network left `Pending` on some members (which has no
+/// config yet, so no labels) is known to be ours: see [`Observed::claims_network`].
+pub const CREATING_NETWORK_PREFIX: &str = "user.incus-compose.creating-network.";
 
 /// Where the command script lives inside an instance (see [`InstanceTemplate::command`]).
 pub const COMMAND_PATH: &str = "/.incus-compose/cmd";
@@ -587,6 +592,26 @@ pub struct Observed {
     pub networks: Vec<ObservedNetwork>,
     /// Custom volumes of the Incus project.
     pub volumes: Vec<ObservedVolume>,
+}
+
+impl Observed {
+    /// Whether network `n` is compose project `compose`'s: it carries the project's label,
+    /// or its cluster-wide creation was left unfinished (a kill during `up`) after the Incus
+    /// project (itself ours) recorded that incus-compose was creating it
+    /// ([`CREATING_NETWORK_PREFIX`]).
+    pub fn claims_network(&self, n: &ObservedNetwork, compose: &str) -> bool {
+        if n.config.get(LABEL_PROJECT).map(String::as_str) == Some(compose) {
+            return true;
+        }
+        let marked = self
+            .project_config
+            .get(&format!("{CREATING_NETWORK_PREFIX}{}", n.name))
+            .is_some_and(|v| v == compose);
+        n.unfinished()
+            && marked
+            && !n.config.contains_key(LABEL_PROJECT)
+            && self.project_config.get(LABEL_PROJECT).map(String::as_str) == Some(compose)
+    }
 }
 
 /// One change to make.
