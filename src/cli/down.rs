@@ -1,11 +1,10 @@
 //! `incus-compose down`: remove the project's instances and networks (volumes with `-v`).
 //! Objects without the project's labels are never touched.
 
-use std::collections::BTreeMap;
 use std::process::ExitCode;
 
 use clap::Args;
-use ic_core::plan::{DownOptions, dependency_levels, plan_down};
+use ic_core::plan::{DownOptions, plan_down};
 
 use super::GlobalArgs;
 use super::project::{Context, block_on};
@@ -28,23 +27,16 @@ pub struct DownArgs {
 }
 
 pub fn run(global: &GlobalArgs, args: &DownArgs) -> anyhow::Result<ExitCode> {
-    let ctx = Context::new(global)?;
-    let levels = dependency_levels(&ctx.project);
-    let timeouts: BTreeMap<String, i64> = ctx
-        .project
-        .services
-        .iter()
-        .filter_map(|(n, s)| {
-            s.stop_grace_period
-                .map(|d| (n.clone(), d.as_std().as_secs() as i64))
-        })
-        .collect();
+    let ctx = Context::new_or_by_name(global)?;
     let opts = DownOptions {
         volumes: args.volumes,
         remove_orphans: args.remove_orphans,
         timeout: args.timeout,
     };
     block_on(async {
+        // The project lock (engine::lock), held until this block ends.
+        let _lock = ctx.lock().await?;
+        let order = ctx.service_order().await?;
         let obs = observe(&ctx.base, &ctx.incus_project, false).await?;
         if !obs.observed.project_exists {
             println!(
@@ -56,8 +48,8 @@ pub fn run(global: &GlobalArgs, args: &DownArgs) -> anyhow::Result<ExitCode> {
         let plan = plan_down(
             &ctx.project.name,
             &ctx.incus_project,
-            &levels,
-            &timeouts,
+            &order.levels,
+            &order.stop_timeouts,
             &obs.observed,
             &opts,
         );

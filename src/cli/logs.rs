@@ -345,12 +345,8 @@ async fn follow_one(
 }
 
 pub fn run(global: &GlobalArgs, args: &LogsArgs) -> anyhow::Result<ExitCode> {
-    let ctx = Context::new(global)?;
-    for s in &args.services {
-        if !ctx.project.services.contains_key(s) {
-            anyhow::bail!("no service {s:?} in compose project {}", ctx.project.name);
-        }
-    }
+    let ctx = Context::new_or_by_name(global)?;
+    ctx.check_services(&args.services)?;
     block_on(async {
         let client = ctx.base.with_project(&ctx.incus_project);
         let instances = project_instances(&client, &ctx.project.name, &args.services).await?;

@@ -10,6 +10,7 @@ mod down;
 mod exec;
 mod images;
 mod logs;
+mod ls;
 mod node;
 mod power;
 mod project;
@@ -58,6 +59,10 @@ pub struct GlobalArgs {
     /// Incus project to deploy into (default: one named after the compose project)
     #[arg(long, global = true, env = "INCUS_COMPOSE_INCUS_PROJECT")]
     pub incus_project: Option<String>,
+    /// Refuse at once, instead of waiting, when another run holds the project lock (`up`,
+    /// `down`, `scale`)
+    #[arg(long, global = true, env = "INCUS_COMPOSE_NO_WAIT_LOCK")]
+    pub no_wait_lock: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -70,6 +75,8 @@ pub enum Command {
     Down(down::DownArgs),
     /// List the project's instances
     Ps(ps::PsArgs),
+    /// List the compose projects deployed on the server
+    Ls(ls::LsArgs),
     /// Show instance output (the console log of each replica)
     Logs(logs::LogsArgs),
     /// Run a command in a running instance
@@ -119,6 +126,7 @@ pub fn main() -> ExitCode {
         Command::Up(args) => up::run(&cli.global, &args),
         Command::Down(args) => down::run(&cli.global, &args),
         Command::Ps(args) => ps::run(&cli.global, &args),
+        Command::Ls(args) => ls::run(&cli.global, &args),
         Command::Logs(args) => logs::run(&cli.global, &args),
         Command::Start(args) => power::start(&cli.global, &args),
         Command::Stop(args) => power::stop(&cli.global, &args),

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Args;
-use ic_core::plan::{Power, dependency_levels, plan_power};
+use ic_core::plan::{Power, plan_power};
 
 use super::GlobalArgs;
 use super::project::{Context, block_on};
@@ -43,20 +43,16 @@ fn run(
     timeout: i64,
     services: &[String],
 ) -> anyhow::Result<ExitCode> {
-    let ctx = Context::new(global)?;
-    for s in services {
-        if !ctx.project.services.contains_key(s) {
-            anyhow::bail!("no service {s:?} in the compose file");
-        }
-    }
-    let levels = dependency_levels(&ctx.project);
+    let ctx = Context::new_or_by_name(global)?;
+    ctx.check_services(services)?;
     block_on(async {
+        let order = ctx.service_order().await?;
         let obs = observe(&ctx.base, &ctx.incus_project, false).await?;
         let plan = plan_power(
             power,
             &ctx.project.name,
             &ctx.incus_project,
-            &levels,
+            &order.levels,
             timeout,
             &obs.observed,
             services,

@@ -1,15 +1,18 @@
 //! What the lifecycle commands share: load the compose project (the same loader options as
-//! `config`), name its Incus project, connect, observe, run async code.
+//! `config`), or find it by name in Incus (`-p NAME` without a compose file), name its Incus
+//! project, connect, take the project lock, observe, run async code.
 
 use std::future::Future;
+use std::sync::Mutex;
 
 use anyhow::{Context as _, anyhow};
 use ic_compose::Project;
-use ic_core::plan::{PlanOptions, incus_project_name};
+use ic_core::plan::{LABEL_PROJECT, PlanOptions, incus_project_name};
 use ic_incus::Client;
 
 use super::GlobalArgs;
-use crate::engine::{self, Observation, Target};
+use crate::engine::deployed::{LABEL_CONFIG_FILES, ServiceOrder};
+use crate::engine::{self, Lease, LockGuard, LockOptions, Observation, Target};
 
 /// Load the compose project the global flags describe; errors are printed like `config`
 /// prints them, warnings too.
@@ -30,23 +33,62 @@ pub fn load_project(global: &GlobalArgs) -> anyhow::Result<Project> {
     }
 }
 
-/// Run a future on a fresh multi-threaded runtime.
+/// Run a future on a fresh multi-threaded runtime; project locks dropped on the way out (an
+/// error path) are released before it returns.
 pub fn block_on<F: Future>(f: F) -> anyhow::Result<F::Output> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    Ok(rt.block_on(f))
+    let out = rt.block_on(f);
+    rt.block_on(engine::lock::finish_releases());
+    Ok(out)
 }
 
-/// The loaded project, its Incus project name and a client.
+/// The compose project name when a command runs by name only: `-p NAME` (or
+/// `COMPOSE_PROJECT_NAME`), no `-f`, no `COMPOSE_FILE`, and no compose file in the project
+/// directory or its parents (as `docker compose -p NAME down` from anywhere).
+fn by_name_only(global: &GlobalArgs) -> anyhow::Result<Option<String>> {
+    let from_env = std::env::var("COMPOSE_FILE").is_ok_and(|v| !v.is_empty());
+    let Some(name) = global.project_name.as_deref() else {
+        return Ok(None);
+    };
+    if !global.files.is_empty() || from_env {
+        return Ok(None);
+    }
+    let dir = match &global.project_directory {
+        Some(d) => d.clone(),
+        None => std::env::current_dir().context("cannot read the current directory")?,
+    };
+    if ic_compose::loader::discover(&dir, &ic_compose::RealFs).is_some() {
+        return Ok(None);
+    }
+    let normal = ic_compose::normalize_project_name(name);
+    if normal.is_empty() {
+        anyhow::bail!(
+            "project name {name:?} has no letter or digit: use lowercase letters, digits, - and _"
+        );
+    }
+    Ok(Some(normal))
+}
+
+/// The loaded project (or the one found by name), its Incus project name and a client.
 pub struct Context {
+    /// The compose project. Run by name ([`Context::by_name`]): its name and its deployed
+    /// services (with nothing else known of them).
     pub project: Project,
     pub incus_project: String,
     pub base: Client,
+    /// No compose file: the project is what Incus holds (`-p NAME`).
+    pub by_name: bool,
+    /// `--no-wait-lock`.
+    no_wait_lock: bool,
+    /// The project lock this run holds (see [`Context::lock`]); actions check it.
+    lease: Mutex<Option<Lease>>,
 }
 
 impl Context {
+    /// The project of the compose file (an error without one).
     pub fn new(global: &GlobalArgs) -> anyhow::Result<Context> {
         let project = load_project(global)?;
         let opts = PlanOptions {
@@ -59,7 +101,157 @@ impl Context {
             project,
             incus_project,
             base,
+            by_name: false,
+            no_wait_lock: global.no_wait_lock,
+            lease: Mutex::new(None),
         })
+    }
+
+    /// The project of the compose file, or, when there is none and `-p NAME` names the project,
+    /// the project as deployed in Incus (Incus project NAME unless `--incus-project`): for
+    /// `ps`, `logs`, `down`, `stop`, `start`, `restart` (and `rollback`, `history`).
+    pub fn new_or_by_name(global: &GlobalArgs) -> anyhow::Result<Context> {
+        let Some(name) = by_name_only(global)? else {
+            return Context::new(global);
+        };
+        let incus_project = global.incus_project.clone().unwrap_or_else(|| name.clone());
+        let base = engine::connect(global.remote.as_deref())?;
+        let services = block_on(engine::deployed::deployed_services(
+            &base,
+            &incus_project,
+            &name,
+        ))??;
+        let project = Project {
+            name,
+            services: services
+                .into_iter()
+                .map(|s| (s, ic_compose::model::Service::default()))
+                .collect(),
+            ..Default::default()
+        };
+        Ok(Context {
+            project,
+            incus_project,
+            base,
+            by_name: true,
+            no_wait_lock: global.no_wait_lock,
+            lease: Mutex::new(None),
+        })
+    }
+
+    /// An error unless every name in `services` is a service of the project.
+    pub fn check_services(&self, services: &[String]) -> anyhow::Result<()> {
+        for s in services {
+            if !self.project.services.contains_key(s) {
+                if self.by_name {
+                    anyhow::bail!(
+                        "no service {s:?} deployed in compose project {} (Incus project {})",
+                        self.project.name,
+                        self.incus_project
+                    );
+                }
+                anyhow::bail!("no service {s:?} in compose project {}", self.project.name);
+            }
+        }
+        Ok(())
+    }
+
+    /// `depends_on` levels and stop timeouts: from the compose file, or, by name, what
+    /// Incus holds (`engine::deployed::service_order`).
+    pub async fn service_order(&self) -> anyhow::Result<ServiceOrder> {
+        if self.by_name {
+            engine::deployed::service_order(&self.base, &self.incus_project, &self.project.name)
+                .await
+        } else {
+            Ok(ServiceOrder::from_project(&self.project))
+        }
+    }
+
+    /// Takes the project lock for a command that changes the project (`up`, `down`,
+    /// `scale`, `rollback`, `watch`): waits for another holder (saying so once) unless
+    /// `--no-wait-lock`. `None`, with nothing locked, when the Incus project does not exist
+    /// or incus-compose did not create it for this compose project (said on stderr: a project
+    /// incus-compose did not create is never written to). While held, [`Context::target`]
+    /// gives the executor its [`Lease`], so actions stop if the lock is lost. The lock is
+    /// released when the guard is released or dropped (at the latest when [`block_on`]
+    /// returns), on Ctrl-C, or at its expiry if the process dies.
+    pub async fn lock(&self) -> anyhow::Result<Option<LockGuard>> {
+        let project = match self.base.get_project(&self.incus_project).await {
+            Ok(p) => p,
+            Err(e) if e.is_not_found() => return Ok(None),
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("cannot read Incus project {}", self.incus_project));
+            }
+        };
+        if !engine::is_ours(&project.config, &self.project.name) {
+            eprintln!(
+                "note: Incus project {} was not created by incus-compose for compose project {}: no project lock is taken, so concurrent runs are not serialised",
+                self.incus_project, self.project.name
+            );
+            return Ok(None);
+        }
+        let opts = LockOptions::from_env(!self.no_wait_lock)?;
+        let guard = engine::lock::acquire(&self.base, &self.incus_project, &opts).await?;
+        *self.lease.lock().unwrap_or_else(|e| e.into_inner()) = Some(guard.lease());
+        Ok(Some(guard))
+    }
+
+    /// [`Context::lock`] for `up`: the Incus project is created first when missing (with the
+    /// config the plan's `CreateProject` gives it), so that a first `up` is serialised too;
+    /// once locked, the compose files are recorded in the project (for `ls`).
+    pub async fn lock_for_up(&self) -> anyhow::Result<Option<LockGuard>> {
+        self.ensure_incus_project().await?;
+        let guard = self.lock().await?;
+        if guard.is_some() && !self.project.files.is_empty() {
+            let files = self.project.files.join("\n");
+            let recorded =
+                engine::lock::edit_project_config(&self.base, &self.incus_project, |config| {
+                    if config.get(LABEL_CONFIG_FILES) == Some(&files) {
+                        return false;
+                    }
+                    config.insert(LABEL_CONFIG_FILES.to_string(), files.clone());
+                    true
+                })
+                .await;
+            if let Err(e) = recorded {
+                eprintln!(
+                    "warning: cannot record the compose files in Incus project {}: {e}",
+                    self.incus_project
+                );
+            }
+        }
+        Ok(guard)
+    }
+
+    /// Creates the Incus project when it does not exist (another run creating it at the same
+    /// time is fine when the result is ours).
+    async fn ensure_incus_project(&self) -> anyhow::Result<()> {
+        match self.base.get_project(&self.incus_project).await {
+            Ok(_) => return Ok(()),
+            Err(e) if e.is_not_found() => {}
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("cannot read Incus project {}", self.incus_project));
+            }
+        }
+        let req = ic_incus::ProjectsPost {
+            name: self.incus_project.clone(),
+            description: "incus-compose project".into(),
+            config: ic_core::plan::incus_project_config(&self.project.name),
+        };
+        match self.base.create_project(&req).await {
+            Ok(()) => {
+                println!("[+] Incus project {} created", self.incus_project);
+                Ok(())
+            }
+            Err(e) => match self.base.get_project(&self.incus_project).await {
+                Ok(p) if p.config.get(LABEL_PROJECT) == Some(&self.project.name) => Ok(()),
+                _ => {
+                    Err(e).with_context(|| format!("creating Incus project {}", self.incus_project))
+                }
+            },
+        }
     }
 
     /// Where actions go, given an observation.
@@ -76,6 +268,7 @@ impl Context {
                 .map(|m| m.name.clone())
                 .collect(),
             remotes: obs.remotes.clone(),
+            fence: self.lease.lock().unwrap_or_else(|e| e.into_inner()).clone(),
         }
     }
 

@@ -52,7 +52,7 @@ struct Row {
 }
 
 pub fn run(global: &GlobalArgs, args: &PsArgs) -> anyhow::Result<ExitCode> {
-    let ctx = Context::new(global)?;
+    let ctx = Context::new_or_by_name(global)?;
     block_on(async {
         let obs = observe(&ctx.base, &ctx.incus_project, false).await?;
         let mut rows = Vec::new();
@@ -100,7 +100,10 @@ pub fn run(global: &GlobalArgs, args: &PsArgs) -> anyhow::Result<ExitCode> {
                 });
             }
             add_health(&ctx, &mut rows).await?;
-            add_pending(&ctx, &obs.observed, args, &mut rows)?;
+            // By name (no compose file), the declared replicas are not known: no pending rows.
+            if !ctx.by_name {
+                add_pending(&ctx, &obs.observed, args, &mut rows)?;
+            }
         }
         rows.sort_by(|a, b| {
             (

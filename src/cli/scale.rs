@@ -118,6 +118,11 @@ pub fn run(global: &GlobalArgs, args: &ScaleArgs) -> anyhow::Result<ExitCode> {
         ..Default::default()
     };
     block_on(async {
+        let _lock = if args.dry_run {
+            None
+        } else {
+            ctx.lock().await?
+        };
         let obs = observe(&ctx.base, &ctx.incus_project, true).await?;
         let plan = match plan_up(&ctx.project, &obs.facts, &obs.observed, &opts, &diff) {
             Ok(p) => restrict(p, &scaled, args.no_deps),

@@ -136,6 +136,12 @@ pub fn run(global: &GlobalArgs, args: &UpArgs) -> anyhow::Result<ExitCode> {
     };
     let mut pending: Vec<PendingReplica> = Vec::new();
     let code = block_on(async {
+        // The project lock (engine::lock), held until this block ends; not for --dry-run.
+        let _lock = if args.dry_run {
+            None
+        } else {
+            ctx.lock_for_up().await?
+        };
         let mut obs = observe(&ctx.base, &ctx.incus_project, true).await?;
         let mut pulled = BTreeMap::new();
         let keep = engine::project_image_keys(&ctx.project, &obs.facts);

@@ -10,8 +10,8 @@ use super::progress::Progress;
 use anyhow::{Context, anyhow};
 use ic_core::plan::mapping::anonymous_volume_name;
 use ic_core::plan::{
-    Action, AnonymousVolume, COMMAND_PATH, ImageSource, InstancePlan, LABEL_PROJECT, LABEL_SERVICE,
-    LABEL_SLOT, LABEL_VERSION, Plan, PushFile,
+    Action, AnonymousVolume, COMMAND_PATH, CREATING_NETWORK_PREFIX, ImageSource, InstancePlan,
+    LABEL_PROJECT, LABEL_SERVICE, LABEL_SLOT, LABEL_VERSION, Plan, PushFile,
 };
 use ic_incus::{
     Client, FileOptions, InstanceSource, InstancesPost, NetworkPut, NetworksPost, ProjectsPost,
@@ -54,6 +54,9 @@ pub struct Target {
     pub members: Vec<String>,
     /// Image remotes: name -> (address, protocol).
     pub remotes: BTreeMap<String, (String, String)>,
+    /// The project lock this run holds, if any: checked before every stage and action, so a
+    /// run that lost it stops acting (see `engine::lock`).
+    pub fence: Option<super::lock::Lease>,
 }
 
 /// What happened.
@@ -112,6 +115,14 @@ pub async fn execute_gated(
     }
     let sem = Arc::new(Semaphore::new(parallel.max(1)));
     for (i, stage) in plan.stages.iter().enumerate() {
+        if let Some(lease) = &target.fence
+            && let Err(e) = lease.fence()
+        {
+            progress.line(&format!("[!] {e:#}"));
+            outcome.failed.push(("lock".into(), format!("{e:#}")));
+            outcome.skipped = plan.stages[i..].iter().map(|s| s.actions.len()).sum();
+            break;
+        }
         if let Some(gate) = gate
             && let Err(failed) = gate.before_stage(stage).await
         {
@@ -141,6 +152,11 @@ pub async fn execute_gated(
             set.spawn(async move {
                 let _permit = sem.acquire_owned().await;
                 let object = action.object();
+                if let Some(lease) = &t.fence
+                    && let Err(e) = lease.fence()
+                {
+                    return (object, Err(e));
+                }
                 let spinner = progress.start(action.to_string());
                 let result = run(&t, &action).await;
                 Progress::done(spinner);
@@ -214,6 +230,12 @@ async fn run(t: &Target, action: &Action) -> anyhow::Result<String> {
             } else {
                 Vec::new()
             };
+            // A cluster network is made in several requests; until its global step it has no
+            // config, so no labels: the Incus project records that we are making it, so that
+            // the next `up` finishes (or `down` removes) what a killed run left pending.
+            if t.clustered {
+                mark_creating_network(t, name, true).await?;
+            }
             // Incus 6.0 fails a bridge creation now and then while another bridge is being
             // removed ("Failed to delete bridge children interfaces"): try again, finishing
             // what the failed attempt left.
@@ -231,6 +253,9 @@ async fn run(t: &Target, action: &Action) -> anyhow::Result<String> {
                     }
                     Err(e) => return Err(e).with_context(|| format!("creating network {name}")),
                 }
+            }
+            if t.clustered {
+                mark_creating_network(t, name, false).await?;
             }
             Ok(format!(
                 "[+] network {name} created ({})",
@@ -355,6 +380,33 @@ async fn run(t: &Target, action: &Action) -> anyhow::Result<String> {
             Ok(format!("[-] Incus project {name} removed"))
         }
     }
+}
+
+/// Sets (`creating`) or removes the Incus project's record that incus-compose is creating
+/// network `name` (`ic_core::plan::CREATING_NETWORK_PREFIX`, value: the compose project).
+async fn mark_creating_network(t: &Target, name: &str, creating: bool) -> anyhow::Result<()> {
+    let Some(project) = t.project.project() else {
+        return Ok(());
+    };
+    let key = format!("{CREATING_NETWORK_PREFIX}{name}");
+    super::lock::edit_project_config(&t.base, project, |config| {
+        let Some(compose) = config.get(LABEL_PROJECT).cloned() else {
+            // Not a project incus-compose created: nothing is written to it.
+            return false;
+        };
+        if creating {
+            if config.get(&key) == Some(&compose) {
+                return false;
+            }
+            config.insert(key.clone(), compose);
+            true
+        } else {
+            config.remove(&key).is_some()
+        }
+    })
+    .await
+    .with_context(|| format!("recording network {name} in Incus project {project}"))?;
+    Ok(())
 }
 
 fn source(

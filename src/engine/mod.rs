@@ -2,14 +2,17 @@
 //! [`execute`] a plan's actions with bounded parallelism. Nothing here decides anything:
 //! decisions are made in `ic_core::plan` and `ic_core::schedule`.
 
+pub mod deployed;
 mod execute;
 pub mod health;
+pub mod lock;
 mod observe;
 mod oci;
 mod progress;
 pub mod rollout;
 
 pub use execute::{Target, execute, execute_gated};
+pub use lock::{Lease, LockGuard, LockOptions};
 pub use observe::{Observation, is_ours, observe};
 pub use oci::{prepare_images, project_image_keys, pull_image, read_image_processes, record_pulls};
 

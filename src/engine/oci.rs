@@ -168,23 +168,28 @@ pub async fn record_pulls(
     if pulled.is_empty() {
         return None;
     }
-    let project = match base.get_project(incus_project).await {
-        Ok(p) => p,
-        Err(e) if e.is_not_found() => return None,
-        Err(e) => return Some(format!("cannot read Incus project {incus_project}: {e}")),
-    };
-    if !crate::engine::is_ours(&project.config, compose) {
-        return None;
+    // Guarded by the project's ETag (engine::lock::edit_project_config): the project lock's
+    // key, renewed meanwhile, is kept as it is.
+    let written = super::lock::edit_project_config(base, incus_project, |config| {
+        if !crate::engine::is_ours(config, compose) {
+            return false;
+        }
+        match oci::with_pull_records(config, pulled, keep) {
+            Some(c) => {
+                *config = c;
+                true
+            }
+            None => false,
+        }
+    })
+    .await;
+    match written {
+        Ok(_) => None,
+        Err(e) if e.is_not_found() => None,
+        Err(e) => Some(format!(
+            "cannot record pulled images in Incus project {incus_project}: {e}"
+        )),
     }
-    let config = oci::with_pull_records(&project.config, pulled, keep)?;
-    let put = ic_incus::ProjectPut {
-        description: project.description,
-        config,
-    };
-    base.update_project(incus_project, &put)
-        .await
-        .err()
-        .map(|e| format!("cannot record pulled images in Incus project {incus_project}: {e}"))
 }
 
 /// The copy of each OCI image the server has, by image key (`oci::image_key`): what the

@@ -1,5 +1,6 @@
 //! The pure core: scheduling, desired state and diff. No I/O, no clock.
 pub mod health;
+pub mod lease;
 pub mod plan;
 pub mod revision;
 pub mod rollout;

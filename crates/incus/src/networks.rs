@@ -59,6 +59,31 @@ pub struct NetworkPut {
     pub config: BTreeMap<String, String>,
 }
 
+/// Network config keys Incus keeps per member (`NodeSpecificNetworkConfig` and
+/// `tunnel.NAME.interface|local` in Incus's `db/networks.go`).
+pub fn is_member_specific_key(key: &str) -> bool {
+    const KEYS: [&str; 4] = [
+        "bgp.ipv4.nexthop",
+        "bgp.ipv6.nexthop",
+        "bridge.external_interfaces",
+        "parent",
+    ];
+    if KEYS.contains(&key) {
+        return true;
+    }
+    key.strip_prefix("tunnel.")
+        .and_then(|rest| rest.split_once('.'))
+        .is_some_and(|(name, field)| {
+            !name.is_empty() && !name.contains('.') && matches!(field, "interface" | "local")
+        })
+}
+
+/// Whether a cluster network's global step already ran (Incus's `networkPartiallyCreated`):
+/// it is `Errored`, or it has a config key that is not member specific.
+pub fn partially_created(n: &Network) -> bool {
+    n.status == "Errored" || n.config.keys().any(|k| !is_member_specific_key(k))
+}
+
 impl Client {
     /// `GET /1.0/networks?recursion=1`.
     pub async fn networks(&self) -> Result<Vec<Network>> {
@@ -89,14 +114,21 @@ impl Client {
         if members.is_empty() {
             return self.create_network(req, None).await;
         }
-        // A creation that failed half way (status `Pending` on some members, or `Errored` after
-        // the global step) is finished rather than started again: members it is already
-        // defined on are skipped, then the global step runs (Incus retries it for an errored
-        // network).
-        let done: Vec<String> = match self.network(&req.name, None).await {
-            Ok(n) if n.status == "Errored" => members.to_vec(),
-            Ok(n) if n.status == "Pending" => n.locations,
-            Ok(_) | Err(_) => Vec::new(),
+        // A creation that failed (or was killed) half way is finished rather than started
+        // again: members it is already defined on are skipped (a member that answers 409
+        // "already defined" too), then the global step runs. Once that step has written the
+        // global config (the network is `Errored`, or `Pending` with global keys), Incus
+        // refuses any config in a new global request ("Network already partially created")
+        // and retries the creation on every member with the config it has.
+        let existing = match self.network(&req.name, None).await {
+            Ok(n) => Some(n),
+            Err(e) if e.is_not_found() => None,
+            Err(e) => return Err(e),
+        };
+        let done: Vec<String> = match &existing {
+            Some(n) if n.status == "Errored" => members.to_vec(),
+            Some(n) if n.status == "Pending" => n.locations.clone(),
+            _ => Vec::new(),
         };
         for m in members.iter().filter(|m| !done.contains(m)) {
             let pending = NetworksPost {
@@ -105,9 +137,21 @@ impl Client {
                 description: String::new(),
                 config: member_config.clone(),
             };
-            self.create_network(&pending, Some(m)).await?;
+            match self.create_network(&pending, Some(m)).await {
+                Err(e) if e.status() == Some(409) => {}
+                other => other?,
+            }
         }
-        self.create_network(req, None).await
+        match existing {
+            Some(n) if partially_created(&n) => {
+                let retry = NetworksPost {
+                    config: BTreeMap::new(),
+                    ..req.clone()
+                };
+                self.create_network(&retry, None).await
+            }
+            _ => self.create_network(req, None).await,
+        }
     }
 
     /// `PUT /1.0/networks/{name}[?target=member]`.
@@ -129,5 +173,33 @@ impl Client {
     pub async fn delete_network(&self, name: &str) -> Result<()> {
         self.send_unit(Request::delete(api_path(&["networks", name])))
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(status: &str, keys: &[&str]) -> Network {
+        Network {
+            status: status.into(),
+            config: keys.iter().map(|k| (k.to_string(), "x".into())).collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_network_is_partially_created_once_its_global_step_wrote_config_or_failed() {
+        // Killed during the per-member steps: only member-specific keys, if any.
+        assert!(!partially_created(&net("Pending", &[])));
+        assert!(!partially_created(&net(
+            "Pending",
+            &["parent", "tunnel.t1.interface"]
+        )));
+        // The global step ran: it writes the global keys and marks it errored until done.
+        assert!(partially_created(&net("Errored", &[])));
+        assert!(partially_created(&net("Pending", &["ipv4.address"])));
+        assert!(partially_created(&net("Pending", &["tunnel.t1.id"])));
+        assert!(!is_member_specific_key("tunnel..local"));
     }
 }

@@ -60,6 +60,12 @@ impl Client {
             .await
     }
 
+    /// `GET /1.0/projects/{name}` with its ETag (for [`Client::update_project_if_match`]).
+    pub async fn get_project_with_etag(&self, name: &str) -> Result<(Project, Option<String>)> {
+        self.send_with_etag(Request::get(api_path(&["projects", name])).global())
+            .await
+    }
+
     /// `POST /1.0/projects`.
     pub async fn create_project(&self, req: &ProjectsPost) -> Result<()> {
         self.send_unit(Request::post("/1.0/projects").global().json(req)?)
@@ -71,6 +77,24 @@ impl Client {
         self.send_unit(
             Request::put(api_path(&["projects", name]))
                 .global()
+                .json(put)?,
+        )
+        .await
+    }
+
+    /// `PUT /1.0/projects/{name}` only if it still matches `etag` (else HTTP 412). Incus
+    /// compares the ETag before its write transaction: two writers that read the same ETag
+    /// can both pass, and the last write wins; read the project back to know which did.
+    pub async fn update_project_if_match(
+        &self,
+        name: &str,
+        put: &ProjectPut,
+        etag: Option<String>,
+    ) -> Result<()> {
+        self.send_unit(
+            Request::put(api_path(&["projects", name]))
+                .global()
+                .if_match(etag)
                 .json(put)?,
         )
         .await

@@ -154,14 +154,20 @@ fn project_actions(d: &Desired, obs: &Observed) -> Vec<Action> {
     }
     vec![Action::CreateProject {
         name: d.incus_project.clone(),
-        config: BTreeMap::from([
-            ("features.images".to_string(), "false".to_string()),
-            ("features.profiles".to_string(), "false".to_string()),
-            ("features.networks".to_string(), "false".to_string()),
-            ("features.storage.volumes".to_string(), "true".to_string()),
-            (LABEL_PROJECT.to_string(), d.compose_project.clone()),
-        ]),
+        config: incus_project_config(&d.compose_project),
     }]
+}
+
+/// The config of the Incus project incus-compose creates for compose project `compose`
+/// (also used by `up` to create it before taking the project lock).
+pub fn incus_project_config(compose: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("features.images".to_string(), "false".to_string()),
+        ("features.profiles".to_string(), "false".to_string()),
+        ("features.networks".to_string(), "false".to_string()),
+        ("features.storage.volumes".to_string(), "true".to_string()),
+        (LABEL_PROJECT.to_string(), compose.to_string()),
+    ])
 }
 
 /// Networks: missing ones created (with a free subnet when none is given), unfinished ones
@@ -184,13 +190,20 @@ fn network_actions(d: &Desired, obs: &Observed) -> Result<Vec<Action>, PlanError
                     name: net.name.clone(),
                 });
             }
-            (Some(n), false) if is_ours(&n.config, compose) && n.unfinished() => {
-                // An earlier `up` failed half way through a cluster-wide creation: finish it
-                // with the configuration (and subnet) it was started with.
+            (Some(n), false) if obs.claims_network(n, compose) && n.unfinished() => {
+                // An earlier `up` failed (or was killed) half way through a cluster-wide
+                // creation: finish it with the configuration (and subnet) it was started
+                // with; one left pending before its global step has none yet.
                 let mut config = net.config.clone();
-                if let Some(a) = n.config.get("ipv4.address") {
-                    config.insert("ipv4.address".into(), a.clone());
-                }
+                let subnet = match (n.config.get("ipv4.address"), net.subnet) {
+                    (Some(a), _) => a.clone(),
+                    (None, Some(s)) => s.bridge_address(),
+                    (None, None) => allocate_subnet(&net.name, &used_subnets)
+                        .ok_or_else(|| PlanError::NoFreeSubnet(net.key.clone()))?
+                        .bridge_address(),
+                };
+                used_subnets.push(subnet.clone());
+                config.insert("ipv4.address".into(), subnet);
                 actions.push(Action::CreateNetwork {
                     name: net.name.clone(),
                     config,
@@ -737,7 +750,7 @@ pub fn plan_down(
     let networks: Vec<Action> = obs
         .networks
         .iter()
-        .filter(|n| is_ours(&n.config, compose))
+        .filter(|n| obs.claims_network(n, compose))
         .map(|n| Action::RemoveNetwork {
             name: n.name.clone(),
         })

@@ -50,7 +50,10 @@ use sha2::{Digest, Sha256};
 use crate::schedule::{HostPort, ServiceSpec};
 
 pub use desired::desired;
-pub use diff::{DiffOptions, DownOptions, Power, dependency_levels, diff, plan_down, plan_power};
+pub use diff::{
+    DiffOptions, DownOptions, Power, dependency_levels, diff, incus_project_config, plan_down,
+    plan_power,
+};
 pub use mapping::{AnonymousVolume, Devices, PushFile};
 pub use network::{Subnet, allocate_subnet};
 
@@ -96,6 +99,12 @@ pub struct RolloutSpec {
     /// The service's healthcheck, when it has one.
     pub check: Option<crate::health::Check>,
 }
+
+/// Incus project config key prefix (followed by a network name): incus-compose is creating
+/// that cluster network. Written before the first per-member step and removed once the
+/// network is created, it is how a network left `Pending` on some members (which has no
+/// config yet, so no labels) is known to be ours: see [`Observed::claims_network`].
+pub const CREATING_NETWORK_PREFIX: &str = "user.incus-compose.creating-network.";
 
 /// Where the command script lives inside an instance (see [`InstanceTemplate::command`]).
 pub const COMMAND_PATH: &str = "/.incus-compose/cmd";
@@ -636,6 +645,26 @@ pub struct Observed {
     pub networks: Vec<ObservedNetwork>,
     /// Custom volumes of the Incus project.
     pub volumes: Vec<ObservedVolume>,
+}
+
+impl Observed {
+    /// Whether network `n` is compose project `compose`'s: it carries the project's label,
+    /// or its cluster-wide creation was left unfinished (a kill during `up`) after the Incus
+    /// project (itself ours) recorded that incus-compose was creating it
+    /// ([`CREATING_NETWORK_PREFIX`]).
+    pub fn claims_network(&self, n: &ObservedNetwork, compose: &str) -> bool {
+        if n.config.get(LABEL_PROJECT).map(String::as_str) == Some(compose) {
+            return true;
+        }
+        let marked = self
+            .project_config
+            .get(&format!("{CREATING_NETWORK_PREFIX}{}", n.name))
+            .is_some_and(|v| v == compose);
+        n.unfinished()
+            && marked
+            && !n.config.contains_key(LABEL_PROJECT)
+            && self.project_config.get(LABEL_PROJECT).map(String::as_str) == Some(compose)
+    }
 }
 
 /// One change to make.

@@ -785,3 +785,69 @@ fn a_network_left_errored_by_a_failed_up_is_finished_with_its_subnet() {
         "{settled:?}"
     );
 }
+
+#[test]
+fn a_network_left_pending_by_a_killed_up_is_finished_when_the_project_recorded_it() {
+    let first = up(APP, &cluster(), &DiffOptions::default()).unwrap();
+    let created = apply(&first, &cluster());
+    // Killed during the per-member steps: the networks exist, pending, without any config.
+    let mut obs = created.clone();
+    for n in &mut obs.networks {
+        n.status = "Pending".into();
+        n.config.clear();
+    }
+    // Without the project's record, a labelless network is someone else's.
+    let err = up(APP, &obs, &DiffOptions::default()).unwrap_err();
+    assert!(
+        err.to_string().contains("was not made by incus-compose"),
+        "{err}"
+    );
+    obs.project_config
+        .insert(LABEL_PROJECT.to_string(), "shop".into());
+    for n in &created.networks {
+        obs.project_config.insert(
+            format!("{CREATING_NETWORK_PREFIX}{}", n.name),
+            "shop".into(),
+        );
+    }
+    let again = up(APP, &obs, &DiffOptions::default()).unwrap();
+    let finished: Vec<(String, String)> = again
+        .actions()
+        .filter_map(|a| match a {
+            Action::CreateNetwork { name, config } => {
+                Some((name.clone(), config["ipv4.address"].clone()))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(finished.len(), obs.networks.len(), "{again:?}");
+    // Each gets a subnet of its own, none taken by another network.
+    let mut subnets: Vec<&String> = finished.iter().map(|(_, s)| s).collect();
+    subnets.sort();
+    subnets.dedup();
+    assert_eq!(subnets.len(), finished.len(), "{finished:?}");
+    // `down` removes them too (they would be orphans once the project is gone).
+    let levels = dependency_levels(&load(APP));
+    let down = plan_down(
+        "shop",
+        "shop",
+        &levels,
+        &BTreeMap::new(),
+        &obs,
+        &DownOptions::default(),
+    );
+    let removed = down
+        .actions()
+        .filter(|a| matches!(a, Action::RemoveNetwork { .. }))
+        .count();
+    assert_eq!(removed, obs.networks.len(), "{down:?}");
+    // A record naming another compose project claims nothing.
+    for v in obs.project_config.values_mut() {
+        if !v.is_empty() {
+            *v = "other".into();
+        }
+    }
+    obs.project_config
+        .insert(LABEL_PROJECT.to_string(), "shop".into());
+    assert!(up(APP, &obs, &DiffOptions::default()).is_err());
+}
