@@ -309,6 +309,19 @@ fn a_broken_image_with_failure_action_pause_stops_after_the_first_batch() {
     assert!(err.contains("paused"), "{err}");
     // The three replicas not replaced still serve v1.
     assert_eq!(f.settled_answers("web", 3), ["v1"; 3]);
+    let ps: Vec<serde_json::Value> =
+        serde_json::from_str(&f.ok(&["ps", "--format", "json"])).expect("ps json");
+    assert!(
+        ps.iter().all(|r| r["update"] == "paused"),
+        "ps does not say paused: {ps:?}"
+    );
+    // A later up with a fixed file goes on and completes.
+    f.write(&web("testapp/v2", cfg));
+    f.ok(&["up", "-d"]);
+    assert_eq!(f.settled_answers("web", 4), ["v2"; 4]);
+    let h = history(&f, &[]);
+    assert_eq!(h.last().map(|r| r.2.as_str()), Some("completed"), "{h:?}");
+    assert_eq!(h[1].2, "paused", "{h:?}");
 }
 
 #[test]
@@ -342,4 +355,148 @@ fn a_memory_limit_change_is_applied_without_restarting_the_replicas() {
         );
         assert!(i.is_running());
     }
+}
+
+/// `history --format json` rows: (revision, cause, outcome, deployed).
+fn history(f: &Fixture, args: &[&str]) -> Vec<(u64, String, String, bool)> {
+    let mut all = vec!["history", "--format", "json"];
+    all.extend_from_slice(args);
+    let out = f.ok(&all);
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&out).expect("history json");
+    rows.iter()
+        .map(|r| {
+            (
+                r["revision"].as_u64().unwrap(),
+                r["cause"].as_str().unwrap().to_string(),
+                r["outcome"].as_str().unwrap().to_string(),
+                r["deployed"].as_bool().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn rollback_brings_the_previous_revision_back_and_to_goes_to_any_kept_one() {
+    let f = Fixture::new("back");
+    let cfg = "{parallelism: 2, monitor: 1s}";
+    f.write(&web("testapp/v1", cfg));
+    f.ok(&["up", "-d", "--wait"]);
+    f.write(&web("testapp/v2", cfg));
+    f.ok(&["up", "-d"]);
+    assert_eq!(f.settled_answers("web", 4), ["v2"; 4]);
+    let h = history(&f, &[]);
+    assert_eq!(
+        h,
+        [
+            (1, "up".into(), "completed".into(), false),
+            (2, "up".into(), "completed".into(), true)
+        ]
+    );
+    // A second up without changes records nothing.
+    f.ok(&["up", "-d"]);
+    assert_eq!(history(&f, &[]).len(), 2);
+
+    let out = f.ok(&["rollback"]);
+    assert!(out.contains("revision 1"), "{out}");
+    assert_eq!(f.settled_answers("web", 4), ["v1"; 4]);
+    // From a directory without the compose file, by name.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let by_name = Command::new(BIN)
+        .args(["-p", &f.name, "history", "--format", "json"])
+        .current_dir(elsewhere.path())
+        .env_remove("COMPOSE_PROJECT_NAME")
+        .output()
+        .unwrap();
+    assert!(
+        by_name.status.success(),
+        "{}",
+        String::from_utf8_lossy(&by_name.stderr)
+    );
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&by_name.stdout).unwrap();
+    assert_eq!(rows.len(), 3);
+    assert_eq!(rows[2]["cause"], "rollback to 1");
+    assert_eq!(rows[2]["deployed"], true);
+    // --to an older revision, by name too.
+    let to = Command::new(BIN)
+        .args(["-p", &f.name, "rollback", "--to", "2"])
+        .current_dir(elsewhere.path())
+        .env_remove("COMPOSE_PROJECT_NAME")
+        .output()
+        .unwrap();
+    assert!(
+        to.status.success(),
+        "{}",
+        String::from_utf8_lossy(&to.stderr)
+    );
+    assert_eq!(f.settled_answers("web", 4), ["v2"; 4]);
+    assert_eq!(history(&f, &[]).len(), 4);
+    // A revision that is not kept is refused, naming those that are.
+    let bad = f.run(&["rollback", "--to", "99"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("1, 2, 3, 4"));
+}
+
+#[test]
+fn rollback_volumes_restores_the_data_written_before_the_update() {
+    let f = Fixture::new("vol");
+    let text = |image: &str| {
+        format!(
+            "name: {{name}}\nservices:\n  db:\n    image: {image}\n    stop_grace_period: 1s\n    volumes: [data:/data]\n    deploy: {{update_config: {{monitor: 1s}}}}\nvolumes:\n  data: {{}}\n"
+        )
+    };
+    f.write(&text("testapp/v1"));
+    f.ok(&["up", "-d"]);
+    f.ok(&["exec", "-T", "db", "sh", "-c", "echo one > /data/f"]);
+    f.write(&text("testapp/v2"));
+    let out = f.ok(&["up", "-d"]);
+    assert!(out.contains("snapshotted as incus-compose-rev-2"), "{out}");
+    f.ok(&["exec", "-T", "db", "sh", "-c", "echo two > /data/f"]);
+    // Without --volumes the data stays as it is.
+    f.ok(&["rollback"]);
+    assert_eq!(f.ok(&["exec", "-T", "db", "cat", "/data/f"]).trim(), "two");
+    // Back to 2, then to 1 with the volume as it was under 1.
+    f.ok(&["rollback", "--to", "2"]);
+    let out = f.ok(&["rollback", "--to", "1", "--volumes"]);
+    assert!(out.contains("restored from incus-compose-rev-2"), "{out}");
+    assert_eq!(f.ok(&["exec", "-T", "db", "cat", "/data/f"]).trim(), "one");
+    assert_eq!(f.settled_answers("db", 1), ["v1"]);
+}
+
+#[test]
+fn an_update_killed_half_way_is_finished_by_the_next_up_with_exactly_the_declared_replicas() {
+    let f = Fixture::new("kill");
+    let cfg = "{parallelism: 1, monitor: 1s}";
+    f.write(&web("testapp/v1", cfg));
+    f.ok(&["up", "-d", "--wait"]);
+    f.write(&web("testapp/v2", cfg));
+    let mut child = f
+        .command(&["up", "-d"])
+        .env("INCUS_COMPOSE_LOCK_TTL", "5")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start up");
+    // Into the second batch or so.
+    std::thread::sleep(Duration::from_secs(9));
+    child.kill().expect("kill -9");
+    let _ = child.wait();
+    let out = f
+        .command(&["up", "-d"])
+        .env("INCUS_COMPOSE_LOCK_TTL", "5")
+        .output()
+        .expect("up again");
+    eprintln!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "the second up failed");
+    assert_eq!(f.settled_answers("web", 4), ["v2"; 4]);
+    let names: BTreeSet<String> = f.instances().into_iter().map(|i| i.name).collect();
+    assert_eq!(
+        names,
+        ["web-1", "web-2", "web-3", "web-4"]
+            .map(String::from)
+            .into()
+    );
 }

@@ -57,6 +57,8 @@ pub struct Target {
     /// The project lock this run holds, if any: checked before every stage and action, so a
     /// run that lost it stops acting (see `engine::lock`).
     pub fence: Option<super::lock::Lease>,
+    /// The revision being deployed, when one is recorded (names volume snapshots).
+    pub revision: Option<u64>,
 }
 
 /// What happened.
@@ -183,6 +185,15 @@ pub async fn execute_gated(
                 let Some(spec) = plan.rollouts.get(&service) else {
                     continue;
                 };
+                // Data safety: the named volumes it mounts are snapshotted first.
+                match super::revisions::snapshot_volumes(target, spec).await {
+                    Ok(lines) => lines.iter().for_each(|l| progress.line(l)),
+                    Err(e) => {
+                        progress.line(&format!("[!] {service}: {e:#}"));
+                        outcome.failed.push((service.clone(), format!("{e:#}")));
+                        continue;
+                    }
+                }
                 let r = super::rollout::run_service(target, &service, spec, plans, &progress).await;
                 if r.ending == super::rollout::Ending::Completed {
                     outcome.done += r.replaced;

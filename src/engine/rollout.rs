@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use futures_util::future::join_all;
 use ic_core::health::{Health, Tracker};
-use ic_core::plan::{InstancePlan, LABEL_PROJECT, LABEL_RETIRED, RolloutSpec};
+use ic_core::plan::{InstancePlan, LABEL_PROJECT, LABEL_RETIRED, LABEL_SERVICE, RolloutSpec};
 use ic_core::rollout::{self, Config, NewReplica, Progress as Batches, State};
 use tokio::time::Instant;
 
@@ -120,11 +120,25 @@ pub async fn run_service(
     .await
     {
         Ok(()) => {
-            // Done: the retired replicas go.
-            for s in &slots {
-                if let Some(old) = &s.old_retired_as
-                    && let Err(e) = remove(t, old, 0).await
-                {
+            // Done: the retired replicas go, those an interrupted run left included.
+            let mut retired: Vec<String> = slots
+                .iter()
+                .filter_map(|s| s.old_retired_as.clone())
+                .collect();
+            let compose = slots.first().and_then(|s| s.plan.config.get(LABEL_PROJECT));
+            if let Ok(all) = t.project.instances().await {
+                for i in all {
+                    if i.config.get(LABEL_SERVICE).map(String::as_str) == Some(service)
+                        && i.config.get(LABEL_PROJECT) == compose
+                        && i.config.contains_key(LABEL_RETIRED)
+                        && !retired.contains(&i.name)
+                    {
+                        retired.push(i.name);
+                    }
+                }
+            }
+            for old in &retired {
+                if let Err(e) = remove(t, old, 0).await {
                     progress.line(&format!("[!] {old}: removing the retired replica: {e:#}"));
                 }
             }

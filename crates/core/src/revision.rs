@@ -129,6 +129,9 @@ pub struct StoredService {
     pub rollback: rollout::Config,
     #[serde(default)]
     pub check: Option<StoredCheck>,
+    /// (pool, volume) snapshotted before an update.
+    #[serde(default)]
+    pub snapshot_volumes: Vec<(String, String)>,
 }
 
 /// A healthcheck, as stored (durations in milliseconds).
@@ -263,6 +266,7 @@ impl StoredService {
                 start_period_ms: ms(c.start_period),
                 start_interval_ms: ms(c.start_interval),
             }),
+            snapshot_volumes: t.rollout.snapshot_volumes.clone(),
         }
     }
 
@@ -407,6 +411,7 @@ impl StoredService {
                     start_period: Duration::from_millis(c.start_period_ms),
                     start_interval: Duration::from_millis(c.start_interval_ms),
                 }),
+                snapshot_volumes: self.snapshot_volumes.clone(),
             },
         })
     }

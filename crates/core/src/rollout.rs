@@ -352,14 +352,26 @@ mod tests {
     #[test]
     fn the_first_batch_replaces_parallelism_dirty_slots() {
         let slots = [dirty("1"), dirty("2"), dirty("3")];
-        let s = step(&cfg(2), &slots, &Progress::default(), 60 * S, Duration::ZERO);
+        let s = step(
+            &cfg(2),
+            &slots,
+            &Progress::default(),
+            60 * S,
+            Duration::ZERO,
+        );
         assert_eq!(s, Step::Replace(vec!["1".into(), "2".into()]));
     }
 
     #[test]
     fn parallelism_zero_replaces_everything_at_once() {
         let slots = [dirty("1"), dirty("2"), dirty("3")];
-        let s = step(&cfg(0), &slots, &Progress::default(), 60 * S, Duration::ZERO);
+        let s = step(
+            &cfg(0),
+            &slots,
+            &Progress::default(),
+            60 * S,
+            Duration::ZERO,
+        );
         assert_eq!(s, Step::Replace(vec!["1".into(), "2".into(), "3".into()]));
     }
 

@@ -250,7 +250,19 @@ fn service(
     );
     config.insert(LABEL_HASH.into(), hash.clone());
     config.insert(LABEL_STATIC_HASH.into(), static_hash.clone());
-    let rollout = rollout_spec(cx, name, svc, container_name.is_some())?;
+    let mut rollout = rollout_spec(cx, name, svc, container_name.is_some())?;
+    let snapshots = svc
+        .extensions
+        .get("x-incus")
+        .and_then(|x| x.get("snapshot_volumes"))
+        .and_then(|v| v.as_bool())
+        .unwrap_or(true);
+    if snapshots {
+        rollout.snapshot_volumes = volumes_used
+            .iter()
+            .map(|v| (storage.volume_pool.clone(), v.clone()))
+            .collect();
+    }
     let mut spec = scheduler_spec(svc, name, replicas);
     if let Some(arch) = &architecture {
         let c: ic_compose::model::placement::Constraint = format!("node.platform.arch == {arch}")
@@ -318,10 +330,20 @@ fn rollout_spec(
         update.start_first = false;
         rollback.start_first = false;
     }
+    if svc.ports.iter().any(|p| p.published.is_some())
+        && (update.start_first || rollback.start_first)
+    {
+        cx.warnings.push(format!(
+            "service {name:?}: order start-first: it publishes fixed host ports, which a new replica cannot bind beside the old one on the same member; its updates run stop-first"
+        ));
+        update.start_first = false;
+        rollback.start_first = false;
+    }
     Ok(RolloutSpec {
         update,
         rollback,
         check,
+        snapshot_volumes: Vec::new(),
     })
 }
 

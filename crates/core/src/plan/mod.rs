@@ -98,6 +98,9 @@ pub struct RolloutSpec {
     pub rollback: crate::rollout::Config,
     /// The service's healthcheck, when it has one.
     pub check: Option<crate::health::Check>,
+    /// Named volumes (pool, name) snapshotted before its replicas are replaced (unless
+    /// `x-incus: {snapshot_volumes: false}` on the service).
+    pub snapshot_volumes: Vec<(String, String)>,
 }
 
 /// Incus project config key prefix (followed by a network name): incus-compose is creating

@@ -184,3 +184,30 @@ services:
     assert_eq!(recreates(&plan), [(Some("thedb".into()), "thedb".into())]);
     assert!(plan.warnings.iter().any(|w| w.contains("stop-first")));
 }
+
+#[test]
+fn start_first_with_a_published_port_falls_back_to_stop_first_and_says_so() {
+    let text = r#"
+name: shop
+services:
+  web:
+    image: testapp/v1
+    ports: ["8080:80"]
+    deploy: {replicas: 2, update_config: {order: start-first}}
+"#;
+    let obs = deployed(text);
+    let plan = up(
+        &text.replace("testapp/v1", "testapp/v2"),
+        &obs,
+        &DiffOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        recreates(&plan),
+        [
+            (Some("web-1".into()), "web-1".into()),
+            (Some("web-2".into()), "web-2".into())
+        ]
+    );
+    assert!(plan.warnings.iter().any(|w| w.contains("host ports")));
+}
