@@ -701,7 +701,15 @@ pub(super) async fn stop(t: &Target, name: &str, timeout: i64) -> anyhow::Result
     if is_stopped(t, name).await? {
         return Ok(());
     }
-    if timeout > 0 && t.project.stop_instance(name, timeout, false).await.is_ok() {
+    // Incus 6.0 has been seen to end a clean stop's operation while the instance still ran
+    // (two stops at once): it counts only once Incus reports it stopped.
+    if timeout > 0
+        && t.project.stop_instance(name, timeout, false).await.is_ok()
+        && t.project
+            .wait_instance_status(name, "Stopped", Duration::from_secs(5))
+            .await
+            .is_ok()
+    {
         return Ok(());
     }
     if let Err(e) = t.project.stop_instance(name, -1, true).await {
@@ -716,8 +724,17 @@ pub(super) async fn stop(t: &Target, name: &str, timeout: i64) -> anyhow::Result
             Err(w) if w.is_not_found() => {}
             Err(_) => return Err(e).with_context(|| format!("stopping {name}")),
         }
+        return Ok(());
     }
-    Ok(())
+    match t
+        .project
+        .wait_instance_status(name, "Stopped", STOP_SETTLE)
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(w) if w.is_not_found() => Ok(()),
+        Err(w) => Err(w).with_context(|| format!("stopping {name}")),
+    }
 }
 
 /// Kills the instance and waits until Incus reports it stopped.
