@@ -738,11 +738,10 @@ pub(super) async fn stop(t: &Target, name: &str, timeout: i64) -> anyhow::Result
 }
 
 /// Kills the instance and waits until Incus reports it stopped.
-async fn force_stop(t: &Target, name: &str) -> anyhow::Result<()> {
+pub(super) async fn force_stop(t: &Target, name: &str) -> anyhow::Result<()> {
     match t.project.stop_instance(name, -1, true).await {
-        Ok(()) => Ok(()),
         Err(e) if e.is_not_found() => Ok(()),
-        Err(_) => match t
+        _ => match t
             .project
             .wait_instance_status(name, "Stopped", STOP_SETTLE)
             .await
