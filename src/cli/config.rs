@@ -1,5 +1,5 @@
-//! `incus-compose config`: load, validate and print the canonical project, like
-//! `docker compose config`.
+//! `incus-compose config`: load, validate and print the canonical project as
+//! `docker compose config` (v2) prints it (`ic_compose::output`).
 
 use std::io::{Read, Write};
 use std::process::ExitCode;
@@ -122,12 +122,7 @@ pub fn render(project: &ic_compose::Project, args: &ConfigArgs) -> anyhow::Resul
     } else {
         match args.format {
             Format::Yaml => ic_compose::output::to_yaml_output(project, args.no_interpolate),
-            Format::Json => {
-                serde_json::to_string_pretty(&ic_compose::output::to_json_output(
-                    project,
-                    args.no_interpolate,
-                ))? + "\n"
-            }
+            Format::Json => ic_compose::output::to_json_string(project, args.no_interpolate),
         }
     })
 }
