@@ -8,10 +8,11 @@
 //! unset environment entries left out, and the empty structs `encoding/json` keeps in JSON.
 
 use std::cmp::Ordering;
+use std::collections::BTreeSet;
 
 use serde_json::{Map, Value};
 
-use crate::model::{Project, Service};
+use crate::model::{Project, Service, VolumeType};
 
 /// The two output formats, which differ in key order and in empty values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -268,26 +269,17 @@ pub fn to_v2(project: &Project, format: Format) -> Value {
     let Value::Object(mut top) = to_json(project) else {
         return Value::Null;
     };
-    // docker compose v2 prints only the networks, volumes, secrets and configs that a service
-    // uses (compose-go's `WithoutUnnecessaryResources`).
-    let mut used: [Vec<&str>; 4] = Default::default();
-    for svc in project.services.values() {
-        used[0].extend(svc.networks.keys().map(String::as_str));
-        used[1].extend(svc.volumes.iter().filter_map(|v| match v.kind {
-            crate::model::VolumeType::Volume => v.source.as_deref(),
-            _ => None,
-        }));
-        used[2].extend(svc.secrets.iter().map(|s| s.source.as_str()));
-        used[3].extend(svc.configs.iter().map(|c| c.source.as_str()));
-    }
-    for (section, used) in ["networks", "volumes", "secrets", "configs"]
-        .iter()
-        .zip(&used)
-    {
-        if let Some(Value::Object(items)) = top.get_mut(*section) {
-            items.retain(|k, _| used.contains(&k.as_str()));
+    let used = used(project);
+    for (section, used) in [
+        ("networks", &used.networks),
+        ("volumes", &used.volumes),
+        ("secrets", &used.secrets),
+        ("configs", &used.configs),
+    ] {
+        if let Some(Value::Object(items)) = top.get_mut(section) {
+            items.retain(|k, _| used.contains(k.as_str()));
             if items.is_empty() {
-                top.remove(*section);
+                top.remove(section);
             }
         }
     }
@@ -358,6 +350,33 @@ pub fn to_v2(project: &Project, format: Format) -> Value {
             Value::Object(top)
         }
     }
+}
+
+/// The top-level networks, volumes, secrets and configs that some (enabled) service uses:
+/// the only ones docker compose v2 prints (compose-go's `WithoutUnnecessaryResources`).
+#[derive(Debug, Default)]
+pub struct Used<'a> {
+    pub networks: BTreeSet<&'a str>,
+    pub volumes: BTreeSet<&'a str>,
+    pub secrets: BTreeSet<&'a str>,
+    pub configs: BTreeSet<&'a str>,
+}
+
+pub fn used(project: &Project) -> Used<'_> {
+    let mut u = Used::default();
+    for svc in project.services.values() {
+        u.networks.extend(svc.networks.keys().map(String::as_str));
+        u.volumes
+            .extend(svc.volumes.iter().filter_map(|v| match v.kind {
+                VolumeType::Volume => v.source.as_deref(),
+                _ => None,
+            }));
+        u.secrets
+            .extend(svc.secrets.iter().map(|s| s.source.as_str()));
+        u.configs
+            .extend(svc.configs.iter().map(|c| c.source.as_str()));
+    }
+    u
 }
 
 fn service(svc: &Service, o: &mut Map<String, Value>, format: Format) {
