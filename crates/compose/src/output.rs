@@ -115,6 +115,7 @@ const SERVICE: &[&str] = &[
     "dockerfile",
     "domainname",
     "entrypoint",
+    "provider",
     "environment",
     "env_file",
     "expose",
@@ -122,6 +123,7 @@ const SERVICE: &[&str] = &[
     "external_links",
     "extra_hosts",
     "group_add",
+    "gpus",
     "hostname",
     "healthcheck",
     "image",
@@ -129,6 +131,7 @@ const SERVICE: &[&str] = &[
     "ipc",
     "isolation",
     "labels",
+    "label_file",
     "links",
     "logging",
     "log_driver",
@@ -138,6 +141,7 @@ const SERVICE: &[&str] = &[
     "memswap_limit",
     "mem_swappiness",
     "mac_address",
+    "models",
     "net",
     "network_mode",
     "networks",
@@ -164,6 +168,7 @@ const SERVICE: &[&str] = &[
     "tmpfs",
     "tty",
     "ulimits",
+    "use_api_socket",
     "user",
     "userns_mode",
     "uts",
@@ -171,6 +176,9 @@ const SERVICE: &[&str] = &[
     "volumes",
     "volumes_from",
     "working_dir",
+    "pre_start",
+    "post_start",
+    "pre_stop",
 ];
 const BUILD: &[&str] = &[
     "context",
@@ -227,6 +235,8 @@ const SERVICE_NETWORK: &[&str] = &[
     "link_local_ips",
     "mac_address",
 ];
+// Later compose-go versions add fields (gpus, models, provider, ...): placed where the latest
+// puts them.
 const VOLUME_MOUNT: &[&str] = &[
     "type",
     "source",
@@ -236,6 +246,7 @@ const VOLUME_MOUNT: &[&str] = &[
     "bind",
     "volume",
     "tmpfs",
+    "image",
 ];
 const BIND: &[&str] = &["selinux", "propagation", "create_host_path", "recursive"];
 const NETWORK: &[&str] = &[
@@ -403,6 +414,70 @@ fn service(svc: &Service, o: &mut Map<String, Value>, format: Format) {
             o.remove("deploy");
         }
     }
+    // The env files are read into `environment`; compose-go does not print them.
+    o.remove("env_file");
+    // Services this one shares a namespace or volumes with, or links to, are dependencies
+    // (compose-go adds them to `depends_on`).
+    let mut implied: Vec<(String, bool)> = Vec::new();
+    for key in ["network_mode", "ipc", "pid", "uts", "cgroup"] {
+        if let Some(other) = o
+            .get(key)
+            .and_then(Value::as_str)
+            .and_then(|m| m.strip_prefix("service:"))
+        {
+            implied.push((other.to_string(), true));
+        }
+    }
+    for link in o
+        .get("links")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        if let Some(l) = link.as_str() {
+            let name = l.split_once(':').map_or(l, |(n, _)| n);
+            implied.push((name.to_string(), true));
+        }
+    }
+    for from in o
+        .get("volumes_from")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        if let Some(f) = from.as_str().filter(|f| !f.starts_with("container:")) {
+            implied.push((f.split(':').next().unwrap_or(f).to_string(), false));
+        }
+    }
+    if !implied.is_empty() {
+        let deps = o
+            .entry("depends_on")
+            .or_insert_with(|| Value::Object(Map::new()));
+        if let Value::Object(deps) = deps {
+            for (name, restart) in implied {
+                deps.entry(name).or_insert_with(|| {
+                    let mut d = Map::new();
+                    d.insert("condition".into(), "service_started".into());
+                    if restart {
+                        d.insert("restart".into(), Value::Bool(true));
+                    }
+                    d.insert("required".into(), Value::Bool(true));
+                    Value::Object(d)
+                });
+            }
+        }
+    }
+    // `gpus: all` is a device request for every GPU.
+    if o.get("gpus").and_then(Value::as_str) == Some("all") {
+        o.insert("gpus".into(), serde_json::json!([{ "count": -1 }]));
+    }
+    if let Some(Value::Array(gpus)) = o.get_mut("gpus") {
+        for g in gpus.iter_mut() {
+            if let Value::Object(g) = g {
+                order(g, DEVICE, format);
+            }
+        }
+    }
     if o.get("pull_policy").and_then(Value::as_str) == Some("if_not_present") {
         o.insert("pull_policy".into(), Value::String("missing".into()));
     }
@@ -449,6 +524,16 @@ fn service(svc: &Service, o: &mut Map<String, Value>, format: Format) {
     if let Some(Value::Object(b)) = o.get_mut("build") {
         if let Some(Value::Object(args)) = b.get_mut("args") {
             args.retain(|_, v| !v.is_null());
+        }
+        // Build secrets in long form, without a default target.
+        if let Some(Value::Array(secrets)) = b.get_mut("secrets") {
+            for sec in secrets.iter_mut() {
+                if let Value::String(name) = sec {
+                    let mut m = Map::new();
+                    m.insert("source".into(), Value::String(std::mem::take(name)));
+                    *sec = Value::Object(m);
+                }
+            }
         }
         map_values(b, &["args", "labels", "additional_contexts"], format);
         order(b, BUILD, format);

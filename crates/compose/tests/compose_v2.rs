@@ -375,3 +375,511 @@ fn config_quotes_and_orders_tricky_values_as_docker_compose_v2_does() {
     }
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// A probe project: its name (`-p`), its files (path, text) and the flags both tools get.
+type Probe = (
+    &'static str,
+    &'static [(&'static str, &'static str)],
+    &'static [&'static str],
+);
+
+/// Compose features the corpus does not use (every service key the model types, long and short
+/// syntax, extends, include, several files with `!reset`, profiles, env files, defaults and
+/// implied dependencies): our YAML and JSON equal docker compose v2's, byte for byte.
+#[test]
+fn config_matches_docker_compose_v2_on_feature_probes() {
+    let v2 = v2_binary();
+    let probes: [Probe; 3] = [
+        (
+            "probe-one",
+            &[
+                ("compose.yaml", PROBE_ONE),
+                ("s1.txt", "x\n"),
+                ("app/.keep", ""),
+            ],
+            &["--profile", "p1"],
+        ),
+        (
+            "probe-two",
+            &[
+                ("compose.yaml", PROBE_TWO),
+                ("base.yaml", PROBE_TWO_BASE),
+                ("app.env", "FROMFILE=1\nOTHER=x\n"),
+                (".env", "BASE_IMAGE=alpine:3.19\n"),
+            ],
+            &[],
+        ),
+        (
+            "probe-three",
+            &[
+                ("compose.yaml", PROBE_THREE),
+                ("override.yaml", PROBE_THREE_OVERRIDE),
+                ("inc/compose.yaml", PROBE_THREE_INCLUDED),
+                ("s.txt", "secret\n"),
+            ],
+            &[
+                "-f",
+                "compose.yaml",
+                "-f",
+                "override.yaml",
+                "--profile",
+                "dev",
+            ],
+        ),
+    ];
+    let root = std::env::temp_dir().join(format!("ic-compose-v2-probes-{}", std::process::id()));
+    let mut problems = Vec::new();
+    for (name, files, flags) in probes {
+        let dir = root.join(name);
+        for (path, text) in files {
+            let p = dir.join(path);
+            std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+            std::fs::write(&p, text).expect("write");
+        }
+        let mut options = LoadOptions {
+            working_dir: dir.clone(),
+            project_name: Some(name.to_string()),
+            environment: environment(),
+            interpolate: true,
+            ..LoadOptions::default()
+        };
+        let mut it = flags.iter();
+        while let Some(flag) = it.next() {
+            let value = it.next().expect("flag value");
+            match *flag {
+                "-f" => options.files.push(PathBuf::from(value)),
+                "--profile" => options.profiles.push(value.to_string()),
+                other => panic!("unknown flag {other}"),
+            }
+        }
+        let project = load(&options).unwrap_or_else(|e| panic!("{name}: {e}"));
+        for json in [false, true] {
+            let mine = if json {
+                ic_compose::output::to_json_string(&project, false)
+            } else {
+                ic_compose::output::to_yaml_string(&project)
+            };
+            let mut cmd = Command::new(&v2);
+            cmd.args(flags).args(["-p", name, "config"]);
+            if json {
+                cmd.args(["--format", "json"]);
+            }
+            let out = cmd
+                .current_dir(&dir)
+                .env_clear()
+                .envs(environment())
+                .output()
+                .expect("run docker compose v2");
+            assert!(
+                out.status.success(),
+                "{name}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let reference = String::from_utf8(out.stdout).expect("UTF-8");
+            if mine != reference {
+                problems.push(format!(
+                    "{name} ({}):\n--- docker compose v2\n{reference}\n--- incus-compose\n{mine}",
+                    if json { "JSON" } else { "YAML" }
+                ));
+            }
+        }
+    }
+    std::fs::remove_dir_all(&root).ok();
+    assert!(problems.is_empty(), "{}", problems.join("\n\n"));
+}
+
+const PROBE_ONE: &str = r#"name: probe
+x-top:
+  zeta: 1
+  Alpha: [b, a]
+services:
+  web:
+    image: nginx:1.25
+    build:
+      context: ./app
+      args:
+        B: "2"
+        A:
+      labels: [x=1]
+    profiles: [p1]
+    command: echo "hello world"
+    entrypoint: ["/bin/sh", "-c"]
+    environment:
+      A_B: "1"
+      AB: "2"
+      V10: "x"
+      V9: "y"
+      EMPTY: ""
+      UNSET:
+      YES_STR: "yes"
+      NUM: "0644"
+      FLOAT: "1.5"
+      T_S: "true"
+      DATE: "2024-01-02"
+      COLON: "a: b"
+      HASH: "a #b"
+      LEADING: " lead"
+      TRAIL: "trail "
+      MULTI: "line1\nline2\n"
+      MULTI2: "line1\n\nline3"
+      TAB: "a\tb"
+      QUOTE: "it's"
+      DQ: 'say "hi"'
+      STAR: "*.example"
+      DASH: "- x"
+      PCT: "%x"
+      TILDE: "~"
+      UNI: "héllo ✓"
+      BACKSLASH: 'a\b'
+      DOLLAR: "$$HOME"
+      LONG: "aaaaaaaaaa bbbbbbbbbbbbbb cccccccccccccccccc ddddddddddddddddddd eeeeeeeeeeeeeeeeeeeeeeeeeee fffffffffffffffff"
+    labels:
+      com.example.b: "1"
+      com.example.a: ""
+    ports:
+      - "127.0.0.1:8080-8081:80-81/udp"
+      - target: 443
+        published: 8443
+        mode: host
+    volumes:
+      - data:/data:ro
+      - /anon
+      - ./src:/src:z
+      - type: tmpfs
+        target: /tmp
+        tmpfs:
+          size: 64m
+      - type: volume
+        source: data
+        target: /data2
+        volume:
+          nocopy: true
+    healthcheck:
+      test: ["CMD", "curl", "-f", "http://localhost"]
+      interval: 1m30s
+      timeout: 10s
+      retries: 3
+      start_period: 40s
+    depends_on:
+      db:
+        condition: service_healthy
+      cache:
+        condition: service_started
+        required: false
+    networks:
+      front:
+        aliases: [w1]
+        ipv4_address: 10.5.0.5
+        priority: 10
+      back:
+    secrets:
+      - s1
+      - source: s2
+        target: custom
+        mode: 0440
+    configs:
+      - c1
+    ulimits:
+      nproc: 65535
+      nofile:
+        soft: 20000
+        hard: 40000
+    sysctls:
+      net.core.somaxconn: 1024
+    shm_size: 64m
+    restart: unless-stopped
+    stop_grace_period: 1m
+    stop_signal: SIGINT
+    tmpfs: /run
+    dns: 8.8.8.8
+    extra_hosts: ["somehost:162.242.195.82"]
+    logging:
+      driver: json-file
+      options:
+        max-size: "10m"
+    x-incus:
+      pool: fast
+    user: "1000"
+    working_dir: /app
+    read_only: true
+    init: true
+    privileged: true
+    tty: true
+    stdin_open: true
+    hostname: web
+    cap_add: [NET_ADMIN]
+    devices: ["/dev/fuse:/dev/fuse"]
+    expose: ["3000", 4000]
+    platform: linux/amd64
+    pull_policy: if_not_present
+    deploy:
+      mode: replicated
+      replicas: 3
+      labels:
+        b: "2"
+        a: "1"
+      resources:
+        limits:
+          cpus: "1.5"
+          memory: 256M
+          pids: 50
+        reservations:
+          cpus: '0.25'
+          memory: 128M
+          generic_resources:
+            - discrete_resource_spec:
+                kind: gpu
+                value: 2
+      restart_policy:
+        condition: on-failure
+        delay: 5s
+        max_attempts: 3
+        window: 120s
+      update_config:
+        parallelism: 2
+        delay: 10s
+        order: start-first
+        failure_action: rollback
+        monitor: 30s
+        max_failure_ratio: 0.3
+      placement:
+        constraints: [node.role==manager, "node.labels.zone != a"]
+        preferences:
+          - spread: node.labels.zone
+        max_replicas_per_node: 2
+      endpoint_mode: vip
+  db:
+    image: postgres
+    scale: 2
+    cpus: 0.5
+    mem_limit: 1g
+    mem_reservation: 512m
+    pids_limit: 100
+    healthcheck:
+      test: pg_isready
+      disable: false
+  one:
+    image: busybox
+    container_name: probe-one
+    restart: "no"
+  cache:
+    image: redis
+    deploy:
+      mode: global
+    network_mode: host
+networks:
+  front:
+    driver: bridge
+    driver_opts:
+      com.docker.network.bridge.name: br0
+    ipam:
+      driver: default
+      config:
+        - subnet: 10.5.0.0/16
+          gateway: 10.5.0.1
+    labels: [a=b]
+  back:
+    internal: true
+    attachable: true
+    enable_ipv6: true
+  ext:
+    external: true
+    name: outside
+volumes:
+  data:
+    driver: local
+    driver_opts: {type: none, o: bind, device: /srv}
+    labels: {x: "y"}
+  old:
+    external: true
+secrets:
+  s1:
+    file: ./s1.txt
+  s2:
+    environment: HOME
+configs:
+  c1:
+    content: |
+      hello
+      world
+"#;
+
+const PROBE_TWO: &str = r#"services:
+  app:
+    extends:
+      file: base.yaml
+      service: common
+    env_file:
+      - app.env
+      - path: missing.env
+        required: false
+    environment:
+      LOCAL: "2"
+    ports:
+      - "80"
+      - "8080:80"
+      - "9000-9001:9000-9001"
+      - name: web
+        target: 81
+        published: "8081"
+        app_protocol: http
+    expose: [3000]
+    stop_grace_period: 90s
+    healthcheck:
+      test: curl -f http://localhost
+      interval: 90s
+      start_interval: 2s
+      start_period: 1m
+    ulimits:
+      nofile: 1024
+    sysctls:
+      - net.ipv4.ip_forward=1
+    volumes:
+      - type: bind
+        source: ./data
+        target: /data
+        bind:
+          propagation: rshared
+          create_host_path: true
+      - type: tmpfs
+        target: /cache
+        tmpfs:
+          size: 1000000
+          mode: 1777
+      - type: volume
+        source: named
+        target: /named
+        read_only: true
+        volume:
+          subpath: sub
+    depends_on:
+      db:
+        condition: service_healthy
+        restart: true
+    init: true
+    logging:
+      driver: syslog
+      options:
+        tag: app
+    gpus: all
+    annotations:
+      b: "2"
+      a: "1"
+    blkio_config:
+      weight: 300
+  db:
+    image: postgres:16
+    network_mode: "service:side"
+    volumes_from: [side]
+    links: [side]
+    deploy:
+      resources:
+        reservations:
+          devices:
+            - capabilities: [gpu]
+              count: all
+              driver: nvidia
+    healthcheck:
+      test: ["CMD-SHELL", "pg_isready -U postgres"]
+  side:
+    image: busybox
+    networks:
+      n1:
+        ipv4_address: 10.9.0.5
+      n2: {}
+    dns: [1.1.1.1, 8.8.8.8]
+    dns_search: example.org
+    tmpfs: [/run, /tmp]
+networks:
+  n1:
+    ipam:
+      config:
+        - subnet: 10.9.0.0/24
+          ip_range: 10.9.0.0/25
+          aux_addresses:
+            host1: 10.9.0.2
+  n2:
+    name: custom-net
+    external: true
+volumes:
+  named:
+    name: my-named
+    labels:
+      - a=b
+"#;
+
+const PROBE_TWO_BASE: &str = r#"services:
+  common:
+    image: ${BASE_IMAGE}
+    environment:
+      - COMMON=1
+    labels:
+      tier: base
+"#;
+
+const PROBE_THREE: &str = r#"include:
+  - inc/compose.yaml
+services:
+  web:
+    image: app
+    build:
+      context: .
+      ssh: [default]
+      cache_from: [app:cache]
+      secrets: [s1]
+      target: prod
+    command: []
+    entrypoint: ""
+    ports:
+      - "[::1]:8080:80"
+      - "127.0.0.1::81"
+    healthcheck:
+      disable: true
+    secrets:
+      - source: s1
+        uid: "1000"
+        gid: "1000"
+        mode: 0400
+      - ext
+    configs:
+      - source: c1
+        target: /etc/c1.conf
+        mode: 0444
+    platform: linux/arm64
+    profiles: [debug, dev]
+  job:
+    image: busybox
+    healthcheck:
+      test: ["NONE"]
+    restart: on-failure:5
+    deploy:
+      resources:
+        limits:
+          cpus: "2"
+secrets:
+  s1:
+    file: ./s.txt
+  ext:
+    external: true
+configs:
+  c1:
+    file: ./s.txt
+volumes:
+  empty:
+"#;
+
+const PROBE_THREE_OVERRIDE: &str = r#"services:
+  web:
+    ports: !reset []
+    environment:
+      FROM_OVERRIDE: "yes"
+  job:
+    restart: always
+"#;
+
+const PROBE_THREE_INCLUDED: &str = r#"services:
+  included:
+    image: nginx
+    volumes:
+      - ./html:/usr/share/nginx/html
+"#;
