@@ -324,8 +324,8 @@ pub fn to_v2(project: &Project, format: Format) -> Value {
         sort_map(services, format);
     }
     match format {
-        // compose-go's Project.MarshalJSON writes a Go map: keys sorted.
-        // Only the project's `x-` keys: the other structs' extensions are `json:"-"`.
+        // compose-go's Project.MarshalJSON writes a Go map: keys sorted. Only the project's
+        // `x-` keys: the other structs' extensions are `json:"-"`.
         Format::Json => {
             for (k, v) in top.iter_mut() {
                 if k.starts_with("x-") {
@@ -677,7 +677,7 @@ fn float32(v: &mut Value) {
     }
 }
 
-/// Go maps among `keys` of `o` (and any nested object in them: extension values) sorted.
+/// The Go maps among `keys` of `o` sorted.
 fn map_values(o: &mut Map<String, Value>, keys: &[&str], format: Format) {
     for key in keys {
         if let Some(Value::Object(m)) = o.get_mut(*key) {
