@@ -43,8 +43,25 @@ pub fn escape_dollars(v: serde_json::Value) -> serde_json::Value {
 /// The project as `config --format json` prints it: `$` escaped as `$$` unless `raw` (for
 /// `--no-interpolate`, where values still hold their `${VAR}` templates).
 pub fn to_json_output(project: &Project, raw: bool) -> serde_json::Value {
-    let v = to_v2(project, Format::Json);
+    let mut v = to_v2(project, Format::Json);
+    go_json_numbers(&mut v);
     if raw { v } else { escape_dollars(v) }
+}
+
+/// Whole floats as Go's `encoding/json` writes them: `1`, not `1.0`.
+fn go_json_numbers(v: &mut Value) {
+    match v {
+        Value::Number(n) if n.is_f64() => {
+            if let Some(f) = n.as_f64() {
+                if f.fract() == 0.0 && f.abs() < 1e15 {
+                    *v = Value::from(f as i64);
+                }
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(go_json_numbers),
+        Value::Object(m) => m.values_mut().for_each(go_json_numbers),
+        _ => {}
+    }
 }
 
 /// `config --format json` as text: Go's `json.MarshalIndent` with two spaces, `<`, `>`, `&`
