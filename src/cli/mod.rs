@@ -6,18 +6,25 @@ use std::process::ExitCode;
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
 mod config;
+mod create;
 mod down;
 mod exec;
 mod images;
+mod kill;
 mod logs;
 mod node;
+mod pause;
 mod power;
 mod project;
 mod ps;
 mod pull;
+mod rm;
+mod run;
 mod scale;
+mod select;
 mod top;
 mod up;
+mod version;
 
 /// Run compose files on Incus, on one server or across a cluster.
 #[derive(Debug, Parser)]
@@ -90,6 +97,20 @@ pub enum Command {
     Node(node::NodeArgs),
     /// Show the processes running in each instance
     Top(top::TopArgs),
+    /// Create the instances without starting them (`up --no-start`)
+    Create(create::CreateArgs),
+    /// Send a signal to the main process of the replicas (default SIGKILL: forced stop)
+    Kill(kill::KillArgs),
+    /// Pause (freeze) the running replicas
+    Pause(pause::PauseArgs),
+    /// Unpause (unfreeze) the paused replicas
+    Unpause(pause::PauseArgs),
+    /// Remove stopped replicas and one-off instances
+    Rm(rm::RmArgs),
+    /// Run a one-off command in a new instance of a service
+    Run(run::RunArgs),
+    /// Show the incus-compose version and the Incus server's
+    Version(version::VersionArgs),
     /// Generate shell completions
     Completion {
         /// The shell to generate completions for
@@ -129,6 +150,13 @@ pub fn main() -> ExitCode {
         Command::Pull(args) => pull::run(&cli.global, &args),
         Command::Node(args) => node::run(&cli.global, &args),
         Command::Top(args) => top::run(&cli.global, &args),
+        Command::Create(args) => create::run(&cli.global, &args),
+        Command::Kill(args) => kill::run(&cli.global, &args),
+        Command::Pause(args) => pause::pause(&cli.global, &args),
+        Command::Unpause(args) => pause::unpause(&cli.global, &args),
+        Command::Rm(args) => rm::run(&cli.global, &args),
+        Command::Run(args) => run::run(&cli.global, &args),
+        Command::Version(args) => version::run(&cli.global, &args),
         Command::Completion { shell } => {
             let mut cmd = Cli::command();
             clap_complete::generate(shell, &mut cmd, "incus-compose", &mut std::io::stdout());

@@ -68,6 +68,14 @@ pub const LABEL_VERSION: &str = "user.incus-compose.version";
 pub const LABEL_NETWORK: &str = "user.incus-compose.network";
 /// The compose volume key of a volume.
 pub const LABEL_VOLUME: &str = "user.incus-compose.volume";
+/// `true` on a one-off instance of `run`: it has [`LABEL_SERVICE`] but no [`LABEL_SLOT`], so it
+/// is never a replica (not counted, moved or recreated by `up`/`scale`).
+pub const LABEL_ONEOFF: &str = "user.incus-compose.oneoff";
+
+/// Whether an instance's config marks it as a one-off instance of `run`.
+pub fn is_oneoff(config: &BTreeMap<String, String>) -> bool {
+    config.get(LABEL_ONEOFF).is_some_and(|v| v == "true")
+}
 
 /// Where the command script lives inside an instance (see [`InstanceTemplate::command`]).
 pub const COMMAND_PATH: &str = "/.incus-compose/cmd";
