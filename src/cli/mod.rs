@@ -6,14 +6,17 @@ use std::process::ExitCode;
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
 mod config;
+mod cp;
 mod create;
 mod down;
+mod events;
 mod exec;
 mod images;
 mod kill;
 mod logs;
 mod node;
 mod pause;
+mod port;
 mod power;
 mod project;
 mod ps;
@@ -22,9 +25,11 @@ mod rm;
 mod run;
 mod scale;
 mod select;
+mod stats;
 mod top;
 mod up;
 mod version;
+mod wait;
 
 /// Run compose files on Incus, on one server or across a cluster.
 #[derive(Debug, Parser)]
@@ -97,6 +102,8 @@ pub enum Command {
     Node(node::NodeArgs),
     /// Show the processes running in each instance
     Top(top::TopArgs),
+    /// Copy files and directories between a replica and the local filesystem
+    Cp(cp::CpArgs),
     /// Create the instances without starting them (`up --no-start`)
     Create(create::CreateArgs),
     /// Send a signal to the main process of the replicas (default SIGKILL: forced stop)
@@ -109,6 +116,14 @@ pub enum Command {
     Rm(rm::RmArgs),
     /// Run a one-off command in a new instance of a service
     Run(run::RunArgs),
+    /// Print the address a replica's port is published on
+    Port(port::PortArgs),
+    /// Block until the replicas of services stop; print and return their exit status
+    Wait(wait::WaitArgs),
+    /// CPU, memory, network and processes of each replica
+    Stats(stats::StatsArgs),
+    /// The project's instance lifecycle events, live
+    Events(events::EventsArgs),
     /// Show the incus-compose version and the Incus server's
     Version(version::VersionArgs),
     /// Generate shell completions
@@ -150,12 +165,17 @@ pub fn main() -> ExitCode {
         Command::Pull(args) => pull::run(&cli.global, &args),
         Command::Node(args) => node::run(&cli.global, &args),
         Command::Top(args) => top::run(&cli.global, &args),
+        Command::Cp(args) => cp::run(&cli.global, &args),
         Command::Create(args) => create::run(&cli.global, &args),
         Command::Kill(args) => kill::run(&cli.global, &args),
         Command::Pause(args) => pause::pause(&cli.global, &args),
         Command::Unpause(args) => pause::unpause(&cli.global, &args),
         Command::Rm(args) => rm::run(&cli.global, &args),
         Command::Run(args) => run::run(&cli.global, &args),
+        Command::Port(args) => port::run(&cli.global, &args),
+        Command::Wait(args) => wait::run(&cli.global, &args),
+        Command::Stats(args) => stats::run(&cli.global, &args),
+        Command::Events(args) => events::run(&cli.global, &args),
         Command::Version(args) => version::run(&cli.global, &args),
         Command::Completion { shell } => {
             let mut cmd = Cli::command();
