@@ -9,10 +9,12 @@
 //! (`down -v`) even when it fails; at most two fixtures of this file run at once.
 
 use std::collections::BTreeMap;
-use std::io::Write;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use ic_incus::{Client, Instance};
@@ -177,7 +179,6 @@ impl Drop for Fixture {
     }
 }
 
-#[allow(dead_code)] // used by the events test
 fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !check() {
@@ -451,4 +452,260 @@ fn create_makes_the_instances_without_starting_them() {
     assert!(instances.values().all(|i| !i.is_running()));
     f.ok(&["start"]);
     assert_eq!(f.status("app-1"), "Running");
+}
+
+/// (relative path, mode, content or symlink target) of every entry under `root`, sorted.
+fn tree(root: &std::path::Path) -> Vec<(String, u32, String)> {
+    let mut out = Vec::new();
+    let mut todo = vec![root.to_path_buf()];
+    while let Some(dir) = todo.pop() {
+        for e in std::fs::read_dir(&dir).expect("read dir") {
+            let e = e.expect("entry");
+            let path = e.path();
+            let meta = std::fs::symlink_metadata(&path).expect("metadata");
+            let rel = path
+                .strip_prefix(root)
+                .expect("under root")
+                .to_string_lossy()
+                .into_owned();
+            let what = if meta.file_type().is_symlink() {
+                format!(
+                    "-> {}",
+                    std::fs::read_link(&path).expect("link").to_string_lossy()
+                )
+            } else if meta.is_dir() {
+                todo.push(path.clone());
+                "dir".to_string()
+            } else {
+                std::fs::read_to_string(&path).expect("read")
+            };
+            let mode = if meta.file_type().is_symlink() {
+                0
+            } else {
+                meta.permissions().mode() & 0o7777
+            };
+            out.push((rel, mode, what));
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn cp_copies_a_directory_both_ways_keeping_contents_and_modes() {
+    let f = Fixture::new("cp", APP_DB);
+    f.ok(&["up", "-d", "db"]);
+    let local = tempfile::tempdir().expect("temp dir");
+    let src = local.path().join("conf");
+    std::fs::create_dir_all(src.join("sub/deeper")).expect("mkdir");
+    std::fs::write(src.join("a.txt"), "alpha\n").expect("write");
+    std::fs::write(src.join("sub/run.sh"), "#!/bin/sh\necho run\n").expect("write");
+    std::fs::write(src.join("sub/deeper/secret"), "s3cret").expect("write");
+    std::fs::set_permissions(src.join("a.txt"), std::fs::Permissions::from_mode(0o640)).unwrap();
+    std::fs::set_permissions(
+        src.join("sub/run.sh"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        src.join("sub/deeper/secret"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        src.join("sub/deeper"),
+        std::fs::Permissions::from_mode(0o700),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("a.txt", src.join("link")).expect("symlink");
+
+    // Into an existing directory: it lands under its own name.
+    f.ok(&["cp", src.to_str().unwrap(), "db:/tmp"]);
+    let listing = f.ok(&[
+        "exec",
+        "-T",
+        "db",
+        "sh",
+        "-c",
+        "cd /tmp/conf && stat -c '%n %a' a.txt sub/run.sh sub/deeper sub/deeper/secret && cat sub/deeper/secret && readlink link",
+    ]);
+    assert_eq!(
+        listing,
+        // `cat secret` has no newline; `readlink link` follows it.
+        "a.txt 640\nsub/run.sh 755\nsub/deeper 700\nsub/deeper/secret 600\ns3creta.txt\n",
+        "{listing}"
+    );
+    assert_eq!(
+        f.ok(&["exec", "-T", "db", "sh", "/tmp/conf/sub/run.sh"]),
+        "run\n"
+    );
+
+    // And back out, to a new path: the same tree.
+    let back = local.path().join("back");
+    f.ok(&["cp", "db:/tmp/conf", back.to_str().unwrap()]);
+    assert_eq!(tree(&back), tree(&src));
+    // A single file to a file path; a missing source fails and names it.
+    let one = local.path().join("one.txt");
+    f.ok(&["cp", "db:/tmp/conf/a.txt", one.to_str().unwrap()]);
+    assert_eq!(std::fs::read_to_string(&one).unwrap(), "alpha\n");
+    let out = f.run(&["cp", "db:/nonexistent", one.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent"));
+}
+
+#[test]
+fn port_prints_the_member_address_of_a_published_port() {
+    let f = Fixture::new(
+        "port",
+        r#"
+name: {name}
+services:
+  web:
+    image: testapp/v1
+    ports: ["18187:80"]
+"#,
+    );
+    f.ok(&["up", "-d"]);
+    let web = &f.instances()["web-1"];
+    let server = block_on(f.client.server()).expect("server");
+    let out = f.ok(&["port", "web", "80"]);
+    let (host, port) = out.trim().rsplit_once(':').expect("HOST:PORT");
+    assert_eq!(port, "18187");
+    if server.environment.server_clustered {
+        let members = block_on(f.client.cluster_members()).expect("members");
+        let m = members
+            .iter()
+            .find(|m| m.server_name == web.location)
+            .expect("member");
+        assert!(
+            m.url.contains(host),
+            "{host} is {}'s address ({})",
+            m.server_name,
+            m.url
+        );
+    } else {
+        assert_eq!(host, "0.0.0.0");
+    }
+    let out = f.run(&["port", "web", "81"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no port 81/tcp"));
+    let out = f.run(&["port", "--protocol", "udp", "web", "80"]);
+    assert!(!out.status.success());
+}
+
+#[test]
+fn wait_returns_once_the_replicas_stopped() {
+    let f = Fixture::new(
+        "wait",
+        r#"
+name: {name}
+services:
+  job:
+    image: busybox
+    command: ["sh", "-c", "sleep 4"]
+  web:
+    image: busybox
+"#,
+    );
+    f.ok(&["up", "-d"]);
+    let started = Instant::now();
+    let out = f.run(&["wait", "job"]);
+    assert_eq!(out.status.code(), Some(0), "a clean stop");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "0");
+    assert_eq!(f.status("job-1"), "Stopped");
+    assert_eq!(f.status("web-1"), "Running", "web was not waited for");
+    assert!(started.elapsed() < Duration::from_secs(60));
+    let out = f.run(&["wait", "nosuch"]);
+    assert!(!out.status.success());
+}
+
+#[test]
+fn stats_no_stream_json_parses_and_names_every_replica() {
+    let f = Fixture::new(
+        "stats",
+        r#"
+name: {name}
+services:
+  web:
+    image: busybox
+    deploy:
+      replicas: 2
+      resources: {limits: {memory: 256M}}
+  db:
+    image: testapp/v1
+"#,
+    );
+    f.ok(&["up", "-d"]);
+    let out = f.ok(&["stats", "--no-stream", "--format", "json"]);
+    let rows: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect();
+    let mut names: Vec<&str> = rows.iter().map(|r| r["Name"].as_str().unwrap()).collect();
+    names.sort();
+    assert_eq!(names, ["db-1", "web-1", "web-2"]);
+    for r in &rows {
+        assert!(r["processes"].as_i64().unwrap() >= 1, "{r}");
+        assert!(r["memory_bytes"].as_i64().unwrap() > 0, "{r}");
+        assert!(r["cpu_percent"].as_f64().unwrap() >= 0.0, "{r}");
+        assert!(r["net_rx_bytes"].as_i64().is_some(), "{r}");
+        let member = r["Member"].as_str().unwrap();
+        assert_eq!(member, f.instances()[r["Name"].as_str().unwrap()].location);
+    }
+    let web = rows.iter().find(|r| r["Name"] == "web-1").unwrap();
+    assert_eq!(web["memory_limit_bytes"], 256 * 1024 * 1024);
+    let table = f.ok(&["stats", "--no-stream", "web"]);
+    assert!(table.starts_with("NAME"), "{table}");
+    assert_eq!(table.lines().count(), 3, "header and the two web replicas");
+}
+
+#[test]
+fn events_prints_a_line_for_a_replica_restarted_from_another_process() {
+    let f = Fixture::new("events", APP_DB);
+    f.ok(&["up", "-d"]);
+    let mut child = f
+        .command(&["events", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start events");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // Let it connect, then restart app-1 through Incus itself, as another terminal would.
+    std::thread::sleep(Duration::from_secs(2));
+    block_on(f.project().restart_instance("app-1", 10, true)).expect("restart app-1");
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut started = false;
+    while Instant::now() < deadline && !started {
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(500)) {
+            let v: serde_json::Value = serde_json::from_str(&line).expect("JSON line");
+            assert_eq!(v["type"], "instance", "{line}");
+            assert_eq!(v["service"], "app", "{line}");
+            // A forced restart is one `restarted` event; a clean one `shutdown` + `started`.
+            started =
+                v["id"] == "app-1" && (v["action"] == "restarted" || v["action"] == "started");
+            seen.push(line);
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(started, "no restart event for app-1 in {seen:?}");
+    assert!(
+        seen.iter().all(|l| l.contains("\"app-1\"")),
+        "only the restarted replica: {seen:?}"
+    );
+    // Instances of other Incus projects are never shown: db-1 did nothing, and the test's
+    // own Incus project is the only one.
+    wait_for("app-1 running", Duration::from_secs(20), || {
+        f.status("app-1") == "Running"
+    });
 }

@@ -36,6 +36,9 @@ pub fn run(global: &GlobalArgs, args: &WaitArgs) -> anyhow::Result<ExitCode> {
         let client = select::client(&ctx);
         let mut code = None;
         let mut left: Vec<String> = list.iter().map(|i| i.name.clone()).collect();
+        // Incus answers a state read during a stop with an error now and then ("Invalid
+        // PID"): only errors that last fail the wait.
+        let mut errors = 0;
         while !left.is_empty() {
             let mut still = Vec::new();
             for name in left {
@@ -51,7 +54,13 @@ pub fn run(global: &GlobalArgs, args: &WaitArgs) -> anyhow::Result<ExitCode> {
                         code.get_or_insert(0u8);
                     }
                     Ok(_) => still.push(name),
-                    Err(e) => return Err(e.into()),
+                    Err(e) => {
+                        errors += 1;
+                        if errors > 20 {
+                            return Err(e.into());
+                        }
+                        still.push(name);
+                    }
                 }
             }
             if args.down_project && code.is_some() {
