@@ -105,7 +105,9 @@ pub fn run(global: &GlobalArgs, args: &KillArgs) -> anyhow::Result<ExitCode> {
                     let req =
                         ExecRequest::new(["kill".to_string(), format!("-{number}"), "1".into()]);
                     let out = client.exec_output(&i.name, &req, &[]).await?;
-                    if out.exit_code != 0 {
+                    // 128+N: `kill` itself was killed, the signal having made PID 1 shut the
+                    // instance down (busybox init powers off on SIGUSR2): delivered.
+                    if out.exit_code != 0 && out.exit_code < 128 {
                         bail!(
                             "`kill -{number} 1` failed (exit code {}): {}",
                             out.exit_code,
