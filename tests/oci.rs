@@ -700,3 +700,24 @@ fn a_private_registry_is_reached_with_the_credentials_of_the_users_oci_remote() 
     let out = f.ok(&["up", "-d"]);
     assert!(out.contains("Nothing to change"), "{out}");
 }
+
+#[test]
+fn run_rm_of_a_docker_image_service_passes_the_exit_code_and_leaves_no_instance() {
+    let f = Fixture::new("run");
+    f.write(
+        r#"name: {name}
+services:
+  web:
+    image: {registry}/testapp:v1
+    environment:
+      GREETING: from compose
+"#,
+    );
+    let out = f.run(&["run", "--rm", "web", "sh", "-c", "echo $GREETING; exit 5"]);
+    assert_eq!(out.status.code(), Some(5), "the command's exit code");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "from compose\n");
+    assert!(
+        f.instances("web").is_empty(),
+        "no replica made, the one-off removed"
+    );
+}

@@ -42,7 +42,9 @@ pub fn run(global: &GlobalArgs, args: &WaitArgs) -> anyhow::Result<ExitCode> {
         while !left.is_empty() {
             let mut still = Vec::new();
             for name in left {
-                match client.instance_state(&name).await {
+                // The instance, not its state: reading the state of an instance whose init just
+                // exited fails now and then on Incus 7.0 ("Invalid PID -1").
+                match client.instance(&name).await {
                     Ok(s) if s.status.eq_ignore_ascii_case("stopped") => {
                         code.get_or_insert(0u8);
                     }
