@@ -191,3 +191,33 @@ pub fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn completions_and_help_cover_every_docker_compose_everyday_command() {
+        let mut out = Vec::new();
+        clap_complete::generate(
+            clap_complete::Shell::Bash,
+            &mut Cli::command(),
+            "incus-compose",
+            &mut out,
+        );
+        let script = String::from_utf8(out).unwrap();
+        let help = Cli::command().render_help().to_string();
+        for cmd in [
+            "run", "cp", "kill", "pause", "unpause", "rm", "create", "port", "events", "stats",
+            "wait", "version",
+        ] {
+            assert!(
+                script.contains(&format!("incus__compose,{cmd})")),
+                "{cmd} completes"
+            );
+            assert!(help.contains(&format!("\n  {cmd} ")), "{cmd} in --help");
+        }
+        // `run`'s own flags complete too.
+        assert!(script.contains("--service-ports"));
+    }
+}
