@@ -724,3 +724,46 @@ fn events_prints_a_line_for_a_replica_restarted_from_another_process() {
         f.status("app-1") == "Running"
     });
 }
+
+#[test]
+fn run_detached_publishes_only_the_ports_asked_for_and_rm_s_removes_it() {
+    let f = Fixture::new(
+        "rund",
+        r#"
+name: {name}
+services:
+  web:
+    image: busybox
+    ports: ["18291:80"]
+"#,
+    );
+    // `-p` after `run` is --publish, as in docker compose.
+    let name = f.ok(&["run", "-d", "-p", "18292:8080", "web", "sleep", "300"]);
+    let name = name.trim().to_string();
+    let i = &f.instances()[&name];
+    assert!(i.is_running(), "-d leaves it running");
+    let proxies: BTreeMap<&String, &String> = i
+        .devices
+        .iter()
+        .filter(|(_, d)| d.get("type").map(String::as_str) == Some("proxy"))
+        .map(|(k, d)| (k, &d["listen"]))
+        .collect();
+    assert_eq!(
+        proxies.values().map(|l| l.as_str()).collect::<Vec<_>>(),
+        ["tcp:0.0.0.0:18292"],
+        "its own port only, not the service's: {proxies:?}"
+    );
+    // The command runs in it; `exec` never picks a one-off (web has no replica yet).
+    let out = block_on(f.project().exec_output(
+        &name,
+        &ic_incus::ExecRequest::new(["sh", "-c", "ps -o args | grep -c '^sleep 300'"]),
+        b"",
+    ))
+    .expect("exec");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1");
+    let out = f.run(&["exec", "-T", "web", "true"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("has no instances"));
+    f.ok(&["rm", "-s", "-f"]);
+    assert!(f.instances().is_empty());
+}

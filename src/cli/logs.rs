@@ -49,7 +49,7 @@ pub struct LogsArgs {
 }
 
 /// Global options that take a value (their value is not the subcommand).
-const GLOBAL_VALUE_OPTIONS: [&str; 9] = [
+pub(super) const GLOBAL_VALUE_OPTIONS: [&str; 9] = [
     "-f",
     "--file",
     "-p",

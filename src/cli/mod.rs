@@ -148,7 +148,9 @@ fn init_log() {
 
 pub fn main() -> ExitCode {
     // `logs -f` means --follow (docker compose), not the global --file.
-    let cli = Cli::parse_from(logs::rewrite_follow(std::env::args_os()));
+    let cli = Cli::parse_from(run::rewrite_publish(logs::rewrite_follow(
+        std::env::args_os(),
+    )));
     init_log();
     let result = match cli.command {
         Command::Config(args) => config::run(&cli.global, &args),

@@ -36,7 +36,7 @@ use crate::engine::{self, health, observe};
 
 #[derive(Debug, Args)]
 #[command(
-    after_help = "The one-off instance runs a keep-alive PID 1 and the command through Incus exec; the command's exit code is incus-compose's. `-p` is the global --project-name in incus-compose: publish ports with --publish."
+    after_help = "The one-off instance runs a keep-alive PID 1 and the command through Incus exec; the command's exit code is incus-compose's. `-p` is the global --project-name before `run`, and --publish after it (as docker compose)."
 )]
 pub struct RunArgs {
     /// Remove the one-off instance (and its anonymous volumes) when the command ends
@@ -70,7 +70,8 @@ pub struct RunArgs {
     /// Keep stdin open (always the case; accepted for docker compose compatibility)
     #[arg(short = 'i', long, hide = true)]
     pub interactive: bool,
-    /// Publish a port of the one-off: [IP:]HOST:CONTAINER[/PROTO] (repeatable)
+    /// Publish a port of the one-off: [IP:]HOST:CONTAINER[/PROTO] (repeatable; `-p` after
+    /// `run` means --publish, as in docker compose)
     #[arg(long = "publish", value_name = "PORTS")]
     pub publish: Vec<String>,
     /// Publish the service's own ports (they must be free: the replicas hold them)
@@ -81,6 +82,65 @@ pub struct RunArgs {
     /// The command and its arguments (default: the service's)
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub command: Vec<String>,
+}
+
+/// Options of `run` that take a value (their value is not the SERVICE).
+const VALUE_OPTIONS: [&str; 10] = [
+    "-e",
+    "--env",
+    "-w",
+    "--workdir",
+    "-u",
+    "--user",
+    "--entrypoint",
+    "--name",
+    "--publish",
+    "-p",
+];
+
+/// `-p` is the global `--project-name`; after `run` and before its SERVICE it means
+/// `--publish`, as with docker compose (`incus-compose -p proj run -p 8080:80 web`). Rewrites
+/// those, before clap sees the arguments; the command after SERVICE is left alone.
+pub fn rewrite_publish(args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let mut out = Vec::with_capacity(args.len());
+    let mut args = args.into_iter();
+    if let Some(program) = args.next() {
+        out.push(program);
+    }
+    // Before the subcommand, then in `run` before SERVICE, then done.
+    let (mut in_run, mut found, mut done, mut skip_value) = (false, false, false, false);
+    for arg in args {
+        let text = arg.to_str().map(str::to_string);
+        match text.as_deref() {
+            _ if done => {}
+            None => {}
+            Some(_) if skip_value => skip_value = false,
+            Some(t) if !found => {
+                if super::logs::GLOBAL_VALUE_OPTIONS.contains(&t) {
+                    skip_value = true;
+                } else if !t.starts_with('-') {
+                    found = true;
+                    in_run = t == "run";
+                    done = !in_run;
+                }
+            }
+            Some("--") => done = true,
+            Some("-p") if in_run => {
+                out.push("--publish".into());
+                skip_value = true;
+                continue;
+            }
+            Some(t) if t.starts_with("-p") && !t.starts_with("--") && in_run => {
+                out.push(format!("--publish={}", &t[2..]).into());
+                continue;
+            }
+            Some(t) if VALUE_OPTIONS.contains(&t) => skip_value = true,
+            Some(t) if !t.starts_with('-') => done = true,
+            Some(_) => {}
+        }
+        out.push(arg);
+    }
+    out
 }
 
 /// The keep-alive PID 1 of a one-off: ends cleanly on the usual stop signals.
@@ -384,6 +444,40 @@ pub fn run(global: &GlobalArgs, args: &RunArgs) -> anyhow::Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn rewrite(args: &[&str]) -> Vec<String> {
+        rewrite_publish(args.iter().map(std::ffi::OsString::from).collect())
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn dash_p_after_run_publishes_until_the_service_and_names_the_project_before() {
+        assert_eq!(
+            rewrite(&[
+                "ic", "-p", "run", "run", "-p", "80:80", "-e", "-p", "web", "ls", "-p"
+            ]),
+            [
+                "ic",
+                "-p",
+                "run",
+                "run",
+                "--publish",
+                "80:80",
+                "-e",
+                "-p",
+                "web",
+                "ls",
+                "-p"
+            ]
+        );
+        assert_eq!(
+            rewrite(&["ic", "run", "-p8080:80", "web"]),
+            ["ic", "run", "--publish=8080:80", "web"]
+        );
+        assert_eq!(rewrite(&["ic", "up", "-p", "x"]), ["ic", "up", "-p", "x"]);
+    }
 
     #[test]
     fn publish_reads_host_container_ip_and_protocol() {
