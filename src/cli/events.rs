@@ -37,14 +37,20 @@ pub fn run(global: &GlobalArgs, args: &EventsArgs) -> anyhow::Result<ExitCode> {
     super::select::check_services(&ctx, &args.services)?;
     let client = super::select::client(&ctx);
     block_on(async {
-        let filter = EventFilter {
+        let mut filter = EventFilter {
             types: vec!["lifecycle".into()],
             all_projects: false,
         };
-        let mut stream = client
-            .events(&filter)
-            .await
-            .context("cannot open the Incus event stream")?;
+        // Before the first `up` the Incus project does not exist: listen to every project
+        // (only this one's events are shown) until it does.
+        let mut stream = match client.events(&filter).await {
+            Err(e) if e.is_not_found() => {
+                filter.all_projects = true;
+                client.events(&filter).await
+            }
+            other => other,
+        }
+        .context("cannot open the Incus event stream")?;
         let mut known: Known = BTreeMap::new();
         for i in super::select::instances(&ctx, &[], true).await? {
             let service = i.config.get(LABEL_SERVICE).cloned().unwrap_or_default();
@@ -59,6 +65,9 @@ pub fn run(global: &GlobalArgs, args: &EventsArgs) -> anyhow::Result<ExitCode> {
             let Some(action) = l.action.strip_prefix("instance-") else {
                 continue;
             };
+            if !event.project.is_empty() && event.project != ctx.incus_project {
+                continue;
+            }
             let name = l.object_name();
             if !known.contains_key(&name) {
                 let ours = match client.instance(&name).await {
