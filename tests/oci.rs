@@ -702,7 +702,7 @@ fn a_private_registry_is_reached_with_the_credentials_of_the_users_oci_remote() 
 }
 
 #[test]
-fn run_rm_of_a_docker_image_service_passes_the_exit_code_and_leaves_no_instance() {
+fn run_of_a_docker_image_service_passes_the_exit_code_and_without_a_command_runs_the_images_own() {
     let f = Fixture::new("run");
     f.write(
         r#"name: {name}
@@ -720,4 +720,10 @@ services:
         f.instances("web").is_empty(),
         "no replica made, the one-off removed"
     );
+    // Without a command: the image's own entrypoint and cmd (testapp's httpd in the
+    // foreground) run; `-d` leaves it serving.
+    let name = f.ok(&["run", "-d", "web"]);
+    let name = name.trim();
+    let got = f.exec_until(name, &["wget", "-qO-", "http://127.0.0.1/"], "v1", WAIT);
+    assert_eq!(got, "v1", "the image's process serves in {name}");
 }

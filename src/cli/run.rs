@@ -272,7 +272,15 @@ pub fn run(global: &GlobalArgs, args: &RunArgs) -> anyhow::Result<ExitCode> {
                 eprintln!("{l}");
             }
         }
-        for w in engine::read_image_processes(&ctx.project, &mut obs.facts, &obs.remotes).await {
+        // A Docker image service run without any command runs the image's own entrypoint and
+        // cmd: have them read too (as for a service that sets only `command`).
+        let mut reading = ctx.project.clone();
+        if words.is_empty()
+            && let Some(s) = reading.services.get_mut(&args.service)
+        {
+            s.command = Some(Vec::new());
+        }
+        for w in engine::read_image_processes(&reading, &mut obs.facts, &obs.remotes).await {
             eprintln!("warning: {w}");
         }
         let mut plan = plan_up(
