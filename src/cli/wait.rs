@@ -36,6 +36,10 @@ pub fn run(global: &GlobalArgs, args: &WaitArgs) -> anyhow::Result<ExitCode> {
         let client = select::client(&ctx);
         let mut code = None;
         let mut left: Vec<String> = list.iter().map(|i| i.name.clone()).collect();
+        // A replica counts as stopped once two reads half a second apart say so: while its
+        // init exits, Incus 6.0 on a cluster can report it stopped, then running again for a
+        // moment.
+        let mut stopped_once: std::collections::BTreeSet<String> = Default::default();
         // Incus answers a state read during a stop with an error now and then ("Invalid
         // PID"): only errors that last fail the wait.
         let mut errors = 0;
@@ -46,7 +50,11 @@ pub fn run(global: &GlobalArgs, args: &WaitArgs) -> anyhow::Result<ExitCode> {
                 // exited fails now and then on Incus 7.0 ("Invalid PID -1").
                 match client.instance(&name).await {
                     Ok(s) if s.status.eq_ignore_ascii_case("stopped") => {
-                        code.get_or_insert(0u8);
+                        if stopped_once.insert(name.clone()) {
+                            still.push(name);
+                        } else {
+                            code.get_or_insert(0u8);
+                        }
                     }
                     Ok(s) if s.status.eq_ignore_ascii_case("error") => {
                         code.get_or_insert(1u8);
@@ -55,7 +63,10 @@ pub fn run(global: &GlobalArgs, args: &WaitArgs) -> anyhow::Result<ExitCode> {
                     Err(e) if e.is_not_found() => {
                         code.get_or_insert(0u8);
                     }
-                    Ok(_) => still.push(name),
+                    Ok(_) => {
+                        stopped_once.remove(&name);
+                        still.push(name);
+                    }
                     Err(e) => {
                         errors += 1;
                         if errors > 20 {
