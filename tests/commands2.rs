@@ -448,7 +448,33 @@ services:
         "removed with -v: {after:?}"
     );
     assert_eq!(after.len(), before.len() - 1, "only that one: {after:?}");
-    assert_eq!(f.status("web-1"), "Running");
+
+    // On a terminal it asks first; `n` keeps the replica, `y` removes it.
+    f.ok(&["stop", "web"]);
+    let on_terminal = |answer: &str| {
+        let mut child = Command::new("script")
+            .args(["-qec", &format!("{BIN} rm web"), "/dev/null"])
+            .current_dir(f.dir.path())
+            .env_remove("COMPOSE_PROJECT_NAME")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("run script(1)");
+        let mut input = child.stdin.take().expect("stdin");
+        // Answer once the question is up.
+        std::thread::sleep(Duration::from_secs(3));
+        input.write_all(answer.as_bytes()).expect("answer");
+        let out = child.wait_with_output().expect("wait");
+        drop(input);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let text = on_terminal("n\n");
+    assert!(text.contains("Going to remove web-1"), "{text:?}");
+    assert!(text.contains("Are you sure? [y/N]"), "{text:?}");
+    assert!(f.instances().contains_key("web-1"), "kept after `n`");
+    let text = on_terminal("y\n");
+    assert!(text.contains("web-1 removed"), "{text:?}");
+    assert!(f.instances().is_empty());
 }
 
 #[test]
