@@ -16,6 +16,7 @@ pub use execute::{Target, execute, execute_gated};
 pub use lock::{Lease, LockGuard, LockOptions};
 pub use observe::{Observation, is_ours, observe};
 pub use oci::{prepare_images, project_image_keys, pull_image, read_image_processes, record_pulls};
+pub use progress::lines_to_stderr;
 
 use anyhow::Context;
 use ic_incus::Client;

@@ -3,9 +3,28 @@
 //! ends; otherwise (pipes, CI, tests) only the result lines, one per object, as they finish.
 
 use std::io::IsTerminal;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+
+/// Result lines go to stderr instead of stdout (set once by `run`, whose stdout is the
+/// command's).
+static TO_STDERR: AtomicBool = AtomicBool::new(false);
+
+/// From now on, result lines go to stderr.
+pub fn lines_to_stderr() {
+    TO_STDERR.store(true, Ordering::Relaxed);
+}
+
+/// A line about progress: stdout, or stderr after [`lines_to_stderr`].
+pub fn say(line: &str) {
+    if TO_STDERR.load(Ordering::Relaxed) {
+        eprintln!("{line}");
+    } else {
+        println!("{line}");
+    }
+}
 
 /// Where result lines and spinners go. Cheap to clone.
 #[derive(Clone)]
@@ -40,6 +59,7 @@ impl Progress {
     pub fn line(&self, line: &str) {
         match &self.bars {
             Some(bars) if bars.println(line).is_ok() => {}
+            _ if TO_STDERR.load(Ordering::Relaxed) => eprintln!("{line}"),
             _ => println!("{line}"),
         }
     }

@@ -610,7 +610,7 @@ fn check_names(d: &Desired, obs: &Observed, r: &Replicas) -> Result<(), PlanErro
         if !is_ours(&i.config, compose) {
             return Err(not_ours(d, "instance", name, &i.config));
         }
-        let same = i.label(LABEL_SERVICE) == Some(service.as_str());
+        let same = i.label(LABEL_SERVICE) == Some(service.as_str()) && !super::is_oneoff(&i.config);
         if !same && !r.removed.contains(name) {
             return Err(PlanError::NameCollision {
                 first: format!(
@@ -826,7 +826,7 @@ pub fn plan_power(
     let selected: Vec<&ObservedInstance> = obs
         .instances
         .iter()
-        .filter(|i| is_ours(&i.config, compose))
+        .filter(|i| is_ours(&i.config, compose) && !super::is_oneoff(&i.config))
         .filter(|i| {
             services.is_empty()
                 || i.label(LABEL_SERVICE)

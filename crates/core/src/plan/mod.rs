@@ -109,6 +109,15 @@ pub struct RolloutSpec {
 /// config yet, so no labels) is known to be ours: see [`Observed::claims_network`].
 pub const CREATING_NETWORK_PREFIX: &str = "user.incus-compose.creating-network.";
 
+/// `true` on a one-off instance of `run`: it has [`LABEL_SERVICE`] but no [`LABEL_SLOT`], so it
+/// is never a replica (not counted, moved or recreated by `up`/`scale`).
+pub const LABEL_ONEOFF: &str = "user.incus-compose.oneoff";
+
+/// Whether an instance's config marks it as a one-off instance of `run`.
+pub fn is_oneoff(config: &BTreeMap<String, String>) -> bool {
+    config.get(LABEL_ONEOFF).is_some_and(|v| v == "true")
+}
+
 /// Where the command script lives inside an instance (see [`InstanceTemplate::command`]).
 pub const COMMAND_PATH: &str = "/.incus-compose/cmd";
 
