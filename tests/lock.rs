@@ -140,18 +140,16 @@ impl Fixture {
             .and_then(|p| p.config.get(LOCK_KEY).cloned())
     }
 
-    /// Networks of the `default` project whose name this project's would have (any state,
-    /// labelled or not): `ic<hash>-<key>` for the keys given.
-    fn networks_named(&self, suffixes: &[&str]) -> Vec<ic_incus::Network> {
+    /// The networks of the `default` project named as this project's networks `keys` are
+    /// (any state, labelled or not).
+    fn networks_named(&self, keys: &[&str]) -> Vec<ic_incus::Network> {
+        let names: Vec<String> = keys
+            .iter()
+            .map(|k| ic_core::plan::naming::network_name(&self.name, k))
+            .collect();
         let all = block_on(self.client.with_project("default").networks()).expect("networks");
         all.into_iter()
-            .filter(|n| {
-                n.name.starts_with("ic")
-                    && suffixes.iter().any(|s| n.name.ends_with(&format!("-{s}")))
-                    && (n.config.get("user.incus-compose.project") == Some(&self.name)
-                        || n.config.is_empty()
-                        || n.status != "Created")
-            })
+            .filter(|n| names.contains(&n.name))
             .collect()
     }
 }

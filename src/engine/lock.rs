@@ -126,6 +126,13 @@ fn utc(secs: u64) -> String {
     }
 }
 
+/// Serialises this process's writes of Incus project config (read, change, write). Incus
+/// compares the `If-Match` ETag outside its write transaction, so two writes that read the same
+/// ETag can both pass and the second silently undoes the first (seen here: two networks
+/// created at once each recording themselves, one record lost). Other processes are kept out
+/// by the project lock itself.
+static CONFIG_WRITES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Read-modify-write of Incus project `name`'s config guarded by its ETag, retried when
 /// someone changed it meanwhile. `edit` changes the config and says whether anything changed
 /// (nothing is written when not). Returns whether a write happened.
@@ -134,6 +141,7 @@ pub async fn edit_project_config(
     name: &str,
     mut edit: impl FnMut(&mut BTreeMap<String, String>) -> bool,
 ) -> ic_incus::Result<bool> {
+    let _one_at_a_time = CONFIG_WRITES.lock().await;
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -315,6 +323,7 @@ impl Drop for LockGuard {
 async fn release(base: &Client, shared: &Shared) {
     shared.held.store(false, Ordering::SeqCst);
     let mine = shared.record();
+    let _one_at_a_time = CONFIG_WRITES.lock().await;
     for _ in 0..20 {
         let (project, etag, current) = match read_lock(base, &shared.project).await {
             Ok(r) => r,
@@ -357,7 +366,7 @@ pub async fn acquire(
     let ttl = opts.ttl_secs();
     let mut said_waiting: Option<String> = None;
     let record = loop {
-        let (project, etag, current) = read_lock(base, incus_project)
+        let (_, _, current) = read_lock(base, incus_project)
             .await
             .with_context(|| format!("cannot read the lock of Incus project {incus_project}"))?;
         let now = now_secs();
@@ -382,11 +391,21 @@ pub async fn acquire(
                 tokio::time::sleep(POLL).await;
             }
             Decision::Take(want) => {
+                // Read again under the in-process write lock (see CONFIG_WRITES).
+                let guard = CONFIG_WRITES.lock().await;
+                let (project, etag, now_current) =
+                    read_lock(base, incus_project).await.with_context(|| {
+                        format!("cannot read the lock of Incus project {incus_project}")
+                    })?;
+                if now_current != current {
+                    continue;
+                }
                 let written = write_lock(base, &project, etag, Some(&want))
                     .await
                     .with_context(|| {
                         format!("cannot write the lock of Incus project {incus_project}")
                     })?;
+                drop(guard);
                 if !written {
                     continue;
                 }
@@ -463,6 +482,7 @@ async fn renew_once(
     ttl: u64,
 ) -> ic_incus::Result<Option<LockRecord>> {
     let mine = shared.record();
+    let _one_at_a_time = CONFIG_WRITES.lock().await;
     for _ in 0..20 {
         let (project, etag, current) = match read_lock(base, &shared.project).await {
             Ok(r) => r,
@@ -483,7 +503,7 @@ async fn renew_once(
             continue;
         }
         let (_, _, back) = read_lock(base, &shared.project).await?;
-        if lease::confirms(back.as_ref(), &mine) {
+        if back.as_ref() == Some(&next) {
             return Ok(Some(next));
         }
     }
