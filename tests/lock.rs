@@ -492,3 +492,31 @@ fn a_run_that_loses_its_lock_stops_acting() {
     };
     block_on(f.client.update_project_if_match(&f.name, &put, etag)).expect("remove");
 }
+
+#[test]
+fn ctrl_c_during_up_gives_the_lock_back_at_once() {
+    let f = Fixture::new("sigint", &[LONG]);
+    let holder = spawn(&f.dir(0), &["up", "-d", "--parallel", "1"]);
+    assert!(
+        wait_for(Duration::from_secs(30), || !f.instances().is_empty()),
+        "the up starts creating"
+    );
+    assert!(f.lock_value().is_some(), "held while it works");
+    let status = Command::new("kill")
+        .args(["-INT", &holder.id().to_string()])
+        .status()
+        .expect("kill -INT");
+    assert!(status.success());
+    let out = holder.wait_with_output().expect("wait");
+    show(&["up -d --parallel 1 (Ctrl-C)"], &out);
+    assert_eq!(out.status.code(), Some(130));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("releasing the lock"),
+        "{out:?}"
+    );
+    assert_eq!(f.lock_value(), None, "released, not left to expire");
+    // The next run neither waits nor refuses, and converges.
+    let next = run(&f.dir(0), &["--no-wait-lock", "up", "-d"]);
+    assert!(next.status.success());
+    assert_eq!(f.instances().len(), 12);
+}
