@@ -488,11 +488,14 @@ async fn confirmed(base: &Client, incus_project: &str, want: &LockRecord) -> any
     }
 }
 
-/// Renews the lease every `ttl / 3` until aborted or lost.
+/// Renews the lease every `ttl / 3` (every second after a failed attempt) until aborted or
+/// lost.
 async fn renew(base: Client, shared: Arc<Shared>, ttl: u64) {
     let every = Duration::from_millis(ttl * 1000 / 3);
+    let mut wait = every;
     loop {
-        tokio::time::sleep(every).await;
+        tokio::time::sleep(wait).await;
+        wait = every;
         if !shared.held.load(Ordering::SeqCst) {
             return;
         }
@@ -504,6 +507,7 @@ async fn renew(base: Client, shared: Arc<Shared>, ttl: u64) {
             Ok(None) => return,
             Err(e) => {
                 tracing::info!("renewing the lock of {}: {e}", shared.project);
+                wait = every.min(Duration::from_secs(1));
                 let expires = shared.confirmed_expires.load(Ordering::SeqCst);
                 if lease::must_stop(expires, now_secs(), shared.margin) {
                     shared.lose(format!("it could not be renewed: {e}"));
