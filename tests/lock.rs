@@ -520,3 +520,74 @@ fn ctrl_c_during_up_gives_the_lock_back_at_once() {
     assert!(next.status.success());
     assert_eq!(f.instances().len(), 12);
 }
+
+/// An Incus project made by hand (by this test), removed when dropped.
+struct HandMade {
+    client: Client,
+    name: String,
+}
+
+impl Drop for HandMade {
+    fn drop(&mut self) {
+        let _ = block_on(self.client.delete_project(&self.name));
+    }
+}
+
+#[test]
+fn a_project_incus_compose_did_not_create_is_never_written_to_for_the_lock() {
+    let f = Fixture::new("foreign", &[WEB]);
+    let incus_project = format!("{}-hand", f.name);
+    let req = ic_incus::ProjectsPost {
+        name: incus_project.clone(),
+        description: "made by hand".into(),
+        config: [
+            ("features.images", "false"),
+            ("features.profiles", "false"),
+            ("features.networks", "false"),
+            ("features.storage.volumes", "true"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect(),
+    };
+    block_on(f.client.create_project(&req)).expect("create the hand-made project");
+    let _hand = HandMade {
+        client: f.client.clone(),
+        name: incus_project.clone(),
+    };
+    let before = block_on(f.client.get_project(&incus_project)).expect("project");
+    let up = run(&f.dir(0), &["--incus-project", &incus_project, "up", "-d"]);
+    assert!(up.status.success());
+    assert!(
+        String::from_utf8_lossy(&up.stderr).contains("no project lock is taken"),
+        "{up:?}"
+    );
+    let after = block_on(f.client.get_project(&incus_project)).expect("project");
+    assert_eq!(after.config, before.config, "its config is untouched");
+    assert_eq!(
+        block_on(f.client.with_project(&incus_project).instances())
+            .expect("instances")
+            .len(),
+        3
+    );
+    // By name too, and `down` leaves the project itself alone.
+    ok(
+        &f.empty(),
+        &[
+            "-p",
+            &f.name,
+            "--incus-project",
+            &incus_project,
+            "down",
+            "-t",
+            "1",
+        ],
+    );
+    let left = block_on(f.client.get_project(&incus_project)).expect("still there");
+    assert_eq!(left.config, before.config);
+    assert!(
+        block_on(f.client.with_project(&incus_project).instances())
+            .expect("instances")
+            .is_empty()
+    );
+}
