@@ -8,6 +8,7 @@ use clap::{Args, CommandFactory, Parser, Subcommand};
 mod config;
 mod down;
 mod exec;
+mod history;
 mod images;
 mod logs;
 mod ls;
@@ -16,6 +17,7 @@ mod power;
 mod project;
 mod ps;
 mod pull;
+mod rollback;
 mod scale;
 mod top;
 mod up;
@@ -77,6 +79,10 @@ pub enum Command {
     Ps(ps::PsArgs),
     /// List the compose projects deployed on the server
     Ls(ls::LsArgs),
+    /// List the revisions of the project kept in Incus
+    History(history::HistoryArgs),
+    /// Deploy an earlier revision again, as a rolling update
+    Rollback(rollback::RollbackArgs),
     /// Show instance output (the console log of each replica)
     Logs(logs::LogsArgs),
     /// Run a command in a running instance
@@ -127,6 +133,8 @@ pub fn main() -> ExitCode {
         Command::Down(args) => down::run(&cli.global, &args),
         Command::Ps(args) => ps::run(&cli.global, &args),
         Command::Ls(args) => ls::run(&cli.global, &args),
+        Command::History(args) => history::run(&cli.global, &args),
+        Command::Rollback(args) => rollback::run(&cli.global, &args),
         Command::Logs(args) => logs::run(&cli.global, &args),
         Command::Start(args) => power::start(&cli.global, &args),
         Command::Stop(args) => power::stop(&cli.global, &args),

@@ -308,6 +308,7 @@ impl Context {
                 .collect(),
             remotes: obs.remotes.clone(),
             fence: self.lease.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            revision: None,
         }
     }
 

@@ -1,5 +1,6 @@
 //! `incus-compose ps`: the project's instances, where they run and their ports.
 
+use std::collections::BTreeMap;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
@@ -49,6 +50,10 @@ struct Row {
     /// For state `pending` (a replica no member can take now): every member with its reason.
     #[serde(skip_serializing_if = "Option::is_none")]
     pending_reason: Option<Vec<String>>,
+    /// `updating`, `paused` or `rolled back` while the newest revision that changed the
+    /// service did not complete.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    update: Option<String>,
 }
 
 pub fn run(global: &GlobalArgs, args: &PsArgs) -> anyhow::Result<ExitCode> {
@@ -56,6 +61,7 @@ pub fn run(global: &GlobalArgs, args: &PsArgs) -> anyhow::Result<ExitCode> {
     block_on(async {
         let obs = observe(&ctx.base, &ctx.incus_project, false).await?;
         let mut rows = Vec::new();
+        let mut updates = BTreeMap::new();
         if obs.observed.project_exists {
             let instances = ctx
                 .base
@@ -97,9 +103,19 @@ pub fn run(global: &GlobalArgs, args: &PsArgs) -> anyhow::Result<ExitCode> {
                     last_used_at: i.last_used_at,
                     ports,
                     pending_reason: None,
+                    update: None,
                 });
+                if i.config.contains_key(ic_core::plan::LABEL_RETIRED)
+                    && let Some(r) = rows.last_mut()
+                {
+                    r.state = "Retired".into();
+                }
             }
             add_health(&ctx, &mut rows).await?;
+            updates = service_updates(&ctx).await;
+            for r in &mut rows {
+                r.update = updates.get(&r.service).cloned();
+            }
             // By name (no compose file), the declared replicas are not known: no pending rows.
             if !ctx.by_name {
                 add_pending(&ctx, &obs.observed, args, &mut rows)?;
@@ -122,10 +138,37 @@ pub fn run(global: &GlobalArgs, args: &PsArgs) -> anyhow::Result<ExitCode> {
             Format::Table => {
                 print_table(&rows);
                 print_pending_reasons(&rows);
+                for (service, state) in &updates {
+                    println!("service {service}: update {state} (see `incus-compose history`)");
+                }
             }
         }
         Ok(ExitCode::SUCCESS)
     })?
+}
+
+/// Services whose newest revision did not complete: `updating`, `paused`, `rolled back`.
+async fn service_updates(ctx: &Context) -> BTreeMap<String, String> {
+    use ic_core::revision::{Outcome, changed};
+    let Ok(revs) =
+        crate::engine::revisions::read(&ctx.base, &ctx.incus_project, &ctx.project.name).await
+    else {
+        return BTreeMap::new();
+    };
+    let Some(last) = revs.last() else {
+        return BTreeMap::new();
+    };
+    let state = match last.outcome {
+        Outcome::InProgress => "updating",
+        Outcome::Paused => "paused",
+        Outcome::RolledBack => "rolled back",
+        Outcome::Completed | Outcome::Failed => return BTreeMap::new(),
+    };
+    let before = revs.len().checked_sub(2).and_then(|i| revs.get(i));
+    changed(before, last)
+        .into_iter()
+        .map(|s| (s, state.to_string()))
+        .collect()
 }
 
 /// Rows (state `pending`) for the replicas the scheduler cannot place now, found by running
@@ -158,6 +201,7 @@ fn add_pending(
             last_used_at: String::new(),
             ports: Vec::new(),
             pending_reason: Some(p.reason.members().iter().map(|r| r.to_string()).collect()),
+            update: None,
         });
     }
     Ok(())

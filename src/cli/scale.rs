@@ -170,6 +170,7 @@ mod tests {
             unchanged: vec![],
             placement: vec![],
             pending: vec![],
+            rollouts: Default::default(),
             warnings: vec![],
         }
     }

@@ -8,7 +8,7 @@ use anyhow::{anyhow, bail};
 use clap::Args;
 use ic_compose::model::PullPolicy;
 use ic_core::plan::placement::PendingReplica;
-use ic_core::plan::{DiffOptions, Plan, PlanOptions, plan_up};
+use ic_core::plan::{DiffOptions, Plan, PlanOptions};
 
 use super::GlobalArgs;
 use super::project::{Context, block_on};
@@ -170,7 +170,13 @@ pub fn run(global: &GlobalArgs, args: &UpArgs) -> anyhow::Result<ExitCode> {
         for w in engine::read_image_processes(&ctx.project, &mut obs.facts, &obs.remotes).await {
             eprintln!("warning: {w}");
         }
-        let plan = match plan_up(&ctx.project, &obs.facts, &obs.observed, &opts, &diff) {
+        let desired = match ic_core::plan::desired(&ctx.project, &obs.facts, &opts) {
+            Ok(d) => d,
+            Err(e) => bail!("{e}"),
+        };
+        let plan = match ic_core::plan::check_platforms(&ctx.project, &desired, &obs.observed)
+            .and_then(|()| ic_core::plan::diff(&desired, &obs.observed, &diff))
+        {
             Ok(p) => p,
             Err(e) => bail!("{e}"),
         };
@@ -197,8 +203,31 @@ pub fn run(global: &GlobalArgs, args: &UpArgs) -> anyhow::Result<ExitCode> {
             ctx.record_pulls(&pulled, &keep).await;
             return Ok(wait_for_services(&gate, &plan, args, started).await);
         }
-        let target = ctx.target(&obs);
+        // A new revision when the services' specs changed (engine::revisions).
+        let recorder = engine::revisions::begin(
+            &ctx.base,
+            &ctx.incus_project,
+            &ctx.project.name,
+            engine::revisions::services_of(&desired),
+            "up",
+            engine::revisions::keep(Some(&ctx.project)),
+        )
+        .await?;
+        let mut target = ctx.target(&obs);
+        target.revision = recorder.as_ref().map(|r| r.revision.number);
         let outcome = engine::execute_gated(&target, &plan, args.parallel, Some(&gate)).await;
+        if let Some(r) = recorder {
+            let number = r.revision.number;
+            let result = engine::revisions::outcome_of(&outcome);
+            r.finish(result).await;
+            println!("revision {number}: {result}");
+            // Volume snapshots of revisions no longer kept go.
+            if let Ok(revs) =
+                engine::revisions::read(&ctx.base, &ctx.incus_project, &ctx.project.name).await
+            {
+                engine::revisions::prune_snapshots(&target, &desired, &revs).await;
+            }
+        }
         ctx.record_pulls(&pulled, &keep).await;
         let secs = started.elapsed().as_secs_f64();
         if outcome.ok() {
@@ -209,11 +238,41 @@ pub fn run(global: &GlobalArgs, args: &UpArgs) -> anyhow::Result<ExitCode> {
             );
             Ok(wait_for_services(&gate, &plan, args, started).await)
         } else {
+            report_rollouts(&outcome.rollouts);
             outcome.report_failures("up", Some(started.elapsed()));
             Ok(ExitCode::FAILURE)
         }
     })??;
     Ok(report_pending(&pending, code))
+}
+
+/// What a failed rolling update left, and what to do (after an automatic rollback `up`
+/// exits non-zero too, unlike Swarm: the file's change did not take).
+fn report_rollouts(outcomes: &[engine::rollout::Outcome]) {
+    use engine::rollout::Ending;
+    for o in outcomes {
+        let failed = o
+            .failed
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
+        match o.ending {
+            Ending::Completed => {}
+            Ending::Paused => eprintln!(
+                "up: the update of service {} is paused after {failed} failed ({} replica(s) replaced, the others still run the previous version); fix the compose file and run `up` again to go on",
+                o.service, o.replaced
+            ),
+            Ending::RolledBack => eprintln!(
+                "up: the update of service {} failed ({failed}) and was rolled back: every replica runs the previous version again",
+                o.service
+            ),
+            Ending::RollbackPaused => eprintln!(
+                "up: the update of service {} failed ({failed}) and its rollback failed too: it is paused half way; check the replicas (`ps`) and run `up` again",
+                o.service
+            ),
+        }
+    }
 }
 
 /// Print the pending replicas (each with every member's reason); exit status

@@ -68,14 +68,57 @@ pub async fn deployed_services(
 
 /// Start/stop order and stop timeouts of compose project `compose`, known by name only (no
 /// compose file): what Incus holds. Incus keeps neither `depends_on` nor `stop_grace_period`
-/// for a project today, so every deployed service is on one level (stopped and started
-/// together) with the default timeout of 10 s (`-t` overrides it).
+/// in instance config: they come from the newest revision kept in the project's config
+/// (`engine::revisions`); a project deployed before revisions existed has every service on
+/// one level (stopped and started together) with the default timeout of 10 s (`-t` overrides
+/// it).
 pub async fn service_order(
     base: &Client,
     incus_project: &str,
     compose: &str,
 ) -> anyhow::Result<ServiceOrder> {
     let services = deployed_services(base, incus_project, compose).await?;
+    // The newest revision kept in Incus knows depends_on and stop_grace_period.
+    let revs = super::revisions::read(base, incus_project, compose).await?;
+    if let Some(rev) = revs.last() {
+        let mut levels: BTreeMap<String, usize> = BTreeMap::new();
+        // Services are stored in name order: iterate until every level is known.
+        let mut todo: Vec<&String> = rev.services.keys().collect();
+        while !todo.is_empty() {
+            let before = todo.len();
+            todo.retain(|name| {
+                let deps = &rev.services[*name].depends_on;
+                if deps
+                    .iter()
+                    .all(|d| levels.contains_key(d) || !rev.services.contains_key(d))
+                {
+                    let level = deps
+                        .iter()
+                        .filter_map(|d| levels.get(d))
+                        .map(|l| l + 1)
+                        .max();
+                    levels.insert((*name).clone(), level.unwrap_or(0));
+                    false
+                } else {
+                    true
+                }
+            });
+            if todo.len() == before {
+                break;
+            }
+        }
+        for s in &services {
+            levels.entry(s.clone()).or_insert(0);
+        }
+        return Ok(ServiceOrder {
+            levels,
+            stop_timeouts: rev
+                .services
+                .iter()
+                .map(|(n, s)| (n.clone(), s.stop_timeout))
+                .collect(),
+        });
+    }
     Ok(ServiceOrder {
         levels: services.into_iter().map(|s| (s, 0)).collect(),
         stop_timeouts: BTreeMap::new(),

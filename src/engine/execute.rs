@@ -57,6 +57,8 @@ pub struct Target {
     /// The project lock this run holds, if any: checked before every stage and action, so a
     /// run that lost it stops acting (see `engine::lock`).
     pub fence: Option<super::lock::Lease>,
+    /// The revision being deployed, when one is recorded (names volume snapshots).
+    pub revision: Option<u64>,
 }
 
 /// What happened.
@@ -66,6 +68,8 @@ pub struct Outcome {
     pub failed: Vec<(String, String)>,
     /// Actions not run because an earlier stage failed.
     pub skipped: usize,
+    /// The rolling updates of services, in the order they ran.
+    pub rollouts: Vec<super::rollout::Outcome>,
 }
 
 impl Outcome {
@@ -131,8 +135,19 @@ pub async fn execute_gated(
             outcome.skipped = plan.stages[i..].iter().map(|s| s.actions.len()).sum();
             break;
         }
+        let mut recreates: BTreeMap<String, Vec<InstancePlan>> = BTreeMap::new();
         let mut set = JoinSet::new();
         for action in stage.actions.clone() {
+            // Replacements of a service roll (engine::rollout), after the stage's other actions.
+            if let Action::Recreate(p) = &action
+                && plan.rollouts.contains_key(&p.service)
+            {
+                recreates
+                    .entry(p.service.clone())
+                    .or_default()
+                    .push((**p).clone());
+                continue;
+            }
             let t = target.clone();
             let sem = sem.clone();
             let progress = progress.clone();
@@ -161,6 +176,33 @@ pub async fn execute_gated(
                     outcome.failed.push((object, format!("{e:#}")));
                 }
                 Err(e) => outcome.failed.push(("(task)".into(), e.to_string())),
+            }
+        }
+        // Rolling updates of this stage's services, once its other actions are done (a
+        // dependency's rollout finishes before its dependents roll: they are in later stages).
+        if outcome.ok() {
+            for (service, plans) in recreates {
+                let Some(spec) = plan.rollouts.get(&service) else {
+                    continue;
+                };
+                // Data safety: the named volumes it mounts are snapshotted first.
+                match super::revisions::snapshot_volumes(target, spec).await {
+                    Ok(lines) => lines.iter().for_each(|l| progress.line(l)),
+                    Err(e) => {
+                        progress.line(&format!("[!] {service}: {e:#}"));
+                        outcome.failed.push((service.clone(), format!("{e:#}")));
+                        continue;
+                    }
+                }
+                let r = super::rollout::run_service(target, &service, spec, plans, &progress).await;
+                if r.ending == super::rollout::Ending::Completed {
+                    outcome.done += r.replaced;
+                } else {
+                    for (name, why) in &r.failed {
+                        outcome.failed.push((name.clone(), why.clone()));
+                    }
+                }
+                outcome.rollouts.push(r);
             }
         }
         if !outcome.ok() {
@@ -253,8 +295,28 @@ async fn run(t: &Target, action: &Action) -> anyhow::Result<String> {
                 if p.start { " and started" } else { "" }
             ))
         }
+        Action::UpdateInPlace { name, set, .. } => {
+            let current = t.project.instance(name).await?;
+            let mut put = current.writable();
+            for (k, v) in set {
+                if v.is_empty() {
+                    put.config.remove(k);
+                } else {
+                    put.config.insert(k.clone(), v.clone());
+                }
+            }
+            t.project.update_instance(name, &put).await?.wait().await?;
+            Ok(format!(
+                "[~] {name} updated in place, without a restart ({})",
+                set.keys()
+                    .filter(|k| !k.starts_with("user.incus-compose."))
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        }
         Action::Recreate(p) => {
-            remove(t, &p.name, p.stop_timeout).await?;
+            remove(t, p.old_name.as_deref().unwrap_or(&p.name), p.stop_timeout).await?;
             create(t, p).await?;
             Ok(format!(
                 "[~] {} recreated on {} ({})",
@@ -399,7 +461,7 @@ fn source(
     })
 }
 
-async fn create(t: &Target, p: &InstancePlan) -> anyhow::Result<()> {
+pub(super) async fn create(t: &Target, p: &InstancePlan) -> anyhow::Result<()> {
     let mut devices = p.devices.clone();
     for a in &p.anonymous_volumes {
         let volume = ensure_anonymous_volume(t, p, a).await?;
@@ -597,7 +659,7 @@ async fn ensure_anonymous_volume(
 }
 
 /// Start, retrying transient failures (a busy member can time out in its start hook).
-async fn start(t: &Target, name: &str) -> anyhow::Result<()> {
+pub(super) async fn start(t: &Target, name: &str) -> anyhow::Result<()> {
     let mut attempt = 0;
     loop {
         match t.project.start_instance(name).await {
@@ -635,11 +697,19 @@ async fn is_stopped(t: &Target, name: &str) -> ic_incus::Result<bool> {
 }
 
 /// Stop cleanly within `timeout` seconds, else kill. A stopped instance is left as it is.
-async fn stop(t: &Target, name: &str, timeout: i64) -> anyhow::Result<()> {
+pub(super) async fn stop(t: &Target, name: &str, timeout: i64) -> anyhow::Result<()> {
     if is_stopped(t, name).await? {
         return Ok(());
     }
-    if timeout > 0 && t.project.stop_instance(name, timeout, false).await.is_ok() {
+    // Incus 6.0 has been seen to end a clean stop's operation while the instance still ran
+    // (two stops at once): it counts only once Incus reports it stopped.
+    if timeout > 0
+        && t.project.stop_instance(name, timeout, false).await.is_ok()
+        && t.project
+            .wait_instance_status(name, "Stopped", Duration::from_secs(5))
+            .await
+            .is_ok()
+    {
         return Ok(());
     }
     if let Err(e) = t.project.stop_instance(name, -1, true).await {
@@ -654,11 +724,37 @@ async fn stop(t: &Target, name: &str, timeout: i64) -> anyhow::Result<()> {
             Err(w) if w.is_not_found() => {}
             Err(_) => return Err(e).with_context(|| format!("stopping {name}")),
         }
+        return Ok(());
     }
-    Ok(())
+    match t
+        .project
+        .wait_instance_status(name, "Stopped", STOP_SETTLE)
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(w) if w.is_not_found() => Ok(()),
+        Err(w) => Err(w).with_context(|| format!("stopping {name}")),
+    }
 }
 
-async fn remove(t: &Target, name: &str, timeout: i64) -> anyhow::Result<()> {
+/// Kills the instance and waits until Incus reports it stopped.
+async fn force_stop(t: &Target, name: &str) -> anyhow::Result<()> {
+    match t.project.stop_instance(name, -1, true).await {
+        Ok(()) => Ok(()),
+        Err(e) if e.is_not_found() => Ok(()),
+        Err(_) => match t
+            .project
+            .wait_instance_status(name, "Stopped", STOP_SETTLE)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(w) if w.is_not_found() => Ok(()),
+            Err(w) => Err(w).with_context(|| format!("stopping {name}")),
+        },
+    }
+}
+
+pub(super) async fn remove(t: &Target, name: &str, timeout: i64) -> anyhow::Result<()> {
     stop(t, name, timeout).await?;
     let mut attempt = 0;
     loop {
@@ -666,10 +762,16 @@ async fn remove(t: &Target, name: &str, timeout: i64) -> anyhow::Result<()> {
         match result {
             Ok(_) => return Ok(()),
             Err(e) if e.is_not_found() => return Ok(()),
-            Err(e) if attempt < RETRIES && transient(&e) => {
+            // A stop that Incus reported done while the instance still ran (seen right after
+            // a clean stop), or a busy server: stop it for good and try again.
+            Err(e)
+                if attempt < RETRIES
+                    && (transient(&e)
+                        || e.incus_message().is_some_and(|m| m.contains("is running"))) =>
+            {
                 attempt += 1;
                 tokio::time::sleep(Duration::from_millis(500 * attempt)).await;
-                stop(t, name, 0).await?;
+                force_stop(t, name).await?;
             }
             Err(e) => return Err(e.into()),
         }

@@ -9,6 +9,8 @@ pub mod lock;
 mod observe;
 mod oci;
 mod progress;
+pub mod revisions;
+pub mod rollout;
 
 pub use execute::{Target, execute, execute_gated};
 pub use lock::{Lease, LockGuard, LockOptions};

@@ -2,4 +2,6 @@
 pub mod health;
 pub mod lease;
 pub mod plan;
+pub mod revision;
+pub mod rollout;
 pub mod schedule;

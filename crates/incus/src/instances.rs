@@ -417,6 +417,15 @@ impl Client {
             .await
     }
 
+    /// `POST /1.0/instances/{name}` with a new name (it must be stopped).
+    pub async fn rename_instance(&self, name: &str, new_name: &str) -> Result<PendingOperation> {
+        self.send_operation(
+            Request::post(api_path(&["instances", name]))
+                .json(&serde_json::json!({ "name": new_name }))?,
+        )
+        .await
+    }
+
     /// `DELETE /1.0/instances/{name}` (it must be stopped).
     pub async fn delete_instance(&self, name: &str) -> Result<PendingOperation> {
         self.send_operation(Request::delete(api_path(&["instances", name])))

@@ -187,4 +187,104 @@ impl Client {
         )
         .await
     }
+
+    /// `POST /1.0/storage-pools/{pool}/volumes/custom/{name}/snapshots[?target=]`.
+    pub async fn create_volume_snapshot(
+        &self,
+        pool: &str,
+        name: &str,
+        snapshot: &str,
+        target: Option<&str>,
+    ) -> Result<()> {
+        self.send_unit(
+            Request::post(api_path(&[
+                "storage-pools",
+                pool,
+                "volumes",
+                "custom",
+                name,
+                "snapshots",
+            ]))
+            .target(target)
+            .json(&serde_json::json!({ "name": snapshot }))?,
+        )
+        .await
+    }
+
+    /// Names of the snapshots of custom volume `name` (`GET .../snapshots`).
+    pub async fn volume_snapshots(
+        &self,
+        pool: &str,
+        name: &str,
+        target: Option<&str>,
+    ) -> Result<Vec<String>> {
+        let urls: Vec<String> = self
+            .send(
+                Request::get(api_path(&[
+                    "storage-pools",
+                    pool,
+                    "volumes",
+                    "custom",
+                    name,
+                    "snapshots",
+                ]))
+                .target(target),
+            )
+            .await?;
+        Ok(urls
+            .iter()
+            .filter_map(|u| u.split('?').next()?.rsplit('/').next())
+            .map(|s| {
+                percent_encoding::percent_decode_str(s)
+                    .decode_utf8_lossy()
+                    .into_owned()
+            })
+            .collect())
+    }
+
+    /// `DELETE /1.0/storage-pools/{pool}/volumes/custom/{name}/snapshots/{snapshot}`.
+    pub async fn delete_volume_snapshot(
+        &self,
+        pool: &str,
+        name: &str,
+        snapshot: &str,
+        target: Option<&str>,
+    ) -> Result<()> {
+        self.send_unit(
+            Request::delete(api_path(&[
+                "storage-pools",
+                pool,
+                "volumes",
+                "custom",
+                name,
+                "snapshots",
+                snapshot,
+            ]))
+            .target(target),
+        )
+        .await
+    }
+
+    /// Restores custom volume `name` from its snapshot (`PUT` with `restore`); the instances
+    /// using it should be stopped.
+    pub async fn restore_volume_snapshot(
+        &self,
+        pool: &str,
+        name: &str,
+        snapshot: &str,
+        target: Option<&str>,
+    ) -> Result<()> {
+        self.send_unit(
+            Request::put(api_path(&[
+                "storage-pools",
+                pool,
+                "volumes",
+                "custom",
+                name,
+            ]))
+            .target(target)
+            .json(&serde_json::json!({ "restore": snapshot }))?,
+        )
+        .await
+    }
 }

@@ -11,10 +11,12 @@ use ic_compose::model::{DeployMode, Service, VolumeType};
 use super::storage::StorageChoice;
 use super::{
     Desired, DesiredNetwork, DesiredVolume, Devices, ImageSource, InstanceTemplate, LABEL_HASH,
-    LABEL_NETWORK, LABEL_PROJECT, LABEL_SERVICE, LABEL_VERSION, LABEL_VOLUME, PlanError,
-    PlanOptions, PushFile, ServerFacts, Subnet, bad_name, dns, image_target, incus_project_name,
-    mapping, naming, oci, resolve_image_in, scheduler_spec, selected_services, spec_hash, storage,
+    LABEL_NETWORK, LABEL_PROJECT, LABEL_SERVICE, LABEL_STATIC_HASH, LABEL_VERSION, LABEL_VOLUME,
+    PlanError, PlanOptions, PushFile, RolloutSpec, ServerFacts, Subnet, bad_name, dns,
+    image_target, incus_project_name, live_key, mapping, naming, oci, resolve_image_in,
+    scheduler_spec, selected_services, spec_hash, storage,
 };
+use crate::{health, rollout};
 
 /// What every function here shares: the project, the server, the caller's options, the
 /// selected services and the warnings collected so far.
@@ -233,7 +235,34 @@ fn service(
         &files,
         &anonymous_volumes,
     );
+    let fixed: BTreeMap<String, String> = config
+        .iter()
+        .filter(|(k, _)| !live_key(k))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let static_hash = spec_hash(
+        &image,
+        &fixed,
+        &devices,
+        command.as_deref(),
+        &files,
+        &anonymous_volumes,
+    );
     config.insert(LABEL_HASH.into(), hash.clone());
+    config.insert(LABEL_STATIC_HASH.into(), static_hash.clone());
+    let mut rollout = rollout_spec(cx, name, svc, container_name.is_some())?;
+    let snapshots = svc
+        .extensions
+        .get("x-incus")
+        .and_then(|x| x.get("snapshot_volumes"))
+        .and_then(|v| v.as_bool())
+        .unwrap_or(true);
+    if snapshots {
+        rollout.snapshot_volumes = volumes_used
+            .iter()
+            .map(|v| (storage.volume_pool.clone(), v.clone()))
+            .collect();
+    }
     let mut spec = scheduler_spec(svc, name, replicas);
     if let Some(arch) = &architecture {
         let c: ic_compose::model::placement::Constraint = format!("node.platform.arch == {arch}")
@@ -270,6 +299,51 @@ fn service(
         files,
         anonymous_volumes,
         architecture,
+        static_hash,
+        rollout,
+    })
+}
+
+/// `update_config`, `rollback_config` and the healthcheck; warns when `monitor` is too
+/// short for the healthcheck, and when `start-first` cannot be honoured.
+fn rollout_spec(
+    cx: &mut Ctx,
+    name: &str,
+    svc: &Service,
+    has_container_name: bool,
+) -> Result<RolloutSpec, PlanError> {
+    let deploy = svc.deploy.as_ref();
+    let mut update = rollout::Config::update(deploy.and_then(|d| d.update_config.as_ref()));
+    let mut rollback = rollout::Config::rollback(deploy.and_then(|d| d.rollback_config.as_ref()));
+    let check =
+        health::check_of(name, svc.healthcheck.as_ref()).map_err(|e| PlanError::Healthcheck {
+            service: name.to_string(),
+            problem: e.to_string(),
+        })?;
+    if let Some(w) = rollout::monitor_warning(name, &update, check.as_ref()) {
+        cx.warnings.push(w);
+    }
+    if has_container_name && (update.start_first || rollback.start_first) {
+        cx.warnings.push(format!(
+            "service {name:?}: order start-first needs a second instance name, and container_name fixes the only one: its updates run stop-first"
+        ));
+        update.start_first = false;
+        rollback.start_first = false;
+    }
+    if svc.ports.iter().any(|p| p.published.is_some())
+        && (update.start_first || rollback.start_first)
+    {
+        cx.warnings.push(format!(
+            "service {name:?}: order start-first: it publishes fixed host ports, which a new replica cannot bind beside the old one on the same member; its updates run stop-first"
+        ));
+        update.start_first = false;
+        rollback.start_first = false;
+    }
+    Ok(RolloutSpec {
+        update,
+        rollback,
+        check,
+        snapshot_volumes: Vec::new(),
     })
 }
 

@@ -8,8 +8,9 @@ use super::oci::short;
 use super::placement::PendingReplica;
 use super::storage::SHARED_DRIVERS;
 use super::{
-    Action, Desired, InstancePlan, InstanceTemplate, LABEL_HASH, LABEL_PROJECT, LABEL_SERVICE,
-    LABEL_SLOT, Observed, ObservedInstance, Plan, PlanError, Stage, allocate_subnet,
+    Action, Desired, InstancePlan, InstanceTemplate, LABEL_HASH, LABEL_PROJECT, LABEL_RETIRED,
+    LABEL_SERVICE, LABEL_SLOT, LABEL_STATIC_HASH, LABEL_VERSION, Observed, ObservedInstance, Plan,
+    PlanError, Stage, allocate_subnet, live_key,
 };
 use crate::schedule::{self, ExistingReplica, Mode, Outcome, SlotKey};
 
@@ -109,12 +110,24 @@ pub fn diff(d: &Desired, obs: &Observed, o: &DiffOptions) -> Result<Plan, PlanEr
     );
     placement.sort();
     unchanged.sort();
+    let rollouts = d
+        .services
+        .iter()
+        .filter(|t| {
+            stages
+                .iter()
+                .flat_map(|s| &s.actions)
+                .any(|a| matches!(a, Action::Recreate(p) if p.service == t.service))
+        })
+        .map(|t| (t.service.clone(), t.rollout.clone()))
+        .collect();
     Ok(Plan {
         incus_project: d.incus_project.clone(),
         stages,
         unchanged,
         placement,
         pending,
+        rollouts,
         warnings,
     })
 }
@@ -277,6 +290,9 @@ fn observed_replicas<'a>(
     let mut existing = Vec::new();
     let mut by_slot = BTreeMap::new();
     for i in ours {
+        if i.label(LABEL_RETIRED).is_some() {
+            continue;
+        }
         let (Some(service), Some(slot)) = (i.label(LABEL_SERVICE), i.label(LABEL_SLOT)) else {
             continue;
         };
@@ -373,7 +389,32 @@ fn replica_actions(
             slot_action(d, t, &slot.key.to_string(), member, current, o, &mut r)?;
         }
     }
+    retired(d, &ours, &mut r);
     Ok(r)
+}
+
+/// Instances a rolling update retired: kept while their service is being updated (for a
+/// rollback), removed once it has nothing left to replace.
+fn retired(d: &Desired, ours: &[&ObservedInstance], r: &mut Replicas) {
+    for i in ours {
+        let (Some(service), Some(_)) = (i.label(LABEL_SERVICE), i.label(LABEL_RETIRED)) else {
+            continue;
+        };
+        let Some(t) = d.services.iter().find(|t| t.service == service) else {
+            continue;
+        };
+        let rolling = r
+            .service_actions
+            .get(service)
+            .is_some_and(|a| a.iter().any(|a| matches!(a, Action::Recreate(_))));
+        if !rolling {
+            r.remove(
+                i,
+                t.stop_timeout,
+                "retired by an update that completed".into(),
+            );
+        }
+    }
 }
 
 /// Replicas of services that left the file: removed with `--remove-orphans`, else named in
@@ -448,13 +489,17 @@ fn slot_action(
         start: !o.no_start,
         stop_timeout: t.stop_timeout,
         reason: reason.to_string(),
+        old_name: None,
         files: t.files.clone(),
         anonymous_volumes: t.anonymous_volumes.clone(),
     };
+    let alternate = t.alternate_name(slot_text);
     let actions = r.service_actions.entry(t.service.clone()).or_default();
     match current {
         None => actions.push(Action::Create(Box::new(plan("new", None)))),
-        Some(i) if i.name != name || i.location != member => {
+        Some(i)
+            if (i.name != name && Some(&i.name) != alternate.as_ref()) || i.location != member =>
+        {
             let why = if i.name != name {
                 format!("renamed from {}", i.name)
             } else {
@@ -464,10 +509,29 @@ fn slot_action(
             r.remove(i, t.stop_timeout, why);
         }
         Some(i) => match recreate_reason(t, i, o) {
-            Some(why) => actions.push(Action::Recreate(Box::new(plan(
-                &why,
-                Some(i.location.clone()),
-            )))),
+            Some(_) if in_place(t, i, o) => actions.push(Action::UpdateInPlace {
+                name: i.name.clone(),
+                service: t.service.clone(),
+                set: live_changes(t, i),
+            }),
+            Some(why) => {
+                let mut p = plan(&why, Some(i.location.clone()));
+                p.old_name = Some(i.name.clone());
+                // start-first: the new replica takes the slot's other name, beside the old.
+                if t.rollout.update.start_first
+                    && let Some(alt) = &alternate
+                {
+                    p.name = if &i.name == alt {
+                        name.clone()
+                    } else {
+                        alt.clone()
+                    };
+                }
+                if p.name != name {
+                    r.claimed.insert(p.name.clone(), t.service.clone());
+                }
+                actions.push(Action::Recreate(Box::new(p)));
+            }
             None if !i.running && !o.no_start => actions.push(Action::Start {
                 name: i.name.clone(),
                 service: t.service.clone(),
@@ -476,6 +540,39 @@ fn slot_action(
         },
     }
     Ok(())
+}
+
+/// Whether a replica whose spec changed can take the change in place: only [`live_key`]s
+/// differ (same static hash), it runs, and no `--force-recreate`.
+fn in_place(t: &InstanceTemplate, i: &ObservedInstance, o: &DiffOptions) -> bool {
+    !o.force_recreate
+        && i.running
+        && i.label(LABEL_HASH) != Some(t.hash.as_str())
+        && i.label(LABEL_STATIC_HASH) == Some(t.static_hash.as_str())
+}
+
+/// The config keys to set for an in-place update (an empty value removes a key), with the
+/// new hash labels.
+fn live_changes(t: &InstanceTemplate, i: &ObservedInstance) -> BTreeMap<String, String> {
+    let mut set = BTreeMap::new();
+    let keys: BTreeSet<&String> = t
+        .config
+        .keys()
+        .chain(i.config.keys())
+        .filter(|k| live_key(k))
+        .collect();
+    for k in keys {
+        let want = t.config.get(k).map(String::as_str).unwrap_or("");
+        if i.config.get(k).map(String::as_str).unwrap_or("") != want {
+            set.insert(k.clone(), want.to_string());
+        }
+    }
+    for k in [LABEL_HASH, LABEL_VERSION] {
+        if let Some(v) = t.config.get(k) {
+            set.insert(k.to_string(), v.clone());
+        }
+    }
+    set
 }
 
 /// Why a replica in place must be recreated: its spec changed, its image reference names
@@ -701,6 +798,7 @@ pub fn plan_down(
         unchanged: Vec::new(),
         placement: Vec::new(),
         pending: Vec::new(),
+        rollouts: BTreeMap::new(),
         warnings,
     }
 }
@@ -782,6 +880,7 @@ pub fn plan_power(
         unchanged: Vec::new(),
         placement: Vec::new(),
         pending: Vec::new(),
+        rollouts: BTreeMap::new(),
         warnings: Vec::new(),
     }
 }

@@ -326,6 +326,9 @@ pub struct PushFile {
     pub uid: u32,
     pub gid: u32,
     pub mode: u32,
+    /// For a secret or config: `secret NAME` / `config NAME`. Its content is never stored
+    /// in Incus config (revisions keep only its sha256).
+    pub source: Option<String>,
 }
 
 impl PushFile {
@@ -337,6 +340,7 @@ impl PushFile {
             uid: 0,
             gid: 0,
             mode: 0o755,
+            source: None,
         }
     }
 
@@ -558,6 +562,7 @@ pub fn secrets_and_configs(
                 uid,
                 gid,
                 mode,
+                source: Some(format!("{kind} {}", r.source)),
             });
         }
     }
@@ -1164,6 +1169,7 @@ pub fn name_resolution(service: &Service, files: &mut Vec<PushFile>, warnings: &
             uid: 0,
             gid: 0,
             mode: 0o644,
+            source: None,
         });
     }
     let dns_opt: Vec<String> = service
@@ -1211,6 +1217,7 @@ pub fn name_resolution(service: &Service, files: &mut Vec<PushFile>, warnings: &
         uid: 0,
         gid: 0,
         mode: 0o644,
+        source: None,
     });
 }
 
@@ -1292,11 +1299,6 @@ pub fn unsupported(service: &Service, warnings: &mut Vec<String>) {
     if let Some(d) = &s.deploy {
         flag(d.endpoint_mode.is_some(), "deploy.endpoint_mode");
         flag(!d.labels.is_empty(), "deploy.labels");
-        flag(
-            d.update_config.is_some(),
-            "deploy.update_config (updates recreate all replicas at once for now)",
-        );
-        flag(d.rollback_config.is_some(), "deploy.rollback_config");
         if let Some(r) = &d.resources.reservations {
             flag(
                 !r.generic_resources.is_empty(),

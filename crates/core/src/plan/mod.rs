@@ -71,6 +71,38 @@ pub const LABEL_VERSION: &str = "user.incus-compose.version";
 pub const LABEL_NETWORK: &str = "user.incus-compose.network";
 /// The compose volume key of a volume.
 pub const LABEL_VOLUME: &str = "user.incus-compose.volume";
+/// The hash of what a running instance cannot change in place (see [`live_key`]): when only
+/// the rest changed, `up` updates the instance's config instead of replacing it.
+pub const LABEL_STATIC_HASH: &str = "user.incus-compose.static-hash";
+/// On an instance a rolling update replaced: its name before it was retired. Retired
+/// instances are stopped, not counted as replicas, kept for a rollback until the update of
+/// their service completes, then removed.
+pub const LABEL_RETIRED: &str = "user.incus-compose.retired";
+
+/// Config keys Incus applies to a running container, so that a change of them alone is
+/// applied in place, without a restart: resource limits (except `limits.kernel.*`, which
+/// take effect at start), `boot.*`, snapshot schedules and the compose `labels`.
+pub fn live_key(key: &str) -> bool {
+    (key.starts_with("limits.") && !key.starts_with("limits.kernel."))
+        || key.starts_with("boot.")
+        || key.starts_with("snapshots.")
+        || key.starts_with("user.label.")
+}
+
+/// How a rolling update of a service goes (see [`crate::rollout`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RolloutSpec {
+    /// `update_config`.
+    pub update: crate::rollout::Config,
+    /// `rollback_config`.
+    pub rollback: crate::rollout::Config,
+    /// The service's healthcheck, when it has one.
+    pub check: Option<crate::health::Check>,
+    /// Named volumes (pool, name) snapshotted before its replicas are replaced (unless
+    /// `x-incus: {snapshot_volumes: false}` on the service).
+    pub snapshot_volumes: Vec<(String, String)>,
+}
+
 /// Incus project config key prefix (followed by a network name): incus-compose is creating
 /// that cluster network. Written before the first per-member step and removed once the
 /// network is created, it is how a network left `Pending` on some members (which has no
@@ -189,6 +221,10 @@ pub struct InstanceTemplate {
     pub anonymous_volumes: Vec<AnonymousVolume>,
     /// `platform` as an Incus architecture name.
     pub architecture: Option<String>,
+    /// [`spec_hash`] of the template without its [`live_key`]s.
+    pub static_hash: String,
+    /// How updates of it roll.
+    pub rollout: RolloutSpec,
 }
 
 impl InstanceTemplate {
@@ -199,7 +235,18 @@ impl InstanceTemplate {
             None => naming::instance_name(&self.base_name, slot),
         }
     }
+
+    /// The other name of a slot, taken by a replica that a `start-first` update starts
+    /// beside the one it replaces (`web-1` <-> `web-1-b`); `None` with `container_name`.
+    pub fn alternate_name(&self, slot: &str) -> Option<String> {
+        self.container_name
+            .is_none()
+            .then(|| format!("{}{ALTERNATE_SUFFIX}", self.instance_name(slot)))
+    }
 }
+
+/// See [`InstanceTemplate::alternate_name`].
+pub const ALTERNATE_SUFFIX: &str = "-b";
 
 /// A network the project wants.
 #[derive(Debug, Clone, PartialEq)]
@@ -319,6 +366,8 @@ pub enum PlanError {
         "service {service:?} has a `build:` section (or pull_policy: build): Incus cannot build Dockerfiles. Build the image elsewhere, import it (`incus image import ... --alias NAME`), set `image: NAME` and remove `build:`"
     )]
     Build { service: String },
+    #[error("{problem}")]
+    Healthcheck { service: String, problem: String },
     #[error("service {service:?}: platform {platform:?}: {problem}")]
     Platform {
         service: String,
@@ -364,7 +413,14 @@ pub fn spec_hash(
     let config: BTreeMap<&String, &String> = config
         .iter()
         .filter(|(k, _)| {
-            k.as_str() != LABEL_VERSION && k.as_str() != LABEL_SLOT && k.as_str() != LABEL_HASH
+            ![
+                LABEL_VERSION,
+                LABEL_SLOT,
+                LABEL_HASH,
+                LABEL_STATIC_HASH,
+                LABEL_RETIRED,
+            ]
+            .contains(&k.as_str())
         })
         .collect();
     let mut canonical = serde_json::json!({
@@ -638,8 +694,16 @@ pub enum Action {
     },
     /// Create (and start) an instance on `member`.
     Create(Box<InstancePlan>),
-    /// Remove the old instance and create it anew (its spec changed).
+    /// Replace the old instance with a new one (its spec changed): run by the engine as a
+    /// rolling update of its service (see [`Plan::rollouts`]).
     Recreate(Box<InstancePlan>),
+    /// Set config keys of a running instance that it applies live (only [`live_key`]s and
+    /// labels changed; an empty value removes the key).
+    UpdateInPlace {
+        name: String,
+        service: String,
+        set: BTreeMap<String, String>,
+    },
     Start {
         name: String,
         service: String,
@@ -685,8 +749,10 @@ impl Action {
             | Action::RemoveVolume { name, member, .. } => {
                 format!("volume {name} on {member}")
             }
-            Action::Create(p) | Action::Recreate(p) => p.name.clone(),
-            Action::Start { name, .. }
+            Action::Create(p) => p.name.clone(),
+            Action::Recreate(p) => p.old_name.clone().unwrap_or_else(|| p.name.clone()),
+            Action::UpdateInPlace { name, .. }
+            | Action::Start { name, .. }
             | Action::Stop { name, .. }
             | Action::Remove { name, .. } => name.clone(),
         }
@@ -724,7 +790,23 @@ impl fmt::Display for Action {
                 p.member,
                 if p.start { "" } else { ", not started" }
             ),
-            Action::Recreate(p) => write!(f, "recreate {} on {} ({})", p.name, p.member, p.reason),
+            Action::Recreate(p) => match &p.old_name {
+                Some(old) if old != &p.name => write!(
+                    f,
+                    "replace {old} with {} on {} ({})",
+                    p.name, p.member, p.reason
+                ),
+                _ => write!(f, "recreate {} on {} ({})", p.name, p.member, p.reason),
+            },
+            Action::UpdateInPlace { name, set, .. } => write!(
+                f,
+                "update {name} in place ({})",
+                set.keys()
+                    .filter(|k| !k.starts_with("user.incus-compose."))
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
             Action::Start { name, .. } => write!(f, "start {name}"),
             Action::Stop { name, .. } => write!(f, "stop {name}"),
             Action::Remove {
@@ -756,6 +838,9 @@ pub struct InstancePlan {
     pub member: String,
     /// For recreate: where the old one is.
     pub old_member: Option<String>,
+    /// For recreate: the old instance's name (the new one takes the slot's other name in a
+    /// `start-first` update).
+    pub old_name: Option<String>,
     pub image: ImageSource,
     /// Made from this image (fingerprint) when known, so that every replica gets the same one.
     pub image_fingerprint: Option<String>,
@@ -790,6 +875,8 @@ pub struct Plan {
     pub placement: Vec<(String, String, String)>,
     /// Replicas no member can take now, in service then slot order.
     pub pending: Vec<placement::PendingReplica>,
+    /// How each service with [`Action::Recreate`]s rolls.
+    pub rollouts: BTreeMap<String, RolloutSpec>,
     pub warnings: Vec<String>,
 }
 
@@ -865,3 +952,5 @@ pub fn check_platforms(
 mod tests;
 #[cfg(test)]
 mod tests_deploy;
+#[cfg(test)]
+mod tests_rollout;

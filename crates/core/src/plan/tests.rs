@@ -48,7 +48,7 @@ fn opts() -> PlanOptions {
     }
 }
 
-fn cluster() -> Observed {
+pub(super) fn cluster() -> Observed {
     Observed {
         project_exists: true,
         members: vec![
@@ -78,7 +78,7 @@ volumes:
 "#;
 
 /// What Incus would hold after executing `plan` on `obs`.
-fn apply(plan: &Plan, obs: &Observed) -> Observed {
+pub(super) fn apply(plan: &Plan, obs: &Observed) -> Observed {
     let mut out = obs.clone();
     out.project_exists = true;
     for a in plan.actions() {
@@ -101,7 +101,8 @@ fn apply(plan: &Plan, obs: &Observed) -> Observed {
                 config: config.clone(),
             }),
             Action::Create(p) | Action::Recreate(p) => {
-                out.instances.retain(|i| i.name != p.name);
+                out.instances
+                    .retain(|i| i.name != p.name && Some(&i.name) != p.old_name.as_ref());
                 let mut config = p.config.clone();
                 // Incus records the image it made the instance from.
                 if let Some(f) = &p.image_fingerprint {
@@ -115,6 +116,17 @@ fn apply(plan: &Plan, obs: &Observed) -> Observed {
                 });
             }
             Action::Remove { name, .. } => out.instances.retain(|i| &i.name != name),
+            Action::UpdateInPlace { name, set, .. } => {
+                for i in out.instances.iter_mut().filter(|i| &i.name == name) {
+                    for (k, v) in set {
+                        if v.is_empty() {
+                            i.config.remove(k);
+                        } else {
+                            i.config.insert(k.clone(), v.clone());
+                        }
+                    }
+                }
+            }
             Action::Start { name, .. } => {
                 for i in &mut out.instances {
                     if &i.name == name {
@@ -128,7 +140,7 @@ fn apply(plan: &Plan, obs: &Observed) -> Observed {
     out
 }
 
-fn up(text: &str, obs: &Observed, d: &DiffOptions) -> Result<Plan, PlanError> {
+pub(super) fn up(text: &str, obs: &Observed, d: &DiffOptions) -> Result<Plan, PlanError> {
     plan_up(&load(text), &facts(), obs, &opts(), d)
 }
 

@@ -1,0 +1,743 @@
+//! Revisions: what each `up` (or `rollback`) that changed a project's services deployed,
+//! kept in Incus (the Incus project's config, one `user.incus-compose.revision.<N>` key each,
+//! JSON), so that any machine can list them (`history`) and roll back to one (`rollback`)
+//! without the compose file. Pure: the engine reads and writes the keys.
+//!
+//! A revision holds, per service, everything needed to recreate its replicas: the instance
+//! template (image, config, devices, files, command, placement rules, update and rollback
+//! config, healthcheck). Secret and config *contents* are never stored: only their sha256.
+//! Rolling back to a revision re-reads them from the compose file's current sources and
+//! refuses, naming the secret, when the content changed since (or the file is not there).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::health::Check;
+use crate::plan::{
+    AnonymousVolume, Desired, Devices, ImageSource, InstanceTemplate, PushFile, RolloutSpec,
+};
+use crate::rollout;
+use crate::schedule::{HostPort, Mode, ServiceSpec};
+
+/// Project config key prefix of revisions.
+pub const KEY_PREFIX: &str = "user.incus-compose.revision.";
+/// How many revisions are kept unless `x-incus: {revisions: N}` says otherwise.
+pub const DEFAULT_KEEP: usize = 10;
+
+/// How a revision's rollout ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    /// Being rolled out (or interrupted: the next `up` goes on).
+    InProgress,
+    Completed,
+    Paused,
+    RolledBack,
+    /// Something other than a replica failed (an Incus error).
+    Failed,
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Outcome::InProgress => "in progress",
+            Outcome::Completed => "completed",
+            Outcome::Paused => "paused",
+            Outcome::RolledBack => "rolled back",
+            Outcome::Failed => "failed",
+        })
+    }
+}
+
+/// One revision.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Revision {
+    pub number: u64,
+    /// RFC 3339, from the engine's clock.
+    pub time: String,
+    /// The incus-compose version that made it.
+    pub version: String,
+    pub outcome: Outcome,
+    /// What made it: `up`, or `rollback to N`.
+    #[serde(default)]
+    pub cause: String,
+    pub services: BTreeMap<String, StoredService>,
+}
+
+/// A file pushed before the first start, as stored: secret and config contents left out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredFile {
+    pub path: String,
+    /// Hex of the content (`None`: a directory, or a secret/config whose content is not kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_hex: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    pub uid: u32,
+    pub gid: u32,
+    pub mode: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+}
+
+/// A service's instance template, as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredService {
+    pub hash: String,
+    pub static_hash: String,
+    pub base_name: String,
+    #[serde(default)]
+    pub container_name: Option<String>,
+    /// The image as the template names it: `local`, `remote` or `oci` with its fields.
+    pub image: serde_json::Value,
+    #[serde(default)]
+    pub image_fingerprint: Option<String>,
+    pub config: BTreeMap<String, String>,
+    pub devices: Devices,
+    #[serde(default)]
+    pub command: Option<String>,
+    #[serde(default)]
+    pub volumes: Vec<String>,
+    /// `None`: global.
+    pub replicas: Option<u32>,
+    #[serde(default)]
+    pub constraints: Vec<String>,
+    #[serde(default)]
+    pub preferences: Vec<String>,
+    #[serde(default)]
+    pub max_replicas_per_node: Option<u32>,
+    #[serde(default)]
+    pub reservation_millicpus: Option<u64>,
+    #[serde(default)]
+    pub reservation_memory: Option<u64>,
+    /// (port, udp).
+    #[serde(default)]
+    pub fixed_host_ports: Vec<(u16, bool)>,
+    #[serde(default)]
+    pub depends_on: Vec<String>,
+    pub stop_timeout: i64,
+    #[serde(default)]
+    pub files: Vec<StoredFile>,
+    /// (device, target, read_only, pool, shared).
+    #[serde(default)]
+    pub anonymous_volumes: Vec<(String, String, bool, String, bool)>,
+    #[serde(default)]
+    pub architecture: Option<String>,
+    pub update: rollout::Config,
+    pub rollback: rollout::Config,
+    #[serde(default)]
+    pub check: Option<StoredCheck>,
+    /// (pool, volume) snapshotted before an update.
+    #[serde(default)]
+    pub snapshot_volumes: Vec<(String, String)>,
+}
+
+/// A healthcheck, as stored (durations in milliseconds).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredCheck {
+    pub argv: Vec<String>,
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+    pub retries: u32,
+    pub start_period_ms: u64,
+    pub start_interval_ms: u64,
+}
+
+/// Why a revision cannot be turned back into templates.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RevisionError {
+    #[error(
+        "service {service:?}: {source_name} (at {path}) is not kept in Incus, and {problem}; run the rollback from the project directory with the {source_name} as it was, or roll back another revision"
+    )]
+    Secret {
+        service: String,
+        source_name: String,
+        path: String,
+        problem: String,
+    },
+    #[error("revision {revision}: service {service:?}: {problem}")]
+    Corrupt {
+        revision: u64,
+        service: String,
+        problem: String,
+    },
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn hex_decode(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+impl StoredService {
+    /// The stored form of a template.
+    pub fn from_template(t: &InstanceTemplate) -> StoredService {
+        let image = match &t.image {
+            ImageSource::Local(a) => serde_json::json!({"local": a}),
+            ImageSource::Remote { remote, alias } => {
+                serde_json::json!({"remote": remote, "alias": alias})
+            }
+            ImageSource::Oci {
+                remote,
+                server,
+                alias,
+            } => serde_json::json!({"oci": remote, "server": server, "alias": alias}),
+        };
+        StoredService {
+            hash: t.hash.clone(),
+            static_hash: t.static_hash.clone(),
+            base_name: t.base_name.clone(),
+            container_name: t.container_name.clone(),
+            image,
+            image_fingerprint: t.image_fingerprint.clone(),
+            config: t.config.clone(),
+            devices: t.devices.clone(),
+            command: t.command.clone(),
+            volumes: t.volumes.clone(),
+            replicas: match t.spec.mode {
+                Mode::Replicated { replicas } => Some(replicas),
+                Mode::Global => None,
+            },
+            constraints: t.spec.constraints.iter().map(|c| c.to_string()).collect(),
+            preferences: t
+                .spec
+                .preferences
+                .iter()
+                .map(|p| p.descriptor.clone())
+                .collect(),
+            max_replicas_per_node: t.spec.max_replicas_per_node,
+            reservation_millicpus: t.spec.reservation_millicpus,
+            reservation_memory: t.spec.reservation_memory,
+            fixed_host_ports: t
+                .spec
+                .fixed_host_ports
+                .iter()
+                .map(|p| (p.port, p.udp))
+                .collect(),
+            depends_on: t.depends_on.clone(),
+            stop_timeout: t.stop_timeout,
+            files: t
+                .files
+                .iter()
+                .map(|f| StoredFile {
+                    path: f.path.clone(),
+                    content_hex: match (&f.source, &f.content) {
+                        (None, Some(c)) => Some(crate::plan::naming::hex(c)),
+                        _ => None,
+                    },
+                    sha256: f.digest(),
+                    uid: f.uid,
+                    gid: f.gid,
+                    mode: f.mode,
+                    source: f.source.clone(),
+                })
+                .collect(),
+            anonymous_volumes: t
+                .anonymous_volumes
+                .iter()
+                .map(|a| {
+                    (
+                        a.device.clone(),
+                        a.target.clone(),
+                        a.read_only,
+                        a.pool.clone(),
+                        a.shared,
+                    )
+                })
+                .collect(),
+            architecture: t.architecture.clone(),
+            update: t.rollout.update.clone(),
+            rollback: t.rollout.rollback.clone(),
+            check: t.rollout.check.as_ref().map(|c| StoredCheck {
+                argv: c.argv.clone(),
+                interval_ms: ms(c.interval),
+                timeout_ms: ms(c.timeout),
+                retries: c.retries,
+                start_period_ms: ms(c.start_period),
+                start_interval_ms: ms(c.start_interval),
+            }),
+            snapshot_volumes: t.rollout.snapshot_volumes.clone(),
+        }
+    }
+
+    /// The template back. Secret and config contents come from `current` (the template the
+    /// compose file gives now, when there is one): the file at the same path with the same
+    /// sha256, else [`RevisionError::Secret`].
+    pub fn to_template(
+        &self,
+        revision: u64,
+        service: &str,
+        current: Option<&InstanceTemplate>,
+    ) -> Result<InstanceTemplate, RevisionError> {
+        let corrupt = |problem: String| RevisionError::Corrupt {
+            revision,
+            service: service.to_string(),
+            problem,
+        };
+        let text = |k: &str| {
+            self.image
+                .get(k)
+                .and_then(|v| v.as_str())
+                .map(str::to_string)
+        };
+        let image = if let Some(a) = text("local") {
+            ImageSource::Local(a)
+        } else if let (Some(remote), Some(alias)) = (text("remote"), text("alias")) {
+            ImageSource::Remote { remote, alias }
+        } else if let (Some(remote), Some(server), Some(alias)) =
+            (text("oci"), text("server"), text("alias"))
+        {
+            ImageSource::Oci {
+                remote,
+                server,
+                alias,
+            }
+        } else {
+            return Err(corrupt(format!("unknown image {}", self.image)));
+        };
+        let mut files = Vec::new();
+        for f in &self.files {
+            let content = match (&f.source, &f.content_hex, &f.sha256) {
+                (Some(source), _, Some(sha)) => {
+                    let now = current
+                        .and_then(|t| t.files.iter().find(|c| c.path == f.path))
+                        .filter(|c| c.source.as_ref() == Some(source));
+                    let problem = match now {
+                        None => "the compose file at hand does not deliver it there".to_string(),
+                        Some(c) if c.digest().as_ref() != Some(sha) => {
+                            "its content changed since".to_string()
+                        }
+                        Some(c) => {
+                            files.push(c.clone());
+                            continue;
+                        }
+                    };
+                    return Err(RevisionError::Secret {
+                        service: service.to_string(),
+                        source_name: source.clone(),
+                        path: f.path.clone(),
+                        problem,
+                    });
+                }
+                (_, Some(hex), _) => Some(
+                    hex_decode(hex).ok_or_else(|| corrupt(format!("file {}: bad hex", f.path)))?,
+                ),
+                _ => None,
+            };
+            files.push(PushFile {
+                path: f.path.clone(),
+                content,
+                uid: f.uid,
+                gid: f.gid,
+                mode: f.mode,
+                source: f.source.clone(),
+            });
+        }
+        let mut spec = match self.replicas {
+            Some(n) => ServiceSpec::replicated(service, n),
+            None => ServiceSpec::global(service),
+        };
+        for c in &self.constraints {
+            spec.constraints.push(
+                c.parse()
+                    .map_err(|e| corrupt(format!("constraint {c:?}: {e}")))?,
+            );
+        }
+        for p in &self.preferences {
+            spec.preferences.push(
+                p.parse()
+                    .map_err(|e| corrupt(format!("spread {p:?}: {e}")))?,
+            );
+        }
+        spec.max_replicas_per_node = self.max_replicas_per_node;
+        spec.reservation_millicpus = self.reservation_millicpus;
+        spec.reservation_memory = self.reservation_memory;
+        spec.fixed_host_ports = self
+            .fixed_host_ports
+            .iter()
+            .map(|(port, udp)| HostPort {
+                port: *port,
+                udp: *udp,
+            })
+            .collect();
+        Ok(InstanceTemplate {
+            service: service.to_string(),
+            base_name: self.base_name.clone(),
+            container_name: self.container_name.clone(),
+            image,
+            image_fingerprint: self.image_fingerprint.clone(),
+            config: self.config.clone(),
+            devices: self.devices.clone(),
+            command: self.command.clone(),
+            hash: self.hash.clone(),
+            volumes: self.volumes.clone(),
+            spec,
+            depends_on: self.depends_on.clone(),
+            stop_timeout: self.stop_timeout,
+            files,
+            anonymous_volumes: self
+                .anonymous_volumes
+                .iter()
+                .map(
+                    |(device, target, read_only, pool, shared)| AnonymousVolume {
+                        device: device.clone(),
+                        target: target.clone(),
+                        read_only: *read_only,
+                        pool: pool.clone(),
+                        shared: *shared,
+                    },
+                )
+                .collect(),
+            architecture: self.architecture.clone(),
+            static_hash: self.static_hash.clone(),
+            rollout: RolloutSpec {
+                update: self.update.clone(),
+                rollback: self.rollback.clone(),
+                check: self.check.as_ref().map(|c| Check {
+                    argv: c.argv.clone(),
+                    interval: Duration::from_millis(c.interval_ms),
+                    timeout: Duration::from_millis(c.timeout_ms),
+                    retries: c.retries,
+                    start_period: Duration::from_millis(c.start_period_ms),
+                    start_interval: Duration::from_millis(c.start_interval_ms),
+                }),
+                snapshot_volumes: self.snapshot_volumes.clone(),
+            },
+        })
+    }
+}
+
+/// The revisions in a project's config, oldest first (unreadable entries are skipped and
+/// named in the second list).
+pub fn read(config: &BTreeMap<String, String>) -> (Vec<Revision>, Vec<String>) {
+    let mut out = Vec::new();
+    let mut bad = Vec::new();
+    for (k, v) in config {
+        if !k.starts_with(KEY_PREFIX) || v.is_empty() {
+            continue;
+        }
+        match serde_json::from_str::<Revision>(v) {
+            Ok(r) => out.push(r),
+            Err(e) => bad.push(format!("{k}: {e}")),
+        }
+    }
+    out.sort_by_key(|r| r.number);
+    (out, bad)
+}
+
+/// The config key of revision `n`.
+pub fn key(n: u64) -> String {
+    format!("{KEY_PREFIX}{n}")
+}
+
+/// The newest revision whose rollout completed: what runs now.
+pub fn deployed(revisions: &[Revision]) -> Option<&Revision> {
+    revisions
+        .iter()
+        .rev()
+        .find(|r| r.outcome == Outcome::Completed)
+}
+
+/// The revision `rollback` goes to: `to`, or the newest completed one older than the
+/// deployed one.
+pub fn rollback_target(revisions: &[Revision], to: Option<u64>) -> Result<&Revision, String> {
+    if let Some(n) = to {
+        return revisions.iter().find(|r| r.number == n).ok_or_else(|| {
+            format!(
+                "no revision {n} is kept (kept: {})",
+                revisions
+                    .iter()
+                    .map(|r| r.number.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        });
+    }
+    let current = deployed(revisions).ok_or("no revision has completed yet")?;
+    revisions
+        .iter()
+        .rev()
+        .find(|r| r.number < current.number && r.outcome == Outcome::Completed)
+        .ok_or_else(|| {
+            format!(
+                "revision {} is the oldest completed revision kept: nothing to roll back to",
+                current.number
+            )
+        })
+}
+
+/// The services whose spec differs between two revisions (added and removed ones too).
+pub fn changed(before: Option<&Revision>, after: &Revision) -> Vec<String> {
+    let mut names: BTreeSet<&String> = after.services.keys().collect();
+    if let Some(b) = before {
+        names.extend(b.services.keys());
+    }
+    names
+        .into_iter()
+        .filter(|n| {
+            let a = after.services.get(*n);
+            let b = before.and_then(|b| b.services.get(*n));
+            a.map(|s| (&s.hash, s.replicas)) != b.map(|s| (&s.hash, s.replicas))
+        })
+        .cloned()
+        .collect()
+}
+
+/// The services of `d` as they would be stored.
+pub fn services_of(d: &Desired) -> BTreeMap<String, StoredService> {
+    d.services
+        .iter()
+        .map(|t| (t.service.clone(), StoredService::from_template(t)))
+        .collect()
+}
+
+/// Whether deploying `d` makes a new revision: its services differ from the newest one's.
+pub fn is_new(revisions: &[Revision], services: &BTreeMap<String, StoredService>) -> bool {
+    match revisions.last() {
+        None => true,
+        Some(last) => {
+            let key =
+                |m: &BTreeMap<String, StoredService>| -> BTreeMap<String, (String, Option<u32>)> {
+                    m.iter()
+                        .map(|(k, s)| (k.clone(), (s.hash.clone(), s.replicas)))
+                        .collect()
+                };
+            key(&last.services) != key(services)
+        }
+    }
+}
+
+/// Config keys to write so that only the newest `keep` revisions stay (an empty value
+/// removes a key) after adding `new`.
+pub fn with_revision(
+    config: &BTreeMap<String, String>,
+    new: &Revision,
+    keep: usize,
+) -> BTreeMap<String, String> {
+    let mut out = config.clone();
+    if let Ok(json) = serde_json::to_string(new) {
+        out.insert(key(new.number), json);
+    }
+    let (all, _) = read(&out);
+    let drop = all.len().saturating_sub(keep.max(1));
+    for r in all.iter().take(drop) {
+        out.remove(&key(r.number));
+    }
+    out
+}
+
+/// A desired state made of stored services (for `rollback`): the services of `target`
+/// (only `only` when given, the others as in `deployed`), with no networks or volumes to
+/// create (they exist). Each service rolls with `rollback_config` of the deployed revision.
+pub fn desired_from(
+    compose: &str,
+    incus_project: &str,
+    target: &Revision,
+    deployed: &Revision,
+    only: &[String],
+    current: Option<&Desired>,
+) -> Result<Desired, RevisionError> {
+    let mut services = Vec::new();
+    let names: BTreeSet<&String> = target
+        .services
+        .keys()
+        .chain(deployed.services.keys())
+        .collect();
+    for name in names {
+        let from_target = only.is_empty() || only.contains(name);
+        let (rev, stored) = match (from_target, target.services.get(name)) {
+            (true, Some(s)) => (target.number, s),
+            _ => match deployed.services.get(name) {
+                Some(s) => (deployed.number, s),
+                None => continue,
+            },
+        };
+        let now = current.and_then(|d| d.services.iter().find(|t| &t.service == name));
+        let mut t = stored.to_template(rev, name, now)?;
+        if let Some(d) = deployed.services.get(name) {
+            t.rollout.update = d.rollback.clone();
+        }
+        services.push(t);
+    }
+    // Dependency order: a service after those it depends on.
+    let mut ordered: Vec<InstanceTemplate> = Vec::new();
+    while !services.is_empty() {
+        let pos = services
+            .iter()
+            .position(|t| {
+                t.depends_on.iter().all(|d| {
+                    ordered.iter().any(|o| &o.service == d)
+                        || !services.iter().any(|s| &s.service == d)
+                })
+            })
+            .unwrap_or(0);
+        ordered.push(services.remove(pos));
+    }
+    Ok(Desired {
+        compose_project: compose.to_string(),
+        incus_project: incus_project.to_string(),
+        networks: Vec::new(),
+        volumes: Vec::new(),
+        all_services: ordered.iter().map(|t| t.service.clone()).collect(),
+        services: ordered,
+        shared_storage: false,
+        warnings: Vec::new(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::path::PathBuf;
+
+    use ic_compose::{LoadOptions, MemFs, load_with};
+
+    use super::*;
+    use crate::plan::{PlanOptions, ServerFacts, desired};
+
+    fn desired_of(text: &str, secret: &str) -> Desired {
+        let o = LoadOptions {
+            files: vec![PathBuf::from("/p/compose.yaml")],
+            working_dir: PathBuf::from("/p"),
+            environment: BTreeMap::new(),
+            interpolate: true,
+            ..LoadOptions::default()
+        };
+        let fs = MemFs::default()
+            .with("/p/compose.yaml", text)
+            .with("/p/pw.txt", secret);
+        let project = load_with(&o, &fs).unwrap_or_else(|e| panic!("{e}"));
+        let facts = ServerFacts {
+            image_aliases: ["testapp/v1", "testapp/v2"].map(String::from).into(),
+            storage_pool: "data".into(),
+            pools: BTreeMap::from([("data".into(), "dir".into())]),
+            ..Default::default()
+        };
+        desired(&project, &facts, &PlanOptions::default()).unwrap()
+    }
+
+    const APP: &str = r#"
+name: shop
+services:
+  web:
+    image: testapp/v1
+    command: ["httpd", "-f"]
+    secrets: [pw]
+    healthcheck: {test: ["CMD", "true"], interval: 3s}
+    deploy:
+      replicas: 3
+      placement: {constraints: ["node.labels.zone == a"], preferences: [{spread: node.labels.rack}]}
+      update_config: {parallelism: 2, order: start-first}
+secrets:
+  pw: {file: ./pw.txt}
+"#;
+
+    fn revision(n: u64, d: &Desired, outcome: Outcome) -> Revision {
+        Revision {
+            number: n,
+            time: "2026-12-03T16:00:00Z".into(),
+            version: "0.1.0".into(),
+            outcome,
+            cause: "up".into(),
+            services: services_of(d),
+        }
+    }
+
+    #[test]
+    fn a_stored_service_comes_back_as_the_same_template_without_keeping_the_secret() {
+        let d = desired_of(APP, "hunter2");
+        let stored = StoredService::from_template(&d.services[0]);
+        let json = serde_json::to_string(&stored).unwrap();
+        assert!(!json.contains("hunter2"), "the secret is stored: {json}");
+        let back: StoredService = serde_json::from_str(&json).unwrap();
+        let t = back.to_template(1, "web", Some(&d.services[0])).unwrap();
+        assert_eq!(t, d.services[0]);
+    }
+
+    #[test]
+    fn a_secret_whose_content_changed_refuses_the_rollback_and_names_it() {
+        let old = desired_of(APP, "hunter2");
+        let now = desired_of(APP, "changed");
+        let stored = StoredService::from_template(&old.services[0]);
+        let err = stored
+            .to_template(4, "web", Some(&now.services[0]))
+            .unwrap_err();
+        assert!(err.to_string().contains("secret pw"), "{err}");
+        assert!(err.to_string().contains("changed"), "{err}");
+        let err = stored.to_template(4, "web", None).unwrap_err();
+        assert!(err.to_string().contains("does not deliver it"), "{err}");
+    }
+
+    #[test]
+    fn only_the_newest_revisions_are_kept() {
+        let d = desired_of(APP, "x");
+        let mut config = BTreeMap::from([("user.other".to_string(), "kept".to_string())]);
+        for n in 1..=12 {
+            config = with_revision(&config, &revision(n, &d, Outcome::Completed), 10);
+        }
+        let (all, bad) = read(&config);
+        assert!(bad.is_empty());
+        assert_eq!(
+            all.iter().map(|r| r.number).collect::<Vec<_>>(),
+            (3..=12).collect::<Vec<_>>()
+        );
+        assert_eq!(config["user.other"], "kept");
+    }
+
+    #[test]
+    fn rollback_goes_to_the_completed_revision_before_the_deployed_one() {
+        let d = desired_of(APP, "x");
+        let revs = vec![
+            revision(1, &d, Outcome::Completed),
+            revision(2, &d, Outcome::Completed),
+            revision(3, &d, Outcome::RolledBack),
+        ];
+        assert_eq!(deployed(&revs).unwrap().number, 2);
+        assert_eq!(rollback_target(&revs, None).unwrap().number, 1);
+        assert_eq!(rollback_target(&revs, Some(3)).unwrap().number, 3);
+        assert!(
+            rollback_target(&revs, Some(9))
+                .unwrap_err()
+                .contains("1, 2, 3")
+        );
+        assert!(rollback_target(&revs[..1], None).is_err());
+    }
+
+    #[test]
+    fn changed_services_and_new_revisions_follow_hashes_and_replicas() {
+        let v1 = desired_of(APP, "x");
+        let v2 = desired_of(&APP.replace("testapp/v1", "testapp/v2"), "x");
+        let r1 = revision(1, &v1, Outcome::Completed);
+        let r2 = revision(2, &v2, Outcome::Completed);
+        assert_eq!(changed(Some(&r1), &r2), ["web"]);
+        assert!(changed(Some(&r1), &r1).is_empty());
+        assert!(!is_new(std::slice::from_ref(&r1), &services_of(&v1)));
+        assert!(is_new(std::slice::from_ref(&r1), &services_of(&v2)));
+    }
+
+    #[test]
+    fn a_rollback_desired_takes_named_services_from_the_target_and_rolls_with_rollback_config() {
+        let v1 = desired_of(APP, "x");
+        let v2 = desired_of(&APP.replace("testapp/v1", "testapp/v2"), "x");
+        let r1 = revision(1, &v1, Outcome::Completed);
+        let r2 = revision(2, &v2, Outcome::Completed);
+        let d = desired_from("shop", "shop", &r1, &r2, &[], Some(&v2)).unwrap();
+        assert_eq!(d.services[0].hash, v1.services[0].hash);
+        assert_eq!(
+            d.services[0].rollout.update,
+            v2.services[0].rollout.rollback
+        );
+        let d = desired_from("shop", "shop", &r1, &r2, &["other".into()], Some(&v2)).unwrap();
+        assert_eq!(d.services[0].hash, v2.services[0].hash);
+    }
+}

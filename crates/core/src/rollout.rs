@@ -1,0 +1,694 @@
+//! Rolling updates, swarmkit's updater turned inside out: a pure step function. Given a
+//! service's `update_config` (or `rollback_config`), what is observed of each slot being
+//! rolled, and the current time as an input, [`step`] answers what to do next: replace these
+//! slots now, wait until a time, stop on failure (pause or roll back), or done. The engine
+//! observes, asks, acts and asks again, so an interrupted rollout resumes from what Incus
+//! shows, and every rule here is tested without a daemon and without sleeping.
+//!
+//! Rules (Docker Swarm's, with its documented defaults):
+//! - Only *dirty* slots (whose replica runs another spec) are replaced, `parallelism` at a
+//!   time (0 = all at once), one batch after another: a batch starts once every replica of
+//!   the one before is running (healthy, when the service has a healthcheck) or has failed,
+//!   and `delay` has passed since.
+//! - A new replica *fails* when it cannot be created or started, stops, is unhealthy, or is
+//!   still not running (healthy) at its deadline ([`deadline`]). A replica that has run
+//!   (healthy) for `monitor` since its start is *settled*: what happens to it later is the
+//!   restart policy's business, not the rollout's.
+//! - Failures count only replicas this rollout made. The failure action triggers when
+//!   `failures / rolled slots > max_failure_ratio`; `continue` goes on.
+//! - After the last batch, the rollout watches until every new replica is settled and at
+//!   least `max(monitor, delay)` has passed since the last batch was ready (Swarm once
+//!   skipped this watch when `delay >= monitor`: moby/moby#37972).
+
+use std::time::Duration;
+
+use ic_compose::model::{FailureAction, UpdateConfig, UpdateOrder};
+
+use crate::health::{Check, Health};
+
+/// `update_config` / `rollback_config` with Swarm's defaults filled in.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Config {
+    /// Replicas replaced per batch; 0 = all at once.
+    pub parallelism: usize,
+    pub delay: Duration,
+    pub start_first: bool,
+    pub failure_action: Action,
+    pub monitor: Duration,
+    pub max_failure_ratio: f64,
+}
+
+/// What to do when too many new replicas fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Pause,
+    Continue,
+    Rollback,
+}
+
+impl std::fmt::Display for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Action::Pause => "pause",
+            Action::Continue => "continue",
+            Action::Rollback => "rollback",
+        })
+    }
+}
+
+/// Swarm's default `monitor`.
+pub const DEFAULT_MONITOR: Duration = Duration::from_secs(5);
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            parallelism: 1,
+            delay: Duration::ZERO,
+            start_first: false,
+            failure_action: Action::Pause,
+            monitor: DEFAULT_MONITOR,
+            max_failure_ratio: 0.0,
+        }
+    }
+}
+
+impl Config {
+    /// `update_config` (None: every default).
+    pub fn update(u: Option<&UpdateConfig>) -> Config {
+        let d = Config::default();
+        let Some(u) = u else { return d };
+        Config {
+            parallelism: u
+                .parallelism
+                .map(|p| usize::try_from(p).unwrap_or(usize::MAX))
+                .unwrap_or(d.parallelism),
+            delay: u.delay.map(|x| x.0).unwrap_or(d.delay),
+            start_first: u.order == Some(UpdateOrder::StartFirst),
+            failure_action: match u.failure_action {
+                Some(FailureAction::Continue) => Action::Continue,
+                Some(FailureAction::Rollback) => Action::Rollback,
+                Some(FailureAction::Pause) | None => Action::Pause,
+            },
+            monitor: u.monitor.map(|x| x.0).unwrap_or(d.monitor),
+            max_failure_ratio: u.max_failure_ratio.unwrap_or(d.max_failure_ratio),
+        }
+    }
+
+    /// `rollback_config`: the same fields, but a failing rollback never rolls back (it
+    /// pauses).
+    pub fn rollback(u: Option<&UpdateConfig>) -> Config {
+        let mut c = Config::update(u);
+        if c.failure_action == Action::Rollback {
+            c.failure_action = Action::Pause;
+        }
+        c
+    }
+}
+
+/// How long a new replica may take to run (and become healthy) before it counts as failed:
+/// without a healthcheck [`START_DEADLINE`] plus `monitor`; with one, its
+/// `start_period + interval * retries + timeout` (at least [`START_DEADLINE`]) plus `monitor`.
+pub fn deadline(cfg: &Config, check: Option<&Check>) -> Duration {
+    let judge = match check {
+        None => START_DEADLINE,
+        Some(c) => (c.start_period + c.interval * c.retries + c.timeout).max(START_DEADLINE),
+    };
+    judge + cfg.monitor
+}
+
+/// How long a new replica may take to run when the service has no healthcheck (creating
+/// and starting a container, an image pull included, are bounded by this).
+pub const START_DEADLINE: Duration = Duration::from_secs(120);
+
+/// A warning when `monitor` is shorter than the healthcheck needs to judge a replica
+/// unhealthy (`interval * retries`): failures after the monitor window go unnoticed.
+pub fn monitor_warning(service: &str, cfg: &Config, check: Option<&Check>) -> Option<String> {
+    let c = check?;
+    let needs = c.interval * c.retries;
+    (cfg.monitor < needs).then(|| {
+        format!(
+            "service {service:?}: update_config.monitor ({} s) is shorter than its healthcheck needs to call a replica unhealthy (interval x retries = {} s); a replica that turns unhealthy later is not counted as a failed update",
+            cfg.monitor.as_secs_f64(),
+            needs.as_secs_f64()
+        )
+    })
+}
+
+/// What is observed of a replica this rollout made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum State {
+    /// Being created or started, not running yet.
+    Starting,
+    /// Running; `health` is `None` without a healthcheck.
+    Running { health: Option<Health> },
+    /// Stopped (its process exited), or gone.
+    Stopped,
+    /// Creating or starting it failed.
+    Failed(String),
+}
+
+/// A new replica: when it was made (or last started) and its state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewReplica {
+    /// When it was created, on the caller's clock.
+    pub created_at: Duration,
+    /// When it last started (Incus `last_used_at`), when known.
+    pub started_at: Option<Duration>,
+    pub state: State,
+}
+
+/// One slot of the service being rolled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Slot {
+    /// Slot key, as the engine names it (e.g. `3`, or a member for global services).
+    pub key: String,
+    /// Its replica still runs the old spec (not replaced yet).
+    pub dirty: bool,
+    /// The replica this rollout made for it, if any.
+    pub new: Option<NewReplica>,
+}
+
+/// The judgement of a new replica at a time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Not running (healthy) yet, deadline not passed.
+    Pending {
+        until: Duration,
+    },
+    /// Running (healthy), but not yet for `monitor`.
+    Ready {
+        settles_at: Duration,
+    },
+    /// Ran (healthy) for `monitor`: done with.
+    Settled,
+    Failed(String),
+}
+
+/// Judges a new replica at `now` (see the module documentation).
+pub fn judge(r: &NewReplica, cfg: &Config, deadline: Duration, now: Duration) -> Verdict {
+    let due = r.created_at + deadline;
+    let late = |what: &str| {
+        Verdict::Failed(format!(
+            "not {what} {} s after it was created",
+            deadline.as_secs()
+        ))
+    };
+    match &r.state {
+        State::Failed(why) => Verdict::Failed(why.clone()),
+        State::Stopped => Verdict::Failed("stopped after its start".into()),
+        State::Running {
+            health: Some(Health::Unhealthy),
+        } => Verdict::Failed("unhealthy".into()),
+        State::Running {
+            health: None | Some(Health::Healthy),
+        } => {
+            let settles_at = r.started_at.unwrap_or(r.created_at) + cfg.monitor;
+            if now >= settles_at {
+                Verdict::Settled
+            } else {
+                Verdict::Ready { settles_at }
+            }
+        }
+        State::Running {
+            health: Some(Health::Starting),
+        } if now >= due => late("healthy"),
+        State::Starting if now >= due => late("running"),
+        State::Running { .. } | State::Starting => Verdict::Pending { until: due },
+    }
+}
+
+/// What to do next.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    /// Replace these slots now (one batch).
+    Replace(Vec<String>),
+    /// Nothing to do before this time (or before something observed changes).
+    Wait { until: Duration },
+    /// Too many new replicas failed: apply `action` (pause or rollback). Each failed slot
+    /// with its reason.
+    Stop {
+        action: Action,
+        failed: Vec<(String, String)>,
+    },
+    /// Every dirty slot replaced and every new replica settled.
+    Done,
+}
+
+/// What the engine remembers between steps (everything else is observed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Progress {
+    /// When the last batch became ready (all its replicas running, healthy, or failed).
+    pub batch_ready_at: Option<Duration>,
+}
+
+/// The next step of a rollout (see the module documentation). `deadline` is the
+/// [`deadline`] of the service's replicas.
+pub fn step(
+    cfg: &Config,
+    slots: &[Slot],
+    progress: &Progress,
+    deadline: Duration,
+    now: Duration,
+) -> Step {
+    let rolled = slots.iter().filter(|s| s.dirty || s.new.is_some()).count();
+    let mut failed = Vec::new();
+    let mut pending_until: Option<Duration> = None;
+    let mut settles_at: Option<Duration> = None;
+    for s in slots {
+        let Some(r) = &s.new else { continue };
+        match judge(r, cfg, deadline, now) {
+            Verdict::Failed(why) => failed.push((s.key.clone(), why)),
+            Verdict::Pending { until } => {
+                pending_until = Some(pending_until.map_or(until, |p| p.min(until)));
+            }
+            Verdict::Ready { settles_at: t } => {
+                settles_at = Some(settles_at.map_or(t, |p| p.max(t)));
+            }
+            Verdict::Settled => {}
+        }
+    }
+    if !failed.is_empty()
+        && cfg.failure_action != Action::Continue
+        && failed.len() as f64 / rolled.max(1) as f64 > cfg.max_failure_ratio
+    {
+        return Step::Stop {
+            action: cfg.failure_action,
+            failed,
+        };
+    }
+    // The batch in flight must be ready (or failed) before anything else happens.
+    if let Some(until) = pending_until {
+        return Step::Wait { until };
+    }
+    let dirty: Vec<&Slot> = slots
+        .iter()
+        .filter(|s| s.dirty && s.new.is_none())
+        .collect();
+    let ready_at = progress.batch_ready_at;
+    if !dirty.is_empty() {
+        if let Some(at) = ready_at
+            && now < at + cfg.delay
+        {
+            return Step::Wait {
+                until: at + cfg.delay,
+            };
+        }
+        let n = if cfg.parallelism == 0 {
+            dirty.len()
+        } else {
+            cfg.parallelism.min(dirty.len())
+        };
+        return Step::Replace(dirty[..n].iter().map(|s| s.key.clone()).collect());
+    }
+    // Last batch done: watch one more period.
+    let watch_until = ready_at.map(|at| at + cfg.monitor.max(cfg.delay));
+    let until = match (settles_at, watch_until) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    };
+    match until {
+        Some(t) if now < t => Step::Wait { until: t },
+        _ => Step::Done,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const S: Duration = Duration::from_secs(1);
+
+    fn cfg(parallelism: usize) -> Config {
+        Config {
+            parallelism,
+            ..Config::default()
+        }
+    }
+
+    fn dirty(key: &str) -> Slot {
+        Slot {
+            key: key.into(),
+            dirty: true,
+            new: None,
+        }
+    }
+
+    fn replaced(key: &str, created: u64, state: State) -> Slot {
+        Slot {
+            key: key.into(),
+            dirty: false,
+            new: Some(NewReplica {
+                created_at: S * created as u32,
+                started_at: Some(S * created as u32),
+                state,
+            }),
+        }
+    }
+
+    const RUNNING: State = State::Running { health: None };
+
+    #[test]
+    fn the_first_batch_replaces_parallelism_dirty_slots() {
+        let slots = [dirty("1"), dirty("2"), dirty("3")];
+        let s = step(
+            &cfg(2),
+            &slots,
+            &Progress::default(),
+            60 * S,
+            Duration::ZERO,
+        );
+        assert_eq!(s, Step::Replace(vec!["1".into(), "2".into()]));
+    }
+
+    #[test]
+    fn parallelism_zero_replaces_everything_at_once() {
+        let slots = [dirty("1"), dirty("2"), dirty("3")];
+        let s = step(
+            &cfg(0),
+            &slots,
+            &Progress::default(),
+            60 * S,
+            Duration::ZERO,
+        );
+        assert_eq!(s, Step::Replace(vec!["1".into(), "2".into(), "3".into()]));
+    }
+
+    #[test]
+    fn the_next_batch_waits_for_the_one_in_flight() {
+        let slots = [replaced("1", 0, State::Starting), dirty("2")];
+        let s = step(&cfg(1), &slots, &Progress::default(), 60 * S, S * 3);
+        assert_eq!(s, Step::Wait { until: 60 * S });
+    }
+
+    #[test]
+    fn the_next_batch_waits_for_the_delay_after_the_last_was_ready() {
+        let c = Config {
+            delay: 10 * S,
+            ..cfg(1)
+        };
+        let slots = [replaced("1", 0, RUNNING), dirty("2")];
+        let p = Progress {
+            batch_ready_at: Some(2 * S),
+        };
+        assert_eq!(
+            step(&c, &slots, &p, 60 * S, 5 * S),
+            Step::Wait { until: 12 * S }
+        );
+        assert_eq!(
+            step(&c, &slots, &p, 60 * S, 12 * S),
+            Step::Replace(vec!["2".into()])
+        );
+    }
+
+    #[test]
+    fn a_replica_that_stops_fails_the_update_and_pauses_by_default() {
+        let slots = [replaced("1", 0, State::Stopped), dirty("2"), dirty("3")];
+        let s = step(&cfg(1), &slots, &Progress::default(), 60 * S, S * 2);
+        assert_eq!(
+            s,
+            Step::Stop {
+                action: Action::Pause,
+                failed: vec![("1".into(), "stopped after its start".into())]
+            }
+        );
+    }
+
+    #[test]
+    fn failures_within_the_ratio_go_on() {
+        let c = Config {
+            max_failure_ratio: 0.5,
+            ..cfg(1)
+        };
+        let slots = [
+            replaced("1", 0, State::Failed("image".into())),
+            dirty("2"),
+            dirty("3"),
+        ];
+        assert_eq!(
+            step(&c, &slots, &Progress::default(), 60 * S, S),
+            Step::Replace(vec!["2".into()])
+        );
+    }
+
+    #[test]
+    fn continue_ignores_failures() {
+        let c = Config {
+            failure_action: Action::Continue,
+            ..cfg(1)
+        };
+        let slots = [replaced("1", 0, State::Stopped), dirty("2")];
+        assert_eq!(
+            step(&c, &slots, &Progress::default(), 60 * S, S),
+            Step::Replace(vec!["2".into()])
+        );
+    }
+
+    #[test]
+    fn a_replica_never_running_fails_at_its_deadline() {
+        let slots = [replaced("1", 0, State::Starting)];
+        assert_eq!(
+            step(&cfg(1), &slots, &Progress::default(), 30 * S, 29 * S),
+            Step::Wait { until: 30 * S }
+        );
+        assert!(matches!(
+            step(&cfg(1), &slots, &Progress::default(), 30 * S, 30 * S),
+            Step::Stop { .. }
+        ));
+    }
+
+    #[test]
+    fn a_running_replica_not_yet_healthy_is_pending_not_ready() {
+        let slots = [
+            replaced(
+                "1",
+                0,
+                State::Running {
+                    health: Some(Health::Starting),
+                },
+            ),
+            dirty("2"),
+        ];
+        assert_eq!(
+            step(&cfg(1), &slots, &Progress::default(), 30 * S, S),
+            Step::Wait { until: 30 * S }
+        );
+        let unhealthy = [replaced(
+            "1",
+            0,
+            State::Running {
+                health: Some(Health::Unhealthy),
+            },
+        )];
+        assert!(matches!(
+            step(&cfg(1), &unhealthy, &Progress::default(), 30 * S, S),
+            Step::Stop { .. }
+        ));
+    }
+
+    #[test]
+    fn after_the_last_batch_the_rollout_watches_one_more_monitor_period() {
+        let slots = [replaced("1", 0, RUNNING), replaced("2", 4, RUNNING)];
+        let p = Progress {
+            batch_ready_at: Some(5 * S),
+        };
+        // Replica 2 started at 4 s settles at 9 s; the watch lasts until 5 + 5 = 10 s.
+        assert_eq!(
+            step(&cfg(1), &slots, &p, 60 * S, 6 * S),
+            Step::Wait { until: 10 * S }
+        );
+        assert_eq!(step(&cfg(1), &slots, &p, 60 * S, 10 * S), Step::Done);
+    }
+
+    #[test]
+    fn the_final_watch_is_longer_when_the_delay_exceeds_the_monitor() {
+        let c = Config {
+            delay: 20 * S,
+            ..cfg(1)
+        };
+        let slots = [replaced("1", 0, RUNNING)];
+        let p = Progress {
+            batch_ready_at: Some(S),
+        };
+        assert_eq!(
+            step(&c, &slots, &p, 60 * S, 10 * S),
+            Step::Wait { until: 21 * S }
+        );
+    }
+
+    #[test]
+    fn a_rollback_config_never_rolls_back() {
+        let u = UpdateConfig {
+            failure_action: Some(FailureAction::Rollback),
+            ..Default::default()
+        };
+        assert_eq!(Config::rollback(Some(&u)).failure_action, Action::Pause);
+        assert_eq!(Config::update(Some(&u)).failure_action, Action::Rollback);
+    }
+
+    #[test]
+    fn defaults_are_swarms() {
+        let c = Config::update(None);
+        assert_eq!(c.parallelism, 1);
+        assert_eq!(c.delay, Duration::ZERO);
+        assert!(!c.start_first);
+        assert_eq!(c.failure_action, Action::Pause);
+        assert_eq!(c.monitor, 5 * S);
+        assert_eq!(c.max_failure_ratio, 0.0);
+    }
+
+    #[test]
+    fn a_short_monitor_is_warned_about() {
+        let check = Check {
+            argv: vec!["true".into()],
+            interval: 10 * S,
+            timeout: S,
+            retries: 3,
+            start_period: Duration::ZERO,
+            start_interval: S,
+        };
+        assert!(monitor_warning("web", &Config::default(), Some(&check)).is_some());
+        assert!(monitor_warning("web", &Config::default(), None).is_none());
+        assert_eq!(
+            deadline(&Config::default(), Some(&check)),
+            START_DEADLINE + 5 * S
+        );
+    }
+
+    /// A simulated rollout: the engine's loop with an instantaneous, scripted world. Each
+    /// replaced slot's new replica becomes running after `start` seconds, and fails instead
+    /// when its slot is in `bad`.
+    fn simulate(
+        c: &Config,
+        n: usize,
+        bad: &[usize],
+        start: u64,
+    ) -> (Step, Vec<Vec<String>>, usize) {
+        let mut slots: Vec<Slot> = (0..n).map(|i| dirty(&i.to_string())).collect();
+        let mut progress = Progress::default();
+        let mut now = Duration::ZERO;
+        let mut batches = Vec::new();
+        let mut max_down = 0;
+        for _ in 0..10_000 {
+            // The world: new replicas start `start` s after creation.
+            for (i, s) in slots.iter_mut().enumerate() {
+                if let Some(r) = &mut s.new
+                    && r.state == State::Starting
+                    && now >= r.created_at + S * start as u32
+                {
+                    r.state = if bad.contains(&i) {
+                        State::Stopped
+                    } else {
+                        RUNNING
+                    };
+                    r.started_at = Some(now);
+                }
+            }
+            // Stop-first: a slot is down while its new replica is not running.
+            let down = slots
+                .iter()
+                .filter(|s| s.new.as_ref().is_some_and(|r| r.state == State::Starting))
+                .count();
+            max_down = max_down.max(down);
+            let in_flight = slots
+                .iter()
+                .any(|s| s.new.as_ref().is_some_and(|r| r.state == State::Starting));
+            if !in_flight && progress.batch_ready_at.is_none() && !batches.is_empty() {
+                progress.batch_ready_at = Some(now);
+            }
+            match step(c, &slots, &progress, 60 * S, now) {
+                Step::Replace(keys) => {
+                    for k in &keys {
+                        let s = slots.iter_mut().find(|s| &s.key == k).unwrap();
+                        assert!(s.dirty, "slot {k} replaced twice");
+                        s.dirty = false;
+                        s.new = Some(NewReplica {
+                            created_at: now,
+                            started_at: None,
+                            state: State::Starting,
+                        });
+                    }
+                    progress.batch_ready_at = None;
+                    batches.push(keys);
+                }
+                Step::Wait { until } => {
+                    assert!(until > now, "wait until {until:?} at {now:?}");
+                    now = until.min(now + S);
+                }
+                done => return (done, batches, max_down),
+            }
+        }
+        panic!("the rollout did not end");
+    }
+
+    #[test]
+    fn a_healthy_rollout_replaces_every_slot_once_in_batches() {
+        let (end, batches, _) = simulate(&cfg(2), 5, &[], 2);
+        assert_eq!(end, Step::Done);
+        assert_eq!(batches.iter().map(Vec::len).collect::<Vec<_>>(), [2, 2, 1]);
+    }
+
+    #[test]
+    fn a_bad_image_stops_after_the_first_batch() {
+        let c = Config {
+            failure_action: Action::Rollback,
+            ..cfg(1)
+        };
+        let (end, batches, _) = simulate(&c, 4, &[0, 1, 2, 3], 1);
+        assert_eq!(batches.len(), 1);
+        assert!(matches!(
+            end,
+            Step::Stop {
+                action: Action::Rollback,
+                ..
+            }
+        ));
+    }
+
+    proptest! {
+        #[test]
+        fn never_more_than_parallelism_down_and_never_a_slot_twice(
+            n in 1usize..12,
+            parallelism in 0usize..5,
+            delay in 0u64..4,
+            monitor in 0u64..8,
+            start in 0u64..5,
+            bad in proptest::collection::vec(0usize..12, 0..4),
+            ratio in 0.0f64..1.0,
+            action in prop_oneof![Just(Action::Pause), Just(Action::Continue), Just(Action::Rollback)],
+        ) {
+            let c = Config {
+                parallelism,
+                delay: S * delay as u32,
+                monitor: S * monitor as u32,
+                max_failure_ratio: ratio,
+                failure_action: action,
+                start_first: false,
+            };
+            let (end, batches, max_down) = simulate(&c, n, &bad, start);
+            let limit = if parallelism == 0 { n } else { parallelism };
+            prop_assert!(max_down <= limit, "{max_down} down at once, parallelism {parallelism}");
+            let mut seen = std::collections::BTreeSet::new();
+            for b in &batches {
+                prop_assert!(b.len() <= limit);
+                for k in b { prop_assert!(seen.insert(k.clone()), "slot {k} replaced twice"); }
+            }
+            let bad_in: std::collections::BTreeSet<usize> = bad.iter().copied().filter(|b| *b < n).collect();
+            match end {
+                Step::Done => {
+                    prop_assert_eq!(seen.len(), n);
+                    if action != Action::Continue {
+                        prop_assert!(bad_in.len() as f64 / n as f64 <= ratio);
+                    }
+                }
+                Step::Stop { action: a, failed } => {
+                    prop_assert_eq!(a, action);
+                    prop_assert!(!failed.is_empty());
+                    prop_assert!(failed.len() as f64 / n as f64 > ratio);
+                }
+                other => prop_assert!(false, "ended with {other:?}"),
+            }
+        }
+    }
+}
