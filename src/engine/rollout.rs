@@ -389,6 +389,12 @@ async fn replace(t: &Target, cfg: &Config, s: &mut SlotRun) -> anyhow::Result<St
         s.old_retired_as = Some(retire(t, &old, &s.plan).await?);
     }
     create(t, &s.plan).await?;
+    if old == s.plan.name {
+        return Ok(format!(
+            "[~] {old} recreated on {} ({})",
+            s.plan.member, s.plan.reason
+        ));
+    }
     Ok(format!(
         "[~] {old} replaced by {} on {} ({})",
         s.plan.name, s.plan.member, s.plan.reason
