@@ -11,7 +11,7 @@ use anyhow::{Context, anyhow};
 use ic_core::plan::mapping::anonymous_volume_name;
 use ic_core::plan::{
     Action, AnonymousVolume, COMMAND_PATH, ImageSource, InstancePlan, LABEL_PROJECT, LABEL_SERVICE,
-    LABEL_SLOT, LABEL_VERSION, Plan, PushFile,
+    LABEL_SLOT, LABEL_VERSION, Plan, PushFile, span,
 };
 use ic_incus::{
     Client, FileOptions, InstanceSource, InstancesPost, NetworkPut, NetworksPost, ProjectsPost,
@@ -159,6 +159,65 @@ fn target_of<'a>(t: &Target, member: &'a str) -> Option<&'a str> {
     t.clustered.then_some(member)
 }
 
+/// The project's network ACL of spanning bridges (no rules: the bridges' default actions
+/// isolate them, see `ic_core::plan::span`), created when missing. An ACL of that name that is
+/// not ours stops the creation.
+async fn ensure_acl(
+    t: &Target,
+    acl: &str,
+    network_config: &BTreeMap<String, String>,
+) -> anyhow::Result<()> {
+    let project = network_config
+        .get(LABEL_PROJECT)
+        .cloned()
+        .unwrap_or_default();
+    let ours = |a: &ic_incus::NetworkAcl| a.config.get(LABEL_PROJECT) == Some(&project);
+    match t.networks.network_acl(acl).await {
+        Ok(a) if ours(&a) => return Ok(()),
+        Ok(_) => {
+            return Err(anyhow!(
+                "network ACL {acl:?} exists and was not made by incus-compose for compose project {project:?}; incus-compose never touches it: remove or rename it"
+            ));
+        }
+        Err(e) if e.is_not_found() => {}
+        Err(e) => return Err(e).with_context(|| format!("reading network ACL {acl}")),
+    }
+    let req = ic_incus::NetworkAcl {
+        name: acl.to_string(),
+        description: "incus-compose: isolates the project's networks".into(),
+        config: BTreeMap::from([(LABEL_PROJECT.to_string(), project.clone())]),
+        used_by: Vec::new(),
+    };
+    match t.networks.create_network_acl(&req).await {
+        Ok(()) => Ok(()),
+        // Another network of the project created it at the same time.
+        Err(_) if t.networks.network_acl(acl).await.is_ok_and(|a| ours(&a)) => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("creating network ACL {acl}")),
+    }
+}
+
+/// Removes an ACL of ours once nothing uses it (networks removed at the same time may still
+/// be listed for a moment: wait for them, a few seconds at most).
+async fn remove_acl_if_unused(t: &Target, acl: &str) -> anyhow::Result<()> {
+    for _ in 0..10 {
+        let Ok(a) = t.networks.network_acl(acl).await else {
+            return Ok(());
+        };
+        if !a.config.contains_key(LABEL_PROJECT) {
+            return Ok(());
+        }
+        if a.used_by.is_empty() {
+            return match t.networks.delete_network_acl(acl).await {
+                Ok(()) => Ok(()),
+                Err(e) if e.is_not_found() => Ok(()),
+                Err(e) => Err(e).with_context(|| format!("removing network ACL {acl}")),
+            };
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    Ok(())
+}
+
 async fn run(t: &Target, action: &Action) -> anyhow::Result<String> {
     match action {
         Action::CreateProject { name, config } => {
@@ -171,10 +230,18 @@ async fn run(t: &Target, action: &Action) -> anyhow::Result<String> {
                 .await?;
             Ok(format!("[+] Incus project {name} created"))
         }
-        Action::CreateNetwork { name, config } => {
+        Action::CreateNetwork {
+            name,
+            kind,
+            config,
+            member_config,
+        } => {
+            if let Some(acl) = config.get("security.acls") {
+                ensure_acl(t, acl, config).await?;
+            }
             let req = NetworksPost {
                 name: name.clone(),
-                kind: "bridge".into(),
+                kind: kind.clone(),
                 description: "incus-compose network".into(),
                 config: config.clone(),
             };
@@ -190,7 +257,7 @@ async fn run(t: &Target, action: &Action) -> anyhow::Result<String> {
             loop {
                 match t
                     .networks
-                    .create_network_everywhere(&req, &members, &BTreeMap::new())
+                    .create_network_everywhere(&req, &members, member_config)
                     .await
                 {
                     Ok(()) => break,
@@ -202,8 +269,12 @@ async fn run(t: &Target, action: &Action) -> anyhow::Result<String> {
                 }
             }
             Ok(format!(
-                "[+] network {name} created ({})",
-                config.get("ipv4.address").map(String::as_str).unwrap_or("")
+                "[+] network {name} created ({}{})",
+                config.get("ipv4.address").map(String::as_str).unwrap_or(""),
+                match config.get(span::LABEL_VNI) {
+                    Some(vni) => format!(", spanning the members, VXLAN VNI {vni}"),
+                    None => String::new(),
+                }
             ))
         }
         Action::CreateVolume {
@@ -276,6 +347,12 @@ async fn run(t: &Target, action: &Action) -> anyhow::Result<String> {
             ))
         }
         Action::RemoveNetwork { name } => {
+            let acl = t
+                .networks
+                .network(name, None)
+                .await
+                .ok()
+                .and_then(|n| n.config.get("security.acls").cloned());
             // Right after its last instance went away, Incus 6.0 can fail a bridge removal
             // while it still cleans up that instance's veth ("Failed to delete bridge children
             // interfaces ... does not exist"): try again.
@@ -290,6 +367,9 @@ async fn run(t: &Target, action: &Action) -> anyhow::Result<String> {
                     }
                     Err(e) => return Err(e).with_context(|| format!("removing network {name}")),
                 }
+            }
+            if let Some(acl) = acl {
+                remove_acl_if_unused(t, &acl).await?;
             }
             Ok(format!("[-] network {name} removed"))
         }

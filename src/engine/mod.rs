@@ -7,6 +7,7 @@ pub mod health;
 mod observe;
 mod oci;
 mod progress;
+mod spanning;
 
 pub use execute::{Target, execute, execute_gated};
 pub use observe::{Observation, is_ours, observe};

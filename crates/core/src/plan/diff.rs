@@ -9,7 +9,8 @@ use super::placement::PendingReplica;
 use super::storage::SHARED_DRIVERS;
 use super::{
     Action, Desired, InstancePlan, InstanceTemplate, LABEL_HASH, LABEL_PROJECT, LABEL_SERVICE,
-    LABEL_SLOT, Observed, ObservedInstance, Plan, PlanError, Stage, allocate_subnet,
+    LABEL_SLOT, Observed, ObservedInstance, Plan, PlanError, Stage, addresses, allocate_subnet,
+    span,
 };
 use crate::schedule::{self, ExistingReplica, Mode, Outcome, SlotKey};
 
@@ -85,8 +86,16 @@ fn slot_key(template: &InstanceTemplate, slot: &str) -> Option<SlotKey> {
 pub fn diff(d: &Desired, obs: &Observed, o: &DiffOptions) -> Result<Plan, PlanError> {
     let mut warnings = d.warnings.clone();
     let project_stage = project_actions(d, obs);
-    let network_stage = network_actions(d, obs)?;
-    let replicas = replica_actions(d, obs, o, &mut warnings)?;
+    let mut network_stage = network_actions(d, obs)?;
+    let mut replicas = replica_actions(d, obs, o, &mut warnings)?;
+    addresses::assign(
+        d,
+        obs,
+        &replicas.placement,
+        &replicas.removed,
+        &mut replicas.service_actions,
+        &mut network_stage,
+    )?;
     check_names(d, obs, &replicas)?;
     let volume_stage = volume_actions(d, obs, &replicas.volume_needs)?;
     let Replicas {
@@ -161,6 +170,7 @@ fn network_actions(d: &Desired, obs: &Observed) -> Result<Vec<Action>, PlanError
         .iter()
         .filter_map(|n| n.config.get("ipv4.address").cloned())
         .collect();
+    let mut used_vnis = span::used_vnis(obs.networks.iter().map(|n| &n.config));
     for net in &d.networks {
         let existing = obs.networks.iter().find(|n| n.name == net.name);
         match (existing, net.external) {
@@ -175,18 +185,28 @@ fn network_actions(d: &Desired, obs: &Observed) -> Result<Vec<Action>, PlanError
                 // An earlier `up` failed half way through a cluster-wide creation: finish it
                 // with the configuration (and subnet) it was started with.
                 let mut config = net.config.clone();
-                if let Some(a) = n.config.get("ipv4.address") {
-                    config.insert("ipv4.address".into(), a.clone());
+                for k in ["ipv4.address", span::LABEL_VNI, "tunnel.v.id"] {
+                    if let Some(a) = n.config.get(k) {
+                        config.insert(k.into(), a.clone());
+                    }
                 }
                 actions.push(Action::CreateNetwork {
                     name: net.name.clone(),
+                    kind: incus_type(&net.kind).into(),
                     config,
+                    member_config: net.member_config.clone(),
                 });
             }
             (Some(n), false) if is_ours(&n.config, compose) => {
                 // Keys incus-compose keeps up to date on an existing network.
                 let mut set = BTreeMap::new();
-                for key in NETWORK_KEYS_KEPT_UP_TO_DATE {
+                // A spanning bridge's records are written by `span_records`.
+                let kept: &[&str] = if net.kind == span::Kind::Bridge {
+                    NETWORK_KEYS_KEPT_UP_TO_DATE
+                } else {
+                    &[]
+                };
+                for key in kept {
                     let want = net.config.get(*key).map(String::as_str).unwrap_or("");
                     let have = n.config.get(*key).map(String::as_str).unwrap_or("");
                     if want != have {
@@ -210,14 +230,31 @@ fn network_actions(d: &Desired, obs: &Observed) -> Result<Vec<Action>, PlanError
                 used_subnets.push(subnet.bridge_address());
                 let mut config = net.config.clone();
                 config.insert("ipv4.address".into(), subnet.bridge_address());
+                if net.kind == span::Kind::Span {
+                    let vni = span::allocate_vni(&net.name, &used_vnis)
+                        .ok_or_else(|| PlanError::NoFreeVni(net.key.clone()))?;
+                    used_vnis.insert(vni);
+                    config.insert(format!("tunnel.{}.id", span::TUNNEL), vni.to_string());
+                    config.insert(span::LABEL_VNI.into(), vni.to_string());
+                }
                 actions.push(Action::CreateNetwork {
                     name: net.name.clone(),
+                    kind: incus_type(&net.kind).into(),
                     config,
+                    member_config: net.member_config.clone(),
                 });
             }
         }
     }
     Ok(actions)
+}
+
+/// The Incus network type of a kind.
+fn incus_type(kind: &span::Kind) -> &'static str {
+    match kind {
+        span::Kind::Ovn { .. } => "ovn",
+        span::Kind::Bridge | span::Kind::Span => "bridge",
+    }
 }
 
 /// What [`replica_actions`] decides.

@@ -121,6 +121,14 @@ pub fn network_name(project: &str, key: &str) -> String {
     }
 }
 
+/// Incus name of compose network `key` when it spans the cluster: as [`network_name`] with
+/// the key cut to 5 characters, so that the tunnel interface `<name>-v` fits in 15.
+pub fn span_network_name(project: &str, key: &str) -> String {
+    let full = network_name(project, key);
+    let cut: String = full.chars().take(MAX_NETWORK_NAME - 2).collect();
+    cut.trim_end_matches('-').to_string()
+}
+
 pub(crate) fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
     let mut s = String::with_capacity(bytes.len() * 2);
@@ -169,5 +177,15 @@ mod tests {
         assert_eq!(&long[8..], "a-very");
         assert!(!network_name("p", "___").ends_with('-'));
         assert_eq!(network_name("shop", "default"), a, "stable");
+    }
+
+    #[test]
+    fn spanning_network_names_leave_room_for_the_tunnel_interface() {
+        let a = span_network_name("shop", "default");
+        assert_eq!(a.len(), 13, "{a}");
+        assert_eq!(&a[..8], &network_name("shop", "default")[..8]);
+        assert!(a.ends_with("-defau"));
+        assert!(!span_network_name("shop", "ab-c-ef").ends_with('-'));
+        assert!(span_network_name("shop", "x").len() <= 13);
     }
 }

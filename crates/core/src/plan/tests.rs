@@ -38,6 +38,7 @@ fn facts() -> ServerFacts {
         ]),
         storage_pool: "data".into(),
         pools: BTreeMap::from([("data".into(), "dir".into())]),
+        network: Default::default(),
     }
 }
 
@@ -83,7 +84,7 @@ fn apply(plan: &Plan, obs: &Observed) -> Observed {
     out.project_exists = true;
     for a in plan.actions() {
         match a {
-            Action::CreateNetwork { name, config } => out.networks.push(ObservedNetwork {
+            Action::CreateNetwork { name, config, .. } => out.networks.push(ObservedNetwork {
                 name: name.clone(),
                 managed: true,
                 config: config.clone(),
