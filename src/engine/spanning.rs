@@ -25,7 +25,7 @@ pub async fn network_facts(
     };
     if facts.clustered && probe_links {
         for m in members.iter().filter(|m| m.is_online()) {
-            if let Some(link) = member_link(base, m).await {
+            if let Some(link) = member_link(base, m, networks).await {
                 facts.member_links.insert(m.server_name.clone(), link);
             }
         }
@@ -72,22 +72,26 @@ fn member_specific_tunnels(version: &str) -> bool {
 }
 
 /// The interface holding member `m`'s cluster address, and its MTU.
-async fn member_link(base: &Client, m: &ClusterMember) -> Option<(String, u32)> {
+async fn member_link(
+    base: &Client,
+    m: &ClusterMember,
+    managed: &[Network],
+) -> Option<(String, u32)> {
     let host = m
         .url
         .trim_start_matches("https://")
         .rsplit_once(':')
         .map(|(h, _)| h.trim_matches(|c| c == '[' || c == ']').to_string())?;
-    let nets = base.networks_on(&m.server_name).await.ok()?;
-    for n in nets.iter().filter(|n| !n.managed && n.name != "lo") {
-        let Ok(state) = base.network_state(&n.name, Some(&m.server_name)).await else {
+    let names = base.network_names_on(&m.server_name).await.ok()?;
+    let candidates = names
+        .iter()
+        .filter(|n| n.as_str() != "lo" && !managed.iter().any(|x| x.managed && &x.name == *n));
+    for name in candidates {
+        let Ok(state) = base.network_state(name, Some(&m.server_name)).await else {
             continue;
         };
         if state.addresses.iter().any(|a| a.address == host) {
-            return Some((
-                n.name.clone(),
-                if state.mtu == 0 { 1500 } else { state.mtu },
-            ));
+            return Some((name.clone(), if state.mtu == 0 { 1500 } else { state.mtu }));
         }
     }
     None

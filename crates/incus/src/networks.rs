@@ -98,15 +98,17 @@ pub struct NetworkAcl {
 }
 
 impl Client {
-    /// `GET /1.0/networks?recursion=1&target=member`: the networks of one member, host
-    /// interfaces included.
-    pub async fn networks_on(&self, member: &str) -> Result<Vec<Network>> {
-        self.send(
-            Request::get("/1.0/networks")
-                .query("recursion", "1")
-                .target(Some(member)),
-        )
-        .await
+    /// `GET /1.0/networks?target=member`: the names of one member's networks, host interfaces
+    /// included (Incus 6.0 leaves most host interfaces out of the `recursion=1` form).
+    pub async fn network_names_on(&self, member: &str) -> Result<Vec<String>> {
+        let urls: Vec<String> = self
+            .send(Request::get("/1.0/networks").target(Some(member)))
+            .await?;
+        Ok(urls
+            .iter()
+            .filter_map(|u| u.rsplit('/').next())
+            .map(str::to_string)
+            .collect())
     }
 
     /// `GET /1.0/networks/{name}/state[?target=member]`.
