@@ -346,6 +346,23 @@ async fn run(t: &Target, action: &Action) -> anyhow::Result<String> {
                 set.keys().cloned().collect::<Vec<_>>().join(", ")
             ))
         }
+        Action::UpdateNetworkMember { name, member, set } => {
+            let current = t.networks.network(name, Some(member)).await?;
+            let mut config = current.config.clone();
+            config.extend(set.clone());
+            let put = NetworkPut {
+                description: String::new(),
+                config,
+            };
+            t.networks
+                .update_network(name, &put, Some(member))
+                .await
+                .with_context(|| format!("updating network {name} on {member}"))?;
+            Ok(format!(
+                "[~] network {name} updated on {member} ({})",
+                set.keys().cloned().collect::<Vec<_>>().join(", ")
+            ))
+        }
         Action::RemoveNetwork { name } => {
             let acl = t
                 .networks

@@ -164,9 +164,18 @@ pub async fn observe(
         .networks()
         .await
         .context("cannot list networks")?;
-    let network_facts =
-        super::spanning::network_facts(base, &info, &cluster_members, &incus_networks, need_images)
-            .await;
+    let network_facts = super::spanning::network_facts(
+        base,
+        &info,
+        &cluster_members,
+        &incus_networks,
+        need_images,
+        project
+            .as_ref()
+            .and_then(|p| p.config.get(LABEL_PROJECT))
+            .map_or(incus_project, String::as_str),
+    )
+    .await;
     let networks = incus_networks
         .into_iter()
         .map(|n| ObservedNetwork {

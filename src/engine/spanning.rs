@@ -4,29 +4,56 @@
 
 use std::collections::BTreeMap;
 
-use ic_core::plan::span::NetworkFacts;
+use ic_core::plan::LABEL_PROJECT;
+use ic_core::plan::span::{self, NetworkFacts};
 use ic_incus::{Client, ClusterMember, Network, ServerInfo};
 
 /// The network facts of a server. `probe_links`: also find each member's cluster link (a few
 /// requests per member; only `up` and `scale` need it).
+/// `compose`: the compose project whose spanning bridges are checked for members that joined
+/// after them (their tunnel has no interface there yet).
 pub async fn network_facts(
     base: &Client,
     info: &ServerInfo,
     members: &[ClusterMember],
     networks: &[Network],
     probe_links: bool,
+    compose: &str,
 ) -> NetworkFacts {
     let mut facts = NetworkFacts {
         clustered: info.is_clustered(),
         ovn_uplink: ovn_uplink(info, networks),
         member_links: BTreeMap::new(),
         member_specific_tunnels: member_specific_tunnels(info.server_version()),
+        tunnel_unset: BTreeMap::new(),
         version: info.server_version().to_string(),
     };
-    if facts.clustered && probe_links {
-        for m in members.iter().filter(|m| m.is_online()) {
-            if let Some(link) = member_link(base, m, networks).await {
-                facts.member_links.insert(m.server_name.clone(), link);
+    if !(facts.clustered && probe_links) {
+        return facts;
+    }
+    for m in members.iter().filter(|m| m.is_online()) {
+        if let Some(link) = member_link(base, m, networks).await {
+            facts.member_links.insert(m.server_name.clone(), link);
+        }
+    }
+    if facts.member_specific_tunnels {
+        let interface = format!("tunnel.{}.interface", span::TUNNEL);
+        let ours = networks.iter().filter(|n| {
+            n.config.contains_key(span::LABEL_VNI)
+                && n.config.get(LABEL_PROJECT).map(String::as_str) == Some(compose)
+        });
+        for n in ours {
+            for m in members.iter().filter(|m| m.is_online()) {
+                let Ok(on) = base.network(&n.name, Some(&m.server_name)).await else {
+                    continue;
+                };
+                if on.config.get(&interface).is_none_or(String::is_empty) {
+                    facts
+                        .tunnel_unset
+                        .entry(n.name.clone())
+                        .or_default()
+                        .insert(m.server_name.clone());
+                }
             }
         }
     }

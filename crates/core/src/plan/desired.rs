@@ -124,6 +124,7 @@ fn networks(cx: &mut Ctx) -> Result<Vec<DesiredNetwork>, PlanError> {
                 kind: span::Kind::Bridge,
                 member_config: BTreeMap::new(),
                 names: Vec::new(),
+                fill_members: Vec::new(),
             });
             continue;
         }
@@ -160,6 +161,7 @@ fn networks(cx: &mut Ctx) -> Result<Vec<DesiredNetwork>, PlanError> {
             config.insert(format!("user.label.{k}"), v.clone());
         }
         let mut member_config = BTreeMap::new();
+        let mut fill_members = Vec::new();
         let name = match &kind {
             span::Kind::Bridge => {
                 if let Some(pairs) = dns_names.get(key) {
@@ -186,6 +188,13 @@ fn networks(cx: &mut Ctx) -> Result<Vec<DesiredNetwork>, PlanError> {
                     keys.into_iter()
                         .filter(|(k, _)| k != span::LABEL_VNI && !k.ends_with(".id")),
                 );
+                if let Some(unset) = cx.facts.network.tunnel_unset.get(&name) {
+                    fill_members = unset
+                        .iter()
+                        .filter(|m| per_member.contains_key(*m))
+                        .cloned()
+                        .collect();
+                }
                 member_config = per_member;
                 name
             }
@@ -212,6 +221,7 @@ fn networks(cx: &mut Ctx) -> Result<Vec<DesiredNetwork>, PlanError> {
             kind,
             member_config,
             names: all_names.get(key).cloned().unwrap_or_default(),
+            fill_members,
         });
     }
     Ok(out)

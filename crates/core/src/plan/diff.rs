@@ -219,6 +219,16 @@ fn network_actions(d: &Desired, obs: &Observed) -> Result<Vec<Action>, PlanError
                         set,
                     });
                 }
+                // Members that joined after a spanning bridge was made: its tunnel there.
+                for m in &net.fill_members {
+                    if let Some(set) = net.member_config.get(m) {
+                        actions.push(Action::UpdateNetworkMember {
+                            name: net.name.clone(),
+                            member: m.clone(),
+                            set: set.clone(),
+                        });
+                    }
+                }
             }
             (Some(n), false) => return Err(not_ours(d, "network", &n.name, &n.config)),
             (None, false) => {

@@ -217,6 +217,9 @@ pub struct DesiredNetwork {
     /// DNS names on it: (name, service), service names and `aliases` of every service of the
     /// file on this network (spanning bridges give each name all its replicas' addresses).
     pub names: Vec<(String, String)>,
+    /// Members that joined after this spanning bridge was made and whose tunnel has no
+    /// interface yet (member-specific tunnel keys): `up` sets it there.
+    pub fill_members: Vec<String>,
 }
 
 /// A named volume the project wants.
@@ -631,6 +634,12 @@ pub enum Action {
         name: String,
         set: BTreeMap<String, String>,
     },
+    /// Set member-specific config keys of a network of ours on one member.
+    UpdateNetworkMember {
+        name: String,
+        member: String,
+        set: BTreeMap<String, String>,
+    },
     CreateVolume {
         pool: String,
         name: String,
@@ -676,6 +685,9 @@ impl Action {
         match self {
             Action::CreateProject { name, .. } | Action::RemoveProject { name } => {
                 format!("project {name}")
+            }
+            Action::UpdateNetworkMember { name, member, .. } => {
+                format!("network {name} on {member}")
             }
             Action::CreateNetwork { name, .. }
             | Action::UpdateNetwork { name, .. }
@@ -745,6 +757,14 @@ impl fmt::Display for Action {
                 f,
                 "update network {name} ({})",
                 set.keys().cloned().collect::<Vec<_>>().join(", ")
+            ),
+            Action::UpdateNetworkMember { name, member, set } => write!(
+                f,
+                "update network {name} on {member} ({})",
+                set.iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
             Action::RemoveNetwork { name } => write!(f, "remove network {name}"),
             Action::RemoveVolume { pool, name, member } => {

@@ -84,8 +84,12 @@ pub struct NetworkFacts {
     /// The interface each member reaches the others through (the one holding its cluster
     /// address), when known: member -> (interface, MTU).
     pub member_links: BTreeMap<String, (String, u32)>,
-    /// `tunnel.*.interface` may be set per member (Incus 6.0.5+ / 6.15+).
+    /// `tunnel.*.interface` is set per member (Incus 6.0.5+ / 6.15+, which take it no other
+    /// way).
     pub member_specific_tunnels: bool,
+    /// Spanning bridges of this project (by Incus name) and the members where their tunnel
+    /// has no interface yet (members that joined after the bridge was made): `up` sets it.
+    pub tunnel_unset: BTreeMap<String, BTreeSet<String>>,
     /// Incus version, for messages.
     pub version: String,
 }
@@ -197,41 +201,38 @@ pub fn span_config(
     );
     let interfaces: BTreeSet<&String> = facts.member_links.values().map(|(i, _)| i).collect();
     let mut per_member = BTreeMap::new();
-    match interfaces.len() {
-        0 => {
-            return Err(format!(
-                "network {key:?}: cannot tell which interface the cluster members reach each other through (no interface holds a member's cluster address); the VXLAN tunnel needs one"
-            ));
+    if interfaces.is_empty() {
+        return Err(format!(
+            "network {key:?}: cannot tell which interface the cluster members reach each other through (no interface holds a member's cluster address); the VXLAN tunnel needs one"
+        ));
+    }
+    if facts.member_specific_tunnels {
+        // Incus 6.0.5+ / 6.15+ (so 7.0) takes `tunnel.*.interface` per member only.
+        for (member, (i, _)) in &facts.member_links {
+            per_member.insert(
+                member.clone(),
+                BTreeMap::from([(t("interface"), i.clone())]),
+            );
         }
-        1 => {
-            if let Some(i) = interfaces.first() {
-                config.insert(t("interface"), i.to_string());
+    } else if interfaces.len() == 1 {
+        if let Some(i) = interfaces.first() {
+            config.insert(t("interface"), i.to_string());
+        }
+    } else {
+        let list: Vec<String> = facts
+            .member_links
+            .iter()
+            .map(|(m, (i, _))| format!("{m}: {i}"))
+            .collect();
+        return Err(format!(
+            "network {key:?}: the members reach each other through different interfaces ({}), and Incus {} sets `tunnel.*.interface` for the whole cluster only; upgrade to Incus 6.0.5+ (LTS) or 6.15+ (member-specific tunnel interfaces), or give the members' cluster links one name",
+            list.join(", "),
+            if facts.version.is_empty() {
+                "unknown"
+            } else {
+                &facts.version
             }
-        }
-        _ if facts.member_specific_tunnels => {
-            for (member, (i, _)) in &facts.member_links {
-                per_member.insert(
-                    member.clone(),
-                    BTreeMap::from([(t("interface"), i.clone())]),
-                );
-            }
-        }
-        _ => {
-            let list: Vec<String> = facts
-                .member_links
-                .iter()
-                .map(|(m, (i, _))| format!("{m}: {i}"))
-                .collect();
-            return Err(format!(
-                "network {key:?}: the members reach each other through different interfaces ({}), and Incus {} sets `tunnel.*.interface` for the whole cluster only; upgrade to Incus 6.0.5+ (LTS) or 6.15+ (member-specific tunnel interfaces), or give the members' cluster links one name",
-                list.join(", "),
-                if facts.version.is_empty() {
-                    "unknown"
-                } else {
-                    &facts.version
-                }
-            ));
-        }
+        ));
     }
     Ok((config, per_member))
 }
@@ -410,6 +411,16 @@ mod tests {
             span_config("default", "ic12345-defau", 7, false, "acl", &facts(&[])).is_err(),
             "no known link"
         );
+    }
+
+    #[test]
+    fn member_specific_tunnel_interfaces_are_set_per_member_even_when_they_are_all_alike() {
+        let mut f = facts(&[("node1", "eth0", 1500), ("node2", "eth0", 1500)]);
+        f.member_specific_tunnels = true;
+        let (c, per_member) = span_config("default", "ic12345-defau", 7, false, "acl", &f).unwrap();
+        assert!(!c.contains_key("tunnel.v.interface"));
+        assert_eq!(per_member.len(), 2);
+        assert_eq!(per_member["node1"]["tunnel.v.interface"], "eth0");
     }
 
     #[test]
