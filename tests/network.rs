@@ -533,3 +533,123 @@ networks:
         }
     }
 }
+
+/// Runs the harness (`INCUS_COMPOSE_TEST_HARNESS`) with `args` on the line the environment
+/// names (`INCUS_LINE`); Err says what it printed.
+fn harness(args: &[&str]) -> Result<(), String> {
+    let path = std::env::var_os("INCUS_COMPOSE_TEST_HARNESS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| panic!("INCUS_COMPOSE_TEST_HARNESS unset: {SETUP_HINT}"));
+    match Command::new(&path).args(args).output() {
+        Ok(o) if o.status.success() => Ok(()),
+        Ok(o) => Err(format!(
+            "harness {} failed:\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )),
+        Err(e) => Err(format!("cannot run the harness {}: {e}", args.join(" "))),
+    }
+}
+
+/// A fourth member added with the harness's `add-member`, removed (`remove-member`) when
+/// dropped, also when the test fails.
+struct ExtraMember {
+    name: String,
+}
+
+impl ExtraMember {
+    fn add(client: &Client) -> ExtraMember {
+        let before = members(client);
+        assert_eq!(before.len(), 3, "expected the 3-member test cluster");
+        let guard = ExtraMember {
+            name: "node4".into(),
+        };
+        harness(&["add-member"]).unwrap_or_else(|e| panic!("{e}"));
+        let after = members(client);
+        let new: Vec<&String> = after.iter().filter(|m| !before.contains(m)).collect();
+        assert_eq!(new, [&guard.name], "add-member added {new:?}");
+        guard
+    }
+}
+
+impl Drop for ExtraMember {
+    fn drop(&mut self) {
+        if let Err(e) = harness(&["remove-member"]) {
+            eprintln!("cleanup: {e}");
+        }
+    }
+}
+
+#[test]
+fn a_member_that_joins_later_gets_the_tunnel_and_its_global_replica_reaches_db_and_is_reached_by_name()
+ {
+    let _turn = take_turn();
+    let c = client();
+    // Declared before the fixture: the fixture's `down` runs first, then the member leaves.
+    let extra;
+    let f = Fixture::new("join", &c);
+    f.write(
+        r#"
+name: {name}
+services:
+  db:
+    image: testapp/v1
+    networks: [back]
+  agent:
+    image: testapp/v1
+    deploy: {mode: global}
+    networks: [back]
+networks:
+  back: {}
+"#,
+    );
+    f.ok(&["up", "-d"]);
+    assert_eq!(f.addresses("agent", "back").len(), 3);
+    extra = ExtraMember::add(&c);
+    let first = f.run(&["up", "-d"]);
+    if !first.status.success() {
+        // Incus 7.0 (member-specific tunnel interfaces): the joining member could not start the
+        // tunnel; `up` set its interface and says to restart that member's daemon.
+        let err = String::from_utf8_lossy(&first.stderr);
+        assert!(
+            err.contains("unavailable on node4") && err.contains("restart incusd on node4"),
+            "{err}"
+        );
+        let k = extra.name.trim_start_matches("node").to_string();
+        harness(&["kill-member", &k]).unwrap_or_else(|e| panic!("{e}"));
+        harness(&["revive-member", &k]).unwrap_or_else(|e| panic!("{e}"));
+        // The revived member takes a moment before the others forward requests to it again.
+        let mut done = false;
+        for _ in 0..12 {
+            std::thread::sleep(std::time::Duration::from_secs(5));
+            let online = block_on(c.cluster_member(&extra.name)).is_ok_and(|m| m.is_online());
+            if online && f.run(&["up", "-d"]).status.success() {
+                done = true;
+                break;
+            }
+        }
+        assert!(done, "up did not succeed within a minute of restarting {}", extra.name);
+    }
+    let agents = f.addresses("agent", "back");
+    assert_eq!(agents.len(), 4, "{agents:?}");
+    let new = format!("agent-{}", extra.name);
+    let on = f.instances()[&new].location.clone();
+    assert_eq!(on, extra.name);
+    // `--index 4`: the 4th global replica in member-name order, the one on node4.
+    assert_eq!(
+        f.fetch("agent", 4, "http://db/").as_deref(),
+        Some("v1"),
+        "{new} -> db"
+    );
+    assert_eq!(
+        f.fetch("db", 1, &format!("http://{new}/")).as_deref(),
+        Some("v1"),
+        "db -> {new}"
+    );
+    let all: BTreeSet<String> = agents.into_values().collect();
+    assert_eq!(f.resolve("db", 1, "agent"), all);
+    assert_eq!(f.resolve("agent", 4, "agent"), all);
+    drop(f);
+    drop(extra);
+}

@@ -26,6 +26,7 @@ pub async fn network_facts(
         member_links: BTreeMap::new(),
         member_specific_tunnels: member_specific_tunnels(info.server_version()),
         tunnel_unset: BTreeMap::new(),
+        unavailable: BTreeMap::new(),
         version: info.server_version().to_string(),
     };
     if !(facts.clustered && probe_links) {
@@ -47,6 +48,13 @@ pub async fn network_facts(
                 let Ok(on) = base.network(&n.name, Some(&m.server_name)).await else {
                     continue;
                 };
+                if on.status.eq_ignore_ascii_case("unavailable") {
+                    facts
+                        .unavailable
+                        .entry(n.name.clone())
+                        .or_default()
+                        .insert(m.server_name.clone());
+                }
                 if on.config.get(&interface).is_none_or(String::is_empty) {
                     facts
                         .tunnel_unset

@@ -195,6 +195,14 @@ fn networks(cx: &mut Ctx) -> Result<Vec<DesiredNetwork>, PlanError> {
                         .cloned()
                         .collect();
                 }
+                if let Some(members) = cx.facts.network.unavailable.get(&name) {
+                    cx.warnings.push(span::unavailable_warning(
+                        key,
+                        &name,
+                        members,
+                        &cx.facts.network,
+                    ));
+                }
                 member_config = per_member;
                 name
             }

@@ -87,6 +87,11 @@ pub fn diff(d: &Desired, obs: &Observed, o: &DiffOptions) -> Result<Plan, PlanEr
     let mut warnings = d.warnings.clone();
     let project_stage = project_actions(d, obs);
     let mut network_stage = network_actions(d, obs)?;
+    // Members' own keys first (a member that joined needs its tunnel before DNS updates).
+    let (member_stage, rest): (Vec<Action>, Vec<Action>) = network_stage
+        .into_iter()
+        .partition(|a| matches!(a, Action::UpdateNetworkMember { .. }));
+    network_stage = rest;
     let mut replicas = replica_actions(d, obs, o, &mut warnings)?;
     addresses::assign(
         d,
@@ -110,6 +115,7 @@ pub fn diff(d: &Desired, obs: &Observed, o: &DiffOptions) -> Result<Plan, PlanEr
         d,
         vec![
             ("project", project_stage),
+            ("network members", member_stage),
             ("networks", network_stage),
             ("volumes", volume_stage),
             ("removals", removals),

@@ -90,6 +90,9 @@ pub struct NetworkFacts {
     /// Spanning bridges of this project (by Incus name) and the members where their tunnel
     /// has no interface yet (members that joined after the bridge was made): `up` sets it.
     pub tunnel_unset: BTreeMap<String, BTreeSet<String>>,
+    /// Spanning bridges of this project (by Incus name) that Incus reports unavailable on
+    /// some members (a member that joined could not start the tunnel).
+    pub unavailable: BTreeMap<String, BTreeSet<String>>,
     /// Incus version, for messages.
     pub version: String,
 }
@@ -235,6 +238,38 @@ pub fn span_config(
         ));
     }
     Ok((config, per_member))
+}
+
+/// The warning for a spanning bridge Incus reports unavailable on `members`: on Incus lines
+/// with member-specific tunnel interfaces, a member that joins after the bridge was made cannot
+/// start its tunnel (Incus asks for the interface at join time, `member_config`), and Incus
+/// starts a network that failed only when the member's daemon starts.
+pub fn unavailable_warning(
+    key: &str,
+    name: &str,
+    members: &BTreeSet<String>,
+    facts: &NetworkFacts,
+) -> String {
+    let list: Vec<&str> = members.iter().map(String::as_str).collect();
+    let interfaces: Vec<String> = members
+        .iter()
+        .filter_map(|m| facts.member_links.get(m).map(|(i, _)| format!("{m}: {i}")))
+        .collect();
+    format!(
+        "network {key:?} ({name}) is unavailable on {}: a member that joined after the network was made could not start its VXLAN tunnel (Incus {} sets `tunnel.{TUNNEL}.interface` per member only, and the join gave none). incus-compose sets it ({}); Incus starts the network there only when that member's daemon starts: restart incusd on {} and run `up` again (or, when joining members, give `member_config` for `tunnel.{TUNNEL}.interface` of network {name}, as `incus admin init` asks). Replicas placed there fail until then",
+        list.join(", "),
+        if facts.version.is_empty() {
+            "unknown"
+        } else {
+            &facts.version
+        },
+        if interfaces.is_empty() {
+            "when its link is known".to_string()
+        } else {
+            interfaces.join(", ")
+        },
+        list.join(", ")
+    )
 }
 
 /// The VNIs networks hold: every `tunnel.*.id` and [`LABEL_VNI`] value.
