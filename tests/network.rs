@@ -629,7 +629,11 @@ networks:
                 break;
             }
         }
-        assert!(done, "up did not succeed within a minute of restarting {}", extra.name);
+        assert!(
+            done,
+            "up did not succeed within a minute of restarting {}",
+            extra.name
+        );
     }
     let agents = f.addresses("agent", "back");
     assert_eq!(agents.len(), 4, "{agents:?}");

@@ -475,3 +475,60 @@ networks:
     assert!(!apps.contains(&Ipv4Addr::new(172, 28, 0, 2)));
     assert!(!apps.contains(&Ipv4Addr::new(172, 28, 0, 1)), "gateway");
 }
+
+#[test]
+fn a_member_that_joined_later_gets_its_tunnel_interface_before_the_records_change() {
+    let mut f = facts();
+    f.network.member_specific_tunnels = true;
+    f.network.version = "7.0.2".into();
+    let p = load(STACK);
+    let first = plan_up(&p, &f, &cluster(), &opts(&[]), &Default::default()).unwrap();
+    for a in first.actions() {
+        if let Action::CreateNetwork {
+            config,
+            member_config,
+            ..
+        } = a
+        {
+            assert!(
+                !config.contains_key("tunnel.v.interface"),
+                "member-specific only"
+            );
+            assert_eq!(member_config.len(), 3);
+        }
+    }
+    let obs = apply(&first, &cluster());
+    // node4 joins: Incus made the networks there, without a tunnel interface.
+    let mut obs4 = obs.clone();
+    obs4.members.push(Member::new("node4"));
+    f.network
+        .member_links
+        .insert("node4".into(), ("eth0".into(), 1500));
+    let back = naming::span_network_name("shop", "back");
+    f.network
+        .tunnel_unset
+        .insert(back.clone(), BTreeSet::from(["node4".to_string()]));
+    f.network
+        .unavailable
+        .insert(back.clone(), BTreeSet::from(["node4".to_string()]));
+    let plan = plan_up(&p, &f, &obs4, &opts(&[]), &Default::default()).unwrap();
+    let titles: Vec<&str> = plan.stages.iter().map(|s| s.title.as_str()).collect();
+    assert_eq!(titles[0], "network members", "{titles:?}");
+    assert_eq!(
+        plan.stages[0].actions,
+        vec![Action::UpdateNetworkMember {
+            name: back.clone(),
+            member: "node4".into(),
+            set: BTreeMap::from([("tunnel.v.interface".to_string(), "eth0".to_string())]),
+        }]
+    );
+    let w = plan
+        .warnings
+        .iter()
+        .find(|w| w.contains("unavailable on node4"))
+        .expect("a warning names the member");
+    assert!(
+        w.contains("7.0.2") && w.contains("restart incusd on node4"),
+        "{w}"
+    );
+}
