@@ -281,6 +281,31 @@ fn links_on(member: &str) -> BTreeSet<String> {
         .collect()
 }
 
+/// DHCP leases of bridge `network` on each member (its dnsmasq's lease file under the
+/// member's `INCUS_DIR`): member -> (instance name, address).
+fn leases(members: &[String], network: &str) -> BTreeMap<String, Vec<(String, String)>> {
+    let mut out = BTreeMap::new();
+    for m in members {
+        let var = format!("INCUS_COMPOSE_TEST_{}_DIR", m.to_uppercase());
+        let dir = std::env::var(&var).unwrap_or_else(|_| panic!("{var} unset: {SETUP_HINT}"));
+        let file = PathBuf::from(dir)
+            .join("networks")
+            .join(network)
+            .join("dnsmasq.leases");
+        let text = std::fs::read_to_string(&file).unwrap_or_default();
+        // `<expiry> <mac> <address> <name> <client id>`
+        let rows = text
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.len() >= 4).then(|| (f[3].to_string(), f[2].to_string()))
+            })
+            .collect();
+        out.insert(m.clone(), rows);
+    }
+    out
+}
+
 /// Interfaces named after `networks` (bridges and their `-v` tunnels) on any member.
 fn leftovers(c: &Client, networks: &[String]) -> Vec<String> {
     let mut out = Vec::new();
@@ -397,6 +422,39 @@ fn every_replica_reaches_every_service_by_name_from_any_member_and_down_leaves_n
     for i in 1..=3 {
         assert_eq!(f.resolve("web", i, "app"), app, "from web-{i}");
     }
+    // One lease per instance, from its own member's dnsmasq, with the address incus-compose
+    // chose; no address handed out twice.
+    let back = nets
+        .iter()
+        .find(|n| {
+            n.config
+                .get("user.incus-compose.network")
+                .map(String::as_str)
+                == Some("back")
+        })
+        .map(|n| n.name.clone())
+        .expect("the back network");
+    let inst = f.instances();
+    let mut seen: BTreeMap<String, (String, String)> = BTreeMap::new();
+    for (member, rows) in leases(&all, &back) {
+        for (name, addr) in rows {
+            let Some(i) = inst.get(&name) else { continue };
+            assert_eq!(i.location, member, "{name} leased by {member}'s dnsmasq");
+            assert_eq!(
+                i.config.get("user.incus-compose.ipv4.back"),
+                Some(&addr),
+                "{name}"
+            );
+            assert!(
+                seen.insert(name.clone(), (member.clone(), addr)).is_none(),
+                "{name} leased twice"
+            );
+        }
+    }
+    let addrs: BTreeSet<&String> = seen.values().map(|(_, a)| a).collect();
+    assert_eq!(addrs.len(), seen.len(), "an address leased twice: {seen:?}");
+    assert_eq!(seen.len(), 7, "db, 3 app and 3 web leased: {seen:?}");
+
     // A second `up` changes nothing (the records are not written again).
     let again = f.ok(&["up", "-d"]);
     assert!(again.contains("Nothing to change"), "{again}");
