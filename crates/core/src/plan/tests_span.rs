@@ -532,3 +532,28 @@ fn a_member_that_joined_later_gets_its_tunnel_interface_before_the_records_chang
         "{w}"
     );
 }
+
+#[test]
+fn an_up_of_some_services_keeps_the_records_of_the_others() {
+    let p = load(STACK);
+    let first = plan_up(&p, &facts(), &cluster(), &opts(&[]), &Default::default()).unwrap();
+    let obs = apply(&first, &cluster());
+    let mut only_db = opts(&[]);
+    only_db.services = vec!["db".into()];
+    let plan = plan_up(&p, &facts(), &obs, &only_db, &Default::default()).unwrap();
+    assert!(plan.is_empty(), "{:?}", plan.stages);
+    // Scaling app alone: web's and db's records stay, app gets a fourth.
+    let mut app4 = opts(&[("app", 4)]);
+    app4.services = vec!["app".into()];
+    let plan = plan_up(&p, &facts(), &obs, &app4, &Default::default()).unwrap();
+    let Some(Action::UpdateNetwork { set, .. }) = plan
+        .actions()
+        .find(|a| matches!(a, Action::UpdateNetwork { .. }))
+    else {
+        panic!("app's records change")
+    };
+    let text = &set["raw.dnsmasq"];
+    assert_eq!(records(text, "app").len(), 4);
+    assert_eq!(records(text, "web").len(), 3);
+    assert_eq!(records(text, "db").len(), 1);
+}
