@@ -245,7 +245,8 @@ async fn run(t: &Target, action: &Action) -> anyhow::Result<String> {
                 description: "incus-compose network".into(),
                 config: config.clone(),
             };
-            let members = if t.clustered {
+            // OVN networks have no member-specific config: one global creation.
+            let members = if t.clustered && kind != "ovn" {
                 t.members.clone()
             } else {
                 Vec::new()

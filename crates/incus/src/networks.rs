@@ -168,10 +168,10 @@ impl Client {
         // the global step) is finished rather than started again: members it is already
         // defined on are skipped, then the global step runs (Incus retries it for an errored
         // network).
-        let done: Vec<String> = match self.network(&req.name, None).await {
-            Ok(n) if n.status == "Errored" => members.to_vec(),
-            Ok(n) if n.status == "Pending" => n.locations,
-            Ok(_) | Err(_) => Vec::new(),
+        let (done, global_done): (Vec<String>, bool) = match self.network(&req.name, None).await {
+            Ok(n) if n.status == "Errored" => (members.to_vec(), true),
+            Ok(n) if n.status == "Pending" => (n.locations, false),
+            Ok(_) | Err(_) => (Vec::new(), false),
         };
         for m in members.iter().filter(|m| !done.contains(m)) {
             let pending = NetworksPost {
@@ -181,6 +181,17 @@ impl Client {
                 config: member_config.get(m).cloned().unwrap_or_default(),
             };
             self.create_network(&pending, Some(m)).await?;
+        }
+        if global_done {
+            // Incus kept the global config of the failed attempt and refuses it a second time
+            // ("Network already partially created"): the retry names the network only.
+            let retry = NetworksPost {
+                name: req.name.clone(),
+                kind: req.kind.clone(),
+                description: String::new(),
+                config: BTreeMap::new(),
+            };
+            return self.create_network(&retry, None).await;
         }
         self.create_network(req, None).await
     }

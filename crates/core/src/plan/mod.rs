@@ -714,16 +714,16 @@ impl fmt::Display for Action {
                 name, kind, config, ..
             } => write!(
                 f,
-                "create {} {name} ({})",
-                match (kind.as_str(), config.get(span::LABEL_VNI)) {
-                    ("ovn", _) => "OVN network".to_string(),
-                    (_, Some(vni)) => format!("network spanning the members (VXLAN VNI {vni})"),
-                    _ => "network".to_string(),
-                },
+                "create {}network {name} ({}{})",
+                if kind == "ovn" { "OVN " } else { "" },
                 config
                     .get("ipv4.address")
                     .map(String::as_str)
-                    .unwrap_or("?")
+                    .unwrap_or("?"),
+                match config.get(span::LABEL_VNI) {
+                    Some(vni) => format!(", spanning the members, VXLAN VNI {vni}"),
+                    None => String::new(),
+                }
             ),
             Action::CreateVolume {
                 pool, name, member, ..
