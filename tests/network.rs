@@ -159,9 +159,19 @@ impl Fixture {
         self.sh(service, index, &format!("wget -q -O- {url}")).0 == 0
     }
 
-    /// The addresses `nslookup NAME` answers in a replica.
+    /// The addresses `nslookup NAME` answers in a replica (asked again, a few times, while the
+    /// server gives neither answers nor NXDOMAIN).
     fn resolve(&self, service: &str, index: u32, name: &str) -> BTreeSet<String> {
-        let (_, out) = self.sh(service, index, &format!("nslookup {name}"));
+        let mut out = String::new();
+        for attempt in 0..6 {
+            if attempt > 0 {
+                std::thread::sleep(std::time::Duration::from_millis(500));
+            }
+            out = self.sh(service, index, &format!("nslookup {name}")).1;
+            if out.contains("Name:") || out.contains("can't find") {
+                break;
+            }
+        }
         // The server's own `Address:` line comes before the first `Name:`.
         out.split_once("Name:")
             .map(|(_, answers)| answers)
@@ -515,7 +525,8 @@ fn every_replica_reaches_every_service_by_name_from_any_member_and_down_leaves_n
 }
 
 #[test]
-fn networks_are_isolated_from_each_other_and_from_other_projects() {
+fn networks_are_isolated_from_each_other_and_from_other_projects_and_internal_ones_have_no_way_out()
+{
     let _turn = take_turn();
     let c = client();
     let f = Fixture::new("iso", &c);
@@ -531,12 +542,32 @@ services:
     image: testapp/v1
     deploy: {replicas: 3}
     networks: [nb]
+  c:
+    image: testapp/v1
+    deploy: {replicas: 2}
+    networks: [ni]
 networks:
   na: {}
   nb: {}
+  ni: {internal: true}
 "#,
     );
     f.ok(&["up", "-d"]);
+    // An internal network: its replicas reach each other across members, but have no route
+    // out of it.
+    for i in 1..=2 {
+        for j in 1..=2 {
+            assert_eq!(
+                f.fetch("c", i, &format!("http://c-{j}/")).as_deref(),
+                Some("v1"),
+                "c-{i} -> c-{j}"
+            );
+        }
+        let (_, routes) = f.sh("c", i, "ip route");
+        assert!(!routes.contains("default"), "c-{i}: {routes}");
+        let (_, routes) = f.sh("a", i, "ip route");
+        assert!(routes.contains("default"), "a-{i} (not internal): {routes}");
+    }
     let other = Fixture::new("iso2", &c);
     other.write(
         r#"

@@ -165,7 +165,7 @@ pub(super) fn assign(
                 });
             }
         }
-        let text = span::raw_dnsmasq(&records);
+        let text = span::raw_dnsmasq(&records, net.internal);
         let created = network_stage.iter_mut().find_map(|a| match a {
             Action::CreateNetwork { name, config, .. } if *name == net.name => Some(config),
             _ => None,

@@ -124,6 +124,7 @@ fn networks(cx: &mut Ctx) -> Result<Vec<DesiredNetwork>, PlanError> {
                 kind: span::Kind::Bridge,
                 member_config: BTreeMap::new(),
                 names: Vec::new(),
+                internal: false,
                 fill_members: Vec::new(),
             });
             continue;
@@ -167,9 +168,6 @@ fn networks(cx: &mut Ctx) -> Result<Vec<DesiredNetwork>, PlanError> {
                 if let Some(pairs) = dns_names.get(key) {
                     config.insert("raw.dnsmasq".into(), dns::raw_dnsmasq(pairs));
                 }
-                if net.internal {
-                    config.insert("ipv4.routing".into(), "false".into());
-                }
                 naming::network_name(&cx.incus_project, key)
             }
             span::Kind::Span => {
@@ -178,7 +176,6 @@ fn networks(cx: &mut Ctx) -> Result<Vec<DesiredNetwork>, PlanError> {
                     key,
                     &name,
                     0,
-                    net.internal,
                     &span::acl_name(&cx.incus_project),
                     &cx.facts.network,
                 )
@@ -209,9 +206,6 @@ fn networks(cx: &mut Ctx) -> Result<Vec<DesiredNetwork>, PlanError> {
             span::Kind::Ovn { uplink } => {
                 config.insert("network".into(), uplink.clone());
                 config.insert(span::LABEL_KIND.into(), "ovn".into());
-                if net.internal {
-                    config.insert("ipv4.routing".into(), "false".into());
-                }
                 if all_names.get(key).is_some_and(|n| !n.is_empty()) {
                     cx.warnings.push(format!(
                         "network {key:?} is an OVN network: instance names resolve on every member, service names and aliases are not served yet"
@@ -229,6 +223,7 @@ fn networks(cx: &mut Ctx) -> Result<Vec<DesiredNetwork>, PlanError> {
             kind,
             member_config,
             names: all_names.get(key).cloned().unwrap_or_default(),
+            internal: net.internal,
             fill_members,
         });
     }

@@ -206,7 +206,7 @@ fn network_actions(d: &Desired, obs: &Observed) -> Result<Vec<Action>, PlanError
             (Some(n), false) if is_ours(&n.config, compose) => {
                 // Keys incus-compose keeps up to date on an existing network.
                 let mut set = BTreeMap::new();
-                // A spanning bridge's records are written by `span_records`.
+                // A spanning bridge's records are written by `addresses::assign`.
                 let kept: &[&str] = if net.kind == span::Kind::Bridge {
                     NETWORK_KEYS_KEPT_UP_TO_DATE
                 } else {

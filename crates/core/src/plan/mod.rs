@@ -217,6 +217,8 @@ pub struct DesiredNetwork {
     /// DNS names on it: (name, service), service names and `aliases` of every service of the
     /// file on this network (spanning bridges give each name all its replicas' addresses).
     pub names: Vec<(String, String)>,
+    /// `internal: true` (no outbound traffic).
+    pub internal: bool,
     /// Members that joined after this spanning bridge was made and whose tunnel has no
     /// interface yet (member-specific tunnel keys): `up` sets it there.
     pub fill_members: Vec<String>,

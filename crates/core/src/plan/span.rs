@@ -32,8 +32,8 @@
 //! **Isolation**: bridges of one member route to each other, so every spanning bridge carries
 //! the project's network ACL ([`acl_name`], no rules) with ingress rejected and egress allowed:
 //! an instance reaches its own networks' instances (bridged traffic is not filtered) and the
-//! outside, not instances of another network (routed traffic). `internal: true` also sets
-//! `ipv4.routing=false` (no outbound).
+//! outside, not instances of another network (routed traffic). `internal: true`: DHCP gives
+//! no router, so instances have no default route (no outbound).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -155,7 +155,6 @@ pub fn span_config(
     key: &str,
     name: &str,
     vni: u32,
-    internal: bool,
     acl: &str,
     facts: &NetworkFacts,
 ) -> Result<
@@ -189,9 +188,9 @@ pub fn span_config(
             "reject".to_string(),
         ),
     ]);
-    if internal {
-        config.insert("ipv4.routing".into(), "false".into());
-    }
+    // `internal: true` is in [`raw_dnsmasq`]: `ipv4.routing=false` would also reject the bridged
+    // traffic between members where the kernel passes bridged frames through the firewall
+    // (br_netfilter), as on the test harness.
     let mtu = facts
         .member_links
         .values()
@@ -326,13 +325,18 @@ pub struct Record {
     pub address: Ipv4Addr,
 }
 
-/// The `raw.dnsmasq` text of a spanning bridge: DHCP answered only to known instances, then
-/// one `host-record` per name and address (sorted, duplicates left out).
-pub fn raw_dnsmasq(records: &[Record]) -> String {
+/// The `raw.dnsmasq` text of a spanning bridge: DHCP answered only to known instances (and,
+/// for an `internal` network, without a router: instances get no default route, so no
+/// outbound traffic, while the members' bridges still carry their traffic), then one
+/// `host-record` per name and address (sorted, duplicates left out).
+pub fn raw_dnsmasq(records: &[Record], internal: bool) -> String {
     let mut sorted: Vec<&Record> = records.iter().collect();
     sorted.sort();
     sorted.dedup();
     let mut out = String::from("dhcp-ignore=tag:!known\n");
+    if internal {
+        out.push_str("dhcp-option=3\n");
+    }
     for r in sorted {
         out.push_str(&format!(
             "host-record={},{}.{},{}\n",
@@ -412,8 +416,7 @@ mod tests {
     #[test]
     fn the_tunnel_uses_multicast_with_ttl_one_and_lowers_the_mtu_by_the_vxlan_overhead() {
         let f = facts(&[("node1", "eth0", 1500), ("node2", "eth0", 9000)]);
-        let (c, per_member) =
-            span_config("default", "ic12345-defau", 77, false, "acl", &f).unwrap();
+        let (c, per_member) = span_config("default", "ic12345-defau", 77, "acl", &f).unwrap();
         assert_eq!(c["tunnel.v.protocol"], "vxlan");
         assert_eq!(c["tunnel.v.group"], GROUP);
         assert!(GROUP.starts_with("239."), "administratively scoped");
@@ -427,23 +430,21 @@ mod tests {
         assert_eq!(c["security.acls.default.egress.action"], "allow");
         assert!(!c.contains_key("ipv4.routing"));
         assert!(per_member.is_empty());
-        let (c, _) = span_config("default", "ic12345-defau", 77, true, "acl", &f).unwrap();
-        assert_eq!(c["ipv4.routing"], "false", "internal: no outbound");
     }
 
     #[test]
     fn different_member_interfaces_need_member_specific_tunnel_keys_or_fail_naming_the_version() {
         let mut f = facts(&[("node1", "eth0", 1500), ("node2", "ens3", 1500)]);
-        let e = span_config("default", "ic12345-defau", 7, false, "acl", &f).unwrap_err();
+        let e = span_config("default", "ic12345-defau", 7, "acl", &f).unwrap_err();
         assert!(e.contains("node1: eth0, node2: ens3"), "{e}");
         assert!(e.contains("6.0.4") && e.contains("6.0.5"), "{e}");
         f.member_specific_tunnels = true;
-        let (c, per_member) = span_config("default", "ic12345-defau", 7, false, "acl", &f).unwrap();
+        let (c, per_member) = span_config("default", "ic12345-defau", 7, "acl", &f).unwrap();
         assert!(!c.contains_key("tunnel.v.interface"));
         assert_eq!(per_member["node2"]["tunnel.v.interface"], "ens3");
         assert_eq!(per_member["node1"]["tunnel.v.interface"], "eth0");
         assert!(
-            span_config("default", "ic12345-defau", 7, false, "acl", &facts(&[])).is_err(),
+            span_config("default", "ic12345-defau", 7, "acl", &facts(&[])).is_err(),
             "no known link"
         );
     }
@@ -452,7 +453,7 @@ mod tests {
     fn member_specific_tunnel_interfaces_are_set_per_member_even_when_they_are_all_alike() {
         let mut f = facts(&[("node1", "eth0", 1500), ("node2", "eth0", 1500)]);
         f.member_specific_tunnels = true;
-        let (c, per_member) = span_config("default", "ic12345-defau", 7, false, "acl", &f).unwrap();
+        let (c, per_member) = span_config("default", "ic12345-defau", 7, "acl", &f).unwrap();
         assert!(!c.contains_key("tunnel.v.interface"));
         assert_eq!(per_member.len(), 2);
         assert_eq!(per_member["node1"]["tunnel.v.interface"], "eth0");
@@ -462,8 +463,8 @@ mod tests {
     fn the_tunnel_interface_name_must_fit_in_fifteen_characters() {
         let f = facts(&[("node1", "eth0", 1500)]);
         assert_eq!(tunnel_interface("ic12345-defau"), "ic12345-defau-v");
-        assert!(span_config("d", "ic12345-defau", 1, false, "a", &f).is_ok());
-        let e = span_config("d", "ic12345-default", 1, false, "a", &f).unwrap_err();
+        assert!(span_config("d", "ic12345-defau", 1, "a", &f).is_ok());
+        let e = span_config("d", "ic12345-default", 1, "a", &f).unwrap_err();
         assert!(e.contains("ic12345-default-v"), "{e}");
     }
 
@@ -528,13 +529,16 @@ mod tests {
             name: n.into(),
             address: Ipv4Addr::from(a),
         };
-        let text = raw_dnsmasq(&[
-            r("app", [10, 0, 0, 3]),
-            r("app-2", [10, 0, 0, 3]),
-            r("app", [10, 0, 0, 2]),
-            r("app-1", [10, 0, 0, 2]),
-            r("app", [10, 0, 0, 2]),
-        ]);
+        let text = raw_dnsmasq(
+            &[
+                r("app", [10, 0, 0, 3]),
+                r("app-2", [10, 0, 0, 3]),
+                r("app", [10, 0, 0, 2]),
+                r("app-1", [10, 0, 0, 2]),
+                r("app", [10, 0, 0, 2]),
+            ],
+            false,
+        );
         assert_eq!(
             text,
             "dhcp-ignore=tag:!known\n\
@@ -542,6 +546,11 @@ mod tests {
              host-record=app,app.incus,10.0.0.3\n\
              host-record=app-1,app-1.incus,10.0.0.2\n\
              host-record=app-2,app-2.incus,10.0.0.3\n"
+        );
+        let internal = raw_dnsmasq(&[r("db", [10, 0, 0, 2])], true);
+        assert_eq!(
+            internal, "dhcp-ignore=tag:!known\ndhcp-option=3\nhost-record=db,db.incus,10.0.0.2\n",
+            "no router: no default route"
         );
     }
 }

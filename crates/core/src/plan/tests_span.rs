@@ -380,9 +380,14 @@ networks:
     let plan = plan_up(&load(text), &facts(), &obs, &opts(&[]), &Default::default()).unwrap();
     let nets = network_creations(&plan);
     assert_eq!(nets.len(), 1);
-    assert_eq!(
-        nets[&naming::span_network_name("shop", "back")]["ipv4.routing"],
-        "false"
+    let back = &nets[&naming::span_network_name("shop", "back")];
+    assert!(
+        back["raw.dnsmasq"].contains("\ndhcp-option=3\n"),
+        "internal: DHCP gives no router"
+    );
+    assert!(
+        !back.contains_key("ipv4.routing"),
+        "bridged traffic must pass"
     );
     let a = addresses(&plan);
     assert_eq!(
