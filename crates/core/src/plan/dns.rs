@@ -4,10 +4,10 @@
 //! instances on it (`web-1`, `web-1.incus`). For the names compose users reach each other by —
 //! the service name and the `aliases` of the service on that network — the bridge gets
 //! `raw.dnsmasq` CNAME records pointing at the service's first replica (`db` -> `db-1`, or the
-//! `container_name`). On one server that is what docker compose resolves. On a cluster each
-//! member's bridge is its own segment (no overlay network here), so a name resolves on the
-//! member that runs that replica. `mode: global` services have no fixed first replica and get no
-//! record (their instances' own names resolve).
+//! `container_name`). On one server that is what docker compose resolves. `mode: global`
+//! services have no fixed first replica and get no record (their instances' own names resolve).
+//! Networks spanning a cluster get `host-record`s for every replica instead
+//! ([`names_by_network`], see [`super::span`]).
 
 use std::collections::BTreeMap;
 

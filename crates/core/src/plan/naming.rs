@@ -15,7 +15,9 @@
 //! **Networks.** Incus network names are Linux interface names: at most 15 characters. A
 //! compose network `<key>` of Incus project `<p>` becomes `ic<h>-<k>`, where `<h>` is the
 //! first 5 hex digits of sha256(`<p>/<key>`) and `<k>` the mapped key cut to 7 characters
-//! (`ic3f9a1-default`): unique per project and network, recognisable, never over 15.
+//! (`ic3f9a1-default`): unique per project and network, recognisable, never over 15. A network
+//! spanning a cluster keeps 5 characters of the key (`ic3f9a1-defau`), so that its tunnel
+//! interface `<name>-v` fits in 15 too ([`span_network_name`]).
 //!
 //! **Volumes.** A named volume keeps the compose name (`<project>_<key>` unless `name:` says
 //! otherwise), as a custom volume of the storage pool in the project's Incus project; on a
