@@ -20,7 +20,7 @@
 //! bridge MAC from the network name, the same MAC), so the gateway is local on every member:
 //! outbound traffic and DNS go to the instance's own member. Each member's dnsmasq knows only its
 //! own instances, so it must not hand out leases to the others: incus-compose gives every replica
-//! its NIC address ([`assign_addresses`], NIC `ipv4.address`, recorded in the instance key
+//! its NIC address (`addresses::assign`, NIC `ipv4.address`, recorded in the instance key
 //! [`address_label`]) and dnsmasq answers only known clients (`dhcp-ignore=tag:!known`).
 //!
 //! **DNS** ([`raw_dnsmasq`]): replica names, service names and `aliases` are `host-record`s in
