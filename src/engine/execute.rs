@@ -266,7 +266,14 @@ async fn run(t: &Target, action: &Action) -> anyhow::Result<String> {
                         attempt += 1;
                         tokio::time::sleep(Duration::from_millis(500 * attempt)).await;
                     }
-                    Err(e) => return Err(e).with_context(|| format!("creating network {name}")),
+                    Err(e) => {
+                        // An ACL made for this network alone would be left behind: the failed
+                        // network may not carry our labels, so `down` would not find it.
+                        if let Some(acl) = config.get("security.acls") {
+                            let _ = remove_acl_if_unused(t, acl).await;
+                        }
+                        return Err(e).with_context(|| format!("creating network {name}"));
+                    }
                 }
             }
             Ok(format!(
