@@ -187,14 +187,38 @@ fn network_actions(d: &Desired, obs: &Observed) -> Result<Vec<Action>, PlanError
                     name: net.name.clone(),
                 });
             }
-            (Some(n), false) if is_ours(&n.config, compose) && n.unfinished() => {
+            // A creation left `Pending` on some members never got its global config, labels
+            // included: a pending network of our (project-derived) name without any `user.*`
+            // key is taken as ours.
+            (Some(n), false)
+                if n.unfinished()
+                    && (is_ours(&n.config, compose)
+                        || (n.status == "Pending"
+                            && !n.config.keys().any(|k| k.starts_with("user.")))) =>
+            {
                 // An earlier `up` failed half way through a cluster-wide creation: finish it
-                // with the configuration (and subnet) it was started with.
+                // with the configuration (and subnet, VNI) it was started with, if any.
                 let mut config = net.config.clone();
                 for k in ["ipv4.address", span::LABEL_VNI, "tunnel.v.id"] {
                     if let Some(a) = n.config.get(k) {
                         config.insert(k.into(), a.clone());
                     }
+                }
+                if !config.contains_key("ipv4.address") {
+                    let subnet = match net.subnet {
+                        Some(s) => s,
+                        None => allocate_subnet(&net.name, &used_subnets)
+                            .ok_or_else(|| PlanError::NoFreeSubnet(net.key.clone()))?,
+                    };
+                    used_subnets.push(subnet.bridge_address());
+                    config.insert("ipv4.address".into(), subnet.bridge_address());
+                }
+                if net.kind == span::Kind::Span && !config.contains_key(span::LABEL_VNI) {
+                    let vni = span::allocate_vni(&net.name, &used_vnis)
+                        .ok_or_else(|| PlanError::NoFreeVni(net.key.clone()))?;
+                    used_vnis.insert(vni);
+                    config.insert(format!("tunnel.{}.id", span::TUNNEL), vni.to_string());
+                    config.insert(span::LABEL_VNI.into(), vni.to_string());
                 }
                 actions.push(Action::CreateNetwork {
                     name: net.name.clone(),

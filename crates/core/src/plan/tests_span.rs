@@ -562,3 +562,43 @@ fn an_up_of_some_services_keeps_the_records_of_the_others() {
     assert_eq!(records(text, "web").len(), 3);
     assert_eq!(records(text, "db").len(), 1);
 }
+
+#[test]
+fn a_creation_left_pending_on_the_members_is_finished_with_a_subnet_and_a_vni() {
+    let mut obs = cluster();
+    let back = naming::span_network_name("shop", "back");
+    // What Incus shows of a network whose global step never ran: no config, no labels.
+    obs.networks.push(ObservedNetwork {
+        name: back.clone(),
+        managed: true,
+        config: BTreeMap::new(),
+        status: "Pending".into(),
+    });
+    let plan = plan_up(
+        &load(STACK),
+        &facts(),
+        &obs,
+        &opts(&[]),
+        &Default::default(),
+    )
+    .unwrap();
+    let nets = network_creations(&plan);
+    let c = &nets[&back];
+    assert!(c.contains_key("ipv4.address"));
+    assert_eq!(c["tunnel.v.id"], c[span::LABEL_VNI]);
+    assert_eq!(c[LABEL_PROJECT], "shop");
+    // A pending network that carries someone else's labels is not ours.
+    obs.networks[0]
+        .config
+        .insert("user.owner".into(), "someone".into());
+    assert!(matches!(
+        plan_up(
+            &load(STACK),
+            &facts(),
+            &obs,
+            &opts(&[]),
+            &Default::default()
+        ),
+        Err(PlanError::NotOurs { .. })
+    ));
+}
