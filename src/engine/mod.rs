@@ -11,6 +11,7 @@ mod oci;
 mod progress;
 pub mod revisions;
 pub mod rollout;
+mod spanning;
 
 pub use execute::{Target, execute, execute_gated};
 pub use lock::{Lease, LockGuard, LockOptions};

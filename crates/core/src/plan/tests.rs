@@ -38,6 +38,7 @@ fn facts() -> ServerFacts {
         ]),
         storage_pool: "data".into(),
         pools: BTreeMap::from([("data".into(), "dir".into())]),
+        network: Default::default(),
     }
 }
 
@@ -83,7 +84,7 @@ pub(super) fn apply(plan: &Plan, obs: &Observed) -> Observed {
     out.project_exists = true;
     for a in plan.actions() {
         match a {
-            Action::CreateNetwork { name, config } => out.networks.push(ObservedNetwork {
+            Action::CreateNetwork { name, config, .. } => out.networks.push(ObservedNetwork {
                 name: name.clone(),
                 managed: true,
                 config: config.clone(),
@@ -814,7 +815,7 @@ fn a_network_left_pending_by_a_killed_up_is_finished_when_the_project_recorded_i
     let finished: Vec<(String, String)> = again
         .actions()
         .filter_map(|a| match a {
-            Action::CreateNetwork { name, config } => {
+            Action::CreateNetwork { name, config, .. } => {
                 Some((name.clone(), config["ipv4.address"].clone()))
             }
             _ => None,
