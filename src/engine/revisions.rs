@@ -69,6 +69,7 @@ pub async fn begin(
     incus_project: &str,
     compose: &str,
     services: BTreeMap<String, StoredService>,
+    networks: Vec<revision::StoredNetwork>,
     cause: &str,
     keep: usize,
 ) -> anyhow::Result<Option<Recorder>> {
@@ -95,6 +96,7 @@ pub async fn begin(
         outcome: Outcome::InProgress,
         cause: cause.to_string(),
         services: all,
+        networks,
     };
     let rec = Recorder {
         base: base.clone(),

@@ -88,7 +88,10 @@ pub(super) fn assign(
         }
         // Instances of this project that stay but were not planned (services not selected).
         for i in &obs.instances {
+            // Retired replicas (kept stopped for a rollback) have no record: the replica
+            // that took their slot has their address.
             if i.label(LABEL_PROJECT) != Some(compose)
+                || i.label(super::LABEL_RETIRED).is_some()
                 || removed.contains(&i.name)
                 || members.iter().any(|(n, _)| n == &i.name)
             {

@@ -592,6 +592,11 @@ fn slot_action(
                 }
                 if p.name != name {
                     r.claimed.insert(p.name.clone(), t.service.clone());
+                    // The new replica runs beside the old one: it is the one placed (its own
+                    // address and DNS record on a spanning network).
+                    if let Some(last) = r.placement.last_mut() {
+                        last.1 = p.name.clone();
+                    }
                 }
                 actions.push(Action::Recreate(Box::new(p)));
             }

@@ -98,7 +98,7 @@ pub struct NetworkFacts {
 }
 
 /// The Incus network a compose network becomes.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub enum Kind {
     /// A plain bridge: each member's is its own segment (a single server).
     #[default]
