@@ -13,6 +13,7 @@
 //!   a rollback removes the new replicas and starts the retired ones again under their names.
 //!   Nothing is pulled or re-created for a rollback, and their anonymous volumes are theirs.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -25,6 +26,9 @@ use tokio::time::Instant;
 use super::execute::{Target, create, remove, start, stop};
 use super::health::probe;
 use super::progress::Progress;
+
+/// On a retired replica: the fixed NIC addresses it gave up (JSON device -> address).
+const RETIRED_ADDRESSES: &str = "user.incus-compose.retired-addresses";
 
 /// How often a rollout looks again while it waits.
 const POLL: Duration = Duration::from_millis(500);
@@ -386,7 +390,16 @@ async fn replace(t: &Target, cfg: &Config, s: &mut SlotRun) -> anyhow::Result<St
     let old = s.old_name().to_string();
     if !cfg.start_first {
         stop(t, &old, s.plan.stop_timeout).await?;
-        s.old_retired_as = Some(retire(t, &old, &s.plan).await?);
+        let (as_name, released) = retire(t, &old, &s.plan).await?;
+        s.old_retired_as = Some(as_name);
+        // Same address and same MAC on each fixed-address NIC.
+        for (dev, r) in released {
+            if let (Some(d), Some(mac)) = (s.plan.devices.get_mut(&dev), r.hwaddr)
+                && d.get("ipv4.address") == Some(&r.ipv4)
+            {
+                d.insert("hwaddr".into(), mac);
+            }
+        }
     }
     create(t, &s.plan).await?;
     if old == s.plan.name {
@@ -425,7 +438,7 @@ async fn retire_replaced(
         let old = s.old_name().to_string();
         let result = async {
             stop(t, &old, s.plan.stop_timeout).await?;
-            retire(t, &old, &s.plan).await
+            retire(t, &old, &s.plan).await.map(|(n, _)| n)
         }
         .await;
         match result {
@@ -444,7 +457,11 @@ async fn retire_replaced(
 /// Labels the stopped instance `old` retired; renames it `<old>-old` when the new replica
 /// (`plan`) takes its name. Returns its name now. A leftover retired instance of that name
 /// (of this project) is removed first.
-async fn retire(t: &Target, old: &str, plan: &InstancePlan) -> anyhow::Result<String> {
+async fn retire(
+    t: &Target,
+    old: &str,
+    plan: &InstancePlan,
+) -> anyhow::Result<(String, BTreeMap<String, Released>)> {
     let mut name = old.to_string();
     if old == plan.name {
         name = format!("{old}-old");
@@ -460,13 +477,42 @@ async fn retire(t: &Target, old: &str, plan: &InstancePlan) -> anyhow::Result<St
         }
         rename_stopped(t, old, &name).await?;
     }
-    t.project
-        .patch_instance(
-            &name,
-            &serde_json::json!({ "config": { LABEL_RETIRED: old } }),
-        )
-        .await?;
-    Ok(name)
+    // Labelled retired, and its NICs' fixed addresses (spanning networks) and MAC addresses
+    // handed to the replica that takes its slot (Incus allows one NIC per address on a bridge,
+    // and the same MAC spares the other instances a stale ARP entry for up to a minute). They
+    // are kept in a key so that a rollback gives them back.
+    let mut put = t.project.instance(&name).await?.writable();
+    put.config.insert(LABEL_RETIRED.into(), old.to_string());
+    let mut released: BTreeMap<String, Released> = BTreeMap::new();
+    for (dev, d) in put.devices.iter_mut() {
+        if d.get("type").map(String::as_str) != Some("nic") {
+            continue;
+        }
+        let Some(ipv4) = d.remove("ipv4.address") else {
+            continue;
+        };
+        let volatile = format!("volatile.{dev}.hwaddr");
+        let hwaddr = d
+            .remove("hwaddr")
+            .or_else(|| put.config.get(&volatile).cloned());
+        put.config.remove(&volatile);
+        released.insert(dev.clone(), Released { ipv4, hwaddr });
+    }
+    if !released.is_empty() {
+        put.config.insert(
+            RETIRED_ADDRESSES.into(),
+            serde_json::to_string(&released).unwrap_or_default(),
+        );
+    }
+    t.project.update_instance(&name, &put).await?.wait().await?;
+    Ok((name, released))
+}
+
+/// What a retired replica gave up on one NIC.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct Released {
+    ipv4: String,
+    hwaddr: Option<String>,
 }
 
 /// Renames a stopped instance. Incus refuses while it still reports the instance running
@@ -500,6 +546,18 @@ async fn restore(t: &Target, s: &mut SlotRun) -> anyhow::Result<String> {
         }
         let mut put = t.project.instance(&old).await?.writable();
         put.config.remove(LABEL_RETIRED);
+        if let Some(json) = put.config.remove(RETIRED_ADDRESSES) {
+            let released: BTreeMap<String, Released> =
+                serde_json::from_str(&json).unwrap_or_default();
+            for (dev, r) in released {
+                if let Some(d) = put.devices.get_mut(&dev) {
+                    d.insert("ipv4.address".into(), r.ipv4);
+                    if let Some(mac) = r.hwaddr {
+                        d.insert("hwaddr".into(), mac);
+                    }
+                }
+            }
+        }
         t.project.update_instance(&old, &put).await?.wait().await?;
     }
     start(t, &old).await?;
