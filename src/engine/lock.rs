@@ -50,13 +50,24 @@ pub struct LockOptions {
     pub ttl: Duration,
     /// Wait for a live holder (else refuse at once).
     pub wait: bool,
+    /// The project config key that holds the lease: [`LOCK_KEY`] for the project lock;
+    /// `watch` also holds [`WATCH_KEY`] (which `watch` acts on the project).
+    pub key: &'static str,
 }
+
+/// The project config key of the lease that says which `watch` process looks after the
+/// project (held for as long as it runs; the project lock is taken only while it acts).
+pub const WATCH_KEY: &str = "user.incus-compose.watch";
 
 impl LockOptions {
     /// The lease length from [`TTL_ENV`] (whole seconds, at least 3), else [`DEFAULT_TTL`].
     pub fn from_env(wait: bool) -> anyhow::Result<LockOptions> {
         let ttl = parse_ttl(std::env::var(TTL_ENV).ok().as_deref())?;
-        Ok(LockOptions { ttl, wait })
+        Ok(LockOptions {
+            ttl,
+            wait,
+            key: LOCK_KEY,
+        })
     }
 
     fn ttl_secs(&self) -> u64 {
@@ -158,12 +169,10 @@ pub async fn edit_project_config(
 async fn read_lock(
     base: &Client,
     name: &str,
+    key: &str,
 ) -> ic_incus::Result<(ic_incus::Project, Option<String>, Option<LockRecord>)> {
     let (project, etag) = base.get_project_with_etag(name).await?;
-    let record = project
-        .config
-        .get(LOCK_KEY)
-        .and_then(|v| LockRecord::parse(v));
+    let record = project.config.get(key).and_then(|v| LockRecord::parse(v));
     Ok((project, etag, record))
 }
 
@@ -174,11 +183,12 @@ async fn write_lock(
     project: &ic_incus::Project,
     etag: Option<String>,
     record: Option<&LockRecord>,
+    key: &str,
 ) -> ic_incus::Result<bool> {
     let mut config = project.config.clone();
     match record {
-        Some(r) => config.insert(LOCK_KEY.to_string(), r.to_value()),
-        None => config.remove(LOCK_KEY),
+        Some(r) => config.insert(key.to_string(), r.to_value()),
+        None => config.remove(key),
     };
     let put = ic_incus::ProjectPut {
         description: project.description.clone(),
@@ -197,6 +207,8 @@ async fn write_lock(
 /// What the holder's tasks share.
 struct Shared {
     project: String,
+    /// The config key of the lease.
+    key: &'static str,
     held: AtomicBool,
     /// Unix seconds: the expiry of the last record read back as ours.
     confirmed_expires: AtomicU64,
@@ -316,7 +328,7 @@ async fn release(base: &Client, shared: &Shared) {
     shared.held.store(false, Ordering::SeqCst);
     let mine = shared.record();
     for _ in 0..20 {
-        let (project, etag, current) = match read_lock(base, &shared.project).await {
+        let (project, etag, current) = match read_lock(base, &shared.project, shared.key).await {
             Ok(r) => r,
             // `down` removed the project, and the lock with it.
             Err(e) if e.is_not_found() => return,
@@ -331,7 +343,7 @@ async fn release(base: &Client, shared: &Shared) {
         if !lease::confirms(current.as_ref(), &mine) {
             return;
         }
-        match write_lock(base, &project, etag, None).await {
+        match write_lock(base, &project, etag, None, shared.key).await {
             Ok(true) => return,
             Ok(false) => continue,
             Err(e) if e.is_not_found() => return,
@@ -357,7 +369,7 @@ pub async fn acquire(
     let ttl = opts.ttl_secs();
     let mut said_waiting: Option<String> = None;
     let record = loop {
-        let (project, etag, current) = read_lock(base, incus_project)
+        let (project, etag, current) = read_lock(base, incus_project, opts.key)
             .await
             .with_context(|| format!("cannot read the lock of Incus project {incus_project}"))?;
         let now = now_secs();
@@ -382,7 +394,7 @@ pub async fn acquire(
                 tokio::time::sleep(POLL).await;
             }
             Decision::Take(want) => {
-                let written = write_lock(base, &project, etag, Some(&want))
+                let written = write_lock(base, &project, etag, Some(&want), opts.key)
                     .await
                     .with_context(|| {
                         format!("cannot write the lock of Incus project {incus_project}")
@@ -390,13 +402,13 @@ pub async fn acquire(
                 if !written {
                     continue;
                 }
-                if !confirmed(base, incus_project, &want).await? {
+                if !confirmed(base, incus_project, &want, opts.key).await? {
                     continue;
                 }
                 // A concurrent writer that passed the same ETag check may commit after our
                 // read-back: look again once it would have.
                 tokio::time::sleep(SETTLE).await;
-                if confirmed(base, incus_project, &want).await? {
+                if confirmed(base, incus_project, &want, opts.key).await? {
                     break want;
                 }
             }
@@ -407,6 +419,7 @@ pub async fn acquire(
     }
     let shared = Arc::new(Shared {
         project: incus_project.to_string(),
+        key: opts.key,
         held: AtomicBool::new(true),
         confirmed_expires: AtomicU64::new(record.expires),
         margin: opts.margin_secs(),
@@ -423,8 +436,13 @@ pub async fn acquire(
 }
 
 /// Whether the project's lock key shows `want` (holder and epoch).
-async fn confirmed(base: &Client, incus_project: &str, want: &LockRecord) -> anyhow::Result<bool> {
-    let (_, _, back) = read_lock(base, incus_project)
+async fn confirmed(
+    base: &Client,
+    incus_project: &str,
+    want: &LockRecord,
+    key: &str,
+) -> anyhow::Result<bool> {
+    let (_, _, back) = read_lock(base, incus_project, key)
         .await
         .with_context(|| format!("cannot read back the lock of Incus project {incus_project}"))?;
     Ok(lease::confirms(back.as_ref(), want))
@@ -464,7 +482,7 @@ async fn renew_once(
 ) -> ic_incus::Result<Option<LockRecord>> {
     let mine = shared.record();
     for _ in 0..20 {
-        let (project, etag, current) = match read_lock(base, &shared.project).await {
+        let (project, etag, current) = match read_lock(base, &shared.project, shared.key).await {
             Ok(r) => r,
             Err(e) if e.is_not_found() => {
                 shared.lose("the Incus project was removed".into());
@@ -479,10 +497,10 @@ async fn renew_once(
             shared.lose(who);
             return Ok(None);
         };
-        if !write_lock(base, &project, etag, Some(&next)).await? {
+        if !write_lock(base, &project, etag, Some(&next), shared.key).await? {
             continue;
         }
-        let (_, _, back) = read_lock(base, &shared.project).await?;
+        let (_, _, back) = read_lock(base, &shared.project, shared.key).await?;
         if lease::confirms(back.as_ref(), &mine) {
             return Ok(Some(next));
         }
@@ -534,6 +552,7 @@ mod tests {
         let o = LockOptions {
             ttl: Duration::from_secs(7),
             wait: true,
+            key: LOCK_KEY,
         };
         assert_eq!((o.ttl_secs(), o.margin_secs()), (7, 1));
     }

@@ -1,0 +1,120 @@
+//! `watch`'s decisions about members, without I/O or a clock (times are unix seconds passed
+//! in): since when each member has been offline, which offline members are still within
+//! their grace period (their replicas stay put, see `plan::DiffOptions::grace`), and when
+//! the next grace period ends (a reconcile is due then).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Incus's default `cluster.offline_threshold`, in seconds.
+pub const DEFAULT_OFFLINE_THRESHOLD: u64 = 20;
+
+/// The default grace period: a little over Incus's offline threshold, so that a member that
+/// Incus itself still counts as possibly alive is not given up on.
+pub fn default_grace(offline_threshold: u64) -> u64 {
+    offline_threshold + offline_threshold / 2 + 1
+}
+
+/// Updates `since` (member -> unix seconds when first seen offline) from the members seen
+/// now (`(name, online)`): a newly offline member starts its clock at `now`; an online or
+/// departed member is forgotten.
+pub fn track_offline(since: &mut BTreeMap<String, u64>, members: &[(String, bool)], now: u64) {
+    since.retain(|name, _| members.iter().any(|(m, online)| m == name && !online));
+    for (name, online) in members {
+        if !online {
+            since.entry(name.clone()).or_insert(now);
+        }
+    }
+}
+
+/// The offline members still within their grace period at `now`.
+pub fn within_grace(since: &BTreeMap<String, u64>, now: u64, grace: u64) -> BTreeSet<String> {
+    since
+        .iter()
+        .filter(|&(_, &t)| now < t.saturating_add(grace))
+        .map(|(m, _)| m.clone())
+        .collect()
+}
+
+/// The first moment after `now` at which a grace period ends, if any is running.
+pub fn next_grace_end(since: &BTreeMap<String, u64>, now: u64, grace: u64) -> Option<u64> {
+    since
+        .values()
+        .map(|t| t.saturating_add(grace))
+        .filter(|&end| end > now)
+        .min()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn seen(v: &[(&str, bool)]) -> Vec<(String, bool)> {
+        v.iter().map(|(n, o)| (n.to_string(), *o)).collect()
+    }
+
+    #[test]
+    fn a_member_offline_keeps_the_time_it_was_first_seen_offline() {
+        let mut since = BTreeMap::new();
+        track_offline(&mut since, &seen(&[("node1", true), ("node3", false)]), 100);
+        track_offline(&mut since, &seen(&[("node1", true), ("node3", false)]), 110);
+        assert_eq!(since.get("node3"), Some(&100));
+        assert!(within_grace(&since, 130, 31).contains("node3"));
+        assert!(!within_grace(&since, 131, 31).contains("node3"));
+        assert_eq!(next_grace_end(&since, 110, 31), Some(131));
+        assert_eq!(next_grace_end(&since, 131, 31), None);
+    }
+
+    #[test]
+    fn a_member_back_online_or_gone_is_forgotten_and_its_clock_restarts() {
+        let mut since = BTreeMap::new();
+        track_offline(
+            &mut since,
+            &seen(&[("node3", false), ("node4", false)]),
+            100,
+        );
+        track_offline(&mut since, &seen(&[("node3", true)]), 105);
+        assert!(since.is_empty());
+        track_offline(&mut since, &seen(&[("node3", false)]), 200);
+        assert_eq!(since.get("node3"), Some(&200));
+    }
+
+    #[test]
+    fn the_default_grace_is_a_little_over_the_offline_threshold() {
+        assert_eq!(default_grace(DEFAULT_OFFLINE_THRESHOLD), 31);
+        assert!(default_grace(5) > 5);
+    }
+
+    proptest! {
+        /// Exactly the offline members are tracked, and one is within its grace period
+        /// exactly while less than `grace` seconds passed since it was first seen offline.
+        #[test]
+        fn grace_holds_exactly_while_less_than_grace_has_passed(
+            steps in proptest::collection::vec(proptest::collection::vec(any::<bool>(), 4), 1..12),
+            grace in 1u64..60,
+            dt in 0u64..30,
+        ) {
+            let mut since = BTreeMap::new();
+            let mut first: BTreeMap<String, u64> = BTreeMap::new();
+            let mut now = 0;
+            for step in &steps {
+                now += dt;
+                let members: Vec<(String, bool)> =
+                    step.iter().enumerate().map(|(i, o)| (format!("node{i}"), *o)).collect();
+                track_offline(&mut since, &members, now);
+                for (m, online) in &members {
+                    if *online { first.remove(m); } else { first.entry(m.clone()).or_insert(now); }
+                }
+                prop_assert_eq!(&since, &first);
+                let g = within_grace(&since, now, grace);
+                for (m, t) in &first {
+                    prop_assert_eq!(g.contains(m), now - t < grace);
+                }
+                if let Some(end) = next_grace_end(&since, now, grace) {
+                    prop_assert!(end > now);
+                    prop_assert!(first.values().any(|t| t + grace == end));
+                }
+            }
+        }
+    }
+}
