@@ -21,6 +21,7 @@ mod rollback;
 mod scale;
 mod top;
 mod up;
+mod watch;
 
 /// Run compose files on Incus, on one server or across a cluster.
 #[derive(Debug, Parser)]
@@ -101,6 +102,8 @@ pub enum Command {
     Pull(pull::PullArgs),
     /// Cluster members: list them, label them
     Node(node::NodeArgs),
+    /// Keep projects converged to their deployed revision as members join and fail
+    Watch(watch::WatchArgs),
     /// Show the processes running in each instance
     Top(top::TopArgs),
     /// Generate shell completions
@@ -145,6 +148,7 @@ pub fn main() -> ExitCode {
         Command::Pull(args) => pull::run(&cli.global, &args),
         Command::Node(args) => node::run(&cli.global, &args),
         Command::Top(args) => top::run(&cli.global, &args),
+        Command::Watch(args) => watch::run(&cli.global, &args),
         Command::Completion { shell } => {
             let mut cmd = Cli::command();
             clap_complete::generate(shell, &mut cmd, "incus-compose", &mut std::io::stdout());

@@ -3,7 +3,16 @@
 //! ends; otherwise (pipes, CI, tests) only the result lines, one per object, as they finish.
 
 use std::io::IsTerminal;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+
+/// Result lines go to stderr (`watch`: its own log is stdout).
+static TO_STDERR: AtomicBool = AtomicBool::new(false);
+
+/// Sends the executor's result lines to stderr, without spinners, from now on.
+pub fn quiet_to_stderr() {
+    TO_STDERR.store(true, Ordering::SeqCst);
+}
 
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
@@ -16,7 +25,9 @@ pub struct Progress {
 impl Progress {
     /// Spinners when both stdout and stderr are terminals, plain lines otherwise.
     pub fn new() -> Progress {
-        let tty = std::io::stdout().is_terminal() && std::io::stderr().is_terminal();
+        let tty = std::io::stdout().is_terminal()
+            && std::io::stderr().is_terminal()
+            && !TO_STDERR.load(Ordering::SeqCst);
         Progress {
             bars: tty.then(MultiProgress::new),
         }
@@ -40,6 +51,7 @@ impl Progress {
     pub fn line(&self, line: &str) {
         match &self.bars {
             Some(bars) if bars.println(line).is_ok() => {}
+            _ if TO_STDERR.load(Ordering::SeqCst) => eprintln!("{line}"),
             _ => println!("{line}"),
         }
     }
