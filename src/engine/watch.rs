@@ -154,6 +154,7 @@ pub async fn run(base: &Client, o: &WatchOptions) -> anyhow::Result<bool> {
     let mut first = true;
     let mut all_ok = true;
     let mut woken: Option<String> = None;
+    let mut last_round = now_secs();
     loop {
         // Why this round reconciles (empty: it does not).
         let mut why: Vec<String> = Vec::new();
@@ -189,11 +190,8 @@ pub async fn run(base: &Client, o: &WatchOptions) -> anyhow::Result<bool> {
             Vec::new()
         };
         let now = now_secs();
-        let before_grace = ic_core::watch::within_grace(
-            &offline_since,
-            now.saturating_sub(o.interval.as_secs().max(1)),
-            grace,
-        );
+        // Grace periods running at the last round: one that ended since is a reason to act.
+        let before_grace = ic_core::watch::within_grace(&offline_since, last_round, grace);
         let seen: Vec<(String, bool)> = members
             .iter()
             .map(|(n, s)| {
@@ -235,6 +233,7 @@ pub async fn run(base: &Client, o: &WatchOptions) -> anyhow::Result<bool> {
             why.push("members changed".into());
         }
         last_members = Some(members.clone());
+        last_round = now;
         known_members = Some(names);
         if last_full.elapsed() >= RESYNC {
             why.push("periodic resync".into());
@@ -403,7 +402,10 @@ async fn reconcile(
                         &w.compose,
                         "standby",
                         &w.incus_project,
-                        &format!("standing by: {e:#}"),
+                        &format!(
+                            "standing by: another watch acts on it ({})",
+                            format!("{e:#}").replace("; not waiting (--no-wait-lock)", "")
+                        ),
                         None,
                     );
                     w.said_standby = true;

@@ -8,10 +8,11 @@ use std::collections::{BTreeMap, BTreeSet};
 /// Incus's default `cluster.offline_threshold`, in seconds.
 pub const DEFAULT_OFFLINE_THRESHOLD: u64 = 20;
 
-/// The default grace period: a little over Incus's offline threshold, so that a member that
-/// Incus itself still counts as possibly alive is not given up on.
+/// The default grace period: a little over Incus's offline threshold (a tenth more, plus a
+/// second), counted from when `watch` first sees the member offline, so that a member that
+/// missed heartbeats for a moment (a reboot, a network blip) is not given up on at once.
 pub fn default_grace(offline_threshold: u64) -> u64 {
-    offline_threshold + offline_threshold / 2 + 1
+    offline_threshold + offline_threshold / 10 + 1
 }
 
 /// Updates `since` (member -> unix seconds when first seen offline) from the members seen
@@ -81,7 +82,8 @@ mod tests {
 
     #[test]
     fn the_default_grace_is_a_little_over_the_offline_threshold() {
-        assert_eq!(default_grace(DEFAULT_OFFLINE_THRESHOLD), 31);
+        assert_eq!(default_grace(DEFAULT_OFFLINE_THRESHOLD), 23);
+        assert_eq!(default_grace(11), 13);
         assert!(default_grace(5) > 5);
     }
 

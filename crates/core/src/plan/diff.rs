@@ -356,6 +356,56 @@ fn observed_replicas<'a>(
     (existing, by_slot, surplus)
 }
 
+/// Instances on offline members that Incus lists without their configuration (it cannot ask
+/// their member), in an Incus project incus-compose made for this compose project, recognised
+/// by name as replicas of the desired services: a name that is the instance name (or the
+/// other name) of a slot — for a global service, the slot of the member it is on. They get
+/// the project, service and slot labels (no hash: they are never kept over a replica that
+/// runs).
+fn stand_ins(d: &Desired, obs: &Observed, offline: &BTreeSet<String>) -> Vec<ObservedInstance> {
+    let compose = d.compose_project.as_str();
+    if obs.project_config.get(LABEL_PROJECT).map(String::as_str) != Some(compose) {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for i in &obs.instances {
+        if !i.config.is_empty() || !offline.contains(&i.location) {
+            continue;
+        }
+        let named = |t: &InstanceTemplate, slot: &str| {
+            t.instance_name(slot) == i.name || t.alternate_name(slot).as_ref() == Some(&i.name)
+        };
+        let found = d.services.iter().find_map(|t| {
+            let slot = match t.spec.mode {
+                Mode::Global => i.location.clone(),
+                Mode::Replicated { .. } if t.container_name.is_some() => "1".to_string(),
+                Mode::Replicated { .. } => {
+                    let base = i
+                        .name
+                        .strip_suffix(super::ALTERNATE_SUFFIX)
+                        .unwrap_or(&i.name);
+                    let n: u32 = base.rsplit_once('-')?.1.parse().ok()?;
+                    n.to_string()
+                }
+            };
+            named(t, &slot).then(|| (t.service.clone(), slot))
+        });
+        if let Some((service, slot)) = found {
+            let mut config = BTreeMap::new();
+            config.insert(LABEL_PROJECT.to_string(), compose.to_string());
+            config.insert(LABEL_SERVICE.to_string(), service);
+            config.insert(LABEL_SLOT.to_string(), slot);
+            out.push(ObservedInstance {
+                name: i.name.clone(),
+                location: i.location.clone(),
+                running: false,
+                config,
+            });
+        }
+    }
+    out
+}
+
 /// Which of two replicas of one slot stays (the greater): one on an online member; then the
 /// replacement made while the other's member was offline (it has been serving since, on a
 /// member that stayed up, while the other's member failed once); then one made from the
@@ -384,16 +434,18 @@ fn replica_actions(
     warnings: &mut Vec<String>,
 ) -> Result<Replicas, PlanError> {
     let compose = d.compose_project.as_str();
-    let ours: Vec<&ObservedInstance> = obs
-        .instances
-        .iter()
-        .filter(|i| is_ours(&i.config, compose))
-        .collect();
     let offline: BTreeSet<String> = obs
         .members
         .iter()
         .filter(|m| !m.online)
         .map(|m| m.name.clone())
+        .collect();
+    let recognised = stand_ins(d, obs, &offline);
+    let ours: Vec<&ObservedInstance> = obs
+        .instances
+        .iter()
+        .filter(|i| is_ours(&i.config, compose))
+        .chain(recognised.iter())
         .collect();
     let (existing, by_slot, surplus) = observed_replicas(d, &ours, &offline);
     let specs: Vec<_> = d.services.iter().map(|t| t.spec.clone()).collect();
@@ -734,6 +786,15 @@ fn check_names(d: &Desired, obs: &Observed, r: &Replicas) -> Result<(), PlanErro
         let Some(i) = obs.instances.iter().find(|i| &i.name == name) else {
             continue;
         };
+        // Listed without its configuration, on an offline member: see `stand_ins`.
+        let stand_in = i.config.is_empty()
+            && obs
+                .members
+                .iter()
+                .any(|m| m.name == i.location && !m.online);
+        if stand_in {
+            continue;
+        }
         if !is_ours(&i.config, compose) {
             return Err(not_ours(d, "instance", name, &i.config));
         }

@@ -243,3 +243,34 @@ proptest! {
         prop_assert!(plan_of(&p, &back, &[]).is_empty());
     }
 }
+
+#[test]
+fn replicas_listed_without_configuration_on_an_offline_member_are_recognised_by_name() {
+    let p = replicated(6);
+    let mut obs = deployed(&p, 3);
+    obs.project_config
+        .insert(LABEL_PROJECT.to_string(), "shop".to_string());
+    // What Incus lists for instances of a member it cannot reach: no configuration.
+    for i in &mut obs.instances {
+        if i.location == "node3" {
+            i.config.clear();
+            i.running = false;
+        }
+    }
+    set_online(&mut obs, "node3", false);
+    let plan = plan_of(&p, &obs, &[]);
+    assert!(removals(&plan).is_empty());
+    let created: Vec<String> = plan
+        .actions()
+        .filter_map(|a| match a {
+            Action::Create(p) => Some(p.name.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(created.len(), 2, "{created:?}");
+    assert!(created.iter().all(|n| n.ends_with("-b")), "{created:?}");
+    let after = apply(&plan, &obs);
+    assert!(plan_of(&p, &after, &[]).is_empty());
+    // Within the grace period, they are left alone.
+    assert!(plan_of(&p, &obs, &["node3"]).is_empty());
+}
