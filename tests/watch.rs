@@ -357,8 +357,11 @@ fn services(yaml: &str) -> String {
 const GLOBAL: &str =
     "  hh:\n    image: busybox\n    network_mode: none\n    deploy: {mode: global}\n";
 
+/// `web`: `n` replicas that Incus and `watch` restart (`restart: always`).
 fn replicated(n: u32) -> String {
-    format!("  web:\n    image: busybox\n    network_mode: none\n    deploy: {{replicas: {n}}}\n")
+    format!(
+        "  web:\n    image: busybox\n    network_mode: none\n    restart: always\n    deploy: {{replicas: {n}}}\n"
+    )
 }
 
 #[test]
@@ -379,6 +382,22 @@ fn watch_once_starts_a_stopped_replica_and_then_has_nothing_to_do() {
         !again.contains("started") && !again.contains("created"),
         "{again}"
     );
+}
+
+#[test]
+fn watch_once_leaves_a_stopped_replica_of_a_service_without_restart_policy_stopped() {
+    let _turn = take_turn();
+    let c = client();
+    cluster(&c);
+    let f = Fixture::new("norestart", &c);
+    f.write(&services(
+        "  job:\n    image: busybox\n    network_mode: none\n    deploy: {restart_policy: {condition: none}}\n",
+    ));
+    f.ok(&["up", "-d"]);
+    block_on(c.with_project(&f.name).stop_instance("job-1", 5, true)).expect("stop job-1");
+    let log = f.watch_once();
+    assert!(log.contains("job-1 is stopped and left so"), "{log}");
+    assert!(f.running(&[]).is_empty());
 }
 
 #[test]

@@ -120,6 +120,8 @@ struct Watched {
     warnings: Vec<String>,
     /// The last reconcile left something to do (a failure, a deferred removal).
     retry: bool,
+    /// Stopped replicas left stopped (said once).
+    left_stopped: BTreeSet<String>,
 }
 
 /// Runs `watch` until interrupted (or once).
@@ -256,6 +258,7 @@ pub async fn run(base: &Client, o: &WatchOptions) -> anyhow::Result<bool> {
                 said_standby: false,
                 warnings: Vec::new(),
                 retry: false,
+                left_stopped: BTreeSet::new(),
             });
             let held = w.leader.as_ref().is_some_and(|g| g.lease().is_held());
             if !why.is_empty() || w.retry || !held {
@@ -502,7 +505,19 @@ async fn plan_once(
         grace: grace.clone(),
         ..Default::default()
     };
-    let plan = ic_core::plan::diff(&d, &obs.observed, &opts).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut plan =
+        ic_core::plan::diff(&d, &obs.observed, &opts).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let stopped = ic_core::watch::keep_stopped(&mut plan, &d);
+    for name in &stopped {
+        if !w.left_stopped.contains(name) {
+            println!(
+                "{} [{}] {name} is stopped and left so: its service has no restart policy (restart: no, or restart_policy condition none)",
+                rfc3339_now(),
+                w.compose
+            );
+        }
+    }
+    w.left_stopped = stopped.into_iter().collect();
     if plan.warnings != w.warnings {
         for x in &plan.warnings {
             if !w.warnings.contains(x) {

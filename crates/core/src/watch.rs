@@ -5,6 +5,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::plan::{Action, Desired, Plan};
+
 /// Incus's default `cluster.offline_threshold`, in seconds.
 pub const DEFAULT_OFFLINE_THRESHOLD: u64 = 20;
 
@@ -45,10 +47,97 @@ pub fn next_grace_end(since: &BTreeMap<String, u64>, now: u64, grace: u64) -> Op
         .min()
 }
 
+/// Whether `watch` starts a stopped replica of a service made from `config`: only when its
+/// restart policy asks Incus to restart it (`boot.autorestart=true`: `restart: always`,
+/// `unless-stopped`, `on-failure`, or `deploy.restart_policy.condition` `any` /
+/// `on-failure`). A service with `restart: no`, `condition: none`, or neither (docker
+/// compose's default) stays stopped, as Docker leaves it.
+pub fn restarts(config: &BTreeMap<String, String>) -> bool {
+    config.get("boot.autorestart").map(String::as_str) == Some("true")
+}
+
+/// Takes out of `plan` the starts of stopped replicas whose service does not restart (see
+/// [`restarts`]); returns their names, for the log.
+pub fn keep_stopped(plan: &mut Plan, d: &Desired) -> Vec<String> {
+    let mut kept = Vec::new();
+    for stage in &mut plan.stages {
+        stage.actions.retain(|a| match a {
+            Action::Start { name, service } => {
+                let restart = d
+                    .services
+                    .iter()
+                    .find(|t| &t.service == service)
+                    .is_some_and(|t| restarts(&t.config));
+                if !restart {
+                    kept.push(name.clone());
+                }
+                restart
+            }
+            _ => true,
+        });
+    }
+    plan.stages.retain(|s| !s.actions.is_empty());
+    kept
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn only_replicas_of_services_with_a_restart_policy_are_started_again() {
+        use crate::plan::{DiffOptions, Observed, ObservedInstance, PlanOptions, ServerFacts};
+        let text = "name: shop\nservices:\n  web:\n    image: busybox\n    restart: always\n  job:\n    image: busybox\n  off:\n    image: busybox\n    deploy: {restart_policy: {condition: none}}\n";
+        let o = ic_compose::LoadOptions {
+            files: vec!["/p/compose.yaml".into()],
+            working_dir: "/p".into(),
+            interpolate: true,
+            ..Default::default()
+        };
+        let fs = ic_compose::MemFs::default().with("/p/compose.yaml", text);
+        let project = ic_compose::load_with(&o, &fs).unwrap_or_else(|e| panic!("{e}"));
+        let facts = ServerFacts {
+            version: "6.0.4".into(),
+            image_aliases: ["busybox".to_string()].into(),
+            storage_pool: "local".into(),
+            ..Default::default()
+        };
+        let d = crate::plan::desired(&project, &facts, &PlanOptions::default())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut obs = Observed {
+            project_exists: true,
+            members: vec![crate::schedule::Member::new("node1")],
+            ..Default::default()
+        };
+        let first = crate::plan::diff(&d, &obs, &DiffOptions::default()).unwrap();
+        for a in first.actions() {
+            match a {
+                Action::Create(p) => obs.instances.push(ObservedInstance {
+                    name: p.name.clone(),
+                    location: p.member.clone(),
+                    running: false,
+                    config: p.config.clone(),
+                }),
+                Action::CreateNetwork { name, config } => {
+                    obs.networks.push(crate::plan::ObservedNetwork {
+                        name: name.clone(),
+                        managed: true,
+                        config: config.clone(),
+                        status: "Created".into(),
+                    })
+                }
+                _ => {}
+            }
+        }
+        let mut plan = crate::plan::diff(&d, &obs, &DiffOptions::default()).unwrap();
+        assert_eq!(plan.actions().count(), 3);
+        let mut kept = keep_stopped(&mut plan, &d);
+        kept.sort();
+        assert_eq!(kept, ["job-1", "off-1"]);
+        let left: Vec<String> = plan.actions().map(|a| a.to_string()).collect();
+        assert_eq!(left, ["start web-1"]);
+    }
 
     fn seen(v: &[(&str, bool)]) -> Vec<(String, bool)> {
         v.iter().map(|(n, o)| (n.to_string(), *o)).collect()
