@@ -190,8 +190,14 @@ impl Fixture {
     }
 
     fn watch_once(&self) -> String {
+        self.watch_once_with(&[])
+    }
+
+    fn watch_once_with(&self, extra: &[&str]) -> String {
+        let mut args = vec!["--once"];
+        args.extend_from_slice(extra);
         let out = self
-            .watch_cmd(&["--once"])
+            .watch_cmd(&args)
             .output()
             .expect("run incus-compose watch");
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -395,8 +401,17 @@ fn watch_once_leaves_a_stopped_replica_of_a_service_without_restart_policy_stopp
     ));
     f.ok(&["up", "-d"]);
     block_on(c.with_project(&f.name).stop_instance("job-1", 5, true)).expect("stop job-1");
-    let log = f.watch_once();
-    assert!(log.contains("job-1 is stopped and left so"), "{log}");
+    let log = f.watch_once_with(&["--format", "json"]);
+    let events: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}")))
+        .collect();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["event"] == "left-stopped" && e["object"] == "job-1"),
+        "{log}"
+    );
     assert!(f.running(&[]).is_empty());
 }
 

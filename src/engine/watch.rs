@@ -417,7 +417,7 @@ async fn reconcile(
             }
         }
     }
-    let (plan, obs, d) = match plan_once(base, w, grace).await? {
+    let (plan, obs, d) = match plan_once(base, w, grace, log).await? {
         Some(x) => x,
         None => return Ok(true),
     };
@@ -430,7 +430,7 @@ async fn reconcile(
     // from what is there now.
     let opts = LockOptions::from_env(true)?;
     let guard = lock::acquire(base, &w.incus_project, &opts).await?;
-    let Some((plan, obs, d)) = plan_once(base, w, grace).await? else {
+    let Some((plan, obs, d)) = plan_once(base, w, grace, log).await? else {
         return Ok(true);
     };
     if plan.is_empty() {
@@ -487,6 +487,7 @@ async fn plan_once(
     base: &Client,
     w: &mut Watched,
     grace: &BTreeSet<String>,
+    log: &Log,
 ) -> anyhow::Result<
     Option<(
         ic_core::plan::Plan,
@@ -510,10 +511,12 @@ async fn plan_once(
     let stopped = ic_core::watch::keep_stopped(&mut plan, &d);
     for name in &stopped {
         if !w.left_stopped.contains(name) {
-            println!(
-                "{} [{}] {name} is stopped and left so: its service has no restart policy (restart: no, or restart_policy condition none)",
-                rfc3339_now(),
-                w.compose
+            log.event(
+                &w.compose,
+                "left-stopped",
+                name,
+                &format!("{name} is stopped and left so: its service has no restart policy (restart: no, or restart_policy condition none)"),
+                None,
             );
         }
     }
@@ -521,7 +524,13 @@ async fn plan_once(
     if plan.warnings != w.warnings {
         for x in &plan.warnings {
             if !w.warnings.contains(x) {
-                println!("{} [{}] warning: {x}", rfc3339_now(), w.compose);
+                log.event(
+                    &w.compose,
+                    "warning",
+                    &w.compose,
+                    &format!("warning: {x}"),
+                    None,
+                );
             }
         }
         w.warnings = plan.warnings.clone();
