@@ -140,18 +140,16 @@ impl Fixture {
             .and_then(|p| p.config.get(LOCK_KEY).cloned())
     }
 
-    /// Networks of the `default` project whose name this project's would have (any state,
-    /// labelled or not): `ic<hash>-<key>` for the keys given.
-    fn networks_named(&self, suffixes: &[&str]) -> Vec<ic_incus::Network> {
+    /// The networks of the `default` project named as this project's networks `keys` are
+    /// (any state, labelled or not).
+    fn networks_named(&self, keys: &[&str]) -> Vec<ic_incus::Network> {
+        let names: Vec<String> = keys
+            .iter()
+            .map(|k| ic_core::plan::naming::network_name(&self.name, k))
+            .collect();
         let all = block_on(self.client.with_project("default").networks()).expect("networks");
         all.into_iter()
-            .filter(|n| {
-                n.name.starts_with("ic")
-                    && suffixes.iter().any(|s| n.name.ends_with(&format!("-{s}")))
-                    && (n.config.get("user.incus-compose.project") == Some(&self.name)
-                        || n.config.is_empty()
-                        || n.status != "Created")
-            })
+            .filter(|n| names.contains(&n.name))
             .collect()
     }
 }
@@ -493,4 +491,103 @@ fn a_run_that_loses_its_lock_stops_acting() {
         config,
     };
     block_on(f.client.update_project_if_match(&f.name, &put, etag)).expect("remove");
+}
+
+#[test]
+fn ctrl_c_during_up_gives_the_lock_back_at_once() {
+    let f = Fixture::new("sigint", &[LONG]);
+    let holder = spawn(&f.dir(0), &["up", "-d", "--parallel", "1"]);
+    assert!(
+        wait_for(Duration::from_secs(30), || !f.instances().is_empty()),
+        "the up starts creating"
+    );
+    assert!(f.lock_value().is_some(), "held while it works");
+    let status = Command::new("kill")
+        .args(["-INT", &holder.id().to_string()])
+        .status()
+        .expect("kill -INT");
+    assert!(status.success());
+    let out = holder.wait_with_output().expect("wait");
+    show(&["up -d --parallel 1 (Ctrl-C)"], &out);
+    assert_eq!(out.status.code(), Some(130));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("releasing the lock"),
+        "{out:?}"
+    );
+    assert_eq!(f.lock_value(), None, "released, not left to expire");
+    // The next run neither waits nor refuses, and converges.
+    let next = run(&f.dir(0), &["--no-wait-lock", "up", "-d"]);
+    assert!(next.status.success());
+    assert_eq!(f.instances().len(), 12);
+}
+
+/// An Incus project made by hand (by this test), removed when dropped.
+struct HandMade {
+    client: Client,
+    name: String,
+}
+
+impl Drop for HandMade {
+    fn drop(&mut self) {
+        let _ = block_on(self.client.delete_project(&self.name));
+    }
+}
+
+#[test]
+fn a_project_incus_compose_did_not_create_is_never_written_to_for_the_lock() {
+    let f = Fixture::new("foreign", &[WEB]);
+    let incus_project = format!("{}-hand", f.name);
+    let req = ic_incus::ProjectsPost {
+        name: incus_project.clone(),
+        description: "made by hand".into(),
+        config: [
+            ("features.images", "false"),
+            ("features.profiles", "false"),
+            ("features.networks", "false"),
+            ("features.storage.volumes", "true"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect(),
+    };
+    block_on(f.client.create_project(&req)).expect("create the hand-made project");
+    let _hand = HandMade {
+        client: f.client.clone(),
+        name: incus_project.clone(),
+    };
+    let before = block_on(f.client.get_project(&incus_project)).expect("project");
+    let up = run(&f.dir(0), &["--incus-project", &incus_project, "up", "-d"]);
+    assert!(up.status.success());
+    assert!(
+        String::from_utf8_lossy(&up.stderr).contains("no project lock is taken"),
+        "{up:?}"
+    );
+    let after = block_on(f.client.get_project(&incus_project)).expect("project");
+    assert_eq!(after.config, before.config, "its config is untouched");
+    assert_eq!(
+        block_on(f.client.with_project(&incus_project).instances())
+            .expect("instances")
+            .len(),
+        3
+    );
+    // By name too, and `down` leaves the project itself alone.
+    ok(
+        &f.empty(),
+        &[
+            "-p",
+            &f.name,
+            "--incus-project",
+            &incus_project,
+            "down",
+            "-t",
+            "1",
+        ],
+    );
+    let left = block_on(f.client.get_project(&incus_project)).expect("still there");
+    assert_eq!(left.config, before.config);
+    assert!(
+        block_on(f.client.with_project(&incus_project).instances())
+            .expect("instances")
+            .is_empty()
+    );
 }

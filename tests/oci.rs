@@ -700,3 +700,30 @@ fn a_private_registry_is_reached_with_the_credentials_of_the_users_oci_remote() 
     let out = f.ok(&["up", "-d"]);
     assert!(out.contains("Nothing to change"), "{out}");
 }
+
+#[test]
+fn run_of_a_docker_image_service_passes_the_exit_code_and_without_a_command_runs_the_images_own() {
+    let f = Fixture::new("run");
+    f.write(
+        r#"name: {name}
+services:
+  web:
+    image: {registry}/testapp:v1
+    environment:
+      GREETING: from compose
+"#,
+    );
+    let out = f.run(&["run", "--rm", "web", "sh", "-c", "echo $GREETING; exit 5"]);
+    assert_eq!(out.status.code(), Some(5), "the command's exit code");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "from compose\n");
+    assert!(
+        f.instances("web").is_empty(),
+        "no replica made, the one-off removed"
+    );
+    // Without a command: the image's own entrypoint and cmd (testapp's httpd in the
+    // foreground) run; `-d` leaves it serving.
+    let name = f.ok(&["run", "-d", "web"]);
+    let name = name.trim();
+    let got = f.exec_until(name, &["wget", "-qO-", "http://127.0.0.1/"], "v1", WAIT);
+    assert_eq!(got, "v1", "the image's process serves in {name}");
+}

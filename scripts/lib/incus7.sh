@@ -2,7 +2,8 @@
 # scripts/lib/incus7.sh: the Incus 7.0 line of scripts/test-cluster (sourced by it; uses its log/die/
 # pid_alive/pkg_installed/apt_install/build_image). Selected with `scripts/test-cluster <cmd> --incus 7.0` or
 # INCUS_LINE=7.0. Commands: up [--members N] [--env-file F], down, status, selftest, kill-member K, isolate-member K [J], reconnect-member K,
-# revive-member K, add-member, remove-member, env, root (build the Debian 13 root only).
+# revive-member K, add-member, remove-member, env, root (build the Debian 13 root only), compose-v2 (download
+# Debian 13's docker compose v2, the `config` reference, into the cache).
 #
 # Incus 7.0 (API extension instance_oci) is in Debian trixie-backports and does not install on Debian 12,
 # so it runs from a Debian 13 root (built with debootstrap, cached, rebuilt when missing or broken),
@@ -749,6 +750,51 @@ i7_cmd_down() {
     i7_log "down ($((SECONDS - t0)) s): no process, link or state of the 7.0 server is left (caches kept: $I7_ROOT)"
 }
 
+# docker compose v2 (Debian 13's `docker-compose` package: the compose-go CLI plugin), the reference the
+# `config` tests compare with (crates/compose/tests/compose_v2.rs). Downloaded with the root's apt (Debian 12
+# has no v2), extracted with dpkg-deb, cached as $I7_COMPOSE_V2 with its version beside it; the binary is
+# static and runs on Debian 12 as it is (`config` needs no daemon). Nothing is installed in the root or the host.
+I7_COMPOSE_V2_DIR="$I7_CACHE/compose-v2"
+I7_COMPOSE_V2="$I7_COMPOSE_V2_DIR/docker-compose"
+
+i7_compose_v2_ok() {
+    [ -x "$I7_COMPOSE_V2" ] && [ -s "$I7_COMPOSE_V2_DIR/version" ] && "$I7_COMPOSE_V2" version >/dev/null 2>&1
+}
+
+i7_cmd_compose_v2() {
+    if i7_compose_v2_ok; then
+        i7_log "docker compose v2 $(cat "$I7_COMPOSE_V2_DIR/version") is at $I7_COMPOSE_V2"
+        return 0
+    fi
+    i7_take_lock
+    i7_ensure_root
+    local out="$I7_COMPOSE_V2_DIR.new"
+    rm -rf --one-file-system "$out"
+    mkdir -p "$out"
+    # In the root's own mount namespace: the output directory bound at /mnt, apt's download in /tmp (a tmpfs).
+    # The root's package lists are refreshed only when the download fails (they may be older than the mirror).
+    unshare -m --propagation private -- sh -c '
+        r=$1 out=$2
+        mount -t proc proc "$r/proc"
+        mount --rbind /dev "$r/dev"
+        mount -t tmpfs tmpfs "$r/tmp"
+        mount --bind "$out" "$r/mnt"
+        exec chroot "$r" /usr/bin/env -i PATH='"$I7_PATH"' HOME=/root LC_ALL=C.UTF-8 DEBIAN_FRONTEND=noninteractive sh -euc "
+            cd /tmp
+            apt-get download -qq docker-compose 2>/dev/null || { apt-get update -qq && apt-get download -qq docker-compose; }
+            deb=\$(ls docker-compose_*.deb)
+            dpkg-deb -f \"\$deb\" Version >/mnt/version
+            dpkg-deb -x \"\$deb\" x
+            cp x/usr/libexec/docker/cli-plugins/docker-compose /mnt/docker-compose
+        "' i7-compose-v2 "$I7_ROOT" "$out" >"$I7_CACHE/compose-v2.log" 2>&1 ||
+        die "could not download docker-compose (v2) in the trixie root (log: $I7_CACHE/compose-v2.log)"
+    chmod 755 "$out/docker-compose"
+    "$out/docker-compose" version >/dev/null 2>&1 || die "the downloaded docker-compose at $out/docker-compose does not run"
+    rm -rf --one-file-system "$I7_COMPOSE_V2_DIR"
+    mv -T "$out" "$I7_COMPOSE_V2_DIR"
+    i7_log "docker compose v2 $(cat "$I7_COMPOSE_V2_DIR/version") cached at $I7_COMPOSE_V2"
+}
+
 i7_cmd_status() {
     if [ ! -e "$I7_STATE" ]; then
         echo "no Incus 7.0 test server (state dir $I7_STATE absent)"
@@ -949,6 +995,7 @@ incus7_main() {
         remove-member) i7_cmd_remove_member ;;
         env) i7_healthy || die "no Incus 7.0 test server is running"; i7_write_env ;;
         root) i7_take_lock; i7_ensure_root ;;
-        *) die "the 7.0 line supports: up [--members N], down, status, selftest, kill-member K, revive-member K, isolate-member K [J], reconnect-member K, add-member, remove-member, env, root (build the Debian 13 root only); not: $cmd" ;;
+        compose-v2) i7_cmd_compose_v2 ;;
+        *) die "the 7.0 line supports: up [--members N], down, status, selftest, kill-member K, revive-member K, isolate-member K [J], reconnect-member K, add-member, remove-member, env, root (build the Debian 13 root only), compose-v2 (cache docker compose v2); not: $cmd" ;;
     esac
 }

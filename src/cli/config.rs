@@ -1,5 +1,5 @@
-//! `incus-compose config`: load, validate and print the canonical project, like
-//! `docker compose config`.
+//! `incus-compose config`: load, validate and print the canonical project as
+//! `docker compose config` (v2) prints it (`ic_compose::output`).
 
 use std::io::{Read, Write};
 use std::process::ExitCode;
@@ -23,10 +23,10 @@ pub struct ConfigArgs {
     /// Print the service names, one per line
     #[arg(long)]
     pub services: bool,
-    /// Print the volume names, one per line
+    /// Print the names of the volumes services use, one per line
     #[arg(long)]
     pub volumes: bool,
-    /// Print the network names, one per line
+    /// Print the names of the networks services use, one per line
     #[arg(long)]
     pub networks: bool,
     /// Print the profile names, one per line
@@ -100,20 +100,46 @@ pub fn run(global: &GlobalArgs, args: &ConfigArgs) -> anyhow::Result<ExitCode> {
 pub fn render(project: &ic_compose::Project, args: &ConfigArgs) -> anyhow::Result<String> {
     let lines = |items: Vec<String>| items.into_iter().map(|s| s + "\n").collect::<String>();
     Ok(if args.services {
-        lines(project.services.keys().cloned().collect())
+        // Dependencies first, as docker compose v2 lists them (it breaks ties at random; we
+        // by name).
+        lines(
+            project
+                .services_in_dependency_order()
+                .into_iter()
+                .map(str::to_string)
+                .collect(),
+        )
     } else if args.volumes {
-        lines(project.volumes.keys().cloned().collect())
+        // The volumes some service uses, as docker compose v2 lists them (and prints them).
+        let used = ic_compose::output::used(project);
+        lines(
+            project
+                .volumes
+                .keys()
+                .filter(|v| used.volumes.contains(v.as_str()))
+                .cloned()
+                .collect(),
+        )
     } else if args.networks {
-        lines(project.networks.keys().cloned().collect())
+        let used = ic_compose::output::used(project);
+        lines(
+            project
+                .networks
+                .keys()
+                .filter(|n| used.networks.contains(n.as_str()))
+                .cloned()
+                .collect(),
+        )
     } else if args.list_profiles {
         lines(project.all_profiles.clone())
     } else if args.images {
         lines(
             project
-                .services
-                .iter()
-                .map(|(name, s)| {
-                    s.image
+                .services_in_dependency_order()
+                .into_iter()
+                .map(|name| {
+                    project.services[name]
+                        .image
                         .clone()
                         .unwrap_or_else(|| format!("{}-{name}", project.name))
                 })
@@ -122,12 +148,7 @@ pub fn render(project: &ic_compose::Project, args: &ConfigArgs) -> anyhow::Resul
     } else {
         match args.format {
             Format::Yaml => ic_compose::output::to_yaml_output(project, args.no_interpolate),
-            Format::Json => {
-                serde_json::to_string_pretty(&ic_compose::output::to_json_output(
-                    project,
-                    args.no_interpolate,
-                ))? + "\n"
-            }
+            Format::Json => ic_compose::output::to_json_string(project, args.no_interpolate),
         }
     })
 }
@@ -172,6 +193,44 @@ mod tests {
                 out.push(p);
             }
         }
+    }
+
+    /// `--services` and `--images` list dependencies first (as docker compose v2 does), ties by
+    /// name; `--volumes` and `--networks` only what a service uses (what `config` prints).
+    #[test]
+    fn listings_follow_dependencies_and_leave_out_unused_resources() {
+        let fs = ic_compose::MemFs::default().with(
+            "/p/compose.yaml",
+            "services:\n  web:\n    image: w\n    depends_on: [db]\n    volumes: [data:/d]\n  \
+             db:\n    image: d\n    networks: [back]\n  adm:\n    image: a\n    depends_on: [web]\n\
+             volumes:\n  data: {}\n  spare: {}\nnetworks:\n  back: {}\n  idle: {}\n",
+        );
+        let options = ic_compose::LoadOptions {
+            working_dir: PathBuf::from("/p"),
+            ..ic_compose::LoadOptions::default()
+        };
+        let project = ic_compose::load_with(&options, &fs).expect("loads");
+        let list = |a: ConfigArgs| render(&project, &a).expect("renders");
+        let services = list(ConfigArgs {
+            services: true,
+            ..args()
+        });
+        assert_eq!(services, "db\nweb\nadm\n");
+        let images = list(ConfigArgs {
+            images: true,
+            ..args()
+        });
+        assert_eq!(images, "d\nw\na\n");
+        let volumes = list(ConfigArgs {
+            volumes: true,
+            ..args()
+        });
+        assert_eq!(volumes, "data\n");
+        let networks = list(ConfigArgs {
+            networks: true,
+            ..args()
+        });
+        assert_eq!(networks, "back\ndefault\n");
     }
 
     /// `incus-compose -f FILE config` (YAML and JSON) from the file's own directory, for every

@@ -71,6 +71,7 @@ pub(super) fn pick_replica<'a>(
     let mut replicas: Vec<&Instance> = instances
         .iter()
         .filter(|i| i.config.get(LABEL_SERVICE).map(String::as_str) == Some(service))
+        .filter(|i| !ic_core::plan::is_oneoff(&i.config))
         .collect();
     if replicas.is_empty() {
         bail!(
@@ -112,7 +113,7 @@ pub(super) fn pick_replica<'a>(
 }
 
 /// `KEY=VAL`, or `KEY` alone to pass the local value (skipped when unset, like docker).
-fn parse_env(items: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+pub(super) fn parse_env(items: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
     let mut out = BTreeMap::new();
     for item in items {
         match item.split_once('=') {
@@ -298,8 +299,82 @@ fn resize_channel() -> anyhow::Result<mpsc::Receiver<(u32, u32)>> {
 }
 
 /// Map a command's exit code to ours (exit statuses are one byte).
-fn exit_code(code: i32) -> ExitCode {
+pub(super) fn exit_code(code: i32) -> ExitCode {
     ExitCode::from(u8::try_from(code & 0xff).unwrap_or(1))
+}
+
+/// A command to run in an instance (`exec`, and `run` in its one-off instance).
+pub(super) struct Session<'a> {
+    pub command: &'a [String],
+    pub environment: BTreeMap<String, String>,
+    pub workdir: Option<String>,
+    /// uid[:gid] or name[:group]
+    pub user: Option<String>,
+    /// Give it a terminal (the caller checked that stdin and stdout are terminals).
+    pub tty: bool,
+    /// Start it and return at once (exit code 0).
+    pub detach: bool,
+}
+
+/// Run `s.command` in `instance` (see the module docs); its exit code.
+pub(super) async fn exec_in(
+    client: &Client,
+    instance: &str,
+    s: Session<'_>,
+) -> anyhow::Result<i32> {
+    let Session {
+        command,
+        mut environment,
+        workdir,
+        user,
+        tty,
+        detach,
+    } = s;
+    let mut req = ExecRequest::new(command.iter().cloned());
+    if let Some(spec) = &user {
+        let (uid, gid, user_env) = resolve_user(client, instance, spec).await?;
+        req.user = Some(uid);
+        req.group = gid;
+        for (k, v) in user_env {
+            environment.entry(k).or_insert(v);
+        }
+    }
+    if let Some(dir) = workdir {
+        req.cwd = dir;
+    }
+    if detach {
+        req.environment = environment;
+        client
+            .exec_detached(instance, &req)
+            .await
+            .with_context(|| format!("cannot start {command:?} in {instance}"))?;
+        return Ok(0);
+    }
+    if tty {
+        let term = std::env::var("TERM").unwrap_or_else(|_| "xterm".to_string());
+        environment.entry("TERM".to_string()).or_insert(term);
+        req.interactive = true;
+        if let Some((w, h)) = window_size() {
+            req.width = Some(w);
+            req.height = Some(h);
+        }
+    }
+    req.environment = environment;
+    let mut io = ExecIo::output(tokio::io::stdout(), tokio::io::stderr());
+    io.stdin = Some(stdin_channel());
+    // Signals to incus-compose go to the command (so a SIGTERM ends the session normally
+    // and the terminal mode is restored); with a terminal, Ctrl-C is just a key.
+    io.signals = Some(signal_channel()?);
+    let _raw = if tty {
+        io.resize = Some(resize_channel()?);
+        Some(RawMode::enable()?)
+    } else {
+        None
+    };
+    client
+        .exec_stream(instance, &req, io)
+        .await
+        .with_context(|| format!("cannot run {command:?} in {instance}"))
 }
 
 pub fn run(global: &GlobalArgs, args: &ExecArgs) -> anyhow::Result<ExitCode> {
@@ -321,7 +396,7 @@ pub fn run(global: &GlobalArgs, args: &ExecArgs) -> anyhow::Result<ExitCode> {
         && !args.detach
         && std::io::stdin().is_terminal()
         && std::io::stdout().is_terminal();
-    let mut environment = parse_env(&args.env)?;
+    let environment = parse_env(&args.env)?;
     let workdir = args.workdir.clone().or_else(|| service.working_dir.clone());
     let user = args.user.clone().or_else(|| service.user.clone());
     let client = ctx.base.with_project(&ctx.incus_project);
@@ -329,6 +404,13 @@ pub fn run(global: &GlobalArgs, args: &ExecArgs) -> anyhow::Result<ExitCode> {
     let code = block_on(async {
         let instances = super::logs::project_instances(&client, &ctx.project.name, &[]).await?;
         let instance = pick_replica(&instances, &args.service, args.index, is_global)?;
+        if instance.status.eq_ignore_ascii_case("frozen") {
+            bail!(
+                "{} is paused; resume it with `incus-compose unpause {}`",
+                instance.name,
+                args.service
+            );
+        }
         if !instance.is_running() {
             bail!(
                 "{} is not running ({}); start it with `incus-compose start {}`",
@@ -337,51 +419,15 @@ pub fn run(global: &GlobalArgs, args: &ExecArgs) -> anyhow::Result<ExitCode> {
                 args.service
             );
         }
-        let mut req = ExecRequest::new(args.command.iter().cloned());
-        if let Some(spec) = &user {
-            let (uid, gid, user_env) = resolve_user(&client, &instance.name, spec).await?;
-            req.user = Some(uid);
-            req.group = gid;
-            for (k, v) in user_env {
-                environment.entry(k).or_insert(v);
-            }
-        }
-        if let Some(dir) = workdir {
-            req.cwd = dir;
-        }
-        if args.detach {
-            req.environment = environment;
-            client
-                .exec_detached(&instance.name, &req)
-                .await
-                .with_context(|| format!("cannot start {:?} in {}", args.command, instance.name))?;
-            return Ok(0);
-        }
-        if tty {
-            let term = std::env::var("TERM").unwrap_or_else(|_| "xterm".to_string());
-            environment.entry("TERM".to_string()).or_insert(term);
-            req.interactive = true;
-            if let Some((w, h)) = window_size() {
-                req.width = Some(w);
-                req.height = Some(h);
-            }
-        }
-        req.environment = environment;
-        let mut io = ExecIo::output(tokio::io::stdout(), tokio::io::stderr());
-        io.stdin = Some(stdin_channel());
-        // Signals to incus-compose go to the command (so a SIGTERM ends the session normally
-        // and the terminal mode is restored); with a terminal, Ctrl-C is just a key.
-        io.signals = Some(signal_channel()?);
-        let _raw = if tty {
-            io.resize = Some(resize_channel()?);
-            Some(RawMode::enable()?)
-        } else {
-            None
+        let session = Session {
+            command: &args.command,
+            environment,
+            workdir,
+            user,
+            tty,
+            detach: args.detach,
         };
-        client
-            .exec_stream(&instance.name, &req, io)
-            .await
-            .with_context(|| format!("cannot run {:?} in {}", args.command, instance.name))
+        exec_in(&client, &instance.name, session).await
     })??;
     Ok(exit_code(code))
 }

@@ -49,7 +49,7 @@ pub struct LogsArgs {
 }
 
 /// Global options that take a value (their value is not the subcommand).
-const GLOBAL_VALUE_OPTIONS: [&str; 9] = [
+pub(super) const GLOBAL_VALUE_OPTIONS: [&str; 9] = [
     "-f",
     "--file",
     "-p",
@@ -61,9 +61,9 @@ const GLOBAL_VALUE_OPTIONS: [&str; 9] = [
     "--incus-project",
 ];
 
-/// `-f` is the global `--file`; after `logs` it means `--follow`, as with docker compose
-/// (`incus-compose -f x.yaml logs -f`). Rewrite `-f` (also inside `-tf`) after the `logs`
-/// subcommand, up to `--`, before clap sees the arguments.
+/// `-f` is the global `--file`; after `logs` it means `--follow`, and after `rm` `--force`,
+/// as with docker compose (`incus-compose -f x.yaml logs -f`). Rewrite `-f` (also inside
+/// `-tf`) after those subcommands, up to `--`, before clap sees the arguments.
 pub fn rewrite_follow<I>(args: I) -> Vec<std::ffi::OsString>
 where
     I: IntoIterator<Item = std::ffi::OsString>,
@@ -74,6 +74,7 @@ where
         out.push(program);
     }
     let mut in_logs = false;
+    let mut long = "--follow";
     let mut found_subcommand = false;
     let mut skip_value = false;
     for arg in args {
@@ -88,7 +89,10 @@ where
                 skip_value = true;
             } else if !text.starts_with('-') {
                 found_subcommand = true;
-                in_logs = text == "logs";
+                in_logs = text == "logs" || text == "rm";
+                if text == "rm" {
+                    long = "--force";
+                }
             }
             out.push(arg);
             continue;
@@ -101,7 +105,7 @@ where
             && !text.starts_with("--")
             && text[1..].chars().all(|c| c.is_ascii_alphabetic());
         if in_logs && short_cluster && text.contains('f') {
-            out.push("--follow".into());
+            out.push(long.into());
             let rest: String = text[1..].chars().filter(|&c| c != 'f').collect();
             if !rest.is_empty() {
                 out.push(format!("-{rest}").into());
@@ -429,6 +433,10 @@ mod tests {
             ["ic", "logs", "--follow", "-t", "-n", "5"]
         );
         assert_eq!(rewrite(&["ic", "up", "-f"]), ["ic", "up", "-f"]);
+        assert_eq!(
+            rewrite(&["ic", "-f", "c.yaml", "rm", "-sf"]),
+            ["ic", "-f", "c.yaml", "rm", "--force", "-s"]
+        );
         assert_eq!(
             rewrite(&["ic", "logs", "--", "-f"]),
             ["ic", "logs", "--", "-f"]

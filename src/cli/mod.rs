@@ -6,21 +6,33 @@ use std::process::ExitCode;
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
 mod config;
+mod cp;
+mod create;
 mod down;
+mod events;
 mod exec;
 mod history;
 mod images;
+mod kill;
 mod logs;
 mod ls;
 mod node;
+mod pause;
+mod port;
 mod power;
 mod project;
 mod ps;
 mod pull;
+mod rm;
 mod rollback;
+mod run;
 mod scale;
+mod select;
+mod stats;
 mod top;
 mod up;
+mod version;
+mod wait;
 mod watch;
 
 /// Run compose files on Incus, on one server or across a cluster.
@@ -106,6 +118,30 @@ pub enum Command {
     Watch(watch::WatchArgs),
     /// Show the processes running in each instance
     Top(top::TopArgs),
+    /// Copy files and directories between a replica and the local filesystem
+    Cp(cp::CpArgs),
+    /// Create the instances without starting them (`up --no-start`)
+    Create(create::CreateArgs),
+    /// Send a signal to the main process of the replicas (default SIGKILL: forced stop)
+    Kill(kill::KillArgs),
+    /// Pause (freeze) the running replicas
+    Pause(pause::PauseArgs),
+    /// Unpause (unfreeze) the paused replicas
+    Unpause(pause::PauseArgs),
+    /// Remove stopped replicas and one-off instances
+    Rm(rm::RmArgs),
+    /// Run a one-off command in a new instance of a service
+    Run(run::RunArgs),
+    /// Print the address a replica's port is published on
+    Port(port::PortArgs),
+    /// Block until the replicas of services stop; print and return their exit status
+    Wait(wait::WaitArgs),
+    /// CPU, memory, network and processes of each replica
+    Stats(stats::StatsArgs),
+    /// The project's instance lifecycle events, live
+    Events(events::EventsArgs),
+    /// Show the incus-compose version and the Incus server's
+    Version(version::VersionArgs),
     /// Generate shell completions
     Completion {
         /// The shell to generate completions for
@@ -128,7 +164,9 @@ fn init_log() {
 
 pub fn main() -> ExitCode {
     // `logs -f` means --follow (docker compose), not the global --file.
-    let cli = Cli::parse_from(logs::rewrite_follow(std::env::args_os()));
+    let cli = Cli::parse_from(run::rewrite_publish(logs::rewrite_follow(
+        std::env::args_os(),
+    )));
     init_log();
     let result = match cli.command {
         Command::Config(args) => config::run(&cli.global, &args),
@@ -149,6 +187,18 @@ pub fn main() -> ExitCode {
         Command::Node(args) => node::run(&cli.global, &args),
         Command::Top(args) => top::run(&cli.global, &args),
         Command::Watch(args) => watch::run(&cli.global, &args),
+        Command::Cp(args) => cp::run(&cli.global, &args),
+        Command::Create(args) => create::run(&cli.global, &args),
+        Command::Kill(args) => kill::run(&cli.global, &args),
+        Command::Pause(args) => pause::pause(&cli.global, &args),
+        Command::Unpause(args) => pause::unpause(&cli.global, &args),
+        Command::Rm(args) => rm::run(&cli.global, &args),
+        Command::Run(args) => run::run(&cli.global, &args),
+        Command::Port(args) => port::run(&cli.global, &args),
+        Command::Wait(args) => wait::run(&cli.global, &args),
+        Command::Stats(args) => stats::run(&cli.global, &args),
+        Command::Events(args) => events::run(&cli.global, &args),
+        Command::Version(args) => version::run(&cli.global, &args),
         Command::Completion { shell } => {
             let mut cmd = Cli::command();
             clap_complete::generate(shell, &mut cmd, "incus-compose", &mut std::io::stdout());
@@ -161,5 +211,35 @@ pub fn main() -> ExitCode {
             eprintln!("error: {err:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn completions_and_help_cover_every_docker_compose_everyday_command() {
+        let mut out = Vec::new();
+        clap_complete::generate(
+            clap_complete::Shell::Bash,
+            &mut Cli::command(),
+            "incus-compose",
+            &mut out,
+        );
+        let script = String::from_utf8(out).unwrap();
+        let help = Cli::command().render_help().to_string();
+        for cmd in [
+            "run", "cp", "kill", "pause", "unpause", "rm", "create", "port", "events", "stats",
+            "wait", "version",
+        ] {
+            assert!(
+                script.contains(&format!("incus__compose,{cmd})")),
+                "{cmd} completes"
+            );
+            assert!(help.contains(&format!("\n  {cmd} ")), "{cmd} in --help");
+        }
+        // `run`'s own flags complete too.
+        assert!(script.contains("--service-ports"));
     }
 }

@@ -72,6 +72,15 @@ fn by_name_only(global: &GlobalArgs) -> anyhow::Result<Option<String>> {
     Ok(Some(normal))
 }
 
+/// What [`Context::try_lock`] found.
+enum Locked {
+    Held(LockGuard),
+    /// The Incus project does not exist.
+    Missing,
+    /// It exists but incus-compose did not create it for this compose project.
+    NotOurs,
+}
+
 /// The loaded project (or the one found by name), its Incus project name and a client.
 pub struct Context {
     /// The compose project. Run by name ([`Context::by_name`]): its name and its deployed
@@ -176,9 +185,16 @@ impl Context {
     /// released when the guard is released or dropped (at the latest when [`block_on`]
     /// returns), on Ctrl-C, or at its expiry if the process dies.
     pub async fn lock(&self) -> anyhow::Result<Option<LockGuard>> {
+        match self.try_lock().await? {
+            Locked::Held(g) => Ok(Some(g)),
+            Locked::Missing | Locked::NotOurs => Ok(None),
+        }
+    }
+
+    async fn try_lock(&self) -> anyhow::Result<Locked> {
         let project = match self.base.get_project(&self.incus_project).await {
             Ok(p) => p,
-            Err(e) if e.is_not_found() => return Ok(None),
+            Err(e) if e.is_not_found() => return Ok(Locked::Missing),
             Err(e) => {
                 return Err(e)
                     .with_context(|| format!("cannot read Incus project {}", self.incus_project));
@@ -189,20 +205,43 @@ impl Context {
                 "note: Incus project {} was not created by incus-compose for compose project {}: no project lock is taken, so concurrent runs are not serialised",
                 self.incus_project, self.project.name
             );
-            return Ok(None);
+            return Ok(Locked::NotOurs);
         }
         let opts = LockOptions::from_env(!self.no_wait_lock)?;
-        let guard = engine::lock::acquire(&self.base, &self.incus_project, &opts).await?;
+        let Some(guard) = engine::lock::acquire(&self.base, &self.incus_project, &opts).await?
+        else {
+            return Ok(Locked::Missing);
+        };
         *self.lease.lock().unwrap_or_else(|e| e.into_inner()) = Some(guard.lease());
-        Ok(Some(guard))
+        Ok(Locked::Held(guard))
     }
 
     /// [`Context::lock`] for `up`: the Incus project is created first when missing (with the
-    /// config the plan's `CreateProject` gives it), so that a first `up` is serialised too;
-    /// once locked, the compose files are recorded in the project (for `ls`).
+    /// config the plan's `CreateProject` gives it), so that a first `up` is serialised too; if
+    /// this run created it and then changes nothing (bad input found by the plan), the release
+    /// removes it again. Once locked, the compose files are recorded in the project (for `ls`).
     pub async fn lock_for_up(&self) -> anyhow::Result<Option<LockGuard>> {
-        self.ensure_incus_project().await?;
-        let guard = self.lock().await?;
+        // A project removed while this run waited for its lock (a `down`, or a first `up` that
+        // failed) is created again.
+        let mut attempts = 0;
+        let guard = loop {
+            attempts += 1;
+            let created = self.ensure_incus_project().await?;
+            match self.try_lock().await? {
+                Locked::Held(g) => {
+                    if created {
+                        g.created_project();
+                    }
+                    break Some(g);
+                }
+                Locked::NotOurs => break None,
+                Locked::Missing if attempts < 5 => continue,
+                Locked::Missing => anyhow::bail!(
+                    "Incus project {} keeps disappearing while this run waits for its lock",
+                    self.incus_project
+                ),
+            }
+        };
         if guard.is_some() && !self.project.files.is_empty() {
             let files = self.project.files.join("\n");
             let recorded =
@@ -225,10 +264,10 @@ impl Context {
     }
 
     /// Creates the Incus project when it does not exist (another run creating it at the same
-    /// time is fine when the result is ours).
-    async fn ensure_incus_project(&self) -> anyhow::Result<()> {
+    /// time is fine when the result is ours); whether this run created it.
+    async fn ensure_incus_project(&self) -> anyhow::Result<bool> {
         match self.base.get_project(&self.incus_project).await {
-            Ok(_) => return Ok(()),
+            Ok(_) => return Ok(false),
             Err(e) if e.is_not_found() => {}
             Err(e) => {
                 return Err(e)
@@ -243,10 +282,10 @@ impl Context {
         match self.base.create_project(&req).await {
             Ok(()) => {
                 println!("[+] Incus project {} created", self.incus_project);
-                Ok(())
+                Ok(true)
             }
             Err(e) => match self.base.get_project(&self.incus_project).await {
-                Ok(p) if p.config.get(LABEL_PROJECT) == Some(&self.project.name) => Ok(()),
+                Ok(p) if p.config.get(LABEL_PROJECT) == Some(&self.project.name) => Ok(false),
                 _ => {
                     Err(e).with_context(|| format!("creating Incus project {}", self.incus_project))
                 }

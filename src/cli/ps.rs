@@ -20,7 +20,7 @@ pub enum Format {
 
 #[derive(Debug, Args)]
 pub struct PsArgs {
-    /// Also show stopped instances
+    /// Also show stopped instances, and the one-off instances of `run`
     #[arg(short, long)]
     pub all: bool,
     /// Output format
@@ -77,7 +77,11 @@ pub fn run(global: &GlobalArgs, args: &PsArgs) -> anyhow::Result<ExitCode> {
                 if !args.services.is_empty() && !args.services.contains(&service) {
                     continue;
                 }
-                if !args.all && !i.is_running() {
+                // Paused (frozen) replicas are listed as running ones are; one-off instances of
+                // `run` only with -a.
+                let paused = i.status.eq_ignore_ascii_case("frozen");
+                let oneoff = ic_core::plan::is_oneoff(&i.config);
+                if !args.all && ((!i.is_running() && !paused) || oneoff) {
                     continue;
                 }
                 let ports = i
@@ -97,7 +101,7 @@ pub fn run(global: &GlobalArgs, args: &PsArgs) -> anyhow::Result<ExitCode> {
                     name: i.name,
                     service,
                     member: i.location,
-                    state: i.status,
+                    state: if paused { "paused".into() } else { i.status },
                     health: None,
                     health_output: None,
                     last_used_at: i.last_used_at,

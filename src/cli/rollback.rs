@@ -129,6 +129,7 @@ pub fn run(global: &GlobalArgs, args: &RollbackArgs) -> anyhow::Result<ExitCode>
             &ctx.incus_project,
             &compose,
             engine::revisions::services_of(&d),
+            ic_core::revision::networks_of(&d),
             &format!("rollback to {}", target.number),
             engine::revisions::keep(if ctx.by_name {
                 None
@@ -139,6 +140,9 @@ pub fn run(global: &GlobalArgs, args: &RollbackArgs) -> anyhow::Result<ExitCode>
         .await?;
         t.revision = recorder.as_ref().map(|r| r.revision.number);
         let outcome = engine::execute_gated(&t, &plan, args.parallel, None).await;
+        if !outcome.rollouts.is_empty() {
+            engine::refresh_records(&t, &d, &ctx.incus_project).await;
+        }
         if let Some(r) = recorder {
             let number = r.revision.number;
             let result = engine::revisions::outcome_of(&outcome);

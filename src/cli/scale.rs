@@ -66,8 +66,9 @@ fn action_service(a: &Action) -> Option<&str> {
 }
 
 /// Keep what scaling `scaled` may do: instance actions on the scaled services (and, unless
-/// `no_deps`, on their dependencies), and the projects, networks and volumes they need.
-/// Never removals of anything but replicas of scaled services.
+/// `no_deps`, on their dependencies), the projects, networks and volumes they need, and the
+/// DNS records of spanning networks (which list every replica). Never removals of anything but
+/// replicas of scaled services.
 fn restrict(mut plan: Plan, scaled: &BTreeSet<String>, no_deps: bool) -> Plan {
     for stage in &mut plan.stages {
         stage.actions.retain(|a| match (a, action_service(a)) {
@@ -75,7 +76,6 @@ fn restrict(mut plan: Plan, scaled: &BTreeSet<String>, no_deps: bool) -> Plan {
             (_, Some(service)) => !no_deps || scaled.contains(service),
             (
                 Action::RemoveNetwork { .. }
-                | Action::UpdateNetwork { .. }
                 | Action::RemoveVolume { .. }
                 | Action::RemoveProject { .. },
                 None,

@@ -210,6 +210,7 @@ pub fn run(global: &GlobalArgs, args: &UpArgs) -> anyhow::Result<ExitCode> {
             &ctx.incus_project,
             &ctx.project.name,
             engine::revisions::services_of(&desired),
+            ic_core::revision::networks_of(&desired),
             "up",
             engine::revisions::keep(Some(&ctx.project)),
         )
@@ -217,6 +218,9 @@ pub fn run(global: &GlobalArgs, args: &UpArgs) -> anyhow::Result<ExitCode> {
         let mut target = ctx.target(&obs);
         target.revision = recorder.as_ref().map(|r| r.revision.number);
         let outcome = engine::execute_gated(&target, &plan, args.parallel, Some(&gate)).await;
+        if !outcome.rollouts.is_empty() {
+            engine::refresh_records(&target, &desired, &ctx.incus_project).await;
+        }
         if let Some(r) = recorder {
             let number = r.revision.number;
             let result = engine::revisions::outcome_of(&outcome);

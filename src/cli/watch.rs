@@ -43,7 +43,7 @@ pub fn run(global: &GlobalArgs, args: &WatchArgs) -> anyhow::Result<ExitCode> {
         let p = (ctx.project.name.clone(), ctx.incus_project.clone());
         (ctx.base, Some(p))
     };
-    engine::progress::quiet_to_stderr();
+    engine::progress::lines_to_stderr();
     let o = engine::watch::WatchOptions {
         project,
         once: args.once,

@@ -11,7 +11,7 @@ use anyhow::{Context, anyhow};
 use ic_core::plan::mapping::anonymous_volume_name;
 use ic_core::plan::{
     Action, AnonymousVolume, COMMAND_PATH, CREATING_NETWORK_PREFIX, ImageSource, InstancePlan,
-    LABEL_PROJECT, LABEL_SERVICE, LABEL_SLOT, LABEL_VERSION, Plan, PushFile,
+    LABEL_PROJECT, LABEL_SERVICE, LABEL_SLOT, LABEL_VERSION, Plan, PushFile, span,
 };
 use ic_incus::{
     Client, FileOptions, InstanceSource, InstancesPost, NetworkPut, NetworksPost, ProjectsPost,
@@ -217,6 +217,65 @@ fn target_of<'a>(t: &Target, member: &'a str) -> Option<&'a str> {
     t.clustered.then_some(member)
 }
 
+/// The project's network ACL of spanning bridges (no rules: the bridges' default actions
+/// isolate them, see `ic_core::plan::span`), created when missing. An ACL of that name that is
+/// not ours stops the creation.
+async fn ensure_acl(
+    t: &Target,
+    acl: &str,
+    network_config: &BTreeMap<String, String>,
+) -> anyhow::Result<()> {
+    let project = network_config
+        .get(LABEL_PROJECT)
+        .cloned()
+        .unwrap_or_default();
+    let ours = |a: &ic_incus::NetworkAcl| a.config.get(LABEL_PROJECT) == Some(&project);
+    match t.networks.network_acl(acl).await {
+        Ok(a) if ours(&a) => return Ok(()),
+        Ok(_) => {
+            return Err(anyhow!(
+                "network ACL {acl:?} exists and was not made by incus-compose for compose project {project:?}; incus-compose never touches it: remove or rename it"
+            ));
+        }
+        Err(e) if e.is_not_found() => {}
+        Err(e) => return Err(e).with_context(|| format!("reading network ACL {acl}")),
+    }
+    let req = ic_incus::NetworkAcl {
+        name: acl.to_string(),
+        description: "incus-compose: isolates the project's networks".into(),
+        config: BTreeMap::from([(LABEL_PROJECT.to_string(), project.clone())]),
+        used_by: Vec::new(),
+    };
+    match t.networks.create_network_acl(&req).await {
+        Ok(()) => Ok(()),
+        // Another network of the project created it at the same time.
+        Err(_) if t.networks.network_acl(acl).await.is_ok_and(|a| ours(&a)) => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("creating network ACL {acl}")),
+    }
+}
+
+/// Removes an ACL of ours once nothing uses it (networks removed at the same time may still
+/// be listed for a moment: wait for them, a few seconds at most).
+async fn remove_acl_if_unused(t: &Target, acl: &str) -> anyhow::Result<()> {
+    for _ in 0..10 {
+        let Ok(a) = t.networks.network_acl(acl).await else {
+            return Ok(());
+        };
+        if !a.config.contains_key(LABEL_PROJECT) {
+            return Ok(());
+        }
+        if a.used_by.is_empty() {
+            return match t.networks.delete_network_acl(acl).await {
+                Ok(()) => Ok(()),
+                Err(e) if e.is_not_found() => Ok(()),
+                Err(e) => Err(e).with_context(|| format!("removing network ACL {acl}")),
+            };
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    Ok(())
+}
+
 async fn run(t: &Target, action: &Action) -> anyhow::Result<String> {
     match action {
         Action::CreateProject { name, config } => {
@@ -229,14 +288,23 @@ async fn run(t: &Target, action: &Action) -> anyhow::Result<String> {
                 .await?;
             Ok(format!("[+] Incus project {name} created"))
         }
-        Action::CreateNetwork { name, config } => {
+        Action::CreateNetwork {
+            name,
+            kind,
+            config,
+            member_config,
+        } => {
+            if let Some(acl) = config.get("security.acls") {
+                ensure_acl(t, acl, config).await?;
+            }
             let req = NetworksPost {
                 name: name.clone(),
-                kind: "bridge".into(),
+                kind: kind.clone(),
                 description: "incus-compose network".into(),
                 config: config.clone(),
             };
-            let members = if t.clustered {
+            // OVN networks have no member-specific config: one global creation.
+            let members = if t.clustered && kind != "ovn" {
                 t.members.clone()
             } else {
                 Vec::new()
@@ -254,7 +322,7 @@ async fn run(t: &Target, action: &Action) -> anyhow::Result<String> {
             loop {
                 match t
                     .networks
-                    .create_network_everywhere(&req, &members, &BTreeMap::new())
+                    .create_network_everywhere(&req, &members, member_config)
                     .await
                 {
                     Ok(()) => break,
@@ -262,15 +330,26 @@ async fn run(t: &Target, action: &Action) -> anyhow::Result<String> {
                         attempt += 1;
                         tokio::time::sleep(Duration::from_millis(500 * attempt)).await;
                     }
-                    Err(e) => return Err(e).with_context(|| format!("creating network {name}")),
+                    Err(e) => {
+                        // An ACL made for this network alone would be left behind: the failed
+                        // network may not carry our labels, so `down` would not find it.
+                        if let Some(acl) = config.get("security.acls") {
+                            let _ = remove_acl_if_unused(t, acl).await;
+                        }
+                        return Err(e).with_context(|| format!("creating network {name}"));
+                    }
                 }
             }
             if t.clustered {
                 mark_creating_network(t, name, false).await?;
             }
             Ok(format!(
-                "[+] network {name} created ({})",
-                config.get("ipv4.address").map(String::as_str).unwrap_or("")
+                "[+] network {name} created ({}{})",
+                config.get("ipv4.address").map(String::as_str).unwrap_or(""),
+                match config.get(span::LABEL_VNI) {
+                    Some(vni) => format!(", spanning the members, VXLAN VNI {vni}"),
+                    None => String::new(),
+                }
             ))
         }
         Action::CreateVolume {
@@ -362,7 +441,30 @@ async fn run(t: &Target, action: &Action) -> anyhow::Result<String> {
                 set.keys().cloned().collect::<Vec<_>>().join(", ")
             ))
         }
+        Action::UpdateNetworkMember { name, member, set } => {
+            let current = t.networks.network(name, Some(member)).await?;
+            let mut config = current.config.clone();
+            config.extend(set.clone());
+            let put = NetworkPut {
+                description: String::new(),
+                config,
+            };
+            t.networks
+                .update_network(name, &put, Some(member))
+                .await
+                .with_context(|| format!("updating network {name} on {member}"))?;
+            Ok(format!(
+                "[~] network {name} updated on {member} ({})",
+                set.keys().cloned().collect::<Vec<_>>().join(", ")
+            ))
+        }
         Action::RemoveNetwork { name } => {
+            let acl = t
+                .networks
+                .network(name, None)
+                .await
+                .ok()
+                .and_then(|n| n.config.get("security.acls").cloned());
             // Right after its last instance went away, Incus 6.0 can fail a bridge removal
             // while it still cleans up that instance's veth ("Failed to delete bridge children
             // interfaces ... does not exist"): try again.
@@ -377,6 +479,9 @@ async fn run(t: &Target, action: &Action) -> anyhow::Result<String> {
                     }
                     Err(e) => return Err(e).with_context(|| format!("removing network {name}")),
                 }
+            }
+            if let Some(acl) = acl {
+                remove_acl_if_unused(t, &acl).await?;
             }
             Ok(format!("[-] network {name} removed"))
         }
@@ -738,11 +843,10 @@ pub(super) async fn stop(t: &Target, name: &str, timeout: i64) -> anyhow::Result
 }
 
 /// Kills the instance and waits until Incus reports it stopped.
-async fn force_stop(t: &Target, name: &str) -> anyhow::Result<()> {
+pub(super) async fn force_stop(t: &Target, name: &str) -> anyhow::Result<()> {
     match t.project.stop_instance(name, -1, true).await {
-        Ok(()) => Ok(()),
         Err(e) if e.is_not_found() => Ok(()),
-        Err(_) => match t
+        _ => match t
             .project
             .wait_instance_status(name, "Stopped", STOP_SETTLE)
             .await

@@ -236,6 +236,7 @@ impl Gate {
             .filter(|i| {
                 i.config.get(LABEL_PROJECT).map(String::as_str) == Some(self.compose.as_str())
                     && i.config.get(LABEL_SERVICE).map(String::as_str) == Some(service)
+                    && !ic_core::plan::is_oneoff(&i.config)
             })
             .collect())
     }
@@ -280,18 +281,18 @@ impl Gate {
         let waits = wanted
             .iter()
             .map(|((dep, _), (cond, required, by))| async move {
-                println!(
+                super::progress::say(&format!(
                     "[~] waiting for {dep} {} (needed by {})",
                     condition_text(cond).0,
                     by.join(", ")
-                );
+                ));
                 let r = self.wait_condition(dep, cond).await;
                 (dep, cond, *required, by, r)
             });
         let mut failed = Vec::new();
         for (dep, cond, required, by, r) in join_all(waits).await {
             match r {
-                Ok(()) => println!("[+] {dep} {}", condition_text(cond).1),
+                Ok(()) => super::progress::say(&format!("[+] {dep} {}", condition_text(cond).1)),
                 Err(e) if !required => eprintln!(
                     "warning: optional dependency {dep} of {} (required: false) {}: {e}; starting anyway",
                     by.join(", "),

@@ -137,6 +137,13 @@ fn utc(secs: u64) -> String {
     }
 }
 
+/// Serialises this process's writes of Incus project config (read, change, write). Incus
+/// compares the `If-Match` ETag outside its write transaction, so two writes that read the same
+/// ETag can both pass and the second silently undoes the first (seen here: two networks
+/// created at once each recording themselves, one record lost). Other processes are kept out
+/// by the project lock itself.
+static CONFIG_WRITES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Read-modify-write of Incus project `name`'s config guarded by its ETag, retried when
 /// someone changed it meanwhile. `edit` changes the config and says whether anything changed
 /// (nothing is written when not). Returns whether a write happened.
@@ -145,6 +152,7 @@ pub async fn edit_project_config(
     name: &str,
     mut edit: impl FnMut(&mut BTreeMap<String, String>) -> bool,
 ) -> ic_incus::Result<bool> {
+    let _one_at_a_time = CONFIG_WRITES.lock().await;
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -215,6 +223,10 @@ struct Shared {
     margin: u64,
     lost: Mutex<Option<String>>,
     record: Mutex<LockRecord>,
+    /// This run created the Incus project just before locking it ([`LockGuard::created_project`]).
+    created_project: AtomicBool,
+    /// The executor passed the fence at least once: this run acted.
+    acted: AtomicBool,
 }
 
 impl Shared {
@@ -262,6 +274,7 @@ impl Lease {
     /// `Ok` while the lock is held; else an error saying why this run stops acting.
     pub fn fence(&self) -> anyhow::Result<()> {
         if self.is_held() {
+            self.shared.acted.store(true, Ordering::SeqCst);
             return Ok(());
         }
         let why = self
@@ -306,6 +319,16 @@ impl LockGuard {
     pub fn lease(&self) -> Lease {
         self.lease.clone()
     }
+
+    /// Says that this run created the Incus project just before taking the lock: if it ends
+    /// without acting (nothing passed [`Lease::fence`], e.g. the plan failed on bad input), the
+    /// release removes the project again (when it is still empty), so nothing was changed.
+    pub fn created_project(&self) {
+        self.lease
+            .shared
+            .created_project
+            .store(true, Ordering::SeqCst);
+    }
 }
 
 impl Drop for LockGuard {
@@ -327,6 +350,7 @@ impl Drop for LockGuard {
 async fn release(base: &Client, shared: &Shared) {
     shared.held.store(false, Ordering::SeqCst);
     let mine = shared.record();
+    let _one_at_a_time = CONFIG_WRITES.lock().await;
     for _ in 0..20 {
         let (project, etag, current) = match read_lock(base, &shared.project, shared.key).await {
             Ok(r) => r,
@@ -342,6 +366,13 @@ async fn release(base: &Client, shared: &Shared) {
         };
         if !lease::confirms(current.as_ref(), &mine) {
             return;
+        }
+        if shared.created_project.load(Ordering::SeqCst) && !shared.acted.load(Ordering::SeqCst) {
+            // Made by this run, which then changed nothing: remove it (Incus refuses if it
+            // is not empty; then the lock key is removed below).
+            if base.delete_project(&shared.project).await.is_ok() {
+                return;
+            }
         }
         match write_lock(base, &project, etag, None, shared.key).await {
             Ok(true) => return,
@@ -360,18 +391,26 @@ async fn release(base: &Client, shared: &Shared) {
 
 /// Takes the lock of Incus project `incus_project` (which must exist and be one incus-compose
 /// created: the caller checks), waiting for a live holder unless `opts.wait` is false.
+/// `None` when the project does not exist (any more: a `down`, or a failed first `up`, removed
+/// it while this run waited).
 pub async fn acquire(
     base: &Client,
     incus_project: &str,
     opts: &LockOptions,
-) -> anyhow::Result<LockGuard> {
+) -> anyhow::Result<Option<LockGuard>> {
     let me = holder_id();
     let ttl = opts.ttl_secs();
     let mut said_waiting: Option<String> = None;
     let record = loop {
-        let (project, etag, current) = read_lock(base, incus_project, opts.key)
-            .await
-            .with_context(|| format!("cannot read the lock of Incus project {incus_project}"))?;
+        let current = match read_lock(base, incus_project, opts.key).await {
+            Ok((_, _, current)) => current,
+            Err(e) if e.is_not_found() => return Ok(None),
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!("cannot read the lock of Incus project {incus_project}")
+                });
+            }
+        };
         let now = now_secs();
         match lease::decide(current.as_ref(), &me, now, ttl) {
             Decision::Wait(held) => {
@@ -394,11 +433,27 @@ pub async fn acquire(
                 tokio::time::sleep(POLL).await;
             }
             Decision::Take(want) => {
+                // Read again under the in-process write lock (see CONFIG_WRITES).
+                let guard = CONFIG_WRITES.lock().await;
+                let (project, etag, now_current) =
+                    match read_lock(base, incus_project, opts.key).await {
+                        Ok(r) => r,
+                        Err(e) if e.is_not_found() => return Ok(None),
+                        Err(e) => {
+                            return Err(e).with_context(|| {
+                                format!("cannot read the lock of Incus project {incus_project}")
+                            });
+                        }
+                    };
+                if now_current != current {
+                    continue;
+                }
                 let written = write_lock(base, &project, etag, Some(&want), opts.key)
                     .await
                     .with_context(|| {
                         format!("cannot write the lock of Incus project {incus_project}")
                     })?;
+                drop(guard);
                 if !written {
                     continue;
                 }
@@ -425,14 +480,16 @@ pub async fn acquire(
         margin: opts.margin_secs(),
         lost: Mutex::new(None),
         record: Mutex::new(record),
+        created_project: AtomicBool::new(false),
+        acted: AtomicBool::new(false),
     });
     let renewer = tokio::spawn(renew(base.clone(), shared.clone(), ttl));
     let signals = tokio::spawn(release_on_signal(base.clone(), shared.clone()));
-    Ok(LockGuard {
+    Ok(Some(LockGuard {
         lease: Lease { shared },
         base: base.clone(),
         tasks: vec![renewer, signals],
-    })
+    }))
 }
 
 /// Whether the project's lock key shows `want` (holder and epoch).
@@ -442,17 +499,22 @@ async fn confirmed(
     want: &LockRecord,
     key: &str,
 ) -> anyhow::Result<bool> {
-    let (_, _, back) = read_lock(base, incus_project, key)
-        .await
-        .with_context(|| format!("cannot read back the lock of Incus project {incus_project}"))?;
-    Ok(lease::confirms(back.as_ref(), want))
+    match read_lock(base, incus_project, key).await {
+        Ok((_, _, back)) => Ok(lease::confirms(back.as_ref(), want)),
+        Err(e) if e.is_not_found() => Ok(false),
+        Err(e) => Err(e)
+            .with_context(|| format!("cannot read back the lock of Incus project {incus_project}")),
+    }
 }
 
-/// Renews the lease every `ttl / 3` until aborted or lost.
+/// Renews the lease every `ttl / 3` (every second after a failed attempt) until aborted or
+/// lost.
 async fn renew(base: Client, shared: Arc<Shared>, ttl: u64) {
     let every = Duration::from_millis(ttl * 1000 / 3);
+    let mut wait = every;
     loop {
-        tokio::time::sleep(every).await;
+        tokio::time::sleep(wait).await;
+        wait = every;
         if !shared.held.load(Ordering::SeqCst) {
             return;
         }
@@ -464,6 +526,7 @@ async fn renew(base: Client, shared: Arc<Shared>, ttl: u64) {
             Ok(None) => return,
             Err(e) => {
                 tracing::info!("renewing the lock of {}: {e}", shared.project);
+                wait = every.min(Duration::from_secs(1));
                 let expires = shared.confirmed_expires.load(Ordering::SeqCst);
                 if lease::must_stop(expires, now_secs(), shared.margin) {
                     shared.lose(format!("it could not be renewed: {e}"));
@@ -481,6 +544,7 @@ async fn renew_once(
     ttl: u64,
 ) -> ic_incus::Result<Option<LockRecord>> {
     let mine = shared.record();
+    let _one_at_a_time = CONFIG_WRITES.lock().await;
     for _ in 0..20 {
         let (project, etag, current) = match read_lock(base, &shared.project, shared.key).await {
             Ok(r) => r,
@@ -501,7 +565,7 @@ async fn renew_once(
             continue;
         }
         let (_, _, back) = read_lock(base, &shared.project, shared.key).await?;
-        if lease::confirms(back.as_ref(), &mine) {
+        if back.as_ref() == Some(&next) {
             return Ok(Some(next));
         }
     }

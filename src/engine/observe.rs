@@ -129,6 +129,7 @@ pub async fn observe(
         Err(e) => return Err(e).context(format!("cannot read Incus project {incus_project:?}")),
     };
     let pc = base.with_project(incus_project);
+    let mut cluster_members = Vec::new();
     let members = if clustered {
         let all = base
             .instances_all_projects()
@@ -138,8 +139,8 @@ pub async fn observe(
         for i in &all {
             *count.entry(i.location.as_str()).or_default() += 1;
         }
-        current_members(base, &info.environment.server_name, need_images)
-            .await?
+        cluster_members = current_members(base, &info.environment.server_name, need_images).await?;
+        cluster_members
             .iter()
             .map(|m| member_of(m, count.get(m.server_name.as_str()).copied().unwrap_or(0)))
             .collect()
@@ -158,11 +159,24 @@ pub async fn observe(
     } else {
         "default".to_string()
     };
-    let networks = base
+    let incus_networks = base
         .with_project(&network_project)
         .networks()
         .await
-        .context("cannot list networks")?
+        .context("cannot list networks")?;
+    let network_facts = super::spanning::network_facts(
+        base,
+        &info,
+        &cluster_members,
+        &incus_networks,
+        need_images,
+        project
+            .as_ref()
+            .and_then(|p| p.config.get(LABEL_PROJECT))
+            .map_or(incus_project, String::as_str),
+    )
+    .await;
+    let networks = incus_networks
         .into_iter()
         .map(|n| ObservedNetwork {
             name: n.name,
@@ -235,6 +249,7 @@ pub async fn observe(
             .iter()
             .map(|p| (p.name.clone(), p.driver.clone()))
             .collect(),
+        network: network_facts,
         ..Default::default()
     };
     let mut remotes = BTreeMap::new();

@@ -6,15 +6,25 @@ use std::io::IsTerminal;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-/// Result lines go to stderr (`watch`: its own log is stdout).
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+
+/// Result lines go to stderr instead of stdout (set once by `run`, whose stdout is the
+/// command's).
 static TO_STDERR: AtomicBool = AtomicBool::new(false);
 
-/// Sends the executor's result lines to stderr, without spinners, from now on.
-pub fn quiet_to_stderr() {
-    TO_STDERR.store(true, Ordering::SeqCst);
+/// From now on, result lines go to stderr.
+pub fn lines_to_stderr() {
+    TO_STDERR.store(true, Ordering::Relaxed);
 }
 
-use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+/// A line about progress: stdout, or stderr after [`lines_to_stderr`].
+pub fn say(line: &str) {
+    if TO_STDERR.load(Ordering::Relaxed) {
+        eprintln!("{line}");
+    } else {
+        println!("{line}");
+    }
+}
 
 /// Where result lines and spinners go. Cheap to clone.
 #[derive(Clone)]
@@ -25,9 +35,7 @@ pub struct Progress {
 impl Progress {
     /// Spinners when both stdout and stderr are terminals, plain lines otherwise.
     pub fn new() -> Progress {
-        let tty = std::io::stdout().is_terminal()
-            && std::io::stderr().is_terminal()
-            && !TO_STDERR.load(Ordering::SeqCst);
+        let tty = std::io::stdout().is_terminal() && std::io::stderr().is_terminal();
         Progress {
             bars: tty.then(MultiProgress::new),
         }
@@ -51,7 +59,7 @@ impl Progress {
     pub fn line(&self, line: &str) {
         match &self.bars {
             Some(bars) if bars.println(line).is_ok() => {}
-            _ if TO_STDERR.load(Ordering::SeqCst) => eprintln!("{line}"),
+            _ if TO_STDERR.load(Ordering::Relaxed) => eprintln!("{line}"),
             _ => println!("{line}"),
         }
     }

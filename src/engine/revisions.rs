@@ -69,9 +69,20 @@ pub async fn begin(
     incus_project: &str,
     compose: &str,
     services: BTreeMap<String, StoredService>,
+    networks: Vec<revision::StoredNetwork>,
     cause: &str,
     keep: usize,
 ) -> anyhow::Result<Option<Recorder>> {
+    // Only in an Incus project incus-compose created for this compose project: one made by
+    // hand (`--incus-project`) is never written to.
+    match base.get_project(incus_project).await {
+        Ok(p) if super::is_ours(&p.config, compose) => {}
+        Ok(_) => return Ok(None),
+        Err(e) if e.is_not_found() => return Ok(None),
+        Err(e) => {
+            return Err(e).with_context(|| format!("cannot read Incus project {incus_project}"));
+        }
+    }
     let revs = read(base, incus_project, compose).await?;
     let mut all = revs.last().map(|r| r.services.clone()).unwrap_or_default();
     all.extend(services);
@@ -85,6 +96,7 @@ pub async fn begin(
         outcome: Outcome::InProgress,
         cause: cause.to_string(),
         services: all,
+        networks,
     };
     let rec = Recorder {
         base: base.clone(),

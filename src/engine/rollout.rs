@@ -15,6 +15,7 @@
 
 use std::time::Duration;
 
+use anyhow::Context as _;
 use futures_util::future::join_all;
 use ic_core::health::{Health, Tracker};
 use ic_core::plan::{InstancePlan, LABEL_PROJECT, LABEL_RETIRED, LABEL_SERVICE, RolloutSpec};
@@ -388,6 +389,12 @@ async fn replace(t: &Target, cfg: &Config, s: &mut SlotRun) -> anyhow::Result<St
         s.old_retired_as = Some(retire(t, &old, &s.plan).await?);
     }
     create(t, &s.plan).await?;
+    if old == s.plan.name {
+        return Ok(format!(
+            "[~] {old} recreated on {} ({})",
+            s.plan.member, s.plan.reason
+        ));
+    }
     Ok(format!(
         "[~] {old} replaced by {} on {} ({})",
         s.plan.name, s.plan.member, s.plan.reason
@@ -451,7 +458,7 @@ async fn retire(t: &Target, old: &str, plan: &InstancePlan) -> anyhow::Result<St
             }
             remove(t, &name, 0).await?;
         }
-        t.project.rename_instance(old, &name).await?.wait().await?;
+        rename_stopped(t, old, &name).await?;
     }
     t.project
         .patch_instance(
@@ -460,6 +467,24 @@ async fn retire(t: &Target, old: &str, plan: &InstancePlan) -> anyhow::Result<St
         )
         .await?;
     Ok(name)
+}
+
+/// Renames a stopped instance. Incus refuses while it still reports the instance running
+/// (a clean stop that timed out goes on in the background): then it is killed, and the
+/// rename tried again.
+async fn rename_stopped(t: &Target, from: &str, to: &str) -> anyhow::Result<()> {
+    let mut attempt = 0;
+    loop {
+        let r = async { t.project.rename_instance(from, to).await?.wait().await }.await;
+        match r {
+            Ok(_) => return Ok(()),
+            Err(e) if attempt < 3 && e.incus_message().is_some_and(|m| m.contains("running")) => {
+                attempt += 1;
+                super::execute::force_stop(t, from).await?;
+            }
+            Err(e) => return Err(e).with_context(|| format!("renaming {from} to {to}")),
+        }
+    }
 }
 
 /// Rollback of one slot: the new replica goes, the retired one comes back under its name.
@@ -471,11 +496,7 @@ async fn restore(t: &Target, s: &mut SlotRun) -> anyhow::Result<String> {
     }
     if let Some(retired) = s.old_retired_as.take() {
         if retired != old {
-            t.project
-                .rename_instance(&retired, &old)
-                .await?
-                .wait()
-                .await?;
+            rename_stopped(t, &retired, &old).await?;
         }
         let mut put = t.project.instance(&old).await?.writable();
         put.config.remove(LABEL_RETIRED);

@@ -388,7 +388,9 @@ async fn reconcile(
             ..LockOptions::from_env(false)?
         };
         match lock::acquire(base, &w.incus_project, &opts).await {
-            Ok(g) => {
+            // The project was removed meanwhile (`down`).
+            Ok(None) => return Ok(true),
+            Ok(Some(g)) => {
                 log.event(
                     &w.compose,
                     "lease",
@@ -429,7 +431,9 @@ async fn reconcile(
     // Act: under the project lock (waits for an `up` or `down` under way), then plan again
     // from what is there now.
     let opts = LockOptions::from_env(true)?;
-    let guard = lock::acquire(base, &w.incus_project, &opts).await?;
+    let Some(guard) = lock::acquire(base, &w.incus_project, &opts).await? else {
+        return Ok(true);
+    };
     let Some((plan, obs, d)) = plan_once(base, w, grace, log).await? else {
         return Ok(true);
     };

@@ -613,12 +613,13 @@ pub fn parse_volume(spec: &str, ctx: &Ctx) -> Result<Vec<(&'static str, VolPart)
             "invalid volume {spec:?}: bind options on a named volume"
         ));
     }
-    if !volume.is_empty() {
-        if is_bind {
-            return Err(format!(
-                "invalid volume {spec:?}: nocopy applies to named volumes only"
-            ));
-        }
+    if is_bind && !volume.is_empty() {
+        return Err(format!(
+            "invalid volume {spec:?}: nocopy applies to named volumes only"
+        ));
+    }
+    if !is_bind {
+        // Named and anonymous volumes in short syntax get `volume: {}`, as in compose-go.
         out.push(("volume", VolPart::M(volume)));
     }
     Ok(out)

@@ -13,6 +13,7 @@
 pub mod canonical;
 pub mod env;
 pub mod error;
+pub mod goyaml;
 pub mod interpolate;
 pub mod loader;
 pub mod merge;

@@ -660,7 +660,16 @@ fn service(n: &mut N, name: &str, node: &Node, key_span: &crate::yaml::Span) -> 
             "command" => svc.command = n.command(v, &p),
             "entrypoint" => svc.entrypoint = n.command(v, &p),
             "configs" => svc.configs = file_refs(n, v, &p),
-            "secrets" => svc.secrets = file_refs(n, v, &p),
+            "secrets" => {
+                svc.secrets = file_refs(n, v, &p);
+                // compose-go's default (its `defaultSecretMount`): the same mount point as
+                // `FileRef::secret_target`, written out as `docker compose config` prints it.
+                for s in &mut svc.secrets {
+                    if s.target.is_none() {
+                        s.target = Some(format!("/run/secrets/{}", s.source));
+                    }
+                }
+            }
             "container_name" => svc.container_name = n.string(v, &p),
             "cpus" => svc.cpus = n.float(v, &p),
             "depends_on" => {
@@ -947,6 +956,19 @@ fn fold_deploy(n: &mut N, svc: &mut Service, deploy_node: Option<&Node>, node: &
         _ => Deploy::default(),
     };
     let had_deploy = deploy_node.is_some_and(|d| !d.is_null());
+    if had_deploy {
+        let constraints = deploy_node
+            .and_then(|dn| dn.get("placement"))
+            .and_then(|pl| pl.get("constraints"))
+            .and_then(Node::as_seq)
+            .map(|cs| cs.iter().filter_map(text).collect())
+            .unwrap_or_default();
+        svc.declared_deploy = Some(DeclaredDeploy {
+            deploy: d.clone(),
+            mode: deploy_node.and_then(|dn| dn.get("mode")).is_some(),
+            constraints,
+        });
+    }
     let at = |k: &str| node.get(k).cloned().unwrap_or_else(|| node.clone());
     let conflict = |n: &mut N, key: &str, dkey: &str| {
         n.errors.push(
@@ -1311,6 +1333,10 @@ fn build(n: &mut N, v: &Node, p: &str) -> Build {
                 b.other.insert(k.clone(), e.node.to_json());
             }
         }
+    }
+    // compose-go's default, written out as `docker compose config` prints it.
+    if b.dockerfile.is_none() && !b.other.contains_key("dockerfile_inline") {
+        b.dockerfile = Some("Dockerfile".into());
     }
     b
 }

@@ -138,6 +138,7 @@ fn corpus_deploy_sections_are_typed() {
 struct Facts {
     image: Option<String>,
     replicas: Option<u64>,
+    restart: Option<String>,
     environment: BTreeMap<String, Option<String>>,
     ports: BTreeSet<(String, String, u64, String)>,
     volumes: BTreeSet<(String, String, String, bool)>,
@@ -253,7 +254,7 @@ fn flatten_deploy(prefix: &str, v: &Value, out: &mut BTreeMap<String, String>) {
     }
 }
 
-fn facts(svc: &Value, drop_folded_restart: bool) -> Facts {
+fn facts(svc: &Value) -> Facts {
     let deploy = svc.get("deploy").cloned().unwrap_or(Value::Null);
     let global = deploy.get("mode").and_then(Value::as_str) == Some("global");
     let replicas = if global {
@@ -274,10 +275,6 @@ fn facts(svc: &Value, drop_folded_restart: bool) -> Facts {
     flat.remove("replicas");
     flat.entry("mode".into())
         .or_insert_with(|| "replicated".into());
-    if drop_folded_restart {
-        // incus-compose folds `restart:` into deploy.restart_policy; docker-compose does not.
-        flat.retain(|k, _| !k.starts_with("restart_policy"));
-    }
     let environment = svc
         .get("environment")
         .and_then(Value::as_object)
@@ -290,6 +287,7 @@ fn facts(svc: &Value, drop_folded_restart: bool) -> Facts {
     Facts {
         image: svc.get("image").map(s),
         replicas,
+        restart: svc.get("restart").map(s),
         environment,
         ports: svc
             .get("ports")
@@ -350,7 +348,9 @@ fn docker_compose_1_29_agrees_on_every_corpus_file_it_loads() {
     for f in &files {
         let name = rel(f);
         let ours = match load_ours(f) {
-            Ok(p) => ic_compose::output::to_json(&p),
+            // What `config` prints (as docker compose v2 does: `restart:` and the other
+            // service-level twins as written, not folded into `deploy`).
+            Ok(p) => ic_compose::output::to_v2(&p, ic_compose::output::Format::Json),
             Err(e) => {
                 problems.push(format!("{name}: we fail to load it:\n{e}"));
                 continue;
@@ -390,13 +390,8 @@ fn docker_compose_1_29_agrees_on_every_corpus_file_it_loads() {
                     continue;
                 }
                 for (svc, tv) in &ts {
-                    let a = facts(tv, false);
-                    let folded = tv.get("restart").is_some()
-                        && tv
-                            .get("deploy")
-                            .and_then(|d| d.get("restart_policy"))
-                            .is_none();
-                    let b = facts(&os[svc], folded);
+                    let a = facts(tv);
+                    let b = facts(&os[svc]);
                     if a != b {
                         problems.push(format!(
                             "{name}: service {svc}:\n docker-compose: {a:?}\n ours:           {b:?}"
@@ -412,6 +407,55 @@ fn docker_compose_1_29_agrees_on_every_corpus_file_it_loads() {
         compared + REJECTED_BY_DOCKER_COMPOSE_1_29.len(),
         files.len(),
         "every file is either compared or listed as rejected"
+    );
+}
+
+/// What the planner gets: `restart:` folded into `deploy.restart_policy` (unless the service
+/// declares one), while `config` prints `restart:` as written and no `deploy` it did not have.
+#[test]
+fn corpus_restart_policies_are_folded_for_the_planner_and_printed_as_written() {
+    use ic_compose::model::RestartCondition;
+    let mut files = Vec::new();
+    compose_files(&corpus(), &mut files);
+    let mut folded = 0;
+    for f in &files {
+        let p = load_ours(f).unwrap_or_else(|e| panic!("{}: {e}", rel(f)));
+        let printed = ic_compose::output::to_v2(&p, ic_compose::output::Format::Yaml);
+        for (name, svc) in &p.services {
+            let out = &printed["services"][name.as_str()];
+            let Some(restart) = svc.restart.as_deref() else {
+                continue;
+            };
+            assert_eq!(out["restart"], restart, "{}: {name}", rel(f));
+            let declared = svc
+                .declared_deploy
+                .as_ref()
+                .and_then(|d| d.deploy.restart_policy.clone());
+            let policy = svc
+                .deploy
+                .as_ref()
+                .and_then(|d| d.restart_policy.clone())
+                .unwrap_or_else(|| panic!("{}: {name}: restart not folded", rel(f)));
+            if declared.is_none() {
+                folded += 1;
+                let expected = match restart.split(':').next() {
+                    Some("no") => RestartCondition::None,
+                    Some("on-failure") => RestartCondition::OnFailure,
+                    _ => RestartCondition::Any,
+                };
+                assert_eq!(policy.condition, expected, "{}: {name}", rel(f));
+                assert_eq!(
+                    out.get("deploy").is_some(),
+                    svc.declared_deploy.is_some(),
+                    "{}: {name}: config prints deploy only when declared",
+                    rel(f)
+                );
+            }
+        }
+    }
+    assert!(
+        folded >= 20,
+        "only {folded} folded restart policies in the corpus"
     );
 }
 

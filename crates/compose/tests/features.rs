@@ -621,6 +621,46 @@ fn config_output_is_stable_and_sorted() {
 }
 
 #[test]
+fn config_prints_the_service_level_twins_unfolded_while_the_model_folds_them() {
+    let p = one(
+        "services:\n  web:\n    image: a\n    restart: on-failure:3\n    mem_limit: 512m\n    scale: 2\n  \
+         db:\n    image: b\n    deploy:\n      resources:\n        limits:\n          memory: 1g\n",
+    );
+    // What later stages see: the twins folded into deploy.
+    let d = p.services["web"].deploy.as_ref().expect("folded deploy");
+    assert_eq!(d.replicas, Some(2));
+    assert_eq!(
+        d.restart_policy
+            .as_ref()
+            .map(|r| (r.condition, r.max_attempts)),
+        Some((RestartCondition::OnFailure, Some(3)))
+    );
+    assert_eq!(
+        d.resources.limits.as_ref().and_then(|l| l.memory),
+        Some(ByteSize(512 * 1024 * 1024))
+    );
+    // What config prints: as written, as docker compose v2 prints it.
+    let yaml = ic_compose::output::to_yaml_string(&p);
+    assert_eq!(
+        yaml,
+        "name: proj\nservices:\n  db:\n    deploy:\n      resources:\n        limits:\n          \
+         memory: \"1073741824\"\n    image: b\n    networks:\n      default: null\n  web:\n    \
+         image: a\n    mem_limit: \"536870912\"\n    networks:\n      default: null\n    restart: \
+         on-failure:3\n    scale: 2\nnetworks:\n  default:\n    name: proj_default\n"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&ic_compose::output::to_json_string(&p, false)).expect("JSON");
+    assert!(json["services"]["web"].get("deploy").is_none());
+    assert_eq!(json["services"]["web"]["restart"], "on-failure:3");
+    assert_eq!(
+        json["services"]["db"]["deploy"]["resources"]["limits"]["memory"],
+        "1073741824"
+    );
+    // Printed and loaded again: the same model, folding included.
+    assert_eq!(one(&yaml).services, p.services);
+}
+
+#[test]
 fn project_directory_sets_the_base_for_paths_env_and_name() {
     let fs = MemFs::default()
         .with(

@@ -64,6 +64,38 @@ pub struct Revision {
     #[serde(default)]
     pub cause: String,
     pub services: BTreeMap<String, StoredService>,
+    /// The project's networks as planned (a rollback plans replica addresses and DNS records
+    /// on them).
+    #[serde(default)]
+    pub networks: Vec<StoredNetwork>,
+}
+
+/// A network as the planner wants it, stored (it exists while the project does).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredNetwork {
+    pub key: String,
+    pub name: String,
+    pub external: bool,
+    pub config: BTreeMap<String, String>,
+    pub kind: crate::plan::span::Kind,
+    pub names: Vec<(String, String)>,
+    pub internal: bool,
+}
+
+/// The networks of `d` as stored.
+pub fn networks_of(d: &Desired) -> Vec<StoredNetwork> {
+    d.networks
+        .iter()
+        .map(|n| StoredNetwork {
+            key: n.key.clone(),
+            name: n.name.clone(),
+            external: n.external,
+            config: n.config.clone(),
+            kind: n.kind.clone(),
+            names: n.names.clone(),
+            internal: n.internal,
+        })
+        .collect()
 }
 
 /// A file pushed before the first start, as stored: secret and config contents left out.
@@ -583,10 +615,29 @@ pub fn desired_from(
             .unwrap_or(0);
         ordered.push(services.remove(pos));
     }
+    // The networks of the target, and of the deployed revision for those it lacks.
+    let mut networks: Vec<crate::plan::DesiredNetwork> = Vec::new();
+    for n in target.networks.iter().chain(&deployed.networks) {
+        if networks.iter().any(|d| d.name == n.name) {
+            continue;
+        }
+        networks.push(crate::plan::DesiredNetwork {
+            key: n.key.clone(),
+            name: n.name.clone(),
+            external: n.external,
+            subnet: None,
+            config: n.config.clone(),
+            kind: n.kind.clone(),
+            member_config: BTreeMap::new(),
+            names: n.names.clone(),
+            internal: n.internal,
+            fill_members: Vec::new(),
+        });
+    }
     Ok(Desired {
         compose_project: compose.to_string(),
         incus_project: incus_project.to_string(),
-        networks: Vec::new(),
+        networks,
         volumes: Vec::new(),
         all_services: ordered.iter().map(|t| t.service.clone()).collect(),
         services: ordered,
@@ -650,6 +701,7 @@ secrets:
             outcome,
             cause: "up".into(),
             services: services_of(d),
+            networks: networks_of(d),
         }
     }
 

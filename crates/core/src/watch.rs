@@ -119,7 +119,7 @@ mod tests {
                     running: false,
                     config: p.config.clone(),
                 }),
-                Action::CreateNetwork { name, config } => {
+                Action::CreateNetwork { name, config, .. } => {
                     obs.networks.push(crate::plan::ObservedNetwork {
                         name: name.clone(),
                         managed: true,

@@ -182,6 +182,8 @@ pub struct RawResponse {
     pub content_type: Option<String>,
     /// `ETag` header, if any.
     pub etag: Option<String>,
+    /// `X-Incus-*` headers (names lowercased), e.g. a file's `x-incus-mode`.
+    pub incus_headers: std::collections::BTreeMap<String, String>,
     /// Body bytes.
     pub body: Bytes,
 }
@@ -468,6 +470,12 @@ impl Client {
         };
         let content_type = header(http::header::CONTENT_TYPE);
         let etag = header(http::header::ETAG);
+        let incus_headers = resp
+            .headers()
+            .iter()
+            .filter(|(k, _)| k.as_str().starts_with("x-incus-"))
+            .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
+            .collect();
         let body = resp
             .into_body()
             .collect()
@@ -482,6 +490,7 @@ impl Client {
             status,
             content_type,
             etag,
+            incus_headers,
             body,
         })
     }
@@ -490,10 +499,15 @@ impl Client {
     /// returned as it is, even if it happens to look like JSON; any other status is an
     /// [`Error::Api`] with Incus's error message.
     pub(crate) async fn send_for_bytes(&self, req: Request) -> Result<Bytes> {
+        self.send_for_raw(req).await.map(|raw| raw.body)
+    }
+
+    /// [`Client::send_for_bytes`] keeping the headers of the answer.
+    pub(crate) async fn send_for_raw(&self, req: Request) -> Result<RawResponse> {
         let label = self.label(&req);
         let raw = self.send_raw(req).await?;
         if (200..300).contains(&raw.status) {
-            return Ok(raw.body);
+            return Ok(raw);
         }
         let envelope = serde_json::from_slice::<Envelope>(&raw.body).ok();
         let status = envelope

@@ -121,6 +121,22 @@ pub struct NetworkState {
     /// `broadcast`, `loopback`...
     #[serde(rename = "type")]
     pub kind: String,
+    /// Traffic counters.
+    pub counters: NetworkCounters,
+}
+
+/// Traffic counters of an interface.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct NetworkCounters {
+    /// Bytes received.
+    pub bytes_received: i64,
+    /// Bytes sent.
+    pub bytes_sent: i64,
+    /// Packets received.
+    pub packets_received: i64,
+    /// Packets sent.
+    pub packets_sent: i64,
 }
 
 /// One address of an interface.
@@ -145,6 +161,8 @@ pub struct MemoryState {
     pub usage: i64,
     /// Peak bytes.
     pub usage_peak: i64,
+    /// The memory it may use (its limit, else the host's), in bytes.
+    pub total: i64,
 }
 
 /// CPU usage.
@@ -550,6 +568,69 @@ impl Client {
         self.send_unit(req).await
     }
 
+    /// `POST /1.0/instances/{name}/files?path=` with type `symlink`: a symlink to `target`
+    /// (its parent must exist).
+    pub async fn create_symlink(
+        &self,
+        name: &str,
+        path: &str,
+        target: &str,
+        opts: &FileOptions,
+    ) -> Result<()> {
+        let req = Request::post(api_path(&["instances", name, "files"]))
+            .query("path", path)
+            .header("X-Incus-type", "symlink")
+            .header("X-Incus-uid", opts.uid.to_string())
+            .header("X-Incus-gid", opts.gid.to_string())
+            .header("X-Incus-write", "overwrite")
+            .body(target.as_bytes().to_vec());
+        self.send_unit(req).await
+    }
+
+    /// `GET /1.0/instances/{name}/files?path=`: a file (content), directory (entries) or
+    /// symlink (target), with its owner and mode.
+    pub async fn instance_file(&self, name: &str, path: &str) -> Result<InstanceFile> {
+        let raw = self
+            .send_for_raw(Request::get(api_path(&["instances", name, "files"])).query("path", path))
+            .await?;
+        let header = |k: &str| raw.incus_headers.get(k).map(String::as_str);
+        let number = |k: &str, radix: u32| {
+            header(k)
+                .and_then(|v| u32::from_str_radix(v, radix).ok())
+                .unwrap_or(0)
+        };
+        let content = match header("x-incus-type").unwrap_or("file") {
+            "directory" => {
+                #[derive(Deserialize)]
+                struct Listing {
+                    #[serde(default)]
+                    metadata: Option<Vec<String>>,
+                }
+                let listing: Listing =
+                    serde_json::from_slice(&raw.body).map_err(|source| Error::Decode {
+                        request: crate::error::RequestLabel {
+                            method: "GET".into(),
+                            path: format!("/1.0/instances/{name}/files?path={path}"),
+                        },
+                        source,
+                        body_start: String::from_utf8_lossy(&raw.body)
+                            .chars()
+                            .take(200)
+                            .collect(),
+                    })?;
+                FileContent::Directory(listing.metadata.unwrap_or_default())
+            }
+            "symlink" => FileContent::Symlink(String::from_utf8_lossy(&raw.body).into_owned()),
+            _ => FileContent::File(raw.body.to_vec()),
+        };
+        Ok(InstanceFile {
+            uid: number("x-incus-uid", 10),
+            gid: number("x-incus-gid", 10),
+            mode: number("x-incus-mode", 8),
+            content,
+        })
+    }
+
     /// `GET /1.0/instances/{name}/files?path=`: read a file from the instance.
     pub async fn pull_file(&self, name: &str, path: &str) -> Result<Vec<u8>> {
         self.send_for_bytes(
@@ -558,6 +639,31 @@ impl Client {
         .await
         .map(|b| b.to_vec())
     }
+}
+
+/// What `GET /1.0/instances/{name}/files?path=` answers: a file's content, a directory's
+/// entries or a symlink's target, with owner and mode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceFile {
+    /// Owner uid inside the instance.
+    pub uid: u32,
+    /// Owner gid inside the instance.
+    pub gid: u32,
+    /// Permission bits.
+    pub mode: u32,
+    /// What it is.
+    pub content: FileContent,
+}
+
+/// The content of an [`InstanceFile`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileContent {
+    /// A regular file's bytes.
+    File(Vec<u8>),
+    /// A directory's entry names.
+    Directory(Vec<String>),
+    /// A symlink's target.
+    Symlink(String),
 }
 
 /// Ownership and mode of a pushed file or directory.

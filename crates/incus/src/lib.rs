@@ -48,10 +48,10 @@ pub use events::{Event, EventFilter, EventStream, LifecycleEvent};
 pub use exec::{ExecIo, ExecOutput, ExecRequest, ExecSession, ExecStreams};
 pub use images::{Image, ImageAlias, ImageAliasEntry, ImageUpdateSource};
 pub use instances::{
-    Devices, FileOptions, Instance, InstancePut, InstanceSource, InstanceState, InstanceStatePut,
-    InstancesPost,
+    Devices, FileContent, FileOptions, Instance, InstanceFile, InstancePut, InstanceSource,
+    InstanceState, InstanceStatePut, InstancesPost,
 };
-pub use networks::{Network, NetworkPut, NetworksPost};
+pub use networks::{Network, NetworkAcl, NetworkAddress, NetworkPut, NetworkState, NetworksPost};
 pub use operations::{Operation, PendingOperation};
 pub use projects::{Project, ProjectPut, ProjectsPost};
 pub use server::{ServerEnvironment, ServerInfo, extensions};

@@ -84,7 +84,82 @@ pub fn partially_created(n: &Network) -> bool {
     n.status == "Errored" || n.config.keys().any(|k| !is_member_specific_key(k))
 }
 
+/// `GET /1.0/networks/{name}/state`: what the host interface looks like (only the fields
+/// incus-compose reads).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct NetworkState {
+    /// Addresses on the interface.
+    pub addresses: Vec<NetworkAddress>,
+    /// MTU.
+    pub mtu: u32,
+    /// `up` or `down`.
+    pub state: String,
+}
+
+/// One address of a [`NetworkState`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct NetworkAddress {
+    /// The address.
+    pub address: String,
+    /// `inet` or `inet6`.
+    pub family: String,
+}
+
+/// A network ACL (`/1.0/network-acls`), rules left out (incus-compose makes ACLs without rules).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct NetworkAcl {
+    /// Name.
+    pub name: String,
+    /// Description.
+    pub description: String,
+    /// Configuration (`user.*` keys).
+    pub config: BTreeMap<String, String>,
+    /// Users (networks, instances) by URL.
+    #[serde(skip_serializing)]
+    pub used_by: Vec<String>,
+}
+
 impl Client {
+    /// `GET /1.0/networks?target=member`: the names of one member's networks, host interfaces
+    /// included (Incus 6.0 leaves most host interfaces out of the `recursion=1` form).
+    pub async fn network_names_on(&self, member: &str) -> Result<Vec<String>> {
+        let urls: Vec<String> = self
+            .send(Request::get("/1.0/networks").target(Some(member)))
+            .await?;
+        Ok(urls
+            .iter()
+            .filter_map(|u| u.rsplit('/').next())
+            .map(str::to_string)
+            .collect())
+    }
+
+    /// `GET /1.0/networks/{name}/state[?target=member]`.
+    pub async fn network_state(&self, name: &str, target: Option<&str>) -> Result<NetworkState> {
+        self.send(Request::get(api_path(&["networks", name, "state"])).target(target))
+            .await
+    }
+
+    /// `GET /1.0/network-acls/{name}`.
+    pub async fn network_acl(&self, name: &str) -> Result<NetworkAcl> {
+        self.send(Request::get(api_path(&["network-acls", name])))
+            .await
+    }
+
+    /// `POST /1.0/network-acls` (no rules).
+    pub async fn create_network_acl(&self, acl: &NetworkAcl) -> Result<()> {
+        self.send_unit(Request::post("/1.0/network-acls").json(acl)?)
+            .await
+    }
+
+    /// `DELETE /1.0/network-acls/{name}`.
+    pub async fn delete_network_acl(&self, name: &str) -> Result<()> {
+        self.send_unit(Request::delete(api_path(&["network-acls", name])))
+            .await
+    }
+
     /// `GET /1.0/networks?recursion=1`.
     pub async fn networks(&self) -> Result<Vec<Network>> {
         self.send(Request::get("/1.0/networks").query("recursion", "1"))
@@ -104,12 +179,12 @@ impl Client {
     }
 
     /// Create a managed network on every member of a cluster (pending per member, then
-    /// global), or directly on a standalone server. `member_config` is applied per member.
+    /// global), or directly on a standalone server. `member_config`: config keys per member.
     pub async fn create_network_everywhere(
         &self,
         req: &NetworksPost,
         members: &[String],
-        member_config: &BTreeMap<String, String>,
+        member_config: &BTreeMap<String, BTreeMap<String, String>>,
     ) -> Result<()> {
         if members.is_empty() {
             return self.create_network(req, None).await;
@@ -135,7 +210,7 @@ impl Client {
                 name: req.name.clone(),
                 kind: req.kind.clone(),
                 description: String::new(),
-                config: member_config.clone(),
+                config: member_config.get(m).cloned().unwrap_or_default(),
             };
             match self.create_network(&pending, Some(m)).await {
                 Err(e) if e.status() == Some(409) => {}

@@ -203,6 +203,21 @@ pub struct Service {
     /// `x-` keys of the service.
     #[serde(flatten)]
     pub extensions: Extensions,
+    /// The `deploy:` section as the files declare it, before the service-level twins are folded
+    /// into [`Service::deploy`]: what `config` prints (docker compose v2 does not fold). Later
+    /// stages use `deploy`.
+    #[serde(skip)]
+    pub declared_deploy: Option<DeclaredDeploy>,
+}
+
+/// A service's `deploy:` as declared (see [`Service::declared_deploy`]).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct DeclaredDeploy {
+    pub deploy: Deploy,
+    /// Whether `mode` was written (it defaults to `replicated` in `deploy.mode`).
+    pub mode: bool,
+    /// `placement.constraints` as written (`node.role==manager`), before parsing.
+    pub constraints: Vec<String>,
 }
 
 impl Service {

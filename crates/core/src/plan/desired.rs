@@ -14,7 +14,7 @@ use super::{
     LABEL_NETWORK, LABEL_PROJECT, LABEL_SERVICE, LABEL_STATIC_HASH, LABEL_VERSION, LABEL_VOLUME,
     PlanError, PlanOptions, PushFile, RolloutSpec, ServerFacts, Subnet, bad_name, dns,
     image_target, incus_project_name, live_key, mapping, naming, oci, resolve_image_in,
-    scheduler_spec, selected_services, spec_hash, storage,
+    scheduler_spec, selected_services, span, spec_hash, storage,
 };
 use crate::{health, rollout};
 
@@ -97,7 +97,8 @@ pub fn desired(
 }
 
 /// The networks the selected services use: external ones as they are, the others as Incus
-/// bridges of this project (subnet from `ipam` or allocated by `diff`; service names in DNS).
+/// bridges of this project (subnet from `ipam` or allocated by `diff`; service names in DNS),
+/// spanning the members on a cluster (see [`span`]).
 fn networks(cx: &mut Ctx) -> Result<Vec<DesiredNetwork>, PlanError> {
     let project = cx.project;
     let used: BTreeSet<&String> = project
@@ -108,6 +109,7 @@ fn networks(cx: &mut Ctx) -> Result<Vec<DesiredNetwork>, PlanError> {
         .collect();
     // Service names and aliases as DNS names on each bridge (see dns.rs).
     let dns_names = dns::service_names(project);
+    let all_names = dns::names_by_network(project);
     let mut out = Vec::new();
     for (key, net) in &project.networks {
         if !used.contains(key) {
@@ -120,14 +122,24 @@ fn networks(cx: &mut Ctx) -> Result<Vec<DesiredNetwork>, PlanError> {
                 external: true,
                 subnet: None,
                 config: BTreeMap::new(),
+                kind: span::Kind::Bridge,
+                member_config: BTreeMap::new(),
+                names: Vec::new(),
+                internal: false,
+                fill_members: Vec::new(),
             });
             continue;
         }
-        if let Some(d) = net.driver.as_deref().filter(|d| *d != "bridge") {
+        if let Some(d) = net
+            .driver
+            .as_deref()
+            .filter(|d| !matches!(*d, "bridge" | "overlay"))
+        {
             cx.warnings.push(format!(
                 "network {key:?}: driver {d:?} is not supported; an Incus bridge is used"
             ));
         }
+        let kind = span::choose(key, net, &cx.facts.network).map_err(PlanError::Network)?;
         let subnet = match net
             .ipam
             .as_ref()
@@ -150,15 +162,70 @@ fn networks(cx: &mut Ctx) -> Result<Vec<DesiredNetwork>, PlanError> {
         for (k, v) in &net.labels {
             config.insert(format!("user.label.{k}"), v.clone());
         }
-        if let Some(pairs) = dns_names.get(key) {
-            config.insert("raw.dnsmasq".into(), dns::raw_dnsmasq(pairs));
-        }
+        let mut member_config = BTreeMap::new();
+        let mut fill_members = Vec::new();
+        let name = match &kind {
+            span::Kind::Bridge => {
+                if let Some(pairs) = dns_names.get(key) {
+                    config.insert("raw.dnsmasq".into(), dns::raw_dnsmasq(pairs));
+                }
+                naming::network_name(&cx.incus_project, key)
+            }
+            span::Kind::Span => {
+                let name = naming::span_network_name(&cx.incus_project, key);
+                let (keys, per_member) = span::span_config(
+                    key,
+                    &name,
+                    0,
+                    &span::acl_name(&cx.incus_project),
+                    &cx.facts.network,
+                )
+                .map_err(PlanError::Network)?;
+                // The VNI is allocated by `diff`, which sees the networks that hold one.
+                config.extend(
+                    keys.into_iter()
+                        .filter(|(k, _)| k != span::LABEL_VNI && !k.ends_with(".id")),
+                );
+                if let Some(unset) = cx.facts.network.tunnel_unset.get(&name) {
+                    fill_members = unset
+                        .iter()
+                        .filter(|m| per_member.contains_key(*m))
+                        .cloned()
+                        .collect();
+                }
+                if let Some(members) = cx.facts.network.unavailable.get(&name) {
+                    cx.warnings.push(span::unavailable_warning(
+                        key,
+                        &name,
+                        members,
+                        &cx.facts.network,
+                    ));
+                }
+                member_config = per_member;
+                name
+            }
+            span::Kind::Ovn { uplink } => {
+                config.insert("network".into(), uplink.clone());
+                config.insert(span::LABEL_KIND.into(), "ovn".into());
+                if all_names.get(key).is_some_and(|n| !n.is_empty()) {
+                    cx.warnings.push(format!(
+                        "network {key:?} is an OVN network: instance names resolve on every member, service names and aliases are not served yet"
+                    ));
+                }
+                naming::network_name(&cx.incus_project, key)
+            }
+        };
         out.push(DesiredNetwork {
             key: key.clone(),
-            name: naming::network_name(&cx.incus_project, key),
+            name,
             external: false,
             subnet,
             config,
+            kind,
+            member_config,
+            names: all_names.get(key).cloned().unwrap_or_default(),
+            internal: net.internal,
+            fill_members,
         });
     }
     Ok(out)

@@ -10,7 +10,7 @@ use super::storage::SHARED_DRIVERS;
 use super::{
     Action, Desired, InstancePlan, InstanceTemplate, LABEL_HASH, LABEL_PROJECT, LABEL_REPLACES,
     LABEL_RETIRED, LABEL_SERVICE, LABEL_SLOT, LABEL_STATIC_HASH, LABEL_VERSION, Observed,
-    ObservedInstance, Plan, PlanError, Stage, allocate_subnet, live_key,
+    ObservedInstance, Plan, PlanError, Stage, addresses, allocate_subnet, live_key, span,
 };
 use crate::schedule::{self, ExistingReplica, Mode, Outcome, SlotKey};
 
@@ -92,8 +92,21 @@ fn slot_key(template: &InstanceTemplate, slot: &str) -> Option<SlotKey> {
 pub fn diff(d: &Desired, obs: &Observed, o: &DiffOptions) -> Result<Plan, PlanError> {
     let mut warnings = d.warnings.clone();
     let project_stage = project_actions(d, obs);
-    let network_stage = network_actions(d, obs)?;
-    let replicas = replica_actions(d, obs, o, &mut warnings)?;
+    let mut network_stage = network_actions(d, obs)?;
+    // Members' own keys first (a member that joined needs its tunnel before DNS updates).
+    let (member_stage, rest): (Vec<Action>, Vec<Action>) = network_stage
+        .into_iter()
+        .partition(|a| matches!(a, Action::UpdateNetworkMember { .. }));
+    network_stage = rest;
+    let mut replicas = replica_actions(d, obs, o, &mut warnings)?;
+    addresses::assign(
+        d,
+        obs,
+        &replicas.placement,
+        &replicas.removed,
+        &mut replicas.service_actions,
+        &mut network_stage,
+    )?;
     check_names(d, obs, &replicas)?;
     let volume_stage = volume_actions(d, obs, &replicas.volume_needs)?;
     let Replicas {
@@ -108,6 +121,7 @@ pub fn diff(d: &Desired, obs: &Observed, o: &DiffOptions) -> Result<Plan, PlanEr
         d,
         vec![
             ("project", project_stage),
+            ("network members", member_stage),
             ("networks", network_stage),
             ("volumes", volume_stage),
             ("removals", removals),
@@ -186,6 +200,7 @@ fn network_actions(d: &Desired, obs: &Observed) -> Result<Vec<Action>, PlanError
         .iter()
         .filter_map(|n| n.config.get("ipv4.address").cloned())
         .collect();
+    let mut used_vnis = span::used_vnis(obs.networks.iter().map(|n| &n.config));
     for net in &d.networks {
         let existing = obs.networks.iter().find(|n| n.name == net.name);
         match (existing, net.external) {
@@ -196,29 +211,50 @@ fn network_actions(d: &Desired, obs: &Observed) -> Result<Vec<Action>, PlanError
                     name: net.name.clone(),
                 });
             }
+            // An earlier `up` failed (or was killed) half way through a cluster-wide creation
+            // (the project records each network it starts creating: `claims_network`): finish
+            // it with the configuration (subnet, VNI) it was started with; one left pending
+            // before its global step has none yet.
             (Some(n), false) if obs.claims_network(n, compose) && n.unfinished() => {
-                // An earlier `up` failed (or was killed) half way through a cluster-wide
-                // creation: finish it with the configuration (and subnet) it was started
-                // with; one left pending before its global step has none yet.
                 let mut config = net.config.clone();
-                let subnet = match (n.config.get("ipv4.address"), net.subnet) {
-                    (Some(a), _) => a.clone(),
-                    (None, Some(s)) => s.bridge_address(),
-                    (None, None) => allocate_subnet(&net.name, &used_subnets)
-                        .ok_or_else(|| PlanError::NoFreeSubnet(net.key.clone()))?
-                        .bridge_address(),
-                };
-                used_subnets.push(subnet.clone());
-                config.insert("ipv4.address".into(), subnet);
+                for k in ["ipv4.address", span::LABEL_VNI, "tunnel.v.id"] {
+                    if let Some(a) = n.config.get(k) {
+                        config.insert(k.into(), a.clone());
+                    }
+                }
+                if !config.contains_key("ipv4.address") {
+                    let subnet = match net.subnet {
+                        Some(s) => s,
+                        None => allocate_subnet(&net.name, &used_subnets)
+                            .ok_or_else(|| PlanError::NoFreeSubnet(net.key.clone()))?,
+                    };
+                    used_subnets.push(subnet.bridge_address());
+                    config.insert("ipv4.address".into(), subnet.bridge_address());
+                }
+                if net.kind == span::Kind::Span && !config.contains_key(span::LABEL_VNI) {
+                    let vni = span::allocate_vni(&net.name, &used_vnis)
+                        .ok_or_else(|| PlanError::NoFreeVni(net.key.clone()))?;
+                    used_vnis.insert(vni);
+                    config.insert(format!("tunnel.{}.id", span::TUNNEL), vni.to_string());
+                    config.insert(span::LABEL_VNI.into(), vni.to_string());
+                }
                 actions.push(Action::CreateNetwork {
                     name: net.name.clone(),
+                    kind: incus_type(&net.kind).into(),
                     config,
+                    member_config: net.member_config.clone(),
                 });
             }
             (Some(n), false) if is_ours(&n.config, compose) => {
                 // Keys incus-compose keeps up to date on an existing network.
                 let mut set = BTreeMap::new();
-                for key in NETWORK_KEYS_KEPT_UP_TO_DATE {
+                // A spanning bridge's records are written by `addresses::assign`.
+                let kept: &[&str] = if net.kind == span::Kind::Bridge {
+                    NETWORK_KEYS_KEPT_UP_TO_DATE
+                } else {
+                    &[]
+                };
+                for key in kept {
                     let want = net.config.get(*key).map(String::as_str).unwrap_or("");
                     let have = n.config.get(*key).map(String::as_str).unwrap_or("");
                     if want != have {
@@ -231,6 +267,16 @@ fn network_actions(d: &Desired, obs: &Observed) -> Result<Vec<Action>, PlanError
                         set,
                     });
                 }
+                // Members that joined after a spanning bridge was made: its tunnel there.
+                for m in &net.fill_members {
+                    if let Some(set) = net.member_config.get(m) {
+                        actions.push(Action::UpdateNetworkMember {
+                            name: net.name.clone(),
+                            member: m.clone(),
+                            set: set.clone(),
+                        });
+                    }
+                }
             }
             (Some(n), false) => return Err(not_ours(d, "network", &n.name, &n.config)),
             (None, false) => {
@@ -242,14 +288,31 @@ fn network_actions(d: &Desired, obs: &Observed) -> Result<Vec<Action>, PlanError
                 used_subnets.push(subnet.bridge_address());
                 let mut config = net.config.clone();
                 config.insert("ipv4.address".into(), subnet.bridge_address());
+                if net.kind == span::Kind::Span {
+                    let vni = span::allocate_vni(&net.name, &used_vnis)
+                        .ok_or_else(|| PlanError::NoFreeVni(net.key.clone()))?;
+                    used_vnis.insert(vni);
+                    config.insert(format!("tunnel.{}.id", span::TUNNEL), vni.to_string());
+                    config.insert(span::LABEL_VNI.into(), vni.to_string());
+                }
                 actions.push(Action::CreateNetwork {
                     name: net.name.clone(),
+                    kind: incus_type(&net.kind).into(),
                     config,
+                    member_config: net.member_config.clone(),
                 });
             }
         }
     }
     Ok(actions)
+}
+
+/// The Incus network type of a kind.
+fn incus_type(kind: &span::Kind) -> &'static str {
+    match kind {
+        span::Kind::Ovn { .. } => "ovn",
+        span::Kind::Bridge | span::Kind::Span => "bridge",
+    }
 }
 
 /// What [`replica_actions`] decides.
@@ -708,6 +771,11 @@ fn slot_action(
                 }
                 if p.name != name {
                     r.claimed.insert(p.name.clone(), t.service.clone());
+                    // The new replica runs beside the old one: it is the one placed (its own
+                    // address and DNS record on a spanning network).
+                    if let Some(last) = r.placement.last_mut() {
+                        last.1 = p.name.clone();
+                    }
                 }
                 actions.push(Action::Recreate(Box::new(p)));
             }
@@ -798,7 +866,7 @@ fn check_names(d: &Desired, obs: &Observed, r: &Replicas) -> Result<(), PlanErro
         if !is_ours(&i.config, compose) {
             return Err(not_ours(d, "instance", name, &i.config));
         }
-        let same = i.label(LABEL_SERVICE) == Some(service.as_str());
+        let same = i.label(LABEL_SERVICE) == Some(service.as_str()) && !super::is_oneoff(&i.config);
         if !same && !r.removed.contains(name) {
             return Err(PlanError::NameCollision {
                 first: format!(
@@ -1014,7 +1082,7 @@ pub fn plan_power(
     let selected: Vec<&ObservedInstance> = obs
         .instances
         .iter()
-        .filter(|i| is_ours(&i.config, compose))
+        .filter(|i| is_ours(&i.config, compose) && !super::is_oneoff(&i.config))
         .filter(|i| {
             services.is_empty()
                 || i.label(LABEL_SERVICE)

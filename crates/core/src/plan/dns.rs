@@ -4,10 +4,10 @@
 //! instances on it (`web-1`, `web-1.incus`). For the names compose users reach each other by —
 //! the service name and the `aliases` of the service on that network — the bridge gets
 //! `raw.dnsmasq` CNAME records pointing at the service's first replica (`db` -> `db-1`, or the
-//! `container_name`). On one server that is what docker compose resolves. On a cluster each
-//! member's bridge is its own segment (no overlay network here), so a name resolves on the
-//! member that runs that replica. `mode: global` services have no fixed first replica and get no
-//! record (their instances' own names resolve).
+//! `container_name`). On one server that is what docker compose resolves. `mode: global`
+//! services have no fixed first replica and get no record (their instances' own names resolve).
+//! Networks spanning a cluster get `host-record`s for every replica instead
+//! ([`names_by_network`], see [`super::span`]).
 
 use std::collections::BTreeMap;
 
@@ -16,7 +16,7 @@ use ic_compose::model::{DeployMode, Project};
 use super::naming;
 
 /// The domain Incus's dnsmasq serves instance names under (bridge `dns.domain` default).
-const DOMAIN: &str = "incus";
+pub(crate) const DOMAIN: &str = "incus";
 
 /// For each compose network key: `(name, target instance)` pairs, sorted and deduplicated.
 pub fn service_names(project: &Project) -> BTreeMap<String, Vec<(String, String)>> {
@@ -57,6 +57,32 @@ pub fn service_names(project: &Project) -> BTreeMap<String, Vec<(String, String)
     out
 }
 
+/// For each compose network key: `(name, service)` pairs, the service names and `aliases` of
+/// every service on it (global ones included), sorted; used by spanning bridges, whose records
+/// give a name every replica's address (see [`super::span`]).
+pub fn names_by_network(project: &Project) -> BTreeMap<String, Vec<(String, String)>> {
+    let mut out: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+    for (name, service) in &project.services {
+        if service.network_mode.as_deref() == Some("none") {
+            continue;
+        }
+        for (key, opts) in &service.networks {
+            let entry = out.entry(key.clone()).or_default();
+            let aliases = opts.iter().flat_map(|o| o.aliases.iter());
+            for n in std::iter::once(name).chain(aliases) {
+                if is_dns_name(n) {
+                    entry.push((n.clone(), name.clone()));
+                }
+            }
+        }
+    }
+    for pairs in out.values_mut() {
+        pairs.sort();
+        pairs.dedup();
+    }
+    out
+}
+
 /// The `raw.dnsmasq` text for a network's pairs: `cname=db,db.incus,db-1` per line.
 pub fn raw_dnsmasq(pairs: &[(String, String)]) -> String {
     pairs
@@ -67,7 +93,7 @@ pub fn raw_dnsmasq(pairs: &[(String, String)]) -> String {
 
 /// A name dnsmasq can serve: DNS labels of letters, digits and `-`, not starting or ending
 /// with `-` (compose allows `_` in service names; those keep resolving through their instances).
-fn is_dns_name(name: &str) -> bool {
+pub(crate) fn is_dns_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 253
         && name.split('.').all(|l| {

@@ -34,8 +34,10 @@ pub mod mapping;
 pub mod naming;
 pub mod oci;
 pub mod placement;
+pub mod span;
 pub mod storage;
 
+mod addresses;
 mod desired;
 mod diff;
 mod network;
@@ -112,6 +114,15 @@ pub struct RolloutSpec {
 /// config yet, so no labels) is known to be ours: see [`Observed::claims_network`].
 pub const CREATING_NETWORK_PREFIX: &str = "user.incus-compose.creating-network.";
 
+/// `true` on a one-off instance of `run`: it has [`LABEL_SERVICE`] but no [`LABEL_SLOT`], so it
+/// is never a replica (not counted, moved or recreated by `up`/`scale`).
+pub const LABEL_ONEOFF: &str = "user.incus-compose.oneoff";
+
+/// Whether an instance's config marks it as a one-off instance of `run`.
+pub fn is_oneoff(config: &BTreeMap<String, String>) -> bool {
+    config.get(LABEL_ONEOFF).is_some_and(|v| v == "true")
+}
+
 /// Where the command script lives inside an instance (see [`InstanceTemplate::command`]).
 pub const COMMAND_PATH: &str = "/.incus-compose/cmd";
 
@@ -157,6 +168,8 @@ pub struct ServerFacts {
     pub storage_pool: String,
     /// Every storage pool: name -> driver (see [`storage`]).
     pub pools: BTreeMap<String, String>,
+    /// What decides the kind of network compose networks become (see [`span`]).
+    pub network: span::NetworkFacts,
 }
 
 /// The image an instance is made from.
@@ -261,8 +274,21 @@ pub struct DesiredNetwork {
     pub external: bool,
     /// From `ipam.config[0].subnet` (and `gateway`); `None`: allocated at plan time.
     pub subnet: Option<Subnet>,
-    /// Config without `ipv4.address` (added when the subnet is known).
+    /// Config without `ipv4.address` (added when the subnet is known); for a spanning
+    /// bridge also without its VNI and DNS records (added by `diff`).
     pub config: BTreeMap<String, String>,
+    /// What Incus network it becomes (see [`span`]).
+    pub kind: span::Kind,
+    /// Per-member config keys (a spanning bridge's member-specific tunnel interface).
+    pub member_config: BTreeMap<String, BTreeMap<String, String>>,
+    /// DNS names on it: (name, service), service names and `aliases` of every service of the
+    /// file on this network (spanning bridges give each name all its replicas' addresses).
+    pub names: Vec<(String, String)>,
+    /// `internal: true` (no outbound traffic).
+    pub internal: bool,
+    /// Members that joined after this spanning bridge was made and whose tunnel has no
+    /// interface yet (member-specific tunnel keys): `up` sets it there.
+    pub fill_members: Vec<String>,
 }
 
 /// A named volume the project wants.
@@ -345,6 +371,19 @@ pub enum PlanError {
     BadSubnet { network: String, message: String },
     #[error("no free /24 left in 100.100.0.0/14 for network {0:?}; give it an ipam subnet")]
     NoFreeSubnet(String),
+    #[error("{0}")]
+    Network(String),
+    #[error(
+        "network {network:?}: subnet {subnet} has no free address left for {wanted} more replica(s) ({left} left); give it a larger ipam subnet"
+    )]
+    NoFreeAddress {
+        network: String,
+        subnet: String,
+        wanted: usize,
+        left: usize,
+    },
+    #[error("no free VXLAN network identifier left for network {0:?}")]
+    NoFreeVni(String),
     /// `reason` is the whole message: the service and every member with its reason.
     #[error("{reason}")]
     Unschedulable { service: String, reason: String },
@@ -682,11 +721,21 @@ pub enum Action {
     },
     CreateNetwork {
         name: String,
+        /// Incus network type: `bridge` or `ovn`.
+        kind: String,
         config: BTreeMap<String, String>,
+        /// Config keys set per member (cluster creation's pending step).
+        member_config: BTreeMap<String, BTreeMap<String, String>>,
     },
     /// Set config keys of a network of ours (an empty value removes the key).
     UpdateNetwork {
         name: String,
+        set: BTreeMap<String, String>,
+    },
+    /// Set member-specific config keys of a network of ours on one member.
+    UpdateNetworkMember {
+        name: String,
+        member: String,
         set: BTreeMap<String, String>,
     },
     CreateVolume {
@@ -743,6 +792,9 @@ impl Action {
             Action::CreateProject { name, .. } | Action::RemoveProject { name } => {
                 format!("project {name}")
             }
+            Action::UpdateNetworkMember { name, member, .. } => {
+                format!("network {name} on {member}")
+            }
             Action::CreateNetwork { name, .. }
             | Action::UpdateNetwork { name, .. }
             | Action::RemoveNetwork { name } => {
@@ -766,13 +818,20 @@ impl fmt::Display for Action {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Action::CreateProject { name, .. } => write!(f, "create Incus project {name}"),
-            Action::CreateNetwork { name, config } => write!(
+            Action::CreateNetwork {
+                name, kind, config, ..
+            } => write!(
                 f,
-                "create network {name} ({})",
+                "create {}network {name} ({}{})",
+                if kind == "ovn" { "OVN " } else { "" },
                 config
                     .get("ipv4.address")
                     .map(String::as_str)
-                    .unwrap_or("?")
+                    .unwrap_or("?"),
+                match config.get(span::LABEL_VNI) {
+                    Some(vni) => format!(", spanning the members, VXLAN VNI {vni}"),
+                    None => String::new(),
+                }
             ),
             Action::CreateVolume {
                 pool, name, member, ..
@@ -822,6 +881,14 @@ impl fmt::Display for Action {
                 f,
                 "update network {name} ({})",
                 set.keys().cloned().collect::<Vec<_>>().join(", ")
+            ),
+            Action::UpdateNetworkMember { name, member, set } => write!(
+                f,
+                "update network {name} on {member} ({})",
+                set.iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
             Action::RemoveNetwork { name } => write!(f, "remove network {name}"),
             Action::RemoveVolume { pool, name, member } => {
@@ -957,5 +1024,7 @@ mod tests;
 mod tests_deploy;
 #[cfg(test)]
 mod tests_rollout;
+#[cfg(test)]
+mod tests_span;
 #[cfg(test)]
 mod tests_watch;

@@ -15,7 +15,9 @@
 //! **Networks.** Incus network names are Linux interface names: at most 15 characters. A
 //! compose network `<key>` of Incus project `<p>` becomes `ic<h>-<k>`, where `<h>` is the
 //! first 5 hex digits of sha256(`<p>/<key>`) and `<k>` the mapped key cut to 7 characters
-//! (`ic3f9a1-default`): unique per project and network, recognisable, never over 15.
+//! (`ic3f9a1-default`): unique per project and network, recognisable, never over 15. A network
+//! spanning a cluster keeps 5 characters of the key (`ic3f9a1-defau`), so that its tunnel
+//! interface `<name>-v` fits in 15 too ([`span_network_name`]).
 //!
 //! **Volumes.** A named volume keeps the compose name (`<project>_<key>` unless `name:` says
 //! otherwise), as a custom volume of the storage pool in the project's Incus project; on a
@@ -121,6 +123,14 @@ pub fn network_name(project: &str, key: &str) -> String {
     }
 }
 
+/// Incus name of compose network `key` when it spans the cluster: as [`network_name`] with
+/// the key cut to 5 characters, so that the tunnel interface `<name>-v` fits in 15.
+pub fn span_network_name(project: &str, key: &str) -> String {
+    let full = network_name(project, key);
+    let cut: String = full.chars().take(MAX_NETWORK_NAME - 2).collect();
+    cut.trim_end_matches('-').to_string()
+}
+
 pub(crate) fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
     let mut s = String::with_capacity(bytes.len() * 2);
@@ -169,5 +179,15 @@ mod tests {
         assert_eq!(&long[8..], "a-very");
         assert!(!network_name("p", "___").ends_with('-'));
         assert_eq!(network_name("shop", "default"), a, "stable");
+    }
+
+    #[test]
+    fn spanning_network_names_leave_room_for_the_tunnel_interface() {
+        let a = span_network_name("shop", "default");
+        assert_eq!(a.len(), 13, "{a}");
+        assert_eq!(&a[..8], &network_name("shop", "default")[..8]);
+        assert!(a.ends_with("-defau"));
+        assert!(!span_network_name("shop", "ab-c-ef").ends_with('-'));
+        assert!(span_network_name("shop", "x").len() <= 13);
     }
 }

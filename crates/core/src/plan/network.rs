@@ -51,6 +51,18 @@ impl Subnet {
         format!("{}/{}", self.gateway, self.prefix)
     }
 
+    /// The first and last host address (network and broadcast addresses left out).
+    pub fn hosts(&self) -> (u32, u32) {
+        let (a, b) = self.range();
+        (a + 1, b.saturating_sub(1))
+    }
+
+    /// Whether `ip` is a host address of this subnet.
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        let (a, b) = self.hosts();
+        (a..=b).contains(&u32::from(ip))
+    }
+
     fn range(&self) -> (u32, u32) {
         let start = u32::from(self.gateway) & mask(self.prefix);
         (start, start | !mask(self.prefix))

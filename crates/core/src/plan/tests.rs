@@ -38,6 +38,7 @@ fn facts() -> ServerFacts {
         ]),
         storage_pool: "data".into(),
         pools: BTreeMap::from([("data".into(), "dir".into())]),
+        network: Default::default(),
     }
 }
 
@@ -83,7 +84,7 @@ pub(super) fn apply(plan: &Plan, obs: &Observed) -> Observed {
     out.project_exists = true;
     for a in plan.actions() {
         match a {
-            Action::CreateNetwork { name, config } => out.networks.push(ObservedNetwork {
+            Action::CreateNetwork { name, config, .. } => out.networks.push(ObservedNetwork {
                 name: name.clone(),
                 managed: true,
                 config: config.clone(),
@@ -814,7 +815,7 @@ fn a_network_left_pending_by_a_killed_up_is_finished_when_the_project_recorded_i
     let finished: Vec<(String, String)> = again
         .actions()
         .filter_map(|a| match a {
-            Action::CreateNetwork { name, config } => {
+            Action::CreateNetwork { name, config, .. } => {
                 Some((name.clone(), config["ipv4.address"].clone()))
             }
             _ => None,
@@ -850,4 +851,64 @@ fn a_network_left_pending_by_a_killed_up_is_finished_when_the_project_recorded_i
     obs.project_config
         .insert(LABEL_PROJECT.to_string(), "shop".into());
     assert!(up(APP, &obs, &DiffOptions::default()).is_err());
+}
+
+#[test]
+fn one_off_instances_of_run_are_never_replicas_but_down_removes_them() {
+    let obs = cluster();
+    let first = up(APP, &obs, &DiffOptions::default()).unwrap();
+    let mut after = apply(&first, &obs);
+    let web1 = after
+        .instances
+        .iter()
+        .find(|i| i.name == "web-1")
+        .cloned()
+        .unwrap();
+    let mut config = web1.config.clone();
+    config.remove(LABEL_SLOT);
+    config.insert(LABEL_ONEOFF.into(), "true".into());
+    after.instances.push(ObservedInstance {
+        name: "web-run-abc123".into(),
+        location: "node1".into(),
+        running: false,
+        config,
+    });
+    // Not counted, started, moved or removed by up, even with --remove-orphans.
+    let second = up(
+        APP,
+        &after,
+        &DiffOptions {
+            remove_orphans: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(second.is_empty(), "{:#?}", second.stages);
+    assert_eq!(second.unchanged, ["db-1", "web-1", "web-2", "web-3"]);
+    // start/stop/restart leave it alone.
+    let levels = dependency_levels(&load(APP));
+    let start = plan_power(Power::Start, "shop", "shop", &levels, 10, &after, &[]);
+    assert!(start.actions().all(|a| a.object() != "web-run-abc123"));
+    // down removes it with the replicas.
+    let down = plan_down(
+        "shop",
+        "shop",
+        &levels,
+        &BTreeMap::new(),
+        &after,
+        &DownOptions::default(),
+    );
+    assert!(down.actions().any(|a| a.object() == "web-run-abc123"));
+    // A one-off holding a replica's name is a collision, not that replica.
+    let mut taken = after.clone();
+    taken.instances.retain(|i| i.name != "web-3");
+    for i in &mut taken.instances {
+        if i.name == "web-run-abc123" {
+            i.name = "web-3".into();
+        }
+    }
+    assert!(matches!(
+        up(APP, &taken, &DiffOptions::default()),
+        Err(PlanError::NameCollision { .. })
+    ));
 }

@@ -63,7 +63,7 @@ fn apply(plan: &Plan, obs: &Observed) -> Observed {
     let mut out = obs.clone();
     for a in plan.actions() {
         match a {
-            Action::CreateNetwork { name, config } => out.networks.push(ObservedNetwork {
+            Action::CreateNetwork { name, config, .. } => out.networks.push(ObservedNetwork {
                 name: name.clone(),
                 managed: true,
                 config: config.clone(),

@@ -1,0 +1,748 @@
+//! Compose networks spanning the real test cluster (VXLAN bridges, see
+//! `crates/core/src/plan/span.rs`): every replica reaches every service by name from any
+//! member, service names resolve to all replicas, scaling updates the records, networks and
+//! projects are isolated, `down` leaves no bridge or tunnel interface on any member.
+//!
+//! Start the test cluster and load its environment first:
+//! `scripts/test-cluster up && set -a && . .test-cluster/env && set +a`, then
+//! `cargo test --test network`. Without a reachable Incus cluster of 3 members every test fails
+//! and says so. Every test uses compose projects of its own (`nw-<tag>-<pid>-<n>`) and removes
+//! them (`down -v`) even when it fails. Interfaces are read inside the members' network
+//! namespaces (`nsenter -t <holder pid> -n ip link`, holder pids in the harness's `run/`).
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+use common::{SETUP_HINT, block_on};
+use ic_incus::{Client, Instance};
+
+const BIN: &str = env!("CARGO_BIN_EXE_incus-compose");
+
+/// A client for the cluster; fails the test unless it is a cluster of at least 3 members.
+fn client() -> Client {
+    let c = common::client();
+    let info = block_on(c.server()).expect("server");
+    assert!(
+        info.is_clustered(),
+        "these tests need the 3-member test cluster, the server is not clustered: {SETUP_HINT}"
+    );
+    c
+}
+
+fn members(c: &Client) -> Vec<String> {
+    let mut names: Vec<String> = block_on(c.cluster_members())
+        .expect("list members")
+        .into_iter()
+        .map(|m| m.server_name)
+        .collect();
+    names.sort();
+    names
+}
+
+/// The tests of this binary take turns: they count interfaces on the members.
+static TURN: Mutex<()> = Mutex::new(());
+
+fn take_turn() -> MutexGuard<'static, ()> {
+    TURN.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn incus_compose(dir: &std::path::Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .current_dir(dir)
+        .env_remove("COMPOSE_PROJECT_NAME")
+        .env_remove("COMPOSE_FILE")
+        .env_remove("INCUS_COMPOSE_INCUS_PROJECT");
+    cmd
+}
+
+/// A compose project in a temporary directory, removed with `down -v` when dropped.
+struct Fixture {
+    name: String,
+    dir: tempfile::TempDir,
+    client: Client,
+}
+
+impl Fixture {
+    fn new(tag: &str, client: &Client) -> Fixture {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        Fixture {
+            name: format!(
+                "nw-{tag}-{}-{}",
+                std::process::id() % 100_000,
+                COUNTER.fetch_add(1, Ordering::Relaxed)
+            ),
+            dir: tempfile::tempdir().expect("temp dir"),
+            client: client.clone(),
+        }
+    }
+
+    /// Write the compose file (`{name}` is replaced by the project name).
+    fn write(&self, yaml: &str) {
+        std::fs::write(
+            self.dir.path().join("compose.yaml"),
+            yaml.replace("{name}", &self.name),
+        )
+        .expect("write compose file");
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        let out = incus_compose(self.dir.path(), args)
+            .output()
+            .expect("run incus-compose");
+        eprintln!(
+            "$ incus-compose {}  (exit {:?})\n{}{}",
+            args.join(" "),
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    /// Run and require success; returns stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "incus-compose {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// A shell command in a replica (`exec -T --index N`): (exit code, stdout).
+    fn sh(&self, service: &str, index: u32, script: &str) -> (i32, String) {
+        let out = incus_compose(
+            self.dir.path(),
+            &[
+                "exec",
+                "-T",
+                "--index",
+                &index.to_string(),
+                service,
+                "sh",
+                "-c",
+                script,
+            ],
+        )
+        .output()
+        .expect("run incus-compose exec");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    }
+
+    /// `wget -q -O- URL` in a replica, a few tries (a fresh replica may still be starting
+    /// httpd): the body, or None.
+    fn fetch(&self, service: &str, index: u32, url: &str) -> Option<String> {
+        for attempt in 0..10 {
+            if attempt > 0 {
+                std::thread::sleep(std::time::Duration::from_millis(500));
+            }
+            let (code, out) = self.sh(service, index, &format!("wget -q -O- {url}"));
+            if code == 0 {
+                return Some(out);
+            }
+        }
+        None
+    }
+
+    /// One try of `wget -q -O- URL`: whether it answered.
+    fn reaches(&self, service: &str, index: u32, url: &str) -> bool {
+        self.sh(service, index, &format!("wget -q -O- {url}")).0 == 0
+    }
+
+    /// The addresses `nslookup NAME` answers in a replica (asked again, a few times, while the
+    /// server gives neither answers nor NXDOMAIN).
+    fn resolve(&self, service: &str, index: u32, name: &str) -> BTreeSet<String> {
+        let mut out = String::new();
+        for attempt in 0..6 {
+            if attempt > 0 {
+                std::thread::sleep(std::time::Duration::from_millis(500));
+            }
+            out = self.sh(service, index, &format!("nslookup {name}")).1;
+            if out.contains("Name:") || out.contains("can't find") {
+                break;
+            }
+        }
+        // The server's own `Address:` line comes before the first `Name:`.
+        out.split_once("Name:")
+            .map(|(_, answers)| answers)
+            .unwrap_or("")
+            .lines()
+            .filter_map(|l| l.strip_prefix("Address:"))
+            .map(|a| a.trim().to_string())
+            .filter(|a| !a.is_empty())
+            .collect()
+    }
+
+    fn project_exists(&self) -> bool {
+        match block_on(self.client.get_project(&self.name)) {
+            Ok(_) => true,
+            Err(e) if e.is_not_found() => false,
+            Err(e) => panic!("reading project {}: {e}", self.name),
+        }
+    }
+
+    /// Instances of the Incus project, by name.
+    fn instances(&self) -> BTreeMap<String, Instance> {
+        if !self.project_exists() {
+            return BTreeMap::new();
+        }
+        block_on(self.client.with_project(&self.name).instances())
+            .expect("list instances")
+            .into_iter()
+            .map(|i| (i.name.clone(), i))
+            .collect()
+    }
+
+    /// The address incus-compose gave each replica of `service` on compose network `key`.
+    fn addresses(&self, service: &str, key: &str) -> BTreeMap<String, String> {
+        self.instances()
+            .into_values()
+            .filter(|i| {
+                i.config
+                    .get("user.incus-compose.service")
+                    .map(String::as_str)
+                    == Some(service)
+            })
+            .filter_map(|i| {
+                let a = i
+                    .config
+                    .get(&format!("user.incus-compose.ipv4.{key}"))?
+                    .clone();
+                Some((i.name, a))
+            })
+            .collect()
+    }
+
+    /// The Incus networks of this project.
+    fn networks(&self) -> Vec<ic_incus::Network> {
+        block_on(self.client.networks())
+            .expect("list networks")
+            .into_iter()
+            .filter(|n| {
+                n.config
+                    .get("user.incus-compose.project")
+                    .map(String::as_str)
+                    == Some(self.name.as_str())
+            })
+            .collect()
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        if !self.dir.path().join("compose.yaml").exists() {
+            return;
+        }
+        for attempt in 0..3 {
+            if attempt > 0 {
+                std::thread::sleep(std::time::Duration::from_secs(2));
+            }
+            let down = incus_compose(
+                self.dir.path(),
+                &["down", "-v", "--remove-orphans", "-t", "1"],
+            )
+            .output();
+            match down {
+                Ok(o) if o.status.success() => break,
+                Ok(o) => eprintln!(
+                    "cleanup of {} failed:\n{}{}",
+                    self.name,
+                    String::from_utf8_lossy(&o.stdout),
+                    String::from_utf8_lossy(&o.stderr)
+                ),
+                Err(e) => eprintln!("cleanup of {}: {e}", self.name),
+            }
+        }
+    }
+}
+
+/// The interface names in member `member`'s network namespace.
+fn links_on(member: &str) -> BTreeSet<String> {
+    let state = std::env::var("INCUS_COMPOSE_TEST_STATE")
+        .unwrap_or_else(|_| panic!("INCUS_COMPOSE_TEST_STATE unset: {SETUP_HINT}"));
+    let pidfile = PathBuf::from(state)
+        .join("run")
+        .join(format!("{member}.holder.pid"));
+    let pid = std::fs::read_to_string(&pidfile)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", pidfile.display()));
+    let out = Command::new("nsenter")
+        .args(["-t", pid.trim(), "-n", "ip", "-o", "link"])
+        .output()
+        .expect("run nsenter");
+    assert!(
+        out.status.success(),
+        "nsenter into {member}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split(':').nth(1))
+        .map(|n| n.trim().split('@').next().unwrap_or("").to_string())
+        .collect()
+}
+
+/// DHCP leases of bridge `network` on each member (its dnsmasq's lease file under the
+/// member's `INCUS_DIR`): member -> (instance name, address).
+fn leases(members: &[String], network: &str) -> BTreeMap<String, Vec<(String, String)>> {
+    let mut out = BTreeMap::new();
+    for m in members {
+        let var = format!("INCUS_COMPOSE_TEST_{}_DIR", m.to_uppercase());
+        let dir = std::env::var(&var).unwrap_or_else(|_| panic!("{var} unset: {SETUP_HINT}"));
+        let file = PathBuf::from(dir)
+            .join("networks")
+            .join(network)
+            .join("dnsmasq.leases");
+        let text = std::fs::read_to_string(&file).unwrap_or_default();
+        // `<expiry> <mac> <address> <name> <client id>`
+        let rows = text
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.len() >= 4).then(|| (f[3].to_string(), f[2].to_string()))
+            })
+            .collect();
+        out.insert(m.clone(), rows);
+    }
+    out
+}
+
+/// Interfaces named after `networks` (bridges and their `-v` tunnels) on any member.
+fn leftovers(c: &Client, networks: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    for m in members(c) {
+        for l in links_on(&m) {
+            if networks.iter().any(|n| l == *n || l == format!("{n}-v")) {
+                out.push(format!("{m}: {l}"));
+            }
+        }
+    }
+    out
+}
+
+const STACK: &str = r#"
+name: {name}
+services:
+  db:
+    image: testapp/v1
+    networks: [back]
+  app:
+    image: testapp/v1
+    deploy: {replicas: 3}
+    networks: [back]
+  web:
+    image: testapp/v1
+    deploy: {replicas: 3}
+    networks:
+      back: {priority: 10}
+      front: {}
+networks:
+  front: {}
+  back: {}
+"#;
+
+#[test]
+fn every_replica_reaches_every_service_by_name_from_any_member_and_down_leaves_no_tunnel() {
+    let _turn = take_turn();
+    let c = client();
+    let all = members(&c);
+    assert!(all.len() >= 3, "expected the 3-member test cluster");
+    let f = Fixture::new("stack", &c);
+    f.write(STACK);
+    f.ok(&["up", "-d"]);
+
+    // Spread over the members, on networks that span them.
+    let inst = f.instances();
+    for service in ["app", "web"] {
+        let on: BTreeSet<&String> = inst
+            .values()
+            .filter(|i| {
+                i.config
+                    .get("user.incus-compose.service")
+                    .map(String::as_str)
+                    == Some(service)
+            })
+            .map(|i| &i.location)
+            .collect();
+        assert_eq!(on.len(), 3, "{service} on {on:?}");
+    }
+    let nets = f.networks();
+    assert_eq!(nets.len(), 2);
+    let vnis: BTreeSet<&String> = nets
+        .iter()
+        .map(|n| {
+            assert_eq!(
+                n.config.get("tunnel.v.protocol").map(String::as_str),
+                Some("vxlan")
+            );
+            assert_eq!(n.config.get("tunnel.v.ttl").map(String::as_str), Some("1"));
+            &n.config["user.incus-compose.vni"]
+        })
+        .collect();
+    assert_eq!(vnis.len(), 2, "one VNI per network");
+    let names: Vec<String> = nets.iter().map(|n| n.name.clone()).collect();
+    for m in &all {
+        let links = links_on(m);
+        for n in &names {
+            assert!(links.contains(n), "{m} has no bridge {n}: {links:?}");
+            assert!(
+                links.contains(&format!("{n}-v")),
+                "{m} has no tunnel {n}-v: {links:?}"
+            );
+        }
+    }
+
+    // Every web replica (one per member) fetches from db and app by service name.
+    for i in 1..=3 {
+        assert_eq!(
+            f.fetch("web", i, "http://db/").as_deref(),
+            Some("v1"),
+            "web-{i} -> db"
+        );
+        assert_eq!(
+            f.fetch("web", i, "http://app/").as_deref(),
+            Some("v1"),
+            "web-{i} -> app"
+        );
+        for j in 1..=3 {
+            assert_eq!(
+                f.fetch("web", i, &format!("http://app-{j}/")).as_deref(),
+                Some("v1"),
+                "web-{i} -> app-{j}"
+            );
+        }
+        assert_eq!(
+            f.fetch("app", i, "http://db/").as_deref(),
+            Some("v1"),
+            "app-{i} -> db"
+        );
+    }
+    // `app` resolves to all 3 replica addresses from every member.
+    let app: BTreeSet<String> = f.addresses("app", "back").into_values().collect();
+    assert_eq!(app.len(), 3, "{app:?}");
+    for i in 1..=3 {
+        assert_eq!(f.resolve("web", i, "app"), app, "from web-{i}");
+    }
+    // One lease per instance, from its own member's dnsmasq, with the address incus-compose
+    // chose; no address handed out twice.
+    let back = nets
+        .iter()
+        .find(|n| {
+            n.config
+                .get("user.incus-compose.network")
+                .map(String::as_str)
+                == Some("back")
+        })
+        .map(|n| n.name.clone())
+        .expect("the back network");
+    let inst = f.instances();
+    let mut seen: BTreeMap<String, (String, String)> = BTreeMap::new();
+    for (member, rows) in leases(&all, &back) {
+        for (name, addr) in rows {
+            let Some(i) = inst.get(&name) else { continue };
+            assert_eq!(i.location, member, "{name} leased by {member}'s dnsmasq");
+            assert_eq!(
+                i.config.get("user.incus-compose.ipv4.back"),
+                Some(&addr),
+                "{name}"
+            );
+            assert!(
+                seen.insert(name.clone(), (member.clone(), addr)).is_none(),
+                "{name} leased twice"
+            );
+        }
+    }
+    let addrs: BTreeSet<&String> = seen.values().map(|(_, a)| a).collect();
+    assert_eq!(addrs.len(), seen.len(), "an address leased twice: {seen:?}");
+    assert_eq!(seen.len(), 7, "db, 3 app and 3 web leased: {seen:?}");
+
+    // A second `up` changes nothing (the records are not written again).
+    let again = f.ok(&["up", "-d"]);
+    assert!(again.contains("Nothing to change"), "{again}");
+
+    // Scaling app to 5: the new replicas resolve and answer from every member.
+    let out = f.ok(&["scale", "app=5"]);
+    assert_eq!(
+        out.matches("network").count(),
+        1,
+        "one record update: {out}"
+    );
+    let app5: BTreeSet<String> = f.addresses("app", "back").into_values().collect();
+    assert_eq!(app5.len(), 5, "{app5:?}");
+    assert!(
+        app.is_subset(&app5),
+        "existing replicas keep their addresses"
+    );
+    for i in 1..=3 {
+        assert_eq!(f.resolve("web", i, "app"), app5, "from web-{i}");
+        for j in 4..=5 {
+            assert_eq!(
+                f.fetch("web", i, &format!("http://app-{j}/")).as_deref(),
+                Some("v1"),
+                "web-{i} -> app-{j}"
+            );
+        }
+    }
+    // And down to 2: the removed ones are gone from DNS.
+    f.ok(&["scale", "app=2"]);
+    let app2: BTreeSet<String> = f.addresses("app", "back").into_values().collect();
+    assert_eq!(app2.len(), 2);
+    for i in 1..=3 {
+        assert_eq!(f.resolve("web", i, "app"), app2, "from web-{i}");
+    }
+
+    // `down` leaves no bridge, tunnel interface or ACL on any member.
+    f.ok(&["down"]);
+    assert!(f.networks().is_empty());
+    assert_eq!(leftovers(&c, &names), Vec::<String>::new());
+    let acl = block_on(c.network_acl(&format!("incus-compose-{}", f.name)));
+    assert!(
+        acl.is_err_and(|e| e.is_not_found()),
+        "the project's ACL is removed"
+    );
+
+    // A second cycle starts from nothing stale.
+    f.ok(&["up", "-d"]);
+    for i in 1..=3 {
+        assert_eq!(
+            f.fetch("web", i, "http://db/").as_deref(),
+            Some("v1"),
+            "web-{i} -> db"
+        );
+    }
+    let names2: Vec<String> = f.networks().iter().map(|n| n.name.clone()).collect();
+    f.ok(&["down"]);
+    assert_eq!(leftovers(&c, &names2), Vec::<String>::new());
+}
+
+#[test]
+fn networks_are_isolated_from_each_other_and_from_other_projects_and_internal_ones_have_no_way_out()
+{
+    let _turn = take_turn();
+    let c = client();
+    let f = Fixture::new("iso", &c);
+    f.write(
+        r#"
+name: {name}
+services:
+  a:
+    image: testapp/v1
+    deploy: {replicas: 3}
+    networks: [na]
+  b:
+    image: testapp/v1
+    deploy: {replicas: 3}
+    networks: [nb]
+  c:
+    image: testapp/v1
+    deploy: {replicas: 2}
+    networks: [ni]
+networks:
+  na: {}
+  nb: {}
+  ni: {internal: true}
+"#,
+    );
+    f.ok(&["up", "-d"]);
+    // An internal network: its replicas reach each other across members, but have no route
+    // out of it.
+    for i in 1..=2 {
+        for j in 1..=2 {
+            assert_eq!(
+                f.fetch("c", i, &format!("http://c-{j}/")).as_deref(),
+                Some("v1"),
+                "c-{i} -> c-{j}"
+            );
+        }
+        let (_, routes) = f.sh("c", i, "ip route");
+        assert!(!routes.contains("default"), "c-{i}: {routes}");
+        let (_, routes) = f.sh("a", i, "ip route");
+        assert!(routes.contains("default"), "a-{i} (not internal): {routes}");
+    }
+    let other = Fixture::new("iso2", &c);
+    other.write(
+        r#"
+name: {name}
+services:
+  a:
+    image: testapp/v1
+    deploy: {replicas: 3}
+    networks: [na]
+networks:
+  na: {}
+"#,
+    );
+    other.ok(&["up", "-d"]);
+
+    let a: Vec<String> = f.addresses("a", "na").into_values().collect();
+    let b: Vec<String> = f.addresses("b", "nb").into_values().collect();
+    let x: Vec<String> = other.addresses("a", "na").into_values().collect();
+    assert_eq!((a.len(), b.len(), x.len()), (3, 3, 3));
+    for i in 1..=3 {
+        // Its own network: every replica, on every member, by address and by name.
+        for addr in &a {
+            assert_eq!(
+                f.fetch("a", i, &format!("http://{addr}/")).as_deref(),
+                Some("v1")
+            );
+        }
+        assert_eq!(f.resolve("a", i, "a").len(), 3);
+        // Network B of the same project: not by address, not by name.
+        for addr in &b {
+            assert!(
+                !f.reaches("a", i, &format!("http://{addr}/")),
+                "a-{i} reached b at {addr}"
+            );
+        }
+        assert!(
+            f.resolve("a", i, "b").is_empty(),
+            "b resolves on network na"
+        );
+        // The other project: not either way.
+        for addr in &x {
+            assert!(
+                !f.reaches("a", i, &format!("http://{addr}/")),
+                "a-{i} reached the other project at {addr}"
+            );
+        }
+        for addr in &a {
+            assert!(
+                !other.reaches("a", i, &format!("http://{addr}/")),
+                "the other project reached {addr}"
+            );
+        }
+    }
+}
+
+/// Runs the harness (`INCUS_COMPOSE_TEST_HARNESS`) with `args` on the line the environment
+/// names (`INCUS_LINE`); Err says what it printed.
+fn harness(args: &[&str]) -> Result<(), String> {
+    let path = std::env::var_os("INCUS_COMPOSE_TEST_HARNESS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| panic!("INCUS_COMPOSE_TEST_HARNESS unset: {SETUP_HINT}"));
+    match Command::new(&path).args(args).output() {
+        Ok(o) if o.status.success() => Ok(()),
+        Ok(o) => Err(format!(
+            "harness {} failed:\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )),
+        Err(e) => Err(format!("cannot run the harness {}: {e}", args.join(" "))),
+    }
+}
+
+/// A fourth member added with the harness's `add-member`, removed (`remove-member`) when
+/// dropped, also when the test fails.
+struct ExtraMember {
+    name: String,
+}
+
+impl ExtraMember {
+    fn add(client: &Client) -> ExtraMember {
+        let before = members(client);
+        assert_eq!(before.len(), 3, "expected the 3-member test cluster");
+        let guard = ExtraMember {
+            name: "node4".into(),
+        };
+        harness(&["add-member"]).unwrap_or_else(|e| panic!("{e}"));
+        let after = members(client);
+        let new: Vec<&String> = after.iter().filter(|m| !before.contains(m)).collect();
+        assert_eq!(new, [&guard.name], "add-member added {new:?}");
+        guard
+    }
+}
+
+impl Drop for ExtraMember {
+    fn drop(&mut self) {
+        if let Err(e) = harness(&["remove-member"]) {
+            eprintln!("cleanup: {e}");
+        }
+    }
+}
+
+#[test]
+fn a_member_that_joins_later_gets_the_tunnel_and_its_global_replica_reaches_db_and_is_reached_by_name()
+ {
+    let _turn = take_turn();
+    let c = client();
+    // Declared before the fixture: the fixture's `down` runs first, then the member leaves.
+    let extra;
+    let f = Fixture::new("join", &c);
+    f.write(
+        r#"
+name: {name}
+services:
+  db:
+    image: testapp/v1
+    networks: [back]
+  agent:
+    image: testapp/v1
+    deploy: {mode: global}
+    networks: [back]
+networks:
+  back: {}
+"#,
+    );
+    f.ok(&["up", "-d"]);
+    assert_eq!(f.addresses("agent", "back").len(), 3);
+    extra = ExtraMember::add(&c);
+    let first = f.run(&["up", "-d"]);
+    if !first.status.success() {
+        // Incus 7.0 (member-specific tunnel interfaces): the joining member could not start the
+        // tunnel; `up` set its interface and says to restart that member's daemon.
+        let err = String::from_utf8_lossy(&first.stderr);
+        assert!(
+            err.contains("unavailable on node4") && err.contains("restart incusd on node4"),
+            "{err}"
+        );
+        let k = extra.name.trim_start_matches("node").to_string();
+        harness(&["kill-member", &k]).unwrap_or_else(|e| panic!("{e}"));
+        harness(&["revive-member", &k]).unwrap_or_else(|e| panic!("{e}"));
+        // The revived member takes a moment before the others forward requests to it again.
+        let mut done = false;
+        for _ in 0..12 {
+            std::thread::sleep(std::time::Duration::from_secs(5));
+            let online = block_on(c.cluster_member(&extra.name)).is_ok_and(|m| m.is_online());
+            if online && f.run(&["up", "-d"]).status.success() {
+                done = true;
+                break;
+            }
+        }
+        assert!(
+            done,
+            "up did not succeed within a minute of restarting {}",
+            extra.name
+        );
+    }
+    let agents = f.addresses("agent", "back");
+    assert_eq!(agents.len(), 4, "{agents:?}");
+    let new = format!("agent-{}", extra.name);
+    let on = f.instances()[&new].location.clone();
+    assert_eq!(on, extra.name);
+    // `--index 4`: the 4th global replica in member-name order, the one on node4.
+    assert_eq!(
+        f.fetch("agent", 4, "http://db/").as_deref(),
+        Some("v1"),
+        "{new} -> db"
+    );
+    assert_eq!(
+        f.fetch("db", 1, &format!("http://{new}/")).as_deref(),
+        Some("v1"),
+        "db -> {new}"
+    );
+    let all: BTreeSet<String> = agents.into_values().collect();
+    assert_eq!(f.resolve("db", 1, "agent"), all);
+    assert_eq!(f.resolve("agent", 4, "agent"), all);
+    drop(f);
+    drop(extra);
+}
