@@ -33,6 +33,7 @@ mod top;
 mod up;
 mod version;
 mod wait;
+mod watch;
 
 /// Run compose files on Incus, on one server or across a cluster.
 #[derive(Debug, Parser)]
@@ -113,6 +114,8 @@ pub enum Command {
     Pull(pull::PullArgs),
     /// Cluster members: list them, label them
     Node(node::NodeArgs),
+    /// Keep projects converged to their deployed revision as members join and fail
+    Watch(watch::WatchArgs),
     /// Show the processes running in each instance
     Top(top::TopArgs),
     /// Copy files and directories between a replica and the local filesystem
@@ -183,6 +186,7 @@ pub fn main() -> ExitCode {
         Command::Pull(args) => pull::run(&cli.global, &args),
         Command::Node(args) => node::run(&cli.global, &args),
         Command::Top(args) => top::run(&cli.global, &args),
+        Command::Watch(args) => watch::run(&cli.global, &args),
         Command::Cp(args) => cp::run(&cli.global, &args),
         Command::Create(args) => create::run(&cli.global, &args),
         Command::Kill(args) => kill::run(&cli.global, &args),

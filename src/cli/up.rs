@@ -133,6 +133,7 @@ pub fn run(global: &GlobalArgs, args: &UpArgs) -> anyhow::Result<ExitCode> {
         no_recreate: args.no_recreate,
         remove_orphans: args.remove_orphans,
         no_start: args.no_start,
+        ..Default::default()
     };
     let mut pending: Vec<PendingReplica> = Vec::new();
     let code = block_on(async {

@@ -50,13 +50,24 @@ pub struct LockOptions {
     pub ttl: Duration,
     /// Wait for a live holder (else refuse at once).
     pub wait: bool,
+    /// The project config key that holds the lease: [`LOCK_KEY`] for the project lock;
+    /// `watch` also holds [`WATCH_KEY`] (which `watch` acts on the project).
+    pub key: &'static str,
 }
+
+/// The project config key of the lease that says which `watch` process looks after the
+/// project (held for as long as it runs; the project lock is taken only while it acts).
+pub const WATCH_KEY: &str = "user.incus-compose.watch";
 
 impl LockOptions {
     /// The lease length from [`TTL_ENV`] (whole seconds, at least 3), else [`DEFAULT_TTL`].
     pub fn from_env(wait: bool) -> anyhow::Result<LockOptions> {
         let ttl = parse_ttl(std::env::var(TTL_ENV).ok().as_deref())?;
-        Ok(LockOptions { ttl, wait })
+        Ok(LockOptions {
+            ttl,
+            wait,
+            key: LOCK_KEY,
+        })
     }
 
     fn ttl_secs(&self) -> u64 {
@@ -166,12 +177,10 @@ pub async fn edit_project_config(
 async fn read_lock(
     base: &Client,
     name: &str,
+    key: &str,
 ) -> ic_incus::Result<(ic_incus::Project, Option<String>, Option<LockRecord>)> {
     let (project, etag) = base.get_project_with_etag(name).await?;
-    let record = project
-        .config
-        .get(LOCK_KEY)
-        .and_then(|v| LockRecord::parse(v));
+    let record = project.config.get(key).and_then(|v| LockRecord::parse(v));
     Ok((project, etag, record))
 }
 
@@ -182,11 +191,12 @@ async fn write_lock(
     project: &ic_incus::Project,
     etag: Option<String>,
     record: Option<&LockRecord>,
+    key: &str,
 ) -> ic_incus::Result<bool> {
     let mut config = project.config.clone();
     match record {
-        Some(r) => config.insert(LOCK_KEY.to_string(), r.to_value()),
-        None => config.remove(LOCK_KEY),
+        Some(r) => config.insert(key.to_string(), r.to_value()),
+        None => config.remove(key),
     };
     let put = ic_incus::ProjectPut {
         description: project.description.clone(),
@@ -205,6 +215,8 @@ async fn write_lock(
 /// What the holder's tasks share.
 struct Shared {
     project: String,
+    /// The config key of the lease.
+    key: &'static str,
     held: AtomicBool,
     /// Unix seconds: the expiry of the last record read back as ours.
     confirmed_expires: AtomicU64,
@@ -340,7 +352,7 @@ async fn release(base: &Client, shared: &Shared) {
     let mine = shared.record();
     let _one_at_a_time = CONFIG_WRITES.lock().await;
     for _ in 0..20 {
-        let (project, etag, current) = match read_lock(base, &shared.project).await {
+        let (project, etag, current) = match read_lock(base, &shared.project, shared.key).await {
             Ok(r) => r,
             // `down` removed the project, and the lock with it.
             Err(e) if e.is_not_found() => return,
@@ -362,7 +374,7 @@ async fn release(base: &Client, shared: &Shared) {
                 return;
             }
         }
-        match write_lock(base, &project, etag, None).await {
+        match write_lock(base, &project, etag, None, shared.key).await {
             Ok(true) => return,
             Ok(false) => continue,
             Err(e) if e.is_not_found() => return,
@@ -390,7 +402,7 @@ pub async fn acquire(
     let ttl = opts.ttl_secs();
     let mut said_waiting: Option<String> = None;
     let record = loop {
-        let current = match read_lock(base, incus_project).await {
+        let current = match read_lock(base, incus_project, opts.key).await {
             Ok((_, _, current)) => current,
             Err(e) if e.is_not_found() => return Ok(None),
             Err(e) => {
@@ -423,19 +435,20 @@ pub async fn acquire(
             Decision::Take(want) => {
                 // Read again under the in-process write lock (see CONFIG_WRITES).
                 let guard = CONFIG_WRITES.lock().await;
-                let (project, etag, now_current) = match read_lock(base, incus_project).await {
-                    Ok(r) => r,
-                    Err(e) if e.is_not_found() => return Ok(None),
-                    Err(e) => {
-                        return Err(e).with_context(|| {
-                            format!("cannot read the lock of Incus project {incus_project}")
-                        });
-                    }
-                };
+                let (project, etag, now_current) =
+                    match read_lock(base, incus_project, opts.key).await {
+                        Ok(r) => r,
+                        Err(e) if e.is_not_found() => return Ok(None),
+                        Err(e) => {
+                            return Err(e).with_context(|| {
+                                format!("cannot read the lock of Incus project {incus_project}")
+                            });
+                        }
+                    };
                 if now_current != current {
                     continue;
                 }
-                let written = write_lock(base, &project, etag, Some(&want))
+                let written = write_lock(base, &project, etag, Some(&want), opts.key)
                     .await
                     .with_context(|| {
                         format!("cannot write the lock of Incus project {incus_project}")
@@ -444,13 +457,13 @@ pub async fn acquire(
                 if !written {
                     continue;
                 }
-                if !confirmed(base, incus_project, &want).await? {
+                if !confirmed(base, incus_project, &want, opts.key).await? {
                     continue;
                 }
                 // A concurrent writer that passed the same ETag check may commit after our
                 // read-back: look again once it would have.
                 tokio::time::sleep(SETTLE).await;
-                if confirmed(base, incus_project, &want).await? {
+                if confirmed(base, incus_project, &want, opts.key).await? {
                     break want;
                 }
             }
@@ -461,6 +474,7 @@ pub async fn acquire(
     }
     let shared = Arc::new(Shared {
         project: incus_project.to_string(),
+        key: opts.key,
         held: AtomicBool::new(true),
         confirmed_expires: AtomicU64::new(record.expires),
         margin: opts.margin_secs(),
@@ -479,8 +493,13 @@ pub async fn acquire(
 }
 
 /// Whether the project's lock key shows `want` (holder and epoch).
-async fn confirmed(base: &Client, incus_project: &str, want: &LockRecord) -> anyhow::Result<bool> {
-    match read_lock(base, incus_project).await {
+async fn confirmed(
+    base: &Client,
+    incus_project: &str,
+    want: &LockRecord,
+    key: &str,
+) -> anyhow::Result<bool> {
+    match read_lock(base, incus_project, key).await {
         Ok((_, _, back)) => Ok(lease::confirms(back.as_ref(), want)),
         Err(e) if e.is_not_found() => Ok(false),
         Err(e) => Err(e)
@@ -527,7 +546,7 @@ async fn renew_once(
     let mine = shared.record();
     let _one_at_a_time = CONFIG_WRITES.lock().await;
     for _ in 0..20 {
-        let (project, etag, current) = match read_lock(base, &shared.project).await {
+        let (project, etag, current) = match read_lock(base, &shared.project, shared.key).await {
             Ok(r) => r,
             Err(e) if e.is_not_found() => {
                 shared.lose("the Incus project was removed".into());
@@ -542,10 +561,10 @@ async fn renew_once(
             shared.lose(who);
             return Ok(None);
         };
-        if !write_lock(base, &project, etag, Some(&next)).await? {
+        if !write_lock(base, &project, etag, Some(&next), shared.key).await? {
             continue;
         }
-        let (_, _, back) = read_lock(base, &shared.project).await?;
+        let (_, _, back) = read_lock(base, &shared.project, shared.key).await?;
         if back.as_ref() == Some(&next) {
             return Ok(Some(next));
         }
@@ -597,6 +616,7 @@ mod tests {
         let o = LockOptions {
             ttl: Duration::from_secs(7),
             wait: true,
+            key: LOCK_KEY,
         };
         assert_eq!((o.ttl_secs(), o.margin_secs()), (7, 1));
     }

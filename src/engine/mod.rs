@@ -8,10 +8,11 @@ pub mod health;
 pub mod lock;
 mod observe;
 mod oci;
-mod progress;
+pub mod progress;
 pub mod revisions;
 pub mod rollout;
 mod spanning;
+pub mod watch;
 
 pub use execute::{Target, execute, execute_gated};
 pub use lock::{Lease, LockGuard, LockOptions};

@@ -194,8 +194,15 @@ pub async fn observe(
         .await
         .context("cannot list storage pools")?;
     if project.is_some() {
+        // Instances on offline members are listed as stand-ins (no configuration): kept so,
+        // the planner recognises them by name (`plan::diff`).
+        let offline: Vec<String> = members
+            .iter()
+            .filter(|m: &&Member| !m.online)
+            .map(|m| m.name.clone())
+            .collect();
         instances = pc
-            .instances()
+            .instances_with_offline(&offline)
             .await
             .with_context(|| format!("cannot list instances of Incus project {incus_project:?}"))?
             .into_iter()

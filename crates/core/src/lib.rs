@@ -5,3 +5,4 @@ pub mod plan;
 pub mod revision;
 pub mod rollout;
 pub mod schedule;
+pub mod watch;

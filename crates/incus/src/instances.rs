@@ -315,21 +315,30 @@ impl Client {
     /// (listed as a stand-in, see [`Instance::is_stand_in`]) is read again by itself, a few
     /// times over ~4 s; [`Error::Unreadable`] when it still cannot be.
     pub async fn instances(&self) -> Result<Vec<Instance>> {
-        self.instances_read(false).await
+        self.instances_read(false, &[]).await
+    }
+
+    /// [`Client::instances`], except that stand-ins on the members named in `offline` are
+    /// returned as Incus lists them (name, project, member and status `Error`, no
+    /// configuration): those members cannot be asked.
+    pub async fn instances_with_offline(&self, offline: &[String]) -> Result<Vec<Instance>> {
+        self.instances_read(false, offline).await
     }
 
     /// `GET /1.0/instances?recursion=2`: instances with their runtime state. Stand-ins are read
     /// again as by [`Client::instances`].
     pub async fn instances_full(&self) -> Result<Vec<Instance>> {
-        self.instances_read(true).await
+        self.instances_read(true, &[]).await
     }
 
-    async fn instances_read(&self, full: bool) -> Result<Vec<Instance>> {
+    async fn instances_read(&self, full: bool, offline: &[String]) -> Result<Vec<Instance>> {
         let recursion = if full { "2" } else { "1" };
         let mut list: Vec<Instance> = self
             .send(Request::get("/1.0/instances").query("recursion", recursion))
             .await?;
-        let stand_ins: Vec<usize> = (0..list.len()).filter(|&k| list[k].is_stand_in()).collect();
+        let stand_ins: Vec<usize> = (0..list.len())
+            .filter(|&k| list[k].is_stand_in() && !offline.contains(&list[k].location))
+            .collect();
         if stand_ins.is_empty() {
             return Ok(list);
         }

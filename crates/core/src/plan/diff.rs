@@ -8,9 +8,9 @@ use super::oci::short;
 use super::placement::PendingReplica;
 use super::storage::SHARED_DRIVERS;
 use super::{
-    Action, Desired, InstancePlan, InstanceTemplate, LABEL_HASH, LABEL_PROJECT, LABEL_RETIRED,
-    LABEL_SERVICE, LABEL_SLOT, LABEL_STATIC_HASH, LABEL_VERSION, Observed, ObservedInstance, Plan,
-    PlanError, Stage, addresses, allocate_subnet, live_key, span,
+    Action, Desired, InstancePlan, InstanceTemplate, LABEL_HASH, LABEL_PROJECT, LABEL_REPLACES,
+    LABEL_RETIRED, LABEL_SERVICE, LABEL_SLOT, LABEL_STATIC_HASH, LABEL_VERSION, Observed,
+    ObservedInstance, Plan, PlanError, Stage, addresses, allocate_subnet, live_key, span,
 };
 use crate::schedule::{self, ExistingReplica, Mode, Outcome, SlotKey};
 
@@ -25,6 +25,12 @@ pub struct DiffOptions {
     pub remove_orphans: bool,
     /// Create without starting; do not start stopped replicas.
     pub no_start: bool,
+    /// Offline members still within their grace period (`watch --grace`): their replicas
+    /// stay where they are, counted and left alone, and nothing new is placed there. Replicas
+    /// on other offline members are re-created elsewhere under the slot's other name (the
+    /// stranded instance keeps its name in Incus's database), and their removal is deferred
+    /// until the member is back.
+    pub grace: BTreeSet<String>,
 }
 
 /// `down` flags.
@@ -324,10 +330,24 @@ struct Replicas {
     unchanged: Vec<String>,
     placement: Vec<(String, String, String)>,
     pending: Vec<PendingReplica>,
+    /// Members that are offline now (Incus cannot stop or delete what they hold).
+    offline: BTreeSet<String>,
+    /// Removals deferred because the instance's member is offline: (name, member, reason).
+    deferred: Vec<(String, String, String)>,
 }
 
 impl Replicas {
+    /// Removes `i`, or, when its member is offline, defers that (reported as a warning): Incus
+    /// cannot delete it until the member is back, and one stranded instance must not fail
+    /// the whole plan.
     fn remove(&mut self, i: &ObservedInstance, timeout: i64, reason: String) {
+        if self.offline.contains(&i.location) {
+            if !self.deferred.iter().any(|(n, _, _)| n == &i.name) {
+                self.deferred
+                    .push((i.name.clone(), i.location.clone(), reason));
+            }
+            return;
+        }
         if self.removed.insert(i.name.clone()) {
             self.removals.push(Action::Remove {
                 name: i.name.clone(),
@@ -340,18 +360,24 @@ impl Replicas {
     }
 }
 
-/// The project's observed replicas by (service, slot), and as the scheduler sees them.
+/// The project's observed replicas by (service, slot), and as the scheduler sees them; and
+/// the surplus: when a slot has several replicas (a replacement made while a member was
+/// offline, and the stranded one back with its member), the one [`keeper_rank`] ranks first
+/// is the slot's, the others are returned to be removed.
+#[allow(clippy::type_complexity)]
 fn observed_replicas<'a>(
     d: &Desired,
     ours: &[&'a ObservedInstance],
+    offline: &BTreeSet<String>,
 ) -> (
     Vec<ExistingReplica>,
     BTreeMap<(String, SlotKey), &'a ObservedInstance>,
+    Vec<(&'a ObservedInstance, String)>,
 ) {
     let template_of: BTreeMap<&str, &InstanceTemplate> =
         d.services.iter().map(|t| (t.service.as_str(), t)).collect();
-    let mut existing = Vec::new();
-    let mut by_slot = BTreeMap::new();
+    let mut by_slot: BTreeMap<(String, SlotKey), &'a ObservedInstance> = BTreeMap::new();
+    let mut surplus = Vec::new();
     for i in ours {
         if i.label(LABEL_RETIRED).is_some() {
             continue;
@@ -365,14 +391,101 @@ fn observed_replicas<'a>(
         let Some(key) = slot_key(t, slot) else {
             continue;
         };
-        existing.push(ExistingReplica {
-            service: service.to_string(),
+        match by_slot.entry((service.to_string(), key)) {
+            std::collections::btree_map::Entry::Vacant(v) => {
+                v.insert(*i);
+            }
+            std::collections::btree_map::Entry::Occupied(mut o) => {
+                let other = *o.get();
+                let (keep, drop) =
+                    if keeper_rank(i, other, t, offline) > keeper_rank(other, i, t, offline) {
+                        (*i, other)
+                    } else {
+                        (other, *i)
+                    };
+                o.insert(keep);
+                surplus.push((drop, format!("surplus: {} serves its slot", keep.name)));
+            }
+        }
+    }
+    let existing = by_slot
+        .iter()
+        .map(|((service, key), i)| ExistingReplica {
+            service: service.clone(),
             slot: key.clone(),
             member: i.location.clone(),
-        });
-        by_slot.insert((service.to_string(), key), *i);
+        })
+        .collect();
+    (existing, by_slot, surplus)
+}
+
+/// Instances on offline members that Incus lists without their configuration (it cannot ask
+/// their member), in an Incus project incus-compose made for this compose project, recognised
+/// by name as replicas of the desired services: a name that is the instance name (or the
+/// other name) of a slot — for a global service, the slot of the member it is on. They get
+/// the project, service and slot labels (no hash: they are never kept over a replica that
+/// runs).
+fn stand_ins(d: &Desired, obs: &Observed, offline: &BTreeSet<String>) -> Vec<ObservedInstance> {
+    let compose = d.compose_project.as_str();
+    if obs.project_config.get(LABEL_PROJECT).map(String::as_str) != Some(compose) {
+        return Vec::new();
     }
-    (existing, by_slot)
+    let mut out = Vec::new();
+    for i in &obs.instances {
+        if !i.config.is_empty() || !offline.contains(&i.location) {
+            continue;
+        }
+        let named = |t: &InstanceTemplate, slot: &str| {
+            t.instance_name(slot) == i.name || t.alternate_name(slot).as_ref() == Some(&i.name)
+        };
+        let found = d.services.iter().find_map(|t| {
+            let slot = match t.spec.mode {
+                Mode::Global => i.location.clone(),
+                Mode::Replicated { .. } if t.container_name.is_some() => "1".to_string(),
+                Mode::Replicated { .. } => {
+                    let base = i
+                        .name
+                        .strip_suffix(super::ALTERNATE_SUFFIX)
+                        .unwrap_or(&i.name);
+                    let n: u32 = base.rsplit_once('-')?.1.parse().ok()?;
+                    n.to_string()
+                }
+            };
+            named(t, &slot).then(|| (t.service.clone(), slot))
+        });
+        if let Some((service, slot)) = found {
+            let mut config = BTreeMap::new();
+            config.insert(LABEL_PROJECT.to_string(), compose.to_string());
+            config.insert(LABEL_SERVICE.to_string(), service);
+            config.insert(LABEL_SLOT.to_string(), slot);
+            out.push(ObservedInstance {
+                name: i.name.clone(),
+                location: i.location.clone(),
+                running: false,
+                config,
+            });
+        }
+    }
+    out
+}
+
+/// Which of two replicas of one slot stays (the greater): one on an online member; then the
+/// replacement made while the other's member was offline (it has been serving since, on a
+/// member that stayed up, while the other's member failed once); then one made from the
+/// current spec; then a running one; then the name that sorts first.
+fn keeper_rank(
+    i: &ObservedInstance,
+    other: &ObservedInstance,
+    t: &InstanceTemplate,
+    offline: &BTreeSet<String>,
+) -> (bool, bool, bool, bool, std::cmp::Reverse<String>) {
+    (
+        !offline.contains(&i.location),
+        i.label(LABEL_REPLACES) == Some(other.name.as_str()),
+        i.label(LABEL_HASH) == Some(t.hash.as_str()),
+        i.running,
+        std::cmp::Reverse(i.name.clone()),
+    )
 }
 
 /// Replicas: schedule, then per slot create, recreate, start or keep; removals for scale
@@ -384,14 +497,35 @@ fn replica_actions(
     warnings: &mut Vec<String>,
 ) -> Result<Replicas, PlanError> {
     let compose = d.compose_project.as_str();
+    let offline: BTreeSet<String> = obs
+        .members
+        .iter()
+        .filter(|m| !m.online)
+        .map(|m| m.name.clone())
+        .collect();
+    let recognised = stand_ins(d, obs, &offline);
     let ours: Vec<&ObservedInstance> = obs
         .instances
         .iter()
         .filter(|i| is_ours(&i.config, compose))
+        .chain(recognised.iter())
         .collect();
-    let (existing, by_slot) = observed_replicas(d, &ours);
+    let (existing, by_slot, surplus) = observed_replicas(d, &ours, &offline);
     let specs: Vec<_> = d.services.iter().map(|t| t.spec.clone()).collect();
-    let sched = schedule::schedule(&obs.members, &specs, &existing)
+    // Members within their grace period keep their replicas but take no new ones.
+    let members: Vec<schedule::Member> = obs
+        .members
+        .iter()
+        .map(|m| {
+            let mut m = m.clone();
+            if !m.online && o.grace.contains(&m.name) {
+                m.online = true;
+                m.manual = true;
+            }
+            m
+        })
+        .collect();
+    let sched = schedule::schedule(&members, &specs, &existing)
         .map_err(|e| PlanError::Schedule(e.to_string()))?;
     let mut r = Replicas {
         removals: Vec::new(),
@@ -402,8 +536,18 @@ fn replica_actions(
         unchanged: Vec::new(),
         placement: Vec::new(),
         pending: Vec::new(),
+        offline,
+        deferred: Vec::new(),
     };
     orphans(d, &ours, o, &mut r, warnings);
+    for (i, why) in surplus {
+        let timeout = d
+            .services
+            .iter()
+            .find(|t| Some(t.service.as_str()) == i.label(LABEL_SERVICE))
+            .map_or(10, |t| t.stop_timeout);
+        r.remove(i, timeout, why);
+    }
     let template_of: BTreeMap<&str, &InstanceTemplate> =
         d.services.iter().map(|t| (t.service.as_str(), t)).collect();
     for p in &sched.placements {
@@ -453,6 +597,11 @@ fn replica_actions(
         }
     }
     retired(d, &ours, &mut r);
+    for (name, member, why) in &r.deferred {
+        warnings.push(format!(
+            "{name} is on member {member}, which is offline: its removal ({why}) waits until the member is back"
+        ));
+    }
     Ok(r)
 }
 
@@ -557,9 +706,39 @@ fn slot_action(
         anonymous_volumes: t.anonymous_volumes.clone(),
     };
     let alternate = t.alternate_name(slot_text);
+    let stranded = current.is_some_and(|i| r.offline.contains(&i.location));
     let actions = r.service_actions.entry(t.service.clone()).or_default();
     match current {
         None => actions.push(Action::Create(Box::new(plan("new", None)))),
+        // Kept on an offline member (within its grace period): left alone.
+        Some(i) if stranded && i.location == member => r.unchanged.push(i.name.clone()),
+        // Stranded on an offline member: a replacement elsewhere, under the slot's other
+        // name (the stranded one keeps its name in Incus until its member is back).
+        Some(i) if stranded => {
+            let why = format!("member {} offline", i.location);
+            let other = if i.name == name {
+                alternate.clone()
+            } else {
+                Some(name.clone())
+            };
+            match other {
+                Some(other) => {
+                    let mut p = plan(&why, None);
+                    p.name = other.clone();
+                    p.config.insert(LABEL_REPLACES.into(), i.name.clone());
+                    r.claimed.insert(other, t.service.clone());
+                    actions.push(Action::Create(Box::new(p)));
+                    r.remove(i, t.stop_timeout, format!("replaced: {why}"));
+                }
+                None => r.pending.push(PendingReplica {
+                    service: t.service.clone(),
+                    name: i.name.clone(),
+                    slot: slot_text.to_string(),
+                    exists: true,
+                    reason: schedule::PendingReason(Vec::new().into()),
+                }),
+            }
+        }
         Some(i)
             if (i.name != name && Some(&i.name) != alternate.as_ref()) || i.location != member =>
         {
@@ -675,6 +854,15 @@ fn check_names(d: &Desired, obs: &Observed, r: &Replicas) -> Result<(), PlanErro
         let Some(i) = obs.instances.iter().find(|i| &i.name == name) else {
             continue;
         };
+        // Listed without its configuration, on an offline member: see `stand_ins`.
+        let stand_in = i.config.is_empty()
+            && obs
+                .members
+                .iter()
+                .any(|m| m.name == i.location && !m.online);
+        if stand_in {
+            continue;
+        }
         if !is_ours(&i.config, compose) {
             return Err(not_ours(d, "instance", name, &i.config));
         }

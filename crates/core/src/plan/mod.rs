@@ -80,6 +80,9 @@ pub const LABEL_STATIC_HASH: &str = "user.incus-compose.static-hash";
 /// instances are stopped, not counted as replicas, kept for a rollback until the update of
 /// their service completes, then removed.
 pub const LABEL_RETIRED: &str = "user.incus-compose.retired";
+/// On a replica made to replace one stranded on an offline member: the stranded one's name.
+/// When that member comes back, the slot has two replicas: this one is kept, the other removed.
+pub const LABEL_REPLACES: &str = "user.incus-compose.replaces";
 
 /// Config keys Incus applies to a running container, so that a change of them alone is
 /// applied in place, without a restart: resource limits (except `limits.kernel.*`, which
@@ -1023,3 +1026,5 @@ mod tests_deploy;
 mod tests_rollout;
 #[cfg(test)]
 mod tests_span;
+#[cfg(test)]
+mod tests_watch;

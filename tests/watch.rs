@@ -1,0 +1,560 @@
+//! `watch` on the real test cluster: a stopped replica is started again (`watch --once`), a
+//! member that joins gets the global service's instance from a running `watch` within
+//! seconds, a killed member's replicas are re-created on live members after the grace period
+//! and the surplus is removed when it comes back, and a second `watch` takes over when the
+//! lease holder dies.
+//!
+//! The member-changing tests disturb other suites: run this suite on the Incus 7.0 line
+//! (`scripts/test-cluster up --incus 7.0 && set -a && . .test-cluster/env-7.0 && set +a &&
+//! cargo test --test watch`); it also runs on the 6.0 cluster. Each test uses a compose project
+//! of its own (`ww-<tag>-<pid>-<n>`), removed with `down -v` even when it fails, and always
+//! restores the member set (`remove-member` after `add-member`, `revive-member` after
+//! `kill-member`). The figures (join -> instance running, failure -> replacement running,
+//! lease takeover) are printed on stderr (`--nocapture`).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use common::{SETUP_HINT, block_on, client};
+use ic_incus::{Client, Instance};
+
+const BIN: &str = env!("CARGO_BIN_EXE_incus-compose");
+
+/// The tests of this binary take turns: they change or count on the member set.
+static TURN: Mutex<()> = Mutex::new(());
+
+fn take_turn() -> MutexGuard<'static, ()> {
+    TURN.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn members(c: &Client) -> Vec<(String, String)> {
+    let mut m: Vec<(String, String)> = block_on(c.cluster_members())
+        .expect("list members")
+        .into_iter()
+        .map(|m| (m.server_name, m.status))
+        .collect();
+    m.sort();
+    m
+}
+
+fn cluster(c: &Client) {
+    let m = members(c);
+    assert!(
+        m.len() == 3 && m.iter().all(|(_, s)| s.eq_ignore_ascii_case("online")),
+        "these tests need the 3-member test cluster with every member online, found {m:?}: {SETUP_HINT}"
+    );
+}
+
+/// Runs the harness (`INCUS_COMPOSE_TEST_HARNESS`) with `args`.
+fn harness(args: &[&str]) -> Result<(), String> {
+    let path = std::env::var_os("INCUS_COMPOSE_TEST_HARNESS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| panic!("INCUS_COMPOSE_TEST_HARNESS unset: {SETUP_HINT}"));
+    match Command::new(&path).args(args).output() {
+        Ok(o) if o.status.success() => Ok(()),
+        Ok(o) => Err(format!(
+            "harness {} failed:\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )),
+        Err(e) => Err(format!("cannot run the harness {}: {e}", args.join(" "))),
+    }
+}
+
+/// A fourth member (`add-member`), removed (`remove-member`) when dropped.
+struct ExtraMember;
+
+impl ExtraMember {
+    fn add() -> ExtraMember {
+        let guard = ExtraMember;
+        harness(&["add-member"]).unwrap_or_else(|e| panic!("{e}"));
+        guard
+    }
+}
+
+impl Drop for ExtraMember {
+    fn drop(&mut self) {
+        if let Err(e) = harness(&["remove-member"]) {
+            eprintln!("cleanup: {e}");
+        }
+    }
+}
+
+/// Member K killed (`kill-member`), revived (`revive-member`) when dropped unless already.
+struct Killed {
+    k: String,
+    revived: bool,
+}
+
+impl Killed {
+    fn kill(k: &str) -> Killed {
+        let guard = Killed {
+            k: k.to_string(),
+            revived: false,
+        };
+        harness(&["kill-member", k]).unwrap_or_else(|e| panic!("{e}"));
+        guard
+    }
+
+    fn revive(&mut self) {
+        self.revived = true;
+        harness(&["revive-member", &self.k]).unwrap_or_else(|e| panic!("{e}"));
+    }
+}
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        if !self.revived
+            && let Err(e) = harness(&["revive-member", &self.k])
+        {
+            eprintln!("cleanup: {e}");
+        }
+    }
+}
+
+fn command(dir: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .current_dir(dir)
+        .env_remove("COMPOSE_PROJECT_NAME")
+        .env_remove("COMPOSE_FILE")
+        .env_remove("INCUS_COMPOSE_INCUS_PROJECT");
+    cmd
+}
+
+fn run_in(dir: &Path, args: &[&str]) -> Output {
+    let out = command(dir, args).output().expect("run incus-compose");
+    eprintln!(
+        "$ incus-compose {}  (exit {:?})\n{}{}",
+        args.join(" "),
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// A compose project in a temporary directory, removed with `down -v` when dropped.
+struct Fixture {
+    name: String,
+    dir: tempfile::TempDir,
+    client: Client,
+}
+
+impl Fixture {
+    fn new(tag: &str, client: &Client) -> Fixture {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        Fixture {
+            name: format!(
+                "ww-{tag}-{}-{}",
+                std::process::id() % 100_000,
+                COUNTER.fetch_add(1, Ordering::Relaxed)
+            ),
+            dir: tempfile::tempdir().expect("temp dir"),
+            client: client.clone(),
+        }
+    }
+
+    fn write(&self, yaml: &str) {
+        std::fs::write(
+            self.dir.path().join("compose.yaml"),
+            yaml.replace("{name}", &self.name),
+        )
+        .expect("write compose file");
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = run_in(self.dir.path(), args);
+        assert!(
+            out.status.success(),
+            "incus-compose {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `watch -p NAME ARGS` from a directory without a compose file (by name, as a service).
+    fn watch_cmd(&self, args: &[&str]) -> Command {
+        let mut all = vec!["-p", self.name.as_str(), "watch"];
+        all.extend_from_slice(args);
+        command(&std::env::temp_dir(), &all)
+    }
+
+    fn watch_once(&self) -> String {
+        self.watch_once_with(&[])
+    }
+
+    fn watch_once_with(&self, extra: &[&str]) -> String {
+        let mut args = vec!["--once"];
+        args.extend_from_slice(extra);
+        let out = self
+            .watch_cmd(&args)
+            .output()
+            .expect("run incus-compose watch");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        eprintln!(
+            "$ incus-compose -p {} watch --once  (exit {:?})\n{stdout}{}",
+            self.name,
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "watch --once failed");
+        assert!(
+            stdout.contains("holds the watch lease"),
+            "watch --once did not get the watch lease: {stdout}"
+        );
+        stdout
+    }
+
+    /// A background `watch` whose log lines arrive on the returned channel.
+    fn spawn_watch(&self, args: &[&str], env: &[(&str, &str)]) -> Watcher {
+        let mut cmd = self.watch_cmd(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn watch");
+        let stdout = child.stdout.take().expect("watch stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                eprintln!("watch: {line}");
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Watcher { child, lines: rx }
+    }
+
+    fn instances(&self) -> BTreeMap<String, Instance> {
+        // Stand-ins (instances of a member that does not answer) as Incus lists them.
+        let offline: Vec<String> = members(&self.client).into_iter().map(|(m, _)| m).collect();
+        block_on(
+            self.client
+                .with_project(&self.name)
+                .instances_with_offline(&offline),
+        )
+        .expect("list instances")
+        .into_iter()
+        .map(|i| (i.name.clone(), i))
+        .collect()
+    }
+
+    /// Running instances on members in `on` (all members when empty): name -> member.
+    fn running(&self, on: &[&str]) -> BTreeMap<String, String> {
+        self.instances()
+            .into_values()
+            .filter(|i| i.is_running() && (on.is_empty() || on.contains(&i.location.as_str())))
+            .map(|i| (i.name, i.location))
+            .collect()
+    }
+
+    /// Waits until `check` holds (polling every 250 ms), at most `limit`; the time it took.
+    fn wait_for(&self, what: &str, limit: Duration, check: impl Fn(&Fixture) -> bool) -> Duration {
+        let start = Instant::now();
+        loop {
+            if check(self) {
+                return start.elapsed();
+            }
+            assert!(
+                start.elapsed() < limit,
+                "{what}: not within {limit:?}; instances: {:?}",
+                self.instances()
+                    .values()
+                    .map(|i| (&i.name, &i.location, &i.status))
+                    .collect::<Vec<_>>()
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        for attempt in 0..3 {
+            if attempt > 0 {
+                std::thread::sleep(Duration::from_secs(2));
+            }
+            match command(
+                self.dir.path(),
+                &["down", "-v", "--remove-orphans", "-t", "1"],
+            )
+            .output()
+            {
+                Ok(o) if o.status.success() => break,
+                Ok(o) => eprintln!(
+                    "cleanup of {} failed:\n{}{}",
+                    self.name,
+                    String::from_utf8_lossy(&o.stdout),
+                    String::from_utf8_lossy(&o.stderr)
+                ),
+                Err(e) => eprintln!("cleanup of {}: {e}", self.name),
+            }
+        }
+    }
+}
+
+/// A running `watch` process, killed when dropped.
+struct Watcher {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Watcher {
+    /// Waits for a log line containing `needle`; the line.
+    fn line(&self, needle: &str, limit: Duration) -> String {
+        let deadline = Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) if l.contains(needle) => return l,
+                Ok(_) => {}
+                Err(_) => panic!("watch said no line with {needle:?} within {limit:?}"),
+            }
+        }
+    }
+
+    /// Dies at once (`kill -9`): its leases stay until they expire.
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Stops as a service manager stops it (SIGTERM): it gives its leases back.
+    fn stop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.kill();
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// An idle busybox service without networks (fast to create).
+fn services(yaml: &str) -> String {
+    format!("name: {{name}}\nservices:\n{yaml}")
+}
+
+const GLOBAL: &str =
+    "  hh:\n    image: busybox\n    network_mode: none\n    deploy: {mode: global}\n";
+
+/// `web`: `n` replicas that Incus and `watch` restart (`restart: always`).
+fn replicated(n: u32) -> String {
+    format!(
+        "  web:\n    image: busybox\n    network_mode: none\n    restart: always\n    deploy: {{replicas: {n}}}\n"
+    )
+}
+
+#[test]
+fn watch_once_starts_a_stopped_replica_and_then_has_nothing_to_do() {
+    let _turn = take_turn();
+    let c = client();
+    cluster(&c);
+    let f = Fixture::new("once", &c);
+    f.write(&services(&replicated(2)));
+    f.ok(&["up", "-d"]);
+    block_on(c.with_project(&f.name).stop_instance("web-1", 5, true)).expect("stop web-1");
+    assert_eq!(f.running(&[]).len(), 1);
+    let log = f.watch_once();
+    assert!(log.contains("web-1 started"), "{log}");
+    assert_eq!(f.running(&[]).len(), 2);
+    let again = f.watch_once();
+    assert!(
+        !again.contains("started") && !again.contains("created"),
+        "{again}"
+    );
+}
+
+#[test]
+fn watch_once_leaves_a_stopped_replica_of_a_service_without_restart_policy_stopped() {
+    let _turn = take_turn();
+    let c = client();
+    cluster(&c);
+    let f = Fixture::new("norestart", &c);
+    f.write(&services(
+        "  job:\n    image: busybox\n    network_mode: none\n    deploy: {restart_policy: {condition: none}}\n",
+    ));
+    f.ok(&["up", "-d"]);
+    block_on(c.with_project(&f.name).stop_instance("job-1", 5, true)).expect("stop job-1");
+    let log = f.watch_once_with(&["--format", "json"]);
+    let events: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}")))
+        .collect();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["event"] == "left-stopped" && e["object"] == "job-1"),
+        "{log}"
+    );
+    assert!(f.running(&[]).is_empty());
+}
+
+#[test]
+fn a_running_watch_gives_a_joining_member_its_global_instance_and_changes_nothing_else() {
+    let _turn = take_turn();
+    let c = client();
+    cluster(&c);
+    let f = Fixture::new("join", &c);
+    f.write(&services(&format!("{GLOBAL}{}", replicated(2))));
+    f.ok(&["up", "-d"]);
+    let before: BTreeMap<String, (String, String)> = f
+        .instances()
+        .into_values()
+        .map(|i| (i.name, (i.location, i.created_at)))
+        .collect();
+    assert_eq!(before.len(), 5);
+    let w = f.spawn_watch(&["--interval", "2"], &[]);
+    w.line("holds the watch lease", Duration::from_secs(30));
+    let joined = Instant::now();
+    let _node4 = ExtraMember::add();
+    let took = f.wait_for("hh-node4 running on node4", Duration::from_secs(90), |f| {
+        f.running(&["node4"]).contains_key("hh-node4")
+    });
+    eprintln!(
+        "FIGURE join -> global instance running: {:.1} s (after add-member returned)",
+        took.as_secs_f64()
+    );
+    let line = w.line("hh-node4 created on node4", Duration::from_secs(10));
+    assert!(line.contains("global service, member node4"), "{line}");
+    drop(w);
+    let after: BTreeMap<String, (String, String)> = f
+        .instances()
+        .into_values()
+        .map(|i| (i.name, (i.location, i.created_at)))
+        .collect();
+    for (name, was) in &before {
+        assert_eq!(after.get(name), Some(was), "{name} changed");
+    }
+    assert_eq!(after.len(), 6, "{after:?}");
+    let again = f.watch_once();
+    assert!(!again.contains("created"), "{again}");
+    eprintln!(
+        "(add-member took {:.1} s)",
+        joined.elapsed().as_secs_f64() - took.as_secs_f64()
+    );
+    // The project goes before node4 does (its instance there must be deleted first).
+    drop(f);
+}
+
+#[test]
+fn replicas_of_a_killed_member_run_on_live_members_after_the_grace_period_and_exactly_six_remain_when_it_returns()
+ {
+    let _turn = take_turn();
+    let c = client();
+    cluster(&c);
+    let f = Fixture::new("fail", &c);
+    f.write(&services(&replicated(6)));
+    f.ok(&["up", "-d"]);
+    let on3: Vec<String> = f
+        .instances()
+        .into_values()
+        .filter(|i| i.location == "node3")
+        .map(|i| i.name)
+        .collect();
+    assert_eq!(on3.len(), 2, "{on3:?}");
+    let grace = 5;
+    let w = f.spawn_watch(&["--interval", "2", "--grace", &grace.to_string()], &[]);
+    w.line("holds the watch lease", Duration::from_secs(30));
+    let mut killed = Killed::kill("3");
+    let took = f.wait_for(
+        "6 replicas running on node1 and node2",
+        Duration::from_secs(120),
+        |f| f.running(&["node1", "node2"]).len() == 6,
+    );
+    let threshold: u64 = block_on(c.server())
+        .ok()
+        .and_then(|i| {
+            i.config
+                .get("cluster.offline_threshold")
+                .and_then(|v| v.as_str().and_then(|s| s.parse().ok()))
+        })
+        .unwrap_or(20);
+    eprintln!(
+        "FIGURE member failure -> replacements running: {:.1} s (Incus offline threshold {threshold} s + grace {grace} s)",
+        took.as_secs_f64()
+    );
+    let line = w.line("created on node", Duration::from_secs(10));
+    assert!(line.contains("member node3 offline"), "{line}");
+    killed.revive();
+    let took = f.wait_for(
+        "exactly 6 replicas once node3 is back",
+        Duration::from_secs(120),
+        |f| {
+            let all = f.instances();
+            all.len() == 6 && all.values().all(|i| i.is_running())
+        },
+    );
+    eprintln!(
+        "member back -> surplus removed: {:.1} s",
+        took.as_secs_f64()
+    );
+    drop(w);
+    // The replacements were kept, the returning ones removed.
+    let names: Vec<String> = f.instances().into_keys().collect();
+    for n in &on3 {
+        assert!(
+            !names.contains(n),
+            "{n} came back with node3 and stayed: {names:?}"
+        );
+    }
+    let again = f.watch_once();
+    assert!(
+        !again.contains("created") && !again.contains("removed"),
+        "{again}"
+    );
+}
+
+#[test]
+fn a_second_watch_takes_over_within_the_lease_time_when_the_holder_dies() {
+    let _turn = take_turn();
+    let c = client();
+    cluster(&c);
+    let f = Fixture::new("lease", &c);
+    f.write(&services(&replicated(1)));
+    f.ok(&["up", "-d"]);
+    let ttl = 6;
+    let env = [("INCUS_COMPOSE_LOCK_TTL", "6")];
+    let mut a = f.spawn_watch(&["--interval", "1"], &env);
+    a.line("holds the watch lease", Duration::from_secs(30));
+    let b = f.spawn_watch(&["--interval", "1"], &env);
+    b.line("standing by", Duration::from_secs(30));
+    a.kill();
+    let died = Instant::now();
+    b.line("holds the watch lease", Duration::from_secs(ttl + 10));
+    let takeover = died.elapsed();
+    eprintln!(
+        "FIGURE lease takeover: {:.1} s (lease {ttl} s)",
+        takeover.as_secs_f64()
+    );
+    assert!(takeover <= Duration::from_secs(ttl + 3), "{takeover:?}");
+    // And it acts.
+    block_on(c.with_project(&f.name).stop_instance("web-1", 5, true)).expect("stop web-1");
+    b.line("web-1 started", Duration::from_secs(30));
+    assert_eq!(f.running(&[]).len(), 1);
+}
