@@ -495,7 +495,11 @@ async fn retire(
         let hwaddr = d
             .remove("hwaddr")
             .or_else(|| put.config.get(&volatile).cloned());
-        put.config.remove(&volatile);
+        // A device `hwaddr` wins over the volatile one (Incus's MAC conflict check reads it
+        // first): the retired NIC takes a fresh MAC while it is stopped.
+        if hwaddr.is_some() {
+            d.insert("hwaddr".into(), fresh_mac());
+        }
         released.insert(dev.clone(), Released { ipv4, hwaddr });
     }
     if !released.is_empty() {
@@ -506,6 +510,20 @@ async fn retire(
     }
     t.project.update_instance(&name, &put).await?.wait().await?;
     Ok((name, released))
+}
+
+/// A random MAC in Incus's range (`10:66:6a`), for a retired replica's NIC.
+fn fresh_mac() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default(),
+    );
+    let b = h.finish().to_le_bytes();
+    format!("10:66:6a:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2])
 }
 
 /// What a retired replica gave up on one NIC.
