@@ -654,7 +654,7 @@ pub(super) async fn create(t: &Target, p: &InstancePlan) -> anyhow::Result<()> {
 async fn wait_started(t: &Target, name: &str) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + START_TIMEOUT;
     loop {
-        let status = t.project.instance_state(name).await?.status;
+        let status = state(t, name).await?.status;
         if status.eq_ignore_ascii_case("running") || status.eq_ignore_ascii_case("stopped") {
             return Ok(());
         }
@@ -789,9 +789,24 @@ pub(super) async fn start(t: &Target, name: &str) -> anyhow::Result<()> {
     }
 }
 
+/// The instance's state. Incus 6.0 answers HTTP 500 ("Invalid PID") now and then while a
+/// container's init has just exited: such answers are asked again for up to ~3 s.
+pub(super) async fn state(t: &Target, name: &str) -> ic_incus::Result<ic_incus::InstanceState> {
+    let mut attempt = 0;
+    loop {
+        match t.project.instance_state(name).await {
+            Err(e) if attempt < 10 && transient(&e) => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Whether the instance is stopped (or gone).
 async fn is_stopped(t: &Target, name: &str) -> ic_incus::Result<bool> {
-    match t.project.instance_state(name).await {
+    match state(t, name).await {
         Ok(s) => {
             Ok(!s.status.eq_ignore_ascii_case("running")
                 && !s.status.eq_ignore_ascii_case("frozen"))

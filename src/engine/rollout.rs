@@ -356,7 +356,7 @@ async fn observe(t: &Target, spec: &RolloutSpec, slots: &mut [SlotRun], clock: I
         .filter(|s| s.created_at.is_some() && s.create_error.is_none())
         .map(|s| async {
             let name = s.plan.name.clone();
-            let status = match t.project.instance_state(&name).await {
+            let status = match super::execute::state(t, &name).await {
                 Ok(st) => st.status,
                 Err(e) if e.is_not_found() => "Gone".into(),
                 // A member that does not answer: judged by the deadline.

@@ -507,7 +507,18 @@ impl Client {
     ) -> Result<InstanceState> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let state = self.instance_state(name).await?;
+            // Incus 6.0 answers HTTP 500 ("Invalid PID") now and then while a container's init
+            // has just exited: asked again until the deadline.
+            let state = match self.instance_state(name).await {
+                Err(e)
+                    if e.status().is_some_and(|s| s >= 500)
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                    continue;
+                }
+                other => other?,
+            };
             if state.status.eq_ignore_ascii_case(status) {
                 return Ok(state);
             }
