@@ -521,14 +521,31 @@ fn ctrl_c_during_up_gives_the_lock_back_at_once() {
     assert_eq!(f.instances().len(), 12);
 }
 
-/// An Incus project made by hand (by this test), removed when dropped.
+/// An Incus project made by hand (by this test) for compose project `compose`: what was
+/// deployed in it is taken down, then it is removed, when dropped.
 struct HandMade {
     client: Client,
     name: String,
+    compose: String,
+    dir: PathBuf,
 }
 
 impl Drop for HandMade {
     fn drop(&mut self) {
+        let _ = command(
+            &self.dir,
+            &[
+                "-p",
+                &self.compose,
+                "--incus-project",
+                &self.name,
+                "down",
+                "-v",
+                "-t",
+                "1",
+            ],
+        )
+        .output();
         let _ = block_on(self.client.delete_project(&self.name));
     }
 }
@@ -554,6 +571,8 @@ fn a_project_incus_compose_did_not_create_is_never_written_to_for_the_lock() {
     let _hand = HandMade {
         client: f.client.clone(),
         name: incus_project.clone(),
+        compose: f.name.clone(),
+        dir: f.empty(),
     };
     let before = block_on(f.client.get_project(&incus_project)).expect("project");
     let up = run(&f.dir(0), &["--incus-project", &incus_project, "up", "-d"]);
