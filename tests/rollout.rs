@@ -88,7 +88,11 @@ impl Fixture {
 
     /// What each running replica of `service` answers over HTTP, by slot (several
     /// instances of one slot may answer during a start-first update). Fetched from the
-    /// `probe` service's replica, on the same network (in one exec per round).
+    /// `probe` service's replica, on the same network (in one exec per round). A fetch that
+    /// fails is tried once more a second later, as a client would: the DNS record update at
+    /// the start of an update restarts dnsmasq and the VXLAN tunnels on every member, which
+    /// drops cross-member packets for up to ~0.4 s (see the README's network figures); a
+    /// replica down for longer still counts as not answering.
     fn answers(&self, service: &str) -> BTreeMap<String, Vec<String>> {
         let mut slots: BTreeMap<String, String> = BTreeMap::new();
         for i in self.instances() {
@@ -119,7 +123,7 @@ impl Fixture {
             return out;
         }
         let script = format!(
-            "for a in {}; do echo \"$a $(timeout 2 wget -q -O- http://$a/ 2>/dev/null)\"; done",
+            "for a in {}; do r=$(timeout 2 wget -q -O- http://$a/ 2>/dev/null) || {{ sleep 1; r=$(timeout 2 wget -q -O- http://$a/ 2>/dev/null); }}; echo \"$a $r\"; done",
             slots.keys().cloned().collect::<Vec<_>>().join(" ")
         );
         let req = ic_incus::ExecRequest::new(["sh".to_string(), "-c".to_string(), script]);
