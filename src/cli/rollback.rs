@@ -140,9 +140,6 @@ pub fn run(global: &GlobalArgs, args: &RollbackArgs) -> anyhow::Result<ExitCode>
         .await?;
         t.revision = recorder.as_ref().map(|r| r.revision.number);
         let outcome = engine::execute_gated(&t, &plan, args.parallel, None).await;
-        if !outcome.rollouts.is_empty() {
-            engine::refresh_records(&t, &d, &ctx.incus_project).await;
-        }
         if let Some(r) = recorder {
             let number = r.revision.number;
             let result = engine::revisions::outcome_of(&outcome);

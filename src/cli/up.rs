@@ -218,9 +218,6 @@ pub fn run(global: &GlobalArgs, args: &UpArgs) -> anyhow::Result<ExitCode> {
         let mut target = ctx.target(&obs);
         target.revision = recorder.as_ref().map(|r| r.revision.number);
         let outcome = engine::execute_gated(&target, &plan, args.parallel, Some(&gate)).await;
-        if !outcome.rollouts.is_empty() {
-            engine::refresh_records(&target, &desired, &ctx.incus_project).await;
-        }
         if let Some(r) = recorder {
             let number = r.revision.number;
             let result = engine::revisions::outcome_of(&outcome);
