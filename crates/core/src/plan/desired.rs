@@ -387,7 +387,10 @@ fn rollout_spec(
             service: name.to_string(),
             problem: e.to_string(),
         })?;
-    if let Some(w) = rollout::monitor_warning(name, &update, check.as_ref()) {
+    // Only for a declared `update_config`: Swarm's defaults are not the user's choice.
+    if deploy.and_then(|d| d.update_config.as_ref()).is_some()
+        && let Some(w) = rollout::monitor_warning(name, &update, check.as_ref())
+    {
         cx.warnings.push(w);
     }
     if has_container_name && (update.start_first || rollback.start_first) {
