@@ -28,6 +28,8 @@ struct Fixture {
     name: String,
     dir: tempfile::TempDir,
     client: Client,
+    /// Members killed by the test: their instances are listed as Incus lists them (stand-ins).
+    offline: std::sync::Mutex<Vec<String>>,
 }
 
 impl Fixture {
@@ -43,6 +45,7 @@ impl Fixture {
             name,
             dir: tempfile::tempdir().expect("temp dir"),
             client: client(),
+            offline: std::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -83,7 +86,20 @@ impl Fixture {
     }
 
     fn instances(&self) -> Vec<Instance> {
-        block_on(self.client.with_project(&self.name).instances_full()).expect("list instances")
+        let offline = self.offline.lock().map(|o| o.clone()).unwrap_or_default();
+        let c = self.client.with_project(&self.name);
+        if offline.is_empty() {
+            return block_on(c.instances_full()).expect("list instances");
+        }
+        // A killed member cannot be asked: its instances stay stand-ins (status Error), the
+        // others are read with their state one by one.
+        let mut all = block_on(c.instances_with_offline(&offline)).expect("list instances");
+        for i in &mut all {
+            if !offline.contains(&i.location) && i.is_running() {
+                i.state = block_on(c.instance_state(&i.name)).ok();
+            }
+        }
+        all
     }
 
     /// What each running replica of `service` answers over HTTP, by slot (several
@@ -518,6 +534,211 @@ fn an_update_killed_half_way_is_finished_by_the_next_up_with_exactly_the_declare
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(out.status.success(), "the second up failed");
+    assert_eq!(f.settled_answers("web", 4), ["v2"; 4]);
+    let names: BTreeSet<String> = f
+        .instances()
+        .into_iter()
+        .map(|i| i.name)
+        .filter(|n| n.starts_with("web-"))
+        .collect();
+    assert_eq!(
+        names,
+        ["web-1", "web-2", "web-3", "web-4"]
+            .map(String::from)
+            .into()
+    );
+}
+
+/// Runs the harness (`INCUS_COMPOSE_TEST_HARNESS`) with `args`.
+fn harness(args: &[&str]) -> Result<(), String> {
+    let path = std::env::var_os("INCUS_COMPOSE_TEST_HARNESS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| panic!("INCUS_COMPOSE_TEST_HARNESS unset: {}", common::SETUP_HINT));
+    match Command::new(&path).args(args).output() {
+        Ok(o) if o.status.success() => Ok(()),
+        Ok(o) => Err(format!(
+            "harness {} failed:\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )),
+        Err(e) => Err(format!("cannot run the harness {}: {e}", args.join(" "))),
+    }
+}
+
+/// The machine-wide turn for changing the test cluster's members (the suites of every
+/// checkout share one cluster): the directory `/tmp/incus-compose-members.lock.d`, taken
+/// with `mkdir`, stale after 10 minutes, removed when dropped.
+struct MemberTurn;
+
+const MEMBER_TURN: &str = "/tmp/incus-compose-members.lock.d";
+
+impl MemberTurn {
+    fn take() -> MemberTurn {
+        let waited = Instant::now();
+        loop {
+            match std::fs::create_dir(MEMBER_TURN) {
+                Ok(()) => {
+                    eprintln!(
+                        "member turn taken after {:.1} s",
+                        waited.elapsed().as_secs_f64()
+                    );
+                    return MemberTurn;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let stale = std::fs::metadata(MEMBER_TURN)
+                        .and_then(|m| m.modified())
+                        .ok()
+                        .and_then(|t| t.elapsed().ok())
+                        .is_some_and(|age| age > Duration::from_secs(600));
+                    if stale {
+                        let _ = std::fs::remove_dir(MEMBER_TURN);
+                        continue;
+                    }
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+                Err(e) => panic!("cannot take the member turn {MEMBER_TURN}: {e}"),
+            }
+        }
+    }
+}
+
+impl Drop for MemberTurn {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(MEMBER_TURN);
+    }
+}
+
+/// Member K killed (`kill-member`: its daemon dies, its containers live on), revived
+/// (`revive-member`) when dropped unless already.
+struct Killed {
+    k: String,
+    revived: bool,
+}
+
+impl Killed {
+    fn kill(k: &str) -> Killed {
+        let guard = Killed {
+            k: k.to_string(),
+            revived: false,
+        };
+        harness(&["kill-member", k]).unwrap_or_else(|e| panic!("{e}"));
+        guard
+    }
+
+    fn revive(&mut self) {
+        self.revived = true;
+        harness(&["revive-member", &self.k]).unwrap_or_else(|e| panic!("{e}"));
+    }
+}
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        if !self.revived
+            && let Err(e) = harness(&["revive-member", &self.k])
+        {
+            eprintln!("cleanup: {e}");
+        }
+    }
+}
+
+/// Four replicas of testapp without a healthcheck, failure_action `continue`, and the probe
+/// on node1 (the member that stays).
+fn four_over_three(image: &str) -> String {
+    format!(
+        r#"
+name: {{name}}
+services:
+  web:
+    image: {image}
+    stop_grace_period: 1s
+    deploy:
+      replicas: 4
+      update_config: {{parallelism: 1, monitor: 1s, failure_action: continue}}
+  probe:
+    image: testapp/v1
+    deploy:
+      placement: {{constraints: [node.hostname == node1]}}
+"#
+    )
+}
+
+#[test]
+fn a_member_killed_during_an_update_ends_it_within_the_deadlines_and_the_next_up_converges() {
+    // The fixture is declared first: its `down` runs after node3 is back.
+    let f = Fixture::new("off");
+    f.write(&four_over_three("testapp/v1"));
+    f.ok(&["up", "-d"]);
+    let on3: BTreeSet<String> = f
+        .instances()
+        .into_iter()
+        .filter(|i| i.location == "node3" && i.name.starts_with("web-"))
+        .map(|i| i.name)
+        .collect();
+    assert!(!on3.is_empty(), "no replica of web on node3");
+    let live = 4 - on3.len();
+    f.write(&four_over_three("testapp/v2"));
+    let turn = MemberTurn::take();
+    let mut child = f
+        .command(&["up", "-d"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start up");
+    // Killed as soon as the rolling update begins.
+    let stdout = child.stdout.take().expect("up stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(Result::ok) {
+            eprintln!("up: {line}");
+            let _ = tx.send(line.clone());
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("up printed no rolling update within a minute");
+        if line.contains("rolling update of") {
+            break;
+        }
+    }
+    let mut killed = Killed::kill("3");
+    let kill_time = Instant::now();
+    f.offline.lock().unwrap().push("node3".into());
+    let out = child.wait_with_output().expect("up output");
+    let took = kill_time.elapsed();
+    let stdout = reader.join().expect("reader");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    eprintln!("{stderr}");
+    // The documented bound: a replica's deadline (120 s without a healthcheck, plus monitor).
+    eprintln!(
+        "FIGURE member killed -> up ended: {:.1} s (bound 121 s)",
+        took.as_secs_f64()
+    );
+    assert!(
+        took < Duration::from_secs(121),
+        "up ran {took:?} after the kill"
+    );
+    // failure_action continue: the rest is updated, and `up` exits 1 naming the replicas of
+    // node3 that failed.
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    for n in &on3 {
+        assert!(stderr.contains(n.as_str()), "{n} not named: {stderr}");
+    }
+    assert!(stderr.contains("node3"), "{stderr}");
+    assert_eq!(f.settled_answers("web", live), vec!["v2"; live]);
+    killed.revive();
+    drop(turn);
+    f.offline.lock().unwrap().clear();
+    let again = f.run(&["up", "-d"]);
+    assert!(
+        again.status.success(),
+        "the up after node3 came back failed"
+    );
     assert_eq!(f.settled_answers("web", 4), ["v2"; 4]);
     let names: BTreeSet<String> = f
         .instances()

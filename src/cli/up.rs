@@ -260,7 +260,11 @@ fn report_rollouts(outcomes: &[engine::rollout::Outcome]) {
             .collect::<Vec<_>>()
             .join(", ");
         match o.ending {
-            Ending::Completed => {}
+            Ending::Completed if o.failed.is_empty() => {}
+            Ending::Completed => eprintln!(
+                "up: the update of service {} went on past {failed} (failure_action continue or within max_failure_ratio; {} replica(s) replaced); the failed ones are stopped or still run the previous version: run `up` again to replace them (once their member is back, when it went offline)",
+                o.service, o.replaced
+            ),
             Ending::Paused => eprintln!(
                 "up: the update of service {} is paused after {failed} failed ({} replica(s) replaced, the others still run the previous version); fix the compose file and run `up` again to go on",
                 o.service, o.replaced

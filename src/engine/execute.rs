@@ -116,6 +116,9 @@ pub async fn execute_gated(
         Err(e) => progress.line(&format!("[!] warning: {e:#}")),
     }
     let sem = Arc::new(Semaphore::new(parallel.max(1)));
+    // Replicas of completed rolling updates that failed (`failure_action: continue`): they do
+    // not stop the stages after (the update went on as configured), but the run fails.
+    let mut went_past: Vec<(String, String)> = Vec::new();
     for (i, stage) in plan.stages.iter().enumerate() {
         if let Some(lease) = &target.fence
             && let Err(e) = lease.fence()
@@ -197,6 +200,7 @@ pub async fn execute_gated(
                 let r = super::rollout::run_service(target, &service, spec, plans, &progress).await;
                 if r.ending == super::rollout::Ending::Completed {
                     outcome.done += r.replaced;
+                    went_past.extend(r.failed.iter().cloned());
                 } else {
                     for (name, why) in &r.failed {
                         outcome.failed.push((name.clone(), why.clone()));
@@ -210,6 +214,7 @@ pub async fn execute_gated(
             break;
         }
     }
+    outcome.failed.extend(went_past);
     outcome
 }
 

@@ -142,6 +142,17 @@ pub fn outcome_of(outcome: &super::execute::Outcome) -> Outcome {
     if outcome.ok() {
         return Outcome::Completed;
     }
+    // Only replicas that completed updates went past (`failure_action: continue`): the
+    // rollout completed as configured.
+    let went_past = |f: &(String, String)| {
+        outcome
+            .rollouts
+            .iter()
+            .any(|r| r.ending == Ending::Completed && r.failed.contains(f))
+    };
+    if outcome.failed.iter().all(went_past) {
+        return Outcome::Completed;
+    }
     let endings: Vec<&Ending> = outcome.rollouts.iter().map(|r| &r.ending).collect();
     if endings.contains(&&Ending::RolledBack) {
         Outcome::RolledBack

@@ -33,6 +33,33 @@ const RETIRED_ADDRESSES: &str = "user.incus-compose.retired-addresses";
 /// How often a rollout looks again while it waits.
 const POLL: Duration = Duration::from_millis(500);
 
+/// How long removing a retired replica may take once the update completed.
+const REMOVE_DEADLINE: Duration = Duration::from_secs(60);
+
+/// How long a member has to answer before it counts as not answering.
+const MEMBER_ANSWER: Duration = Duration::from_secs(5);
+
+/// Why `member` cannot be asked (`member node3 is offline`, `member node3 does not answer`),
+/// or None when it answers (or the server is not a cluster).
+async fn member_down(t: &Target, member: &str) -> Option<String> {
+    if !t.clustered || member.is_empty() {
+        return None;
+    }
+    if let Ok(Ok(m)) = tokio::time::timeout(MEMBER_ANSWER, t.base.cluster_member(member)).await
+        && !m.is_online()
+    {
+        return Some(format!("member {member} is {}", m.status.to_lowercase()));
+    }
+    match tokio::time::timeout(MEMBER_ANSWER, t.base.server_on(member)).await {
+        Ok(Ok(_)) => None,
+        Ok(Err(e)) => Some(format!("member {member} does not answer ({e})")),
+        Err(_) => Some(format!(
+            "member {member} does not answer within {} s",
+            MEMBER_ANSWER.as_secs()
+        )),
+    }
+}
+
 /// How a service's update ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ending {
@@ -53,7 +80,8 @@ pub struct Outcome {
     pub ending: Ending,
     /// Replicas replaced (kept new) and restored.
     pub replaced: usize,
-    /// Each failed replica (instance name) with its reason.
+    /// Each failed replica (instance name) with its reason; with [`Ending::Completed`], those
+    /// `failure_action: continue` (or `max_failure_ratio`) let the update go past.
     pub failed: Vec<(String, String)>,
 }
 
@@ -124,10 +152,18 @@ pub async fn run_service(
     )
     .await
     {
-        Ok(()) => {
-            // Done: the retired replicas go, those an interrupted run left included.
+        Ok(failed) => {
+            // Done: the retired replicas go, those an interrupted run left included; not those
+            // whose replacement failed (a later `up` replaces them, or `rollback` restores them).
+            let failed_keys: Vec<&String> = failed.iter().map(|(k, _)| k).collect();
             let mut retired: Vec<String> = slots
                 .iter()
+                .filter(|s| !failed_keys.contains(&&s.plan.slot))
+                .filter_map(|s| s.old_retired_as.clone())
+                .collect();
+            let keep: Vec<String> = slots
+                .iter()
+                .filter(|s| failed_keys.contains(&&s.plan.slot))
                 .filter_map(|s| s.old_retired_as.clone())
                 .collect();
             let compose = slots.first().and_then(|s| s.plan.config.get(LABEL_PROJECT));
@@ -137,24 +173,46 @@ pub async fn run_service(
                         && i.config.get(LABEL_PROJECT) == compose
                         && i.config.contains_key(LABEL_RETIRED)
                         && !retired.contains(&i.name)
+                        && !keep.contains(&i.name)
                     {
                         retired.push(i.name);
                     }
                 }
             }
             for old in &retired {
-                if let Err(e) = remove(t, old, 0).await {
-                    progress.line(&format!("[!] {old}: removing the retired replica: {e:#}"));
+                // A replica on a member that went offline is not waited on: a later `up`
+                // removes it.
+                match tokio::time::timeout(REMOVE_DEADLINE, remove(t, old, 0)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        progress.line(&format!("[!] {old}: removing the retired replica: {e:#}"))
+                    }
+                    Err(_) => progress.line(&format!(
+                        "[!] {old}: removing the retired replica took over {} s; a later `up` removes it",
+                        REMOVE_DEADLINE.as_secs()
+                    )),
                 }
             }
-            progress.line(&format!(
-                "[+] {service}: update completed ({total} replaced)"
-            ));
+            let failed = named(&slots, failed);
+            let replaced = total - failed.len();
+            if failed.is_empty() {
+                progress.line(&format!(
+                    "[+] {service}: update completed ({total} replaced)"
+                ));
+            } else {
+                progress.line(&format!(
+                    "[!] {service}: update completed with {} failed replica(s) (failure_action {}, max_failure_ratio {}): {}",
+                    failed.len(),
+                    cfg.failure_action,
+                    cfg.max_failure_ratio,
+                    describe(&failed)
+                ));
+            }
             Outcome {
                 service: service.to_string(),
                 ending: Ending::Completed,
-                replaced: total,
-                failed: Vec::new(),
+                replaced,
+                failed,
             }
         }
         Err((rollout::Action::Rollback, failed)) => {
@@ -185,10 +243,13 @@ pub async fn run_service(
             )
             .await
             {
-                Ok(()) => {
+                Ok(more) => {
                     progress.line(&format!(
-                        "[<] {service}: rolled back ({n} replica(s) restored)"
+                        "[<] {service}: rolled back ({} replica(s) restored)",
+                        n - more.len()
                     ));
+                    let mut failed = failed;
+                    failed.extend(named(&back, more));
                     Outcome {
                         service: service.to_string(),
                         ending: Ending::RolledBack,
@@ -241,7 +302,8 @@ fn named(slots: &[SlotRun], failed: Vec<(String, String)>) -> Vec<(String, Strin
 }
 
 /// The step loop. `back`: a rollback (replacing = restoring the retired replica).
-/// `Err((action, failed slots))` when the step function stops it.
+/// `Ok(failed slots)` when done (those `continue` went past), `Err((action, failed slots))`
+/// when the step function stops it.
 #[allow(clippy::too_many_arguments)]
 async fn drive(
     t: &Target,
@@ -253,7 +315,7 @@ async fn drive(
     clock: Instant,
     progress: &Progress,
     back: bool,
-) -> Result<(), (rollout::Action, Vec<(String, String)>)> {
+) -> Result<Vec<(String, String)>, (rollout::Action, Vec<(String, String)>)> {
     let mut batches = Batches::default();
     let mut in_flight = false;
     let mut batch_no = 0;
@@ -296,16 +358,31 @@ async fn drive(
                     .map(|s| async {
                         s.dirty = false;
                         s.created_at = Some(clock.elapsed());
-                        let r = if back {
-                            restore(t, s).await
-                        } else {
-                            replace(t, cfg, s).await
+                        // Nothing is waited on past the replica's deadline (a member that
+                        // stopped answering half way).
+                        let work = async {
+                            if back {
+                                restore(t, s).await
+                            } else {
+                                replace(t, cfg, s).await
+                            }
+                        };
+                        let r = match tokio::time::timeout(deadline, work).await {
+                            Ok(r) => r,
+                            Err(_) => Err(anyhow::anyhow!(
+                                "not done {} s after it began",
+                                deadline.as_secs()
+                            )),
                         };
                         match r {
                             Ok(line) => progress.line(&line),
                             Err(e) => {
-                                progress.line(&format!("[!] {} failed: {e:#}", s.plan.name));
-                                s.create_error = Some(format!("{e:#}"));
+                                let e = match member_down(t, &s.plan.member).await {
+                                    Some(why) => format!("{why}: {e:#}"),
+                                    None => format!("{e:#}"),
+                                };
+                                progress.line(&format!("[!] {} failed: {e}", s.plan.name));
+                                s.create_error = Some(e);
                             }
                         }
                     });
@@ -325,7 +402,7 @@ async fn drive(
                 }
                 return Err((action, failed));
             }
-            rollout::Step::Done => return Ok(()),
+            rollout::Step::Done => return Ok(rollout::failures(cfg, &views, deadline, now)),
         }
     }
 }
@@ -359,8 +436,14 @@ async fn observe(t: &Target, spec: &RolloutSpec, slots: &mut [SlotRun], clock: I
             let status = match super::execute::state(t, &name).await {
                 Ok(st) => st.status,
                 Err(e) if e.is_not_found() => "Gone".into(),
-                // A member that does not answer: judged by the deadline.
-                Err(_) => return,
+                Err(e) => {
+                    // A member that went offline: its replica counts as failed. Another
+                    // error: judged by the deadline.
+                    if let Some(why) = member_down(t, &s.plan.member).await {
+                        s.create_error = Some(format!("{why}: {e}"));
+                    }
+                    return;
+                }
             };
             if status.eq_ignore_ascii_case("running") {
                 if s.started_at.is_none() {
@@ -439,8 +522,11 @@ async fn retire_replaced(
         let result = async {
             stop(t, &old, s.plan.stop_timeout).await?;
             retire(t, &old, &s.plan).await.map(|(n, _)| n)
-        }
-        .await;
+        };
+        let result = match tokio::time::timeout(deadline, result).await {
+            Ok(r) => r,
+            Err(_) => Err(anyhow::anyhow!("not done within {} s", deadline.as_secs())),
+        };
         match result {
             Ok(as_name) => {
                 progress.line(&format!(

@@ -242,6 +242,23 @@ pub struct Progress {
     pub batch_ready_at: Option<Duration>,
 }
 
+/// The slots whose new replica has failed at `now`, each with its reason: after
+/// [`Step::Done`], those `continue` (or `max_failure_ratio`) let the rollout go past.
+pub fn failures(
+    cfg: &Config,
+    slots: &[Slot],
+    deadline: Duration,
+    now: Duration,
+) -> Vec<(String, String)> {
+    slots
+        .iter()
+        .filter_map(|s| match judge(s.new.as_ref()?, cfg, deadline, now) {
+            Verdict::Failed(why) => Some((s.key.clone(), why)),
+            _ => None,
+        })
+        .collect()
+}
+
 /// The next step of a rollout (see the module documentation). `deadline` is the
 /// [`deadline`] of the service's replicas.
 pub fn step(
@@ -442,6 +459,26 @@ mod tests {
         assert_eq!(
             step(&c, &slots, &Progress::default(), 60 * S, S),
             Step::Replace(vec!["2".into()])
+        );
+    }
+
+    #[test]
+    fn a_rollout_that_went_past_failures_names_them_when_done() {
+        let c = Config {
+            failure_action: Action::Continue,
+            ..cfg(1)
+        };
+        let slots = [
+            replaced("1", 0, State::Failed("member node3 is offline".into())),
+            replaced("2", 0, RUNNING),
+        ];
+        let p = Progress {
+            batch_ready_at: Some(S),
+        };
+        assert_eq!(step(&c, &slots, &p, 60 * S, 10 * S), Step::Done);
+        assert_eq!(
+            failures(&c, &slots, 60 * S, 10 * S),
+            [("1".to_string(), "member node3 is offline".to_string())]
         );
     }
 

@@ -140,6 +140,12 @@ impl Client {
     pub async fn server(&self) -> Result<ServerInfo> {
         self.send(Request::get("/1.0")).await
     }
+
+    /// `GET /1.0?target=MEMBER`: that cluster member's own answer (an error when it does not
+    /// answer the member asked).
+    pub async fn server_on(&self, member: &str) -> Result<ServerInfo> {
+        self.send(Request::get("/1.0").target(Some(member))).await
+    }
 }
 
 #[cfg(test)]
