@@ -753,3 +753,147 @@ fn a_member_killed_during_an_update_ends_it_within_the_deadlines_and_the_next_up
             .into()
     );
 }
+
+/// What the member at `ip` answers on host port `port` (the replica there, through its
+/// published port), or None. Asked from this machine, over the harness bridge; tried once
+/// more after 300 ms.
+fn published_answer(ip: &str, port: u16) -> Option<String> {
+    use std::io::{Read, Write};
+    for attempt in 0..2 {
+        if attempt > 0 {
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        let Ok(addr) = format!("{ip}:{port}").parse::<std::net::SocketAddr>() else {
+            return None;
+        };
+        let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else {
+            continue;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+        if s.write_all(b"GET / HTTP/1.0\r\n\r\n").is_err() {
+            continue;
+        }
+        let mut buf = String::new();
+        if s.read_to_string(&mut buf).is_err() {
+            continue;
+        }
+        if let Some((head, body)) = buf.split_once("\r\n\r\n")
+            && head.contains(" 200 ")
+        {
+            return Some(body.trim().to_string());
+        }
+    }
+    None
+}
+
+/// The test cluster's members: (name, address) from the environment.
+fn member_ips() -> Vec<(String, String)> {
+    (1..=3)
+        .filter_map(|k| {
+            let addr = std::env::var(format!("INCUS_COMPOSE_TEST_NODE{k}_ADDRESS")).ok()?;
+            let ip = addr.split(':').next()?.to_string();
+            Some((format!("node{k}"), ip))
+        })
+        .collect()
+}
+
+fn published(image: &str, port: u16) -> String {
+    format!(
+        r#"
+name: {{name}}
+services:
+  web:
+    image: {image}
+    stop_grace_period: 1s
+    ports: ["{port}:80"]
+    healthcheck:
+      test: "wget -q -O- http://127.0.0.1/ >/dev/null && ip -4 addr show eth0 | grep -q inet"
+      interval: 2s
+      start_period: 20s
+      start_interval: 1s
+      retries: 2
+    deploy:
+      replicas: 2
+      update_config: {{parallelism: 1, order: start-first, monitor: 1s}}
+"#
+    )
+}
+
+#[test]
+fn a_start_first_update_with_a_published_port_moves_replicas_to_a_free_member_and_keeps_both_answering()
+ {
+    let f = Fixture::new("port");
+    // A host port of its own: the members' ports are shared by every suite.
+    let port = 20_000 + (std::process::id() % 10_000) as u16;
+    f.write(&published("testapp/v1", port));
+    f.ok(&["up", "-d", "--wait"]);
+    let members = member_ips();
+    assert_eq!(members.len(), 3, "needs the 3-member test cluster");
+    let before: BTreeMap<String, String> = f
+        .instances()
+        .into_iter()
+        .filter(|i| i.name.starts_with("web-"))
+        .map(|i| (i.location, i.name))
+        .collect();
+    assert_eq!(before.len(), 2, "{before:?}");
+    let free = members
+        .iter()
+        .find(|(m, _)| !before.contains_key(m))
+        .map(|(m, _)| m.clone())
+        .expect("a member without a replica");
+    let answering = || {
+        members
+            .iter()
+            .filter_map(|(m, ip)| published_answer(ip, port).map(|a| (m.clone(), a)))
+            .collect::<BTreeMap<String, String>>()
+    };
+    assert_eq!(answering().len(), 2);
+    f.write(&published("testapp/v2", port));
+    let started = Instant::now();
+    let mut child = f
+        .command(&["up", "-d"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start up");
+    let mut rounds = Vec::new();
+    while child.try_wait().expect("wait").is_none() {
+        rounds.push(answering().len());
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "up ran for 5 minutes"
+        );
+    }
+    let out = child.wait_with_output().expect("up output");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    eprintln!(
+        "$ incus-compose up -d (polled the published port {} rounds: {rounds:?}; {:.1} s)\n{stdout}{}",
+        rounds.len(),
+        started.elapsed().as_secs_f64(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "up failed");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stdout.contains("replaced stop-first") && !stderr.contains("stop-first"),
+        "{stdout}{stderr}"
+    );
+    assert!(stdout.contains(&format!("on {free}")), "{stdout}");
+    assert!(rounds.len() >= 3, "too few polling rounds: {rounds:?}");
+    let min = rounds.iter().copied().min().unwrap_or(0);
+    assert!(
+        min >= 2,
+        "only {min} members answered on the published port at one moment: {rounds:?}"
+    );
+    // Both new replicas answer v2 on the port, one of them on the member that was free.
+    let end = answering();
+    assert_eq!(end.values().collect::<Vec<_>>(), ["v2", "v2"], "{end:?}");
+    assert!(end.contains_key(&free), "{end:?}");
+    let names: BTreeSet<String> = f
+        .instances()
+        .into_iter()
+        .map(|i| i.name)
+        .filter(|n| n.starts_with("web-"))
+        .collect();
+    assert_eq!(names, ["web-1-b", "web-2-b"].map(String::from).into());
+}

@@ -222,7 +222,10 @@ pub async fn run_service(
                 describe(&failed)
             ));
             let rb = &spec.rollback;
-            // Every slot touched by the update is rolled back; untouched ones stay as they are.
+            // Every slot touched by the update is rolled back, the last replaced first (a
+            // start-first replica with a host port may have started on the member an earlier
+            // one left); untouched ones stay as they are.
+            slots.reverse();
             let mut back: Vec<SlotRun> = slots
                 .into_iter()
                 .filter(|s| s.created_at.is_some() || s.create_error.is_some())
@@ -343,6 +346,23 @@ async fn drive(
         match rollout::step(cfg, &views, &batches, deadline, now) {
             rollout::Step::Replace(keys) => {
                 batch_no += 1;
+                // start-first with a host port, on the member an earlier replica was to leave:
+                // while that one still runs (its replacement failed), stop-first where it is.
+                let blocked: Vec<String> = keys
+                    .iter()
+                    .filter_map(|k| slots.iter().find(|s| &s.plan.slot == k))
+                    .filter(|s| {
+                        cfg.start_first
+                            && !back
+                            && moved(s)
+                            && slots.iter().any(|o| {
+                                o.plan.slot != s.plan.slot
+                                    && o.plan.old_member.as_deref() == Some(s.plan.member.as_str())
+                                    && o.old_retired_as.is_none()
+                            })
+                    })
+                    .map(|s| s.plan.slot.clone())
+                    .collect();
                 progress.line(&format!(
                     "[~] {service}: {} batch {batch_no}: {}",
                     if back { "rollback" } else { "update" },
@@ -352,10 +372,47 @@ async fn drive(
                         .collect::<Vec<_>>()
                         .join(", ")
                 ));
+                if back {
+                    // The batch's new replicas go first, then the old ones start: one may
+                    // bind a host port on the member another new one held.
+                    let work = slots
+                        .iter()
+                        .filter(|s| keys.contains(&s.plan.slot))
+                        .map(|s| async move { (s.plan.slot.clone(), remove_new(t, s).await) });
+                    for (slot, r) in join_all(work).await {
+                        if let Err(e) = r
+                            && let Some(s) = slots.iter_mut().find(|s| s.plan.slot == slot)
+                        {
+                            progress.line(&format!("[!] {} failed: {e:#}", s.plan.name));
+                            s.dirty = false;
+                            s.created_at = Some(clock.elapsed());
+                            s.create_error = Some(format!("{e:#}"));
+                        }
+                    }
+                }
                 let work = slots
                     .iter_mut()
-                    .filter(|s| keys.contains(&s.plan.slot))
+                    .filter(|s| keys.contains(&s.plan.slot) && s.create_error.is_none())
                     .map(|s| async {
+                        let start_first = cfg.start_first
+                            && !spec.stop_first_slots.contains(&s.plan.slot)
+                            && !blocked.contains(&s.plan.slot);
+                        if blocked.contains(&s.plan.slot)
+                            && let Some(own) = s.plan.old_member.clone()
+                        {
+                            progress.line(&format!(
+                                "[!] {}: {} still runs the replica it was to replace (its update failed), so it is replaced stop-first on {own}",
+                                s.old_name(),
+                                s.plan.member
+                            ));
+                            s.plan.member = own;
+                        } else if cfg.start_first && !start_first && !back {
+                            progress.line(&format!(
+                                "[~] {}: replaced stop-first: its host port cannot be bound twice on {}",
+                                s.old_name(),
+                                s.plan.member
+                            ));
+                        }
                         s.dirty = false;
                         s.created_at = Some(clock.elapsed());
                         // Nothing is waited on past the replica's deadline (a member that
@@ -364,7 +421,7 @@ async fn drive(
                             if back {
                                 restore(t, s).await
                             } else {
-                                replace(t, cfg, s).await
+                                replace(t, start_first, s).await
                             }
                         };
                         let r = match tokio::time::timeout(deadline, work).await {
@@ -468,10 +525,19 @@ async fn observe(t: &Target, spec: &RolloutSpec, slots: &mut [SlotRun], clock: I
     join_all(work).await;
 }
 
+/// Whether the slot's new replica starts on another member than the old one (start-first
+/// with a host port, see `ic_core::rollout::port_moves`).
+fn moved(s: &SlotRun) -> bool {
+    s.plan
+        .old_member
+        .as_deref()
+        .is_some_and(|m| m != s.plan.member)
+}
+
 /// Replaces one replica (see the module documentation).
-async fn replace(t: &Target, cfg: &Config, s: &mut SlotRun) -> anyhow::Result<String> {
+async fn replace(t: &Target, start_first: bool, s: &mut SlotRun) -> anyhow::Result<String> {
     let old = s.old_name().to_string();
-    if !cfg.start_first {
+    if !start_first {
         stop(t, &old, s.plan.stop_timeout).await?;
         let (as_name, released) = retire(t, &old, &s.plan).await?;
         s.old_retired_as = Some(as_name);
@@ -637,13 +703,29 @@ async fn rename_stopped(t: &Target, from: &str, to: &str) -> anyhow::Result<()> 
     }
 }
 
-/// Rollback of one slot: the new replica goes, the retired one comes back under its name.
+/// Rollback of one slot, first part: the new replica goes.
+async fn remove_new(t: &Target, s: &SlotRun) -> anyhow::Result<()> {
+    let work = async {
+        if s.plan.name != s.old_name() || s.old_retired_as.is_some() {
+            remove(t, &s.plan.name, s.plan.stop_timeout).await?;
+        }
+        Ok(())
+    };
+    match tokio::time::timeout(REMOVE_DEADLINE, work).await {
+        Ok(r) => r,
+        Err(_) => Err(anyhow::anyhow!(
+            "removing {} took over {} s",
+            s.plan.name,
+            REMOVE_DEADLINE.as_secs()
+        )),
+    }
+}
+
+/// Rollback of one slot, second part (after [`remove_new`]): the retired replica comes back
+/// under its name.
 async fn restore(t: &Target, s: &mut SlotRun) -> anyhow::Result<String> {
     let old = s.old_name().to_string();
     let new = s.plan.name.clone();
-    if new != old || s.old_retired_as.is_some() {
-        remove(t, &new, s.plan.stop_timeout).await?;
-    }
     if let Some(retired) = s.old_retired_as.take() {
         if retired != old {
             rename_stopped(t, &retired, &old).await?;

@@ -444,6 +444,7 @@ impl StoredService {
                     start_interval: Duration::from_millis(c.start_interval_ms),
                 }),
                 snapshot_volumes: self.snapshot_volumes.clone(),
+                stop_first_slots: Default::default(),
             },
         })
     }

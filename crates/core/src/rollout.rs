@@ -330,6 +330,47 @@ pub fn step(
     }
 }
 
+/// Start-first with fixed host ports: a new replica cannot bind the port beside the old one
+/// on its member, so it starts on another eligible member. `slots` are the replicas to
+/// replace (slot key, member of the old replica) in the order the rollout replaces them,
+/// `parallelism` at a time (0 = all at once); `spare` the members that can take one more
+/// replica of the service (see `schedule::Placement::spare`), best first; `same_group` says
+/// whether a member may take the place of another (the same values of the spread
+/// preferences, so the spread stays as placed).
+///
+/// Each slot of a batch takes the first spare member of its group; the member its old
+/// replica leaves becomes spare once the batch is done (the old replica is stopped then), so
+/// 2 replicas over 3 members both move. A slot with no spare member left gets `None`: it is
+/// replaced stop-first on its own member. The answer is one entry per slot, in order.
+pub fn port_moves(
+    slots: &[(String, String)],
+    parallelism: usize,
+    spare: &[String],
+    same_group: impl Fn(&str, &str) -> bool,
+) -> Vec<Option<String>> {
+    let mut free: Vec<String> = spare.to_vec();
+    let size = if parallelism == 0 {
+        slots.len().max(1)
+    } else {
+        parallelism
+    };
+    let mut out = Vec::with_capacity(slots.len());
+    for batch in slots.chunks(size) {
+        let mut left = Vec::new();
+        for (_, old) in batch {
+            match free.iter().position(|m| same_group(m, old)) {
+                Some(k) => {
+                    out.push(Some(free.remove(k)));
+                    left.push(old.clone());
+                }
+                None => out.push(None),
+            }
+        }
+        free.extend(left);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -459,6 +500,55 @@ mod tests {
         assert_eq!(
             step(&c, &slots, &Progress::default(), 60 * S, S),
             Step::Replace(vec!["2".into()])
+        );
+    }
+
+    fn moves(slots: &[(&str, &str)], parallelism: usize, spare: &[&str]) -> Vec<Option<String>> {
+        let slots: Vec<(String, String)> = slots
+            .iter()
+            .map(|(k, m)| (k.to_string(), m.to_string()))
+            .collect();
+        let spare: Vec<String> = spare.iter().map(|m| m.to_string()).collect();
+        port_moves(&slots, parallelism, &spare, |_, _| true)
+    }
+
+    #[test]
+    fn with_one_spare_member_two_replicas_move_one_after_the_other() {
+        // web-1 on node1 goes to node3; node1, left by web-1, takes web-2.
+        assert_eq!(
+            moves(&[("1", "node1"), ("2", "node2")], 1, &["node3"]),
+            [Some("node3".to_string()), Some("node1".to_string())]
+        );
+    }
+
+    #[test]
+    fn a_batch_larger_than_the_spare_members_replaces_the_rest_stop_first() {
+        assert_eq!(
+            moves(
+                &[("1", "node1"), ("2", "node2"), ("3", "node4")],
+                2,
+                &["node3"]
+            ),
+            [Some("node3".to_string()), None, Some("node1".to_string())]
+        );
+        // No spare member at all: every replica stop-first where it is.
+        assert_eq!(
+            moves(&[("1", "node1"), ("2", "node2")], 1, &[]),
+            [None, None]
+        );
+    }
+
+    #[test]
+    fn a_replica_moves_only_within_its_spread_group() {
+        let dc = |m: &str| if m == "a1" || m == "a2" { "a" } else { "b" };
+        let slots = [
+            ("1".to_string(), "a1".to_string()),
+            ("2".to_string(), "b1".to_string()),
+        ];
+        let spare = ["a2".to_string()];
+        assert_eq!(
+            port_moves(&slots, 1, &spare, |x, y| dc(x) == dc(y)),
+            [Some("a2".to_string()), None]
         );
     }
 
@@ -681,6 +771,43 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    proptest! {
+        /// Port moves never put two replicas of the service on one member at any moment: a
+        /// member gets a new replica only while no replica (old or new) of the service runs
+        /// there, and each replica is placed once.
+        #[test]
+        fn port_moves_never_put_two_replicas_on_one_member(
+            n in 1usize..8,
+            extra in 0usize..4,
+            parallelism in 0usize..4,
+        ) {
+            let slots: Vec<(String, String)> =
+                (0..n).map(|i| (i.to_string(), format!("m{i}"))).collect();
+            let spare: Vec<String> = (n..n + extra).map(|i| format!("m{i}")).collect();
+            let to = port_moves(&slots, parallelism, &spare, |_, _| true);
+            prop_assert_eq!(to.len(), n);
+            // Members bound now: every old replica's.
+            let mut bound: std::collections::BTreeSet<String> =
+                slots.iter().map(|(_, m)| m.clone()).collect();
+            let size = if parallelism == 0 { n } else { parallelism };
+            for (b, batch) in slots.chunks(size).enumerate() {
+                let mut retired = Vec::new();
+                for (k, (_, old)) in batch.iter().enumerate() {
+                    if let Some(m) = &to[b * size + k] {
+                        prop_assert!(bound.insert(m.clone()), "{m} bound twice");
+                        retired.push(old.clone());
+                    }
+                }
+                for old in retired {
+                    bound.remove(&old);
+                }
+            }
+            if extra > 0 {
+                prop_assert!(to.iter().take(size.min(extra)).all(Option::is_some));
+            }
+        }
     }
 
     proptest! {

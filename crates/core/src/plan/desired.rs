@@ -400,11 +400,14 @@ fn rollout_spec(
         update.start_first = false;
         rollback.start_first = false;
     }
+    // A replicated service's new replica starts on another member (see `diff`, `port_moves`);
+    // a global one has no other member to go to.
     if svc.ports.iter().any(|p| p.published.is_some())
+        && svc.replicas().is_none()
         && (update.start_first || rollback.start_first)
     {
         cx.warnings.push(format!(
-            "service {name:?}: order start-first: it publishes fixed host ports, which a new replica cannot bind beside the old one on the same member; its updates run stop-first"
+            "service {name:?}: order start-first: it publishes fixed host ports, which a new replica cannot bind beside the old one on the same member, and a global service has no other member to start it on; its updates run stop-first"
         ));
         update.start_first = false;
         rollback.start_first = false;
@@ -414,6 +417,7 @@ fn rollout_spec(
         rollback,
         check,
         snapshot_volumes: Vec::new(),
+        stop_first_slots: Default::default(),
     })
 }
 

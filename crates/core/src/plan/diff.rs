@@ -115,6 +115,7 @@ pub fn diff(d: &Desired, obs: &Observed, o: &DiffOptions) -> Result<Plan, PlanEr
         mut unchanged,
         mut placement,
         pending,
+        stop_first,
         ..
     } = replicas;
     let stages = order_stages(
@@ -139,7 +140,13 @@ pub fn diff(d: &Desired, obs: &Observed, o: &DiffOptions) -> Result<Plan, PlanEr
                 .flat_map(|s| &s.actions)
                 .any(|a| matches!(a, Action::Recreate(p) if p.service == t.service))
         })
-        .map(|t| (t.service.clone(), t.rollout.clone()))
+        .map(|t| {
+            let mut spec = t.rollout.clone();
+            if let Some(slots) = stop_first.get(&t.service) {
+                spec.stop_first_slots = slots.clone();
+            }
+            (t.service.clone(), spec)
+        })
         .collect();
     Ok(Plan {
         incus_project: d.incus_project.clone(),
@@ -334,6 +341,8 @@ struct Replicas {
     offline: BTreeSet<String>,
     /// Removals deferred because the instance's member is offline: (name, member, reason).
     deferred: Vec<(String, String, String)>,
+    /// Per service: the slots of a start-first update replaced stop-first (host ports).
+    stop_first: BTreeMap<String, BTreeSet<String>>,
 }
 
 impl Replicas {
@@ -538,6 +547,7 @@ fn replica_actions(
         pending: Vec::new(),
         offline,
         deferred: Vec::new(),
+        stop_first: BTreeMap::new(),
     };
     orphans(d, &ours, o, &mut r, warnings);
     for (i, why) in surplus {
@@ -578,13 +588,13 @@ fn replica_actions(
                 reason: reason.clone(),
             });
         }
-        let members = p.per_member();
-        if !t.volumes.is_empty() && !d.shared_storage && members.len() > 1 {
+        let per_member = p.per_member();
+        if !t.volumes.is_empty() && !d.shared_storage && per_member.len() > 1 {
             warnings.push(format!(
                 "service {:?} mounts named volumes and its replicas run on {} members ({}), but no storage pool is shared by the members: each replica has its own local copy of the data, and its instances cannot move when a member fails. Use a shared pool ({}) with `x-incus: {{pool: NAME}}`, or run one replica",
                 p.service,
-                members.len(),
-                members.keys().copied().collect::<Vec<_>>().join(", "),
+                per_member.len(),
+                per_member.keys().copied().collect::<Vec<_>>().join(", "),
                 SHARED_DRIVERS.join(", ")
             ));
         }
@@ -595,6 +605,9 @@ fn replica_actions(
             let current = by_slot.get(&(p.service.clone(), slot.key.clone())).copied();
             slot_action(d, t, &slot.key.to_string(), member, current, o, &mut r)?;
         }
+        if t.rollout.update.start_first && !t.spec.fixed_host_ports.is_empty() {
+            port_moves(d, t, p, &members, &mut r, warnings);
+        }
     }
     retired(d, &ours, &mut r);
     for (name, member, why) in &r.deferred {
@@ -603,6 +616,102 @@ fn replica_actions(
         ));
     }
     Ok(r)
+}
+
+/// Start-first with fixed host ports (`rollout::port_moves`): each replaced replica's new
+/// instance starts on another eligible member where none of the ports is bound (one of the
+/// placement's spare members, or one an earlier batch left), in the same spread group; a
+/// replica with no such member left is replaced stop-first where it is, with a warning. A
+/// service whose named volumes are local to each member never moves (its data would not).
+fn port_moves(
+    d: &Desired,
+    t: &InstanceTemplate,
+    p: &schedule::Placement,
+    members: &[schedule::Member],
+    r: &mut Replicas,
+    warnings: &mut Vec<String>,
+) {
+    let Some(actions) = r.service_actions.get_mut(&t.service) else {
+        return;
+    };
+    let recreates: Vec<(usize, String, String)> = actions
+        .iter()
+        .enumerate()
+        .filter_map(|(k, a)| match a {
+            Action::Recreate(p) => Some((k, p.slot.clone(), p.member.clone())),
+            _ => None,
+        })
+        .collect();
+    if recreates.is_empty() {
+        return;
+    }
+    let local_data = !t.volumes.is_empty() && !d.shared_storage;
+    let spare: Vec<String> = if local_data {
+        Vec::new()
+    } else {
+        p.spare.iter().map(|m| m.to_string()).collect()
+    };
+    let member = |name: &str| members.iter().find(|m| m.name == name);
+    // Spread groups: the values of the preferences that group members (those that name the
+    // member itself are satisfied by any member, one replica each).
+    let same_group = |a: &str, b: &str| {
+        let (Some(a), Some(b)) = (member(a), member(b)) else {
+            return false;
+        };
+        t.spec.preferences.iter().all(|pref| {
+            let va = a.spread_value(&pref.over);
+            va == Some(a.name.as_str()) || va == b.spread_value(&pref.over)
+        })
+    };
+    let slots: Vec<(String, String)> = recreates
+        .iter()
+        .map(|(_, slot, m)| (slot.clone(), m.clone()))
+        .collect();
+    let to = crate::rollout::port_moves(&slots, t.rollout.update.parallelism, &spare, same_group);
+    let ports = t
+        .spec
+        .fixed_host_ports
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    for ((k, slot, old), to) in recreates.iter().zip(to) {
+        let Action::Recreate(plan) = &mut actions[*k] else {
+            continue;
+        };
+        match to {
+            Some(to) => {
+                plan.member = to.clone();
+                plan.reason = format!(
+                    "{}; started on {to}, as host port {ports} cannot be bound twice on {old}",
+                    plan.reason
+                );
+                if let Some(e) = r
+                    .placement
+                    .iter_mut()
+                    .find(|(_, n, s)| n == &plan.name && s == &t.service)
+                {
+                    e.0 = to;
+                }
+            }
+            None => {
+                r.stop_first
+                    .entry(t.service.clone())
+                    .or_default()
+                    .insert(slot.clone());
+                warnings.push(format!(
+                    "service {:?}: {} is replaced stop-first: it publishes host port {ports}, which its new replica cannot bind beside the old one on {old}, and {}",
+                    t.service,
+                    plan.old_name.as_deref().unwrap_or(&plan.name),
+                    if local_data {
+                        "its named volumes are local to each member (its data cannot move)"
+                    } else {
+                        "no other eligible member is free of that port"
+                    }
+                ));
+            }
+        }
+    }
 }
 
 /// Instances a rolling update retired: kept while their service is being updated (for a

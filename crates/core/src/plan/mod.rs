@@ -106,6 +106,10 @@ pub struct RolloutSpec {
     /// Named volumes (pool, name) snapshotted before its replicas are replaced (unless
     /// `x-incus: {snapshot_volumes: false}` on the service).
     pub snapshot_volumes: Vec<(String, String)>,
+    /// Slots replaced stop-first although the service asks for start-first: it publishes
+    /// fixed host ports and no other member could take their new replica (see
+    /// `rollout::port_moves`). Filled by `diff`.
+    pub stop_first_slots: BTreeSet<String>,
 }
 
 /// Incus project config key prefix (followed by a network name): incus-compose is creating

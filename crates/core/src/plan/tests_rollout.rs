@@ -185,9 +185,30 @@ services:
     assert!(plan.warnings.iter().any(|w| w.contains("stop-first")));
 }
 
-#[test]
-fn start_first_with_a_published_port_falls_back_to_stop_first_and_says_so() {
-    let text = r#"
+/// (old name, new name, old member, new member) of each replacement, in rollout order.
+fn moves(plan: &Plan) -> Vec<(String, String, String, String)> {
+    plan.actions()
+        .filter_map(|a| match a {
+            Action::Recreate(p) => Some((
+                p.old_name.clone().unwrap_or_default(),
+                p.name.clone(),
+                p.old_member.clone().unwrap_or_default(),
+                p.member.clone(),
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+fn member_of(obs: &Observed, name: &str) -> String {
+    obs.instances
+        .iter()
+        .find(|i| i.name == name)
+        .map(|i| i.location.clone())
+        .unwrap_or_default()
+}
+
+const PORTED: &str = r#"
 name: shop
 services:
   web:
@@ -195,19 +216,99 @@ services:
     ports: ["8080:80"]
     deploy: {replicas: 2, update_config: {order: start-first}}
 "#;
-    let obs = deployed(text);
+
+#[test]
+fn start_first_with_a_published_port_starts_each_new_replica_on_a_member_free_of_the_port() {
+    let obs = deployed(PORTED);
+    let on = |n: &str| member_of(&obs, n);
+    let (m1, m2) = (on("web-1"), on("web-2"));
+    let free = ["node1", "node2", "node3"]
+        .into_iter()
+        .find(|m| *m != m1 && *m != m2)
+        .unwrap()
+        .to_string();
+    let plan = up(
+        &PORTED.replace("testapp/v1", "testapp/v2"),
+        &obs,
+        &DiffOptions::default(),
+    )
+    .unwrap();
+    // web-1 starts on the free member; web-2 on the member web-1 left.
+    assert_eq!(
+        moves(&plan),
+        [
+            ("web-1".into(), "web-1-b".into(), m1.clone(), free.clone()),
+            ("web-2".into(), "web-2-b".into(), m2.clone(), m1.clone()),
+        ]
+    );
+    let spec = &plan.rollouts["web"];
+    assert!(spec.update.start_first);
+    assert!(spec.stop_first_slots.is_empty());
+    assert!(
+        !plan.warnings.iter().any(|w| w.contains("stop-first")),
+        "{:?}",
+        plan.warnings
+    );
+    // The placement names the new replicas where they start, and once applied the next plan
+    // keeps them there.
+    assert!(
+        plan.placement
+            .contains(&(free.clone(), "web-1-b".into(), "web".into()))
+    );
+    let after = apply(&plan, &obs);
+    assert!(
+        up(
+            &PORTED.replace("testapp/v1", "testapp/v2"),
+            &after,
+            &DiffOptions::default()
+        )
+        .unwrap()
+        .is_empty()
+    );
+}
+
+#[test]
+fn start_first_with_a_published_port_and_no_free_member_falls_back_to_stop_first_and_says_so() {
+    let text = PORTED.replace("replicas: 2", "replicas: 3");
+    let obs = deployed(&text);
     let plan = up(
         &text.replace("testapp/v1", "testapp/v2"),
         &obs,
         &DiffOptions::default(),
     )
     .unwrap();
+    // Every member holds one: each replica is replaced where it is, stop-first.
+    for (_, _, old, new) in moves(&plan) {
+        assert_eq!(old, new);
+    }
     assert_eq!(
-        recreates(&plan),
-        [
-            (Some("web-1".into()), "web-1".into()),
-            (Some("web-2".into()), "web-2".into())
-        ]
+        plan.rollouts["web"].stop_first_slots,
+        ["1", "2", "3"].map(String::from).into()
     );
-    assert!(plan.warnings.iter().any(|w| w.contains("host ports")));
+    assert_eq!(
+        plan.warnings
+            .iter()
+            .filter(|w| w.contains("replaced stop-first") && w.contains("8080"))
+            .count(),
+        3,
+        "{:?}",
+        plan.warnings
+    );
+}
+
+#[test]
+fn start_first_with_a_published_port_stays_within_the_constraints() {
+    let text = PORTED.replace(
+        "deploy: {",
+        "deploy: {placement: {constraints: [node.hostname != node3]}, ",
+    );
+    let obs = deployed(&text);
+    let plan = up(
+        &text.replace("testapp/v1", "testapp/v2"),
+        &obs,
+        &DiffOptions::default(),
+    )
+    .unwrap();
+    assert!(moves(&plan).iter().all(|(_, _, _, new)| new != "node3"));
+    assert_eq!(plan.rollouts["web"].stop_first_slots.len(), 2);
 }

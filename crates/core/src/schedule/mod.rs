@@ -341,6 +341,12 @@ pub struct Placement {
     /// name order; for global services, every member without an assigned slot. The reason of
     /// the pending slots of a replicated service.
     pub rejections: PendingReason,
+    /// For a replicated service with fixed host ports: the members that could take one more
+    /// replica of it once every service is placed (eligible, room left, none of its host
+    /// ports bound there), fewest instances first, then name order. Where a start-first
+    /// update can start a new replica beside the old ones (see `rollout::port_moves`).
+    /// Empty for other services.
+    pub spare: Vec<MemberName>,
 }
 
 impl Placement {
@@ -441,13 +447,31 @@ pub fn schedule(
         })
         .collect();
     // Phase 2: place.
-    let placements = work
+    let mut placements: Vec<Placement> = work
         .iter_mut()
         .map(|w| match w {
             Work::Replicated(r) => r.place(&mut state),
             Work::Global(g) => g.place(&mut state),
         })
         .collect();
+    // Spare members of services with fixed host ports, with everything placed.
+    for (p, spec) in placements.iter_mut().zip(services) {
+        if spec.fixed_host_ports.is_empty() || spec.mode == Mode::Global {
+            continue;
+        }
+        let per_member = p.per_member();
+        let mut spare: Vec<usize> = (0..state.members.len())
+            .filter(|&m| {
+                let count = per_member
+                    .get(state.members[m].name.as_str())
+                    .copied()
+                    .unwrap_or(0);
+                state.static_rejection(m, spec).is_none() && state.capacity(m, spec, count).is_ok()
+            })
+            .collect();
+        spare.sort_by_key(|&m| (state.instances[m], m));
+        p.spare = spare.into_iter().map(|m| state.names[m].clone()).collect();
+    }
     Ok(Schedule { placements })
 }
 
@@ -864,6 +888,7 @@ impl<'a> Replicated<'a> {
             slots,
             removals,
             rejections,
+            spare: Vec::new(),
         }
     }
 }
@@ -1011,6 +1036,7 @@ impl<'a> Global<'a> {
             slots,
             removals,
             rejections: PendingReason(Arc::from(rejections)),
+            spare: Vec::new(),
         }
     }
 }
