@@ -897,3 +897,127 @@ fn a_start_first_update_with_a_published_port_moves_replicas_to_a_free_member_an
         .collect();
     assert_eq!(names, ["web-1-b", "web-2-b"].map(String::from).into());
 }
+
+/// Milliseconds since the Unix epoch.
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}
+
+#[test]
+fn an_update_killed_after_a_batch_is_resumed_no_sooner_than_the_delay_after_that_batch() {
+    let f = Fixture::new("pace");
+    let text = |image: &str| {
+        format!(
+            r#"
+name: {{name}}
+services:
+  web:
+    image: {image}
+    stop_grace_period: 1s
+    healthcheck:
+      test: "wget -q -O- http://127.0.0.1/ >/dev/null"
+      interval: 2s
+      start_period: 20s
+      start_interval: 1s
+      retries: 2
+    deploy:
+      replicas: 2
+      update_config: {{parallelism: 1, delay: 15s, monitor: 1s}}
+  probe:
+    image: testapp/v1
+"#
+        )
+    };
+    let delay_ms = 15_000;
+    f.write(&text("testapp/v1"));
+    f.ok(&["up", "-d", "--wait"]);
+    f.write(&text("testapp/v2"));
+    let mut child = f
+        .command(&["up", "-d"])
+        .env("INCUS_COMPOSE_LOCK_TTL", "5")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start up");
+    let stdout = child.stdout.take().expect("up stdout");
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
+    // The first batch done, then killed (-9) while it waits for the delay.
+    loop {
+        let line = lines
+            .next()
+            .and_then(Result::ok)
+            .expect("up ended before its first batch");
+        eprintln!("up: {line}");
+        if line.contains("recreated on") {
+            break;
+        }
+    }
+    std::thread::sleep(Duration::from_secs(4));
+    child.kill().expect("kill -9");
+    let _ = child.wait();
+    let killed = wall_ms();
+    let project = block_on(f.client.get_project(&f.name)).expect("read the Incus project");
+    let pace: serde_json::Value = serde_json::from_str(
+        project
+            .config
+            .get("user.incus-compose.rollout-pace.web")
+            .expect("no pace recorded"),
+    )
+    .expect("pace json");
+    eprintln!("pace recorded: {pace}");
+    // The next batch may start at the earliest `delay` after the last one was ready (after the
+    // kill when it was still in flight).
+    let earliest = pace["ready_at"].as_u64().unwrap_or(killed) + delay_ms;
+    let mut again = f
+        .command(&["up", "-d"])
+        .env("INCUS_COMPOSE_LOCK_TTL", "5")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("up again");
+    let stdout = again.stdout.take().expect("up stdout");
+    let mut batch_at = None;
+    let mut out = String::new();
+    for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(Result::ok) {
+        eprintln!("up again: {line}");
+        if batch_at.is_none() && line.contains("update batch 1:") {
+            batch_at = Some(wall_ms());
+        }
+        out.push_str(&line);
+        out.push('\n');
+    }
+    let status = again.wait().expect("wait");
+    assert!(status.success(), "the resumed up failed: {out}");
+    assert!(out.contains("resuming an interrupted update"), "{out}");
+    let batch_at = batch_at.expect("the resumed up replaced nothing");
+    eprintln!(
+        "FIGURE resumed batch {:.1} s after the kill; the last batch was ready {:.1} s before it, delay 15 s",
+        (batch_at as f64 - killed as f64) / 1000.0,
+        (killed as f64 - (earliest - delay_ms) as f64) / 1000.0
+    );
+    assert!(
+        batch_at >= earliest,
+        "the resumed batch started {} ms before the delay had passed",
+        earliest - batch_at
+    );
+    // Exactly one replica replaced by the resumed run (none twice), both answer v2.
+    assert_eq!(out.matches("recreated on").count(), 1, "{out}");
+    assert_eq!(f.settled_answers("web", 2), ["v2"; 2]);
+    let names: BTreeSet<String> = f
+        .instances()
+        .into_iter()
+        .map(|i| i.name)
+        .filter(|n| n.starts_with("web-"))
+        .collect();
+    assert_eq!(names, ["web-1", "web-2"].map(String::from).into());
+    let project = block_on(f.client.get_project(&f.name)).expect("read the Incus project");
+    assert!(
+        !project
+            .config
+            .contains_key("user.incus-compose.rollout-pace.web"),
+        "the pace stayed after the update completed"
+    );
+}

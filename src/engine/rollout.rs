@@ -20,7 +20,7 @@ use anyhow::Context as _;
 use futures_util::future::join_all;
 use ic_core::health::{Health, Tracker};
 use ic_core::plan::{InstancePlan, LABEL_PROJECT, LABEL_RETIRED, LABEL_SERVICE, RolloutSpec};
-use ic_core::rollout::{self, Config, NewReplica, Progress as Batches, State};
+use ic_core::rollout::{self, Config, NewReplica, Pace, Progress as Batches, State};
 use tokio::time::Instant;
 
 use super::execute::{Target, create, remove, start, stop};
@@ -32,6 +32,71 @@ const RETIRED_ADDRESSES: &str = "user.incus-compose.retired-addresses";
 
 /// How often a rollout looks again while it waits.
 const POLL: Duration = Duration::from_millis(500);
+
+/// Incus project config key prefix (followed by the service): the pace of its rollout, the
+/// times of its last batch (`ic_core::rollout::Pace`, JSON), so that a run that resumes an
+/// interrupted update keeps `delay` after the last batch. Removed when the update ends.
+const PACE_PREFIX: &str = "user.incus-compose.rollout-pace.";
+
+/// Where a service's rollout keeps its pace: in an Incus project incus-compose created (one
+/// named with `--incus-project` that exists already is never written to).
+struct PaceStore {
+    base: ic_incus::Client,
+    project: String,
+    key: String,
+}
+
+/// Wall-clock milliseconds since the Unix epoch.
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or_default()
+}
+
+impl PaceStore {
+    /// The store of `service`'s rollout and the pace a run before left there.
+    async fn open(t: &Target, service: &str, compose: &str) -> (Option<PaceStore>, Pace) {
+        let Some(project) = t.project.project() else {
+            return (None, Pace::default());
+        };
+        let Ok(p) = t.base.get_project(project).await else {
+            return (None, Pace::default());
+        };
+        if !super::observe::is_ours(&p.config, compose) {
+            return (None, Pace::default());
+        }
+        let key = format!("{PACE_PREFIX}{service}");
+        let pace = p
+            .config
+            .get(&key)
+            .and_then(|v| serde_json::from_str(v).ok())
+            .unwrap_or_default();
+        let store = PaceStore {
+            base: t.base.clone(),
+            project: project.to_string(),
+            key,
+        };
+        (Some(store), pace)
+    }
+
+    /// Records `pace` (None: removes it); a failure is a warning.
+    async fn write(&self, pace: Option<&Pace>, progress: &Progress) {
+        let value = pace.and_then(|p| serde_json::to_string(p).ok());
+        let r =
+            super::lock::edit_project_config(&self.base, &self.project, |config| match &value {
+                Some(v) => config.insert(self.key.clone(), v.clone()).as_ref() != Some(v),
+                None => config.remove(&self.key).is_some(),
+            })
+            .await;
+        if let Err(e) = r {
+            progress.line(&format!(
+                "[!] warning: cannot record the rollout's pace in Incus project {}: {e}",
+                self.project
+            ));
+        }
+    }
+}
 
 /// How long removing a retired replica may take once the update completed.
 const REMOVE_DEADLINE: Duration = Duration::from_secs(60);
@@ -147,11 +212,37 @@ pub async fn run_service(
         cfg.failure_action
     ));
     let deadline = rollout::deadline(cfg, spec.check.as_ref());
-    match drive(
-        t, service, spec, cfg, deadline, &mut slots, clock, progress, false,
+    // A run that resumes an interrupted update keeps `delay` after its last batch.
+    let compose = slots
+        .first()
+        .and_then(|s| s.plan.config.get(LABEL_PROJECT))
+        .cloned()
+        .unwrap_or_default();
+    let (store, pace) = PaceStore::open(t, service, &compose).await;
+    let resume = rollout::resume_at(&pace, cfg.delay, deadline, wall_ms());
+    if let Some(wait) = resume {
+        progress.line(&format!(
+            "[~] {service}: resuming an interrupted update: the next batch starts in {:.1} s (delay {} s after the last batch)",
+            wait.as_secs_f64(),
+            cfg.delay.as_secs_f64()
+        ));
+    }
+    let run = Run {
+        resume,
+        store: store.as_ref(),
+    };
+    let result = drive(
+        t, service, spec, cfg, deadline, &mut slots, clock, progress, false, &run,
     )
-    .await
+    .await;
+    // The pace matters only to a run that resumes this update: gone once it ended (kept
+    // when paused).
+    if let Some(store) = &store
+        && !matches!(&result, Err((rollout::Action::Pause, _)))
     {
+        store.write(None, progress).await;
+    }
+    match result {
         Ok(failed) => {
             // Done: the retired replicas go, those an interrupted run left included; not those
             // whose replacement failed (a later `up` replaces them, or `rollback` restores them).
@@ -241,8 +332,12 @@ pub async fn run_service(
                 .collect();
             let n = back.len();
             let rdeadline = rollout::deadline(rb, spec.check.as_ref());
+            let run = Run {
+                resume: None,
+                store: None,
+            };
             match drive(
-                t, service, spec, rb, rdeadline, &mut back, clock, progress, true,
+                t, service, spec, rb, rdeadline, &mut back, clock, progress, true, &run,
             )
             .await
             {
@@ -304,6 +399,13 @@ fn named(slots: &[SlotRun], failed: Vec<(String, String)>) -> Vec<(String, Strin
         .collect()
 }
 
+/// What a forward rollout resumes from and where it records its pace.
+struct Run<'a> {
+    /// No batch before this time (see `rollout::resume_at`).
+    resume: Option<Duration>,
+    store: Option<&'a PaceStore>,
+}
+
 /// The step loop. `back`: a rollback (replacing = restoring the retired replica).
 /// `Ok(failed slots)` when done (those `continue` went past), `Err((action, failed slots))`
 /// when the step function stops it.
@@ -318,8 +420,13 @@ async fn drive(
     clock: Instant,
     progress: &Progress,
     back: bool,
+    run: &Run<'_>,
 ) -> Result<Vec<(String, String)>, (rollout::Action, Vec<(String, String)>)> {
-    let mut batches = Batches::default();
+    let mut batches = Batches {
+        not_before: run.resume,
+        ..Batches::default()
+    };
+    let mut pace = Pace::default();
     let mut in_flight = false;
     let mut batch_no = 0;
     loop {
@@ -338,6 +445,10 @@ async fn drive(
         if in_flight && !pending {
             in_flight = false;
             batches.batch_ready_at = Some(now);
+            if let Some(store) = run.store {
+                pace.ready_at = Some(wall_ms());
+                store.write(Some(&pace), progress).await;
+            }
         }
         // start-first: an old replica is retired once its replacement runs (healthy).
         if cfg.start_first && !back {
@@ -346,6 +457,13 @@ async fn drive(
         match rollout::step(cfg, &views, &batches, deadline, now) {
             rollout::Step::Replace(keys) => {
                 batch_no += 1;
+                if let Some(store) = run.store {
+                    pace = Pace {
+                        started_at: Some(wall_ms()),
+                        ready_at: None,
+                    };
+                    store.write(Some(&pace), progress).await;
+                }
                 // start-first with a host port, on the member an earlier replica was to leave:
                 // while that one still runs (its replacement failed), stop-first where it is.
                 let blocked: Vec<String> = keys

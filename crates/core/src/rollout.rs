@@ -240,6 +240,46 @@ pub enum Step {
 pub struct Progress {
     /// When the last batch became ready (all its replicas running, healthy, or failed).
     pub batch_ready_at: Option<Duration>,
+    /// No batch starts before this time: a rollout that resumes what an interrupted run left
+    /// keeps `delay` after that run's last batch (see [`resume_at`]).
+    pub not_before: Option<Duration>,
+}
+
+/// What a rollout keeps in Incus about its last batch, so that a later run that resumes it
+/// keeps the pace: wall-clock times in milliseconds since the Unix epoch (the core has no
+/// clock: the engine reads it and stores this).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct Pace {
+    /// When the last batch started.
+    pub started_at: Option<u64>,
+    /// When it became ready (every replica running, healthy, or failed); `None` while it was
+    /// in flight (the run stopped during it).
+    pub ready_at: Option<u64>,
+}
+
+/// For a rollout that resumes an interrupted one, whose last batch is `pace`: the time on
+/// the new run's clock (which starts at wall-clock `now_ms`) before which no batch starts,
+/// or `None` when nothing holds it back.
+/// - The last batch was ready at `r`: `r + delay`.
+/// - It was in flight (started at `s`, the run stopped during it): it became ready at the
+///   latest when its replicas were judged, `s + deadline`, and at the earliest now; so the
+///   next batch waits `delay` after the earlier of the two.
+///
+/// Never more than `delay` from now (another machine's clock may be ahead).
+pub fn resume_at(
+    pace: &Pace,
+    delay: Duration,
+    deadline: Duration,
+    now_ms: u64,
+) -> Option<Duration> {
+    let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    let ready = match (pace.ready_at, pace.started_at) {
+        (Some(r), _) => r,
+        (None, Some(s)) => s.saturating_add(ms(deadline)).min(now_ms),
+        (None, None) => return None,
+    };
+    let until = ready.saturating_add(ms(delay));
+    (until > now_ms).then(|| Duration::from_millis(until - now_ms).min(delay))
 }
 
 /// The slots whose new replica has failed at `now`, each with its reason: after
@@ -304,6 +344,11 @@ pub fn step(
         .collect();
     let ready_at = progress.batch_ready_at;
     if !dirty.is_empty() {
+        if let Some(at) = progress.not_before
+            && now < at
+        {
+            return Step::Wait { until: at };
+        }
         if let Some(at) = ready_at
             && now < at + cfg.delay
         {
@@ -449,6 +494,7 @@ mod tests {
         let slots = [replaced("1", 0, RUNNING), dirty("2")];
         let p = Progress {
             batch_ready_at: Some(2 * S),
+            ..Default::default()
         };
         assert_eq!(
             step(&c, &slots, &p, 60 * S, 5 * S),
@@ -458,6 +504,74 @@ mod tests {
             step(&c, &slots, &p, 60 * S, 12 * S),
             Step::Replace(vec!["2".into()])
         );
+    }
+
+    #[test]
+    fn a_resumed_rollout_keeps_the_delay_after_the_last_batch_of_the_run_before() {
+        let c = Config {
+            delay: 10 * S,
+            ..cfg(1)
+        };
+        let now_ms = 1_000_000;
+        // The last batch was ready 4 s ago: 6 s more.
+        let pace = Pace {
+            started_at: Some(now_ms - 9_000),
+            ready_at: Some(now_ms - 4_000),
+        };
+        let at = resume_at(&pace, c.delay, 60 * S, now_ms);
+        assert_eq!(at, Some(6 * S));
+        // Slot 1 was replaced by the run before: only 2 and 3 are dirty, and the first batch
+        // of this run waits until then.
+        let slots = [
+            Slot {
+                key: "1".into(),
+                dirty: false,
+                new: None,
+            },
+            dirty("2"),
+            dirty("3"),
+        ];
+        let p = Progress {
+            batch_ready_at: None,
+            not_before: at,
+        };
+        assert_eq!(step(&c, &slots, &p, 60 * S, S), Step::Wait { until: 6 * S });
+        assert_eq!(
+            step(&c, &slots, &p, 60 * S, 6 * S),
+            Step::Replace(vec!["2".into()])
+        );
+        // Long ago, or never: nothing to wait for.
+        let old = Pace {
+            started_at: Some(1),
+            ready_at: Some(2),
+        };
+        assert_eq!(resume_at(&old, c.delay, 60 * S, now_ms), None);
+        assert_eq!(resume_at(&Pace::default(), c.delay, 60 * S, now_ms), None);
+    }
+
+    #[test]
+    fn a_batch_in_flight_when_the_run_stopped_counts_as_ready_now_or_at_its_deadline() {
+        let now_ms = 1_000_000;
+        let in_flight = |started: u64| Pace {
+            started_at: Some(started),
+            ready_at: None,
+        };
+        // Started 2 s ago: it may become ready any moment; the whole delay from now.
+        assert_eq!(
+            resume_at(&in_flight(now_ms - 2_000), 10 * S, 60 * S, now_ms),
+            Some(10 * S)
+        );
+        // Started 65 s ago with a 60 s deadline: judged 5 s ago.
+        assert_eq!(
+            resume_at(&in_flight(now_ms - 65_000), 10 * S, 60 * S, now_ms),
+            Some(5 * S)
+        );
+        // A clock ahead never makes it wait more than the delay.
+        let ahead = Pace {
+            started_at: Some(now_ms + 50_000),
+            ready_at: Some(now_ms + 60_000),
+        };
+        assert_eq!(resume_at(&ahead, 10 * S, 60 * S, now_ms), Some(10 * S));
     }
 
     #[test]
@@ -564,6 +678,7 @@ mod tests {
         ];
         let p = Progress {
             batch_ready_at: Some(S),
+            ..Default::default()
         };
         assert_eq!(step(&c, &slots, &p, 60 * S, 10 * S), Step::Done);
         assert_eq!(
@@ -619,6 +734,7 @@ mod tests {
         let slots = [replaced("1", 0, RUNNING), replaced("2", 4, RUNNING)];
         let p = Progress {
             batch_ready_at: Some(5 * S),
+            ..Default::default()
         };
         // Replica 2 started at 4 s settles at 9 s; the watch lasts until 5 + 5 = 10 s.
         assert_eq!(
@@ -637,6 +753,7 @@ mod tests {
         let slots = [replaced("1", 0, RUNNING)];
         let p = Progress {
             batch_ready_at: Some(S),
+            ..Default::default()
         };
         assert_eq!(
             step(&c, &slots, &p, 60 * S, 10 * S),
@@ -771,6 +888,113 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    /// A rollout run by the engine's loop in a scripted world (as [`simulate`]), stopped after
+    /// `steps` steps (killed) or at its end. Returns the end step (None: killed), the batches
+    /// with their times, and when the last batch started and became ready.
+    #[allow(clippy::type_complexity)]
+    fn run_for(
+        c: &Config,
+        slots: &mut [Slot],
+        progress: &mut Progress,
+        start: u64,
+        steps: usize,
+    ) -> (
+        Option<Step>,
+        Vec<(Duration, Vec<String>)>,
+        Option<Duration>,
+        Option<Duration>,
+    ) {
+        let mut now = Duration::ZERO;
+        let mut batches = Vec::new();
+        let (mut started, mut ready) = (None, None);
+        for _ in 0..steps {
+            for s in slots.iter_mut() {
+                if let Some(r) = &mut s.new
+                    && r.state == State::Starting
+                    && now >= r.created_at + S * start as u32
+                {
+                    r.state = RUNNING;
+                    r.started_at = Some(now);
+                }
+            }
+            let in_flight = slots
+                .iter()
+                .any(|s| s.new.as_ref().is_some_and(|r| r.state == State::Starting));
+            if !in_flight && progress.batch_ready_at.is_none() && started.is_some() {
+                progress.batch_ready_at = Some(now);
+                ready = Some(now);
+            }
+            match step(c, slots, progress, 60 * S, now) {
+                Step::Replace(keys) => {
+                    for k in &keys {
+                        let s = slots.iter_mut().find(|s| &s.key == k).unwrap();
+                        s.dirty = false;
+                        s.new = Some(NewReplica {
+                            created_at: now,
+                            started_at: None,
+                            state: State::Starting,
+                        });
+                    }
+                    progress.batch_ready_at = None;
+                    started = Some(now);
+                    ready = None;
+                    batches.push((now, keys));
+                }
+                Step::Wait { until } => now = until.min(now + S),
+                done => return (Some(done), batches, started, ready),
+            }
+        }
+        (None, batches, started, ready)
+    }
+
+    proptest! {
+        /// A rollout killed after any number of steps and resumed by a new run (which sees
+        /// only the slots still dirty, and the pace stored in Incus) never replaces a slot
+        /// twice, replaces them all, and starts its first batch no sooner than `delay` after
+        /// the last batch of the run before was ready (or could have been).
+        #[test]
+        fn a_resumed_rollout_never_replaces_a_slot_twice_and_keeps_the_delay(
+            n in 1usize..8,
+            parallelism in 0usize..3,
+            delay in 0u64..6,
+            start in 0u64..4,
+            steps in 0usize..30,
+        ) {
+            let c = Config { parallelism, delay: S * delay as u32, ..cfg(1) };
+            let mut slots: Vec<Slot> = (0..n).map(|i| dirty(&i.to_string())).collect();
+            let mut progress = Progress::default();
+            let (end, first, started, ready) = run_for(&c, &mut slots, &mut progress, start, steps);
+            if end.is_some() {
+                return Ok(());
+            }
+            // Killed now, at `killed` on the first run's clock; wall clock = that + 1e6 ms.
+            let killed = S * steps as u32; // an upper bound of the first run's clock
+            let killed = killed.max(first.last().map(|b| b.0).unwrap_or_default());
+            let wall = |d: Duration| 1_000_000 + d.as_millis() as u64;
+            let pace = Pace { started_at: started.map(wall), ready_at: ready.map(wall) };
+            let mut rest: Vec<Slot> = slots.iter().filter(|s| s.dirty).map(|s| dirty(&s.key)).collect();
+            let mut resumed = Progress {
+                not_before: resume_at(&pace, c.delay, 60 * S, wall(killed)),
+                ..Progress::default()
+            };
+            let (end, second, _, _) = run_for(&c, &mut rest, &mut resumed, start, 10_000);
+            prop_assert_eq!(end, Some(Step::Done));
+            let mut seen = std::collections::BTreeSet::new();
+            for (_, keys) in first.iter().chain(&second) {
+                for k in keys {
+                    prop_assert!(seen.insert(k.clone()), "slot {} replaced twice", k);
+                }
+            }
+            prop_assert_eq!(seen.len(), n);
+            if let (Some((t, _)), Some(s)) = (second.first(), started) {
+                let ready_by = ready.unwrap_or_else(|| killed.min(s + 60 * S));
+                prop_assert!(killed + *t >= ready_by + c.delay,
+                    "resumed batch at {:?} after the kill, the last one ready at {:?}, delay {:?}",
+                    t, ready_by, c.delay);
+            }
+        }
     }
 
     proptest! {
