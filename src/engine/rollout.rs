@@ -552,9 +552,10 @@ async fn drive(
                         match r {
                             Ok(line) => progress.line(&line),
                             Err(e) => {
+                                let e = format!("{e:#}");
                                 let e = match member_down(t, &s.plan.member).await {
-                                    Some(why) => format!("{why}: {e:#}"),
-                                    None => format!("{e:#}"),
+                                    Some(why) if !e.starts_with("member ") => format!("{why}: {e}"),
+                                    _ => e,
                                 };
                                 progress.line(&format!("[!] {} failed: {e}", s.plan.name));
                                 s.create_error = Some(e);
@@ -655,6 +656,14 @@ fn moved(s: &SlotRun) -> bool {
 /// Replaces one replica (see the module documentation).
 async fn replace(t: &Target, start_first: bool, s: &mut SlotRun) -> anyhow::Result<String> {
     let old = s.old_name().to_string();
+    // A member that went offline fails its replica at once (a stop there would wait for
+    // Incus's own timeouts first).
+    let old_member = s.plan.old_member.clone().unwrap_or_default();
+    for m in [old_member.as_str(), s.plan.member.as_str()] {
+        if let Some(why) = member_down(t, m).await {
+            anyhow::bail!("{why}");
+        }
+    }
     if !start_first {
         stop(t, &old, s.plan.stop_timeout).await?;
         let (as_name, released) = retire(t, &old, &s.plan).await?;

@@ -19,6 +19,11 @@
 //! - After the last batch, the rollout watches until every new replica is settled and at
 //!   least `max(monitor, delay)` has passed since the last batch was ready (Swarm once
 //!   skipped this watch when `delay >= monitor`: moby/moby#37972).
+//! - A run that resumes an interrupted rollout replaces only what is still dirty (never a
+//!   slot twice) and keeps `delay` after the last batch of the run before ([`resume_at`], from
+//!   the [`Pace`] the engine keeps in Incus).
+//! - Start-first with fixed host ports: each new replica starts on another member free of
+//!   the ports ([`port_moves`]); one with none left is replaced stop-first.
 
 use std::time::Duration;
 
