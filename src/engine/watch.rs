@@ -463,6 +463,7 @@ async fn reconcile(
         remotes: obs.remotes.clone(),
         fence: Some(guard.lease()),
         revision: None,
+        desired: Some(std::sync::Arc::new(d.clone())),
     };
     let outcome = super::execute_gated(&t, &plan, o.parallel, None).await;
     drop(guard);
@@ -504,7 +505,7 @@ async fn plan_once(
         return Ok(None);
     };
     let obs = observe(base, &w.incus_project, true).await?;
-    let d = revision::desired_from(&w.compose, &w.incus_project, deployed, deployed, &[], None)
+    let d = revision::deployed_desired(&w.compose, &w.incus_project, deployed)
         .map_err(|e| anyhow::anyhow!("revision {}: {e}", deployed.number))?;
     let opts = DiffOptions {
         grace: grace.clone(),

@@ -568,6 +568,23 @@ pub fn with_revision(
     out
 }
 
+/// What `watch` converges to: the services of the deployed revision, as `up` deployed them;
+/// a replica `watch` must re-create rolls with the service's `update_config` (a rollback's
+/// `rollback_config` is for going back to an older revision, not for keeping this one).
+pub fn deployed_desired(
+    compose: &str,
+    incus_project: &str,
+    deployed: &Revision,
+) -> Result<Desired, RevisionError> {
+    let mut d = desired_from(compose, incus_project, deployed, deployed, &[], None)?;
+    for t in &mut d.services {
+        if let Some(s) = deployed.services.get(&t.service) {
+            t.rollout.update = s.update.clone();
+        }
+    }
+    Ok(d)
+}
+
 /// A desired state made of stored services (for `rollback`): the services of `target`
 /// (only `only` when given, the others as in `deployed`), with no networks or volumes to
 /// create (they exist). Each service rolls with `rollback_config` of the deployed revision.
@@ -791,5 +808,21 @@ secrets:
         );
         let d = desired_from("shop", "shop", &r1, &r2, &["other".into()], Some(&v2)).unwrap();
         assert_eq!(d.services[0].hash, v2.services[0].hash);
+    }
+
+    #[test]
+    fn what_watch_converges_to_rolls_with_update_config_not_rollback_config() {
+        let text = APP.replace("    secrets: [pw]\n", "");
+        let v1 = desired_of(&text, "x");
+        let r1 = revision(1, &v1, Outcome::Completed);
+        let update = &v1.services[0].rollout.update;
+        assert_ne!(
+            update, &v1.services[0].rollout.rollback,
+            "the test needs them to differ"
+        );
+        let d = deployed_desired("shop", "shop", &r1).unwrap();
+        assert_eq!(&d.services[0].rollout.update, update);
+        assert!(update.start_first && update.parallelism == 2);
+        assert_eq!(d.services[0].hash, v1.services[0].hash);
     }
 }

@@ -478,9 +478,10 @@ fn keeper_rank(
     other: &ObservedInstance,
     t: &InstanceTemplate,
     offline: &BTreeSet<String>,
-) -> (bool, bool, bool, bool, std::cmp::Reverse<String>) {
+) -> (bool, bool, bool, bool, bool, std::cmp::Reverse<String>) {
     (
         !offline.contains(&i.location),
+        i.label(super::LABEL_REPLACED_BY).is_none(),
         i.label(LABEL_REPLACES) == Some(other.name.as_str()),
         i.label(LABEL_HASH) == Some(t.hash.as_str()),
         i.running,
@@ -708,6 +709,7 @@ fn slot_action(
     let alternate = t.alternate_name(slot_text);
     let stranded = current.is_some_and(|i| r.offline.contains(&i.location));
     let actions = r.service_actions.entry(t.service.clone()).or_default();
+    let mut recreated = false;
     match current {
         None => actions.push(Action::Create(Box::new(plan("new", None)))),
         // Kept on an offline member (within its grace period): left alone.
@@ -771,12 +773,13 @@ fn slot_action(
                 }
                 if p.name != name {
                     r.claimed.insert(p.name.clone(), t.service.clone());
-                    // The new replica runs beside the old one: it is the one placed (its own
-                    // address and DNS record on a spanning network).
-                    if let Some(last) = r.placement.last_mut() {
-                        last.1 = p.name.clone();
-                    }
                 }
+                // The new replica is the one placed (its own address and DNS record on a
+                // spanning network), also when it takes the slot's usual name back.
+                if let Some(last) = r.placement.last_mut() {
+                    last.1 = p.name.clone();
+                }
+                recreated = true;
                 actions.push(Action::Recreate(Box::new(p)));
             }
             None if !i.running && !o.no_start => actions.push(Action::Start {
@@ -785,6 +788,16 @@ fn slot_action(
             }),
             None => r.unchanged.push(i.name.clone()),
         },
+    }
+    // A replica kept under the slot's other name (after a start-first update) is placed
+    // under that name: its records name it, with its address.
+    if let Some(i) = current
+        && Some(&i.name) == alternate.as_ref()
+        && !stranded
+        && !recreated
+        && let Some(last) = r.placement.iter_mut().rev().find(|p| p.1 == name)
+    {
+        last.1 = i.name.clone();
     }
     Ok(())
 }
