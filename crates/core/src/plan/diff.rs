@@ -334,6 +334,8 @@ struct Replicas {
     offline: BTreeSet<String>,
     /// Removals deferred because the instance's member is offline: (name, member, reason).
     deferred: Vec<(String, String, String)>,
+    /// Warnings about local data a replacement leaves on an offline member.
+    left_behind: Vec<String>,
 }
 
 impl Replicas {
@@ -539,6 +541,7 @@ fn replica_actions(
         pending: Vec::new(),
         offline,
         deferred: Vec::new(),
+        left_behind: Vec::new(),
     };
     orphans(d, &ours, o, &mut r, warnings);
     for (i, why) in surplus {
@@ -598,6 +601,7 @@ fn replica_actions(
         }
     }
     retired(d, &ours, &mut r);
+    warnings.append(&mut r.left_behind);
     for (name, member, why) in &r.deferred {
         warnings.push(format!(
             "{name} is on member {member}, which is offline: its removal ({why}) waits until the member is back"
@@ -728,6 +732,16 @@ fn slot_action(
                     let mut p = plan(&why, None);
                     p.name = other.clone();
                     p.config.insert(LABEL_REPLACES.into(), i.name.clone());
+                    // Local volumes cannot follow: their data stays on the offline member.
+                    if !t.volumes.is_empty() && !d.shared_storage {
+                        r.left_behind.push(format!(
+                            "{} replaces {} on {member} without its data: volume(s) {} are local to {}, which is offline; their data there stays there (the new replica uses {member}'s copy)",
+                            other,
+                            i.name,
+                            t.volumes.join(", "),
+                            i.location
+                        ));
+                    }
                     r.claimed.insert(other, t.service.clone());
                     actions.push(Action::Create(Box::new(p)));
                     r.remove(i, t.stop_timeout, format!("replaced: {why}"));
