@@ -466,21 +466,28 @@ async fn retire_replaced(
             }
             continue;
         }
-        let result = async {
-            stop(t, &old, s.plan.stop_timeout).await?;
-            retire(t, &old, &s.plan).await.map(|(n, _)| n)
+        retire_old(t, s, progress).await;
+    }
+}
+
+/// Stops the old replica of a start-first slot and retires it.
+async fn retire_old(t: &Target, s: &mut SlotRun, progress: &Progress) {
+    let old = s.old_name().to_string();
+    let result = async {
+        stop(t, &old, s.plan.stop_timeout).await?;
+        retire(t, &old, &s.plan).await.map(|(n, _)| n)
+    }
+    .await;
+    match result {
+        Ok(as_name) => {
+            progress.line(&format!(
+                "[-] {old} stopped, {} serves its slot",
+                s.plan.name
+            ));
+            s.old_retired_as = Some(as_name);
+            s.old_marked = false;
         }
-        .await;
-        match result {
-            Ok(as_name) => {
-                progress.line(&format!(
-                    "[-] {old} stopped, {} serves its slot",
-                    s.plan.name
-                ));
-                s.old_retired_as = Some(as_name);
-            }
-            Err(e) => progress.line(&format!("[!] {old}: retiring it failed: {e:#}")),
-        }
+        Err(e) => progress.line(&format!("[!] {old}: retiring it failed: {e:#}")),
     }
 }
 
@@ -519,23 +526,7 @@ async fn settle_marked(t: &Target, slots: &mut [SlotRun], progress: &Progress) {
         ));
     }
     for s in slots.iter_mut().filter(|s| s.old_marked) {
-        let old = s.old_name().to_string();
-        let result = async {
-            stop(t, &old, s.plan.stop_timeout).await?;
-            retire(t, &old, &s.plan).await.map(|(n, _)| n)
-        }
-        .await;
-        match result {
-            Ok(as_name) => {
-                progress.line(&format!(
-                    "[-] {old} stopped, {} serves its slot",
-                    s.plan.name
-                ));
-                s.old_retired_as = Some(as_name);
-                s.old_marked = false;
-            }
-            Err(e) => progress.line(&format!("[!] {old}: retiring it failed: {e:#}")),
-        }
+        retire_old(t, s, progress).await;
     }
 }
 
