@@ -592,3 +592,25 @@ fn watch_all_once_converges_every_compose_project_on_the_server_without_a_compos
         assert_eq!(f.running(&[]).len(), 1, "{}", f.name);
     }
 }
+
+#[test]
+fn watch_recreates_a_replica_of_a_service_with_a_file_secret_by_reading_it_back_from_another_replica()
+ {
+    let _turn = take_turn();
+    let c = client();
+    cluster(&c);
+    let f = Fixture::new("secret", &c);
+    std::fs::write(f.dir.path().join("pw.txt"), "s3cret-for-watch\n").expect("write secret");
+    f.write(
+        "name: {name}\nservices:\n  web:\n    image: busybox\n    network_mode: none\n    restart: always\n    secrets: [pw]\n    deploy: {replicas: 2}\nsecrets:\n  pw: {file: ./pw.txt}\n",
+    );
+    f.ok(&["up", "-d"]);
+    let p = c.with_project(&f.name);
+    block_on(p.stop_instance("web-2", 5, true)).expect("stop web-2");
+    block_on(async { p.delete_instance("web-2").await?.wait().await }).expect("delete web-2");
+    let log = f.watch_once();
+    assert!(log.contains("web-2 created"), "{log}");
+    let content = block_on(p.pull_file("web-2", "/run/secrets/pw")).expect("read the secret");
+    assert_eq!(String::from_utf8_lossy(&content), "s3cret-for-watch\n");
+    assert_eq!(f.running(&[]).len(), 2);
+}
