@@ -347,6 +347,55 @@ fn a_broken_image_with_failure_action_rollback_brings_v1_back_and_up_fails() {
     );
 }
 
+/// start-first on a spanning bridge: the old replicas serve on, marked, until the records
+/// name the new ones. A new replica that turns healthy and then dies within `monitor` fails
+/// the update; the rollback removes the new replicas and unmarks the old ones, which never
+/// stopped: no record is written at all.
+#[test]
+fn a_start_first_update_whose_new_replica_dies_after_it_was_ready_rolls_back_to_the_old_replicas_still_running()
+ {
+    let f = Fixture::new("sfrb");
+    let cfg = "{parallelism: 1, order: start-first, monitor: 25s, failure_action: rollback}";
+    f.write(&web("testapp/v1", cfg));
+    f.ok(&["up", "-d", "--wait"]);
+    let before = f.records();
+    let started: BTreeMap<String, String> = f
+        .instances()
+        .into_iter()
+        .filter(|i| i.name.starts_with("web-"))
+        .map(|i| (i.name, i.last_used_at))
+        .collect();
+    // v2 serves (healthy) for a few seconds, then its process exits.
+    let dying = web("testapp/v2", cfg).replace(
+        "    image: testapp/v2\n",
+        "    image: testapp/v2\n    command: [\"sh\", \"-c\", \"/etc/init.d/rcS; /usr/sbin/httpd -p 80 -h /www; sleep 12; exit 1\"]\n",
+    );
+    f.write(&dying);
+    let (out, min, rounds) = f.up_while_polling("web");
+    assert!(!out.status.success(), "up succeeded after a rollback");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("rolled back"), "{err}");
+    let log = String::from_utf8_lossy(&out.stdout);
+    assert!(log.contains("serves on until the records name it"), "{log}");
+    assert!(min >= 4, "only {min} answered at one moment: {rounds:?}");
+    assert_eq!(f.settled_answers("web", 4), ["v1"; 4]);
+    let now: BTreeMap<String, String> = f
+        .instances()
+        .into_iter()
+        .filter(|i| i.name.starts_with("web-"))
+        .inspect(|i| {
+            assert!(
+                !i.config.contains_key("user.incus-compose.replaced-by"),
+                "{} still marked",
+                i.name
+            )
+        })
+        .map(|i| (i.name, i.last_used_at))
+        .collect();
+    assert_eq!(now, started, "the old replicas never stopped");
+    assert_eq!(f.records(), before, "no record written");
+}
+
 #[test]
 fn a_broken_image_with_failure_action_pause_stops_after_the_first_batch() {
     let f = Fixture::new("pause");
