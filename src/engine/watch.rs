@@ -122,6 +122,8 @@ struct Watched {
     retry: bool,
     /// Stopped replicas left stopped (said once).
     left_stopped: BTreeSet<String>,
+    /// `restart_policy` counting (see [`restart_policy`]).
+    restarts: Restarts,
 }
 
 /// Runs `watch` until interrupted (or once).
@@ -149,8 +151,9 @@ pub async fn run(base: &Client, o: &WatchOptions) -> anyhow::Result<bool> {
     let mut last_members: Option<Vec<(String, String)>> = None;
     let mut known_members: Option<BTreeSet<String>> = None;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let exits = Exits::default();
     if !o.once {
-        tokio::spawn(follow_events(base.clone(), tx));
+        tokio::spawn(follow_events(base.clone(), tx, exits.clone()));
     }
     let mut last_full = Instant::now();
     let mut first = true;
@@ -259,9 +262,11 @@ pub async fn run(base: &Client, o: &WatchOptions) -> anyhow::Result<bool> {
                 warnings: Vec::new(),
                 retry: false,
                 left_stopped: BTreeSet::new(),
+                restarts: Restarts::default(),
             });
             let held = w.leader.as_ref().is_some_and(|g| g.lease().is_held());
-            if !why.is_empty() || w.retry || !held {
+            w.restarts.take_exits(&exits, &w.incus_project, held);
+            if !why.is_empty() || w.retry || !held || w.restarts.is_due(now_secs()) {
                 let grace_set = in_grace.clone();
                 match reconcile(base, w, &grace_set, &joined, o, &log).await {
                     Ok(ok) => all_ok &= ok,
@@ -273,6 +278,7 @@ pub async fn run(base: &Client, o: &WatchOptions) -> anyhow::Result<bool> {
                 }
             }
         }
+        exits.forget_others(&projects);
         if !why.is_empty() {
             last_full = Instant::now();
         }
@@ -288,6 +294,7 @@ pub async fn run(base: &Client, o: &WatchOptions) -> anyhow::Result<bool> {
             } else {
                 o.interval
             };
+        let wake = restarts_wake(&watched, wake);
         tokio::select! {
             m = rx.recv() => {
                 if let Some(m) = m {
@@ -304,7 +311,7 @@ pub async fn run(base: &Client, o: &WatchOptions) -> anyhow::Result<bool> {
 /// Follows Incus's lifecycle events, sending a reason for each that may need a reconcile;
 /// reconnects (after a pause) when the stream ends, and asks for a full resync then, since
 /// Incus replays nothing.
-async fn follow_events(base: Client, tx: tokio::sync::mpsc::UnboundedSender<String>) {
+async fn follow_events(base: Client, tx: tokio::sync::mpsc::UnboundedSender<String>, exits: Exits) {
     let filter = EventFilter {
         types: vec!["lifecycle".into()],
         all_projects: true,
@@ -320,6 +327,7 @@ async fn follow_events(base: Client, tx: tokio::sync::mpsc::UnboundedSender<Stri
                 while let Some(ev) = stream.next_event().await {
                     let Ok(ev) = ev else { break };
                     let Some(l) = ev.lifecycle() else { continue };
+                    exits.note(&ev.project, &l);
                     let relevant = matches!(
                         l.action.as_str(),
                         "instance-stopped"
@@ -423,9 +431,10 @@ async fn reconcile(
         Some(x) => x,
         None => return Ok(true),
     };
+    let restarts_ok = restart_policy(base, w, &obs, &d, log).await;
     if plan.is_empty() {
         w.retry = !plan.warnings.is_empty() && plan.warnings.iter().any(|x| x.contains("offline"));
-        return Ok(true);
+        return Ok(restarts_ok);
     }
     let _ = (obs, d);
     // Act: under the project lock (waits for an `up` or `down` under way), then plan again
@@ -482,7 +491,7 @@ async fn reconcile(
         );
     }
     w.retry = !outcome.ok();
-    Ok(outcome.ok())
+    Ok(outcome.ok() && restarts_ok)
 }
 
 /// Observe, read the deployed revision, plan. `None` when the project has no completed
@@ -512,6 +521,8 @@ async fn plan_once(
     };
     let mut plan =
         ic_core::plan::diff(&d, &obs.observed, &opts).map_err(|e| anyhow::anyhow!("{e}"))?;
+    // Replicas with a restart policy are started by `restart_policy` (counted, after delay).
+    ic_core::watch::restart::take_policy_starts(&mut plan, &d);
     let stopped = ic_core::watch::keep_stopped(&mut plan, &d);
     for name in &stopped {
         if !w.left_stopped.contains(name) {
@@ -540,4 +551,266 @@ async fn plan_once(
         w.warnings = plan.warnings.clone();
     }
     Ok(Some((plan, obs, d)))
+}
+
+// ---- restart_policy (see `ic_core::watch::restart`) ----
+
+/// An instance exit seen in Incus's events: `(Incus project, instance, unix seconds, Incus
+/// restarted it)`. Only exits Incus saw by itself (no requestor) count: an `incus restart`
+/// or `incus stop` someone asked for is not a failure.
+type Exit = (String, String, u64, bool);
+
+/// Exits seen by the event follower, taken by each project's round.
+#[derive(Clone, Default)]
+struct Exits(std::sync::Arc<std::sync::Mutex<Vec<Exit>>>);
+
+impl Exits {
+    /// Notes an `instance-restarted` (Incus's `boot.autorestart`) or `instance-shutdown`
+    /// (the init exited and Incus did not restart it) without a requestor.
+    fn note(&self, project: &str, l: &ic_incus::LifecycleEvent) {
+        let restarted = match l.action.as_str() {
+            "instance-restarted" => true,
+            "instance-shutdown" => false,
+            _ => return,
+        };
+        if !l.requestor.is_null() {
+            return;
+        }
+        let project = if l.project.is_empty() {
+            project
+        } else {
+            &l.project
+        };
+        if let Ok(mut v) = self.0.lock() {
+            v.push((project.to_string(), l.object_name(), now_secs(), restarted));
+            // Nobody takes them (no project watched): keep the newest only.
+            let n = v.len();
+            if n > 10_000 {
+                v.drain(..n - 10_000);
+            }
+        }
+    }
+}
+
+impl Exits {
+    /// Drops the exits of Incus projects not watched.
+    fn forget_others(&self, watched: &[(String, String)]) {
+        if let Ok(mut v) = self.0.lock() {
+            v.retain(|(p, ..)| watched.iter().any(|(_, ip)| ip == p));
+        }
+    }
+}
+
+/// One project's `restart_policy` state in this process.
+#[derive(Default)]
+struct Restarts {
+    /// Exits seen since the last round (instance, unix seconds, Incus restarted it).
+    exits: Vec<(String, u64, bool)>,
+    /// Since when each stopped replica is stopped (its exit, or when first seen stopped).
+    stopped_since: BTreeMap<String, u64>,
+    /// Replicas said to be left stopped (said once).
+    said: BTreeSet<String>,
+    /// When a round is due (a delay ends, a restart ages out of its window).
+    due: Option<u64>,
+}
+
+impl Restarts {
+    /// Takes this project's exits out of `all` (kept only while this process acts on it).
+    fn take_exits(&mut self, all: &Exits, incus_project: &str, held: bool) {
+        let Ok(mut v) = all.0.lock() else { return };
+        let mut rest = Vec::new();
+        for (p, name, at, restarted) in v.drain(..) {
+            if p == incus_project {
+                if held {
+                    self.exits.push((name, at, restarted));
+                }
+            } else {
+                rest.push((p, name, at, restarted));
+            }
+        }
+        *v = rest;
+    }
+
+    fn is_due(&self, now: u64) -> bool {
+        self.due.is_some_and(|d| d <= now)
+    }
+}
+
+/// `wake`, or sooner when a project's restart round is due.
+fn restarts_wake(watched: &BTreeMap<(String, String), Watched>, wake: Duration) -> Duration {
+    let now = now_secs();
+    watched
+        .values()
+        .filter_map(|w| w.restarts.due)
+        .map(|d| Duration::from_secs(d.saturating_sub(now).max(1)))
+        .fold(wake, Duration::min)
+}
+
+/// `restart_policy` with `watch` running: for each replica of a service with a stored
+/// policy (`ic_core::watch::restart`), counts Incus's restarts, turns `boot.autorestart`
+/// off when the budget is spent and on when it is back, starts a stopped replica after
+/// `delay` (counted, under the project lock) or leaves it stopped and says so once. Writes
+/// are fenced by the watch lease. `false` when something failed (tried again next round).
+async fn restart_policy(
+    base: &Client,
+    w: &mut Watched,
+    obs: &super::Observation,
+    d: &ic_core::plan::Desired,
+    log: &Log,
+) -> bool {
+    use ic_core::watch::restart::{self as rp, Stopped};
+    let now = now_secs();
+    let exits = std::mem::take(&mut w.restarts.exits);
+    let client = base.with_project(&w.incus_project);
+    let mut ok = true;
+    let mut due: Option<u64> = None;
+    let mut starts: Vec<(String, BTreeMap<String, String>, Vec<String>)> = Vec::new();
+    let mut stopped_now = BTreeSet::new();
+    for t in &d.services {
+        let Some(p) = rp::policy_of(&t.config) else {
+            continue;
+        };
+        for i in &obs.observed.instances {
+            if i.config.is_empty()
+                || i.label(ic_core::plan::LABEL_SERVICE) != Some(t.service.as_str())
+                || i.label(ic_core::plan::LABEL_RETIRED)
+                    .is_some_and(|r| !r.is_empty())
+            {
+                continue;
+            }
+            let mine: Vec<&(String, u64, bool)> =
+                exits.iter().filter(|(n, _, _)| n == &i.name).collect();
+            let stopped_since = if i.running {
+                w.restarts.stopped_since.remove(&i.name);
+                None
+            } else {
+                stopped_now.insert(i.name.clone());
+                let at = mine
+                    .iter()
+                    .filter(|(_, _, restarted)| !restarted)
+                    .map(|(_, at, _)| *at)
+                    .max()
+                    .unwrap_or(now);
+                Some(*w.restarts.stopped_since.entry(i.name.clone()).or_insert(at))
+            };
+            let r = rp::Replica {
+                name: i.name.clone(),
+                running: i.running,
+                config: i.config.clone(),
+                incus_restarts: mine
+                    .iter()
+                    .filter(|(_, _, restarted)| *restarted)
+                    .map(|(_, at, _)| *at)
+                    .collect(),
+                stopped_since,
+            };
+            let a = rp::assess(&p, &r, now);
+            if let Some(x) = a.due {
+                due = Some(due.map_or(x, |d| d.min(x)));
+            }
+            if let Some(Stopped::Start) = a.stopped {
+                starts.push((i.name.clone(), a.set, a.log));
+                continue;
+            }
+            for line in &a.log {
+                log.event(&w.compose, "restart", &i.name, line, None);
+            }
+            if let Some(Stopped::Leave(m)) = &a.stopped
+                && w.restarts.said.insert(i.name.clone())
+            {
+                log.event(&w.compose, "left-stopped", &i.name, m, None);
+            }
+            if !a.set.is_empty()
+                && let Err(e) = set_keys(&client, w, &i.name, &a.set).await
+            {
+                ok = false;
+                log.event(
+                    &w.compose,
+                    "error",
+                    &i.name,
+                    &format!("{}: cannot update its restart count", i.name),
+                    Some(&format!("{e:#}")),
+                );
+            }
+        }
+    }
+    w.restarts.said.retain(|n| stopped_now.contains(n));
+    w.restarts
+        .stopped_since
+        .retain(|n, _| stopped_now.contains(n));
+    if !ok {
+        due = Some(now + 2);
+    }
+    w.restarts.due = due;
+    if starts.is_empty() {
+        return ok;
+    }
+    // Starting is an action: under the project lock, as `up` acts.
+    let guard = match LockOptions::from_env(true) {
+        Ok(opts) => lock::acquire(base, &w.incus_project, &opts).await,
+        Err(e) => Err(e),
+    };
+    let guard = match guard {
+        Ok(Some(g)) => g,
+        Ok(None) => return ok,
+        Err(e) => {
+            log.event(&w.compose, "error", &w.compose, &format!("{e:#}"), None);
+            w.restarts.due = Some(now + 2);
+            return false;
+        }
+    };
+    for (name, set, lines) in starts {
+        for line in &lines {
+            log.event(&w.compose, "restart", &name, line, None);
+        }
+        let history = set
+            .get(rp::LABEL_RESTARTS)
+            .map(|h| rp::parse_history(h).len())
+            .unwrap_or(0);
+        let started = async {
+            guard.lease().fence()?;
+            set_keys(&client, w, &name, &set).await?;
+            client
+                .start_instance(&name)
+                .await
+                .with_context(|| format!("cannot start {name}"))
+        }
+        .await;
+        let message = format!("{name} started: it exited (restart {history}, restart_policy)");
+        match started {
+            Ok(()) => {
+                w.restarts.stopped_since.remove(&name);
+                log.event(&w.compose, "action", &name, &message, None);
+            }
+            Err(e) => {
+                ok = false;
+                w.restarts.due = Some(now + 2);
+                log.event(
+                    &w.compose,
+                    "action",
+                    &name,
+                    &message,
+                    Some(&format!("{e:#}")),
+                );
+            }
+        }
+    }
+    drop(guard);
+    ok
+}
+
+/// Writes restart-policy keys on a replica (fenced by the watch lease).
+async fn set_keys(
+    client: &Client,
+    w: &Watched,
+    name: &str,
+    set: &BTreeMap<String, String>,
+) -> anyhow::Result<()> {
+    if let Some(l) = &w.leader {
+        l.lease().fence()?;
+    }
+    client
+        .patch_instance(name, &serde_json::json!({ "config": set }))
+        .await
+        .with_context(|| format!("cannot update {name}"))
 }

@@ -17,6 +17,8 @@ use std::collections::BTreeMap;
 
 use ic_compose::model::RestartCondition;
 
+use crate::plan::{Action, Desired, Plan};
+
 /// A replica's restart policy (`condition`, `delay`, `max_attempts`, `window`), as `up`
 /// stores it.
 pub const LABEL_RESTART_POLICY: &str = "user.incus-compose.restart-policy";
@@ -178,6 +180,36 @@ impl RestartPolicy {
             self.max_attempts
         )
     }
+}
+
+/// The policy stored in a replica's or template's config.
+pub fn policy_of(config: &BTreeMap<String, String>) -> Option<RestartPolicy> {
+    config
+        .get(LABEL_RESTART_POLICY)
+        .and_then(|s| RestartPolicy::decode(s))
+}
+
+/// Takes out of `plan` the starts of stopped replicas of services with a [`RestartPolicy`]:
+/// `watch` starts those itself, after `delay` and counted (see [`assess`]). Their names.
+pub fn take_policy_starts(plan: &mut Plan, d: &Desired) -> Vec<String> {
+    let mut taken = Vec::new();
+    for stage in &mut plan.stages {
+        stage.actions.retain(|a| match a {
+            Action::Start { name, service } => {
+                let counted = d
+                    .services
+                    .iter()
+                    .any(|t| &t.service == service && policy_of(&t.config).is_some());
+                if counted {
+                    taken.push(name.clone());
+                }
+                !counted
+            }
+            _ => true,
+        });
+    }
+    plan.stages.retain(|s| !s.actions.is_empty());
+    taken
 }
 
 /// Parses [`LABEL_RESTARTS`] (unparsable entries are dropped).
