@@ -558,3 +558,72 @@ fn a_second_watch_takes_over_within_the_lease_time_when_the_holder_dies() {
     b.line("web-1 started", Duration::from_secs(30));
     assert_eq!(f.running(&[]).len(), 1);
 }
+
+/// A replica's process (`web`, busybox) that notes each start in `/starts` and exits with
+/// status 3: the first run after 10 s (time for `watch` to take its lease), then after 3 s.
+fn failing(policy: &str) -> String {
+    format!(
+        "  web:\n    image: busybox\n    network_mode: none\n    command: [\"sh\", \"-c\", \"echo x >> /starts; [ $$(wc -l < /starts) -eq 1 ] && sleep 7; sleep 3; exit 3\"]\n    deploy: {{restart_policy: {policy}}}\n"
+    )
+}
+
+/// How many times web-1's process started (lines of `/starts`; readable while it is stopped).
+fn starts(f: &Fixture) -> usize {
+    let bytes = block_on(f.client.with_project(&f.name).pull_file("web-1", "/starts"))
+        .expect("read /starts of web-1");
+    String::from_utf8_lossy(&bytes).lines().count()
+}
+
+#[test]
+fn a_replica_that_keeps_failing_is_restarted_max_attempts_times_within_the_window_then_left_stopped_and_reported()
+ {
+    let _turn = take_turn();
+    let c = client();
+    cluster(&c);
+    let f = Fixture::new("maxatt", &c);
+    f.write(&services(&failing(
+        "{condition: on-failure, max_attempts: 2, window: 60s}",
+    )));
+    let up = f.ok(&["up", "-d"]);
+    let w = f.spawn_watch(&["--interval", "1"], &[]);
+    w.line("holds the watch lease", Duration::from_secs(8));
+    let started = Instant::now();
+    let line = w.line("web-1 left stopped", Duration::from_secs(60));
+    assert!(
+        line.contains(
+            "web-1 left stopped: restarted 2 times within 60 s (restart_policy.max_attempts 2)"
+        ),
+        "{line}"
+    );
+    eprintln!(
+        "left stopped {:.1} s after watch took its lease",
+        started.elapsed().as_secs_f64()
+    );
+    // And it stays stopped: nobody (neither Incus nor watch) starts it again.
+    std::thread::sleep(Duration::from_secs(6));
+    assert!(f.running(&[]).is_empty(), "web-1 runs again");
+    assert_eq!(starts(&f), 3, "the first start and exactly 2 restarts");
+    let ps = f.ok(&["ps", "-a"]);
+    assert!(ps.contains("restart budget spent"), "{ps}\n(up said: {up})");
+    drop(w);
+}
+
+#[test]
+fn a_replica_with_restart_policy_condition_none_is_never_restarted_while_watch_runs() {
+    let _turn = take_turn();
+    let c = client();
+    cluster(&c);
+    let f = Fixture::new("condnone", &c);
+    f.write(&services(&failing("{condition: none, max_attempts: 2}")));
+    f.ok(&["up", "-d"]);
+    let w = f.spawn_watch(&["--interval", "1"], &[]);
+    w.line("holds the watch lease", Duration::from_secs(8));
+    f.wait_for("web-1 stopped", Duration::from_secs(30), |f| {
+        f.running(&[]).is_empty()
+    });
+    w.line("web-1 is stopped and left so", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_secs(8));
+    assert!(f.running(&[]).is_empty(), "web-1 was started again");
+    assert_eq!(starts(&f), 1, "web-1 was restarted");
+    drop(w);
+}
