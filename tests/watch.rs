@@ -1,8 +1,9 @@
 //! `watch` on the real test cluster: a stopped replica is started again (`watch --once`), a
 //! member that joins gets the global service's instance from a running `watch` within
 //! seconds, a killed member's replicas are re-created on live members after the grace period
-//! and the surplus is removed when it comes back, and a second `watch` takes over when the
-//! lease holder dies.
+//! and the surplus is removed when it comes back, a second `watch` takes over when the
+//! lease holder dies, and `restart_policy` holds: a failing replica is restarted at most
+//! `max_attempts` times within `window`, then left stopped; `condition: none` never.
 //!
 //! The member-changing tests disturb other suites: run this suite on the Incus 7.0 line
 //! (`scripts/test-cluster up --incus 7.0 && set -a && . .test-cluster/env-7.0 && set +a &&

@@ -13,6 +13,7 @@
 //!   when a grace period ended, after an event stream reconnect, after a failed or deferred
 //!   action, and every [`RESYNC`] at the latest.
 //! - **Offline members**: see `ic_core::watch` (grace) and `plan::DiffOptions::grace`.
+//! - **restart_policy**: [`restart_policy`] (the rules in `ic_core::watch::restart`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
