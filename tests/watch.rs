@@ -628,3 +628,38 @@ fn a_replica_with_restart_policy_condition_none_is_never_restarted_while_watch_r
     assert_eq!(starts(&f), 1, "web-1 was restarted");
     drop(w);
 }
+
+#[test]
+fn an_unhealthy_replica_is_restarted_within_the_same_budget_then_stopped_and_left_stopped() {
+    let _turn = take_turn();
+    let c = client();
+    cluster(&c);
+    let f = Fixture::new("unhealthy", &c);
+    // Healthy for 4 s after each start, then its healthcheck fails (and stays failing); it
+    // stops cleanly on SIGTERM.
+    f.write(&services(
+        "  web:\n    image: busybox\n    network_mode: none\n    command: [\"sh\", \"-c\", \"trap 'exit 0' TERM; echo x >> /starts; touch /healthy; sleep 4; rm /healthy; while :; do sleep 1; done\"]\n    healthcheck: {test: [\"CMD\", \"test\", \"-e\", \"/healthy\"], interval: 1s, timeout: 2s, retries: 2}\n    deploy: {restart_policy: {condition: any, max_attempts: 2, window: 60s}}\n",
+    ));
+    f.ok(&["up", "-d"]);
+    let w = f.spawn_watch(&["--interval", "1"], &[]);
+    w.line("holds the watch lease", Duration::from_secs(8));
+    let started = Instant::now();
+    w.line("web-1 restarted: it was unhealthy", Duration::from_secs(30));
+    w.line("web-1 restarted: it was unhealthy", Duration::from_secs(30));
+    let line = w.line("web-1 left stopped", Duration::from_secs(30));
+    assert!(
+        line.contains("restarted 2 times within 60 s (restart_policy.max_attempts 2)"),
+        "{line}"
+    );
+    eprintln!(
+        "restarted twice for failing its healthcheck, then stopped: {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    f.wait_for("web-1 stopped", Duration::from_secs(20), |f| {
+        f.running(&[]).is_empty()
+    });
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(f.running(&[]).is_empty(), "web-1 runs again");
+    assert_eq!(starts(&f), 3, "the first start and exactly 2 restarts");
+    drop(w);
+}

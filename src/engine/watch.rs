@@ -382,6 +382,7 @@ async fn reconcile(
     }
     let held = w.leader.as_ref().is_some_and(|g| g.lease().is_held());
     if !held {
+        w.restarts.prober = None;
         if w.leader.take().is_some() {
             log.event(
                 &w.compose,
@@ -602,6 +603,14 @@ impl Exits {
     }
 }
 
+/// An unhealthy replica: (name, what to do, keys to write, log lines).
+type RunningAction = (
+    String,
+    ic_core::watch::restart::Unhealthy,
+    BTreeMap<String, String>,
+    Vec<String>,
+);
+
 /// One project's `restart_policy` state in this process.
 #[derive(Default)]
 struct Restarts {
@@ -613,6 +622,8 @@ struct Restarts {
     said: BTreeSet<String>,
     /// When a round is due (a delay ends, a restart ages out of its window).
     due: Option<u64>,
+    /// The healthcheck prober of this project, while this process acts on it.
+    prober: Option<Prober>,
 }
 
 impl Restarts {
@@ -632,14 +643,27 @@ impl Restarts {
         *v = rest;
     }
 
+    /// A round is due: a delay ended, a restart aged out, or the prober found a replica
+    /// unhealthy.
     fn is_due(&self, now: u64) -> bool {
         self.due.is_some_and(|d| d <= now)
+            || self
+                .prober
+                .as_ref()
+                .is_some_and(|p| p.verdicts.lock().map(|v| !v.is_empty()).unwrap_or(false))
     }
 }
 
-/// `wake`, or sooner when a project's restart round is due.
+/// `wake`, or sooner when a project's restart round is due; at most 2 s while a prober
+/// runs (its verdicts are acted on at the next wake).
 fn restarts_wake(watched: &BTreeMap<(String, String), Watched>, wake: Duration) -> Duration {
     let now = now_secs();
+    let probing = watched.values().any(|w| w.restarts.prober.is_some());
+    let wake = if probing {
+        wake.min(Duration::from_secs(2))
+    } else {
+        wake
+    };
     watched
         .values()
         .filter_map(|w| w.restarts.due)
@@ -663,19 +687,29 @@ async fn restart_policy(
     let now = now_secs();
     let exits = std::mem::take(&mut w.restarts.exits);
     let client = base.with_project(&w.incus_project);
+    let unhealthy = probe_unhealthy(base, w, d);
+    // Unhealthy running replicas: (name, what to do, keys to write, log lines).
+    let mut running_actions: Vec<RunningAction> = Vec::new();
     let mut ok = true;
     let mut due: Option<u64> = None;
     let mut starts: Vec<(String, BTreeMap<String, String>, Vec<String>)> = Vec::new();
     let mut stopped_now = BTreeSet::new();
     for t in &d.services {
-        let Some(p) = rp::policy_of(&t.config) else {
-            continue;
+        // A service without a stored policy: only its unhealthy replicas are handled here
+        // (restarted when Incus would restart them, without a limit; else stopped).
+        let (p, stored) = match rp::policy_of(&t.config) {
+            Some(p) => (p, true),
+            None => (
+                rp::RestartPolicy::unlimited(ic_core::watch::restarts(&t.config)),
+                false,
+            ),
         };
         for i in &obs.observed.instances {
             if i.config.is_empty()
                 || i.label(ic_core::plan::LABEL_SERVICE) != Some(t.service.as_str())
                 || i.label(ic_core::plan::LABEL_RETIRED)
                     .is_some_and(|r| !r.is_empty())
+                || !(stored || i.running && unhealthy.contains_key(&i.name))
             {
                 continue;
             }
@@ -704,8 +738,15 @@ async fn restart_policy(
                     .map(|(_, at, _)| *at)
                     .collect(),
                 stopped_since,
+                unhealthy: i.running && unhealthy.contains_key(&i.name),
             };
             let a = rp::assess(&p, &r, now);
+            if let Some(u) = a.unhealthy {
+                let mut lines = vec![unhealthy.get(&i.name).cloned().unwrap_or_default()];
+                lines.extend(a.log);
+                running_actions.push((i.name.clone(), u, a.set, lines));
+                continue;
+            }
             if let Some(x) = a.due {
                 due = Some(due.map_or(x, |d| d.min(x)));
             }
@@ -743,7 +784,7 @@ async fn restart_policy(
         due = Some(now + 2);
     }
     w.restarts.due = due;
-    if starts.is_empty() {
+    if starts.is_empty() && running_actions.is_empty() {
         return ok;
     }
     // Starting is an action: under the project lock, as `up` acts.
@@ -796,8 +837,216 @@ async fn restart_policy(
             }
         }
     }
+    for (name, what, set, lines) in running_actions {
+        for line in lines.iter().filter(|l| !l.is_empty()) {
+            log.event(&w.compose, "unhealthy", &name, line, None);
+        }
+        let fence = guard.lease();
+        let done = async {
+            fence.fence()?;
+            set_keys(&client, w, &name, &set).await?;
+            let action = match what {
+                rp::Unhealthy::Restart => "restart",
+                rp::Unhealthy::Stop(_) => "stop",
+            };
+            // As `docker stop`: 10 s to stop cleanly, then forced.
+            let clean = match what {
+                rp::Unhealthy::Restart => client.restart_instance(&name, 10, false).await,
+                rp::Unhealthy::Stop(_) => client.stop_instance(&name, 10, false).await,
+            };
+            if clean.is_err() {
+                match what {
+                    rp::Unhealthy::Restart => client.restart_instance(&name, 0, true).await,
+                    rp::Unhealthy::Stop(_) => client.stop_instance(&name, 0, true).await,
+                }
+                .with_context(|| format!("cannot {action} {name}"))?;
+            }
+            Ok::<(), anyhow::Error>(())
+        }
+        .await;
+        let (kind, message) = match &what {
+            rp::Unhealthy::Restart => (
+                "action",
+                format!("{name} restarted: it was unhealthy (restart_policy)"),
+            ),
+            rp::Unhealthy::Stop(m) => {
+                w.restarts.said.insert(name.clone());
+                ("left-stopped", m.clone())
+            }
+        };
+        match done {
+            Ok(()) => log.event(&w.compose, kind, &name, &message, None),
+            Err(e) => {
+                ok = false;
+                w.restarts.due = Some(now + 2);
+                log.event(&w.compose, kind, &name, &message, Some(&format!("{e:#}")));
+            }
+        }
+    }
     drop(guard);
     ok
+}
+
+/// Runs (or stops) the project's healthcheck prober for the services of `d` with a
+/// healthcheck, and takes its verdicts: unhealthy replica -> the log line.
+fn probe_unhealthy(
+    base: &Client,
+    w: &mut Watched,
+    d: &ic_core::plan::Desired,
+) -> BTreeMap<String, String> {
+    let checks: BTreeMap<String, ic_core::health::Check> = d
+        .services
+        .iter()
+        .filter_map(|t| t.rollout.check.clone().map(|c| (t.service.clone(), c)))
+        .collect();
+    if checks.is_empty() {
+        w.restarts.prober = None;
+        return BTreeMap::new();
+    }
+    let prober = w
+        .restarts
+        .prober
+        .get_or_insert_with(|| Prober::spawn(base.with_project(&w.incus_project)));
+    if let Ok(mut c) = prober.checks.lock() {
+        *c = checks;
+    }
+    prober
+        .verdicts
+        .lock()
+        .map(|mut v| std::mem::take(&mut *v))
+        .unwrap_or_default()
+}
+
+type Shared<T> = std::sync::Arc<std::sync::Mutex<T>>;
+
+/// A task that runs the healthchecks of one project's running replicas, each at its
+/// `interval` (`start_interval` within `start_period`), counting Docker's way
+/// (`ic_core::health::Tracker`), and reports a replica once when it turns unhealthy (again
+/// after it restarted). Its cost: one instance list every [`PROBER_LIST`], one exec per
+/// probe, at most [`PROBER_PARALLEL`] at once. Stopped when dropped.
+struct Prober {
+    checks: Shared<BTreeMap<String, ic_core::health::Check>>,
+    verdicts: Shared<BTreeMap<String, String>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// How often the prober lists the project's instances.
+const PROBER_LIST: Duration = Duration::from_secs(5);
+/// Probes at once.
+const PROBER_PARALLEL: usize = 8;
+
+impl Drop for Prober {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Prober {
+    fn spawn(client: Client) -> Prober {
+        let checks: Shared<BTreeMap<String, ic_core::health::Check>> = Default::default();
+        let verdicts: Shared<BTreeMap<String, String>> = Default::default();
+        let task = tokio::spawn(probe_loop(client, checks.clone(), verdicts.clone()));
+        Prober {
+            checks,
+            verdicts,
+            task,
+        }
+    }
+}
+
+/// One replica's probing: its start (`last_used_at`), counter, next probe, and whether it
+/// was reported unhealthy since that start.
+struct Probed {
+    started: String,
+    tracker: ic_core::health::Tracker,
+    next: Instant,
+    reported: bool,
+}
+
+async fn probe_loop(
+    client: Client,
+    checks: Shared<BTreeMap<String, ic_core::health::Check>>,
+    verdicts: Shared<BTreeMap<String, String>>,
+) {
+    use super::health::{probe, since_start};
+    let mut probed: BTreeMap<String, Probed> = BTreeMap::new();
+    // (name, service, last_used_at) of running replicas, listed every PROBER_LIST.
+    let mut running: Vec<(String, String, String)> = Vec::new();
+    let mut listed: Option<Instant> = None;
+    loop {
+        let checks = checks.lock().map(|c| c.clone()).unwrap_or_default();
+        if listed.is_none_or(|t| t.elapsed() >= PROBER_LIST) {
+            listed = Some(Instant::now());
+            if let Ok(all) = client.instances().await {
+                running = all
+                    .into_iter()
+                    .filter(|i| {
+                        i.is_running() && !i.config.contains_key(ic_core::plan::LABEL_RETIRED)
+                    })
+                    .filter_map(|i| {
+                        let s = i.config.get(ic_core::plan::LABEL_SERVICE)?.clone();
+                        checks
+                            .contains_key(&s)
+                            .then_some((i.name, s, i.last_used_at))
+                    })
+                    .collect();
+            }
+        }
+        probed.retain(|n, _| running.iter().any(|(m, ..)| m == n));
+        let now = Instant::now();
+        let mut due = Vec::new();
+        for (name, service, started) in &running {
+            let Some(check) = checks.get(service) else {
+                continue;
+            };
+            let fresh = || Probed {
+                started: started.clone(),
+                tracker: ic_core::health::Tracker::new(check.clone()),
+                next: now,
+                reported: false,
+            };
+            let p = probed.entry(name.clone()).or_insert_with(fresh);
+            if &p.started != started {
+                *p = fresh();
+            }
+            if !p.reported && p.next <= now && due.len() < PROBER_PARALLEL {
+                due.push((name.clone(), check.clone(), started.clone()));
+            }
+        }
+        let results = futures_util::future::join_all(due.iter().map(|(name, check, _)| {
+            let client = client.clone();
+            async move { probe(&client, name, check).await }
+        }))
+        .await;
+        for ((name, check, started), r) in due.into_iter().zip(results) {
+            let Some(p) = probed.get_mut(&name) else {
+                continue;
+            };
+            let since = since_start(&started);
+            let status = p.tracker.record(since, r.ok);
+            p.next = Instant::now() + p.tracker.next_delay(since);
+            if status == ic_core::health::Health::Unhealthy {
+                p.reported = true;
+                if let Ok(mut v) = verdicts.lock() {
+                    v.insert(
+                        name.clone(),
+                        format!(
+                            "{name} is unhealthy: {} failed healthchecks in a row ({})",
+                            check.retries, r.output
+                        ),
+                    );
+                }
+            }
+        }
+        let next = probed
+            .values()
+            .filter(|p| !p.reported)
+            .map(|p| p.next.saturating_duration_since(Instant::now()))
+            .min()
+            .unwrap_or(Duration::from_secs(1))
+            .clamp(Duration::from_millis(200), Duration::from_secs(1));
+        tokio::time::sleep(next).await;
+    }
 }
 
 /// Writes restart-policy keys on a replica (fenced by the watch lease).

@@ -73,6 +73,21 @@ impl RestartPolicy {
         })
     }
 
+    /// The policy of a service without a stored one: restarts (`condition: any`) when
+    /// Incus restarts it, without a limit, else never.
+    pub fn unlimited(restarts: bool) -> RestartPolicy {
+        RestartPolicy {
+            condition: if restarts {
+                RestartCondition::Any
+            } else {
+                RestartCondition::None
+            },
+            delay: 0,
+            max_attempts: 0,
+            window: 0,
+        }
+    }
+
     /// `condition=on-failure delay=5 max_attempts=2 window=60`.
     pub fn encode(&self) -> String {
         format!(
@@ -235,6 +250,18 @@ pub struct Replica {
     pub incus_restarts: Vec<u64>,
     /// Since when this `watch` has seen it stopped (its exit, as near as `watch` knows).
     pub stopped_since: Option<u64>,
+    /// Running, and its healthcheck failed `retries` times in a row (after `start_period`).
+    pub unhealthy: bool,
+}
+
+/// What to do with a running replica that is unhealthy (as Swarm does: the task is shut
+/// down and the restart policy decides).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unhealthy {
+    /// Restart it now (counted).
+    Restart,
+    /// Stop it and leave it stopped: why (the log line).
+    Stop(String),
 }
 
 /// What to do with a stopped replica.
@@ -255,6 +282,8 @@ pub struct Assessment {
     pub set: BTreeMap<String, String>,
     /// For a stopped replica, what to do.
     pub stopped: Option<Stopped>,
+    /// For an unhealthy running replica, what to do.
+    pub unhealthy: Option<Unhealthy>,
     /// Log lines (Incus's restarts counted, the budget spent or back).
     pub log: Vec<String>,
     /// When to look at it again (a delay ends, a restart ages out).
@@ -297,6 +326,22 @@ pub fn assess(p: &RestartPolicy, r: &Replica, now: u64) -> Assessment {
     }
     let mut gave_up_now = if r.running { "" } else { gave_up }.to_string();
     let mut due = None;
+    let mut unhealthy = None;
+    if r.running && r.unhealthy {
+        if p.condition == RestartCondition::None {
+            unhealthy = Some(Unhealthy::Stop(format!(
+                "{} is unhealthy: stopped and left so (restart_policy condition none)",
+                r.name
+            )));
+        } else if p.spent(&history, now) {
+            let m = p.gave_up_message(&r.name, &history, now);
+            gave_up_now = m.clone();
+            unhealthy = Some(Unhealthy::Stop(m));
+        } else {
+            history.push(now);
+            unhealthy = Some(Unhealthy::Restart);
+        }
+    }
     if !r.running {
         if p.condition == RestartCondition::None {
             stopped = Some(Stopped::Leave(format!(
@@ -329,7 +374,7 @@ pub fn assess(p: &RestartPolicy, r: &Replica, now: u64) -> Assessment {
     if gave_up_now != gave_up {
         set.insert(LABEL_GAVE_UP.to_string(), gave_up_now);
     }
-    let want = if p.autorestart(&history, now) {
+    let want = if p.autorestart(&history, now) && !matches!(unhealthy, Some(Unhealthy::Stop(_))) {
         "true"
     } else {
         "false"
@@ -341,7 +386,7 @@ pub fn assess(p: &RestartPolicy, r: &Replica, now: u64) -> Assessment {
     };
     if want != have && p.condition != RestartCondition::None {
         set.insert("boot.autorestart".to_string(), want.to_string());
-        if r.running {
+        if r.running && unhealthy.is_none() {
             log.push(if want == "false" {
                 format!(
                     "{}: restart budget spent ({}): Incus no longer restarts it, its next exit leaves it stopped",
@@ -359,6 +404,7 @@ pub fn assess(p: &RestartPolicy, r: &Replica, now: u64) -> Assessment {
     Assessment {
         set,
         stopped,
+        unhealthy,
         log,
         due,
     }
@@ -402,6 +448,7 @@ mod tests {
                 .collect(),
             incus_restarts: Vec::new(),
             stopped_since: None,
+            unhealthy: false,
         }
     }
 
@@ -540,9 +587,52 @@ mod tests {
         assert_eq!(parse_history(&a.set[LABEL_RESTARTS]).len(), KEEP);
     }
 
+    #[test]
+    fn an_unhealthy_replica_is_restarted_within_the_budget_then_stopped_and_left_so() {
+        let p = policy(2, 60, 0);
+        let mut r = replica(true, &[("boot.autorestart", "true")]);
+        r.unhealthy = true;
+        let a = assess(&p, &r, 100);
+        assert_eq!(a.unhealthy, Some(Unhealthy::Restart));
+        assert_eq!(a.set[LABEL_RESTARTS], "100");
+        r.config.insert(LABEL_RESTARTS.into(), "100".into());
+        let a = assess(&p, &r, 110);
+        assert_eq!(a.unhealthy, Some(Unhealthy::Restart));
+        assert_eq!(a.set["boot.autorestart"], "false");
+        r.config.extend(a.set);
+        let a = assess(&p, &r, 120);
+        let msg =
+            "web-1 left stopped: restarted 2 times within 60 s (restart_policy.max_attempts 2)";
+        assert_eq!(a.unhealthy, Some(Unhealthy::Stop(msg.into())));
+        assert_eq!(a.set[LABEL_GAVE_UP], msg);
+        // Stopped so, it is left stopped.
+        r.config.extend(a.set);
+        r.running = false;
+        r.unhealthy = false;
+        assert_eq!(
+            assess(&p, &r, 130).stopped,
+            Some(Stopped::Leave(msg.into()))
+        );
+    }
+
+    #[test]
+    fn an_unhealthy_replica_of_a_service_that_never_restarts_is_stopped() {
+        let p = RestartPolicy {
+            condition: RestartCondition::None,
+            ..policy(0, 0, 0)
+        };
+        let mut r = replica(true, &[]);
+        r.unhealthy = true;
+        assert!(matches!(
+            assess(&p, &r, 100).unhealthy,
+            Some(Unhealthy::Stop(_))
+        ));
+    }
+
     proptest! {
-        /// Whatever the exits (times) of a replica, `watch`'s starts and Incus's restarts
-        /// (which Incus does only while `boot.autorestart` is on) never exceed `max_attempts`
+        /// Whatever happens to a replica (it exits and Incus restarts it while
+        /// `boot.autorestart` is on, it exits and stays stopped, it turns unhealthy), the
+        /// restarts (Incus's, `watch`'s starts and restarts) never exceed `max_attempts`
         /// within any window, provided `watch` sees each restart before the next exit.
         #[test]
         fn never_more_than_max_attempts_restarts_within_any_window(
@@ -550,7 +640,7 @@ mod tests {
             window in 1u64..120,
             delay in 0u64..10,
             gaps in proptest::collection::vec(0u64..40, 1..40),
-            by_incus in proptest::collection::vec(any::<bool>(), 40),
+            kinds in proptest::collection::vec(0u8..3, 40),
         ) {
             let p = policy(max, window, delay);
             let mut r = replica(true, &[("boot.autorestart", "true")]);
@@ -570,17 +660,30 @@ mod tests {
                     }
                     continue;
                 }
-                // The process exits now.
-                if by_incus[i] && r.config.get("boot.autorestart").map(String::as_str) == Some("true") {
-                    r.incus_restarts = vec![now];
-                    restarts.push(now);
-                } else {
-                    r.running = false;
-                    r.stopped_since = Some(now);
+                let autorestart = r.config.get("boot.autorestart").map(String::as_str) == Some("true");
+                match kinds[i] {
+                    // It exits and Incus restarts it.
+                    0 if autorestart => {
+                        r.incus_restarts = vec![now];
+                        restarts.push(now);
+                    }
+                    // It turns unhealthy.
+                    2 => r.unhealthy = true,
+                    // It exits and stays stopped.
+                    _ => {
+                        r.running = false;
+                        r.stopped_since = Some(now);
+                    }
                 }
                 let a = assess(&p, &r, now);
                 r.incus_restarts.clear();
+                r.unhealthy = false;
                 r.config.extend(a.set);
+                match a.unhealthy {
+                    Some(Unhealthy::Restart) => restarts.push(now),
+                    Some(Unhealthy::Stop(_)) => { r.running = false; r.stopped_since = Some(now); }
+                    None => {}
+                }
                 if let Some(Stopped::Start) = a.stopped {
                     r.running = true;
                     r.stopped_since = None;
