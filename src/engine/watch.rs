@@ -695,14 +695,31 @@ async fn restart_policy(
     let mut starts: Vec<(String, BTreeMap<String, String>, Vec<String>)> = Vec::new();
     let mut stopped_now = BTreeSet::new();
     for t in &d.services {
-        // A service without a stored policy: only its unhealthy replicas are handled here
-        // (restarted when Incus would restart them, without a limit; else stopped).
+        // A service without a stored policy: only its unhealthy replicas are handled here,
+        // restarted without a limit when it restarts (`restart: always`...); without a
+        // restart policy they are reported and left running, as docker compose leaves them.
         let (p, stored) = match rp::policy_of(&t.config) {
             Some(p) => (p, true),
-            None => (
-                rp::RestartPolicy::unlimited(ic_core::watch::restarts(&t.config)),
-                false,
-            ),
+            None if ic_core::watch::restarts(&t.config) => {
+                (rp::RestartPolicy::unlimited(true), false)
+            }
+            None => {
+                for i in &obs.observed.instances {
+                    if i.running
+                        && i.label(ic_core::plan::LABEL_SERVICE) == Some(t.service.as_str())
+                        && let Some(why) = unhealthy.get(&i.name)
+                    {
+                        log.event(
+                            &w.compose,
+                            "unhealthy",
+                            &i.name,
+                            &format!("{why}: left running, its service has no restart policy"),
+                            None,
+                        );
+                    }
+                }
+                continue;
+            }
         };
         for i in &obs.observed.instances {
             if i.config.is_empty()

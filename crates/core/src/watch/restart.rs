@@ -74,7 +74,7 @@ impl RestartPolicy {
     }
 
     /// The policy of a service without a stored one: restarts (`condition: any`) when
-    /// Incus restarts it, without a limit, else never.
+    /// Incus restarts it, without a limit, else never (`condition: none`).
     pub fn unlimited(restarts: bool) -> RestartPolicy {
         RestartPolicy {
             condition: if restarts {
