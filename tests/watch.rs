@@ -663,3 +663,38 @@ fn an_unhealthy_replica_is_restarted_within_the_same_budget_then_stopped_and_lef
     assert_eq!(starts(&f), 3, "the first start and exactly 2 restarts");
     drop(w);
 }
+
+#[test]
+fn a_stopped_replica_is_started_by_watch_after_the_restart_policy_delay_and_counted() {
+    let _turn = take_turn();
+    let c = client();
+    cluster(&c);
+    let f = Fixture::new("delay", &c);
+    f.write(&services(
+        "  web:\n    image: busybox\n    network_mode: none\n    deploy: {restart_policy: {condition: any, delay: 4s, max_attempts: 3}}\n",
+    ));
+    f.ok(&["up", "-d"]);
+    let w = f.spawn_watch(&["--interval", "1"], &[]);
+    w.line("holds the watch lease", Duration::from_secs(8));
+    // Stopped from outside: Incus does not restart it, watch does, after the delay.
+    block_on(c.with_project(&f.name).stop_instance("web-1", 5, true)).expect("stop web-1");
+    let stopped = Instant::now();
+    let line = w.line("web-1 started", Duration::from_secs(20));
+    let took = stopped.elapsed();
+    assert!(line.contains("restart 1, restart_policy"), "{line}");
+    assert!(
+        took >= Duration::from_secs(3),
+        "started {took:?} after it stopped, before the 4 s delay"
+    );
+    f.wait_for("web-1 running", Duration::from_secs(10), |f| {
+        f.running(&[]).contains_key("web-1")
+    });
+    let i = block_on(c.with_project(&f.name).instance("web-1")).expect("read web-1");
+    let counted = i
+        .config
+        .get("user.incus-compose.restarts")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(counted.split(',').count(), 1, "{counted:?}");
+    drop(w);
+}

@@ -835,7 +835,7 @@ async fn restart_policy(
                 .with_context(|| format!("cannot start {name}"))
         }
         .await;
-        let message = format!("{name} started: it exited (restart {history}, restart_policy)");
+        let message = format!("{name} started: it was stopped (restart {history}, restart_policy)");
         match started {
             Ok(()) => {
                 w.restarts.stopped_since.remove(&name);
