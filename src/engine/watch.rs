@@ -433,7 +433,7 @@ async fn reconcile(
         Some(x) => x,
         None => return Ok(true),
     };
-    let restarts_ok = restart_policy(base, w, &obs, &d, log).await;
+    let restarts_ok = restart_policy(base, w, &obs, &d, o.once, log).await;
     if plan.is_empty() {
         w.retry = !plan.warnings.is_empty() && plan.warnings.iter().any(|x| x.contains("offline"));
         return Ok(restarts_ok);
@@ -674,13 +674,15 @@ fn restarts_wake(watched: &BTreeMap<(String, String), Watched>, wake: Duration) 
 /// `restart_policy` with `watch` running: for each replica of a service with a stored
 /// policy (`ic_core::watch::restart`), counts Incus's restarts, turns `boot.autorestart`
 /// off when the budget is spent and on when it is back, starts a stopped replica after
-/// `delay` (counted, under the project lock) or leaves it stopped and says so once. Writes
+/// `delay` (counted, under the project lock; `--once` does not wait for it) or leaves it
+/// stopped and says so once. Writes
 /// are fenced by the watch lease. `false` when something failed (tried again next round).
 async fn restart_policy(
     base: &Client,
     w: &mut Watched,
     obs: &super::Observation,
     d: &ic_core::plan::Desired,
+    once: bool,
     log: &Log,
 ) -> bool {
     use ic_core::watch::restart::{self as rp, Stopped};
@@ -742,7 +744,8 @@ async fn restart_policy(
                     .filter(|(_, _, restarted)| !restarted)
                     .map(|(_, at, _)| *at)
                     .max()
-                    .unwrap_or(now);
+                    // `--once` cannot wait for a delay: it takes the stop as long past.
+                    .unwrap_or(if once { 0 } else { now });
                 Some(*w.restarts.stopped_since.entry(i.name.clone()).or_insert(at))
             };
             let r = rp::Replica {
