@@ -91,12 +91,14 @@ pub const LABEL_REPLACED_BY: &str = "user.incus-compose.replaced-by";
 
 /// Config keys Incus applies to a running container, so that a change of them alone is
 /// applied in place, without a restart: resource limits (except `limits.kernel.*`, which
-/// take effect at start), `boot.*`, snapshot schedules and the compose `labels`.
+/// take effect at start), `boot.*`, snapshot schedules, the compose `labels` and the restart
+/// policy `watch` reads (a changed `restart_policy` never re-creates a running replica).
 pub fn live_key(key: &str) -> bool {
     (key.starts_with("limits.") && !key.starts_with("limits.kernel."))
         || key.starts_with("boot.")
         || key.starts_with("snapshots.")
         || key.starts_with("user.label.")
+        || key == crate::watch::restart::LABEL_RESTART_POLICY
 }
 
 /// How a rolling update of a service goes (see [`crate::rollout`]).
