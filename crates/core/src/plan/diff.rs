@@ -31,6 +31,12 @@ pub struct DiffOptions {
     /// stranded instance keeps its name in Incus's database), and their removal is deferred
     /// until the member is back.
     pub grace: BTreeSet<String>,
+    /// Members being drained (`node drain`): their replicas are re-created on other members
+    /// under the slot's other name (`web-3` <-> `web-3-b`, labelled
+    /// `user.incus-compose.replaces`), and the old ones removed; a replica that no member can
+    /// take stays (pending). Global services' replicas there are removed. The engine runs the
+    /// creations, waits until they run (healthy), then the removals.
+    pub drain: BTreeSet<String>,
 }
 
 /// `down` flags.
@@ -334,6 +340,8 @@ struct Replicas {
     offline: BTreeSet<String>,
     /// Removals deferred because the instance's member is offline: (name, member, reason).
     deferred: Vec<(String, String, String)>,
+    /// Members being drained ([`DiffOptions::drain`]).
+    draining: BTreeSet<String>,
 }
 
 impl Replicas {
@@ -522,6 +530,7 @@ fn replica_actions(
                 m.online = true;
                 m.manual = true;
             }
+            m.draining |= o.drain.contains(&m.name);
             m
         })
         .collect();
@@ -538,6 +547,7 @@ fn replica_actions(
         pending: Vec::new(),
         offline,
         deferred: Vec::new(),
+        draining: o.drain.clone(),
     };
     orphans(d, &ours, o, &mut r, warnings);
     for (i, why) in surplus {
@@ -707,15 +717,22 @@ fn slot_action(
     };
     let alternate = t.alternate_name(slot_text);
     let stranded = current.is_some_and(|i| r.offline.contains(&i.location));
+    // Leaving a member being drained: start-first, beside the old one (removed after).
+    let drained = current.is_some_and(|i| r.draining.contains(&i.location) && i.location != member);
     let actions = r.service_actions.entry(t.service.clone()).or_default();
     match current {
         None => actions.push(Action::Create(Box::new(plan("new", None)))),
         // Kept on an offline member (within its grace period): left alone.
         Some(i) if stranded && i.location == member => r.unchanged.push(i.name.clone()),
         // Stranded on an offline member: a replacement elsewhere, under the slot's other
-        // name (the stranded one keeps its name in Incus until its member is back).
-        Some(i) if stranded => {
-            let why = format!("member {} offline", i.location);
+        // name (the stranded one keeps its name in Incus until its member is back). Drained:
+        // the same, so that both run at once for a while.
+        Some(i) if stranded || drained => {
+            let why = if drained {
+                format!("member {} drained", i.location)
+            } else {
+                format!("member {} offline", i.location)
+            };
             let other = if i.name == name {
                 alternate.clone()
             } else {
@@ -726,6 +743,9 @@ fn slot_action(
                     let mut p = plan(&why, None);
                     p.name = other.clone();
                     p.config.insert(LABEL_REPLACES.into(), i.name.clone());
+                    if drained && let Some(last) = r.placement.last_mut() {
+                        last.1 = other.clone();
+                    }
                     r.claimed.insert(other, t.service.clone());
                     actions.push(Action::Create(Box::new(p)));
                     r.remove(i, t.stop_timeout, format!("replaced: {why}"));

@@ -1,0 +1,160 @@
+//! `node drain`: which of a plan's actions move a member's replicas away, in the order the
+//! engine runs them. The plan comes from [`super::diff`] with [`super::DiffOptions::drain`]
+//! naming the member; [`drain_steps`] keeps what the drain needs and sets the rest aside (a
+//! drain changes nothing else: `up` or `watch` do that).
+//!
+//! Order (start-first, so a service never runs fewer replicas than it declares):
+//! 1. [`DrainSteps::prepare`]: volumes the replacements need on their members, network
+//!    records;
+//! 2. [`DrainSteps::moves`]: each replacement created and started beside the replica it
+//!    replaces (the slot's other name), then the engine waits until it runs (healthy when it
+//!    has a healthcheck);
+//! 3. the replaced replicas removed ([`Move::retire`]), only those whose replacement runs;
+//! 4. [`DrainSteps::global_removals`] last: a global service's replica on the member (a global
+//!    service has one replica per eligible member, none to keep elsewhere).
+
+use std::collections::BTreeSet;
+
+use super::placement::PendingReplica;
+use super::{Action, InstancePlan, LABEL_REPLACES, LABEL_SERVICE, LABEL_SLOT, Observed, Plan};
+use crate::schedule::Rejection;
+
+/// One replica leaving the member.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Move {
+    /// The replica on the drained member.
+    pub old: String,
+    /// Its replacement (`Action::Create`), on another member.
+    pub create: InstancePlan,
+    /// Removes `old` (`Action::Remove`), once the replacement runs.
+    pub retire: Action,
+}
+
+/// A replica that stays on the drained member: no other member can take it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stuck {
+    /// The instance on the member.
+    pub name: String,
+    pub service: String,
+    /// Why: every other member's reason, or why it cannot run beside a replacement.
+    pub reason: String,
+}
+
+/// A drain of one member in one compose project, in the order it runs.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DrainSteps {
+    pub prepare: Vec<Action>,
+    pub moves: Vec<Move>,
+    pub global_removals: Vec<Action>,
+    pub stuck: Vec<Stuck>,
+    /// Other changes the plan holds (not part of the drain, left to `up` or `watch`).
+    pub other: Vec<String>,
+}
+
+impl DrainSteps {
+    pub fn is_empty(&self) -> bool {
+        self.moves.is_empty() && self.global_removals.is_empty() && self.stuck.is_empty()
+    }
+}
+
+/// The drain of `member` out of `plan` (see the module documentation); `global` names the
+/// services in `mode: global`.
+pub fn drain_steps(
+    plan: &Plan,
+    obs: &Observed,
+    member: &str,
+    global: &BTreeSet<String>,
+) -> DrainSteps {
+    let mut out = DrainSteps::default();
+    let on_member = |name: &str| {
+        obs.instances
+            .iter()
+            .any(|i| i.name == name && i.location == member)
+    };
+    // Replacements of replicas on the member, by the name they replace.
+    let replaces = |p: &InstancePlan| -> Option<String> {
+        let old = p.config.get(LABEL_REPLACES)?;
+        (p.member != member && on_member(old)).then(|| old.clone())
+    };
+    let mut removes: Vec<&Action> = Vec::new();
+    for a in plan.actions() {
+        match a {
+            Action::Create(p) if replaces(p).is_some() => {}
+            Action::Remove { member: m, .. } if m == member => removes.push(a),
+            Action::UpdateNetwork { .. }
+            | Action::UpdateNetworkMember { .. }
+            | Action::CreateVolume { .. } => out.prepare.push(a.clone()),
+            other => out.other.push(other.to_string()),
+        }
+    }
+    for a in plan.actions() {
+        let Action::Create(p) = a else { continue };
+        let Some(old) = replaces(p) else { continue };
+        let retire = removes
+            .iter()
+            .find(|r| matches!(r, Action::Remove { name, .. } if *name == old));
+        match retire {
+            Some(r) => out.moves.push(Move {
+                old,
+                create: (**p).clone(),
+                retire: (*r).clone(),
+            }),
+            None => out.other.push(a.to_string()),
+        }
+    }
+    for r in removes {
+        let Action::Remove { name, service, .. } = r else {
+            continue;
+        };
+        if out.moves.iter().any(|m| &m.old == name) {
+            continue;
+        }
+        if global.contains(service) {
+            out.global_removals.push(r.clone());
+        } else {
+            out.other.push(r.to_string());
+        }
+    }
+    for p in &plan.pending {
+        if let Some(s) = stuck(p, obs, member) {
+            out.stuck.push(s);
+        }
+    }
+    out
+}
+
+/// A pending replica that exists on the drained member and stays there.
+fn stuck(p: &PendingReplica, obs: &Observed, member: &str) -> Option<Stuck> {
+    if !p.exists {
+        return None;
+    }
+    let i = obs.instances.iter().find(|i| {
+        i.location == member
+            && i.label(LABEL_SERVICE) == Some(p.service.as_str())
+            && i.label(LABEL_SLOT) == Some(p.slot.as_str())
+    })?;
+    let reason = if p.reason.members().is_empty() {
+        // See `diff::slot_action`: a replica without an other name.
+        "its container_name gives it a single name, so no replacement can run beside it (move it with `up` after changing the placement, or stop-first by hand)".to_string()
+    } else if p.reason.for_member(member) == Some(&Rejection::Draining) {
+        let others: Vec<String> = p
+            .reason
+            .members()
+            .iter()
+            .filter(|r| r.member != member)
+            .map(|r| r.to_string())
+            .collect();
+        if others.is_empty() {
+            "no other cluster member".to_string()
+        } else {
+            format!("no other member can take it: {}", others.join("; "))
+        }
+    } else {
+        return None;
+    };
+    Some(Stuck {
+        name: i.name.clone(),
+        service: p.service.clone(),
+        reason,
+    })
+}
