@@ -433,6 +433,11 @@ fn a_drain_keeps_six_replicas_running_at_every_moment_and_after_restore_a_scale_
         Some("manual")
     );
     assert!(m.config.contains_key("user.incus-compose.drained"));
+    let ls = f.by_name(&["node", "ls"]);
+    assert!(
+        String::from_utf8_lossy(&ls.stdout).contains("ONLINE (drained)"),
+        "node ls does not show the mark"
+    );
     // A scale-up while drained places nothing there.
     f.ok(&["up", "-d", "--scale", "web=7"]);
     assert!(f.running("web").values().all(|m| m != MEMBER));

@@ -131,6 +131,8 @@ struct Row {
     failure_domain: String,
     /// `scheduler.instance=manual`: keeps its replicas, gets no new ones.
     manual: bool,
+    /// Marked by `node drain` (until `node restore`).
+    drained: bool,
     labels: BTreeMap<String, String>,
     /// Replicas of the compose project per service; absent without a compose file.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -196,12 +198,18 @@ fn ls(global: &GlobalArgs, args: &LsArgs) -> anyhow::Result<ExitCode> {
                     .or_default() += 1;
             }
         }
+        let mut drained = std::collections::BTreeSet::new();
         let raw: BTreeMap<String, (String, String)> = if obs.observed.clustered {
             base.cluster_members()
                 .await
                 .context("cannot list cluster members")?
                 .into_iter()
-                .map(|m| (m.server_name, (m.status, m.message)))
+                .map(|m| {
+                    if m.config.contains_key(engine::drain::DRAINED_KEY) {
+                        drained.insert(m.server_name.clone());
+                    }
+                    (m.server_name, (m.status, m.message))
+                })
                 .collect()
         } else {
             BTreeMap::new()
@@ -229,6 +237,7 @@ fn ls(global: &GlobalArgs, args: &LsArgs) -> anyhow::Result<ExitCode> {
                     architecture: m.architecture.clone(),
                     failure_domain: m.failure_domain.clone(),
                     manual: m.manual,
+                    drained: drained.contains(&m.name),
                     labels: m.labels.clone(),
                     replicas: project
                         .as_ref()
@@ -262,7 +271,9 @@ fn print_table(rows: &[Row], compose: Option<&str>) {
         .iter()
         .map(|r| {
             let mut status = r.status.to_uppercase();
-            if r.manual {
+            if r.drained {
+                status.push_str(" (drained)");
+            } else if r.manual {
                 status.push_str(" (manual)");
             }
             let labels: Vec<String> = r.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();

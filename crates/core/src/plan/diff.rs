@@ -342,6 +342,8 @@ struct Replicas {
     deferred: Vec<(String, String, String)>,
     /// Members being drained ([`DiffOptions::drain`]).
     draining: BTreeSet<String>,
+    /// Members Incus lists as evacuated (for the reasons given).
+    evacuated: BTreeSet<String>,
 }
 
 impl Replicas {
@@ -548,6 +550,12 @@ fn replica_actions(
         offline,
         deferred: Vec::new(),
         draining: o.drain.clone(),
+        evacuated: obs
+            .members
+            .iter()
+            .filter(|m| m.evacuated)
+            .map(|m| m.name.clone())
+            .collect(),
     };
     orphans(d, &ours, o, &mut r, warnings);
     for (i, why) in surplus {
@@ -764,6 +772,9 @@ fn slot_action(
         {
             let why = if i.name != name {
                 format!("renamed from {}", i.name)
+            } else if r.evacuated.contains(&i.location) {
+                // Stopped there by `incus cluster evacuate` (one Incus moved is elsewhere).
+                format!("member {} evacuated", i.location)
             } else {
                 format!("moved from {}", i.location)
             };

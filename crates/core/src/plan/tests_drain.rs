@@ -283,6 +283,50 @@ fn a_replica_already_under_its_other_name_moves_back_to_its_first_name() {
     assert_eq!(format!("{}-b", back[0].1), back[0].0);
 }
 
+#[test]
+fn replicas_an_evacuation_stopped_are_recreated_elsewhere_and_those_incus_moved_stay() {
+    let p = web(6, "");
+    let mut obs = deployed(&p, 3);
+    for m in &mut obs.members {
+        if m.name == "node2" {
+            m.evacuated = true;
+        }
+    }
+    // Stopped in place (`incus cluster evacuate --action stop`).
+    let mut stopped = obs.clone();
+    for i in &mut stopped.instances {
+        if i.location == "node2" {
+            i.running = false;
+        }
+    }
+    let plan = plan_of(&p, &stopped, &[]);
+    let created: Vec<&InstancePlan> = plan
+        .actions()
+        .filter_map(|a| match a {
+            Action::Create(p) => Some(p.as_ref()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(created.len(), 2);
+    assert!(
+        created
+            .iter()
+            .all(|c| c.member != "node2" && c.reason == "member node2 evacuated")
+    );
+    let mut after = stopped.clone();
+    apply_actions(&mut after, plan.actions());
+    assert!(on(&after, "node2").is_empty());
+    assert_eq!(per_slot(&after, "web").len(), 6);
+    // Moved by Incus (same names, on other members): nothing to do.
+    let mut moved = obs.clone();
+    for (k, i) in moved.instances.iter_mut().enumerate() {
+        if i.location == "node2" {
+            i.location = if k % 2 == 0 { "node1" } else { "node3" }.into();
+        }
+    }
+    assert!(plan_of(&p, &moved, &[]).is_empty());
+}
+
 proptest! {
     /// Whatever the count, members and drained member: at every step of a drain each slot has
     /// a running replica, and at the end exactly the declared count runs, none on the
