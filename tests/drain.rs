@@ -575,3 +575,108 @@ fn watch_once_recreates_elsewhere_the_replicas_an_evacuation_stopped_and_keeps_t
     assert_eq!(f.running("web"), moved);
     assert_eq!(moved.len(), 6);
 }
+
+#[test]
+fn a_replica_leaves_the_drained_member_only_once_its_replacement_is_healthy() {
+    let c = client();
+    let _turn = take_turn();
+    cluster(&c);
+    let f = Fixture::new("health", &c);
+    // Healthy only once /ready exists (the test makes it), probed every second until then.
+    f.write(
+        "  web:\n    image: busybox\n    network_mode: none\n    deploy: {replicas: 3}\n    healthcheck:\n      test: [\"CMD-SHELL\", \"test -f /ready\"]\n      start_period: 10m\n      start_interval: 1s\n",
+    );
+    f.ok(&["up", "-d"]);
+    let before = f.running("web");
+    let old: Vec<String> = before
+        .iter()
+        .filter(|(_, m)| m.as_str() == MEMBER)
+        .map(|(n, _)| n.clone())
+        .collect();
+    assert_eq!(old.len(), 1, "{before:?}");
+    let old = old[0].clone();
+    let new = format!("{old}-b");
+    let _members = MembersTurn::take();
+    let _restore = RestoreMember;
+    let mut all = vec!["-p", f.name.as_str(), "node", "drain", MEMBER];
+    all.push("--parallel");
+    all.push("4");
+    let child = command(&std::env::temp_dir(), &all)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn node drain");
+    let start = Instant::now();
+    while !f.running("web").contains_key(&new) {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no replacement {new} within 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // Running but not healthy: the old replica stays, running, however long that lasts.
+    std::thread::sleep(Duration::from_secs(4));
+    let now = f.running("web");
+    assert_eq!(
+        now.get(&old).map(String::as_str),
+        Some(MEMBER),
+        "{old} went before its replacement was healthy: {now:?}"
+    );
+    let out = incus(&["exec", &new, "--project", &f.name, "--", "touch", "/ready"]);
+    assert!(out.status.success(), "cannot make {new} healthy");
+    let out = child.wait_with_output().expect("wait for node drain");
+    show("incus-compose node drain (healthcheck)", &out);
+    assert!(out.status.success(), "node drain failed");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let healthy = err
+        .find(&format!("{new} healthy on"))
+        .unwrap_or_else(|| panic!("no healthy line: {err}"));
+    let removed = err
+        .find(&format!("{old} removed from {MEMBER}"))
+        .unwrap_or_else(|| panic!("no removal line: {err}"));
+    assert!(healthy < removed, "{err}");
+    let after = f.running("web");
+    assert_eq!(after.len(), 3, "{after:?}");
+    assert!(after.values().all(|m| m != MEMBER), "{after:?}");
+}
+
+#[test]
+fn a_replacement_that_turns_unhealthy_is_removed_again_reported_and_the_old_replica_keeps_running()
+{
+    let c = client();
+    let _turn = take_turn();
+    cluster(&c);
+    let f = Fixture::new("sick", &c);
+    f.write(
+        "  web:\n    image: busybox\n    network_mode: none\n    deploy: {replicas: 3}\n    healthcheck:\n      test: [\"CMD-SHELL\", \"test -f /ready\"]\n      interval: 1s\n      retries: 2\n",
+    );
+    f.ok(&["up", "-d"]);
+    let old: Vec<String> = f
+        .running("web")
+        .into_iter()
+        .filter(|(_, m)| m.as_str() == MEMBER)
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(old.len(), 1);
+    let _members = MembersTurn::take();
+    let _restore = RestoreMember;
+    let out = f.by_name(&["node", "drain", MEMBER]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "{}-b (replacing {}) is not ready: unhealthy",
+            old[0], old[0]
+        )),
+        "{err}"
+    );
+    assert_eq!(
+        f.running("web").get(&old[0]).map(String::as_str),
+        Some(MEMBER),
+        "the old replica must keep running"
+    );
+    assert!(
+        !f.instances().contains_key(&format!("{}-b", old[0])),
+        "the failed replacement is removed again"
+    );
+}

@@ -238,6 +238,11 @@ fn describe_steps(steps: &DrainSteps, member: &str) -> Vec<String> {
             ));
         }
     }
+    for r in &steps.surplus {
+        if let Action::Remove { name, reason, .. } = r {
+            out.push(format!("remove {name} on {member} ({reason})"));
+        }
+    }
     for s in &steps.stuck {
         out.push(format!("keep {} on {member}: {}", s.name, s.reason));
     }
@@ -289,7 +294,7 @@ async fn drain_project(
                 steps.other.len()
             );
         }
-        totals.moved += steps.moves.len();
+        totals.moved += steps.moves.len() + steps.surplus.len();
         totals.global_removed += steps.global_removals.len();
         totals.stuck += steps.stuck.len();
         return Ok(());
@@ -302,7 +307,7 @@ async fn drain_project(
     let (steps, obs, d) = plan_drain(base, compose, incus_project, member).await?;
     progress.line(&format!(
         "[~] project {compose}: {} replica(s) to move off {member}, {} global service replica(s) to remove, {} staying",
-        steps.moves.len(),
+        steps.moves.len() + steps.surplus.len(),
         steps.global_removals.len(),
         steps.stuck.len()
     ));
@@ -380,6 +385,9 @@ async fn drain_project(
     });
     let ready = join_all(waits).await;
     let mut retire = Vec::new();
+    // Replacements that did not become ready go again (the old replica keeps the slot: two
+    // replicas of one slot would have the next `up` keep the replacement).
+    let mut undo = Vec::new();
     for (m, r) in steps.moves.iter().zip(&ready) {
         match r {
             Ok(how) => {
@@ -395,6 +403,13 @@ async fn drain_project(
                     "[!] {} (replacing {}) is not ready: {e}; {} stays on {member}",
                     m.create.name, m.old, m.old
                 ));
+                undo.push(Action::Remove {
+                    name: m.create.name.clone(),
+                    service: m.create.service.clone(),
+                    member: m.create.member.clone(),
+                    timeout: m.create.stop_timeout,
+                    reason: format!("not ready to replace {}", m.old),
+                });
             }
         }
     }
@@ -402,7 +417,12 @@ async fn drain_project(
     let removals = run(vec![
         Stage {
             title: "replaced".into(),
-            actions: retire.clone(),
+            actions: retire
+                .iter()
+                .chain(&undo)
+                .chain(&steps.surplus)
+                .cloned()
+                .collect(),
         },
         Stage {
             title: "global".into(),
@@ -414,6 +434,7 @@ async fn drain_project(
     totals.failed += outcome2.failed.len();
     totals.moved += retire
         .iter()
+        .chain(&steps.surplus)
         .filter(|a| !outcome2.failed.iter().any(|(obj, _)| obj == &a.object()))
         .count();
     totals.global_removed += steps

@@ -9,7 +9,8 @@
 //! 2. [`DrainSteps::moves`]: each replacement created and started beside the replica it
 //!    replaces (the slot's other name), then the engine waits until it runs (healthy when it
 //!    has a healthcheck);
-//! 3. the replaced replicas removed ([`Move::retire`]), only those whose replacement runs;
+//! 3. the replaced replicas removed ([`Move::retire`]), only those whose replacement runs,
+//!    with [`DrainSteps::surplus`];
 //! 4. [`DrainSteps::global_removals`] last: a global service's replica on the member (a global
 //!    service has one replica per eligible member, none to keep elsewhere).
 
@@ -46,6 +47,9 @@ pub struct DrainSteps {
     pub prepare: Vec<Action>,
     pub moves: Vec<Move>,
     pub global_removals: Vec<Action>,
+    /// Replicas on the member whose slot another replica serves (a drain interrupted after
+    /// it created their replacements): removed with the replaced ones.
+    pub surplus: Vec<Action>,
     pub stuck: Vec<Stuck>,
     /// Other changes the plan holds (not part of the drain, left to `up` or `watch`).
     pub other: Vec<String>,
@@ -53,7 +57,10 @@ pub struct DrainSteps {
 
 impl DrainSteps {
     pub fn is_empty(&self) -> bool {
-        self.moves.is_empty() && self.global_removals.is_empty() && self.stuck.is_empty()
+        self.moves.is_empty()
+            && self.global_removals.is_empty()
+            && self.surplus.is_empty()
+            && self.stuck.is_empty()
     }
 }
 
@@ -103,13 +110,21 @@ pub fn drain_steps(
         }
     }
     for r in removes {
-        let Action::Remove { name, service, .. } = r else {
+        let Action::Remove {
+            name,
+            service,
+            reason,
+            ..
+        } = r
+        else {
             continue;
         };
         if out.moves.iter().any(|m| &m.old == name) {
             continue;
         }
-        if global.contains(service) {
+        if reason.starts_with("surplus:") {
+            out.surplus.push(r.clone());
+        } else if global.contains(service) {
             out.global_removals.push(r.clone());
         } else {
             out.other.push(r.to_string());

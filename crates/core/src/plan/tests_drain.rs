@@ -327,6 +327,28 @@ fn replicas_an_evacuation_stopped_are_recreated_elsewhere_and_those_incus_moved_
     assert!(plan_of(&p, &moved, &[]).is_empty());
 }
 
+#[test]
+fn a_drain_run_again_after_an_interruption_removes_the_replicas_already_replaced() {
+    let p = web(6, "");
+    let obs = deployed(&p, 3);
+    let s = steps(&p, &obs, "node2");
+    // Killed after the replacements were made, before the old replicas went.
+    let mut half = obs.clone();
+    for m in &s.moves {
+        apply_actions(&mut half, [&Action::Create(Box::new(m.create.clone()))]);
+    }
+    let again = steps(&p, &half, "node2");
+    assert!(
+        again.moves.is_empty() && again.other.is_empty(),
+        "{again:?}"
+    );
+    assert_eq!(again.surplus.len(), 2, "{again:?}");
+    let mut done = half.clone();
+    apply_actions(&mut done, &again.surplus);
+    assert!(on(&done, "node2").is_empty());
+    assert_eq!(per_slot(&done, "web").len(), 6);
+}
+
 proptest! {
     /// Whatever the count, members and drained member: at every step of a drain each slot has
     /// a running replica, and at the end exactly the declared count runs, none on the
