@@ -155,6 +155,11 @@ pub async fn drain(base: &Client, o: &DrainOptions) -> anyhow::Result<bool> {
     let mut projects = super::deployed::list_projects(base, true).await?;
     if let Some(p) = &o.project {
         projects.retain(|l| &l.name == p);
+        if projects.is_empty() {
+            progress.line(&format!(
+                "[i] no compose project {p:?} on this server (see `incus-compose ls -a`)"
+            ));
+        }
     }
     let mut totals = Totals::default();
     for p in &projects {
@@ -369,11 +374,8 @@ async fn drain_project(
         .filter_map(|s| Some((s.service.as_str(), s.rollout.check.as_ref()?)))
         .collect();
     let waits = steps.moves.iter().map(|m| {
-        let created = !outcome
-            .failed
-            .iter()
-            .any(|(obj, _)| obj == &m.create.name || obj.contains(&m.create.name))
-            && outcome.skipped == 0;
+        let created =
+            !outcome.failed.iter().any(|(obj, _)| obj == &m.create.name) && outcome.skipped == 0;
         let check = checks.get(m.create.service.as_str()).copied();
         let t = &t;
         async move {
