@@ -94,8 +94,17 @@ fn members(c: &Client) -> Vec<(String, String)> {
     m
 }
 
+/// Waits (up to 90 s: another suite may have a member down for a moment) until the 3-member
+/// test cluster has every member online.
 fn cluster(c: &Client) {
-    let m = members(c);
+    let start = Instant::now();
+    let mut m = members(c);
+    while !(m.len() == 3 && m.iter().all(|(_, s)| s.eq_ignore_ascii_case("online")))
+        && start.elapsed() < Duration::from_secs(90)
+    {
+        std::thread::sleep(Duration::from_secs(1));
+        m = members(c);
+    }
     assert!(
         m.len() == 3 && m.iter().all(|(_, s)| s.eq_ignore_ascii_case("online")),
         "these tests need the 3-member test cluster with every member online, found {m:?}: {SETUP_HINT}"
