@@ -105,6 +105,7 @@ fn drain(global: &GlobalArgs, args: &DrainArgs) -> anyhow::Result<ExitCode> {
         project: global.project_name.clone(),
         dry_run: args.dry_run,
         parallel: args.parallel,
+        no_wait_lock: global.no_wait_lock,
     };
     let ok = block_on(engine::drain::drain(&base, &o))??;
     Ok(if ok {

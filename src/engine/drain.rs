@@ -47,6 +47,8 @@ pub struct DrainOptions {
     pub project: Option<String>,
     pub dry_run: bool,
     pub parallel: usize,
+    /// `--no-wait-lock`: fail a project whose lock another run holds instead of waiting.
+    pub no_wait_lock: bool,
 }
 
 /// Marks a member config as drained: `scheduler.instance=manual` and [`DRAINED_KEY`]
@@ -304,7 +306,12 @@ async fn drain_project(
         totals.stuck += steps.stuck.len();
         return Ok(());
     }
-    let Some(guard) = lock::acquire(base, incus_project, &LockOptions::from_env(true)?).await?
+    let Some(guard) = lock::acquire(
+        base,
+        incus_project,
+        &LockOptions::from_env(!o.no_wait_lock)?,
+    )
+    .await?
     else {
         return Ok(());
     };
