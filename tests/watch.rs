@@ -558,3 +558,59 @@ fn a_second_watch_takes_over_within_the_lease_time_when_the_holder_dies() {
     b.line("web-1 started", Duration::from_secs(30));
     assert_eq!(f.running(&[]).len(), 1);
 }
+
+#[test]
+fn watch_all_once_converges_every_compose_project_on_the_server_without_a_compose_file() {
+    let _turn = take_turn();
+    let c = client();
+    cluster(&c);
+    let a = Fixture::new("alla", &c);
+    let b = Fixture::new("allb", &c);
+    for f in [&a, &b] {
+        f.write(&services(&replicated(1)));
+        f.ok(&["up", "-d"]);
+        block_on(c.with_project(&f.name).stop_instance("web-1", 5, true)).expect("stop web-1");
+        assert!(f.running(&[]).is_empty());
+    }
+    // From a directory without a compose file, no -p: every compose project.
+    let out = command(&std::env::temp_dir(), &["watch", "--all", "--once"])
+        .output()
+        .expect("run incus-compose watch --all --once");
+    let log = String::from_utf8_lossy(&out.stdout).into_owned();
+    eprintln!(
+        "$ incus-compose watch --all --once  (exit {:?})\n{log}{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "watch --all --once failed");
+    for f in [&a, &b] {
+        assert!(
+            log.contains(&format!("[{}] web-1 started", f.name)),
+            "{} not converged: {log}",
+            f.name
+        );
+        assert_eq!(f.running(&[]).len(), 1, "{}", f.name);
+    }
+}
+
+#[test]
+fn watch_recreates_a_replica_of_a_service_with_a_file_secret_by_reading_it_back_from_another_replica()
+ {
+    let _turn = take_turn();
+    let c = client();
+    cluster(&c);
+    let f = Fixture::new("secret", &c);
+    std::fs::write(f.dir.path().join("pw.txt"), "s3cret-for-watch\n").expect("write secret");
+    f.write(
+        "name: {name}\nservices:\n  web:\n    image: busybox\n    network_mode: none\n    restart: always\n    secrets: [pw]\n    deploy: {replicas: 2}\nsecrets:\n  pw: {file: ./pw.txt}\n",
+    );
+    f.ok(&["up", "-d"]);
+    let p = c.with_project(&f.name);
+    block_on(p.stop_instance("web-2", 5, true)).expect("stop web-2");
+    block_on(async { p.delete_instance("web-2").await?.wait().await }).expect("delete web-2");
+    let log = f.watch_once();
+    assert!(log.contains("web-2 created"), "{log}");
+    let content = block_on(p.pull_file("web-2", "/run/secrets/pw")).expect("read the secret");
+    assert_eq!(String::from_utf8_lossy(&content), "s3cret-for-watch\n");
+    assert_eq!(f.running(&[]).len(), 2);
+}

@@ -348,6 +348,8 @@ async fn drain_project(
         remotes: obs.remotes.clone(),
         fence: Some(guard.lease()),
         revision: None,
+        // No rolling update runs in a drain.
+        desired: None,
     };
     let run = |stages: Vec<Stage>| Plan {
         incus_project: incus_project.to_string(),

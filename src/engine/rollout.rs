@@ -8,7 +8,11 @@
 //!   created and started.
 //! - `start-first`: the new replica is created beside the old one under the slot's other name
 //!   (`web-1` <-> `web-1-b`); the old one is stopped and retired once the new one runs
-//!   (healthy, with a healthcheck).
+//!   (healthy, with a healthcheck). On a spanning bridge the old one serves on until the
+//!   service's update is over: it is marked `replaced-by` when its replacement is ready, then
+//!   one write of the records names the new replicas (a write restarts the bridge's tunnels
+//!   on every member, so it is done once, while every slot has a replica serving), and only
+//!   then are the marked ones retired (see [`settle_marked`]).
 //! - Retired replicas are kept, stopped, until the service's update completes, then removed;
 //!   a rollback removes the new replicas and starts the retired ones again under their names.
 //!   Nothing is pulled or re-created for a rollback, and their anonymous volumes are theirs.
@@ -19,7 +23,10 @@ use std::time::Duration;
 use anyhow::Context as _;
 use futures_util::future::join_all;
 use ic_core::health::{Health, Tracker};
-use ic_core::plan::{InstancePlan, LABEL_PROJECT, LABEL_RETIRED, LABEL_SERVICE, RolloutSpec};
+use ic_core::plan::{
+    Action, InstancePlan, LABEL_PROJECT, LABEL_REPLACED_BY, LABEL_RETIRED, LABEL_SERVICE,
+    RolloutSpec,
+};
 use ic_core::rollout::{self, Config, NewReplica, Progress as Batches, State};
 use tokio::time::Instant;
 
@@ -70,6 +77,8 @@ struct SlotRun {
     next_probe: Duration,
     /// The old replica: retired (stopped, labelled) yet, and under which name now.
     old_retired_as: Option<String>,
+    /// start-first on a spanning bridge: the old replica is marked replaced and still runs.
+    old_marked: bool,
 }
 
 impl SlotRun {
@@ -98,6 +107,7 @@ pub async fn run_service(
             tracker: None,
             next_probe: Duration::ZERO,
             old_retired_as: None,
+            old_marked: false,
         })
         .collect();
     let cfg = &spec.update;
@@ -119,11 +129,14 @@ pub async fn run_service(
         cfg.failure_action
     ));
     let deadline = rollout::deadline(cfg, spec.check.as_ref());
-    match drive(
+    let result = drive(
         t, service, spec, cfg, deadline, &mut slots, clock, progress, false,
     )
-    .await
-    {
+    .await;
+    if !matches!(result, Err((rollout::Action::Rollback, _))) {
+        settle_marked(t, &mut slots, progress).await;
+    }
+    match result {
         Ok(()) => {
             // Done: the retired replicas go, those an interrupted run left included.
             let mut retired: Vec<String> = slots
@@ -197,6 +210,7 @@ pub async fn run_service(
                     }
                 }
                 Err((_, more)) => {
+                    settle_marked(t, &mut back, progress).await;
                     let mut failed = failed;
                     failed.extend(named(&back, more));
                     Outcome {
@@ -436,22 +450,102 @@ async fn retire_replaced(
             continue;
         }
         let old = s.old_name().to_string();
-        let result = async {
-            stop(t, &old, s.plan.stop_timeout).await?;
-            retire(t, &old, &s.plan).await.map(|(n, _)| n)
+        if s.old_marked {
+            continue;
         }
-        .await;
-        match result {
-            Ok(as_name) => {
-                progress.line(&format!(
-                    "[-] {old} stopped, {} serves its slot",
-                    s.plan.name
-                ));
-                s.old_retired_as = Some(as_name);
+        if defers_records(t, &s.plan) {
+            match mark(t, &old, Some(&s.plan.name)).await {
+                Ok(()) => {
+                    progress.line(&format!(
+                        "[~] {} serves the slot of {old}, which serves on until the records name it",
+                        s.plan.name
+                    ));
+                    s.old_marked = true;
+                }
+                Err(e) => progress.line(&format!("[!] {old}: marking it replaced: {e:#}")),
             }
-            Err(e) => progress.line(&format!("[!] {old}: retiring it failed: {e:#}")),
+            continue;
         }
+        retire_old(t, s, progress).await;
     }
+}
+
+/// Stops the old replica of a start-first slot and retires it.
+async fn retire_old(t: &Target, s: &mut SlotRun, progress: &Progress) {
+    let old = s.old_name().to_string();
+    let result = async {
+        stop(t, &old, s.plan.stop_timeout).await?;
+        retire(t, &old, &s.plan).await.map(|(n, _)| n)
+    }
+    .await;
+    match result {
+        Ok(as_name) => {
+            progress.line(&format!(
+                "[-] {old} stopped, {} serves its slot",
+                s.plan.name
+            ));
+            s.old_retired_as = Some(as_name);
+            s.old_marked = false;
+        }
+        Err(e) => progress.line(&format!("[!] {old}: retiring it failed: {e:#}")),
+    }
+}
+
+/// Whether the old replica of a start-first slot serves on until the records of its spanning
+/// bridges name the new one: when the replica is on a spanning bridge (a fixed NIC address)
+/// and the records can be planned here (`Target::desired`).
+fn defers_records(t: &Target, plan: &InstancePlan) -> bool {
+    t.desired.is_some()
+        && plan.devices.values().any(|d| {
+            d.get("type").map(String::as_str) == Some("nic") && d.contains_key("ipv4.address")
+        })
+}
+
+/// Sets (`Some(new)`) or removes the `replaced-by` mark of instance `old`.
+async fn mark(t: &Target, old: &str, by: Option<&str>) -> anyhow::Result<()> {
+    let mut put = t.project.instance(old).await?.writable();
+    match by {
+        Some(new) => put.config.insert(LABEL_REPLACED_BY.into(), new.to_string()),
+        None => put.config.remove(LABEL_REPLACED_BY),
+    };
+    t.project.update_instance(old, &put).await?.wait().await?;
+    Ok(())
+}
+
+/// The end of a start-first update on a spanning bridge: one write of the records (planned
+/// again on a fresh observation: the marked old replicas have none, the new ones have
+/// theirs), then the marked old replicas are stopped and retired. A failed write is a
+/// warning: the old replicas are retired all the same, and the next `up` writes the records.
+async fn settle_marked(t: &Target, slots: &mut [SlotRun], progress: &Progress) {
+    if !slots.iter().any(|s| s.old_marked) {
+        return;
+    }
+    if let Err(e) = write_records(t, progress).await {
+        progress.line(&format!(
+            "[!] DNS records not updated after the update ({e:#}); the next `up` writes them"
+        ));
+    }
+    for s in slots.iter_mut().filter(|s| s.old_marked) {
+        retire_old(t, s, progress).await;
+    }
+}
+
+/// Plans the project again on a fresh observation and runs only its record writes.
+async fn write_records(t: &Target, progress: &Progress) -> anyhow::Result<()> {
+    let Some(desired) = &t.desired else {
+        return Ok(());
+    };
+    let incus_project = t.project.project().unwrap_or("default").to_string();
+    let obs = super::observe(&t.base, &incus_project, false).await?;
+    let plan = ic_core::plan::diff(desired, &obs.observed, &Default::default())?;
+    for a in plan
+        .actions()
+        .filter(|a| matches!(a, Action::UpdateNetwork { .. }))
+    {
+        let line = super::execute::run(t, a).await?;
+        progress.line(&line);
+    }
+    Ok(())
 }
 
 /// Labels the stopped instance `old` retired; renames it `<old>-old` when the new replica
@@ -557,6 +651,10 @@ async fn restore(t: &Target, s: &mut SlotRun) -> anyhow::Result<String> {
     let new = s.plan.name.clone();
     if new != old || s.old_retired_as.is_some() {
         remove(t, &new, s.plan.stop_timeout).await?;
+    }
+    if s.old_marked {
+        mark(t, &old, None).await?;
+        s.old_marked = false;
     }
     if let Some(retired) = s.old_retired_as.take() {
         if retired != old {

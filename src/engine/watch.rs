@@ -463,6 +463,7 @@ async fn reconcile(
         remotes: obs.remotes.clone(),
         fence: Some(guard.lease()),
         revision: None,
+        desired: Some(std::sync::Arc::new(d.clone())),
     };
     let outcome = super::execute_gated(&t, &plan, o.parallel, None).await;
     drop(guard);
@@ -485,6 +486,45 @@ async fn reconcile(
     Ok(outcome.ok())
 }
 
+/// The secret and config files of the deployed services (their contents are not kept in
+/// Incus), read back from a running replica of each service on an online member, and kept
+/// only when they have the sha256 the revision recorded. A service none can be read for
+/// is left out: planning names it (`revision::RevisionError::Secret`).
+async fn read_back_files(
+    base: &Client,
+    w: &Watched,
+    deployed: &revision::Revision,
+    obs: &ic_core::plan::Observed,
+) -> BTreeMap<String, Vec<ic_core::plan::PushFile>> {
+    let project = base.with_project(&w.incus_project);
+    let mut out = BTreeMap::new();
+    for (service, wanted) in revision::files_to_read_back(deployed) {
+        let replicas = obs.instances.iter().filter(|i| {
+            i.running
+                && i.label(LABEL_PROJECT) == Some(w.compose.as_str())
+                && i.label(ic_core::plan::LABEL_SERVICE) == Some(service.as_str())
+                && obs.members.iter().any(|m| m.name == i.location && m.online)
+        });
+        for i in replicas {
+            let mut files = Vec::new();
+            for f in &wanted {
+                match project.pull_file(&i.name, &f.path).await {
+                    Ok(content) => match revision::read_back_file(f, content) {
+                        Some(file) => files.push(file),
+                        None => break,
+                    },
+                    Err(_) => break,
+                }
+            }
+            if files.len() == wanted.len() {
+                out.insert(service.clone(), files);
+                break;
+            }
+        }
+    }
+    out
+}
+
 /// Observe, read the deployed revision, plan. `None` when the project has no completed
 /// revision (nothing to converge to: said once).
 async fn plan_once(
@@ -504,7 +544,8 @@ async fn plan_once(
         return Ok(None);
     };
     let obs = observe(base, &w.incus_project, true).await?;
-    let d = revision::desired_from(&w.compose, &w.incus_project, deployed, deployed, &[], None)
+    let read_back = read_back_files(base, w, deployed, &obs.observed).await;
+    let d = revision::deployed_desired(&w.compose, &w.incus_project, deployed, &read_back)
         .map_err(|e| anyhow::anyhow!("revision {}: {e}", deployed.number))?;
     let opts = DiffOptions {
         grace: grace.clone(),

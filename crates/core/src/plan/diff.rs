@@ -340,6 +340,8 @@ struct Replicas {
     offline: BTreeSet<String>,
     /// Removals deferred because the instance's member is offline: (name, member, reason).
     deferred: Vec<(String, String, String)>,
+    /// Warnings about local data a replacement leaves on an offline member.
+    left_behind: Vec<String>,
     /// Members being drained ([`DiffOptions::drain`]).
     draining: BTreeSet<String>,
     /// Members Incus lists as evacuated (for the reasons given).
@@ -488,9 +490,10 @@ fn keeper_rank(
     other: &ObservedInstance,
     t: &InstanceTemplate,
     offline: &BTreeSet<String>,
-) -> (bool, bool, bool, bool, std::cmp::Reverse<String>) {
+) -> (bool, bool, bool, bool, bool, std::cmp::Reverse<String>) {
     (
         !offline.contains(&i.location),
+        i.label(super::LABEL_REPLACED_BY).is_none(),
         i.label(LABEL_REPLACES) == Some(other.name.as_str()),
         i.label(LABEL_HASH) == Some(t.hash.as_str()),
         i.running,
@@ -549,6 +552,7 @@ fn replica_actions(
         pending: Vec::new(),
         offline,
         deferred: Vec::new(),
+        left_behind: Vec::new(),
         draining: o.drain.clone(),
         evacuated: obs
             .members
@@ -615,6 +619,7 @@ fn replica_actions(
         }
     }
     retired(d, &ours, &mut r);
+    warnings.append(&mut r.left_behind);
     for (name, member, why) in &r.deferred {
         warnings.push(format!(
             "{name} is on member {member}, which is offline: its removal ({why}) waits until the member is back"
@@ -728,6 +733,7 @@ fn slot_action(
     // Leaving a member being drained: start-first, beside the old one (removed after).
     let drained = current.is_some_and(|i| r.draining.contains(&i.location) && i.location != member);
     let actions = r.service_actions.entry(t.service.clone()).or_default();
+    let mut recreated = false;
     match current {
         None => actions.push(Action::Create(Box::new(plan("new", None)))),
         // Kept on an offline member (within its grace period): left alone.
@@ -753,6 +759,17 @@ fn slot_action(
                     p.config.insert(LABEL_REPLACES.into(), i.name.clone());
                     if drained && let Some(last) = r.placement.last_mut() {
                         last.1 = other.clone();
+                    }
+                    // Local volumes cannot follow: their data stays on the offline member
+                    // (a drain names the volumes it leaves itself: `engine::drain`).
+                    if stranded && !t.volumes.is_empty() && !d.shared_storage {
+                        r.left_behind.push(format!(
+                            "{} replaces {} on {member} without its data: volume(s) {} are local to {}, which is offline; their data there stays there (the new replica uses {member}'s copy)",
+                            other,
+                            i.name,
+                            t.volumes.join(", "),
+                            i.location
+                        ));
                     }
                     r.claimed.insert(other, t.service.clone());
                     actions.push(Action::Create(Box::new(p)));
@@ -802,12 +819,13 @@ fn slot_action(
                 }
                 if p.name != name {
                     r.claimed.insert(p.name.clone(), t.service.clone());
-                    // The new replica runs beside the old one: it is the one placed (its own
-                    // address and DNS record on a spanning network).
-                    if let Some(last) = r.placement.last_mut() {
-                        last.1 = p.name.clone();
-                    }
                 }
+                // The new replica is the one placed (its own address and DNS record on a
+                // spanning network), also when it takes the slot's usual name back.
+                if let Some(last) = r.placement.last_mut() {
+                    last.1 = p.name.clone();
+                }
+                recreated = true;
                 actions.push(Action::Recreate(Box::new(p)));
             }
             None if !i.running && !o.no_start => actions.push(Action::Start {
@@ -816,6 +834,16 @@ fn slot_action(
             }),
             None => r.unchanged.push(i.name.clone()),
         },
+    }
+    // A replica kept under the slot's other name (after a start-first update) is placed
+    // under that name: its records name it, with its address.
+    if let Some(i) = current
+        && Some(&i.name) == alternate.as_ref()
+        && !stranded
+        && !recreated
+        && let Some(last) = r.placement.iter_mut().rev().find(|p| p.1 == name)
+    {
+        last.1 = i.name.clone();
     }
     Ok(())
 }

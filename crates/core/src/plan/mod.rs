@@ -84,6 +84,11 @@ pub const LABEL_RETIRED: &str = "user.incus-compose.retired";
 /// On a replica made to replace one stranded on an offline member: the stranded one's name.
 /// When that member comes back, the slot has two replicas: this one is kept, the other removed.
 pub const LABEL_REPLACES: &str = "user.incus-compose.replaces";
+/// On the old replica of a start-first slot whose new replica is ready: the new one's name.
+/// It still runs (and still has its DNS records) until the update of its service is over and
+/// the records name the new replicas; then it is retired. The planner gives it no records,
+/// and when a slot has both, keeps the other.
+pub const LABEL_REPLACED_BY: &str = "user.incus-compose.replaced-by";
 
 /// Config keys Incus applies to a running container, so that a change of them alone is
 /// applied in place, without a restart: resource limits (except `limits.kernel.*`, which
