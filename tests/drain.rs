@@ -689,3 +689,40 @@ fn a_replacement_that_turns_unhealthy_is_removed_again_reported_and_the_old_repl
         "the failed replacement is removed again"
     );
 }
+
+#[test]
+fn a_drain_warns_naming_the_local_volumes_it_leaves_on_the_member() {
+    let c = client();
+    let _turn = take_turn();
+    cluster(&c);
+    let f = Fixture::new("vol", &c);
+    f.write(
+        "  web:\n    image: busybox\n    network_mode: none\n    deploy: {replicas: 3}\n    volumes: [\"data:/data\"]\nvolumes:\n  data: {}\n",
+    );
+    f.ok(&["up", "-d"]);
+    let _members = MembersTurn::take();
+    let _restore = RestoreMember;
+    let out = f.by_name(&["node", "drain", MEMBER]);
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let line = err
+        .lines()
+        .find(|l| l.contains(&format!("volumes stay on {MEMBER}")))
+        .unwrap_or_else(|| panic!("no warning about the volume left behind: {err}"));
+    assert!(line.contains("data"), "{line}");
+    // Left, not removed: the volume is still on the member.
+    let pool = line
+        .split("(pool ")
+        .nth(1)
+        .and_then(|r| r.split(')').next())
+        .unwrap_or_else(|| panic!("no pool named: {line}"));
+    let vols = block_on(c.with_project(&f.name).storage_volumes(pool)).expect("list volumes");
+    assert!(
+        vols.iter()
+            .any(|v| v.name.contains("data") && v.location == MEMBER),
+        "{:?}",
+        vols.iter()
+            .map(|v| (&v.name, &v.location))
+            .collect::<Vec<_>>()
+    );
+}
