@@ -726,3 +726,39 @@ fn a_drain_warns_naming_the_local_volumes_it_leaves_on_the_member() {
             .collect::<Vec<_>>()
     );
 }
+
+#[test]
+fn restore_with_rebalance_moves_replicas_back_start_first_until_each_member_has_two_of_six() {
+    let c = client();
+    let _turn = take_turn();
+    cluster(&c);
+    let f = Fixture::new("rebal", &c);
+    f.write(&replicated(6, ""));
+    f.ok(&["up", "-d"]);
+    let _members = MembersTurn::take();
+    let _restore = RestoreMember;
+    assert!(f.by_name(&["node", "drain", MEMBER]).status.success());
+    assert!(f.running("web").values().all(|m| m != MEMBER));
+    let poll = Poller::start(&c, &f.name, "web");
+    let out = f.by_name(&["node", "restore", MEMBER, "--rebalance"]);
+    std::thread::sleep(Duration::from_millis(700));
+    let (min, reads) = poll.finish();
+    assert!(out.status.success(), "node restore --rebalance failed");
+    assert!(reads >= 3, "only {reads} reads");
+    assert_eq!(min, 6, "fewer than 6 replicas ran at some moment");
+    let after = f.running("web");
+    assert_eq!(
+        per_member(&after),
+        BTreeMap::from([
+            ("node1".to_string(), 2),
+            ("node2".into(), 2),
+            ("node3".into(), 2)
+        ]),
+        "{after:?}"
+    );
+    // Balanced: a second rebalance moves nothing.
+    let again = f.by_name(&["node", "restore", MEMBER, "--rebalance"]);
+    assert!(again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("0 replica(s) moved"));
+    assert_eq!(f.running("web"), after);
+}

@@ -58,6 +58,14 @@ pub struct DrainArgs {
 pub struct RestoreArgs {
     /// The cluster member `node drain` marked
     pub member: String,
+    /// Then move replicas (start-first) from members holding more than their share to those
+    /// holding less, so that each service spreads as it would from scratch (every compose
+    /// project, or `-p NAME`'s)
+    #[arg(long)]
+    pub rebalance: bool,
+    /// How many Incus operations run at once (with --rebalance)
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    pub parallel: usize,
 }
 
 #[derive(Debug, Clone, Copy, Default, ValueEnum)]
@@ -117,9 +125,25 @@ fn drain(global: &GlobalArgs, args: &DrainArgs) -> anyhow::Result<ExitCode> {
 
 fn restore(global: &GlobalArgs, args: &RestoreArgs) -> anyhow::Result<ExitCode> {
     let base = engine::connect(global.remote.as_deref())?;
-    let message = block_on(engine::drain::restore(&base, &args.member))??;
+    let message = block_on(engine::drain::restore(&base, &args.member, args.rebalance))??;
     println!("{message}");
-    Ok(ExitCode::SUCCESS)
+    if !args.rebalance {
+        return Ok(ExitCode::SUCCESS);
+    }
+    engine::progress::lines_to_stderr();
+    let o = engine::drain::DrainOptions {
+        member: args.member.clone(),
+        project: global.project_name.clone(),
+        dry_run: false,
+        parallel: args.parallel,
+        no_wait_lock: global.no_wait_lock,
+    };
+    let ok = block_on(engine::drain::rebalance(&base, &o))??;
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 #[derive(Debug, serde::Serialize)]

@@ -16,7 +16,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use futures_util::future::join_all;
 use ic_core::health::{Check, Health, Tracker};
-use ic_core::plan::drain::{DrainSteps, drain_steps};
+use ic_core::plan::drain::{DrainSteps, drain_steps, rebalance_evictions, rebalance_steps};
 use ic_core::plan::{Action, DiffOptions, LABEL_PROJECT, Plan, Stage};
 use ic_core::revision;
 use ic_incus::Client;
@@ -334,6 +334,51 @@ async fn drain_project(
             steps.other.join("; ")
         ));
     }
+    run_steps(
+        base,
+        incus_project,
+        &steps,
+        &obs,
+        &d,
+        &guard,
+        o.parallel,
+        progress,
+        totals,
+    )
+    .await;
+    drop(guard);
+    // Local data stays where it is.
+    let left: Vec<String> = obs
+        .observed
+        .volumes
+        .iter()
+        .filter(|v| v.location == member && is_ours(&v.config, compose))
+        .map(|v| format!("{} (pool {})", v.name, v.pool))
+        .collect();
+    if !left.is_empty() && !d.shared_storage {
+        progress.line(&format!(
+            "[!] warning: project {compose}: volumes stay on {member} (local storage; a drain copies no data): {}; the moved replicas use their own volume on their new member",
+            left.join(", ")
+        ));
+    }
+    Ok(())
+}
+
+/// Runs drain steps under the project lock `guard`: the replacements, a wait until each
+/// runs (healthy), then the replaced replicas (and surplus ones), then global services'
+/// replicas. Counts into `totals`.
+#[allow(clippy::too_many_arguments)]
+async fn run_steps(
+    base: &Client,
+    incus_project: &str,
+    steps: &DrainSteps,
+    obs: &super::Observation,
+    d: &ic_core::plan::Desired,
+    guard: &super::LockGuard,
+    parallel: usize,
+    progress: &Progress,
+    totals: &mut Totals,
+) {
     let t = Target {
         base: base.clone(),
         project: base.with_project(incus_project),
@@ -375,7 +420,7 @@ async fn drain_project(
                 .collect(),
         },
     ]);
-    let outcome = super::execute(&t, &creates, o.parallel).await;
+    let outcome = super::execute(&t, &creates, parallel).await;
     // 2. Wait until each runs (healthy, with a healthcheck).
     let checks: BTreeMap<&str, &Check> = d
         .services
@@ -410,8 +455,12 @@ async fn drain_project(
             }
             Err(e) => {
                 totals.failed += 1;
+                let at = match &m.retire {
+                    Action::Remove { member, .. } => member.as_str(),
+                    _ => "its member",
+                };
                 progress.line(&format!(
-                    "[!] {} (replacing {}) is not ready: {e}; {} stays on {member}",
+                    "[!] {} (replacing {}) is not ready: {e}; {} stays on {at}",
                     m.create.name, m.old, m.old
                 ));
                 undo.push(Action::Remove {
@@ -440,8 +489,7 @@ async fn drain_project(
             actions: steps.global_removals.clone(),
         },
     ]);
-    let outcome2 = super::execute(&t, &removals, o.parallel).await;
-    drop(guard);
+    let outcome2 = super::execute(&t, &removals, parallel).await;
     totals.failed += outcome2.failed.len();
     totals.moved += retire
         .iter()
@@ -456,21 +504,6 @@ async fn drain_project(
     if outcome2.skipped > 0 {
         totals.failed += outcome2.skipped;
     }
-    // Local data stays where it is.
-    let left: Vec<String> = obs
-        .observed
-        .volumes
-        .iter()
-        .filter(|v| v.location == member && is_ours(&v.config, compose))
-        .map(|v| format!("{} (pool {})", v.name, v.pool))
-        .collect();
-    if !left.is_empty() && !d.shared_storage {
-        progress.line(&format!(
-            "[!] warning: project {compose}: volumes stay on {member} (local storage; a drain copies no data): {}; the moved replicas use their own volume on their new member",
-            left.join(", ")
-        ));
-    }
-    Ok(())
 }
 
 /// Waits until `name` runs and, with a healthcheck, is healthy (probed as Docker does).
@@ -534,7 +567,7 @@ async fn wait_ready(t: &Target, name: &str, check: Option<&Check>) -> Result<Str
 }
 
 /// Undoes `node drain`'s mark on `member`: the message to print.
-pub async fn restore(base: &Client, member: &str) -> anyhow::Result<String> {
+pub async fn restore(base: &Client, member: &str, rebalance: bool) -> anyhow::Result<String> {
     let (m, _) = base
         .cluster_member_with_etag(member)
         .await
@@ -553,9 +586,105 @@ pub async fn restore(base: &Client, member: &str) -> anyhow::Result<String> {
     let now = config
         .get(SCHEDULER_KEY)
         .map_or("all (the default)".to_string(), Clone::clone);
-    Ok(format!(
-        "{member} restored: scheduler.instance is {now} again; nothing moves back by itself (new replicas, `up`, `scale` and `watch` place replicas there again)"
-    ))
+    Ok(if rebalance {
+        format!("{member} restored: scheduler.instance is {now} again")
+    } else {
+        format!(
+            "{member} restored: scheduler.instance is {now} again; nothing moves back by itself (new replicas, `up`, `scale` and `watch` place replicas there again; `--rebalance` moves replicas back)"
+        )
+    })
+}
+
+/// `node restore --rebalance`: in every compose project (or `o.project`), replicas move
+/// start-first, as a drain moves them, from members holding more than their share to those
+/// holding less (the spread the scheduler gives from scratch), under each project's lock.
+/// `Ok(true)` when every move succeeded.
+pub async fn rebalance(base: &Client, o: &DrainOptions) -> anyhow::Result<bool> {
+    let progress = Progress::new();
+    let mut projects = super::deployed::list_projects(base, true).await?;
+    if let Some(p) = &o.project {
+        projects.retain(|l| &l.name == p);
+    }
+    let mut totals = Totals::default();
+    for p in &projects {
+        if let Err(e) =
+            rebalance_project(base, &p.name, &p.incus_project, o, &progress, &mut totals).await
+        {
+            totals.failed += 1;
+            progress.line(&format!("[!] project {}: {e:#}", p.name));
+        }
+    }
+    progress.line(&format!(
+        "[{}] rebalance: {} replica(s) moved, {} failure(s)",
+        if totals.failed == 0 { "✔" } else { "!" },
+        totals.moved,
+        totals.failed
+    ));
+    Ok(totals.failed == 0)
+}
+
+async fn rebalance_project(
+    base: &Client,
+    compose: &str,
+    incus_project: &str,
+    o: &DrainOptions,
+    progress: &Progress,
+    totals: &mut Totals,
+) -> anyhow::Result<()> {
+    match base.get_project(incus_project).await {
+        Ok(p) if p.config.get(LABEL_PROJECT).map(String::as_str) == Some(compose) => {}
+        // Not made by incus-compose: no revision, no lock; left as it is.
+        Ok(_) => return Ok(()),
+        Err(e) if e.is_not_found() => return Ok(()),
+        Err(e) => return Err(e).context(format!("cannot read Incus project {incus_project}")),
+    }
+    let Some(guard) = lock::acquire(
+        base,
+        incus_project,
+        &LockOptions::from_env(!o.no_wait_lock)?,
+    )
+    .await?
+    else {
+        return Ok(());
+    };
+    let revs = super::revisions::read(base, incus_project, compose).await?;
+    let Some(deployed) = revision::deployed(&revs) else {
+        return Ok(());
+    };
+    let obs = observe(base, incus_project, true).await?;
+    let d = revision::desired_from(compose, incus_project, deployed, deployed, &[], None)
+        .map_err(|e| anyhow::anyhow!("revision {}: {e}", deployed.number))?;
+    let evict = rebalance_evictions(&d, &obs.observed);
+    if evict.is_empty() {
+        return Ok(());
+    }
+    let opts = DiffOptions {
+        evict: evict.clone(),
+        ..Default::default()
+    };
+    let plan = ic_core::plan::diff(&d, &obs.observed, &opts).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let steps = rebalance_steps(&plan, &obs.observed, &evict);
+    if steps.moves.is_empty() {
+        return Ok(());
+    }
+    progress.line(&format!(
+        "[~] project {compose}: {} replica(s) to move for an even spread",
+        steps.moves.len()
+    ));
+    run_steps(
+        base,
+        incus_project,
+        &steps,
+        &obs,
+        &d,
+        &guard,
+        o.parallel,
+        progress,
+        totals,
+    )
+    .await;
+    drop(guard);
+    Ok(())
 }
 
 #[cfg(test)]

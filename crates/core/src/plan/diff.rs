@@ -37,6 +37,10 @@ pub struct DiffOptions {
     /// take stays (pending). Global services' replicas there are removed. The engine runs the
     /// creations, waits until they run (healthy), then the removals.
     pub drain: BTreeSet<String>,
+    /// Replicas (instance names) to move elsewhere as a drain moves them (`node restore
+    /// --rebalance`, see `plan::drain::rebalance_evictions`): the scheduler places their slots
+    /// again as if their member were gone.
+    pub evict: BTreeSet<String>,
 }
 
 /// `down` flags.
@@ -344,6 +348,8 @@ struct Replicas {
     left_behind: Vec<String>,
     /// Members being drained ([`DiffOptions::drain`]).
     draining: BTreeSet<String>,
+    /// Replicas being moved by a rebalance ([`DiffOptions::evict`]).
+    evict: BTreeSet<String>,
     /// Members Incus lists as evacuated (for the reasons given).
     evacuated: BTreeSet<String>,
 }
@@ -523,7 +529,16 @@ fn replica_actions(
         .filter(|i| is_ours(&i.config, compose))
         .chain(recognised.iter())
         .collect();
-    let (existing, by_slot, surplus) = observed_replicas(d, &ours, &offline);
+    let (mut existing, by_slot, surplus) = observed_replicas(d, &ours, &offline);
+    // Evicted replicas: placed again as if their member were gone (they stay until moved).
+    for e in &mut existing {
+        if by_slot
+            .get(&(e.service.clone(), e.slot.clone()))
+            .is_some_and(|i| o.evict.contains(&i.name))
+        {
+            e.member.clear();
+        }
+    }
     let specs: Vec<_> = d.services.iter().map(|t| t.spec.clone()).collect();
     // Members within their grace period keep their replicas but take no new ones.
     let members: Vec<schedule::Member> = obs
@@ -554,6 +569,7 @@ fn replica_actions(
         deferred: Vec::new(),
         left_behind: Vec::new(),
         draining: o.drain.clone(),
+        evict: o.evict.clone(),
         evacuated: obs
             .members
             .iter()
@@ -731,7 +747,9 @@ fn slot_action(
     let alternate = t.alternate_name(slot_text);
     let stranded = current.is_some_and(|i| r.offline.contains(&i.location));
     // Leaving a member being drained: start-first, beside the old one (removed after).
-    let drained = current.is_some_and(|i| r.draining.contains(&i.location) && i.location != member);
+    let evicted = current.is_some_and(|i| r.evict.contains(&i.name) && i.location != member);
+    let drained = evicted
+        || current.is_some_and(|i| r.draining.contains(&i.location) && i.location != member);
     let actions = r.service_actions.entry(t.service.clone()).or_default();
     let mut recreated = false;
     match current {
@@ -742,7 +760,9 @@ fn slot_action(
         // name (the stranded one keeps its name in Incus until its member is back). Drained:
         // the same, so that both run at once for a while.
         Some(i) if stranded || drained => {
-            let why = if drained {
+            let why = if evicted {
+                format!("rebalanced from {}", i.location)
+            } else if drained {
                 format!("member {} drained", i.location)
             } else {
                 format!("member {} offline", i.location)

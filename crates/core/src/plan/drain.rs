@@ -17,7 +17,10 @@
 use std::collections::BTreeSet;
 
 use super::placement::PendingReplica;
-use super::{Action, InstancePlan, LABEL_REPLACES, LABEL_SERVICE, LABEL_SLOT, Observed, Plan};
+use super::{
+    Action, Desired, InstancePlan, LABEL_PROJECT, LABEL_REPLACES, LABEL_RETIRED, LABEL_SERVICE,
+    LABEL_SLOT, Observed, Plan,
+};
 use crate::schedule::Rejection;
 
 /// One replica leaving the member.
@@ -72,22 +75,53 @@ pub fn drain_steps(
     member: &str,
     global: &BTreeSet<String>,
 ) -> DrainSteps {
+    let mut out = steps_leaving(
+        plan,
+        obs,
+        |name, at| at == member && !name.is_empty(),
+        global,
+    );
+    for p in &plan.pending {
+        if let Some(s) = stuck(p, obs, member) {
+            out.stuck.push(s);
+        }
+    }
+    out
+}
+
+/// The moves of a rebalance ([`super::DiffOptions::evict`]) out of `plan`: the evicted
+/// replicas, start-first, as a drain moves them.
+pub fn rebalance_steps(plan: &Plan, obs: &Observed, evict: &BTreeSet<String>) -> DrainSteps {
+    steps_leaving(plan, obs, |name, _| evict.contains(name), &BTreeSet::new())
+}
+
+/// Drain steps for the instances `leaving(name, member)` selects.
+fn steps_leaving(
+    plan: &Plan,
+    obs: &Observed,
+    leaving: impl Fn(&str, &str) -> bool,
+    global: &BTreeSet<String>,
+) -> DrainSteps {
     let mut out = DrainSteps::default();
-    let on_member = |name: &str| {
+    let location = |name: &str| {
         obs.instances
             .iter()
-            .any(|i| i.name == name && i.location == member)
+            .find(|i| i.name == name)
+            .map(|i| i.location.as_str())
     };
-    // Replacements of replicas on the member, by the name they replace.
+    // Replacements of leaving replicas, by the name they replace.
     let replaces = |p: &InstancePlan| -> Option<String> {
         let old = p.config.get(LABEL_REPLACES)?;
-        (p.member != member && on_member(old)).then(|| old.clone())
+        let at = location(old)?;
+        (p.member != at && leaving(old, at)).then(|| old.clone())
     };
     let mut removes: Vec<&Action> = Vec::new();
     for a in plan.actions() {
         match a {
             Action::Create(p) if replaces(p).is_some() => {}
-            Action::Remove { member: m, .. } if m == member => removes.push(a),
+            Action::Remove {
+                name, member: m, ..
+            } if leaving(name, m) => removes.push(a),
             Action::UpdateNetwork { .. }
             | Action::UpdateNetworkMember { .. }
             | Action::CreateVolume { .. } => out.prepare.push(a.clone()),
@@ -130,9 +164,59 @@ pub fn drain_steps(
             out.other.push(r.to_string());
         }
     }
-    for p in &plan.pending {
-        if let Some(s) = stuck(p, obs, member) {
-            out.stuck.push(s);
+    out
+}
+
+/// `node restore --rebalance`: the replicas to move so that each replicated service of the
+/// compose project spreads as it would from scratch (what the scheduler gives with no replica
+/// placed yet), taken from the members holding more than that, highest slot first. Nothing
+/// when the spread is already that (or better than it: a member under its share is never
+/// emptied further).
+pub fn rebalance_evictions(d: &Desired, obs: &Observed) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let members: Vec<_> = obs
+        .members
+        .iter()
+        .map(|m| {
+            let mut m = m.clone();
+            m.instances = 0;
+            m
+        })
+        .collect();
+    for t in &d.services {
+        if !matches!(t.spec.mode, crate::schedule::Mode::Replicated { .. }) {
+            continue;
+        }
+        let Ok(sched) = crate::schedule::schedule(&members, std::slice::from_ref(&t.spec), &[])
+        else {
+            continue;
+        };
+        let Some(p) = sched.get(&t.service) else {
+            continue;
+        };
+        let target = p.per_member();
+        // The service's replicas per member, highest slot first.
+        let mut held: std::collections::BTreeMap<&str, Vec<(u32, &str)>> = Default::default();
+        for i in &obs.instances {
+            if i.label(LABEL_PROJECT) != Some(d.compose_project.as_str())
+                || i.label(LABEL_SERVICE) != Some(t.service.as_str())
+                || i.label(LABEL_RETIRED).is_some()
+            {
+                continue;
+            }
+            let slot = i
+                .label(LABEL_SLOT)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
+            held.entry(i.location.as_str())
+                .or_default()
+                .push((slot, i.name.as_str()));
+        }
+        for (m, mut replicas) in held {
+            let want = target.get(m).copied().unwrap_or(0) as usize;
+            replicas.sort_by(|a, b| b.cmp(a));
+            let extra = replicas.len().saturating_sub(want);
+            out.extend(replicas.into_iter().take(extra).map(|(_, n)| n.to_string()));
         }
     }
     out

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use ic_compose::{LoadOptions, MemFs, Project, load_with};
 use proptest::prelude::*;
 
-use super::drain::{DrainSteps, drain_steps};
+use super::drain::{DrainSteps, drain_steps, rebalance_evictions, rebalance_steps};
 use super::*;
 use crate::schedule::Member;
 
@@ -347,6 +347,68 @@ fn a_drain_run_again_after_an_interruption_removes_the_replicas_already_replaced
     apply_actions(&mut done, &again.surplus);
     assert!(on(&done, "node2").is_empty());
     assert_eq!(per_slot(&done, "web").len(), 6);
+}
+
+fn rebalance(p: &Project, obs: &Observed) -> (BTreeSet<String>, DrainSteps) {
+    let o = PlanOptions {
+        version: "0.1.0".into(),
+        ..Default::default()
+    };
+    let d = desired(p, &facts(), &o).unwrap_or_else(|e| panic!("{e}"));
+    let evict = rebalance_evictions(&d, obs);
+    let opts = DiffOptions {
+        evict: evict.clone(),
+        ..Default::default()
+    };
+    let plan = diff(&d, obs, &opts).unwrap_or_else(|e| panic!("{e}"));
+    let steps = rebalance_steps(&plan, obs, &evict);
+    (evict, steps)
+}
+
+#[test]
+fn a_rebalance_after_a_restore_moves_replicas_back_start_first_until_the_spread_is_even() {
+    let p = web(6, "");
+    let obs = deployed(&p, 3);
+    let drained = run(&steps(&p, &obs, "node2"), &obs, |_| {});
+    assert!(on(&drained, "node2").is_empty());
+    let (evict, s) = rebalance(&p, &drained);
+    assert_eq!(evict.len(), 2, "{evict:?}");
+    assert!(s.other.is_empty(), "{:?}", s.other);
+    assert_eq!(s.moves.len(), 2);
+    for m in &s.moves {
+        assert_eq!(m.create.member, "node2");
+        assert!(evict.contains(&m.old));
+        assert!(
+            m.create.reason.starts_with("rebalanced from node"),
+            "{}",
+            m.create.reason
+        );
+    }
+    let after = run(&s, &drained, |o| assert_eq!(per_slot(o, "web").len(), 6));
+    for n in ["node1", "node2", "node3"] {
+        assert_eq!(on(&after, n).len(), 2, "{n}: {:?}", on(&after, n));
+    }
+    assert!(plan_of(&p, &after, &[]).is_empty());
+    let (evict, s) = rebalance(&p, &after);
+    assert!(evict.is_empty() && s.is_empty(), "{evict:?}");
+}
+
+#[test]
+fn a_rebalance_moves_nothing_onto_a_member_the_constraints_exclude_nor_from_an_even_spread() {
+    // Only node1 and node3 qualify: 2 and 2 is already the spread from scratch.
+    let p = web(
+        4,
+        "      placement:\n        constraints: [node.hostname != node2]\n",
+    );
+    let obs = deployed(&p, 3);
+    assert!(on(&obs, "node2").is_empty());
+    let (evict, s) = rebalance(&p, &obs);
+    assert!(evict.is_empty() && s.is_empty(), "{evict:?} {s:?}");
+    // Unconstrained and even: nothing either.
+    let p = web(6, "");
+    let obs = deployed(&p, 3);
+    let (evict, s) = rebalance(&p, &obs);
+    assert!(evict.is_empty() && s.is_empty(), "{evict:?} {s:?}");
 }
 
 proptest! {
