@@ -254,6 +254,14 @@ fn instances(c: &Client, project: &str) -> BTreeMap<String, Instance> {
 
 impl Drop for Fixture {
     fn drop(&mut self) {
+        // A member another suite killed holds instances `down` cannot delete: wait for it.
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(90)
+            && !block_on(self.client.cluster_members())
+                .is_ok_and(|m| m.iter().all(|m| m.status.eq_ignore_ascii_case("online")))
+        {
+            std::thread::sleep(Duration::from_secs(1));
+        }
         for attempt in 0..3 {
             if attempt > 0 {
                 std::thread::sleep(Duration::from_secs(2));
