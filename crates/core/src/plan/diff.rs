@@ -31,6 +31,16 @@ pub struct DiffOptions {
     /// stranded instance keeps its name in Incus's database), and their removal is deferred
     /// until the member is back.
     pub grace: BTreeSet<String>,
+    /// Members being drained (`node drain`): their replicas are re-created on other members
+    /// under the slot's other name (`web-3` <-> `web-3-b`, labelled
+    /// `user.incus-compose.replaces`), and the old ones removed; a replica that no member can
+    /// take stays (pending). Global services' replicas there are removed. The engine runs the
+    /// creations, waits until they run (healthy), then the removals.
+    pub drain: BTreeSet<String>,
+    /// Replicas (instance names) to move elsewhere as a drain moves them (`node restore
+    /// --rebalance`, see `plan::drain::rebalance_evictions`): the scheduler places their slots
+    /// again as if their member were gone.
+    pub evict: BTreeSet<String>,
 }
 
 /// `down` flags.
@@ -336,6 +346,12 @@ struct Replicas {
     deferred: Vec<(String, String, String)>,
     /// Warnings about local data a replacement leaves on an offline member.
     left_behind: Vec<String>,
+    /// Members being drained ([`DiffOptions::drain`]).
+    draining: BTreeSet<String>,
+    /// Replicas being moved by a rebalance ([`DiffOptions::evict`]).
+    evict: BTreeSet<String>,
+    /// Members Incus lists as evacuated (for the reasons given).
+    evacuated: BTreeSet<String>,
 }
 
 impl Replicas {
@@ -513,7 +529,16 @@ fn replica_actions(
         .filter(|i| is_ours(&i.config, compose))
         .chain(recognised.iter())
         .collect();
-    let (existing, by_slot, surplus) = observed_replicas(d, &ours, &offline);
+    let (mut existing, by_slot, surplus) = observed_replicas(d, &ours, &offline);
+    // Evicted replicas: placed again as if their member were gone (they stay until moved).
+    for e in &mut existing {
+        if by_slot
+            .get(&(e.service.clone(), e.slot.clone()))
+            .is_some_and(|i| o.evict.contains(&i.name))
+        {
+            e.member.clear();
+        }
+    }
     let specs: Vec<_> = d.services.iter().map(|t| t.spec.clone()).collect();
     // Members within their grace period keep their replicas but take no new ones.
     let members: Vec<schedule::Member> = obs
@@ -525,6 +550,7 @@ fn replica_actions(
                 m.online = true;
                 m.manual = true;
             }
+            m.draining |= o.drain.contains(&m.name);
             m
         })
         .collect();
@@ -542,6 +568,14 @@ fn replica_actions(
         offline,
         deferred: Vec::new(),
         left_behind: Vec::new(),
+        draining: o.drain.clone(),
+        evict: o.evict.clone(),
+        evacuated: obs
+            .members
+            .iter()
+            .filter(|m| m.evacuated)
+            .map(|m| m.name.clone())
+            .collect(),
     };
     orphans(d, &ours, o, &mut r, warnings);
     for (i, why) in surplus {
@@ -712,6 +746,10 @@ fn slot_action(
     };
     let alternate = t.alternate_name(slot_text);
     let stranded = current.is_some_and(|i| r.offline.contains(&i.location));
+    // Leaving a member being drained: start-first, beside the old one (removed after).
+    let evicted = current.is_some_and(|i| r.evict.contains(&i.name) && i.location != member);
+    let drained = evicted
+        || current.is_some_and(|i| r.draining.contains(&i.location) && i.location != member);
     let actions = r.service_actions.entry(t.service.clone()).or_default();
     let mut recreated = false;
     match current {
@@ -719,9 +757,16 @@ fn slot_action(
         // Kept on an offline member (within its grace period): left alone.
         Some(i) if stranded && i.location == member => r.unchanged.push(i.name.clone()),
         // Stranded on an offline member: a replacement elsewhere, under the slot's other
-        // name (the stranded one keeps its name in Incus until its member is back).
-        Some(i) if stranded => {
-            let why = format!("member {} offline", i.location);
+        // name (the stranded one keeps its name in Incus until its member is back). Drained:
+        // the same, so that both run at once for a while.
+        Some(i) if stranded || drained => {
+            let why = if evicted {
+                format!("rebalanced from {}", i.location)
+            } else if drained {
+                format!("member {} drained", i.location)
+            } else {
+                format!("member {} offline", i.location)
+            };
             let other = if i.name == name {
                 alternate.clone()
             } else {
@@ -732,8 +777,12 @@ fn slot_action(
                     let mut p = plan(&why, None);
                     p.name = other.clone();
                     p.config.insert(LABEL_REPLACES.into(), i.name.clone());
-                    // Local volumes cannot follow: their data stays on the offline member.
-                    if !t.volumes.is_empty() && !d.shared_storage {
+                    if drained && let Some(last) = r.placement.last_mut() {
+                        last.1 = other.clone();
+                    }
+                    // Local volumes cannot follow: their data stays on the offline member
+                    // (a drain names the volumes it leaves itself: `engine::drain`).
+                    if stranded && !t.volumes.is_empty() && !d.shared_storage {
                         r.left_behind.push(format!(
                             "{} replaces {} on {member} without its data: volume(s) {} are local to {}, which is offline; their data there stays there (the new replica uses {member}'s copy)",
                             other,
@@ -760,6 +809,9 @@ fn slot_action(
         {
             let why = if i.name != name {
                 format!("renamed from {}", i.name)
+            } else if r.evacuated.contains(&i.location) {
+                // Stopped there by `incus cluster evacuate` (one Incus moved is elsewhere).
+                format!("member {} evacuated", i.location)
             } else {
                 format!("moved from {}", i.location)
             };

@@ -40,6 +40,7 @@ pub mod storage;
 mod addresses;
 mod desired;
 mod diff;
+pub mod drain;
 mod network;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -1029,6 +1030,8 @@ pub fn check_platforms(
 mod tests;
 #[cfg(test)]
 mod tests_deploy;
+#[cfg(test)]
+mod tests_drain;
 #[cfg(test)]
 mod tests_rollout;
 #[cfg(test)]
