@@ -777,7 +777,9 @@ fn slot_action(
                     let mut p = plan(&why, None);
                     p.name = other.clone();
                     p.config.insert(LABEL_REPLACES.into(), i.name.clone());
-                    if drained && let Some(last) = r.placement.last_mut() {
+                    // The replacement is the one placed (its address and DNS records on a
+                    // spanning network).
+                    if let Some(last) = r.placement.last_mut() {
                         last.1 = other.clone();
                     }
                     // Local volumes cannot follow: their data stays on the offline member

@@ -677,3 +677,51 @@ fn a_start_first_update_writes_records_once_after_the_new_replicas_run() {
     let again = plan_up(&load(&v2), &f, &settled, &opts(&[]), &Default::default()).unwrap();
     assert!(again.is_empty(), "{:?}", again.stages);
 }
+
+/// A replica stranded on an offline member is replaced under the slot's other name: the
+/// replacement gets its own address on the spanning bridge and the records name it.
+#[test]
+fn a_replacement_for_a_replica_on_an_offline_member_gets_an_address_and_records() {
+    let text = "name: shop\nservices:\n  app:\n    image: testapp/v1\n    deploy: {replicas: 3}\n    networks: [back]\nnetworks:\n  back: {}\n";
+    let p = load(text);
+    let first = plan_up(&p, &facts(), &cluster(), &opts(&[]), &Default::default()).unwrap();
+    let mut obs = apply(&first, &cluster());
+    let on3 = obs
+        .instances
+        .iter()
+        .find(|i| i.location == "node3")
+        .map(|i| i.name.clone())
+        .unwrap();
+    for m in &mut obs.members {
+        if m.name == "node3" {
+            m.online = false;
+        }
+    }
+    let plan = plan_up(&p, &facts(), &obs, &opts(&[]), &Default::default()).unwrap();
+    let replacement = plan
+        .actions()
+        .find_map(|a| match a {
+            Action::Create(p) => Some(p.clone()),
+            _ => None,
+        })
+        .expect("a replacement");
+    assert_eq!(replacement.name, format!("{on3}-b"));
+    let net = naming::span_network_name("shop", "back");
+    let address = addresses(&plan)
+        .get(&(replacement.name.clone(), net.clone()))
+        .cloned()
+        .unwrap_or_default();
+    assert!(!address.is_empty(), "the replacement has no address");
+    let Some(Action::UpdateNetwork { set, .. }) = plan
+        .actions()
+        .find(|a| matches!(a, Action::UpdateNetwork { .. }))
+    else {
+        panic!("the records name the replacement: {:?}", plan.stages)
+    };
+    assert!(
+        set["raw.dnsmasq"].contains(&format!("host-record={on3}-b,{on3}-b.incus,{address}")),
+        "{}",
+        set["raw.dnsmasq"]
+    );
+    assert!(records(&set["raw.dnsmasq"], "app").contains(&address));
+}
