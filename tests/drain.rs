@@ -770,3 +770,40 @@ fn restore_with_rebalance_moves_replicas_back_start_first_until_each_member_has_
     assert!(String::from_utf8_lossy(&again.stderr).contains("0 replica(s) moved"));
     assert_eq!(f.running("web"), after);
 }
+
+/// On a spanning network the records follow the drain in one write, made once the
+/// replacements run: they name the replacements, not the replicas that left.
+#[test]
+fn after_a_drain_the_dns_records_name_the_replacements_and_not_the_replicas_that_left() {
+    let c = client();
+    let _turn = take_turn();
+    cluster(&c);
+    let f = Fixture::new("dns", &c);
+    f.write("  web:\n    image: testapp/v1\n    deploy: {replicas: 3}\n");
+    f.ok(&["up", "-d"]);
+    let records = || {
+        block_on(c.networks())
+            .expect("list networks")
+            .into_iter()
+            .filter(|n| {
+                n.config
+                    .get("user.incus-compose.project")
+                    .map(String::as_str)
+                    == Some(f.name.as_str())
+            })
+            .find_map(|n| n.config.get("raw.dnsmasq").cloned())
+            .unwrap_or_default()
+    };
+    let leaving = f.on(MEMBER);
+    assert_eq!(leaving.len(), 1, "{leaving:?}");
+    let old = leaving[0].clone();
+    assert!(records().contains(&format!("host-record={old},")));
+    let _members = MembersTurn::take();
+    let _restore = RestoreMember;
+    let out = f.by_name(&["node", "drain", MEMBER]);
+    assert!(out.status.success(), "node drain failed");
+    let text = records();
+    assert!(!text.contains(&format!("host-record={old},")), "{text}");
+    assert!(text.contains(&format!("host-record={old}-b,")), "{text}");
+    assert_eq!(text.matches("host-record=web,").count(), 3, "{text}");
+}

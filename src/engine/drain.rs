@@ -393,8 +393,8 @@ async fn run_steps(
         remotes: obs.remotes.clone(),
         fence: Some(guard.lease()),
         revision: None,
-        // No rolling update runs in a drain.
-        desired: None,
+        // The records of spanning networks are planned again from it (see below).
+        desired: Some(std::sync::Arc::new(d.clone())),
     };
     let run = |stages: Vec<Stage>| Plan {
         incus_project: incus_project.to_string(),
@@ -405,11 +405,18 @@ async fn run_steps(
         rollouts: BTreeMap::new(),
         warnings: Vec::new(),
     };
-    // 1. The replacements, beside the replicas they replace.
+    // 1. The replacements, beside the replicas they replace. The records of spanning
+    // networks are written later, once, while every slot has a replica serving (a write
+    // restarts the tunnels on every member): the old replicas keep theirs until then.
+    let (records, prepare): (Vec<Action>, Vec<Action>) = steps
+        .prepare
+        .iter()
+        .cloned()
+        .partition(|a| matches!(a, Action::UpdateNetwork { .. }));
     let creates = run(vec![
         Stage {
             title: "prepare".into(),
-            actions: steps.prepare.clone(),
+            actions: prepare,
         },
         Stage {
             title: "replacements".into(),
@@ -473,6 +480,22 @@ async fn run_steps(
             }
         }
     }
+    // The records name the replacements (planned again now): before the replaced replicas go
+    // when every replacement is ready, else after (an undone replacement has none).
+    let write = |when: &str| {
+        let t = &t;
+        let when = when.to_string();
+        async move {
+            if let Err(e) = super::rollout::write_records(t, progress).await {
+                progress.line(&format!(
+                    "[!] DNS records not updated {when} ({e:#}); the next `up` writes them"
+                ));
+            }
+        }
+    };
+    if !records.is_empty() && undo.is_empty() {
+        write("before the replaced replicas go").await;
+    }
     // 3. The replaced replicas, then 4. global services' replicas on the member, last.
     let removals = run(vec![
         Stage {
@@ -490,6 +513,9 @@ async fn run_steps(
         },
     ]);
     let outcome2 = super::execute(&t, &removals, parallel).await;
+    if !records.is_empty() && !undo.is_empty() {
+        write("after the drain").await;
+    }
     totals.failed += outcome2.failed.len();
     totals.moved += retire
         .iter()

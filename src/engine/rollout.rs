@@ -531,7 +531,7 @@ async fn settle_marked(t: &Target, slots: &mut [SlotRun], progress: &Progress) {
 }
 
 /// Plans the project again on a fresh observation and runs only its record writes.
-async fn write_records(t: &Target, progress: &Progress) -> anyhow::Result<()> {
+pub(super) async fn write_records(t: &Target, progress: &Progress) -> anyhow::Result<()> {
     let Some(desired) = &t.desired else {
         return Ok(());
     };
