@@ -1,8 +1,9 @@
 //! `watch` on the real test cluster: a stopped replica is started again (`watch --once`), a
 //! member that joins gets the global service's instance from a running `watch` within
 //! seconds, a killed member's replicas are re-created on live members after the grace period
-//! and the surplus is removed when it comes back, and a second `watch` takes over when the
-//! lease holder dies.
+//! and the surplus is removed when it comes back, a second `watch` takes over when the
+//! lease holder dies, and `restart_policy` holds: a failing replica is restarted at most
+//! `max_attempts` times within `window`, then left stopped; `condition: none` never.
 //!
 //! The member-changing tests disturb other suites: run this suite on the Incus 7.0 line
 //! (`scripts/test-cluster up --incus 7.0 && set -a && . .test-cluster/env-7.0 && set +a &&
@@ -557,4 +558,199 @@ fn a_second_watch_takes_over_within_the_lease_time_when_the_holder_dies() {
     block_on(c.with_project(&f.name).stop_instance("web-1", 5, true)).expect("stop web-1");
     b.line("web-1 started", Duration::from_secs(30));
     assert_eq!(f.running(&[]).len(), 1);
+}
+
+/// A replica's process (`web`, busybox) that notes each start in `/starts` and exits with
+/// status 3: the first run after 10 s (time for `watch` to take its lease), then after 3 s.
+fn failing(policy: &str) -> String {
+    format!(
+        "  web:\n    image: busybox\n    network_mode: none\n    command: [\"sh\", \"-c\", \"echo x >> /starts; [ $$(wc -l < /starts) -eq 1 ] && sleep 7; sleep 3; exit 3\"]\n    deploy: {{restart_policy: {policy}}}\n"
+    )
+}
+
+/// How many times web-1's process started (lines of `/starts`; readable while it is stopped).
+fn starts(f: &Fixture) -> usize {
+    let bytes = block_on(f.client.with_project(&f.name).pull_file("web-1", "/starts"))
+        .expect("read /starts of web-1");
+    String::from_utf8_lossy(&bytes).lines().count()
+}
+
+#[test]
+fn a_replica_that_keeps_failing_is_restarted_max_attempts_times_within_the_window_then_left_stopped_and_reported()
+ {
+    let _turn = take_turn();
+    let c = client();
+    cluster(&c);
+    let f = Fixture::new("maxatt", &c);
+    f.write(&services(&failing(
+        "{condition: on-failure, max_attempts: 2, window: 60s}",
+    )));
+    let up = f.ok(&["up", "-d"]);
+    let w = f.spawn_watch(&["--interval", "1"], &[]);
+    w.line("holds the watch lease", Duration::from_secs(8));
+    let started = Instant::now();
+    let line = w.line("web-1 left stopped", Duration::from_secs(60));
+    assert!(
+        line.contains(
+            "web-1 left stopped: restarted 2 times within 60 s (restart_policy.max_attempts 2)"
+        ),
+        "{line}"
+    );
+    eprintln!(
+        "left stopped {:.1} s after watch took its lease",
+        started.elapsed().as_secs_f64()
+    );
+    // And it stays stopped: nobody (neither Incus nor watch) starts it again.
+    std::thread::sleep(Duration::from_secs(6));
+    assert!(f.running(&[]).is_empty(), "web-1 runs again");
+    assert_eq!(starts(&f), 3, "the first start and exactly 2 restarts");
+    let ps = f.ok(&["ps", "-a"]);
+    assert!(ps.contains("restart budget spent"), "{ps}\n(up said: {up})");
+    drop(w);
+}
+
+#[test]
+fn a_replica_with_restart_policy_condition_none_is_never_restarted_while_watch_runs() {
+    let _turn = take_turn();
+    let c = client();
+    cluster(&c);
+    let f = Fixture::new("condnone", &c);
+    f.write(&services(&failing("{condition: none, max_attempts: 2}")));
+    f.ok(&["up", "-d"]);
+    let w = f.spawn_watch(&["--interval", "1"], &[]);
+    w.line("holds the watch lease", Duration::from_secs(8));
+    f.wait_for("web-1 stopped", Duration::from_secs(30), |f| {
+        f.running(&[]).is_empty()
+    });
+    w.line("web-1 is stopped and left so", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_secs(8));
+    assert!(f.running(&[]).is_empty(), "web-1 was started again");
+    assert_eq!(starts(&f), 1, "web-1 was restarted");
+    drop(w);
+}
+
+#[test]
+fn an_unhealthy_replica_is_restarted_within_the_same_budget_then_stopped_and_left_stopped() {
+    let _turn = take_turn();
+    let c = client();
+    cluster(&c);
+    let f = Fixture::new("unhealthy", &c);
+    // Healthy for 4 s after each start, then its healthcheck fails (and stays failing); it
+    // stops cleanly on SIGTERM.
+    f.write(&services(
+        "  web:\n    image: busybox\n    network_mode: none\n    command: [\"sh\", \"-c\", \"trap 'exit 0' TERM; echo x >> /starts; touch /healthy; sleep 4; rm /healthy; while :; do sleep 1; done\"]\n    healthcheck: {test: [\"CMD\", \"test\", \"-e\", \"/healthy\"], interval: 1s, timeout: 2s, retries: 2}\n    deploy: {restart_policy: {condition: any, max_attempts: 2, window: 60s}}\n",
+    ));
+    f.ok(&["up", "-d"]);
+    let w = f.spawn_watch(&["--interval", "1"], &[]);
+    w.line("holds the watch lease", Duration::from_secs(8));
+    let started = Instant::now();
+    w.line("web-1 restarted: it was unhealthy", Duration::from_secs(30));
+    w.line("web-1 restarted: it was unhealthy", Duration::from_secs(30));
+    let line = w.line("web-1 left stopped", Duration::from_secs(30));
+    assert!(
+        line.contains("restarted 2 times within 60 s (restart_policy.max_attempts 2)"),
+        "{line}"
+    );
+    eprintln!(
+        "restarted twice for failing its healthcheck, then stopped: {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    f.wait_for("web-1 stopped", Duration::from_secs(20), |f| {
+        f.running(&[]).is_empty()
+    });
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(f.running(&[]).is_empty(), "web-1 runs again");
+    assert_eq!(starts(&f), 3, "the first start and exactly 2 restarts");
+    drop(w);
+}
+
+#[test]
+fn a_stopped_replica_is_started_by_watch_after_the_restart_policy_delay_and_counted() {
+    let _turn = take_turn();
+    let c = client();
+    cluster(&c);
+    let f = Fixture::new("delay", &c);
+    f.write(&services(
+        "  web:\n    image: busybox\n    network_mode: none\n    deploy: {restart_policy: {condition: any, delay: 4s, max_attempts: 3}}\n",
+    ));
+    f.ok(&["up", "-d"]);
+    let w = f.spawn_watch(&["--interval", "1"], &[]);
+    w.line("holds the watch lease", Duration::from_secs(8));
+    // Stopped from outside: Incus does not restart it, watch does, after the delay.
+    block_on(c.with_project(&f.name).stop_instance("web-1", 5, true)).expect("stop web-1");
+    let stopped = Instant::now();
+    let line = w.line("web-1 started", Duration::from_secs(20));
+    let took = stopped.elapsed();
+    assert!(line.contains("restart 1, restart_policy"), "{line}");
+    assert!(
+        took >= Duration::from_secs(3),
+        "started {took:?} after it stopped, before the 4 s delay"
+    );
+    f.wait_for("web-1 running", Duration::from_secs(10), |f| {
+        f.running(&[]).contains_key("web-1")
+    });
+    let i = block_on(c.with_project(&f.name).instance("web-1")).expect("read web-1");
+    let counted = i
+        .config
+        .get("user.incus-compose.restarts")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(counted.split(',').count(), 1, "{counted:?}");
+    drop(w);
+}
+
+#[test]
+fn watch_all_once_converges_every_compose_project_on_the_server_without_a_compose_file() {
+    let _turn = take_turn();
+    let c = client();
+    cluster(&c);
+    let a = Fixture::new("alla", &c);
+    let b = Fixture::new("allb", &c);
+    for f in [&a, &b] {
+        f.write(&services(&replicated(1)));
+        f.ok(&["up", "-d"]);
+        block_on(c.with_project(&f.name).stop_instance("web-1", 5, true)).expect("stop web-1");
+        assert!(f.running(&[]).is_empty());
+    }
+    // From a directory without a compose file, no -p: every compose project.
+    let out = command(&std::env::temp_dir(), &["watch", "--all", "--once"])
+        .output()
+        .expect("run incus-compose watch --all --once");
+    let log = String::from_utf8_lossy(&out.stdout).into_owned();
+    eprintln!(
+        "$ incus-compose watch --all --once  (exit {:?})\n{log}{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "watch --all --once failed");
+    for f in [&a, &b] {
+        assert!(
+            log.contains(&format!("[{}] web-1 started", f.name)),
+            "{} not converged: {log}",
+            f.name
+        );
+        assert_eq!(f.running(&[]).len(), 1, "{}", f.name);
+    }
+}
+
+#[test]
+fn watch_recreates_a_replica_of_a_service_with_a_file_secret_by_reading_it_back_from_another_replica()
+ {
+    let _turn = take_turn();
+    let c = client();
+    cluster(&c);
+    let f = Fixture::new("secret", &c);
+    std::fs::write(f.dir.path().join("pw.txt"), "s3cret-for-watch\n").expect("write secret");
+    f.write(
+        "name: {name}\nservices:\n  web:\n    image: busybox\n    network_mode: none\n    restart: always\n    secrets: [pw]\n    deploy: {replicas: 2}\nsecrets:\n  pw: {file: ./pw.txt}\n",
+    );
+    f.ok(&["up", "-d"]);
+    let p = c.with_project(&f.name);
+    block_on(p.stop_instance("web-2", 5, true)).expect("stop web-2");
+    block_on(async { p.delete_instance("web-2").await?.wait().await }).expect("delete web-2");
+    let log = f.watch_once();
+    assert!(log.contains("web-2 created"), "{log}");
+    let content = block_on(p.pull_file("web-2", "/run/secrets/pw")).expect("read the secret");
+    assert_eq!(String::from_utf8_lossy(&content), "s3cret-for-watch\n");
+    assert_eq!(f.running(&[]).len(), 2);
 }

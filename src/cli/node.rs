@@ -35,6 +35,37 @@ pub enum NodeCommand {
     Ls(LsArgs),
     /// Set or remove labels (`user.<key>` config) of a member
     Label(LabelArgs),
+    /// Move the member's replicas of every compose project to other members (start-first),
+    /// then mark it so nothing new is placed there
+    Drain(DrainArgs),
+    /// Undo `node drain`'s mark: the member takes new replicas again (nothing moves back)
+    Restore(RestoreArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DrainArgs {
+    /// The cluster member to drain
+    pub member: String,
+    /// Print the moves without changing anything
+    #[arg(long)]
+    pub dry_run: bool,
+    /// How many Incus operations run at once
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    pub parallel: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// The cluster member `node drain` marked
+    pub member: String,
+    /// Then move replicas (start-first) from members holding more than their share to those
+    /// holding less, so that each service spreads as it would from scratch (every compose
+    /// project, or `-p NAME`'s)
+    #[arg(long)]
+    pub rebalance: bool,
+    /// How many Incus operations run at once (with --rebalance)
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    pub parallel: usize,
 }
 
 #[derive(Debug, Clone, Copy, Default, ValueEnum)]
@@ -67,7 +98,52 @@ pub fn run(global: &GlobalArgs, args: &NodeArgs) -> anyhow::Result<ExitCode> {
     match &args.command {
         NodeCommand::Ls(a) => ls(global, a),
         NodeCommand::Label(a) => label(global, a),
+        NodeCommand::Drain(a) => drain(global, a),
+        NodeCommand::Restore(a) => restore(global, a),
     }
+}
+
+/// `node drain MEMBER`: every compose project (or `-p NAME`'s); no compose file needed.
+/// Exit 1 when a replica could not move (it stays, named with the reason) or an action failed.
+fn drain(global: &GlobalArgs, args: &DrainArgs) -> anyhow::Result<ExitCode> {
+    let base = engine::connect(global.remote.as_deref())?;
+    engine::progress::lines_to_stderr();
+    let o = engine::drain::DrainOptions {
+        member: args.member.clone(),
+        project: global.project_name.clone(),
+        dry_run: args.dry_run,
+        parallel: args.parallel,
+        no_wait_lock: global.no_wait_lock,
+    };
+    let ok = block_on(engine::drain::drain(&base, &o))??;
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn restore(global: &GlobalArgs, args: &RestoreArgs) -> anyhow::Result<ExitCode> {
+    let base = engine::connect(global.remote.as_deref())?;
+    let message = block_on(engine::drain::restore(&base, &args.member, args.rebalance))??;
+    println!("{message}");
+    if !args.rebalance {
+        return Ok(ExitCode::SUCCESS);
+    }
+    engine::progress::lines_to_stderr();
+    let o = engine::drain::DrainOptions {
+        member: args.member.clone(),
+        project: global.project_name.clone(),
+        dry_run: false,
+        parallel: args.parallel,
+        no_wait_lock: global.no_wait_lock,
+    };
+    let ok = block_on(engine::drain::rebalance(&base, &o))??;
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -80,6 +156,8 @@ struct Row {
     failure_domain: String,
     /// `scheduler.instance=manual`: keeps its replicas, gets no new ones.
     manual: bool,
+    /// Marked by `node drain` (until `node restore`).
+    drained: bool,
     labels: BTreeMap<String, String>,
     /// Replicas of the compose project per service; absent without a compose file.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -145,12 +223,18 @@ fn ls(global: &GlobalArgs, args: &LsArgs) -> anyhow::Result<ExitCode> {
                     .or_default() += 1;
             }
         }
+        let mut drained = std::collections::BTreeSet::new();
         let raw: BTreeMap<String, (String, String)> = if obs.observed.clustered {
             base.cluster_members()
                 .await
                 .context("cannot list cluster members")?
                 .into_iter()
-                .map(|m| (m.server_name, (m.status, m.message)))
+                .map(|m| {
+                    if m.config.contains_key(engine::drain::DRAINED_KEY) {
+                        drained.insert(m.server_name.clone());
+                    }
+                    (m.server_name, (m.status, m.message))
+                })
                 .collect()
         } else {
             BTreeMap::new()
@@ -178,6 +262,7 @@ fn ls(global: &GlobalArgs, args: &LsArgs) -> anyhow::Result<ExitCode> {
                     architecture: m.architecture.clone(),
                     failure_domain: m.failure_domain.clone(),
                     manual: m.manual,
+                    drained: drained.contains(&m.name),
                     labels: m.labels.clone(),
                     replicas: project
                         .as_ref()
@@ -211,7 +296,9 @@ fn print_table(rows: &[Row], compose: Option<&str>) {
         .iter()
         .map(|r| {
             let mut status = r.status.to_uppercase();
-            if r.manual {
+            if r.drained {
+                status.push_str(" (drained)");
+            } else if r.manual {
                 status.push_str(" (manual)");
             }
             let labels: Vec<String> = r.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -336,44 +423,7 @@ where
     changed
 }
 
-/// Attempts of a read-modify-write before giving up on a member others keep changing.
-const ATTEMPTS: u32 = 20;
-
-/// How long a written change must stay before `node label` trusts it (see [`Check`]).
-const SETTLE: std::time::Duration = std::time::Duration::from_millis(200);
-
-/// Verification of a read-modify-write. Incus 6.0 checks `If-Match` before, not inside, the
-/// transaction that writes, so two writes arriving together can both pass and the later one
-/// drops the other's keys (seen with six concurrent `node label` runs on one member). So after
-/// writing, `node label` reads again until its changes are there, and once more after
-/// [`SETTLE`], and writes again when they were lost.
-#[derive(Default)]
-struct Check {
-    wrote: bool,
-    seen_once: bool,
-}
-
-impl Check {
-    fn wrote(&mut self) {
-        self.wrote = true;
-        self.seen_once = false;
-    }
-
-    /// Given whether the state just read still needs a write: whether we are done (after a
-    /// pause when it is the first time a written change is seen in place).
-    async fn done(&mut self, needed: bool) -> bool {
-        if needed {
-            self.seen_once = false;
-            return false;
-        }
-        if !self.wrote || self.seen_once {
-            return true;
-        }
-        self.seen_once = true;
-        tokio::time::sleep(SETTLE).await;
-        false
-    }
-}
+use crate::engine::member::{ATTEMPTS, Check};
 
 fn label(global: &GlobalArgs, args: &LabelArgs) -> anyhow::Result<ExitCode> {
     let changes = changes(args)?;
@@ -420,42 +470,9 @@ async fn label_member(
     member: &str,
     changes: &BTreeMap<String, Option<String>>,
 ) -> anyhow::Result<BTreeMap<String, String>> {
-    let mut check = Check::default();
-    for _ in 0..ATTEMPTS {
-        let (m, etag) = match base.cluster_member_with_etag(member).await {
-            Ok(x) => x,
-            Err(e) if e.is_not_found() => {
-                let names: Vec<String> = base
-                    .cluster_members()
-                    .await
-                    .map(|ms| ms.into_iter().map(|m| m.server_name).collect())
-                    .unwrap_or_default();
-                bail!(
-                    "no cluster member {member:?} (members: {}); see `incus-compose node ls`",
-                    names.join(", ")
-                );
-            }
-            Err(e) => return Err(e).context(format!("cannot read cluster member {member:?}")),
-        };
-        let mut put = m.writable();
-        let needed = apply(&mut put.config, changes, str::to_string);
-        if check.done(needed).await {
-            return Ok(user_labels(&put.config));
-        }
-        if !needed {
-            continue;
-        }
-        match base
-            .update_cluster_member_if_match(member, &put, etag)
-            .await
-        {
-            Ok(()) => check.wrote(),
-            // Someone changed the member since we read it: read again.
-            Err(e) if e.status() == Some(412) => continue,
-            Err(e) => return Err(e).context(format!("cannot update cluster member {member:?}")),
-        }
-    }
-    bail!("cluster member {member:?} kept changing under us ({ATTEMPTS} attempts); try again")
+    let config =
+        engine::member::edit_member(base, member, |c| apply(c, changes, str::to_string)).await?;
+    Ok(user_labels(&config))
 }
 
 /// `PUT /1.0` body.

@@ -309,6 +309,7 @@ impl Context {
             remotes: obs.remotes.clone(),
             fence: self.lease.lock().unwrap_or_else(|e| e.into_inner()).clone(),
             revision: None,
+            desired: None,
         }
     }
 

@@ -96,6 +96,11 @@ pub fn run(global: &GlobalArgs, args: &PsArgs) -> anyhow::Result<ExitCode> {
                         Some(format!("{rest}->{target}/{proto}"))
                     })
                     .collect();
+                // Left stopped by `watch`: its restart_policy budget was spent.
+                let gave_up = !i.is_running()
+                    && i.config
+                        .get(ic_core::watch::restart::LABEL_GAVE_UP)
+                        .is_some_and(|g| !g.is_empty());
                 rows.push(Row {
                     slot: i.config.get(LABEL_SLOT).cloned().unwrap_or_default(),
                     name: i.name,
@@ -113,6 +118,9 @@ pub fn run(global: &GlobalArgs, args: &PsArgs) -> anyhow::Result<ExitCode> {
                     && let Some(r) = rows.last_mut()
                 {
                     r.state = "Retired".into();
+                }
+                if gave_up && let Some(r) = rows.last_mut() {
+                    r.state = format!("{} (restart budget spent)", r.state);
                 }
             }
             add_health(&ctx, &mut rows).await?;

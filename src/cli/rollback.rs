@@ -139,6 +139,7 @@ pub fn run(global: &GlobalArgs, args: &RollbackArgs) -> anyhow::Result<ExitCode>
         )
         .await?;
         t.revision = recorder.as_ref().map(|r| r.revision.number);
+        t.desired = Some(std::sync::Arc::new(d.clone()));
         let outcome = engine::execute_gated(&t, &plan, args.parallel, None).await;
         if let Some(r) = recorder {
             let number = r.revision.number;

@@ -217,6 +217,7 @@ pub fn run(global: &GlobalArgs, args: &UpArgs) -> anyhow::Result<ExitCode> {
         .await?;
         let mut target = ctx.target(&obs);
         target.revision = recorder.as_ref().map(|r| r.revision.number);
+        target.desired = Some(std::sync::Arc::new(desired.clone()));
         let outcome = engine::execute_gated(&target, &plan, args.parallel, Some(&gate)).await;
         if let Some(r) = recorder {
             let number = r.revision.number;

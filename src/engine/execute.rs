@@ -59,6 +59,9 @@ pub struct Target {
     pub fence: Option<super::lock::Lease>,
     /// The revision being deployed, when one is recorded (names volume snapshots).
     pub revision: Option<u64>,
+    /// What is deployed, when the caller planned it: start-first updates on spanning bridges
+    /// plan their record writes again from it (see `rollout::settle_marked`).
+    pub desired: Option<std::sync::Arc<ic_core::plan::Desired>>,
 }
 
 /// What happened.
@@ -281,7 +284,7 @@ async fn remove_acl_if_unused(t: &Target, acl: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn run(t: &Target, action: &Action) -> anyhow::Result<String> {
+pub(super) async fn run(t: &Target, action: &Action) -> anyhow::Result<String> {
     match action {
         Action::CreateProject { name, config } => {
             t.base

@@ -3,9 +3,11 @@
 //! decisions are made in `ic_core::plan` and `ic_core::schedule`.
 
 pub mod deployed;
+pub mod drain;
 mod execute;
 pub mod health;
 pub mod lock;
+pub mod member;
 mod observe;
 mod oci;
 pub mod progress;

@@ -29,6 +29,7 @@ fn member_of(m: &ic_incus::ClusterMember, instances: u32) -> Member {
         online: m.is_online() || m.status.eq_ignore_ascii_case("evacuated"),
         evacuated: m.status.eq_ignore_ascii_case("evacuated"),
         manual: m.config.get("scheduler.instance").map(String::as_str) == Some("manual"),
+        draining: false,
         roles: m.roles.clone(),
         architecture: m.architecture.clone(),
         failure_domain: m.failure_domain.clone(),

@@ -8,7 +8,11 @@
 //!   created and started.
 //! - `start-first`: the new replica is created beside the old one under the slot's other name
 //!   (`web-1` <-> `web-1-b`); the old one is stopped and retired once the new one runs
-//!   (healthy, with a healthcheck).
+//!   (healthy, with a healthcheck). On a spanning bridge the old one serves on until the
+//!   service's update is over: it is marked `replaced-by` when its replacement is ready, then
+//!   one write of the records names the new replicas (a write restarts the bridge's tunnels
+//!   on every member, so it is done once, while every slot has a replica serving), and only
+//!   then are the marked ones retired (see [`settle_marked`]).
 //! - Retired replicas are kept, stopped, until the service's update completes, then removed;
 //!   a rollback removes the new replicas and starts the retired ones again under their names.
 //!   Nothing is pulled or re-created for a rollback, and their anonymous volumes are theirs.
@@ -19,7 +23,10 @@ use std::time::Duration;
 use anyhow::Context as _;
 use futures_util::future::join_all;
 use ic_core::health::{Health, Tracker};
-use ic_core::plan::{InstancePlan, LABEL_PROJECT, LABEL_RETIRED, LABEL_SERVICE, RolloutSpec};
+use ic_core::plan::{
+    Action, InstancePlan, LABEL_PROJECT, LABEL_REPLACED_BY, LABEL_RETIRED, LABEL_SERVICE,
+    RolloutSpec,
+};
 use ic_core::rollout::{self, Config, NewReplica, Pace, Progress as Batches, State};
 use tokio::time::Instant;
 
@@ -101,6 +108,9 @@ impl PaceStore {
 /// How long removing a retired replica may take once the update completed.
 const REMOVE_DEADLINE: Duration = Duration::from_secs(60);
 
+/// How long stopping and retiring an old replica may take.
+const RETIRE_DEADLINE: Duration = Duration::from_secs(120);
+
 /// How long a member has to answer before it counts as not answering.
 const MEMBER_ANSWER: Duration = Duration::from_secs(5);
 
@@ -163,6 +173,8 @@ struct SlotRun {
     next_probe: Duration,
     /// The old replica: retired (stopped, labelled) yet, and under which name now.
     old_retired_as: Option<String>,
+    /// start-first on a spanning bridge: the old replica is marked replaced and still runs.
+    old_marked: bool,
 }
 
 impl SlotRun {
@@ -191,6 +203,7 @@ pub async fn run_service(
             tracker: None,
             next_probe: Duration::ZERO,
             old_retired_as: None,
+            old_marked: false,
         })
         .collect();
     let cfg = &spec.update;
@@ -235,6 +248,9 @@ pub async fn run_service(
         t, service, spec, cfg, deadline, &mut slots, clock, progress, false, &run,
     )
     .await;
+    if !matches!(result, Err((rollout::Action::Rollback, _))) {
+        settle_marked(t, &mut slots, progress).await;
+    }
     // The pace matters only to a run that resumes this update: gone once it ended (kept
     // when paused).
     if let Some(store) = &store
@@ -356,6 +372,7 @@ pub async fn run_service(
                     }
                 }
                 Err((_, more)) => {
+                    settle_marked(t, &mut back, progress).await;
                     let mut failed = failed;
                     failed.extend(named(&back, more));
                     Outcome {
@@ -699,6 +716,12 @@ async fn retire_replaced(
     now: Duration,
     progress: &Progress,
 ) {
+    // Members a moved start-first replica (host ports) starts on.
+    let port_targets: Vec<String> = slots
+        .iter()
+        .filter(|o| moved(o))
+        .map(|o| o.plan.member.clone())
+        .collect();
     for s in slots.iter_mut() {
         if s.old_retired_as.is_some() {
             continue;
@@ -712,25 +735,116 @@ async fn retire_replaced(
             continue;
         }
         let old = s.old_name().to_string();
-        let result = async {
-            stop(t, &old, s.plan.stop_timeout).await?;
-            retire(t, &old, &s.plan).await.map(|(n, _)| n)
-        };
-        let result = match tokio::time::timeout(deadline, result).await {
-            Ok(r) => r,
-            Err(_) => Err(anyhow::anyhow!("not done within {} s", deadline.as_secs())),
-        };
-        match result {
-            Ok(as_name) => {
-                progress.line(&format!(
-                    "[-] {old} stopped, {} serves its slot",
-                    s.plan.name
-                ));
-                s.old_retired_as = Some(as_name);
-            }
-            Err(e) => progress.line(&format!("[!] {old}: retiring it failed: {e:#}")),
+        if s.old_marked {
+            continue;
         }
+        // start-first with a host port: a later batch starts a replica on this member, so the
+        // old one stops now (it would hold the port until the records are written).
+        let frees_port = s
+            .plan
+            .old_member
+            .as_ref()
+            .is_some_and(|m| port_targets.contains(m));
+        if defers_records(t, &s.plan) && !frees_port {
+            match mark(t, &old, Some(&s.plan.name)).await {
+                Ok(()) => {
+                    progress.line(&format!(
+                        "[~] {} serves the slot of {old}, which serves on until the records name it",
+                        s.plan.name
+                    ));
+                    s.old_marked = true;
+                }
+                Err(e) => progress.line(&format!("[!] {old}: marking it replaced: {e:#}")),
+            }
+            continue;
+        }
+        retire_old(t, s, progress).await;
     }
+}
+
+/// Stops the old replica of a start-first slot and retires it.
+async fn retire_old(t: &Target, s: &mut SlotRun, progress: &Progress) {
+    let old = s.old_name().to_string();
+    let result = async {
+        stop(t, &old, s.plan.stop_timeout).await?;
+        retire(t, &old, &s.plan).await.map(|(n, _)| n)
+    };
+    // Not waited on past a replica's deadline (a member that went offline).
+    let result = match tokio::time::timeout(RETIRE_DEADLINE, result).await {
+        Ok(r) => r,
+        Err(_) => Err(anyhow::anyhow!(
+            "not done within {} s",
+            RETIRE_DEADLINE.as_secs()
+        )),
+    };
+    match result {
+        Ok(as_name) => {
+            progress.line(&format!(
+                "[-] {old} stopped, {} serves its slot",
+                s.plan.name
+            ));
+            s.old_retired_as = Some(as_name);
+            s.old_marked = false;
+        }
+        Err(e) => progress.line(&format!("[!] {old}: retiring it failed: {e:#}")),
+    }
+}
+
+/// Whether the old replica of a start-first slot serves on until the records of its spanning
+/// bridges name the new one: when the replica is on a spanning bridge (a fixed NIC address)
+/// and the records can be planned here (`Target::desired`).
+fn defers_records(t: &Target, plan: &InstancePlan) -> bool {
+    t.desired.is_some()
+        && plan.devices.values().any(|d| {
+            d.get("type").map(String::as_str) == Some("nic") && d.contains_key("ipv4.address")
+        })
+}
+
+/// Sets (`Some(new)`) or removes the `replaced-by` mark of instance `old`.
+async fn mark(t: &Target, old: &str, by: Option<&str>) -> anyhow::Result<()> {
+    let mut put = t.project.instance(old).await?.writable();
+    match by {
+        Some(new) => put.config.insert(LABEL_REPLACED_BY.into(), new.to_string()),
+        None => put.config.remove(LABEL_REPLACED_BY),
+    };
+    t.project.update_instance(old, &put).await?.wait().await?;
+    Ok(())
+}
+
+/// The end of a start-first update on a spanning bridge: one write of the records (planned
+/// again on a fresh observation: the marked old replicas have none, the new ones have
+/// theirs), then the marked old replicas are stopped and retired. A failed write is a
+/// warning: the old replicas are retired all the same, and the next `up` writes the records.
+async fn settle_marked(t: &Target, slots: &mut [SlotRun], progress: &Progress) {
+    if !slots.iter().any(|s| s.old_marked) {
+        return;
+    }
+    if let Err(e) = write_records(t, progress).await {
+        progress.line(&format!(
+            "[!] DNS records not updated after the update ({e:#}); the next `up` writes them"
+        ));
+    }
+    for s in slots.iter_mut().filter(|s| s.old_marked) {
+        retire_old(t, s, progress).await;
+    }
+}
+
+/// Plans the project again on a fresh observation and runs only its record writes.
+pub(super) async fn write_records(t: &Target, progress: &Progress) -> anyhow::Result<()> {
+    let Some(desired) = &t.desired else {
+        return Ok(());
+    };
+    let incus_project = t.project.project().unwrap_or("default").to_string();
+    let obs = super::observe(&t.base, &incus_project, false).await?;
+    let plan = ic_core::plan::diff(desired, &obs.observed, &Default::default())?;
+    for a in plan
+        .actions()
+        .filter(|a| matches!(a, Action::UpdateNetwork { .. }))
+    {
+        let line = super::execute::run(t, a).await?;
+        progress.line(&line);
+    }
+    Ok(())
 }
 
 /// Labels the stopped instance `old` retired; renames it `<old>-old` when the new replica
@@ -853,6 +967,10 @@ async fn remove_new(t: &Target, s: &SlotRun) -> anyhow::Result<()> {
 async fn restore(t: &Target, s: &mut SlotRun) -> anyhow::Result<String> {
     let old = s.old_name().to_string();
     let new = s.plan.name.clone();
+    if s.old_marked {
+        mark(t, &old, None).await?;
+        s.old_marked = false;
+    }
     if let Some(retired) = s.old_retired_as.take() {
         if retired != old {
             rename_stopped(t, &retired, &old).await?;

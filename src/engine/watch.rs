@@ -13,6 +13,7 @@
 //!   when a grace period ended, after an event stream reconnect, after a failed or deferred
 //!   action, and every [`RESYNC`] at the latest.
 //! - **Offline members**: see `ic_core::watch` (grace) and `plan::DiffOptions::grace`.
+//! - **restart_policy**: [`restart_policy`] (the rules in `ic_core::watch::restart`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -122,6 +123,8 @@ struct Watched {
     retry: bool,
     /// Stopped replicas left stopped (said once).
     left_stopped: BTreeSet<String>,
+    /// `restart_policy` counting (see [`restart_policy`]).
+    restarts: Restarts,
 }
 
 /// Runs `watch` until interrupted (or once).
@@ -149,8 +152,9 @@ pub async fn run(base: &Client, o: &WatchOptions) -> anyhow::Result<bool> {
     let mut last_members: Option<Vec<(String, String)>> = None;
     let mut known_members: Option<BTreeSet<String>> = None;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let exits = Exits::default();
     if !o.once {
-        tokio::spawn(follow_events(base.clone(), tx));
+        tokio::spawn(follow_events(base.clone(), tx, exits.clone()));
     }
     let mut last_full = Instant::now();
     let mut first = true;
@@ -259,9 +263,11 @@ pub async fn run(base: &Client, o: &WatchOptions) -> anyhow::Result<bool> {
                 warnings: Vec::new(),
                 retry: false,
                 left_stopped: BTreeSet::new(),
+                restarts: Restarts::default(),
             });
             let held = w.leader.as_ref().is_some_and(|g| g.lease().is_held());
-            if !why.is_empty() || w.retry || !held {
+            w.restarts.take_exits(&exits, &w.incus_project, held);
+            if !why.is_empty() || w.retry || !held || w.restarts.is_due(now_secs()) {
                 let grace_set = in_grace.clone();
                 match reconcile(base, w, &grace_set, &joined, o, &log).await {
                     Ok(ok) => all_ok &= ok,
@@ -273,6 +279,7 @@ pub async fn run(base: &Client, o: &WatchOptions) -> anyhow::Result<bool> {
                 }
             }
         }
+        exits.forget_others(&projects);
         if !why.is_empty() {
             last_full = Instant::now();
         }
@@ -288,6 +295,7 @@ pub async fn run(base: &Client, o: &WatchOptions) -> anyhow::Result<bool> {
             } else {
                 o.interval
             };
+        let wake = restarts_wake(&watched, wake);
         tokio::select! {
             m = rx.recv() => {
                 if let Some(m) = m {
@@ -304,7 +312,7 @@ pub async fn run(base: &Client, o: &WatchOptions) -> anyhow::Result<bool> {
 /// Follows Incus's lifecycle events, sending a reason for each that may need a reconcile;
 /// reconnects (after a pause) when the stream ends, and asks for a full resync then, since
 /// Incus replays nothing.
-async fn follow_events(base: Client, tx: tokio::sync::mpsc::UnboundedSender<String>) {
+async fn follow_events(base: Client, tx: tokio::sync::mpsc::UnboundedSender<String>, exits: Exits) {
     let filter = EventFilter {
         types: vec!["lifecycle".into()],
         all_projects: true,
@@ -320,6 +328,7 @@ async fn follow_events(base: Client, tx: tokio::sync::mpsc::UnboundedSender<Stri
                 while let Some(ev) = stream.next_event().await {
                     let Ok(ev) = ev else { break };
                     let Some(l) = ev.lifecycle() else { continue };
+                    exits.note(&ev.project, &l);
                     let relevant = matches!(
                         l.action.as_str(),
                         "instance-stopped"
@@ -373,6 +382,7 @@ async fn reconcile(
     }
     let held = w.leader.as_ref().is_some_and(|g| g.lease().is_held());
     if !held {
+        w.restarts.prober = None;
         if w.leader.take().is_some() {
             log.event(
                 &w.compose,
@@ -423,9 +433,10 @@ async fn reconcile(
         Some(x) => x,
         None => return Ok(true),
     };
+    let restarts_ok = restart_policy(base, w, &obs, &d, o.once, log).await;
     if plan.is_empty() {
         w.retry = !plan.warnings.is_empty() && plan.warnings.iter().any(|x| x.contains("offline"));
-        return Ok(true);
+        return Ok(restarts_ok);
     }
     let _ = (obs, d);
     // Act: under the project lock (waits for an `up` or `down` under way), then plan again
@@ -463,6 +474,7 @@ async fn reconcile(
         remotes: obs.remotes.clone(),
         fence: Some(guard.lease()),
         revision: None,
+        desired: Some(std::sync::Arc::new(d.clone())),
     };
     let outcome = super::execute_gated(&t, &plan, o.parallel, None).await;
     drop(guard);
@@ -482,7 +494,46 @@ async fn reconcile(
         );
     }
     w.retry = !outcome.ok();
-    Ok(outcome.ok())
+    Ok(outcome.ok() && restarts_ok)
+}
+
+/// The secret and config files of the deployed services (their contents are not kept in
+/// Incus), read back from a running replica of each service on an online member, and kept
+/// only when they have the sha256 the revision recorded. A service none can be read for
+/// is left out: planning names it (`revision::RevisionError::Secret`).
+async fn read_back_files(
+    base: &Client,
+    w: &Watched,
+    deployed: &revision::Revision,
+    obs: &ic_core::plan::Observed,
+) -> BTreeMap<String, Vec<ic_core::plan::PushFile>> {
+    let project = base.with_project(&w.incus_project);
+    let mut out = BTreeMap::new();
+    for (service, wanted) in revision::files_to_read_back(deployed) {
+        let replicas = obs.instances.iter().filter(|i| {
+            i.running
+                && i.label(LABEL_PROJECT) == Some(w.compose.as_str())
+                && i.label(ic_core::plan::LABEL_SERVICE) == Some(service.as_str())
+                && obs.members.iter().any(|m| m.name == i.location && m.online)
+        });
+        for i in replicas {
+            let mut files = Vec::new();
+            for f in &wanted {
+                match project.pull_file(&i.name, &f.path).await {
+                    Ok(content) => match revision::read_back_file(f, content) {
+                        Some(file) => files.push(file),
+                        None => break,
+                    },
+                    Err(_) => break,
+                }
+            }
+            if files.len() == wanted.len() {
+                out.insert(service.clone(), files);
+                break;
+            }
+        }
+    }
+    out
 }
 
 /// Observe, read the deployed revision, plan. `None` when the project has no completed
@@ -504,7 +555,8 @@ async fn plan_once(
         return Ok(None);
     };
     let obs = observe(base, &w.incus_project, true).await?;
-    let d = revision::desired_from(&w.compose, &w.incus_project, deployed, deployed, &[], None)
+    let read_back = read_back_files(base, w, deployed, &obs.observed).await;
+    let d = revision::deployed_desired(&w.compose, &w.incus_project, deployed, &read_back)
         .map_err(|e| anyhow::anyhow!("revision {}: {e}", deployed.number))?;
     let opts = DiffOptions {
         grace: grace.clone(),
@@ -512,6 +564,8 @@ async fn plan_once(
     };
     let mut plan =
         ic_core::plan::diff(&d, &obs.observed, &opts).map_err(|e| anyhow::anyhow!("{e}"))?;
+    // Replicas with a restart policy are started by `restart_policy` (counted, after delay).
+    ic_core::watch::restart::take_policy_starts(&mut plan, &d);
     let stopped = ic_core::watch::keep_stopped(&mut plan, &d);
     for name in &stopped {
         if !w.left_stopped.contains(name) {
@@ -540,4 +594,534 @@ async fn plan_once(
         w.warnings = plan.warnings.clone();
     }
     Ok(Some((plan, obs, d)))
+}
+
+// ---- restart_policy (see `ic_core::watch::restart`) ----
+
+/// An instance exit seen in Incus's events: `(Incus project, instance, unix seconds, Incus
+/// restarted it)`. Only exits Incus saw by itself (no requestor) count: an `incus restart`
+/// or `incus stop` someone asked for is not a failure.
+type Exit = (String, String, u64, bool);
+
+/// Exits seen by the event follower, taken by each project's round.
+#[derive(Clone, Default)]
+struct Exits(std::sync::Arc<std::sync::Mutex<Vec<Exit>>>);
+
+impl Exits {
+    /// Notes an `instance-restarted` (Incus's `boot.autorestart`) or `instance-shutdown`
+    /// (the init exited and Incus did not restart it) without a requestor.
+    fn note(&self, project: &str, l: &ic_incus::LifecycleEvent) {
+        let restarted = match l.action.as_str() {
+            "instance-restarted" => true,
+            "instance-shutdown" => false,
+            _ => return,
+        };
+        if !l.requestor.is_null() {
+            return;
+        }
+        let project = if l.project.is_empty() {
+            project
+        } else {
+            &l.project
+        };
+        if let Ok(mut v) = self.0.lock() {
+            v.push((project.to_string(), l.object_name(), now_secs(), restarted));
+            // Nobody takes them (no project watched): keep the newest only.
+            let n = v.len();
+            if n > 10_000 {
+                v.drain(..n - 10_000);
+            }
+        }
+    }
+}
+
+impl Exits {
+    /// Drops the exits of Incus projects not watched.
+    fn forget_others(&self, watched: &[(String, String)]) {
+        if let Ok(mut v) = self.0.lock() {
+            v.retain(|(p, ..)| watched.iter().any(|(_, ip)| ip == p));
+        }
+    }
+}
+
+/// An unhealthy replica: (name, what to do, keys to write, log lines).
+type RunningAction = (
+    String,
+    ic_core::watch::restart::Unhealthy,
+    BTreeMap<String, String>,
+    Vec<String>,
+);
+
+/// One project's `restart_policy` state in this process.
+#[derive(Default)]
+struct Restarts {
+    /// Exits seen since the last round (instance, unix seconds, Incus restarted it).
+    exits: Vec<(String, u64, bool)>,
+    /// Since when each stopped replica is stopped (its exit, or when first seen stopped).
+    stopped_since: BTreeMap<String, u64>,
+    /// Replicas said to be left stopped (said once).
+    said: BTreeSet<String>,
+    /// When a round is due (a delay ends, a restart ages out of its window).
+    due: Option<u64>,
+    /// The healthcheck prober of this project, while this process acts on it.
+    prober: Option<Prober>,
+}
+
+impl Restarts {
+    /// Takes this project's exits out of `all` (kept only while this process acts on it).
+    fn take_exits(&mut self, all: &Exits, incus_project: &str, held: bool) {
+        let Ok(mut v) = all.0.lock() else { return };
+        let mut rest = Vec::new();
+        for (p, name, at, restarted) in v.drain(..) {
+            if p == incus_project {
+                if held {
+                    self.exits.push((name, at, restarted));
+                }
+            } else {
+                rest.push((p, name, at, restarted));
+            }
+        }
+        *v = rest;
+    }
+
+    /// A round is due: a delay ended, a restart aged out, or the prober found a replica
+    /// unhealthy.
+    fn is_due(&self, now: u64) -> bool {
+        self.due.is_some_and(|d| d <= now)
+            || self
+                .prober
+                .as_ref()
+                .is_some_and(|p| p.verdicts.lock().map(|v| !v.is_empty()).unwrap_or(false))
+    }
+}
+
+/// `wake`, or sooner when a project's restart round is due; at most 2 s while a prober
+/// runs (its verdicts are acted on at the next wake).
+fn restarts_wake(watched: &BTreeMap<(String, String), Watched>, wake: Duration) -> Duration {
+    let now = now_secs();
+    let probing = watched.values().any(|w| w.restarts.prober.is_some());
+    let wake = if probing {
+        wake.min(Duration::from_secs(2))
+    } else {
+        wake
+    };
+    watched
+        .values()
+        .filter_map(|w| w.restarts.due)
+        .map(|d| Duration::from_secs(d.saturating_sub(now).max(1)))
+        .fold(wake, Duration::min)
+}
+
+/// `restart_policy` with `watch` running: for each replica of a service with a stored
+/// policy (`ic_core::watch::restart`), counts Incus's restarts, turns `boot.autorestart`
+/// off when the budget is spent and on when it is back, starts a stopped replica after
+/// `delay` (counted, under the project lock; `--once` does not wait for it) or leaves it
+/// stopped and says so once. Writes
+/// are fenced by the watch lease. `false` when something failed (tried again next round).
+async fn restart_policy(
+    base: &Client,
+    w: &mut Watched,
+    obs: &super::Observation,
+    d: &ic_core::plan::Desired,
+    once: bool,
+    log: &Log,
+) -> bool {
+    use ic_core::watch::restart::{self as rp, Stopped};
+    let now = now_secs();
+    let exits = std::mem::take(&mut w.restarts.exits);
+    let client = base.with_project(&w.incus_project);
+    let unhealthy = probe_unhealthy(base, w, d);
+    // Unhealthy running replicas: (name, what to do, keys to write, log lines).
+    let mut running_actions: Vec<RunningAction> = Vec::new();
+    let mut ok = true;
+    let mut due: Option<u64> = None;
+    let mut starts: Vec<(String, BTreeMap<String, String>, Vec<String>)> = Vec::new();
+    let mut stopped_now = BTreeSet::new();
+    for t in &d.services {
+        // A service without a stored policy: only its unhealthy replicas are handled here,
+        // restarted without a limit when it restarts (`restart: always`...); without a
+        // restart policy they are reported and left running, as docker compose leaves them.
+        let (p, stored) = match rp::policy_of(&t.config) {
+            Some(p) => (p, true),
+            None if ic_core::watch::restarts(&t.config) => {
+                (rp::RestartPolicy::unlimited(true), false)
+            }
+            None => {
+                for i in &obs.observed.instances {
+                    if i.running
+                        && i.label(ic_core::plan::LABEL_SERVICE) == Some(t.service.as_str())
+                        && let Some(why) = unhealthy.get(&i.name)
+                    {
+                        log.event(
+                            &w.compose,
+                            "unhealthy",
+                            &i.name,
+                            &format!("{why}: left running, its service has no restart policy"),
+                            None,
+                        );
+                    }
+                }
+                continue;
+            }
+        };
+        for i in &obs.observed.instances {
+            if i.config.is_empty()
+                || i.label(ic_core::plan::LABEL_SERVICE) != Some(t.service.as_str())
+                || i.label(ic_core::plan::LABEL_RETIRED)
+                    .is_some_and(|r| !r.is_empty())
+                || !(stored || i.running && unhealthy.contains_key(&i.name))
+            {
+                continue;
+            }
+            let mine: Vec<&(String, u64, bool)> =
+                exits.iter().filter(|(n, _, _)| n == &i.name).collect();
+            let stopped_since = if i.running {
+                w.restarts.stopped_since.remove(&i.name);
+                None
+            } else {
+                stopped_now.insert(i.name.clone());
+                let at = mine
+                    .iter()
+                    .filter(|(_, _, restarted)| !restarted)
+                    .map(|(_, at, _)| *at)
+                    .max()
+                    // `--once` cannot wait for a delay: it takes the stop as long past.
+                    .unwrap_or(if once { 0 } else { now });
+                Some(*w.restarts.stopped_since.entry(i.name.clone()).or_insert(at))
+            };
+            let r = rp::Replica {
+                name: i.name.clone(),
+                running: i.running,
+                config: i.config.clone(),
+                incus_restarts: mine
+                    .iter()
+                    .filter(|(_, _, restarted)| *restarted)
+                    .map(|(_, at, _)| *at)
+                    .collect(),
+                stopped_since,
+                unhealthy: i.running && unhealthy.contains_key(&i.name),
+            };
+            let a = rp::assess(&p, &r, now);
+            if let Some(u) = a.unhealthy {
+                let mut lines = vec![unhealthy.get(&i.name).cloned().unwrap_or_default()];
+                lines.extend(a.log);
+                running_actions.push((i.name.clone(), u, a.set, lines));
+                continue;
+            }
+            if let Some(x) = a.due {
+                due = Some(due.map_or(x, |d| d.min(x)));
+            }
+            if let Some(Stopped::Start) = a.stopped {
+                starts.push((i.name.clone(), a.set, a.log));
+                continue;
+            }
+            for line in &a.log {
+                log.event(&w.compose, "restart", &i.name, line, None);
+            }
+            if let Some(Stopped::Leave(m)) = &a.stopped
+                && w.restarts.said.insert(i.name.clone())
+            {
+                log.event(&w.compose, "left-stopped", &i.name, m, None);
+            }
+            if !a.set.is_empty()
+                && let Err(e) = set_keys(&client, w, &i.name, &a.set).await
+            {
+                ok = false;
+                log.event(
+                    &w.compose,
+                    "error",
+                    &i.name,
+                    &format!("{}: cannot update its restart count", i.name),
+                    Some(&format!("{e:#}")),
+                );
+            }
+        }
+    }
+    w.restarts.said.retain(|n| stopped_now.contains(n));
+    w.restarts
+        .stopped_since
+        .retain(|n, _| stopped_now.contains(n));
+    if !ok {
+        due = Some(now + 2);
+    }
+    w.restarts.due = due;
+    if starts.is_empty() && running_actions.is_empty() {
+        return ok;
+    }
+    // Starting is an action: under the project lock, as `up` acts.
+    let guard = match LockOptions::from_env(true) {
+        Ok(opts) => lock::acquire(base, &w.incus_project, &opts).await,
+        Err(e) => Err(e),
+    };
+    let guard = match guard {
+        Ok(Some(g)) => g,
+        Ok(None) => return ok,
+        Err(e) => {
+            log.event(&w.compose, "error", &w.compose, &format!("{e:#}"), None);
+            w.restarts.due = Some(now + 2);
+            return false;
+        }
+    };
+    for (name, set, lines) in starts {
+        for line in &lines {
+            log.event(&w.compose, "restart", &name, line, None);
+        }
+        let history = set
+            .get(rp::LABEL_RESTARTS)
+            .map(|h| rp::parse_history(h).len())
+            .unwrap_or(0);
+        let started = async {
+            guard.lease().fence()?;
+            set_keys(&client, w, &name, &set).await?;
+            client
+                .start_instance(&name)
+                .await
+                .with_context(|| format!("cannot start {name}"))
+        }
+        .await;
+        let message = format!("{name} started: it was stopped (restart {history}, restart_policy)");
+        match started {
+            Ok(()) => {
+                w.restarts.stopped_since.remove(&name);
+                log.event(&w.compose, "action", &name, &message, None);
+            }
+            Err(e) => {
+                ok = false;
+                w.restarts.due = Some(now + 2);
+                log.event(
+                    &w.compose,
+                    "action",
+                    &name,
+                    &message,
+                    Some(&format!("{e:#}")),
+                );
+            }
+        }
+    }
+    for (name, what, set, lines) in running_actions {
+        for line in lines.iter().filter(|l| !l.is_empty()) {
+            log.event(&w.compose, "unhealthy", &name, line, None);
+        }
+        let fence = guard.lease();
+        let done = async {
+            fence.fence()?;
+            set_keys(&client, w, &name, &set).await?;
+            let action = match what {
+                rp::Unhealthy::Restart => "restart",
+                rp::Unhealthy::Stop(_) => "stop",
+            };
+            // As `docker stop`: 10 s to stop cleanly, then forced.
+            let clean = match what {
+                rp::Unhealthy::Restart => client.restart_instance(&name, 10, false).await,
+                rp::Unhealthy::Stop(_) => client.stop_instance(&name, 10, false).await,
+            };
+            if clean.is_err() {
+                match what {
+                    rp::Unhealthy::Restart => client.restart_instance(&name, 0, true).await,
+                    rp::Unhealthy::Stop(_) => client.stop_instance(&name, 0, true).await,
+                }
+                .with_context(|| format!("cannot {action} {name}"))?;
+            }
+            Ok::<(), anyhow::Error>(())
+        }
+        .await;
+        let (kind, message) = match &what {
+            rp::Unhealthy::Restart => (
+                "action",
+                format!("{name} restarted: it was unhealthy (restart_policy)"),
+            ),
+            rp::Unhealthy::Stop(m) => {
+                w.restarts.said.insert(name.clone());
+                ("left-stopped", m.clone())
+            }
+        };
+        match done {
+            Ok(()) => log.event(&w.compose, kind, &name, &message, None),
+            Err(e) => {
+                ok = false;
+                w.restarts.due = Some(now + 2);
+                log.event(&w.compose, kind, &name, &message, Some(&format!("{e:#}")));
+            }
+        }
+    }
+    drop(guard);
+    ok
+}
+
+/// Runs (or stops) the project's healthcheck prober for the services of `d` with a
+/// healthcheck, and takes its verdicts: unhealthy replica -> the log line.
+fn probe_unhealthy(
+    base: &Client,
+    w: &mut Watched,
+    d: &ic_core::plan::Desired,
+) -> BTreeMap<String, String> {
+    let checks: BTreeMap<String, ic_core::health::Check> = d
+        .services
+        .iter()
+        .filter_map(|t| t.rollout.check.clone().map(|c| (t.service.clone(), c)))
+        .collect();
+    if checks.is_empty() {
+        w.restarts.prober = None;
+        return BTreeMap::new();
+    }
+    let prober = w
+        .restarts
+        .prober
+        .get_or_insert_with(|| Prober::spawn(base.with_project(&w.incus_project)));
+    if let Ok(mut c) = prober.checks.lock() {
+        *c = checks;
+    }
+    prober
+        .verdicts
+        .lock()
+        .map(|mut v| std::mem::take(&mut *v))
+        .unwrap_or_default()
+}
+
+type Shared<T> = std::sync::Arc<std::sync::Mutex<T>>;
+
+/// A task that runs the healthchecks of one project's running replicas, each at its
+/// `interval` (`start_interval` within `start_period`), counting Docker's way
+/// (`ic_core::health::Tracker`), and reports a replica once when it turns unhealthy (again
+/// after it restarted). Its cost: one instance list every [`PROBER_LIST`], one exec per
+/// probe, at most [`PROBER_PARALLEL`] at once. Stopped when dropped.
+struct Prober {
+    checks: Shared<BTreeMap<String, ic_core::health::Check>>,
+    verdicts: Shared<BTreeMap<String, String>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// How often the prober lists the project's instances.
+const PROBER_LIST: Duration = Duration::from_secs(5);
+/// Probes at once.
+const PROBER_PARALLEL: usize = 8;
+
+impl Drop for Prober {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Prober {
+    fn spawn(client: Client) -> Prober {
+        let checks: Shared<BTreeMap<String, ic_core::health::Check>> = Default::default();
+        let verdicts: Shared<BTreeMap<String, String>> = Default::default();
+        let task = tokio::spawn(probe_loop(client, checks.clone(), verdicts.clone()));
+        Prober {
+            checks,
+            verdicts,
+            task,
+        }
+    }
+}
+
+/// One replica's probing: its start (`last_used_at`), counter, next probe, and whether it
+/// was reported unhealthy since that start.
+struct Probed {
+    started: String,
+    tracker: ic_core::health::Tracker,
+    next: Instant,
+    reported: bool,
+}
+
+async fn probe_loop(
+    client: Client,
+    checks: Shared<BTreeMap<String, ic_core::health::Check>>,
+    verdicts: Shared<BTreeMap<String, String>>,
+) {
+    use super::health::{probe, since_start};
+    let mut probed: BTreeMap<String, Probed> = BTreeMap::new();
+    // (name, service, last_used_at) of running replicas, listed every PROBER_LIST.
+    let mut running: Vec<(String, String, String)> = Vec::new();
+    let mut listed: Option<Instant> = None;
+    loop {
+        let checks = checks.lock().map(|c| c.clone()).unwrap_or_default();
+        if listed.is_none_or(|t| t.elapsed() >= PROBER_LIST) {
+            listed = Some(Instant::now());
+            if let Ok(all) = client.instances().await {
+                running = all
+                    .into_iter()
+                    .filter(|i| {
+                        i.is_running() && !i.config.contains_key(ic_core::plan::LABEL_RETIRED)
+                    })
+                    .filter_map(|i| {
+                        let s = i.config.get(ic_core::plan::LABEL_SERVICE)?.clone();
+                        checks
+                            .contains_key(&s)
+                            .then_some((i.name, s, i.last_used_at))
+                    })
+                    .collect();
+            }
+        }
+        probed.retain(|n, _| running.iter().any(|(m, ..)| m == n));
+        let now = Instant::now();
+        let mut due = Vec::new();
+        for (name, service, started) in &running {
+            let Some(check) = checks.get(service) else {
+                continue;
+            };
+            let fresh = || Probed {
+                started: started.clone(),
+                tracker: ic_core::health::Tracker::new(check.clone()),
+                next: now,
+                reported: false,
+            };
+            let p = probed.entry(name.clone()).or_insert_with(fresh);
+            if &p.started != started {
+                *p = fresh();
+            }
+            if !p.reported && p.next <= now && due.len() < PROBER_PARALLEL {
+                due.push((name.clone(), check.clone(), started.clone()));
+            }
+        }
+        let results = futures_util::future::join_all(due.iter().map(|(name, check, _)| {
+            let client = client.clone();
+            async move { probe(&client, name, check).await }
+        }))
+        .await;
+        for ((name, check, started), r) in due.into_iter().zip(results) {
+            let Some(p) = probed.get_mut(&name) else {
+                continue;
+            };
+            let since = since_start(&started);
+            let status = p.tracker.record(since, r.ok);
+            p.next = Instant::now() + p.tracker.next_delay(since);
+            if status == ic_core::health::Health::Unhealthy {
+                p.reported = true;
+                if let Ok(mut v) = verdicts.lock() {
+                    v.insert(
+                        name.clone(),
+                        format!(
+                            "{name} is unhealthy: {} failed healthchecks in a row ({})",
+                            check.retries, r.output
+                        ),
+                    );
+                }
+            }
+        }
+        let next = probed
+            .values()
+            .filter(|p| !p.reported)
+            .map(|p| p.next.saturating_duration_since(Instant::now()))
+            .min()
+            .unwrap_or(Duration::from_secs(1))
+            .clamp(Duration::from_millis(200), Duration::from_secs(1));
+        tokio::time::sleep(next).await;
+    }
+}
+
+/// Writes restart-policy keys on a replica (fenced by the watch lease).
+async fn set_keys(
+    client: &Client,
+    w: &Watched,
+    name: &str,
+    set: &BTreeMap<String, String>,
+) -> anyhow::Result<()> {
+    if let Some(l) = &w.leader {
+        l.lease().fence()?;
+    }
+    client
+        .patch_instance(name, &serde_json::json!({ "config": set }))
+        .await
+        .with_context(|| format!("cannot update {name}"))
 }

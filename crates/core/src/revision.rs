@@ -302,14 +302,15 @@ impl StoredService {
         }
     }
 
-    /// The template back. Secret and config contents come from `current` (the template the
-    /// compose file gives now, when there is one): the file at the same path with the same
-    /// sha256, else [`RevisionError::Secret`].
+    /// The template back. Secret and config contents come from `current` (the files the
+    /// compose file gives now, or read back from a running replica): the file at the same
+    /// path, of the same secret or config, with the same sha256, else
+    /// [`RevisionError::Secret`].
     pub fn to_template(
         &self,
         revision: u64,
         service: &str,
-        current: Option<&InstanceTemplate>,
+        current: Option<&[PushFile]>,
     ) -> Result<InstanceTemplate, RevisionError> {
         let corrupt = |problem: String| RevisionError::Corrupt {
             revision,
@@ -342,7 +343,7 @@ impl StoredService {
             let content = match (&f.source, &f.content_hex, &f.sha256) {
                 (Some(source), _, Some(sha)) => {
                     let now = current
-                        .and_then(|t| t.files.iter().find(|c| c.path == f.path))
+                        .and_then(|files| files.iter().find(|c| c.path == f.path))
                         .filter(|c| c.source.as_ref() == Some(source));
                     let problem = match now {
                         None => "the compose file at hand does not deliver it there".to_string(),
@@ -569,6 +570,56 @@ pub fn with_revision(
     out
 }
 
+/// What `watch` converges to: the services of the deployed revision, as `up` deployed them;
+/// a replica `watch` must re-create rolls with the service's `update_config` (a rollback's
+/// `rollback_config` is for going back to an older revision, not for keeping this one).
+///
+/// Secret and config contents (not kept in Incus) come from `read_back`: per service, the
+/// files read from one of its running replicas (see [`files_to_read_back`]); each must have
+/// the sha256 the revision recorded.
+pub fn deployed_desired(
+    compose: &str,
+    incus_project: &str,
+    deployed: &Revision,
+    read_back: &BTreeMap<String, Vec<PushFile>>,
+) -> Result<Desired, RevisionError> {
+    let files = |service: &str| read_back.get(service).map(Vec::as_slice);
+    let mut d = desired_from_files(compose, incus_project, deployed, deployed, &[], &files)?;
+    for t in &mut d.services {
+        if let Some(s) = deployed.services.get(&t.service) {
+            t.rollout.update = s.update.clone();
+        }
+    }
+    Ok(d)
+}
+
+/// The secret and config files of `deployed` whose contents are not kept in Incus, per
+/// service (each with its path, `secret NAME` / `config NAME` source and sha256).
+pub fn files_to_read_back(deployed: &Revision) -> BTreeMap<String, Vec<StoredFile>> {
+    let mut out: BTreeMap<String, Vec<StoredFile>> = BTreeMap::new();
+    for (service, s) in &deployed.services {
+        for f in &s.files {
+            if f.source.is_some() && f.content_hex.is_none() && f.sha256.is_some() {
+                out.entry(service.clone()).or_default().push(f.clone());
+            }
+        }
+    }
+    out
+}
+
+/// `content` as the file `f` (read back from a replica) when it has the recorded sha256.
+pub fn read_back_file(f: &StoredFile, content: Vec<u8>) -> Option<PushFile> {
+    let file = PushFile {
+        path: f.path.clone(),
+        content: Some(content),
+        uid: f.uid,
+        gid: f.gid,
+        mode: f.mode,
+        source: f.source.clone(),
+    };
+    (file.digest().is_some() && file.digest() == f.sha256).then_some(file)
+}
+
 /// A desired state made of stored services (for `rollback`): the services of `target`
 /// (only `only` when given, the others as in `deployed`), with no networks or volumes to
 /// create (they exist). Each service rolls with `rollback_config` of the deployed revision.
@@ -579,6 +630,23 @@ pub fn desired_from(
     deployed: &Revision,
     only: &[String],
     current: Option<&Desired>,
+) -> Result<Desired, RevisionError> {
+    let files = |service: &str| {
+        current
+            .and_then(|d| d.services.iter().find(|t| t.service == service))
+            .map(|t| t.files.as_slice())
+    };
+    desired_from_files(compose, incus_project, target, deployed, only, &files)
+}
+
+/// [`desired_from`], with the secret and config files of each service from `files`.
+fn desired_from_files<'a>(
+    compose: &str,
+    incus_project: &str,
+    target: &Revision,
+    deployed: &Revision,
+    only: &[String],
+    files: &dyn Fn(&str) -> Option<&'a [PushFile]>,
 ) -> Result<Desired, RevisionError> {
     let mut services = Vec::new();
     let names: BTreeSet<&String> = target
@@ -595,8 +663,7 @@ pub fn desired_from(
                 None => continue,
             },
         };
-        let now = current.and_then(|d| d.services.iter().find(|t| &t.service == name));
-        let mut t = stored.to_template(rev, name, now)?;
+        let mut t = stored.to_template(rev, name, files(name))?;
         if let Some(d) = deployed.services.get(name) {
             t.rollout.update = d.rollback.clone();
         }
@@ -713,7 +780,9 @@ secrets:
         let json = serde_json::to_string(&stored).unwrap();
         assert!(!json.contains("hunter2"), "the secret is stored: {json}");
         let back: StoredService = serde_json::from_str(&json).unwrap();
-        let t = back.to_template(1, "web", Some(&d.services[0])).unwrap();
+        let t = back
+            .to_template(1, "web", Some(&d.services[0].files))
+            .unwrap();
         assert_eq!(t, d.services[0]);
     }
 
@@ -723,7 +792,7 @@ secrets:
         let now = desired_of(APP, "changed");
         let stored = StoredService::from_template(&old.services[0]);
         let err = stored
-            .to_template(4, "web", Some(&now.services[0]))
+            .to_template(4, "web", Some(&now.services[0].files))
             .unwrap_err();
         assert!(err.to_string().contains("secret pw"), "{err}");
         assert!(err.to_string().contains("changed"), "{err}");
@@ -792,5 +861,49 @@ secrets:
         );
         let d = desired_from("shop", "shop", &r1, &r2, &["other".into()], Some(&v2)).unwrap();
         assert_eq!(d.services[0].hash, v2.services[0].hash);
+    }
+
+    #[test]
+    fn what_watch_converges_to_takes_secrets_read_back_from_a_replica_with_the_recorded_hash() {
+        let v1 = desired_of(APP, "s3cret");
+        let r1 = revision(1, &v1, Outcome::Completed);
+        let wanted = files_to_read_back(&r1);
+        assert_eq!(wanted.keys().collect::<Vec<_>>(), ["web"]);
+        assert_eq!(wanted["web"].len(), 1);
+        let f = &wanted["web"][0];
+        assert_eq!(f.source.as_deref(), Some("secret pw"));
+        assert!(read_back_file(f, b"changed".to_vec()).is_none());
+        let good = read_back_file(f, b"s3cret".to_vec()).expect("the recorded content");
+        // Without the contents: refused, naming the secret.
+        let err = deployed_desired("shop", "shop", &r1, &BTreeMap::new()).unwrap_err();
+        assert!(err.to_string().contains("secret pw"), "{err}");
+        let read = BTreeMap::from([("web".to_string(), vec![good])]);
+        let d = deployed_desired("shop", "shop", &r1, &read).unwrap();
+        assert_eq!(d.services[0].hash, v1.services[0].hash);
+        let pushed = d.services[0]
+            .files
+            .iter()
+            .find(|x| x.source.as_deref() == Some("secret pw"))
+            .expect("the secret is pushed");
+        assert_eq!(pushed.content.as_deref(), Some(&b"s3cret"[..]));
+    }
+
+    #[test]
+    fn what_watch_converges_to_rolls_with_update_config_not_rollback_config() {
+        let v1 = desired_of(APP, "x");
+        let r1 = revision(1, &v1, Outcome::Completed);
+        let read = BTreeMap::from([(
+            "web".to_string(),
+            vec![read_back_file(&files_to_read_back(&r1)["web"][0], b"x".to_vec()).unwrap()],
+        )]);
+        let update = &v1.services[0].rollout.update;
+        assert_ne!(
+            update, &v1.services[0].rollout.rollback,
+            "the test needs them to differ"
+        );
+        let d = deployed_desired("shop", "shop", &r1, &read).unwrap();
+        assert_eq!(&d.services[0].rollout.update, update);
+        assert!(update.start_first && update.parallelism == 2);
+        assert_eq!(d.services[0].hash, v1.services[0].hash);
     }
 }

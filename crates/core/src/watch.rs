@@ -5,6 +5,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+pub mod restart;
+
 use crate::plan::{Action, Desired, Plan};
 
 /// Incus's default `cluster.offline_threshold`, in seconds.

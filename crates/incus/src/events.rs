@@ -62,6 +62,9 @@ pub struct LifecycleEvent {
     pub name: String,
     /// Project of the object when given.
     pub project: String,
+    /// Who asked (`username`, `protocol`, `address`); null when Incus acted on its own, e.g.
+    /// an instance's `boot.autorestart` restart after its init exited.
+    pub requestor: serde_json::Value,
 }
 
 impl LifecycleEvent {

@@ -42,6 +42,27 @@ fn subnet_of(net: &DesiredNetwork, obs: &Observed, network_stage: &[Action]) -> 
     Subnet::parse(&address, Some(gateway)).ok()
 }
 
+/// The new replicas of start-first slots (a `Recreate` under the slot's other name) whose
+/// instance does not exist yet.
+fn unborn_alternates(
+    obs: &Observed,
+    service_actions: &BTreeMap<String, Vec<Action>>,
+) -> BTreeSet<String> {
+    service_actions
+        .values()
+        .flatten()
+        .filter_map(|a| match a {
+            Action::Recreate(p)
+                if p.old_name.as_deref().is_some_and(|o| o != p.name)
+                    && !obs.instances.iter().any(|i| i.name == p.name) =>
+            {
+                Some(p.name.clone())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
 /// Gives every replica on a spanning bridge its address (in the `Create`/`Recreate` actions of
 /// `service_actions`) and writes the bridge's DNS records (in `network_stage`).
 /// `placement`: every placed replica (member, instance, service); `removed`: instances removed.
@@ -86,12 +107,15 @@ pub(super) fn assign(
                 fixed.insert(name.clone(), a);
             }
         }
-        // Instances of this project that stay but were not planned (services not selected).
+        // Instances of this project that stay but were not planned (services not selected,
+        // and the old replicas of start-first slots, which serve until the update is over).
         for i in &obs.instances {
             // Retired replicas (kept stopped for a rollback) have no record: the replica
-            // that took their slot has their address.
+            // that took their slot has their address. Nor have old replicas whose start-first
+            // replacement is ready (they go once the records name it).
             if i.label(LABEL_PROJECT) != Some(compose)
                 || i.label(super::LABEL_RETIRED).is_some()
+                || i.label(super::LABEL_REPLACED_BY).is_some()
                 || removed.contains(&i.name)
                 || members.iter().any(|(n, _)| n == &i.name)
             {
@@ -149,9 +173,16 @@ pub(super) fn assign(
                 p.config.insert(label.clone(), ip.to_string());
             }
         }
-        // DNS: each replica by name, each service name and alias by every replica.
+        // DNS: each replica by name, each service name and alias by every replica. A new
+        // start-first replica not created yet gets its record after its update (see
+        // `unborn_alternates`): until then its old replica serves under the old records, so
+        // an update writes no records at its start (a write restarts the tunnels).
+        let unborn = unborn_alternates(obs, service_actions);
         let mut records = Vec::new();
         for (name, service) in &members {
+            if unborn.contains(name) {
+                continue;
+            }
             let Some(a) = address.get(name) else {
                 continue;
             };

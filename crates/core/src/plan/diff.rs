@@ -31,6 +31,16 @@ pub struct DiffOptions {
     /// stranded instance keeps its name in Incus's database), and their removal is deferred
     /// until the member is back.
     pub grace: BTreeSet<String>,
+    /// Members being drained (`node drain`): their replicas are re-created on other members
+    /// under the slot's other name (`web-3` <-> `web-3-b`, labelled
+    /// `user.incus-compose.replaces`), and the old ones removed; a replica that no member can
+    /// take stays (pending). Global services' replicas there are removed. The engine runs the
+    /// creations, waits until they run (healthy), then the removals.
+    pub drain: BTreeSet<String>,
+    /// Replicas (instance names) to move elsewhere as a drain moves them (`node restore
+    /// --rebalance`, see `plan::drain::rebalance_evictions`): the scheduler places their slots
+    /// again as if their member were gone.
+    pub evict: BTreeSet<String>,
 }
 
 /// `down` flags.
@@ -343,6 +353,14 @@ struct Replicas {
     deferred: Vec<(String, String, String)>,
     /// Per service: the slots of a start-first update replaced stop-first (host ports).
     stop_first: BTreeMap<String, BTreeSet<String>>,
+    /// Warnings about local data a replacement leaves on an offline member.
+    left_behind: Vec<String>,
+    /// Members being drained ([`DiffOptions::drain`]).
+    draining: BTreeSet<String>,
+    /// Replicas being moved by a rebalance ([`DiffOptions::evict`]).
+    evict: BTreeSet<String>,
+    /// Members Incus lists as evacuated (for the reasons given).
+    evacuated: BTreeSet<String>,
 }
 
 impl Replicas {
@@ -487,9 +505,10 @@ fn keeper_rank(
     other: &ObservedInstance,
     t: &InstanceTemplate,
     offline: &BTreeSet<String>,
-) -> (bool, bool, bool, bool, std::cmp::Reverse<String>) {
+) -> (bool, bool, bool, bool, bool, std::cmp::Reverse<String>) {
     (
         !offline.contains(&i.location),
+        i.label(super::LABEL_REPLACED_BY).is_none(),
         i.label(LABEL_REPLACES) == Some(other.name.as_str()),
         i.label(LABEL_HASH) == Some(t.hash.as_str()),
         i.running,
@@ -519,7 +538,16 @@ fn replica_actions(
         .filter(|i| is_ours(&i.config, compose))
         .chain(recognised.iter())
         .collect();
-    let (existing, by_slot, surplus) = observed_replicas(d, &ours, &offline);
+    let (mut existing, by_slot, surplus) = observed_replicas(d, &ours, &offline);
+    // Evicted replicas: placed again as if their member were gone (they stay until moved).
+    for e in &mut existing {
+        if by_slot
+            .get(&(e.service.clone(), e.slot.clone()))
+            .is_some_and(|i| o.evict.contains(&i.name))
+        {
+            e.member.clear();
+        }
+    }
     let specs: Vec<_> = d.services.iter().map(|t| t.spec.clone()).collect();
     // Members within their grace period keep their replicas but take no new ones.
     let members: Vec<schedule::Member> = obs
@@ -531,6 +559,7 @@ fn replica_actions(
                 m.online = true;
                 m.manual = true;
             }
+            m.draining |= o.drain.contains(&m.name);
             m
         })
         .collect();
@@ -548,6 +577,15 @@ fn replica_actions(
         offline,
         deferred: Vec::new(),
         stop_first: BTreeMap::new(),
+        left_behind: Vec::new(),
+        draining: o.drain.clone(),
+        evict: o.evict.clone(),
+        evacuated: obs
+            .members
+            .iter()
+            .filter(|m| m.evacuated)
+            .map(|m| m.name.clone())
+            .collect(),
     };
     orphans(d, &ours, o, &mut r, warnings);
     for (i, why) in surplus {
@@ -610,6 +648,7 @@ fn replica_actions(
         }
     }
     retired(d, &ours, &mut r);
+    warnings.append(&mut r.left_behind);
     for (name, member, why) in &r.deferred {
         warnings.push(format!(
             "{name} is on member {member}, which is offline: its removal ({why}) waits until the member is back"
@@ -816,15 +855,27 @@ fn slot_action(
     };
     let alternate = t.alternate_name(slot_text);
     let stranded = current.is_some_and(|i| r.offline.contains(&i.location));
+    // Leaving a member being drained: start-first, beside the old one (removed after).
+    let evicted = current.is_some_and(|i| r.evict.contains(&i.name) && i.location != member);
+    let drained = evicted
+        || current.is_some_and(|i| r.draining.contains(&i.location) && i.location != member);
     let actions = r.service_actions.entry(t.service.clone()).or_default();
+    let mut recreated = false;
     match current {
         None => actions.push(Action::Create(Box::new(plan("new", None)))),
         // Kept on an offline member (within its grace period): left alone.
         Some(i) if stranded && i.location == member => r.unchanged.push(i.name.clone()),
         // Stranded on an offline member: a replacement elsewhere, under the slot's other
-        // name (the stranded one keeps its name in Incus until its member is back).
-        Some(i) if stranded => {
-            let why = format!("member {} offline", i.location);
+        // name (the stranded one keeps its name in Incus until its member is back). Drained:
+        // the same, so that both run at once for a while.
+        Some(i) if stranded || drained => {
+            let why = if evicted {
+                format!("rebalanced from {}", i.location)
+            } else if drained {
+                format!("member {} drained", i.location)
+            } else {
+                format!("member {} offline", i.location)
+            };
             let other = if i.name == name {
                 alternate.clone()
             } else {
@@ -835,6 +886,22 @@ fn slot_action(
                     let mut p = plan(&why, None);
                     p.name = other.clone();
                     p.config.insert(LABEL_REPLACES.into(), i.name.clone());
+                    // The replacement is the one placed (its address and DNS records on a
+                    // spanning network).
+                    if let Some(last) = r.placement.last_mut() {
+                        last.1 = other.clone();
+                    }
+                    // Local volumes cannot follow: their data stays on the offline member
+                    // (a drain names the volumes it leaves itself: `engine::drain`).
+                    if stranded && !t.volumes.is_empty() && !d.shared_storage {
+                        r.left_behind.push(format!(
+                            "{} replaces {} on {member} without its data: volume(s) {} are local to {}, which is offline; their data there stays there (the new replica uses {member}'s copy)",
+                            other,
+                            i.name,
+                            t.volumes.join(", "),
+                            i.location
+                        ));
+                    }
                     r.claimed.insert(other, t.service.clone());
                     actions.push(Action::Create(Box::new(p)));
                     r.remove(i, t.stop_timeout, format!("replaced: {why}"));
@@ -853,6 +920,9 @@ fn slot_action(
         {
             let why = if i.name != name {
                 format!("renamed from {}", i.name)
+            } else if r.evacuated.contains(&i.location) {
+                // Stopped there by `incus cluster evacuate` (one Incus moved is elsewhere).
+                format!("member {} evacuated", i.location)
             } else {
                 format!("moved from {}", i.location)
             };
@@ -880,12 +950,13 @@ fn slot_action(
                 }
                 if p.name != name {
                     r.claimed.insert(p.name.clone(), t.service.clone());
-                    // The new replica runs beside the old one: it is the one placed (its own
-                    // address and DNS record on a spanning network).
-                    if let Some(last) = r.placement.last_mut() {
-                        last.1 = p.name.clone();
-                    }
                 }
+                // The new replica is the one placed (its own address and DNS record on a
+                // spanning network), also when it takes the slot's usual name back.
+                if let Some(last) = r.placement.last_mut() {
+                    last.1 = p.name.clone();
+                }
+                recreated = true;
                 actions.push(Action::Recreate(Box::new(p)));
             }
             None if !i.running && !o.no_start => actions.push(Action::Start {
@@ -894,6 +965,16 @@ fn slot_action(
             }),
             None => r.unchanged.push(i.name.clone()),
         },
+    }
+    // A replica kept under the slot's other name (after a start-first update) is placed
+    // under that name: its records name it, with its address.
+    if let Some(i) = current
+        && Some(&i.name) == alternate.as_ref()
+        && !stranded
+        && !recreated
+        && let Some(last) = r.placement.iter_mut().rev().find(|p| p.1 == name)
+    {
+        last.1 = i.name.clone();
     }
     Ok(())
 }

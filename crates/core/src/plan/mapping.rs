@@ -9,7 +9,7 @@
 //! | `deploy.resources.limits.cpus` | whole numbers: `limits.cpu = N`; fractions: `limits.cpu.allowance = <cpus*100>ms/100ms` (a hard quota, as Docker's) |
 //! | `deploy.resources.limits.memory` | `limits.memory = <bytes>` |
 //! | `deploy.resources.limits.pids` | `limits.processes` |
-//! | `restart` / `deploy.restart_policy.condition` | `no`/`none`: nothing; `always`/`unless-stopped`/`any`: `boot.autostart` + `boot.autorestart`; `on-failure`: `boot.autorestart` |
+//! | `restart` / `deploy.restart_policy.condition` | `no`/`none`: nothing; `always`/`unless-stopped`/`any`: `boot.autostart` + `boot.autorestart`; `on-failure`: `boot.autorestart`; with `delay`/`max_attempts`/`window` (or `on-failure:N`): also `user.incus-compose.restart-policy`, counted by `watch` |
 //! | `privileged: true` | `security.privileged = true` |
 //! | `ports` | a `proxy` device per port: `listen: <proto>:<host_ip or 0.0.0.0>:<published>`, `connect: <proto>:127.0.0.1:<target>` |
 //! | `networks` | a `nic` device `eth0`, `eth1`, ... per network (`network: <bridge>`), `ipv4_address` -> `ipv4.address`, `mac_address` -> `hwaddr`; `network_mode: none`: no NIC |
@@ -143,24 +143,15 @@ pub fn restart(
         }
         Some(RestartCondition::None) | None => {}
     }
-    if let Some(p) = policy {
-        let mut ignored = Vec::new();
-        if p.delay.is_some() {
-            ignored.push("delay");
-        }
-        if p.max_attempts.is_some() {
-            ignored.push("max_attempts");
-        }
-        if p.window.is_some() {
-            ignored.push("window");
-        }
-        if !ignored.is_empty() {
-            warnings.push(format!(
-                "service {:?}: deploy.restart_policy {} ignored: Incus restarts at once, without limit",
-                service.name,
-                ignored.join(", ")
-            ));
-        }
+    if let Some(rp) = policy.and_then(crate::watch::restart::RestartPolicy::from_compose) {
+        config.insert(
+            crate::watch::restart::LABEL_RESTART_POLICY.into(),
+            rp.encode(),
+        );
+        warnings.push(format!(
+            "service {:?}: deploy.restart_policy delay, max_attempts and window are kept only while `incus-compose watch` runs; without it Incus restarts at once, up to 10 times a minute",
+            service.name
+        ));
     }
 }
 
@@ -1412,7 +1403,17 @@ mod tests {
         let (c, w) = run(None, Some(RestartCondition::OnFailure));
         assert_eq!(c.get("boot.autorestart").map(String::as_str), Some("true"));
         assert!(!c.contains_key("boot.autostart"));
-        assert!(w[0].contains("delay"), "{w:?}");
+        assert!(
+            w[0].contains("only while `incus-compose watch` runs"),
+            "{w:?}"
+        );
+        assert_eq!(
+            c[crate::watch::restart::LABEL_RESTART_POLICY],
+            "condition=on-failure delay=5 max_attempts=0 window=0"
+        );
+        let (c, w) = run(Some("always"), None);
+        assert!(!c.contains_key(crate::watch::restart::LABEL_RESTART_POLICY));
+        assert!(w.is_empty());
         let (c, _) = run(None, Some(RestartCondition::None));
         assert!(c.is_empty());
     }

@@ -40,6 +40,7 @@ pub mod storage;
 mod addresses;
 mod desired;
 mod diff;
+pub mod drain;
 mod network;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -83,15 +84,22 @@ pub const LABEL_RETIRED: &str = "user.incus-compose.retired";
 /// On a replica made to replace one stranded on an offline member: the stranded one's name.
 /// When that member comes back, the slot has two replicas: this one is kept, the other removed.
 pub const LABEL_REPLACES: &str = "user.incus-compose.replaces";
+/// On the old replica of a start-first slot whose new replica is ready: the new one's name.
+/// It still runs (and still has its DNS records) until the update of its service is over and
+/// the records name the new replicas; then it is retired. The planner gives it no records,
+/// and when a slot has both, keeps the other.
+pub const LABEL_REPLACED_BY: &str = "user.incus-compose.replaced-by";
 
 /// Config keys Incus applies to a running container, so that a change of them alone is
 /// applied in place, without a restart: resource limits (except `limits.kernel.*`, which
-/// take effect at start), `boot.*`, snapshot schedules and the compose `labels`.
+/// take effect at start), `boot.*`, snapshot schedules, the compose `labels` and the restart
+/// policy `watch` reads (a changed `restart_policy` never re-creates a running replica).
 pub fn live_key(key: &str) -> bool {
     (key.starts_with("limits.") && !key.starts_with("limits.kernel."))
         || key.starts_with("boot.")
         || key.starts_with("snapshots.")
         || key.starts_with("user.label.")
+        || key == crate::watch::restart::LABEL_RESTART_POLICY
 }
 
 /// How a rolling update of a service goes (see [`crate::rollout`]).
@@ -1026,6 +1034,8 @@ pub fn check_platforms(
 mod tests;
 #[cfg(test)]
 mod tests_deploy;
+#[cfg(test)]
+mod tests_drain;
 #[cfg(test)]
 mod tests_rollout;
 #[cfg(test)]

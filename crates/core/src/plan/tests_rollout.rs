@@ -72,6 +72,43 @@ fn a_limits_only_change_is_applied_in_place_without_a_restart() {
 }
 
 #[test]
+fn a_changed_restart_policy_is_applied_in_place_and_a_new_one_too() {
+    let with = |p: &str| {
+        WEB.replace(
+            "      resources:",
+            &format!("      restart_policy: {p}\n      resources:"),
+        )
+    };
+    let key = crate::watch::restart::LABEL_RESTART_POLICY;
+    for (before, after, want) in [
+        (
+            WEB.to_string(),
+            with("{condition: on-failure, max_attempts: 2}"),
+            "condition=on-failure delay=0 max_attempts=2 window=0",
+        ),
+        (
+            with("{condition: on-failure, max_attempts: 2}"),
+            with("{condition: on-failure, max_attempts: 3, window: 1m}"),
+            "condition=on-failure delay=0 max_attempts=3 window=60",
+        ),
+    ] {
+        let obs = deployed(&before);
+        let plan = up(&after, &obs, &DiffOptions::default()).unwrap();
+        let mut n = 0;
+        for a in plan.actions() {
+            match a {
+                Action::UpdateInPlace { set, .. } => {
+                    assert_eq!(set.get(key).map(String::as_str), Some(want));
+                    n += 1;
+                }
+                other => panic!("unexpected {other}"),
+            }
+        }
+        assert_eq!(n, 3);
+    }
+}
+
+#[test]
 fn removing_a_limit_in_place_clears_its_key() {
     let obs = deployed(WEB);
     let plan = up(

@@ -605,3 +605,123 @@ fn a_creation_left_pending_on_the_members_is_finished_with_a_subnet_and_a_vni() 
         Err(PlanError::NotOurs { .. })
     ));
 }
+
+/// A start-first update on a spanning bridge writes no records at its start (a write restarts
+/// the tunnels on every member): the old replicas keep their records while the new ones start.
+/// Once the old ones are marked replaced, one write names the new replicas only.
+#[test]
+fn a_start_first_update_writes_records_once_after_the_new_replicas_run() {
+    let v1 = "name: shop\nservices:\n  app:\n    image: testapp/v1\n    deploy: {replicas: 2, update_config: {order: start-first}}\n    networks: [back]\nnetworks:\n  back: {}\n";
+    let v2 = v1.replace("testapp/v1", "testapp/v2");
+    let mut f = facts();
+    f.image_aliases.insert("testapp/v2".into());
+    let first = plan_up(&load(v1), &f, &cluster(), &opts(&[]), &Default::default()).unwrap();
+    let obs = apply(&first, &cluster());
+    let net = naming::span_network_name("shop", "back");
+    let dnsmasq = |o: &Observed| {
+        o.networks.iter().find(|n| n.name == net).unwrap().config["raw.dnsmasq"].clone()
+    };
+    let before = records(&dnsmasq(&obs), "app");
+
+    let update = plan_up(&load(&v2), &f, &obs, &opts(&[]), &Default::default()).unwrap();
+    assert!(
+        !update
+            .actions()
+            .any(|a| matches!(a, Action::UpdateNetwork { .. })),
+        "no record write at the start: {:?}",
+        update.stages
+    );
+    let new: Vec<String> = update
+        .actions()
+        .filter_map(|a| match a {
+            Action::Recreate(p) => Some(p.name.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(new, ["app-1-b", "app-2-b"]);
+
+    // The new replicas run beside the old ones, which the engine marks replaced.
+    let mut during = apply(&update, &obs);
+    for (old, new) in [("app-1", "app-1-b"), ("app-2", "app-2-b")] {
+        let i = during.instances.iter_mut().find(|i| i.name == old).unwrap();
+        i.config.insert(LABEL_REPLACED_BY.into(), new.into());
+    }
+    let after = plan_up(&load(&v2), &f, &during, &opts(&[]), &Default::default()).unwrap();
+    let writes: Vec<&BTreeMap<String, String>> = after
+        .actions()
+        .filter_map(|a| match a {
+            Action::UpdateNetwork { set, .. } => Some(set),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(writes.len(), 1, "{:?}", after.stages);
+    let now = records(&writes[0]["raw.dnsmasq"], "app");
+    assert_eq!(now.len(), 2, "{}", writes[0]["raw.dnsmasq"]);
+    assert!(
+        now.is_disjoint(&before),
+        "only the new replicas: {now:?} {before:?}"
+    );
+    assert!(writes[0]["raw.dnsmasq"].contains("host-record=app-1-b,"));
+    assert!(!writes[0]["raw.dnsmasq"].contains("host-record=app-1,"));
+    // The marked old replicas are the ones removed (each slot keeps its new replica).
+    let removed: BTreeSet<String> = after
+        .actions()
+        .filter_map(|a| match a {
+            Action::Remove { name, .. } => Some(name.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(removed, ["app-1", "app-2"].map(String::from).into());
+    // Then nothing more to do: the replicas under the slots' other names keep their records.
+    let settled = apply(&after, &during);
+    let again = plan_up(&load(&v2), &f, &settled, &opts(&[]), &Default::default()).unwrap();
+    assert!(again.is_empty(), "{:?}", again.stages);
+}
+
+/// A replica stranded on an offline member is replaced under the slot's other name: the
+/// replacement gets its own address on the spanning bridge and the records name it.
+#[test]
+fn a_replacement_for_a_replica_on_an_offline_member_gets_an_address_and_records() {
+    let text = "name: shop\nservices:\n  app:\n    image: testapp/v1\n    deploy: {replicas: 3}\n    networks: [back]\nnetworks:\n  back: {}\n";
+    let p = load(text);
+    let first = plan_up(&p, &facts(), &cluster(), &opts(&[]), &Default::default()).unwrap();
+    let mut obs = apply(&first, &cluster());
+    let on3 = obs
+        .instances
+        .iter()
+        .find(|i| i.location == "node3")
+        .map(|i| i.name.clone())
+        .unwrap();
+    for m in &mut obs.members {
+        if m.name == "node3" {
+            m.online = false;
+        }
+    }
+    let plan = plan_up(&p, &facts(), &obs, &opts(&[]), &Default::default()).unwrap();
+    let replacement = plan
+        .actions()
+        .find_map(|a| match a {
+            Action::Create(p) => Some(p.clone()),
+            _ => None,
+        })
+        .expect("a replacement");
+    assert_eq!(replacement.name, format!("{on3}-b"));
+    let net = naming::span_network_name("shop", "back");
+    let address = addresses(&plan)
+        .get(&(replacement.name.clone(), net.clone()))
+        .cloned()
+        .unwrap_or_default();
+    assert!(!address.is_empty(), "the replacement has no address");
+    let Some(Action::UpdateNetwork { set, .. }) = plan
+        .actions()
+        .find(|a| matches!(a, Action::UpdateNetwork { .. }))
+    else {
+        panic!("the records name the replacement: {:?}", plan.stages)
+    };
+    assert!(
+        set["raw.dnsmasq"].contains(&format!("host-record={on3}-b,{on3}-b.incus,{address}")),
+        "{}",
+        set["raw.dnsmasq"]
+    );
+    assert!(records(&set["raw.dnsmasq"], "app").contains(&address));
+}

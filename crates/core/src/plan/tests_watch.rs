@@ -274,3 +274,36 @@ fn replicas_listed_without_configuration_on_an_offline_member_are_recognised_by_
     // Within the grace period, they are left alone.
     assert!(plan_of(&p, &obs, &["node3"]).is_empty());
 }
+
+#[test]
+fn a_replacement_for_a_replica_with_local_volumes_names_the_data_left_on_the_offline_member() {
+    let p = load(
+        "name: shop\nservices:\n  db:\n    image: busybox\n    volumes: [data:/var/lib/db]\n    deploy:\n      replicas: 3\nvolumes:\n  data: {}\n",
+    );
+    let mut obs = deployed(&p, 3);
+    let on3 = obs
+        .instances
+        .iter()
+        .find(|i| i.location == "node3")
+        .map(|i| i.name.clone())
+        .expect("a replica on node3");
+    set_online(&mut obs, "node3", false);
+    let plan = plan_of(&p, &obs, &[]);
+    let w: Vec<&String> = plan
+        .warnings
+        .iter()
+        .filter(|w| w.contains("without its data"))
+        .collect();
+    assert_eq!(w.len(), 1, "{:?}", plan.warnings);
+    assert!(w[0].contains(&format!("replaces {on3} on ")), "{}", w[0]);
+    assert!(w[0].contains("local to node3"), "{}", w[0]);
+    // A service without volumes gets no such warning.
+    let mut plain = deployed(&replicated(3), 3);
+    set_online(&mut plain, "node3", false);
+    let plan = plan_of(&replicated(3), &plain, &[]);
+    assert!(
+        !plan.warnings.iter().any(|w| w.contains("without its data")),
+        "{:?}",
+        plan.warnings
+    );
+}

@@ -45,6 +45,11 @@
 //! empty cluster gives slots `1..=N`. Removals (of all services) free their resources before
 //! any placement, so re-running on the result changes nothing.
 //!
+//! **Draining** (`node drain`). A member being drained is not eligible: its replicas move like
+//! those of an ineligible member, except that one no other member can take stays where it is,
+//! as a pending slot that keeps its `previous` member (never removed: a drain does not lower a
+//! service's count). A global service's replica there is removed (its slot is that member).
+//!
 //! **Global mode.** One slot per eligible member, keyed by member name; `deploy.placement`
 //! preferences do not apply. A slot whose member lacks room is pending with that member's
 //! reason; a replica on an offline or evacuated member stays (pending) rather than being
@@ -77,6 +82,9 @@ pub struct Member {
     pub evacuated: bool,
     /// Config `scheduler.instance=manual`.
     pub manual: bool,
+    /// Being drained (`incus-compose node drain`): its replicas move to other members; one
+    /// that no other member can take stays where it is (pending, with the reasons).
+    pub draining: bool,
     /// Incus roles (`database`, `database-leader`, ...); see [`Member::is_manager`].
     pub roles: Vec<String>,
     /// Incus architecture name (`x86_64`, `aarch64`, ...).
@@ -101,6 +109,7 @@ impl Member {
             online: true,
             evacuated: false,
             manual: false,
+            draining: false,
             roles: Vec::new(),
             architecture: "x86_64".into(),
             failure_domain: "default".into(),
@@ -378,7 +387,12 @@ impl Placement {
             Mode::Replicated { replicas } => replicas > 0,
             Mode::Global => true,
         };
-        if !wanted || self.assigned().next().is_some() {
+        // A replica kept on a member being drained still serves: not an error.
+        let kept_draining = self.slots.iter().any(|s| match (&s.outcome, &s.previous) {
+            (Outcome::Pending(r), Some(m)) => r.for_member(m) == Some(&Rejection::Draining),
+            _ => false,
+        });
+        if !wanted || kept_draining || self.assigned().next().is_some() {
             return None;
         }
         Some(Unsatisfiable {
@@ -556,6 +570,9 @@ impl<'a> State<'a> {
         }
         if member.evacuated {
             return Some(Rejection::Evacuated);
+        }
+        if member.draining {
+            return Some(Rejection::Draining);
         }
         spec.constraints
             .iter()
@@ -796,6 +813,7 @@ impl<'a> Replicated<'a> {
         let mut used: Vec<u32> = self.kept.keys().copied().collect();
         let mut exhausted = false;
         let mut moved = 0u32;
+        let mut stuck: Vec<(u32, MemberName)> = Vec::new();
         for d in std::mem::take(&mut self.movers) {
             let placed = if exhausted {
                 None
@@ -812,6 +830,13 @@ impl<'a> Replicated<'a> {
                         previous: Some(MemberName::from(d.member)),
                         outcome: Outcome::Assigned(state.names[m].clone()),
                     });
+                }
+                // A replica on a member being drained stays there until another member can
+                // take it: a drain never lowers a service's count.
+                None if d.reason == RemovalReason::NotEligible(Rejection::Draining) => {
+                    exhausted = true;
+                    used.push(d.slot);
+                    stuck.push((d.slot, MemberName::from(d.member)));
                 }
                 None => {
                     exhausted = true;
@@ -877,6 +902,11 @@ impl<'a> Replicated<'a> {
         slots.extend(pending.into_iter().map(|slot| SlotDecision {
             key: SlotKey::Replica(slot),
             previous: None,
+            outcome: Outcome::Pending(rejections.clone()),
+        }));
+        slots.extend(stuck.into_iter().map(|(slot, member)| SlotDecision {
+            key: SlotKey::Replica(slot),
+            previous: Some(member),
             outcome: Outcome::Pending(rejections.clone()),
         }));
         slots.sort_by(|a, b| a.key.cmp(&b.key));

@@ -15,6 +15,8 @@ pub enum Rejection {
     Offline,
     /// The member is evacuated (`incus cluster evacuate`).
     Evacuated,
+    /// The member is being drained (`incus-compose node drain`).
+    Draining,
     /// The member has `scheduler.instance=manual`: it keeps what it has but gets nothing new.
     Manual,
     /// A placement constraint does not hold on this member.
@@ -34,6 +36,7 @@ impl fmt::Display for Rejection {
         match self {
             Rejection::Offline => f.write_str("offline"),
             Rejection::Evacuated => f.write_str("evacuated"),
+            Rejection::Draining => f.write_str("being drained"),
             Rejection::Manual => f.write_str("scheduler.instance=manual"),
             Rejection::Constraint(c) => write!(f, "{c} not satisfied"),
             Rejection::MaxReplicas(n) => write!(f, "max_replicas_per_node ({n}) reached"),
