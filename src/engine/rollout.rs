@@ -728,10 +728,7 @@ async fn retire_replaced(
         }
         let v = view(s);
         let Some(r) = &v.new else { continue };
-        if !matches!(
-            rollout::judge(r, cfg, deadline, now),
-            rollout::Verdict::Ready { .. } | rollout::Verdict::Settled
-        ) {
+        if !rollout::may_retire_old(r, cfg, deadline, now) {
             continue;
         }
         let old = s.old_name().to_string();

@@ -191,6 +191,16 @@ pub enum Verdict {
 }
 
 /// Judges a new replica at `now` (see the module documentation).
+/// start-first: whether the old replica of a slot may stop, given its new replica: only once
+/// the new one runs (healthy, with a healthcheck), so that a service never runs fewer than its
+/// declared replicas.
+pub fn may_retire_old(r: &NewReplica, cfg: &Config, deadline: Duration, now: Duration) -> bool {
+    matches!(
+        judge(r, cfg, deadline, now),
+        Verdict::Ready { .. } | Verdict::Settled
+    )
+}
+
 pub fn judge(r: &NewReplica, cfg: &Config, deadline: Duration, now: Duration) -> Verdict {
     let due = r.created_at + deadline;
     let late = |what: &str| {
@@ -869,6 +879,98 @@ mod tests {
             }
         }
         panic!("the rollout did not end");
+    }
+
+    /// A simulated start-first rollout: like [`simulate`], and each old replica stops once
+    /// [`may_retire_old`] says so. Returns how it ended and the fewest replicas that ran at
+    /// one moment.
+    fn simulate_start_first(c: &Config, n: usize, bad: &[usize], start: u64) -> (Step, usize) {
+        let mut slots: Vec<Slot> = (0..n).map(|i| dirty(&i.to_string())).collect();
+        let mut old_running = vec![true; n];
+        let mut progress = Progress::default();
+        let mut now = Duration::ZERO;
+        let mut started_any = false;
+        let mut fewest = n;
+        for _ in 0..10_000 {
+            for (i, s) in slots.iter_mut().enumerate() {
+                if let Some(r) = &mut s.new
+                    && r.state == State::Starting
+                    && now >= r.created_at + S * start as u32
+                {
+                    r.state = if bad.contains(&i) {
+                        State::Stopped
+                    } else {
+                        RUNNING
+                    };
+                    r.started_at = Some(now);
+                }
+            }
+            for (i, s) in slots.iter().enumerate() {
+                if let Some(r) = &s.new
+                    && may_retire_old(r, c, 60 * S, now)
+                {
+                    old_running[i] = false;
+                }
+            }
+            let running = slots
+                .iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    usize::from(old_running[i])
+                        + usize::from(s.new.as_ref().is_some_and(|r| r.state == RUNNING))
+                })
+                .sum::<usize>();
+            fewest = fewest.min(running);
+            let in_flight = slots
+                .iter()
+                .any(|s| s.new.as_ref().is_some_and(|r| r.state == State::Starting));
+            if !in_flight && progress.batch_ready_at.is_none() && started_any {
+                progress.batch_ready_at = Some(now);
+            }
+            match step(c, &slots, &progress, 60 * S, now) {
+                Step::Replace(keys) => {
+                    for k in &keys {
+                        let s = slots.iter_mut().find(|s| &s.key == k).unwrap();
+                        s.dirty = false;
+                        s.new = Some(NewReplica {
+                            created_at: now,
+                            started_at: None,
+                            state: State::Starting,
+                        });
+                    }
+                    progress.batch_ready_at = None;
+                    started_any = true;
+                }
+                Step::Wait { until } => now = until.min(now + S),
+                done => return (done, fewest),
+            }
+        }
+        panic!("the rollout did not end");
+    }
+
+    proptest! {
+        #[test]
+        fn start_first_never_runs_fewer_than_the_declared_replicas(
+            n in 1usize..10,
+            parallelism in 0usize..4,
+            delay in 0u64..3,
+            monitor in 0u64..6,
+            start in 0u64..4,
+            bad in proptest::collection::vec(0usize..10, 0..4),
+            action in prop_oneof![Just(Action::Pause), Just(Action::Continue), Just(Action::Rollback)],
+        ) {
+            let c = Config {
+                parallelism,
+                delay: S * delay as u32,
+                monitor: S * monitor as u32,
+                max_failure_ratio: 0.0,
+                failure_action: action,
+                start_first: true,
+                ..Config::default()
+            };
+            let (_, fewest) = simulate_start_first(&c, n, &bad, start);
+            prop_assert!(fewest >= n, "only {fewest} of {n} ran at one moment");
+        }
     }
 
     #[test]
