@@ -125,8 +125,20 @@ async fn member_down(t: &Target, member: &str) -> Option<String> {
     {
         return Some(format!("member {member} is {}", m.status.to_lowercase()));
     }
-    match tokio::time::timeout(MEMBER_ANSWER, t.base.server_on(member)).await {
-        Ok(Ok(_)) => None,
+    // A member that just came back answers "Server isn't ready yet" for a moment: asked
+    // again every half second, it counts as not answering after MEMBER_ANSWER.
+    let give_up = tokio::time::Instant::now() + MEMBER_ANSWER;
+    let asked = async {
+        loop {
+            match t.base.server_on(member).await {
+                Ok(_) => return Ok(()),
+                Err(e) if tokio::time::Instant::now() >= give_up => return Err(e),
+                Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+            }
+        }
+    };
+    match tokio::time::timeout(MEMBER_ANSWER + Duration::from_secs(1), asked).await {
+        Ok(Ok(())) => None,
         Ok(Err(e)) => Some(format!("member {member} does not answer ({e})")),
         Err(_) => Some(format!(
             "member {member} does not answer within {} s",
