@@ -966,7 +966,6 @@ mod tests {
                 max_failure_ratio: 0.0,
                 failure_action: action,
                 start_first: true,
-                ..Config::default()
             };
             let (_, fewest) = simulate_start_first(&c, n, &bad, start);
             prop_assert!(fewest >= n, "only {fewest} of {n} ran at one moment");
