@@ -295,22 +295,8 @@ impl Context {
 
     /// Where actions go, given an observation.
     pub fn target(&self, obs: &Observation) -> Target {
-        Target {
-            base: self.base.clone(),
-            project: self.base.with_project(&self.incus_project),
-            networks: self.base.with_project(&obs.network_project),
-            clustered: obs.observed.clustered,
-            members: obs
-                .observed
-                .members
-                .iter()
-                .map(|m| m.name.clone())
-                .collect(),
-            remotes: obs.remotes.clone(),
-            fence: self.lease.lock().unwrap_or_else(|e| e.into_inner()).clone(),
-            revision: None,
-            desired: None,
-        }
+        let fence = self.lease.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        Target::new(&self.base, &self.incus_project, obs, fence, None)
     }
 
     /// Records in the Incus project what the pulls found (`engine::record_pulls`), so that the

@@ -379,23 +379,8 @@ async fn run_steps(
     progress: &Progress,
     totals: &mut Totals,
 ) {
-    let t = Target {
-        base: base.clone(),
-        project: base.with_project(incus_project),
-        networks: base.with_project(&obs.network_project),
-        clustered: obs.observed.clustered,
-        members: obs
-            .observed
-            .members
-            .iter()
-            .map(|m| m.name.clone())
-            .collect(),
-        remotes: obs.remotes.clone(),
-        fence: Some(guard.lease()),
-        revision: None,
-        // The records of spanning networks are planned again from it (see below).
-        desired: Some(std::sync::Arc::new(d.clone())),
-    };
+    // The records of spanning networks are planned again from `d` (see below).
+    let t = Target::new(base, incus_project, obs, Some(guard.lease()), Some(d));
     let run = |stages: Vec<Stage>| Plan {
         incus_project: incus_project.to_string(),
         stages,

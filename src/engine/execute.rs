@@ -64,6 +64,35 @@ pub struct Target {
     pub desired: Option<std::sync::Arc<ic_core::plan::Desired>>,
 }
 
+impl Target {
+    /// Where actions for Incus project `incus_project` go, given an observation of it and the
+    /// lease that fences them (no revision; `desired` when the caller planned from one).
+    pub fn new(
+        base: &Client,
+        incus_project: &str,
+        obs: &super::Observation,
+        fence: Option<super::lock::Lease>,
+        desired: Option<&ic_core::plan::Desired>,
+    ) -> Target {
+        Target {
+            base: base.clone(),
+            project: base.with_project(incus_project),
+            networks: base.with_project(&obs.network_project),
+            clustered: obs.observed.clustered,
+            members: obs
+                .observed
+                .members
+                .iter()
+                .map(|m| m.name.clone())
+                .collect(),
+            remotes: obs.remotes.clone(),
+            fence,
+            revision: None,
+            desired: desired.map(|d| std::sync::Arc::new(d.clone())),
+        }
+    }
+}
+
 /// What happened.
 #[derive(Debug, Default)]
 pub struct Outcome {

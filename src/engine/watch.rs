@@ -460,22 +460,7 @@ async fn reconcile(
         .filter(|t| matches!(t.spec.mode, ic_core::schedule::Mode::Global))
         .map(|t| t.service.clone())
         .collect();
-    let t = Target {
-        base: base.clone(),
-        project: base.with_project(&w.incus_project),
-        networks: base.with_project(&obs.network_project),
-        clustered: obs.observed.clustered,
-        members: obs
-            .observed
-            .members
-            .iter()
-            .map(|m| m.name.clone())
-            .collect(),
-        remotes: obs.remotes.clone(),
-        fence: Some(guard.lease()),
-        revision: None,
-        desired: Some(std::sync::Arc::new(d.clone())),
-    };
+    let t = Target::new(base, &w.incus_project, &obs, Some(guard.lease()), Some(&d));
     let outcome = super::execute_gated(&t, &plan, o.parallel, None).await;
     drop(guard);
     for a in plan.actions() {
