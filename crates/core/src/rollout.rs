@@ -824,6 +824,17 @@ mod tests {
         bad: &[usize],
         start: u64,
     ) -> (Step, Vec<Vec<String>>, usize) {
+        simulate_watching(c, n, bad, start, &mut |_, _| {})
+    }
+
+    /// [`simulate`], calling `watch` with the slots and the time at every tick.
+    fn simulate_watching(
+        c: &Config,
+        n: usize,
+        bad: &[usize],
+        start: u64,
+        watch: &mut dyn FnMut(&[Slot], Duration),
+    ) -> (Step, Vec<Vec<String>>, usize) {
         let mut slots: Vec<Slot> = (0..n).map(|i| dirty(&i.to_string())).collect();
         let mut progress = Progress::default();
         let mut now = Duration::ZERO;
@@ -844,6 +855,7 @@ mod tests {
                     r.started_at = Some(now);
                 }
             }
+            watch(&slots, now);
             // Stop-first: a slot is down while its new replica is not running.
             let down = slots
                 .iter()
@@ -881,30 +893,13 @@ mod tests {
         panic!("the rollout did not end");
     }
 
-    /// A simulated start-first rollout: like [`simulate`], and each old replica stops once
+    /// A simulated start-first rollout: [`simulate`], where each old replica stops once
     /// [`may_retire_old`] says so. Returns how it ended and the fewest replicas that ran at
     /// one moment.
     fn simulate_start_first(c: &Config, n: usize, bad: &[usize], start: u64) -> (Step, usize) {
-        let mut slots: Vec<Slot> = (0..n).map(|i| dirty(&i.to_string())).collect();
         let mut old_running = vec![true; n];
-        let mut progress = Progress::default();
-        let mut now = Duration::ZERO;
-        let mut started_any = false;
         let mut fewest = n;
-        for _ in 0..10_000 {
-            for (i, s) in slots.iter_mut().enumerate() {
-                if let Some(r) = &mut s.new
-                    && r.state == State::Starting
-                    && now >= r.created_at + S * start as u32
-                {
-                    r.state = if bad.contains(&i) {
-                        State::Stopped
-                    } else {
-                        RUNNING
-                    };
-                    r.started_at = Some(now);
-                }
-            }
+        let (end, _, _) = simulate_watching(c, n, bad, start, &mut |slots, now| {
             for (i, s) in slots.iter().enumerate() {
                 if let Some(r) = &s.new
                     && may_retire_old(r, c, 60 * S, now)
@@ -921,31 +916,8 @@ mod tests {
                 })
                 .sum::<usize>();
             fewest = fewest.min(running);
-            let in_flight = slots
-                .iter()
-                .any(|s| s.new.as_ref().is_some_and(|r| r.state == State::Starting));
-            if !in_flight && progress.batch_ready_at.is_none() && started_any {
-                progress.batch_ready_at = Some(now);
-            }
-            match step(c, &slots, &progress, 60 * S, now) {
-                Step::Replace(keys) => {
-                    for k in &keys {
-                        let s = slots.iter_mut().find(|s| &s.key == k).unwrap();
-                        s.dirty = false;
-                        s.new = Some(NewReplica {
-                            created_at: now,
-                            started_at: None,
-                            state: State::Starting,
-                        });
-                    }
-                    progress.batch_ready_at = None;
-                    started_any = true;
-                }
-                Step::Wait { until } => now = until.min(now + S),
-                done => return (done, fewest),
-            }
-        }
-        panic!("the rollout did not end");
+        });
+        (end, fewest)
     }
 
     proptest! {
