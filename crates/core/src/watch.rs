@@ -83,14 +83,14 @@ pub fn keep_stopped(plan: &mut Plan, d: &Desired) -> Vec<String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    #[test]
-    fn only_replicas_of_services_with_a_restart_policy_are_started_again() {
+    /// `text` planned on one member and deployed with every replica stopped: what `watch`
+    /// then finds (for the tests of what it starts).
+    pub(crate) fn deployed_stopped(text: &str) -> (Desired, crate::plan::Observed) {
         use crate::plan::{DiffOptions, Observed, ObservedInstance, PlanOptions, ServerFacts};
-        let text = "name: shop\nservices:\n  web:\n    image: busybox\n    restart: always\n  job:\n    image: busybox\n  off:\n    image: busybox\n    deploy: {restart_policy: {condition: none}}\n";
         let o = ic_compose::LoadOptions {
             files: vec!["/p/compose.yaml".into()],
             working_dir: "/p".into(),
@@ -132,6 +132,14 @@ mod tests {
                 _ => {}
             }
         }
+        (d, obs)
+    }
+
+    #[test]
+    fn only_replicas_of_services_with_a_restart_policy_are_started_again() {
+        use crate::plan::DiffOptions;
+        let text = "name: shop\nservices:\n  web:\n    image: busybox\n    restart: always\n  job:\n    image: busybox\n  off:\n    image: busybox\n    deploy: {restart_policy: {condition: none}}\n";
+        let (d, obs) = deployed_stopped(text);
         let mut plan = crate::plan::diff(&d, &obs, &DiffOptions::default()).unwrap();
         assert_eq!(plan.actions().count(), 3);
         let mut kept = keep_stopped(&mut plan, &d);

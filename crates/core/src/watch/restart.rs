@@ -589,51 +589,11 @@ mod tests {
 
     #[test]
     fn starts_of_replicas_with_a_stored_policy_are_taken_out_of_the_plan_for_watch() {
-        use crate::plan::{DiffOptions, Observed, ObservedInstance, PlanOptions, ServerFacts};
+        use crate::plan::DiffOptions;
         let text = "name: shop\nservices:\n  web:\n    image: busybox\n    deploy: {restart_policy: {condition: on-failure, max_attempts: 2}}\n  api:\n    image: busybox\n    restart: always\n";
-        let o = ic_compose::LoadOptions {
-            files: vec!["/p/compose.yaml".into()],
-            working_dir: "/p".into(),
-            interpolate: true,
-            ..Default::default()
-        };
-        let fs = ic_compose::MemFs::default().with("/p/compose.yaml", text);
-        let project = ic_compose::load_with(&o, &fs).unwrap_or_else(|e| panic!("{e}"));
-        let facts = ServerFacts {
-            version: "6.0.4".into(),
-            image_aliases: ["busybox".to_string()].into(),
-            storage_pool: "local".into(),
-            ..Default::default()
-        };
-        let d = crate::plan::desired(&project, &facts, &PlanOptions::default())
-            .unwrap_or_else(|e| panic!("{e}"));
+        let (d, obs) = crate::watch::tests::deployed_stopped(text);
         let web = d.services.iter().find(|t| t.service == "web").unwrap();
         assert_eq!(policy_of(&web.config), Some(policy(2, 0, 0)));
-        let mut obs = Observed {
-            project_exists: true,
-            members: vec![crate::schedule::Member::new("node1")],
-            ..Default::default()
-        };
-        let first = crate::plan::diff(&d, &obs, &DiffOptions::default()).unwrap();
-        for a in first.actions() {
-            match a {
-                Action::Create(p) => obs.instances.push(ObservedInstance {
-                    name: p.name.clone(),
-                    location: p.member.clone(),
-                    running: false,
-                    config: p.config.clone(),
-                }),
-                Action::CreateNetwork { name, config, .. } => {
-                    obs.networks.push(crate::plan::ObservedNetwork {
-                        name: name.clone(),
-                        managed: true,
-                        config: config.clone(),
-                        status: "Created".into(),
-                    })
-                }
-                _ => {}
-            }
-        }
         let mut plan = crate::plan::diff(&d, &obs, &DiffOptions::default()).unwrap();
         assert_eq!(take_policy_starts(&mut plan, &d), ["web-1"]);
         let left: Vec<String> = plan.actions().map(|a| a.to_string()).collect();
