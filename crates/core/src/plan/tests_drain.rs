@@ -2,36 +2,14 @@
 //! slot's other name, nothing is dropped, and what cannot move stays, with the reason.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 
-use ic_compose::{LoadOptions, MemFs, Project, load_with};
+use ic_compose::Project;
 use proptest::prelude::*;
 
 use super::drain::{DrainSteps, drain_steps, rebalance_evictions, rebalance_steps};
+use super::tests_watch::{facts, load};
 use super::*;
 use crate::schedule::Member;
-
-fn load(text: &str) -> Project {
-    let o = LoadOptions {
-        files: vec![PathBuf::from("/proj/compose.yaml")],
-        working_dir: PathBuf::from("/proj"),
-        environment: BTreeMap::new(),
-        interpolate: true,
-        ..LoadOptions::default()
-    };
-    let fs = MemFs::default().with("/proj/compose.yaml", text);
-    load_with(&o, &fs).unwrap_or_else(|e| panic!("load failed:\n{e}"))
-}
-
-fn facts() -> ServerFacts {
-    ServerFacts {
-        version: "6.0.4".into(),
-        image_aliases: ["busybox".to_string()].into(),
-        storage_pool: "local".into(),
-        pools: [("local".to_string(), "dir".to_string())].into(),
-        ..Default::default()
-    }
-}
 
 fn plan_of(p: &Project, obs: &Observed, drain: &[&str]) -> Plan {
     let o = PlanOptions {

@@ -11,7 +11,7 @@ use proptest::prelude::*;
 use super::*;
 use crate::schedule::Member;
 
-fn load(text: &str) -> Project {
+pub(super) fn load(text: &str) -> Project {
     let o = LoadOptions {
         files: vec![PathBuf::from("/proj/compose.yaml")],
         working_dir: PathBuf::from("/proj"),
@@ -23,7 +23,7 @@ fn load(text: &str) -> Project {
     load_with(&o, &fs).unwrap_or_else(|e| panic!("load failed:\n{e}"))
 }
 
-fn facts() -> ServerFacts {
+pub(super) fn facts() -> ServerFacts {
     ServerFacts {
         version: "6.0.4".into(),
         image_aliases: ["busybox".to_string()].into(),
