@@ -125,6 +125,9 @@ struct Watched {
     left_stopped: BTreeSet<String>,
     /// `restart_policy` counting (see [`restart_policy`]).
     restarts: Restarts,
+    /// Secret and config contents read back for a revision (see [`read_back_files`]): they
+    /// cannot change within one, so they are read once per revision.
+    read_back: Option<(u64, BTreeMap<String, Vec<ic_core::plan::PushFile>>)>,
 }
 
 /// Runs `watch` until interrupted (or once).
@@ -264,6 +267,7 @@ pub async fn run(base: &Client, o: &WatchOptions) -> anyhow::Result<bool> {
                 retry: false,
                 left_stopped: BTreeSet::new(),
                 restarts: Restarts::default(),
+                read_back: None,
             });
             let held = w.leader.as_ref().is_some_and(|g| g.lease().is_held());
             w.restarts.take_exits(&exits, &w.incus_project, held);
@@ -489,12 +493,12 @@ async fn reconcile(
 async fn read_back_files(
     base: &Client,
     w: &Watched,
-    deployed: &revision::Revision,
+    wanted: BTreeMap<String, Vec<revision::StoredFile>>,
     obs: &ic_core::plan::Observed,
 ) -> BTreeMap<String, Vec<ic_core::plan::PushFile>> {
     let project = base.with_project(&w.incus_project);
     let mut out = BTreeMap::new();
-    for (service, wanted) in revision::files_to_read_back(deployed) {
+    for (service, wanted) in wanted {
         let replicas = obs.instances.iter().filter(|i| {
             i.running
                 && i.label(LABEL_PROJECT) == Some(w.compose.as_str())
@@ -540,8 +544,17 @@ async fn plan_once(
         return Ok(None);
     };
     let obs = observe(base, &w.incus_project, true).await?;
-    let read_back = read_back_files(base, w, deployed, &obs.observed).await;
-    let d = revision::deployed_desired(&w.compose, &w.incus_project, deployed, &read_back)
+    let wanted = revision::files_to_read_back(deployed);
+    let cached = w.read_back.as_ref().filter(|(n, files)| {
+        *n == deployed.number && wanted.keys().all(|service| files.contains_key(service))
+    });
+    if cached.is_none() {
+        let files = read_back_files(base, w, wanted, &obs.observed).await;
+        w.read_back = Some((deployed.number, files));
+    }
+    let none = BTreeMap::new();
+    let read_back = w.read_back.as_ref().map_or(&none, |(_, f)| f);
+    let d = revision::deployed_desired(&w.compose, &w.incus_project, deployed, read_back)
         .map_err(|e| anyhow::anyhow!("revision {}: {e}", deployed.number))?;
     let opts = DiffOptions {
         grace: grace.clone(),
