@@ -75,6 +75,7 @@ pub(super) fn assign(
     network_stage: &mut Vec<Action>,
 ) -> Result<(), PlanError> {
     let compose = d.compose_project.as_str();
+    let unborn = unborn_alternates(obs, service_actions);
     for net in d
         .networks
         .iter()
@@ -177,7 +178,6 @@ pub(super) fn assign(
         // start-first replica not created yet gets its record after its update (see
         // `unborn_alternates`): until then its old replica serves under the old records, so
         // an update writes no records at its start (a write restarts the tunnels).
-        let unborn = unborn_alternates(obs, service_actions);
         let mut records = Vec::new();
         for (name, service) in &members {
             if unborn.contains(name) {
