@@ -28,6 +28,7 @@ mod rollback;
 mod run;
 mod scale;
 mod select;
+mod shared;
 mod stats;
 mod top;
 mod up;

@@ -9,12 +9,12 @@ use std::time::Instant;
 
 use anyhow::bail;
 use clap::Args;
-use ic_core::plan::{DiffOptions, PlanOptions};
+use ic_core::plan::PlanOptions;
 use ic_core::revision;
 
 use super::GlobalArgs;
 use super::project::{Context, block_on};
-use crate::engine::{self, observe};
+use crate::engine::{self, converge, observe};
 
 #[derive(Debug, Args)]
 pub struct RollbackArgs {
@@ -51,12 +51,12 @@ pub fn run(global: &GlobalArgs, args: &RollbackArgs) -> anyhow::Result<ExitCode>
             Ok(t) => t,
             Err(e) => bail!("rollback of compose project {compose}: {e}"),
         };
-        let Some(deployed) = revision::deployed(&revs).or(revs.last()) else {
+        if revs.is_empty() {
             bail!(
                 "compose project {compose} has no revision in Incus project {}",
                 ctx.incus_project
             );
-        };
+        }
         for s in &args.services {
             if !target.services.contains_key(s) {
                 bail!(
@@ -72,7 +72,8 @@ pub fn run(global: &GlobalArgs, args: &RollbackArgs) -> anyhow::Result<ExitCode>
             }
         }
         let obs = observe(&ctx.base, &ctx.incus_project, true).await?;
-        // The compose file at hand, when there is one: the current contents of secrets.
+        // The compose file at hand, when there is one: the current contents of secrets
+        // (without it they are read back from running replicas: engine::converge).
         let current = if ctx.by_name {
             None
         } else {
@@ -83,21 +84,38 @@ pub fn run(global: &GlobalArgs, args: &RollbackArgs) -> anyhow::Result<ExitCode>
             };
             ic_core::plan::desired(&ctx.project, &obs.facts, &opts).ok()
         };
-        let d = match revision::desired_from(
-            &compose,
+        let source = || converge::Source::Revisions {
+            target: target.number,
+            only: args.services.clone(),
+            current: current.as_ref(),
+        };
+        let keep = engine::revisions::keep(if ctx.by_name {
+            None
+        } else {
+            Some(&ctx.project)
+        });
+        let policy = converge::Policy {
+            lock: _lock.as_ref(),
+            record: Some(format!("rollback to {}", target.number)),
+            keep,
+            parallel: args.parallel,
+            gate: None,
+        };
+        // First the plan alone (printed; the volumes to restore follow from it).
+        let planned = converge::converge(
+            &ctx.base,
             &ctx.incus_project,
-            target,
-            deployed,
-            &args.services,
-            current.as_ref(),
-        ) {
-            Ok(d) => d,
-            Err(e) => bail!("{e} (nothing was changed)"),
-        };
-        let plan = match ic_core::plan::diff(&d, &obs.observed, &DiffOptions::default()) {
-            Ok(p) => p,
-            Err(e) => bail!("{e}"),
-        };
+            &compose,
+            obs,
+            source(),
+            &converge::Options {
+                dry_run: true,
+                ..Default::default()
+            },
+            &policy,
+        )
+        .await?;
+        let plan = planned.plan;
         for w in &plan.warnings {
             eprintln!("warning: {w}");
         }
@@ -106,13 +124,19 @@ pub fn run(global: &GlobalArgs, args: &RollbackArgs) -> anyhow::Result<ExitCode>
             target.number, target.time
         );
         if args.dry_run {
-            super::up::print_plan(&plan, &compose);
+            super::shared::print_plan(&plan, &compose);
             return Ok(ExitCode::SUCCESS);
         }
-        let mut t = ctx.target(&obs);
         if args.volumes {
-            let restored =
-                engine::revisions::restore_volumes(&t, &d, &revs, target.number, &plan).await?;
+            let t = ctx.target(&planned.obs);
+            let restored = engine::revisions::restore_volumes(
+                &t,
+                &planned.desired,
+                &revs,
+                target.number,
+                &plan,
+            )
+            .await?;
             for line in restored {
                 println!("{line}");
             }
@@ -124,29 +148,22 @@ pub fn run(global: &GlobalArgs, args: &RollbackArgs) -> anyhow::Result<ExitCode>
             );
             return Ok(ExitCode::SUCCESS);
         }
-        let recorder = engine::revisions::begin(
+        // Then the run, planned again from what Incus holds now (under the lock).
+        let obs = observe(&ctx.base, &ctx.incus_project, true).await?;
+        let done = converge::converge(
             &ctx.base,
             &ctx.incus_project,
             &compose,
-            engine::revisions::services_of(&d),
-            ic_core::revision::networks_of(&d),
-            &format!("rollback to {}", target.number),
-            engine::revisions::keep(if ctx.by_name {
-                None
-            } else {
-                Some(&ctx.project)
-            }),
+            obs,
+            source(),
+            &converge::Options::default(),
+            &policy,
         )
         .await?;
-        t.revision = recorder.as_ref().map(|r| r.revision.number);
-        t.desired = Some(std::sync::Arc::new(d.clone()));
-        let outcome = engine::execute_gated(&t, &plan, args.parallel, None).await;
-        if let Some(r) = recorder {
-            let number = r.revision.number;
-            let result = engine::revisions::outcome_of(&outcome);
-            r.finish(result).await;
+        if let Some((number, result)) = done.revision {
             println!("revision {number}: {result}");
         }
+        let outcome = done.outcome.unwrap_or_default();
         if outcome.ok() {
             println!(
                 "rollback: revision {} deployed again in {:.1} s",

@@ -15,12 +15,12 @@ use std::time::Instant;
 use anyhow::{anyhow, bail};
 use clap::Args;
 use ic_compose::model::DeployMode;
-use ic_core::plan::{Action, DiffOptions, Plan, PlanOptions, plan_up};
+use ic_core::plan::{DiffOptions, PlanOptions};
 
 use super::GlobalArgs;
 use super::project::{Context, block_on};
-use super::up::print_plan;
-use crate::engine::{self, observe};
+use super::shared::print_plan;
+use crate::engine::{self, converge, observe};
 
 #[derive(Debug, Args)]
 pub struct ScaleArgs {
@@ -54,39 +54,6 @@ fn parse_scale(items: &[String]) -> anyhow::Result<BTreeMap<String, u32>> {
     Ok(out)
 }
 
-/// The service an instance action is about (`None` for projects, networks, volumes).
-fn action_service(a: &Action) -> Option<&str> {
-    match a {
-        Action::Create(p) | Action::Recreate(p) => Some(&p.service),
-        Action::Start { service, .. }
-        | Action::Stop { service, .. }
-        | Action::Remove { service, .. } => Some(service),
-        _ => None,
-    }
-}
-
-/// Keep what scaling `scaled` may do: instance actions on the scaled services (and, unless
-/// `no_deps`, on their dependencies), the projects, networks and volumes they need, and the
-/// DNS records of spanning networks (which list every replica). Never removals of anything but
-/// replicas of scaled services.
-fn restrict(mut plan: Plan, scaled: &BTreeSet<String>, no_deps: bool) -> Plan {
-    for stage in &mut plan.stages {
-        stage.actions.retain(|a| match (a, action_service(a)) {
-            (Action::Remove { service, .. }, _) => scaled.contains(service),
-            (_, Some(service)) => !no_deps || scaled.contains(service),
-            (
-                Action::RemoveNetwork { .. }
-                | Action::RemoveVolume { .. }
-                | Action::RemoveProject { .. },
-                None,
-            ) => false,
-            (_, None) => true,
-        });
-    }
-    plan.stages.retain(|s| !s.actions.is_empty());
-    plan
-}
-
 pub fn run(global: &GlobalArgs, args: &ScaleArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let ctx = Context::new(global)?;
@@ -107,12 +74,7 @@ pub fn run(global: &GlobalArgs, args: &ScaleArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let scaled: BTreeSet<String> = scale.keys().cloned().collect();
-    let opts = PlanOptions {
-        incus_project: Some(ctx.incus_project.clone()),
-        services: scaled.iter().cloned().collect(),
-        scale,
-        version: env!("CARGO_PKG_VERSION").to_string(),
-    };
+    let cause = format!("scale {}", args.scale.join(" "));
     let diff = DiffOptions {
         no_recreate: true,
         ..Default::default()
@@ -124,23 +86,72 @@ pub fn run(global: &GlobalArgs, args: &ScaleArgs) -> anyhow::Result<ExitCode> {
             ctx.lock().await?
         };
         let obs = observe(&ctx.base, &ctx.incus_project, true).await?;
-        let plan = match plan_up(&ctx.project, &obs.facts, &obs.observed, &opts, &diff) {
-            Ok(p) => restrict(p, &scaled, args.no_deps),
+        // The file's services (the scaled ones and what they depend on), for a project never
+        // deployed and for secret and config contents no running replica has.
+        let opts = PlanOptions {
+            incus_project: Some(ctx.incus_project.clone()),
+            services: scaled.iter().cloned().collect(),
+            scale: scale.clone(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        };
+        let file = match ic_core::plan::desired(&ctx.project, &obs.facts, &opts).and_then(|d| {
+            ic_core::plan::check_platforms(&ctx.project, &d, &obs.observed).map(|()| d)
+        }) {
+            Ok(d) => d,
             Err(e) => bail!("{e}"),
         };
+        // As `docker service scale`: only the replica counts of the deployed specs change
+        // (recorded as a revision, so `watch` keeps them); the file's specs only when the
+        // project has no deployed revision of these services yet.
+        let revs = engine::revisions::read(&ctx.base, &ctx.incus_project, &ctx.project.name)
+            .await
+            .unwrap_or_default();
+        let from_deployed = ic_core::revision::deployed(&revs)
+            .is_some_and(|d| scaled.iter().all(|s| d.services.contains_key(s)));
+        let source = if from_deployed {
+            converge::Source::Deployed {
+                scale: scale.clone(),
+                fallback: Some(&file),
+            }
+        } else {
+            converge::Source::File(Box::new(file.clone()))
+        };
+        let done = converge::converge(
+            &ctx.base,
+            &ctx.incus_project,
+            &ctx.project.name,
+            obs,
+            source,
+            &converge::Options {
+                diff: diff.clone(),
+                only: Some(scaled.clone()),
+                with_deps: !args.no_deps,
+                dry_run: args.dry_run,
+            },
+            &converge::Policy {
+                lock: _lock.as_ref(),
+                record: Some(cause.clone()),
+                keep: engine::revisions::keep(Some(&ctx.project)),
+                parallel: args.parallel,
+                gate: None,
+            },
+        )
+        .await?;
+        let plan = &done.plan;
         for w in &plan.warnings {
             eprintln!("warning: {w}");
         }
         if args.dry_run {
-            print_plan(&plan, &ctx.project.name);
+            print_plan(plan, &ctx.project.name);
             return Ok(ExitCode::SUCCESS);
         }
-        if plan.is_empty() {
+        let Some(outcome) = done.outcome else {
             println!("Nothing to change: the services already have these numbers of replicas");
             return Ok(ExitCode::SUCCESS);
+        };
+        if let Some((number, result)) = done.revision {
+            println!("revision {number}: {result}");
         }
-        let target = ctx.target(&obs);
-        let outcome = engine::execute(&target, &plan, args.parallel).await;
         if outcome.ok() {
             println!(
                 "scale: {} change(s) done in {:.1} s",
@@ -158,7 +169,8 @@ pub fn run(global: &GlobalArgs, args: &ScaleArgs) -> anyhow::Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ic_core::plan::Stage;
+    use crate::engine::converge::restrict;
+    use ic_core::plan::{Action, Plan, Stage};
 
     fn plan(actions: Vec<Action>) -> Plan {
         Plan {
@@ -212,10 +224,11 @@ mod tests {
             remove("old-1", "old"),
             Action::RemoveNetwork { name: "n".into() },
         ]);
-        let kept = restrict(p.clone(), &scaled, false);
+        let with_deps = BTreeSet::from(["web".to_string(), "db".to_string()]);
+        let kept = restrict(p.clone(), &scaled, &with_deps);
         let names: Vec<String> = kept.actions().map(Action::object).collect();
         assert_eq!(names, ["web-2", "db-1", "web-3"]);
-        let kept = restrict(p, &scaled, true);
+        let kept = restrict(p, &scaled, &scaled);
         let names: Vec<String> = kept.actions().map(Action::object).collect();
         assert_eq!(names, ["web-2", "web-3"]);
     }

@@ -12,7 +12,7 @@ use ic_core::plan::{DiffOptions, Plan, PlanOptions};
 
 use super::GlobalArgs;
 use super::project::{Context, block_on};
-use crate::engine::{self, health, observe};
+use crate::engine::{self, converge, health, observe};
 
 /// Exit status of `up` when everything else was done but some replicas are pending: no member
 /// can take them now (each is listed with every member's reason).
@@ -86,39 +86,6 @@ fn parse_scale(items: &[String]) -> anyhow::Result<BTreeMap<String, u32>> {
     Ok(out)
 }
 
-/// Print a plan: stages of actions, then the placement member by member.
-pub fn print_plan(plan: &Plan, compose: &str) {
-    println!(
-        "Plan for compose project {compose} in Incus project {}:",
-        plan.incus_project
-    );
-    if plan.is_empty() {
-        println!("  nothing to change");
-    }
-    for stage in &plan.stages {
-        println!("  {}:", stage.title);
-        for a in &stage.actions {
-            println!("    {a}");
-        }
-    }
-    if !plan.unchanged.is_empty() {
-        println!("  unchanged: {}", plan.unchanged.join(", "));
-    }
-    let mut by_member: BTreeMap<&str, Vec<String>> = BTreeMap::new();
-    for (member, name, service) in &plan.placement {
-        by_member
-            .entry(member)
-            .or_default()
-            .push(format!("{name} ({service})"));
-    }
-    if !by_member.is_empty() {
-        println!("Placement:");
-        for (member, items) in by_member {
-            println!("  {member}: {}", items.join(", "));
-        }
-    }
-}
-
 pub fn run(global: &GlobalArgs, args: &UpArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let ctx = Context::new(global)?;
@@ -186,7 +153,7 @@ pub fn run(global: &GlobalArgs, args: &UpArgs) -> anyhow::Result<ExitCode> {
             eprintln!("warning: {w}");
         }
         if args.dry_run {
-            print_plan(&plan, &ctx.project.name);
+            super::shared::print_plan(&plan, &ctx.project.name);
             return Ok(ExitCode::SUCCESS);
         }
         let gate = health::Gate::new(
@@ -204,32 +171,34 @@ pub fn run(global: &GlobalArgs, args: &UpArgs) -> anyhow::Result<ExitCode> {
             ctx.record_pulls(&pulled, &keep).await;
             return Ok(wait_for_services(&gate, &plan, args, started).await);
         }
-        // A new revision when the services' specs changed (engine::revisions).
-        let recorder = engine::revisions::begin(
+        // The one converge path (engine::converge): the revision recorded, the plan executed
+        // under the lock with the readiness gate, the revision finished.
+        let Some(lock) = _lock.as_ref() else {
+            bail!("internal error: up acts without the project lock");
+        };
+        let done = converge::converge(
             &ctx.base,
             &ctx.incus_project,
             &ctx.project.name,
-            engine::revisions::services_of(&desired),
-            ic_core::revision::networks_of(&desired),
-            "up",
-            engine::revisions::keep(Some(&ctx.project)),
+            obs,
+            converge::Source::File(Box::new(desired)),
+            &converge::Options {
+                diff: diff.clone(),
+                ..Default::default()
+            },
+            &converge::Policy {
+                lock: Some(lock),
+                record: Some("up".into()),
+                keep: engine::revisions::keep(Some(&ctx.project)),
+                parallel: args.parallel,
+                gate: Some(&gate),
+            },
         )
         .await?;
-        let mut target = ctx.target(&obs);
-        target.revision = recorder.as_ref().map(|r| r.revision.number);
-        target.desired = Some(std::sync::Arc::new(desired.clone()));
-        let outcome = engine::execute_gated(&target, &plan, args.parallel, Some(&gate)).await;
-        if let Some(r) = recorder {
-            let number = r.revision.number;
-            let result = engine::revisions::outcome_of(&outcome);
-            r.finish(result).await;
+        let plan = done.plan;
+        let outcome = done.outcome.unwrap_or_default();
+        if let Some((number, result)) = done.revision {
             println!("revision {number}: {result}");
-            // Volume snapshots of revisions no longer kept go.
-            if let Ok(revs) =
-                engine::revisions::read(&ctx.base, &ctx.incus_project, &ctx.project.name).await
-            {
-                engine::revisions::prune_snapshots(&target, &desired, &revs).await;
-            }
         }
         ctx.record_pulls(&pulled, &keep).await;
         let secs = started.elapsed().as_secs_f64();

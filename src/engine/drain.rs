@@ -18,7 +18,6 @@ use futures_util::future::join_all;
 use ic_core::health::{Check, Health, Tracker};
 use ic_core::plan::drain::{DrainSteps, drain_steps, rebalance_evictions, rebalance_steps};
 use ic_core::plan::{Action, DiffOptions, LABEL_PROJECT, Plan, Stage};
-use ic_core::revision;
 use ic_incus::Client;
 use tokio::time::Instant;
 
@@ -206,15 +205,18 @@ async fn plan_drain(
     incus_project: &str,
     member: &str,
 ) -> anyhow::Result<(DrainSteps, super::Observation, ic_core::plan::Desired)> {
-    let revs = super::revisions::read(base, incus_project, compose).await?;
-    let Some(deployed) = revision::deployed(&revs) else {
+    let obs = observe(base, incus_project, true).await?;
+    // The deployed revision, secret and config contents read back from running replicas
+    // (as `watch` reads them: they are not kept in Incus).
+    let Some(state) =
+        super::converge::deployed_state(base, incus_project, compose, &obs, &mut None, None)
+            .await?
+    else {
         bail!(
             "it has no completed revision in Incus project {incus_project}, so the replicas to keep are not known: run `incus-compose up` for it first; its replicas on {member} are left"
         );
     };
-    let obs = observe(base, incus_project, true).await?;
-    let d = revision::desired_from(compose, incus_project, deployed, deployed, &[], None)
-        .map_err(|e| anyhow::anyhow!("revision {}: {e}", deployed.number))?;
+    let d = state.desired;
     let opts = DiffOptions {
         drain: BTreeSet::from([member.to_string()]),
         ..Default::default()
@@ -658,13 +660,14 @@ async fn rebalance_project(
     else {
         return Ok(());
     };
-    let revs = super::revisions::read(base, incus_project, compose).await?;
-    let Some(deployed) = revision::deployed(&revs) else {
+    let obs = observe(base, incus_project, true).await?;
+    let Some(state) =
+        super::converge::deployed_state(base, incus_project, compose, &obs, &mut None, None)
+            .await?
+    else {
         return Ok(());
     };
-    let obs = observe(base, incus_project, true).await?;
-    let d = revision::desired_from(compose, incus_project, deployed, deployed, &[], None)
-        .map_err(|e| anyhow::anyhow!("revision {}: {e}", deployed.number))?;
+    let d = state.desired;
     let evict = rebalance_evictions(&d, &obs.observed);
     if evict.is_empty() {
         return Ok(());

@@ -2,6 +2,7 @@
 //! [`execute`] a plan's actions with bounded parallelism. Nothing here decides anything:
 //! decisions are made in `ic_core::plan` and `ic_core::schedule`.
 
+pub mod converge;
 pub mod deployed;
 pub mod drain;
 mod execute;

@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use ic_core::plan::{Action, DiffOptions, LABEL_PROJECT};
-use ic_core::revision;
 use ic_incus::{Client, EventFilter};
 
 use super::lock::{self, LockGuard, LockOptions};
@@ -127,7 +126,7 @@ struct Watched {
     restarts: Restarts,
     /// Secret and config contents read back for a revision (see [`read_back_files`]): they
     /// cannot change within one, so they are read once per revision.
-    read_back: Option<(u64, BTreeMap<String, Vec<ic_core::plan::PushFile>>)>,
+    read_back: super::converge::ReadBack,
 }
 
 /// Runs `watch` until interrupted (or once).
@@ -486,45 +485,6 @@ async fn reconcile(
     Ok(outcome.ok() && restarts_ok)
 }
 
-/// The secret and config files of the deployed services (their contents are not kept in
-/// Incus), read back from a running replica of each service on an online member, and kept
-/// only when they have the sha256 the revision recorded. A service none can be read for
-/// is left out: planning names it (`revision::RevisionError::Secret`).
-async fn read_back_files(
-    base: &Client,
-    w: &Watched,
-    wanted: BTreeMap<String, Vec<revision::StoredFile>>,
-    obs: &ic_core::plan::Observed,
-) -> BTreeMap<String, Vec<ic_core::plan::PushFile>> {
-    let project = base.with_project(&w.incus_project);
-    let mut out = BTreeMap::new();
-    for (service, wanted) in wanted {
-        let replicas = obs.instances.iter().filter(|i| {
-            i.running
-                && i.label(LABEL_PROJECT) == Some(w.compose.as_str())
-                && i.label(ic_core::plan::LABEL_SERVICE) == Some(service.as_str())
-                && obs.members.iter().any(|m| m.name == i.location && m.online)
-        });
-        for i in replicas {
-            let mut files = Vec::new();
-            for f in &wanted {
-                match project.pull_file(&i.name, &f.path).await {
-                    Ok(content) => match revision::read_back_file(f, content) {
-                        Some(file) => files.push(file),
-                        None => break,
-                    },
-                    Err(_) => break,
-                }
-            }
-            if files.len() == wanted.len() {
-                out.insert(service.clone(), files);
-                break;
-            }
-        }
-    }
-    out
-}
-
 /// Observe, read the deployed revision, plan. `None` when the project has no completed
 /// revision (nothing to converge to: said once).
 async fn plan_once(
@@ -539,29 +499,35 @@ async fn plan_once(
         ic_core::plan::Desired,
     )>,
 > {
-    let revs = super::revisions::read(base, &w.incus_project, &w.compose).await?;
-    let Some(deployed) = revision::deployed(&revs) else {
+    let obs = observe(base, &w.incus_project, true).await?;
+    let Some(state) = super::converge::deployed_state(
+        base,
+        &w.incus_project,
+        &w.compose,
+        &obs,
+        &mut w.read_back,
+        None,
+    )
+    .await?
+    else {
         return Ok(None);
     };
-    let obs = observe(base, &w.incus_project, true).await?;
-    let wanted = revision::files_to_read_back(deployed);
-    let cached = w.read_back.as_ref().filter(|(n, files)| {
-        *n == deployed.number && wanted.keys().all(|service| files.contains_key(service))
-    });
-    if cached.is_none() {
-        let files = read_back_files(base, w, wanted, &obs.observed).await;
-        w.read_back = Some((deployed.number, files));
-    }
-    let none = BTreeMap::new();
-    let read_back = w.read_back.as_ref().map_or(&none, |(_, f)| f);
-    let d = revision::deployed_desired(&w.compose, &w.incus_project, deployed, read_back)
-        .map_err(|e| anyhow::anyhow!("revision {}: {e}", deployed.number))?;
+    let d = state.desired;
     let opts = DiffOptions {
         grace: grace.clone(),
         ..Default::default()
     };
     let mut plan =
         ic_core::plan::diff(&d, &obs.observed, &opts).map_err(|e| anyhow::anyhow!("{e}"))?;
+    // A service whose newest revision did not complete (an `up` under way or interrupted,
+    // a paused or failed update) is left as it is: converging it to the deployed revision
+    // would undo that run's work (the next `up` finishes it). Said once, as a warning.
+    super::converge::leave_alone(&mut plan, &state.unsettled.keys().cloned().collect());
+    for (service, why) in &state.unsettled {
+        plan.warnings.push(format!(
+            "service {service} is not watched for now: {why}; it is left as it is until an `up` or `rollback` of it completes"
+        ));
+    }
     // Replicas with a restart policy are started by `restart_policy` (counted, after delay).
     ic_core::watch::restart::take_policy_starts(&mut plan, &d);
     let stopped = ic_core::watch::keep_stopped(&mut plan, &d);
