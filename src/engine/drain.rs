@@ -439,7 +439,15 @@ async fn run_steps(
     // replicas of one slot would have the next `up` keep the replacement).
     let mut undo = Vec::new();
     for (m, r) in steps.moves.iter().zip(&ready) {
-        match r {
+        // The one step where a replica is declared ready (`execute::after_ready`).
+        let r = match r {
+            Ok(how) => super::execute::after_ready(&t, &m.create.name)
+                .await
+                .map(|()| how.clone())
+                .map_err(|e| format!("{e:#}")),
+            Err(e) => Err(e.clone()),
+        };
+        match &r {
             Ok(how) => {
                 progress.line(&format!(
                     "[~] {} {how} on {}: {} can go",

@@ -604,6 +604,7 @@ fn source(
 }
 
 pub(super) async fn create(t: &Target, p: &InstancePlan) -> anyhow::Result<()> {
+    fenced(t).with_context(|| format!("{} is not created", p.name))?;
     let mut devices = p.devices.clone();
     for a in &p.anonymous_volumes {
         let volume = ensure_anonymous_volume(t, p, a).await?;
@@ -802,6 +803,7 @@ async fn ensure_anonymous_volume(
 
 /// Start, retrying transient failures (a busy member can time out in its start hook).
 pub(super) async fn start(t: &Target, name: &str) -> anyhow::Result<()> {
+    fenced(t).with_context(|| format!("{name} is not started"))?;
     let mut attempt = 0;
     loop {
         match t.project.start_instance(name).await {
@@ -853,8 +855,35 @@ async fn is_stopped(t: &Target, name: &str) -> ic_incus::Result<bool> {
     }
 }
 
+/// The one step every replica stop, retire or removal of every executor (the plan's actions,
+/// the rollout, drain and watch moves) passes through, before anything is stopped: the
+/// lease is checked (a run that lost its lock stops acting here), and the replica is to
+/// leave what serves it by name. Today the spanning networks' records are written as
+/// before (once per stage, `rollout::write_records`), so nothing more happens here.
+pub(super) async fn before_stop(t: &Target, name: &str) -> anyhow::Result<()> {
+    fenced(t).with_context(|| format!("{name} is not stopped"))
+}
+
+/// The one step where a replica of every executor is declared ready: it runs (healthy, when
+/// it has a healthcheck), so the replica it replaces may go. Today its records are written
+/// as before (`rollout::write_records` once per stage), so nothing more happens here.
+pub(super) async fn after_ready(t: &Target, name: &str) -> anyhow::Result<()> {
+    fenced(t).with_context(|| format!("{name} is ready, but"))
+}
+
+/// Fails when the run lost its project lock (see `engine::lock`): checked before every
+/// mutating step of every executor.
+pub(super) fn fenced(t: &Target) -> anyhow::Result<()> {
+    match &t.fence {
+        Some(lease) => lease.fence(),
+        None => Ok(()),
+    }
+}
+
 /// Stop cleanly within `timeout` seconds, else kill. A stopped instance is left as it is.
+/// Passes [`before_stop`] first.
 pub(super) async fn stop(t: &Target, name: &str, timeout: i64) -> anyhow::Result<()> {
+    before_stop(t, name).await?;
     if is_stopped(t, name).await? {
         return Ok(());
     }
@@ -894,8 +923,9 @@ pub(super) async fn stop(t: &Target, name: &str, timeout: i64) -> anyhow::Result
     }
 }
 
-/// Kills the instance and waits until Incus reports it stopped.
+/// Kills the instance and waits until Incus reports it stopped (passes [`before_stop`]).
 pub(super) async fn force_stop(t: &Target, name: &str) -> anyhow::Result<()> {
+    before_stop(t, name).await?;
     match t.project.stop_instance(name, -1, true).await {
         Err(e) if e.is_not_found() => Ok(()),
         _ => match t

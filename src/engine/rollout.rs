@@ -187,6 +187,8 @@ struct SlotRun {
     old_retired_as: Option<String>,
     /// start-first on a spanning bridge: the old replica is marked replaced and still runs.
     old_marked: bool,
+    /// The new replica passed `execute::after_ready`.
+    declared_ready: bool,
 }
 
 impl SlotRun {
@@ -216,6 +218,7 @@ pub async fn run_service(
             next_probe: Duration::ZERO,
             old_retired_as: None,
             old_marked: false,
+            declared_ready: false,
         })
         .collect();
     let cfg = &spec.update;
@@ -461,6 +464,22 @@ async fn drive(
     loop {
         observe(t, spec, slots, clock).await;
         let now = clock.elapsed();
+        // The one step where a new replica is declared ready (`execute::after_ready`).
+        for s in slots.iter_mut().filter(|s| !s.declared_ready) {
+            let ready = view(s).new.is_some_and(|r| {
+                matches!(
+                    rollout::judge(&r, cfg, deadline, now),
+                    rollout::Verdict::Ready { .. } | rollout::Verdict::Settled
+                )
+            });
+            if ready {
+                s.declared_ready = true;
+                if let Err(e) = super::execute::after_ready(t, &s.plan.name).await {
+                    progress.line(&format!("[!] {e:#}"));
+                    s.create_error = Some(format!("{e:#}"));
+                }
+            }
+        }
         let views: Vec<rollout::Slot> = slots.iter().map(view).collect();
         // A batch is ready once none of its replicas is pending.
         let pending = views.iter().any(|v| {
@@ -811,6 +830,7 @@ fn defers_records(t: &Target, plan: &InstancePlan) -> bool {
 
 /// Sets (`Some(new)`) or removes the `replaced-by` mark of instance `old`.
 async fn mark(t: &Target, old: &str, by: Option<&str>) -> anyhow::Result<()> {
+    super::execute::fenced(t)?;
     let mut put = t.project.instance(old).await?.writable();
     match by {
         Some(new) => put.config.insert(LABEL_REPLACED_BY.into(), new.to_string()),
@@ -864,6 +884,7 @@ async fn retire(
     old: &str,
     plan: &InstancePlan,
 ) -> anyhow::Result<(String, BTreeMap<String, Released>)> {
+    super::execute::before_stop(t, old).await?;
     let mut name = old.to_string();
     if old == plan.name {
         name = format!("{old}-old");
@@ -939,6 +960,7 @@ struct Released {
 /// (a clean stop that timed out goes on in the background): then it is killed, and the
 /// rename tried again.
 async fn rename_stopped(t: &Target, from: &str, to: &str) -> anyhow::Result<()> {
+    super::execute::fenced(t)?;
     let mut attempt = 0;
     loop {
         let r = async { t.project.rename_instance(from, to).await?.wait().await }.await;
@@ -974,6 +996,7 @@ async fn remove_new(t: &Target, s: &SlotRun) -> anyhow::Result<()> {
 /// Rollback of one slot, second part (after [`remove_new`]): the retired replica comes back
 /// under its name.
 async fn restore(t: &Target, s: &mut SlotRun) -> anyhow::Result<String> {
+    super::execute::fenced(t)?;
     let old = s.old_name().to_string();
     let new = s.plan.name.clone();
     if s.old_marked {

@@ -867,9 +867,12 @@ async fn restart_policy(
             log.event(&w.compose, "unhealthy", &name, line, None);
         }
         let fence = guard.lease();
+        let target = Target::new(base, &w.incus_project, obs, Some(guard.lease()), None);
         let done = async {
             fence.fence()?;
             set_keys(&client, w, &name, &set).await?;
+            // Every replica stop passes the executor's one stop step.
+            super::execute::before_stop(&target, &name).await?;
             let action = match what {
                 rp::Unhealthy::Restart => "restart",
                 rp::Unhealthy::Stop(_) => "stop",
