@@ -621,11 +621,20 @@ pub(super) async fn create(t: &Target, p: &InstancePlan) -> anyhow::Result<()> {
     }
     // Files go in before the first start: Incus starts it only when there are none.
     let prepare = p.command.is_some() || !p.files.is_empty();
+    // Creation is atomic from the planner's view: such an instance gets its spec hash last,
+    // once its files are in and it started, so one a crash left half made is never kept over
+    // a replica that runs (`plan::diff`'s keeper), and is made again.
+    let mut config = p.config.clone();
+    let hash_last = if prepare {
+        config.remove(ic_core::plan::LABEL_HASH)
+    } else {
+        None
+    };
     let req = InstancesPost {
         name: p.name.clone(),
         kind: "container".into(),
         source: source(t, &p.image, p.image_fingerprint.as_deref())?,
-        config: p.config.clone(),
+        config,
         devices,
         profiles: None,
         ephemeral: false,
@@ -682,6 +691,14 @@ pub(super) async fn create(t: &Target, p: &InstancePlan) -> anyhow::Result<()> {
     }
     if p.start {
         wait_started(t, &p.name).await?;
+    }
+    if let Some(hash) = hash_last {
+        fenced(t).with_context(|| format!("{} is not marked prepared", p.name))?;
+        let patch = serde_json::json!({ "config": { ic_core::plan::LABEL_HASH: hash } });
+        t.project
+            .patch_instance(&p.name, &patch)
+            .await
+            .with_context(|| format!("marking {} prepared (its spec hash)", p.name))?;
     }
     Ok(())
 }

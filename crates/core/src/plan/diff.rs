@@ -496,22 +496,34 @@ fn stand_ins(d: &Desired, obs: &Observed, offline: &BTreeSet<String>) -> Vec<Obs
     out
 }
 
-/// Which of two replicas of one slot stays (the greater): one on an online member; then the
-/// replacement made while the other's member was offline (it has been serving since, on a
-/// member that stayed up, while the other's member failed once); then one made from the
-/// current spec; then a running one; then the name that sorts first.
+/// Which of two replicas of one slot stays (the greater): one on an online member, not marked
+/// replaced; then a prepared one that runs (made from the current spec: its hash, written last
+/// once its files are in and it started, matches); then a running one (a running replica is
+/// never given up for one that does not run: the surplus goes only once its keeper runs);
+/// then the replacement made while the other's member was offline; then one made from the
+/// current spec; then the name that sorts first.
 fn keeper_rank(
     i: &ObservedInstance,
     other: &ObservedInstance,
     t: &InstanceTemplate,
     offline: &BTreeSet<String>,
-) -> (bool, bool, bool, bool, bool, std::cmp::Reverse<String>) {
+) -> (
+    bool,
+    bool,
+    bool,
+    bool,
+    bool,
+    bool,
+    std::cmp::Reverse<String>,
+) {
+    let prepared = i.label(LABEL_HASH) == Some(t.hash.as_str());
     (
         !offline.contains(&i.location),
         i.label(super::LABEL_REPLACED_BY).is_none(),
-        i.label(LABEL_REPLACES) == Some(other.name.as_str()),
-        i.label(LABEL_HASH) == Some(t.hash.as_str()),
+        prepared && i.running,
         i.running,
+        i.label(LABEL_REPLACES) == Some(other.name.as_str()),
+        prepared,
         std::cmp::Reverse(i.name.clone()),
     )
 }

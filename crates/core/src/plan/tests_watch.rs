@@ -184,6 +184,31 @@ fn when_the_member_returns_its_stranded_replicas_are_removed_and_the_replacement
 }
 
 #[test]
+fn a_replacement_a_crash_left_unprepared_never_displaces_the_running_replica_it_replaces() {
+    let p = replicated(6);
+    let mut obs = deployed(&p, 3);
+    set_online(&mut obs, "node3", false);
+    let mut obs = apply(&plan_of(&p, &obs, &[]), &obs);
+    set_online(&mut obs, "node3", true);
+    // The replacements were killed half way: created, files not pushed, never started, so
+    // their hash (written last) is not there yet.
+    for i in obs.instances.iter_mut().filter(|i| i.name.ends_with("-b")) {
+        i.running = false;
+        i.config.remove(super::LABEL_HASH);
+    }
+    let plan = plan_of(&p, &obs, &[]);
+    let gone = removals(&plan);
+    assert_eq!(gone.len(), 2, "{gone:?}");
+    assert!(
+        gone.iter().all(|(n, _)| n.ends_with("-b")),
+        "the running originals stay, the unprepared replacements go: {gone:?}"
+    );
+    let after = apply(&plan, &obs);
+    assert_eq!(after.instances.len(), 6);
+    assert!(after.instances.iter().all(|i| i.running));
+}
+
+#[test]
 fn within_the_grace_period_replicas_on_an_offline_member_are_left_alone() {
     let p = replicated(6);
     let mut obs = deployed(&p, 3);
