@@ -1037,6 +1037,8 @@ mod tests_deploy;
 #[cfg(test)]
 mod tests_drain;
 #[cfg(test)]
+mod tests_faults;
+#[cfg(test)]
 mod tests_rollout;
 #[cfg(test)]
 mod tests_span;
