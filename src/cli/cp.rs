@@ -238,7 +238,7 @@ pub fn run(global: &GlobalArgs, args: &CpArgs) -> anyhow::Result<ExitCode> {
     let client = super::select::client(&ctx);
     block_on(async {
         let instances = super::select::instances(&ctx, &[], false).await?;
-        let instance = super::exec::pick_replica(&instances, &service, args.index, is_global)?;
+        let instance = super::shared::pick_replica(&instances, &service, args.index, is_global)?;
         let name = instance.name.clone();
         let mut n = Count::default();
         if inbound {

@@ -18,11 +18,10 @@ use std::io::{IsTerminal, Read};
 use std::os::fd::AsFd;
 use std::process::ExitCode;
 
-use anyhow::{Context as _, anyhow, bail};
+use anyhow::{Context as _, bail};
 use clap::Args;
 use ic_compose::model::DeployMode;
-use ic_core::plan::{LABEL_SERVICE, LABEL_SLOT};
-use ic_incus::{Client, ExecIo, ExecRequest, Instance};
+use ic_incus::{Client, ExecIo, ExecRequest};
 use rustix::termios::{self, OptionalActions, Termios};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
@@ -59,57 +58,6 @@ pub struct ExecArgs {
     /// The command and its arguments
     #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
     pub command: Vec<String>,
-}
-
-/// Pick replica `index` of `service` among the project's instances (see the module docs).
-pub(super) fn pick_replica<'a>(
-    instances: &'a [Instance],
-    service: &str,
-    index: usize,
-    global: bool,
-) -> anyhow::Result<&'a Instance> {
-    let mut replicas: Vec<&Instance> = instances
-        .iter()
-        .filter(|i| i.config.get(LABEL_SERVICE).map(String::as_str) == Some(service))
-        .filter(|i| !ic_core::plan::is_oneoff(&i.config))
-        .collect();
-    if replicas.is_empty() {
-        bail!(
-            "service {service:?} has no instances; start it with `incus-compose up -d {service}`"
-        );
-    }
-    replicas.sort_by(|a, b| a.config.get(LABEL_SLOT).cmp(&b.config.get(LABEL_SLOT)));
-    let found = if global {
-        index.checked_sub(1).and_then(|i| replicas.get(i)).copied()
-    } else {
-        replicas
-            .iter()
-            .find(|i| {
-                i.config
-                    .get(LABEL_SLOT)
-                    .and_then(|s| s.parse::<usize>().ok())
-                    == Some(index)
-            })
-            .copied()
-    };
-    found.ok_or_else(|| {
-        let have: Vec<String> = replicas
-            .iter()
-            .enumerate()
-            .map(|(n, i)| {
-                let slot = if global {
-                    (n + 1).to_string()
-                } else {
-                    i.config.get(LABEL_SLOT).cloned().unwrap_or_default()
-                };
-                format!("{slot} ({})", i.name)
-            })
-            .collect();
-        anyhow!(
-            "service {service:?} has no replica with index {index}; its replicas: {}",
-            have.join(", ")
-        )
-    })
 }
 
 /// `KEY=VAL`, or `KEY` alone to pass the local value (skipped when unset, like docker).
@@ -402,8 +350,9 @@ pub fn run(global: &GlobalArgs, args: &ExecArgs) -> anyhow::Result<ExitCode> {
     let client = ctx.base.with_project(&ctx.incus_project);
 
     let code = block_on(async {
-        let instances = super::logs::project_instances(&client, &ctx.project.name, &[]).await?;
-        let instance = pick_replica(&instances, &args.service, args.index, is_global)?;
+        let instances = super::shared::project_instances(&client, &ctx.project.name, &[]).await?;
+        let instance =
+            super::shared::pick_replica(&instances, &args.service, args.index, is_global)?;
         if instance.status.eq_ignore_ascii_case("frozen") {
             bail!(
                 "{} is paused; resume it with `incus-compose unpause {}`",
@@ -435,6 +384,9 @@ pub fn run(global: &GlobalArgs, args: &ExecArgs) -> anyhow::Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cli::shared::pick_replica;
+    use ic_core::plan::{LABEL_SERVICE, LABEL_SLOT};
+    use ic_incus::Instance;
 
     fn inst(name: &str, service: &str, slot: &str) -> Instance {
         let mut i = Instance {

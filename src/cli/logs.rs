@@ -21,7 +21,6 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
-use ic_core::plan::{LABEL_SERVICE, LABEL_SLOT};
 use ic_incus::{Client, ConsoleSession, Instance};
 use time::format_description::well_known::Rfc3339;
 use tokio::signal::unix::{SignalKind, signal};
@@ -115,36 +114,6 @@ where
         }
     }
     out
-}
-
-/// The instances of compose project `compose` (only those of `services` unless empty), in
-/// service, then replica order. A missing Incus project means no instances.
-pub(super) async fn project_instances(
-    client: &Client,
-    compose: &str,
-    services: &[String],
-) -> anyhow::Result<Vec<Instance>> {
-    let mut instances = match client.instances().await {
-        Ok(list) => list,
-        Err(e) if e.is_not_found() => Vec::new(),
-        Err(e) => return Err(e).context("cannot list instances"),
-    };
-    instances.retain(|i| {
-        crate::engine::is_ours(&i.config, compose)
-            && (services.is_empty()
-                || i.config
-                    .get(LABEL_SERVICE)
-                    .is_some_and(|s| services.contains(s)))
-    });
-    instances.sort_by_key(|i| {
-        (
-            i.config.get(LABEL_SERVICE).cloned(),
-            i.config.get(LABEL_SLOT).and_then(|s| s.parse::<u64>().ok()),
-            i.config.get(LABEL_SLOT).cloned(),
-            i.name.clone(),
-        )
-    });
-    Ok(instances)
 }
 
 /// How lines are printed.
@@ -353,7 +322,8 @@ pub fn run(global: &GlobalArgs, args: &LogsArgs) -> anyhow::Result<ExitCode> {
     ctx.check_services(&args.services)?;
     block_on(async {
         let client = ctx.base.with_project(&ctx.incus_project);
-        let instances = project_instances(&client, &ctx.project.name, &args.services).await?;
+        let instances =
+            super::shared::project_instances(&client, &ctx.project.name, &args.services).await?;
         let fmt = Format {
             width: instances.iter().map(|i| i.name.len()).max().unwrap_or(0),
             prefix: !args.no_log_prefix,

@@ -65,7 +65,7 @@ pub fn run(global: &GlobalArgs, args: &PortArgs) -> anyhow::Result<ExitCode> {
     };
     block_on(async {
         let instances = super::select::instances(&ctx, &[], false).await?;
-        let i = super::exec::pick_replica(&instances, &args.service, args.index, is_global)?;
+        let i = super::shared::pick_replica(&instances, &args.service, args.index, is_global)?;
         let Some((mut host, port)) = published(&i.expanded_devices, proto, args.private_port)
             .or_else(|| published(&i.devices, proto, args.private_port))
         else {

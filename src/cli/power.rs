@@ -46,6 +46,9 @@ fn run(
     let ctx = Context::new_or_by_name(global)?;
     ctx.check_services(services)?;
     block_on(async {
+        // Starts (dependencies first) and stops act under the project lock, as `up` acts,
+        // planned from what Incus holds once it is taken.
+        let _lock = ctx.lock().await?;
         let order = ctx.service_order().await?;
         let obs = observe(&ctx.base, &ctx.incus_project, false).await?;
         let plan = plan_power(

@@ -261,6 +261,10 @@ pub fn run(global: &GlobalArgs, args: &RunArgs) -> anyhow::Result<ExitCode> {
     };
     let client = ctx.base.with_project(&ctx.incus_project);
     block_on(async {
+        // The dependencies are created and started as `up` makes them: under the project
+        // lock, planned from what Incus holds once it is taken (given back once the one-off
+        // exists: it may run for hours).
+        let lock = ctx.lock().await?;
         let mut obs = observe(&ctx.base, &ctx.incus_project, true).await?;
         let selected =
             ic_core::plan::selected_services(&ctx.project, &opts).map_err(|e| anyhow!("{e}"))?;
@@ -406,6 +410,7 @@ pub fn run(global: &GlobalArgs, args: &RunArgs) -> anyhow::Result<ExitCode> {
             Some(health::Gate::new(client.clone(), &ctx.project, None)?)
         };
         let outcome = engine::execute_gated(&ctx.target(&obs), &plan, 8, gate.as_ref()).await;
+        drop(lock);
         if !outcome.ok() {
             outcome.report_failures("run", None);
             // A half-made one-off is not left behind.

@@ -40,7 +40,7 @@ pub(super) async fn instances(
 ) -> anyhow::Result<Vec<Instance>> {
     check_services(ctx, services)?;
     let mut list =
-        super::logs::project_instances(&client(ctx), &ctx.project.name, services).await?;
+        super::shared::project_instances(&client(ctx), &ctx.project.name, services).await?;
     list.retain(|i| oneoffs || !is_oneoff(&i.config));
     Ok(list)
 }

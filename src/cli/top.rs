@@ -75,7 +75,7 @@ pub fn run(global: &GlobalArgs, args: &TopArgs) -> anyhow::Result<ExitCode> {
     block_on(async {
         let client = ctx.base.with_project(&ctx.incus_project);
         let instances =
-            super::logs::project_instances(&client, &ctx.project.name, &args.services).await?;
+            super::shared::project_instances(&client, &ctx.project.name, &args.services).await?;
         let mut tasks = tokio::task::JoinSet::new();
         let running: Vec<String> = instances
             .iter()
