@@ -4,6 +4,9 @@
 //! - Only the count changes: missing replicas are created (and started), surplus ones removed
 //!   (the scheduler's scale-down order), stopped ones started. Existing replicas are never
 //!   recreated, even if the compose file changed since (`up` does that).
+//! - As `docker service scale`: from the deployed revision's specs (`engine::converge`,
+//!   `Source::Deployed`), recorded as a new revision so that `watch` keeps the count; from the
+//!   compose file only when nothing of these services is deployed yet.
 //! - Services the scaled ones depend on are created or started if need be, never recreated;
 //!   with `--no-deps` they are not touched at all. No other service is touched.
 //! - Global services cannot be scaled (one replica per member).
