@@ -211,11 +211,22 @@ fn ls(global: &GlobalArgs, args: &LsArgs) -> anyhow::Result<ExitCode> {
         let obs = observe(&base, &incus_project, false).await?;
         let mut replicas: BTreeMap<&str, BTreeMap<String, u32>> = BTreeMap::new();
         if let Some(p) = &project {
+            // Replicas on an offline member are listed without their labels: counted by
+            // their name when the Incus project is this compose project's.
+            let ours_project =
+                obs.observed.project_config.get(LABEL_PROJECT) == Some(&p.name);
             for i in &obs.observed.instances {
-                if i.config.get(LABEL_PROJECT) != Some(&p.name) {
+                let stand_in = i.config.is_empty() && ours_project;
+                if i.config.get(LABEL_PROJECT) != Some(&p.name) && !stand_in {
                     continue;
                 }
-                let service = i.config.get(LABEL_SERVICE).cloned().unwrap_or_default();
+                let service = if stand_in {
+                    let (service, _) = engine::reach::service_of_name(&i.name, &[]);
+                    let Some(service) = service else { continue };
+                    service
+                } else {
+                    i.config.get(LABEL_SERVICE).cloned().unwrap_or_default()
+                };
                 *replicas
                     .entry(i.location.as_str())
                     .or_default()
