@@ -27,21 +27,31 @@ pub fn run(global: &GlobalArgs, args: &LsArgs) -> anyhow::Result<ExitCode> {
     let base = engine::connect(global.remote.as_deref())?;
     let listed = block_on(engine::deployed::list_projects(&base, args.all))??;
     // Instances on members that cannot be asked: one warning per member, naming them.
+    // Up to 5 names per project, else their number.
     let mut unreached: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
     for p in &listed {
+        let mut on: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
         for u in &p.unreached {
             if let Some((member, name)) = u.split_once(": ") {
-                unreached
-                    .entry(member)
-                    .or_default()
-                    .push(format!("{name} ({})", p.name));
+                on.entry(member).or_default().push(name);
             }
+        }
+        for (member, names) in on {
+            let what = if names.len() > 5 {
+                format!("{} instances", names.len())
+            } else {
+                names.join(", ")
+            };
+            unreached
+                .entry(member)
+                .or_default()
+                .push(format!("{what} of {}", p.name));
         }
     }
     for (member, names) in &unreached {
         eprintln!(
             "warning: cluster member {member} is offline or does not answer: {} not reached; the status is for the other instances",
-            names.join(", ")
+            names.join("; ")
         );
     }
     if args.quiet {

@@ -29,7 +29,7 @@ pub struct PsArgs {
     pub services: Vec<String>,
 }
 
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize)]
 struct Row {
     name: String,
     service: String,
@@ -56,17 +56,32 @@ struct Row {
     /// The revision the replica runs (the newest kept whose spec of its service has the
     /// replica's hash); null when none kept has it.
     revision: Option<u64>,
+    /// On a member that cannot be asked (state unknown).
+    #[serde(skip)]
+    unreached: bool,
 }
 
 pub fn run(global: &GlobalArgs, args: &PsArgs) -> anyhow::Result<ExitCode> {
     let ctx = Context::new_or_by_name(global)?;
     block_on(async {
-        let obs = observe(&ctx.base, &ctx.incus_project, false).await?;
+        // What the scheduler sees, for the pending replicas. A member that stopped answering
+        // and that Incus does not list as offline yet fails it: then no pending rows (the
+        // replicas reached are listed all the same).
+        // Both at once: each waits a few seconds for such a member.
+        let (obs, reached) = tokio::join!(
+            observe(&ctx.base, &ctx.incus_project, false),
+            super::select::reach(&ctx, &args.services, false)
+        );
+        let obs = match obs {
+            Ok(obs) => Some(obs),
+            Err(e) if unreadable(&e) => None,
+            Err(e) => return Err(e),
+        };
+        let reached = reached?;
         let mut rows = Vec::new();
         let mut updates = BTreeMap::new();
         let mut unreached = Vec::new();
-        if obs.observed.project_exists {
-            let reached = super::select::reach(&ctx, &args.services, false).await?;
+        if obs.as_ref().is_none_or(|o| o.observed.project_exists) {
             let revisions =
                 crate::engine::revisions::read(&ctx.base, &ctx.incus_project, &ctx.project.name)
                     .await
@@ -120,6 +135,7 @@ pub fn run(global: &GlobalArgs, args: &PsArgs) -> anyhow::Result<ExitCode> {
                     revision: i.config.get(LABEL_HASH).and_then(|h| {
                         ic_core::revision::running_revision(&revisions, &service_label, h)
                     }),
+                    unreached: false,
                 });
                 if i.config.contains_key(ic_core::plan::LABEL_RETIRED)
                     && let Some(r) = rows.last_mut()
@@ -146,6 +162,7 @@ pub fn run(global: &GlobalArgs, args: &PsArgs) -> anyhow::Result<ExitCode> {
                     pending_reason: None,
                     update: None,
                     revision: None,
+                    unreached: true,
                 });
             }
             add_health(&ctx, &mut rows).await?;
@@ -154,8 +171,15 @@ pub fn run(global: &GlobalArgs, args: &PsArgs) -> anyhow::Result<ExitCode> {
                 r.update = updates.get(&r.service).cloned();
             }
             // By name (no compose file), the declared replicas are not known: no pending rows.
-            if !ctx.by_name {
+            if !ctx.by_name
+                && let Some(obs) = &obs
+            {
                 add_pending(&ctx, &obs.observed, args, &mut rows)?;
+                // A replica on an offline member has its row already (state unknown).
+                rows.retain(|r| {
+                    r.pending_reason.is_none()
+                        || !reached.unreached.iter().any(|u| u.name == r.name)
+                });
             }
         }
         rows.sort_by(|a, b| {
@@ -185,6 +209,16 @@ pub fn run(global: &GlobalArgs, args: &PsArgs) -> anyhow::Result<ExitCode> {
         }
         Ok(ExitCode::SUCCESS)
     })?
+}
+
+/// Whether `e` is an instance Incus cannot read from its member.
+pub(super) fn unreadable(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<ic_incus::Error>(),
+            Some(ic_incus::Error::Unreadable { .. })
+        )
+    })
 }
 
 /// Services whose newest revision did not complete: `updating`, `paused`, `rolled back`.
@@ -238,6 +272,7 @@ fn add_pending(
             pending_reason: Some(p.reason.members().iter().map(|r| r.to_string()).collect()),
             update: None,
             revision: None,
+            unreached: false,
         });
     }
     Ok(())
@@ -279,7 +314,10 @@ async fn add_health(ctx: &Context, rows: &mut [Row]) -> anyhow::Result<()> {
 /// complete).
 fn table(rows: &[Row]) -> String {
     let mut by_service: BTreeMap<&str, std::collections::BTreeSet<Option<u64>>> = BTreeMap::new();
-    for r in rows.iter().filter(|r| r.pending_reason.is_none() && !r.member.is_empty()) {
+    for r in rows
+        .iter()
+        .filter(|r| r.pending_reason.is_none() && !r.member.is_empty() && !r.unreached)
+    {
         by_service.entry(&r.service).or_default().insert(r.revision);
     }
     let revisions = by_service.values().any(|s| s.len() > 1);
@@ -330,6 +368,7 @@ mod tests {
             pending_reason: None,
             update: None,
             revision,
+            unreached: state.starts_with("unknown"),
         }
     }
 
@@ -350,6 +389,8 @@ mod tests {
             row("web-2", "node2", "Running", Some(1)),
             row("web-3", "node3", "unknown (member offline)", None),
         ];
+        // A replica not reached does not make a difference by itself.
+        assert!(!table(&[mixed[0].clone(), mixed[2].clone()]).contains("REVISION"));
         assert_eq!(
             table(&mixed),
             "NAME    SERVICE   MEMBER   STATE                      REVISION   HEALTH   PORTS\n\
