@@ -14,13 +14,36 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 /// command's).
 static TO_STDERR: AtomicBool = AtomicBool::new(false);
 
+/// Result lines start with the time (`watch`, a log), set once by `watch`.
+static STAMPED: AtomicBool = AtomicBool::new(false);
+
 /// From now on, result lines go to stderr.
 pub fn lines_to_stderr() {
     TO_STDERR.store(true, Ordering::Relaxed);
 }
 
+/// From now on, result lines start with the time to the second (none when they go to the
+/// systemd journal, which stamps them itself), as `watch`'s own lines.
+pub fn stamp_lines() {
+    STAMPED.store(true, Ordering::Relaxed);
+}
+
+/// `line`, with the time in front after [`stamp_lines`].
+fn stamped(line: &str) -> std::borrow::Cow<'_, str> {
+    if !STAMPED.load(Ordering::Relaxed) {
+        return line.into();
+    }
+    let prefix = if TO_STDERR.load(Ordering::Relaxed) {
+        super::timefmt::stderr_line_prefix()
+    } else {
+        super::timefmt::line_prefix()
+    };
+    format!("{prefix}{line}").into()
+}
+
 /// A line about progress: stdout, or stderr after [`lines_to_stderr`].
 pub fn say(line: &str) {
+    let line = stamped(line);
     if TO_STDERR.load(Ordering::Relaxed) {
         eprintln!("{line}");
     } else {
@@ -69,6 +92,7 @@ impl Progress {
 
     /// A result line, printed above the spinners still running.
     pub fn line(&self, line: &str) {
+        let line = &*stamped(line);
         match &self.bars {
             Some(bars) if bars.println(line).is_ok() => {}
             _ if TO_STDERR.load(Ordering::Relaxed) => eprintln!("{line}"),

@@ -41,25 +41,38 @@ pub fn is_journal(journal_stream: &str, dev: u64, ino: u64) -> bool {
     d.parse::<u64>().ok() == Some(dev) && i.parse::<u64>().ok() == Some(ino)
 }
 
-/// Whether stdout is the systemd journal (`JOURNAL_STREAM` set and naming stdout's device
-/// and inode). Read once.
+/// Whether `fd` is the systemd journal (`JOURNAL_STREAM` set and naming its device and inode).
+fn fd_is_journal(fd: std::os::fd::BorrowedFd<'_>, terminal: bool) -> bool {
+    let Some(stream) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    if terminal {
+        return false;
+    }
+    let Ok(fd) = fd.try_clone_to_owned() else {
+        return false;
+    };
+    let Ok(meta) = std::fs::File::from(fd).metadata() else {
+        return false;
+    };
+    is_journal(&stream.to_string_lossy(), meta.dev(), meta.ino())
+}
+
+/// Whether stdout is the systemd journal. Read once.
 pub fn stdout_is_journal() -> bool {
     static JOURNAL: OnceLock<bool> = OnceLock::new();
     *JOURNAL.get_or_init(|| {
-        let Some(stream) = std::env::var_os("JOURNAL_STREAM") else {
-            return false;
-        };
-        let stdout = std::io::stdout();
-        if stdout.is_terminal() {
-            return false;
-        }
-        let Ok(fd) = stdout.as_fd().try_clone_to_owned() else {
-            return false;
-        };
-        let Ok(meta) = std::fs::File::from(fd).metadata() else {
-            return false;
-        };
-        is_journal(&stream.to_string_lossy(), meta.dev(), meta.ino())
+        let out = std::io::stdout();
+        fd_is_journal(out.as_fd(), out.is_terminal())
+    })
+}
+
+/// Whether stderr is the systemd journal. Read once.
+pub fn stderr_is_journal() -> bool {
+    static JOURNAL: OnceLock<bool> = OnceLock::new();
+    *JOURNAL.get_or_init(|| {
+        let err = std::io::stderr();
+        fd_is_journal(err.as_fd(), err.is_terminal())
     })
 }
 
@@ -67,6 +80,15 @@ pub fn stdout_is_journal() -> bool {
 /// stdout is the journal.
 pub fn line_prefix() -> String {
     if stdout_is_journal() {
+        String::new()
+    } else {
+        format!("{} ", now_seconds())
+    }
+}
+
+/// [`line_prefix`] for a line on stderr.
+pub fn stderr_line_prefix() -> String {
+    if stderr_is_journal() {
         String::new()
     } else {
         format!("{} ", now_seconds())
