@@ -136,8 +136,11 @@ impl Fixture {
     fn new() -> Fixture {
         let name = format!("off-ro-{}", std::process::id() % 100_000);
         let dir = tempfile::tempdir().expect("temp dir");
-        std::fs::write(dir.path().join("compose.yaml"), STACK.replace("{name}", &name))
-            .expect("write compose file");
+        std::fs::write(
+            dir.path().join("compose.yaml"),
+            STACK.replace("{name}", &name),
+        )
+        .expect("write compose file");
         Fixture { name, dir }
     }
 
@@ -257,7 +260,10 @@ fn read_only_commands_answer_for_live_members_and_warn_naming_the_offline_one() 
     assert!(line.contains("unknown") && line.contains(MEMBER), "{line}");
     // Listed once (not also as pending), and the revisions do not differ.
     assert_eq!(
-        stdout.lines().filter(|l| l.starts_with(lost.as_str())).count(),
+        stdout
+            .lines()
+            .filter(|l| l.starts_with(lost.as_str()))
+            .count(),
         1,
         "{stdout}"
     );
@@ -366,7 +372,10 @@ fn read_only_commands_answer_for_live_members_and_warn_naming_the_offline_one() 
         if out.status.success() && !text(&out.stderr).contains("warning") {
             break;
         }
-        assert!(Instant::now() < deadline, "ps still warns 60 s after revive");
+        assert!(
+            Instant::now() < deadline,
+            "ps still warns 60 s after revive"
+        );
         std::thread::sleep(Duration::from_secs(2));
     }
 }

@@ -88,7 +88,13 @@ fn table(rows: &[serde_json::Value], now: time::OffsetDateTime) -> String {
         })
         .collect();
     ic_core::display::table(
-        &["REVISION", "CREATED", "CAUSE", "SERVICES CHANGED", "OUTCOME"],
+        &[
+            "REVISION",
+            "CREATED",
+            "CAUSE",
+            "SERVICES CHANGED",
+            "OUTCOME",
+        ],
         &cells,
     )
 }
@@ -111,9 +117,30 @@ mod tests {
             })
         };
         let rows = [
-            row(1, "2026-12-06T15:02:11.350681175Z", "up", &["db", "web"], "completed", false),
-            row(2, "2026-12-06T17:29:27.350681175Z", "up", &["web"], "rolled back", false),
-            row(3, "2026-12-06T17:31:40Z", "rollback to 1", &[], "completed", true),
+            row(
+                1,
+                "2026-12-06T15:02:11.350681175Z",
+                "up",
+                &["db", "web"],
+                "completed",
+                false,
+            ),
+            row(
+                2,
+                "2026-12-06T17:29:27.350681175Z",
+                "up",
+                &["web"],
+                "rolled back",
+                false,
+            ),
+            row(
+                3,
+                "2026-12-06T17:31:40Z",
+                "rollback to 1",
+                &[],
+                "completed",
+                true,
+            ),
             row(4, "not a time", "up", &["worker"], "in progress", false),
         ];
         let now = time::OffsetDateTime::parse(

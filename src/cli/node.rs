@@ -232,8 +232,7 @@ fn ls(global: &GlobalArgs, args: &LsArgs) -> anyhow::Result<ExitCode> {
         if let Some(p) = &project {
             // Replicas on an offline member are listed without their labels: counted by
             // their name when the Incus project is this compose project's.
-            let ours_project =
-                obs.observed.project_config.get(LABEL_PROJECT) == Some(&p.name);
+            let ours_project = obs.observed.project_config.get(LABEL_PROJECT) == Some(&p.name);
             for i in &obs.observed.instances {
                 let stand_in = i.config.is_empty() && ours_project;
                 if i.config.get(LABEL_PROJECT) != Some(&p.name) && !stand_in {

@@ -219,9 +219,7 @@ pub async fn list_projects(base: &Client, all: bool) -> anyhow::Result<Vec<Liste
         let unreached = unreached
             .remove(&(compose.clone(), incus_project.clone()))
             .unwrap_or_default();
-        if !all
-            && unreached.is_empty()
-            && !states.iter().any(|s| s.eq_ignore_ascii_case("running"))
+        if !all && unreached.is_empty() && !states.iter().any(|s| s.eq_ignore_ascii_case("running"))
         {
             continue;
         }

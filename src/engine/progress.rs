@@ -170,7 +170,11 @@ impl Progress {
 
     /// `service`'s rollout ended: its bar goes (its result line says how it ended).
     pub fn rollout_ended(&self, service: &str) {
-        let gone = self.rollouts.lock().ok().and_then(|mut r| r.remove(service));
+        let gone = self
+            .rollouts
+            .lock()
+            .ok()
+            .and_then(|mut r| r.remove(service));
         if let Some(r) = gone {
             r.bar.finish_and_clear();
         }

@@ -63,7 +63,10 @@ impl Reached {
 /// The service and slot a replica's name says: `web-3` and `web-3-b` are slot 3 of `web`;
 /// `services` (when given) are the names the service may have, e.g. its `container_name`
 /// first: (container_name, service).
-pub fn service_of_name(name: &str, container_names: &[(String, String)]) -> (Option<String>, Option<String>) {
+pub fn service_of_name(
+    name: &str,
+    container_names: &[(String, String)],
+) -> (Option<String>, Option<String>) {
     if let Some((_, service)) = container_names.iter().find(|(c, _)| c == name) {
         return (Some(service.clone()), Some("1".into()));
     }
@@ -178,7 +181,11 @@ mod tests {
         };
         let w = r.warnings();
         assert_eq!(w.len(), 2);
-        assert!(w[0].starts_with("cluster member node3 is offline"), "{}", w[0]);
+        assert!(
+            w[0].starts_with("cluster member node3 is offline"),
+            "{}",
+            w[0]
+        );
         assert!(w[0].contains("web-3, db-1 not reached"), "{}", w[0]);
         assert!(w[1].contains("node4") && w[1].contains("web-5"), "{}", w[1]);
     }

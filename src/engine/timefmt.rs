@@ -122,7 +122,10 @@ mod tests {
             ago_rfc3339("2026-12-06T17:29:27.350681175Z", now),
             "2 minutes ago"
         );
-        assert_eq!(ago_rfc3339("2026-12-06T17:32:05Z", now), "Less than a second ago");
+        assert_eq!(
+            ago_rfc3339("2026-12-06T17:32:05Z", now),
+            "Less than a second ago"
+        );
         assert_eq!(ago_rfc3339("yesterday", now), "yesterday");
     }
 }

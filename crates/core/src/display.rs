@@ -91,7 +91,10 @@ mod tests {
 
     #[test]
     fn durations_read_as_docker_words_them() {
-        assert_eq!(human_duration(Duration::from_millis(300)), "Less than a second");
+        assert_eq!(
+            human_duration(Duration::from_millis(300)),
+            "Less than a second"
+        );
         assert_eq!(s(1), "1 second");
         assert_eq!(s(59), "59 seconds");
         assert_eq!(s(60), "About a minute");
