@@ -108,9 +108,9 @@ pub fn run(global: &GlobalArgs, args: &ImagesArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let rows = block_on(async {
-        let client = ctx.base.with_project(&ctx.incus_project);
-        let instances =
-            super::shared::project_instances(&client, &ctx.project.name, &args.services).await?;
+        let reached = super::select::reach(&ctx, &args.services, false).await?;
+        reached.warn();
+        let instances = reached.instances;
         // Images live in the `default` project unless the project has its own.
         let own_images = match ctx.base.get_project(&ctx.incus_project).await {
             Ok(p) => p.config.get("features.images").map(String::as_str) == Some("true"),

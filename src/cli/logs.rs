@@ -322,8 +322,12 @@ pub fn run(global: &GlobalArgs, args: &LogsArgs) -> anyhow::Result<ExitCode> {
     ctx.check_services(&args.services)?;
     block_on(async {
         let client = ctx.base.with_project(&ctx.incus_project);
-        let instances =
-            super::shared::project_instances(&client, &ctx.project.name, &args.services).await?;
+        let reached = super::select::reach(&ctx, &args.services, false).await?;
+        reached.warn();
+        // Replicas not reached: exit status 1 once the others are printed, as `docker service
+        // logs` ends an incomplete log stream.
+        let partial = !reached.unreached.is_empty();
+        let instances = reached.instances;
         let fmt = Format {
             width: instances.iter().map(|i| i.name.len()).max().unwrap_or(0),
             prefix: !args.no_log_prefix,
@@ -335,7 +339,11 @@ pub fn run(global: &GlobalArgs, args: &LogsArgs) -> anyhow::Result<ExitCode> {
                     break;
                 }
             }
-            return Ok(ExitCode::SUCCESS);
+            return Ok(if partial {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            });
         }
         // Stopped replicas: their log once. Running ones: followed together.
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -373,7 +381,7 @@ pub fn run(global: &GlobalArgs, args: &LogsArgs) -> anyhow::Result<ExitCode> {
                 _ = terminate.recv() => { let _ = stop_tx.send(true); }
             }
         }
-        Ok(if failed {
+        Ok(if failed || partial {
             ExitCode::FAILURE
         } else {
             ExitCode::SUCCESS

@@ -26,6 +26,34 @@ pub struct LsArgs {
 pub fn run(global: &GlobalArgs, args: &LsArgs) -> anyhow::Result<ExitCode> {
     let base = engine::connect(global.remote.as_deref())?;
     let listed = block_on(engine::deployed::list_projects(&base, args.all))??;
+    // Instances on members that cannot be asked: one warning per member, naming them.
+    // Up to 5 names per project, else their number.
+    let mut unreached: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
+    for p in &listed {
+        let mut on: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+        for u in &p.unreached {
+            if let Some((member, name)) = u.split_once(": ") {
+                on.entry(member).or_default().push(name);
+            }
+        }
+        for (member, names) in on {
+            let what = if names.len() > 5 {
+                format!("{} instances", names.len())
+            } else {
+                names.join(", ")
+            };
+            unreached
+                .entry(member)
+                .or_default()
+                .push(format!("{what} of {}", p.name));
+        }
+    }
+    for (member, names) in &unreached {
+        eprintln!(
+            "warning: cluster member {member} is offline or does not answer: {} not reached; the status is for the other instances",
+            names.join("; ")
+        );
+    }
     if args.quiet {
         for p in &listed {
             println!("{}", p.name);
@@ -46,22 +74,11 @@ pub fn run(global: &GlobalArgs, args: &LsArgs) -> anyhow::Result<ExitCode> {
                     [p.name.clone(), p.status.clone(), files]
                 })
                 .collect();
-            let header = ["NAME", "STATUS", "CONFIG FILES"];
-            let w0 = rows
-                .iter()
-                .map(|r| r[0].len())
-                .chain([header[0].len()])
-                .max();
-            let w1 = rows
-                .iter()
-                .map(|r| r[1].len())
-                .chain([header[1].len()])
-                .max();
-            let (w0, w1) = (w0.unwrap_or(0), w1.unwrap_or(0));
-            println!("{:<w0$}   {:<w1$}   {}", header[0], header[1], header[2]);
-            for r in &rows {
-                println!("{:<w0$}   {:<w1$}   {}", r[0], r[1], r[2]);
-            }
+            let rows: Vec<Vec<String>> = rows.into_iter().map(Vec::from).collect();
+            print!(
+                "{}",
+                ic_core::display::table(&["NAME", "STATUS", "CONFIG FILES"], &rows)
+            );
         }
     }
     Ok(ExitCode::SUCCESS)

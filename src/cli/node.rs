@@ -208,14 +208,43 @@ fn ls(global: &GlobalArgs, args: &LsArgs) -> anyhow::Result<ExitCode> {
             .unwrap_or_else(|| "default".into()),
     };
     let rows = block_on(async {
-        let obs = observe(&base, &incus_project, false).await?;
+        // A member that stopped answering but that Incus does not list as offline yet
+        // (`cluster.offline_threshold`) makes its instances unreadable: wait for Incus to list
+        // it offline (then they are counted by name), up to a minute.
+        let started = std::time::Instant::now();
+        let mut warned = false;
+        let obs = loop {
+            match observe(&base, &incus_project, false).await {
+                Ok(obs) => break obs,
+                Err(e) if started.elapsed().as_secs() < 60 && super::ps::unreadable(&e) => {
+                    if !std::mem::replace(&mut warned, true) {
+                        eprintln!(
+                            "warning: {:#}; waiting for Incus to list the member offline",
+                            e.root_cause()
+                        );
+                    }
+                    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
         let mut replicas: BTreeMap<&str, BTreeMap<String, u32>> = BTreeMap::new();
         if let Some(p) = &project {
+            // Replicas on an offline member are listed without their labels: counted by
+            // their name when the Incus project is this compose project's.
+            let ours_project = obs.observed.project_config.get(LABEL_PROJECT) == Some(&p.name);
             for i in &obs.observed.instances {
-                if i.config.get(LABEL_PROJECT) != Some(&p.name) {
+                let stand_in = i.config.is_empty() && ours_project;
+                if i.config.get(LABEL_PROJECT) != Some(&p.name) && !stand_in {
                     continue;
                 }
-                let service = i.config.get(LABEL_SERVICE).cloned().unwrap_or_default();
+                let service = if stand_in {
+                    let (service, _) = engine::reach::service_of_name(&i.name, &[]);
+                    let Some(service) = service else { continue };
+                    service
+                } else {
+                    i.config.get(LABEL_SERVICE).cloned().unwrap_or_default()
+                };
                 *replicas
                     .entry(i.location.as_str())
                     .or_default()

@@ -64,7 +64,29 @@ pub fn run(global: &GlobalArgs, args: &PortArgs) -> anyhow::Result<ExitCode> {
         Protocol::Udp => "udp",
     };
     block_on(async {
-        let instances = super::select::instances(&ctx, &[], false).await?;
+        super::select::check_services(&ctx, std::slice::from_ref(&args.service))?;
+        let reached = super::select::reach(&ctx, &[], false).await?;
+        // The replica asked for is on a member that cannot be asked: say so, naming both.
+        if !is_global
+            && let Some(u) = reached.unreached.iter().find(|u| {
+                u.service.as_deref() == Some(args.service.as_str())
+                    && u.slot.as_deref() == Some(args.index.to_string().as_str())
+            })
+        {
+            bail!(
+                "{} (replica {} of {}) is on cluster member {}, which is offline or does not answer: try another replica (--index) or once {} is back",
+                u.name,
+                args.index,
+                args.service,
+                u.member,
+                u.member
+            );
+        }
+        let instances: Vec<_> = reached
+            .instances
+            .into_iter()
+            .filter(|i| !ic_core::plan::is_oneoff(&i.config))
+            .collect();
         let i = super::shared::pick_replica(&instances, &args.service, args.index, is_global)?;
         let Some((mut host, port)) = published(&i.expanded_devices, proto, args.private_port)
             .or_else(|| published(&i.devices, proto, args.private_port))

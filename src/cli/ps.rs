@@ -3,9 +3,8 @@
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 
-use anyhow::Context as _;
 use clap::{Args, ValueEnum};
-use ic_core::plan::{LABEL_SERVICE, LABEL_SLOT};
+use ic_core::plan::{LABEL_HASH, LABEL_SERVICE, LABEL_SLOT};
 
 use super::GlobalArgs;
 use super::project::{Context, block_on};
@@ -30,7 +29,7 @@ pub struct PsArgs {
     pub services: Vec<String>,
 }
 
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize)]
 struct Row {
     name: String,
     service: String,
@@ -54,26 +53,46 @@ struct Row {
     /// service did not complete.
     #[serde(skip_serializing_if = "Option::is_none")]
     update: Option<String>,
+    /// The revision the replica runs (the newest kept whose spec of its service has the
+    /// replica's hash); null when none kept has it.
+    revision: Option<u64>,
+    /// On a member that cannot be asked (state unknown).
+    #[serde(skip)]
+    unreached: bool,
 }
 
 pub fn run(global: &GlobalArgs, args: &PsArgs) -> anyhow::Result<ExitCode> {
     let ctx = Context::new_or_by_name(global)?;
     block_on(async {
-        let obs = observe(&ctx.base, &ctx.incus_project, false).await?;
+        // What the scheduler sees, for the pending replicas. A member that stopped answering
+        // and that Incus does not list as offline yet fails it: then no pending rows (the
+        // replicas reached are listed all the same).
+        // Both at once: each waits a few seconds for such a member.
+        let (obs, reached) = tokio::join!(
+            observe(&ctx.base, &ctx.incus_project, false),
+            super::select::reach(&ctx, &args.services, false)
+        );
+        let obs = match obs {
+            Ok(obs) => Some(obs),
+            Err(e) if unreadable(&e) => None,
+            Err(e) => return Err(e),
+        };
+        let reached = reached?;
         let mut rows = Vec::new();
         let mut updates = BTreeMap::new();
-        if obs.observed.project_exists {
-            let instances = ctx
-                .base
-                .with_project(&ctx.incus_project)
-                .instances()
-                .await
-                .context("cannot list instances")?;
-            for i in instances {
+        let mut unreached = Vec::new();
+        if obs.as_ref().is_none_or(|o| o.observed.project_exists) {
+            let revisions =
+                crate::engine::revisions::read(&ctx.base, &ctx.incus_project, &ctx.project.name)
+                    .await
+                    .unwrap_or_default();
+            unreached = reached.warnings();
+            for i in reached.instances {
                 if !crate::engine::is_ours(&i.config, &ctx.project.name) {
                     continue;
                 }
                 let service = i.config.get(LABEL_SERVICE).cloned().unwrap_or_default();
+                let service_label = service.clone();
                 if !args.services.is_empty() && !args.services.contains(&service) {
                     continue;
                 }
@@ -113,6 +132,10 @@ pub fn run(global: &GlobalArgs, args: &PsArgs) -> anyhow::Result<ExitCode> {
                     ports,
                     pending_reason: None,
                     update: None,
+                    revision: i.config.get(LABEL_HASH).and_then(|h| {
+                        ic_core::revision::running_revision(&revisions, &service_label, h)
+                    }),
+                    unreached: false,
                 });
                 if i.config.contains_key(ic_core::plan::LABEL_RETIRED)
                     && let Some(r) = rows.last_mut()
@@ -123,14 +146,40 @@ pub fn run(global: &GlobalArgs, args: &PsArgs) -> anyhow::Result<ExitCode> {
                     r.state = format!("{} (restart budget spent)", r.state);
                 }
             }
+            // Replicas on a member that cannot be asked: listed, state unknown (as `docker
+            // service ps` lists the tasks of a node that is down), with a warning.
+            for u in &reached.unreached {
+                rows.push(Row {
+                    name: u.name.clone(),
+                    service: u.service.clone().unwrap_or_default(),
+                    slot: u.slot.clone().unwrap_or_default(),
+                    member: u.member.clone(),
+                    state: "unknown (member offline)".into(),
+                    health: None,
+                    health_output: None,
+                    last_used_at: String::new(),
+                    ports: Vec::new(),
+                    pending_reason: None,
+                    update: None,
+                    revision: None,
+                    unreached: true,
+                });
+            }
             add_health(&ctx, &mut rows).await?;
-            updates = service_updates(&ctx).await;
+            updates = service_updates(&revisions);
             for r in &mut rows {
                 r.update = updates.get(&r.service).cloned();
             }
             // By name (no compose file), the declared replicas are not known: no pending rows.
-            if !ctx.by_name {
+            if !ctx.by_name
+                && let Some(obs) = &obs
+            {
                 add_pending(&ctx, &obs.observed, args, &mut rows)?;
+                // A replica on an offline member has its row already (state unknown).
+                rows.retain(|r| {
+                    r.pending_reason.is_none()
+                        || !reached.unreached.iter().any(|u| u.name == r.name)
+                });
             }
         }
         rows.sort_by(|a, b| {
@@ -145,10 +194,13 @@ pub fn run(global: &GlobalArgs, args: &PsArgs) -> anyhow::Result<ExitCode> {
                     b.slot.as_str(),
                 ))
         });
+        for w in &unreached {
+            eprintln!("warning: {w}");
+        }
         match args.format {
             Format::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
             Format::Table => {
-                print_table(&rows);
+                print!("{}", table(&rows));
                 print_pending_reasons(&rows);
                 for (service, state) in &updates {
                     println!("service {service}: update {state} (see `incus-compose history`)");
@@ -159,14 +211,19 @@ pub fn run(global: &GlobalArgs, args: &PsArgs) -> anyhow::Result<ExitCode> {
     })?
 }
 
+/// Whether `e` is an instance Incus cannot read from its member.
+pub(super) fn unreadable(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<ic_incus::Error>(),
+            Some(ic_incus::Error::Unreadable { .. })
+        )
+    })
+}
+
 /// Services whose newest revision did not complete: `updating`, `paused`, `rolled back`.
-async fn service_updates(ctx: &Context) -> BTreeMap<String, String> {
+fn service_updates(revs: &[ic_core::revision::Revision]) -> BTreeMap<String, String> {
     use ic_core::revision::{Outcome, changed};
-    let Ok(revs) =
-        crate::engine::revisions::read(&ctx.base, &ctx.incus_project, &ctx.project.name).await
-    else {
-        return BTreeMap::new();
-    };
     let Some(last) = revs.last() else {
         return BTreeMap::new();
     };
@@ -214,6 +271,8 @@ fn add_pending(
             ports: Vec::new(),
             pending_reason: Some(p.reason.members().iter().map(|r| r.to_string()).collect()),
             update: None,
+            revision: None,
+            unreached: false,
         });
     }
     Ok(())
@@ -250,12 +309,27 @@ async fn add_health(ctx: &Context, rows: &mut [Row]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_table(rows: &[Row]) {
-    let header = ["NAME", "SERVICE", "MEMBER", "STATE", "HEALTH", "PORTS"];
-    let cells: Vec<[String; 6]> = rows
+/// The table: NAME, SERVICE, MEMBER, STATE, HEALTH, PORTS, and REVISION after STATE when
+/// the replicas of a service run different revisions (during or after an update that did not
+/// complete).
+fn table(rows: &[Row]) -> String {
+    let mut by_service: BTreeMap<&str, std::collections::BTreeSet<Option<u64>>> = BTreeMap::new();
+    for r in rows
+        .iter()
+        .filter(|r| r.pending_reason.is_none() && !r.member.is_empty() && !r.unreached)
+    {
+        by_service.entry(&r.service).or_default().insert(r.revision);
+    }
+    let revisions = by_service.values().any(|s| s.len() > 1);
+    let mut header = vec!["NAME", "SERVICE", "MEMBER", "STATE"];
+    if revisions {
+        header.push("REVISION");
+    }
+    header.extend(["HEALTH", "PORTS"]);
+    let cells: Vec<Vec<String>> = rows
         .iter()
         .map(|r| {
-            [
+            let mut c = vec![
                 r.name.clone(),
                 r.service.clone(),
                 if r.member.is_empty() {
@@ -264,30 +338,65 @@ fn print_table(rows: &[Row]) {
                     r.member.clone()
                 },
                 r.state.clone(),
-                r.health.clone().unwrap_or_else(|| "-".into()),
-                r.ports.join(", "),
-            ]
+            ];
+            if revisions {
+                c.push(r.revision.map_or_else(|| "-".into(), |n| n.to_string()));
+            }
+            c.push(r.health.clone().unwrap_or_else(|| "-".into()));
+            c.push(r.ports.join(", "));
+            c
         })
         .collect();
-    let mut width = header.map(str::len);
-    for c in &cells {
-        for (w, v) in width.iter_mut().zip(c) {
-            *w = (*w).max(v.len());
+    ic_core::display::table(&header, &cells)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(name: &str, member: &str, state: &str, revision: Option<u64>) -> Row {
+        Row {
+            name: name.into(),
+            service: name.split('-').next().unwrap_or_default().into(),
+            slot: String::new(),
+            member: member.into(),
+            state: state.into(),
+            health: None,
+            health_output: None,
+            last_used_at: String::new(),
+            ports: Vec::new(),
+            pending_reason: None,
+            update: None,
+            revision,
+            unreached: state.starts_with("unknown"),
         }
     }
-    let line = |c: [&str; 6]| {
-        let mut s = String::new();
-        for (i, v) in c.iter().enumerate() {
-            if i == 5 {
-                s.push_str(v);
-            } else {
-                s.push_str(&format!("{v:<w$}   ", w = width[i]));
-            }
-        }
-        println!("{}", s.trim_end());
-    };
-    line(header);
-    for c in &cells {
-        line([&c[0], &c[1], &c[2], &c[3], &c[4], &c[5]]);
+
+    #[test]
+    fn the_revision_column_shows_when_replicas_of_a_service_differ() {
+        let same = [
+            row("web-1", "node1", "Running", Some(2)),
+            row("web-2", "node2", "Running", Some(2)),
+        ];
+        assert_eq!(
+            table(&same),
+            "NAME    SERVICE   MEMBER   STATE     HEALTH   PORTS\n\
+             web-1   web       node1    Running   -\n\
+             web-2   web       node2    Running   -\n"
+        );
+        let mixed = [
+            row("web-1", "node1", "Running", Some(2)),
+            row("web-2", "node2", "Running", Some(1)),
+            row("web-3", "node3", "unknown (member offline)", None),
+        ];
+        // A replica not reached does not make a difference by itself.
+        assert!(!table(&[mixed[0].clone(), mixed[2].clone()]).contains("REVISION"));
+        assert_eq!(
+            table(&mixed),
+            "NAME    SERVICE   MEMBER   STATE                      REVISION   HEALTH   PORTS\n\
+             web-1   web       node1    Running                    2          -\n\
+             web-2   web       node2    Running                    1          -\n\
+             web-3   web       node3    unknown (member offline)   -          -\n"
+        );
     }
 }

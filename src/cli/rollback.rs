@@ -120,8 +120,9 @@ pub fn run(global: &GlobalArgs, args: &RollbackArgs) -> anyhow::Result<ExitCode>
             eprintln!("warning: {w}");
         }
         println!(
-            "Rolling back compose project {compose} to revision {} ({})",
-            target.number, target.time
+            "Rolling back compose project {compose} to revision {} (created {})",
+            target.number,
+            engine::timefmt::ago_rfc3339(&target.time, time::OffsetDateTime::now_utc())
         );
         if args.dry_run {
             super::shared::print_plan(&plan, &compose);

@@ -70,3 +70,26 @@ where
         ExitCode::SUCCESS
     }
 }
+
+/// The project's instances of `services` (all when empty) that Incus can reach now, and those
+/// on members it cannot (see `engine::reach`); `full`: with their runtime state.
+pub(super) async fn reach(
+    ctx: &Context,
+    services: &[String],
+    full: bool,
+) -> anyhow::Result<crate::engine::reach::Reached> {
+    let container_names: Vec<(String, String)> = ctx
+        .project
+        .services
+        .iter()
+        .filter_map(|(name, s)| Some((s.container_name.clone()?, name.clone())))
+        .collect();
+    crate::engine::reach::project_instances(
+        &client(ctx),
+        &ctx.project.name,
+        services,
+        &container_names,
+        full,
+    )
+    .await
+}

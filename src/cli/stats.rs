@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, ValueEnum};
 use ic_core::plan::{LABEL_SERVICE, is_oneoff};
+
+use crate::engine::reach::Reached;
 use ic_incus::Instance;
 
 use super::GlobalArgs;
@@ -169,25 +171,14 @@ fn row(i: &Instance, cpu_before: Option<i64>, elapsed: Duration) -> Row {
     }
 }
 
-/// The project's replicas (of `services`), with their state.
-async fn read(ctx: &Context, args: &StatsArgs) -> anyhow::Result<Vec<Instance>> {
-    let client = super::select::client(ctx);
-    let mut list = match client.instances_full().await {
-        Ok(l) => l,
-        Err(e) if e.is_not_found() => Vec::new(),
-        Err(e) => return Err(e.into()),
-    };
-    list.retain(|i| {
-        crate::engine::is_ours(&i.config, &ctx.project.name)
-            && !is_oneoff(&i.config)
-            && (args.all || i.is_running())
-            && (args.services.is_empty()
-                || i.config
-                    .get(LABEL_SERVICE)
-                    .is_some_and(|s| args.services.contains(s)))
-    });
+/// The project's replicas (of `services`), with their state; those on members that cannot be
+/// asked apart (see `engine::reach`).
+async fn read(ctx: &Context, args: &StatsArgs) -> anyhow::Result<(Vec<Instance>, Reached)> {
+    let mut reached = super::select::reach(ctx, &args.services, true).await?;
+    let mut list = std::mem::take(&mut reached.instances);
+    list.retain(|i| !is_oneoff(&i.config) && (args.all || i.is_running()));
     list.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(list)
+    Ok((list, reached))
 }
 
 fn print(rows: &[Row], format: Format) -> anyhow::Result<()> {
@@ -250,12 +241,18 @@ pub fn run(global: &GlobalArgs, args: &StatsArgs) -> anyhow::Result<ExitCode> {
     block_on(async {
         let mut before: BTreeMap<String, i64> = BTreeMap::new();
         let mut at = Instant::now();
-        for i in read(&ctx, args).await? {
+        let (first, _) = read(&ctx, args).await?;
+        let mut warned = Vec::new();
+        for i in first {
             before.insert(i.name.clone(), i.state.map_or(0, |s| s.cpu.usage));
         }
         loop {
             tokio::time::sleep(Duration::from_secs(1)).await;
-            let list = read(&ctx, args).await?;
+            let (list, reached) = read(&ctx, args).await?;
+            // Warned once, and again when the replicas not reached change (below the table
+            // each time it is redrawn).
+            let warn = redraw || reached.unreached != warned;
+            warned = reached.unreached.clone();
             let elapsed = at.elapsed();
             at = Instant::now();
             let rows: Vec<Row> = list
@@ -271,8 +268,17 @@ pub fn run(global: &GlobalArgs, args: &StatsArgs) -> anyhow::Result<ExitCode> {
                 print!("\x1b[2J\x1b[H");
             }
             print(&rows, args.format)?;
+            if warn {
+                reached.warn();
+            }
             if args.no_stream {
-                return Ok(ExitCode::SUCCESS);
+                // Replicas not reached: exit status 1 after the others, as `docker service
+                // logs` ends an incomplete stream.
+                return Ok(if warned.is_empty() {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                });
             }
         }
     })?

@@ -74,8 +74,9 @@ pub fn run(global: &GlobalArgs, args: &TopArgs) -> anyhow::Result<ExitCode> {
     }
     block_on(async {
         let client = ctx.base.with_project(&ctx.incus_project);
-        let instances =
-            super::shared::project_instances(&client, &ctx.project.name, &args.services).await?;
+        let reached = super::select::reach(&ctx, &args.services, false).await?;
+        reached.warn();
+        let instances = reached.instances;
         let mut tasks = tokio::task::JoinSet::new();
         let running: Vec<String> = instances
             .iter()
@@ -111,7 +112,8 @@ pub fn run(global: &GlobalArgs, args: &TopArgs) -> anyhow::Result<ExitCode> {
         }
         // A closed stdout (`| head`) is not an error worth a panic.
         let _ = std::io::stdout().lock().write_all(text.as_bytes());
-        Ok(if failed {
+        // Replicas not reached: exit status 1 after the others, as `docker service logs`.
+        Ok(if failed || !reached.unreached.is_empty() {
             ExitCode::FAILURE
         } else {
             ExitCode::SUCCESS

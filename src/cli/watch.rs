@@ -44,6 +44,7 @@ pub fn run(global: &GlobalArgs, args: &WatchArgs) -> anyhow::Result<ExitCode> {
         (ctx.base, Some(p))
     };
     engine::progress::lines_to_stderr();
+    engine::progress::stamp_lines();
     let o = engine::watch::WatchOptions {
         project,
         once: args.once,

@@ -135,6 +135,10 @@ pub struct Listed {
     /// The compose files of its last `up`, comma separated, when Incus holds them.
     pub config_files: String,
     pub incus_project: String,
+    /// Instances Incus cannot read now (on an offline member), as `member: name`; their state
+    /// is not in `status`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unreached: Vec<String>,
 }
 
 /// Docker's word for an Incus instance status.
@@ -174,7 +178,30 @@ pub async fn list_projects(base: &Client, all: bool) -> anyhow::Result<Vec<Liste
         .context("cannot list Incus projects")?;
     // (compose, incus project) -> instance statuses.
     let mut found: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+    // Instances on offline members (listed without their labels): counted for the compose
+    // project the Incus project was made for.
+    let mut unreached: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
     for i in &instances {
+        let project = if i.project.is_empty() {
+            "default"
+        } else {
+            i.project.as_str()
+        };
+        if i.is_stand_in()
+            && let Some(compose) = projects
+                .iter()
+                .find(|p| p.name == project)
+                .and_then(|p| p.config.get(LABEL_PROJECT))
+        {
+            unreached
+                .entry((compose.clone(), project.to_string()))
+                .or_default()
+                .push(format!("{}: {}", i.location, i.name));
+            found
+                .entry((compose.clone(), project.to_string()))
+                .or_default();
+            continue;
+        }
         if let Some(compose) = i.config.get(LABEL_PROJECT) {
             let project = if i.project.is_empty() {
                 "default".to_string()
@@ -189,7 +216,11 @@ pub async fn list_projects(base: &Client, all: bool) -> anyhow::Result<Vec<Liste
     }
     let mut out = Vec::new();
     for ((compose, incus_project), states) in found {
-        if !all && !states.iter().any(|s| s.eq_ignore_ascii_case("running")) {
+        let unreached = unreached
+            .remove(&(compose.clone(), incus_project.clone()))
+            .unwrap_or_default();
+        if !all && unreached.is_empty() && !states.iter().any(|s| s.eq_ignore_ascii_case("running"))
+        {
             continue;
         }
         let shown: Vec<&str> = states
@@ -208,6 +239,7 @@ pub async fn list_projects(base: &Client, all: bool) -> anyhow::Result<Vec<Liste
             status: combined_status(shown),
             config_files,
             incus_project,
+            unreached,
         });
     }
     Ok(out)

@@ -12,9 +12,11 @@ pub mod member;
 mod observe;
 mod oci;
 pub mod progress;
+pub mod reach;
 pub mod revisions;
 pub mod rollout;
 mod spanning;
+pub mod timefmt;
 pub mod watch;
 
 pub use execute::{Target, execute, execute_gated};

@@ -239,6 +239,7 @@ pub async fn run_service(
         cfg.monitor.as_secs_f64(),
         cfg.failure_action
     ));
+    progress.rollout_started(service, total, cfg.parallelism);
     let deadline = rollout::deadline(cfg, spec.check.as_ref());
     // A run that resumes an interrupted update keeps `delay` after its last batch.
     let compose = slots
@@ -362,6 +363,7 @@ pub async fn run_service(
                 })
                 .collect();
             let n = back.len();
+            progress.rollout_started(service, n, rb.parallelism);
             let rdeadline = rollout::deadline(rb, spec.check.as_ref());
             let run = Run {
                 resume: None,
@@ -529,6 +531,7 @@ async fn drive(
                     })
                     .map(|s| s.plan.slot.clone())
                     .collect();
+                progress.batch_started(service, batch_no);
                 progress.line(&format!(
                     "[~] {service}: {} batch {batch_no}: {}",
                     if back { "rollback" } else { "update" },
@@ -598,7 +601,10 @@ async fn drive(
                             )),
                         };
                         match r {
-                            Ok(line) => progress.line(&line),
+                            Ok(line) => {
+                                progress.replica_done(service);
+                                progress.line(&line)
+                            }
                             Err(e) => {
                                 let e = format!("{e:#}");
                                 let e = match member_down(t, &s.plan.member).await {
@@ -615,6 +621,14 @@ async fn drive(
                 batches.batch_ready_at = None;
             }
             rollout::Step::Wait { until } => {
+                let what = if pending {
+                    "health"
+                } else if views.iter().any(|v| v.dirty && v.new.is_none()) {
+                    "delay"
+                } else {
+                    "monitor"
+                };
+                progress.rollout_wait(service, what, until.saturating_sub(clock.elapsed()));
                 let wait = until.saturating_sub(clock.elapsed()).min(POLL);
                 tokio::time::sleep(wait.max(Duration::from_millis(50))).await;
             }
@@ -624,9 +638,13 @@ async fn drive(
                         progress.line(&format!("[!] {} failed: {why}", s.plan.name));
                     }
                 }
+                progress.rollout_ended(service);
                 return Err((action, failed));
             }
-            rollout::Step::Done => return Ok(rollout::failures(cfg, &views, deadline, now)),
+            rollout::Step::Done => {
+                progress.rollout_ended(service);
+                return Ok(rollout::failures(cfg, &views, deadline, now));
+            }
         }
     }
 }

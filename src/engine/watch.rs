@@ -73,8 +73,11 @@ impl Log {
             println!("{v}");
         } else {
             match error {
-                Some(e) => println!("{} [{project}] {message}: FAILED: {e}", rfc3339_now()),
-                None => println!("{} [{project}] {message}", rfc3339_now()),
+                Some(e) => println!(
+                    "{}[{project}] {message}: FAILED: {e}",
+                    super::timefmt::line_prefix()
+                ),
+                None => println!("{}[{project}] {message}", super::timefmt::line_prefix()),
             }
         }
     }

@@ -1,4 +1,5 @@
 //! The pure core: scheduling, desired state and diff. No I/O, no clock.
+pub mod display;
 pub mod health;
 pub mod lease;
 pub mod plan;

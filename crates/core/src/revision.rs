@@ -510,6 +510,18 @@ pub fn rollback_target(revisions: &[Revision], to: Option<u64>) -> Result<&Revis
         })
 }
 
+/// The revision a replica of `service` whose hash label is `hash` runs: the newest revision
+/// that stored `service` with that hash (a rollback makes a newer revision with an older
+/// hash). `None` when no revision kept has it (made before revisions were kept, or by a
+/// revision no longer kept).
+pub fn running_revision(revisions: &[Revision], service: &str, hash: &str) -> Option<u64> {
+    revisions
+        .iter()
+        .rev()
+        .find(|r| r.services.get(service).is_some_and(|s| s.hash == hash))
+        .map(|r| r.number)
+}
+
 /// The services whose spec differs between two revisions (added and removed ones too).
 pub fn changed(before: Option<&Revision>, after: &Revision) -> Vec<String> {
     let mut names: BTreeSet<&String> = after.services.keys().collect();
@@ -845,6 +857,23 @@ secrets:
         assert!(changed(Some(&r1), &r1).is_empty());
         assert!(!is_new(std::slice::from_ref(&r1), &services_of(&v1)));
         assert!(is_new(std::slice::from_ref(&r1), &services_of(&v2)));
+    }
+
+    #[test]
+    fn a_replica_runs_the_newest_revision_with_its_hash() {
+        let v1 = desired_of(APP, "x");
+        let v2 = desired_of(&APP.replace("testapp/v1", "testapp/v2"), "x");
+        let revs = [
+            revision(1, &v1, Outcome::Completed),
+            revision(2, &v2, Outcome::RolledBack),
+            revision(3, &v1, Outcome::Completed),
+        ];
+        let (h1, h2) = (&v1.services[0].hash, &v2.services[0].hash);
+        assert_ne!(h1, h2);
+        assert_eq!(running_revision(&revs, "web", h1), Some(3));
+        assert_eq!(running_revision(&revs, "web", h2), Some(2));
+        assert_eq!(running_revision(&revs, "web", "other"), None);
+        assert_eq!(running_revision(&revs, "db", h1), None);
     }
 
     #[test]

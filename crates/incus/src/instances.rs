@@ -331,11 +331,47 @@ impl Client {
         self.instances_read(true, &[]).await
     }
 
-    async fn instances_read(&self, full: bool, offline: &[String]) -> Result<Vec<Instance>> {
+    /// For a read that answers for what it can (`ps`, `logs`, `stats`...): the instances as
+    /// [`Client::instances`] (`full`: [`Client::instances_full`]) reads them, except that an
+    /// instance that cannot be read from its member stays a stand-in in the list instead of
+    /// failing the whole read (see [`Instance::is_stand_in`]). Stand-ins on members Incus lists
+    /// as offline are not read again (no wait); others are, as by [`Client::instances`].
+    pub async fn instances_partial(&self, full: bool) -> Result<Vec<Instance>> {
         let recursion = if full { "2" } else { "1" };
-        let mut list: Vec<Instance> = self
+        let list: Vec<Instance> = self
             .send(Request::get("/1.0/instances").query("recursion", recursion))
             .await?;
+        if !list.iter().any(Instance::is_stand_in) {
+            return Ok(list);
+        }
+        let offline: Vec<String> = match self.cluster_members().await {
+            Ok(members) => members
+                .into_iter()
+                .filter(|m| m.status.eq_ignore_ascii_case("offline"))
+                .map(|m| m.server_name)
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        self.reread_stand_ins(list, full, &offline, true).await
+    }
+
+    async fn instances_read(&self, full: bool, offline: &[String]) -> Result<Vec<Instance>> {
+        let recursion = if full { "2" } else { "1" };
+        let list: Vec<Instance> = self
+            .send(Request::get("/1.0/instances").query("recursion", recursion))
+            .await?;
+        self.reread_stand_ins(list, full, offline, false).await
+    }
+
+    /// Reads again the stand-ins of `list` not on `offline` members; `keep`: one that still
+    /// cannot be read stays a stand-in (else the read fails).
+    async fn reread_stand_ins(
+        &self,
+        mut list: Vec<Instance>,
+        full: bool,
+        offline: &[String],
+        keep: bool,
+    ) -> Result<Vec<Instance>> {
         let stand_ins: Vec<usize> = (0..list.len())
             .filter(|&k| list[k].is_stand_in() && !offline.contains(&list[k].location))
             .collect();
@@ -346,9 +382,11 @@ impl Client {
         let results = futures_util::future::join_all(reads).await;
         let mut gone = Vec::new();
         for (&k, result) in stand_ins.iter().zip(results) {
-            match result? {
-                Some(instance) => list[k] = instance,
-                None => gone.push(k),
+            match result {
+                Ok(Some(instance)) => list[k] = instance,
+                Ok(None) => gone.push(k),
+                Err(Error::Unreadable { .. }) if keep => {}
+                Err(e) => return Err(e),
             }
         }
         for k in gone.into_iter().rev() {
