@@ -122,9 +122,20 @@ impl Request {
         self
     }
     /// Set a JSON body.
+    /// Config maps and devices in it are checked first ([`crate::safety`]): a value with a
+    /// line break where Incus or LXC reads lines is never sent.
     pub fn json<B: Serialize + ?Sized>(mut self, body: &B) -> Result<Request> {
-        let bytes = serde_json::to_vec(body).map_err(|e| Error::InvalidInput {
-            what: format!("body of {} {}", self.method, self.path),
+        let what = || format!("body of {} {}", self.method, self.path);
+        let value = serde_json::to_value(body).map_err(|e| Error::InvalidInput {
+            what: what(),
+            message: e.to_string(),
+        })?;
+        crate::safety::check_body(&value).map_err(|message| Error::InvalidInput {
+            what: what(),
+            message: format!("{message}; refused before sending (incus-compose writes no line break into Incus config)"),
+        })?;
+        let bytes = serde_json::to_vec(&value).map_err(|e| Error::InvalidInput {
+            what: what(),
             message: e.to_string(),
         })?;
         self.body = Some(bytes);
