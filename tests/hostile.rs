@@ -179,3 +179,37 @@ fn cp_out_never_writes_through_a_symlink_the_container_planted_and_drops_setuid(
     assert_eq!(mode(out.join("suid")), 0o755, "setuid kept");
     assert_eq!(mode(out.join("y")), 0o755, "setgid kept");
 }
+
+#[test]
+fn files_read_back_and_probe_output_are_read_bounded_from_a_container_that_writes_too_much() {
+    let f = Fixture::new(
+        "big",
+        "name: {name}\nservices:\n  db:\n    image: testapp/v1\n",
+    );
+    f.ok(&["up", "-d", "db"]);
+    // 8 MiB of secret where 1 KiB was deployed, and a command that prints 8 MiB.
+    f.ok(&[
+        "exec",
+        "-T",
+        "db",
+        "sh",
+        "-c",
+        "mkdir -p /run/secrets && head -c 8388608 /dev/zero > /run/secrets/big && echo small > /run/secrets/small",
+    ]);
+    let project = f.client.with_project(&f.name);
+    let limit = 1 << 20;
+    let err = block_on(project.pull_file_bounded("db-1", "/run/secrets/big", limit))
+        .expect_err("an 8 MiB file read with a 1 MiB limit");
+    assert!(
+        matches!(err, ic_incus::Error::TooLarge { limit: l, .. } if l == limit),
+        "{err}"
+    );
+    let small = block_on(project.pull_file_bounded("db-1", "/run/secrets/small", limit))
+        .expect("a small file");
+    assert_eq!(small, b"small\n");
+    let req = ic_incus::ExecRequest::new(["sh", "-c", "head -c 8388608 /dev/zero; echo done >&2"]);
+    let out = block_on(project.exec_output_bounded("db-1", &req, 65536)).expect("exec");
+    assert!(out.truncated);
+    assert_eq!(out.stdout.len(), 65536);
+    assert_eq!(out.stderr, b"done\n");
+}

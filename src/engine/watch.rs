@@ -55,6 +55,11 @@ fn rfc3339_now() -> String {
         .unwrap_or_default()
 }
 
+/// The most bytes of a secret or config read back from a replica (its container may have
+/// replaced the file by a huge one, or a link to a device): 4 MiB, eight times Docker's
+/// 500 KiB secret limit.
+pub const READ_BACK_LIMIT: usize = 4 << 20;
+
 /// The log: one line per action (text or JSON lines) on stdout.
 struct Log {
     json: bool,
@@ -495,6 +500,7 @@ async fn read_back_files(
     w: &Watched,
     wanted: BTreeMap<String, Vec<revision::StoredFile>>,
     obs: &ic_core::plan::Observed,
+    log: &Log,
 ) -> BTreeMap<String, Vec<ic_core::plan::PushFile>> {
     let project = base.with_project(&w.incus_project);
     let mut out = BTreeMap::new();
@@ -508,11 +514,19 @@ async fn read_back_files(
         for i in replicas {
             let mut files = Vec::new();
             for f in &wanted {
-                match project.pull_file(&i.name, &f.path).await {
+                // Bounded: the container controls the file (see READ_BACK_LIMIT).
+                match project
+                    .pull_file_bounded(&i.name, &f.path, READ_BACK_LIMIT)
+                    .await
+                {
                     Ok(content) => match revision::read_back_file(f, content) {
                         Some(file) => files.push(file),
                         None => break,
                     },
+                    Err(e @ ic_incus::Error::TooLarge { .. }) => {
+                        log.event(&w.compose, "warning", &i.name, &format!("{}:{} is larger than the {READ_BACK_LIMIT} bytes a secret or config may have: not read back from this replica (its content is not what was deployed)", i.name, f.path), Some(&e.to_string()));
+                        break;
+                    }
                     Err(_) => break,
                 }
             }
@@ -549,7 +563,7 @@ async fn plan_once(
         *n == deployed.number && wanted.keys().all(|service| files.contains_key(service))
     });
     if cached.is_none() {
-        let files = read_back_files(base, w, wanted, &obs.observed).await;
+        let files = read_back_files(base, w, wanted, &obs.observed, log).await;
         w.read_back = Some((deployed.number, files));
     }
     let none = BTreeMap::new();
