@@ -186,13 +186,13 @@ fn line_word(s: &str) -> bool {
 /// Where multi-line text is expected (by path from the project root).
 fn multi_line(path: &[String]) -> bool {
     let p: Vec<&str> = path.iter().map(String::as_str).collect();
-    match p.as_slice() {
-        ["services", _, "command" | "entrypoint", ..] => true,
-        ["services", _, "healthcheck", "test", ..] => true,
-        ["services", _, "build", ..] => true,
-        ["secrets" | "configs", _, "content"] => true,
-        _ => false,
-    }
+    matches!(
+        p.as_slice(),
+        ["services", _, "command" | "entrypoint", ..]
+            | ["services", _, "healthcheck", "test", ..]
+            | ["services", _, "build", ..]
+            | ["secrets" | "configs", _, "content"]
+    )
 }
 
 /// An extension key the loader only carries (not `x-incus`, which incus-compose reads).
