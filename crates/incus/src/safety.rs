@@ -181,5 +181,8 @@ mod tests {
         assert!(
             check_config_value("cloud-init.user-data", "#cloud-config\npackages: []\n").is_ok()
         );
+        // An image's own description (not ours to fix) is echoed back as it is.
+        assert!(check_config_value("image.description", "a\nb").is_ok());
+        assert!(check_config_value("user.label.x", "a\nb").is_err());
     }
 }
