@@ -242,14 +242,14 @@ configs:
         );
     }
 
-    // Default secret path, content, owner root (no `user`), mode 0400.
+    // Default secret path, content, owner root (no `user`), mode 0444 (the compose spec's).
     assert_eq!(
         f.sh("app-1", "cat /run/secrets/db_password"),
         "s3cret-from-a-file"
     );
     assert_eq!(
         f.sh("app-1", "stat -c '%a %u %g' /run/secrets/db_password"),
-        "400 0 0"
+        "444 0 0"
     );
     // Long syntax: relative target under /run/secrets, uid/gid/mode, value from the environment.
     assert_eq!(

@@ -98,7 +98,7 @@ async fn pull(
         .with_context(|| format!("reading {instance}:{src}"))?;
     match &f.content {
         FileContent::File(bytes) => {
-            std::fs::write(dest, bytes).with_context(|| format!("writing {}", dest.display()))?;
+            write_no_follow(dest, bytes)?;
             n.files += 1;
             n.bytes += bytes.len() as u64;
         }
@@ -110,20 +110,28 @@ async fn pull(
                 .strip_prefix(&format!("{dir}/"))
                 .filter(|rest| !rest.is_empty())
                 .unwrap_or(target);
+            // The link itself is made (as docker cp does); nothing later writes through it.
+            remove_symlink(dest)?;
             std::os::unix::fs::symlink(target, dest)
                 .with_context(|| format!("creating symlink {}", dest.display()))?;
             return Ok(());
         }
         FileContent::Directory(entries) => {
+            // A symlink where the directory goes (planted by an earlier copy from the same
+            // container) is replaced, never descended into.
+            remove_symlink(dest)?;
             match std::fs::create_dir(dest) {
                 Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dest.is_dir() => {}
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::AlreadyExists
+                        && std::fs::symlink_metadata(dest).is_ok_and(|m| m.is_dir()) => {}
                 Err(e) => {
                     return Err(e).with_context(|| format!("creating {}", dest.display()));
                 }
             }
             n.dirs += 1;
             for e in entries {
+                check_entry_name(instance, src, e)?;
                 Box::pin(pull(
                     client,
                     instance,
@@ -136,13 +144,69 @@ async fn pull(
             }
         }
     }
-    std::fs::set_permissions(dest, std::fs::Permissions::from_mode(f.mode & 0o7777))
-        .with_context(|| format!("setting the mode of {}", dest.display()))?;
+    std::fs::set_permissions(
+        dest,
+        std::fs::Permissions::from_mode(local_mode(f.mode, archive)),
+    )
+    .with_context(|| format!("setting the mode of {}", dest.display()))?;
     if archive {
-        std::os::unix::fs::chown(dest, Some(f.uid), Some(f.gid))
+        std::os::unix::fs::lchown(dest, Some(f.uid), Some(f.gid))
             .with_context(|| format!("setting the owner of {}", dest.display()))?;
     }
     Ok(())
+}
+
+/// The local mode of a file copied out: setuid and setgid dropped unless `-a` (a container
+/// must not hand the host a setuid binary of its choosing).
+fn local_mode(mode: u32, archive: bool) -> u32 {
+    if archive {
+        mode & 0o7777
+    } else {
+        mode & 0o1777
+    }
+}
+
+/// An entry name listed by the instance must be one path component: no `/`, `.`, `..` or
+/// NUL (the container chooses them).
+fn check_entry_name(instance: &str, dir: &str, name: &str) -> anyhow::Result<()> {
+    if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\0']) {
+        bail!(
+            "{instance}:{dir} lists an entry named {name:?}, which is not a file name; nothing more is copied from it"
+        );
+    }
+    Ok(())
+}
+
+/// Removes `path` if it is a symlink (not what it points to).
+fn remove_symlink(path: &Path) -> anyhow::Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => std::fs::remove_file(path)
+            .with_context(|| format!("replacing the symlink {}", path.display())),
+        _ => Ok(()),
+    }
+}
+
+/// Writes a file without following a symlink at `path` (an earlier copy from the same
+/// container may have planted one pointing anywhere on the host): the link is replaced.
+fn write_no_follow(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    remove_symlink(path)?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| {
+            format!(
+                "writing {} (a symlink there is not followed)",
+                path.display()
+            )
+        })?;
+    file.write_all(bytes)
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// Copies local path `src` to instance path `dest` (whose parent exists).
@@ -303,6 +367,40 @@ mod tests {
         assert_eq!(split_remote("/tmp/a:b"), None);
         assert_eq!(split_remote("dir/a:b"), None);
         assert_eq!(split_remote("plain"), None);
+    }
+
+    #[test]
+    fn entry_names_from_the_instance_are_single_components_and_setuid_is_dropped() {
+        assert!(check_entry_name("web-1", "/d", "a.txt").is_ok());
+        for bad in ["..", ".", "", "a/b", "../../etc/passwd", "a\0b"] {
+            assert!(check_entry_name("web-1", "/d", bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(local_mode(0o4755, false), 0o755);
+        assert_eq!(local_mode(0o2755, false), 0o755);
+        assert_eq!(local_mode(0o1777, false), 0o1777);
+        assert_eq!(local_mode(0o4755, true), 0o4755);
+    }
+
+    #[test]
+    fn a_file_is_written_in_place_of_a_symlink_not_through_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "keep").expect("write");
+        let link = dir.path().join("x");
+        std::os::unix::fs::symlink(&victim, &link).expect("symlink");
+        write_no_follow(&link, b"evil").expect("written");
+        assert_eq!(std::fs::read_to_string(&victim).expect("read"), "keep");
+        assert_eq!(std::fs::read_to_string(&link).expect("read"), "evil");
+        assert!(
+            !std::fs::symlink_metadata(&link)
+                .expect("meta")
+                .file_type()
+                .is_symlink()
+        );
+        let sub = dir.path().join("d");
+        std::os::unix::fs::symlink(dir.path(), &sub).expect("symlink");
+        remove_symlink(&sub).expect("removed");
+        assert!(std::fs::symlink_metadata(&sub).is_err());
     }
 
     #[test]

@@ -19,7 +19,19 @@ use crate::engine::{self, Lease, LockGuard, LockOptions, Observation, Target};
 pub fn load_project(global: &GlobalArgs) -> anyhow::Result<Project> {
     let options = super::config::load_options(global, true)?;
     match ic_compose::load(&options) {
-        Ok(p) => Ok(p),
+        Ok(p) if p.hostile.is_empty() => Ok(p),
+        // Values that would reach Incus or LXC config and change its meaning (see
+        // `ic_compose::hostile`): refused for every service, before anything changes.
+        Ok(p) => {
+            for d in &p.hostile {
+                eprintln!("error: {d}");
+            }
+            Err(anyhow!(
+                "{} unsafe value{} in the compose configuration; nothing was changed",
+                p.hostile.len(),
+                if p.hostile.len() == 1 { "" } else { "s" }
+            ))
+        }
         Err(errors) => {
             for d in errors.iter() {
                 eprintln!("error: {d}");

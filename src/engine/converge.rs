@@ -28,6 +28,11 @@ use super::{Observation, Target, health};
 /// one revision.
 pub type ReadBack = Option<(u64, BTreeMap<String, Vec<PushFile>>)>;
 
+/// The most bytes of a secret or config read back from a replica (its container may have
+/// replaced the file by a huge one, or a link to a device): 4 MiB, eight times Docker's
+/// 500 KiB secret limit.
+pub const READ_BACK_LIMIT: usize = 4 << 20;
+
 /// The secret and config files of the deployed services (their contents are not kept in
 /// Incus), read back from a running replica of each service on an online member, and kept
 /// only when they have the sha256 the revision recorded. A service none can be read for
@@ -51,11 +56,22 @@ pub async fn read_back_files(
         for i in replicas {
             let mut files = Vec::new();
             for f in &wanted {
-                match project.pull_file(&i.name, &f.path).await {
+                // Bounded: the container controls the file (see READ_BACK_LIMIT).
+                match project
+                    .pull_file_bounded(&i.name, &f.path, READ_BACK_LIMIT)
+                    .await
+                {
                     Ok(content) => match revision::read_back_file(f, content) {
                         Some(file) => files.push(file),
                         None => break,
                     },
+                    Err(e @ ic_incus::Error::TooLarge { .. }) => {
+                        eprintln!(
+                            "warning: {}:{} is larger than the {READ_BACK_LIMIT} bytes a secret or config may have: not read back from this replica (its content is not what was deployed): {e}",
+                            i.name, f.path
+                        );
+                        break;
+                    }
                     Err(_) => break,
                 }
             }

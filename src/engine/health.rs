@@ -28,6 +28,9 @@ const POLL: Duration = Duration::from_millis(500);
 const EXEC_ATTEMPTS: usize = 3;
 /// How much of a probe's output is kept (its end, like Docker keeps its last 4 KiB).
 const OUTPUT_KEEP: usize = 400;
+/// The most bytes of a probe's stdout and of its stderr read (the container decides how
+/// much it prints; the rest is left unread and the probe's output says so).
+pub const OUTPUT_READ_LIMIT: usize = 64 << 10;
 
 /// The result of one probe.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,7 +70,12 @@ pub async fn probe(client: &Client, instance: &str, check: &Check) -> Probe {
         if left.is_zero() {
             break;
         }
-        match tokio::time::timeout(left, client.exec_output(instance, &req, &[])).await {
+        match tokio::time::timeout(
+            left,
+            client.exec_output_bounded(instance, &req, OUTPUT_READ_LIMIT),
+        )
+        .await
+        {
             Err(_) => return timed_out(),
             Ok(Err(e)) => {
                 error = Some(e);
@@ -81,6 +89,11 @@ pub async fn probe(client: &Client, instance: &str, check: &Check) -> Probe {
                         text.push_str(" | ");
                     }
                     text.push_str(&err);
+                }
+                if out.truncated {
+                    text.push_str(&format!(
+                        " (output cut: only its first {OUTPUT_READ_LIMIT} bytes were read)"
+                    ));
                 }
                 return Probe {
                     ok: out.exit_code == 0,

@@ -14,6 +14,7 @@ pub mod canonical;
 pub mod env;
 pub mod error;
 pub mod goyaml;
+pub mod hostile;
 pub mod interpolate;
 pub mod loader;
 pub mod merge;

@@ -763,6 +763,7 @@ pub fn load_with(options: &LoadOptions, fs: &dyn FileSystem) -> Result<Project, 
     );
     let mut project = errors.into_result(project)?;
     project.files = displays;
+    project.hostile = crate::hostile::check(&project, &tree);
     // One warning per message (an unset variable used ten times warns once, at its first use).
     let mut seen = std::collections::BTreeSet::new();
     warnings.retain(|w| seen.insert(w.message.clone()));

@@ -122,9 +122,20 @@ impl Request {
         self
     }
     /// Set a JSON body.
+    /// Config maps and devices in it are checked first ([`crate::safety`]): a value with a
+    /// line break where Incus or LXC reads lines is never sent.
     pub fn json<B: Serialize + ?Sized>(mut self, body: &B) -> Result<Request> {
-        let bytes = serde_json::to_vec(body).map_err(|e| Error::InvalidInput {
-            what: format!("body of {} {}", self.method, self.path),
+        let what = || format!("body of {} {}", self.method, self.path);
+        let value = serde_json::to_value(body).map_err(|e| Error::InvalidInput {
+            what: what(),
+            message: e.to_string(),
+        })?;
+        crate::safety::check_body(&value).map_err(|message| Error::InvalidInput {
+            what: what(),
+            message: format!("{message}; refused before sending (incus-compose writes no line break into Incus config)"),
+        })?;
+        let bytes = serde_json::to_vec(&value).map_err(|e| Error::InvalidInput {
+            what: what(),
             message: e.to_string(),
         })?;
         self.body = Some(bytes);
@@ -186,6 +197,9 @@ pub struct RawResponse {
     pub incus_headers: std::collections::BTreeMap<String, String>,
     /// Body bytes.
     pub body: Bytes,
+    /// The body was longer than the limit asked ([`Client::send_raw_bounded`]) and `body` is
+    /// its beginning.
+    pub truncated: bool,
 }
 
 /// Incus's response envelope.
@@ -407,11 +421,22 @@ impl Client {
 
     /// Send a request and return the raw answer, whatever its status.
     pub async fn send_raw(&self, req: Request) -> Result<RawResponse> {
+        self.send_raw_bounded(req, None).await
+    }
+
+    /// [`Client::send_raw`] reading at most `max_body` bytes of the answer (streamed: more
+    /// is never held in memory) when given; a longer answer is cut there and marked
+    /// [`RawResponse::truncated`].
+    pub async fn send_raw_bounded(
+        &self,
+        req: Request,
+        max_body: Option<usize>,
+    ) -> Result<RawResponse> {
         let Some(limit) = self.timeout else {
-            return self.send_raw_unlimited(req).await;
+            return self.send_raw_unlimited(req, max_body).await;
         };
         let label = self.label(&req);
-        match tokio::time::timeout(limit, self.send_raw_unlimited(req)).await {
+        match tokio::time::timeout(limit, self.send_raw_unlimited(req, max_body)).await {
             Ok(r) => r,
             Err(_) => Err(Error::Transport {
                 request: label,
@@ -424,7 +449,11 @@ impl Client {
         }
     }
 
-    async fn send_raw_unlimited(&self, req: Request) -> Result<RawResponse> {
+    async fn send_raw_unlimited(
+        &self,
+        req: Request,
+        max_body: Option<usize>,
+    ) -> Result<RawResponse> {
         let label = self.label(&req);
         let uri = format!("http://{}{}", self.inner.endpoint.authority(), label.path);
         let mut builder = http::Request::builder()
@@ -476,22 +505,36 @@ impl Client {
             .filter(|(k, _)| k.as_str().starts_with("x-incus-"))
             .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
             .collect();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| Error::Transport {
+        // Streamed; with `max_body`, reading stops there (the rest is never held).
+        let mut stream = resp.into_body();
+        let mut buf: Vec<u8> = Vec::new();
+        let mut truncated = false;
+        while let Some(frame) = stream.frame().await {
+            let frame = frame.map_err(|e| Error::Transport {
                 request: label.clone(),
                 endpoint: self.inner.endpoint.describe(),
                 message: format!("reading response body: {}", chain(&e)),
-            })?
-            .to_bytes();
+            })?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            if let Some(limit) = max_body {
+                if buf.len() + data.len() > limit {
+                    buf.extend_from_slice(&data[..limit - buf.len()]);
+                    truncated = true;
+                    break;
+                }
+            }
+            buf.extend_from_slice(&data);
+        }
+        let body = Bytes::from(buf);
         Ok(RawResponse {
             status,
             content_type,
             etag,
             incus_headers,
             body,
+            truncated,
         })
     }
 
@@ -504,8 +547,18 @@ impl Client {
 
     /// [`Client::send_for_bytes`] keeping the headers of the answer.
     pub(crate) async fn send_for_raw(&self, req: Request) -> Result<RawResponse> {
+        self.send_for_raw_bounded(req, None).await
+    }
+
+    /// [`Client::send_for_raw`] reading at most `max_body` bytes (see
+    /// [`Client::send_raw_bounded`]).
+    pub(crate) async fn send_for_raw_bounded(
+        &self,
+        req: Request,
+        max_body: Option<usize>,
+    ) -> Result<RawResponse> {
         let label = self.label(&req);
-        let raw = self.send_raw(req).await?;
+        let raw = self.send_raw_bounded(req, max_body).await?;
         if (200..300).contains(&raw.status) {
             return Ok(raw);
         }

@@ -185,6 +185,16 @@ pub enum Error {
         message: String,
     },
 
+    /// An answer was longer than the caller allows (a file read back from an instance, whose
+    /// contents its container controls): reading stopped at the limit.
+    #[error("{request}: the answer is larger than {limit} bytes; reading stopped there")]
+    TooLarge {
+        /// The request whose answer was too long.
+        request: RequestLabel,
+        /// The limit, in bytes.
+        limit: usize,
+    },
+
     /// A value handed to the client cannot be sent (bad address, body that will not serialize).
     #[error("invalid request {what}: {message}")]
     InvalidInput {

@@ -117,6 +117,9 @@ pub struct ExecOutput {
     pub stdout: Vec<u8>,
     /// Everything written to stderr.
     pub stderr: Vec<u8>,
+    /// Some output was left out ([`Client::exec_output_bounded`]): stdout and stderr hold
+    /// their beginnings.
+    pub truncated: bool,
 }
 
 /// Live input and output of [`Client::exec_stream`].
@@ -338,14 +341,34 @@ impl Client {
         let mut req = req.clone();
         req.interactive = false;
         if stdin.is_empty() {
-            self.exec_recorded(name, &req).await
+            self.exec_recorded(name, &req, None).await
         } else {
             self.exec_output_websockets(name, &req, stdin).await
         }
     }
 
+    /// [`Client::exec_output`] without standard input, keeping at most `limit` bytes of
+    /// each of stdout and stderr (read streamed; the rest is never held): the command runs in
+    /// a container, which decides how much it prints (a health check's probe).
+    /// [`ExecOutput::truncated`] says whether some was left out.
+    pub async fn exec_output_bounded(
+        &self,
+        name: &str,
+        req: &ExecRequest,
+        limit: usize,
+    ) -> Result<ExecOutput> {
+        let mut req = req.clone();
+        req.interactive = false;
+        self.exec_recorded(name, &req, Some(limit)).await
+    }
+
     /// [`Client::exec_output`] in record-output mode.
-    async fn exec_recorded(&self, name: &str, req: &ExecRequest) -> Result<ExecOutput> {
+    async fn exec_recorded(
+        &self,
+        name: &str,
+        req: &ExecRequest,
+        limit: Option<usize>,
+    ) -> Result<ExecOutput> {
         let post = Request::post(api_path(&["instances", name, "exec"])).json(&ExecPost {
             req,
             wait_for_websocket: false,
@@ -398,16 +421,18 @@ impl Client {
             return Err(e);
         }
         let fetch = |path: String| async move {
-            let got = self.send_for_bytes(Request::get(&path)).await;
+            let got = self.send_for_raw_bounded(Request::get(&path), limit).await;
             delete_recorded(self, &path).await;
             got
         };
         let (stdout, stderr) = tokio::join!(fetch(out_path), fetch(err_path));
         cleanup.operation = None;
+        let (stdout, stderr) = (stdout?, stderr?);
         Ok(ExecOutput {
             exit_code: exit_code(&metadata)?,
-            stdout: stdout?.to_vec(),
-            stderr: stderr?.to_vec(),
+            truncated: stdout.truncated || stderr.truncated,
+            stdout: stdout.body.to_vec(),
+            stderr: stderr.body.to_vec(),
         })
     }
 
@@ -467,6 +492,7 @@ impl Client {
             exit_code,
             stdout: out?,
             stderr: err?,
+            truncated: false,
         })
     }
 }

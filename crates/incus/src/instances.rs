@@ -680,6 +680,29 @@ impl Client {
         })
     }
 
+    /// [`Client::pull_file`] reading at most `limit` bytes, streamed: a longer file (a
+    /// container controls its files: a secret may have been replaced by a huge one) is
+    /// [`crate::Error::TooLarge`] and never held in memory whole.
+    pub async fn pull_file_bounded(&self, name: &str, path: &str, limit: usize) -> Result<Vec<u8>> {
+        self.send_for_raw_bounded(
+            Request::get(api_path(&["instances", name, "files"])).query("path", path),
+            Some(limit),
+        )
+        .await
+        .and_then(|raw| {
+            if raw.truncated {
+                Err(crate::Error::TooLarge {
+                    request: self.label(
+                        &Request::get(api_path(&["instances", name, "files"])).query("path", path),
+                    ),
+                    limit,
+                })
+            } else {
+                Ok(raw.body.to_vec())
+            }
+        })
+    }
+
     /// `GET /1.0/instances/{name}/files?path=`: read a file from the instance.
     pub async fn pull_file(&self, name: &str, path: &str) -> Result<Vec<u8>> {
         self.send_for_bytes(

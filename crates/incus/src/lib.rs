@@ -36,6 +36,7 @@ pub mod instances;
 pub mod networks;
 pub mod operations;
 pub mod projects;
+pub mod safety;
 pub mod server;
 pub mod storage;
 pub mod transport;

@@ -58,6 +58,11 @@ pub struct Project {
     /// The compose files that were loaded, in order.
     #[serde(skip)]
     pub files: Vec<String>,
+    /// Values commands acting on Incus refuse (control characters, names outside their
+    /// character set; see [`crate::hostile`]), with their file, line and field. `config`
+    /// renders the project regardless, as docker compose does.
+    #[serde(skip)]
+    pub hostile: Vec<Diagnostic>,
 }
 
 impl Project {

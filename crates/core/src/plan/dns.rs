@@ -42,7 +42,9 @@ pub fn service_names(project: &Project) -> BTreeMap<String, Vec<(String, String)
             }
             let entry = out.entry(key.clone()).or_default();
             for n in names {
-                if is_dns_name(&n) && n != target {
+                // A target outside the DNS charset (a hostile `container_name` the loader's
+                // checks missed) would break or extend the dnsmasq line: never written.
+                if is_dns_name(&n) && n != target && is_dns_name(&target) {
                     entry.push((n, target.clone()));
                 }
             }

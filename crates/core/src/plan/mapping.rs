@@ -18,7 +18,7 @@
 //! | `volumes` (anonymous, `- /data`) | a custom volume per instance, `<instance>_anon-<target>` (e.g. `web-1_anon-data`), labelled as ours, mounted by a `disk` device; kept by `down`, removed by `down -v` |
 //! | `volumes` (`type: tmpfs`, `tmpfs.size`, `tmpfs.mode`), `tmpfs` | `raw.lxc`: `lxc.mount.entry = tmpfs <path> tmpfs rw,nosuid,nodev[,size=..][,mode=..],create=dir 0 0` (the mount point is created in the root filesystem before the first start) |
 //! | `shm_size` | a tmpfs of that size on `/dev/shm` (as above) |
-//! | `secrets`, `configs` | files written into the instance through the Incus file API before its first start: secrets at `/run/secrets/<name>` (or `target`), configs at `/<name>` (or `target`), owner `uid`/`gid` (default 0), mode `mode` (default 0400 for secrets, owned by the service's numeric `user` unless `uid`/`gid` say otherwise; 0444 for configs) without write bits; their content is part of the spec hash (a changed secret recreates the instance), never of a config key |
+//! | `secrets`, `configs` | files written into the instance through the Incus file API before its first start: secrets at `/run/secrets/<name>` (or `target`), configs at `/<name>` (or `target`), owner `uid`/`gid` (default 0), mode `mode` (default 0444, the compose spec's; secrets owned by the service's numeric `user` unless `uid`/`gid` say otherwise) without write bits; their content is part of the spec hash (a changed secret recreates the instance), never of a config key |
 //! | `read_only: true` | the instance's `root` disk device with `readonly: true` |
 //! | `hostname` | `raw.lxc`: `lxc.uts.name = <hostname>` |
 //! | `sysctls` | `linux.sysctl.<key> = <value>` |
@@ -529,7 +529,8 @@ pub fn secrets_and_configs(
                 r.config_target()
             };
             // Owner: `uid`/`gid` when given; else a secret belongs to the service's numeric
-            // `user` (so a non-root service reads its own 0400 secret), anything else to root.
+            // `user` (so a non-root service reads its own secret whatever its `mode`), anything
+            // else to root.
             let (user_uid, user_gid) = if is_secret {
                 numeric_user(service)
             } else {
@@ -543,10 +544,27 @@ pub fn secrets_and_configs(
                 Some(_) => numeric_id(service, "gid", r.gid.as_ref(), warnings),
                 None => user_gid,
             };
+            // A named `user` is not known here (its uid is in the image's /etc/passwd): the
+            // file stays root's, readable through the default 0444 unless `mode` says less.
+            if is_secret
+                && r.uid.is_none()
+                && service.user.as_deref().is_some_and(|u| {
+                    let name = u.split_once(':').map_or(u, |(n, _)| n);
+                    !name.is_empty() && name.parse::<u32>().is_err()
+                })
+                && r.mode.is_some_and(|m| m & 0o004 == 0)
+            {
+                warnings.push(format!(
+                    "service {:?}: secret {:?} belongs to root with mode {:o}, and user {:?} is a name incus-compose cannot resolve to a uid before the container exists: the service may not read it; set `uid:` (numeric) on the secret or a mode readable by others",
+                    service.name,
+                    r.source,
+                    r.mode.unwrap_or(0),
+                    service.user.as_deref().unwrap_or_default()
+                ));
+            }
             // Read-only: write bits are dropped (the compose spec: "writable bit must be
-            // ignored"). Default: 0400 for secrets (readable by their owner only), 0444 for
-            // configs.
-            let mode = r.mode.unwrap_or(if is_secret { 0o400 } else { 0o444 }) & 0o7555;
+            // ignored"). Default 0444 for secrets and configs, as the compose spec says.
+            let mode = r.mode.unwrap_or(0o444) & 0o7555;
             files.push(PushFile {
                 path,
                 content: Some(content),
@@ -1587,7 +1605,8 @@ configs:
         let f: BTreeMap<&str, &PushFile> = t.files.iter().map(|f| (f.path.as_str(), f)).collect();
         let db = f["/run/secrets/db"];
         assert_eq!(db.content.as_deref(), Some(&b"hunter2"[..]));
-        assert_eq!((db.uid, db.gid, db.mode), (0, 0, 0o400));
+        // The compose spec's default mode: 0444.
+        assert_eq!((db.uid, db.gid, db.mode), (0, 0, 0o444));
         let api = f["/run/secrets/api"];
         assert_eq!(api.content.as_deref(), Some(&b"xyzzy"[..]));
         // The write bit asked for is dropped: read-only.

@@ -56,6 +56,10 @@ pub enum OciError {
         "service {service:?}: user {user:?} is not numeric; Incus needs numeric ids for OCI containers (oci.uid/oci.gid): write `user: \"UID[:GID]\"`"
     )]
     UserNotNumeric { service: String, user: String },
+    #[error(
+        "service {service:?}: its command or entrypoint spans lines, which an OCI container's `oci.entrypoint` (one line of LXC config) cannot hold; put the script in a file of the image, or run it with `sh -c` from a system container image"
+    )]
+    MultiLineProcess { service: String },
 }
 
 /// A parsed image reference.
@@ -598,6 +602,11 @@ pub fn process_config(
     ) {
         Ok(Some(args)) if args.is_empty() => {
             return Err(OciError::NothingToRun {
+                service: name.to_string(),
+            });
+        }
+        Ok(Some(args)) if args.iter().any(|a| a.contains(char::is_control)) => {
+            return Err(OciError::MultiLineProcess {
                 service: name.to_string(),
             });
         }
