@@ -321,6 +321,23 @@ networks:
         );
     }
 
+    // The underlay is out of reach: no replica connects to any member's API address (an HTTP
+    // request to the HTTPS port would get an answer, 400, were it let through).
+    for i in 1..=3 {
+        for m in ["node1", "node2", "node3"] {
+            let addr = member_address(m);
+            let (_, said) = f.sh(
+                "a",
+                i,
+                &format!("timeout 5 wget -q -O- http://{addr}:8443/ 2>&1; true"),
+            );
+            assert!(
+                !said.contains("HTTP"),
+                "a-{i} reached {m}'s API at {addr}:8443: {said:?}"
+            );
+        }
+    }
+
     // internal: a rule, not a missing route: root in the container adds the route back and
     // still gets nowhere, while the replicas reach each other across members.
     let nets = f.networks();

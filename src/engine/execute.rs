@@ -277,10 +277,10 @@ async fn remove_acls_if_unused(t: &Target, acls: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A network ACL of network `network`, created when missing: the project's (no rules: the
-/// bridges' default actions isolate them, see `ic_core::plan::span`), or an `internal`
-/// network's own (one egress rule allowing its subnet, see `ic_core::plan::egress`), whose
-/// rule is set again when it differs. An ACL of that name that is not ours stops the creation.
+/// A network ACL of network `network`, created when missing: the project's (the bridges'
+/// default actions isolate them, see `ic_core::plan::span`; its rules keep the underlay out of
+/// reach, see `ic_core::plan::egress::project_acl_rules`), or an `internal` network's own (one
+/// egress rule allowing its subnet), whose rules are set again when they differ. An ACL of that name that is not ours stops the creation.
 async fn ensure_acl(
     t: &Target,
     acl: &str,
@@ -292,17 +292,46 @@ async fn ensure_acl(
         .cloned()
         .unwrap_or_default();
     let egress_rules: Vec<ic_incus::NetworkAclRule> =
-        egress::internal_acl_destination(acl, network, network_config)
-            .map(|destination| ic_incus::NetworkAclRule {
+        match egress::internal_acl_destination(acl, network, network_config) {
+            Some(destination) => vec![ic_incus::NetworkAclRule {
                 action: "allow".into(),
                 destination,
                 description: "incus-compose: an internal network reaches its own subnet only"
                     .into(),
                 state: "enabled".into(),
                 ..Default::default()
-            })
-            .into_iter()
-            .collect();
+            }],
+            None if egress::is_project_acl(acl, network) => {
+                // The underlay: every member's cluster address (members that join later are
+                // added by the next `up`).
+                let members: Vec<String> = if t.clustered {
+                    t.base
+                        .cluster_members()
+                        .await
+                        .context(
+                            "listing the cluster members (their addresses go in the network ACL)",
+                        )?
+                        .iter()
+                        .filter_map(|m| egress::url_host(&m.url))
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                egress::project_acl_rules(&members)
+                    .into_iter()
+                    .map(|r| ic_incus::NetworkAclRule {
+                        action: r.action.into(),
+                        destination: r.destination,
+                        protocol: r.protocol.into(),
+                        destination_port: r.destination_port,
+                        description: r.description.into(),
+                        state: "enabled".into(),
+                        ..Default::default()
+                    })
+                    .collect()
+            }
+            None => Vec::new(),
+        };
     let ours = |a: &ic_incus::NetworkAcl| a.config.get(LABEL_PROJECT) == Some(&project);
     match t.networks.network_acl(acl).await {
         Ok(a) if ours(&a) => {

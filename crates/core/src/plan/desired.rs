@@ -171,8 +171,12 @@ fn networks(cx: &mut Ctx) -> Result<Vec<DesiredNetwork>, PlanError> {
                     config.insert("raw.dnsmasq".into(), dns::raw_dnsmasq(pairs));
                 }
                 let name = naming::network_name(&cx.incus_project, key);
+                // The project's isolation, as on spanning bridges (see egress.rs).
+                let acl = span::acl_name(&cx.incus_project);
                 if net.internal {
-                    config.extend(super::egress::internal_keys(&name, None));
+                    config.extend(super::egress::internal_keys(&name, Some(&acl)));
+                } else {
+                    config.extend(super::egress::isolation_keys(&acl));
                 }
                 name
             }

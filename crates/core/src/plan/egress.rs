@@ -65,6 +65,22 @@ fn parse_bool(s: &str) -> Option<bool> {
     }
 }
 
+/// The keys that isolate a (non-internal) plain bridge as spanning bridges are: the project's
+/// ACL `project_acl`, ingress rejected, egress allowed.
+pub fn isolation_keys(project_acl: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("security.acls".to_string(), project_acl.to_string()),
+        (
+            "security.acls.default.egress.action".to_string(),
+            "allow".to_string(),
+        ),
+        (
+            "security.acls.default.ingress.action".to_string(),
+            "reject".to_string(),
+        ),
+    ])
+}
+
 /// The network ACL of an `internal` network (Incus name `network`): one egress rule allowing
 /// its own subnet.
 pub fn internal_acl_name(network: &str) -> String {
@@ -112,6 +128,72 @@ pub fn internal_acl_destination(
     ))
 }
 
+/// UDP ports of VXLAN (Linux's default, which Incus's tunnels use, and IANA's): a container
+/// that sends VXLAN to its member (any of its addresses, the gateway too) could inject frames
+/// into any network's segment.
+pub const VXLAN_PORTS: &str = "8472,4789";
+
+/// One rule of an incus-compose network ACL (see [`project_acl_rules`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AclRule {
+    /// `allow`, `reject` or `drop`.
+    pub action: &'static str,
+    /// Destination addresses (empty: any).
+    pub destination: String,
+    /// `udp`, `tcp` or empty (any).
+    pub protocol: &'static str,
+    /// Destination ports (with a protocol).
+    pub destination_port: String,
+    pub description: &'static str,
+}
+
+/// Whether `acl` is the project ACL of an Incus project (`incus-compose-<project>`, see
+/// [`super::span::acl_name`]).
+pub fn is_project_acl(acl: &str, network: &str) -> bool {
+    acl.starts_with("incus-compose-") && acl != internal_acl_name(network)
+}
+
+/// The egress rules of the project ACL: the underlay is out of reach of the containers: the
+/// members' cluster addresses (`member_addresses`) and VXLAN to any address (Incus applies a
+/// bridge's ACL to traffic into the member too, the gateway included). Everything else is left
+/// to the default actions (egress allowed, ingress rejected).
+pub fn project_acl_rules(member_addresses: &[String]) -> Vec<AclRule> {
+    let mut out = vec![AclRule {
+        action: "reject",
+        destination: String::new(),
+        protocol: "udp",
+        destination_port: VXLAN_PORTS.to_string(),
+        description: "incus-compose: no VXLAN from containers (the members' tunnels)",
+    }];
+    let mut members: Vec<&String> = member_addresses.iter().filter(|a| !a.is_empty()).collect();
+    members.sort();
+    members.dedup();
+    if !members.is_empty() {
+        out.push(AclRule {
+            action: "reject",
+            destination: members
+                .iter()
+                .map(|m| m.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
+            protocol: "",
+            destination_port: String::new(),
+            description: "incus-compose: the cluster members' addresses are out of reach",
+        });
+    }
+    out
+}
+
+/// The host part of a member's API URL (`https://100.64.1.11:8443` -> `100.64.1.11`), when it
+/// is an IPv4 address.
+pub fn url_host(url: &str) -> Option<String> {
+    let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
+    let host = rest.split(['/', ':']).next()?;
+    host.parse::<std::net::Ipv4Addr>()
+        .ok()
+        .map(|a| a.to_string())
+}
+
 /// The ACL names in a `security.acls` value.
 pub fn acl_list(value: &str) -> Vec<String> {
     value
@@ -125,6 +207,34 @@ pub fn acl_list(value: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_project_acl_keeps_the_underlay_out_of_reach() {
+        let rules = project_acl_rules(&[
+            "100.64.1.12".into(),
+            "100.64.1.11".into(),
+            "100.64.1.11".into(),
+        ]);
+        assert_eq!(rules.len(), 2);
+        assert_eq!(
+            (
+                rules[0].action,
+                rules[0].protocol,
+                rules[0].destination_port.as_str()
+            ),
+            ("reject", "udp", "8472,4789")
+        );
+        assert!(rules[0].destination.is_empty(), "VXLAN to any address");
+        assert_eq!(rules[1].destination, "100.64.1.11,100.64.1.12");
+        assert_eq!(project_acl_rules(&[]).len(), 1);
+        assert_eq!(
+            url_host("https://100.64.1.11:8443").as_deref(),
+            Some("100.64.1.11")
+        );
+        assert_eq!(url_host("https://[fd00::1]:8443"), None);
+        assert!(is_project_acl("incus-compose-p", "ic1-back"));
+        assert!(!is_project_acl("ic1-back-internal", "ic1-back"));
+    }
 
     fn net(ext: Option<serde_json::Value>, opts: &[(&str, &str)], internal: bool) -> Network {
         let mut n = Network {

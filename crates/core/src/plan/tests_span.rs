@@ -353,7 +353,9 @@ fn a_single_server_keeps_plain_bridges() {
     assert_eq!(names, plain);
     for (_, c) in network_creations(&plan) {
         assert!(!c.keys().any(|k| k.starts_with("tunnel.")));
-        assert!(!c.contains_key("security.acls"));
+        // The project's isolation, as on a cluster.
+        assert_eq!(c["security.acls"], "incus-compose-shop");
+        assert_eq!(c["security.acls.default.ingress.action"], "reject");
     }
     assert!(addresses(&plan).values().all(String::is_empty));
 }
