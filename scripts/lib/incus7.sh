@@ -348,7 +348,10 @@ i7_start_holder() {
     nsenter -t "$pid" -n ip link set "ic7p$k" name eth0
     nsenter -t "$pid" -n ip addr add "$(i7_ip "$k")/24" dev eth0
     nsenter -t "$pid" -n ip link set eth0 up
-    # No default route: the bridge's /24 is all a member reaches (no traffic can leave this machine).
+    # No default route: the bridge's /24 is all a member reaches (no traffic can leave this machine);
+    # the guard drops forwarded traffic leaving 100.64.0.0/10 all the same (see guard_script).
+    guard_script out eth0 | i7_in_k "$k" nft -f -
+    guard_host
 }
 
 # Runs a command inside member K's namespaces (root = the Debian 13 root); i7_in: member 1.
@@ -701,7 +704,11 @@ i7_cmd_up() {
     existing="$(i7_members)"
     # A member left isolated (isolate-member) takes connections again.
     for k in $(seq 1 "$existing"); do
-        if pid_alive "$(i7_read_pid "node$k.holder")"; then isolate_script off | i7_in_k "$k" nft -f -; fi
+        if pid_alive "$(i7_read_pid "node$k.holder")"; then
+            isolate_script off | i7_in_k "$k" nft -f -
+            guard_script out eth0 | i7_in_k "$k" nft -f -
+            guard_host
+        fi
     done
     if [ "$existing" -ge 1 ] && [ "$existing" != "$n" ] && i7_healthy; then
         die "an Incus 7.0 test server with $existing member(s) is running; run 'scripts/test-cluster down --incus 7.0' first"

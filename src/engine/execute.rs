@@ -11,7 +11,7 @@ use anyhow::{Context, anyhow};
 use ic_core::plan::mapping::anonymous_volume_name;
 use ic_core::plan::{
     Action, AnonymousVolume, COMMAND_PATH, CREATING_NETWORK_PREFIX, ImageSource, InstancePlan,
-    LABEL_PROJECT, LABEL_SERVICE, LABEL_SLOT, LABEL_VERSION, Plan, PushFile, span,
+    LABEL_PROJECT, LABEL_SERVICE, LABEL_SLOT, LABEL_VERSION, Plan, PushFile, egress, span,
 };
 use ic_incus::{
     Client, FileOptions, InstanceSource, InstancesPost, NetworkPut, NetworksPost, ProjectsPost,
@@ -254,21 +254,97 @@ fn target_of<'a>(t: &Target, member: &'a str) -> Option<&'a str> {
     t.clustered.then_some(member)
 }
 
-/// The project's network ACL of spanning bridges (no rules: the bridges' default actions
-/// isolate them, see `ic_core::plan::span`), created when missing. An ACL of that name that is
-/// not ours stops the creation.
+/// Every ACL network `name` lists in `security.acls` of `network_config` (see
+/// [`ensure_acl`]).
+async fn ensure_acls(
+    t: &Target,
+    name: &str,
+    network_config: &BTreeMap<String, String>,
+) -> anyhow::Result<()> {
+    if let Some(acls) = network_config.get("security.acls") {
+        for acl in egress::acl_list(acls) {
+            ensure_acl(t, &acl, name, network_config).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Removes the ACLs of ours a `security.acls` value lists once nothing uses them.
+async fn remove_acls_if_unused(t: &Target, acls: &str) -> anyhow::Result<()> {
+    for acl in egress::acl_list(acls) {
+        remove_acl_if_unused(t, &acl).await?;
+    }
+    Ok(())
+}
+
+/// A network ACL of network `network`, created when missing: the project's (the bridges'
+/// default actions isolate them, see `ic_core::plan::span`; its rules keep the underlay out of
+/// reach, see `ic_core::plan::egress::project_acl_rules`), or an `internal` network's own (one
+/// egress rule allowing its subnet), whose rules are set again when they differ. An ACL of that name that is not ours stops the creation.
 async fn ensure_acl(
     t: &Target,
     acl: &str,
+    network: &str,
     network_config: &BTreeMap<String, String>,
 ) -> anyhow::Result<()> {
     let project = network_config
         .get(LABEL_PROJECT)
         .cloned()
         .unwrap_or_default();
+    let egress_rules: Vec<ic_incus::NetworkAclRule> =
+        match egress::internal_acl_destination(acl, network, network_config) {
+            Some(destination) => vec![ic_incus::NetworkAclRule {
+                action: "allow".into(),
+                destination,
+                description: "incus-compose: an internal network reaches its own subnet only"
+                    .into(),
+                state: "enabled".into(),
+                ..Default::default()
+            }],
+            None if egress::is_project_acl(acl, network) => {
+                // The underlay: every member's cluster address (members that join later are
+                // added by the next `up`).
+                let members: Vec<String> = if t.clustered {
+                    t.base
+                        .cluster_members()
+                        .await
+                        .context(
+                            "listing the cluster members (their addresses go in the network ACL)",
+                        )?
+                        .iter()
+                        .filter_map(|m| egress::url_host(&m.url))
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                egress::project_acl_rules(&members)
+                    .into_iter()
+                    .map(|r| ic_incus::NetworkAclRule {
+                        action: r.action.into(),
+                        destination: r.destination,
+                        protocol: r.protocol.into(),
+                        destination_port: r.destination_port,
+                        description: r.description.into(),
+                        state: "enabled".into(),
+                        ..Default::default()
+                    })
+                    .collect()
+            }
+            None => Vec::new(),
+        };
     let ours = |a: &ic_incus::NetworkAcl| a.config.get(LABEL_PROJECT) == Some(&project);
     match t.networks.network_acl(acl).await {
-        Ok(a) if ours(&a) => return Ok(()),
+        Ok(a) if ours(&a) => {
+            if a.egress != egress_rules {
+                let mut put = a.clone();
+                put.egress = egress_rules;
+                t.networks
+                    .update_network_acl(&put)
+                    .await
+                    .with_context(|| format!("setting the rules of network ACL {acl}"))?;
+            }
+            return Ok(());
+        }
         Ok(_) => {
             return Err(anyhow!(
                 "network ACL {acl:?} exists and was not made by incus-compose for compose project {project:?}; incus-compose never touches it: remove or rename it"
@@ -281,6 +357,8 @@ async fn ensure_acl(
         name: acl.to_string(),
         description: "incus-compose: isolates the project's networks".into(),
         config: BTreeMap::from([(LABEL_PROJECT.to_string(), project.clone())]),
+        egress: egress_rules,
+        ingress: Vec::new(),
         used_by: Vec::new(),
     };
     match t.networks.create_network_acl(&req).await {
@@ -331,9 +409,7 @@ pub(super) async fn run(t: &Target, action: &Action) -> anyhow::Result<String> {
             config,
             member_config,
         } => {
-            if let Some(acl) = config.get("security.acls") {
-                ensure_acl(t, acl, config).await?;
-            }
+            ensure_acls(t, name, config).await?;
             let req = NetworksPost {
                 name: name.clone(),
                 kind: kind.clone(),
@@ -370,8 +446,8 @@ pub(super) async fn run(t: &Target, action: &Action) -> anyhow::Result<String> {
                     Err(e) => {
                         // An ACL made for this network alone would be left behind: the failed
                         // network may not carry our labels, so `down` would not find it.
-                        if let Some(acl) = config.get("security.acls") {
-                            let _ = remove_acl_if_unused(t, acl).await;
+                        if let Some(acls) = config.get("security.acls") {
+                            let _ = remove_acls_if_unused(t, acls).await;
                         }
                         return Err(e).with_context(|| format!("creating network {name}"));
                     }
@@ -468,11 +544,28 @@ pub(super) async fn run(t: &Target, action: &Action) -> anyhow::Result<String> {
                     config.insert(k.clone(), v.clone());
                 }
             }
+            // ACLs it now lists exist first; ACLs it no longer lists go once unused.
+            ensure_acls(t, name, &config).await?;
+            let dropped: Vec<String> = current
+                .config
+                .get("security.acls")
+                .map(|a| egress::acl_list(a))
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|a| {
+                    !config
+                        .get("security.acls")
+                        .is_some_and(|now| egress::acl_list(now).contains(a))
+                })
+                .collect();
             let put = NetworkPut {
                 description: current.description.clone(),
                 config,
             };
             t.networks.update_network(name, &put, None).await?;
+            for acl in dropped {
+                remove_acl_if_unused(t, &acl).await?;
+            }
             Ok(format!(
                 "[~] network {name} updated ({})",
                 set.keys().cloned().collect::<Vec<_>>().join(", ")
@@ -517,8 +610,8 @@ pub(super) async fn run(t: &Target, action: &Action) -> anyhow::Result<String> {
                     Err(e) => return Err(e).with_context(|| format!("removing network {name}")),
                 }
             }
-            if let Some(acl) = acl {
-                remove_acl_if_unused(t, &acl).await?;
+            if let Some(acls) = acl {
+                remove_acls_if_unused(t, &acls).await?;
             }
             Ok(format!("[-] network {name} removed"))
         }

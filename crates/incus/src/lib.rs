@@ -52,7 +52,9 @@ pub use instances::{
     Devices, FileContent, FileOptions, Instance, InstanceFile, InstancePut, InstanceSource,
     InstanceState, InstanceStatePut, InstancesPost,
 };
-pub use networks::{Network, NetworkAcl, NetworkAddress, NetworkPut, NetworkState, NetworksPost};
+pub use networks::{
+    Network, NetworkAcl, NetworkAclRule, NetworkAddress, NetworkPut, NetworkState, NetworksPost,
+};
 pub use operations::{Operation, PendingOperation};
 pub use projects::{Project, ProjectPut, ProjectsPost};
 pub use server::{ServerEnvironment, ServerInfo, extensions};

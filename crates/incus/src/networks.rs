@@ -107,7 +107,7 @@ pub struct NetworkAddress {
     pub family: String,
 }
 
-/// A network ACL (`/1.0/network-acls`), rules left out (incus-compose makes ACLs without rules).
+/// A network ACL (`/1.0/network-acls`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct NetworkAcl {
@@ -117,9 +117,38 @@ pub struct NetworkAcl {
     pub description: String,
     /// Configuration (`user.*` keys).
     pub config: BTreeMap<String, String>,
+    /// Rules for traffic leaving the instances.
+    pub egress: Vec<NetworkAclRule>,
+    /// Rules for traffic reaching the instances.
+    pub ingress: Vec<NetworkAclRule>,
     /// Users (networks, instances) by URL.
     #[serde(skip_serializing)]
     pub used_by: Vec<String>,
+}
+
+/// One rule of a [`NetworkAcl`] (empty fields match anything).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct NetworkAclRule {
+    /// `allow`, `reject` or `drop`.
+    pub action: String,
+    /// Source addresses (CIDR, ranges, comma-separated).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub source: String,
+    /// Destination addresses (CIDR, ranges, comma-separated).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub destination: String,
+    /// `tcp`, `udp`, `icmp4`...
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub protocol: String,
+    /// Destination ports (with `tcp`/`udp`).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub destination_port: String,
+    /// Description.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    /// `enabled`, `disabled` or `logged`.
+    pub state: String,
 }
 
 impl Client {
@@ -152,6 +181,26 @@ impl Client {
     pub async fn create_network_acl(&self, acl: &NetworkAcl) -> Result<()> {
         self.send_unit(Request::post("/1.0/network-acls").json(acl)?)
             .await
+    }
+
+    /// `PUT /1.0/network-acls/{name}` (description, config and rules).
+    pub async fn update_network_acl(&self, acl: &NetworkAcl) -> Result<()> {
+        #[derive(Serialize)]
+        struct Put<'a> {
+            description: &'a str,
+            config: &'a BTreeMap<String, String>,
+            egress: &'a [NetworkAclRule],
+            ingress: &'a [NetworkAclRule],
+        }
+        self.send_unit(
+            Request::put(api_path(&["network-acls", &acl.name])).json(&Put {
+                description: &acl.description,
+                config: &acl.config,
+                egress: &acl.egress,
+                ingress: &acl.ingress,
+            })?,
+        )
+        .await
     }
 
     /// `DELETE /1.0/network-acls/{name}`.

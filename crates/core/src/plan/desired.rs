@@ -157,7 +157,8 @@ fn networks(cx: &mut Ctx) -> Result<Vec<DesiredNetwork>, PlanError> {
             None => None,
         };
         let mut config = cx.owner(&[(LABEL_NETWORK, key)]);
-        config.insert("ipv4.nat".into(), "false".into());
+        let egress = super::egress::egress(key, net).map_err(PlanError::Network)?;
+        config.insert("ipv4.nat".into(), egress.to_string());
         config.insert("ipv6.address".into(), "none".into());
         for (k, v) in &net.labels {
             config.insert(format!("user.label.{k}"), v.clone());
@@ -169,7 +170,15 @@ fn networks(cx: &mut Ctx) -> Result<Vec<DesiredNetwork>, PlanError> {
                 if let Some(pairs) = dns_names.get(key) {
                     config.insert("raw.dnsmasq".into(), dns::raw_dnsmasq(pairs));
                 }
-                naming::network_name(&cx.incus_project, key)
+                let name = naming::network_name(&cx.incus_project, key);
+                // The project's isolation, as on spanning bridges (see egress.rs).
+                let acl = span::acl_name(&cx.incus_project);
+                if net.internal {
+                    config.extend(super::egress::internal_keys(&name, Some(&acl)));
+                } else {
+                    config.extend(super::egress::isolation_keys(&acl));
+                }
+                name
             }
             span::Kind::Span => {
                 let name = naming::span_network_name(&cx.incus_project, key);
@@ -202,6 +211,12 @@ fn networks(cx: &mut Ctx) -> Result<Vec<DesiredNetwork>, PlanError> {
                     ));
                 }
                 member_config = per_member;
+                if net.internal {
+                    config.extend(super::egress::internal_keys(
+                        &name,
+                        Some(&span::acl_name(&cx.incus_project)),
+                    ));
+                }
                 name
             }
             span::Kind::Ovn { uplink } => {
@@ -212,7 +227,11 @@ fn networks(cx: &mut Ctx) -> Result<Vec<DesiredNetwork>, PlanError> {
                         "network {key:?} is an OVN network: instance names resolve on every member, service names and aliases are not served yet"
                     ));
                 }
-                naming::network_name(&cx.incus_project, key)
+                let name = naming::network_name(&cx.incus_project, key);
+                if net.internal {
+                    config.extend(super::egress::internal_keys(&name, None));
+                }
+                name
             }
         };
         out.push(DesiredNetwork {

@@ -59,6 +59,14 @@ pub struct DownOptions {
 /// Network config keys `up` updates on an existing network of ours (the service-name DNS
 /// records change with the services; the rest of a network is fixed at creation).
 const NETWORK_KEYS_KEPT_UP_TO_DATE: &[&str] = &["raw.dnsmasq"];
+/// Keys kept up to date on every network of ours, whatever its kind (egress and the rules of
+/// `internal`, see `egress.rs`): a network made by an older version gets them on the next `up`.
+const NETWORK_RULE_KEYS: &[&str] = &[
+    "ipv4.nat",
+    "security.acls",
+    "security.acls.default.egress.action",
+    "security.acls.default.ingress.action",
+];
 
 pub fn dependency_levels(project: &Project) -> BTreeMap<String, usize> {
     let mut levels: BTreeMap<String, usize> = BTreeMap::new();
@@ -271,7 +279,7 @@ fn network_actions(d: &Desired, obs: &Observed) -> Result<Vec<Action>, PlanError
                 } else {
                     &[]
                 };
-                for key in kept {
+                for key in kept.iter().chain(NETWORK_RULE_KEYS) {
                     let want = net.config.get(*key).map(String::as_str).unwrap_or("");
                     let have = n.config.get(*key).map(String::as_str).unwrap_or("");
                     if want != have {

@@ -41,6 +41,7 @@ mod addresses;
 mod desired;
 mod diff;
 pub mod drain;
+pub mod egress;
 mod network;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -32,8 +32,9 @@
 //! **Isolation**: bridges of one member route to each other, so every spanning bridge carries
 //! the project's network ACL ([`acl_name`], no rules) with ingress rejected and egress allowed:
 //! an instance reaches its own networks' instances (bridged traffic is not filtered) and the
-//! outside, not instances of another network (routed traffic). `internal: true`: DHCP gives
-//! no router, so instances have no default route (no outbound).
+//! outside, not instances of another network (routed traffic). Outbound traffic is NATed by
+//! each member's gateway, and `internal: true` is an ACL rule (see [`super::egress`]); DHCP
+//! also gives an internal network no router.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;

@@ -353,7 +353,9 @@ fn a_single_server_keeps_plain_bridges() {
     assert_eq!(names, plain);
     for (_, c) in network_creations(&plan) {
         assert!(!c.keys().any(|k| k.starts_with("tunnel.")));
-        assert!(!c.contains_key("security.acls"));
+        // The project's isolation, as on a cluster.
+        assert_eq!(c["security.acls"], "incus-compose-shop");
+        assert_eq!(c["security.acls.default.ingress.action"], "reject");
     }
     assert!(addresses(&plan).values().all(String::is_empty));
 }
@@ -724,4 +726,84 @@ fn a_replacement_for_a_replica_on_an_offline_member_gets_an_address_and_records(
         set["raw.dnsmasq"]
     );
     assert!(records(&set["raw.dnsmasq"], "app").contains(&address));
+}
+
+#[test]
+fn networks_nat_unless_turned_off_and_internal_ones_are_closed_by_an_acl_kept_up_to_date() {
+    let text = r#"
+name: shop
+services:
+  db:
+    image: testapp/v1
+    networks: [back, front, quiet]
+networks:
+  back: {internal: true}
+  front: {}
+  quiet: {x-incus: {egress: false}}
+"#;
+    let obs = cluster();
+    let plan = plan_up(&load(text), &facts(), &obs, &opts(&[]), &Default::default()).unwrap();
+    let nets = network_creations(&plan);
+    let back_name = naming::span_network_name("shop", "back");
+    let back = &nets[&back_name];
+    let front = &nets[&naming::span_network_name("shop", "front")];
+    let quiet = &nets[&naming::span_network_name("shop", "quiet")];
+    assert_eq!(front["ipv4.nat"], "true", "egress by default");
+    assert_eq!(quiet["ipv4.nat"], "false", "x-incus.egress: false");
+    assert_eq!(back["ipv4.nat"], "false");
+    assert_eq!(
+        back["security.acls"],
+        format!("incus-compose-shop,{back_name}-internal")
+    );
+    assert_eq!(back["security.acls.default.egress.action"], "reject");
+    assert_eq!(front["security.acls.default.egress.action"], "allow");
+    // The ACL allows the network's own subnet only.
+    assert_eq!(
+        egress::internal_acl_destination(&format!("{back_name}-internal"), &back_name, back)
+            .map(|d| d.ends_with(".0/24")),
+        Some(true)
+    );
+
+    // A network made before egress existed (no NAT) gets it on the next `up`, once.
+    let mut before = apply(&plan, &obs);
+    for n in &mut before.networks {
+        n.config.insert("ipv4.nat".into(), "false".into());
+    }
+    let again = plan_up(
+        &load(text),
+        &facts(),
+        &before,
+        &opts(&[]),
+        &Default::default(),
+    )
+    .unwrap();
+    let sets: Vec<(String, BTreeMap<String, String>)> = again
+        .actions()
+        .filter_map(|a| match a {
+            Action::UpdateNetwork { name, set } => Some((name.clone(), set.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        sets,
+        vec![(
+            naming::span_network_name("shop", "front"),
+            BTreeMap::from([("ipv4.nat".to_string(), "true".to_string())])
+        )]
+    );
+    let after = apply(&again, &before);
+    let third = plan_up(
+        &load(text),
+        &facts(),
+        &after,
+        &opts(&[]),
+        &Default::default(),
+    )
+    .unwrap();
+    assert!(
+        !third
+            .actions()
+            .any(|a| matches!(a, Action::UpdateNetwork { .. })),
+        "a second up writes nothing"
+    );
 }

@@ -1,0 +1,392 @@
+//! The way out of compose networks on the real test cluster (`crates/core/src/plan/egress.rs`):
+//! every replica reaches a host outside the cluster through its own member (NAT on the member's
+//! gateway), `x-incus: {egress: false}` turns that off, and `internal: true` is a rule (an Incus
+//! network ACL) that holds even when root in the container adds a default route.
+//!
+//! "Outside" is a network namespace this test makes, attached to the harness's host bridge
+//! (`ictbr0`, or `ic7br0` on the 7.0 line) with an address of the members' own link
+//! (100.64.1.2xx / 100.64.2.2xx), running busybox httpd. Nothing leaves 100.64.0.0/10.
+//!
+//! Start the test cluster and load its environment first (`scripts/test-cluster up && set -a &&
+//! . .test-cluster/env && set +a`); without a 3-member cluster every test fails and says so.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use common::{SETUP_HINT, block_on};
+use ic_incus::{Client, Instance};
+
+const BIN: &str = env!("CARGO_BIN_EXE_incus-compose");
+
+fn client() -> Client {
+    let c = common::client();
+    let info = block_on(c.server()).expect("server");
+    assert!(
+        info.is_clustered(),
+        "these tests need the 3-member test cluster, the server is not clustered: {SETUP_HINT}"
+    );
+    c
+}
+
+fn incus_compose(dir: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .current_dir(dir)
+        .env_remove("COMPOSE_PROJECT_NAME")
+        .env_remove("COMPOSE_FILE")
+        .env_remove("INCUS_COMPOSE_INCUS_PROJECT");
+    cmd
+}
+
+/// A compose project in a temporary directory, removed with `down -v` when dropped.
+struct Fixture {
+    name: String,
+    dir: tempfile::TempDir,
+    client: Client,
+}
+
+impl Fixture {
+    fn new(tag: &str, client: &Client) -> Fixture {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        Fixture {
+            name: format!(
+                "eg-{tag}-{}-{}",
+                std::process::id() % 100_000,
+                COUNTER.fetch_add(1, Ordering::Relaxed)
+            ),
+            dir: tempfile::tempdir().expect("temp dir"),
+            client: client.clone(),
+        }
+    }
+
+    fn write(&self, yaml: &str) {
+        std::fs::write(
+            self.dir.path().join("compose.yaml"),
+            yaml.replace("{name}", &self.name),
+        )
+        .expect("write compose file");
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out: Output = incus_compose(self.dir.path(), args)
+            .output()
+            .expect("run incus-compose");
+        eprintln!(
+            "$ incus-compose {}  (exit {:?})\n{}{}",
+            args.join(" "),
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "incus-compose {args:?} failed");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// A shell command in a replica: (exit code, stdout).
+    fn sh(&self, service: &str, index: u32, script: &str) -> (i32, String) {
+        let idx = index.to_string();
+        let out = incus_compose(
+            self.dir.path(),
+            &["exec", "-T", "--index", &idx, service, "sh", "-c", script],
+        )
+        .output()
+        .expect("run incus-compose exec");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    }
+
+    /// `wget` of `url` in a replica, a few tries (a fresh replica may still be getting its
+    /// address): the body, or None.
+    fn fetch(&self, service: &str, index: u32, url: &str) -> Option<String> {
+        for attempt in 0..8 {
+            if attempt > 0 {
+                std::thread::sleep(std::time::Duration::from_millis(500));
+            }
+            let (code, out) = self.sh(service, index, &format!("wget -q -O- {url}"));
+            if code == 0 {
+                return Some(out);
+            }
+        }
+        None
+    }
+
+    /// One try (wget gives up on its own when nothing answers).
+    fn reaches(&self, service: &str, index: u32, url: &str) -> bool {
+        self.sh(
+            service,
+            index,
+            &format!("timeout 5 wget -q -O- {url} >/dev/null"),
+        )
+        .0 == 0
+    }
+
+    fn instances(&self) -> BTreeMap<String, Instance> {
+        block_on(self.client.with_project(&self.name).instances())
+            .expect("list instances")
+            .into_iter()
+            .map(|i| (i.name.clone(), i))
+            .collect()
+    }
+
+    fn networks(&self) -> Vec<ic_incus::Network> {
+        block_on(self.client.networks())
+            .expect("list networks")
+            .into_iter()
+            .filter(|n| {
+                n.config
+                    .get("user.incus-compose.project")
+                    .map(String::as_str)
+                    == Some(self.name.as_str())
+            })
+            .collect()
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        if !self.dir.path().join("compose.yaml").exists() {
+            return;
+        }
+        for attempt in 0..3 {
+            if attempt > 0 {
+                std::thread::sleep(std::time::Duration::from_secs(2));
+            }
+            let down = incus_compose(
+                self.dir.path(),
+                &["down", "-v", "--remove-orphans", "-t", "1"],
+            )
+            .output();
+            if matches!(&down, Ok(o) if o.status.success()) {
+                break;
+            }
+            eprintln!("cleanup of {} failed: {down:?}", self.name);
+        }
+    }
+}
+
+fn run(cmd: &str, args: &[&str]) -> Output {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("run {cmd}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// A plain host on the members' own link, outside the cluster: a network namespace attached
+/// to the harness bridge, running busybox httpd (`-f -vv`: it logs each client's address).
+/// Removed when dropped.
+struct Outside {
+    ns: String,
+    address: String,
+    log: std::path::PathBuf,
+    _www: tempfile::TempDir,
+    httpd: std::process::Child,
+}
+
+impl Outside {
+    fn start() -> Outside {
+        let seven = std::env::var("INCUS_COMPOSE_TEST_INCUS_LINE").is_ok_and(|l| l == "7.0");
+        let (bridge, net) = if seven { ("ic7br0", 2) } else { ("ictbr0", 1) };
+        let id = std::process::id() % 50;
+        let ns = format!("icegress{}", std::process::id());
+        let host_if = format!("iceg{id}h");
+        let address = format!("100.64.{net}.{}", 200 + id);
+        let _ = Command::new("ip").args(["netns", "del", &ns]).output();
+        let _ = Command::new("ip").args(["link", "del", &host_if]).output();
+        run("ip", &["netns", "add", &ns]);
+        run(
+            "ip",
+            &[
+                "link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+            ],
+        );
+        run("ip", &["link", "set", &host_if, "master", bridge, "up"]);
+        let cidr = format!("{address}/24");
+        for args in [
+            vec!["link", "set", "lo", "up"],
+            vec!["link", "set", "eth0", "up"],
+            vec!["addr", "add", &cidr, "dev", "eth0"],
+        ] {
+            let mut a = vec!["netns", "exec", &ns, "ip"];
+            a.extend(args);
+            run("ip", &a);
+        }
+        let www = tempfile::tempdir().expect("temp dir");
+        std::fs::write(www.path().join("index.html"), "outside").expect("write page");
+        let log = www.path().join("httpd.log");
+        let httpd = Command::new("ip")
+            .args([
+                "netns", "exec", &ns, "busybox", "httpd", "-f", "-vv", "-p", "80", "-h",
+            ])
+            .arg(www.path())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("start busybox httpd");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        Outside {
+            ns,
+            address,
+            log,
+            _www: www,
+            httpd,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}/", self.address)
+    }
+
+    /// What httpd logged (client addresses).
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Outside {
+    fn drop(&mut self) {
+        let _ = self.httpd.kill();
+        let _ = self.httpd.wait();
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).output();
+    }
+}
+
+/// The cluster address (without port) of member `member`, from the harness environment.
+fn member_address(member: &str) -> String {
+    let var = format!("INCUS_COMPOSE_TEST_{}_ADDRESS", member.to_uppercase());
+    let a = std::env::var(&var).unwrap_or_else(|_| panic!("{var} unset: {SETUP_HINT}"));
+    a.split(':').next().unwrap_or("").to_string()
+}
+
+#[test]
+fn every_replica_reaches_a_host_outside_through_its_own_member_and_internal_or_egress_false_ones_do_not()
+ {
+    let c = client();
+    let out = Outside::start();
+    let f = Fixture::new("out", &c);
+    f.write(
+        r#"
+name: {name}
+services:
+  a:
+    image: testapp/v1
+    deploy: {replicas: 3}
+    networks: [na]
+  c:
+    image: testapp/v1
+    deploy: {replicas: 3}
+    networks: [ni]
+  q:
+    image: testapp/v1
+    networks: [nq]
+networks:
+  na: {}
+  ni: {internal: true}
+  nq: {x-incus: {egress: false}}
+"#,
+    );
+    f.ok(&["up", "-d"]);
+    let inst = f.instances();
+    let members: std::collections::BTreeSet<&String> = ["a-1", "a-2", "a-3"]
+        .iter()
+        .map(|n| &inst[*n].location)
+        .collect();
+    assert_eq!(members.len(), 3, "one replica of a per member");
+
+    // Every replica, one per member, fetches the page, seen by the outside host as coming
+    // from its own member's address (NAT on that member's gateway).
+    for i in 1..=3 {
+        let before = out.log().len();
+        assert_eq!(
+            f.fetch("a", i, &out.url()).as_deref(),
+            Some("outside"),
+            "a-{i} -> {}",
+            out.url()
+        );
+        let member = &inst[&format!("a-{i}")].location;
+        let logged = out.log()[before..].to_string();
+        assert!(
+            logged.contains(&member_address(member)),
+            "a-{i} on {member}: the outside host saw {logged:?}, not {member}'s address"
+        );
+    }
+
+    // The underlay is out of reach: no replica connects to any member's API address (an HTTP
+    // request to the HTTPS port would get an answer, 400, were it let through).
+    for i in 1..=3 {
+        for m in ["node1", "node2", "node3"] {
+            let addr = member_address(m);
+            let (_, said) = f.sh(
+                "a",
+                i,
+                &format!("timeout 5 wget -q -O- http://{addr}:8443/ 2>&1; true"),
+            );
+            assert!(
+                !said.contains("HTTP"),
+                "a-{i} reached {m}'s API at {addr}:8443: {said:?}"
+            );
+        }
+    }
+
+    // internal: a rule, not a missing route: root in the container adds the route back and
+    // still gets nowhere, while the replicas reach each other across members.
+    let nets = f.networks();
+    let ni = nets
+        .iter()
+        .find(|n| {
+            n.config
+                .get("user.incus-compose.network")
+                .map(String::as_str)
+                == Some("ni")
+        })
+        .expect("network ni");
+    assert_eq!(
+        ni.config
+            .get("security.acls.default.egress.action")
+            .map(String::as_str),
+        Some("reject")
+    );
+    let gateway = ni.config["ipv4.address"]
+        .split('/')
+        .next()
+        .unwrap_or("")
+        .to_string();
+    for i in 1..=3 {
+        for j in 1..=3 {
+            assert_eq!(
+                f.fetch("c", i, &format!("http://c-{j}/")).as_deref(),
+                Some("v1"),
+                "c-{i} -> c-{j} (internal, across members)"
+            );
+        }
+        let _ = f.sh(
+            "c",
+            i,
+            &format!("ip route add default via {gateway} 2>/dev/null; true"),
+        );
+        let (_, routes) = f.sh("c", i, "ip route");
+        assert!(
+            routes.contains("default"),
+            "c-{i}: root could add a route: {routes}"
+        );
+        assert!(
+            !f.reaches("c", i, &out.url()),
+            "c-{i} (internal) reached the outside host"
+        );
+    }
+    // egress: false: no NAT, so no answer comes back.
+    assert!(
+        !f.reaches("q", 1, &out.url()),
+        "q-1 (egress: false) reached the outside host"
+    );
+}
