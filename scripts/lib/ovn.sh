@@ -138,11 +138,19 @@ i7_after_holder() {
     i7_spawn "$k" "node$k.ovn-controller" ovn-controller --no-chdir --log-file="$I7_RUN/node$k.ovn-controller.log" \
         --pidfile=/run/ovn/ovn-controller.pid unix:/run/openvswitch/db.sock
     # The member reaches the host (and the others) through br-phy now.
+    local reached=0
     for _ in $(seq 1 50); do
-        i7_in_k "$k" busybox ping -c1 -W1 "$I7_HOST_ADDR" >/dev/null 2>&1 && return 0
+        if i7_in_k "$k" busybox ping -c1 -W1 "$I7_HOST_ADDR" >/dev/null 2>&1; then reached=1; break; fi
         sleep 0.2
     done
-    die "node$k does not reach $I7_HOST_ADDR through br-phy (log: $I7_RUN/node$k.vswitchd.log)"
+    [ "$reached" = 1 ] || die "node$k does not reach $I7_HOST_ADDR through br-phy (log: $I7_RUN/node$k.vswitchd.log)"
+    [ "$k" = 1 ] || return 0
+    # Once its address is on br-phy: the uplink's name server (what OVN's DHCP hands out): a stub in member 1 that answers NXDOMAIN for every
+    # name OVN itself does not answer (OVN answers its instances' A records; a resolver whose AAAA query got a
+    # port-unreachable instead would fail the whole lookup). Nothing is forwarded anywhere.
+    i7_spawn 1 ovn-dns dnsmasq --keep-in-foreground --no-resolv --no-hosts --no-dhcp-interface=eth0 \
+        --listen-address="$I7_ADDR" --bind-interfaces --address=/#/ --pid-file="$I7_RUN/ovn-dns.dnsmasq.pid" \
+        --log-facility=-
 }
 
 i7_join_extra() {
@@ -167,7 +175,7 @@ i7_after_cluster() {
         local parent=()
         [ "$n" -gt 1 ] || parent=(parent=br-phy)
         i7_inc network create UPLINK --type=physical "${parent[@]}" ipv4.gateway="$I7_HOST_ADDR/24" \
-            ipv4.ovn.ranges="$I7_NET.200-$I7_NET.250" >/dev/null || die "could not create the uplink UPLINK"
+            ipv4.ovn.ranges="$I7_NET.200-$I7_NET.250" dns.nameservers="$I7_ADDR" >/dev/null || die "could not create the uplink UPLINK"
     fi
     # Every member's chassis registered with the southbound database.
     local chassis=0
@@ -189,7 +197,8 @@ i7_healthy() {
         pid_alive "$(i7_read_pid "node$k.ovsdb")" && pid_alive "$(i7_read_pid "node$k.vswitchd")" &&
             pid_alive "$(i7_read_pid "node$k.ovn-controller")" || return 1
     done
-    pid_alive "$(i7_read_pid ovn-nb)" && pid_alive "$(i7_read_pid ovn-sb)" && pid_alive "$(i7_read_pid ovn-northd)"
+    pid_alive "$(i7_read_pid ovn-nb)" && pid_alive "$(i7_read_pid ovn-sb)" && pid_alive "$(i7_read_pid ovn-northd)" &&
+        pid_alive "$(i7_read_pid ovn-dns)"
 }
 
 # Down: the plain line's teardown (every daemon lived in the members' namespaces), then the host firewall table.
