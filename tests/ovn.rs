@@ -19,6 +19,14 @@ use ic_incus::Client;
 
 const BIN: &str = env!("CARGO_BIN_EXE_incus-compose");
 
+/// The tests of this binary take turns: the OVN line's members run Open vSwitch on the userspace
+/// datapath, one thread each, on the machine's two cores; three stacks coming up at once starve it.
+static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn take_turn() -> std::sync::MutexGuard<'static, ()> {
+    TURN.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A client for the OVN line; fails unless the server is a cluster with OVN and the uplink `UPLINK`.
 fn client() -> Client {
     let c = common::client();
@@ -173,12 +181,17 @@ fn eventually(secs: u64, mut f: impl FnMut() -> bool) -> bool {
 }
 
 fn fetch(p: &Project, service: &str, index: u32, url: &str) -> Option<String> {
-    let (code, out) = p.sh(service, index, &format!("timeout 5 wget -O- {url} 2>/dev/null"));
+    let (code, out) = p.sh(
+        service,
+        index,
+        &format!("timeout 5 wget -O- {url} 2>/dev/null"),
+    );
     (code == 0).then(|| out.trim().to_string())
 }
 
 #[test]
 fn replicas_on_three_members_reach_each_other_over_ovn_by_instance_name() {
+    let _turn = take_turn();
     let c = client();
     let p = Project::new("mesh");
     p.write(
@@ -196,7 +209,10 @@ fn replicas_on_three_members_reach_each_other_over_ovn_by_instance_name() {
         .iter()
         .filter(|n| {
             n.config.get("user.incus-compose.project") == Some(&p.name)
-                && n.config.get("user.incus-compose.network").map(String::as_str) == Some("back")
+                && n.config
+                    .get("user.incus-compose.network")
+                    .map(String::as_str)
+                    == Some("back")
         })
         .collect();
     assert_eq!(ovn.len(), 1, "one network for the project: {nets:?}");
@@ -221,6 +237,7 @@ fn replicas_on_three_members_reach_each_other_over_ovn_by_instance_name() {
 
 #[test]
 fn replicas_on_ovn_reach_a_host_outside_the_cluster_unless_the_network_is_internal() {
+    let _turn = take_turn();
     let _c = client();
     let server = HostServer::start("from-the-host", 18093);
     let p = Project::new("egress");
@@ -240,7 +257,8 @@ fn replicas_on_ovn_reach_a_host_outside_the_cluster_unless_the_network_is_intern
     for i in 1..=3 {
         // Its own replicas still answer (the container and its network work)...
         assert!(
-            eventually(60, || fetch(&p, "shut", i, &format!("http://shut-{i}/")).as_deref()
+            eventually(60, || fetch(&p, "shut", i, &format!("http://shut-{i}/"))
+                .as_deref()
                 == Some("v1")),
             "shut-{i} does not answer on its own network"
         );
@@ -256,6 +274,7 @@ fn replicas_on_ovn_reach_a_host_outside_the_cluster_unless_the_network_is_intern
 
 #[test]
 fn one_projects_instances_cannot_reach_anothers_on_ovn() {
+    let _turn = take_turn();
     let _c = client();
     let a = Project::new("isoa");
     let b = Project::new("isob");
@@ -276,14 +295,17 @@ fn one_projects_instances_cannot_reach_anothers_on_ovn() {
             .to_string()
     };
     assert!(
-        eventually(60, || fetch(&b, "app", 1, "http://app-2/").as_deref() == Some("v1")),
+        eventually(60, || fetch(&b, "app", 1, "http://app-2/").as_deref()
+            == Some("v1")),
         "positive control: b's replicas reach each other"
     );
     let b2 = addr_of(&b, 2);
     // Positive control on the path: a's replica reaches its own sibling by address.
     let a2 = addr_of(&a, 2);
     assert!(
-        eventually(60, || fetch(&a, "app", 1, &format!("http://{a2}/")).as_deref() == Some("v1")),
+        eventually(60, || fetch(&a, "app", 1, &format!("http://{a2}/"))
+            .as_deref()
+            == Some("v1")),
         "a's replicas do not reach each other by address"
     );
     assert_eq!(
