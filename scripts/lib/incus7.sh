@@ -44,19 +44,31 @@
 #   INCUS_COMPOSE_TEST_REGISTRY_CA=<path of the CA certificate on the host>). It is not .test-cluster/env,
 #   so the 6.0 cluster's env file stays as it is; pass --env-file to write .test-cluster/env instead.
 
-I7_STATE=/var/lib/incus-compose-test7
+# The OVN variant (`--incus 7.0-ovn`, scripts/lib/ovn.sh) is a second, independent instance of this line:
+# its own state dir, lock, bridge, addresses (100.64.3.0/24), link and holder names, registry ports and root
+# (a copy of the Debian 13 root with Open vSwitch and OVN), so both can run at once and neither's `down`
+# touches the other.
+I7_OVN=${I7_OVN:-0}
+if [ "$I7_OVN" = 1 ]; then
+    I7_TAG=ic7o I7_NET=100.64.3 I7_SUFFIX=-ovn I7_PORT_BASE=5453 I7_LINE_NAME=7.0-ovn
+else
+    I7_TAG=ic7 I7_NET=100.64.2 I7_SUFFIX="" I7_PORT_BASE=5443 I7_LINE_NAME=7.0
+fi
+I7_STATE=/var/lib/incus-compose-test7$I7_SUFFIX
 I7_RUN="$I7_STATE/run"
 I7_DIR="$I7_STATE/node1"
 I7_CACHE=/var/cache/incus-compose-test
-I7_ROOT="$I7_CACHE/trixie-root"
-I7_LOCK=/run/incus-compose-test7.lock
-I7_BRIDGE=ic7br0
-I7_HOST_ADDR=100.64.2.1
-I7_ADDR=100.64.2.11
-I7_REGISTRY_PORT=5443
+I7_BASE_ROOT="$I7_CACHE/trixie-root"
+I7_ROOT="$I7_CACHE/trixie-root$I7_SUFFIX"
+I7_LOCK=/run/incus-compose-test7$I7_SUFFIX.lock
+I7_BRIDGE=${I7_TAG}br0
+I7_HOST_ADDR=$I7_NET.1
+I7_ADDR=$I7_NET.11
+I7_HOLDER="$I7_TAG-holder:"
+I7_REGISTRY_PORT=$I7_PORT_BASE
 I7_REGISTRY="127.0.0.1:$I7_REGISTRY_PORT"
 # The private registry: the same storage, served with htpasswd authentication (test credentials).
-I7_PRIVATE_PORT=5444
+I7_PRIVATE_PORT=$((I7_PORT_BASE + 1))
 I7_PRIVATE="127.0.0.1:$I7_PRIVATE_PORT"
 I7_PRIVATE_AUTH="ictest:incus-compose-test-secret"
 I7_PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
@@ -66,7 +78,7 @@ I7_ROOT_PACKAGES=(ca-certificates openssl iproute2 dnsmasq-base nftables xz-util
     skopeo umoci docker-registry socat)
 I7_ENV_FILE=""
 
-i7_log() { printf 'test-cluster[7.0]: %s\n' "$*" >&2; }
+i7_log() { printf 'test-cluster[%s]: %s\n' "$I7_LINE_NAME" "$*" >&2; }
 
 i7_take_lock() {
     exec 8>>"$I7_LOCK"
@@ -168,7 +180,7 @@ EOF
 i7_read_pid() { # i7_read_pid holder|incusd|registry: the recorded pid, only if it still is ours
     local pid
     pid="$(cat "$I7_RUN/$1.pid" 2>/dev/null || true)"
-    [ -n "$pid" ] && tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline" | grep -qE "$I7_STATE/|ic7-holder:" && echo "$pid"
+    [ -n "$pid" ] && tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline" | grep -qE "$I7_STATE/|$I7_HOLDER" && echo "$pid"
     return 0
 }
 
@@ -190,7 +202,7 @@ i7_pids() {
         pid="${d#/proc/}"
         [ -n "${protect[$pid]:-}" ] && continue
         cmd="$(tr '\0' ' ' 2>/dev/null <"$d/cmdline" || true)"
-        if [[ "$cmd" == *"$I7_STATE/"* || "$cmd" == *"$I7_STATE "* || "$cmd" == ic7-holder:* ]]; then hit[$pid]=1; continue; fi
+        if [[ "$cmd" == *"$I7_STATE/"* || "$cmd" == *"$I7_STATE "* || "$cmd" == "$I7_HOLDER"* ]]; then hit[$pid]=1; continue; fi
         mnt="$(readlink "$d/ns/mnt" 2>/dev/null || true)"
         if [ -n "$mnt" ] && [ "$mnt" != "$self_mnt" ] &&
             grep -qsE " ($I7_STATE|$I7_ROOT)(/| )" "$d/mountinfo"; then
@@ -238,16 +250,23 @@ i7_kill_all() {
 i7_has_debris() {
     [ -e "$I7_STATE" ] && return 0
     ip link show "$I7_BRIDGE" >/dev/null 2>&1 && return 0
-    ip -o link show 2>/dev/null | grep -qE '^[0-9]+: ic7v[0-9]+' && return 0
+    ip -o link show 2>/dev/null | grep -qE "^[0-9]+: ${I7_TAG}v[0-9]+" && return 0
     [ -n "$(i7_pids)" ] && return 0
     return 1
 }
+
+# Hooks for variants of the line (scripts/lib/ovn.sh overrides them): after member K's holder is up (before its
+# incusd starts), and once the cluster has formed (also when `up` reuses a running one).
+i7_after_holder() { :; }
+i7_after_cluster() { :; }
+# Extra member_config entries (YAML list items) a joining member needs (the OVN uplink's parent).
+i7_join_extra() { :; }
 
 i7_inc() { INCUS_DIR="$I7_DIR" incus "$@"; }
 # Member K (1..N): INCUS_DIR, address, client.
 i7_members() { cat "$I7_STATE/members" 2>/dev/null || echo 0; }
 i7_dir() { echo "$I7_STATE/node$1"; }
-i7_ip() { echo "100.64.2.$((10 + $1))"; }
+i7_ip() { echo "$I7_NET.$((10 + $1))"; }
 i7_inc_k() { local k=$1; shift; INCUS_DIR="$(i7_dir "$k")" incus "$@"; }
 # The 7.0 client of the root, inside the namespace (the host's 6.0 client talks to the 7.0 daemon over the
 # unix socket but knows no `oci` remotes). Client config in $I7_STATE/client (not the user's).
@@ -268,7 +287,7 @@ i7_teardown() {
     fi
     i7_kill_all
     local l
-    for l in $(ip -o link show 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1 | grep -E '^(ic7v[0-9]+|ic7br0)$' || true); do
+    for l in $(ip -o link show 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1 | grep -E "^(${I7_TAG}v[0-9]+|$I7_BRIDGE)\$" || true); do
         ip link del "$l" 2>/dev/null || true
     done
     # Empty cgroups LXC left for our containers/monitors (rmdir removes only empty ones).
@@ -330,28 +349,29 @@ i7_start_holder() {
         mkdir -p /run/netns
         touch /run/netns/ic7
         mount --bind /proc/self/ns/net /run/netns/ic7
-        exec -a "ic7-holder:$state/$name" sleep infinity' i7-holder "$I7_ROOT" "$I7_STATE" "node$k" \
+        exec -a "$4$state/$name" sleep infinity' i7-holder "$I7_ROOT" "$I7_STATE" "node$k" "$I7_HOLDER" \
         </dev/null >>"$I7_RUN/node$k.holder.log" 2>&1 8>&- 9>&- &
     local pid=$!
     echo "$pid" >"$I7_RUN/node$k.holder.pid"
     for _ in $(seq 1 400); do
-        tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline" | grep -q '^ic7-holder:' && break
+        tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline" | grep -q "^$I7_HOLDER" && break
         pid_alive "$pid" || die "the namespace holder of 7.0 member node$k exited; see $I7_RUN/node$k.holder.log"
         sleep 0.05
     done
-    tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline" | grep -q '^ic7-holder:' || die "the namespace holder of 7.0 member node$k is not ready after 20 s; see $I7_RUN/node$k.holder.log"
+    tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline" | grep -q "^$I7_HOLDER" || die "the namespace holder of 7.0 member node$k is not ready after 20 s; see $I7_RUN/node$k.holder.log"
     i7_setup_network
-    ip link del "ic7v$k" 2>/dev/null || true
-    ip link add "ic7v$k" type veth peer name "ic7p$k"
-    ip link set "ic7v$k" master "$I7_BRIDGE" up
-    ip link set "ic7p$k" netns "$pid"
-    nsenter -t "$pid" -n ip link set "ic7p$k" name eth0
+    ip link del "${I7_TAG}v$k" 2>/dev/null || true
+    ip link add "${I7_TAG}v$k" type veth peer name "${I7_TAG}p$k"
+    ip link set "${I7_TAG}v$k" master "$I7_BRIDGE" up
+    ip link set "${I7_TAG}p$k" netns "$pid"
+    nsenter -t "$pid" -n ip link set "${I7_TAG}p$k" name eth0
     nsenter -t "$pid" -n ip addr add "$(i7_ip "$k")/24" dev eth0
     nsenter -t "$pid" -n ip link set eth0 up
     # No default route: the bridge's /24 is all a member reaches (no traffic can leave this machine);
     # the guard drops forwarded traffic leaving 100.64.0.0/10 all the same (see guard_script).
     guard_script out eth0 | i7_in_k "$k" nft -f -
     guard_host
+    i7_after_holder "$k"
 }
 
 # Runs a command inside member K's namespaces (root = the Debian 13 root); i7_in: member 1.
@@ -436,6 +456,7 @@ cluster:
     name: data
     key: source
     value: ""
+$(i7_join_extra "$k")
 EOT
 }
 
@@ -642,21 +663,21 @@ i7_healthy() {
 }
 
 i7_write_env() {
-    local file=${I7_ENV_FILE:-$REPO_ROOT/.test-cluster/env-7.0} n k names="" clustered=0
+    local file=${I7_ENV_FILE:-$REPO_ROOT/.test-cluster/env-$I7_LINE_NAME} n k names="" clustered=0
     n="$(i7_members)"
     [ "$n" -gt 1 ] && clustered=1
     for k in $(seq 1 "$n"); do names="${names:+$names,}node$k"; done
     local vars=(INCUS_DIR INCUS_COMPOSE_TEST_INCUS_LINE INCUS_LINE INCUS_COMPOSE_TEST_MEMBERS INCUS_COMPOSE_TEST_CLUSTERED
         INCUS_COMPOSE_TEST_MEMBER_NAMES INCUS_COMPOSE_TEST_STATE INCUS_COMPOSE_TEST_HARNESS INCUS_COMPOSE_TEST_REGISTRY
         INCUS_COMPOSE_TEST_REGISTRY_CA INCUS_COMPOSE_TEST_PRIVATE_REGISTRY INCUS_COMPOSE_TEST_PRIVATE_AUTH
-        INCUS_COMPOSE_TEST_CPU_LIMITS)
+        INCUS_COMPOSE_TEST_CPU_LIMITS INCUS_COMPOSE_TEST_OVN)
     mkdir -p "$(dirname "$file")"
     {
         echo "# Written by scripts/test-cluster (--incus 7.0) for the running Incus 7.0 test server; \`source\` this file."
         echo "INCUS_DIR=$I7_DIR"
         echo "INCUS_COMPOSE_TEST_INCUS_LINE=7.0"
         # Makes INCUS_COMPOSE_TEST_HARNESS (kill-member, revive-member...) act on this line, never on 6.0.
-        echo "INCUS_LINE=7.0"
+        echo "INCUS_LINE=$I7_LINE_NAME"
         echo "INCUS_COMPOSE_TEST_MEMBERS=$n"
         echo "INCUS_COMPOSE_TEST_CLUSTERED=$clustered"
         echo "INCUS_COMPOSE_TEST_MEMBER_NAMES=$names"
@@ -666,6 +687,8 @@ i7_write_env() {
         echo "INCUS_COMPOSE_TEST_REGISTRY_CA=$I7_ROOT/etc/incus-compose-test/registry.crt"
         echo "INCUS_COMPOSE_TEST_PRIVATE_REGISTRY=$I7_PRIVATE"
         echo "INCUS_COMPOSE_TEST_PRIVATE_AUTH=$I7_PRIVATE_AUTH"
+        # 1 on the OVN variant (7.0-ovn): networks are OVN networks on the uplink UPLINK.
+        echo "INCUS_COMPOSE_TEST_OVN=$I7_OVN"
         # 1 when the daemon found the CPU cgroup controller (limits are enforced), else 0.
         if grep -q "Couldn't find the CGroup CPU controller" "$I7_RUN/node1.log" 2>/dev/null; then
             echo "INCUS_COMPOSE_TEST_CPU_LIMITS=0"
@@ -716,8 +739,9 @@ i7_cmd_up() {
     if i7_healthy; then
         i7_ensure_images
         i7_ensure_system_images
+        i7_after_cluster "$n"
         i7_write_env
-        i7_log "Incus 7.0 with $n member(s) is up (reused; $((SECONDS - t0)) s); env: ${I7_ENV_FILE:-$REPO_ROOT/.test-cluster/env-7.0}"
+        i7_log "Incus 7.0 with $n member(s) is up (reused; $((SECONDS - t0)) s); env: ${I7_ENV_FILE:-$REPO_ROOT/.test-cluster/env-$I7_LINE_NAME}"
         return 0
     fi
     if i7_has_debris; then
@@ -741,9 +765,10 @@ i7_cmd_up() {
     done
     i7_ensure_images
     i7_ensure_system_images
+    i7_after_cluster "$n"
     i7_healthy || die "the Incus 7.0 test server did not come up healthy; see logs in $I7_RUN/"
     i7_write_env
-    i7_log "Incus $(i7_inc query /1.0 | sed -n 's/.*"server_version": *"\([^"]*\)".*/\1/p' | head -n1) ($n member(s)) and registry https://$I7_REGISTRY are up in $((SECONDS - t0)) s; env: ${I7_ENV_FILE:-$REPO_ROOT/.test-cluster/env-7.0}"
+    i7_log "Incus $(i7_inc query /1.0 | sed -n 's/.*"server_version": *"\([^"]*\)".*/\1/p' | head -n1) ($n member(s)) and registry https://$I7_REGISTRY are up in $((SECONDS - t0)) s; env: ${I7_ENV_FILE:-$REPO_ROOT/.test-cluster/env-$I7_LINE_NAME}"
 }
 
 i7_cmd_down() {
@@ -958,7 +983,7 @@ i7_cmd_remove_member() {
     for p in /proc/[0-9]*; do
         if tr '\0' ' ' 2>/dev/null <"$p/cmdline" | grep -qF "$(i7_dir "$k")/"; then kill -9 "${p#/proc/}" 2>/dev/null || true; fi
     done
-    ip link del "ic7v$k" 2>/dev/null || true
+    ip link del "${I7_TAG}v$k" 2>/dev/null || true
     sleep 0.5
     rm -rf --one-file-system "$(i7_dir "$k")"
     rm -f "$I7_RUN/node$k".*

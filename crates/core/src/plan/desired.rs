@@ -220,7 +220,21 @@ fn networks(cx: &mut Ctx) -> Result<Vec<DesiredNetwork>, PlanError> {
                 name
             }
             span::Kind::Ovn { uplink } => {
-                config.insert("network".into(), uplink.clone());
+                // Egress through the uplink: the OVN router masquerades the network's subnet behind
+                // its uplink address (as Docker's bridge does). A routed (non-NAT) subnet would need
+                // a route for it on the uplink (`ipv4.routes`), which Incus checks and the uplink's
+                // admin sets, not a compose file. An `internal` network has no uplink at all
+                // (`network=none`, Incus's isolated OVN network): no router, no way out. It gets an
+                // IPv6 ULA subnet too, so that OVN's own DNS answers AAAA queries for its instances
+                // (with no uplink there is no name server to answer them, and a resolver asking A
+                // and AAAA at once would wait for the AAAA and fail the lookup).
+                if net.internal {
+                    config.insert("network".into(), "none".into());
+                    config.insert("ipv6.address".into(), "auto".into());
+                } else {
+                    config.insert("network".into(), uplink.clone());
+                    config.insert("ipv4.nat".into(), "true".into());
+                }
                 config.insert(span::LABEL_KIND.into(), "ovn".into());
                 if all_names.get(key).is_some_and(|n| !n.is_empty()) {
                     cx.warnings.push(format!(

@@ -400,6 +400,46 @@ networks:
 }
 
 #[test]
+fn an_ovn_network_masquerades_through_the_uplink_and_an_internal_one_has_no_uplink() {
+    let mut f = facts();
+    f.network.ovn_uplink = Some("UPLINK".into());
+    let stack = STACK.replace("  front: {}", "  front: {internal: true}");
+    let plan = plan_up(
+        &load(&stack),
+        &f,
+        &cluster(),
+        &opts(&[]),
+        &Default::default(),
+    )
+    .unwrap();
+    let mut seen = BTreeMap::new();
+    for a in plan.actions() {
+        if let Action::CreateNetwork { config, .. } = a {
+            seen.insert(
+                config[LABEL_NETWORK].clone(),
+                (
+                    config["network"].clone(),
+                    config.get("ipv4.nat").cloned().unwrap_or_default(),
+                ),
+            );
+        }
+    }
+    assert_eq!(seen["back"], ("UPLINK".to_string(), "true".to_string()));
+    assert_eq!(seen["front"], ("none".to_string(), "false".to_string()));
+    // OVN answers AAAA for the internal network's instances itself (it has no name server).
+    let front = plan
+        .actions()
+        .find_map(|a| match a {
+            Action::CreateNetwork { config, .. } if config[LABEL_NETWORK] == "front" => {
+                Some(config.clone())
+            }
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(front["ipv6.address"], "auto");
+}
+
+#[test]
 fn ovn_is_planned_when_the_cluster_has_an_uplink() {
     let mut f = facts();
     f.network.ovn_uplink = Some("UPLINK".into());
