@@ -7,8 +7,11 @@
 //!   write transaction, so two runs can both pass the check; the record read back after a
 //!   short settle time decides (same holder *and* epoch, `lease::confirms`). A run that finds
 //!   a live holder waits, saying so once, or refuses at once with `--no-wait-lock`.
-//! - **Renew**: a background task rewrites the expiry every `ttl / 3`. When it finds another
-//!   holder or epoch, or cannot renew before `expires - margin`, the [`Lease`] is lost:
+//! - **Renew**: a thread of its own (own current-thread runtime, own connections) rewrites the
+//!   expiry every `ttl / 3`, with a lease of `ic_core::lease::lease_length` (longer while the
+//!   run is at work and after slow renewals). Times are the Incus server's (`Date` header); the
+//!   holder turns the expiry into a deadline on its monotonic clock ([`Read::deadline`]). When
+//!   it finds another holder or epoch, or passes that deadline, the [`Lease`] is lost:
 //!   [`Lease::fence`] then fails, and the executor checks it before every stage and action.
 //! - **Release**: dropping the [`LockGuard`] removes the key if it still shows this run's
 //!   record, in a task that [`finish_releases`] waits for (the CLI's `block_on` runs it before
@@ -16,9 +19,10 @@
 //!   releases it, then exits (status 130 / 143). A run killed with `kill -9` keeps it until
 //!   its expiry.
 //!
-//! Other writers of the project's config ([`edit_project_config`]: pull records, the marker
-//! of a network being created) write with `If-Match` too and keep the lock key as they read
-//! it, so they never undo a lock written meanwhile.
+//! Other writers of the project's config ([`edit_project_config`]: revisions, pull records,
+//! the marker of a network being created) write with `If-Match` too, read their change back
+//! (writing again when a concurrent write undid it), and keep the lock keys as this process
+//! last renewed them.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
