@@ -210,13 +210,15 @@ impl Error {
     }
 
     /// True when Incus refused to create something because an object of that name exists
-    /// (HTTP 409, or Incus 6.0's HTTP 500 "... already exists"). Never transient: retrying
+    /// (HTTP 409, or Incus 6.0's HTTP 500 "... already exists" or "UNIQUE constraint failed"). Never transient: retrying
     /// cannot succeed, and the object may not be the caller's.
     pub fn is_already_exists(&self) -> bool {
         self.status() == Some(409)
-            || self
-                .incus_message()
-                .is_some_and(|m| m.to_ascii_lowercase().contains("already exists"))
+            || self.incus_message().is_some_and(|m| {
+                let m = m.to_ascii_lowercase();
+                // The database's own words when two creations of one name race.
+                m.contains("already exists") || m.contains("unique constraint failed")
+            })
     }
 
     /// The message Incus itself gave (API error or failed operation), if any.
@@ -301,6 +303,12 @@ mod tests {
             message: "Failed creating instance record: Instance \"web-1\" already exists".into(),
         };
         assert!(e6.is_already_exists());
+        let raced = Error::Api {
+            request: label("POST", "/1.0/instances?project=x"),
+            status: 500,
+            message: "Failed creating instance record: Add instance info to the database: Failed to create \"instances\" entry: UNIQUE constraint failed: instances.project_id, instances.name".into(),
+        };
+        assert!(raced.is_already_exists());
         let busy = Error::Api {
             request: label("POST", "/1.0/instances?project=x"),
             status: 500,
