@@ -212,6 +212,7 @@ fn stdin_channel() -> mpsc::Receiver<Vec<u8>> {
 /// Forward SIGINT, SIGTERM and SIGHUP to the command.
 fn signal_channel() -> anyhow::Result<mpsc::Receiver<i32>> {
     let (tx, rx) = mpsc::channel(8);
+    crate::engine::lock::signals_handled_elsewhere();
     for (kind, number) in [
         (SignalKind::interrupt(), 2),
         (SignalKind::terminate(), 15),

@@ -360,6 +360,7 @@ pub fn run(global: &GlobalArgs, args: &LogsArgs) -> anyhow::Result<ExitCode> {
                 (i.name, r)
             });
         }
+        crate::engine::lock::signals_handled_elsewhere();
         let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch Ctrl-C")?;
         let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
         let mut failed = false;

@@ -168,6 +168,20 @@ pub fn run(global: &GlobalArgs, args: &UpArgs) -> anyhow::Result<ExitCode> {
                 ctx.project.name,
                 plan.incus_project
             );
+            // An update whose run was interrupted after its last action is complete now.
+            match engine::revisions::complete_if_converged(
+                &ctx.base,
+                &ctx.incus_project,
+                &ctx.project.name,
+                engine::revisions::services_of(&desired),
+                engine::revisions::keep(Some(&ctx.project)),
+            )
+            .await
+            {
+                Ok(Some(n)) => println!("revision {n}: completed"),
+                Ok(None) => {}
+                Err(e) => eprintln!("warning: {e:#}"),
+            }
             ctx.record_pulls(&pulled, &keep).await;
             return Ok(wait_for_services(&gate, &plan, args, started).await);
         }

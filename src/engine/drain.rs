@@ -533,7 +533,11 @@ async fn wait_ready(t: &Target, name: &str, check: Option<&Check>) -> Result<Str
     let clock = Instant::now();
     let limit = RUN_TIMEOUT
         + check.map_or(Duration::ZERO, |c| {
-            c.start_period + (c.interval + c.timeout) * (c.retries + 1)
+            c.start_period.saturating_add(
+                c.interval
+                    .saturating_add(c.timeout)
+                    .saturating_mul(c.retries.saturating_add(1)),
+            )
         });
     let mut started: Option<Instant> = None;
     let mut tracker = check.map(|c| Tracker::new(c.clone()));

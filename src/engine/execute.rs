@@ -33,6 +33,10 @@ const RETRIES: u64 = 3;
 
 /// Failures a busy server gives that a later attempt may not: internal errors and timeouts.
 fn transient(e: &ic_incus::Error) -> bool {
+    // "already exists" (HTTP 500 on Incus 6.0) never goes away by retrying.
+    if e.is_already_exists() {
+        return false;
+    }
     match e {
         ic_incus::Error::Operation { .. } => true,
         ic_incus::Error::Api { status, .. } => *status >= 500,
@@ -748,8 +752,22 @@ pub(super) async fn create(t: &Target, p: &InstancePlan) -> anyhow::Result<()> {
             Ok(_) => break,
             Err(e) if attempt < RETRIES && transient(&e) => {
                 attempt += 1;
-                // A half-made instance of ours may be left behind: remove it, then retry.
-                let _ = remove(t, &p.name, 0).await;
+                // A half-made instance may be left behind: removed only when this request made
+                // it (it carries every label of the request); anything else is never touched.
+                match t.project.instance(&p.name).await {
+                    Ok(i) if made_by(&req.config, &i.config) => {
+                        let _ = remove(t, &p.name, 0).await;
+                    }
+                    Ok(_) => {
+                        return Err(e).with_context(|| {
+                            format!(
+                                "creating {} on {}: an instance of that name that incus-compose did not make appeared meanwhile; it is left alone (rename or remove it)",
+                                p.name, p.member
+                            )
+                        });
+                    }
+                    Err(_) => {}
+                }
                 tokio::time::sleep(Duration::from_millis(500 * attempt)).await;
             }
             Err(e) => {
@@ -794,6 +812,16 @@ pub(super) async fn create(t: &Target, p: &InstancePlan) -> anyhow::Result<()> {
             .with_context(|| format!("marking {} prepared (its spec hash)", p.name))?;
     }
     Ok(())
+}
+
+/// Whether an instance with config `found` is the one a create request with config `sent`
+/// made: it carries every `user.incus-compose.*` label of the request, with the same values.
+fn made_by(sent: &BTreeMap<String, String>, found: &BTreeMap<String, String>) -> bool {
+    let labels: Vec<_> = sent
+        .iter()
+        .filter(|(k, _)| k.starts_with("user.incus-compose."))
+        .collect();
+    !labels.is_empty() && labels.iter().all(|(k, v)| found.get(*k) == Some(*v))
 }
 
 /// After a successful start: until the instance runs. `Stopped` also counts: its PID 1
@@ -1071,5 +1099,55 @@ pub(super) async fn remove(t: &Target, name: &str, timeout: i64) -> anyhow::Resu
             }
             Err(e) => return Err(e.into()),
         }
+    }
+}
+
+#[cfg(test)]
+mod create_tests {
+    use super::*;
+
+    fn api(status: u16, message: &str) -> ic_incus::Error {
+        ic_incus::Error::Api {
+            request: ic_incus::RequestLabel {
+                method: "POST".into(),
+                path: "/1.0/instances?project=p".into(),
+            },
+            status,
+            message: message.into(),
+        }
+    }
+
+    #[test]
+    fn already_exists_is_not_transient_even_as_http_500() {
+        assert!(!transient(&api(
+            500,
+            "Failed creating instance record: Instance \"web-1\" already exists"
+        )));
+        assert!(!transient(&api(409, "Instance \"web-1\" already exists")));
+        assert!(transient(&api(500, "database is locked")));
+    }
+
+    #[test]
+    fn only_an_instance_with_every_label_of_the_request_counts_as_made_by_it() {
+        let sent = BTreeMap::from([
+            ("user.incus-compose.project".to_string(), "shop".to_string()),
+            ("user.incus-compose.service".to_string(), "web".to_string()),
+            ("user.incus-compose.hash".to_string(), "abc".to_string()),
+            ("limits.cpu".to_string(), "1".to_string()),
+        ]);
+        let mut found = sent.clone();
+        found.insert("volatile.base_image".into(), "f00".into());
+        assert!(made_by(&sent, &found));
+        // Made by hand: no labels.
+        assert!(!made_by(&sent, &BTreeMap::new()));
+        // Of another compose project, or another version of the service.
+        let mut other = found.clone();
+        other.insert("user.incus-compose.project".into(), "other".into());
+        assert!(!made_by(&sent, &other));
+        let mut older = found.clone();
+        older.insert("user.incus-compose.hash".into(), "old".into());
+        assert!(!made_by(&sent, &older));
+        // A request without labels can claim nothing.
+        assert!(!made_by(&BTreeMap::new(), &found));
     }
 }

@@ -62,7 +62,8 @@ pub struct Recorder {
 }
 
 /// Records that `services` are being deployed (by `cause`): a new revision when they differ
-/// from the newest one (`None` otherwise). Services of `services_base` not in `services` keep
+/// from the newest one; the newest one reopened (`in progress` again) when they equal it and
+/// its rollout did not complete; `None` otherwise (nothing to record). Services of `services_base` not in `services` keep
 /// their stored form (an `up SERVICE` changes only what it names).
 pub async fn begin(
     base: &Client,
@@ -86,6 +87,20 @@ pub async fn begin(
     let revs = read(base, incus_project, compose).await?;
     let mut all = revs.last().map(|r| r.services.clone()).unwrap_or_default();
     all.extend(services);
+    // The same services as the newest revision, whose rollout did not complete (an update
+    // interrupted, failed or paused): this run goes on with it and records how it ends.
+    if let Some(open) = revision::to_reopen(&revs, &all) {
+        let mut rev = open.clone();
+        rev.outcome = Outcome::InProgress;
+        let rec = Recorder {
+            base: base.clone(),
+            incus_project: incus_project.to_string(),
+            keep,
+            revision: rev,
+        };
+        rec.write().await?;
+        return Ok(Some(rec));
+    }
     if !revision::is_new(&revs, &all) {
         return Ok(None);
     }
@@ -106,6 +121,35 @@ pub async fn begin(
     };
     rec.write().await?;
     Ok(Some(rec))
+}
+
+/// After a run found nothing to change: when the newest revision has the services deployed
+/// (`services`, as [`begin`] takes them) and its rollout did not complete (the run that made it
+/// was interrupted after its last action, or failed and the cluster converged since), it is
+/// recorded `completed`. Returns its number then.
+pub async fn complete_if_converged(
+    base: &Client,
+    incus_project: &str,
+    compose: &str,
+    services: BTreeMap<String, StoredService>,
+    keep: usize,
+) -> anyhow::Result<Option<u64>> {
+    let revs = read(base, incus_project, compose).await?;
+    let mut all = revs.last().map(|r| r.services.clone()).unwrap_or_default();
+    all.extend(services);
+    let Some(open) = revision::to_reopen(&revs, &all) else {
+        return Ok(None);
+    };
+    let mut rev = open.clone();
+    rev.outcome = Outcome::Completed;
+    let rec = Recorder {
+        base: base.clone(),
+        incus_project: incus_project.to_string(),
+        keep,
+        revision: rev,
+    };
+    rec.write().await?;
+    Ok(Some(rec.revision.number))
 }
 
 impl Recorder {

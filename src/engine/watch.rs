@@ -448,9 +448,17 @@ async fn reconcile(
     let _ = (obs, d);
     // Act: under the project lock (waits for an `up` or `down` under way), then plan again
     // from what is there now.
-    let opts = LockOptions::from_env(true)?;
-    let Some(guard) = lock::acquire(base, &w.incus_project, &opts).await? else {
-        return Ok(true);
+    // Never waits for another run's lock: `watch --all` goes on with the other projects.
+    let opts = LockOptions::from_env(false)?;
+    let guard = match lock::try_acquire(base, &w.incus_project, &opts).await? {
+        lock::TryLock::Held(g) => g,
+        lock::TryLock::Missing => return Ok(true),
+        lock::TryLock::Busy(held) => {
+            let why = format!("locked by {}: acting on it in a later round", held.holder);
+            log.event(&w.compose, "busy", &w.incus_project, &why, None);
+            w.retry = true;
+            return Ok(true);
+        }
     };
     let Some((plan, obs, d)) = plan_once(base, w, grace, log).await? else {
         return Ok(true);
@@ -817,13 +825,18 @@ async fn restart_policy(
         return ok;
     }
     // Starting is an action: under the project lock, as `up` acts.
-    let guard = match LockOptions::from_env(true) {
-        Ok(opts) => lock::acquire(base, &w.incus_project, &opts).await,
+    let guard = match LockOptions::from_env(false) {
+        Ok(opts) => lock::try_acquire(base, &w.incus_project, &opts).await,
         Err(e) => Err(e),
     };
     let guard = match guard {
-        Ok(Some(g)) => g,
-        Ok(None) => return ok,
+        Ok(lock::TryLock::Held(g)) => g,
+        Ok(lock::TryLock::Missing) => return ok,
+        // Another run acts on the project: the starts wait for a later round.
+        Ok(lock::TryLock::Busy(_)) => {
+            w.restarts.due = Some(now + 2);
+            return ok;
+        }
         Err(e) => {
             log.event(&w.compose, "error", &w.compose, &format!("{e:#}"), None);
             w.restarts.due = Some(now + 2);

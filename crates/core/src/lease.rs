@@ -106,6 +106,82 @@ pub fn must_stop(confirmed_expires: u64, now: u64, margin: u64) -> bool {
     now.saturating_add(margin) >= confirmed_expires
 }
 
+/// How long a holder's lease lasts (seconds) when it renews it, given the configured `ttl`,
+/// the slowest renewal seen so far (seconds from sending its read to reading its write back)
+/// and whether the holder is at work (it passed its fence at least once).
+///
+/// A renewal is a project-config write; under load Incus takes seconds, even tens of seconds,
+/// to commit one (measured: 17 s with 100 instances being created). The lease therefore lasts
+/// at least four times the slowest renewal seen, and four times `ttl` while work is in flight
+/// (the first slow renewal must land before the lease written by the fast one before it runs
+/// out). Capped at ten minutes (or `ttl` when that is longer): a holder killed with `kill -9`
+/// keeps the lock at most that long.
+pub fn lease_length(ttl: u64, slowest_renewal: u64, working: bool) -> u64 {
+    let ttl = ttl.max(1);
+    let base = if working { ttl.saturating_mul(4) } else { ttl };
+    base.max(slowest_renewal.saturating_mul(4))
+        .min(ttl.max(600))
+}
+
+/// How long before the end of a lease of `length` seconds its holder stops acting: a sixth of
+/// it, at least one second (a write under way, and the whole-second resolution of the server's
+/// clock).
+pub fn margin(length: u64) -> u64 {
+    (length / 6).max(1)
+}
+
+/// The unix seconds of an HTTP `Date` header (IMF-fixdate, `Sun, 06 Dec 2026 19:51:10 GMT`, as
+/// Incus sends it); `None` when it is not one.
+pub fn parse_http_date(value: &str) -> Option<u64> {
+    let mut words = value.split_whitespace();
+    let _weekday = words.next()?.strip_suffix(',')?;
+    let day: u64 = words.next()?.parse().ok()?;
+    let month = match words.next()? {
+        "Jan" => 1,
+        "Feb" => 2,
+        "Mar" => 3,
+        "Apr" => 4,
+        "May" => 5,
+        "Jun" => 6,
+        "Jul" => 7,
+        "Aug" => 8,
+        "Sep" => 9,
+        "Oct" => 10,
+        "Nov" => 11,
+        "Dec" => 12,
+        _ => return None,
+    };
+    let year: i64 = words.next()?.parse().ok()?;
+    let mut hms = words.next()?.split(':');
+    let h: u64 = hms.next()?.parse().ok()?;
+    let m: u64 = hms.next()?.parse().ok()?;
+    let sec: u64 = hms.next()?.parse().ok()?;
+    if words.next()? != "GMT"
+        || words.next().is_some()
+        || hms.next().is_some()
+        || !(1..=31).contains(&day)
+        || h > 23
+        || m > 59
+        || sec > 60
+        || year < 1970
+    {
+        return None;
+    }
+    // Days from 1970-01-01 to the civil date (Howard Hinnant's days_from_civil).
+    let (y, mo) = if month <= 2 {
+        (year - 1, month + 9)
+    } else {
+        (year, month - 3)
+    };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * mo + 2) / 5 + day as i64 - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let days = u64::try_from(days).ok()?;
+    Some(days * 86_400 + h * 3600 + m * 60 + sec)
+}
+
 /// The line a waiting run prints once:
 /// `waiting for the lock of project X held by H since T (expires in N s)`.
 pub fn waiting_message(project: &str, held: &LockRecord, now: u64, since: &str) -> String {
@@ -214,7 +290,56 @@ mod tests {
         );
     }
 
+    #[test]
+    fn http_dates_are_read_as_unix_seconds() {
+        assert_eq!(
+            parse_http_date("Sun, 06 Dec 2026 19:51:10 GMT"),
+            Some(1_796_586_670)
+        );
+        assert_eq!(parse_http_date("Thu, 01 Jan 1970 00:00:00 GMT"), Some(0));
+        assert_eq!(
+            parse_http_date("Tue, 29 Feb 2028 23:59:59 GMT"),
+            Some(1_835_481_599)
+        );
+        assert_eq!(parse_http_date("Sun, 06 Dec 2026 19:51:10 CET"), None);
+        assert_eq!(parse_http_date("yesterday"), None);
+        assert_eq!(parse_http_date("Sun, 06 Foo 2026 19:51:10 GMT"), None);
+        assert_eq!(parse_http_date(""), None);
+    }
+
+    #[test]
+    fn a_working_holder_leases_longer_and_slow_renewals_lengthen_the_lease() {
+        // Idle (just acquired): the configured length.
+        assert_eq!(lease_length(30, 0, false), 30);
+        // At work: four times as long, so that one slow write cannot outlast it.
+        assert_eq!(lease_length(30, 1, true), 120);
+        // A renewal that took 17 s (seen with 100 instances being created): 68 s at least.
+        assert_eq!(lease_length(30, 17, false), 68);
+        assert_eq!(lease_length(30, 40, true), 160);
+        // Capped at ten minutes (a killed holder keeps the lock at most that long)...
+        assert_eq!(lease_length(30, 10_000, true), 600);
+        // ...unless the configured length is longer.
+        assert_eq!(lease_length(900, 0, false), 900);
+        assert_eq!(lease_length(u64::MAX, u64::MAX, true), u64::MAX);
+        assert_eq!((margin(30), margin(120), margin(3)), (5, 20, 1));
+    }
+
     proptest! {
+        /// The lease never shrinks below the configured length, and always outlasts the
+        /// slowest renewal seen (within the cap).
+        #[test]
+        fn leases_outlast_the_slowest_renewal(
+            ttl in 3u64..600, slowest in 0u64..1000, working: bool,
+        ) {
+            let l = lease_length(ttl, slowest, working);
+            prop_assert!(l >= ttl);
+            prop_assert!(l <= ttl.max(600));
+            if slowest * 4 <= ttl.max(600) {
+                prop_assert!(l >= slowest * 4);
+                prop_assert!(l - margin(l) > slowest * 2);
+            }
+        }
+
         /// Whatever the key holds, taking the lock gives a strictly greater epoch than the
         /// record it replaces, and never takes a live lock of someone else.
         #[test]

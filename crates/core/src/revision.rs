@@ -201,6 +201,15 @@ fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// The longest healthcheck duration a revision gives back: a year. A larger value read from
+/// Incus (edited by hand, or corrupt) is taken as this, so that deadlines computed from it
+/// (`now + interval * retries`...) stay far from overflowing.
+pub const MAX_CHECK_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
+fn stored_ms(ms: u64) -> Duration {
+    Duration::from_millis(ms).min(MAX_CHECK_DURATION)
+}
+
 fn hex_decode(s: &str) -> Option<Vec<u8>> {
     if s.len() % 2 != 0 {
         return None;
@@ -438,11 +447,11 @@ impl StoredService {
                 rollback: self.rollback.clone(),
                 check: self.check.as_ref().map(|c| Check {
                     argv: c.argv.clone(),
-                    interval: Duration::from_millis(c.interval_ms),
-                    timeout: Duration::from_millis(c.timeout_ms),
+                    interval: stored_ms(c.interval_ms),
+                    timeout: stored_ms(c.timeout_ms),
                     retries: c.retries,
-                    start_period: Duration::from_millis(c.start_period_ms),
-                    start_interval: Duration::from_millis(c.start_interval_ms),
+                    start_period: stored_ms(c.start_period_ms),
+                    start_interval: stored_ms(c.start_interval_ms),
                 }),
                 snapshot_volumes: self.snapshot_volumes.clone(),
                 stop_first_slots: Default::default(),
@@ -575,11 +584,72 @@ pub fn with_revision(
         out.insert(key(new.number), json);
     }
     let (all, _) = read(&out);
+    // The deployed revision stays whatever the count: it is what `watch` keeps and
+    // `rollback` goes back from (ten failed attempts after it must not drop it).
+    let deployed = deployed(&all).map(|r| r.number);
     let drop = all.len().saturating_sub(keep.max(1));
     for r in all.iter().take(drop) {
-        out.remove(&key(r.number));
+        if Some(r.number) != deployed {
+            out.remove(&key(r.number));
+        }
     }
     out
+}
+
+/// The newest revision when deploying `services` goes on with it rather than making a new
+/// one: its services are the same and its rollout did not complete (interrupted, failed,
+/// paused or rolled back). The next run reopens it (`in progress`) and records how it ends.
+pub fn to_reopen<'a>(
+    revisions: &'a [Revision],
+    services: &BTreeMap<String, StoredService>,
+) -> Option<&'a Revision> {
+    let last = revisions.last()?;
+    (last.outcome != Outcome::Completed && !is_new(revisions, services)).then_some(last)
+}
+
+/// Where a project's revisions stand: the deployed one (newest completed) and the newest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Standing {
+    /// The newest completed revision: what runs.
+    pub deployed: Option<u64>,
+    /// The newest revision and how its rollout ended (`None`: no revision).
+    pub newest: Option<(u64, Outcome)>,
+}
+
+/// Where `revisions` stand (see [`Standing`]).
+pub fn standing(revisions: &[Revision]) -> Standing {
+    Standing {
+        deployed: deployed(revisions).map(|r| r.number),
+        newest: revisions.last().map(|r| (r.number, r.outcome)),
+    }
+}
+
+/// The services `watch` must not act on, each with why: those the newest revision changes
+/// (from the deployed one) while its rollout is in progress, paused or failed. Converging them
+/// to the deployed revision would undo an update a run is making (or one a user must look at);
+/// converging them to the newest would finish an update nobody confirmed. A rolled-back newest
+/// revision holds nothing back: its rollback restored the deployed revision.
+pub fn watch_holds(revisions: &[Revision]) -> BTreeMap<String, String> {
+    let Some(newest) = revisions.last() else {
+        return BTreeMap::new();
+    };
+    if matches!(newest.outcome, Outcome::Completed | Outcome::RolledBack) {
+        return BTreeMap::new();
+    }
+    let base = deployed(revisions);
+    changed(base, newest)
+        .into_iter()
+        .map(|s| {
+            let why = format!(
+                "revision {} changes it and is {}{}: not acting on it (run `incus-compose up` to finish it, or `rollback`)",
+                newest.number,
+                newest.outcome,
+                base.map(|b| format!(" (deployed: revision {})", b.number))
+                    .unwrap_or_default()
+            );
+            (s, why)
+        })
+        .collect()
 }
 
 /// What `watch` converges to: the services of the deployed revision, as `up` deployed them;
@@ -826,6 +896,128 @@ secrets:
             (3..=12).collect::<Vec<_>>()
         );
         assert_eq!(config["user.other"], "kept");
+    }
+
+    #[test]
+    fn absurd_healthcheck_durations_read_back_saturate_instead_of_overflowing() {
+        let d = desired_of(APP, "x");
+        let mut stored = StoredService::from_template(&d.services[0]);
+        stored.check = Some(StoredCheck {
+            argv: vec!["true".into()],
+            interval_ms: u64::MAX,
+            timeout_ms: u64::MAX,
+            retries: u32::MAX,
+            start_period_ms: u64::MAX,
+            start_interval_ms: u64::MAX,
+        });
+        let t = stored
+            .to_template(1, "web", Some(&d.services[0].files))
+            .unwrap();
+        let c = t.rollout.check.as_ref().expect("a check");
+        assert_eq!(c.interval, MAX_CHECK_DURATION);
+        // The deadlines computed from it saturate (they overflowed and panicked before).
+        let deadline = crate::rollout::deadline(&t.rollout.update, Some(c));
+        assert!(deadline >= MAX_CHECK_DURATION);
+        assert!(crate::rollout::monitor_warning("web", &t.rollout.update, Some(c)).is_some());
+        let raw = Check {
+            interval: Duration::MAX,
+            timeout: Duration::MAX,
+            start_period: Duration::MAX,
+            ..c.clone()
+        };
+        assert_eq!(
+            crate::rollout::deadline(&t.rollout.update, Some(&raw)),
+            Duration::MAX
+        );
+    }
+
+    #[test]
+    fn pruning_never_drops_the_deployed_revision() {
+        let v1 = desired_of(APP, "x");
+        let v2 = desired_of(&APP.replace("testapp/v1", "testapp/v2"), "x");
+        let mut config = with_revision(&BTreeMap::new(), &revision(1, &v1, Outcome::Completed), 10);
+        for n in 2..=13 {
+            config = with_revision(&config, &revision(n, &v2, Outcome::Failed), 10);
+        }
+        let (all, _) = read(&config);
+        let numbers: Vec<u64> = all.iter().map(|r| r.number).collect();
+        assert_eq!(numbers[0], 1, "the deployed revision is kept: {numbers:?}");
+        assert_eq!(&numbers[1..], (4..=13).collect::<Vec<_>>().as_slice());
+        assert_eq!(deployed(&all).map(|r| r.number), Some(1));
+        // Once a newer one completes, the old deployed one goes by count as any other.
+        config = with_revision(&config, &revision(14, &v2, Outcome::Completed), 10);
+        let (all, _) = read(&config);
+        assert_eq!(
+            all.iter().map(|r| r.number).collect::<Vec<_>>(),
+            (5..=14).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn an_unfinished_newest_revision_of_the_same_services_is_reopened() {
+        let v1 = desired_of(APP, "x");
+        let v2 = desired_of(&APP.replace("testapp/v1", "testapp/v2"), "x");
+        let done = revision(1, &v1, Outcome::Completed);
+        for outcome in [
+            Outcome::InProgress,
+            Outcome::Failed,
+            Outcome::Paused,
+            Outcome::RolledBack,
+        ] {
+            let revs = vec![done.clone(), revision(2, &v2, outcome)];
+            assert_eq!(
+                to_reopen(&revs, &services_of(&v2)).map(|r| r.number),
+                Some(2),
+                "{outcome}"
+            );
+            // Other services: a new revision, nothing reopened.
+            assert_eq!(to_reopen(&revs, &services_of(&v1)), None, "{outcome}");
+        }
+        let revs = vec![done.clone(), revision(2, &v2, Outcome::Completed)];
+        assert_eq!(to_reopen(&revs, &services_of(&v2)), None);
+        assert_eq!(to_reopen(&[], &services_of(&v2)), None);
+    }
+
+    #[test]
+    fn watch_holds_the_services_an_unfinished_newest_revision_changes() {
+        let v1 = desired_of(APP, "x");
+        let v2 = desired_of(&APP.replace("testapp/v1", "testapp/v2"), "x");
+        let done = revision(1, &v1, Outcome::Completed);
+        assert!(watch_holds(std::slice::from_ref(&done)).is_empty());
+        assert_eq!(
+            standing(std::slice::from_ref(&done)),
+            Standing {
+                deployed: Some(1),
+                newest: Some((1, Outcome::Completed))
+            }
+        );
+        for outcome in [Outcome::InProgress, Outcome::Paused, Outcome::Failed] {
+            let revs = vec![done.clone(), revision(2, &v2, outcome)];
+            let held = watch_holds(&revs);
+            assert_eq!(held.keys().collect::<Vec<_>>(), ["web"], "{outcome}");
+            assert!(held["web"].contains(&format!("revision 2 changes it and is {outcome}")));
+            assert!(held["web"].contains("deployed: revision 1"));
+            assert_eq!(
+                standing(&revs),
+                Standing {
+                    deployed: Some(1),
+                    newest: Some((2, outcome))
+                }
+            );
+        }
+        // A rolled-back update restored the deployed revision: watch keeps it.
+        let revs = vec![done.clone(), revision(2, &v2, Outcome::RolledBack)];
+        assert!(watch_holds(&revs).is_empty());
+        // A first deployment still in progress: nothing is deployed yet, every service waits.
+        let first = vec![revision(1, &v1, Outcome::InProgress)];
+        assert_eq!(watch_holds(&first).keys().collect::<Vec<_>>(), ["web"]);
+        assert_eq!(
+            standing(&first),
+            Standing {
+                deployed: None,
+                newest: Some((1, Outcome::InProgress))
+            }
+        );
     }
 
     #[test]

@@ -117,9 +117,14 @@ impl Config {
 pub fn deadline(cfg: &Config, check: Option<&Check>) -> Duration {
     let judge = match check {
         None => START_DEADLINE,
-        Some(c) => (c.start_period + c.interval * c.retries + c.timeout).max(START_DEADLINE),
+        // Saturating: absurd values (read back from a revision) must not overflow.
+        Some(c) => c
+            .start_period
+            .saturating_add(c.interval.saturating_mul(c.retries))
+            .saturating_add(c.timeout)
+            .max(START_DEADLINE),
     };
-    judge + cfg.monitor
+    judge.saturating_add(cfg.monitor)
 }
 
 /// How long a new replica may take to run when the service has no healthcheck (creating
@@ -130,7 +135,7 @@ pub const START_DEADLINE: Duration = Duration::from_secs(120);
 /// unhealthy (`interval * retries`): failures after the monitor window go unnoticed.
 pub fn monitor_warning(service: &str, cfg: &Config, check: Option<&Check>) -> Option<String> {
     let c = check?;
-    let needs = c.interval * c.retries;
+    let needs = c.interval.saturating_mul(c.retries);
     (cfg.monitor < needs).then(|| {
         format!(
             "service {service:?}: update_config.monitor ({} s) is shorter than its healthcheck needs to call a replica unhealthy (interval x retries = {} s); a replica that turns unhealthy later is not counted as a failed update",

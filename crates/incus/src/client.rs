@@ -195,6 +195,8 @@ pub struct RawResponse {
     pub etag: Option<String>,
     /// `X-Incus-*` headers (names lowercased), e.g. a file's `x-incus-mode`.
     pub incus_headers: std::collections::BTreeMap<String, String>,
+    /// `Date` header, if any: the server's clock when it answered (IMF-fixdate, whole seconds).
+    pub date: Option<String>,
     /// Body bytes.
     pub body: Bytes,
     /// The body was longer than the limit asked ([`Client::send_raw_bounded`]) and `body` is
@@ -361,6 +363,16 @@ impl Client {
         })
     }
 
+    /// A client to the same server with connections of its own (not shared with `self`'s
+    /// pool), e.g. for a task on another runtime or thread that must not wait behind `self`'s
+    /// requests (the project lock's renewal).
+    pub fn independent(&self) -> Client {
+        let mut c = Client::new((*self.inner.endpoint).clone(), self.inner.remote.clone());
+        c.project = self.project.clone();
+        c.timeout = self.timeout;
+        c
+    }
+
     /// The same client (sharing connections) working in another Incus project.
     pub fn with_project(&self, project: impl Into<String>) -> Client {
         Client {
@@ -499,6 +511,7 @@ impl Client {
         };
         let content_type = header(http::header::CONTENT_TYPE);
         let etag = header(http::header::ETAG);
+        let date = header(http::header::DATE);
         let incus_headers = resp
             .headers()
             .iter()
@@ -533,6 +546,7 @@ impl Client {
             content_type,
             etag,
             incus_headers,
+            date,
             body,
             truncated,
         })
@@ -584,6 +598,15 @@ impl Client {
         &self,
         req: Request,
     ) -> Result<(RequestLabel, Option<String>, Envelope)> {
+        let (label, etag, _, env) = self.send_envelope_dated(req).await?;
+        Ok((label, etag, env))
+    }
+
+    /// [`Client::send_envelope`], also returning the `Date` header.
+    async fn send_envelope_dated(
+        &self,
+        req: Request,
+    ) -> Result<(RequestLabel, Option<String>, Option<String>, Envelope)> {
         let label = self.label(&req);
         let raw = self.send_raw(req).await?;
         let env: Envelope = match serde_json::from_slice(&raw.body) {
@@ -620,7 +643,24 @@ impl Client {
                 message,
             });
         }
-        Ok((label, raw.etag, env))
+        Ok((label, raw.etag, raw.date, env))
+    }
+
+    /// Like [`Client::send_with_etag`], also returning the `Date` header of the answer (the
+    /// server's clock, for leases judged on the server's time).
+    pub async fn send_with_etag_and_date<T: DeserializeOwned>(
+        &self,
+        req: Request,
+    ) -> Result<(T, Option<String>, Option<String>)> {
+        let (label, etag, date, mut env) = self.send_envelope_dated(req).await?;
+        strip_nulls(&mut env.metadata);
+        let body_start_text = env.metadata.to_string();
+        let value = serde_json::from_value(env.metadata).map_err(|source| Error::Decode {
+            request: label,
+            source,
+            body_start: body_start(body_start_text.as_bytes()),
+        })?;
+        Ok((value, etag, date))
     }
 
     /// Send a request answered synchronously and decode its `metadata`.

@@ -219,6 +219,18 @@ impl Error {
         self.status() == Some(404)
     }
 
+    /// True when Incus refused to create something because an object of that name exists
+    /// (HTTP 409, or Incus 6.0's HTTP 500 "... already exists" or "UNIQUE constraint failed"). Never transient: retrying
+    /// cannot succeed, and the object may not be the caller's.
+    pub fn is_already_exists(&self) -> bool {
+        self.status() == Some(409)
+            || self.incus_message().is_some_and(|m| {
+                let m = m.to_ascii_lowercase();
+                // The database's own words when two creations of one name race.
+                m.contains("already exists") || m.contains("unique constraint failed")
+            })
+    }
+
     /// The message Incus itself gave (API error or failed operation), if any.
     pub fn incus_message(&self) -> Option<&str> {
         match self {
@@ -293,6 +305,26 @@ mod tests {
         );
         assert_eq!(e.status(), Some(409));
         assert!(!e.is_not_found());
+        assert!(e.is_already_exists());
+        // Incus 6.0 answers the same refusal with HTTP 500.
+        let e6 = Error::Api {
+            request: label("POST", "/1.0/instances?project=x"),
+            status: 500,
+            message: "Failed creating instance record: Instance \"web-1\" already exists".into(),
+        };
+        assert!(e6.is_already_exists());
+        let raced = Error::Api {
+            request: label("POST", "/1.0/instances?project=x"),
+            status: 500,
+            message: "Failed creating instance record: Add instance info to the database: Failed to create \"instances\" entry: UNIQUE constraint failed: instances.project_id, instances.name".into(),
+        };
+        assert!(raced.is_already_exists());
+        let busy = Error::Api {
+            request: label("POST", "/1.0/instances?project=x"),
+            status: 500,
+            message: "database is locked".into(),
+        };
+        assert!(!busy.is_already_exists());
         assert_eq!(e.request().map(|r| r.method.as_str()), Some("POST"));
     }
 

@@ -66,6 +66,16 @@ impl Client {
             .await
     }
 
+    /// `GET /1.0/projects/{name}` with its ETag and the answer's `Date` header (the server's
+    /// clock when it answered).
+    pub async fn get_project_dated(
+        &self,
+        name: &str,
+    ) -> Result<(Project, Option<String>, Option<String>)> {
+        self.send_with_etag_and_date(Request::get(api_path(&["projects", name])).global())
+            .await
+    }
+
     /// `POST /1.0/projects`.
     pub async fn create_project(&self, req: &ProjectsPost) -> Result<()> {
         self.send_unit(Request::post("/1.0/projects").global().json(req)?)
