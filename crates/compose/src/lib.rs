@@ -15,6 +15,7 @@ pub mod env;
 pub mod error;
 pub mod goyaml;
 pub mod interpolate;
+mod libyaml;
 pub mod loader;
 pub mod merge;
 pub mod model;

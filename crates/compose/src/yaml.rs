@@ -1,7 +1,8 @@
 //! A positioned YAML tree: every node knows its file, line and column.
 //!
-//! Built from yaml-rust2's event parser (driven iteratively, so deep nesting cannot overflow
-//! the stack). Aliases are expanded, merge keys (`<<: *base`, or a list of them) are applied
+//! Built from libyaml's event parser ([`crate::libyaml`]; go-yaml v3, compose-go's parser, is a
+//! translation of libyaml, so both accept the same documents; driven iteratively, so deep
+//! nesting cannot overflow the stack). Aliases are expanded, merge keys (`<<: *base`, or a list of them) are applied
 //! with explicit keys winning, and the compose tags `!reset` / `!override` are kept on the node
 //! for the merge stage. Plain scalars are resolved with the YAML 1.2 core schema, as compose-go
 //! (go-yaml v3) does: `yes`/`no` stay strings.
@@ -9,9 +10,11 @@
 use std::fmt;
 use std::sync::Arc;
 
+use std::collections::HashMap;
+
 use indexmap::IndexMap;
-use yaml_rust2::parser::{Event, Parser, Tag};
-use yaml_rust2::scanner::{Marker, TScalarStyle};
+
+use crate::libyaml::{Event, Mark, Parser, Style};
 
 use crate::error::Diagnostic;
 
@@ -32,12 +35,14 @@ impl Span {
         }
     }
 
-    fn from_marker(file: &Arc<str>, m: Marker) -> Span {
-        // yaml-rust2 markers: 1-based line, 0-based column.
+    fn from_mark(file: &Arc<str>, m: Mark) -> Span {
+        // libyaml marks: 0-based line and column.
         Span {
             file: file.clone(),
-            line: u32::try_from(m.line()).unwrap_or(u32::MAX),
-            col: u32::try_from(m.col()).unwrap_or(u32::MAX).saturating_add(1),
+            line: u32::try_from(m.line).unwrap_or(u32::MAX).saturating_add(1),
+            col: u32::try_from(m.column)
+                .unwrap_or(u32::MAX)
+                .saturating_add(1),
         }
     }
 }
@@ -232,14 +237,23 @@ pub fn parse(source: &str, file: &Arc<str>) -> Result<Node, Vec<Diagnostic>> {
         file: file.clone(),
         stack: Vec::new(),
         anchors: Vec::new(),
+        anchor_ids: HashMap::new(),
+        anchors_defined: 0,
         nodes: 0,
         root: None,
         errors: Vec::new(),
         documents: 0,
     };
-    let mut parser = Parser::new_from_str(source);
+    let invalid = |e: crate::libyaml::Error| {
+        let message = match e.context {
+            Some(context) => format!("invalid YAML: {context}: {}", e.problem),
+            None => format!("invalid YAML: {}", e.problem),
+        };
+        vec![Diagnostic::new(Span::from_mark(file, e.mark), "", message)]
+    };
+    let mut parser = Parser::new(source).map_err(invalid)?;
     loop {
-        match parser.next_token() {
+        match parser.next_event() {
             Ok((Event::StreamEnd, _)) => break,
             Ok((ev, mark)) => {
                 if let Err(d) = builder.event(ev, mark) {
@@ -248,12 +262,7 @@ pub fn parse(source: &str, file: &Arc<str>) -> Result<Node, Vec<Diagnostic>> {
                 }
             }
             Err(e) => {
-                let m = e.marker();
-                builder.errors.push(Diagnostic::new(
-                    Span::from_marker(file, *m),
-                    "",
-                    format!("invalid YAML: {}", e.info()),
-                ));
+                builder.errors.extend(invalid(e));
                 break;
             }
         }
@@ -270,6 +279,9 @@ struct Builder {
     file: Arc<str>,
     stack: Vec<Frame>,
     anchors: Vec<Option<Node>>,
+    /// Anchor names to ids (a later `&name` replaces an earlier one, as in go-yaml).
+    anchor_ids: HashMap<String, usize>,
+    anchors_defined: usize,
     nodes: usize,
     root: Option<Node>,
     errors: Vec<Diagnostic>,
@@ -277,22 +289,36 @@ struct Builder {
 }
 
 impl Builder {
-    fn span(&self, m: Marker) -> Span {
-        Span::from_marker(&self.file, m)
+    fn span(&self, m: Mark) -> Span {
+        Span::from_mark(&self.file, m)
+    }
+
+    /// An anchor's id (0: none); a new definition of a name gets a new id.
+    fn anchor(&mut self, name: Option<String>) -> usize {
+        match name {
+            None => 0,
+            Some(name) => {
+                self.anchors_defined += 1;
+                self.anchor_ids.insert(name, self.anchors_defined);
+                self.anchors_defined
+            }
+        }
     }
 
     fn tag(
         &self,
-        tag: Option<Tag>,
+        tag: Option<String>,
         span: &Span,
-    ) -> Result<(Option<MergeTag>, Option<Tag>), Diagnostic> {
+    ) -> Result<(Option<MergeTag>, Option<String>), Diagnostic> {
         let Some(tag) = tag else {
             return Ok((None, None));
         };
-        if tag.handle == "!" {
-            return match tag.suffix.as_str() {
+        if let Some(local) = tag.strip_prefix('!') {
+            return match local {
                 "reset" => Ok((Some(MergeTag::Reset), None)),
                 "override" => Ok((Some(MergeTag::Override), None)),
+                // `! x`: the non-specific tag, a string.
+                "" => Ok((None, Some("tag:yaml.org,2002:str".into()))),
                 other => Err(Diagnostic::new(
                     span.clone(),
                     "",
@@ -338,10 +364,10 @@ impl Builder {
         self.anchors[anchor] = Some(node.clone());
     }
 
-    fn event(&mut self, ev: Event, mark: Marker) -> Result<(), Diagnostic> {
+    fn event(&mut self, ev: Event, mark: Mark) -> Result<(), Diagnostic> {
         let span = self.span(mark);
         match ev {
-            Event::StreamStart | Event::Nothing | Event::StreamEnd | Event::DocumentEnd => Ok(()),
+            Event::StreamStart | Event::StreamEnd | Event::DocumentEnd => Ok(()),
             Event::DocumentStart => {
                 self.documents += 1;
                 if self.documents > 1 {
@@ -353,7 +379,8 @@ impl Builder {
                 }
                 Ok(())
             }
-            Event::Alias(id) => {
+            Event::Alias(name) => {
+                let id = self.anchor_ids.get(&name).copied().unwrap_or(0);
                 let node = self
                     .anchors
                     .get(id)
@@ -372,10 +399,16 @@ impl Builder {
                 }
                 self.push_value(node, false)
             }
-            Event::Scalar(text, style, anchor, tag) => {
+            Event::Scalar {
+                value: text,
+                style,
+                anchor,
+                tag,
+            } => {
                 self.count(1, &span)?;
+                let anchor = self.anchor(anchor);
                 let (merge_tag, yaml_tag) = self.tag(tag, &span)?;
-                let plain = style == TScalarStyle::Plain;
+                let plain = style == Style::Plain;
                 let value = resolve_scalar(&text, plain, yaml_tag.as_ref(), &span)?;
                 let is_merge_key = plain && text == "<<" && yaml_tag.is_none();
                 let mut node = Node::new(value, span);
@@ -383,8 +416,9 @@ impl Builder {
                 self.remember(anchor, &node);
                 self.push_value(node, is_merge_key)
             }
-            Event::SequenceStart(anchor, tag) => {
+            Event::SequenceStart { anchor, tag } => {
                 self.enter_collection(&span)?;
+                let anchor = self.anchor(anchor);
                 let (merge_tag, _) = self.tag(tag, &span)?;
                 self.stack.push(Frame::Seq {
                     items: Vec::new(),
@@ -394,8 +428,9 @@ impl Builder {
                 });
                 Ok(())
             }
-            Event::MappingStart(anchor, tag) => {
+            Event::MappingStart { anchor, tag } => {
                 self.enter_collection(&span)?;
+                let anchor = self.anchor(anchor);
                 let (merge_tag, _) = self.tag(tag, &span)?;
                 self.stack.push(Frame::Map {
                     map: Mapping::new(),
@@ -562,18 +597,18 @@ fn node_size(node: &Node) -> (usize, usize) {
 fn resolve_scalar(
     text: &str,
     plain: bool,
-    tag: Option<&Tag>,
+    tag: Option<&String>,
     span: &Span,
 ) -> Result<Value, Diagnostic> {
     if let Some(tag) = tag {
-        if tag.handle == "tag:yaml.org,2002:" || tag.handle == "!!" {
-            return match tag.suffix.as_str() {
+        if let Some(suffix) = tag.strip_prefix("tag:yaml.org,2002:") {
+            return match suffix {
                 "str" => Ok(Value::Str(text.to_string())),
                 "null" => Ok(Value::Null),
                 "bool" | "int" | "float" => {
                     let v = resolve_plain(text);
                     let ok = matches!(
-                        (&v, tag.suffix.as_str()),
+                        (&v, suffix),
                         (Value::Bool(_), "bool")
                             | (Value::Int(_), "int")
                             | (Value::Float(_), "float")
@@ -581,14 +616,14 @@ fn resolve_scalar(
                     );
                     if ok {
                         Ok(match v {
-                            Value::Int(i) if tag.suffix == "float" => Value::Float(i as f64),
+                            Value::Int(i) if suffix == "float" => Value::Float(i as f64),
                             v => v,
                         })
                     } else {
                         Err(Diagnostic::new(
                             span.clone(),
                             "",
-                            format!("{text:?} is not a valid !!{}", tag.suffix),
+                            format!("{text:?} is not a valid !!{suffix}"),
                         ))
                     }
                 }
