@@ -22,6 +22,7 @@ pub mod model;
 pub mod normalize;
 pub mod output;
 pub mod schema;
+pub mod validate;
 pub mod yaml;
 
 pub use error::{Diagnostic, LoadErrors};

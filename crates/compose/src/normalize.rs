@@ -24,6 +24,8 @@ pub struct Settings<'a> {
 struct N<'a, 'b> {
     errors: &'a mut Errors,
     warnings: &'a mut Vec<Diagnostic>,
+    /// Problems for `up` only (`Project::up_errors`): docker compose's `config` accepts them.
+    up_errors: Vec<Diagnostic>,
     s: &'a Settings<'b>,
 }
 
@@ -220,6 +222,7 @@ pub fn normalize(
     let mut n = N {
         errors,
         warnings,
+        up_errors: Vec::new(),
         s: &s,
     };
     let mut project = Project {
@@ -308,6 +311,7 @@ pub fn normalize(
     }
 
     check_references(&mut n, &project, &nodes);
+    project.up_errors = std::mem::take(&mut n.up_errors);
     project
 }
 
@@ -1120,9 +1124,11 @@ fn deploy(n: &mut N, node: &Node, path: &str) -> Deploy {
                         "constraints" => {
                             for (i, c) in pe.node.as_seq().unwrap_or_default().iter().enumerate() {
                                 let Some(t) = text(c) else { continue };
+                                // Swarm refuses a bad constraint when it deploys, not
+                                // `docker compose config`: so does `up` (crate::validate).
                                 match t.parse::<Constraint>() {
                                     Ok(c) => d.placement.constraints.push(c),
-                                    Err(err) => n.errors.push(Diagnostic::new(
+                                    Err(err) => n.up_errors.push(Diagnostic::new(
                                         c.span.clone(),
                                         format!("{pp}.{i}"),
                                         err.to_string(),
@@ -1473,9 +1479,25 @@ fn service_volume(n: &mut N, item: &Node, p: &str) -> Option<ServiceVolume> {
         );
         return None;
     };
-    let target = crate::canonical::clean(Path::new(&target))
-        .to_string_lossy()
-        .into_owned();
+    if !target.starts_with('/') {
+        // docker compose's `config` prints it; the engine refuses it at `up`, and so do we.
+        let at = item.get("target").unwrap_or(item);
+        n.up_errors.push(
+            Diagnostic::new(
+                at.span.clone(),
+                format!("{p}.target"),
+                format!("the container path {target:?} must be absolute"),
+            )
+            .with_hint("write SOURCE:/PATH, or an absolute path for an anonymous volume"),
+        );
+    }
+    let target = if target.starts_with('/') {
+        crate::canonical::clean(Path::new(&target))
+            .to_string_lossy()
+            .into_owned()
+    } else {
+        target
+    };
     let source = item.get("source").and_then(text).filter(|s| !s.is_empty());
     if kind == VolumeType::Bind && source.is_none() {
         n.err(item, p, "a bind mount needs a source");

@@ -58,6 +58,11 @@ pub struct Project {
     /// The compose files that were loaded, in order.
     #[serde(skip)]
     pub files: Vec<String>,
+    /// What docker compose's `config` accepts but a deployment refuses (a placement
+    /// constraint without an operator, a relative container path): `up` refuses these before
+    /// any change, through [`crate::validate::before_up`].
+    #[serde(skip)]
+    pub up_errors: Vec<Diagnostic>,
 }
 
 impl Project {
