@@ -145,6 +145,36 @@ pub fn canonicalize_file(root: &mut Node, ctx: &Ctx, errors: &mut Errors) {
     }
 }
 
+/// `build.ssh` (`[default, id=./key]` or `{id: ./key}`) as compose-go keeps it: a list of
+/// `ID` or `ID: /absolute/path` (how its `SSHKey` prints), the path resolved as a bind source.
+fn build_ssh(node: &mut Node, ctx: &Ctx) {
+    let keys: Vec<(String, Option<String>, Span)> = match &node.value {
+        Value::Seq(items) => items
+            .iter()
+            .filter_map(|i| {
+                let t = i.scalar_text()?;
+                Some(match t.split_once('=') {
+                    Some((id, path)) => (id.to_string(), Some(path.to_string()), i.span.clone()),
+                    None => (t, None, i.span.clone()),
+                })
+            })
+            .collect(),
+        Value::Map(m) => m
+            .iter()
+            .map(|(id, e)| (id.clone(), e.node.scalar_text(), e.node.span.clone()))
+            .collect(),
+        _ => return,
+    };
+    node.value = Value::Seq(
+        keys.into_iter()
+            .map(|(id, path, span)| match path.filter(|p| !p.is_empty()) {
+                Some(p) => Node::str(format!("{id}: {}", ctx.resolve_host(&p)), span),
+                None => Node::str(id, span),
+            })
+            .collect(),
+    );
+}
+
 /// `external: {name: x}` (deprecated) becomes `external: true` + `name: x`.
 fn external_name(m: &mut Mapping) {
     let name = m.get("external").and_then(|e| e.node.get("name")).cloned();
@@ -254,6 +284,9 @@ fn canonicalize_service(svc: &mut Node, path: &str, ctx: &Ctx, errors: &mut Erro
                 if let Some(a) = b.get_mut(key) {
                     list_to_map(&mut a.node);
                 }
+            }
+            if let Some(a) = b.get_mut("ssh") {
+                build_ssh(&mut a.node, ctx);
             }
         }
     }
@@ -426,7 +459,7 @@ fn canonicalize_service(svc: &mut Node, path: &str, ctx: &Ctx, errors: &mut Erro
                         if is_bind {
                             if let Some(src) = vm.get_mut("source") {
                                 if let Value::Str(s) = &src.node.value {
-                                    src.node.value = Value::Str(ctx.resolve(s));
+                                    src.node.value = Value::Str(ctx.resolve_host(s));
                                 }
                             }
                         }
@@ -785,8 +818,22 @@ mod tests {
         assert!(matches!(&v[1].1, VolPart::S(s) if s == "/home/u/m"));
         let v = parse_volume("db:/var/lib/db", &ctx).unwrap();
         assert!(matches!(&v[0].1, VolPart::S(t) if t == "volume"));
-        assert!(parse_volume("db:relative", &ctx).is_err());
-        assert!(parse_volume("a:/b:bogus", &ctx).is_err());
+        // As compose-go: a relative target loads (`up` refuses it), unknown options are
+        // ignored, a drive letter belongs to its path (so `c:/data` is one target).
+        let target = |v: &[(&str, VolPart)]| match v.iter().find(|(k, _)| *k == "target") {
+            Some((_, VolPart::S(s))) => s.clone(),
+            _ => String::new(),
+        };
+        assert_eq!(
+            target(&parse_volume("db:relative", &ctx).unwrap()),
+            "relative"
+        );
+        assert!(parse_volume("db:/b:bogus", &ctx).unwrap().len() == 4);
+        assert_eq!(target(&parse_volume("c:/data", &ctx).unwrap()), "c:/data");
+        let v = parse_volume("C:\\x:/data", &ctx).unwrap();
+        assert!(matches!(&v[1].1, VolPart::S(s) if s == "C:\\x"));
+        assert!(parse_volume("db:/a:/b:ro", &ctx).is_err());
+        assert!(parse_volume("db::/a", &ctx).is_err());
     }
 
     #[test]

@@ -930,6 +930,25 @@ fn service(n: &mut N, name: &str, node: &Node, key_span: &crate::yaml::Span) -> 
             .with_hint("add image: or build:"),
         );
     }
+    // compose-go: a service's platform must be one its build produces.
+    if let (Some(platform), Some(platforms)) = (
+        svc.platform.as_deref(),
+        m.get("build")
+            .and_then(|b| b.node.get("platforms"))
+            .and_then(Node::as_seq),
+    ) {
+        if !platforms.is_empty() && !platforms.iter().any(|p| p.as_str() == Some(platform)) {
+            let at = m.get("platform").map(|e| &e.node).unwrap_or(node);
+            n.errors.push(
+                Diagnostic::new(
+                    at.span.clone(),
+                    format!("{base}.platform"),
+                    format!("platform {platform:?} is not among build.platforms"),
+                )
+                .with_hint("add it to build.platforms, or change platform"),
+            );
+        }
+    }
 
     fold_deploy(n, &mut svc, deploy_node.as_ref(), node, &base);
     svc
@@ -1329,10 +1348,18 @@ fn update_config(n: &mut N, v: &Node, p: &str) -> UpdateConfig {
 
 fn build(n: &mut N, v: &Node, p: &str) -> Build {
     let mut b = Build::default();
+    let mut empty_dockerfile = false;
     for (k, e) in v.as_map().cloned().unwrap_or_default() {
         match k.as_str() {
             "context" => b.context = text(&e.node).unwrap_or_default(),
-            "dockerfile" => b.dockerfile = n.string(&e.node, &format!("{p}.dockerfile")),
+            // Empty (an unset variable): compose-go leaves it out, and adds no default.
+            "dockerfile" => {
+                b.dockerfile = n.string(&e.node, &format!("{p}.dockerfile"));
+                if b.dockerfile.as_deref() == Some("") {
+                    b.dockerfile = None;
+                    empty_dockerfile = true;
+                }
+            }
             "args" => b.args = n.opt_string_map(&e.node),
             "target" => b.target = n.string(&e.node, &format!("{p}.target")),
             _ => {
@@ -1341,7 +1368,7 @@ fn build(n: &mut N, v: &Node, p: &str) -> Build {
         }
     }
     // compose-go's default, written out as `docker compose config` prints it.
-    if b.dockerfile.is_none() && !b.other.contains_key("dockerfile_inline") {
+    if b.dockerfile.is_none() && !empty_dockerfile && !b.other.contains_key("dockerfile_inline") {
         b.dockerfile = Some("Dockerfile".into());
     }
     b
