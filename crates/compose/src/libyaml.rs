@@ -41,7 +41,10 @@ pub enum Style {
 pub enum Event {
     StreamStart,
     StreamEnd,
-    DocumentStart,
+    /// With its `%YAML` directive's version, if any.
+    DocumentStart {
+        version: Option<(i32, i32)>,
+    },
     DocumentEnd,
     /// The anchor's name.
     Alias(String),
@@ -51,6 +54,8 @@ pub enum Event {
         anchor: Option<String>,
         /// The resolved tag: `!reset`, `tag:yaml.org,2002:str`, ...
         tag: Option<String>,
+        /// The scalar as written (quotes and escapes included).
+        raw: String,
     },
     SequenceStart {
         anchor: Option<String>,
@@ -75,6 +80,7 @@ pub struct Error {
 pub struct Parser<'input> {
     parser: Box<MaybeUninit<sys::yaml_parser_t>>,
     failed: bool,
+    input: &'input str,
     _input: PhantomData<&'input str>,
 }
 
@@ -99,6 +105,7 @@ impl<'input> Parser<'input> {
         Ok(Parser {
             parser,
             failed: false,
+            input,
             _input: PhantomData,
         })
     }
@@ -120,7 +127,7 @@ impl<'input> Parser<'input> {
                 return Err(error(p));
             }
             let mark = Mark::of((*e).start_mark);
-            let converted = convert(&*e);
+            let converted = convert(&*e, self.input);
             sys::yaml_event_delete(e);
             Ok((converted, mark))
         }
@@ -163,12 +170,17 @@ unsafe fn cstr(ptr: *const std::ffi::c_char) -> Option<String> {
 }
 
 /// SAFETY: `e` is an event libyaml initialised.
-unsafe fn convert(e: &sys::yaml_event_t) -> Event {
+unsafe fn convert(e: &sys::yaml_event_t, input: &str) -> Event {
     // SAFETY: each union field is read only for the event type that carries it.
     unsafe {
         match e.type_ {
             sys::YAML_STREAM_START_EVENT => Event::StreamStart,
-            sys::YAML_DOCUMENT_START_EVENT => Event::DocumentStart,
+            sys::YAML_DOCUMENT_START_EVENT => {
+                let v = e.data.document_start.version_directive;
+                Event::DocumentStart {
+                    version: (!v.is_null()).then(|| ((*v).major, (*v).minor)),
+                }
+            }
             sys::YAML_DOCUMENT_END_EVENT => Event::DocumentEnd,
             sys::YAML_ALIAS_EVENT => {
                 Event::Alias(cstr(e.data.alias.anchor.cast()).unwrap_or_default())
@@ -191,6 +203,10 @@ unsafe fn convert(e: &sys::yaml_event_t) -> Event {
                     },
                     anchor: cstr(s.anchor.cast()),
                     tag: cstr(s.tag.cast()),
+                    raw: input
+                        .get(e.start_mark.index as usize..e.end_mark.index as usize)
+                        .unwrap_or_default()
+                        .to_string(),
                 }
             }
             sys::YAML_SEQUENCE_START_EVENT => Event::SequenceStart {

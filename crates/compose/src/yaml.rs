@@ -308,7 +308,7 @@ impl Builder {
     fn tag(
         &self,
         tag: Option<String>,
-        span: &Span,
+        _span: &Span,
     ) -> Result<(Option<MergeTag>, Option<String>), Diagnostic> {
         let Some(tag) = tag else {
             return Ok((None, None));
@@ -319,11 +319,9 @@ impl Builder {
                 "override" => Ok((Some(MergeTag::Override), None)),
                 // `! x`: the non-specific tag, a string.
                 "" => Ok((None, Some("tag:yaml.org,2002:str".into()))),
-                other => Err(Diagnostic::new(
-                    span.clone(),
-                    "",
-                    format!("unknown tag !{other}: compose knows only !reset and !override"),
-                )),
+                // Other local tags (`!Ref`, `!secret`): go-yaml decodes the value as if
+                // untagged, and docker compose loads it; so do we.
+                _ => Ok((None, None)),
             };
         }
         Ok((None, Some(tag)))
@@ -368,7 +366,15 @@ impl Builder {
         let span = self.span(mark);
         match ev {
             Event::StreamStart | Event::StreamEnd | Event::DocumentEnd => Ok(()),
-            Event::DocumentStart => {
+            Event::DocumentStart { version } => {
+                if version.is_some_and(|v| v != (1, 1)) {
+                    // go-yaml v3 reads YAML 1.1 documents only.
+                    return Err(Diagnostic::new(
+                        span,
+                        "",
+                        "invalid YAML: found incompatible YAML document (write %YAML 1.1, or no %YAML line)",
+                    ));
+                }
                 self.documents += 1;
                 if self.documents > 1 {
                     return Err(Diagnostic::new(
@@ -404,8 +410,18 @@ impl Builder {
                 style,
                 anchor,
                 tag,
+                raw,
             } => {
                 self.count(1, &span)?;
+                let quote = raw.trim_start_matches(|c| c != '"' && c != '\'');
+                if style == Style::Quoted && quote.starts_with('"') && escapes_slash(quote) {
+                    // YAML 1.2's `\/`, which libyaml knows and go-yaml v3 does not.
+                    return Err(Diagnostic::new(
+                        span,
+                        "",
+                        "invalid YAML: found unknown escape character `\\/` (write / alone)",
+                    ));
+                }
                 let anchor = self.anchor(anchor);
                 let (merge_tag, yaml_tag) = self.tag(tag, &span)?;
                 let plain = style == Style::Plain;
@@ -561,6 +577,17 @@ impl Builder {
             },
         }
     }
+}
+
+/// Whether a double-quoted scalar as written holds the escape `\/`.
+fn escapes_slash(raw: &str) -> bool {
+    let mut chars = raw.chars();
+    while let Some(c) = chars.next() {
+        if c == '\\' && chars.next() == Some('/') {
+            return true;
+        }
+    }
+    false
 }
 
 /// `<<` merges: explicit keys win; among merged mappings, earlier ones win.
@@ -772,9 +799,47 @@ mod tests {
 
     #[test]
     fn reset_and_override_tags_are_kept() {
-        let n = p("a: !reset []\nb: !override {x: 1}\n");
+        let n = p("a: !reset []\nb: !override {x: 1}\nc: !other 3\n");
         assert_eq!(n.get("a").unwrap().tag, Some(MergeTag::Reset));
         assert_eq!(n.get("b").unwrap().tag, Some(MergeTag::Override));
+        // Other local tags are ignored, as go-yaml does.
+        assert_eq!(n.get("c").unwrap().tag, None);
+        assert_eq!(n.get("c").unwrap().value, Value::Int(3));
+    }
+
+    /// What go-yaml v3 reads and a reader written from the YAML specification refuses or
+    /// reads otherwise (found with the yaml-test-suite data and real compose files).
+    #[test]
+    fn reads_what_go_yaml_reads() {
+        // Comments between flow items, a closing `]` indented less than the items.
+        let n = p(
+            "a:\n  b: [\n    \"x\",\n    # note\n    \"y\"\n  ]\n  c: {\n    k: v, # note\n    l: w\n}\n",
+        );
+        let b = n.get("a").unwrap().get("b").unwrap();
+        assert_eq!(b.to_json(), serde_json::json!(["x", "y"]));
+        let c = n.get("a").unwrap().get("c").unwrap();
+        assert_eq!(c.to_json(), serde_json::json!({"k": "v", "l": "w"}));
+        // A later anchor of the same name replaces the earlier one.
+        let n = p("a: &x 1\nb: *x\nc: &x 2\nd: *x\n");
+        assert_eq!(
+            n.to_json(),
+            serde_json::json!({"a": 1, "b": 1, "c": 2, "d": 2})
+        );
+        // U+0085 is a line break inside a quoted scalar (folded to a space).
+        let n = p("a: 'x\u{85}y'\n");
+        assert_eq!(n.get("a").unwrap().as_str(), Some("x y"));
+        // go-yaml v3 refuses YAML 1.2's `\/` escape and `%YAML 1.2`; `%YAML 1.1` is fine.
+        let refused = |src: &str| {
+            parse(src, &Arc::from("t.yaml")).unwrap_err()[0]
+                .message
+                .clone()
+        };
+        assert!(refused("a: \"x\\/y\"\n").contains("unknown escape"));
+        assert!(refused("%YAML 1.2\n---\na: 1\n").contains("incompatible YAML document"));
+        assert_eq!(
+            p("%YAML 1.1\n---\na: 'x\\/y'\n").get("a").unwrap().as_str(),
+            Some("x\\/y")
+        );
     }
 
     #[test]
