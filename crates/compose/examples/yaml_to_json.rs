@@ -1,4 +1,5 @@
-//! Reads one YAML file with the loader's YAML reader and prints it as JSON, or the error:
+//! Reads one YAML file with the loader's YAML reader and prints each document as one line of
+//! JSON, or the error:
 //! `cargo run -p ic-compose --example yaml_to_json FILE`. Used by `scripts/yaml-test-suite`
 //! to run the yaml-test-suite data through our reader.
 
@@ -17,9 +18,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match ic_compose::yaml::parse(&text, &Arc::from(path.as_str())) {
-        Ok(node) => {
-            println!("{}", node.to_json());
+    match ic_compose::yaml::parse_documents(&text, &Arc::from(path.as_str())) {
+        Ok(documents) => {
+            for node in documents {
+                println!("{}", node.to_json());
+            }
             ExitCode::SUCCESS
         }
         Err(errors) => {

@@ -231,8 +231,26 @@ enum Frame {
     },
 }
 
-/// Parse one YAML document into a positioned tree. An empty document is `Null`.
+/// Parse a file holding one YAML document into a positioned tree. An empty document is
+/// `Null`; a second document is an error (compose files: [`parse_documents`]).
 pub fn parse(source: &str, file: &Arc<str>) -> Result<Node, Vec<Diagnostic>> {
+    let mut docs = parse_documents(source, file)?.into_iter();
+    let first = docs
+        .next()
+        .unwrap_or_else(|| Node::new(Value::Null, Span::new(file, 1, 1)));
+    match docs.next() {
+        None => Ok(first),
+        Some(second) => Err(vec![Diagnostic::new(
+            second.span,
+            "",
+            "expected one YAML document; found a second `---` document",
+        )]),
+    }
+}
+
+/// Parse every YAML document of a file (at least one: an empty file is one `Null`). docker
+/// compose reads a file of several `---` documents as that many files, merged in order.
+pub fn parse_documents(source: &str, file: &Arc<str>) -> Result<Vec<Node>, Vec<Diagnostic>> {
     let mut builder = Builder {
         file: file.clone(),
         stack: Vec::new(),
@@ -242,7 +260,8 @@ pub fn parse(source: &str, file: &Arc<str>) -> Result<Node, Vec<Diagnostic>> {
         nodes: 0,
         root: None,
         errors: Vec::new(),
-        documents: 0,
+        documents: Vec::new(),
+        document_start: Span::new(file, 1, 1),
     };
     let invalid = |e: crate::libyaml::Error| {
         let message = match e.context {
@@ -270,9 +289,12 @@ pub fn parse(source: &str, file: &Arc<str>) -> Result<Node, Vec<Diagnostic>> {
     if !builder.errors.is_empty() {
         return Err(builder.errors);
     }
-    Ok(builder
-        .root
-        .unwrap_or_else(|| Node::new(Value::Null, Span::new(file, 1, 1))))
+    if builder.documents.is_empty() {
+        builder
+            .documents
+            .push(Node::new(Value::Null, Span::new(file, 1, 1)));
+    }
+    Ok(builder.documents)
 }
 
 struct Builder {
@@ -285,7 +307,9 @@ struct Builder {
     nodes: usize,
     root: Option<Node>,
     errors: Vec<Diagnostic>,
-    documents: usize,
+    /// The documents read so far.
+    documents: Vec<Node>,
+    document_start: Span,
 }
 
 impl Builder {
@@ -365,7 +389,15 @@ impl Builder {
     fn event(&mut self, ev: Event, mark: Mark) -> Result<(), Diagnostic> {
         let span = self.span(mark);
         match ev {
-            Event::StreamStart | Event::StreamEnd | Event::DocumentEnd => Ok(()),
+            Event::StreamStart | Event::StreamEnd => Ok(()),
+            Event::DocumentEnd => {
+                let root = self
+                    .root
+                    .take()
+                    .unwrap_or_else(|| Node::new(Value::Null, self.document_start.clone()));
+                self.documents.push(root);
+                Ok(())
+            }
             Event::DocumentStart { version } => {
                 if version.is_some_and(|v| v != (1, 1)) {
                     // go-yaml v3 reads YAML 1.1 documents only.
@@ -375,14 +407,7 @@ impl Builder {
                         "invalid YAML: found incompatible YAML document (write %YAML 1.1, or no %YAML line)",
                     ));
                 }
-                self.documents += 1;
-                if self.documents > 1 {
-                    return Err(Diagnostic::new(
-                        span,
-                        "",
-                        "a compose file holds one YAML document; found a second `---` document",
-                    ));
-                }
+                self.document_start = span;
                 Ok(())
             }
             Event::Alias(name) => {
