@@ -12,7 +12,7 @@ use std::ffi::CStr;
 use std::marker::PhantomData;
 use std::mem::MaybeUninit;
 
-use unsafe_libyaml as sys;
+use unsafe_libyaml as unsafe_sys;
 
 /// A position: 0-based line and column (in characters), as libyaml counts them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,7 +22,7 @@ pub struct Mark {
 }
 
 impl Mark {
-    fn of(m: sys::yaml_mark_t) -> Mark {
+    fn of(m: unsafe_sys::yaml_mark_t) -> Mark {
         Mark {
             line: m.line,
             column: m.column,
@@ -78,7 +78,7 @@ pub struct Error {
 }
 
 pub struct Parser<'input> {
-    parser: Box<MaybeUninit<sys::yaml_parser_t>>,
+    parser: Box<MaybeUninit<unsafe_sys::yaml_parser_t>>,
     failed: bool,
     input: &'input str,
     _input: PhantomData<&'input str>,
@@ -87,20 +87,20 @@ pub struct Parser<'input> {
 impl<'input> Parser<'input> {
     /// A parser over `input`, which must outlive it (libyaml keeps a pointer to it).
     pub fn new(input: &'input str) -> Result<Parser<'input>, Error> {
-        let mut parser = Box::new(MaybeUninit::<sys::yaml_parser_t>::uninit());
+        let mut parser = Box::new(MaybeUninit::<unsafe_sys::yaml_parser_t>::uninit());
         // SAFETY: `yaml_parser_initialize` initialises the boxed parser in place (the box never
         // moves its contents); the input outlives the parser ('input), and libyaml only reads it.
         unsafe {
             let p = parser.as_mut_ptr();
-            if sys::yaml_parser_initialize(p).fail {
+            if unsafe_sys::yaml_parser_initialize(p).fail {
                 return Err(Error {
                     problem: "cannot initialise the YAML parser (out of memory)".into(),
                     mark: Mark { line: 0, column: 0 },
                     context: None,
                 });
             }
-            sys::yaml_parser_set_encoding(p, sys::YAML_UTF8_ENCODING);
-            sys::yaml_parser_set_input_string(p, input.as_ptr(), input.len() as u64);
+            unsafe_sys::yaml_parser_set_encoding(p, unsafe_sys::YAML_UTF8_ENCODING);
+            unsafe_sys::yaml_parser_set_input_string(p, input.as_ptr(), input.len() as u64);
         }
         Ok(Parser {
             parser,
@@ -117,18 +117,18 @@ impl<'input> Parser<'input> {
             // SAFETY: the parser was initialised in `new`.
             return Err(unsafe { error(p) });
         }
-        let mut event = MaybeUninit::<sys::yaml_event_t>::uninit();
+        let mut event = MaybeUninit::<unsafe_sys::yaml_event_t>::uninit();
         // SAFETY: the parser is initialised; on success libyaml initialises `event`, which we
         // read and then free once with `yaml_event_delete`.
         unsafe {
             let e = event.as_mut_ptr();
-            if sys::yaml_parser_parse(p, e).fail {
+            if unsafe_sys::yaml_parser_parse(p, e).fail {
                 self.failed = true;
                 return Err(error(p));
             }
             let mark = Mark::of((*e).start_mark);
             let converted = convert(&*e, self.input);
-            sys::yaml_event_delete(e);
+            unsafe_sys::yaml_event_delete(e);
             Ok((converted, mark))
         }
     }
@@ -138,12 +138,12 @@ impl Drop for Parser<'_> {
     fn drop(&mut self) {
         // SAFETY: the parser was initialised in `new` (a failed initialisation returns before a
         // `Parser` exists) and is deleted once.
-        unsafe { sys::yaml_parser_delete(self.parser.as_mut_ptr()) }
+        unsafe { unsafe_sys::yaml_parser_delete(self.parser.as_mut_ptr()) }
     }
 }
 
 /// SAFETY: `p` points at an initialised parser.
-unsafe fn error(p: *mut sys::yaml_parser_t) -> Error {
+unsafe fn error(p: *mut unsafe_sys::yaml_parser_t) -> Error {
     // SAFETY: libyaml's problem and context are static C strings or null.
     unsafe {
         let parser = &*p;
@@ -170,22 +170,22 @@ unsafe fn cstr(ptr: *const std::ffi::c_char) -> Option<String> {
 }
 
 /// SAFETY: `e` is an event libyaml initialised.
-unsafe fn convert(e: &sys::yaml_event_t, input: &str) -> Event {
+unsafe fn convert(e: &unsafe_sys::yaml_event_t, input: &str) -> Event {
     // SAFETY: each union field is read only for the event type that carries it.
     unsafe {
         match e.type_ {
-            sys::YAML_STREAM_START_EVENT => Event::StreamStart,
-            sys::YAML_DOCUMENT_START_EVENT => {
+            unsafe_sys::YAML_STREAM_START_EVENT => Event::StreamStart,
+            unsafe_sys::YAML_DOCUMENT_START_EVENT => {
                 let v = e.data.document_start.version_directive;
                 Event::DocumentStart {
                     version: (!v.is_null()).then(|| ((*v).major, (*v).minor)),
                 }
             }
-            sys::YAML_DOCUMENT_END_EVENT => Event::DocumentEnd,
-            sys::YAML_ALIAS_EVENT => {
+            unsafe_sys::YAML_DOCUMENT_END_EVENT => Event::DocumentEnd,
+            unsafe_sys::YAML_ALIAS_EVENT => {
                 Event::Alias(cstr(e.data.alias.anchor.cast()).unwrap_or_default())
             }
-            sys::YAML_SCALAR_EVENT => {
+            unsafe_sys::YAML_SCALAR_EVENT => {
                 let s = e.data.scalar;
                 let bytes = if s.value.is_null() {
                     &[][..]
@@ -195,10 +195,9 @@ unsafe fn convert(e: &sys::yaml_event_t, input: &str) -> Event {
                 Event::Scalar {
                     value: String::from_utf8_lossy(bytes).into_owned(),
                     style: match s.style {
-                        sys::YAML_PLAIN_SCALAR_STYLE => Style::Plain,
-                        sys::YAML_LITERAL_SCALAR_STYLE | sys::YAML_FOLDED_SCALAR_STYLE => {
-                            Style::Block
-                        }
+                        unsafe_sys::YAML_PLAIN_SCALAR_STYLE => Style::Plain,
+                        unsafe_sys::YAML_LITERAL_SCALAR_STYLE
+                        | unsafe_sys::YAML_FOLDED_SCALAR_STYLE => Style::Block,
                         _ => Style::Quoted,
                     },
                     anchor: cstr(s.anchor.cast()),
@@ -209,16 +208,16 @@ unsafe fn convert(e: &sys::yaml_event_t, input: &str) -> Event {
                         .to_string(),
                 }
             }
-            sys::YAML_SEQUENCE_START_EVENT => Event::SequenceStart {
+            unsafe_sys::YAML_SEQUENCE_START_EVENT => Event::SequenceStart {
                 anchor: cstr(e.data.sequence_start.anchor.cast()),
                 tag: cstr(e.data.sequence_start.tag.cast()),
             },
-            sys::YAML_SEQUENCE_END_EVENT => Event::SequenceEnd,
-            sys::YAML_MAPPING_START_EVENT => Event::MappingStart {
+            unsafe_sys::YAML_SEQUENCE_END_EVENT => Event::SequenceEnd,
+            unsafe_sys::YAML_MAPPING_START_EVENT => Event::MappingStart {
                 anchor: cstr(e.data.mapping_start.anchor.cast()),
                 tag: cstr(e.data.mapping_start.tag.cast()),
             },
-            sys::YAML_MAPPING_END_EVENT => Event::MappingEnd,
+            unsafe_sys::YAML_MAPPING_END_EVENT => Event::MappingEnd,
             _ => Event::StreamEnd,
         }
     }
