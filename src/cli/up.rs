@@ -86,9 +86,26 @@ fn parse_scale(items: &[String]) -> anyhow::Result<BTreeMap<String, u32>> {
     Ok(out)
 }
 
+/// `up`'s checks beyond loading (`ic_compose::validate::before_up`: what `config` prints but
+/// a deployment refuses), before any change; errors printed as loading errors are.
+pub fn refuse_undeployable(project: &ic_compose::Project) -> anyhow::Result<()> {
+    if let Err(errors) = ic_compose::validate::before_up(project) {
+        for d in errors.iter() {
+            eprintln!("error: {d}");
+        }
+        anyhow::bail!(
+            "{} error{} in the compose configuration: nothing was changed",
+            errors.len(),
+            if errors.len() == 1 { "" } else { "s" }
+        );
+    }
+    Ok(())
+}
+
 pub fn run(global: &GlobalArgs, args: &UpArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let ctx = Context::new(global)?;
+    refuse_undeployable(&ctx.project)?;
     let opts = PlanOptions {
         incus_project: Some(ctx.incus_project.clone()),
         scale: parse_scale(&args.scale)?,

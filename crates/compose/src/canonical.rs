@@ -50,6 +50,16 @@ pub fn clean(path: &Path) -> PathBuf {
 }
 
 impl Ctx<'_> {
+    /// A host path as compose-go's `maybeUnixPath` resolves it (bind sources, secret and
+    /// config files, a local volume's bind `device`): `~` expanded, Windows absolute paths
+    /// (`C:\\data`) as written, others as [`Ctx::resolve`] does.
+    pub fn resolve_host(&self, p: &str) -> String {
+        if is_windows_abs(p) {
+            return p.to_string();
+        }
+        self.resolve(p)
+    }
+
     pub fn resolve(&self, p: &str) -> String {
         if p == "~" || p.starts_with("~/") {
             if let Some(home) = self.home {
@@ -89,9 +99,32 @@ pub fn canonicalize_file(root: &mut Node, ctx: &Ctx, errors: &mut Errors) {
                 if let Some(m) = e.node.as_map_mut() {
                     if let Some(f) = m.get_mut("file") {
                         if let Value::Str(s) = &f.node.value {
-                            f.node.value = Value::Str(ctx.resolve(s));
+                            f.node.value = Value::Str(ctx.resolve_host(s));
                         }
                     }
+                }
+            }
+        }
+    }
+    // A local volume that binds a host directory (`driver_opts: {o: bind, device: ./data}`):
+    // the device resolves as a bind source does (compose-go's `volumeDriverOpts`).
+    if let Some(items) = top.get_mut("volumes").and_then(|e| e.node.as_map_mut()) {
+        for (_, e) in items.iter_mut() {
+            let Some(m) = e.node.as_map_mut() else {
+                continue;
+            };
+            if m.get("driver").and_then(|d| d.node.as_str()) != Some("local") {
+                continue;
+            }
+            let Some(opts) = m.get_mut("driver_opts").and_then(|o| o.node.as_map_mut()) else {
+                continue;
+            };
+            if opts.get("o").and_then(|o| o.node.as_str()) != Some("bind") {
+                continue;
+            }
+            if let Some(dev) = opts.get_mut("device") {
+                if let Value::Str(s) = &dev.node.value {
+                    dev.node.value = Value::Str(ctx.resolve_host(s));
                 }
             }
         }
@@ -110,6 +143,36 @@ pub fn canonicalize_file(root: &mut Node, ctx: &Ctx, errors: &mut Errors) {
             }
         }
     }
+}
+
+/// `build.ssh` (`[default, id=./key]` or `{id: ./key}`) as compose-go keeps it: a list of
+/// `ID` or `ID: /absolute/path` (how its `SSHKey` prints), the path resolved as a bind source.
+fn build_ssh(node: &mut Node, ctx: &Ctx) {
+    let keys: Vec<(String, Option<String>, Span)> = match &node.value {
+        Value::Seq(items) => items
+            .iter()
+            .filter_map(|i| {
+                let t = i.scalar_text()?;
+                Some(match t.split_once('=') {
+                    Some((id, path)) => (id.to_string(), Some(path.to_string()), i.span.clone()),
+                    None => (t, None, i.span.clone()),
+                })
+            })
+            .collect(),
+        Value::Map(m) => m
+            .iter()
+            .map(|(id, e)| (id.clone(), e.node.scalar_text(), e.node.span.clone()))
+            .collect(),
+        _ => return,
+    };
+    node.value = Value::Seq(
+        keys.into_iter()
+            .map(|(id, path, span)| match path.filter(|p| !p.is_empty()) {
+                Some(p) => Node::str(format!("{id}: {}", ctx.resolve_host(&p)), span),
+                None => Node::str(id, span),
+            })
+            .collect(),
+    );
 }
 
 /// `external: {name: x}` (deprecated) becomes `external: true` + `name: x`.
@@ -174,6 +237,21 @@ fn canonicalize_service(svc: &mut Node, path: &str, ctx: &Ctx, errors: &mut Erro
             str_to_list(&mut e.node);
         }
     }
+    // `develop.watch[].path` is made absolute (compose-go's `absSymbolicLink`).
+    if let Some(Value::Seq(watch)) = m
+        .get_mut("develop")
+        .and_then(|e| e.node.as_map_mut())
+        .and_then(|d| d.get_mut("watch"))
+        .map(|w| &mut w.node.value)
+    {
+        for t in watch.iter_mut() {
+            if let Some(p) = t.as_map_mut().and_then(|t| t.get_mut("path")) {
+                if let Value::Str(s) = &p.node.value {
+                    p.node.value = Value::Str(ctx.resolve(s));
+                }
+            }
+        }
+    }
     if let Some(e) = m.get_mut("build") {
         let span = e.node.span.clone();
         if let Value::Str(s) = &e.node.value {
@@ -206,6 +284,9 @@ fn canonicalize_service(svc: &mut Node, path: &str, ctx: &Ctx, errors: &mut Erro
                 if let Some(a) = b.get_mut(key) {
                     list_to_map(&mut a.node);
                 }
+            }
+            if let Some(a) = b.get_mut("ssh") {
+                build_ssh(&mut a.node, ctx);
             }
         }
     }
@@ -378,7 +459,7 @@ fn canonicalize_service(svc: &mut Node, path: &str, ctx: &Ctx, errors: &mut Erro
                         if is_bind {
                             if let Some(src) = vm.get_mut("source") {
                                 if let Value::Str(s) = &src.node.value {
-                                    src.node.value = Value::Str(ctx.resolve(s));
+                                    src.node.value = Value::Str(ctx.resolve_host(s));
                                 }
                             }
                         }
@@ -545,25 +626,61 @@ pub enum VolPart {
     M(Vec<(&'static str, VolPart)>),
 }
 
-/// Short volume syntax: `[SOURCE:]TARGET[:MODE]`.
+/// Short volume syntax: `[SOURCE:]TARGET[:MODE]`, split as compose-go's `format.ParseVolume`
+/// does: a drive letter (`C:\\data`) is part of its path; one or two characters are a target;
+/// unknown options are ignored. Whether the target is absolute is checked before `up`
+/// ([`crate::validate`]), as the engine checks it, not here: `config` prints such files.
 pub fn parse_volume(spec: &str, ctx: &Ctx) -> Result<Vec<(&'static str, VolPart)>, String> {
-    let parts: Vec<&str> = spec.split(':').collect();
-    if spec.is_empty() || parts.iter().any(|p| p.is_empty()) {
-        return Err(format!("invalid volume {spec:?}"));
+    let chars: Vec<char> = spec.chars().collect();
+    match chars.len() {
+        0 => return Err(format!("invalid volume {spec:?}: empty")),
+        1 | 2 => {
+            return Ok(vec![
+                ("type", VolPart::S("volume".into())),
+                ("target", VolPart::S(spec.to_string())),
+            ]);
+        }
+        _ => {}
     }
-    let (source, target, mode) = match parts.as_slice() {
-        [t] => (None, *t, None),
-        [s, t] => (Some(*s), *t, None),
-        [s, t, m] => (Some(*s), *t, Some(*m)),
-        _ => return Err(format!("invalid volume {spec:?}: too many colons")),
+    // compose-go's `populateFieldFromBuffer`: source, then target, then options.
+    let (mut source, mut target, mut options): (Option<String>, Option<String>, Option<String>) =
+        (None, None, None);
+    let mut section = |buffer: String, end: bool| -> Result<(), String> {
+        if buffer.is_empty() {
+            return Err(format!(
+                "invalid volume {spec:?}: empty section between colons"
+            ));
+        }
+        if source.is_none() && end {
+            target = Some(buffer);
+        } else if source.is_none() {
+            source = Some(buffer);
+        } else if target.is_none() {
+            target = Some(buffer);
+        } else if !end {
+            return Err(format!("invalid volume {spec:?}: too many colons"));
+        } else {
+            options = Some(buffer);
+        }
+        Ok(())
     };
-    if !target.starts_with('/') {
-        return Err(format!(
-            "invalid volume {spec:?}: the container path {target:?} must be absolute"
-        ));
+    let mut buffer = String::new();
+    for c in chars.iter().copied() {
+        let mut b = buffer.chars();
+        let drive =
+            c == ':' && matches!((b.next(), b.next()), (Some(l), None) if l.is_alphabetic());
+        if c == ':' && !drive {
+            section(std::mem::take(&mut buffer), false)?;
+        } else {
+            buffer.push(c);
+        }
     }
+    section(buffer, true)?;
+    let (source, target) = (source, target.unwrap_or_default());
+    let source = source.as_deref();
+    let target = target.as_str();
     let mut out: Vec<(&'static str, VolPart)> = Vec::new();
-    let is_bind = source.is_some_and(|s| s.starts_with(['.', '/', '~']));
+    let is_bind = source.is_some_and(is_file_path);
     out.push((
         "type",
         VolPart::S(if is_bind { "bind" } else { "volume" }.into()),
@@ -572,57 +689,77 @@ pub fn parse_volume(spec: &str, ctx: &Ctx) -> Result<Vec<(&'static str, VolPart)
         out.push((
             "source",
             VolPart::S(if is_bind {
-                ctx.resolve(s)
+                ctx.resolve_host(s)
             } else {
                 s.to_string()
             }),
         ));
     }
-    out.push((
-        "target",
-        VolPart::S(clean(Path::new(target)).to_string_lossy().into_owned()),
-    ));
-    let mut bind: Vec<(&'static str, VolPart)> = Vec::new();
-    let mut volume: Vec<(&'static str, VolPart)> = Vec::new();
-    if let Some(mode) = mode {
-        for opt in mode.split(',') {
-            match opt {
-                "ro" => out.push(("read_only", VolPart::B(true))),
-                "rw" => {}
-                "z" | "Z" => bind.push(("selinux", VolPart::S(opt.into()))),
-                "shared" | "rshared" | "slave" | "rslave" | "private" | "rprivate" => {
-                    bind.push(("propagation", VolPart::S(opt.into())))
-                }
-                "nocopy" => volume.push(("nocopy", VolPart::B(true))),
-                "consistent" | "cached" | "delegated" => {
-                    out.push(("consistency", VolPart::S(opt.into())))
-                }
-                other => {
-                    return Err(format!(
-                        "invalid volume mode {other:?} in {spec:?}: use ro, rw, z, Z, nocopy or a propagation mode"
-                    ));
-                }
+    let target = if target.starts_with('/') {
+        clean(Path::new(target)).to_string_lossy().into_owned()
+    } else {
+        target.to_string()
+    };
+    out.push(("target", VolPart::S(target)));
+    let mut read_only = false;
+    let mut nocopy = false;
+    let (mut selinux, mut propagation) = (None, None);
+    for opt in options.as_deref().unwrap_or_default().split(',') {
+        match opt {
+            "ro" => read_only = true,
+            "rw" => read_only = false,
+            "nocopy" => nocopy = true,
+            "z" | "Z" => selinux = Some(opt.to_string()),
+            "shared" | "rshared" | "slave" | "rslave" | "private" | "rprivate" => {
+                propagation = Some(opt.to_string())
             }
+            // compose-go ignores other options (`cached`, `delegated`, ...).
+            _ => {}
         }
+    }
+    if read_only {
+        out.push(("read_only", VolPart::B(true)));
+    }
+    let mut bind: Vec<(&'static str, VolPart)> = Vec::new();
+    if let Some(s) = selinux {
+        bind.push(("selinux", VolPart::S(s)));
+    }
+    if let Some(p) = propagation {
+        bind.push(("propagation", VolPart::S(p)));
     }
     if is_bind {
         bind.push(("create_host_path", VolPart::B(true)));
+    }
+    if !bind.is_empty() {
         out.push(("bind", VolPart::M(bind)));
-    } else if !bind.is_empty() {
-        return Err(format!(
-            "invalid volume {spec:?}: bind options on a named volume"
-        ));
     }
-    if is_bind && !volume.is_empty() {
-        return Err(format!(
-            "invalid volume {spec:?}: nocopy applies to named volumes only"
-        ));
-    }
-    if !is_bind {
+    if nocopy {
+        out.push(("volume", VolPart::M(vec![("nocopy", VolPart::B(true))])));
+    } else if !is_bind {
         // Named and anonymous volumes in short syntax get `volume: {}`, as in compose-go.
-        out.push(("volume", VolPart::M(volume)));
+        out.push(("volume", VolPart::M(Vec::new())));
     }
     Ok(out)
+}
+
+/// compose-go's `isFilePath`: a short volume's source is a host path (a bind) when it starts
+/// with `.`, `/`, `~`, `\\` or a drive letter (`C:`).
+fn is_file_path(source: &str) -> bool {
+    if source.starts_with(['.', '/', '~']) || source.starts_with("\\\\") {
+        return true;
+    }
+    is_windows_drive(source)
+}
+
+fn is_windows_drive(s: &str) -> bool {
+    let mut it = s.chars();
+    matches!((it.next(), it.next()), (Some(l), Some(':')) if l.is_alphabetic())
+}
+
+/// A Windows absolute path (`C:\\x`, `c:/x`), which compose-go leaves as written.
+pub fn is_windows_abs(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() >= 3 && b[0].is_ascii_alphabetic() && b[1] == b':' && (b[2] == b'\\' || b[2] == b'/')
 }
 
 #[cfg(test)]
@@ -681,8 +818,22 @@ mod tests {
         assert!(matches!(&v[1].1, VolPart::S(s) if s == "/home/u/m"));
         let v = parse_volume("db:/var/lib/db", &ctx).unwrap();
         assert!(matches!(&v[0].1, VolPart::S(t) if t == "volume"));
-        assert!(parse_volume("db:relative", &ctx).is_err());
-        assert!(parse_volume("a:/b:bogus", &ctx).is_err());
+        // As compose-go: a relative target loads (`up` refuses it), unknown options are
+        // ignored, a drive letter belongs to its path (so `c:/data` is one target).
+        let target = |v: &[(&str, VolPart)]| match v.iter().find(|(k, _)| *k == "target") {
+            Some((_, VolPart::S(s))) => s.clone(),
+            _ => String::new(),
+        };
+        assert_eq!(
+            target(&parse_volume("db:relative", &ctx).unwrap()),
+            "relative"
+        );
+        assert!(parse_volume("db:/b:bogus", &ctx).unwrap().len() == 4);
+        assert_eq!(target(&parse_volume("c:/data", &ctx).unwrap()), "c:/data");
+        let v = parse_volume("C:\\x:/data", &ctx).unwrap();
+        assert!(matches!(&v[1].1, VolPart::S(s) if s == "C:\\x"));
+        assert!(parse_volume("db:/a:/b:ro", &ctx).is_err());
+        assert!(parse_volume("db::/a", &ctx).is_err());
     }
 
     #[test]

@@ -129,7 +129,8 @@ struct Analysis {
 }
 
 fn is_printable(c: char) -> bool {
-    matches!(c, '\n' | '\u{85}')
+    // go-yaml v3's is_printable: U+0085 is not (libyaml's C version says it is).
+    c == '\n'
         || (' '..='~').contains(&c)
         || ('\u{A0}'..='\u{D7FF}').contains(&c)
         || (('\u{E000}'..='\u{FFFD}').contains(&c) && c != '\u{FEFF}')
@@ -696,10 +697,11 @@ mod tests {
 
     proptest::proptest! {
         /// Whatever string go-yaml's rules pick a style for, our loader's YAML parser reads
-        /// the emitted text back as that same string, as a key and as a value.
+        /// the emitted text back as that same string, as a key and as a value. (Not U+2028 or
+        /// U+2029: go-yaml writes them raw and reads them back as line breaks; README.)
         #[test]
         fn emitted_strings_read_back_unchanged(
-            s in "([a-zA-Z0-9 _.:#'\"{}\\[\\]*&!|>%@`?,=/\\\\~+-]|\n|\t|é|\u{85}|\u{2028}){0,12}",
+            s in "([a-zA-Z0-9 _.:#'\"{}\\[\\]*&!|>%@`?,=/\\\\~+-]|\n|\t|é|\u{85}){0,12}",
             key in "[a-zA-Z0-9 _.:#'\"{}*&!%@?,=~+-]{1,8}",
         ) {
             let doc = json!({ "k": s.clone(), "list": [s.clone()], key.clone(): {"nested": s.clone()} });

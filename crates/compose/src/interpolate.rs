@@ -9,7 +9,7 @@ use crate::yaml::{Node, Value};
 /// Why a template could not be substituted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TemplateError {
-    /// A `$` not followed by a name, `{`, or `$`; or an unterminated `${`.
+    /// An unterminated `${`, or a bad `${...}`.
     Invalid(String),
     /// `${VAR:?msg}` / `${VAR?msg}` with VAR missing.
     Required { var: String, message: String },
@@ -92,7 +92,12 @@ fn substitute_at(
                 }
                 i = j;
             }
-            _ => return Err(TemplateError::Invalid(template.to_string())),
+            // compose-go's pattern does not match a `$` followed by anything else (`$2`, `$-`,
+            // a final `$`): the text stays as written.
+            _ => {
+                out.push('$');
+                i += 1;
+            }
         }
     }
     Ok(out)
@@ -342,13 +347,16 @@ mod tests {
 
     #[test]
     fn invalid_templates_are_errors() {
-        assert!(matches!(run("cost $5"), Err(TemplateError::Invalid(_))));
+        // A `$` that starts no template stays as written, as in compose-go.
+        assert_eq!(
+            run("cost $5 $-x end $"),
+            Ok(("cost $5 $-x end $".to_string(), vec![]))
+        );
         assert!(matches!(
             run("${unterminated"),
             Err(TemplateError::Invalid(_))
         ));
         assert!(matches!(run("${}"), Err(TemplateError::Invalid(_))));
         assert!(matches!(run("${A B}"), Err(TemplateError::Invalid(_))));
-        assert!(matches!(run("end $"), Err(TemplateError::Invalid(_))));
     }
 }

@@ -16,12 +16,14 @@ pub mod error;
 pub mod goyaml;
 pub mod hostile;
 pub mod interpolate;
+mod libyaml;
 pub mod loader;
 pub mod merge;
 pub mod model;
 pub mod normalize;
 pub mod output;
 pub mod schema;
+pub mod validate;
 pub mod yaml;
 
 pub use error::{Diagnostic, LoadErrors};

@@ -229,7 +229,7 @@ impl<'a> Loader<'a> {
         extends_stack: &mut Vec<(String, String)>,
     ) -> Option<Node> {
         let file: Arc<str> = Arc::from(display);
-        let mut root = match crate::yaml::parse(text, &file) {
+        let documents = match crate::yaml::parse_documents(text, &file) {
             Ok(r) => r,
             Err(list) => {
                 for d in list {
@@ -238,6 +238,37 @@ impl<'a> Loader<'a> {
                 return None;
             }
         };
+        // Several `---` documents load as that many files, merged in order (as compose-go).
+        let mut merged: Option<Node> = None;
+        let several = documents.len() > 1;
+        for root in documents {
+            if several && root.is_null() {
+                // compose-go: every document must be a mapping (a final `---` too).
+                self.errors.push(
+                    Diagnostic::new(root.span.clone(), "", "an empty YAML document")
+                        .with_hint("remove the `---` that starts it, or give it content"),
+                );
+                return None;
+            }
+            let root = self.load_document(root, base_dir, file_dir, env, display, extends_stack);
+            merged = Some(match merged {
+                None => root,
+                Some(m) => merge_files(m, root),
+            });
+        }
+        merged
+    }
+
+    /// One document of a file: interpolate, validate, include, canonicalise, resolve extends.
+    fn load_document(
+        &mut self,
+        mut root: Node,
+        base_dir: &Path,
+        file_dir: &Path,
+        env: &Environment,
+        display: &str,
+        extends_stack: &mut Vec<(String, String)>,
+    ) -> Node {
         if root.is_null() {
             root = Node::new(Value::Map(Default::default()), root.span.clone());
         }
@@ -265,7 +296,7 @@ impl<'a> Loader<'a> {
             self.apply_includes(&mut root, inc.node, file_dir, env);
         }
         self.resolve_extends(&mut root, display, file_dir, env, extends_stack);
-        Some(root)
+        root
     }
 
     fn resolve_extends(

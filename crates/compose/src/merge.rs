@@ -329,11 +329,11 @@ mod tests {
     #[test]
     fn ports_and_volumes_deduplicate_by_key() {
         let a = canon(
-            "services:\n  web:\n    ports: ['80:80']\n    volumes: ['a:/data', 'b:/logs']\n",
+            "services:\n  web:\n    ports: ['80:80']\n    volumes: ['va:/data', 'vb:/logs']\n",
             "a",
         );
         let b = canon(
-            "services:\n  web:\n    ports: ['80:80', '443:443']\n    volumes: ['c:/data']\n",
+            "services:\n  web:\n    ports: ['80:80', '443:443']\n    volumes: ['vc:/data']\n",
             "b",
         );
         let m = merge_files(a, b);
@@ -341,7 +341,7 @@ mod tests {
         assert_eq!(w.get("ports").unwrap().as_seq().unwrap().len(), 2);
         let vols = w.get("volumes").unwrap().as_seq().unwrap();
         assert_eq!(vols.len(), 2);
-        assert_eq!(vols[0].get("source").unwrap().as_str(), Some("c"));
+        assert_eq!(vols[0].get("source").unwrap().as_str(), Some("vc"));
     }
 
     #[test]

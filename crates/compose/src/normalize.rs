@@ -24,6 +24,8 @@ pub struct Settings<'a> {
 struct N<'a, 'b> {
     errors: &'a mut Errors,
     warnings: &'a mut Vec<Diagnostic>,
+    /// Problems for `up` only (`Project::up_errors`): docker compose's `config` accepts them.
+    up_errors: Vec<Diagnostic>,
     s: &'a Settings<'b>,
 }
 
@@ -220,6 +222,7 @@ pub fn normalize(
     let mut n = N {
         errors,
         warnings,
+        up_errors: Vec::new(),
         s: &s,
     };
     let mut project = Project {
@@ -308,6 +311,7 @@ pub fn normalize(
     }
 
     check_references(&mut n, &project, &nodes);
+    project.up_errors = std::mem::take(&mut n.up_errors);
     project
 }
 
@@ -926,6 +930,25 @@ fn service(n: &mut N, name: &str, node: &Node, key_span: &crate::yaml::Span) -> 
             .with_hint("add image: or build:"),
         );
     }
+    // compose-go: a service's platform must be one its build produces.
+    if let (Some(platform), Some(platforms)) = (
+        svc.platform.as_deref(),
+        m.get("build")
+            .and_then(|b| b.node.get("platforms"))
+            .and_then(Node::as_seq),
+    ) {
+        if !platforms.is_empty() && !platforms.iter().any(|p| p.as_str() == Some(platform)) {
+            let at = m.get("platform").map(|e| &e.node).unwrap_or(node);
+            n.errors.push(
+                Diagnostic::new(
+                    at.span.clone(),
+                    format!("{base}.platform"),
+                    format!("platform {platform:?} is not among build.platforms"),
+                )
+                .with_hint("add it to build.platforms, or change platform"),
+            );
+        }
+    }
 
     fold_deploy(n, &mut svc, deploy_node.as_ref(), node, &base);
     svc
@@ -1120,9 +1143,11 @@ fn deploy(n: &mut N, node: &Node, path: &str) -> Deploy {
                         "constraints" => {
                             for (i, c) in pe.node.as_seq().unwrap_or_default().iter().enumerate() {
                                 let Some(t) = text(c) else { continue };
+                                // Swarm refuses a bad constraint when it deploys, not
+                                // `docker compose config`: so does `up` (crate::validate).
                                 match t.parse::<Constraint>() {
                                     Ok(c) => d.placement.constraints.push(c),
-                                    Err(err) => n.errors.push(Diagnostic::new(
+                                    Err(err) => n.up_errors.push(Diagnostic::new(
                                         c.span.clone(),
                                         format!("{pp}.{i}"),
                                         err.to_string(),
@@ -1323,10 +1348,18 @@ fn update_config(n: &mut N, v: &Node, p: &str) -> UpdateConfig {
 
 fn build(n: &mut N, v: &Node, p: &str) -> Build {
     let mut b = Build::default();
+    let mut empty_dockerfile = false;
     for (k, e) in v.as_map().cloned().unwrap_or_default() {
         match k.as_str() {
             "context" => b.context = text(&e.node).unwrap_or_default(),
-            "dockerfile" => b.dockerfile = n.string(&e.node, &format!("{p}.dockerfile")),
+            // Empty (an unset variable): compose-go leaves it out, and adds no default.
+            "dockerfile" => {
+                b.dockerfile = n.string(&e.node, &format!("{p}.dockerfile"));
+                if b.dockerfile.as_deref() == Some("") {
+                    b.dockerfile = None;
+                    empty_dockerfile = true;
+                }
+            }
             "args" => b.args = n.opt_string_map(&e.node),
             "target" => b.target = n.string(&e.node, &format!("{p}.target")),
             _ => {
@@ -1335,7 +1368,7 @@ fn build(n: &mut N, v: &Node, p: &str) -> Build {
         }
     }
     // compose-go's default, written out as `docker compose config` prints it.
-    if b.dockerfile.is_none() && !b.other.contains_key("dockerfile_inline") {
+    if b.dockerfile.is_none() && !empty_dockerfile && !b.other.contains_key("dockerfile_inline") {
         b.dockerfile = Some("Dockerfile".into());
     }
     b
@@ -1473,9 +1506,25 @@ fn service_volume(n: &mut N, item: &Node, p: &str) -> Option<ServiceVolume> {
         );
         return None;
     };
-    let target = crate::canonical::clean(Path::new(&target))
-        .to_string_lossy()
-        .into_owned();
+    if !target.starts_with('/') {
+        // docker compose's `config` prints it; the engine refuses it at `up`, and so do we.
+        let at = item.get("target").unwrap_or(item);
+        n.up_errors.push(
+            Diagnostic::new(
+                at.span.clone(),
+                format!("{p}.target"),
+                format!("the container path {target:?} must be absolute"),
+            )
+            .with_hint("write SOURCE:/PATH, or an absolute path for an anonymous volume"),
+        );
+    }
+    let target = if target.starts_with('/') {
+        crate::canonical::clean(Path::new(&target))
+            .to_string_lossy()
+            .into_owned()
+    } else {
+        target
+    };
     let source = item.get("source").and_then(text).filter(|s| !s.is_empty());
     if kind == VolumeType::Bind && source.is_none() {
         n.err(item, p, "a bind mount needs a source");

@@ -416,7 +416,11 @@ fn service(svc: &Service, o: &mut Map<String, Value>, format: Format) {
                     dm.remove("mode");
                 }
                 if !d.constraints.is_empty() {
-                    if let Some(Value::Object(pl)) = dm.get_mut("placement") {
+                    // As written, even those `up` refuses (not in the typed placement).
+                    let pl = dm
+                        .entry("placement")
+                        .or_insert_with(|| Value::Object(Map::new()));
+                    if let Value::Object(pl) = pl {
                         pl.insert(
                             "constraints".into(),
                             d.constraints.iter().cloned().map(Value::String).collect(),
@@ -433,6 +437,7 @@ fn service(svc: &Service, o: &mut Map<String, Value>, format: Format) {
     }
     // The env files are read into `environment`; compose-go does not print them.
     o.remove("env_file");
+    develop(o, format);
     // Services this one shares a namespace or volumes with, or links to, are dependencies
     // (compose-go adds them to `depends_on`).
     let mut implied: Vec<(String, bool)> = Vec::new();
@@ -650,6 +655,47 @@ fn deploy(d: &mut Map<String, Value>, format: Format) {
         }
     }
     order(d, DEPLOY, format);
+}
+
+/// compose-go's `Trigger` field order for `develop.watch[]`; in JSON its `exec` hook is a
+/// struct, always written (`{"command": null}`).
+const WATCH: &[&str] = &[
+    "path",
+    "action",
+    "target",
+    "exec",
+    "ignore",
+    "include",
+    "initial_sync",
+];
+const HOOK: &[&str] = &[
+    "command",
+    "user",
+    "privileged",
+    "working_dir",
+    "environment",
+];
+
+fn develop(o: &mut Map<String, Value>, format: Format) {
+    let Some(Value::Object(dev)) = o.get_mut("develop") else {
+        return;
+    };
+    let Some(Value::Array(watch)) = dev.get_mut("watch") else {
+        return;
+    };
+    for t in watch.iter_mut() {
+        let Value::Object(t) = t else { continue };
+        if format == Format::Json {
+            let exec = t.entry("exec").or_insert_with(|| Value::Object(Map::new()));
+            if let Value::Object(e) = exec {
+                e.entry("command").or_insert(Value::Null);
+            }
+        }
+        if let Some(Value::Object(e)) = t.get_mut("exec") {
+            order(e, HOOK, format);
+        }
+        order(t, WATCH, format);
+    }
 }
 
 fn network(n: &mut Map<String, Value>, format: Format) {

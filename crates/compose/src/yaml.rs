@@ -1,7 +1,8 @@
 //! A positioned YAML tree: every node knows its file, line and column.
 //!
-//! Built from yaml-rust2's event parser (driven iteratively, so deep nesting cannot overflow
-//! the stack). Aliases are expanded, merge keys (`<<: *base`, or a list of them) are applied
+//! Built from libyaml's event parser ([`crate::libyaml`]; go-yaml v3, compose-go's parser, is a
+//! translation of libyaml, so both accept the same documents; driven iteratively, so deep
+//! nesting cannot overflow the stack). Aliases are expanded, merge keys (`<<: *base`, or a list of them) are applied
 //! with explicit keys winning, and the compose tags `!reset` / `!override` are kept on the node
 //! for the merge stage. Plain scalars are resolved with the YAML 1.2 core schema, as compose-go
 //! (go-yaml v3) does: `yes`/`no` stay strings.
@@ -9,9 +10,11 @@
 use std::fmt;
 use std::sync::Arc;
 
+use std::collections::HashMap;
+
 use indexmap::IndexMap;
-use yaml_rust2::parser::{Event, Parser, Tag};
-use yaml_rust2::scanner::{Marker, TScalarStyle};
+
+use crate::libyaml::{Event, Mark, Parser, Style};
 
 use crate::error::Diagnostic;
 
@@ -32,12 +35,14 @@ impl Span {
         }
     }
 
-    fn from_marker(file: &Arc<str>, m: Marker) -> Span {
-        // yaml-rust2 markers: 1-based line, 0-based column.
+    fn from_mark(file: &Arc<str>, m: Mark) -> Span {
+        // libyaml marks: 0-based line and column.
         Span {
             file: file.clone(),
-            line: u32::try_from(m.line()).unwrap_or(u32::MAX),
-            col: u32::try_from(m.col()).unwrap_or(u32::MAX).saturating_add(1),
+            line: u32::try_from(m.line).unwrap_or(u32::MAX).saturating_add(1),
+            col: u32::try_from(m.column)
+                .unwrap_or(u32::MAX)
+                .saturating_add(1),
         }
     }
 }
@@ -226,20 +231,48 @@ enum Frame {
     },
 }
 
-/// Parse one YAML document into a positioned tree. An empty document is `Null`.
+/// Parse a file holding one YAML document into a positioned tree. An empty document is
+/// `Null`; a second document is an error (compose files: [`parse_documents`]).
 pub fn parse(source: &str, file: &Arc<str>) -> Result<Node, Vec<Diagnostic>> {
+    let mut docs = parse_documents(source, file)?.into_iter();
+    let first = docs
+        .next()
+        .unwrap_or_else(|| Node::new(Value::Null, Span::new(file, 1, 1)));
+    match docs.next() {
+        None => Ok(first),
+        Some(second) => Err(vec![Diagnostic::new(
+            second.span,
+            "",
+            "expected one YAML document; found a second `---` document",
+        )]),
+    }
+}
+
+/// Parse every YAML document of a file (at least one: an empty file is one `Null`). docker
+/// compose reads a file of several `---` documents as that many files, merged in order.
+pub fn parse_documents(source: &str, file: &Arc<str>) -> Result<Vec<Node>, Vec<Diagnostic>> {
     let mut builder = Builder {
         file: file.clone(),
         stack: Vec::new(),
         anchors: Vec::new(),
+        anchor_ids: HashMap::new(),
+        anchors_defined: 0,
         nodes: 0,
         root: None,
         errors: Vec::new(),
-        documents: 0,
+        documents: Vec::new(),
+        document_start: Span::new(file, 1, 1),
     };
-    let mut parser = Parser::new_from_str(source);
+    let invalid = |e: crate::libyaml::Error| {
+        let message = match e.context {
+            Some(context) => format!("invalid YAML: {context}: {}", e.problem),
+            None => format!("invalid YAML: {}", e.problem),
+        };
+        vec![Diagnostic::new(Span::from_mark(file, e.mark), "", message)]
+    };
+    let mut parser = Parser::new(source).map_err(invalid)?;
     loop {
-        match parser.next_token() {
+        match parser.next_event() {
             Ok((Event::StreamEnd, _)) => break,
             Ok((ev, mark)) => {
                 if let Err(d) = builder.event(ev, mark) {
@@ -248,12 +281,7 @@ pub fn parse(source: &str, file: &Arc<str>) -> Result<Node, Vec<Diagnostic>> {
                 }
             }
             Err(e) => {
-                let m = e.marker();
-                builder.errors.push(Diagnostic::new(
-                    Span::from_marker(file, *m),
-                    "",
-                    format!("invalid YAML: {}", e.info()),
-                ));
+                builder.errors.extend(invalid(e));
                 break;
             }
         }
@@ -261,43 +289,63 @@ pub fn parse(source: &str, file: &Arc<str>) -> Result<Node, Vec<Diagnostic>> {
     if !builder.errors.is_empty() {
         return Err(builder.errors);
     }
-    Ok(builder
-        .root
-        .unwrap_or_else(|| Node::new(Value::Null, Span::new(file, 1, 1))))
+    if builder.documents.is_empty() {
+        builder
+            .documents
+            .push(Node::new(Value::Null, Span::new(file, 1, 1)));
+    }
+    Ok(builder.documents)
 }
 
 struct Builder {
     file: Arc<str>,
     stack: Vec<Frame>,
     anchors: Vec<Option<Node>>,
+    /// Anchor names to ids (a later `&name` replaces an earlier one, as in go-yaml).
+    anchor_ids: HashMap<String, usize>,
+    anchors_defined: usize,
     nodes: usize,
     root: Option<Node>,
     errors: Vec<Diagnostic>,
-    documents: usize,
+    /// The documents read so far.
+    documents: Vec<Node>,
+    document_start: Span,
 }
 
 impl Builder {
-    fn span(&self, m: Marker) -> Span {
-        Span::from_marker(&self.file, m)
+    fn span(&self, m: Mark) -> Span {
+        Span::from_mark(&self.file, m)
+    }
+
+    /// An anchor's id (0: none); a new definition of a name gets a new id.
+    fn anchor(&mut self, name: Option<String>) -> usize {
+        match name {
+            None => 0,
+            Some(name) => {
+                self.anchors_defined += 1;
+                self.anchor_ids.insert(name, self.anchors_defined);
+                self.anchors_defined
+            }
+        }
     }
 
     fn tag(
         &self,
-        tag: Option<Tag>,
-        span: &Span,
-    ) -> Result<(Option<MergeTag>, Option<Tag>), Diagnostic> {
+        tag: Option<String>,
+        _span: &Span,
+    ) -> Result<(Option<MergeTag>, Option<String>), Diagnostic> {
         let Some(tag) = tag else {
             return Ok((None, None));
         };
-        if tag.handle == "!" {
-            return match tag.suffix.as_str() {
+        if let Some(local) = tag.strip_prefix('!') {
+            return match local {
                 "reset" => Ok((Some(MergeTag::Reset), None)),
                 "override" => Ok((Some(MergeTag::Override), None)),
-                other => Err(Diagnostic::new(
-                    span.clone(),
-                    "",
-                    format!("unknown tag !{other}: compose knows only !reset and !override"),
-                )),
+                // `! x`: the non-specific tag, a string.
+                "" => Ok((None, Some("tag:yaml.org,2002:str".into()))),
+                // Other local tags (`!Ref`, `!secret`): go-yaml decodes the value as if
+                // untagged, and docker compose loads it; so do we.
+                _ => Ok((None, None)),
             };
         }
         Ok((None, Some(tag)))
@@ -338,22 +386,32 @@ impl Builder {
         self.anchors[anchor] = Some(node.clone());
     }
 
-    fn event(&mut self, ev: Event, mark: Marker) -> Result<(), Diagnostic> {
+    fn event(&mut self, ev: Event, mark: Mark) -> Result<(), Diagnostic> {
         let span = self.span(mark);
         match ev {
-            Event::StreamStart | Event::Nothing | Event::StreamEnd | Event::DocumentEnd => Ok(()),
-            Event::DocumentStart => {
-                self.documents += 1;
-                if self.documents > 1 {
+            Event::StreamStart | Event::StreamEnd => Ok(()),
+            Event::DocumentEnd => {
+                let root = self
+                    .root
+                    .take()
+                    .unwrap_or_else(|| Node::new(Value::Null, self.document_start.clone()));
+                self.documents.push(root);
+                Ok(())
+            }
+            Event::DocumentStart { version } => {
+                if version.is_some_and(|v| v != (1, 1)) {
+                    // go-yaml v3 reads YAML 1.1 documents only.
                     return Err(Diagnostic::new(
                         span,
                         "",
-                        "a compose file holds one YAML document; found a second `---` document",
+                        "invalid YAML: found incompatible YAML document (write %YAML 1.1, or no %YAML line)",
                     ));
                 }
+                self.document_start = span;
                 Ok(())
             }
-            Event::Alias(id) => {
+            Event::Alias(name) => {
+                let id = self.anchor_ids.get(&name).copied().unwrap_or(0);
                 let node = self
                     .anchors
                     .get(id)
@@ -372,10 +430,26 @@ impl Builder {
                 }
                 self.push_value(node, false)
             }
-            Event::Scalar(text, style, anchor, tag) => {
+            Event::Scalar {
+                value: text,
+                style,
+                anchor,
+                tag,
+                raw,
+            } => {
                 self.count(1, &span)?;
+                let quote = raw.trim_start_matches(|c| c != '"' && c != '\'');
+                if style == Style::Quoted && quote.starts_with('"') && escapes_slash(quote) {
+                    // YAML 1.2's `\/`, which libyaml knows and go-yaml v3 does not.
+                    return Err(Diagnostic::new(
+                        span,
+                        "",
+                        "invalid YAML: found unknown escape character `\\/` (write / alone)",
+                    ));
+                }
+                let anchor = self.anchor(anchor);
                 let (merge_tag, yaml_tag) = self.tag(tag, &span)?;
-                let plain = style == TScalarStyle::Plain;
+                let plain = style == Style::Plain;
                 let value = resolve_scalar(&text, plain, yaml_tag.as_ref(), &span)?;
                 let is_merge_key = plain && text == "<<" && yaml_tag.is_none();
                 let mut node = Node::new(value, span);
@@ -383,8 +457,9 @@ impl Builder {
                 self.remember(anchor, &node);
                 self.push_value(node, is_merge_key)
             }
-            Event::SequenceStart(anchor, tag) => {
+            Event::SequenceStart { anchor, tag } => {
                 self.enter_collection(&span)?;
+                let anchor = self.anchor(anchor);
                 let (merge_tag, _) = self.tag(tag, &span)?;
                 self.stack.push(Frame::Seq {
                     items: Vec::new(),
@@ -394,8 +469,9 @@ impl Builder {
                 });
                 Ok(())
             }
-            Event::MappingStart(anchor, tag) => {
+            Event::MappingStart { anchor, tag } => {
                 self.enter_collection(&span)?;
+                let anchor = self.anchor(anchor);
                 let (merge_tag, _) = self.tag(tag, &span)?;
                 self.stack.push(Frame::Map {
                     map: Mapping::new(),
@@ -528,6 +604,17 @@ impl Builder {
     }
 }
 
+/// Whether a double-quoted scalar as written holds the escape `\/`.
+fn escapes_slash(raw: &str) -> bool {
+    let mut chars = raw.chars();
+    while let Some(c) = chars.next() {
+        if c == '\\' && chars.next() == Some('/') {
+            return true;
+        }
+    }
+    false
+}
+
 /// `<<` merges: explicit keys win; among merged mappings, earlier ones win.
 fn apply_merges(map: &mut Mapping, merges: Vec<Node>) -> Result<(), Diagnostic> {
     for merged in merges {
@@ -562,18 +649,18 @@ fn node_size(node: &Node) -> (usize, usize) {
 fn resolve_scalar(
     text: &str,
     plain: bool,
-    tag: Option<&Tag>,
+    tag: Option<&String>,
     span: &Span,
 ) -> Result<Value, Diagnostic> {
     if let Some(tag) = tag {
-        if tag.handle == "tag:yaml.org,2002:" || tag.handle == "!!" {
-            return match tag.suffix.as_str() {
+        if let Some(suffix) = tag.strip_prefix("tag:yaml.org,2002:") {
+            return match suffix {
                 "str" => Ok(Value::Str(text.to_string())),
                 "null" => Ok(Value::Null),
                 "bool" | "int" | "float" => {
                     let v = resolve_plain(text);
                     let ok = matches!(
-                        (&v, tag.suffix.as_str()),
+                        (&v, suffix),
                         (Value::Bool(_), "bool")
                             | (Value::Int(_), "int")
                             | (Value::Float(_), "float")
@@ -581,14 +668,14 @@ fn resolve_scalar(
                     );
                     if ok {
                         Ok(match v {
-                            Value::Int(i) if tag.suffix == "float" => Value::Float(i as f64),
+                            Value::Int(i) if suffix == "float" => Value::Float(i as f64),
                             v => v,
                         })
                     } else {
                         Err(Diagnostic::new(
                             span.clone(),
                             "",
-                            format!("{text:?} is not a valid !!{}", tag.suffix),
+                            format!("{text:?} is not a valid !!{suffix}"),
                         ))
                     }
                 }
@@ -737,9 +824,47 @@ mod tests {
 
     #[test]
     fn reset_and_override_tags_are_kept() {
-        let n = p("a: !reset []\nb: !override {x: 1}\n");
+        let n = p("a: !reset []\nb: !override {x: 1}\nc: !other 3\n");
         assert_eq!(n.get("a").unwrap().tag, Some(MergeTag::Reset));
         assert_eq!(n.get("b").unwrap().tag, Some(MergeTag::Override));
+        // Other local tags are ignored, as go-yaml does.
+        assert_eq!(n.get("c").unwrap().tag, None);
+        assert_eq!(n.get("c").unwrap().value, Value::Int(3));
+    }
+
+    /// What go-yaml v3 reads and a reader written from the YAML specification refuses or
+    /// reads otherwise (found with the yaml-test-suite data and real compose files).
+    #[test]
+    fn reads_what_go_yaml_reads() {
+        // Comments between flow items, a closing `]` indented less than the items.
+        let n = p(
+            "a:\n  b: [\n    \"x\",\n    # note\n    \"y\"\n  ]\n  c: {\n    k: v, # note\n    l: w\n}\n",
+        );
+        let b = n.get("a").unwrap().get("b").unwrap();
+        assert_eq!(b.to_json(), serde_json::json!(["x", "y"]));
+        let c = n.get("a").unwrap().get("c").unwrap();
+        assert_eq!(c.to_json(), serde_json::json!({"k": "v", "l": "w"}));
+        // A later anchor of the same name replaces the earlier one.
+        let n = p("a: &x 1\nb: *x\nc: &x 2\nd: *x\n");
+        assert_eq!(
+            n.to_json(),
+            serde_json::json!({"a": 1, "b": 1, "c": 2, "d": 2})
+        );
+        // U+0085 is a line break inside a quoted scalar (folded to a space).
+        let n = p("a: 'x\u{85}y'\n");
+        assert_eq!(n.get("a").unwrap().as_str(), Some("x y"));
+        // go-yaml v3 refuses YAML 1.2's `\/` escape and `%YAML 1.2`; `%YAML 1.1` is fine.
+        let refused = |src: &str| {
+            parse(src, &Arc::from("t.yaml")).unwrap_err()[0]
+                .message
+                .clone()
+        };
+        assert!(refused("a: \"x\\/y\"\n").contains("unknown escape"));
+        assert!(refused("%YAML 1.2\n---\na: 1\n").contains("incompatible YAML document"));
+        assert_eq!(
+            p("%YAML 1.1\n---\na: 'x\\/y'\n").get("a").unwrap().as_str(),
+            Some("x\\/y")
+        );
     }
 
     #[test]

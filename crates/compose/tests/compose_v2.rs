@@ -33,8 +33,15 @@ fn v2_binary() -> PathBuf {
 }
 
 fn corpus() -> PathBuf {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/corpus");
-    std::fs::canonicalize(path).unwrap_or_else(|e| panic!("cannot find the corpus at {path}: {e}"))
+    // `../shared/corpus` beside the checkout: the nearest ancestor that has one (a worktree
+    // under /work/wt/NAME finds /work/shared/corpus as /work/main does).
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest
+        .ancestors()
+        .map(|a| a.join("shared/corpus"))
+        .find(|p| p.is_dir())
+        .and_then(|p| std::fs::canonicalize(p).ok())
+        .unwrap_or_else(|| panic!("cannot find shared/corpus beside {}", manifest.display()))
 }
 
 fn compose_files(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -883,3 +890,91 @@ const PROBE_THREE_INCLUDED: &str = r#"services:
     volumes:
       - ./html:/usr/share/nginx/html
 "#;
+
+/// Differences found on public compose files (issue 20), each reproduced by a small file of
+/// our own under `tests/v2-probes/NAME/compose.yaml`: YAML and JSON byte-identical to docker
+/// compose v2, and a file v2 refuses is refused too. The one deliberate difference here: v2
+/// cannot write `build.ssh` keys with a path as JSON (README); we can.
+#[test]
+fn config_matches_docker_compose_v2_on_the_fidelity_probes() {
+    let v2 = v2_binary();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/v2-probes");
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
+        .expect("tests/v2-probes")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.join("compose.yaml").is_file())
+        .collect();
+    dirs.sort();
+    assert!(dirs.len() >= 9, "probes missing: {dirs:?}");
+    let mut problems = Vec::new();
+    for dir in &dirs {
+        let file = dir.join("compose.yaml");
+        let name = dir
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .to_string();
+        let run_v2 = |json: bool| {
+            let mut cmd = Command::new(&v2);
+            cmd.args(["-f", "compose.yaml", "-p", &project_name(&file), "config"]);
+            if json {
+                cmd.args(["--format", "json"]);
+            }
+            cmd.current_dir(dir)
+                .env_clear()
+                .envs(environment())
+                .output()
+                .expect("run docker compose v2")
+        };
+        let ours = load(&LoadOptions {
+            files: vec![PathBuf::from("compose.yaml")],
+            working_dir: dir.clone(),
+            project_name: Some(project_name(&file)),
+            environment: environment(),
+            interpolate: true,
+            ..LoadOptions::default()
+        });
+        let yaml = run_v2(false);
+        match (&ours, yaml.status.success()) {
+            (Err(_), false) => continue,
+            (Err(e), true) => {
+                problems.push(format!("{name}: v2 accepts it, we refuse: {e}"));
+                continue;
+            }
+            (Ok(_), false) => {
+                problems.push(format!(
+                    "{name}: v2 refuses it ({}), we accept it",
+                    String::from_utf8_lossy(&yaml.stderr)
+                ));
+                continue;
+            }
+            (Ok(_), true) => {}
+        }
+        let Ok(project) = ours else { continue };
+        let mine = ic_compose::output::to_yaml_string(&project);
+        let reference = String::from_utf8_lossy(&yaml.stdout);
+        if mine != reference {
+            problems.push(format!(
+                "{name} (YAML):\n--- docker compose v2\n{reference}\n--- incus-compose\n{mine}"
+            ));
+        }
+        let json = run_v2(true);
+        let mine = ic_compose::output::to_json_string(&project, false);
+        if !json.status.success() {
+            assert_eq!(
+                name, "build-ssh",
+                "v2 fails to write JSON only for build.ssh paths"
+            );
+            serde_json::from_str::<Value>(&mine).expect("our JSON parses");
+            continue;
+        }
+        let reference = String::from_utf8_lossy(&json.stdout);
+        if mine != reference {
+            problems.push(format!(
+                "{name} (JSON):\n--- docker compose v2\n{reference}\n--- incus-compose\n{mine}"
+            ));
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n\n"));
+}

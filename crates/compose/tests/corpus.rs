@@ -18,8 +18,15 @@ use serde_json::Value;
 /// The corpus with symlinks resolved: docker-compose 1.29.2 reports paths from its real working
 /// directory, so a `shared/` reached through a link must compare by its real path.
 fn corpus() -> PathBuf {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/corpus");
-    std::fs::canonicalize(path).unwrap_or_else(|e| panic!("cannot find the corpus at {path}: {e}"))
+    // `../shared/corpus` beside the checkout: the nearest ancestor that has one (a worktree
+    // under /work/wt/NAME finds /work/shared/corpus as /work/main does).
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest
+        .ancestors()
+        .map(|a| a.join("shared/corpus"))
+        .find(|p| p.is_dir())
+        .and_then(|p| std::fs::canonicalize(p).ok())
+        .unwrap_or_else(|| panic!("cannot find shared/corpus beside {}", manifest.display()))
 }
 
 fn compose_files(dir: &Path, out: &mut Vec<PathBuf>) {

@@ -490,11 +490,14 @@ fn container_name_with_several_replicas_is_an_error() {
     );
 }
 
+/// docker compose's `config` prints any constraint (Swarm refuses bad ones when it deploys):
+/// loading accepts them, `up`'s check (`validate::before_up`) refuses them at their line.
 #[test]
 fn bad_placement_constraints_are_errors_at_their_line() {
-    let e = one_err(
+    let project = one(
         "services:\n  web:\n    image: a\n    deploy:\n      placement:\n        constraints:\n          - node.role == manager\n          - node.zone == a\n          - node.hostname = x\n",
     );
+    let e = ic_compose::validate::before_up(&project).expect_err("up refuses them");
     assert_eq!(e.len(), 2, "{e}");
     assert_eq!((e.0[0].line, e.0[0].col), (8, 13));
     assert_eq!(e.0[0].path, "services.web.deploy.placement.constraints.1");
@@ -729,4 +732,25 @@ fn an_unknown_pull_policy_is_an_error_at_its_line() {
         let p = one(&text);
         assert_eq!(p.services["web"].pull_policy.as_deref(), Some(ok));
     }
+}
+
+/// A relative container path loads (docker compose prints it) and `up` refuses it, naming its
+/// line; services left out by their profile are not checked.
+#[test]
+fn relative_container_paths_are_refused_by_up_only() {
+    let project = one(
+        "services:\n  web:\n    image: a\n    volumes:\n      - cache\n      - data:relative\n  extra:\n    image: a\n    profiles: [debug]\n    volumes: [other]\nvolumes:\n  data:\n",
+    );
+    let e = ic_compose::validate::before_up(&project).expect_err("up refuses them");
+    let at: Vec<(u32, &str)> = e.iter().map(|d| (d.line, d.path.as_str())).collect();
+    assert_eq!(
+        at,
+        [
+            (5, "services.web.volumes.0.target"),
+            (6, "services.web.volumes.1.target")
+        ]
+    );
+    assert!(e.0[0].message.contains("must be absolute"), "{e}");
+    let fine = one("services:\n  web:\n    image: a\n    volumes: [/cache]\n");
+    assert!(ic_compose::validate::before_up(&fine).is_ok());
 }

@@ -63,6 +63,11 @@ pub struct Project {
     /// renders the project regardless, as docker compose does.
     #[serde(skip)]
     pub hostile: Vec<Diagnostic>,
+    /// What docker compose's `config` accepts but a deployment refuses (a placement
+    /// constraint without an operator, a relative container path): `up` refuses these before
+    /// any change, through [`crate::validate::before_up`].
+    #[serde(skip)]
+    pub up_errors: Vec<Diagnostic>,
 }
 
 impl Project {
