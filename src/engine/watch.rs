@@ -54,7 +54,6 @@ fn rfc3339_now() -> String {
         .unwrap_or_default()
 }
 
-
 /// The log: one line per action (text or JSON lines) on stdout.
 struct Log {
     json: bool,
