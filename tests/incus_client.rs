@@ -18,21 +18,8 @@ use ic_incus::{
     ProjectsPost, Request, api_path, extensions,
 };
 
-const SETUP_HINT: &str = "start the test cluster and load its environment: \
-    `scripts/test-cluster up && set -a && . .test-cluster/env && set +a`";
-
-/// A client for the cluster member named by `INCUS_DIR`/`INCUS_SOCKET`; panics (fails the
-/// test) when none is configured or none answers.
-async fn client() -> Client {
-    if std::env::var_os("INCUS_DIR").is_none() && std::env::var_os("INCUS_SOCKET").is_none() {
-        panic!("no Incus server configured (INCUS_DIR and INCUS_SOCKET unset): {SETUP_HINT}");
-    }
-    let c = Client::local();
-    if let Err(e) = c.server().await {
-        panic!("no Incus server answers: {e}; {SETUP_HINT}");
-    }
-    c
-}
+mod common;
+use common::client_async as client;
 
 /// A name no other test (in this or another process) uses.
 fn unique(tag: &str) -> String {
