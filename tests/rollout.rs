@@ -46,6 +46,13 @@ impl Fixture {
     /// drops cross-member packets for up to ~0.4 s (see the README's network figures); a
     /// replica down for longer still counts as not answering.
     fn answers(&self, service: &str) -> BTreeMap<String, Vec<String>> {
+        self.answers_counted(service, &mut Fetches::default())
+    }
+
+    /// [`Fixture::answers`], adding to `n` the requests made, those that needed the second
+    /// try and those that failed both (a round whose exec fails counts one failed request
+    /// per replica).
+    fn answers_counted(&self, service: &str, n: &mut Fetches) -> BTreeMap<String, Vec<String>> {
         let mut slots: BTreeMap<String, String> = BTreeMap::new();
         for i in self.full_instances() {
             let c = &i.config;
@@ -75,7 +82,7 @@ impl Fixture {
             return out;
         }
         let script = format!(
-            "for a in {}; do r=$(timeout 2 wget -q -O- http://$a/ 2>/dev/null) || {{ sleep 1; r=$(timeout 2 wget -q -O- http://$a/ 2>/dev/null); }}; echo \"$a $r\"; done",
+            "for a in {}; do t=1; r=$(timeout 2 wget -q -O- http://$a/ 2>/dev/null) || {{ t=2; sleep 1; r=$(timeout 2 wget -q -O- http://$a/ 2>/dev/null); }}; echo \"$a $t $r\"; done",
             slots.keys().cloned().collect::<Vec<_>>().join(" ")
         );
         let req = ic_incus::ExecRequest::new(["sh".to_string(), "-c".to_string(), script]);
@@ -84,11 +91,21 @@ impl Fixture {
             &req,
             &[],
         )) else {
+            n.requests += slots.len();
+            n.failed += slots.len();
             return out;
         };
         for line in String::from_utf8_lossy(&res.stdout).lines() {
             let mut parts = line.split_whitespace();
-            let (Some(addr), Some(body)) = (parts.next(), parts.next()) else {
+            let (Some(addr), Some(tries)) = (parts.next(), parts.next()) else {
+                continue;
+            };
+            n.requests += 1;
+            if tries == "2" {
+                n.retried += 1;
+            }
+            let Some(body) = parts.next() else {
+                n.failed += 1;
                 continue;
             };
             if let Some(slot) = slots.get(addr) {
@@ -101,6 +118,12 @@ impl Fixture {
     /// Runs `up -d` in the background and polls every replica of `service` until it ends;
     /// returns its output and the smallest number of slots that answered in one round.
     fn up_while_polling(&self, service: &str) -> (Output, usize, Vec<usize>) {
+        let (out, min, rounds, _) = self.up_while_polling_counted(service);
+        (out, min, rounds)
+    }
+
+    /// [`Fixture::up_while_polling`], with the count of the requests made.
+    fn up_while_polling_counted(&self, service: &str) -> (Output, usize, Vec<usize>, Fetches) {
         let child = self
             .command(&["up", "-d"])
             .stdout(Stdio::piped())
@@ -109,12 +132,13 @@ impl Fixture {
             .expect("start up");
         let started = Instant::now();
         let mut rounds = Vec::new();
+        let mut fetches = Fetches::default();
         let mut child = child;
         loop {
             if child.try_wait().expect("wait").is_some() {
                 break;
             }
-            rounds.push(self.answers(service).len());
+            rounds.push(self.answers_counted(service, &mut fetches).len());
             assert!(
                 started.elapsed() < Duration::from_secs(600),
                 "up ran for 10 minutes"
@@ -122,14 +146,14 @@ impl Fixture {
         }
         let out = child.wait_with_output().expect("up output");
         eprintln!(
-            "$ incus-compose up -d (polled {} rounds: {:?})\n{}{}",
+            "$ incus-compose up -d (polled {} rounds: {:?}; {fetches:?})\n{}{}",
             rounds.len(),
             rounds,
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
         let min = rounds.iter().copied().min().unwrap_or(0);
-        (out, min, rounds)
+        (out, min, rounds, fetches)
     }
 
     /// Every replica's answer, once all of `n` answer (waits up to a minute).
@@ -145,6 +169,15 @@ impl Fixture {
             std::thread::sleep(Duration::from_millis(500));
         }
     }
+}
+
+/// HTTP requests made while polling: all, those answered only on the second try (a second
+/// later), those not answered at all.
+#[derive(Debug, Default)]
+struct Fetches {
+    requests: usize,
+    retried: usize,
+    failed: usize,
 }
 
 /// Four replicas of testapp with a healthcheck that needs the page and an address.
@@ -208,10 +241,29 @@ fn a_start_first_update_keeps_all_four_replicas_answering() {
     f.write(&web("testapp/v1", cfg));
     f.ok(&["up", "-d", "--wait"]);
     f.write(&web("testapp/v2", cfg));
-    let (out, min, rounds) = f.up_while_polling("web");
+    let (out, min, rounds, fetches) = f.up_while_polling_counted("web");
     assert!(out.status.success(), "up failed");
-    // The old replicas serve until the one record write at the end, which restarts the
-    // tunnels on every member: a fetch is tried again a second later, as a client would.
+    // Enough samples to see a gap: four replicas, each started, monitored 2 s, retired.
+    assert!(rounds.len() >= 8, "too few polling rounds: {rounds:?}");
+    // Every request answered: the old replicas serve until the one record write at the
+    // end, which restarts the tunnels on every member (~0.4 s without cross-member packets):
+    // a request is tried again a second later, as a client would, and those are counted:
+    // at most one round's worth.
+    assert!(
+        fetches.requests >= 4 * rounds.len(),
+        "every round asked every replica: {fetches:?}, {rounds:?}"
+    );
+    assert_eq!(fetches.failed, 0, "requests not answered: {fetches:?}");
+    assert!(
+        fetches.retried <= 8,
+        "more requests needed a second try than the one record write explains: {fetches:?}"
+    );
+    eprintln!(
+        "FIGURE start-first update: {} requests in {} rounds, {} answered on the second try, none lost",
+        fetches.requests,
+        rounds.len(),
+        fetches.retried
+    );
     assert!(
         min >= 4,
         "only {min} replicas answered at one moment: {rounds:?}"
@@ -325,19 +377,42 @@ fn a_broken_image_with_failure_action_pause_stops_after_the_first_batch() {
     let cfg = "{parallelism: 1, monitor: 2s}";
     f.write(&web("testapp/v1", cfg));
     f.ok(&["up", "-d", "--wait"]);
+    let web_replicas = |f: &Fixture| -> BTreeMap<String, (String, String)> {
+        f.full_instances()
+            .into_iter()
+            .filter(|i| i.name.starts_with("web-"))
+            .map(|i| (i.name, (i.created_at, i.last_used_at)))
+            .collect()
+    };
+    let before = web_replicas(&f);
+    assert_eq!(before.len(), 4, "{before:?}");
     f.write(&web("testapp/broken", cfg));
     let out = f.run(&["up", "-d"]);
     assert!(!out.status.success(), "up succeeded with a broken image");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("paused"), "{err}");
+    // It stopped after the first batch (parallelism 1): one replica replaced, three untouched
+    // (created and started when they were).
+    let after = web_replicas(&f);
+    let untouched = before
+        .iter()
+        .filter(|(n, v)| after.get(*n) == Some(*v))
+        .count();
+    assert_eq!(untouched, 3, "before {before:?}, after {after:?}");
+    let h = history(&f, &[]);
+    assert_eq!(h.len(), 2, "{h:?}");
+    assert_eq!(h[1].2, "paused", "the update is recorded as paused: {h:?}");
     // The three replicas not replaced still serve v1.
     assert_eq!(f.settled_answers("web", 3), ["v1"; 3]);
     let ps: Vec<serde_json::Value> =
         serde_json::from_str(&f.ok(&["ps", "--format", "json"])).expect("ps json");
+    let web_rows: Vec<&serde_json::Value> = ps.iter().filter(|r| r["service"] == "web").collect();
     assert!(
-        ps.iter()
-            .filter(|r| r["service"] == "web")
-            .all(|r| r["update"] == "paused"),
+        web_rows.len() >= 3,
+        "ps lists at least the three running v1 replicas: {ps:?}"
+    );
+    assert!(
+        web_rows.iter().all(|r| r["update"] == "paused"),
         "ps does not say paused: {ps:?}"
     );
     // A later up with a fixed file goes on and completes.
@@ -487,47 +562,89 @@ fn rollback_volumes_restores_the_data_written_before_the_update() {
     assert_eq!(f.settled_answers("db", 1), ["v1"]);
 }
 
+/// Web replicas: name -> creation time.
+fn created(f: &Fixture) -> BTreeMap<String, String> {
+    f.full_instances()
+        .into_iter()
+        .filter(|i| i.name.starts_with("web-"))
+        .map(|i| (i.name, i.created_at))
+        .collect()
+}
+
 #[test]
 fn an_update_killed_half_way_is_finished_by_the_next_up_with_exactly_the_declared_replicas() {
-    let f = Fixture::new("kill").at_most(CONCURRENT_FIXTURES);
+    let f = Fixture::new("kill")
+        .at_most(CONCURRENT_FIXTURES)
+        .env("INCUS_COMPOSE_LOCK_TTL", "5");
     let cfg = "{parallelism: 1, monitor: 1s}";
     f.write(&web("testapp/v1", cfg));
     f.ok(&["up", "-d", "--wait"]);
+    let v1 = created(&f);
+    assert_eq!(v1.len(), 4, "{v1:?}");
     f.write(&web("testapp/v2", cfg));
-    let mut child = f
-        .command(&["up", "-d"])
-        .env("INCUS_COMPOSE_LOCK_TTL", "5")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start up");
-    // Into the second batch or so.
-    std::thread::sleep(Duration::from_secs(9));
+    let mut child = f.spawn(&["up", "-d"]);
+    // Killed (-9) right after the first replica was recreated: half way, for certain.
+    let stdout = child.stdout.take().expect("up stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(Result::ok) {
+            eprintln!("up: {line}");
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let first = loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(120))
+            .expect("up recreated no replica within 2 minutes");
+        if let Some((name, _)) = line
+            .strip_prefix("[~] ")
+            .and_then(|l| l.split_once(" recreated on "))
+        {
+            break name.to_string();
+        }
+    };
     child.kill().expect("kill -9");
     let _ = child.wait();
-    let out = f
-        .command(&["up", "-d"])
-        .env("INCUS_COMPOSE_LOCK_TTL", "5")
-        .output()
-        .expect("up again");
-    eprintln!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "the second up failed");
-    assert_eq!(f.settled_answers("web", 4), ["v2"; 4]);
-    let names: BTreeSet<String> = f
-        .full_instances()
-        .into_iter()
-        .map(|i| i.name)
-        .filter(|n| n.starts_with("web-"))
-        .collect();
+    let at_kill = created(&f);
+    assert_ne!(at_kill.get(&first), v1.get(&first), "{first} was recreated");
+    let h = history(&f, &[]);
     assert_eq!(
-        names,
+        h.last().map(|r| r.2.as_str()),
+        Some("in progress"),
+        "the killed update is left in progress: {h:?}"
+    );
+    // The next up goes on: stop-first, one at a time, so three of four answer at every moment.
+    let (out, min, rounds) = f.up_while_polling("web");
+    assert!(out.status.success(), "the second up failed");
+    assert!(rounds.len() >= 4, "too few polling rounds: {rounds:?}");
+    assert!(min >= 3, "only {min} answered at one moment: {rounds:?}");
+    assert_eq!(f.settled_answers("web", 4), ["v2"; 4]);
+    let end = created(&f);
+    assert_eq!(
+        end.keys().map(String::as_str).collect::<Vec<_>>(),
         ["web-1", "web-2", "web-3", "web-4"]
-            .map(String::from)
-            .into()
+    );
+    // Each replica replaced once: the one done before the kill is not replaced again, the
+    // others are new.
+    assert_eq!(
+        end.get(&first),
+        at_kill.get(&first),
+        "{first} replaced twice"
+    );
+    for (name, t) in &end {
+        assert_ne!(Some(t), v1.get(name), "{name} still the v1 replica");
+    }
+    let h = history(&f, &[]);
+    assert_eq!(
+        h.last().map(|r| r.2.as_str()),
+        Some("completed"),
+        "the update is recorded as completed: {h:?}"
+    );
+    assert!(
+        h.iter().all(|r| r.2 != "in progress"),
+        "no update left in progress: {h:?}"
     );
 }
 
