@@ -19,6 +19,13 @@ use ic_incus::Instance;
 mod common;
 use common::*;
 
+/// Seconds since the epoch, as the lock's `expires` counts them.
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
 /// The lease length the runs of these tests use, in seconds.
 const TTL: u64 = 6;
 
@@ -92,33 +99,56 @@ networks:
 
 #[test]
 fn a_first_up_killed_during_its_network_creation_converges_on_the_next_up() {
-    // Kill points from before the project exists to after the networks are made; the
-    // networks are being created between about 0.3 s and 1.5 s here.
-    for delay_ms in [300u64, 600, 900, 1200, 1600] {
+    // Kill points by what Incus shows (polled every 50 ms), from the project existing to the
+    // first instance: the kill lands in (or right after) each phase of the network creation.
+    for phase in ["the project", "a network", "both networks", "an instance"] {
         let f = fixture("kill", &[NETWORKED]);
         let mut first = f.spawn_in(&f.dir(0), &["up", "-d"]);
-        std::thread::sleep(Duration::from_millis(delay_ms));
+        let reached = |f: &Fixture| match phase {
+            "the project" => f.project_exists(),
+            "a network" => !f.networks_named(&["front", "back"]).is_empty(),
+            "both networks" => f.networks_named(&["front", "back"]).len() == 2,
+            _ => !f.list().is_empty(),
+        };
+        let start = Instant::now();
+        while !reached(&f) {
+            assert!(
+                first.try_wait().expect("wait").is_none(),
+                "up ended before {phase} was seen"
+            );
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "{phase} not seen within a minute"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
         first.kill().expect("kill -9");
         let out = first.wait_with_output().expect("wait");
-        show(&format!("up -d (killed after {delay_ms} ms)"), &out);
-        let left: Vec<String> = f
-            .networks_named(&["front", "back"])
-            .iter()
-            .map(|n| format!("{} {}", n.name, n.status))
-            .collect();
-        eprintln!("left after the kill at {delay_ms} ms: {left:?}");
-
+        show(&format!("up -d (killed once {phase} was seen)"), &out);
+        let left = f.networks_named(&["front", "back"]);
+        eprintln!(
+            "left after the kill at {phase}: {:?}",
+            left.iter()
+                .map(|n| format!("{} {}", n.name, n.status))
+                .collect::<Vec<_>>()
+        );
+        let at_least = match phase {
+            "the project" => 0,
+            "a network" => 1,
+            _ => 2,
+        };
+        assert!(left.len() >= at_least, "killed at {phase}: left {left:?}");
         // The killed run's lock (if it took it) expires after TTL: the next up waits.
         let again = f.run_in(&f.dir(0), &["up", "-d"]);
         assert!(
             again.status.success(),
-            "up after a kill at {delay_ms} ms failed: {}",
+            "up after a kill at {phase} failed: {}",
             String::from_utf8_lossy(&again.stderr)
         );
         let nets = f.networks_named(&["front", "back"]);
-        assert_eq!(nets.len(), 2, "kill at {delay_ms} ms: {nets:?}");
+        assert_eq!(nets.len(), 2, "kill at {phase}: {nets:?}");
         for n in &nets {
-            assert_eq!(n.status, "Created", "kill at {delay_ms} ms: {n:?}");
+            assert_eq!(n.status, "Created", "kill at {phase}: {n:?}");
             assert_eq!(
                 n.config.get("user.incus-compose.project"),
                 Some(&f.name),
@@ -129,7 +159,7 @@ fn a_first_up_killed_during_its_network_creation_converges_on_the_next_up() {
         let instances = f.list();
         let mut names: Vec<&str> = instances.iter().map(|i| i.name.as_str()).collect();
         names.sort();
-        assert_eq!(names, ["web-1", "web-2"], "kill at {delay_ms} ms");
+        assert_eq!(names, ["web-1", "web-2"], "kill at {phase}");
         assert!(instances.iter().all(|i| i.is_running()), "{instances:?}");
         // A third up has nothing left to do.
         let third = f.ok_in(&f.dir(0), &["up", "-d"]);
@@ -137,7 +167,7 @@ fn a_first_up_killed_during_its_network_creation_converges_on_the_next_up() {
         // And `down` leaves no network behind.
         f.ok_in(&f.dir(0), &["down"]);
         let after = f.networks_named(&["front", "back"]);
-        assert!(after.is_empty(), "kill at {delay_ms} ms: left {after:?}");
+        assert!(after.is_empty(), "kill at {phase}: left {after:?}");
     }
 }
 
@@ -319,8 +349,29 @@ fn a_killed_holders_lock_is_taken_after_its_expiry_and_no_wait_lock_refuses_befo
         "{err}"
     );
 
-    let next = f.run_in(&f.dir(0), &["up", "-d"]);
+    // The next run, watched: the moment another holder shows in the lock key is when it took
+    // the lock, which must not be before the killed holder's lease expired.
+    let expires = held["expires"].as_f64().expect("expires");
+    let child = f.spawn_in(&f.dir(0), &["up", "-d"]);
+    let mut taken_at = None;
+    while taken_at.is_none() && killed_at.elapsed() < Duration::from_secs(TTL + 60) {
+        let now = unix_now();
+        if f.lock_value()
+            .and_then(|v| serde_json::from_str::<serde_json::Value>(&v).ok())
+            .is_some_and(|v| v["holder"] != held["holder"])
+        {
+            taken_at = Some(now);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let next = child.wait_with_output().expect("wait for the next up");
+    show("up -d (after the kill)", &next);
     let waited = killed_at.elapsed();
+    let taken_at = taken_at.expect("the next up took the lock");
+    assert!(
+        taken_at >= expires,
+        "the lock was taken at {taken_at:.1}, before the killed holder's expiry {expires}"
+    );
     assert!(next.status.success());
     let err = String::from_utf8_lossy(&next.stderr);
     assert!(err.contains("waiting for the lock of project"), "{err}");
@@ -367,7 +418,11 @@ fn a_run_that_loses_its_lock_stops_acting() {
         config,
     };
     block_on(f.client.update_project_if_match(&f.name, &put, etag)).expect("take over");
+    let taken = Instant::now();
+    let at_takeover = f.list().len();
+    assert!(at_takeover < 12, "taken over before the end: {at_takeover}");
     let out = holder.wait_with_output().expect("wait");
+    let stopped_after = taken.elapsed();
     show("up -d --parallel 1 (lock taken over)", &out);
     assert!(!out.status.success(), "the run fails once its lock is lost");
     let err = String::from_utf8_lossy(&out.stderr);
@@ -376,7 +431,17 @@ fn a_run_that_loses_its_lock_stops_acting() {
         "{err}"
     );
     assert!(err.contains("intruder:1:test holds it now"), "{err}");
-    assert!(f.list().len() < 12, "it stopped before the end");
+    // It notices at its next renewal (every TTL/3 s) and stops: at most the creation in flight
+    // and one more are made after the takeover.
+    let at_end = f.list().len();
+    assert!(
+        at_end <= at_takeover + 2,
+        "{at_takeover} instances at the takeover, {at_end} when it stopped"
+    );
+    assert!(
+        stopped_after < Duration::from_secs(TTL + 20),
+        "it stopped {stopped_after:?} after the takeover"
+    );
     // It did not remove the other holder's lock.
     assert!(f.lock_value().is_some_and(|v| v.contains("intruder")));
     // Give the project back for the clean-up.
