@@ -356,7 +356,7 @@ fn replicas_of_a_killed_member_run_on_live_members_after_the_grace_period_and_ex
         },
     );
     eprintln!(
-        "member back -> surplus removed: {:.1} s",
+        "FIGURE member back -> surplus removed: {:.1} s",
         took.as_secs_f64()
     );
     drop(w);
