@@ -333,9 +333,22 @@ async fn failed_background_operations_are_errors_with_their_message() {
                 )
             );
 
-            // Creating the same name again: the server starts the operation, which fails.
-            let pending = c2.create_instance(&req, Some(&member)).await.unwrap();
-            let err = pending.wait().await.unwrap_err();
+            // Creating the same name again: Incus 6.0 starts the operation, which fails; Incus
+            // 7.0 refuses the request itself (500, "already exists").
+            let created = c2.create_instance(&req, Some(&member)).await;
+            if std::env::var("INCUS_COMPOSE_TEST_INCUS_LINE").as_deref() == Ok("7.0") {
+                match &created {
+                    Err(Error::Api {
+                        status, message, ..
+                    }) => {
+                        assert_eq!(*status, 500);
+                        assert!(message.contains("already exists"), "{message}");
+                    }
+                    other => panic!("expected Incus 7.0 to refuse the request, got {other:?}"),
+                }
+                return;
+            }
+            let err = created.unwrap().wait().await.unwrap_err();
             match &err {
                 Error::Operation { request, operation } => {
                     assert_eq!(
