@@ -11,109 +11,14 @@
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use ic_incus::{Client, Instance};
-
 mod common;
-use common::{Slot, block_on, client};
-
-const BIN: &str = env!("CARGO_BIN_EXE_incus-compose");
-
-/// A compose project in a temporary directory, removed with `down -v` when dropped.
-struct Fixture {
-    _slot: Slot,
-    name: String,
-    dir: tempfile::TempDir,
-    client: Client,
-}
+use common::*;
 
 impl Fixture {
-    fn new(tag: &str, yaml: &str) -> Fixture {
-        static COUNTER: AtomicU32 = AtomicU32::new(0);
-        let name = format!(
-            "c2-{tag}-{}-{}",
-            std::process::id() % 100_000,
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        );
-        let slot = Slot::take(2);
-        let f = Fixture {
-            _slot: slot,
-            name,
-            dir: tempfile::tempdir().expect("temp dir"),
-            client: client(),
-        };
-        std::fs::write(f.path(), yaml.replace("{name}", &f.name)).expect("write compose file");
-        f
-    }
-
-    fn path(&self) -> PathBuf {
-        self.dir.path().join("compose.yaml")
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(BIN);
-        c.args(args)
-            .current_dir(self.dir.path())
-            .env_remove("COMPOSE_PROJECT_NAME")
-            .env_remove("INCUS_COMPOSE_INCUS_PROJECT");
-        c
-    }
-
-    /// Run with `stdin` as standard input.
-    fn run_with_input(&self, args: &[&str], stdin: &[u8]) -> Output {
-        let mut child = self
-            .command(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run incus-compose");
-        let mut input = child.stdin.take().expect("stdin");
-        input.write_all(stdin).expect("write stdin");
-        drop(input);
-        let out = child.wait_with_output().expect("wait for incus-compose");
-        eprintln!(
-            "$ incus-compose {}\n{}{}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.run_with_input(args, b"")
-    }
-
-    /// Run and require success; returns stdout.
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "incus-compose {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn project(&self) -> Client {
-        self.client.with_project(&self.name)
-    }
-
-    /// Instances of the Incus project, by name.
-    fn instances(&self) -> BTreeMap<String, Instance> {
-        block_on(self.project().instances())
-            .expect("list instances")
-            .into_iter()
-            .map(|i| (i.name.clone(), i))
-            .collect()
-    }
-
     /// The instance's status (from the instance, not its state: Incus 7.0 fails a state read
     /// now and then right after the init exited).
     fn status(&self, name: &str) -> String {
@@ -153,39 +58,6 @@ impl Fixture {
         }
         out.sort();
         out
-    }
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        for attempt in 0..3 {
-            if attempt > 0 {
-                std::thread::sleep(Duration::from_secs(2));
-            }
-            // Paused replicas cannot be stopped: thaw them first.
-            let _ = self.command(&["unpause"]).output();
-            let down = self
-                .command(&["down", "-v", "--remove-orphans", "-t", "1"])
-                .output();
-            match down {
-                Ok(o) if o.status.success() => break,
-                Ok(o) => eprintln!(
-                    "cleanup of {} failed:\n{}{}",
-                    self.name,
-                    String::from_utf8_lossy(&o.stdout),
-                    String::from_utf8_lossy(&o.stderr)
-                ),
-                Err(e) => eprintln!("cleanup of {}: {e}", self.name),
-            }
-        }
-    }
-}
-
-fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(300));
     }
 }
 
@@ -247,7 +119,7 @@ fn version_prints_its_own_version_and_the_incus_server_version() {
 
 #[test]
 fn run_rm_passes_the_exit_code_starts_dependencies_and_leaves_no_instance() {
-    let f = Fixture::new("run", APP_DB);
+    let f = Fixture::new("run").at_most(2).paused_ok().compose(APP_DB);
     let out = f.run(&[
         "run",
         "--rm",
@@ -337,17 +209,14 @@ fn run_rm_passes_the_exit_code_starts_dependencies_and_leaves_no_instance() {
 
 #[test]
 fn run_with_a_terminal_gives_the_command_one() {
-    let f = Fixture::new("runtty", APP_DB);
+    let f = Fixture::new("runtty")
+        .at_most(2)
+        .paused_ok()
+        .compose(APP_DB);
     let inner = format!(
         "{BIN} run --rm --no-deps app sh -c 'test -t 0 && test -t 1 && echo tty-yes; exit 4'"
     );
-    let out = Command::new("script")
-        .args(["-qec", &inner, "/dev/null"])
-        .current_dir(f.dir.path())
-        .env_remove("COMPOSE_PROJECT_NAME")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run script(1)");
+    let out = f.in_terminal(&inner);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("tty-yes"), "terminal session: {text:?}");
     assert_eq!(out.status.code(), Some(4), "{text:?}");
@@ -359,7 +228,7 @@ fn run_with_a_terminal_gives_the_command_one() {
 
 #[test]
 fn pause_shows_paused_in_ps_refuses_exec_and_unpause_resumes() {
-    let f = Fixture::new("pause", APP_DB);
+    let f = Fixture::new("pause").at_most(2).paused_ok().compose(APP_DB);
     f.ok(&["up", "-d"]);
     f.ok(&["pause", "app"]);
     assert_eq!(f.status("app-1"), "Frozen");
@@ -383,7 +252,7 @@ fn pause_shows_paused_in_ps_refuses_exec_and_unpause_resumes() {
 
 #[test]
 fn kill_sigkill_stops_a_replica_and_leaves_the_other_services() {
-    let f = Fixture::new("kill", APP_DB);
+    let f = Fixture::new("kill").at_most(2).paused_ok().compose(APP_DB);
     f.ok(&["up", "-d"]);
     let out = f.ok(&["kill", "-s", "KILL", "db"]);
     assert!(out.contains("db-1 killed (SIGKILL)"), "{out}");
@@ -403,8 +272,7 @@ fn kill_sigkill_stops_a_replica_and_leaves_the_other_services() {
 
 #[test]
 fn rm_removes_stopped_replicas_only_and_with_v_their_anonymous_volumes() {
-    let f = Fixture::new(
-        "rm",
+    let f = Fixture::new("rm").at_most(2).paused_ok().compose(
         r#"
 name: {name}
 services:
@@ -479,7 +347,10 @@ services:
 
 #[test]
 fn create_makes_the_instances_without_starting_them() {
-    let f = Fixture::new("create", APP_DB);
+    let f = Fixture::new("create")
+        .at_most(2)
+        .paused_ok()
+        .compose(APP_DB);
     f.ok(&["create"]);
     let instances = f.instances();
     assert_eq!(
@@ -530,7 +401,7 @@ fn tree(root: &std::path::Path) -> Vec<(String, u32, String)> {
 
 #[test]
 fn cp_copies_a_directory_both_ways_keeping_contents_and_modes() {
-    let f = Fixture::new("cp", APP_DB);
+    let f = Fixture::new("cp").at_most(2).paused_ok().compose(APP_DB);
     f.ok(&["up", "-d", "db"]);
     let local = tempfile::tempdir().expect("temp dir");
     let src = local.path().join("conf");
@@ -592,8 +463,7 @@ fn cp_copies_a_directory_both_ways_keeping_contents_and_modes() {
 
 #[test]
 fn port_prints_the_member_address_of_a_published_port() {
-    let f = Fixture::new(
-        "port",
+    let f = Fixture::new("port").at_most(2).paused_ok().compose(
         r#"
 name: {name}
 services:
@@ -614,8 +484,14 @@ services:
             .iter()
             .find(|m| m.server_name == web.location)
             .expect("member");
+        // https://ADDRESS:8443: the member's address, exactly.
+        let address = m
+            .url
+            .trim_start_matches("https://")
+            .rsplit_once(':')
+            .map_or("", |(a, _)| a);
         assert!(
-            m.url.contains(host),
+            !host.is_empty() && host == address,
             "{host} is {}'s address ({})",
             m.server_name,
             m.url
@@ -632,8 +508,7 @@ services:
 
 #[test]
 fn wait_returns_once_the_replicas_stopped() {
-    let f = Fixture::new(
-        "wait",
+    let f = Fixture::new("wait").at_most(2).paused_ok().compose(
         r#"
 name: {name}
 services:
@@ -668,8 +543,7 @@ services:
 
 #[test]
 fn stats_no_stream_json_parses_and_names_every_replica() {
-    let f = Fixture::new(
-        "stats",
+    let f = Fixture::new("stats").at_most(2).paused_ok().compose(
         r#"
 name: {name}
 services:
@@ -691,12 +565,22 @@ services:
     let mut names: Vec<&str> = rows.iter().map(|r| r["Name"].as_str().unwrap()).collect();
     names.sort();
     assert_eq!(names, ["db-1", "web-1", "web-2"]);
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     for r in &rows {
         assert!(r["processes"].as_i64().unwrap() >= 1, "{r}");
-        // (Incus 7.0 in the harness reports no memory usage for a container without a
-        // memory limit: 0.)
-        assert!(r["memory_bytes"].as_i64().unwrap() >= 0, "{r}");
-        assert!(r["cpu_percent"].as_f64().unwrap() >= 0.0, "{r}");
+        // Incus 6.0 reports every container's memory use; Incus 7.0 in the harness reports none
+        // (0: its daemon found no memory accounting on this host's hybrid cgroup layout).
+        let memory = r["memory_bytes"].as_i64().expect("memory_bytes");
+        if std::env::var("INCUS_COMPOSE_TEST_INCUS_LINE").as_deref() == Ok("7.0") {
+            assert!(memory >= 0, "{r}");
+        } else {
+            assert!(memory > 0, "memory use is read: {r}");
+        }
+        let cpu = r["cpu_percent"].as_f64().expect("cpu_percent");
+        assert!(
+            cpu.is_finite() && (0.0..=100.0 * cpus).contains(&cpu),
+            "a share of this machine's {cpus} CPUs: {r}"
+        );
         assert!(r["net_rx_bytes"].as_i64().is_some(), "{r}");
         let member = r["Member"].as_str().unwrap();
         assert_eq!(member, f.instances()[r["Name"].as_str().unwrap()].location);
@@ -710,7 +594,10 @@ services:
 
 #[test]
 fn events_prints_a_line_for_a_replica_restarted_from_another_process() {
-    let f = Fixture::new("events", APP_DB);
+    let f = Fixture::new("events")
+        .at_most(2)
+        .paused_ok()
+        .compose(APP_DB);
     f.ok(&["up", "-d"]);
     let mut child = f
         .command(&["events", "--json"])
@@ -761,8 +648,7 @@ fn events_prints_a_line_for_a_replica_restarted_from_another_process() {
 
 #[test]
 fn run_detached_publishes_only_the_ports_asked_for_and_rm_s_removes_it() {
-    let f = Fixture::new(
-        "rund",
+    let f = Fixture::new("rund").at_most(2).paused_ok().compose(
         r#"
 name: {name}
 services:

@@ -14,63 +14,15 @@
 //! through exit codes.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::process::{Command, Output};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Mutex, MutexGuard};
 
 use ic_incus::{Client, Instance, Request, api_path};
 
-const SETUP_HINT: &str = "start the test cluster and load its environment: \
-    `scripts/test-cluster up && set -a && . .test-cluster/env && set +a`";
-
-const BIN: &str = env!("CARGO_BIN_EXE_incus-compose");
+mod common;
+use common::*;
 
 /// `up`'s exit status when some replicas are pending (src/cli/up.rs `EXIT_PENDING`).
 const EXIT_PENDING: i32 = 3;
-
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-        .block_on(f)
-}
-
-/// A client for the cluster named by `INCUS_DIR`/`INCUS_SOCKET`; fails the test when none is
-/// configured, none answers, or it is not a cluster of at least 3 members.
-fn client() -> Client {
-    if std::env::var_os("INCUS_DIR").is_none() && std::env::var_os("INCUS_SOCKET").is_none() {
-        panic!("no Incus server configured (INCUS_DIR and INCUS_SOCKET unset): {SETUP_HINT}");
-    }
-    let c = Client::local();
-    match block_on(c.server()) {
-        Err(e) => panic!("no Incus server answers: {e}; {SETUP_HINT}"),
-        Ok(info) if !info.is_clustered() => {
-            panic!(
-                "these tests need the 3-member test cluster, the server is not clustered: {SETUP_HINT}"
-            )
-        }
-        Ok(_) => c,
-    }
-}
-
-fn members(c: &Client) -> Vec<String> {
-    let mut names: Vec<String> = block_on(c.cluster_members())
-        .expect("list members")
-        .into_iter()
-        .map(|m| m.server_name)
-        .collect();
-    names.sort();
-    names
-}
-
-/// The tests of this binary take turns: they change or count on members and labels.
-static TURN: Mutex<()> = Mutex::new(());
-
-fn take_turn() -> MutexGuard<'static, ()> {
-    TURN.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// A label key unique to this test run.
 fn key(base: &str) -> String {
@@ -121,57 +73,6 @@ impl Drop for Labels {
     }
 }
 
-/// Runs the harness (`INCUS_COMPOSE_TEST_HARNESS`) with `args`; Err says what it printed.
-fn harness(args: &[&str]) -> Result<(), String> {
-    let path = std::env::var_os("INCUS_COMPOSE_TEST_HARNESS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            panic!(
-                "INCUS_COMPOSE_TEST_HARNESS unset ({} needs it): {SETUP_HINT}",
-                args.join(" ")
-            )
-        });
-    match Command::new(&path).args(args).output() {
-        Ok(o) if o.status.success() => Ok(()),
-        Ok(o) => Err(format!(
-            "harness {} failed:\n{}{}",
-            args.join(" "),
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        )),
-        Err(e) => Err(format!("cannot run the harness {}: {e}", args.join(" "))),
-    }
-}
-
-/// A fourth member added with the harness's `add-member`, removed (`remove-member`) when
-/// dropped, also when the test fails.
-struct ExtraMember {
-    name: String,
-}
-
-impl ExtraMember {
-    fn add(client: &Client) -> ExtraMember {
-        let before = members(client);
-        assert_eq!(before.len(), 3, "expected the 3-member test cluster");
-        let guard = ExtraMember {
-            name: "node4".into(),
-        };
-        harness(&["add-member"]).unwrap_or_else(|e| panic!("{e}"));
-        let after = members(client);
-        let new: Vec<&String> = after.iter().filter(|m| !before.contains(m)).collect();
-        assert_eq!(new, [&guard.name], "add-member added {new:?}");
-        guard
-    }
-}
-
-impl Drop for ExtraMember {
-    fn drop(&mut self) {
-        if let Err(e) = harness(&["remove-member"]) {
-            eprintln!("cleanup: {e}");
-        }
-    }
-}
-
 /// The harness's number K of member `nodeK`.
 fn member_number(member: &str) -> String {
     member
@@ -203,100 +104,7 @@ impl Drop for Isolated {
     }
 }
 
-/// incus-compose with `args` in `dir`, the compose project named by the file there only.
-fn incus_compose(dir: &std::path::Path, args: &[&str]) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.args(args)
-        .current_dir(dir)
-        .env_remove("COMPOSE_PROJECT_NAME")
-        .env_remove("COMPOSE_FILE")
-        .env_remove("INCUS_COMPOSE_INCUS_PROJECT");
-    cmd
-}
-
-fn run_in(dir: &std::path::Path, args: &[&str]) -> Output {
-    let out = incus_compose(dir, args)
-        .output()
-        .expect("run incus-compose");
-    eprintln!(
-        "$ incus-compose {}  (exit {:?})\n{}{}",
-        args.join(" "),
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-/// A compose project in a temporary directory, removed with `down -v` when dropped.
-struct Fixture {
-    name: String,
-    dir: tempfile::TempDir,
-    client: Client,
-}
-
 impl Fixture {
-    fn new(tag: &str, client: &Client) -> Fixture {
-        static COUNTER: AtomicU32 = AtomicU32::new(0);
-        Fixture {
-            name: format!(
-                "dp-{tag}-{}-{}",
-                std::process::id() % 100_000,
-                COUNTER.fetch_add(1, Ordering::Relaxed)
-            ),
-            dir: tempfile::tempdir().expect("temp dir"),
-            client: client.clone(),
-        }
-    }
-
-    /// Write the compose file (`{name}` is replaced by the project name).
-    fn write(&self, yaml: &str) {
-        std::fs::write(
-            self.dir.path().join("compose.yaml"),
-            yaml.replace("{name}", &self.name),
-        )
-        .expect("write compose file");
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        run_in(self.dir.path(), args)
-    }
-
-    /// Run and require success; returns stdout.
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "incus-compose {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn project(&self) -> Client {
-        self.client.with_project(&self.name)
-    }
-
-    fn project_exists(&self) -> bool {
-        match block_on(self.client.get_project(&self.name)) {
-            Ok(_) => true,
-            Err(e) if e.is_not_found() => false,
-            Err(e) => panic!("reading project {}: {e}", self.name),
-        }
-    }
-
-    /// Instances of the Incus project, by name.
-    fn instances(&self) -> BTreeMap<String, Instance> {
-        if !self.project_exists() {
-            return BTreeMap::new();
-        }
-        block_on(self.project().instances())
-            .expect("list instances")
-            .into_iter()
-            .map(|i| (i.name.clone(), i))
-            .collect()
-    }
-
     /// Instance name -> member.
     fn placement(&self) -> BTreeMap<String, String> {
         self.instances()
@@ -333,36 +141,6 @@ impl Fixture {
     }
 }
 
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        if !self.dir.path().join("compose.yaml").exists() {
-            return;
-        }
-        // Again if need be: a busy server can fail one removal.
-        for attempt in 0..3 {
-            if attempt > 0 {
-                std::thread::sleep(std::time::Duration::from_secs(2));
-            }
-            let down = Command::new(BIN)
-                .args(["down", "-v", "--remove-orphans", "-t", "1"])
-                .current_dir(self.dir.path())
-                .env_remove("COMPOSE_PROJECT_NAME")
-                .env_remove("COMPOSE_FILE")
-                .output();
-            match down {
-                Ok(o) if o.status.success() => break,
-                Ok(o) => eprintln!(
-                    "cleanup of {} failed:\n{}{}",
-                    self.name,
-                    String::from_utf8_lossy(&o.stdout),
-                    String::from_utf8_lossy(&o.stderr)
-                ),
-                Err(e) => eprintln!("cleanup of {}: {e}", self.name),
-            }
-        }
-    }
-}
-
 /// An idle busybox service without networks (fast to create), with `deploy` given as YAML.
 fn service(deploy: &str) -> String {
     format!(
@@ -380,10 +158,10 @@ fn counts(per_member: &BTreeMap<String, usize>) -> Vec<usize> {
 fn three_replicas_go_one_per_member_seven_split_three_two_two_and_scaling_to_two_keeps_survivors_in_place()
  {
     let _turn = take_turn();
-    let c = client();
-    let all = members(&c);
+    let c = cluster_client();
+    let all = member_names(&c);
     assert_eq!(all.len(), 3, "expected the 3-member test cluster");
-    let f = Fixture::new("spread", &c);
+    let f = Fixture::new("spread");
 
     f.write(&service("{replicas: 3}"));
     f.ok(&["up", "-d"]);
@@ -433,8 +211,8 @@ fn a_member_that_does_not_answer_is_asked_again_and_when_it_stays_silent_up_fail
  {
     use std::io::{BufRead, Read};
     let _turn = take_turn();
-    let c = client();
-    let all = members(&c);
+    let c = cluster_client();
+    let all = member_names(&c);
     assert_eq!(all.len(), 3, "expected the 3-member test cluster");
     // incus-compose talks to `via`; `silent` stops answering `via` only. Neither is the database
     // leader, whose heartbeats keep reaching `silent` (it stays ONLINE).
@@ -448,7 +226,7 @@ fn a_member_that_does_not_answer_is_asked_again_and_when_it_stays_silent_up_fail
     let (via, silent) = (others[0].as_str(), others[1].as_str());
     let via_dir = std::env::var(format!("INCUS_COMPOSE_TEST_NODE{}_DIR", member_number(via)))
         .unwrap_or_else(|_| panic!("INCUS_COMPOSE_TEST_NODEK_DIR unset for {via}: {SETUP_HINT}"));
-    let f = Fixture::new("silent", &c);
+    let f = Fixture::new("silent");
     f.write(&service("{replicas: 3}"));
     f.ok(&["up", "-d"]);
     let placement = f.placement();
@@ -553,12 +331,12 @@ fn a_member_that_does_not_answer_is_asked_again_and_when_it_stays_silent_up_fail
 #[test]
 fn global_mode_runs_one_per_member_and_a_new_member_gets_one_without_touching_the_others() {
     let _turn = take_turn();
-    let c = client();
-    let all = members(&c);
+    let c = cluster_client();
+    let all = member_names(&c);
     assert_eq!(all.len(), 3, "expected the 3-member test cluster");
     // Declared before the fixture: dropped after it (the project is gone before the member).
     let mut extra: Vec<ExtraMember> = Vec::new();
-    let f = Fixture::new("global", &c);
+    let f = Fixture::new("global");
     f.write(&service("{mode: global}"));
     f.ok(&["up", "-d"]);
     let placement = f.placement();
@@ -589,21 +367,21 @@ fn global_mode_runs_one_per_member_and_a_new_member_gets_one_without_touching_th
     assert!(again.contains("Nothing to change"), "{again}");
     drop(f);
     drop(extra);
-    assert_eq!(members(&c), all, "the extra member is gone");
+    assert_eq!(member_names(&c), all, "the extra member is gone");
 }
 
 #[test]
 fn a_label_constraint_places_replicas_only_on_labelled_members_and_none_labelled_is_a_clear_error()
 {
     let _turn = take_turn();
-    let c = client();
-    let all = members(&c);
+    let c = cluster_client();
+    let all = member_names(&c);
     assert_eq!(all.len(), 3, "expected the 3-member test cluster");
     let storage = key("storage");
     let mut labels = Labels::new(&c);
     labels.set(&all[0], &storage, "ssd");
     labels.set(&all[1], &storage, "ssd");
-    let f = Fixture::new("ssd", &c);
+    let f = Fixture::new("ssd");
     f.write(&service(&format!(
         "{{replicas: 4, placement: {{constraints: [node.labels.{storage} == ssd]}}}}"
     )));
@@ -636,7 +414,7 @@ fn a_label_constraint_places_replicas_only_on_labelled_members_and_none_labelled
     assert!(table.contains(&format!("{storage}=ssd")), "{table}");
 
     // Nobody labelled: a clear error naming every member, and nothing created.
-    let g = Fixture::new("nossd", &c);
+    let g = Fixture::new("nossd");
     let none = key("nowhere");
     g.write(&service(&format!(
         "{{replicas: 2, placement: {{constraints: [node.labels.{none} == ssd]}}}}"
@@ -663,15 +441,15 @@ fn a_label_constraint_places_replicas_only_on_labelled_members_and_none_labelled
 #[test]
 fn spreading_over_a_zone_label_splits_replicas_evenly_between_zones() {
     let _turn = take_turn();
-    let c = client();
-    let all = members(&c);
+    let c = cluster_client();
+    let all = member_names(&c);
     assert_eq!(all.len(), 3, "expected the 3-member test cluster");
     let zone = key("zone");
     let mut labels = Labels::new(&c);
     labels.set(&all[0], &zone, "a");
     labels.set(&all[1], &zone, "a");
     labels.set(&all[2], &zone, "b");
-    let f = Fixture::new("zone", &c);
+    let f = Fixture::new("zone");
     f.write(&service(&format!(
         "{{replicas: 4, placement: {{preferences: [{{spread: node.labels.{zone}}}]}}}}"
     )));
@@ -686,10 +464,10 @@ fn spreading_over_a_zone_label_splits_replicas_evenly_between_zones() {
 #[test]
 fn more_replicas_than_members_allow_leaves_one_pending_with_its_reason_and_exit_status_three() {
     let _turn = take_turn();
-    let c = client();
-    let all = members(&c);
+    let c = cluster_client();
+    let all = member_names(&c);
     assert_eq!(all.len(), 3, "expected the 3-member test cluster");
-    let f = Fixture::new("pending", &c);
+    let f = Fixture::new("pending");
     f.write(&service(
         "{replicas: 4, placement: {max_replicas_per_node: 1}}",
     ));
@@ -738,8 +516,8 @@ fn more_replicas_than_members_allow_leaves_one_pending_with_its_reason_and_exit_
 #[test]
 fn concurrent_node_label_runs_keep_each_others_labels() {
     let _turn = take_turn();
-    let c = client();
-    let all = members(&c);
+    let c = cluster_client();
+    let all = member_names(&c);
     let member = all.last().expect("a member").clone();
     let keys: Vec<String> = (0..6).map(|i| key(&format!("conc{i}"))).collect();
     // The guard removes them even if the test fails half way.

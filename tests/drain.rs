@@ -15,130 +15,15 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
-use common::{SETUP_HINT, block_on, client};
+use common::*;
 use ic_incus::{Client, Instance};
-
-const BIN: &str = env!("CARGO_BIN_EXE_incus-compose");
 
 /// The member drained or evacuated by these tests.
 const MEMBER: &str = "node2";
-
-/// The tests of this binary take turns: they all change node2.
-static TURN: Mutex<()> = Mutex::new(());
-
-fn take_turn() -> MutexGuard<'static, ()> {
-    TURN.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// The machine-wide turn for changing members (shared with other worktrees' suites): the
-/// directory `/tmp/incus-compose-members.lock.d`, taken every 0.5 s until free, stale after 10
-/// minutes, removed when dropped.
-struct MembersTurn {
-    dir: PathBuf,
-}
-
-impl MembersTurn {
-    fn take() -> MembersTurn {
-        let dir = PathBuf::from("/tmp/incus-compose-members.lock.d");
-        let start = Instant::now();
-        loop {
-            match std::fs::create_dir(&dir) {
-                Ok(()) => {
-                    let _ = std::fs::write(
-                        dir.join("holder"),
-                        format!("tests/drain pid {}", std::process::id()),
-                    );
-                    return MembersTurn { dir };
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    let stale = std::fs::metadata(&dir)
-                        .and_then(|m| m.modified())
-                        .ok()
-                        .and_then(|t| SystemTime::now().duration_since(t).ok())
-                        .is_some_and(|age| age > Duration::from_secs(600));
-                    if stale {
-                        let _ = std::fs::remove_dir_all(&dir);
-                        continue;
-                    }
-                    assert!(
-                        start.elapsed() < Duration::from_secs(900),
-                        "the member turn {dir:?} stayed taken for 15 minutes"
-                    );
-                    std::thread::sleep(Duration::from_millis(500));
-                }
-                Err(e) => panic!("cannot take the member turn {dir:?}: {e}"),
-            }
-        }
-    }
-}
-
-impl Drop for MembersTurn {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn members(c: &Client) -> Vec<(String, String)> {
-    let mut m: Vec<(String, String)> = block_on(c.cluster_members())
-        .expect("list members")
-        .into_iter()
-        .map(|m| (m.server_name, m.status))
-        .collect();
-    m.sort();
-    m
-}
-
-/// Waits (up to 90 s: another suite may have a member down for a moment) until the 3-member
-/// test cluster has every member online.
-fn cluster(c: &Client) {
-    let start = Instant::now();
-    let mut m = members(c);
-    while !(m.len() == 3 && m.iter().all(|(_, s)| s.eq_ignore_ascii_case("online")))
-        && start.elapsed() < Duration::from_secs(90)
-    {
-        std::thread::sleep(Duration::from_secs(1));
-        m = members(c);
-    }
-    assert!(
-        m.len() == 3 && m.iter().all(|(_, s)| s.eq_ignore_ascii_case("online")),
-        "these tests need the 3-member test cluster with every member online, found {m:?}: {SETUP_HINT}"
-    );
-}
-
-fn command(dir: &Path, args: &[&str]) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.args(args)
-        .current_dir(dir)
-        .env_remove("COMPOSE_PROJECT_NAME")
-        .env_remove("COMPOSE_FILE")
-        .env_remove("INCUS_COMPOSE_INCUS_PROJECT");
-    cmd
-}
-
-fn show(what: &str, out: &Output) {
-    eprintln!(
-        "$ {what}  (exit {:?})\n{}{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Runs the incus CLI (the test cluster's, through `INCUS_DIR`).
-fn incus(args: &[&str]) -> Output {
-    let out = Command::new("incus")
-        .args(args)
-        .output()
-        .expect("run the incus CLI");
-    show(&format!("incus {}", args.join(" ")), &out);
-    out
-}
 
 /// Undoes what a test did to [`MEMBER`] when dropped: `node restore` and `incus cluster
 /// restore` (each a no-op when not needed).
@@ -146,7 +31,7 @@ struct RestoreMember;
 
 impl Drop for RestoreMember {
     fn drop(&mut self) {
-        let out = command(&std::env::temp_dir(), &["node", "restore", MEMBER])
+        let out = incus_compose(&std::env::temp_dir(), &["node", "restore", MEMBER])
             .output()
             .map(|o| show("cleanup: node restore", &o));
         if let Err(e) = out {
@@ -162,77 +47,10 @@ impl Drop for RestoreMember {
     }
 }
 
-/// A compose project in a temporary directory, removed with `down -v` when dropped.
-struct Fixture {
-    name: String,
-    dir: tempfile::TempDir,
-    client: Client,
-}
-
 impl Fixture {
-    fn new(tag: &str, client: &Client) -> Fixture {
-        static COUNTER: AtomicU32 = AtomicU32::new(0);
-        Fixture {
-            name: format!(
-                "dr-{tag}-{}-{}",
-                std::process::id() % 100_000,
-                COUNTER.fetch_add(1, Ordering::Relaxed)
-            ),
-            dir: tempfile::tempdir().expect("temp dir"),
-            client: client.clone(),
-        }
-    }
-
-    fn write(&self, services: &str) {
-        std::fs::write(
-            self.dir.path().join("compose.yaml"),
-            format!("name: {}\nservices:\n{services}", self.name),
-        )
-        .expect("write compose file");
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        let out = command(self.dir.path(), args)
-            .output()
-            .expect("run incus-compose");
-        show(&format!("incus-compose {}", args.join(" ")), &out);
-        out
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(out.status.success(), "incus-compose {args:?} failed");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// `-p NAME ARGS` from a directory without a compose file.
-    fn by_name(&self, args: &[&str]) -> Output {
-        let mut all = vec!["-p", self.name.as_str()];
-        all.extend_from_slice(args);
-        let out = command(&std::env::temp_dir(), &all)
-            .output()
-            .expect("run incus-compose");
-        show(&format!("incus-compose {}", all.join(" ")), &out);
-        out
-    }
-
-    fn instances(&self) -> BTreeMap<String, Instance> {
-        instances(&self.client, &self.name)
-    }
-
-    /// Running replicas of `service`: name -> member.
-    fn running(&self, service: &str) -> BTreeMap<String, String> {
-        self.instances()
-            .into_values()
-            .filter(|i| {
-                i.is_running()
-                    && i.config
-                        .get("user.incus-compose.service")
-                        .map(String::as_str)
-                        == Some(service)
-            })
-            .map(|i| (i.name, i.location))
-            .collect()
+    /// Writes compose.yaml: this project's name and `services`.
+    fn services(&self, services: &str) {
+        self.write(&format!("name: {{name}}\nservices:\n{services}"));
     }
 
     fn on(&self, member: &str) -> Vec<String> {
@@ -250,69 +68,6 @@ fn instances(c: &Client, project: &str) -> BTreeMap<String, Instance> {
         .into_iter()
         .map(|i| (i.name.clone(), i))
         .collect()
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        // A member another suite killed holds instances `down` cannot delete: wait for it.
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(90)
-            && !block_on(self.client.cluster_members())
-                .is_ok_and(|m| m.iter().all(|m| m.status.eq_ignore_ascii_case("online")))
-        {
-            std::thread::sleep(Duration::from_secs(1));
-        }
-        for attempt in 0..3 {
-            if attempt > 0 {
-                std::thread::sleep(Duration::from_secs(2));
-            }
-            match command(
-                self.dir.path(),
-                &["down", "-v", "--remove-orphans", "-t", "1"],
-            )
-            .output()
-            {
-                Ok(o) if o.status.success() => break,
-                Ok(o) => show(&format!("cleanup of {} failed", self.name), &o),
-                Err(e) => eprintln!("cleanup of {}: {e}", self.name),
-            }
-        }
-    }
-}
-
-/// An instance made by hand (no incus-compose labels) in Incus project `project` on
-/// [`MEMBER`], deleted when dropped.
-struct HandMade {
-    project: String,
-    name: String,
-}
-
-impl HandMade {
-    fn launch(project: &str, name: &str) -> HandMade {
-        let guard = HandMade {
-            project: project.to_string(),
-            name: name.to_string(),
-        };
-        let out = incus(&[
-            "launch",
-            "busybox",
-            name,
-            "--project",
-            project,
-            "--target",
-            MEMBER,
-            "-c",
-            "user.note=made by hand",
-        ]);
-        assert!(out.status.success(), "incus launch {name} failed");
-        guard
-    }
-}
-
-impl Drop for HandMade {
-    fn drop(&mut self) {
-        incus(&["delete", "--force", &self.name, "--project", &self.project]);
-    }
 }
 
 /// Counts running replicas of `service` in `project` every 0.3 s on a thread, until stopped:
@@ -394,9 +149,9 @@ fn a_drain_keeps_six_replicas_running_at_every_moment_and_after_restore_a_scale_
  {
     let c = client();
     let _turn = take_turn();
-    cluster(&c);
-    let f = Fixture::new("six", &c);
-    f.write(&format!("{}{GLOBAL}", replicated(6, "")));
+    cluster_online(&c, 3);
+    let f = Fixture::new("six");
+    f.services(&format!("{}{GLOBAL}", replicated(6, "")));
     f.ok(&["up", "-d"]);
     assert_eq!(
         per_member(&f.running("web")),
@@ -406,10 +161,14 @@ fn a_drain_keeps_six_replicas_running_at_every_moment_and_after_restore_a_scale_
             ("node3".into(), 2)
         ])
     );
-    let _members = MembersTurn::take();
+    let _members = MemberTurn::take();
     let _restore = RestoreMember;
     // Not ours: made by hand in the compose project's Incus project, on the drained member.
-    let hand = HandMade::launch(&f.name, &format!("hand-{}", std::process::id() % 100_000));
+    let hand = HandMade::launch(
+        &f.name,
+        &format!("hand-{}", std::process::id() % 100_000),
+        Some(MEMBER),
+    );
     let dry = f.by_name(&["node", "drain", MEMBER, "--dry-run"]);
     assert!(dry.status.success());
     let dry_out = String::from_utf8_lossy(&dry.stdout);
@@ -492,9 +251,9 @@ fn a_drain_keeps_six_replicas_running_at_every_moment_and_after_restore_a_scale_
 fn a_replica_that_no_other_member_can_take_is_reported_and_kept_and_the_drain_exits_non_zero() {
     let c = client();
     let _turn = take_turn();
-    cluster(&c);
-    let f = Fixture::new("stuck", &c);
-    f.write(&format!(
+    cluster_online(&c, 3);
+    let f = Fixture::new("stuck");
+    f.services(&format!(
         "{}{}",
         replicated(
             2,
@@ -505,7 +264,7 @@ fn a_replica_that_no_other_member_can_take_is_reported_and_kept_and_the_drain_ex
     f.ok(&["up", "-d"]);
     let before = f.running("web");
     assert_eq!(before.len(), 2);
-    let _members = MembersTurn::take();
+    let _members = MemberTurn::take();
     let _restore = RestoreMember;
     let out = f.by_name(&["node", "drain", MEMBER]);
     assert_eq!(
@@ -539,11 +298,11 @@ fn a_replica_that_no_other_member_can_take_is_reported_and_kept_and_the_drain_ex
 fn watch_once_recreates_elsewhere_the_replicas_an_evacuation_stopped_and_keeps_those_incus_moved() {
     let c = client();
     let _turn = take_turn();
-    cluster(&c);
-    let f = Fixture::new("evac", &c);
-    f.write(&format!("{}{GLOBAL}", replicated(6, "")));
+    cluster_online(&c, 3);
+    let f = Fixture::new("evac");
+    f.services(&format!("{}{GLOBAL}", replicated(6, "")));
     f.ok(&["up", "-d"]);
-    let _members = MembersTurn::take();
+    let _members = MemberTurn::take();
     let _restore = RestoreMember;
     // Incus stops them in place (`--action stop`): watch re-creates them elsewhere.
     let out = incus(&["cluster", "evacuate", MEMBER, "--force", "--action", "stop"]);
@@ -597,10 +356,10 @@ fn watch_once_recreates_elsewhere_the_replicas_an_evacuation_stopped_and_keeps_t
 fn a_replica_leaves_the_drained_member_only_once_its_replacement_is_healthy() {
     let c = client();
     let _turn = take_turn();
-    cluster(&c);
-    let f = Fixture::new("health", &c);
+    cluster_online(&c, 3);
+    let f = Fixture::new("health");
     // Healthy only once /ready exists (the test makes it), probed every second until then.
-    f.write(
+    f.services(
         "  web:\n    image: busybox\n    network_mode: none\n    deploy: {replicas: 3}\n    healthcheck:\n      test: [\"CMD-SHELL\", \"test -f /ready\"]\n      start_period: 10m\n      start_interval: 1s\n",
     );
     f.ok(&["up", "-d"]);
@@ -613,12 +372,12 @@ fn a_replica_leaves_the_drained_member_only_once_its_replacement_is_healthy() {
     assert_eq!(old.len(), 1, "{before:?}");
     let old = old[0].clone();
     let new = format!("{old}-b");
-    let _members = MembersTurn::take();
+    let _members = MemberTurn::take();
     let _restore = RestoreMember;
     let mut all = vec!["-p", f.name.as_str(), "node", "drain", MEMBER];
     all.push("--parallel");
     all.push("4");
-    let child = command(&std::env::temp_dir(), &all)
+    let child = incus_compose(&std::env::temp_dir(), &all)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -662,9 +421,9 @@ fn a_replacement_that_turns_unhealthy_is_removed_again_reported_and_the_old_repl
 {
     let c = client();
     let _turn = take_turn();
-    cluster(&c);
-    let f = Fixture::new("sick", &c);
-    f.write(
+    cluster_online(&c, 3);
+    let f = Fixture::new("sick");
+    f.services(
         "  web:\n    image: busybox\n    network_mode: none\n    deploy: {replicas: 3}\n    healthcheck:\n      test: [\"CMD-SHELL\", \"test -f /ready\"]\n      interval: 1s\n      retries: 2\n",
     );
     f.ok(&["up", "-d"]);
@@ -675,7 +434,7 @@ fn a_replacement_that_turns_unhealthy_is_removed_again_reported_and_the_old_repl
         .map(|(n, _)| n)
         .collect();
     assert_eq!(old.len(), 1);
-    let _members = MembersTurn::take();
+    let _members = MemberTurn::take();
     let _restore = RestoreMember;
     let out = f.by_name(&["node", "drain", MEMBER]);
     assert_eq!(out.status.code(), Some(1));
@@ -702,13 +461,13 @@ fn a_replacement_that_turns_unhealthy_is_removed_again_reported_and_the_old_repl
 fn a_drain_warns_naming_the_local_volumes_it_leaves_on_the_member() {
     let c = client();
     let _turn = take_turn();
-    cluster(&c);
-    let f = Fixture::new("vol", &c);
-    f.write(
+    cluster_online(&c, 3);
+    let f = Fixture::new("vol");
+    f.services(
         "  web:\n    image: busybox\n    network_mode: none\n    deploy: {replicas: 3}\n    volumes: [\"data:/data\"]\nvolumes:\n  data: {}\n",
     );
     f.ok(&["up", "-d"]);
-    let _members = MembersTurn::take();
+    let _members = MemberTurn::take();
     let _restore = RestoreMember;
     let out = f.by_name(&["node", "drain", MEMBER]);
     assert!(out.status.success());
@@ -739,11 +498,11 @@ fn a_drain_warns_naming_the_local_volumes_it_leaves_on_the_member() {
 fn restore_with_rebalance_moves_replicas_back_start_first_until_each_member_has_two_of_six() {
     let c = client();
     let _turn = take_turn();
-    cluster(&c);
-    let f = Fixture::new("rebal", &c);
-    f.write(&replicated(6, ""));
+    cluster_online(&c, 3);
+    let f = Fixture::new("rebal");
+    f.services(&replicated(6, ""));
     f.ok(&["up", "-d"]);
-    let _members = MembersTurn::take();
+    let _members = MemberTurn::take();
     let _restore = RestoreMember;
     assert!(f.by_name(&["node", "drain", MEMBER]).status.success());
     assert!(f.running("web").values().all(|m| m != MEMBER));
@@ -777,28 +536,16 @@ fn restore_with_rebalance_moves_replicas_back_start_first_until_each_member_has_
 fn after_a_drain_the_dns_records_name_the_replacements_and_not_the_replicas_that_left() {
     let c = client();
     let _turn = take_turn();
-    cluster(&c);
-    let f = Fixture::new("dns", &c);
-    f.write("  web:\n    image: testapp/v1\n    deploy: {replicas: 3}\n");
+    cluster_online(&c, 3);
+    let f = Fixture::new("dns");
+    f.services("  web:\n    image: testapp/v1\n    deploy: {replicas: 3}\n");
     f.ok(&["up", "-d"]);
-    let records = || {
-        block_on(c.networks())
-            .expect("list networks")
-            .into_iter()
-            .filter(|n| {
-                n.config
-                    .get("user.incus-compose.project")
-                    .map(String::as_str)
-                    == Some(f.name.as_str())
-            })
-            .find_map(|n| n.config.get("raw.dnsmasq").cloned())
-            .unwrap_or_default()
-    };
+    let records = || f.dns_records();
     let leaving = f.on(MEMBER);
     assert_eq!(leaving.len(), 1, "{leaving:?}");
     let old = leaving[0].clone();
     assert!(records().contains(&format!("host-record={old},")));
-    let _members = MembersTurn::take();
+    let _members = MemberTurn::take();
     let _restore = RestoreMember;
     let out = f.by_name(&["node", "drain", MEMBER]);
     assert!(out.status.success(), "node drain failed");

@@ -10,91 +10,12 @@
 //! other tests of this file, and removes its project (`down -v`) even when it fails.
 
 use std::collections::BTreeMap;
-use std::process::{Command, Output};
-use std::sync::atomic::{AtomicU32, Ordering};
-
-use ic_incus::{Client, Instance};
+use std::process::Output;
 
 mod common;
-use common::{Slot, block_on, client};
-
-const BIN: &str = env!("CARGO_BIN_EXE_incus-compose");
-
-/// A compose project in a temporary directory, removed with `down -v` when dropped.
-struct Fixture {
-    /// Dropped last (fields drop in order), after the cleanup in `Drop`.
-    _slot: Slot,
-    name: String,
-    dir: tempfile::TempDir,
-    client: Client,
-}
+use common::*;
 
 impl Fixture {
-    fn new(tag: &str, yaml: &str) -> Fixture {
-        static COUNTER: AtomicU32 = AtomicU32::new(0);
-        let name = format!(
-            "hc-{tag}-{}-{}",
-            std::process::id() % 100_000,
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        );
-        let slot = Slot::take(1);
-        let f = Fixture {
-            _slot: slot,
-            name,
-            dir: tempfile::tempdir().expect("temp dir"),
-            client: client(),
-        };
-        std::fs::write(
-            f.dir.path().join("compose.yaml"),
-            yaml.replace("{name}", &f.name),
-        )
-        .expect("write compose file");
-        f
-    }
-
-    /// Run the binary in the project directory.
-    fn run(&self, args: &[&str]) -> Output {
-        let out = Command::new(BIN)
-            .args(args)
-            .current_dir(self.dir.path())
-            .env_remove("COMPOSE_PROJECT_NAME")
-            .env_remove("INCUS_COMPOSE_INCUS_PROJECT")
-            .output()
-            .expect("run incus-compose");
-        eprintln!(
-            "$ incus-compose {}\n{}{}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
-    }
-
-    /// Run and require success; returns stdout.
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "incus-compose {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// Instances of the Incus project, by name.
-    fn instances(&self) -> BTreeMap<String, Instance> {
-        match block_on(self.client.get_project(&self.name)) {
-            Ok(_) => {}
-            Err(e) if e.is_not_found() => return BTreeMap::new(),
-            Err(e) => panic!("reading project {}: {e}", self.name),
-        }
-        block_on(self.client.with_project(&self.name).instances())
-            .expect("list instances")
-            .into_iter()
-            .map(|i| (i.name.clone(), i))
-            .collect()
-    }
-
     /// `ps -a --format json`, by instance name.
     fn ps(&self) -> BTreeMap<String, serde_json::Value> {
         let out = self.ok(&["ps", "-a", "--format", "json"]);
@@ -102,31 +23,6 @@ impl Fixture {
         rows.into_iter()
             .map(|r| (r["name"].as_str().expect("name").to_string(), r))
             .collect()
-    }
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        // Again if need be: a busy server can fail one removal.
-        for attempt in 0..3 {
-            if attempt > 0 {
-                std::thread::sleep(std::time::Duration::from_secs(2));
-            }
-            let down = Command::new(BIN)
-                .args(["down", "-v", "--remove-orphans", "-t", "1"])
-                .current_dir(self.dir.path())
-                .output();
-            match down {
-                Ok(o) if o.status.success() => break,
-                Ok(o) => eprintln!(
-                    "cleanup of {} failed:\n{}{}",
-                    self.name,
-                    String::from_utf8_lossy(&o.stdout),
-                    String::from_utf8_lossy(&o.stderr)
-                ),
-                Err(e) => eprintln!("cleanup of {}: {e}", self.name),
-            }
-        }
     }
 }
 
@@ -178,7 +74,7 @@ services:
 
 #[test]
 fn ps_shows_healthy_unhealthy_starting_and_none_and_up_wait_fails_naming_what_is_not_healthy() {
-    let f = Fixture::new("ps", MIXED);
+    let f = Fixture::new("ps").at_most(1).compose(MIXED);
     let out = f.run(&["up", "--wait", "--wait-timeout", "25"]);
     assert!(
         !out.status.success(),
@@ -251,7 +147,7 @@ services:
 #[test]
 fn up_fails_naming_a_never_healthy_dependency_its_instance_and_probe_output_and_leaves_the_dependent_uncreated()
  {
-    let f = Fixture::new("never", NEVER_HEALTHY);
+    let f = Fixture::new("never").at_most(1).compose(NEVER_HEALTHY);
     let out = f.run(&["up"]);
     assert!(!out.status.success(), "up must fail");
     let err = stderr(&out);
@@ -292,7 +188,7 @@ services:
 
 #[test]
 fn a_service_healthy_dependent_starts_after_its_dependency_is_healthy_and_up_wait_succeeds() {
-    let f = Fixture::new("chain", HEALTHY_CHAIN);
+    let f = Fixture::new("chain").at_most(1).compose(HEALTHY_CHAIN);
     let out = f.run(&["up", "--wait"]);
     assert!(out.status.success(), "up --wait failed: {}", stderr(&out));
     let text = stdout(&out);
@@ -348,7 +244,7 @@ services:
 
 #[test]
 fn a_service_completed_successfully_dependent_starts_after_the_one_shot_command_stopped() {
-    let f = Fixture::new("once", ONE_SHOT);
+    let f = Fixture::new("once").at_most(1).compose(ONE_SHOT);
     let out = f.run(&["up"]);
     assert!(out.status.success(), "up failed: {}", stderr(&out));
     let text = stdout(&out);

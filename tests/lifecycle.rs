@@ -10,189 +10,26 @@
 //! fails. Results are checked in Incus through `ic-incus`, not only through exit codes.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
-use std::process::{Command, Output};
-use std::sync::atomic::{AtomicU32, Ordering};
 
-use ic_incus::{Client, ExecRequest, Instance, InstancesPost, ProjectsPost};
+use ic_incus::{ExecRequest, InstancesPost, ProjectsPost};
 
 mod common;
-use common::{Slot, block_on, client};
-
-const BIN: &str = env!("CARGO_BIN_EXE_incus-compose");
-
-fn members(c: &Client) -> BTreeSet<String> {
-    let info = block_on(c.server()).expect("server info");
-    if info.is_clustered() {
-        block_on(c.cluster_members())
-            .expect("members")
-            .into_iter()
-            .map(|m| m.server_name)
-            .collect()
-    } else {
-        BTreeSet::from([info.environment.server_name])
-    }
-}
+use common::*;
 
 /// At most this many fixtures at once: the test cluster's members share two CPU cores.
 const CONCURRENT_FIXTURES: usize = 2;
 
-/// A compose project in a temporary directory, removed with `down -v` when dropped.
-struct Fixture {
-    /// Dropped last (fields drop in order), after the cleanup in `Drop`.
-    _slot: Slot,
-    name: String,
-    dir: tempfile::TempDir,
-    client: Client,
-    /// Cleanup steps to run before `down -v` (e.g. hand-made instances to delete).
-    delete_first: Vec<String>,
-    /// Delete the Incus project at the end (when the test made it by hand).
-    delete_project: bool,
-}
-
 impl Fixture {
-    fn new(tag: &str) -> Fixture {
-        static COUNTER: AtomicU32 = AtomicU32::new(0);
-        let name = format!(
-            "lc-{tag}-{}-{}",
-            std::process::id() % 100_000,
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        );
-        let slot = Slot::take(CONCURRENT_FIXTURES);
-        Fixture {
-            _slot: slot,
-            name,
-            dir: tempfile::tempdir().expect("temp dir"),
-            client: client(),
-            delete_first: Vec::new(),
-            delete_project: false,
-        }
-    }
-
-    /// Write the compose file (`{name}` is replaced by the project name).
-    fn write(&self, yaml: &str) -> PathBuf {
-        let path = self.dir.path().join("compose.yaml");
-        std::fs::write(&path, yaml.replace("{name}", &self.name)).expect("write compose file");
-        path
-    }
-
-    /// Run the binary in the project directory.
-    fn run(&self, args: &[&str]) -> Output {
-        let out = Command::new(BIN)
-            .args(args)
-            .current_dir(self.dir.path())
-            .env_remove("COMPOSE_PROJECT_NAME")
-            .env_remove("INCUS_COMPOSE_INCUS_PROJECT")
-            .output()
-            .expect("run incus-compose");
-        eprintln!(
-            "$ incus-compose {}\n{}{}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
-    }
-
-    /// Run and require success; returns stdout.
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "incus-compose {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn project(&self) -> Client {
-        self.client.with_project(&self.name)
-    }
-
-    fn project_exists(&self) -> bool {
-        match block_on(self.client.get_project(&self.name)) {
-            Ok(_) => true,
-            Err(e) if e.is_not_found() => false,
-            Err(e) => panic!("reading project {}: {e}", self.name),
-        }
-    }
-
-    /// Instances of the Incus project, by name.
-    fn instances(&self) -> BTreeMap<String, Instance> {
-        if !self.project_exists() {
-            return BTreeMap::new();
-        }
-        block_on(self.project().instances())
-            .expect("list instances")
-            .into_iter()
-            .map(|i| (i.name.clone(), i))
-            .collect()
-    }
-
     fn volumes(&self) -> Vec<(String, String)> {
-        if !self.project_exists() {
-            return Vec::new();
-        }
-        block_on(self.project().storage_volumes("data"))
-            .expect("list volumes")
+        self.custom_volumes()
             .into_iter()
-            .filter(|v| v.kind == "custom")
             .map(|v| (v.name, v.location))
             .collect()
     }
 
     /// Networks labelled with this compose project.
-    fn networks(&self) -> Vec<String> {
-        block_on(self.client.with_project("default").networks())
-            .expect("list networks")
-            .into_iter()
-            .filter(|n| {
-                n.config
-                    .get("user.incus-compose.project")
-                    .map(String::as_str)
-                    == Some(self.name.as_str())
-            })
-            .map(|n| n.name)
-            .collect()
-    }
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        let p = self.project();
-        for name in &self.delete_first {
-            block_on(async {
-                let _ = p.stop_instance(name, -1, true).await;
-                if let Ok(op) = p.delete_instance(name).await {
-                    let _ = op.wait().await;
-                }
-            });
-        }
-        if self.dir.path().join("compose.yaml").exists() {
-            // Again if need be: a busy server can fail one removal.
-            for attempt in 0..3 {
-                if attempt > 0 {
-                    std::thread::sleep(std::time::Duration::from_secs(2));
-                }
-                let down = Command::new(BIN)
-                    .args(["down", "-v", "--remove-orphans", "-t", "1"])
-                    .current_dir(self.dir.path())
-                    .output();
-                match down {
-                    Ok(o) if o.status.success() => break,
-                    Ok(o) => eprintln!(
-                        "cleanup of {} failed:\n{}{}",
-                        self.name,
-                        String::from_utf8_lossy(&o.stdout),
-                        String::from_utf8_lossy(&o.stderr)
-                    ),
-                    Err(e) => eprintln!("cleanup of {}: {e}", self.name),
-                }
-            }
-        }
-        if self.delete_project {
-            let _ = block_on(self.client.delete_project(&self.name));
-        }
+    fn network_names(&self) -> Vec<String> {
+        self.networks().into_iter().map(|n| n.name).collect()
     }
 }
 
@@ -211,10 +48,10 @@ services:
 
 #[test]
 fn three_replicas_run_one_per_member_with_labels_environment_limits_restart_and_port() {
-    let f = Fixture::new("spread");
+    let f = Fixture::new("spread").at_most(CONCURRENT_FIXTURES);
     // One replica per member, at most three (a fixed host port allows one per member, so a
     // single server runs one).
-    let n = members(&f.client).len().min(3);
+    let n = member_names(&f.client).len().min(3);
     f.write(
         &r#"
 name: {name}
@@ -259,7 +96,7 @@ services:
         assert_eq!(proxy["connect"], "tcp:127.0.0.1:80");
         let nic = &i.devices["eth0"];
         assert_eq!(nic["type"], "nic");
-        assert_eq!(f.networks(), vec![nic["network"].clone()]);
+        assert_eq!(f.network_names(), vec![nic["network"].clone()]);
     }
     let ps = f.ok(&["ps", "--format", "json"]);
     let rows: serde_json::Value = serde_json::from_str(&ps).expect("ps json");
@@ -270,7 +107,7 @@ services:
 
 #[test]
 fn a_second_up_without_changes_changes_nothing() {
-    let f = Fixture::new("again");
+    let f = Fixture::new("again").at_most(CONCURRENT_FIXTURES);
     f.write(WEB_DB);
     f.ok(&["up", "-d"]);
     let before = f.instances();
@@ -288,7 +125,7 @@ fn a_second_up_without_changes_changes_nothing() {
 
 #[test]
 fn changing_environment_recreates_only_that_service() {
-    let f = Fixture::new("envchg");
+    let f = Fixture::new("envchg").at_most(CONCURRENT_FIXTURES);
     f.write(WEB_DB);
     f.ok(&["up", "-d"]);
     let before = f.instances();
@@ -318,7 +155,7 @@ fn changing_environment_recreates_only_that_service() {
 
 #[test]
 fn a_hand_made_instance_is_never_touched_and_up_fails_before_any_change() {
-    let mut f = Fixture::new("owner");
+    let mut f = Fixture::new("owner").at_most(CONCURRENT_FIXTURES);
     f.write(WEB_DB);
     let mut config = BTreeMap::new();
     config.insert("features.images".to_string(), "false".to_string());
@@ -360,13 +197,13 @@ fn a_hand_made_instance_is_never_touched_and_up_fails_before_any_change() {
     );
     assert_eq!(after["web-1"].created_at, before["web-1"].created_at);
     assert_eq!(after["web-1"].config, before["web-1"].config);
-    assert!(f.networks().is_empty(), "no network was created");
+    assert!(f.network_names().is_empty(), "no network was created");
     assert!(f.project_exists(), "the project is not ours to remove");
 }
 
 #[test]
 fn down_keeps_the_named_volume_and_down_v_removes_it() {
-    let f = Fixture::new("vol");
+    let f = Fixture::new("vol").at_most(CONCURRENT_FIXTURES);
     f.write(
         r#"
 name: {name}
@@ -385,14 +222,14 @@ volumes:
     let vols = f.volumes();
     assert_eq!(vols.len(), 1, "{vols:?}");
     assert_eq!(vols[0].0, format!("{}_data", f.name));
-    if members(&f.client).len() > 1 {
+    if member_names(&f.client).len() > 1 {
         assert_eq!(vols[0].1, db.location, "the volume lives where db-1 runs");
     }
-    assert_eq!(f.networks().len(), 1);
+    assert_eq!(f.network_names().len(), 1);
 
     f.ok(&["down"]);
     assert!(f.instances().is_empty());
-    assert!(f.networks().is_empty());
+    assert!(f.network_names().is_empty());
     assert_eq!(f.volumes().len(), 1, "down keeps volumes");
 
     f.ok(&["down", "-v"]);
@@ -404,7 +241,7 @@ volumes:
 
 #[test]
 fn an_unknown_image_fails_before_any_change() {
-    let f = Fixture::new("noimg");
+    let f = Fixture::new("noimg").at_most(CONCURRENT_FIXTURES);
     f.write(
         r#"
 name: {name}
@@ -418,21 +255,18 @@ services:
     let out = f.run(&["up", "-d"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    let version = block_on(f.client.server())
-        .expect("server")
-        .environment
-        .server_version;
+    let version = f.server_version();
     assert!(
         err.contains("\"web\"") && err.contains("nginx:1.25") && err.contains(&version),
         "{err}"
     );
     assert!(!f.project_exists(), "nothing was created");
-    assert!(f.networks().is_empty());
+    assert!(f.network_names().is_empty());
 }
 
 #[test]
 fn scale_down_removes_the_highest_replicas_and_scale_up_adds_new_ones() {
-    let f = Fixture::new("scale");
+    let f = Fixture::new("scale").at_most(CONCURRENT_FIXTURES);
     f.write(WEB_DB);
     f.ok(&["up", "-d", "--scale", "web=3"]);
     let three = f.instances();
@@ -449,7 +283,7 @@ fn scale_down_removes_the_highest_replicas_and_scale_up_adds_new_ones() {
 
 #[test]
 fn a_command_becomes_the_first_process_and_logs_stop_and_start_work() {
-    let f = Fixture::new("cmd");
+    let f = Fixture::new("cmd").at_most(CONCURRENT_FIXTURES);
     f.write(
         r#"
 name: {name}
@@ -489,9 +323,12 @@ services:
 
 #[test]
 fn service_names_and_aliases_resolve_to_the_services_instances_on_the_same_member() {
-    let f = Fixture::new("dns");
+    let f = Fixture::new("dns").at_most(CONCURRENT_FIXTURES);
     // Both services on one member: on a cluster each member's bridge is its own segment.
-    let member = members(&f.client).into_iter().next().expect("a member");
+    let member = member_names(&f.client)
+        .into_iter()
+        .next()
+        .expect("a member");
     f.write(
         &r#"
 name: {name}
@@ -540,7 +377,7 @@ networks:
 
 #[test]
 fn pull_checks_local_images_and_names_the_service_whose_image_is_missing() {
-    let f = Fixture::new("pull");
+    let f = Fixture::new("pull").at_most(CONCURRENT_FIXTURES);
     f.write(
         r#"
 name: {name}

@@ -10,127 +10,57 @@
 //! (`down -v`) even when it fails. Runs use a short lease (`INCUS_COMPOSE_LOCK_TTL`), so a
 //! killed holder's lock expires within seconds.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::path::PathBuf;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use ic_incus::{Client, Instance};
+use ic_incus::Instance;
 
 mod common;
-use common::{Slot, block_on, client};
+use common::*;
 
-const BIN: &str = env!("CARGO_BIN_EXE_incus-compose");
+/// Seconds since the epoch, as the lock's `expires` counts them.
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
 
 /// The lease length the runs of these tests use, in seconds.
 const TTL: u64 = 6;
 
 const LOCK_KEY: &str = "user.incus-compose.lock";
 
-/// A compose project name of this test run.
-fn project_name(tag: &str) -> String {
-    static COUNTER: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "lk-{tag}-{}-{}",
-        std::process::id() % 100_000,
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-/// `incus-compose` in `dir`, with the short lease and no project settings from the
-/// environment.
-fn command(dir: &Path, args: &[&str]) -> Command {
-    let mut c = Command::new(BIN);
-    c.args(args)
-        .current_dir(dir)
-        .env_remove("COMPOSE_PROJECT_NAME")
-        .env_remove("COMPOSE_FILE")
-        .env_remove("INCUS_COMPOSE_INCUS_PROJECT")
-        .env_remove("INCUS_COMPOSE_NO_WAIT_LOCK")
-        .env("INCUS_COMPOSE_LOCK_TTL", TTL.to_string());
-    c
-}
-
-fn show(args: &[&str], out: &Output) {
-    eprintln!(
-        "$ incus-compose {}\n{}{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn run(dir: &Path, args: &[&str]) -> Output {
-    let out = command(dir, args).output().expect("run incus-compose");
-    show(args, &out);
-    out
-}
-
-fn ok(dir: &Path, args: &[&str]) -> String {
-    let out = run(dir, args);
-    assert!(
-        out.status.success(),
-        "incus-compose {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn spawn(dir: &Path, args: &[&str]) -> Child {
-    command(dir, args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run incus-compose")
-}
-
-/// A compose project in one or more temporary directories; removed with `down -v` (by name,
-/// from an empty directory) when dropped, even when the test failed.
-struct Fixture {
-    _slot: Slot,
-    name: String,
-    dirs: Vec<tempfile::TempDir>,
-    empty: tempfile::TempDir,
-    client: Client,
+/// The fixture of these tests: one directory per compose file of `yamls` (`{name}` is
+/// replaced by the project name), every run with the short lease.
+fn fixture(tag: &str, yamls: &[&str]) -> Fixture {
+    let mut f = Fixture::new(tag)
+        .at_most(1)
+        .env("INCUS_COMPOSE_LOCK_TTL", &TTL.to_string());
+    f.env_remove.push("INCUS_COMPOSE_NO_WAIT_LOCK".into());
+    f.write(yamls[0]);
+    for y in &yamls[1..] {
+        f.add_dir(y);
+    }
+    f
 }
 
 impl Fixture {
-    /// One directory per compose file of `yamls` (`{name}` is replaced by the project name).
-    fn new(tag: &str, yamls: &[&str]) -> Fixture {
-        let name = project_name(tag);
-        let slot = Slot::take(1);
-        let f = Fixture {
-            _slot: slot,
-            dirs: yamls
-                .iter()
-                .map(|_| tempfile::tempdir().expect("temp dir"))
-                .collect(),
-            empty: tempfile::tempdir().expect("temp dir"),
-            client: client(),
-            name,
-        };
-        for (d, y) in f.dirs.iter().zip(yamls) {
-            std::fs::write(d.path().join("compose.yaml"), y.replace("{name}", &f.name))
-                .expect("write compose file");
-        }
-        f
+    fn list(&self) -> Vec<Instance> {
+        self.instances().into_values().collect()
     }
 
+    /// Directory `i` (0: the first compose file's).
     fn dir(&self, i: usize) -> PathBuf {
-        self.dirs[i].path().to_path_buf()
+        match i {
+            0 => self.dir.path().to_path_buf(),
+            _ => self.dirs[i - 1].path().to_path_buf(),
+        }
     }
 
     /// A directory without any compose file (nor one in its parents: a fresh temp dir).
     fn empty(&self) -> PathBuf {
         self.empty.path().to_path_buf()
-    }
-
-    fn instances(&self) -> Vec<Instance> {
-        match block_on(self.client.with_project(&self.name).instances()) {
-            Ok(list) => list,
-            Err(e) if e.is_not_found() => Vec::new(),
-            Err(e) => panic!("list instances: {e}"),
-        }
     }
 
     /// The lock key of the Incus project, if any.
@@ -154,36 +84,6 @@ impl Fixture {
     }
 }
 
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        for attempt in 0..3 {
-            if attempt > 0 {
-                std::thread::sleep(Duration::from_secs(TTL));
-            }
-            let out = command(
-                self.empty.path(),
-                &["-p", &self.name, "down", "-v", "-t", "1"],
-            )
-            .output();
-            if out.is_ok_and(|o| o.status.success()) {
-                return;
-            }
-        }
-    }
-}
-
-/// Waits until `cond` holds, at most `limit`.
-fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + limit;
-    while Instant::now() < end {
-        if cond() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    cond()
-}
-
 const NETWORKED: &str = "
 name: {name}
 services:
@@ -199,33 +99,56 @@ networks:
 
 #[test]
 fn a_first_up_killed_during_its_network_creation_converges_on_the_next_up() {
-    // Kill points from before the project exists to after the networks are made; the
-    // networks are being created between about 0.3 s and 1.5 s here.
-    for delay_ms in [300u64, 600, 900, 1200, 1600] {
-        let f = Fixture::new("kill", &[NETWORKED]);
-        let mut first = spawn(&f.dir(0), &["up", "-d"]);
-        std::thread::sleep(Duration::from_millis(delay_ms));
+    // Kill points by what Incus shows (polled every 50 ms), from the project existing to the
+    // first instance: the kill lands in (or right after) each phase of the network creation.
+    for phase in ["the project", "a network", "both networks", "an instance"] {
+        let f = fixture("kill", &[NETWORKED]);
+        let mut first = f.spawn_in(&f.dir(0), &["up", "-d"]);
+        let reached = |f: &Fixture| match phase {
+            "the project" => f.project_exists(),
+            "a network" => !f.networks_named(&["front", "back"]).is_empty(),
+            "both networks" => f.networks_named(&["front", "back"]).len() == 2,
+            _ => !f.list().is_empty(),
+        };
+        let start = Instant::now();
+        while !reached(&f) {
+            assert!(
+                first.try_wait().expect("wait").is_none(),
+                "up ended before {phase} was seen"
+            );
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "{phase} not seen within a minute"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
         first.kill().expect("kill -9");
         let out = first.wait_with_output().expect("wait");
-        show(&[&format!("up -d (killed after {delay_ms} ms)")], &out);
-        let left: Vec<String> = f
-            .networks_named(&["front", "back"])
-            .iter()
-            .map(|n| format!("{} {}", n.name, n.status))
-            .collect();
-        eprintln!("left after the kill at {delay_ms} ms: {left:?}");
-
+        show(&format!("up -d (killed once {phase} was seen)"), &out);
+        let left = f.networks_named(&["front", "back"]);
+        eprintln!(
+            "left after the kill at {phase}: {:?}",
+            left.iter()
+                .map(|n| format!("{} {}", n.name, n.status))
+                .collect::<Vec<_>>()
+        );
+        let at_least = match phase {
+            "the project" => 0,
+            "a network" => 1,
+            _ => 2,
+        };
+        assert!(left.len() >= at_least, "killed at {phase}: left {left:?}");
         // The killed run's lock (if it took it) expires after TTL: the next up waits.
-        let again = run(&f.dir(0), &["up", "-d"]);
+        let again = f.run_in(&f.dir(0), &["up", "-d"]);
         assert!(
             again.status.success(),
-            "up after a kill at {delay_ms} ms failed: {}",
+            "up after a kill at {phase} failed: {}",
             String::from_utf8_lossy(&again.stderr)
         );
         let nets = f.networks_named(&["front", "back"]);
-        assert_eq!(nets.len(), 2, "kill at {delay_ms} ms: {nets:?}");
+        assert_eq!(nets.len(), 2, "kill at {phase}: {nets:?}");
         for n in &nets {
-            assert_eq!(n.status, "Created", "kill at {delay_ms} ms: {n:?}");
+            assert_eq!(n.status, "Created", "kill at {phase}: {n:?}");
             assert_eq!(
                 n.config.get("user.incus-compose.project"),
                 Some(&f.name),
@@ -233,18 +156,18 @@ fn a_first_up_killed_during_its_network_creation_converges_on_the_next_up() {
             );
             assert!(n.config.contains_key("ipv4.address"), "{n:?}");
         }
-        let instances = f.instances();
+        let instances = f.list();
         let mut names: Vec<&str> = instances.iter().map(|i| i.name.as_str()).collect();
         names.sort();
-        assert_eq!(names, ["web-1", "web-2"], "kill at {delay_ms} ms");
+        assert_eq!(names, ["web-1", "web-2"], "kill at {phase}");
         assert!(instances.iter().all(|i| i.is_running()), "{instances:?}");
         // A third up has nothing left to do.
-        let third = ok(&f.dir(0), &["up", "-d"]);
+        let third = f.ok_in(&f.dir(0), &["up", "-d"]);
         assert!(third.contains("Nothing to change"), "{third}");
         // And `down` leaves no network behind.
-        ok(&f.dir(0), &["down"]);
+        f.ok_in(&f.dir(0), &["down"]);
         let after = f.networks_named(&["front", "back"]);
-        assert!(after.is_empty(), "kill at {delay_ms} ms: left {after:?}");
+        assert!(after.is_empty(), "kill at {phase}: left {after:?}");
     }
 }
 
@@ -261,11 +184,11 @@ services:
 
 #[test]
 fn ps_down_and_logs_work_by_name_from_a_directory_without_the_compose_file() {
-    let f = Fixture::new("byname", &[WEB]);
-    ok(&f.dir(0), &["up", "-d"]);
+    let f = fixture("byname", &[WEB]);
+    f.ok_in(&f.dir(0), &["up", "-d"]);
     let empty = f.empty();
 
-    let ps = ok(&empty, &["-p", &f.name, "ps", "--format", "json"]);
+    let ps = f.ok_in(&empty, &["-p", &f.name, "ps", "--format", "json"]);
     let rows: serde_json::Value = serde_json::from_str(&ps).expect("ps json");
     let mut names: Vec<&str> = rows
         .as_array()
@@ -277,7 +200,7 @@ fn ps_down_and_logs_work_by_name_from_a_directory_without_the_compose_file() {
     assert_eq!(names, ["db-1", "web-1", "web-2"]);
 
     // `ls` lists it, running, with the compose file of its last up.
-    let ls = ok(&empty, &["ls", "--format", "json"]);
+    let ls = f.ok_in(&empty, &["ls", "--format", "json"]);
     let listed: serde_json::Value = serde_json::from_str(&ls).expect("ls json");
     let me = listed
         .as_array()
@@ -288,35 +211,35 @@ fn ps_down_and_logs_work_by_name_from_a_directory_without_the_compose_file() {
     assert_eq!(me["Status"], "running(3)");
     let file = f.dir(0).join("compose.yaml");
     assert_eq!(me["ConfigFiles"], file.to_string_lossy().as_ref());
-    let table = ok(&empty, &["ls"]);
+    let table = f.ok_in(&empty, &["ls"]);
     assert!(
         table
             .lines()
             .any(|l| l.starts_with(&f.name) && l.contains("running(3)")),
         "{table}"
     );
-    assert!(ok(&empty, &["ls", "-q"]).lines().any(|l| l == f.name));
+    assert!(f.ok_in(&empty, &["ls", "-q"]).lines().any(|l| l == f.name));
 
     // stop by name: every replica stopped; ls hides it, ls -a shows exited(3).
-    ok(&empty, &["-p", &f.name, "stop", "-t", "1"]);
-    assert!(f.instances().iter().all(|i| !i.is_running()));
-    assert!(!ok(&empty, &["ls", "-q"]).lines().any(|l| l == f.name));
-    let all = ok(&empty, &["ls", "-a"]);
+    f.ok_in(&empty, &["-p", &f.name, "stop", "-t", "1"]);
+    assert!(f.list().iter().all(|i| !i.is_running()));
+    assert!(!f.ok_in(&empty, &["ls", "-q"]).lines().any(|l| l == f.name));
+    let all = f.ok_in(&empty, &["ls", "-a"]);
     assert!(
         all.lines()
             .any(|l| l.starts_with(&f.name) && l.contains("exited(3)")),
         "{all}"
     );
-    ok(&empty, &["-p", &f.name, "start", "web"]);
+    f.ok_in(&empty, &["-p", &f.name, "start", "web"]);
     let running: Vec<String> = f
-        .instances()
+        .list()
         .into_iter()
         .filter(|i| i.is_running())
         .map(|i| i.name)
         .collect();
     assert_eq!(running.len(), 2, "{running:?}");
-    ok(&empty, &["-p", &f.name, "logs", "web"]);
-    let unknown = run(&empty, &["-p", &f.name, "start", "nope"]);
+    f.ok_in(&empty, &["-p", &f.name, "logs", "web"]);
+    let unknown = f.run_in(&empty, &["-p", &f.name, "start", "nope"]);
     assert!(!unknown.status.success());
     assert!(
         String::from_utf8_lossy(&unknown.stderr).contains("no service \"nope\" deployed"),
@@ -324,13 +247,17 @@ fn ps_down_and_logs_work_by_name_from_a_directory_without_the_compose_file() {
     );
 
     // down by name removes everything, the Incus project too.
-    ok(&empty, &["-p", &f.name, "down", "-t", "1"]);
-    assert!(f.instances().is_empty());
+    f.ok_in(&empty, &["-p", &f.name, "down", "-t", "1"]);
+    assert!(f.list().is_empty());
     assert!(
         block_on(f.client.get_project(&f.name)).is_err_and(|e| e.is_not_found()),
         "the Incus project is gone"
     );
-    assert!(!ok(&empty, &["ls", "-a", "-q"]).lines().any(|l| l == f.name));
+    assert!(
+        !f.ok_in(&empty, &["ls", "-a", "-q"])
+            .lines()
+            .any(|l| l == f.name)
+    );
 }
 
 const MARKED: &str = "
@@ -348,14 +275,14 @@ services:
 fn two_ups_of_one_project_at_once_run_one_after_the_other_and_end_in_one_files_state() {
     let a = MARKED.replace("{mark}", "a").replace("{n}", "2");
     let b = MARKED.replace("{mark}", "b").replace("{n}", "3");
-    let f = Fixture::new("twice", &[&a, &b]);
-    let first = spawn(&f.dir(0), &["-p", &f.name, "up", "-d"]);
+    let f = fixture("twice", &[&a, &b]);
+    let first = f.spawn_in(&f.dir(0), &["-p", &f.name, "up", "-d"]);
     std::thread::sleep(Duration::from_millis(200));
-    let second = spawn(&f.dir(1), &["-p", &f.name, "up", "-d"]);
+    let second = f.spawn_in(&f.dir(1), &["-p", &f.name, "up", "-d"]);
     let out_a = first.wait_with_output().expect("wait");
     let out_b = second.wait_with_output().expect("wait");
-    show(&["up -d (file a)"], &out_a);
-    show(&["up -d (file b)"], &out_b);
+    show("up -d (file a)", &out_a);
+    show("up -d (file b)", &out_b);
     assert!(out_a.status.success() && out_b.status.success());
     let waited: Vec<bool> = [&out_a, &out_b]
         .iter()
@@ -373,7 +300,7 @@ fn two_ups_of_one_project_at_once_run_one_after_the_other_and_end_in_one_files_s
     );
     // The one that waited ran last: its file is the end state, whole.
     let (mark, count) = if waited[1] { ("b", 3) } else { ("a", 2) };
-    let instances = f.instances();
+    let instances = f.list();
     assert_eq!(instances.len(), count, "{instances:?}");
     for i in &instances {
         assert_eq!(
@@ -398,10 +325,10 @@ services:
 
 #[test]
 fn a_killed_holders_lock_is_taken_after_its_expiry_and_no_wait_lock_refuses_before() {
-    let f = Fixture::new("expiry", &[SLOW]);
-    let mut holder = spawn(&f.dir(0), &["up", "-d", "--parallel", "1"]);
+    let f = fixture("expiry", &[SLOW]);
+    let mut holder = f.spawn_in(&f.dir(0), &["up", "-d", "--parallel", "1"]);
     assert!(
-        wait_for(Duration::from_secs(30), || f.lock_value().is_some()),
+        wait_until(Duration::from_secs(30), || f.lock_value().is_some()),
         "the first up takes the lock"
     );
     holder.kill().expect("kill -9");
@@ -410,7 +337,7 @@ fn a_killed_holders_lock_is_taken_after_its_expiry_and_no_wait_lock_refuses_befo
     let held: serde_json::Value =
         serde_json::from_str(&f.lock_value().expect("still held")).expect("lock json");
 
-    let refused = run(&f.dir(0), &["--no-wait-lock", "up", "-d"]);
+    let refused = f.run_in(&f.dir(0), &["--no-wait-lock", "up", "-d"]);
     assert!(!refused.status.success());
     let err = String::from_utf8_lossy(&refused.stderr);
     assert!(
@@ -422,8 +349,29 @@ fn a_killed_holders_lock_is_taken_after_its_expiry_and_no_wait_lock_refuses_befo
         "{err}"
     );
 
-    let next = run(&f.dir(0), &["up", "-d"]);
+    // The next run, watched: the moment another holder shows in the lock key is when it took
+    // the lock, which must not be before the killed holder's lease expired.
+    let expires = held["expires"].as_f64().expect("expires");
+    let child = f.spawn_in(&f.dir(0), &["up", "-d"]);
+    let mut taken_at = None;
+    while taken_at.is_none() && killed_at.elapsed() < Duration::from_secs(TTL + 60) {
+        let now = unix_now();
+        if f.lock_value()
+            .and_then(|v| serde_json::from_str::<serde_json::Value>(&v).ok())
+            .is_some_and(|v| v["holder"] != held["holder"])
+        {
+            taken_at = Some(now);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let next = child.wait_with_output().expect("wait for the next up");
+    show("up -d (after the kill)", &next);
     let waited = killed_at.elapsed();
+    let taken_at = taken_at.expect("the next up took the lock");
+    assert!(
+        taken_at >= expires,
+        "the lock was taken at {taken_at:.1}, before the killed holder's expiry {expires}"
+    );
     assert!(next.status.success());
     let err = String::from_utf8_lossy(&next.stderr);
     assert!(err.contains("waiting for the lock of project"), "{err}");
@@ -432,7 +380,7 @@ fn a_killed_holders_lock_is_taken_after_its_expiry_and_no_wait_lock_refuses_befo
         waited < Duration::from_secs(TTL + 60),
         "took the lock within its expiry plus the up itself: {waited:?}"
     );
-    assert_eq!(f.instances().len(), 6);
+    assert_eq!(f.list().len(), 6);
     assert_eq!(f.lock_value(), None, "released at the end");
 }
 
@@ -447,10 +395,10 @@ services:
 
 #[test]
 fn a_run_that_loses_its_lock_stops_acting() {
-    let f = Fixture::new("lost", &[LONG]);
-    let holder = spawn(&f.dir(0), &["up", "-d", "--parallel", "1"]);
+    let f = fixture("lost", &[LONG]);
+    let holder = f.spawn_in(&f.dir(0), &["up", "-d", "--parallel", "1"]);
     assert!(
-        wait_for(Duration::from_secs(30), || !f.instances().is_empty()),
+        wait_until(Duration::from_secs(30), || !f.list().is_empty()),
         "the up starts creating"
     );
     // Another run takes the lock over (as one would after a network partition).
@@ -470,8 +418,12 @@ fn a_run_that_loses_its_lock_stops_acting() {
         config,
     };
     block_on(f.client.update_project_if_match(&f.name, &put, etag)).expect("take over");
+    let taken = Instant::now();
+    let at_takeover = f.list().len();
+    assert!(at_takeover < 12, "taken over before the end: {at_takeover}");
     let out = holder.wait_with_output().expect("wait");
-    show(&["up -d --parallel 1 (lock taken over)"], &out);
+    let stopped_after = taken.elapsed();
+    show("up -d --parallel 1 (lock taken over)", &out);
     assert!(!out.status.success(), "the run fails once its lock is lost");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -479,7 +431,17 @@ fn a_run_that_loses_its_lock_stops_acting() {
         "{err}"
     );
     assert!(err.contains("intruder:1:test holds it now"), "{err}");
-    assert!(f.instances().len() < 12, "it stopped before the end");
+    // It notices at its next renewal (every TTL/3 s) and stops: at most the creation in flight
+    // and one more are made after the takeover.
+    let at_end = f.list().len();
+    assert!(
+        at_end <= at_takeover + 2,
+        "{at_takeover} instances at the takeover, {at_end} when it stopped"
+    );
+    assert!(
+        stopped_after < Duration::from_secs(TTL + 20),
+        "it stopped {stopped_after:?} after the takeover"
+    );
     // It did not remove the other holder's lock.
     assert!(f.lock_value().is_some_and(|v| v.contains("intruder")));
     // Give the project back for the clean-up.
@@ -495,10 +457,10 @@ fn a_run_that_loses_its_lock_stops_acting() {
 
 #[test]
 fn ctrl_c_during_up_gives_the_lock_back_at_once() {
-    let f = Fixture::new("sigint", &[LONG]);
-    let holder = spawn(&f.dir(0), &["up", "-d", "--parallel", "1"]);
+    let f = fixture("sigint", &[LONG]);
+    let holder = f.spawn_in(&f.dir(0), &["up", "-d", "--parallel", "1"]);
     assert!(
-        wait_for(Duration::from_secs(30), || !f.instances().is_empty()),
+        wait_until(Duration::from_secs(30), || !f.list().is_empty()),
         "the up starts creating"
     );
     assert!(f.lock_value().is_some(), "held while it works");
@@ -508,7 +470,7 @@ fn ctrl_c_during_up_gives_the_lock_back_at_once() {
         .expect("kill -INT");
     assert!(status.success());
     let out = holder.wait_with_output().expect("wait");
-    show(&["up -d --parallel 1 (Ctrl-C)"], &out);
+    show("up -d --parallel 1 (Ctrl-C)", &out);
     assert_eq!(out.status.code(), Some(130));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("releasing the lock"),
@@ -516,43 +478,14 @@ fn ctrl_c_during_up_gives_the_lock_back_at_once() {
     );
     assert_eq!(f.lock_value(), None, "released, not left to expire");
     // The next run neither waits nor refuses, and converges.
-    let next = run(&f.dir(0), &["--no-wait-lock", "up", "-d"]);
+    let next = f.run_in(&f.dir(0), &["--no-wait-lock", "up", "-d"]);
     assert!(next.status.success());
-    assert_eq!(f.instances().len(), 12);
-}
-
-/// An Incus project made by hand (by this test) for compose project `compose`: what was
-/// deployed in it is taken down, then it is removed, when dropped.
-struct HandMade {
-    client: Client,
-    name: String,
-    compose: String,
-    dir: PathBuf,
-}
-
-impl Drop for HandMade {
-    fn drop(&mut self) {
-        let _ = command(
-            &self.dir,
-            &[
-                "-p",
-                &self.compose,
-                "--incus-project",
-                &self.name,
-                "down",
-                "-v",
-                "-t",
-                "1",
-            ],
-        )
-        .output();
-        let _ = block_on(self.client.delete_project(&self.name));
-    }
+    assert_eq!(f.list().len(), 12);
 }
 
 #[test]
 fn a_project_incus_compose_did_not_create_is_never_written_to_for_the_lock() {
-    let f = Fixture::new("foreign", &[WEB]);
+    let f = fixture("foreign", &[WEB]);
     let incus_project = format!("{}-hand", f.name);
     let req = ic_incus::ProjectsPost {
         name: incus_project.clone(),
@@ -568,14 +501,15 @@ fn a_project_incus_compose_did_not_create_is_never_written_to_for_the_lock() {
         .collect(),
     };
     block_on(f.client.create_project(&req)).expect("create the hand-made project");
-    let _hand = HandMade {
+    let _hand = HandMadeProject {
+        env: f.env.clone(),
         client: f.client.clone(),
         name: incus_project.clone(),
         compose: f.name.clone(),
         dir: f.empty(),
     };
     let before = block_on(f.client.get_project(&incus_project)).expect("project");
-    let up = run(&f.dir(0), &["--incus-project", &incus_project, "up", "-d"]);
+    let up = f.run_in(&f.dir(0), &["--incus-project", &incus_project, "up", "-d"]);
     assert!(up.status.success());
     assert!(
         String::from_utf8_lossy(&up.stderr).contains("no project lock is taken"),
@@ -590,7 +524,7 @@ fn a_project_incus_compose_did_not_create_is_never_written_to_for_the_lock() {
         3
     );
     // By name too, and `down` leaves the project itself alone.
-    ok(
+    f.ok_in(
         &f.empty(),
         &[
             "-p",

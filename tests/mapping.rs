@@ -11,114 +11,17 @@
 //! (`down -v`) even when it fails.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::process::{Command, Output};
-use std::sync::atomic::{AtomicU32, Ordering};
 
-use ic_incus::{Client, ExecRequest, Instance};
+use ic_incus::ExecRequest;
 
 mod common;
-use common::{Slot, block_on, client};
-
-const BIN: &str = env!("CARGO_BIN_EXE_incus-compose");
-
-/// A compose project in a temporary directory, removed with `down -v` when dropped.
-struct Fixture {
-    _slot: Slot,
-    name: String,
-    dir: tempfile::TempDir,
-    client: Client,
-    env: Vec<(String, String)>,
-}
+use common::*;
 
 impl Fixture {
-    fn new(tag: &str) -> Fixture {
-        static COUNTER: AtomicU32 = AtomicU32::new(0);
-        let name = format!(
-            "map-{tag}-{}-{}",
-            std::process::id() % 100_000,
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        );
-        let slot = Slot::take(1);
-        Fixture {
-            _slot: slot,
-            name,
-            dir: tempfile::tempdir().expect("temp dir"),
-            client: client(),
-            env: Vec::new(),
-        }
-    }
-
-    /// Write a file of the project directory (`{name}` is replaced by the project name).
-    fn write_file(&self, file: &str, text: &str) -> PathBuf {
-        let path = self.dir.path().join(file);
-        std::fs::write(&path, text.replace("{name}", &self.name)).expect("write file");
-        path
-    }
-
-    fn write(&self, yaml: &str) -> PathBuf {
-        self.write_file("compose.yaml", yaml)
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        let out = Command::new(BIN)
-            .args(args)
-            .current_dir(self.dir.path())
-            .env_remove("COMPOSE_PROJECT_NAME")
-            .env_remove("INCUS_COMPOSE_INCUS_PROJECT")
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .output()
-            .expect("run incus-compose");
-        eprintln!(
-            "$ incus-compose {}\n{}{}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
-    }
-
-    /// Run and require success; returns stdout and stderr together.
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "incus-compose {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    }
-
-    fn project(&self) -> Client {
-        self.client.with_project(&self.name)
-    }
-
-    fn project_exists(&self) -> bool {
-        match block_on(self.client.get_project(&self.name)) {
-            Ok(_) => true,
-            Err(e) if e.is_not_found() => false,
-            Err(e) => panic!("reading project {}: {e}", self.name),
-        }
-    }
-
-    fn instance(&self, name: &str) -> Instance {
-        block_on(self.project().instance(name))
-            .unwrap_or_else(|e| panic!("instance {name} of {}: {e}", self.name))
-    }
-
     /// Custom volumes of the project: name -> config.
     fn volumes(&self) -> BTreeMap<String, BTreeMap<String, String>> {
-        if !self.project_exists() {
-            return BTreeMap::new();
-        }
-        block_on(self.project().storage_volumes("data"))
-            .expect("list volumes")
+        self.custom_volumes()
             .into_iter()
-            .filter(|v| v.kind == "custom")
             .map(|v| (v.name, v.config))
             .collect()
     }
@@ -161,36 +64,9 @@ impl Fixture {
     }
 }
 
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        if self.dir.path().join("compose.yaml").exists() {
-            for attempt in 0..3 {
-                if attempt > 0 {
-                    std::thread::sleep(std::time::Duration::from_secs(2));
-                }
-                let down = Command::new(BIN)
-                    .args(["down", "-v", "--remove-orphans", "-t", "1"])
-                    .current_dir(self.dir.path())
-                    .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-                    .output();
-                match down {
-                    Ok(o) if o.status.success() => break,
-                    Ok(o) => eprintln!(
-                        "cleanup of {} failed:\n{}{}",
-                        self.name,
-                        String::from_utf8_lossy(&o.stdout),
-                        String::from_utf8_lossy(&o.stderr)
-                    ),
-                    Err(e) => eprintln!("cleanup of {}: {e}", self.name),
-                }
-            }
-        }
-    }
-}
-
 #[test]
 fn secrets_and_configs_arrive_as_read_only_files_and_a_changed_secret_recreates() {
-    let mut f = Fixture::new("secrets");
+    let mut f = Fixture::new("secrets").at_most(1);
     f.env
         .push(("MAP_TEST_TOKEN".into(), "token-from-the-environment".into()));
     f.write_file("db_password.txt", "s3cret-from-a-file\n");
@@ -228,7 +104,7 @@ configs:
       port = 8080
 "#,
     );
-    let up = f.ok(&["up", "-d"]);
+    let up = f.ok_all(&["up", "-d"]);
     assert!(
         !up.contains("s3cret-from-a-file") && !up.contains("token-from-the-environment"),
         "secret values printed: {up}"
@@ -275,10 +151,10 @@ configs:
     assert_eq!(f.sh("plain-1", "cat /app_conf"), "[server]\nport = 8080");
 
     // Same secret again: nothing to change. A new value: the instance is recreated with it.
-    let again = f.ok(&["up", "-d"]);
+    let again = f.ok_all(&["up", "-d"]);
     assert!(again.contains("Nothing to change"), "{again}");
     f.write_file("db_password.txt", "rotated\n");
-    let changed = f.ok(&["up", "-d"]);
+    let changed = f.ok_all(&["up", "-d"]);
     assert!(changed.contains("recreated"), "{changed}");
     assert!(
         !changed.contains("rotated"),
@@ -289,7 +165,7 @@ configs:
 
 #[test]
 fn a_missing_secret_file_fails_before_any_change() {
-    let f = Fixture::new("nosecret");
+    let f = Fixture::new("nosecret").at_most(1);
     f.write(
         r#"
 name: {name}
@@ -314,7 +190,7 @@ secrets:
 
 #[test]
 fn tmpfs_mounts_shm_size_a_read_only_root_and_anonymous_volumes_take_effect() {
-    let f = Fixture::new("mounts");
+    let f = Fixture::new("mounts").at_most(1);
     f.write(
         r#"
 name: {name}
@@ -333,7 +209,7 @@ services:
       - /data
 "#,
     );
-    f.ok(&["up", "-d"]);
+    f.ok_all(&["up", "-d"]);
     let i = f.instance("app-1");
     assert!(i.is_running(), "app-1 is {}", i.status);
     assert_eq!(i.devices["root"]["readonly"], "true");
@@ -387,16 +263,16 @@ services:
     assert_eq!(i.devices["mount1"]["source"], "app-1_anon-data");
 
     // Kept by a recreate (data survives) and by `down`; removed by `down -v`.
-    f.ok(&["up", "-d", "--force-recreate"]);
+    f.ok_all(&["up", "-d", "--force-recreate"]);
     assert_eq!(f.sh("app-1", "cat /data/x"), "kept");
     assert_eq!(
         f.sh_status("app-1", "test -e /scratch/x"),
         1,
         "tmpfs is fresh"
     );
-    f.ok(&["down", "-t", "1"]);
+    f.ok_all(&["down", "-t", "1"]);
     assert!(f.volumes().contains_key("app-1_anon-data"), "down keeps it");
-    f.ok(&["down", "-v", "-t", "1"]);
+    f.ok_all(&["down", "-v", "-t", "1"]);
     assert!(
         !f.volumes().contains_key("app-1_anon-data"),
         "down -v removes it"
@@ -405,7 +281,7 @@ services:
 
 #[test]
 fn process_fields_set_user_directory_hostname_sysctls_capabilities_limits_and_hosts() {
-    let f = Fixture::new("proc");
+    let f = Fixture::new("proc").at_most(1);
     f.write(
         r#"
 name: {name}
@@ -454,7 +330,7 @@ configs:
       app:x:1234:1235:app:/:/bin/sh
 "#,
     );
-    f.ok(&["up", "-d"]);
+    f.ok_all(&["up", "-d"]);
     let i = f.instance("app-1");
     assert!(i.is_running(), "app-1 is {}", i.status);
     assert_eq!(
@@ -580,7 +456,7 @@ configs:
 
 #[test]
 fn a_platform_no_member_has_fails_naming_the_members_and_build_is_refused() {
-    let f = Fixture::new("platform");
+    let f = Fixture::new("platform").at_most(1);
     f.write(
         r#"
 name: {name}

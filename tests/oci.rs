@@ -12,18 +12,15 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use ic_incus::{Client, ExecRequest, Instance};
 
 mod common;
-use common::{Slot, block_on};
+use common::{Fixture, block_on};
 
-const SETUP_HINT: &str = "start the Incus 7.0 test server: `scripts/test-cluster up --incus 7.0`";
-
-const BIN: &str = env!("CARGO_BIN_EXE_incus-compose");
+const SETUP_HINT_7: &str = "start the Incus 7.0 test server: `scripts/test-cluster up --incus 7.0`";
 
 /// The 7.0 line's env file, as KEY -> VALUE.
 fn env7() -> BTreeMap<String, String> {
@@ -31,7 +28,7 @@ fn env7() -> BTreeMap<String, String> {
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".test-cluster/env-7.0"));
     let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}; {SETUP_HINT}", path.display()));
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}; {SETUP_HINT_7}", path.display()));
     text.lines()
         .filter(|l| !l.starts_with('#') && !l.starts_with("export "))
         .filter_map(|l| l.split_once('='))
@@ -39,114 +36,71 @@ fn env7() -> BTreeMap<String, String> {
         .collect()
 }
 
-struct Fixture {
-    _slot: Slot,
-    name: String,
-    dir: tempfile::TempDir,
+/// The shared fixture on the 7.0 server, every run with its own incus CLI configuration
+/// (`INCUS_CONF`) and the registry's CA.
+struct Oci {
+    /// Declared first: dropped (`down`) while `conf` still exists.
+    f: Fixture,
     conf: tempfile::TempDir,
-    incus_dir: String,
     registry: String,
     /// The registry's CA certificate (for incus-compose reading image configs).
     registry_ca: String,
-    client: Client,
 }
 
-impl Fixture {
-    fn new(tag: &str) -> Fixture {
-        static COUNTER: AtomicU32 = AtomicU32::new(0);
+impl std::ops::Deref for Oci {
+    type Target = Fixture;
+    fn deref(&self) -> &Fixture {
+        &self.f
+    }
+}
+
+impl Oci {
+    fn new(tag: &str) -> Oci {
         let env = env7();
         let incus_dir = env
             .get("INCUS_DIR")
-            .unwrap_or_else(|| panic!("INCUS_DIR missing from the 7.0 env file; {SETUP_HINT}"))
+            .unwrap_or_else(|| panic!("INCUS_DIR missing from the 7.0 env file; {SETUP_HINT_7}"))
             .clone();
         let registry = env
             .get("INCUS_COMPOSE_TEST_REGISTRY")
-            .unwrap_or_else(|| panic!("INCUS_COMPOSE_TEST_REGISTRY missing; {SETUP_HINT}"))
+            .unwrap_or_else(|| panic!("INCUS_COMPOSE_TEST_REGISTRY missing; {SETUP_HINT_7}"))
             .clone();
         let registry_ca = env
             .get("INCUS_COMPOSE_TEST_REGISTRY_CA")
-            .unwrap_or_else(|| panic!("INCUS_COMPOSE_TEST_REGISTRY_CA missing; {SETUP_HINT}"))
+            .unwrap_or_else(|| panic!("INCUS_COMPOSE_TEST_REGISTRY_CA missing; {SETUP_HINT_7}"))
             .clone();
         let client = Client::unix(Path::new(&incus_dir).join("unix.socket"));
         match block_on(client.server()) {
             Ok(info) => assert!(
                 info.has_extension("instance_oci"),
-                "the server at {incus_dir} (Incus {}) cannot run OCI images; {SETUP_HINT}",
+                "the server at {incus_dir} (Incus {}) cannot run OCI images; {SETUP_HINT_7}",
                 info.server_version()
             ),
             Err(e) => {
-                panic!("the Incus 7.0 server at {incus_dir} does not answer: {e}; {SETUP_HINT}")
+                panic!("the Incus 7.0 server at {incus_dir} does not answer: {e}; {SETUP_HINT_7}")
             }
         }
-        let slot = Slot::take(1);
-        Fixture {
-            _slot: slot,
-            name: format!(
-                "oci-{tag}-{}-{}",
-                std::process::id() % 100_000,
-                COUNTER.fetch_add(1, Ordering::Relaxed)
-            ),
-            dir: tempfile::tempdir().expect("temp dir"),
-            conf: tempfile::tempdir().expect("temp dir"),
-            incus_dir,
+        let conf = tempfile::tempdir().expect("temp dir");
+        let conf_path = conf.path().to_string_lossy().into_owned();
+        let mut f = Fixture::with_client(client, tag)
+            .at_most(1)
+            .env("INCUS_DIR", &incus_dir)
+            .env("INCUS_CONF", &conf_path)
+            .env("SSL_CERT_FILE", &registry_ca);
+        f.env_remove = ["INCUS_SOCKET", "INCUS_REMOTE", "INCUS_PROJECT"]
+            .map(String::from)
+            .to_vec();
+        Oci {
+            f,
+            conf,
             registry,
             registry_ca,
-            client,
         }
     }
 
     /// Write the compose file (`{name}` -> project name, `{registry}` -> the registry).
     fn write(&self, yaml: &str) {
-        let text = yaml
-            .replace("{name}", &self.name)
-            .replace("{registry}", &self.registry);
-        std::fs::write(self.dir.path().join("compose.yaml"), text).expect("write compose file");
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(BIN);
-        c.args(args)
-            .current_dir(self.dir.path())
-            .env("INCUS_DIR", &self.incus_dir)
-            .env("INCUS_CONF", self.conf.path())
-            .env("SSL_CERT_FILE", &self.registry_ca)
-            .env_remove("INCUS_SOCKET")
-            .env_remove("INCUS_REMOTE")
-            .env_remove("INCUS_PROJECT")
-            .env_remove("COMPOSE_PROJECT_NAME")
-            .env_remove("INCUS_COMPOSE_INCUS_PROJECT");
-        c
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        let out = self.command(args).output().expect("run incus-compose");
-        eprintln!(
-            "$ incus-compose {}\n{}{}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "incus-compose {} failed ({})",
-            args.join(" "),
-            out.status
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn project(&self) -> Client {
-        self.client.with_project(&self.name)
-    }
-
-    /// Whether the compose project's Incus project exists (`up` made something).
-    fn project_exists(&self) -> bool {
-        block_on(self.client.get_project(&self.name)).is_ok()
+        self.f.write(&yaml.replace("{registry}", &self.registry));
     }
 
     /// The instances of `service`.
@@ -199,34 +153,11 @@ impl Fixture {
     }
 }
 
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        for attempt in 0..3 {
-            if attempt > 0 {
-                std::thread::sleep(Duration::from_secs(2));
-            }
-            match self
-                .command(&["down", "-v", "--remove-orphans", "-t", "1"])
-                .output()
-            {
-                Ok(o) if o.status.success() => break,
-                Ok(o) => eprintln!(
-                    "cleanup of {} failed:\n{}{}",
-                    self.name,
-                    String::from_utf8_lossy(&o.stdout),
-                    String::from_utf8_lossy(&o.stderr)
-                ),
-                Err(e) => eprintln!("cleanup of {}: {e}", self.name),
-            }
-        }
-    }
-}
-
 const WAIT: Duration = Duration::from_secs(20);
 
 #[test]
 fn a_registry_image_comes_up_serving_v1_and_moves_to_v2_on_the_next_up() {
-    let f = Fixture::new("v1v2");
+    let f = Oci::new("v1v2");
     let compose = "name: {name}\nservices:\n  web:\n    image: {registry}/testapp:TAG\n";
     f.write(&compose.replace("TAG", "v1"));
     let out = f.ok(&["up", "-d"]);
@@ -288,7 +219,7 @@ fn a_registry_image_comes_up_serving_v1_and_moves_to_v2_on_the_next_up() {
 
 #[test]
 fn entrypoint_command_working_dir_user_and_environment_reach_the_application() {
-    let f = Fixture::new("proc");
+    let f = Oci::new("proc");
     f.write(
         r#"name: {name}
 services:
@@ -316,7 +247,7 @@ services:
 
 #[test]
 fn a_short_name_resolves_through_the_registry_named_in_x_incus() {
-    let f = Fixture::new("short");
+    let f = Oci::new("short");
     f.write("name: {name}\nx-incus:\n  registry: {registry}\nservices:\n  web:\n    image: testapp:v2\n");
     f.ok(&["up", "-d"]);
     let web = f.only_instance("web");
@@ -331,7 +262,7 @@ fn a_short_name_resolves_through_the_registry_named_in_x_incus() {
 
 #[test]
 fn a_malformed_reference_is_refused_before_anything_changes() {
-    let f = Fixture::new("bad");
+    let f = Oci::new("bad");
     f.write("name: {name}\nservices:\n  web:\n    image: \"{registry}/TestApp:v1\"\n");
     let out = f.run(&["up", "-d"]);
     assert!(!out.status.success());
@@ -346,7 +277,7 @@ fn a_malformed_reference_is_refused_before_anything_changes() {
 
 #[test]
 fn a_command_alone_runs_after_the_image_entrypoint_as_docker_runs_it() {
-    let f = Fixture::new("cmd");
+    let f = Oci::new("cmd");
     f.write(
         "name: {name}\nservices:\n  web:\n    image: {registry}/testapp:v2\n    command: [\"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/www\"]\n",
     );
@@ -373,15 +304,12 @@ fn a_command_alone_runs_after_the_image_entrypoint_as_docker_runs_it() {
 
 #[test]
 fn an_image_the_registry_does_not_have_fails_up_before_anything_changes() {
-    let f = Fixture::new("missing");
+    let f = Oci::new("missing");
     f.write("name: {name}\nservices:\n  db:\n    image: {registry}/testapp:v1\n  web:\n    image: {registry}/testapp:nothere\n");
     let out = f.run(&["up", "-d"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    let version = block_on(f.client.server())
-        .expect("server")
-        .environment
-        .server_version;
+    let version = f.server_version();
     assert!(
         err.contains("\"web\"") && err.contains("testapp:nothere") && err.contains(&version),
         "{err}"
@@ -395,7 +323,7 @@ fn an_image_the_registry_does_not_have_fails_up_before_anything_changes() {
 
 #[test]
 fn pull_gets_registry_images_onto_the_server_and_names_what_it_cannot_pull() {
-    let f = Fixture::new("pull");
+    let f = Oci::new("pull");
     f.write(
         "name: {name}\nservices:\n  web:\n    image: {registry}/testapp:v2\n  local:\n    image: busybox\n  gone:\n    image: {registry}/testapp:nothere\n",
     );
@@ -429,7 +357,7 @@ fn pull_gets_registry_images_onto_the_server_and_names_what_it_cannot_pull() {
     assert!(!f.project_exists());
 }
 
-impl Fixture {
+impl Oci {
     /// Point `testapp:<to>` at the image `testapp:<from>` names (as a registry's tag moves on a
     /// new release), with skopeo on this machine.
     fn tag(&self, from: &str, to: &str) {
@@ -455,7 +383,7 @@ impl Fixture {
 
 #[test]
 fn pull_policies_decide_when_a_moved_tag_is_pulled_and_up_recreates_what_changed() {
-    let f = Fixture::new("policy");
+    let f = Oci::new("policy");
     let n = f.name.clone();
     for t in ["a", "m", "n"] {
         f.tag("v1", &format!("{t}-{n}"));
@@ -570,7 +498,7 @@ NEVER"
 
 #[test]
 fn logs_follow_shows_the_applications_lines_as_they_come_once_each() {
-    let f = Fixture::new("follow");
+    let f = Oci::new("follow");
     f.write(
         r#"name: {name}
 services:
@@ -623,15 +551,15 @@ services:
 
 #[test]
 fn a_private_registry_is_reached_with_the_credentials_of_the_users_oci_remote() {
-    let f = Fixture::new("private");
+    let f = Oci::new("private");
     let env = env7();
     let private = env
         .get("INCUS_COMPOSE_TEST_PRIVATE_REGISTRY")
-        .unwrap_or_else(|| panic!("INCUS_COMPOSE_TEST_PRIVATE_REGISTRY missing; {SETUP_HINT}"))
+        .unwrap_or_else(|| panic!("INCUS_COMPOSE_TEST_PRIVATE_REGISTRY missing; {SETUP_HINT_7}"))
         .clone();
     let auth = env
         .get("INCUS_COMPOSE_TEST_PRIVATE_AUTH")
-        .unwrap_or_else(|| panic!("INCUS_COMPOSE_TEST_PRIVATE_AUTH missing; {SETUP_HINT}"))
+        .unwrap_or_else(|| panic!("INCUS_COMPOSE_TEST_PRIVATE_AUTH missing; {SETUP_HINT_7}"))
         .clone();
     let password = auth.split_once(':').expect("user:password").1.to_string();
     // `web` runs the image as it is; `cmd` sets only `command`, so incus-compose reads the
@@ -703,7 +631,7 @@ fn a_private_registry_is_reached_with_the_credentials_of_the_users_oci_remote() 
 
 #[test]
 fn run_of_a_docker_image_service_passes_the_exit_code_and_without_a_command_runs_the_images_own() {
-    let f = Fixture::new("run");
+    let f = Oci::new("run");
     f.write(
         r#"name: {name}
 services:

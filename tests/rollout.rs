@@ -10,97 +10,18 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Slot, block_on, client};
-use ic_incus::{Client, Instance};
-
-const BIN: &str = env!("CARGO_BIN_EXE_incus-compose");
+use common::*;
 
 /// One rollout at a time: they are timing-sensitive on two cores.
 const CONCURRENT_FIXTURES: usize = 1;
-
-struct Fixture {
-    _slot: Slot,
-    name: String,
-    dir: tempfile::TempDir,
-    client: Client,
-    /// Members killed by the test: their instances are listed as Incus lists them (stand-ins).
-    offline: std::sync::Mutex<Vec<String>>,
-}
+use ic_incus::Instance;
 
 impl Fixture {
-    fn new(tag: &str) -> Fixture {
-        static COUNTER: AtomicU32 = AtomicU32::new(0);
-        let name = format!(
-            "ro-{tag}-{}-{}",
-            std::process::id() % 100_000,
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        );
-        Fixture {
-            _slot: Slot::take(CONCURRENT_FIXTURES),
-            name,
-            dir: tempfile::tempdir().expect("temp dir"),
-            client: client(),
-            offline: std::sync::Mutex::new(Vec::new()),
-        }
-    }
-
-    fn write(&self, yaml: &str) -> PathBuf {
-        let path = self.dir.path().join("compose.yaml");
-        std::fs::write(&path, yaml.replace("{name}", &self.name)).expect("write compose file");
-        path
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(BIN);
-        c.args(args)
-            .current_dir(self.dir.path())
-            .env_remove("COMPOSE_PROJECT_NAME")
-            .env_remove("INCUS_COMPOSE_INCUS_PROJECT");
-        c
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        let out = self.command(args).output().expect("run incus-compose");
-        eprintln!(
-            "$ incus-compose {}\n{}{}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "incus-compose {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// The `raw.dnsmasq` of this project's spanning bridge (its DNS records).
-    fn records(&self) -> String {
-        block_on(self.client.networks())
-            .expect("list networks")
-            .into_iter()
-            .filter(|n| {
-                n.config
-                    .get("user.incus-compose.project")
-                    .map(String::as_str)
-                    == Some(self.name.as_str())
-            })
-            .find_map(|n| n.config.get("raw.dnsmasq").cloned())
-            .unwrap_or_default()
-    }
-
-    fn instances(&self) -> Vec<Instance> {
+    /// Instances with their state (stand-ins on [`Fixture::offline`] members).
+    fn full_instances(&self) -> Vec<Instance> {
         let offline = self.offline.lock().map(|o| o.clone()).unwrap_or_default();
         let c = self.client.with_project(&self.name);
         if offline.is_empty() {
@@ -125,8 +46,15 @@ impl Fixture {
     /// drops cross-member packets for up to ~0.4 s (see the README's network figures); a
     /// replica down for longer still counts as not answering.
     fn answers(&self, service: &str) -> BTreeMap<String, Vec<String>> {
+        self.answers_counted(service, &mut Fetches::default())
+    }
+
+    /// [`Fixture::answers`], adding to `n` the requests made, those that needed the second
+    /// try and those that failed both (a round whose exec fails counts one failed request
+    /// per replica).
+    fn answers_counted(&self, service: &str, n: &mut Fetches) -> BTreeMap<String, Vec<String>> {
         let mut slots: BTreeMap<String, String> = BTreeMap::new();
-        for i in self.instances() {
+        for i in self.full_instances() {
             let c = &i.config;
             if c.get("user.incus-compose.service").map(String::as_str) != Some(service)
                 || c.contains_key("user.incus-compose.retired")
@@ -154,7 +82,7 @@ impl Fixture {
             return out;
         }
         let script = format!(
-            "for a in {}; do r=$(timeout 2 wget -q -O- http://$a/ 2>/dev/null) || {{ sleep 1; r=$(timeout 2 wget -q -O- http://$a/ 2>/dev/null); }}; echo \"$a $r\"; done",
+            "for a in {}; do t=1; r=$(timeout 2 wget -q -O- http://$a/ 2>/dev/null) || {{ t=2; sleep 1; r=$(timeout 2 wget -q -O- http://$a/ 2>/dev/null); }}; echo \"$a $t $r\"; done",
             slots.keys().cloned().collect::<Vec<_>>().join(" ")
         );
         let req = ic_incus::ExecRequest::new(["sh".to_string(), "-c".to_string(), script]);
@@ -163,11 +91,21 @@ impl Fixture {
             &req,
             &[],
         )) else {
+            n.requests += slots.len();
+            n.failed += slots.len();
             return out;
         };
         for line in String::from_utf8_lossy(&res.stdout).lines() {
             let mut parts = line.split_whitespace();
-            let (Some(addr), Some(body)) = (parts.next(), parts.next()) else {
+            let (Some(addr), Some(tries)) = (parts.next(), parts.next()) else {
+                continue;
+            };
+            n.requests += 1;
+            if tries == "2" {
+                n.retried += 1;
+            }
+            let Some(body) = parts.next() else {
+                n.failed += 1;
                 continue;
             };
             if let Some(slot) = slots.get(addr) {
@@ -180,6 +118,12 @@ impl Fixture {
     /// Runs `up -d` in the background and polls every replica of `service` until it ends;
     /// returns its output and the smallest number of slots that answered in one round.
     fn up_while_polling(&self, service: &str) -> (Output, usize, Vec<usize>) {
+        let (out, min, rounds, _) = self.up_while_polling_counted(service);
+        (out, min, rounds)
+    }
+
+    /// [`Fixture::up_while_polling`], with the count of the requests made.
+    fn up_while_polling_counted(&self, service: &str) -> (Output, usize, Vec<usize>, Fetches) {
         let child = self
             .command(&["up", "-d"])
             .stdout(Stdio::piped())
@@ -188,12 +132,13 @@ impl Fixture {
             .expect("start up");
         let started = Instant::now();
         let mut rounds = Vec::new();
+        let mut fetches = Fetches::default();
         let mut child = child;
         loop {
             if child.try_wait().expect("wait").is_some() {
                 break;
             }
-            rounds.push(self.answers(service).len());
+            rounds.push(self.answers_counted(service, &mut fetches).len());
             assert!(
                 started.elapsed() < Duration::from_secs(600),
                 "up ran for 10 minutes"
@@ -201,14 +146,14 @@ impl Fixture {
         }
         let out = child.wait_with_output().expect("up output");
         eprintln!(
-            "$ incus-compose up -d (polled {} rounds: {:?})\n{}{}",
+            "$ incus-compose up -d (polled {} rounds: {:?}; {fetches:?})\n{}{}",
             rounds.len(),
             rounds,
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
         let min = rounds.iter().copied().min().unwrap_or(0);
-        (out, min, rounds)
+        (out, min, rounds, fetches)
     }
 
     /// Every replica's answer, once all of `n` answer (waits up to a minute).
@@ -226,18 +171,13 @@ impl Fixture {
     }
 }
 
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        for _ in 0..3 {
-            let down = self
-                .command(&["down", "-v", "--remove-orphans", "-t", "1"])
-                .output();
-            if matches!(down, Ok(ref o) if o.status.success()) {
-                break;
-            }
-            std::thread::sleep(Duration::from_secs(2));
-        }
-    }
+/// HTTP requests made while polling: all, those answered only on the second try (a second
+/// later), those not answered at all.
+#[derive(Debug, Default)]
+struct Fetches {
+    requests: usize,
+    retried: usize,
+    failed: usize,
 }
 
 /// Four replicas of testapp with a healthcheck that needs the page and an address.
@@ -266,7 +206,7 @@ services:
 
 #[test]
 fn a_stop_first_update_keeps_three_of_four_replicas_answering_and_ends_on_v2() {
-    let f = Fixture::new("stop");
+    let f = Fixture::new("stop").at_most(CONCURRENT_FIXTURES);
     f.write(&web("testapp/v1", "{parallelism: 1, monitor: 2s}"));
     f.ok(&["up", "-d", "--wait"]);
     assert_eq!(f.settled_answers("web", 4), ["v1"; 4]);
@@ -281,7 +221,7 @@ fn a_stop_first_update_keeps_three_of_four_replicas_answering_and_ends_on_v2() {
     assert_eq!(f.settled_answers("web", 4), ["v2"; 4]);
     // Exactly the declared replicas, under their usual names, no retired one left.
     let names: BTreeSet<String> = f
-        .instances()
+        .full_instances()
         .into_iter()
         .map(|i| i.name)
         .filter(|n| n.starts_with("web-"))
@@ -296,21 +236,40 @@ fn a_stop_first_update_keeps_three_of_four_replicas_answering_and_ends_on_v2() {
 
 #[test]
 fn a_start_first_update_keeps_all_four_replicas_answering() {
-    let f = Fixture::new("start");
+    let f = Fixture::new("start").at_most(CONCURRENT_FIXTURES);
     let cfg = "{parallelism: 1, order: start-first, monitor: 2s}";
     f.write(&web("testapp/v1", cfg));
     f.ok(&["up", "-d", "--wait"]);
     f.write(&web("testapp/v2", cfg));
-    let (out, min, rounds) = f.up_while_polling("web");
+    let (out, min, rounds, fetches) = f.up_while_polling_counted("web");
     assert!(out.status.success(), "up failed");
-    // The old replicas serve until the one record write at the end, which restarts the
-    // tunnels on every member: a fetch is tried again a second later, as a client would.
+    // Enough samples to see a gap: four replicas, each started, monitored 2 s, retired.
+    assert!(rounds.len() >= 8, "too few polling rounds: {rounds:?}");
+    // Every request answered: the old replicas serve until the one record write at the
+    // end, which restarts the tunnels on every member (~0.4 s without cross-member packets):
+    // a request is tried again a second later, as a client would, and those are counted:
+    // at most one round's worth.
+    assert!(
+        fetches.requests >= 4 * rounds.len(),
+        "every round asked every replica: {fetches:?}, {rounds:?}"
+    );
+    assert_eq!(fetches.failed, 0, "requests not answered: {fetches:?}");
+    assert!(
+        fetches.retried <= 8,
+        "more requests needed a second try than the one record write explains: {fetches:?}"
+    );
+    eprintln!(
+        "FIGURE start-first update: {} requests in {} rounds, {} answered on the second try, none lost",
+        fetches.requests,
+        rounds.len(),
+        fetches.retried
+    );
     assert!(
         min >= 4,
         "only {min} replicas answered at one moment: {rounds:?}"
     );
     // The records name the new replicas, and the service name only their addresses.
-    let records = f.records();
+    let records = f.dns_records();
     for n in 1..=4 {
         assert!(
             records.contains(&format!("host-record=web-{n}-b,")),
@@ -324,7 +283,7 @@ fn a_start_first_update_keeps_all_four_replicas_answering() {
     assert_eq!(records.matches("host-record=web,").count(), 4, "{records}");
     assert_eq!(f.settled_answers("web", 4), ["v2"; 4]);
     let names: BTreeSet<String> = f
-        .instances()
+        .full_instances()
         .into_iter()
         .map(|i| i.name)
         .filter(|n| n.starts_with("web-"))
@@ -339,7 +298,7 @@ fn a_start_first_update_keeps_all_four_replicas_answering() {
 
 #[test]
 fn a_broken_image_with_failure_action_rollback_brings_v1_back_and_up_fails() {
-    let f = Fixture::new("rb");
+    let f = Fixture::new("rb").at_most(CONCURRENT_FIXTURES);
     let cfg = "{parallelism: 1, monitor: 2s, failure_action: rollback}";
     f.write(&web("testapp/v1", cfg));
     f.ok(&["up", "-d", "--wait"]);
@@ -350,7 +309,7 @@ fn a_broken_image_with_failure_action_rollback_brings_v1_back_and_up_fails() {
     assert!(err.contains("rolled back"), "{err}");
     assert_eq!(f.settled_answers("web", 4), ["v1"; 4]);
     let names: BTreeSet<String> = f
-        .instances()
+        .full_instances()
         .into_iter()
         .map(|i| i.name)
         .filter(|n| n.starts_with("web-"))
@@ -370,13 +329,13 @@ fn a_broken_image_with_failure_action_rollback_brings_v1_back_and_up_fails() {
 #[test]
 fn a_start_first_update_whose_new_replica_dies_after_it_was_ready_rolls_back_to_the_old_replicas_still_running()
  {
-    let f = Fixture::new("sfrb");
+    let f = Fixture::new("sfrb").at_most(CONCURRENT_FIXTURES);
     let cfg = "{parallelism: 1, order: start-first, monitor: 25s, failure_action: rollback}";
     f.write(&web("testapp/v1", cfg));
     f.ok(&["up", "-d", "--wait"]);
-    let before = f.records();
+    let before = f.dns_records();
     let started: BTreeMap<String, String> = f
-        .instances()
+        .full_instances()
         .into_iter()
         .filter(|i| i.name.starts_with("web-"))
         .map(|i| (i.name, i.last_used_at))
@@ -396,7 +355,7 @@ fn a_start_first_update_whose_new_replica_dies_after_it_was_ready_rolls_back_to_
     assert!(min >= 4, "only {min} answered at one moment: {rounds:?}");
     assert_eq!(f.settled_answers("web", 4), ["v1"; 4]);
     let now: BTreeMap<String, String> = f
-        .instances()
+        .full_instances()
         .into_iter()
         .filter(|i| i.name.starts_with("web-"))
         .inspect(|i| {
@@ -409,28 +368,51 @@ fn a_start_first_update_whose_new_replica_dies_after_it_was_ready_rolls_back_to_
         .map(|i| (i.name, i.last_used_at))
         .collect();
     assert_eq!(now, started, "the old replicas never stopped");
-    assert_eq!(f.records(), before, "no record written");
+    assert_eq!(f.dns_records(), before, "no record written");
 }
 
 #[test]
 fn a_broken_image_with_failure_action_pause_stops_after_the_first_batch() {
-    let f = Fixture::new("pause");
+    let f = Fixture::new("pause").at_most(CONCURRENT_FIXTURES);
     let cfg = "{parallelism: 1, monitor: 2s}";
     f.write(&web("testapp/v1", cfg));
     f.ok(&["up", "-d", "--wait"]);
+    let web_replicas = |f: &Fixture| -> BTreeMap<String, (String, String)> {
+        f.full_instances()
+            .into_iter()
+            .filter(|i| i.name.starts_with("web-"))
+            .map(|i| (i.name, (i.created_at, i.last_used_at)))
+            .collect()
+    };
+    let before = web_replicas(&f);
+    assert_eq!(before.len(), 4, "{before:?}");
     f.write(&web("testapp/broken", cfg));
     let out = f.run(&["up", "-d"]);
     assert!(!out.status.success(), "up succeeded with a broken image");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("paused"), "{err}");
+    // It stopped after the first batch (parallelism 1): one replica replaced, three untouched
+    // (created and started when they were).
+    let after = web_replicas(&f);
+    let untouched = before
+        .iter()
+        .filter(|(n, v)| after.get(*n) == Some(*v))
+        .count();
+    assert_eq!(untouched, 3, "before {before:?}, after {after:?}");
+    let h = history(&f, &[]);
+    assert_eq!(h.len(), 2, "{h:?}");
+    assert_eq!(h[1].2, "paused", "the update is recorded as paused: {h:?}");
     // The three replicas not replaced still serve v1.
     assert_eq!(f.settled_answers("web", 3), ["v1"; 3]);
     let ps: Vec<serde_json::Value> =
         serde_json::from_str(&f.ok(&["ps", "--format", "json"])).expect("ps json");
+    let web_rows: Vec<&serde_json::Value> = ps.iter().filter(|r| r["service"] == "web").collect();
     assert!(
-        ps.iter()
-            .filter(|r| r["service"] == "web")
-            .all(|r| r["update"] == "paused"),
+        web_rows.len() >= 3,
+        "ps lists at least the three running v1 replicas: {ps:?}"
+    );
+    assert!(
+        web_rows.iter().all(|r| r["update"] == "paused"),
         "ps does not say paused: {ps:?}"
     );
     // A later up with a fixed file goes on and completes.
@@ -444,7 +426,7 @@ fn a_broken_image_with_failure_action_pause_stops_after_the_first_batch() {
 
 #[test]
 fn a_memory_limit_change_is_applied_without_restarting_the_replicas() {
-    let f = Fixture::new("live");
+    let f = Fixture::new("live").at_most(CONCURRENT_FIXTURES);
     let text = |mem: &str| {
         format!(
             "name: {{name}}\nservices:\n  web:\n    image: testapp/v1\n    deploy:\n      replicas: 2\n      resources: {{limits: {{memory: {mem}}}}}\n"
@@ -453,14 +435,14 @@ fn a_memory_limit_change_is_applied_without_restarting_the_replicas() {
     f.write(&text("64M"));
     f.ok(&["up", "-d"]);
     let before: BTreeMap<String, String> = f
-        .instances()
+        .full_instances()
         .into_iter()
         .map(|i| (i.name, i.last_used_at))
         .collect();
     f.write(&text("96M"));
     let out = f.ok(&["up", "-d"]);
     assert!(out.contains("updated in place"), "{out}");
-    for i in f.instances() {
+    for i in f.full_instances() {
         assert_eq!(
             i.config.get("limits.memory").map(String::as_str),
             Some("100663296")
@@ -495,7 +477,7 @@ fn history(f: &Fixture, args: &[&str]) -> Vec<(u64, String, String, bool)> {
 
 #[test]
 fn rollback_brings_the_previous_revision_back_and_to_goes_to_any_kept_one() {
-    let f = Fixture::new("back");
+    let f = Fixture::new("back").at_most(CONCURRENT_FIXTURES);
     let cfg = "{parallelism: 2, monitor: 1s}";
     f.write(&web("testapp/v1", cfg));
     f.ok(&["up", "-d", "--wait"]);
@@ -556,7 +538,7 @@ fn rollback_brings_the_previous_revision_back_and_to_goes_to_any_kept_one() {
 
 #[test]
 fn rollback_volumes_restores_the_data_written_before_the_update() {
-    let f = Fixture::new("vol");
+    let f = Fixture::new("vol").at_most(CONCURRENT_FIXTURES);
     let text = |image: &str| {
         format!(
             "name: {{name}}\nservices:\n  db:\n    image: {image}\n    stop_grace_period: 1s\n    volumes: [data:/data]\n    deploy: {{update_config: {{monitor: 1s}}}}\n  probe:\n    image: testapp/v1\nvolumes:\n  data: {{}}\n"
@@ -580,141 +562,90 @@ fn rollback_volumes_restores_the_data_written_before_the_update() {
     assert_eq!(f.settled_answers("db", 1), ["v1"]);
 }
 
+/// Web replicas: name -> creation time.
+fn created(f: &Fixture) -> BTreeMap<String, String> {
+    f.full_instances()
+        .into_iter()
+        .filter(|i| i.name.starts_with("web-"))
+        .map(|i| (i.name, i.created_at))
+        .collect()
+}
+
 #[test]
 fn an_update_killed_half_way_is_finished_by_the_next_up_with_exactly_the_declared_replicas() {
-    let f = Fixture::new("kill");
+    let f = Fixture::new("kill")
+        .at_most(CONCURRENT_FIXTURES)
+        .env("INCUS_COMPOSE_LOCK_TTL", "5");
     let cfg = "{parallelism: 1, monitor: 1s}";
     f.write(&web("testapp/v1", cfg));
     f.ok(&["up", "-d", "--wait"]);
+    let v1 = created(&f);
+    assert_eq!(v1.len(), 4, "{v1:?}");
     f.write(&web("testapp/v2", cfg));
-    let mut child = f
-        .command(&["up", "-d"])
-        .env("INCUS_COMPOSE_LOCK_TTL", "5")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start up");
-    // Into the second batch or so.
-    std::thread::sleep(Duration::from_secs(9));
-    child.kill().expect("kill -9");
-    let _ = child.wait();
-    let out = f
-        .command(&["up", "-d"])
-        .env("INCUS_COMPOSE_LOCK_TTL", "5")
-        .output()
-        .expect("up again");
-    eprintln!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "the second up failed");
-    assert_eq!(f.settled_answers("web", 4), ["v2"; 4]);
-    let names: BTreeSet<String> = f
-        .instances()
-        .into_iter()
-        .map(|i| i.name)
-        .filter(|n| n.starts_with("web-"))
-        .collect();
-    assert_eq!(
-        names,
-        ["web-1", "web-2", "web-3", "web-4"]
-            .map(String::from)
-            .into()
-    );
-}
-
-/// Runs the harness (`INCUS_COMPOSE_TEST_HARNESS`) with `args`.
-fn harness(args: &[&str]) -> Result<(), String> {
-    let path = std::env::var_os("INCUS_COMPOSE_TEST_HARNESS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| panic!("INCUS_COMPOSE_TEST_HARNESS unset: {}", common::SETUP_HINT));
-    match Command::new(&path).args(args).output() {
-        Ok(o) if o.status.success() => Ok(()),
-        Ok(o) => Err(format!(
-            "harness {} failed:\n{}{}",
-            args.join(" "),
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        )),
-        Err(e) => Err(format!("cannot run the harness {}: {e}", args.join(" "))),
-    }
-}
-
-/// The machine-wide turn for changing the test cluster's members (the suites of every
-/// checkout share one cluster): the directory `/tmp/incus-compose-members.lock.d`, taken
-/// with `mkdir`, stale after 10 minutes, removed when dropped.
-struct MemberTurn;
-
-const MEMBER_TURN: &str = "/tmp/incus-compose-members.lock.d";
-
-impl MemberTurn {
-    fn take() -> MemberTurn {
-        let waited = Instant::now();
-        loop {
-            match std::fs::create_dir(MEMBER_TURN) {
-                Ok(()) => {
-                    eprintln!(
-                        "member turn taken after {:.1} s",
-                        waited.elapsed().as_secs_f64()
-                    );
-                    return MemberTurn;
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    let stale = std::fs::metadata(MEMBER_TURN)
-                        .and_then(|m| m.modified())
-                        .ok()
-                        .and_then(|t| t.elapsed().ok())
-                        .is_some_and(|age| age > Duration::from_secs(600));
-                    if stale {
-                        let _ = std::fs::remove_dir(MEMBER_TURN);
-                        continue;
-                    }
-                    std::thread::sleep(Duration::from_millis(500));
-                }
-                Err(e) => panic!("cannot take the member turn {MEMBER_TURN}: {e}"),
+    let mut child = f.spawn(&["up", "-d"]);
+    // Killed (-9) right after the first replica was recreated: half way, for certain.
+    let stdout = child.stdout.take().expect("up stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(Result::ok) {
+            eprintln!("up: {line}");
+            if tx.send(line).is_err() {
+                return;
             }
         }
-    }
-}
-
-impl Drop for MemberTurn {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir(MEMBER_TURN);
-    }
-}
-
-/// Member K killed (`kill-member`: its daemon dies, its containers live on), revived
-/// (`revive-member`) when dropped unless already.
-struct Killed {
-    k: String,
-    revived: bool,
-}
-
-impl Killed {
-    fn kill(k: &str) -> Killed {
-        let guard = Killed {
-            k: k.to_string(),
-            revived: false,
-        };
-        harness(&["kill-member", k]).unwrap_or_else(|e| panic!("{e}"));
-        guard
-    }
-
-    fn revive(&mut self) {
-        self.revived = true;
-        harness(&["revive-member", &self.k]).unwrap_or_else(|e| panic!("{e}"));
-    }
-}
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        if !self.revived
-            && let Err(e) = harness(&["revive-member", &self.k])
+    });
+    let first = loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(120))
+            .expect("up recreated no replica within 2 minutes");
+        if let Some((name, _)) = line
+            .strip_prefix("[~] ")
+            .and_then(|l| l.split_once(" recreated on "))
         {
-            eprintln!("cleanup: {e}");
+            break name.to_string();
         }
+    };
+    child.kill().expect("kill -9");
+    let _ = child.wait();
+    let at_kill = created(&f);
+    assert_ne!(at_kill.get(&first), v1.get(&first), "{first} was recreated");
+    let h = history(&f, &[]);
+    assert_eq!(
+        h.last().map(|r| r.2.as_str()),
+        Some("in progress"),
+        "the killed update is left in progress: {h:?}"
+    );
+    // The next up goes on: stop-first, one at a time, so three of four answer at every moment.
+    let (out, min, rounds) = f.up_while_polling("web");
+    assert!(out.status.success(), "the second up failed");
+    assert!(rounds.len() >= 4, "too few polling rounds: {rounds:?}");
+    assert!(min >= 3, "only {min} answered at one moment: {rounds:?}");
+    assert_eq!(f.settled_answers("web", 4), ["v2"; 4]);
+    let end = created(&f);
+    assert_eq!(
+        end.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["web-1", "web-2", "web-3", "web-4"]
+    );
+    // Each replica replaced once: the one done before the kill is not replaced again, the
+    // others are new.
+    assert_eq!(
+        end.get(&first),
+        at_kill.get(&first),
+        "{first} replaced twice"
+    );
+    for (name, t) in &end {
+        assert_ne!(Some(t), v1.get(name), "{name} still the v1 replica");
     }
+    let h = history(&f, &[]);
+    assert_eq!(
+        h.last().map(|r| r.2.as_str()),
+        Some("completed"),
+        "the update is recorded as completed: {h:?}"
+    );
+    assert!(
+        h.iter().all(|r| r.2 != "in progress"),
+        "no update left in progress: {h:?}"
+    );
 }
 
 /// Four replicas of testapp without a healthcheck, failure_action `continue`, and the probe
@@ -741,11 +672,11 @@ services:
 #[test]
 fn a_member_killed_during_an_update_ends_it_within_the_deadlines_and_the_next_up_converges() {
     // The fixture is declared first: its `down` runs after node3 is back.
-    let f = Fixture::new("off");
+    let f = Fixture::new("off").at_most(CONCURRENT_FIXTURES);
     f.write(&four_over_three("testapp/v1"));
     f.ok(&["up", "-d"]);
     let on3: BTreeSet<String> = f
-        .instances()
+        .full_instances()
         .into_iter()
         .filter(|i| i.location == "node3" && i.name.starts_with("web-"))
         .map(|i| i.name)
@@ -816,7 +747,7 @@ fn a_member_killed_during_an_update_ends_it_within_the_deadlines_and_the_next_up
     );
     assert_eq!(f.settled_answers("web", 4), ["v2"; 4]);
     let names: BTreeSet<String> = f
-        .instances()
+        .full_instances()
         .into_iter()
         .map(|i| i.name)
         .filter(|n| n.starts_with("web-"))
@@ -897,7 +828,7 @@ services:
 #[test]
 fn a_start_first_update_with_a_published_port_moves_replicas_to_a_free_member_and_keeps_both_answering()
  {
-    let f = Fixture::new("port");
+    let f = Fixture::new("port").at_most(CONCURRENT_FIXTURES);
     // A host port of its own: the members' ports are shared by every suite.
     let port = 20_000 + (std::process::id() % 10_000) as u16;
     f.write(&published("testapp/v1", port));
@@ -905,7 +836,7 @@ fn a_start_first_update_with_a_published_port_moves_replicas_to_a_free_member_an
     let members = member_ips();
     assert_eq!(members.len(), 3, "needs the 3-member test cluster");
     let before: BTreeMap<String, String> = f
-        .instances()
+        .full_instances()
         .into_iter()
         .filter(|i| i.name.starts_with("web-"))
         .map(|i| (i.location, i.name))
@@ -965,7 +896,7 @@ fn a_start_first_update_with_a_published_port_moves_replicas_to_a_free_member_an
     assert_eq!(end.values().collect::<Vec<_>>(), ["v2", "v2"], "{end:?}");
     assert!(end.contains_key(&free), "{end:?}");
     let names: BTreeSet<String> = f
-        .instances()
+        .full_instances()
         .into_iter()
         .map(|i| i.name)
         .filter(|n| n.starts_with("web-"))
@@ -983,7 +914,7 @@ fn wall_ms() -> u64 {
 
 #[test]
 fn an_update_killed_after_a_batch_is_resumed_no_sooner_than_the_delay_after_that_batch() {
-    let f = Fixture::new("pace");
+    let f = Fixture::new("pace").at_most(CONCURRENT_FIXTURES);
     let text = |image: &str| {
         format!(
             r#"
@@ -1082,7 +1013,7 @@ services:
     assert_eq!(out.matches("recreated on").count(), 1, "{out}");
     assert_eq!(f.settled_answers("web", 2), ["v2"; 2]);
     let names: BTreeSet<String> = f
-        .instances()
+        .full_instances()
         .into_iter()
         .map(|i| i.name)
         .filter(|n| n.starts_with("web-"))

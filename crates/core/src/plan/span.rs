@@ -487,21 +487,51 @@ mod tests {
     }
 
     proptest::proptest! {
+        /// The name's own VNI and a run after it are held in 49 of 50 cases (the probing is
+        /// what is tested), plus VNIs held anywhere.
         #[test]
-        fn allocated_vnis_avoid_every_held_one(name in "[a-z0-9-]{1,13}", held in proptest::collection::btree_set(1u32..=MAX_VNI, 0..50)) {
+        fn allocated_vnis_avoid_every_held_one(
+            name in "[a-z0-9-]{1,13}",
+            run in 0u32..50,
+            elsewhere in proptest::collection::btree_set(1u32..=MAX_VNI, 0..50),
+        ) {
+            let own = allocate_vni(&name, &BTreeSet::new()).unwrap();
+            let mut held = elsewhere;
+            held.extend((0..run).map(|i| (own - 1 + i) % MAX_VNI + 1));
             let v = allocate_vni(&name, &held).unwrap();
             proptest::prop_assert!(!held.contains(&v));
             proptest::prop_assert!((1..=MAX_VNI).contains(&v));
+            // The first free one after the held run: probing goes on from the name's own VNI.
+            let first_free = (0..MAX_VNI)
+                .map(|i| (own - 1 + i) % MAX_VNI + 1)
+                .find(|c| !held.contains(c))
+                .unwrap();
+            proptest::prop_assert_eq!(v, first_free);
         }
 
+        /// Up to the whole subnet taken and up to more addresses wanted than it has: about a
+        /// third of the cases exhaust it.
         #[test]
         fn allocated_addresses_are_unique_inside_the_subnet_and_never_the_gateway(
-            taken in proptest::collection::btree_set(0u8..=255, 0..100),
-            wanted in 0usize..120,
+            taken in proptest::collection::btree_set(0u8..=255, 0..256),
+            wanted in 0usize..260,
         ) {
             let s = Subnet::parse("100.100.9.0/24", None).unwrap();
             let taken: BTreeSet<Ipv4Addr> = taken.into_iter().map(|o| Ipv4Addr::new(100, 100, 9, o)).collect();
-            let got = allocate_addresses(&s, &taken, wanted).unwrap();
+            // Hosts .1-.254 without the gateway and the taken ones.
+            let free = (1u8..=254)
+                .map(|o| Ipv4Addr::new(100, 100, 9, o))
+                .filter(|a| *a != s.gateway && !taken.contains(a))
+                .count();
+            let got = match allocate_addresses(&s, &taken, wanted) {
+                Ok(got) => got,
+                Err(left) => {
+                    proptest::prop_assert!(wanted > free, "refused {wanted} with {free} free");
+                    proptest::prop_assert_eq!(left, free);
+                    return Ok(());
+                }
+            };
+            proptest::prop_assert!(wanted <= free);
             let unique: BTreeSet<_> = got.iter().collect();
             proptest::prop_assert_eq!(unique.len(), wanted);
             for a in &got {
