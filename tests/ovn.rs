@@ -11,30 +11,16 @@
 
 mod common;
 
-use std::process::{Command, Output};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::collections::BTreeSet;
+use std::process::Command;
 
-use common::{SETUP_HINT, block_on};
+use common::{Fixture, block_on, cluster_client, take_turn, wait_until};
 use ic_incus::Client;
 
-const BIN: &str = env!("CARGO_BIN_EXE_incus-compose");
-
-/// The tests of this binary take turns: the OVN line's members run Open vSwitch on the userspace
-/// datapath, one thread each, on the machine's two cores; three stacks coming up at once starve it.
-static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn take_turn() -> std::sync::MutexGuard<'static, ()> {
-    TURN.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// A client for the OVN line; fails unless the server is a cluster with OVN and the uplink `UPLINK`.
+/// A client for the OVN line; fails unless the server is a cluster with OVN (the OVN line's
+/// environment names it).
 fn client() -> Client {
-    let c = common::client();
-    let info = block_on(c.server()).expect("server");
-    assert!(
-        info.is_clustered(),
-        "these tests need the 3-member OVN test cluster (`scripts/test-cluster up --ovn --members 3`): {SETUP_HINT}"
-    );
+    let c = cluster_client();
     assert_eq!(
         std::env::var("INCUS_COMPOSE_TEST_OVN").as_deref(),
         Ok("1"),
@@ -43,86 +29,14 @@ fn client() -> Client {
     c
 }
 
-/// A compose project in a temporary directory, removed with `down -v` when dropped.
-struct Project {
-    name: String,
-    dir: tempfile::TempDir,
-}
-
-impl Project {
-    fn new(tag: &str) -> Project {
-        static COUNTER: AtomicU32 = AtomicU32::new(0);
-        Project {
-            name: format!(
-                "ovn-{tag}-{}-{}",
-                std::process::id() % 100_000,
-                COUNTER.fetch_add(1, Ordering::Relaxed)
-            ),
-            dir: tempfile::tempdir().expect("temp dir"),
-        }
-    }
-
-    fn write(&self, yaml: &str) {
-        std::fs::write(self.dir.path().join("compose.yaml"), yaml).expect("write compose file");
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        let out = Command::new(BIN)
-            .arg("-p")
-            .arg(&self.name)
-            .args(args)
-            .current_dir(self.dir.path())
-            .env_remove("COMPOSE_PROJECT_NAME")
-            .env_remove("COMPOSE_FILE")
-            .output()
-            .expect("run incus-compose");
-        eprintln!(
-            "$ incus-compose -p {} {}  (exit {:?})\n{}{}",
-            self.name,
-            args.join(" "),
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(out.status.success(), "incus-compose {args:?} failed");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// `sh -c SCRIPT` in replica `index` of `service`: (exit code, stdout).
-    fn sh(&self, service: &str, index: u32, script: &str) -> (i32, String) {
-        let idx = index.to_string();
-        let out = self.run(&["exec", "-T", "--index", &idx, service, "sh", "-c", script]);
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-        )
-    }
-
-    /// The replicas of the project: (name, member), from `ps --format json`.
-    fn replicas(&self) -> Vec<(String, String)> {
-        let out = self.ok(&["ps", "--format", "json"]);
-        let v: serde_json::Value = serde_json::from_str(&out).expect("ps json");
-        let rows = v.as_array().cloned().unwrap_or_default();
-        rows.iter()
-            .map(|r| {
-                (
-                    r["name"].as_str().unwrap_or_default().to_string(),
-                    r["member"].as_str().unwrap_or_default().to_string(),
-                )
-            })
-            .collect()
-    }
-}
-
-impl Drop for Project {
-    fn drop(&mut self) {
-        let _ = self.run(&["down", "-v"]);
-    }
+/// `sh -c SCRIPT` in replica `index` of `service`: (exit code, stdout).
+fn sh(f: &Fixture, service: &str, index: u32, script: &str) -> (i32, String) {
+    let idx = index.to_string();
+    let out = f.run(&["exec", "-T", "--index", &idx, service, "sh", "-c", script]);
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
 }
 
 /// An HTTP server on the harness host's bridge address (outside the cluster: the members' own link),
@@ -166,22 +80,14 @@ impl Drop for HostServer {
     }
 }
 
-/// Retries `f` for up to `secs` seconds (DHCP leases and OVN flows take a moment after `up`).
-fn eventually(secs: u64, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
-    loop {
-        if f() {
-            return true;
-        }
-        if std::time::Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(500));
-    }
+/// Retries `check` for up to `secs` seconds (DHCP leases and OVN flows take a moment after `up`).
+fn eventually(secs: u64, check: impl FnMut() -> bool) -> bool {
+    wait_until(std::time::Duration::from_secs(secs), check)
 }
 
-fn fetch(p: &Project, service: &str, index: u32, url: &str) -> Option<String> {
-    let (code, out) = p.sh(
+fn fetch(f: &Fixture, service: &str, index: u32, url: &str) -> Option<String> {
+    let (code, out) = sh(
+        f,
         service,
         index,
         &format!("timeout 5 wget -O- {url} 2>/dev/null"),
@@ -193,14 +99,12 @@ fn fetch(p: &Project, service: &str, index: u32, url: &str) -> Option<String> {
 fn replicas_on_three_members_reach_each_other_over_ovn_by_instance_name() {
     let _turn = take_turn();
     let c = client();
-    let p = Project::new("mesh");
-    p.write(
+    let p = Fixture::new("mesh").compose(
         "services:\n  web:\n    image: testapp/v1\n    networks: [back]\n    deploy: {replicas: 3}\nnetworks:\n  back: {}\n",
     );
     p.ok(&["up", "-d"]);
-    let replicas = p.replicas();
-    let members: std::collections::BTreeSet<&str> =
-        replicas.iter().map(|(_, m)| m.as_str()).collect();
+    let replicas = p.running("web");
+    let members: BTreeSet<&str> = replicas.values().map(String::as_str).collect();
     assert_eq!(replicas.len(), 3, "{replicas:?}");
     assert_eq!(members.len(), 3, "one replica per member: {replicas:?}");
     // The network incus-compose made is an OVN network on the uplink.
@@ -240,8 +144,7 @@ fn replicas_on_ovn_reach_a_host_outside_the_cluster_unless_the_network_is_intern
     let _turn = take_turn();
     let _c = client();
     let server = HostServer::start("from-the-host", 18093);
-    let p = Project::new("egress");
-    p.write(
+    let p = Fixture::new("egress").compose(
         "services:\n  out:\n    image: testapp/v1\n    networks: [open]\n    deploy: {replicas: 3}\n  shut:\n    image: testapp/v1\n    networks: [closed]\n    deploy: {replicas: 3}\nnetworks:\n  open: {}\n  closed: {internal: true}\n",
     );
     p.ok(&["up", "-d"]);
@@ -276,16 +179,14 @@ fn replicas_on_ovn_reach_a_host_outside_the_cluster_unless_the_network_is_intern
 fn one_projects_instances_cannot_reach_anothers_on_ovn() {
     let _turn = take_turn();
     let _c = client();
-    let a = Project::new("isoa");
-    let b = Project::new("isob");
     let yaml = "services:\n  app:\n    image: testapp/v1\n    networks: [net]\n    deploy: {replicas: 2}\nnetworks:\n  net: {}\n";
-    a.write(yaml);
-    b.write(yaml);
+    let a = Fixture::new("isoa").compose(yaml);
+    let b = Fixture::new("isob").compose(yaml);
     a.ok(&["up", "-d"]);
     b.ok(&["up", "-d"]);
     // A replica's own address on eth0, read inside it.
-    let addr_of = |p: &Project, index: u32| -> String {
-        let (code, out) = p.sh("app", index, "ip -4 -o addr show dev eth0");
+    let addr_of = |p: &Fixture, index: u32| -> String {
+        let (code, out) = sh(p, "app", index, "ip -4 -o addr show dev eth0");
         assert_eq!(code, 0, "ip addr in {}/app-{index}", p.name);
         out.split_whitespace()
             .skip_while(|w| *w != "inet")
