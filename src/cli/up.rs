@@ -204,9 +204,6 @@ pub fn run(global: &GlobalArgs, args: &UpArgs) -> anyhow::Result<ExitCode> {
         }
         // The one converge path (engine::converge): the revision recorded, the plan executed
         // under the lock with the readiness gate, the revision finished.
-        let Some(lock) = _lock.as_ref() else {
-            bail!("internal error: up acts without the project lock");
-        };
         let done = converge::converge(
             &ctx.base,
             &ctx.incus_project,
@@ -218,7 +215,7 @@ pub fn run(global: &GlobalArgs, args: &UpArgs) -> anyhow::Result<ExitCode> {
                 ..Default::default()
             },
             &converge::Policy {
-                lock: Some(lock),
+                lock: _lock.as_ref(),
                 record: Some("up".into()),
                 keep: engine::revisions::keep(Some(&ctx.project)),
                 parallel: args.parallel,

@@ -242,7 +242,8 @@ pub struct Options {
 /// parallelism and readiness gate.
 pub struct Policy<'a> {
     /// The project lock, held by the caller (taken before observing: the plan is made under
-    /// it). `None` only for a dry run.
+    /// it). `None` for a dry run, or in an Incus project incus-compose did not create (no
+    /// lock is taken there; `up` says so).
     pub lock: Option<&'a LockGuard>,
     /// The cause a new revision records (`up`, `scale web=5`, `rollback to 3`); `None`: no
     /// revision is recorded.
@@ -342,9 +343,9 @@ pub async fn converge(
             revision: None,
         });
     }
-    let Some(guard) = policy.lock else {
-        bail!("internal error: a converge that acts needs the project lock");
-    };
+    // No lock in an Incus project incus-compose did not create (none is taken there, and
+    // nothing is written to it for one): the steps then fence on nothing.
+    let lease = policy.lock.map(LockGuard::lease);
     // A new revision when the services' specs changed (engine::revisions); a run that
     // changes only some services records only those (the others keep their stored form).
     let recorder = match &policy.record {
@@ -370,7 +371,7 @@ pub async fn converge(
         base,
         incus_project,
         &obs,
-        Some(guard.lease()),
+        lease,
         Some(&desired),
     );
     target.revision = recorder.as_ref().map(|r| r.revision.number);
