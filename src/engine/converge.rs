@@ -367,13 +367,7 @@ pub async fn converge(
         }
         None => None,
     };
-    let mut target = Target::new(
-        base,
-        incus_project,
-        &obs,
-        lease,
-        Some(&desired),
-    );
+    let mut target = Target::new(base, incus_project, &obs, lease, Some(&desired));
     target.revision = recorder.as_ref().map(|r| r.revision.number);
     let outcome = super::execute_gated(&target, &plan, policy.parallel, policy.gate).await;
     let mut recorded = None;
