@@ -245,34 +245,30 @@ fn a_start_first_update_keeps_all_four_replicas_answering() {
     assert!(out.status.success(), "up failed");
     // Enough samples to see a gap: four replicas, each started, monitored 2 s, retired.
     assert!(rounds.len() >= 8, "too few polling rounds: {rounds:?}");
-    // The old replicas serve until the one record write at the end, which restarts the
-    // tunnels on every member (~0.4 s without cross-member packets, longer under load): a
-    // request is tried again a second later, as a client would. Requests lost around that
-    // write are the gap issue 24 closes (records that change without restarting tunnels);
-    // until then they are counted and bounded by one round's worth. A replica stopped before
-    // its replacement serves would lose a request in every round for seconds.
+    // Every slot answers in every round: the old replica serves until its replacement does
+    // (a request is tried again a second later, as a client would). The requests also go to
+    // every running replica, new ones still starting and old ones about to stop included, and
+    // around the one record write at the end (it restarts the tunnels on every member, the gap
+    // issue 24 closes): those that needed a second try or got none are counted and reported,
+    // bounded loosely; a replica stopped before its replacement serves leaves its slot silent.
     assert!(
         fetches.requests >= 4 * rounds.len(),
         "every round asked every replica: {fetches:?}, {rounds:?}"
     );
     eprintln!(
-        "FIGURE start-first update: {} requests in {} rounds, {} answered on the second try, {} lost",
+        "FIGURE start-first update: {} requests in {} rounds, {} answered on the second try, {} not answered",
         fetches.requests,
         rounds.len(),
         fetches.retried,
         fetches.failed
     );
     assert!(
-        fetches.failed <= 4,
-        "more requests lost than the one record write explains: {fetches:?}"
+        min >= 4,
+        "only {min} slots answered at one moment: {rounds:?}"
     );
     assert!(
-        fetches.retried + fetches.failed <= 8,
-        "more requests needed a second try than the one record write explains: {fetches:?}"
-    );
-    assert!(
-        min >= 3,
-        "only {min} replicas answered at one moment: {rounds:?}"
+        (fetches.retried + fetches.failed) * 20 <= fetches.requests,
+        "more than 5% of the requests needed a second try or got none: {fetches:?}"
     );
     // The records name the new replicas, and the service name only their addresses.
     let records = f.dns_records();
