@@ -100,7 +100,7 @@ fn replicas_on_three_members_reach_each_other_over_ovn_by_instance_name() {
     let _turn = take_turn();
     let c = client();
     let p = Fixture::new("mesh").compose(
-        "services:\n  web:\n    image: testapp/v1\n    networks: [back]\n    deploy: {replicas: 3}\nnetworks:\n  back: {}\n",
+        "name: {name}\nservices:\n  web:\n    image: testapp/v1\n    networks: [back]\n    deploy: {replicas: 3}\nnetworks:\n  back: {}\n",
     );
     p.ok(&["up", "-d"]);
     let replicas = p.running("web");
@@ -145,7 +145,7 @@ fn replicas_on_ovn_reach_a_host_outside_the_cluster_unless_the_network_is_intern
     let _c = client();
     let server = HostServer::start("from-the-host", 18093);
     let p = Fixture::new("egress").compose(
-        "services:\n  out:\n    image: testapp/v1\n    networks: [open]\n    deploy: {replicas: 3}\n  shut:\n    image: testapp/v1\n    networks: [closed]\n    deploy: {replicas: 3}\nnetworks:\n  open: {}\n  closed: {internal: true}\n",
+        "name: {name}\nservices:\n  out:\n    image: testapp/v1\n    networks: [open]\n    deploy: {replicas: 3}\n  shut:\n    image: testapp/v1\n    networks: [closed]\n    deploy: {replicas: 3}\nnetworks:\n  open: {}\n  closed: {internal: true}\n",
     );
     p.ok(&["up", "-d"]);
     for i in 1..=3 {
@@ -179,7 +179,7 @@ fn replicas_on_ovn_reach_a_host_outside_the_cluster_unless_the_network_is_intern
 fn one_projects_instances_cannot_reach_anothers_on_ovn() {
     let _turn = take_turn();
     let _c = client();
-    let yaml = "services:\n  app:\n    image: testapp/v1\n    networks: [net]\n    deploy: {replicas: 2}\nnetworks:\n  net: {}\n";
+    let yaml = "name: {name}\nservices:\n  app:\n    image: testapp/v1\n    networks: [net]\n    deploy: {replicas: 2}\nnetworks:\n  net: {}\n";
     let a = Fixture::new("isoa").compose(yaml);
     let b = Fixture::new("isob").compose(yaml);
     a.ok(&["up", "-d"]);
