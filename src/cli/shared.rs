@@ -97,25 +97,12 @@ pub(super) async fn project_instances(
     compose: &str,
     services: &[String],
 ) -> anyhow::Result<Vec<Instance>> {
-    let mut instances = match client.instances().await {
+    let instances = match client.instances().await {
         Ok(list) => list,
         Err(e) if e.is_not_found() => Vec::new(),
         Err(e) => return Err(e).context("cannot list instances"),
     };
-    instances.retain(|i| {
-        crate::engine::is_ours(&i.config, compose)
-            && (services.is_empty()
-                || i.config
-                    .get(LABEL_SERVICE)
-                    .is_some_and(|s| services.contains(s)))
-    });
-    instances.sort_by_key(|i| {
-        (
-            i.config.get(LABEL_SERVICE).cloned(),
-            i.config.get(LABEL_SLOT).and_then(|s| s.parse::<u64>().ok()),
-            i.config.get(LABEL_SLOT).cloned(),
-            i.name.clone(),
-        )
-    });
-    Ok(instances)
+    Ok(crate::engine::reach::ours_in_order(
+        instances, compose, services,
+    ))
 }

@@ -95,23 +95,9 @@ pub async fn project_instances(
         Err(e) if e.is_not_found() => Vec::new(),
         Err(e) => return Err(e).context("cannot list instances"),
     };
-    let (stand_ins, mut instances): (Vec<Instance>, Vec<Instance>) =
+    let (stand_ins, instances): (Vec<Instance>, Vec<Instance>) =
         list.into_iter().partition(Instance::is_stand_in);
-    instances.retain(|i| {
-        crate::engine::is_ours(&i.config, compose)
-            && (services.is_empty()
-                || i.config
-                    .get(LABEL_SERVICE)
-                    .is_some_and(|s| services.contains(s)))
-    });
-    instances.sort_by_key(|i| {
-        (
-            i.config.get(LABEL_SERVICE).cloned(),
-            i.config.get(LABEL_SLOT).and_then(|s| s.parse::<u64>().ok()),
-            i.config.get(LABEL_SLOT).cloned(),
-            i.name.clone(),
-        )
-    });
+    let instances = ours_in_order(instances, compose, services);
     let mut unreached = Vec::new();
     if !stand_ins.is_empty() && ours_project(client, compose).await {
         for s in stand_ins {
@@ -142,6 +128,31 @@ async fn ours_project(client: &Client, compose: &str) -> bool {
         Ok(p) => p.config.get(LABEL_PROJECT).map(String::as_str) == Some(compose),
         Err(_) => false,
     }
+}
+
+/// The instances of compose project `compose` (only those of `services` unless empty), in
+/// service, then replica order.
+pub fn ours_in_order(
+    mut instances: Vec<Instance>,
+    compose: &str,
+    services: &[String],
+) -> Vec<Instance> {
+    instances.retain(|i| {
+        crate::engine::is_ours(&i.config, compose)
+            && (services.is_empty()
+                || i.config
+                    .get(LABEL_SERVICE)
+                    .is_some_and(|s| services.contains(s)))
+    });
+    instances.sort_by_key(|i| {
+        (
+            i.config.get(LABEL_SERVICE).cloned(),
+            i.config.get(LABEL_SLOT).and_then(|s| s.parse::<u64>().ok()),
+            i.config.get(LABEL_SLOT).cloned(),
+            i.name.clone(),
+        )
+    });
+    instances
 }
 
 #[cfg(test)]

@@ -92,14 +92,9 @@ pub async fn begin(
     if let Some(open) = revision::to_reopen(&revs, &all) {
         let mut rev = open.clone();
         rev.outcome = Outcome::InProgress;
-        let rec = Recorder {
-            base: base.clone(),
-            incus_project: incus_project.to_string(),
-            keep,
-            revision: rev,
-        };
-        rec.write().await?;
-        return Ok(Some(rec));
+        return Recorder::written(base, incus_project, keep, rev)
+            .await
+            .map(Some);
     }
     if !revision::is_new(&revs, &all) {
         return Ok(None);
@@ -113,14 +108,9 @@ pub async fn begin(
         services: all,
         networks,
     };
-    let rec = Recorder {
-        base: base.clone(),
-        incus_project: incus_project.to_string(),
-        keep,
-        revision: rev,
-    };
-    rec.write().await?;
-    Ok(Some(rec))
+    Recorder::written(base, incus_project, keep, rev)
+        .await
+        .map(Some)
 }
 
 /// After a run found nothing to change: when the newest revision has the services deployed
@@ -142,17 +132,28 @@ pub async fn complete_if_converged(
     };
     let mut rev = open.clone();
     rev.outcome = Outcome::Completed;
-    let rec = Recorder {
-        base: base.clone(),
-        incus_project: incus_project.to_string(),
-        keep,
-        revision: rev,
-    };
-    rec.write().await?;
+    let rec = Recorder::written(base, incus_project, keep, rev).await?;
     Ok(Some(rec.revision.number))
 }
 
 impl Recorder {
+    /// A recorder of `revision`, written to the Incus project's config.
+    async fn written(
+        base: &Client,
+        incus_project: &str,
+        keep: usize,
+        revision: Revision,
+    ) -> anyhow::Result<Recorder> {
+        let rec = Recorder {
+            base: base.clone(),
+            incus_project: incus_project.to_string(),
+            keep,
+            revision,
+        };
+        rec.write().await?;
+        Ok(rec)
+    }
+
     async fn write(&self) -> anyhow::Result<()> {
         let rev = &self.revision;
         edit_project_config(&self.base, &self.incus_project, |config| {
