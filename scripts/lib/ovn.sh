@@ -32,7 +32,9 @@ i7_ovn_root_ok() {
     local r=${1:-$I7_ROOT}
     [ "$(cat "$r/.incus-compose-root-ovn" 2>/dev/null || true)" = "$I7_OVN_STAMP" ] || return 1
     i7_root_ok "$r" || return 1
-    [ -x "$r/usr/sbin/ovs-vswitchd" ] && [ -x "$r/usr/bin/ovn-controller" ] && [ -x "$r/usr/bin/ovn-northd" ]
+    # usr/sbin/ovs-vswitchd is an absolute symlink into the root's /etc/alternatives (Debian 13): test it
+    # inside the root, where it resolves, not from the host, where it dangles.
+    chroot "$r" /usr/bin/test -x /usr/sbin/ovs-vswitchd && [ -x "$r/usr/bin/ovn-controller" ] && [ -x "$r/usr/bin/ovn-northd" ]
 }
 i7_ensure_root() {
     local ovn_root=$I7_ROOT t0=$SECONDS
