@@ -68,17 +68,10 @@ fn read_only_commands_answer_for_live_members_and_warn_naming_the_offline_one() 
     let mut live: Vec<String> = ["node1", "node2"].iter().flat_map(|m| on(m)).collect();
     live.sort();
     assert_eq!(live.len(), 2, "one replica on node1 and node2: {rows:?}");
-    // The consoles have printed their line (all three, before node3 goes).
-    wait_for(
-        "every replica's console line",
-        Duration::from_secs(60),
-        || {
-            let out = text(&f.run(&["logs"]).stdout);
-            live.iter()
-                .chain([&lost])
-                .all(|n| out.contains(&format!("hello from {n}")))
-        },
-    );
+    // The consoles have printed their line. Not polled with `logs`: reading a console log
+    // may take what it read (a `logs` here was seen to leave the one after the kill without
+    // the live replicas' lines).
+    std::thread::sleep(Duration::from_secs(2));
 
     let turn = MemberTurn::take();
     let mut killed = Killed::kill("3");
