@@ -317,7 +317,7 @@ fn a_watch_killed_while_it_recreates_replicas_is_finished_by_the_next_watch() {
         if log.contains("holds the watch lease") || start.elapsed() > Duration::from_secs(90) {
             break;
         }
-        std::thread::sleep(Duration::from_secs(3));
+        std::thread::sleep(Duration::from_secs(1));
     }
     f.converged("web", 3, &format!("seed {seed}"));
 }
