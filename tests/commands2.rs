@@ -329,12 +329,30 @@ services:
             .spawn()
             .expect("run script(1)");
         let mut input = child.stdin.take().expect("stdin");
-        // Answer once the question is up.
-        std::thread::sleep(Duration::from_secs(3));
+        let mut stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel::<Vec<u8>>();
+        let reader = std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = std::io::Read::read(&mut stdout, &mut buf) {
+                if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                    break;
+                }
+            }
+        });
+        // Answer once the question is up (polled, at most 30 s).
+        let mut seen = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !String::from_utf8_lossy(&seen).contains("[y/N]") && Instant::now() < deadline {
+            if let Ok(chunk) = rx.recv_timeout(Duration::from_millis(100)) {
+                seen.extend(chunk);
+            }
+        }
         input.write_all(answer.as_bytes()).expect("answer");
-        let out = child.wait_with_output().expect("wait");
+        child.wait().expect("wait");
         drop(input);
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        reader.join().expect("stdout reader");
+        seen.extend(rx.try_iter().flatten());
+        String::from_utf8_lossy(&seen).into_owned()
     };
     let text = on_terminal("n\n");
     assert!(text.contains("Going to remove web-1"), "{text:?}");

@@ -12,163 +12,9 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-use std::path::Path;
 use std::process::{Command, Output};
-use std::sync::atomic::{AtomicU32, Ordering};
 
-use common::{SETUP_HINT, block_on};
-use ic_incus::{Client, Instance};
-
-const BIN: &str = env!("CARGO_BIN_EXE_incus-compose");
-
-fn client() -> Client {
-    let c = common::client();
-    let info = block_on(c.server()).expect("server");
-    assert!(
-        info.is_clustered(),
-        "these tests need the 3-member test cluster, the server is not clustered: {SETUP_HINT}"
-    );
-    c
-}
-
-fn incus_compose(dir: &Path, args: &[&str]) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.args(args)
-        .current_dir(dir)
-        .env_remove("COMPOSE_PROJECT_NAME")
-        .env_remove("COMPOSE_FILE")
-        .env_remove("INCUS_COMPOSE_INCUS_PROJECT");
-    cmd
-}
-
-/// A compose project in a temporary directory, removed with `down -v` when dropped.
-struct Fixture {
-    name: String,
-    dir: tempfile::TempDir,
-    client: Client,
-}
-
-impl Fixture {
-    fn new(tag: &str, client: &Client) -> Fixture {
-        static COUNTER: AtomicU32 = AtomicU32::new(0);
-        Fixture {
-            name: format!(
-                "eg-{tag}-{}-{}",
-                std::process::id() % 100_000,
-                COUNTER.fetch_add(1, Ordering::Relaxed)
-            ),
-            dir: tempfile::tempdir().expect("temp dir"),
-            client: client.clone(),
-        }
-    }
-
-    fn write(&self, yaml: &str) {
-        std::fs::write(
-            self.dir.path().join("compose.yaml"),
-            yaml.replace("{name}", &self.name),
-        )
-        .expect("write compose file");
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out: Output = incus_compose(self.dir.path(), args)
-            .output()
-            .expect("run incus-compose");
-        eprintln!(
-            "$ incus-compose {}  (exit {:?})\n{}{}",
-            args.join(" "),
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(out.status.success(), "incus-compose {args:?} failed");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// A shell command in a replica: (exit code, stdout).
-    fn sh(&self, service: &str, index: u32, script: &str) -> (i32, String) {
-        let idx = index.to_string();
-        let out = incus_compose(
-            self.dir.path(),
-            &["exec", "-T", "--index", &idx, service, "sh", "-c", script],
-        )
-        .output()
-        .expect("run incus-compose exec");
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-        )
-    }
-
-    /// `wget` of `url` in a replica, a few tries (a fresh replica may still be getting its
-    /// address): the body, or None.
-    fn fetch(&self, service: &str, index: u32, url: &str) -> Option<String> {
-        for attempt in 0..8 {
-            if attempt > 0 {
-                std::thread::sleep(std::time::Duration::from_millis(500));
-            }
-            let (code, out) = self.sh(service, index, &format!("wget -q -O- {url}"));
-            if code == 0 {
-                return Some(out);
-            }
-        }
-        None
-    }
-
-    /// One try (wget gives up on its own when nothing answers).
-    fn reaches(&self, service: &str, index: u32, url: &str) -> bool {
-        self.sh(
-            service,
-            index,
-            &format!("timeout 5 wget -q -O- {url} >/dev/null"),
-        )
-        .0 == 0
-    }
-
-    fn instances(&self) -> BTreeMap<String, Instance> {
-        block_on(self.client.with_project(&self.name).instances())
-            .expect("list instances")
-            .into_iter()
-            .map(|i| (i.name.clone(), i))
-            .collect()
-    }
-
-    fn networks(&self) -> Vec<ic_incus::Network> {
-        block_on(self.client.networks())
-            .expect("list networks")
-            .into_iter()
-            .filter(|n| {
-                n.config
-                    .get("user.incus-compose.project")
-                    .map(String::as_str)
-                    == Some(self.name.as_str())
-            })
-            .collect()
-    }
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        if !self.dir.path().join("compose.yaml").exists() {
-            return;
-        }
-        for attempt in 0..3 {
-            if attempt > 0 {
-                std::thread::sleep(std::time::Duration::from_secs(2));
-            }
-            let down = incus_compose(
-                self.dir.path(),
-                &["down", "-v", "--remove-orphans", "-t", "1"],
-            )
-            .output();
-            if matches!(&down, Ok(o) if o.status.success()) {
-                break;
-            }
-            eprintln!("cleanup of {} failed: {down:?}", self.name);
-        }
-    }
-}
+use common::{Fixture, SETUP_HINT, cluster_client};
 
 fn run(cmd: &str, args: &[&str]) -> Output {
     let out = Command::new(cmd)
@@ -271,9 +117,9 @@ fn member_address(member: &str) -> String {
 #[test]
 fn every_replica_reaches_a_host_outside_through_its_own_member_and_internal_or_egress_false_ones_do_not()
  {
-    let c = client();
+    let c = cluster_client();
     let out = Outside::start();
-    let f = Fixture::new("out", &c);
+    let f = Fixture::with_client(c, "out");
     f.write(
         r#"
 name: {name}

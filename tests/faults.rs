@@ -1,4 +1,4 @@
-//! The one converge path under faults, on the real 3-member test cluster (6.0 line):
+//! The one converge path under faults, on the real 3-member test cluster (the 7.0 line in scripts/test):
 //! `incus-compose` is killed with SIGKILL at a seeded random point of `up`, a rolling update,
 //! `scale`, `rollback` and `watch`, then the same command runs once more; after it:
 //! exactly the declared replicas run, each on the deployed revision's spec, no running
@@ -17,37 +17,14 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{SETUP_HINT, block_on, client};
-use ic_incus::{Client, Instance};
+use common::{Fixture, MemberTurn, SETUP_HINT, block_on};
+use ic_incus::Instance;
 
-const BIN: &str = env!("CARGO_BIN_EXE_incus-compose");
 const HASH: &str = "user.incus-compose.hash";
 const SERVICE: &str = "user.incus-compose.service";
 const RETIRED: &str = "user.incus-compose.retired";
-
-fn command(dir: &Path, args: &[&str]) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.args(args)
-        .current_dir(dir)
-        .env_remove("COMPOSE_PROJECT_NAME")
-        .env_remove("COMPOSE_FILE")
-        .env_remove("INCUS_COMPOSE_INCUS_PROJECT");
-    cmd
-}
-
-fn show(what: &str, out: &Output) {
-    eprintln!(
-        "$ {what}  (exit {:?})\n{}{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// splitmix64: the kill points of one seed.
 struct Rng(u64);
@@ -67,71 +44,17 @@ impl Rng {
     }
 }
 
-/// A compose project in a temporary directory, removed with `down -v` when dropped.
-struct Fixture {
-    name: String,
-    dir: tempfile::TempDir,
-    client: Client,
-    _slot: common::Slot,
+/// A compose project of this suite (at most 3 at once).
+fn fixture(tag: &str) -> Fixture {
+    Fixture::new(tag).at_most(3)
 }
 
 impl Fixture {
-    fn new(tag: &str) -> Fixture {
-        static COUNTER: AtomicU32 = AtomicU32::new(0);
-        let client = client();
-        Fixture {
-            _slot: common::Slot::take(3),
-            name: format!(
-                "fa-{tag}-{}-{}",
-                std::process::id() % 100_000,
-                COUNTER.fetch_add(1, Ordering::Relaxed)
-            ),
-            dir: tempfile::tempdir().expect("temp dir"),
-            client,
-        }
-    }
-
-    fn write(&self, yaml: &str) {
-        std::fs::write(
-            self.dir.path().join("compose.yaml"),
-            yaml.replace("{name}", &self.name),
-        )
-        .expect("write compose file");
-    }
-
-    fn file(&self, name: &str, content: &str) {
-        std::fs::write(self.dir.path().join(name), content).expect("write a file");
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        let out = command(self.dir.path(), args)
-            .output()
-            .expect("run incus-compose");
-        show(&format!("incus-compose {}", args.join(" ")), &out);
-        out
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(out.status.success(), "incus-compose {args:?} failed");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// `-p NAME ARGS` from a directory without a compose file.
-    fn by_name(&self, args: &[&str]) -> Output {
-        let mut all = vec!["-p", self.name.as_str()];
-        all.extend_from_slice(args);
-        let out = command(&std::env::temp_dir(), &all)
-            .output()
-            .expect("run incus-compose");
-        show(&format!("incus-compose {}", all.join(" ")), &out);
-        out
-    }
-
     /// Runs `args` and kills it (SIGKILL) after `after`, or lets it end before. Whether it
     /// was killed.
     fn kill_after(&self, args: &[&str], after: Duration) -> bool {
-        let mut child = command(self.dir.path(), args)
+        let mut child = self
+            .command(args)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -148,14 +71,6 @@ impl Fixture {
         let _ = child.wait();
         eprintln!("incus-compose {args:?} killed after {after:?}");
         true
-    }
-
-    fn instances(&self) -> BTreeMap<String, Instance> {
-        block_on(self.client.with_project(&self.name).instances())
-            .expect("list instances")
-            .into_iter()
-            .map(|i| (i.name.clone(), i))
-            .collect()
     }
 
     /// The replicas of `service` (not retired ones).
@@ -218,12 +133,7 @@ impl Fixture {
             newest["outcome"], "completed",
             "{why}: the newest revision completed: {history:?}"
         );
-        let volumes = block_on(
-            self.client
-                .with_project(&self.name)
-                .storage_volumes("default"),
-        )
-        .unwrap_or_default();
+        let volumes = block_on(self.project().storage_volumes("default")).unwrap_or_default();
         let names: Vec<String> = volumes
             .iter()
             .filter(|v| v.kind == "custom")
@@ -235,26 +145,6 @@ impl Fixture {
             names.len(),
             "{why}: no volume twice: {names:?}"
         );
-    }
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        for attempt in 0..3 {
-            if attempt > 0 {
-                std::thread::sleep(Duration::from_secs(2));
-            }
-            match command(
-                self.dir.path(),
-                &["down", "-v", "--remove-orphans", "-t", "1"],
-            )
-            .output()
-            {
-                Ok(o) if o.status.success() => break,
-                Ok(o) => show(&format!("cleanup of {}", self.name), &o),
-                Err(e) => eprintln!("cleanup of {}: {e}", self.name),
-            }
-        }
     }
 }
 
@@ -284,8 +174,8 @@ fn slots_served(before: &BTreeMap<String, Instance>, after: &BTreeMap<String, In
 #[test]
 fn an_up_killed_at_any_point_is_finished_by_the_next_up() {
     for seed in [11u64, 12] {
-        let f = Fixture::new("up");
-        f.file("conf.txt", "v1\n");
+        let f = fixture("up");
+        f.write_file("conf.txt", "v1\n");
         f.write(&service(3, "1", ""));
         let mut rng = Rng(seed);
         f.kill_after(&["up", "-d"], rng.between(1500, 9000));
@@ -297,8 +187,8 @@ fn an_up_killed_at_any_point_is_finished_by_the_next_up() {
 #[test]
 fn a_rolling_update_killed_half_way_is_completed_by_up_and_kept_by_watch() {
     for seed in [21u64, 22] {
-        let f = Fixture::new("roll");
-        f.file("conf.txt", "v1\n");
+        let f = fixture("roll");
+        f.write_file("conf.txt", "v1\n");
         f.write(&service(3, "1", START_FIRST));
         f.ok(&["up", "-d"]);
         let before = f.replicas("web");
@@ -340,8 +230,8 @@ fn a_rolling_update_killed_half_way_is_completed_by_up_and_kept_by_watch() {
 #[test]
 fn scale_killed_at_any_point_is_finished_by_the_next_scale() {
     for seed in [31u64, 32] {
-        let f = Fixture::new("scale");
-        f.file("conf.txt", "v1\n");
+        let f = fixture("scale");
+        f.write_file("conf.txt", "v1\n");
         f.write(&service(2, "1", ""));
         f.ok(&["up", "-d"]);
         let mut rng = Rng(seed);
@@ -353,8 +243,8 @@ fn scale_killed_at_any_point_is_finished_by_the_next_scale() {
 
 #[test]
 fn scale_web_5_then_watch_once_keeps_5_and_a_later_up_goes_back_to_the_files_count() {
-    let f = Fixture::new("keep");
-    f.file("conf.txt", "v1\n");
+    let f = fixture("keep");
+    f.write_file("conf.txt", "v1\n");
     f.write(&service(2, "1", ""));
     f.ok(&["up", "-d"]);
     let out = f.ok(&["scale", "web=5"]);
@@ -377,8 +267,8 @@ fn scale_web_5_then_watch_once_keeps_5_and_a_later_up_goes_back_to_the_files_cou
 #[test]
 fn a_rollback_killed_at_any_point_is_finished_by_the_next_rollback() {
     let seed = 41u64;
-    let f = Fixture::new("rb");
-    f.file("conf.txt", "v1\n");
+    let f = fixture("rb");
+    f.write_file("conf.txt", "v1\n");
     f.write(&service(3, "1", START_FIRST));
     f.ok(&["up", "-d"]);
     f.write(&service(3, "2", START_FIRST));
@@ -400,8 +290,8 @@ fn a_rollback_killed_at_any_point_is_finished_by_the_next_rollback() {
 #[test]
 fn a_watch_killed_while_it_recreates_replicas_is_finished_by_the_next_watch() {
     let seed = 51u64;
-    let f = Fixture::new("watch");
-    f.file("conf.txt", "v1\n");
+    let f = fixture("watch");
+    f.write_file("conf.txt", "v1\n");
     f.write(&service(3, "1", ""));
     f.ok(&["up", "-d"]);
     let p = f.client.with_project(&f.name);
@@ -411,7 +301,8 @@ fn a_watch_killed_while_it_recreates_replicas_is_finished_by_the_next_watch() {
     }
     let mut rng = Rng(seed);
     let all = ["-p", f.name.as_str(), "watch", "--once"];
-    let mut child = command(&std::env::temp_dir(), &all)
+    let mut child = f
+        .command_in(f.empty.path(), &all)
         .stdout(std::process::Stdio::null())
         .spawn()
         .expect("spawn watch");
@@ -426,64 +317,33 @@ fn a_watch_killed_while_it_recreates_replicas_is_finished_by_the_next_watch() {
         if log.contains("holds the watch lease") || start.elapsed() > Duration::from_secs(90) {
             break;
         }
-        std::thread::sleep(Duration::from_secs(3));
+        std::thread::sleep(Duration::from_secs(1));
     }
     f.converged("web", 3, &format!("seed {seed}"));
 }
 
-/// The machine-wide turn for changing members (shared with other worktrees' suites).
-struct MembersTurn {
-    dir: PathBuf,
-}
+/// `node restore node2` when dropped (declared after the member turn: it runs first).
+struct RestoreNode2<'a>(&'a Fixture);
 
-impl MembersTurn {
-    fn take() -> MembersTurn {
-        let dir = PathBuf::from("/tmp/incus-compose-members.lock.d");
-        loop {
-            match std::fs::create_dir(&dir) {
-                Ok(()) => {
-                    let _ = std::fs::write(
-                        dir.join("holder"),
-                        format!("tests/faults pid {}", std::process::id()),
-                    );
-                    return MembersTurn { dir };
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    let stale = std::fs::metadata(&dir)
-                        .and_then(|m| m.modified())
-                        .ok()
-                        .and_then(|t| t.elapsed().ok())
-                        .is_some_and(|age| age > Duration::from_secs(600));
-                    if stale {
-                        let _ = std::fs::remove_dir_all(&dir);
-                    }
-                    std::thread::sleep(Duration::from_millis(500));
-                }
-                Err(e) => panic!("cannot take the member turn {}: {e}", dir.display()),
-            }
-        }
-    }
-}
-
-impl Drop for MembersTurn {
+impl Drop for RestoreNode2<'_> {
     fn drop(&mut self) {
-        let _ = command(&std::env::temp_dir(), &["node", "restore", "node2"])
-            .output()
-            .map(|o| show("cleanup: node restore node2", &o));
-        let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = self
+            .0
+            .run_in(self.0.empty.path(), &["node", "restore", "node2"]);
     }
 }
 
 #[test]
 fn node_drain_of_a_service_with_a_file_secret_and_config_moves_every_replica_with_both_files() {
-    let f = Fixture::new("drain");
-    f.file("conf.txt", "conf-for-drain\n");
-    f.file("pw.txt", "s3cret-for-drain\n");
+    let f = fixture("drain");
+    f.write_file("conf.txt", "conf-for-drain\n");
+    f.write_file("pw.txt", "s3cret-for-drain\n");
     f.write(
         "name: {name}\nservices:\n  web:\n    image: busybox\n    network_mode: none\n    secrets: [pw]\n    configs: [conf]\n    deploy:\n      replicas: 3\n      update_config: {order: start-first}\nsecrets:\n  pw: {file: ./pw.txt}\nconfigs:\n  conf: {file: ./conf.txt}\n",
     );
     f.ok(&["up", "-d"]);
-    let _turn = MembersTurn::take();
+    let _turn = MemberTurn::take();
+    let _restore = RestoreNode2(&f);
     let on_node2: Vec<String> = f
         .replicas("web")
         .into_values()

@@ -10,102 +10,18 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
-use std::process::{Command, Output};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Duration;
-
-use ic_incus::Client;
 
 mod common;
-use common::{Slot, block_on, client};
+use common::{Fixture, block_on};
 
-const BIN: &str = env!("CARGO_BIN_EXE_incus-compose");
-
-struct Fixture {
-    _slot: Slot,
-    name: String,
-    dir: tempfile::TempDir,
-    client: Client,
-}
-
-impl Fixture {
-    fn new(tag: &str, yaml: &str) -> Fixture {
-        static COUNTER: AtomicU32 = AtomicU32::new(0);
-        let name = format!(
-            "ho-{tag}-{}-{}",
-            std::process::id() % 100_000,
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        );
-        let f = Fixture {
-            _slot: Slot::take(2),
-            name,
-            dir: tempfile::tempdir().expect("temp dir"),
-            client: client(),
-        };
-        std::fs::write(f.path(), yaml.replace("{name}", &f.name)).expect("write compose file");
-        f
-    }
-
-    fn path(&self) -> PathBuf {
-        self.dir.path().join("compose.yaml")
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(BIN);
-        c.args(args)
-            .current_dir(self.dir.path())
-            .env_remove("COMPOSE_PROJECT_NAME")
-            .env_remove("INCUS_COMPOSE_INCUS_PROJECT");
-        c
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        let out = self.command(args).output().expect("run incus-compose");
-        eprintln!(
-            "$ incus-compose {}\n{}{}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "incus-compose {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        for attempt in 0..3 {
-            if attempt > 0 {
-                std::thread::sleep(Duration::from_secs(2));
-            }
-            match self
-                .command(&["down", "-v", "--remove-orphans", "-t", "1"])
-                .output()
-            {
-                Ok(o) if o.status.success() => break,
-                Ok(o) => eprintln!(
-                    "cleanup of {} failed:\n{}",
-                    self.name,
-                    String::from_utf8_lossy(&o.stderr)
-                ),
-                Err(e) => eprintln!("cleanup of {}: {e}", self.name),
-            }
-        }
-    }
+/// A compose project of this suite (at most 2 at once) with `yaml` as its compose file.
+fn fixture(tag: &str, yaml: &str) -> Fixture {
+    Fixture::new(tag).at_most(2).compose(yaml)
 }
 
 #[test]
 fn up_of_one_service_refuses_another_services_dnsmasq_injection_and_changes_nothing() {
-    let f = Fixture::new(
+    let f = fixture(
         "dns",
         "name: {name}\nservices:\n  web:\n    image: busybox\n  other:\n    image: busybox\n    container_name: \"x\\nconf-dir=/tmp\"\n",
     );
@@ -131,7 +47,7 @@ fn up_of_one_service_refuses_another_services_dnsmasq_injection_and_changes_noth
 
 #[test]
 fn cp_out_never_writes_through_a_symlink_the_container_planted_and_drops_setuid() {
-    let f = Fixture::new(
+    let f = fixture(
         "cp",
         "name: {name}\nservices:\n  db:\n    image: testapp/v1\n",
     );
@@ -182,7 +98,7 @@ fn cp_out_never_writes_through_a_symlink_the_container_planted_and_drops_setuid(
 
 #[test]
 fn files_read_back_and_probe_output_are_read_bounded_from_a_container_that_writes_too_much() {
-    let f = Fixture::new(
+    let f = fixture(
         "big",
         "name: {name}\nservices:\n  db:\n    image: testapp/v1\n",
     );

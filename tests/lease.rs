@@ -1,5 +1,5 @@
 //! The project lock's lease under load, and revisions across interrupted runs: the built
-//! `incus-compose` binary against a real Incus cluster (the 6.0 test cluster).
+//! `incus-compose` binary against a real Incus cluster (the 7.0 line in scripts/test).
 //!
 //! Load the test cluster's environment first (`set -a && . .test-cluster/env && set +a`),
 //! then `cargo test --test lease`. Without `INCUS_DIR`/`INCUS_SOCKET`, or with no daemon
@@ -8,101 +8,28 @@
 //! Every test uses compose projects of its own (`ls-<tag>-<pid>-<n>`) and removes them
 //! (`down -v`) even when it fails.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use ic_incus::Client;
-
 mod common;
-use common::{Slot, block_on, client};
-
-const BIN: &str = env!("CARGO_BIN_EXE_incus-compose");
+use common::{Fixture, block_on, show};
 
 /// The lease length the runs of these tests use, in seconds: short, so that a lease that is
 /// not renewed in time under load is lost within the test.
 const TTL: u64 = 6;
 
-fn project_name(tag: &str) -> String {
-    static COUNTER: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "ls-{tag}-{}-{}",
-        std::process::id() % 100_000,
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-fn command(dir: &Path, args: &[&str]) -> Command {
-    let mut c = Command::new(BIN);
-    c.args(args)
-        .current_dir(dir)
-        .env_remove("COMPOSE_PROJECT_NAME")
-        .env_remove("COMPOSE_FILE")
-        .env_remove("INCUS_COMPOSE_INCUS_PROJECT")
-        .env_remove("INCUS_COMPOSE_NO_WAIT_LOCK")
-        .env("INCUS_COMPOSE_LOCK_TTL", TTL.to_string())
-        .env("INCUS_COMPOSE_LOG", "incus_compose::lease=debug")
-        .stdin(Stdio::null());
-    c
-}
-
-fn show(what: &str, out: &Output) {
-    eprintln!(
-        "--- {what}: {}\n--- stdout:\n{}\n--- stderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-struct Fixture {
-    _slot: Slot,
-    name: String,
-    dir: tempfile::TempDir,
-    empty: tempfile::TempDir,
-    client: Client,
+/// A compose project of this suite (one at a time): its runs wait for the lock, with a lease
+/// of [`TTL`] and the lease's debug log.
+fn fixture(tag: &str) -> Fixture {
+    let mut f = Fixture::new(tag)
+        .at_most(1)
+        .env("INCUS_COMPOSE_LOCK_TTL", &TTL.to_string())
+        .env("INCUS_COMPOSE_LOG", "incus_compose::lease=debug");
+    f.env_remove.push("INCUS_COMPOSE_NO_WAIT_LOCK".into());
+    f
 }
 
 impl Fixture {
-    fn new(tag: &str) -> Fixture {
-        Fixture {
-            _slot: Slot::take(1),
-            name: project_name(tag),
-            dir: tempfile::tempdir().expect("temp dir"),
-            empty: tempfile::tempdir().expect("temp dir"),
-            client: client(),
-        }
-    }
-
-    fn dir(&self) -> PathBuf {
-        self.dir.path().to_path_buf()
-    }
-
-    fn write(&self, yaml: &str) {
-        std::fs::write(
-            self.dir.path().join("compose.yaml"),
-            yaml.replace("{name}", &self.name),
-        )
-        .expect("write compose file");
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        let out = command(&self.dir(), args)
-            .output()
-            .expect("run incus-compose");
-        show(&args.join(" "), &out);
-        out
-    }
-
-    fn instances(&self) -> Vec<ic_incus::Instance> {
-        match block_on(self.client.with_project(&self.name).instances()) {
-            Ok(list) => list,
-            Err(e) if e.is_not_found() => Vec::new(),
-            Err(e) => panic!("list instances: {e}"),
-        }
-    }
-
     /// The revisions kept in the Incus project: (number, outcome).
     fn revisions(&self) -> Vec<(u64, String)> {
         let p = block_on(self.client.get_project(&self.name)).expect("project");
@@ -120,24 +47,6 @@ impl Fixture {
             .collect();
         out.sort();
         out
-    }
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        for attempt in 0..3 {
-            if attempt > 0 {
-                std::thread::sleep(Duration::from_secs(4 * TTL));
-            }
-            let out = command(
-                self.empty.path(),
-                &["-p", &self.name, "down", "-v", "-t", "1"],
-            )
-            .output();
-            if out.is_ok_and(|o| o.status.success()) {
-                return;
-            }
-        }
     }
 }
 
@@ -174,10 +83,12 @@ services:
 /// executor's runtime and pool, and the run lost it after about 25 s (issue 18).
 #[test]
 fn a_long_up_under_load_keeps_its_lock_to_the_end() {
-    let f = Fixture::new("load");
+    let f = fixture("load");
     f.write(MANY);
     let started = Instant::now();
-    let out = command(&f.dir(), &["up", "-d", "--parallel", "16"])
+    let out = f
+        .command(&["up", "-d", "--parallel", "16"])
+        .stdin(Stdio::null())
         .env("INCUS_COMPOSE_LOCK_TTL", "30")
         .output()
         .expect("run incus-compose");
@@ -213,12 +124,14 @@ services:
 /// same file reopens that revision and finishes it: `completed`, with no new revision.
 #[test]
 fn an_update_killed_half_way_is_completed_by_the_next_up() {
-    let f = Fixture::new("reopen");
+    let f = fixture("reopen");
     f.write(V1);
     assert!(f.run(&["up", "-d"]).status.success());
     assert_eq!(f.revisions(), [(1, "completed".to_string())]);
     f.write(&V1.replace("testapp/v1", "testapp/v2"));
-    let mut update = command(&f.dir(), &["up", "-d"])
+    let mut update = f
+        .command(&["up", "-d"])
+        .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

@@ -45,7 +45,7 @@ impl Fixture {
     }
 
     /// `sh -c script` in the instance; stdout (the test fails on a non-zero exit).
-    fn sh(&self, instance: &str, script: &str) -> String {
+    fn sh_on(&self, instance: &str, script: &str) -> String {
         let out = self.exec(instance, script);
         assert_eq!(
             out.exit_code,
@@ -120,35 +120,38 @@ configs:
 
     // Default secret path, content, owner root (no `user`), mode 0444 (the compose spec's).
     assert_eq!(
-        f.sh("app-1", "cat /run/secrets/db_password"),
+        f.sh_on("app-1", "cat /run/secrets/db_password"),
         "s3cret-from-a-file"
     );
     assert_eq!(
-        f.sh("app-1", "stat -c '%a %u %g' /run/secrets/db_password"),
+        f.sh_on("app-1", "stat -c '%a %u %g' /run/secrets/db_password"),
         "444 0 0"
     );
     // Long syntax: relative target under /run/secrets, uid/gid/mode, value from the environment.
     assert_eq!(
-        f.sh("app-1", "cat /run/secrets/api_token"),
+        f.sh_on("app-1", "cat /run/secrets/api_token"),
         "token-from-the-environment"
     );
     assert_eq!(
-        f.sh("app-1", "stat -c '%a %u %g' /run/secrets/api_token"),
+        f.sh_on("app-1", "stat -c '%a %u %g' /run/secrets/api_token"),
         "400 1000 1001"
     );
     // Configs: /<name> by default (0444), an absolute target with its directories; a write
     // bit asked for is dropped (read-only).
-    assert_eq!(f.sh("app-1", "cat /app_conf"), "[server]\nport = 8080");
-    assert_eq!(f.sh("app-1", "stat -c '%a %u %g' /app_conf"), "444 0 0");
+    assert_eq!(f.sh_on("app-1", "cat /app_conf"), "[server]\nport = 8080");
+    assert_eq!(f.sh_on("app-1", "stat -c '%a %u %g' /app_conf"), "444 0 0");
     assert_eq!(
-        f.sh("app-1", "cat /etc/app/settings.ini"),
+        f.sh_on("app-1", "cat /etc/app/settings.ini"),
         "[server]\nport = 8080"
     );
-    assert_eq!(f.sh("app-1", "stat -c '%a' /etc/app/settings.ini"), "444");
+    assert_eq!(
+        f.sh_on("app-1", "stat -c '%a' /etc/app/settings.ini"),
+        "444"
+    );
 
     // Without a command the image's init runs; the files are there before it starts.
     assert!(f.instance("plain-1").is_running());
-    assert_eq!(f.sh("plain-1", "cat /app_conf"), "[server]\nport = 8080");
+    assert_eq!(f.sh_on("plain-1", "cat /app_conf"), "[server]\nport = 8080");
 
     // Same secret again: nothing to change. A new value: the instance is recreated with it.
     let again = f.ok_all(&["up", "-d"]);
@@ -160,7 +163,7 @@ configs:
         !changed.contains("rotated"),
         "secret value printed: {changed}"
     );
-    assert_eq!(f.sh("app-1", "cat /run/secrets/db_password"), "rotated");
+    assert_eq!(f.sh_on("app-1", "cat /run/secrets/db_password"), "rotated");
 }
 
 #[test]
@@ -221,7 +224,7 @@ services:
         "{raw}"
     );
 
-    let mounts = f.sh("app-1", "cat /proc/mounts");
+    let mounts = f.sh_on("app-1", "cat /proc/mounts");
     let line = |target: &str| {
         mounts
             .lines()
@@ -250,8 +253,8 @@ services:
         0,
         "the root is read-only"
     );
-    f.sh("app-1", "echo kept > /scratch/x && echo kept > /data/x");
-    assert_eq!(f.sh("app-1", "stat -c %a /scratch"), "1777");
+    f.sh_on("app-1", "echo kept > /scratch/x && echo kept > /data/x");
+    assert_eq!(f.sh_on("app-1", "stat -c %a /scratch"), "1777");
 
     // The anonymous volume: one per instance, named after it, labelled as ours.
     let vols = f.volumes();
@@ -264,7 +267,7 @@ services:
 
     // Kept by a recreate (data survives) and by `down`; removed by `down -v`.
     f.ok_all(&["up", "-d", "--force-recreate"]);
-    assert_eq!(f.sh("app-1", "cat /data/x"), "kept");
+    assert_eq!(f.sh_on("app-1", "cat /data/x"), "kept");
     assert_eq!(
         f.sh_status("app-1", "test -e /scratch/x"),
         1,
@@ -348,10 +351,10 @@ configs:
 
     // init: true: a shell is PID 1, the command its child, as uid 1000 / gid 1001, in the
     // working directory.
-    assert_eq!(f.sh("app-1", "cat /proc/1/comm"), "sh");
-    let child = f.sh("app-1", "pidof sleep");
+    assert_eq!(f.sh_on("app-1", "cat /proc/1/comm"), "sh");
+    let child = f.sh_on("app-1", "pidof sleep");
     assert_eq!(
-        f.sh(
+        f.sh_on(
             "app-1",
             &format!(
                 "grep -E '^(Uid|Gid):' /proc/{child}/status | awk '{{print $2}}' | tr '\\n' ' '"
@@ -360,47 +363,47 @@ configs:
         "1000 1001"
     );
     assert_eq!(
-        f.sh("app-1", &format!("readlink /proc/{child}/cwd")),
+        f.sh_on("app-1", &format!("readlink /proc/{child}/cwd")),
         "/work/dir"
     );
-    assert_eq!(f.sh("app-1", "hostname"), "custom-host");
+    assert_eq!(f.sh_on("app-1", "hostname"), "custom-host");
     assert_eq!(
-        f.sh("app-1", "cat /proc/sys/net/ipv4/ip_unprivileged_port_start"),
+        f.sh_on("app-1", "cat /proc/sys/net/ipv4/ip_unprivileged_port_start"),
         "81"
     );
     // CAP_NET_RAW (13) is gone from the bounding set, CAP_NET_ADMIN (12) is not.
     let bnd = u64::from_str_radix(
-        &f.sh("app-1", "grep CapBnd /proc/1/status | awk '{print $2}'"),
+        &f.sh_on("app-1", "grep CapBnd /proc/1/status | awk '{print $2}'"),
         16,
     )
     .expect("CapBnd");
     assert_eq!(bnd & (1 << 13), 0, "{bnd:x}");
     assert_ne!(bnd & (1 << 12), 0, "{bnd:x}");
     assert_eq!(
-        f.sh(
+        f.sh_on(
             "app-1",
             &format!("grep 'Max open files' /proc/{child}/limits | awk '{{print $4, $5}}'")
         ),
         "1024 2048"
     );
-    let hosts = f.sh("app-1", "cat /etc/hosts");
+    let hosts = f.sh_on("app-1", "cat /etc/hosts");
     assert!(hosts.contains("10.1.2.3\tdb.example"), "{hosts}");
     assert!(hosts.contains("10.1.2.4\tcache.example"), "{hosts}");
     assert!(hosts.contains("127.0.0.1\tlocalhost"), "{hosts}");
     assert!(
-        f.sh("app-1", "cat /etc/resolv.conf")
+        f.sh_on("app-1", "cat /etc/resolv.conf")
             .contains("nameserver 10.9.9.9"),
         "resolv.conf"
     );
-    f.sh("app-1", "test -c /dev/myzero");
+    f.sh_on("app-1", "test -c /dev/myzero");
     assert_eq!(i.config["limits.cpu"], "0-0");
     // Enforcement is checked where the server has the CPU controller (the harness reports it;
     // Incus 7.0 on this host's cgroup layout has none and ignores limits).
     if std::env::var("INCUS_COMPOSE_TEST_CPU_LIMITS").as_deref() != Ok("0") {
-        assert_eq!(f.sh("app-1", "nproc"), "1");
+        assert_eq!(f.sh_on("app-1", "nproc"), "1");
     }
     assert_eq!(
-        f.sh("app-1", &format!("cat /proc/{child}/oom_score_adj")),
+        f.sh_on("app-1", &format!("cat /proc/{child}/oom_score_adj")),
         "500"
     );
     // A UDP port range on one host address: a proxy device per port (the loader expands
@@ -418,17 +421,17 @@ configs:
         "{:?}",
         locked_i.devices
     );
-    assert_eq!(f.sh("locked-1", "ls /sys/class/net"), "lo");
+    assert_eq!(f.sh_on("locked-1", "ls /sys/class/net"), "lo");
 
     // cap_drop: [ALL] with cap_add: only CAP_NET_BIND_SERVICE (10) stays.
     let locked = u64::from_str_radix(
-        &f.sh("locked-1", "grep CapBnd /proc/1/status | awk '{print $2}'"),
+        &f.sh_on("locked-1", "grep CapBnd /proc/1/status | awk '{print $2}'"),
         16,
     )
     .expect("CapBnd");
     assert_eq!(locked, 1 << 10, "{locked:x}");
     assert_eq!(
-        f.sh(
+        f.sh_on(
             "locked-1",
             "grep NoNewPrivs /proc/1/status | awk '{print $2}'"
         ),
@@ -437,9 +440,9 @@ configs:
 
     // A user name: the command runs through su as that user (from the image's /etc/passwd,
     // here delivered as a config).
-    let sleeper = f.sh("named-1", "pidof sleep");
+    let sleeper = f.sh_on("named-1", "pidof sleep");
     assert_eq!(
-        f.sh(
+        f.sh_on(
             "named-1",
             &format!(
                 "grep -E '^(Uid|Gid):' /proc/{sleeper}/status | awk '{{print $2}}' | tr '\\n' ' '"

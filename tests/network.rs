@@ -20,60 +20,6 @@ use common::*;
 use ic_incus::Client;
 
 impl Fixture {
-    /// A shell command in a replica (`exec -T --index N`): (exit code, stdout).
-    fn sh(&self, service: &str, index: u32, script: &str) -> (i32, String) {
-        let out = incus_compose(
-            self.dir.path(),
-            &[
-                "exec",
-                "-T",
-                "--index",
-                &index.to_string(),
-                service,
-                "sh",
-                "-c",
-                script,
-            ],
-        )
-        .output()
-        .expect("run incus-compose exec");
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-        )
-    }
-
-    /// `wget -q -O- URL` in a replica, a few tries (a fresh replica may still be starting
-    /// httpd): the body, or None.
-    fn fetch(&self, service: &str, index: u32, url: &str) -> Option<String> {
-        for attempt in 0..10 {
-            if attempt > 0 {
-                std::thread::sleep(std::time::Duration::from_millis(500));
-            }
-            let (code, out) = self.sh(service, index, &format!("wget -q -O- {url}"));
-            if code == 0 {
-                return Some(out);
-            }
-        }
-        None
-    }
-
-    /// One try of `wget -q -O- URL` (3 s at most): whether it answered. The exec itself must
-    /// work (the script prints wget's exit status): a failed exec is no negative answer.
-    fn reaches(&self, service: &str, index: u32, url: &str) -> bool {
-        let (code, out) = self.sh(
-            service,
-            index,
-            &format!("wget -q -T 3 -O- {url} >/dev/null 2>&1; echo wget=$?"),
-        );
-        let status = out.trim().strip_prefix("wget=");
-        assert!(
-            code == 0 && status.is_some(),
-            "the exec in {service}-{index} did not run (exit {code}): {out:?}"
-        );
-        status == Some("0")
-    }
-
     /// Whether `nslookup NAME` in a replica says the name does not exist (NXDOMAIN); fails
     /// the test when the lookup got no answer at all (an exec or DNS server failure is no
     /// negative answer).

@@ -1,7 +1,9 @@
 //! Rolling updates on the real test cluster: `update_config` (stop-first, start-first),
-//! `failure_action` rollback and pause, in-place limit changes. While `up` rolls, the test
-//! fetches every replica's page over HTTP from its member's network namespace, again and
-//! again, and counts the slots that answer.
+//! `failure_action` pause, in-place limit changes, updates killed half way. While `up` rolls,
+//! the test fetches every replica's page over HTTP from its member's network namespace, again
+//! and again, and counts the slots that answer (`tests/common/rollout.rs`, shared with
+//! `tests/rollback.rs`: `failure_action` rollback and the `rollback` command, split off so that
+//! the two run on different Incus lines at the same time).
 //!
 //! Start the test cluster and load its environment first:
 //! `scripts/test-cluster up && set -a && . .test-cluster/env && set +a`, then
@@ -10,199 +12,14 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::{Command, Output, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::*;
 
-/// One rollout at a time: they are timing-sensitive on two cores.
-const CONCURRENT_FIXTURES: usize = 1;
-use ic_incus::Instance;
-
-impl Fixture {
-    /// Instances with their state (stand-ins on [`Fixture::offline`] members).
-    fn full_instances(&self) -> Vec<Instance> {
-        let offline = self.offline.lock().map(|o| o.clone()).unwrap_or_default();
-        let c = self.client.with_project(&self.name);
-        if offline.is_empty() {
-            return block_on(c.instances_full()).expect("list instances");
-        }
-        // A killed member cannot be asked: its instances stay stand-ins (status Error), the
-        // others are read with their state one by one.
-        let mut all = block_on(c.instances_with_offline(&offline)).expect("list instances");
-        for i in &mut all {
-            if !offline.contains(&i.location) && i.is_running() {
-                i.state = block_on(c.instance_state(&i.name)).ok();
-            }
-        }
-        all
-    }
-
-    /// What each running replica of `service` answers over HTTP, by slot (several
-    /// instances of one slot may answer during a start-first update). Fetched from the
-    /// `probe` service's replica, on the same network (in one exec per round). A fetch that
-    /// fails is tried once more a second later, as a client would: the DNS record update at
-    /// the start of an update restarts dnsmasq and the VXLAN tunnels on every member, which
-    /// drops cross-member packets for up to ~0.4 s (see the README's network figures); a
-    /// replica down for longer still counts as not answering.
-    fn answers(&self, service: &str) -> BTreeMap<String, Vec<String>> {
-        self.answers_counted(service, &mut Fetches::default())
-    }
-
-    /// [`Fixture::answers`], adding to `n` the requests made, those that needed the second
-    /// try and those that failed both (a round whose exec fails counts one failed request
-    /// per replica).
-    fn answers_counted(&self, service: &str, n: &mut Fetches) -> BTreeMap<String, Vec<String>> {
-        let mut slots: BTreeMap<String, String> = BTreeMap::new();
-        for i in self.full_instances() {
-            let c = &i.config;
-            if c.get("user.incus-compose.service").map(String::as_str) != Some(service)
-                || c.contains_key("user.incus-compose.retired")
-                || !i.is_running()
-            {
-                continue;
-            }
-            let slot = c
-                .get("user.incus-compose.slot")
-                .cloned()
-                .unwrap_or_default();
-            let addr = i
-                .state
-                .as_ref()
-                .and_then(|s| s.network.as_ref())
-                .and_then(|n| n.get("eth0"))
-                .and_then(|e| e.addresses.iter().find(|a| a.family == "inet"))
-                .map(|a| a.address.clone());
-            if let Some(addr) = addr {
-                slots.insert(addr, slot);
-            }
-        }
-        let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        if slots.is_empty() {
-            return out;
-        }
-        let script = format!(
-            "for a in {}; do t=1; r=$(timeout 2 wget -q -O- http://$a/ 2>/dev/null) || {{ t=2; sleep 1; r=$(timeout 2 wget -q -O- http://$a/ 2>/dev/null); }}; echo \"$a $t $r\"; done",
-            slots.keys().cloned().collect::<Vec<_>>().join(" ")
-        );
-        let req = ic_incus::ExecRequest::new(["sh".to_string(), "-c".to_string(), script]);
-        let Ok(res) = block_on(self.client.with_project(&self.name).exec_output(
-            "probe-1",
-            &req,
-            &[],
-        )) else {
-            n.requests += slots.len();
-            n.failed += slots.len();
-            return out;
-        };
-        for line in String::from_utf8_lossy(&res.stdout).lines() {
-            let mut parts = line.split_whitespace();
-            let (Some(addr), Some(tries)) = (parts.next(), parts.next()) else {
-                continue;
-            };
-            n.requests += 1;
-            if tries == "2" {
-                n.retried += 1;
-            }
-            let Some(body) = parts.next() else {
-                n.failed += 1;
-                continue;
-            };
-            if let Some(slot) = slots.get(addr) {
-                out.entry(slot.clone()).or_default().push(body.to_string());
-            }
-        }
-        out
-    }
-
-    /// Runs `up -d` in the background and polls every replica of `service` until it ends;
-    /// returns its output and the smallest number of slots that answered in one round.
-    fn up_while_polling(&self, service: &str) -> (Output, usize, Vec<usize>) {
-        let (out, min, rounds, _) = self.up_while_polling_counted(service);
-        (out, min, rounds)
-    }
-
-    /// [`Fixture::up_while_polling`], with the count of the requests made.
-    fn up_while_polling_counted(&self, service: &str) -> (Output, usize, Vec<usize>, Fetches) {
-        let child = self
-            .command(&["up", "-d"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start up");
-        let started = Instant::now();
-        let mut rounds = Vec::new();
-        let mut fetches = Fetches::default();
-        let mut child = child;
-        loop {
-            if child.try_wait().expect("wait").is_some() {
-                break;
-            }
-            rounds.push(self.answers_counted(service, &mut fetches).len());
-            assert!(
-                started.elapsed() < Duration::from_secs(600),
-                "up ran for 10 minutes"
-            );
-        }
-        let out = child.wait_with_output().expect("up output");
-        eprintln!(
-            "$ incus-compose up -d (polled {} rounds: {:?}; {fetches:?})\n{}{}",
-            rounds.len(),
-            rounds,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let min = rounds.iter().copied().min().unwrap_or(0);
-        (out, min, rounds, fetches)
-    }
-
-    /// Every replica's answer, once all of `n` answer (waits up to a minute).
-    fn settled_answers(&self, service: &str, n: usize) -> Vec<String> {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let a = self.answers(service);
-            if a.len() == n || Instant::now() > deadline {
-                let mut all: Vec<String> = a.into_values().flatten().collect();
-                all.sort();
-                return all;
-            }
-            std::thread::sleep(Duration::from_millis(500));
-        }
-    }
-}
-
-/// HTTP requests made while polling: all, those answered only on the second try (a second
-/// later), those not answered at all.
-#[derive(Debug, Default)]
-struct Fetches {
-    requests: usize,
-    retried: usize,
-    failed: usize,
-}
-
-/// Four replicas of testapp with a healthcheck that needs the page and an address.
-fn web(image: &str, update: &str) -> String {
-    format!(
-        r#"
-name: {{name}}
-services:
-  web:
-    image: {image}
-    stop_grace_period: 2s
-    healthcheck:
-      test: "wget -q -O- http://127.0.0.1/ >/dev/null && ip -4 addr show eth0 | grep -q inet"
-      interval: 2s
-      start_period: 20s
-      start_interval: 1s
-      retries: 2
-    deploy:
-      replicas: 4
-      update_config: {update}
-  probe:
-    image: testapp/v1
-"#
-    )
-}
+#[path = "common/rollout.rs"]
+mod rollout_common;
+use rollout_common::*;
 
 #[test]
 fn a_stop_first_update_keeps_three_of_four_replicas_answering_and_ends_on_v2() {
@@ -295,32 +112,6 @@ fn a_start_first_update_keeps_all_four_replicas_answering() {
     assert_eq!(
         names,
         ["web-1-b", "web-2-b", "web-3-b", "web-4-b"]
-            .map(String::from)
-            .into()
-    );
-}
-
-#[test]
-fn a_broken_image_with_failure_action_rollback_brings_v1_back_and_up_fails() {
-    let f = Fixture::new("rb").at_most(CONCURRENT_FIXTURES);
-    let cfg = "{parallelism: 1, monitor: 2s, failure_action: rollback}";
-    f.write(&web("testapp/v1", cfg));
-    f.ok(&["up", "-d", "--wait"]);
-    f.write(&web("testapp/broken", cfg));
-    let out = f.run(&["up", "-d"]);
-    assert!(!out.status.success(), "up succeeded after a rollback");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("rolled back"), "{err}");
-    assert_eq!(f.settled_answers("web", 4), ["v1"; 4]);
-    let names: BTreeSet<String> = f
-        .full_instances()
-        .into_iter()
-        .map(|i| i.name)
-        .filter(|n| n.starts_with("web-"))
-        .collect();
-    assert_eq!(
-        names,
-        ["web-1", "web-2", "web-3", "web-4"]
             .map(String::from)
             .into()
     );
@@ -459,120 +250,6 @@ fn a_memory_limit_change_is_applied_without_restarting_the_replicas() {
         );
         assert!(i.is_running());
     }
-}
-
-/// `history --format json` rows: (revision, cause, outcome, deployed).
-fn history(f: &Fixture, args: &[&str]) -> Vec<(u64, String, String, bool)> {
-    let mut all = vec!["history", "--format", "json"];
-    all.extend_from_slice(args);
-    let out = f.ok(&all);
-    let rows: Vec<serde_json::Value> = serde_json::from_str(&out).expect("history json");
-    rows.iter()
-        .map(|r| {
-            (
-                r["revision"].as_u64().unwrap(),
-                r["cause"].as_str().unwrap().to_string(),
-                r["outcome"].as_str().unwrap().to_string(),
-                r["deployed"].as_bool().unwrap(),
-            )
-        })
-        .collect()
-}
-
-#[test]
-fn rollback_brings_the_previous_revision_back_and_to_goes_to_any_kept_one() {
-    let f = Fixture::new("back").at_most(CONCURRENT_FIXTURES);
-    let cfg = "{parallelism: 2, monitor: 1s}";
-    f.write(&web("testapp/v1", cfg));
-    f.ok(&["up", "-d", "--wait"]);
-    f.write(&web("testapp/v2", cfg));
-    f.ok(&["up", "-d"]);
-    assert_eq!(f.settled_answers("web", 4), ["v2"; 4]);
-    let h = history(&f, &[]);
-    assert_eq!(
-        h,
-        [
-            (1, "up".into(), "completed".into(), false),
-            (2, "up".into(), "completed".into(), true)
-        ]
-    );
-    // A second up without changes records nothing.
-    f.ok(&["up", "-d"]);
-    assert_eq!(history(&f, &[]).len(), 2);
-
-    let out = f.ok(&["rollback"]);
-    assert!(out.contains("revision 1"), "{out}");
-    assert_eq!(f.settled_answers("web", 4), ["v1"; 4]);
-    // From a directory without the compose file, by name.
-    let elsewhere = tempfile::tempdir().unwrap();
-    let by_name = Command::new(BIN)
-        .args(["-p", &f.name, "history", "--format", "json"])
-        .current_dir(elsewhere.path())
-        .env_remove("COMPOSE_PROJECT_NAME")
-        .output()
-        .unwrap();
-    assert!(
-        by_name.status.success(),
-        "{}",
-        String::from_utf8_lossy(&by_name.stderr)
-    );
-    let rows: Vec<serde_json::Value> = serde_json::from_slice(&by_name.stdout).unwrap();
-    assert_eq!(rows.len(), 3);
-    assert_eq!(rows[2]["cause"], "rollback to 1");
-    assert_eq!(rows[2]["deployed"], true);
-    // --to an older revision, by name too.
-    let to = Command::new(BIN)
-        .args(["-p", &f.name, "rollback", "--to", "2"])
-        .current_dir(elsewhere.path())
-        .env_remove("COMPOSE_PROJECT_NAME")
-        .output()
-        .unwrap();
-    assert!(
-        to.status.success(),
-        "{}",
-        String::from_utf8_lossy(&to.stderr)
-    );
-    assert_eq!(f.settled_answers("web", 4), ["v2"; 4]);
-    assert_eq!(history(&f, &[]).len(), 4);
-    // A revision that is not kept is refused, naming those that are.
-    let bad = f.run(&["rollback", "--to", "99"]);
-    assert!(!bad.status.success());
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("1, 2, 3, 4"));
-}
-
-#[test]
-fn rollback_volumes_restores_the_data_written_before_the_update() {
-    let f = Fixture::new("vol").at_most(CONCURRENT_FIXTURES);
-    let text = |image: &str| {
-        format!(
-            "name: {{name}}\nservices:\n  db:\n    image: {image}\n    stop_grace_period: 1s\n    volumes: [data:/data]\n    deploy: {{update_config: {{monitor: 1s}}}}\n  probe:\n    image: testapp/v1\nvolumes:\n  data: {{}}\n"
-        )
-    };
-    f.write(&text("testapp/v1"));
-    f.ok(&["up", "-d"]);
-    f.ok(&["exec", "-T", "db", "sh", "-c", "echo one > /data/f"]);
-    f.write(&text("testapp/v2"));
-    let out = f.ok(&["up", "-d"]);
-    assert!(out.contains("snapshotted as incus-compose-rev-2"), "{out}");
-    f.ok(&["exec", "-T", "db", "sh", "-c", "echo two > /data/f"]);
-    // Without --volumes the data stays as it is.
-    f.ok(&["rollback"]);
-    assert_eq!(f.ok(&["exec", "-T", "db", "cat", "/data/f"]).trim(), "two");
-    // Back to 2, then to 1 with the volume as it was under 1.
-    f.ok(&["rollback", "--to", "2"]);
-    let out = f.ok(&["rollback", "--to", "1", "--volumes"]);
-    assert!(out.contains("restored from incus-compose-rev-2"), "{out}");
-    assert_eq!(f.ok(&["exec", "-T", "db", "cat", "/data/f"]).trim(), "one");
-    assert_eq!(f.settled_answers("db", 1), ["v1"]);
-}
-
-/// Web replicas: name -> creation time.
-fn created(f: &Fixture) -> BTreeMap<String, String> {
-    f.full_instances()
-        .into_iter()
-        .filter(|i| i.name.starts_with("web-"))
-        .map(|i| (i.name, i.created_at))
-        .collect()
 }
 
 #[test]

@@ -136,12 +136,17 @@ pub fn prefix() -> &'static str {
         "commands2" => "c2",
         "deploy" => "dp",
         "drain" => "dr",
+        "egress" => "eg",
+        "faults" => "fa",
         "health" => "hc",
+        "hostile" => "ho",
+        "lease" => "ls",
         "lifecycle" => "lc",
         "lock" => "lk",
         "mapping" => "map",
         "network" => "nw",
         "oci" => "oci",
+        "offline_member" => "off",
         "rollout" => "ro",
         "watch" => "ww",
         other => other,
@@ -455,6 +460,52 @@ impl Fixture {
                     == Some(self.name.as_str())
             })
             .collect()
+    }
+}
+
+impl Fixture {
+    /// A shell command in a replica (`exec -T --index N`): (exit code, stdout).
+    pub fn sh(&self, service: &str, index: u32, script: &str) -> (i32, String) {
+        let idx = index.to_string();
+        let out = self
+            .command(&["exec", "-T", "--index", &idx, service, "sh", "-c", script])
+            .output()
+            .expect("run incus-compose exec");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    }
+
+    /// `wget -q -O- URL` in a replica, a few tries (a fresh replica may still be getting its
+    /// address or starting httpd): the body, or None.
+    pub fn fetch(&self, service: &str, index: u32, url: &str) -> Option<String> {
+        for attempt in 0..10 {
+            if attempt > 0 {
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            let (code, out) = self.sh(service, index, &format!("wget -q -O- {url}"));
+            if code == 0 {
+                return Some(out);
+            }
+        }
+        None
+    }
+
+    /// One try of `wget -q -O- URL` (3 s at most): whether it answered. The exec itself must
+    /// work (the script prints wget's exit status): a failed exec is no negative answer.
+    pub fn reaches(&self, service: &str, index: u32, url: &str) -> bool {
+        let (code, out) = self.sh(
+            service,
+            index,
+            &format!("wget -q -T 3 -O- {url} >/dev/null 2>&1; echo wget=$?"),
+        );
+        let status = out.trim().strip_prefix("wget=");
+        assert!(
+            code == 0 && status.is_some(),
+            "the exec in {service}-{index} did not run (exit {code}): {out:?}"
+        );
+        status == Some("0")
     }
 }
 

@@ -1,0 +1,227 @@
+//! What the rollout suites share (`tests/rollout.rs` on the 6.0 line, `tests/rollback.rs` on
+//! the 7.0 line): polling every replica's page while `up` rolls, the four-replica `web` stack,
+//! `history` rows. Included with `#[path = "common/rollout.rs"] mod rollout_common;` after
+//! `mod common;`.
+#![allow(dead_code)] // each suite uses a part
+
+use std::collections::BTreeMap;
+use std::process::{Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+use ic_incus::Instance;
+
+/// One rollout at a time: they are timing-sensitive on two cores.
+pub const CONCURRENT_FIXTURES: usize = 1;
+
+impl Fixture {
+    /// Instances with their state (stand-ins on [`Fixture::offline`] members).
+    pub fn full_instances(&self) -> Vec<Instance> {
+        let offline = self.offline.lock().map(|o| o.clone()).unwrap_or_default();
+        let c = self.client.with_project(&self.name);
+        if offline.is_empty() {
+            return block_on(c.instances_full()).expect("list instances");
+        }
+        // A killed member cannot be asked: its instances stay stand-ins (status Error), the
+        // others are read with their state one by one.
+        let mut all = block_on(c.instances_with_offline(&offline)).expect("list instances");
+        for i in &mut all {
+            if !offline.contains(&i.location) && i.is_running() {
+                i.state = block_on(c.instance_state(&i.name)).ok();
+            }
+        }
+        all
+    }
+
+    /// What each running replica of `service` answers over HTTP, by slot (several
+    /// instances of one slot may answer during a start-first update). Fetched from the
+    /// `probe` service's replica, on the same network (in one exec per round). A fetch that
+    /// fails is tried once more a second later, as a client would: the DNS record update at
+    /// the start of an update restarts dnsmasq and the VXLAN tunnels on every member, which
+    /// drops cross-member packets for up to ~0.4 s (see the README's network figures); a
+    /// replica down for longer still counts as not answering.
+    pub fn answers(&self, service: &str) -> BTreeMap<String, Vec<String>> {
+        self.answers_counted(service, &mut Fetches::default())
+    }
+
+    /// [`Fixture::answers`], adding to `n` the requests made, those that needed the second
+    /// try and those that failed both (a round whose exec fails counts one failed request
+    /// per replica).
+    pub fn answers_counted(&self, service: &str, n: &mut Fetches) -> BTreeMap<String, Vec<String>> {
+        let mut slots: BTreeMap<String, String> = BTreeMap::new();
+        for i in self.full_instances() {
+            let c = &i.config;
+            if c.get("user.incus-compose.service").map(String::as_str) != Some(service)
+                || c.contains_key("user.incus-compose.retired")
+                || !i.is_running()
+            {
+                continue;
+            }
+            let slot = c
+                .get("user.incus-compose.slot")
+                .cloned()
+                .unwrap_or_default();
+            let addr = i
+                .state
+                .as_ref()
+                .and_then(|s| s.network.as_ref())
+                .and_then(|n| n.get("eth0"))
+                .and_then(|e| e.addresses.iter().find(|a| a.family == "inet"))
+                .map(|a| a.address.clone());
+            if let Some(addr) = addr {
+                slots.insert(addr, slot);
+            }
+        }
+        let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        if slots.is_empty() {
+            return out;
+        }
+        let script = format!(
+            "for a in {}; do t=1; r=$(timeout 2 wget -q -O- http://$a/ 2>/dev/null) || {{ t=2; sleep 1; r=$(timeout 2 wget -q -O- http://$a/ 2>/dev/null); }}; echo \"$a $t $r\"; done",
+            slots.keys().cloned().collect::<Vec<_>>().join(" ")
+        );
+        let req = ic_incus::ExecRequest::new(["sh".to_string(), "-c".to_string(), script]);
+        let Ok(res) = block_on(self.client.with_project(&self.name).exec_output(
+            "probe-1",
+            &req,
+            &[],
+        )) else {
+            n.requests += slots.len();
+            n.failed += slots.len();
+            return out;
+        };
+        for line in String::from_utf8_lossy(&res.stdout).lines() {
+            let mut parts = line.split_whitespace();
+            let (Some(addr), Some(tries)) = (parts.next(), parts.next()) else {
+                continue;
+            };
+            n.requests += 1;
+            if tries == "2" {
+                n.retried += 1;
+            }
+            let Some(body) = parts.next() else {
+                n.failed += 1;
+                continue;
+            };
+            if let Some(slot) = slots.get(addr) {
+                out.entry(slot.clone()).or_default().push(body.to_string());
+            }
+        }
+        out
+    }
+
+    /// Runs `up -d` in the background and polls every replica of `service` until it ends;
+    /// returns its output and the smallest number of slots that answered in one round.
+    pub fn up_while_polling(&self, service: &str) -> (Output, usize, Vec<usize>) {
+        let (out, min, rounds, _) = self.up_while_polling_counted(service);
+        (out, min, rounds)
+    }
+
+    /// [`Fixture::up_while_polling`], with the count of the requests made.
+    pub fn up_while_polling_counted(&self, service: &str) -> (Output, usize, Vec<usize>, Fetches) {
+        let child = self
+            .command(&["up", "-d"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start up");
+        let started = Instant::now();
+        let mut rounds = Vec::new();
+        let mut fetches = Fetches::default();
+        let mut child = child;
+        loop {
+            if child.try_wait().expect("wait").is_some() {
+                break;
+            }
+            rounds.push(self.answers_counted(service, &mut fetches).len());
+            assert!(
+                started.elapsed() < Duration::from_secs(600),
+                "up ran for 10 minutes"
+            );
+        }
+        let out = child.wait_with_output().expect("up output");
+        eprintln!(
+            "$ incus-compose up -d (polled {} rounds: {:?}; {fetches:?})\n{}{}",
+            rounds.len(),
+            rounds,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let min = rounds.iter().copied().min().unwrap_or(0);
+        (out, min, rounds, fetches)
+    }
+
+    /// Every replica's answer, once all of `n` answer (waits up to a minute).
+    pub fn settled_answers(&self, service: &str, n: usize) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let a = self.answers(service);
+            if a.len() == n || Instant::now() > deadline {
+                let mut all: Vec<String> = a.into_values().flatten().collect();
+                all.sort();
+                return all;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+}
+
+/// HTTP requests made while polling: all, those answered only on the second try (a second
+/// later), those not answered at all.
+#[derive(Debug, Default)]
+pub struct Fetches {
+    pub requests: usize,
+    pub retried: usize,
+    pub failed: usize,
+}
+
+/// Four replicas of testapp with a healthcheck that needs the page and an address.
+pub fn web(image: &str, update: &str) -> String {
+    format!(
+        r#"
+name: {{name}}
+services:
+  web:
+    image: {image}
+    stop_grace_period: 1s
+    healthcheck:
+      test: "wget -q -O- http://127.0.0.1/ >/dev/null && ip -4 addr show eth0 | grep -q inet"
+      interval: 2s
+      start_period: 20s
+      start_interval: 1s
+      retries: 2
+    deploy:
+      replicas: 4
+      update_config: {update}
+  probe:
+    image: testapp/v1
+"#
+    )
+}
+
+/// `history --format json` rows: (revision, cause, outcome, deployed).
+pub fn history(f: &Fixture, args: &[&str]) -> Vec<(u64, String, String, bool)> {
+    let mut all = vec!["history", "--format", "json"];
+    all.extend_from_slice(args);
+    let out = f.ok(&all);
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&out).expect("history json");
+    rows.iter()
+        .map(|r| {
+            (
+                r["revision"].as_u64().unwrap(),
+                r["cause"].as_str().unwrap().to_string(),
+                r["outcome"].as_str().unwrap().to_string(),
+                r["deployed"].as_bool().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Web replicas: name -> creation time.
+pub fn created(f: &Fixture) -> BTreeMap<String, String> {
+    f.full_instances()
+        .into_iter()
+        .filter(|i| i.name.starts_with("web-"))
+        .map(|i| (i.name, i.created_at))
+        .collect()
+}
