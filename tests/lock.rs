@@ -18,6 +18,7 @@ use ic_incus::Instance;
 
 mod common;
 use common::*;
+use ic_core::keys::LOCK_KEY;
 
 /// Seconds since the epoch, as the lock's `expires` counts them.
 fn unix_now() -> f64 {
@@ -28,8 +29,6 @@ fn unix_now() -> f64 {
 
 /// The lease length the runs of these tests use, in seconds.
 const TTL: u64 = 6;
-
-const LOCK_KEY: &str = "user.incus-compose.lock";
 
 /// The fixture of these tests: one directory per compose file of `yamls` (`{name}` is
 /// replaced by the project name), every run with the short lease.

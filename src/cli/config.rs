@@ -1,7 +1,7 @@
 //! `incus-compose config`: load, validate and print the canonical project as
 //! `docker compose config` (v2) prints it (`ic_compose::output`).
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::{Args, ValueEnum};
@@ -46,28 +46,8 @@ pub struct ConfigArgs {
     pub output: Option<std::path::PathBuf>,
 }
 
-/// The loader options the global flags describe, for the current process.
-pub fn load_options(
-    global: &GlobalArgs,
-    interpolate: bool,
-) -> anyhow::Result<ic_compose::LoadOptions> {
-    let mut options = ic_compose::LoadOptions::from_process();
-    options.files = global.files.clone();
-    options.project_name = global.project_name.clone();
-    options.project_directory = global.project_directory.clone();
-    options.env_files = global.env_files.clone();
-    options.profiles = global.profiles.clone();
-    options.interpolate = interpolate;
-    if options.files.iter().any(|f| f.as_os_str() == "-") {
-        let mut text = String::new();
-        std::io::stdin().read_to_string(&mut text)?;
-        options.stdin = Some(text);
-    }
-    Ok(options)
-}
-
 pub fn run(global: &GlobalArgs, args: &ConfigArgs) -> anyhow::Result<ExitCode> {
-    let options = load_options(global, !args.no_interpolate)?;
+    let options = super::shared::load_options(global, !args.no_interpolate)?;
     let project = match ic_compose::load(&options) {
         Ok(p) => p,
         Err(errors) => {
@@ -251,7 +231,7 @@ mod tests {
                 files: vec![PathBuf::from(f.file_name().expect("name"))],
                 ..GlobalArgs::default()
             };
-            let mut options = load_options(&global, true).expect("options");
+            let mut options = crate::cli::shared::load_options(&global, true).expect("options");
             options.working_dir = dir;
             for (k, v) in [
                 ("DOMAIN", "example.org"),

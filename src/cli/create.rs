@@ -1,12 +1,7 @@
 //! `incus-compose create [SERVICE...]`: create the project's instances without starting them;
 //! `up --no-start` (the same planner and executor).
 
-use std::process::ExitCode;
-
 use clap::Args;
-
-use super::GlobalArgs;
-use super::up::UpArgs;
 
 #[derive(Debug, Args)]
 pub struct CreateArgs {
@@ -32,20 +27,9 @@ pub struct CreateArgs {
     pub services: Vec<String>,
 }
 
-/// `up` arguments parsed from `argv` (so that `up`'s own defaults apply to every flag).
-pub(super) fn up_args(argv: &[String]) -> anyhow::Result<UpArgs> {
-    #[derive(clap::Parser)]
-    struct Up {
-        #[command(flatten)]
-        up: UpArgs,
-    }
-    let parsed = <Up as clap::Parser>::try_parse_from(
-        std::iter::once("up".to_string()).chain(argv.iter().cloned()),
-    )?;
-    Ok(parsed.up)
-}
-
-pub fn run(global: &GlobalArgs, args: &CreateArgs) -> anyhow::Result<ExitCode> {
+/// The `up` arguments `create` stands for (`up --no-start` and its flags): `cli::run` hands
+/// them to `up`.
+pub fn up_argv(args: &CreateArgs) -> Vec<String> {
     let mut argv = vec!["--no-start".to_string()];
     for (on, flag) in [
         (args.force_recreate, "--force-recreate"),
@@ -65,5 +49,5 @@ pub fn run(global: &GlobalArgs, args: &CreateArgs) -> anyhow::Result<ExitCode> {
     }
     argv.push("--".into());
     argv.extend(args.services.iter().cloned());
-    super::up::run(global, &up_args(&argv)?)
+    argv
 }

@@ -14,11 +14,12 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Args;
-use ic_core::plan::{LABEL_SERVICE, is_oneoff};
+use ic_core::plan::is_oneoff;
 use ic_incus::EventFilter;
 
 use super::GlobalArgs;
 use super::project::{Context, block_on};
+use ic_core::keys::LABEL_SERVICE;
 
 #[derive(Debug, Args)]
 pub struct EventsArgs {

@@ -14,8 +14,8 @@ use crate::engine;
 #[derive(Debug, Args)]
 pub struct HistoryArgs {
     /// Output format
-    #[arg(long, value_enum, default_value_t = super::ps::Format::Table)]
-    pub format: super::ps::Format,
+    #[arg(long, value_enum, default_value_t = super::shared::Format::Table)]
+    pub format: super::shared::Format,
 }
 
 pub fn run(global: &GlobalArgs, args: &HistoryArgs) -> anyhow::Result<ExitCode> {
@@ -42,7 +42,7 @@ pub fn run(global: &GlobalArgs, args: &HistoryArgs) -> anyhow::Result<ExitCode> 
             })
         })
         .collect();
-    if matches!(args.format, super::ps::Format::Json) {
+    if matches!(args.format, super::shared::Format::Json) {
         println!("{}", serde_json::Value::Array(rows));
         return Ok(ExitCode::SUCCESS);
     }

@@ -12,11 +12,11 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
-use ic_core::plan::LABEL_SERVICE;
 use serde::Serialize;
 
 use super::GlobalArgs;
 use super::project::{Context, block_on};
+use ic_core::keys::LABEL_SERVICE;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Format {

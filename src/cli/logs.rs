@@ -47,19 +47,6 @@ pub struct LogsArgs {
     pub services: Vec<String>,
 }
 
-/// Global options that take a value (their value is not the subcommand).
-pub(super) const GLOBAL_VALUE_OPTIONS: [&str; 9] = [
-    "-f",
-    "--file",
-    "-p",
-    "--project-name",
-    "--project-directory",
-    "--env-file",
-    "--profile",
-    "--remote",
-    "--incus-project",
-];
-
 /// `-f` is the global `--file`; after `logs` it means `--follow`, and after `rm` `--force`,
 /// as with docker compose (`incus-compose -f x.yaml logs -f`). Rewrite `-f` (also inside
 /// `-tf`) after those subcommands, up to `--`, before clap sees the arguments.
@@ -84,7 +71,7 @@ where
         if !found_subcommand {
             if skip_value {
                 skip_value = false;
-            } else if GLOBAL_VALUE_OPTIONS.contains(&text) {
+            } else if super::shared::GLOBAL_VALUE_OPTIONS.contains(&text) {
                 skip_value = true;
             } else if !text.starts_with('-') {
                 found_subcommand = true;

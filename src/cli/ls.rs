@@ -16,8 +16,8 @@ pub struct LsArgs {
     #[arg(short, long)]
     pub all: bool,
     /// Output format
-    #[arg(long, value_enum, default_value_t = super::ps::Format::Table)]
-    pub format: super::ps::Format,
+    #[arg(long, value_enum, default_value_t = super::shared::Format::Table)]
+    pub format: super::shared::Format,
     /// Only the project names
     #[arg(short, long)]
     pub quiet: bool,
@@ -61,8 +61,8 @@ pub fn run(global: &GlobalArgs, args: &LsArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     match args.format {
-        super::ps::Format::Json => println!("{}", serde_json::to_string_pretty(&listed)?),
-        super::ps::Format::Table => {
+        super::shared::Format::Json => println!("{}", serde_json::to_string_pretty(&listed)?),
+        super::shared::Format::Table => {
             let rows: Vec<[String; 3]> = listed
                 .iter()
                 .map(|p| {

@@ -28,6 +28,7 @@ mod rollback;
 mod run;
 mod scale;
 mod select;
+mod session;
 mod shared;
 mod stats;
 mod top;
@@ -189,7 +190,9 @@ pub fn main() -> ExitCode {
         Command::Top(args) => top::run(&cli.global, &args),
         Command::Watch(args) => watch::run(&cli.global, &args),
         Command::Cp(args) => cp::run(&cli.global, &args),
-        Command::Create(args) => create::run(&cli.global, &args),
+        Command::Create(args) => {
+            up::up_args(&create::up_argv(&args)).and_then(|a| up::run(&cli.global, &a))
+        }
         Command::Kill(args) => kill::run(&cli.global, &args),
         Command::Pause(args) => pause::pause(&cli.global, &args),
         Command::Unpause(args) => pause::unpause(&cli.global, &args),

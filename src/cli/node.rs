@@ -15,7 +15,7 @@ use std::process::ExitCode;
 use anyhow::{Context as _, anyhow, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use ic_compose::Project;
-use ic_core::plan::{LABEL_PROJECT, LABEL_SERVICE, PlanOptions, incus_project_name};
+use ic_core::plan::{PlanOptions, incus_project_name};
 use ic_incus::{Client, Request};
 
 use super::GlobalArgs;
@@ -167,7 +167,7 @@ struct Row {
 /// The compose project, when there is one: `Ok(None)` only when no compose file was named
 /// and none is found (the member list works without one); any other load error fails.
 fn try_project(global: &GlobalArgs) -> anyhow::Result<Option<Project>> {
-    let options = super::config::load_options(global, true)?;
+    let options = super::shared::load_options(global, true)?;
     match ic_compose::load(&options) {
         Ok(p) => Ok(Some(p)),
         Err(errors)
@@ -216,7 +216,7 @@ fn ls(global: &GlobalArgs, args: &LsArgs) -> anyhow::Result<ExitCode> {
         let obs = loop {
             match observe(&base, &incus_project, false).await {
                 Ok(obs) => break obs,
-                Err(e) if started.elapsed().as_secs() < 60 && super::ps::unreadable(&e) => {
+                Err(e) if started.elapsed().as_secs() < 60 && super::shared::unreadable(&e) => {
                     if !std::mem::replace(&mut warned, true) {
                         eprintln!(
                             "warning: {:#}; waiting for Incus to list the member offline",
@@ -259,7 +259,7 @@ fn ls(global: &GlobalArgs, args: &LsArgs) -> anyhow::Result<ExitCode> {
                 .context("cannot list cluster members")?
                 .into_iter()
                 .map(|m| {
-                    if m.config.contains_key(engine::drain::DRAINED_KEY) {
+                    if m.config.contains_key(ic_core::keys::DRAINED_KEY) {
                         drained.insert(m.server_name.clone());
                     }
                     (m.server_name, (m.status, m.message))
@@ -453,6 +453,7 @@ where
 }
 
 use crate::engine::member::{ATTEMPTS, Check};
+use ic_core::keys::{LABEL_PROJECT, LABEL_SERVICE};
 
 fn label(global: &GlobalArgs, args: &LabelArgs) -> anyhow::Result<ExitCode> {
     let changes = changes(args)?;

@@ -7,17 +7,18 @@ use std::sync::Mutex;
 
 use anyhow::{Context as _, anyhow};
 use ic_compose::Project;
-use ic_core::plan::{LABEL_PROJECT, PlanOptions, incus_project_name};
+use ic_core::plan::{PlanOptions, incus_project_name};
 use ic_incus::Client;
 
 use super::GlobalArgs;
-use crate::engine::deployed::{LABEL_CONFIG_FILES, ServiceOrder};
+use crate::engine::deployed::ServiceOrder;
 use crate::engine::{self, Lease, LockGuard, LockOptions, Observation, Target};
+use ic_core::keys::{LABEL_CONFIG_FILES, LABEL_PROJECT};
 
 /// Load the compose project the global flags describe; errors are printed like `config`
 /// prints them, warnings too.
 pub fn load_project(global: &GlobalArgs) -> anyhow::Result<Project> {
-    let options = super::config::load_options(global, true)?;
+    let options = super::shared::load_options(global, true)?;
     match ic_compose::load(&options) {
         Ok(p) if p.hostile.is_empty() => Ok(p),
         // Values that would reach Incus or LXC config and change its meaning (see

@@ -3,19 +3,13 @@
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 
-use clap::{Args, ValueEnum};
-use ic_core::plan::{LABEL_HASH, LABEL_SERVICE, LABEL_SLOT};
+use clap::Args;
 
 use super::GlobalArgs;
 use super::project::{Context, block_on};
+use super::shared::Format;
 use crate::engine::{health, observe};
-
-#[derive(Debug, Clone, Copy, Default, ValueEnum)]
-pub enum Format {
-    #[default]
-    Table,
-    Json,
-}
+use ic_core::keys::{LABEL_HASH, LABEL_SERVICE, LABEL_SLOT};
 
 #[derive(Debug, Args)]
 pub struct PsArgs {
@@ -74,7 +68,7 @@ pub fn run(global: &GlobalArgs, args: &PsArgs) -> anyhow::Result<ExitCode> {
         );
         let obs = match obs {
             Ok(obs) => Some(obs),
-            Err(e) if unreadable(&e) => None,
+            Err(e) if super::shared::unreadable(&e) => None,
             Err(e) => return Err(e),
         };
         let reached = reached?;
@@ -118,7 +112,7 @@ pub fn run(global: &GlobalArgs, args: &PsArgs) -> anyhow::Result<ExitCode> {
                 // Left stopped by `watch`: its restart_policy budget was spent.
                 let gave_up = !i.is_running()
                     && i.config
-                        .get(ic_core::watch::restart::LABEL_GAVE_UP)
+                        .get(ic_core::keys::LABEL_GAVE_UP)
                         .is_some_and(|g| !g.is_empty());
                 rows.push(Row {
                     slot: i.config.get(LABEL_SLOT).cloned().unwrap_or_default(),
@@ -137,7 +131,7 @@ pub fn run(global: &GlobalArgs, args: &PsArgs) -> anyhow::Result<ExitCode> {
                     }),
                     unreached: false,
                 });
-                if i.config.contains_key(ic_core::plan::LABEL_RETIRED)
+                if i.config.contains_key(ic_core::keys::LABEL_RETIRED)
                     && let Some(r) = rows.last_mut()
                 {
                     r.state = "Retired".into();
@@ -209,16 +203,6 @@ pub fn run(global: &GlobalArgs, args: &PsArgs) -> anyhow::Result<ExitCode> {
         }
         Ok(ExitCode::SUCCESS)
     })?
-}
-
-/// Whether `e` is an instance Incus cannot read from its member.
-pub(super) fn unreadable(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| {
-        matches!(
-            c.downcast_ref::<ic_incus::Error>(),
-            Some(ic_incus::Error::Unreadable { .. })
-        )
-    })
 }
 
 /// Services whose newest revision did not complete: `updating`, `paused`, `rolled back`.

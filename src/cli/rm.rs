@@ -10,14 +10,13 @@
 use std::io::{BufRead, IsTerminal, Write};
 use std::process::ExitCode;
 
-use anyhow::Context as _;
 use clap::Args;
-use ic_core::plan::{LABEL_PROJECT, LABEL_SERVICE};
-use ic_incus::{Client, Instance};
+use ic_incus::Instance;
 
 use super::GlobalArgs;
 use super::project::{Context, block_on};
 use super::select;
+use ic_core::keys::LABEL_SERVICE;
 
 #[derive(Debug, Args)]
 pub struct RmArgs {
@@ -32,71 +31,6 @@ pub struct RmArgs {
     pub volumes: bool,
     /// Services whose replicas go (default: all)
     pub services: Vec<String>,
-}
-
-/// Removes `instance` (stopping it first: `timeout` seconds for a clean stop, then a kill),
-/// and with `volumes` its anonymous volumes (only those labelled as ours).
-pub(super) async fn remove_instance(
-    client: &Client,
-    instance: &Instance,
-    compose: &str,
-    timeout: i64,
-    volumes: bool,
-) -> anyhow::Result<()> {
-    let state = client.instance_state(&instance.name).await?;
-    if !state.status.eq_ignore_ascii_case("stopped") {
-        if state.status.eq_ignore_ascii_case("frozen") {
-            client
-                .change_instance_state(
-                    &instance.name,
-                    &ic_incus::InstanceStatePut::new("unfreeze", -1, false),
-                )
-                .await?
-                .wait()
-                .await?;
-        }
-        if client
-            .stop_instance(&instance.name, timeout, false)
-            .await
-            .is_err()
-        {
-            client.stop_instance(&instance.name, -1, true).await?;
-        }
-    }
-    client
-        .delete_instance(&instance.name)
-        .await?
-        .wait()
-        .await
-        .with_context(|| format!("removing {}", instance.name))?;
-    if !volumes {
-        return Ok(());
-    }
-    let target = (!instance.location.is_empty() && instance.location != "none")
-        .then_some(instance.location.as_str());
-    for d in instance.devices.values() {
-        let (Some("disk"), Some(pool), Some(source)) = (
-            d.get("type").map(String::as_str),
-            d.get("pool"),
-            d.get("source"),
-        ) else {
-            continue;
-        };
-        let v = match client.storage_volume(pool, "custom", source, target).await {
-            Ok(v) => v,
-            Err(e) if e.is_not_found() => continue,
-            Err(e) => return Err(e).with_context(|| format!("looking up volume {source}")),
-        };
-        let ours = v.config.get(LABEL_PROJECT).map(String::as_str) == Some(compose)
-            && v.config.contains_key("user.incus-compose.anonymous");
-        if ours {
-            client
-                .delete_storage_volume(pool, "custom", source, target)
-                .await
-                .with_context(|| format!("removing anonymous volume {source}"))?;
-        }
-    }
-    Ok(())
 }
 
 /// The stop timeout of a service's replicas: `stop_grace_period`, else 10 s.
@@ -140,7 +74,8 @@ pub fn run(global: &GlobalArgs, args: &RmArgs) -> anyhow::Result<ExitCode> {
             let compose = compose.clone();
             let timeout = stop_timeout(&ctx, &i);
             async move {
-                remove_instance(&client, &i, &compose, timeout, args.volumes).await?;
+                super::shared::remove_instance(&client, &i, &compose, timeout, args.volumes)
+                    .await?;
                 Ok(Some(format!("[-] {} removed", i.name)))
             }
         })

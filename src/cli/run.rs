@@ -25,14 +25,14 @@ use std::process::ExitCode;
 use anyhow::{Context as _, anyhow, bail};
 use clap::Args;
 use ic_core::plan::{
-    Action, DiffOptions, ImageSource, InstancePlan, LABEL_ONEOFF, LABEL_SERVICE, Plan, PlanOptions,
-    Stage, desired, plan_up,
+    Action, DiffOptions, ImageSource, InstancePlan, Plan, PlanOptions, Stage, desired, plan_up,
 };
 
 use super::GlobalArgs;
-use super::exec::{Session, exec_in, exit_code, parse_env};
 use super::project::{Context, block_on};
+use super::session::{Session, exec_in, exit_code, parse_env};
 use crate::engine::{self, health, observe};
+use ic_core::keys::{LABEL_ONEOFF, LABEL_SERVICE};
 
 #[derive(Debug, Args)]
 #[command(
@@ -116,7 +116,7 @@ pub fn rewrite_publish(args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString>
             None => {}
             Some(_) if skip_value => skip_value = false,
             Some(t) if !found => {
-                if super::logs::GLOBAL_VALUE_OPTIONS.contains(&t) {
+                if super::shared::GLOBAL_VALUE_OPTIONS.contains(&t) {
                     skip_value = true;
                 } else if !t.starts_with('-') {
                     found = true;
@@ -415,7 +415,8 @@ pub fn run(global: &GlobalArgs, args: &RunArgs) -> anyhow::Result<ExitCode> {
             outcome.report_failures("run", None);
             // A half-made one-off is not left behind.
             if let Ok(i) = client.instance(&name).await {
-                let _ = super::rm::remove_instance(&client, &i, &ctx.project.name, 0, true).await;
+                let _ =
+                    super::shared::remove_instance(&client, &i, &ctx.project.name, 0, true).await;
             }
             return Ok(ExitCode::FAILURE);
         }
@@ -436,7 +437,7 @@ pub fn run(global: &GlobalArgs, args: &RunArgs) -> anyhow::Result<ExitCode> {
         let cleanup = async {
             let instance = client.instance(&name).await?;
             if args.rm {
-                super::rm::remove_instance(&client, &instance, &ctx.project.name, 0, true).await
+                super::shared::remove_instance(&client, &instance, &ctx.project.name, 0, true).await
             } else {
                 client
                     .stop_instance(&name, -1, true)

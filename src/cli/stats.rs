@@ -13,13 +13,14 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Args, ValueEnum};
-use ic_core::plan::{LABEL_SERVICE, is_oneoff};
+use ic_core::plan::is_oneoff;
 
 use crate::engine::reach::Reached;
 use ic_incus::Instance;
 
 use super::GlobalArgs;
 use super::project::{Context, block_on};
+use ic_core::keys::LABEL_SERVICE;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
 pub enum Format {

@@ -102,6 +102,19 @@ pub fn refuse_undeployable(project: &ic_compose::Project) -> anyhow::Result<()> 
     Ok(())
 }
 
+/// `up` arguments parsed from `argv` (so that `up`'s own defaults apply to every flag).
+pub(super) fn up_args(argv: &[String]) -> anyhow::Result<UpArgs> {
+    #[derive(clap::Parser)]
+    struct Up {
+        #[command(flatten)]
+        up: UpArgs,
+    }
+    let parsed = <Up as clap::Parser>::try_parse_from(
+        std::iter::once("up".to_string()).chain(argv.iter().cloned()),
+    )?;
+    Ok(parsed.up)
+}
+
 pub fn run(global: &GlobalArgs, args: &UpArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let ctx = Context::new(global)?;

@@ -15,13 +15,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{anyhow, bail};
-use ic_core::plan::{Action, Desired, DiffOptions, LABEL_PROJECT, Observed, Plan, PushFile};
+use ic_core::plan::{Action, Desired, DiffOptions, Observed, Plan, PushFile};
 use ic_core::revision::{self, Outcome as RevisionOutcome, Revision, StoredFile};
 use ic_core::schedule::Mode;
 use ic_incus::Client;
 
 use super::lock::LockGuard;
 use super::{Observation, Target, health};
+use ic_core::keys::LABEL_PROJECT;
 
 /// Secret and config contents read back for one revision: `(revision, service -> files)`.
 /// Kept by a caller that converges repeatedly (`watch`): the contents cannot change within
@@ -50,7 +51,7 @@ pub async fn read_back_files(
         let replicas = obs.instances.iter().filter(|i| {
             i.running
                 && i.label(LABEL_PROJECT) == Some(compose)
-                && i.label(ic_core::plan::LABEL_SERVICE) == Some(service.as_str())
+                && i.label(ic_core::keys::LABEL_SERVICE) == Some(service.as_str())
                 && obs.members.iter().any(|m| m.name == i.location && m.online)
         });
         for i in replicas {

@@ -10,12 +10,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::Context as _;
-use ic_core::plan::{LABEL_PROJECT, LABEL_SERVICE, dependency_levels};
+use ic_core::keys::{LABEL_CONFIG_FILES, LABEL_PROJECT, LABEL_SERVICE};
+use ic_core::plan::dependency_levels;
 use ic_incus::Client;
-
-/// Incus project config key: the compose files of the last `up` (absolute paths, one per
-/// line), for `ls`.
-pub const LABEL_CONFIG_FILES: &str = "user.incus-compose.config-files";
 
 /// The order in which a command stops and starts services, and their stop timeouts.
 #[derive(Debug, Clone, Default, PartialEq)]

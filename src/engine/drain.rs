@@ -17,7 +17,7 @@ use anyhow::{Context as _, bail};
 use futures_util::future::join_all;
 use ic_core::health::{Check, Health, Tracker};
 use ic_core::plan::drain::{DrainSteps, drain_steps, rebalance_evictions, rebalance_steps};
-use ic_core::plan::{Action, DiffOptions, LABEL_PROJECT, Plan, Stage};
+use ic_core::plan::{Action, DiffOptions, Plan, Stage};
 use ic_incus::Client;
 use tokio::time::Instant;
 
@@ -25,10 +25,7 @@ use super::execute::{Target, state};
 use super::lock::{self, LockOptions};
 use super::progress::Progress;
 use super::{is_ours, observe};
-
-/// Member config key: set by `node drain` (with `scheduler.instance=manual`), removed by
-/// `node restore`. Its value is JSON: `{"since": RFC 3339, "scheduler.instance": previous}`.
-pub const DRAINED_KEY: &str = "user.incus-compose.drained";
+use ic_core::keys::{DRAINED_KEY, LABEL_PROJECT};
 
 const SCHEDULER_KEY: &str = "scheduler.instance";
 

@@ -10,8 +10,7 @@ use super::progress::Progress;
 use anyhow::{Context, anyhow};
 use ic_core::plan::mapping::anonymous_volume_name;
 use ic_core::plan::{
-    Action, AnonymousVolume, COMMAND_PATH, CREATING_NETWORK_PREFIX, ImageSource, InstancePlan,
-    LABEL_PROJECT, LABEL_SERVICE, LABEL_SLOT, LABEL_VERSION, Plan, PushFile, egress, span,
+    Action, AnonymousVolume, COMMAND_PATH, ImageSource, InstancePlan, Plan, PushFile, egress,
 };
 use ic_incus::{
     Client, FileOptions, InstanceSource, InstancesPost, NetworkPut, NetworksPost, ProjectsPost,
@@ -21,6 +20,9 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use super::health::Gate;
+use ic_core::keys::{
+    CREATING_NETWORK_PREFIX, LABEL_PROJECT, LABEL_SERVICE, LABEL_SLOT, LABEL_VERSION,
+};
 
 /// How long a started instance may take to report `Running`.
 const START_TIMEOUT: Duration = Duration::from_secs(120);
@@ -463,7 +465,7 @@ pub(super) async fn run(t: &Target, action: &Action) -> anyhow::Result<String> {
             Ok(format!(
                 "[+] network {name} created ({}{})",
                 config.get("ipv4.address").map(String::as_str).unwrap_or(""),
-                match config.get(span::LABEL_VNI) {
+                match config.get(ic_core::keys::LABEL_VNI) {
                     Some(vni) => format!(", spanning the members, VXLAN VNI {vni}"),
                     None => String::new(),
                 }
@@ -505,7 +507,7 @@ pub(super) async fn run(t: &Target, action: &Action) -> anyhow::Result<String> {
             Ok(format!(
                 "[~] {name} updated in place, without a restart ({})",
                 set.keys()
-                    .filter(|k| !k.starts_with("user.incus-compose."))
+                    .filter(|k| !k.starts_with(ic_core::keys::OURS_PREFIX))
                     .cloned()
                     .collect::<Vec<_>>()
                     .join(", ")
@@ -633,7 +635,7 @@ pub(super) async fn run(t: &Target, action: &Action) -> anyhow::Result<String> {
 }
 
 /// Sets (`creating`) or removes the Incus project's record that incus-compose is creating
-/// network `name` (`ic_core::plan::CREATING_NETWORK_PREFIX`, value: the compose project).
+/// network `name` (`ic_core::keys::CREATING_NETWORK_PREFIX`, value: the compose project).
 async fn mark_creating_network(t: &Target, name: &str, creating: bool) -> anyhow::Result<()> {
     let Some(project) = t.project.project() else {
         return Ok(());
@@ -723,7 +725,7 @@ pub(super) async fn create(t: &Target, p: &InstancePlan) -> anyhow::Result<()> {
     // a replica that runs (`plan::diff`'s keeper), and is made again.
     let mut config = p.config.clone();
     let hash_last = if prepare {
-        config.remove(ic_core::plan::LABEL_HASH)
+        config.remove(ic_core::keys::LABEL_HASH)
     } else {
         None
     };
@@ -805,7 +807,7 @@ pub(super) async fn create(t: &Target, p: &InstancePlan) -> anyhow::Result<()> {
     }
     if let Some(hash) = hash_last {
         fenced(t).with_context(|| format!("{} is not marked prepared", p.name))?;
-        let patch = serde_json::json!({ "config": { ic_core::plan::LABEL_HASH: hash } });
+        let patch = serde_json::json!({ "config": { ic_core::keys::LABEL_HASH: hash } });
         t.project
             .patch_instance(&p.name, &patch)
             .await
@@ -819,7 +821,7 @@ pub(super) async fn create(t: &Target, p: &InstancePlan) -> anyhow::Result<()> {
 fn made_by(sent: &BTreeMap<String, String>, found: &BTreeMap<String, String>) -> bool {
     let labels: Vec<_> = sent
         .iter()
-        .filter(|(k, _)| k.starts_with("user.incus-compose."))
+        .filter(|(k, _)| k.starts_with(ic_core::keys::OURS_PREFIX))
         .collect();
     !labels.is_empty() && labels.iter().all(|(k, v)| found.get(*k) == Some(*v))
 }
@@ -931,7 +933,7 @@ async fn ensure_anonymous_volume(
         }
     }
     req.config
-        .insert("user.incus-compose.anonymous".into(), a.target.clone());
+        .insert(ic_core::keys::LABEL_ANONYMOUS.into(), a.target.clone());
     t.project
         .create_storage_volume(&a.pool, &req, on)
         .await

@@ -1,5 +1,5 @@
 //! The project lock: a lease held in the Incus project's config (key
-//! `ic_core::lease::LOCK_KEY`), so that `up`, `down`, `scale` (and `rollback`, `watch`) of one
+//! `ic_core::keys::LOCK_KEY`), so that `up`, `down`, `scale` (and `rollback`, `watch`) of one
 //! compose project run one at a time, from any machine.
 //!
 //! - **Acquire** ([`acquire`]): read the project with its ETag, ask `ic_core::lease::decide`,
@@ -30,7 +30,8 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow};
-use ic_core::lease::{self, Decision, LOCK_KEY, LockRecord};
+use ic_core::keys::LOCK_KEY;
+use ic_core::lease::{self, Decision, LockRecord};
 use ic_incus::Client;
 
 /// Default lease length.
@@ -58,10 +59,6 @@ pub struct LockOptions {
     /// `watch` also holds [`WATCH_KEY`] (which `watch` acts on the project).
     pub key: &'static str,
 }
-
-/// The project config key of the lease that says which `watch` process looks after the
-/// project (held for as long as it runs; the project lock is taken only while it acts).
-pub const WATCH_KEY: &str = "user.incus-compose.watch";
 
 impl LockOptions {
     /// The lease length from [`TTL_ENV`] (whole seconds, at least 3), else [`DEFAULT_TTL`].

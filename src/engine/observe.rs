@@ -3,9 +3,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::Context;
-use ic_core::plan::{
-    LABEL_PROJECT, Observed, ObservedInstance, ObservedNetwork, ObservedVolume, ServerFacts,
-};
+use ic_core::keys::LABEL_PROJECT;
+use ic_core::plan::{Observed, ObservedInstance, ObservedNetwork, ObservedVolume, ServerFacts};
 use ic_core::schedule::Member;
 use ic_incus::{Client, Request, api_path, extensions};
 

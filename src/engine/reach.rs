@@ -11,7 +11,8 @@
 use std::collections::BTreeMap;
 
 use anyhow::Context as _;
-use ic_core::plan::{ALTERNATE_SUFFIX, LABEL_PROJECT, LABEL_SERVICE, LABEL_SLOT};
+use ic_core::keys::{LABEL_PROJECT, LABEL_SERVICE, LABEL_SLOT};
+use ic_core::plan::ALTERNATE_SUFFIX;
 use ic_incus::{Client, Instance};
 
 /// A replica on a member that cannot be asked now.

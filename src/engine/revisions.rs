@@ -11,6 +11,7 @@ use ic_core::revision::{self, Outcome, Revision, StoredService};
 use ic_incus::Client;
 
 use super::lock::edit_project_config;
+use ic_core::keys::LABEL_SERVICE;
 
 /// The revisions kept in Incus project `incus_project` of compose project `compose`, oldest
 /// first (none when the project does not exist or is not ours). Unreadable entries are
@@ -288,7 +289,7 @@ pub async fn restore_volumes(
     target: u64,
     plan: &ic_core::plan::Plan,
 ) -> anyhow::Result<Vec<String>> {
-    use ic_core::plan::{Action, LABEL_SERVICE};
+    use ic_core::plan::Action;
     let later: Vec<u64> = revs
         .iter()
         .map(|r| r.number)

@@ -23,27 +23,19 @@ use std::time::Duration;
 use anyhow::Context as _;
 use futures_util::future::join_all;
 use ic_core::health::{Health, Tracker};
-use ic_core::plan::{
-    Action, InstancePlan, LABEL_PROJECT, LABEL_REPLACED_BY, LABEL_RETIRED, LABEL_SERVICE,
-    RolloutSpec,
-};
+use ic_core::plan::{Action, InstancePlan, RolloutSpec};
 use ic_core::rollout::{self, Config, NewReplica, Pace, Progress as Batches, State};
 use tokio::time::Instant;
 
 use super::execute::{Target, create, remove, start, stop};
 use super::health::probe;
 use super::progress::Progress;
-
-/// On a retired replica: the fixed NIC addresses it gave up (JSON device -> address).
-const RETIRED_ADDRESSES: &str = "user.incus-compose.retired-addresses";
+use ic_core::keys::{
+    LABEL_PROJECT, LABEL_REPLACED_BY, LABEL_RETIRED, LABEL_SERVICE, PACE_PREFIX, RETIRED_ADDRESSES,
+};
 
 /// How often a rollout looks again while it waits.
 const POLL: Duration = Duration::from_millis(500);
-
-/// Incus project config key prefix (followed by the service): the pace of its rollout, the
-/// times of its last batch (`ic_core::rollout::Pace`, JSON), so that a run that resumes an
-/// interrupted update keeps `delay` after the last batch. Removed when the update ends.
-const PACE_PREFIX: &str = "user.incus-compose.rollout-pace.";
 
 /// Where a service's rollout keeps its pace: in an Incus project incus-compose created (one
 /// named with `--incus-project` that exists already is never written to).

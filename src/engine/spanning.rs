@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use ic_core::plan::LABEL_PROJECT;
+use ic_core::keys::LABEL_PROJECT;
 use ic_core::plan::span::{self, NetworkFacts};
 use ic_incus::{Client, ClusterMember, Network, ServerInfo};
 
@@ -40,7 +40,7 @@ pub async fn network_facts(
     if facts.member_specific_tunnels {
         let interface = format!("tunnel.{}.interface", span::TUNNEL);
         let ours = networks.iter().filter(|n| {
-            n.config.contains_key(span::LABEL_VNI)
+            n.config.contains_key(ic_core::keys::LABEL_VNI)
                 && n.config.get(LABEL_PROJECT).map(String::as_str) == Some(compose)
         });
         for n in ours {

@@ -3,9 +3,9 @@
 //! executed by the same executor.
 //!
 //! - **Who acts**: per project, the process holding the project's watch lease
-//!   (`lock::WATCH_KEY`, renewed every ttl/3) is the one that acts; others stand by and take
+//!   (`ic_core::keys::WATCH_KEY`, renewed every ttl/3) is the one that acts; others stand by and take
 //!   it over once it expires (their next tick after the holder died). While acting, the
-//!   project lock (`lock::LOCK_KEY`) is taken as `up` takes it, so `up`, `down`, `scale` and
+//!   project lock (`ic_core::keys::LOCK_KEY`) is taken as `up` takes it, so `up`, `down`, `scale` and
 //!   `watch` never act at once, and every action is fenced by that lease.
 //! - **When**: every tick (`--interval`), the member list is read (Incus emits nothing when a
 //!   member goes offline); a reconcile runs when it changed, when a lifecycle event arrived
@@ -19,11 +19,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use ic_core::plan::{Action, DiffOptions, LABEL_PROJECT};
+use ic_core::plan::{Action, DiffOptions};
 use ic_incus::{Client, EventFilter};
 
 use super::lock::{self, LockGuard, LockOptions};
 use super::{Target, observe};
+use ic_core::keys::LABEL_PROJECT;
 
 /// A full resync at least this often.
 pub const RESYNC: Duration = Duration::from_secs(60);
@@ -400,7 +401,7 @@ async fn reconcile(
         }
         let opts = LockOptions {
             wait: false,
-            key: lock::WATCH_KEY,
+            key: ic_core::keys::WATCH_KEY,
             ..LockOptions::from_env(false)?
         };
         match lock::acquire(base, &w.incus_project, &opts).await {
@@ -540,7 +541,7 @@ async fn plan_once(
         ));
     }
     // Replicas with a restart policy are started by `restart_policy` (counted, after delay).
-    ic_core::watch::restart::take_policy_starts(&mut plan, &d);
+    ic_core::watch::take_policy_starts(&mut plan, &d);
     let stopped = ic_core::watch::keep_stopped(&mut plan, &d);
     for name in &stopped {
         if !w.left_stopped.contains(name) {
@@ -724,7 +725,7 @@ async fn restart_policy(
             None => {
                 for i in &obs.observed.instances {
                     if i.running
-                        && i.label(ic_core::plan::LABEL_SERVICE) == Some(t.service.as_str())
+                        && i.label(ic_core::keys::LABEL_SERVICE) == Some(t.service.as_str())
                         && let Some(why) = unhealthy.get(&i.name)
                     {
                         log.event(
@@ -741,8 +742,8 @@ async fn restart_policy(
         };
         for i in &obs.observed.instances {
             if i.config.is_empty()
-                || i.label(ic_core::plan::LABEL_SERVICE) != Some(t.service.as_str())
-                || i.label(ic_core::plan::LABEL_RETIRED)
+                || i.label(ic_core::keys::LABEL_SERVICE) != Some(t.service.as_str())
+                || i.label(ic_core::keys::LABEL_RETIRED)
                     .is_some_and(|r| !r.is_empty())
                 || !(stored || i.running && unhealthy.contains_key(&i.name))
             {
@@ -847,7 +848,7 @@ async fn restart_policy(
             log.event(&w.compose, "restart", &name, line, None);
         }
         let history = set
-            .get(rp::LABEL_RESTARTS)
+            .get(ic_core::keys::LABEL_RESTARTS)
             .map(|h| rp::parse_history(h).len())
             .unwrap_or(0);
         let started = async {
@@ -1025,10 +1026,10 @@ async fn probe_loop(
                 running = all
                     .into_iter()
                     .filter(|i| {
-                        i.is_running() && !i.config.contains_key(ic_core::plan::LABEL_RETIRED)
+                        i.is_running() && !i.config.contains_key(ic_core::keys::LABEL_RETIRED)
                     })
                     .filter_map(|i| {
-                        let s = i.config.get(ic_core::plan::LABEL_SERVICE)?.clone();
+                        let s = i.config.get(ic_core::keys::LABEL_SERVICE)?.clone();
                         checks
                             .contains_key(&s)
                             .then_some((i.name, s, i.last_used_at))

@@ -10,9 +10,6 @@
 
 use serde::{Deserialize, Serialize};
 
-/// The Incus project config key that holds the lock.
-pub const LOCK_KEY: &str = "user.incus-compose.lock";
-
 /// What the lock key holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LockRecord {

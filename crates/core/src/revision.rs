@@ -15,14 +15,13 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::health::Check;
+use crate::keys::REVISION_PREFIX;
 use crate::plan::{
     AnonymousVolume, Desired, Devices, ImageSource, InstanceTemplate, PushFile, RolloutSpec,
 };
 use crate::rollout;
 use crate::schedule::{HostPort, Mode, ServiceSpec};
 
-/// Project config key prefix of revisions.
-pub const KEY_PREFIX: &str = "user.incus-compose.revision.";
 /// How many revisions are kept unless `x-incus: {revisions: N}` says otherwise.
 pub const DEFAULT_KEEP: usize = 10;
 
@@ -466,7 +465,7 @@ pub fn read(config: &BTreeMap<String, String>) -> (Vec<Revision>, Vec<String>) {
     let mut out = Vec::new();
     let mut bad = Vec::new();
     for (k, v) in config {
-        if !k.starts_with(KEY_PREFIX) || v.is_empty() {
+        if !k.starts_with(REVISION_PREFIX) || v.is_empty() {
             continue;
         }
         match serde_json::from_str::<Revision>(v) {
@@ -480,7 +479,7 @@ pub fn read(config: &BTreeMap<String, String>) -> (Vec<Revision>, Vec<String>) {
 
 /// The config key of revision `n`.
 pub fn key(n: u64) -> String {
-    format!("{KEY_PREFIX}{n}")
+    format!("{REVISION_PREFIX}{n}")
 }
 
 /// The newest revision whose rollout completed: what runs now.

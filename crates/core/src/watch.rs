@@ -82,6 +82,29 @@ pub fn keep_stopped(plan: &mut Plan, d: &Desired) -> Vec<String> {
     kept
 }
 
+/// Takes out of `plan` the starts of stopped replicas of services with a [`restart::RestartPolicy`]:
+/// `watch` starts those itself, after `delay` and counted (see [`restart::assess`]). Their names.
+pub fn take_policy_starts(plan: &mut Plan, d: &Desired) -> Vec<String> {
+    let mut taken = Vec::new();
+    for stage in &mut plan.stages {
+        stage.actions.retain(|a| match a {
+            Action::Start { name, service } => {
+                let counted = d
+                    .services
+                    .iter()
+                    .any(|t| &t.service == service && restart::policy_of(&t.config).is_some());
+                if counted {
+                    taken.push(name.clone());
+                }
+                !counted
+            }
+            _ => true,
+        });
+    }
+    plan.stages.retain(|s| !s.actions.is_empty());
+    taken
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;

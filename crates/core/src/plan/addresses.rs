@@ -8,10 +8,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
-use super::{
-    Action, Desired, DesiredNetwork, LABEL_PROJECT, LABEL_SERVICE, Observed, PlanError, Subnet,
-    span,
-};
+use super::{Action, Desired, DesiredNetwork, Observed, PlanError, Subnet, span};
+use crate::keys::{LABEL_PROJECT, LABEL_SERVICE};
 
 /// The device (NIC) of `devices` attached to bridge `network`.
 fn nic_on<'a>(
@@ -115,8 +113,8 @@ pub(super) fn assign(
             // that took their slot has their address. Nor have old replicas whose start-first
             // replacement is ready (they go once the records name it).
             if i.label(LABEL_PROJECT) != Some(compose)
-                || i.label(super::LABEL_RETIRED).is_some()
-                || i.label(super::LABEL_REPLACED_BY).is_some()
+                || i.label(crate::keys::LABEL_RETIRED).is_some()
+                || i.label(crate::keys::LABEL_REPLACED_BY).is_some()
                 || removed.contains(&i.name)
                 || members.iter().any(|(n, _)| n == &i.name)
             {

@@ -10,11 +10,14 @@ use ic_compose::model::{DeployMode, Service, VolumeType};
 
 use super::storage::StorageChoice;
 use super::{
-    Desired, DesiredNetwork, DesiredVolume, Devices, ImageSource, InstanceTemplate, LABEL_HASH,
-    LABEL_NETWORK, LABEL_PROJECT, LABEL_SERVICE, LABEL_STATIC_HASH, LABEL_VERSION, LABEL_VOLUME,
-    PlanError, PlanOptions, PushFile, RolloutSpec, ServerFacts, Subnet, bad_name, dns,
-    image_target, incus_project_name, live_key, mapping, naming, oci, resolve_image_in,
-    scheduler_spec, selected_services, span, spec_hash, storage,
+    Desired, DesiredNetwork, DesiredVolume, Devices, ImageSource, InstanceTemplate, PlanError,
+    PlanOptions, PushFile, RolloutSpec, ServerFacts, Subnet, bad_name, dns, image_target,
+    incus_project_name, live_key, mapping, naming, oci, resolve_image_in, scheduler_spec,
+    selected_services, span, spec_hash, storage,
+};
+use crate::keys::{
+    LABEL_HASH, LABEL_NETWORK, LABEL_PROJECT, LABEL_SERVICE, LABEL_STATIC_HASH, LABEL_VERSION,
+    LABEL_VOLUME,
 };
 use crate::{health, rollout};
 
@@ -161,7 +164,10 @@ fn networks(cx: &mut Ctx) -> Result<Vec<DesiredNetwork>, PlanError> {
         config.insert("ipv4.nat".into(), egress.to_string());
         config.insert("ipv6.address".into(), "none".into());
         for (k, v) in &net.labels {
-            config.insert(format!("user.label.{k}"), v.clone());
+            config.insert(
+                format!("{}{k}", crate::keys::COMPOSE_LABEL_PREFIX),
+                v.clone(),
+            );
         }
         let mut member_config = BTreeMap::new();
         let mut fill_members = Vec::new();
@@ -193,7 +199,7 @@ fn networks(cx: &mut Ctx) -> Result<Vec<DesiredNetwork>, PlanError> {
                 // The VNI is allocated by `diff`, which sees the networks that hold one.
                 config.extend(
                     keys.into_iter()
-                        .filter(|(k, _)| k != span::LABEL_VNI && !k.ends_with(".id")),
+                        .filter(|(k, _)| k != crate::keys::LABEL_VNI && !k.ends_with(".id")),
                 );
                 if let Some(unset) = cx.facts.network.tunnel_unset.get(&name) {
                     fill_members = unset
@@ -235,7 +241,7 @@ fn networks(cx: &mut Ctx) -> Result<Vec<DesiredNetwork>, PlanError> {
                     config.insert("network".into(), uplink.clone());
                     config.insert("ipv4.nat".into(), "true".into());
                 }
-                config.insert(span::LABEL_KIND.into(), "ovn".into());
+                config.insert(crate::keys::LABEL_KIND.into(), "ovn".into());
                 if all_names.get(key).is_some_and(|n| !n.is_empty()) {
                     cx.warnings.push(format!(
                         "network {key:?} is an OVN network: instance names resolve on every member, service names and aliases are not served yet"
@@ -285,7 +291,10 @@ fn volumes(cx: &mut Ctx, pool: &str) -> Vec<DesiredVolume> {
         }
         let mut config = cx.owner(&[(LABEL_VOLUME, key)]);
         for (k, v) in &vol.labels {
-            config.insert(format!("user.label.{k}"), v.clone());
+            config.insert(
+                format!("{}{k}", crate::keys::COMPOSE_LABEL_PREFIX),
+                v.clone(),
+            );
         }
         out.push(DesiredVolume {
             key: key.clone(),

@@ -8,9 +8,12 @@ use super::oci::short;
 use super::placement::PendingReplica;
 use super::storage::SHARED_DRIVERS;
 use super::{
-    Action, Desired, InstancePlan, InstanceTemplate, LABEL_HASH, LABEL_PROJECT, LABEL_REPLACES,
-    LABEL_RETIRED, LABEL_SERVICE, LABEL_SLOT, LABEL_STATIC_HASH, LABEL_VERSION, Observed,
-    ObservedInstance, Plan, PlanError, Stage, addresses, allocate_subnet, live_key, span,
+    Action, Desired, InstancePlan, InstanceTemplate, Observed, ObservedInstance, Plan, PlanError,
+    Stage, addresses, allocate_subnet, live_key, span,
+};
+use crate::keys::{
+    LABEL_HASH, LABEL_PROJECT, LABEL_REPLACES, LABEL_RETIRED, LABEL_SERVICE, LABEL_SLOT,
+    LABEL_STATIC_HASH, LABEL_VERSION,
 };
 use crate::schedule::{self, ExistingReplica, Mode, Outcome, SlotKey};
 
@@ -242,7 +245,7 @@ fn network_actions(d: &Desired, obs: &Observed) -> Result<Vec<Action>, PlanError
             // before its global step has none yet.
             (Some(n), false) if obs.claims_network(n, compose) && n.unfinished() => {
                 let mut config = net.config.clone();
-                for k in ["ipv4.address", span::LABEL_VNI, "tunnel.v.id"] {
+                for k in ["ipv4.address", crate::keys::LABEL_VNI, "tunnel.v.id"] {
                     if let Some(a) = n.config.get(k) {
                         config.insert(k.into(), a.clone());
                     }
@@ -256,12 +259,12 @@ fn network_actions(d: &Desired, obs: &Observed) -> Result<Vec<Action>, PlanError
                     used_subnets.push(subnet.bridge_address());
                     config.insert("ipv4.address".into(), subnet.bridge_address());
                 }
-                if net.kind == span::Kind::Span && !config.contains_key(span::LABEL_VNI) {
+                if net.kind == span::Kind::Span && !config.contains_key(crate::keys::LABEL_VNI) {
                     let vni = span::allocate_vni(&net.name, &used_vnis)
                         .ok_or_else(|| PlanError::NoFreeVni(net.key.clone()))?;
                     used_vnis.insert(vni);
                     config.insert(format!("tunnel.{}.id", span::TUNNEL), vni.to_string());
-                    config.insert(span::LABEL_VNI.into(), vni.to_string());
+                    config.insert(crate::keys::LABEL_VNI.into(), vni.to_string());
                 }
                 actions.push(Action::CreateNetwork {
                     name: net.name.clone(),
@@ -318,7 +321,7 @@ fn network_actions(d: &Desired, obs: &Observed) -> Result<Vec<Action>, PlanError
                         .ok_or_else(|| PlanError::NoFreeVni(net.key.clone()))?;
                     used_vnis.insert(vni);
                     config.insert(format!("tunnel.{}.id", span::TUNNEL), vni.to_string());
-                    config.insert(span::LABEL_VNI.into(), vni.to_string());
+                    config.insert(crate::keys::LABEL_VNI.into(), vni.to_string());
                 }
                 actions.push(Action::CreateNetwork {
                     name: net.name.clone(),
@@ -527,7 +530,7 @@ fn keeper_rank(
     let prepared = i.label(LABEL_HASH) == Some(t.hash.as_str());
     (
         !offline.contains(&i.location),
-        i.label(super::LABEL_REPLACED_BY).is_none(),
+        i.label(crate::keys::LABEL_REPLACED_BY).is_none(),
         prepared && i.running,
         i.running,
         i.label(LABEL_REPLACES) == Some(other.name.as_str()),

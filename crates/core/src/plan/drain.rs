@@ -17,10 +17,8 @@
 use std::collections::BTreeSet;
 
 use super::placement::PendingReplica;
-use super::{
-    Action, Desired, InstancePlan, LABEL_PROJECT, LABEL_REPLACES, LABEL_RETIRED, LABEL_SERVICE,
-    LABEL_SLOT, Observed, Plan,
-};
+use super::{Action, Desired, InstancePlan, Observed, Plan};
+use crate::keys::{LABEL_PROJECT, LABEL_REPLACES, LABEL_RETIRED, LABEL_SERVICE, LABEL_SLOT};
 use crate::schedule::Rejection;
 
 /// One replica leaving the member.

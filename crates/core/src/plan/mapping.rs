@@ -86,7 +86,10 @@ pub fn environment(
 /// `user.label.*` keys.
 pub fn labels(service: &Service, config: &mut BTreeMap<String, String>) {
     for (k, v) in &service.labels {
-        config.insert(format!("user.label.{k}"), v.clone());
+        config.insert(
+            format!("{}{k}", crate::keys::COMPOSE_LABEL_PREFIX),
+            v.clone(),
+        );
     }
 }
 
@@ -144,10 +147,7 @@ pub fn restart(
         Some(RestartCondition::None) | None => {}
     }
     if let Some(rp) = policy.and_then(crate::watch::restart::RestartPolicy::from_compose) {
-        config.insert(
-            crate::watch::restart::LABEL_RESTART_POLICY.into(),
-            rp.encode(),
-        );
+        config.insert(crate::keys::LABEL_RESTART_POLICY.into(), rp.encode());
         warnings.push(format!(
             "service {:?}: deploy.restart_policy delay, max_attempts and window are kept only while `incus-compose watch` runs; without it Incus restarts at once, up to 10 times a minute",
             service.name
@@ -1426,11 +1426,11 @@ mod tests {
             "{w:?}"
         );
         assert_eq!(
-            c[crate::watch::restart::LABEL_RESTART_POLICY],
+            c[crate::keys::LABEL_RESTART_POLICY],
             "condition=on-failure delay=5 max_attempts=0 window=0"
         );
         let (c, w) = run(Some("always"), None);
-        assert!(!c.contains_key(crate::watch::restart::LABEL_RESTART_POLICY));
+        assert!(!c.contains_key(crate::keys::LABEL_RESTART_POLICY));
         assert!(w.is_empty());
         let (c, _) = run(None, Some(RestartCondition::None));
         assert!(c.is_empty());

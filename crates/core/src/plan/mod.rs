@@ -53,6 +53,10 @@ use sha2::{Digest, Sha256};
 
 use crate::schedule::{HostPort, ServiceSpec};
 
+use crate::keys::{
+    CREATING_NETWORK_PREFIX, LABEL_HASH, LABEL_ONEOFF, LABEL_PROJECT, LABEL_RETIRED, LABEL_SLOT,
+    LABEL_STATIC_HASH, LABEL_VERSION,
+};
 pub use desired::desired;
 pub use diff::{
     DiffOptions, DownOptions, Power, dependency_levels, diff, incus_project_config, plan_down,
@@ -60,36 +64,6 @@ pub use diff::{
 };
 pub use mapping::{AnonymousVolume, Devices, PushFile};
 pub use network::{Subnet, allocate_subnet};
-
-/// The compose project an object belongs to.
-pub const LABEL_PROJECT: &str = "user.incus-compose.project";
-/// The service an instance belongs to.
-pub const LABEL_SERVICE: &str = "user.incus-compose.service";
-/// The replica slot of an instance: a number, or a member name for global services.
-pub const LABEL_SLOT: &str = "user.incus-compose.slot";
-/// The hash of the service spec an instance was made from.
-pub const LABEL_HASH: &str = "user.incus-compose.hash";
-/// The incus-compose version that made the object.
-pub const LABEL_VERSION: &str = "user.incus-compose.version";
-/// The compose network key of a network.
-pub const LABEL_NETWORK: &str = "user.incus-compose.network";
-/// The compose volume key of a volume.
-pub const LABEL_VOLUME: &str = "user.incus-compose.volume";
-/// The hash of what a running instance cannot change in place (see [`live_key`]): when only
-/// the rest changed, `up` updates the instance's config instead of replacing it.
-pub const LABEL_STATIC_HASH: &str = "user.incus-compose.static-hash";
-/// On an instance a rolling update replaced: its name before it was retired. Retired
-/// instances are stopped, not counted as replicas, kept for a rollback until the update of
-/// their service completes, then removed.
-pub const LABEL_RETIRED: &str = "user.incus-compose.retired";
-/// On a replica made to replace one stranded on an offline member: the stranded one's name.
-/// When that member comes back, the slot has two replicas: this one is kept, the other removed.
-pub const LABEL_REPLACES: &str = "user.incus-compose.replaces";
-/// On the old replica of a start-first slot whose new replica is ready: the new one's name.
-/// It still runs (and still has its DNS records) until the update of its service is over and
-/// the records name the new replicas; then it is retired. The planner gives it no records,
-/// and when a slot has both, keeps the other.
-pub const LABEL_REPLACED_BY: &str = "user.incus-compose.replaced-by";
 
 /// Config keys Incus applies to a running container, so that a change of them alone is
 /// applied in place, without a restart: resource limits (except `limits.kernel.*`, which
@@ -99,8 +73,8 @@ pub fn live_key(key: &str) -> bool {
     (key.starts_with("limits.") && !key.starts_with("limits.kernel."))
         || key.starts_with("boot.")
         || key.starts_with("snapshots.")
-        || key.starts_with("user.label.")
-        || key == crate::watch::restart::LABEL_RESTART_POLICY
+        || key.starts_with(crate::keys::COMPOSE_LABEL_PREFIX)
+        || key == crate::keys::LABEL_RESTART_POLICY
 }
 
 /// How a rolling update of a service goes (see [`crate::rollout`]).
@@ -120,16 +94,6 @@ pub struct RolloutSpec {
     /// `rollout::port_moves`). Filled by `diff`.
     pub stop_first_slots: BTreeSet<String>,
 }
-
-/// Incus project config key prefix (followed by a network name): incus-compose is creating
-/// that cluster network. Written before the first per-member step and removed once the
-/// network is created, it is how a network left `Pending` on some members (which has no
-/// config yet, so no labels) is known to be ours: see [`Observed::claims_network`].
-pub const CREATING_NETWORK_PREFIX: &str = "user.incus-compose.creating-network.";
-
-/// `true` on a one-off instance of `run`: it has [`LABEL_SERVICE`] but no [`LABEL_SLOT`], so it
-/// is never a replica (not counted, moved or recreated by `up`/`scale`).
-pub const LABEL_ONEOFF: &str = "user.incus-compose.oneoff";
 
 /// Whether an instance's config marks it as a one-off instance of `run`.
 pub fn is_oneoff(config: &BTreeMap<String, String>) -> bool {
@@ -841,7 +805,7 @@ impl fmt::Display for Action {
                     .get("ipv4.address")
                     .map(String::as_str)
                     .unwrap_or("?"),
-                match config.get(span::LABEL_VNI) {
+                match config.get(crate::keys::LABEL_VNI) {
                     Some(vni) => format!(", spanning the members, VXLAN VNI {vni}"),
                     None => String::new(),
                 }
@@ -877,7 +841,7 @@ impl fmt::Display for Action {
                 f,
                 "update {name} in place ({})",
                 set.keys()
-                    .filter(|k| !k.starts_with("user.incus-compose."))
+                    .filter(|k| !k.starts_with(crate::keys::OURS_PREFIX))
                     .cloned()
                     .collect::<Vec<_>>()
                     .join(", ")

@@ -23,6 +23,7 @@ use std::fmt;
 use ic_compose::model::Service;
 
 use super::{ImageSource, ServerFacts};
+use crate::keys::PULL_RECORD_PREFIX;
 
 /// Docker Hub, the registry of references that name none.
 pub const DOCKER_HUB: &str = "docker.io";
@@ -332,13 +333,6 @@ pub fn image_key(server: &str, alias: &str) -> String {
         .trim_end_matches('/');
     format!("{host}/{alias}")
 }
-
-/// Project config keys that record, per image reference, the image incus-compose last pulled
-/// for it: `user.incus-compose.image.<16 hex of sha256(key)>` = `<fingerprint> <key>`. Incus keeps
-/// one record per image content with the `update_source` of one pull only, so several tags
-/// naming the same image cannot be told apart from the image store alone (and aliases on pulled
-/// images make Incus 7.0 fail later pulls of the same content: "Alias already exists").
-pub const PULL_RECORD_PREFIX: &str = "user.incus-compose.image.";
 
 /// The config key and value recording that `key` named `fingerprint` when last pulled.
 pub fn pull_record(key: &str, fingerprint: &str) -> (String, String) {

@@ -6,9 +6,9 @@
 use ic_compose::Project;
 
 use super::{
-    LABEL_SERVICE, LABEL_SLOT, Observed, PlanError, PlanOptions, bad_name, naming, scheduler_spec,
-    selected_services,
+    Observed, PlanError, PlanOptions, bad_name, naming, scheduler_spec, selected_services,
 };
+use crate::keys::{LABEL_SERVICE, LABEL_SLOT};
 use crate::schedule::{self, ExistingReplica, Mode, Outcome, PendingReason, ServiceSpec, SlotKey};
 
 /// A replica slot no member can take now.
@@ -42,7 +42,7 @@ pub(super) fn existing_replicas(
 ) -> Vec<ExistingReplica> {
     obs.instances
         .iter()
-        .filter(|i| i.label(super::LABEL_PROJECT) == Some(compose))
+        .filter(|i| i.label(crate::keys::LABEL_PROJECT) == Some(compose))
         .filter_map(|i| {
             let service = i.label(LABEL_SERVICE)?;
             let spec = specs.iter().find(|s| s.name == service)?;

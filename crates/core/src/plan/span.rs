@@ -43,6 +43,7 @@ use ic_compose::model::Network;
 use sha2::{Digest, Sha256};
 
 use super::Subnet;
+use crate::keys::{LABEL_KIND, LABEL_VNI};
 
 /// The tunnel's name in `tunnel.<name>.*` keys; its host interface is `<network>-v`.
 pub const TUNNEL: &str = "v";
@@ -50,10 +51,6 @@ pub const TUNNEL: &str = "v";
 pub const GROUP: &str = "239.255.73.1";
 /// Bytes VXLAN adds to each frame (outer IPv4 20, UDP 8, VXLAN 8, inner Ethernet 14).
 pub const VXLAN_OVERHEAD: u32 = 50;
-/// The VNI of a spanning bridge (also in `tunnel.v.id`).
-pub const LABEL_VNI: &str = "user.incus-compose.vni";
-/// The network kind incus-compose chose (`span`, `ovn`; absent: bridge).
-pub const LABEL_KIND: &str = "user.incus-compose.kind";
 /// Highest VXLAN network identifier (24 bits).
 pub const MAX_VNI: u32 = (1 << 24) - 1;
 /// Longest Linux interface name.
@@ -61,7 +58,7 @@ const IFNAMSIZ: usize = 15;
 
 /// The instance config key holding a replica's address on compose network `key`.
 pub fn address_label(key: &str) -> String {
-    format!("user.incus-compose.ipv4.{key}")
+    format!("{}{key}", crate::keys::ADDRESS_PREFIX)
 }
 
 /// The network ACL of an Incus project's spanning bridges.

@@ -6,6 +6,9 @@ use std::path::PathBuf;
 use ic_compose::{LoadOptions, MemFs, Project, load_with};
 
 use super::*;
+use crate::keys::{
+    CREATING_NETWORK_PREFIX, LABEL_HASH, LABEL_ONEOFF, LABEL_PROJECT, LABEL_SERVICE, LABEL_SLOT,
+};
 use crate::schedule::Member;
 
 fn load(text: &str) -> Project {

@@ -9,6 +9,7 @@ use proptest::prelude::*;
 use super::drain::{DrainSteps, drain_steps, rebalance_evictions, rebalance_steps};
 use super::tests_watch::{facts, load};
 use super::*;
+use crate::keys::{LABEL_REPLACES, LABEL_SERVICE, LABEL_SLOT};
 use crate::schedule::Member;
 
 fn plan_of(p: &Project, obs: &Observed, drain: &[&str]) -> Plan {

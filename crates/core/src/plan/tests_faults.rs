@@ -11,6 +11,7 @@ use proptest::prelude::*;
 
 use super::tests_watch::{facts, load};
 use super::*;
+use crate::keys::{LABEL_HASH, LABEL_SERVICE, LABEL_SLOT};
 use crate::schedule::Member;
 
 fn project(n: u32, version: u32) -> ic_compose::Project {

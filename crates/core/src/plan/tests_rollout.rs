@@ -3,6 +3,7 @@
 
 use super::tests::{apply, cluster, up};
 use super::*;
+use crate::keys::{LABEL_HASH, LABEL_RETIRED};
 
 const WEB: &str = r#"
 name: shop
@@ -79,7 +80,7 @@ fn a_changed_restart_policy_is_applied_in_place_and_a_new_one_too() {
             &format!("      restart_policy: {p}\n      resources:"),
         )
     };
-    let key = crate::watch::restart::LABEL_RESTART_POLICY;
+    let key = crate::keys::LABEL_RESTART_POLICY;
     for (before, after, want) in [
         (
             WEB.to_string(),

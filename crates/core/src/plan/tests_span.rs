@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use ic_compose::{LoadOptions, MemFs, Project, load_with};
 
 use super::*;
+use crate::keys::{CREATING_NETWORK_PREFIX, LABEL_NETWORK, LABEL_PROJECT, LABEL_REPLACED_BY};
 use crate::schedule::Member;
 
 fn load(text: &str) -> Project {
@@ -168,7 +169,7 @@ fn each_network_spans_the_members_through_its_own_vxlan_tunnel() {
             "{name}: room for the `-v` tunnel interface"
         );
         assert_eq!(c["tunnel.v.protocol"], "vxlan");
-        assert_eq!(c["tunnel.v.id"], c[span::LABEL_VNI]);
+        assert_eq!(c["tunnel.v.id"], c[crate::keys::LABEL_VNI]);
         assert_eq!(c["tunnel.v.interface"], "eth0");
         assert_eq!(c["bridge.mtu"], "1450");
         assert_eq!(c["security.acls"], "incus-compose-shop");
@@ -632,7 +633,7 @@ fn a_creation_left_pending_on_the_members_is_finished_with_a_subnet_and_a_vni() 
     let nets = network_creations(&plan);
     let c = &nets[&back];
     assert!(c.contains_key("ipv4.address"));
-    assert_eq!(c["tunnel.v.id"], c[span::LABEL_VNI]);
+    assert_eq!(c["tunnel.v.id"], c[crate::keys::LABEL_VNI]);
     assert_eq!(c[LABEL_PROJECT], "shop");
     // A pending network the project did not record creating is not ours.
     obs.project_config.clear();

@@ -9,6 +9,7 @@ use ic_compose::{LoadOptions, MemFs, Project, load_with};
 use proptest::prelude::*;
 
 use super::*;
+use crate::keys::{LABEL_PROJECT, LABEL_REPLACES, LABEL_SLOT};
 use crate::schedule::Member;
 
 pub(super) fn load(text: &str) -> Project {
@@ -194,7 +195,7 @@ fn a_replacement_a_crash_left_unprepared_never_displaces_the_running_replica_it_
     // their hash (written last) is not there yet.
     for i in obs.instances.iter_mut().filter(|i| i.name.ends_with("-b")) {
         i.running = false;
-        i.config.remove(super::LABEL_HASH);
+        i.config.remove(crate::keys::LABEL_HASH);
     }
     let plan = plan_of(&p, &obs, &[]);
     let gone = removals(&plan);

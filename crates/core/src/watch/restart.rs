@@ -17,15 +17,7 @@ use std::collections::BTreeMap;
 
 use ic_compose::model::RestartCondition;
 
-use crate::plan::{Action, Desired, Plan};
-
-/// A replica's restart policy (`condition`, `delay`, `max_attempts`, `window`), as `up`
-/// stores it.
-pub const LABEL_RESTART_POLICY: &str = "user.incus-compose.restart-policy";
-/// The restarts `watch` counted for a replica: unix seconds, comma-separated, oldest first.
-pub const LABEL_RESTARTS: &str = "user.incus-compose.restarts";
-/// On a replica `watch` left stopped because its restart budget was spent: why (one line).
-pub const LABEL_GAVE_UP: &str = "user.incus-compose.gave-up";
+use crate::keys::{LABEL_GAVE_UP, LABEL_RESTART_POLICY, LABEL_RESTARTS};
 
 /// At most this many restarts are kept (a policy without `max_attempts` or `window`).
 const KEEP: usize = 20;
@@ -202,29 +194,6 @@ pub fn policy_of(config: &BTreeMap<String, String>) -> Option<RestartPolicy> {
     config
         .get(LABEL_RESTART_POLICY)
         .and_then(|s| RestartPolicy::decode(s))
-}
-
-/// Takes out of `plan` the starts of stopped replicas of services with a [`RestartPolicy`]:
-/// `watch` starts those itself, after `delay` and counted (see [`assess`]). Their names.
-pub fn take_policy_starts(plan: &mut Plan, d: &Desired) -> Vec<String> {
-    let mut taken = Vec::new();
-    for stage in &mut plan.stages {
-        stage.actions.retain(|a| match a {
-            Action::Start { name, service } => {
-                let counted = d
-                    .services
-                    .iter()
-                    .any(|t| &t.service == service && policy_of(&t.config).is_some());
-                if counted {
-                    taken.push(name.clone());
-                }
-                !counted
-            }
-            _ => true,
-        });
-    }
-    plan.stages.retain(|s| !s.actions.is_empty());
-    taken
 }
 
 /// Parses [`LABEL_RESTARTS`] (unparsable entries are dropped).
@@ -595,7 +564,7 @@ mod tests {
         let web = d.services.iter().find(|t| t.service == "web").unwrap();
         assert_eq!(policy_of(&web.config), Some(policy(2, 0, 0)));
         let mut plan = crate::plan::diff(&d, &obs, &DiffOptions::default()).unwrap();
-        assert_eq!(take_policy_starts(&mut plan, &d), ["web-1"]);
+        assert_eq!(crate::watch::take_policy_starts(&mut plan, &d), ["web-1"]);
         let left: Vec<String> = plan.actions().map(|a| a.to_string()).collect();
         assert_eq!(left, ["start api-1"]);
     }
