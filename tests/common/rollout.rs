@@ -183,7 +183,7 @@ name: {{name}}
 services:
   web:
     image: {image}
-    stop_grace_period: 1s
+    stop_grace_period: 2s
     healthcheck:
       test: "wget -q -O- http://127.0.0.1/ >/dev/null && ip -4 addr show eth0 | grep -q inet"
       interval: 2s
