@@ -11,9 +11,6 @@
 
 mod common;
 
-use std::collections::BTreeSet;
-use std::process::Command;
-
 use common::*;
 
 #[path = "common/rollout.rs"]
@@ -32,18 +29,7 @@ fn a_broken_image_with_failure_action_rollback_brings_v1_back_and_up_fails() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("rolled back"), "{err}");
     assert_eq!(f.settled_answers("web", 4), ["v1"; 4]);
-    let names: BTreeSet<String> = f
-        .full_instances()
-        .into_iter()
-        .map(|i| i.name)
-        .filter(|n| n.starts_with("web-"))
-        .collect();
-    assert_eq!(
-        names,
-        ["web-1", "web-2", "web-3", "web-4"]
-            .map(String::from)
-            .into()
-    );
+    assert_eq!(web_names(&f), ["web-1", "web-2", "web-3", "web-4"]);
 }
 
 #[test]
@@ -71,13 +57,7 @@ fn rollback_brings_the_previous_revision_back_and_to_goes_to_any_kept_one() {
     assert!(out.contains("revision 1"), "{out}");
     assert_eq!(f.settled_answers("web", 4), ["v1"; 4]);
     // From a directory without the compose file, by name.
-    let elsewhere = tempfile::tempdir().unwrap();
-    let by_name = Command::new(BIN)
-        .args(["-p", &f.name, "history", "--format", "json"])
-        .current_dir(elsewhere.path())
-        .env_remove("COMPOSE_PROJECT_NAME")
-        .output()
-        .unwrap();
+    let by_name = f.by_name(&["history", "--format", "json"]);
     assert!(
         by_name.status.success(),
         "{}",
@@ -88,12 +68,7 @@ fn rollback_brings_the_previous_revision_back_and_to_goes_to_any_kept_one() {
     assert_eq!(rows[2]["cause"], "rollback to 1");
     assert_eq!(rows[2]["deployed"], true);
     // --to an older revision, by name too.
-    let to = Command::new(BIN)
-        .args(["-p", &f.name, "rollback", "--to", "2"])
-        .current_dir(elsewhere.path())
-        .env_remove("COMPOSE_PROJECT_NAME")
-        .output()
-        .unwrap();
+    let to = f.by_name(&["rollback", "--to", "2"]);
     assert!(
         to.status.success(),
         "{}",

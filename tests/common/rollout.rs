@@ -4,7 +4,7 @@
 //! `mod common;`.
 #![allow(dead_code)] // each suite uses a part
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -183,7 +183,7 @@ name: {{name}}
 services:
   web:
     image: {image}
-    stop_grace_period: 1s
+    stop_grace_period: 2s
     healthcheck:
       test: "wget -q -O- http://127.0.0.1/ >/dev/null && ip -4 addr show eth0 | grep -q inet"
       interval: 2s
@@ -223,5 +223,16 @@ pub fn created(f: &Fixture) -> BTreeMap<String, String> {
         .into_iter()
         .filter(|i| i.name.starts_with("web-"))
         .map(|i| (i.name, i.created_at))
+        .collect()
+}
+
+/// The names of the `web-*` instances, sorted.
+pub fn web_names(f: &Fixture) -> Vec<String> {
+    f.full_instances()
+        .into_iter()
+        .map(|i| i.name)
+        .filter(|n| n.starts_with("web-"))
+        .collect::<BTreeSet<String>>()
+        .into_iter()
         .collect()
 }
