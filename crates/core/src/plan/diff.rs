@@ -1007,6 +1007,7 @@ fn slot_action(
 fn in_place(t: &InstanceTemplate, i: &ObservedInstance, o: &DiffOptions) -> bool {
     !o.force_recreate
         && i.running
+        && i.label(LABEL_HASH).is_some()
         && i.label(LABEL_HASH) != Some(t.hash.as_str())
         && i.label(LABEL_STATIC_HASH) == Some(t.static_hash.as_str())
 }
@@ -1039,6 +1040,11 @@ fn live_changes(t: &InstanceTemplate, i: &ObservedInstance) -> BTreeMap<String, 
 /// another image now (a tag moved and was pulled, an alias re-pointed: as `docker compose up`
 /// does), or `--force-recreate`. `None` with `--no-recreate`.
 fn recreate_reason(t: &InstanceTemplate, i: &ObservedInstance, o: &DiffOptions) -> Option<String> {
+    // No hash at all: its creation was cut short (the hash is written last, once its files are
+    // in and it started). Never finished, so never kept, also under `--no-recreate` (`scale`).
+    if i.label(LABEL_HASH).is_none() {
+        return Some("its creation was interrupted".to_string());
+    }
     if o.no_recreate {
         return None;
     }

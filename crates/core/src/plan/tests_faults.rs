@@ -174,3 +174,54 @@ proptest! {
         prop_assert!(again.is_empty(), "{:?}", again.stages);
     }
 }
+
+/// `scale` plans with `--no-recreate`: a replica whose creation a killed run cut short (no
+/// hash: it was never prepared, its files may be missing) is still remade, running or not, and
+/// never taken in place (writing its hash would declare it prepared).
+#[test]
+fn a_replica_left_unprepared_is_remade_also_under_no_recreate() {
+    let start = Observed {
+        clustered: true,
+        members: members(3),
+        ..Default::default()
+    };
+    let p = project(3, 1);
+    let (p0, _) = plan_of(&p, &start);
+    let creates = p0
+        .actions()
+        .position(|a| matches!(a, Action::Create(_)))
+        .expect("a create");
+    for running in [false, true] {
+        let mut left = apply(&p0, &start, Some(creates));
+        let half = left
+            .instances
+            .iter_mut()
+            .find(|i| i.label(LABEL_HASH).is_none())
+            .expect("the half-made replica");
+        half.running = running;
+        let half = half.name.clone();
+        let o = PlanOptions {
+            version: "0.1.0".into(),
+            ..Default::default()
+        };
+        let d = desired(&p, &facts(), &o).unwrap_or_else(|e| panic!("{e}"));
+        let plan = diff(
+            &d,
+            &left,
+            &DiffOptions {
+                no_recreate: true,
+                ..Default::default()
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let remade = plan.actions().any(|a| match a {
+            Action::Recreate(r) => r.old_name.as_deref() == Some(half.as_str()),
+            _ => false,
+        });
+        assert!(
+            remade,
+            "running={running}: {half} must be remade: {:?}",
+            plan.actions().collect::<Vec<_>>()
+        );
+    }
+}
