@@ -404,13 +404,16 @@ fn a_replica_leaves_the_drained_member_only_once_its_replacement_is_healthy() {
     show("incus-compose node drain (healthcheck)", &out);
     assert!(out.status.success(), "node drain failed");
     let err = String::from_utf8_lossy(&out.stderr);
-    let healthy = err
-        .find(&format!("{new} healthy on"))
-        .unwrap_or_else(|| panic!("no healthy line: {err}"));
-    let removed = err
-        .find(&format!("{old} removed from {MEMBER}"))
-        .unwrap_or_else(|| panic!("no removal line: {err}"));
-    assert!(healthy < removed, "{err}");
+    // The move is a start-first rollout of the slot: the replacement made, then (once
+    // healthy) the old replica stopped and retired, then removed.
+    let made = err
+        .find(&format!("{old} replaced by {new} on"))
+        .unwrap_or_else(|| panic!("no replacement line: {err}"));
+    let stopped = err
+        .find(&format!("{old} stopped, {new} serves its slot"))
+        .unwrap_or_else(|| panic!("no line retiring {old}: {err}"));
+    assert!(made < stopped, "{err}");
+    assert!(!f.instances().contains_key(&old), "{old} is removed");
     let after = f.running("web");
     assert_eq!(after.len(), 3, "{after:?}");
     assert!(after.values().all(|m| m != MEMBER), "{after:?}");

@@ -198,18 +198,33 @@ pub fn run(global: &GlobalArgs, args: &UpArgs) -> anyhow::Result<ExitCode> {
                 ctx.project.name,
                 plan.incus_project
             );
-            // An update whose run was interrupted after its last action is complete now.
-            match engine::revisions::complete_if_converged(
+            // An update whose run was interrupted after its last action is complete now
+            // (engine::converge finishes its revision when it finds nothing to change).
+            match converge::converge(
                 &ctx.base,
                 &ctx.incus_project,
                 &ctx.project.name,
-                engine::revisions::services_of(&desired),
-                engine::revisions::keep(Some(&ctx.project)),
+                obs,
+                converge::Source::File(Box::new(desired)),
+                &converge::Options {
+                    diff: diff.clone(),
+                    ..Default::default()
+                },
+                &converge::Policy {
+                    lock: _lock.as_ref(),
+                    record: Some("up".into()),
+                    keep: engine::revisions::keep(Some(&ctx.project)),
+                    parallel: args.parallel,
+                    gate: None,
+                },
             )
             .await
             {
-                Ok(Some(n)) => println!("revision {n}: completed"),
-                Ok(None) => {}
+                Ok(done) => {
+                    if let Some((n, result)) = done.revision {
+                        println!("revision {n}: {result}");
+                    }
+                }
                 Err(e) => eprintln!("warning: {e:#}"),
             }
             ctx.record_pulls(&pulled, &keep).await;

@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{anyhow, bail};
 use ic_core::plan::{Action, Desired, DiffOptions, Observed, Plan, PushFile};
-use ic_core::revision::{self, Outcome as RevisionOutcome, Revision, StoredFile};
+use ic_core::revision::{self, Outcome as RevisionOutcome, StoredFile};
 use ic_core::schedule::Mode;
 use ic_incus::Client;
 
@@ -138,33 +138,22 @@ pub async fn deployed_state(
     let desired = revision::deployed_desired(compose, incus_project, deployed, &files)
         .map_err(|e| anyhow!("revision {}: {e}", deployed.number))?;
     Ok(Some(DeployedState {
-        unsettled: unsettled(&revs, deployed),
+        unsettled: revision::watch_holds(&revs),
         desired,
     }))
 }
 
-/// Services the revisions newer than `deployed` change and that did not complete.
-fn unsettled(revs: &[Revision], deployed: &Revision) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
-    for r in revs.iter().filter(|r| r.number > deployed.number) {
-        // A rolled-back update left its services on the deployed revision.
-        if matches!(
-            r.outcome,
-            RevisionOutcome::Completed | RevisionOutcome::RolledBack
-        ) {
-            continue;
-        }
-        for s in revision::changed(Some(deployed), r) {
-            out.insert(
-                s,
-                format!(
-                    "its newest revision {} ({}) is {}",
-                    r.number, r.cause, r.outcome
-                ),
-            );
-        }
+/// The services a run records in a revision: those of `desired`, only those of
+/// `options.only` when it is set (the others keep their stored form).
+fn recorded_services(
+    desired: &Desired,
+    options: &Options,
+) -> BTreeMap<String, revision::StoredService> {
+    let mut services = super::revisions::services_of(desired);
+    if let Some(only) = &options.only {
+        services.retain(|s, _| only.contains(s));
     }
-    out
+    services
 }
 
 /// Drops the actions of `plan` on the instances of `services` (they are left as they are).
@@ -336,12 +325,29 @@ pub async fn converge(
         plan = restrict(plan, only, &touched);
     }
     if options.dry_run || plan.is_empty() {
+        // Nothing to change: an update whose run was interrupted after its last action (or
+        // that failed, and the cluster converged since) is complete now, whichever command
+        // finds it so (`up`, `scale`, `rollback`).
+        let mut revision = None;
+        if !options.dry_run
+            && policy.record.is_some()
+            && let Some(n) = super::revisions::complete_if_converged(
+                base,
+                incus_project,
+                compose,
+                recorded_services(&desired, options),
+                policy.keep,
+            )
+            .await?
+        {
+            revision = Some((n, RevisionOutcome::Completed));
+        }
         return Ok(Converged {
             plan,
             desired,
             obs,
             outcome: None,
-            revision: None,
+            revision,
         });
     }
     // No lock in an Incus project incus-compose did not create (none is taken there, and
@@ -351,15 +357,11 @@ pub async fn converge(
     // changes only some services records only those (the others keep their stored form).
     let recorder = match &policy.record {
         Some(cause) => {
-            let mut services = super::revisions::services_of(&desired);
-            if let Some(only) = &options.only {
-                services.retain(|s, _| only.contains(s));
-            }
             super::revisions::begin(
                 base,
                 incus_project,
                 compose,
-                services,
+                recorded_services(&desired, options),
                 revision::networks_of(&desired),
                 cause,
                 policy.keep,

@@ -14,26 +14,18 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use futures_util::future::join_all;
-use ic_core::health::{Check, Health, Tracker};
 use ic_core::plan::drain::{DrainSteps, drain_steps, rebalance_evictions, rebalance_steps};
-use ic_core::plan::{Action, DiffOptions, Plan, Stage};
+use ic_core::plan::{Action, Desired, DiffOptions, Plan, RolloutSpec, Stage};
+use ic_core::rollout;
 use ic_incus::Client;
-use tokio::time::Instant;
 
-use super::execute::{Target, state};
+use super::execute::Target;
 use super::lock::{self, LockOptions};
 use super::progress::Progress;
 use super::{is_ours, observe};
 use ic_core::keys::{DRAINED_KEY, LABEL_PROJECT};
 
 const SCHEDULER_KEY: &str = "scheduler.instance";
-
-/// How often a drain looks at the replacements while it waits for them.
-const POLL: Duration = Duration::from_millis(300);
-
-/// How long a replacement may take to run (its healthcheck's own time comes on top).
-const RUN_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// What `node drain` was asked.
 #[derive(Debug, Clone)]
@@ -363,16 +355,46 @@ async fn drain_project(
     Ok(())
 }
 
-/// Runs drain steps under the project lock `guard`: the replacements, a wait until each
-/// runs (healthy), then the replaced replicas (and surplus ones), then global services'
-/// replicas. Counts into `totals`.
+/// The rollout of the moved slots of one service: start-first, `parallel` replicas per batch,
+/// no delay and no monitor; a replacement that does not become ready fails its slot only (the
+/// others go on: `continue`, any ratio), and its old replica keeps the slot. Its healthcheck
+/// (when the service has one) is the readiness a replacement must reach.
+fn move_spec(d: &Desired, service: &str, parallel: usize) -> RolloutSpec {
+    let update = rollout::Config {
+        parallelism: parallel.max(1),
+        delay: Duration::ZERO,
+        start_first: true,
+        failure_action: rollout::Action::Continue,
+        monitor: Duration::ZERO,
+        max_failure_ratio: 1.0,
+    };
+    RolloutSpec {
+        rollback: update.clone(),
+        update,
+        check: d
+            .services
+            .iter()
+            .find(|t| t.service == service)
+            .and_then(|t| t.rollout.check.clone()),
+        // A move changes no data: nothing to snapshot.
+        snapshot_volumes: Vec::new(),
+        stop_first_slots: BTreeSet::new(),
+    }
+}
+
+/// Runs drain steps under the project lock `guard`: the moves are start-first rollouts of the
+/// moved slots through the one rollout executor (`engine::rollout`, via `execute`): each
+/// replacement created beside the replica it replaces, the old one stopped and retired once
+/// the replacement runs (healthy), retired replicas removed when the service's rollout ends.
+/// Then replacements that did not become ready go again (their old replica keeps the slot),
+/// with the surplus replicas, then global services' replicas. Counts into `totals`.
 #[allow(clippy::too_many_arguments)]
 async fn run_steps(
     base: &Client,
     incus_project: &str,
     steps: &DrainSteps,
     obs: &super::Observation,
-    d: &ic_core::plan::Desired,
+    d: &Desired,
     guard: &super::LockGuard,
     parallel: usize,
     progress: &Progress,
@@ -380,140 +402,131 @@ async fn run_steps(
 ) {
     // The records of spanning networks are planned again from `d` (see below).
     let t = Target::new(base, incus_project, obs, Some(guard.lease()), Some(d));
-    let run = |stages: Vec<Stage>| Plan {
+    let run = |stages: Vec<Stage>, rollouts: BTreeMap<String, RolloutSpec>| Plan {
         incus_project: incus_project.to_string(),
         stages,
         unchanged: Vec::new(),
         placement: Vec::new(),
         pending: Vec::new(),
-        rollouts: BTreeMap::new(),
+        rollouts,
         warnings: Vec::new(),
     };
-    // 1. The replacements, beside the replicas they replace. The records of spanning
-    // networks are written later, once, while every slot has a replica serving (a write
-    // restarts the tunnels on every member): the old replicas keep theirs until then.
+    // 1. The volumes the replacements need. The records of spanning networks are written
+    // once, while every slot has a replica serving (a write restarts the tunnels on every
+    // member): by the rollout when it retires replicas it marked, else below.
     let (records, prepare): (Vec<Action>, Vec<Action>) = steps
         .prepare
         .iter()
         .cloned()
         .partition(|a| matches!(a, Action::UpdateNetwork { .. }));
-    let creates = run(vec![
-        Stage {
-            title: "prepare".into(),
-            actions: prepare,
-        },
-        Stage {
-            title: "replacements".into(),
-            actions: steps
-                .moves
-                .iter()
-                .map(|m| Action::Create(Box::new(m.create.clone())))
-                .collect(),
-        },
-    ]);
-    let outcome = super::execute(&t, &creates, parallel).await;
-    // 2. Wait until each runs (healthy, with a healthcheck).
-    let checks: BTreeMap<&str, &Check> = d
-        .services
-        .iter()
-        .filter_map(|s| Some((s.service.as_str(), s.rollout.check.as_ref()?)))
-        .collect();
-    let waits = steps.moves.iter().map(|m| {
-        let created =
-            !outcome.failed.iter().any(|(obj, _)| obj == &m.create.name) && outcome.skipped == 0;
-        let check = checks.get(m.create.service.as_str()).copied();
-        let t = &t;
-        async move {
-            if !created {
-                return Err("its creation failed".to_string());
-            }
-            wait_ready(t, &m.create.name, check).await
+    // 2. The moves: each a slot replaced start-first on its new member.
+    let mut rollouts = BTreeMap::new();
+    let mut moves = Vec::new();
+    for m in &steps.moves {
+        let mut p = m.create.clone();
+        p.old_name = Some(m.old.clone());
+        if let Action::Remove { member, .. } = &m.retire {
+            p.old_member = Some(member.clone());
         }
-    });
-    let ready = join_all(waits).await;
-    let mut retire = Vec::new();
-    // Replacements that did not become ready go again (the old replica keeps the slot: two
-    // replicas of one slot would have the next `up` keep the replacement).
+        rollouts
+            .entry(p.service.clone())
+            .or_insert_with(|| move_spec(d, &p.service, parallel));
+        moves.push(Action::Recreate(Box::new(p)));
+    }
+    let plan = run(
+        vec![
+            Stage {
+                title: "prepare".into(),
+                actions: prepare,
+            },
+            Stage {
+                title: "moves".into(),
+                actions: moves,
+            },
+        ],
+        rollouts,
+    );
+    let outcome = super::execute(&t, &plan, parallel).await;
+    // Moves that did not happen: their replacement (when made) goes again, the old replica
+    // keeps the slot (two replicas of one slot would have the next `up` keep the replacement).
     let mut undo = Vec::new();
-    for (m, r) in steps.moves.iter().zip(&ready) {
-        // The one step where a replica is declared ready (`execute::after_ready`).
-        let r = match r {
-            Ok(how) => super::execute::after_ready(&t, &m.create.name)
-                .await
-                .map(|()| how.clone())
-                .map_err(|e| format!("{e:#}")),
-            Err(e) => Err(e.clone()),
-        };
-        match &r {
-            Ok(how) => {
-                progress.line(&format!(
-                    "[~] {} {how} on {}: {} can go",
-                    m.create.name, m.create.member, m.old
-                ));
-                retire.push(m.retire.clone());
-            }
-            Err(e) => {
-                totals.failed += 1;
-                let at = match &m.retire {
-                    Action::Remove { member, .. } => member.as_str(),
-                    _ => "its member",
-                };
-                progress.line(&format!(
-                    "[!] {} (replacing {}) is not ready: {e}; {} stays on {at}",
-                    m.create.name, m.old, m.old
-                ));
-                undo.push(Action::Remove {
-                    name: m.create.name.clone(),
-                    service: m.create.service.clone(),
-                    member: m.create.member.clone(),
-                    timeout: m.create.stop_timeout,
-                    reason: format!("not ready to replace {}", m.old),
-                });
-            }
-        }
-    }
-    // The records name the replacements (planned again now): before the replaced replicas go
-    // when every replacement is ready, else after (an undone replacement has none).
-    let write = |when: &str| {
-        let t = &t;
-        let when = when.to_string();
-        async move {
-            if let Err(e) = super::rollout::write_records(t, progress).await {
-                progress.line(&format!(
-                    "[!] DNS records not updated {when} ({e:#}); the next `up` writes them"
-                ));
-            }
-        }
-    };
-    if !records.is_empty() && undo.is_empty() {
-        write("before the replaced replicas go").await;
-    }
-    // 3. The replaced replicas, then 4. global services' replicas on the member, last.
-    let removals = run(vec![
-        Stage {
-            title: "replaced".into(),
-            actions: retire
+    let mut moved = 0;
+    for m in &steps.moves {
+        let failed = outcome
+            .failed
+            .iter()
+            .chain(outcome.rollouts.iter().flat_map(|r| r.failed.iter()))
+            .find(|(obj, _)| obj == &m.create.name || obj == &m.old || obj == &m.create.service);
+        let not_run = outcome.skipped > 0
+            || !outcome
+                .rollouts
                 .iter()
-                .chain(&undo)
-                .chain(&steps.surplus)
-                .cloned()
-                .collect(),
-        },
-        Stage {
-            title: "global".into(),
-            actions: steps.global_removals.clone(),
-        },
-    ]);
+                .any(|r| r.service == m.create.service);
+        let why = match (failed, not_run) {
+            (Some((_, why)), _) => why.clone(),
+            (None, true) => "its creation did not run".to_string(),
+            (None, false) => {
+                moved += 1;
+                continue;
+            }
+        };
+        totals.failed += 1;
+        let at = match &m.retire {
+            Action::Remove { member, .. } => member.as_str(),
+            _ => "its member",
+        };
+        progress.line(&format!(
+            "[!] {} (replacing {}) is not ready: {why}; {} stays on {at}",
+            m.create.name, m.old, m.old
+        ));
+        undo.push(Action::Remove {
+            name: m.create.name.clone(),
+            service: m.create.service.clone(),
+            member: m.create.member.clone(),
+            timeout: m.create.stop_timeout,
+            reason: format!("not ready to replace {}", m.old),
+        });
+    }
+    // Undone replacements may not exist (their creation failed): only those that do go.
+    let mut exists = Vec::new();
+    for a in &undo {
+        exists.push(
+            matches!(a, Action::Remove { name, .. } if t.project.instance(name).await.is_ok()),
+        );
+    }
+    let mut exists = exists.into_iter();
+    undo.retain(|_| exists.next().unwrap_or(false));
+    // 3. Undone replacements and surplus replicas, then 4. global services' replicas, last.
+    let removals = run(
+        vec![
+            Stage {
+                title: "replaced".into(),
+                actions: undo.iter().chain(&steps.surplus).cloned().collect(),
+            },
+            Stage {
+                title: "global".into(),
+                actions: steps.global_removals.clone(),
+            },
+        ],
+        BTreeMap::new(),
+    );
     let outcome2 = super::execute(&t, &removals, parallel).await;
-    if !records.is_empty() && !undo.is_empty() {
-        write("after the drain").await;
+    // The records name the replacements (planned again now), when the rollout did not write
+    // them already.
+    if !records.is_empty()
+        && let Err(e) = super::rollout::write_records(&t, progress).await
+    {
+        progress.line(&format!(
+            "[!] DNS records not updated after the drain ({e:#}); the next `up` writes them"
+        ));
     }
     totals.failed += outcome2.failed.len();
-    totals.moved += retire
-        .iter()
-        .chain(&steps.surplus)
-        .filter(|a| !outcome2.failed.iter().any(|(obj, _)| obj == &a.object()))
-        .count();
+    totals.moved += moved
+        + steps
+            .surplus
+            .iter()
+            .filter(|a| !outcome2.failed.iter().any(|(obj, _)| obj == &a.object()))
+            .count();
     totals.global_removed += steps
         .global_removals
         .iter()
@@ -521,70 +534,6 @@ async fn run_steps(
         .count();
     if outcome2.skipped > 0 {
         totals.failed += outcome2.skipped;
-    }
-}
-
-/// Waits until `name` runs and, with a healthcheck, is healthy (probed as Docker does).
-/// `Ok("running" | "healthy")`, or why not.
-async fn wait_ready(t: &Target, name: &str, check: Option<&Check>) -> Result<String, String> {
-    let clock = Instant::now();
-    let limit = RUN_TIMEOUT
-        + check.map_or(Duration::ZERO, |c| {
-            c.start_period.saturating_add(
-                c.interval
-                    .saturating_add(c.timeout)
-                    .saturating_mul(c.retries.saturating_add(1)),
-            )
-        });
-    let mut started: Option<Instant> = None;
-    let mut tracker = check.map(|c| Tracker::new(c.clone()));
-    let mut next_probe = Duration::ZERO;
-    let mut last = String::new();
-    loop {
-        if clock.elapsed() > limit {
-            return Err(format!(
-                "not {} after {} s{}",
-                if started.is_some() {
-                    "healthy"
-                } else {
-                    "running"
-                },
-                limit.as_secs(),
-                if last.is_empty() {
-                    String::new()
-                } else {
-                    format!(" (last check: {last})")
-                }
-            ));
-        }
-        match state(t, name).await {
-            Ok(s) if s.status.eq_ignore_ascii_case("running") => {
-                let since = *started.get_or_insert_with(Instant::now);
-                let Some(tr) = tracker.as_mut() else {
-                    return Ok("running".into());
-                };
-                let Some(c) = check else {
-                    return Ok("running".into());
-                };
-                if clock.elapsed() >= next_probe {
-                    let p = super::health::probe(&t.project, name, c).await;
-                    last = p.output;
-                    match tr.record(since.elapsed(), p.ok) {
-                        Health::Healthy => return Ok("healthy".into()),
-                        Health::Unhealthy => return Err(format!("unhealthy: {last}")),
-                        Health::Starting => {}
-                    }
-                    next_probe = clock.elapsed() + tr.next_delay(since.elapsed());
-                }
-            }
-            Ok(s) if started.is_some() && s.status.eq_ignore_ascii_case("stopped") => {
-                return Err("stopped after its start".into());
-            }
-            Ok(_) => {}
-            Err(e) if e.is_not_found() => return Err("it is gone".into()),
-            Err(_) => {}
-        }
-        tokio::time::sleep(POLL).await;
     }
 }
 
