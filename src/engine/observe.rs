@@ -21,6 +21,10 @@ pub struct Observation {
     /// OCI images in the image store: the newest copy per image key
     /// (`ic_core::plan::oci::image_key`), for pull policies.
     pub oci_cached: BTreeMap<String, crate::engine::oci::CachedImage>,
+    /// The members' cluster links this observation probed, as the Incus project should
+    /// record them ([`super::spanning::LINKS_KEY`]) when that differs from what it holds;
+    /// `None`: nothing to record (not probed, or the record is up to date).
+    pub links_to_record: Option<String>,
 }
 
 fn member_of(m: &ic_incus::ClusterMember, instances: u32) -> Member {
@@ -111,13 +115,33 @@ async fn current_members(
 }
 
 /// Observe the server and Incus project `incus_project`. `need_images`: also list images and
-/// the storage pool, and wait for a stale member list to be refreshed (`up` and `scale`, which
-/// place replicas; `pull` asks for images and so waits too, which costs it nothing unless the
-/// list is stale).
+/// the storage pool, find the members' cluster links (spanning networks), and wait for a stale
+/// member list to be refreshed (`up` and `scale`, which place replicas; `pull` asks for images
+/// and so waits too, which costs it nothing unless the list is stale).
+///
+/// The members' links come from the record the Incus project keeps of them
+/// ([`super::spanning::LINKS_KEY`]) when it covers exactly the online members; else they are
+/// probed (a few requests per member). [`observe_fresh`] always probes. So the requests an
+/// observation makes do not grow with the number of instances or (once recorded) members.
 pub async fn observe(
     base: &Client,
     incus_project: &str,
     need_images: bool,
+) -> anyhow::Result<Observation> {
+    observe_with(base, incus_project, need_images, false).await
+}
+
+/// [`observe`] with the members' cluster links probed whatever the Incus project records
+/// (what a run planning under the lock uses before it changes anything).
+pub async fn observe_fresh(base: &Client, incus_project: &str) -> anyhow::Result<Observation> {
+    observe_with(base, incus_project, true, true).await
+}
+
+async fn observe_with(
+    base: &Client,
+    incus_project: &str,
+    need_images: bool,
+    probe: bool,
 ) -> anyhow::Result<Observation> {
     let info = base
         .server()
@@ -131,8 +155,11 @@ pub async fn observe(
     };
     let pc = base.with_project(incus_project);
     let mut cluster_members = Vec::new();
+    // One instance list: every project's (members' instance counts), the project's taken
+    // from it.
+    let mut all = Vec::new();
     let members = if clustered {
-        let all = base
+        all = base
             .instances_all_projects()
             .await
             .context("cannot list instances")?;
@@ -165,7 +192,7 @@ pub async fn observe(
         .networks()
         .await
         .context("cannot list networks")?;
-    let network_facts = super::spanning::network_facts(
+    let (network_facts, links_to_record) = super::spanning::network_facts(
         base,
         &info,
         &cluster_members,
@@ -175,6 +202,13 @@ pub async fn observe(
             .as_ref()
             .and_then(|p| p.config.get(LABEL_PROJECT))
             .map_or(incus_project, String::as_str),
+        super::spanning::Links {
+            recorded: project
+                .as_ref()
+                .and_then(|p| p.config.get(super::spanning::LINKS_KEY))
+                .map(String::as_str),
+            probe,
+        },
     )
     .await;
     let networks = incus_networks
@@ -202,9 +236,12 @@ pub async fn observe(
             .filter(|m: &&Member| !m.online)
             .map(|m| m.name.clone())
             .collect();
-        instances = pc
-            .instances_with_offline(&offline)
-            .await
+        let listed = if clustered {
+            pc.instances_in(&all, &offline).await
+        } else {
+            pc.instances_with_offline(&offline).await
+        };
+        instances = listed
             .with_context(|| format!("cannot list instances of Incus project {incus_project:?}"))?
             .into_iter()
             .map(|i| ObservedInstance {
@@ -311,6 +348,7 @@ pub async fn observe(
         network_project,
         remotes,
         oci_cached,
+        links_to_record,
     })
 }
 
