@@ -143,39 +143,17 @@ async fn observe_with(
     need_images: bool,
     probe: bool,
 ) -> anyhow::Result<Observation> {
-    let info = base
-        .server()
-        .await
-        .context("cannot read the Incus server's information")?;
+    // Independent reads run at once: the server and the project, then everything else that
+    // does not depend on another answer (one round trip each instead of one after another).
+    let (info, project) = tokio::join!(base.server(), base.get_project(incus_project));
+    let info = info.context("cannot read the Incus server's information")?;
     let clustered = info.is_clustered();
-    let project = match base.get_project(incus_project).await {
+    let project = match project {
         Ok(p) => Some(p),
         Err(e) if e.is_not_found() => None,
         Err(e) => return Err(e).context(format!("cannot read Incus project {incus_project:?}")),
     };
     let pc = base.with_project(incus_project);
-    let mut cluster_members = Vec::new();
-    // One instance list: every project's (members' instance counts), the project's taken
-    // from it.
-    let mut all = Vec::new();
-    let members = if clustered {
-        all = base
-            .instances_all_projects()
-            .await
-            .context("cannot list instances")?;
-        let mut count: BTreeMap<&str, u32> = BTreeMap::new();
-        for i in &all {
-            *count.entry(i.location.as_str()).or_default() += 1;
-        }
-        cluster_members = current_members(base, &info.environment.server_name, need_images).await?;
-        cluster_members
-            .iter()
-            .map(|m| member_of(m, count.get(m.server_name.as_str()).copied().unwrap_or(0)))
-            .collect()
-    } else {
-        vec![standalone_member(&info)]
-    };
-    let standalone_name = info.environment.server_name.clone();
     let feature = |key: &str| {
         project
             .as_ref()
@@ -187,11 +165,75 @@ async fn observe_with(
     } else {
         "default".to_string()
     };
-    let incus_networks = base
-        .with_project(&network_project)
-        .networks()
-        .await
-        .context("cannot list networks")?;
+    let image_project = if feature("features.images") == Some("true") {
+        incus_project
+    } else {
+        "default"
+    };
+    // One instance list: every project's (members' instance counts), the project's taken
+    // from it.
+    let (all, cluster_members, incus_networks, storage_pool, pools, images) = tokio::join!(
+        async {
+            if clustered {
+                base.instances_all_projects()
+                    .await
+                    .context("cannot list instances")
+            } else {
+                Ok(Vec::new())
+            }
+        },
+        async {
+            if clustered {
+                current_members(base, &info.environment.server_name, need_images).await
+            } else {
+                Ok(Vec::new())
+            }
+        },
+        async {
+            base.with_project(&network_project)
+                .networks()
+                .await
+                .context("cannot list networks")
+        },
+        default_pool(base),
+        async {
+            base.storage_pools()
+                .await
+                .context("cannot list storage pools")
+        },
+        async {
+            if need_images {
+                base.with_project(image_project)
+                    .images()
+                    .await
+                    .context("cannot list images")
+                    .map(Some)
+            } else {
+                Ok(None)
+            }
+        },
+    );
+    let (all, cluster_members, incus_networks, storage_pool, pools, images) = (
+        all?,
+        cluster_members?,
+        incus_networks?,
+        storage_pool?,
+        pools?,
+        images?,
+    );
+    let members: Vec<Member> = if clustered {
+        let mut count: BTreeMap<&str, u32> = BTreeMap::new();
+        for i in &all {
+            *count.entry(i.location.as_str()).or_default() += 1;
+        }
+        cluster_members
+            .iter()
+            .map(|m| member_of(m, count.get(m.server_name.as_str()).copied().unwrap_or(0)))
+            .collect()
+    } else {
+        vec![standalone_member(&info)]
+    };
+    let standalone_name = info.environment.server_name.clone();
     let (network_facts, links_to_record) = super::spanning::network_facts(
         base,
         &info,
@@ -223,11 +265,6 @@ async fn observe_with(
 
     let mut instances = Vec::new();
     let mut volumes = Vec::new();
-    let storage_pool = default_pool(base).await?;
-    let pools = base
-        .storage_pools()
-        .await
-        .context("cannot list storage pools")?;
     if project.is_some() {
         // Instances on offline members are listed as stand-ins (no configuration): kept so,
         // the planner recognises them by name (`plan::diff`).
@@ -255,12 +292,13 @@ async fn observe_with(
                 config: i.config,
             })
             .collect();
-        for pool in &pools {
+        let listed =
+            futures_util::future::join_all(pools.iter().map(|pool| pc.storage_volumes(&pool.name)))
+                .await;
+        for (pool, vols) in pools.iter().zip(listed) {
             let shared = ic_core::plan::storage::is_shared_driver(&pool.driver);
-            let vols = pc
-                .storage_volumes(&pool.name)
-                .await
-                .with_context(|| format!("cannot list volumes of pool {:?}", pool.name))?;
+            let vols =
+                vols.with_context(|| format!("cannot list volumes of pool {:?}", pool.name))?;
             volumes.extend(vols.into_iter().filter(|v| v.kind == "custom").map(|v| {
                 ObservedVolume {
                     pool: pool.name.clone(),
@@ -292,17 +330,7 @@ async fn observe_with(
     };
     let mut remotes = BTreeMap::new();
     let mut oci_cached = BTreeMap::new();
-    if need_images {
-        let image_project = if feature("features.images") == Some("true") {
-            incus_project
-        } else {
-            "default"
-        };
-        let images = base
-            .with_project(image_project)
-            .images()
-            .await
-            .context("cannot list images")?;
+    if let Some(images) = images {
         let mut aliases = BTreeSet::new();
         for img in &images {
             facts.image_fingerprints.push(img.fingerprint.clone());
