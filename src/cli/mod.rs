@@ -209,13 +209,27 @@ pub fn main() -> ExitCode {
             Ok(ExitCode::SUCCESS)
         }
     };
-    match result {
+    let code = match result {
         Ok(code) => code,
         Err(err) => {
             eprintln!("error: {err:#}");
             ExitCode::FAILURE
         }
+    };
+    print_requests_sent();
+    code
+}
+
+/// With `INCUS_COMPOSE_COUNT_REQUESTS=1`: the number of requests this run sent to Incus, on
+/// stderr (`incus requests: 12 (GET 12)`), for `scripts/bench-up`.
+fn print_requests_sent() {
+    if std::env::var_os("INCUS_COMPOSE_COUNT_REQUESTS").is_none_or(|v| v.is_empty() || v == "0") {
+        return;
     }
+    let sent = ic_incus::requests_sent();
+    let total: u64 = sent.iter().map(|(_, n)| n).sum();
+    let by: Vec<String> = sent.iter().map(|(m, n)| format!("{m} {n}")).collect();
+    eprintln!("incus requests: {total} ({})", by.join(", "));
 }
 
 #[cfg(test)]

@@ -83,88 +83,97 @@ pub fn run(global: &GlobalArgs, args: &ScaleArgs) -> anyhow::Result<ExitCode> {
         ..Default::default()
     };
     block_on(async {
-        let _lock = if args.dry_run {
-            None
-        } else {
-            ctx.lock().await?
-        };
-        let obs = observe(&ctx.base, &ctx.incus_project, true).await?;
-        // The file's services (the scaled ones and what they depend on), for a project never
-        // deployed and for secret and config contents no running replica has.
-        let opts = PlanOptions {
-            incus_project: Some(ctx.incus_project.clone()),
-            services: scaled.iter().cloned().collect(),
-            scale: scale.clone(),
-            version: env!("CARGO_PKG_VERSION").to_string(),
-        };
-        let file = match ic_core::plan::desired(&ctx.project, &obs.facts, &opts).and_then(|d| {
-            ic_core::plan::check_platforms(&ctx.project, &d, &obs.observed).map(|()| d)
-        }) {
-            Ok(d) => d,
-            Err(e) => bail!("{e}"),
-        };
-        // As `docker service scale`: only the replica counts of the deployed specs change
-        // (recorded as a revision, so `watch` keeps them); the file's specs only when the
-        // project has no deployed revision of these services yet.
-        let revs = engine::revisions::read(&ctx.base, &ctx.incus_project, &ctx.project.name)
-            .await
-            .unwrap_or_default();
-        let from_deployed = ic_core::revision::deployed(&revs)
-            .is_some_and(|d| scaled.iter().all(|s| d.services.contains_key(s)));
-        let source = if from_deployed {
-            converge::Source::Deployed {
+        // Read-only first (issue 22): planned without the lock; the lock is taken, and the
+        // project observed and planned again under it, only when there is something to do.
+        let mut _lock = None;
+        let mut read_only = !args.dry_run;
+        loop {
+            let obs = if read_only || args.dry_run {
+                observe(&ctx.base, &ctx.incus_project, true).await?
+            } else {
+                engine::observe_fresh(&ctx.base, &ctx.incus_project).await?
+            };
+            // The file's services (the scaled ones and what they depend on), for a project never
+            // deployed and for secret and config contents no running replica has.
+            let opts = PlanOptions {
+                incus_project: Some(ctx.incus_project.clone()),
+                services: scaled.iter().cloned().collect(),
                 scale: scale.clone(),
-                fallback: Some(&file),
+                version: env!("CARGO_PKG_VERSION").to_string(),
+            };
+            let file = match ic_core::plan::desired(&ctx.project, &obs.facts, &opts).and_then(|d| {
+                ic_core::plan::check_platforms(&ctx.project, &d, &obs.observed).map(|()| d)
+            }) {
+                Ok(d) => d,
+                Err(e) => bail!("{e}"),
+            };
+            // As `docker service scale`: only the replica counts of the deployed specs change
+            // (recorded as a revision, so `watch` keeps them); the file's specs only when the
+            // project has no deployed revision of these services yet.
+            let revs = engine::revisions::read(&ctx.base, &ctx.incus_project, &ctx.project.name)
+                .await
+                .unwrap_or_default();
+            let from_deployed = ic_core::revision::deployed(&revs)
+                .is_some_and(|d| scaled.iter().all(|s| d.services.contains_key(s)));
+            let source = if from_deployed {
+                converge::Source::Deployed {
+                    scale: scale.clone(),
+                    fallback: Some(&file),
+                }
+            } else {
+                converge::Source::File(Box::new(file.clone()))
+            };
+            let done = converge::converge(
+                &ctx.base,
+                &ctx.incus_project,
+                &ctx.project.name,
+                obs,
+                source,
+                &converge::Options {
+                    diff: diff.clone(),
+                    only: Some(scaled.clone()),
+                    with_deps: !args.no_deps,
+                    dry_run: args.dry_run || read_only,
+                },
+                &converge::Policy {
+                    lock: _lock.as_ref(),
+                    record: Some(cause.clone()),
+                    keep: engine::revisions::keep(Some(&ctx.project)),
+                    parallel: args.parallel,
+                    gate: None,
+                },
+            )
+            .await?;
+            let plan = &done.plan;
+            if read_only && !plan.is_empty() {
+                _lock = ctx.lock().await?;
+                read_only = false;
+                continue;
             }
-        } else {
-            converge::Source::File(Box::new(file.clone()))
-        };
-        let done = converge::converge(
-            &ctx.base,
-            &ctx.incus_project,
-            &ctx.project.name,
-            obs,
-            source,
-            &converge::Options {
-                diff: diff.clone(),
-                only: Some(scaled.clone()),
-                with_deps: !args.no_deps,
-                dry_run: args.dry_run,
-            },
-            &converge::Policy {
-                lock: _lock.as_ref(),
-                record: Some(cause.clone()),
-                keep: engine::revisions::keep(Some(&ctx.project)),
-                parallel: args.parallel,
-                gate: None,
-            },
-        )
-        .await?;
-        let plan = &done.plan;
-        for w in &plan.warnings {
-            eprintln!("warning: {w}");
-        }
-        if args.dry_run {
-            print_plan(plan, &ctx.project.name);
-            return Ok(ExitCode::SUCCESS);
-        }
-        let Some(outcome) = done.outcome else {
-            println!("Nothing to change: the services already have these numbers of replicas");
-            return Ok(ExitCode::SUCCESS);
-        };
-        if let Some((number, result)) = done.revision {
-            println!("revision {number}: {result}");
-        }
-        if outcome.ok() {
-            println!(
-                "scale: {} change(s) done in {:.1} s",
-                outcome.done,
-                started.elapsed().as_secs_f64()
-            );
-            Ok(ExitCode::SUCCESS)
-        } else {
+            for w in &plan.warnings {
+                eprintln!("warning: {w}");
+            }
+            if args.dry_run {
+                print_plan(plan, &ctx.project.name);
+                return Ok(ExitCode::SUCCESS);
+            }
+            let Some(outcome) = done.outcome else {
+                println!("Nothing to change: the services already have these numbers of replicas");
+                return Ok(ExitCode::SUCCESS);
+            };
+            if let Some((number, result)) = done.revision {
+                println!("revision {number}: {result}");
+            }
+            if outcome.ok() {
+                println!(
+                    "scale: {} change(s) done in {:.1} s",
+                    outcome.done,
+                    started.elapsed().as_secs_f64()
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
             outcome.report_failures("scale", Some(started.elapsed()));
-            Ok(ExitCode::FAILURE)
+            return Ok(ExitCode::FAILURE);
         }
     })?
 }

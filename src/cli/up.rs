@@ -134,70 +134,61 @@ pub fn run(global: &GlobalArgs, args: &UpArgs) -> anyhow::Result<ExitCode> {
     };
     let mut pending: Vec<PendingReplica> = Vec::new();
     let code = block_on(async {
-        // The project lock (engine::lock), held until this block ends; not for --dry-run.
-        let _lock = if args.dry_run {
-            None
-        } else {
-            ctx.lock_for_up().await?
-        };
-        let mut obs = observe(&ctx.base, &ctx.incus_project, true).await?;
-        let mut pulled = BTreeMap::new();
-        let keep = engine::project_image_keys(&ctx.project, &obs.facts);
-        // OCI images: pulled by pull_policy before anything changes, and the image each
-        // reference names now recorded for the plan (engine::oci).
-        if obs.facts.oci {
-            let services = match ic_core::plan::selected_services(&ctx.project, &opts) {
-                Ok(s) => s,
-                Err(e) => bail!("{e}"),
-            };
-            let prepared = engine::prepare_images(
-                &ctx.base,
-                &ctx.project,
-                &services,
-                &mut obs,
-                args.pull,
-                args.dry_run,
-            )
-            .await?;
-            for l in &prepared.lines {
+        // Read-only first (issue 22): observe and plan without the lock and without writing.
+        // A converged project (nothing to change, nothing to pull, no revision to complete,
+        // the compose files recorded) is done then: no lock, no write, a fixed number of
+        // requests. Otherwise the project lock (engine::lock, held until this block ends) is
+        // taken and everything is observed and planned again under it.
+        let first = prepare(&ctx, &opts, &diff, args, false).await;
+        if args.dry_run {
+            let p = first?;
+            for l in &p.lines {
                 println!("{l}");
             }
-            pulled = prepared.pulled;
-        }
-        // OCI images: the entrypoint of those whose services set only `command` (engine::oci).
-        for w in engine::read_image_processes(&ctx.project, &mut obs.facts, &obs.remotes).await {
-            eprintln!("warning: {w}");
-        }
-        let desired = match ic_core::plan::desired(&ctx.project, &obs.facts, &opts) {
-            Ok(d) => d,
-            Err(e) => bail!("{e}"),
-        };
-        let plan = match ic_core::plan::check_platforms(&ctx.project, &desired, &obs.observed)
-            .and_then(|()| ic_core::plan::diff(&desired, &obs.observed, &diff))
-        {
-            Ok(p) => p,
-            Err(e) => bail!("{e}"),
-        };
-        pending.clone_from(&plan.pending);
-        for w in &plan.warnings {
-            eprintln!("warning: {w}");
-        }
-        if args.dry_run {
-            super::shared::print_plan(&plan, &ctx.project.name);
-            return Ok(ExitCode::SUCCESS);
+            for w in p.warnings.iter().chain(&p.plan.warnings) {
+                eprintln!("warning: {w}");
+            }
+            pending.clone_from(&p.plan.pending);
+            super::shared::print_plan(&p.plan, &ctx.project.name);
+            return Ok::<ExitCode, anyhow::Error>(ExitCode::SUCCESS);
         }
         let gate = health::Gate::new(
             ctx.base.with_project(&ctx.incus_project),
             &ctx.project,
             args.wait_timeout.map(Duration::from_secs),
         )?;
+        if let Ok(p) = &first
+            && converged(&ctx, p)
+        {
+            for w in p.warnings.iter().chain(&p.plan.warnings) {
+                eprintln!("warning: {w}");
+            }
+            pending.clone_from(&p.plan.pending);
+            say_nothing_to_change(&ctx, &p.plan);
+            return Ok(wait_for_services(&gate, &p.plan, args, started).await);
+        }
+        let _lock = ctx.lock_for_up().await?;
+        let Prepared {
+            obs,
+            desired,
+            plan,
+            pulled,
+            keep,
+            lines,
+            warnings,
+        } = prepare(&ctx, &opts, &diff, args, true).await?;
+        for l in &lines {
+            println!("{l}");
+        }
+        for w in &warnings {
+            eprintln!("warning: {w}");
+        }
+        pending.clone_from(&plan.pending);
+        for w in &plan.warnings {
+            eprintln!("warning: {w}");
+        }
         if plan.is_empty() {
-            println!(
-                "Nothing to change: {} instance(s) of compose project {} are up to date in Incus project {}",
-                plan.unchanged.len(),
-                ctx.project.name,
-                plan.incus_project
-            );
+            say_nothing_to_change(&ctx, &plan);
             // An update whose run was interrupted after its last action is complete now
             // (engine::converge finishes its revision when it finds nothing to change).
             match converge::converge(
@@ -272,6 +263,110 @@ pub fn run(global: &GlobalArgs, args: &UpArgs) -> anyhow::Result<ExitCode> {
         }
     })??;
     Ok(report_pending(&pending, code))
+}
+
+/// What [`prepare`] found and planned.
+struct Prepared {
+    obs: engine::Observation,
+    desired: ic_core::plan::Desired,
+    plan: Plan,
+    /// Images pulled (`image key -> fingerprint`), to record.
+    pulled: BTreeMap<String, String>,
+    /// The image keys of the project, for the pull records.
+    keep: std::collections::BTreeSet<String>,
+    /// What the pulls did (or, read-only, would do), for the user.
+    lines: Vec<String>,
+    /// Warnings of the image preparation.
+    warnings: Vec<String>,
+}
+
+/// Observe and plan the compose file. `locked`: under the project lock, with the members'
+/// links probed again and the images pulled as the pull policies ask; else read-only (no
+/// pull: [`Prepared::lines`] say what would be pulled).
+async fn prepare(
+    ctx: &Context,
+    opts: &PlanOptions,
+    diff: &DiffOptions,
+    args: &UpArgs,
+    locked: bool,
+) -> anyhow::Result<Prepared> {
+    let mut obs = if locked {
+        engine::observe_fresh(&ctx.base, &ctx.incus_project).await?
+    } else {
+        observe(&ctx.base, &ctx.incus_project, true).await?
+    };
+    let mut pulled = BTreeMap::new();
+    let mut lines = Vec::new();
+    let keep = engine::project_image_keys(&ctx.project, &obs.facts);
+    // OCI images: pulled by pull_policy before anything changes, and the image each
+    // reference names now recorded for the plan (engine::oci).
+    if obs.facts.oci {
+        let services = match ic_core::plan::selected_services(&ctx.project, opts) {
+            Ok(s) => s,
+            Err(e) => bail!("{e}"),
+        };
+        let prepared = engine::prepare_images(
+            &ctx.base,
+            &ctx.project,
+            &services,
+            &mut obs,
+            args.pull,
+            !locked,
+        )
+        .await?;
+        lines = prepared.lines;
+        pulled = prepared.pulled;
+    }
+    // OCI images: the entrypoint of those whose services set only `command` (engine::oci).
+    let warnings = engine::read_image_processes(&ctx.project, &mut obs.facts, &obs.remotes).await;
+    let desired = match ic_core::plan::desired(&ctx.project, &obs.facts, opts) {
+        Ok(d) => d,
+        Err(e) => bail!("{e}"),
+    };
+    let plan = match ic_core::plan::check_platforms(&ctx.project, &desired, &obs.observed)
+        .and_then(|()| ic_core::plan::diff(&desired, &obs.observed, diff))
+    {
+        Ok(p) => p,
+        Err(e) => bail!("{e}"),
+    };
+    Ok(Prepared {
+        obs,
+        desired,
+        plan,
+        pulled,
+        keep,
+        lines,
+        warnings,
+    })
+}
+
+/// Whether a read-only [`prepare`] found nothing for `up` to do or write: no action, no
+/// image to pull, no revision to complete, and the compose files recorded (in a project
+/// incus-compose created; nothing is written to another).
+fn converged(ctx: &Context, p: &Prepared) -> bool {
+    let config = &p.obs.observed.project_config;
+    let ours = engine::is_ours(config, &ctx.project.name);
+    let files = ctx.project.files.join("\n");
+    p.plan.is_empty()
+        && p.lines.is_empty()
+        && p.obs.observed.project_exists
+        && (!ours
+            || ctx.project.files.is_empty()
+            || config.get(ic_core::keys::LABEL_CONFIG_FILES) == Some(&files))
+        && !engine::revisions::would_complete(
+            config,
+            &ctx.project.name,
+            engine::revisions::services_of(&p.desired),
+        )
+}
+
+fn say_nothing_to_change(ctx: &Context, plan: &Plan) {
+    println!(
+        "Nothing to change: {} instance(s) of compose project {} are up to date in Incus project {}",
+        plan.unchanged.len(),
+        ctx.project.name,
+        plan.incus_project
+    );
 }
 
 /// What a failed rolling update left, and what to do (after an automatic rollback `up`

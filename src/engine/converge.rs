@@ -374,6 +374,31 @@ pub async fn converge(
     target.revision = recorder.as_ref().map(|r| r.revision.number);
     let outcome = super::execute_gated(&target, &plan, policy.parallel, policy.gate).await;
     let mut recorded = None;
+    // The members' links this run probed, recorded with the revision's outcome (one write),
+    // or by themselves when no revision is recorded; only under the lock.
+    let links = obs
+        .links_to_record
+        .clone()
+        .filter(|_| policy.lock.is_some())
+        .map(|v| (super::spanning::LINKS_KEY.to_string(), v));
+    let mut recorder = recorder;
+    if let (Some(r), Some((k, v))) = (recorder.as_mut(), &links) {
+        r.extra.insert(k.clone(), v.clone());
+    } else if let Some((k, v)) = &links {
+        let written = super::lock::edit_project_config(base, incus_project, |config| {
+            if config.get(k) == Some(v) || !super::is_ours(config, compose) {
+                return false;
+            }
+            config.insert(k.clone(), v.clone());
+            true
+        })
+        .await;
+        if let Err(e) = written {
+            eprintln!(
+                "warning: cannot record the members' links in Incus project {incus_project}: {e}"
+            );
+        }
+    }
     if let Some(r) = recorder {
         let number = r.revision.number;
         let result = super::revisions::outcome_of(&outcome);

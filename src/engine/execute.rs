@@ -801,10 +801,10 @@ pub(super) async fn create(t: &Target, p: &InstancePlan) -> anyhow::Result<()> {
     }
     if prepare && p.start {
         start(t, &p.name).await?;
-    }
-    if p.start {
         wait_started(t, &p.name).await?;
     }
+    // Created and started in one request (`start: true`): Incus ends that operation once the
+    // start did, so there is nothing to wait for (one state request per replica less).
     if let Some(hash) = hash_last {
         fenced(t).with_context(|| format!("{} is not marked prepared", p.name))?;
         let patch = serde_json::json!({ "config": { ic_core::keys::LABEL_HASH: hash } });

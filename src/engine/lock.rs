@@ -41,8 +41,18 @@ pub const DEFAULT_TTL: Duration = Duration::from_secs(30);
 pub const TTL_ENV: &str = "INCUS_COMPOSE_LOCK_TTL";
 
 /// How long an acquisition waits before reading its record back a second time: longer than
-/// a concurrent write that passed the same ETag check takes to commit.
-const SETTLE: Duration = Duration::from_millis(500);
+/// a concurrent write that passed the same ETag check takes to commit. Such a write was sent
+/// before ours committed and takes about as long as ours did under the same load, so the wait
+/// is twice the time our own write took ([`settle_time`]), at least [`SETTLE_MIN`] and at most
+/// [`SETTLE_MAX`] (it was a fixed 0.5 s; a quiet cluster commits in tens of milliseconds, a
+/// loaded one in seconds).
+const SETTLE_MIN: Duration = Duration::from_millis(200);
+const SETTLE_MAX: Duration = Duration::from_secs(5);
+
+/// The settle time after a lock write that took `write`.
+fn settle_time(write: Duration) -> Duration {
+    (write * 2).clamp(SETTLE_MIN, SETTLE_MAX)
+}
 
 /// How often a waiting run reads the lock again.
 const POLL: Duration = Duration::from_millis(500);
@@ -598,6 +608,7 @@ async fn take(
                 else {
                     continue;
                 };
+                let sent = Instant::now();
                 let written = write_lock(
                     base,
                     &read.project,
@@ -609,6 +620,7 @@ async fn take(
                 .with_context(|| {
                     format!("cannot write the lock of Incus project {incus_project}")
                 })?;
+                let took = sent.elapsed();
                 drop(guard);
                 if !written {
                     continue;
@@ -618,7 +630,7 @@ async fn take(
                 }
                 // A concurrent writer that passed the same ETag check may commit after our
                 // read-back: look again once it would have.
-                tokio::time::sleep(SETTLE).await;
+                tokio::time::sleep(settle_time(took)).await;
                 if confirmed(base, incus_project, &want, opts.key).await? {
                     let deadline = read.deadline(want.expires, margin);
                     break (want, deadline);
@@ -919,6 +931,16 @@ mod tests {
         let b = holder_id();
         assert!(a.contains(&format!(":{}:", std::process::id())), "{a}");
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn the_settle_time_is_twice_the_write_within_bounds() {
+        assert_eq!(settle_time(Duration::from_millis(20)), SETTLE_MIN);
+        assert_eq!(
+            settle_time(Duration::from_millis(300)),
+            Duration::from_millis(600)
+        );
+        assert_eq!(settle_time(Duration::from_secs(30)), SETTLE_MAX);
     }
 
     #[test]

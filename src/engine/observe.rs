@@ -20,6 +20,10 @@ pub struct Observation {
     /// OCI images in the image store: the newest copy per image key
     /// (`ic_core::plan::oci::image_key`), for pull policies.
     pub oci_cached: BTreeMap<String, crate::engine::oci::CachedImage>,
+    /// The members' cluster links this observation probed, as the Incus project should
+    /// record them ([`super::spanning::LINKS_KEY`]) when that differs from what it holds;
+    /// `None`: nothing to record (not probed, or the record is up to date).
+    pub links_to_record: Option<String>,
 }
 
 fn member_of(m: &ic_incus::ClusterMember, instances: u32) -> Member {
@@ -110,44 +114,45 @@ async fn current_members(
 }
 
 /// Observe the server and Incus project `incus_project`. `need_images`: also list images and
-/// the storage pool, and wait for a stale member list to be refreshed (`up` and `scale`, which
-/// place replicas; `pull` asks for images and so waits too, which costs it nothing unless the
-/// list is stale).
+/// the storage pool, find the members' cluster links (spanning networks), and wait for a stale
+/// member list to be refreshed (`up` and `scale`, which place replicas; `pull` asks for images
+/// and so waits too, which costs it nothing unless the list is stale).
+///
+/// The members' links come from the record the Incus project keeps of them
+/// ([`super::spanning::LINKS_KEY`]) when it covers exactly the online members; else they are
+/// probed (a few requests per member). [`observe_fresh`] always probes. So the requests an
+/// observation makes do not grow with the number of instances or (once recorded) members.
 pub async fn observe(
     base: &Client,
     incus_project: &str,
     need_images: bool,
 ) -> anyhow::Result<Observation> {
-    let info = base
-        .server()
-        .await
-        .context("cannot read the Incus server's information")?;
+    observe_with(base, incus_project, need_images, false).await
+}
+
+/// [`observe`] with the members' cluster links probed whatever the Incus project records
+/// (what a run planning under the lock uses before it changes anything).
+pub async fn observe_fresh(base: &Client, incus_project: &str) -> anyhow::Result<Observation> {
+    observe_with(base, incus_project, true, true).await
+}
+
+async fn observe_with(
+    base: &Client,
+    incus_project: &str,
+    need_images: bool,
+    probe: bool,
+) -> anyhow::Result<Observation> {
+    // Independent reads run at once: the server and the project, then everything else that
+    // does not depend on another answer (one round trip each instead of one after another).
+    let (info, project) = tokio::join!(base.server(), base.get_project(incus_project));
+    let info = info.context("cannot read the Incus server's information")?;
     let clustered = info.is_clustered();
-    let project = match base.get_project(incus_project).await {
+    let project = match project {
         Ok(p) => Some(p),
         Err(e) if e.is_not_found() => None,
         Err(e) => return Err(e).context(format!("cannot read Incus project {incus_project:?}")),
     };
     let pc = base.with_project(incus_project);
-    let mut cluster_members = Vec::new();
-    let members = if clustered {
-        let all = base
-            .instances_all_projects()
-            .await
-            .context("cannot list instances")?;
-        let mut count: BTreeMap<&str, u32> = BTreeMap::new();
-        for i in &all {
-            *count.entry(i.location.as_str()).or_default() += 1;
-        }
-        cluster_members = current_members(base, &info.environment.server_name, need_images).await?;
-        cluster_members
-            .iter()
-            .map(|m| member_of(m, count.get(m.server_name.as_str()).copied().unwrap_or(0)))
-            .collect()
-    } else {
-        vec![standalone_member(&info)]
-    };
-    let standalone_name = info.environment.server_name.clone();
     let feature = |key: &str| {
         project
             .as_ref()
@@ -159,12 +164,76 @@ pub async fn observe(
     } else {
         "default".to_string()
     };
-    let incus_networks = base
-        .with_project(&network_project)
-        .networks()
-        .await
-        .context("cannot list networks")?;
-    let network_facts = super::spanning::network_facts(
+    let image_project = if feature("features.images") == Some("true") {
+        incus_project
+    } else {
+        "default"
+    };
+    // One instance list: every project's (members' instance counts), the project's taken
+    // from it.
+    let (all, cluster_members, incus_networks, storage_pool, pools, images) = tokio::join!(
+        async {
+            if clustered {
+                base.instances_all_projects()
+                    .await
+                    .context("cannot list instances")
+            } else {
+                Ok(Vec::new())
+            }
+        },
+        async {
+            if clustered {
+                current_members(base, &info.environment.server_name, need_images).await
+            } else {
+                Ok(Vec::new())
+            }
+        },
+        async {
+            base.with_project(&network_project)
+                .networks()
+                .await
+                .context("cannot list networks")
+        },
+        default_pool(base),
+        async {
+            base.storage_pools()
+                .await
+                .context("cannot list storage pools")
+        },
+        async {
+            if need_images {
+                base.with_project(image_project)
+                    .images()
+                    .await
+                    .context("cannot list images")
+                    .map(Some)
+            } else {
+                Ok(None)
+            }
+        },
+    );
+    let (all, cluster_members, incus_networks, storage_pool, pools, images) = (
+        all?,
+        cluster_members?,
+        incus_networks?,
+        storage_pool?,
+        pools?,
+        images?,
+    );
+    let members: Vec<Member> = if clustered {
+        let mut count: BTreeMap<&str, u32> = BTreeMap::new();
+        for i in &all {
+            *count.entry(i.location.as_str()).or_default() += 1;
+        }
+        cluster_members
+            .iter()
+            .map(|m| member_of(m, count.get(m.server_name.as_str()).copied().unwrap_or(0)))
+            .collect()
+    } else {
+        vec![standalone_member(&info)]
+    };
+    let standalone_name = info.environment.server_name.clone();
+    let (network_facts, links_to_record) = super::spanning::network_facts(
         base,
         &info,
         &cluster_members,
@@ -174,6 +243,13 @@ pub async fn observe(
             .as_ref()
             .and_then(|p| p.config.get(LABEL_PROJECT))
             .map_or(incus_project, String::as_str),
+        super::spanning::Links {
+            recorded: project
+                .as_ref()
+                .and_then(|p| p.config.get(super::spanning::LINKS_KEY))
+                .map(String::as_str),
+            probe,
+        },
     )
     .await;
     let networks = incus_networks
@@ -188,11 +264,6 @@ pub async fn observe(
 
     let mut instances = Vec::new();
     let mut volumes = Vec::new();
-    let storage_pool = default_pool(base).await?;
-    let pools = base
-        .storage_pools()
-        .await
-        .context("cannot list storage pools")?;
     if project.is_some() {
         // Instances on offline members are listed as stand-ins (no configuration): kept so,
         // the planner recognises them by name (`plan::diff`).
@@ -201,9 +272,12 @@ pub async fn observe(
             .filter(|m: &&Member| !m.online)
             .map(|m| m.name.clone())
             .collect();
-        instances = pc
-            .instances_with_offline(&offline)
-            .await
+        let listed = if clustered {
+            pc.instances_in(&all, &offline).await
+        } else {
+            pc.instances_with_offline(&offline).await
+        };
+        instances = listed
             .with_context(|| format!("cannot list instances of Incus project {incus_project:?}"))?
             .into_iter()
             .map(|i| ObservedInstance {
@@ -217,12 +291,13 @@ pub async fn observe(
                 config: i.config,
             })
             .collect();
-        for pool in &pools {
+        let listed =
+            futures_util::future::join_all(pools.iter().map(|pool| pc.storage_volumes(&pool.name)))
+                .await;
+        for (pool, vols) in pools.iter().zip(listed) {
             let shared = ic_core::plan::storage::is_shared_driver(&pool.driver);
-            let vols = pc
-                .storage_volumes(&pool.name)
-                .await
-                .with_context(|| format!("cannot list volumes of pool {:?}", pool.name))?;
+            let vols =
+                vols.with_context(|| format!("cannot list volumes of pool {:?}", pool.name))?;
             volumes.extend(vols.into_iter().filter(|v| v.kind == "custom").map(|v| {
                 ObservedVolume {
                     pool: pool.name.clone(),
@@ -254,17 +329,7 @@ pub async fn observe(
     };
     let mut remotes = BTreeMap::new();
     let mut oci_cached = BTreeMap::new();
-    if need_images {
-        let image_project = if feature("features.images") == Some("true") {
-            incus_project
-        } else {
-            "default"
-        };
-        let images = base
-            .with_project(image_project)
-            .images()
-            .await
-            .context("cannot list images")?;
+    if let Some(images) = images {
         let mut aliases = BTreeSet::new();
         for img in &images {
             facts.image_fingerprints.push(img.fingerprint.clone());
@@ -310,6 +375,7 @@ pub async fn observe(
         network_project,
         remotes,
         oci_cached,
+        links_to_record,
     })
 }
 

@@ -60,6 +60,9 @@ pub struct Recorder {
     incus_project: String,
     keep: usize,
     pub revision: Revision,
+    /// Other keys of the Incus project's config the next write of the revision sets too
+    /// (one write per run: `engine::converge` records the members' links with the outcome).
+    pub extra: BTreeMap<String, String>,
 }
 
 /// Records that `services` are being deployed (by `cause`): a new revision when they differ
@@ -137,6 +140,22 @@ pub async fn complete_if_converged(
     Ok(Some(rec.revision.number))
 }
 
+/// Whether [`complete_if_converged`] would write anything, judged from the Incus project's
+/// config as observed (no request): its newest revision has `services` and did not complete.
+pub fn would_complete(
+    config: &BTreeMap<String, String>,
+    compose: &str,
+    services: BTreeMap<String, StoredService>,
+) -> bool {
+    if !super::is_ours(config, compose) {
+        return false;
+    }
+    let (revs, _) = revision::read(config);
+    let mut all = revs.last().map(|r| r.services.clone()).unwrap_or_default();
+    all.extend(services);
+    revision::to_reopen(&revs, &all).is_some()
+}
+
 impl Recorder {
     /// A recorder of `revision`, written to the Incus project's config.
     async fn written(
@@ -150,6 +169,7 @@ impl Recorder {
             incus_project: incus_project.to_string(),
             keep,
             revision,
+            extra: BTreeMap::new(),
         };
         rec.write().await?;
         Ok(rec)
@@ -158,7 +178,8 @@ impl Recorder {
     async fn write(&self) -> anyhow::Result<()> {
         let rev = &self.revision;
         edit_project_config(&self.base, &self.incus_project, |config| {
-            let next = revision::with_revision(config, rev, self.keep);
+            let mut next = revision::with_revision(config, rev, self.keep);
+            next.extend(self.extra.clone());
             let changed = &next != config;
             *config = next;
             changed

@@ -8,10 +8,39 @@ use ic_core::keys::LABEL_PROJECT;
 use ic_core::plan::span::{self, NetworkFacts};
 use ic_incus::{Client, ClusterMember, Network, ServerInfo};
 
-/// The network facts of a server. `probe_links`: also find each member's cluster link (a few
-/// requests per member; only `up` and `scale` need it).
+/// The Incus project config key recording the members' cluster links as last probed, JSON
+/// `{"member": ["interface", mtu], ...}`: written under the lock by a run that changes
+/// something (`engine::converge`), only when every spanning bridge of the project had its
+/// tunnel set up on every member then; read by every observation, so that a converged run
+/// does not probe every member again (a few requests each).
+pub const LINKS_KEY: &str = "user.incus-compose.member-links";
+
+/// Where [`network_facts`] takes the members' links from.
+pub struct Links<'a> {
+    /// The Incus project's record of them ([`LINKS_KEY`]).
+    pub recorded: Option<&'a str>,
+    /// Probe them whatever the record says.
+    pub probe: bool,
+}
+
+/// The recorded links, when they name exactly `online` members.
+fn recorded_links(
+    recorded: Option<&str>,
+    online: &[&ClusterMember],
+) -> Option<BTreeMap<String, (String, u32)>> {
+    let links: BTreeMap<String, (String, u32)> = serde_json::from_str(recorded?).ok()?;
+    let same =
+        links.len() == online.len() && online.iter().all(|m| links.contains_key(&m.server_name));
+    same.then_some(links)
+}
+
+/// The network facts of a server, and the links to record ([`LINKS_KEY`]) when they were
+/// probed and differ from the record. `probe_links`: also find each member's cluster link
+/// (from the record when it names exactly the online members and `links.probe` is false,
+/// else a few requests per member; only `up` and `scale` need them).
 /// `compose`: the compose project whose spanning bridges are checked for members that joined
-/// after them (their tunnel has no interface there yet).
+/// after them (their tunnel has no interface there yet): only when the links are probed (the
+/// record is written only when no such member was found, for the same members).
 pub async fn network_facts(
     base: &Client,
     info: &ServerInfo,
@@ -19,7 +48,8 @@ pub async fn network_facts(
     networks: &[Network],
     probe_links: bool,
     compose: &str,
-) -> NetworkFacts {
+    links: Links<'_>,
+) -> (NetworkFacts, Option<String>) {
     let mut facts = NetworkFacts {
         clustered: info.is_clustered(),
         ovn_uplink: ovn_uplink(info, networks),
@@ -30,7 +60,14 @@ pub async fn network_facts(
         version: info.server_version().to_string(),
     };
     if !(facts.clustered && probe_links) {
-        return facts;
+        return (facts, None);
+    }
+    let online: Vec<&ClusterMember> = members.iter().filter(|m| m.is_online()).collect();
+    if !links.probe
+        && let Some(recorded) = recorded_links(links.recorded, &online)
+    {
+        facts.member_links = recorded;
+        return (facts, None);
     }
     for m in members.iter().filter(|m| m.is_online()) {
         if let Some(link) = member_link(base, m, networks).await {
@@ -65,7 +102,12 @@ pub async fn network_facts(
             }
         }
     }
-    facts
+    let settled = facts.tunnel_unset.is_empty()
+        && facts.unavailable.is_empty()
+        && facts.member_links.len() == online.len();
+    let value = serde_json::to_string(&facts.member_links).ok();
+    let record = value.filter(|v| settled && links.recorded != Some(v.as_str()));
+    (facts, record)
 }
 
 /// An OVN uplink, when the server is set up for OVN: the uplink of an existing `ovn` network,

@@ -24,6 +24,35 @@ use crate::server::ServerInfo;
 use crate::transport::https::{self, ServerTrust};
 use crate::transport::{Connector, Endpoint, Stream};
 
+/// Requests this process sent to Incus (every client, every thread), by method: GET, POST,
+/// PUT, PATCH, DELETE, anything else (a websocket upgrade counts as a GET).
+static SENT: [std::sync::atomic::AtomicU64; 6] =
+    [const { std::sync::atomic::AtomicU64::new(0) }; 6];
+
+fn count(method: &Method) {
+    let k = match *method {
+        Method::GET => 0,
+        Method::POST => 1,
+        Method::PUT => 2,
+        Method::PATCH => 3,
+        Method::DELETE => 4,
+        _ => 5,
+    };
+    SENT[k].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// How many requests this process sent to Incus so far, by method
+/// (`[("GET", n), ("POST", n), ...]`, methods never used left out), for benchmarks: a
+/// converged `up` makes a fixed number of them whatever the number of instances.
+pub fn requests_sent() -> Vec<(&'static str, u64)> {
+    ["GET", "POST", "PUT", "PATCH", "DELETE", "other"]
+        .into_iter()
+        .zip(&SENT)
+        .map(|(m, n)| (m, n.load(std::sync::atomic::Ordering::Relaxed)))
+        .filter(|(_, n)| *n > 0)
+        .collect()
+}
+
 /// Characters left as they are in a path segment or query value: RFC 3986 unreserved.
 const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'-')
@@ -488,6 +517,7 @@ impl Client {
                 message: e.to_string(),
             })?;
         tracing::debug!(request = %label, "incus request");
+        count(&req.method);
         let resp = match self.inner.http.request(http_req).await {
             Ok(r) => r,
             Err(e) if e.is_connect() => {
@@ -723,6 +753,7 @@ impl Client {
             source: Box::new(e),
         };
         let url = format!("ws://{}{}", self.inner.endpoint.authority(), label.path);
+        count(&Method::GET);
         let ws_req = url.into_client_request().map_err(ws_err)?;
         let stream = self
             .inner

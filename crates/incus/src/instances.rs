@@ -325,6 +325,23 @@ impl Client {
         self.instances_read(false, offline).await
     }
 
+    /// The instances of this client's project in `all`, a list of every project's as
+    /// [`Client::instances_all_projects`] reads it (so one request lists them and counts every
+    /// member's instances), with stand-ins read again as by [`Client::instances_with_offline`].
+    pub async fn instances_in(
+        &self,
+        all: &[Instance],
+        offline: &[String],
+    ) -> Result<Vec<Instance>> {
+        let project = self.project().unwrap_or("default");
+        let list = all
+            .iter()
+            .filter(|i| i.project == project || (i.project.is_empty() && project == "default"))
+            .cloned()
+            .collect();
+        self.reread_stand_ins(list, false, offline, false).await
+    }
+
     /// `GET /1.0/instances?recursion=2`: instances with their runtime state. Stand-ins are read
     /// again as by [`Client::instances`].
     pub async fn instances_full(&self) -> Result<Vec<Instance>> {

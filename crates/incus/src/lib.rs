@@ -41,7 +41,7 @@ pub mod server;
 pub mod storage;
 pub mod transport;
 
-pub use client::{Client, RawResponse, Request, Scope, api_path, encode_component};
+pub use client::{Client, RawResponse, Request, Scope, api_path, encode_component, requests_sent};
 pub use cluster::{Cluster, ClusterMember, ClusterMemberPut};
 pub use console::ConsoleSession;
 pub use error::{Error, RequestLabel, Result};
