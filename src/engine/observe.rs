@@ -207,6 +207,8 @@ pub async fn observe(
             .await
             .with_context(|| format!("cannot list instances of Incus project {incus_project:?}"))?
             .into_iter()
+            // The member resolvers are no replicas (see `engine::names`).
+            .filter(|i| !super::names::is_resolver(&i.name, &i.config))
             .map(|i| ObservedInstance {
                 running: i.is_running(),
                 name: i.name,

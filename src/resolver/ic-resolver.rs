@@ -49,14 +49,21 @@ fn parse(text: &str) -> Option<Tables> {
         };
         let table = t.entry(port).or_default();
         for name in w {
-            table.entry(name.to_ascii_lowercase()).or_default().push(addr);
+            table
+                .entry(name.to_ascii_lowercase())
+                .or_default()
+                .push(addr);
         }
     }
     Some(t)
 }
 
 /// The answer to query `q` from `table`, or None to drop it (not a query, or malformed).
-fn answer(q: &[u8], table: Option<&BTreeMap<String, Vec<Ipv4Addr>>>, turn: usize) -> Option<Vec<u8>> {
+fn answer(
+    q: &[u8],
+    table: Option<&BTreeMap<String, Vec<Ipv4Addr>>>,
+    turn: usize,
+) -> Option<Vec<u8>> {
     if q.len() < 12 || q[2] & 0x80 != 0 {
         return None;
     }
@@ -119,7 +126,11 @@ fn refresh(s: &mut State) {
     if stamp == s.seen {
         return;
     }
-    if let Some(t) = std::fs::read_to_string(HOSTS).ok().as_deref().and_then(parse) {
+    if let Some(t) = std::fs::read_to_string(HOSTS)
+        .ok()
+        .as_deref()
+        .and_then(parse)
+    {
         s.tables = t;
         s.seen = stamp;
     }
@@ -156,7 +167,11 @@ fn main() {
             signal(sig, bye as *const () as usize);
         }
     }
-    let state = Arc::new(Mutex::new(State { seen: None, tables: Tables::new(), turn: 0 }));
+    let state = Arc::new(Mutex::new(State {
+        seen: None,
+        tables: Tables::new(),
+        turn: 0,
+    }));
     let mut serving: Vec<u16> = Vec::new();
     // A thread per port of the file; ports that appear later get theirs within a second.
     loop {
@@ -207,6 +222,9 @@ mod tests {
         assert_eq!((r[3] & 0x0f, r[7]), (0, 0));
         let r = answer(&query("nope.incus", 1), t.get(&5301), 0).unwrap();
         assert_eq!(r[3] & 0x0f, 3);
-        assert!(parse("5301 10.0.0.2 web\n").is_none(), "no end line: incomplete");
+        assert!(
+            parse("5301 10.0.0.2 web\n").is_none(),
+            "no end line: incomplete"
+        );
     }
 }

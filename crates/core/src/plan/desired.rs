@@ -249,8 +249,8 @@ fn networks(cx: &mut Ctx) -> Result<Vec<DesiredNetwork>, PlanError> {
                 name
             }
         };
-        let resolver =
-            kind == span::Kind::Span && dns::wants_resolver(key, net).map_err(PlanError::Network)?;
+        let resolver = kind == span::Kind::Span
+            && dns::wants_resolver(key, net).map_err(PlanError::Network)?;
         out.push(DesiredNetwork {
             key: key.clone(),
             name,

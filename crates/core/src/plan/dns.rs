@@ -291,14 +291,24 @@ networks:
             (
                 "front".to_string(),
                 30000,
-                vec![("web".to_string(), "web".to_string()), ("www".into(), "web".into())],
+                vec![
+                    ("web".to_string(), "web".to_string()),
+                    ("www".into(), "web".into()),
+                ],
             ),
-            ("back".to_string(), 21000, vec![("db".to_string(), "db".to_string())]),
+            (
+                "back".to_string(),
+                21000,
+                vec![("db".to_string(), "db".to_string())],
+            ),
         ];
         let r = |name: &str, service: &str, nets: &[(&str, [u8; 4])]| NamedReplica {
             name: name.into(),
             service: service.into(),
-            addresses: nets.iter().map(|(k, a)| (k.to_string(), Ipv4Addr::from(*a))).collect(),
+            addresses: nets
+                .iter()
+                .map(|(k, a)| (k.to_string(), Ipv4Addr::from(*a)))
+                .collect(),
         };
         let replicas = vec![
             r("web-1", "web", &[("front", [10, 0, 0, 2])]),
