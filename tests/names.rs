@@ -212,7 +212,12 @@ fn resolved(f: &Fixture, name: &str) -> Vec<String> {
 #[test]
 fn under_watch_a_replica_stopped_from_outside_leaves_the_name_within_5_s_and_comes_back() {
     let f = Fixture::new("watch").at_most(CONCURRENT_FIXTURES);
-    f.write(&stack("testapp/v1", "{parallelism: 1}", 3, "resolver"));
+    // Restarted by watch once stopped.
+    let yaml = stack("testapp/v1", "{parallelism: 1}", 3, "resolver").replace(
+        "    stop_grace_period: 2s\n",
+        "    stop_grace_period: 2s\n    restart: always\n",
+    );
+    f.write(&yaml);
     f.ok(&["up", "-d", "--wait"]);
     let address = |n: &str| {
         f.instance(n)
@@ -237,7 +242,12 @@ fn under_watch_a_replica_stopped_from_outside_leaves_the_name_within_5_s_and_com
         resolved(&f, "web").contains(&web2)
     });
     let _ = watch.kill();
-    let _ = watch.wait();
+    let out = watch.wait_with_output().expect("watch output");
+    eprintln!(
+        "$ incus-compose watch\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     eprintln!(
         "FIGURE stopped replica out of the name after {:.1} s",
         took.as_secs_f64()

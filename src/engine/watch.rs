@@ -439,6 +439,18 @@ async fn reconcile(
         Some(x) => x,
         None => return Ok(true),
     };
+    // The service names follow what runs (engine::names): a replica that stopped leaves them
+    // at the reconcile its lifecycle event starts.
+    let names = Target::new(base, &w.incus_project, &obs, None, Some(&d));
+    if let Err(e) = super::names::ensure(&names, &w.compose).await {
+        log.event(
+            &w.compose,
+            "names",
+            "resolvers",
+            "not updated",
+            Some(&format!("{e:#}")),
+        );
+    }
     let restarts_ok = restart_policy(base, w, &obs, &d, o.once, log).await;
     if plan.is_empty() {
         w.retry = !plan.warnings.is_empty() && plan.warnings.iter().any(|x| x.contains("offline"));
@@ -462,18 +474,6 @@ async fn reconcile(
     let Some((plan, obs, d)) = plan_once(base, w, grace, log).await? else {
         return Ok(true);
     };
-    // The service names follow what runs (engine::names): a replica that stopped leaves them
-    // at the reconcile its lifecycle event starts.
-    let names = Target::new(base, &w.incus_project, &obs, None, Some(&d));
-    if let Err(e) = super::names::ensure(&names, &w.compose).await {
-        log.event(
-            &w.compose,
-            "names",
-            "resolvers",
-            "not updated",
-            Some(&format!("{e:#}")),
-        );
-    }
     if plan.is_empty() {
         return Ok(true);
     }
