@@ -234,6 +234,33 @@ pub async fn join(t: &Target, name: &str) {
     }
 }
 
+/// Pushes what runs now for Incus project `incus_project`, without observing it first (watch,
+/// at each event, before it plans): only when this process already knows its resolver
+/// networks (from an earlier plan).
+pub async fn refresh(base: &ic_incus::Client, incus_project: &str) {
+    let known_nets = known()
+        .nets
+        .get(incus_project)
+        .is_some_and(|n| !n.is_empty());
+    if !known_nets {
+        return;
+    }
+    let t = Target {
+        base: base.clone(),
+        project: base.with_project(incus_project),
+        networks: base.with_project("default"),
+        clustered: true,
+        members: Vec::new(),
+        remotes: BTreeMap::new(),
+        fence: None,
+        revision: None,
+        desired: None,
+    };
+    if let Err(e) = publish(&t).await {
+        eprintln!("warning: service names not updated: {e:#}");
+    }
+}
+
 /// Makes sure every online member runs the project's resolver (when what `t` deploys has a
 /// resolver network), then publishes the names.
 pub async fn ensure(t: &Target, compose: &str) -> anyhow::Result<()> {

@@ -386,6 +386,8 @@ async fn reconcile(
         }
         return Ok(true);
     }
+    // The service names follow what runs at once (engine::names), before the plan.
+    super::names::refresh(base, &w.incus_project).await;
     let held = w.leader.as_ref().is_some_and(|g| g.lease().is_held());
     if !held {
         w.restarts.prober = None;
