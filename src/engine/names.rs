@@ -38,7 +38,7 @@ static BINARY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/ic-resolver"));
 pub const LEAVE_SETTLE: Duration = Duration::from_millis(1000);
 
 /// One resolver network: compose key, port, its `(name, service)` pairs.
-type Net = (String, u16, Vec<(String, String)>);
+type Net = dns::ResolverNet;
 
 /// Per Incus project: its resolver networks as last planned; replicas leaving; the file last
 /// pushed to each resolver.

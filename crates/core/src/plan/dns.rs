@@ -169,12 +169,15 @@ pub struct NamedReplica {
     pub addresses: BTreeMap<String, Ipv4Addr>,
 }
 
+/// A resolver network: compose key, port, its `(name, service)` pairs.
+pub type ResolverNet = (String, u16, Vec<(String, String)>);
+
 /// The resolvers' file: for each resolver network (key, port, its `(name, service)` pairs),
 /// a line per replica on it, naming the replica and its service's names (each plain and under
 /// [`DOMAIN`]), then the end line the resolver waits for. `serving`: replicas in their
 /// names (the others keep their own name only).
 pub fn resolver_hosts(
-    networks: &[(String, u16, Vec<(String, String)>)],
+    networks: &[ResolverNet],
     replicas: &[NamedReplica],
     serving: &dyn Fn(&NamedReplica) -> bool,
 ) -> String {
