@@ -99,7 +99,7 @@ async fn networks(t: &Target) -> Vec<Net> {
 /// The resolvers' file now: running replicas, each in its service names unless leaving.
 async fn hosts_file(t: &Target, nets: &[Net]) -> anyhow::Result<String> {
     let project = t.project.project().unwrap_or("default").to_string();
-    let instances = t.project.instances().await?;
+    let instances = t.project.instances_partial(false).await?;
     let leaving: BTreeSet<String> = {
         let mut k = known();
         // One that left and has stopped (or is gone) is out by its state: forgotten, so that a
@@ -149,7 +149,9 @@ async fn hosts_file(t: &Target, nets: &[Net]) -> anyhow::Result<String> {
 }
 
 /// Pushes the current file into every resolver that runs (those whose copy differs). A
-/// resolver that cannot be reached (its member is down) is reported and skipped. Returns how
+/// resolver that cannot be reached (its member is down) is reported and skipped; instances
+/// on a member that does not answer are read as Incus lists them (not running), so a change
+/// needs no member but the resolvers' own. Returns how
 /// many resolvers run.
 pub async fn publish(t: &Target) -> anyhow::Result<usize> {
     let nets = networks(t).await;
@@ -160,7 +162,7 @@ pub async fn publish(t: &Target) -> anyhow::Result<usize> {
     let text = hosts_file(t, &nets).await?;
     let resolvers: Vec<String> = t
         .project
-        .instances()
+        .instances_partial(false)
         .await?
         .into_iter()
         .filter(|i| i.config.contains_key(LABEL_RESOLVER) && i.is_running())
@@ -270,7 +272,7 @@ pub async fn ensure(t: &Target, compose: &str) -> anyhow::Result<()> {
     }
     let project = t.project.project().unwrap_or("default").to_string();
     let address = dns::resolver_address(&project);
-    let have = t.project.instances().await?;
+    let have = t.project.instances_partial(false).await?;
     let members: Vec<Option<String>> = if t.clustered {
         t.members.iter().cloned().map(Some).collect()
     } else {
@@ -281,7 +283,8 @@ pub async fn ensure(t: &Target, compose: &str) -> anyhow::Result<()> {
         let name: String = name.chars().take(63).collect::<String>();
         let name = name.trim_end_matches('-').to_string();
         let existing = have.iter().find(|i| i.name == name);
-        if existing.is_some_and(|i| i.is_running()) {
+        // Running, or on a member that does not answer (it gets the names once it is back).
+        if existing.is_some_and(|i| i.is_running() || i.is_stand_in()) {
             continue;
         }
         if let Err(e) = make(
@@ -359,7 +362,7 @@ async fn make(
 /// Removes the project's resolvers (`down`): a stopped or missing one is fine.
 pub async fn remove_all(t: &Target) -> anyhow::Result<()> {
     let project = t.project.project().unwrap_or("default").to_string();
-    for i in t.project.instances().await? {
+    for i in t.project.instances_partial(false).await? {
         if !i.config.contains_key(LABEL_RESOLVER) {
             continue;
         }
