@@ -60,7 +60,12 @@ pub fn run(global: &GlobalArgs, args: &DownArgs) -> anyhow::Result<ExitCode> {
             println!("Nothing to remove for compose project {}", ctx.project.name);
             return Ok(ExitCode::SUCCESS);
         }
-        let outcome = engine::execute(&ctx.target(&obs), &plan, args.parallel).await;
+        let target = ctx.target(&obs);
+        // The member resolvers of the service names go first (they are no replicas).
+        if let Err(e) = engine::names::remove_all(&target).await {
+            eprintln!("warning: removing the service name resolvers: {e:#}");
+        }
+        let outcome = engine::execute(&target, &plan, args.parallel).await;
         if outcome.ok() {
             Ok(ExitCode::SUCCESS)
         } else {

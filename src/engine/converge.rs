@@ -372,7 +372,17 @@ pub async fn converge(
     };
     let mut target = Target::new(base, incus_project, &obs, lease, Some(&desired));
     target.revision = recorder.as_ref().map(|r| r.revision.number);
+    // The member resolvers of the names (engine::names), before replicas come and go, and
+    // again once the plan ran (new members, the names of what runs now).
+    if obs.observed.project_exists
+        && let Err(e) = super::names::ensure(&target, compose).await
+    {
+        eprintln!("warning: service names: {e:#}");
+    }
     let outcome = super::execute_gated(&target, &plan, policy.parallel, policy.gate).await;
+    if let Err(e) = super::names::ensure(&target, compose).await {
+        eprintln!("warning: service names: {e:#}");
+    }
     let mut recorded = None;
     // The members' links this run probed, recorded with the revision's outcome (one write),
     // or by themselves when no revision is recorded; only under the lock.

@@ -997,18 +997,28 @@ async fn is_stopped(t: &Target, name: &str) -> ic_incus::Result<bool> {
 
 /// The one step every replica stop, retire or removal of every executor (the plan's actions,
 /// the rollout, drain and watch moves) passes through, before anything is stopped: the
-/// lease is checked (a run that lost its lock stops acting here), and the replica is to
-/// leave what serves it by name. Today the spanning networks' records are written as
-/// before (once per stage, `rollout::write_records`), so nothing more happens here.
+/// lease is checked (a run that lost its lock stops acting here), and the replica leaves its
+/// service names: on networks whose names the member resolvers serve (`engine::names`) it is
+/// taken out of every resolver, then keeps running [`super::names::LEAVE_SETTLE`] so that a
+/// client that resolved it just before gets its answer; its stop (and `stop_grace_period`)
+/// begins after that. Records in `raw.dnsmasq` are written as before (once per stage,
+/// `rollout::write_records`).
 pub(super) async fn before_stop(t: &Target, name: &str) -> anyhow::Result<()> {
-    fenced(t).with_context(|| format!("{name} is not stopped"))
+    fenced(t).with_context(|| format!("{name} is not stopped"))?;
+    if super::names::leave(t, name).await {
+        tokio::time::sleep(super::names::LEAVE_SETTLE).await;
+    }
+    Ok(())
 }
 
 /// The one step where a replica of every executor is declared ready: it runs (healthy, when
-/// it has a healthcheck), so the replica it replaces may go. Today its records are written
-/// as before (`rollout::write_records` once per stage), so nothing more happens here.
+/// it has a healthcheck), so the replica it replaces may go. It joins its service names on the
+/// member resolvers (`engine::names`); records in `raw.dnsmasq` are written as before
+/// (`rollout::write_records` once per stage).
 pub(super) async fn after_ready(t: &Target, name: &str) -> anyhow::Result<()> {
-    fenced(t).with_context(|| format!("{name} is ready, but"))
+    fenced(t).with_context(|| format!("{name} is ready, but"))?;
+    super::names::join(t, name).await;
+    Ok(())
 }
 
 /// Fails when the run lost its project lock (see `engine::lock`): checked before every

@@ -9,6 +9,7 @@ mod execute;
 pub mod health;
 pub mod lock;
 pub mod member;
+pub mod names;
 mod observe;
 mod oci;
 pub mod progress;

@@ -280,6 +280,8 @@ async fn observe_with(
         instances = listed
             .with_context(|| format!("cannot list instances of Incus project {incus_project:?}"))?
             .into_iter()
+            // The member resolvers are no replicas (see `engine::names`).
+            .filter(|i| !super::names::is_resolver(&i.name, &i.config))
             .map(|i| ObservedInstance {
                 running: i.is_running(),
                 name: i.name,

@@ -387,6 +387,8 @@ async fn reconcile(
         }
         return Ok(true);
     }
+    // The service names follow what runs at once (engine::names), before the plan.
+    super::names::refresh(base, &w.incus_project).await;
     let held = w.leader.as_ref().is_some_and(|g| g.lease().is_held());
     if !held {
         w.restarts.prober = None;
@@ -440,6 +442,18 @@ async fn reconcile(
         Some(x) => x,
         None => return Ok(true),
     };
+    // The service names follow what runs (engine::names): a replica that stopped leaves them
+    // at the reconcile its lifecycle event starts.
+    let names = Target::new(base, &w.incus_project, &obs, None, Some(&d));
+    if let Err(e) = super::names::ensure(&names, &w.compose).await {
+        log.event(
+            &w.compose,
+            "names",
+            "resolvers",
+            "not updated",
+            Some(&format!("{e:#}")),
+        );
+    }
     let restarts_ok = restart_policy(base, w, &obs, &d, o.once, log).await;
     if plan.is_empty() {
         w.retry = !plan.warnings.is_empty() && plan.warnings.iter().any(|x| x.contains("offline"));

@@ -79,6 +79,9 @@ pub struct StoredNetwork {
     pub kind: crate::plan::span::Kind,
     pub names: Vec<(String, String)>,
     pub internal: bool,
+    /// Service names served by the member resolvers (`x-incus: {names: resolver}`).
+    #[serde(default)]
+    pub resolver: bool,
 }
 
 /// The networks of `d` as stored.
@@ -93,6 +96,7 @@ pub fn networks_of(d: &Desired) -> Vec<StoredNetwork> {
             kind: n.kind.clone(),
             names: n.names.clone(),
             internal: n.internal,
+            resolver: n.resolver,
         })
         .collect()
 }
@@ -780,6 +784,7 @@ fn desired_from_files<'a>(
             member_config: BTreeMap::new(),
             names: n.names.clone(),
             internal: n.internal,
+            resolver: n.resolver,
             fill_members: Vec::new(),
         });
     }

@@ -72,16 +72,17 @@ pub fn check_config_value(key: &str, value: &str) -> Result<(), String> {
                 let ok = line.split_once('=').is_some_and(|(directive, args)| {
                     matches!(
                         directive,
-                        "cname" | "host-record" | "dhcp-ignore" | "dhcp-option"
+                        "cname" | "host-record" | "dhcp-ignore" | "dhcp-option" | "server"
                     ) && !args.is_empty()
                         && args.chars().all(|c| {
                             c.is_ascii_alphanumeric()
                                 || matches!(c, '.' | ',' | ':' | '!' | '-' | '_')
+                                || (directive == "server" && matches!(c, '/' | '#'))
                         })
                 });
                 if !ok {
                     return Err(format!(
-                        "raw.dnsmasq line {line:?} is not a record incus-compose writes (cname, host-record, dhcp-ignore, dhcp-option with names and addresses)"
+                        "raw.dnsmasq line {line:?} is not a record incus-compose writes (cname, host-record, dhcp-ignore, dhcp-option, server with names and addresses)"
                     ));
                 }
             }
@@ -178,6 +179,8 @@ mod tests {
         );
         assert!(check_config_value("raw.dnsmasq", "cname=db,db.incus,x\nconf-dir=/tmp\n").is_err());
         assert!(check_config_value("raw.dnsmasq", "cname=db,db.incus,x y\n").is_err());
+        assert!(check_config_value("raw.dnsmasq", "server=/incus/100.127.1.2#5301\n").is_ok());
+        assert!(check_config_value("raw.dnsmasq", "cname=/incus/x\n").is_err());
         assert!(
             check_config_value("cloud-init.user-data", "#cloud-config\npackages: []\n").is_ok()
         );

@@ -197,7 +197,17 @@ pub(super) fn assign(
                 });
             }
         }
-        let text = span::raw_dnsmasq(&records, net.internal);
+        // Names served by the member resolvers: the bridge only forwards to them (the
+        // engine pushes the records, see `dns::resolver_hosts`).
+        let text = if net.resolver {
+            super::dns::resolver_dnsmasq(
+                net.internal,
+                super::dns::resolver_address(&d.incus_project),
+                super::dns::resolver_port(&net.key),
+            )
+        } else {
+            span::raw_dnsmasq(&records, net.internal)
+        };
         let created = network_stage.iter_mut().find_map(|a| match a {
             Action::CreateNetwork { name, config, .. } if *name == net.name => Some(config),
             _ => None,

@@ -129,6 +129,7 @@ fn networks(cx: &mut Ctx) -> Result<Vec<DesiredNetwork>, PlanError> {
                 member_config: BTreeMap::new(),
                 names: Vec::new(),
                 internal: false,
+                resolver: false,
                 fill_members: Vec::new(),
             });
             continue;
@@ -254,6 +255,8 @@ fn networks(cx: &mut Ctx) -> Result<Vec<DesiredNetwork>, PlanError> {
                 name
             }
         };
+        let resolver = kind == span::Kind::Span
+            && dns::wants_resolver(key, net).map_err(PlanError::Network)?;
         out.push(DesiredNetwork {
             key: key.clone(),
             name,
@@ -264,6 +267,7 @@ fn networks(cx: &mut Ctx) -> Result<Vec<DesiredNetwork>, PlanError> {
             member_config,
             names: all_names.get(key).cloned().unwrap_or_default(),
             internal: net.internal,
+            resolver,
             fill_members,
         });
     }

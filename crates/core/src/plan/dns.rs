@@ -10,8 +10,10 @@
 //! ([`names_by_network`], see [`super::span`]).
 
 use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
 
-use ic_compose::model::{DeployMode, Project};
+use ic_compose::model::{DeployMode, Network, Project};
+use sha2::{Digest, Sha256};
 
 use super::naming;
 
@@ -107,6 +109,110 @@ pub(crate) fn is_dns_name(name: &str) -> bool {
         })
 }
 
+// Member resolvers (`x-incus: {names: resolver}` on a spanning bridge; `src/engine/names.rs`):
+// every member runs a resolver container of the project, reached by its routed NIC at the
+// same address on every member ([`resolver_address`]), so the bridge's dnsmasq (its config
+// the same on every member) forwards names to the member's own resolver, one port per network
+// ([`resolver_port`]). The forwarding is written once, with the network; the records are a
+// file pushed into each resolver ([`resolver_hosts`]): a change restarts nothing and needs no
+// member but the resolver's own.
+
+/// Whether compose network `key` serves its names from the member resolvers
+/// (`x-incus: {names: resolver}`; `dnsmasq`, the default: records in `raw.dnsmasq`).
+pub fn wants_resolver(key: &str, net: &Network) -> Result<bool, String> {
+    match net.extensions.get("x-incus").and_then(|x| x.get("names")) {
+        None => Ok(false),
+        Some(v) => match v.as_str() {
+            Some("resolver") => Ok(true),
+            Some("dnsmasq") => Ok(false),
+            _ => Err(format!(
+                "network {key:?}: x-incus.names must be \"resolver\" or \"dnsmasq\", got {v}"
+            )),
+        },
+    }
+}
+
+/// The address of Incus project `incus_project`'s resolver on every member: a /32 in
+/// 100.127.0.0/16 derived from the project's name (a host route to the resolver's routed NIC,
+/// the same on every member).
+pub fn resolver_address(incus_project: &str) -> Ipv4Addr {
+    let h = Sha256::digest(incus_project.as_bytes());
+    Ipv4Addr::new(100, 127, h[0], 1 + h[1] % 254)
+}
+
+/// The resolver port of compose network `key` (one table per network).
+pub fn resolver_port(key: &str) -> u16 {
+    let h = Sha256::digest(key.as_bytes());
+    20000 + (u16::from_be_bytes([h[0], h[1]]) % 40000)
+}
+
+/// The `raw.dnsmasq` of a spanning bridge whose names the resolvers serve: DHCP only for
+/// known instances (and no router when `internal`), `.incus` and unqualified names not known
+/// locally forwarded to the member's resolver. Never changes once written.
+pub fn resolver_dnsmasq(internal: bool, address: Ipv4Addr, port: u16) -> String {
+    let mut out = String::from("dhcp-ignore=tag:!known\n");
+    if internal {
+        out.push_str("dhcp-option=3\n");
+    }
+    out.push_str(&format!(
+        "server=/{DOMAIN}/{address}#{port}\nserver=//{address}#{port}\n"
+    ));
+    out
+}
+
+/// A replica as the resolvers see it: its instance name, service and address on each network
+/// (by compose key).
+#[derive(Debug, Clone)]
+pub struct NamedReplica {
+    pub name: String,
+    pub service: String,
+    pub addresses: BTreeMap<String, Ipv4Addr>,
+}
+
+/// A resolver network: compose key, port, its `(name, service)` pairs.
+pub type ResolverNet = (String, u16, Vec<(String, String)>);
+
+/// The resolvers' file: for each resolver network (key, port, its `(name, service)` pairs),
+/// a line per replica on it, naming the replica and its service's names (each plain and under
+/// [`DOMAIN`]), then the end line the resolver waits for. `serving`: replicas in their
+/// names (the others keep their own name only).
+pub fn resolver_hosts(
+    networks: &[ResolverNet],
+    replicas: &[NamedReplica],
+    serving: &dyn Fn(&NamedReplica) -> bool,
+) -> String {
+    let mut lines = Vec::new();
+    for (key, port, names) in networks {
+        for r in replicas {
+            let Some(a) = r.addresses.get(key) else {
+                continue;
+            };
+            let mut all = vec![r.name.clone()];
+            if serving(r) {
+                all.extend(
+                    names
+                        .iter()
+                        .filter(|(_, s)| *s == r.service)
+                        .map(|(n, _)| n.clone()),
+                );
+            }
+            let words: Vec<String> = all
+                .iter()
+                .filter(|n| is_dns_name(n))
+                .flat_map(|n| [n.clone(), format!("{n}.{DOMAIN}")])
+                .collect();
+            if !words.is_empty() {
+                lines.push(format!("{port} {a} {}", words.join(" ")));
+            }
+        }
+    }
+    lines.sort();
+    lines.push("# end".into());
+    let mut out = lines.join("\n");
+    out.push('\n');
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -180,5 +286,56 @@ networks:
         assert!(!is_dns_name("-db"));
         assert!(!is_dns_name("a..b"));
         assert!(!is_dns_name(""));
+    }
+
+    #[test]
+    fn the_resolver_file_names_each_replica_and_gives_service_names_only_to_serving_ones() {
+        let nets = vec![
+            (
+                "front".to_string(),
+                30000,
+                vec![
+                    ("web".to_string(), "web".to_string()),
+                    ("www".into(), "web".into()),
+                ],
+            ),
+            (
+                "back".to_string(),
+                21000,
+                vec![("db".to_string(), "db".to_string())],
+            ),
+        ];
+        let r = |name: &str, service: &str, nets: &[(&str, [u8; 4])]| NamedReplica {
+            name: name.into(),
+            service: service.into(),
+            addresses: nets
+                .iter()
+                .map(|(k, a)| (k.to_string(), Ipv4Addr::from(*a)))
+                .collect(),
+        };
+        let replicas = vec![
+            r("web-1", "web", &[("front", [10, 0, 0, 2])]),
+            r("web-2", "web", &[("front", [10, 0, 0, 3])]),
+            r("db-1", "db", &[("back", [10, 1, 0, 2])]),
+        ];
+        let p = 30000;
+        let text = resolver_hosts(&nets, &replicas, &|x| x.name != "web-2");
+        assert_eq!(
+            text,
+            format!(
+                "21000 10.1.0.2 db-1 db-1.incus db db.incus\n\
+                 {p} 10.0.0.2 web-1 web-1.incus web web.incus www www.incus\n\
+                 {p} 10.0.0.3 web-2 web-2.incus\n# end\n"
+            )
+        );
+        assert_eq!(
+            resolver_dnsmasq(true, Ipv4Addr::new(100, 127, 1, 2), 21000),
+            "dhcp-ignore=tag:!known\ndhcp-option=3\nserver=/incus/100.127.1.2#21000\nserver=//100.127.1.2#21000\n"
+        );
+        let a = resolver_address("shop");
+        assert_eq!(a, resolver_address("shop"));
+        assert_eq!(a.octets()[..2], [100, 127]);
+        assert!(a.octets()[3] != 0 && a.octets()[3] != 255);
+        assert!((20000..60000).contains(&resolver_port("front")));
     }
 }

@@ -263,6 +263,9 @@ pub struct DesiredNetwork {
     pub names: Vec<(String, String)>,
     /// `internal: true` (no outbound traffic).
     pub internal: bool,
+    /// Service names served by the member resolvers (`x-incus: {names: resolver}`, spanning
+    /// bridges only; see [`dns::resolver_dnsmasq`]) instead of `raw.dnsmasq` records.
+    pub resolver: bool,
     /// Members that joined after this spanning bridge was made and whose tunnel has no
     /// interface yet (member-specific tunnel keys): `up` sets it there.
     pub fill_members: Vec<String>,
