@@ -335,6 +335,12 @@ pub async fn converge(
         plan = restrict(plan, only, &touched);
     }
     if options.dry_run || plan.is_empty() {
+        if !options.dry_run {
+            // Published ports on every member follow the replicas (and members that joined).
+            let lease = policy.lock.map(LockGuard::lease);
+            let target = Target::new(base, incus_project, &obs, lease, None);
+            forward_ports(&target, compose).await;
+        }
         return Ok(Converged {
             plan,
             desired,
@@ -370,6 +376,7 @@ pub async fn converge(
     let mut target = Target::new(base, incus_project, &obs, lease, Some(&desired));
     target.revision = recorder.as_ref().map(|r| r.revision.number);
     let outcome = super::execute_gated(&target, &plan, policy.parallel, policy.gate).await;
+    forward_ports(&target, compose).await;
     let mut recorded = None;
     if let Some(r) = recorder {
         let number = r.revision.number;
@@ -388,6 +395,20 @@ pub async fn converge(
         outcome: Some(outcome),
         revision: recorded,
     })
+}
+
+/// The forwarders of published ports (`engine::ingress`), after the replicas changed: each
+/// change on a line of stderr, as the executor's; a failure is a warning (the replicas are up,
+/// the next `up` or `watch` tries again).
+async fn forward_ports(target: &Target, compose: &str) {
+    match super::ingress::reconcile(target, compose).await {
+        Ok(lines) => {
+            for l in lines {
+                eprintln!("[+] {l}");
+            }
+        }
+        Err(e) => eprintln!("warning: published ports: {e:#}"),
+    }
 }
 
 /// `only` and the services they depend on, directly or not.
