@@ -339,7 +339,7 @@ pub async fn converge(
             // Published ports on every member follow the replicas (and members that joined).
             let lease = policy.lock.map(LockGuard::lease);
             let target = Target::new(base, incus_project, &obs, lease, None);
-            forward_ports(&target, compose).await;
+            forward_ports(&target, compose, &BTreeSet::new(), false).await;
         }
         return Ok(Converged {
             plan,
@@ -375,8 +375,22 @@ pub async fn converge(
     };
     let mut target = Target::new(base, incus_project, &obs, lease, Some(&desired));
     target.revision = recorder.as_ref().map(|r| r.revision.number);
+    // Published ports first leave the replicas the plan stops or removes (a rolling update's
+    // replicas are followed once it is over), then follow the new ones.
+    let leaving: BTreeSet<String> = plan
+        .stages
+        .iter()
+        .flat_map(|s| &s.actions)
+        .filter_map(|a| match a {
+            Action::Remove { name, .. } | Action::Stop { name, .. } => Some(name.clone()),
+            _ => None,
+        })
+        .collect();
+    if !leaving.is_empty() {
+        forward_ports(&target, compose, &leaving, true).await;
+    }
     let outcome = super::execute_gated(&target, &plan, policy.parallel, policy.gate).await;
-    forward_ports(&target, compose).await;
+    forward_ports(&target, compose, &BTreeSet::new(), false).await;
     let mut recorded = None;
     if let Some(r) = recorder {
         let number = r.revision.number;
@@ -400,8 +414,8 @@ pub async fn converge(
 /// The forwarders of published ports (`engine::ingress`), after the replicas changed: each
 /// change on a line of stderr, as the executor's; a failure is a warning (the replicas are up,
 /// the next `up` or `watch` tries again).
-async fn forward_ports(target: &Target, compose: &str) {
-    match super::ingress::reconcile(target, compose).await {
+async fn forward_ports(target: &Target, compose: &str, leaving: &BTreeSet<String>, pre: bool) {
+    match super::ingress::reconcile(target, compose, leaving, pre).await {
         Ok(lines) => {
             for l in lines {
                 eprintln!("[+] {l}");

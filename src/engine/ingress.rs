@@ -3,7 +3,7 @@
 //! connecting each to a running replica of its service. Idempotent: nothing is changed when
 //! the forwarders already match.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use anyhow::Context as _;
@@ -23,7 +23,15 @@ const KEEP_ALIVE: &str =
 
 /// Brings the forwarders of compose project `compose` in line with its replicas; returns a
 /// line per change. On a single server nothing is made (replicas publish their own ports).
-pub async fn reconcile(t: &Target, compose: &str) -> anyhow::Result<Vec<String>> {
+/// `leaving`: replicas about to be stopped or removed, taken as not running; with `only_update`
+/// (before a plan runs) existing forwarders are only pointed away from them, none is made or
+/// removed.
+pub async fn reconcile(
+    t: &Target,
+    compose: &str,
+    leaving: &BTreeSet<String>,
+    only_update: bool,
+) -> anyhow::Result<Vec<String>> {
     let instances = match t.project.instances().await {
         Ok(l) => l,
         Err(e) if e.is_not_found() => return Ok(Vec::new()),
@@ -37,18 +45,21 @@ pub async fn reconcile(t: &Target, compose: &str) -> anyhow::Result<Vec<String>>
         .into_iter()
         .partition(|i| ingress::is_forwarder(&i.config));
     let wanted = if t.clustered {
-        plan(t, compose, &replicas, &forwarders).await?
+        plan(t, compose, &replicas, &forwarders, leaving).await?
     } else {
         Vec::new()
     };
     let mut lines = Vec::new();
     // Forwarders no longer wanted (member gone, no ingress port left).
-    for f in &forwarders {
+    for f in forwarders.iter().filter(|_| !only_update) {
         if !wanted.iter().any(|w| w.0.name == f.name) {
             super::execute::remove(t, &f.name, 0)
                 .await
                 .with_context(|| format!("removing forwarder {}", f.name))?;
-            lines.push(format!("{} removed on {}: no published port to forward there", f.name, f.location));
+            lines.push(format!(
+                "{} removed on {}: no published port to forward there",
+                f.name, f.location
+            ));
         }
     }
     for (w, image) in &wanted {
@@ -76,13 +87,19 @@ pub async fn reconcile(t: &Target, compose: &str) -> anyhow::Result<Vec<String>>
                         .wait()
                         .await
                         .with_context(|| format!("updating forwarder {}", f.name))?;
-                    lines.push(format!("{} updated on {}: {}", f.name, w.member, targets(w)));
+                    lines.push(format!(
+                        "{} updated on {}: {}",
+                        f.name,
+                        w.member,
+                        targets(w)
+                    ));
                 }
                 if !f.is_running() {
                     super::execute::start(t, &f.name).await?;
                     lines.push(format!("{} started on {}", f.name, w.member));
                 }
             }
+            _ if only_update => {}
             _ => {
                 if let Some(f) = have {
                     super::execute::remove(t, &f.name, 0).await?;
@@ -93,7 +110,12 @@ pub async fn reconcile(t: &Target, compose: &str) -> anyhow::Result<Vec<String>>
                 super::execute::create(t, &instance_plan(compose, w, image, *oci))
                     .await
                     .with_context(|| format!("creating forwarder {} on {}", w.name, w.member))?;
-                lines.push(format!("{} created on {}: {}", w.name, w.member, targets(w)));
+                lines.push(format!(
+                    "{} created on {}: {}",
+                    w.name,
+                    w.member,
+                    targets(w)
+                ));
             }
         }
     }
@@ -120,6 +142,7 @@ async fn plan(
     compose: &str,
     replicas: &[&Instance],
     forwarders: &[&Instance],
+    leaving: &BTreeSet<String>,
 ) -> anyhow::Result<Vec<(Forwarder, Option<(String, bool)>)>> {
     if !replicas
         .iter()
@@ -165,12 +188,13 @@ async fn plan(
         .filter(|i| {
             i.config.contains_key(LABEL_SERVICE)
                 && !i.config.contains_key(ic_core::plan::LABEL_RETIRED)
+                && !ic_core::plan::is_oneoff(&i.config)
         })
         .map(|i| Replica {
             name: i.name.clone(),
             service: i.config[LABEL_SERVICE].clone(),
             member: i.location.clone(),
-            running: i.is_running(),
+            running: i.is_running() && !leaving.contains(&i.name),
             ports: ingress::decode(
                 i.config
                     .get(LABEL_INGRESS_PORTS)

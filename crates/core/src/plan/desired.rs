@@ -333,9 +333,7 @@ fn service(
         && devices.values().any(|d| {
             d.get("type").map(String::as_str) == Some("nic")
                 && networks.iter().any(|n| {
-                    n.kind == span::Kind::Span
-                        && !n.external
-                        && d.get("network") == Some(&n.name)
+                    n.kind == span::Kind::Span && !n.external && d.get("network") == Some(&n.name)
                 })
         });
     if mesh && let Some(ports) = super::ingress::take_ingress(svc, &mut devices) {

@@ -106,6 +106,32 @@ pub fn decode(s: &str) -> Vec<Entry> {
         .collect()
 }
 
+/// A replica's ingress ports (its [`LABEL_INGRESS_PORTS`]) as the proxy devices it would have
+/// without the forwarders, for what lists published ports (`ps`, `port`).
+pub fn as_proxies(config: &BTreeMap<String, String>) -> Devices {
+    decode(
+        config
+            .get(LABEL_INGRESS_PORTS)
+            .map(String::as_str)
+            .unwrap_or_default(),
+    )
+    .into_iter()
+    .map(|e| {
+        (
+            format!("port-{}-{}", e.proto(), e.port()),
+            BTreeMap::from([
+                ("type".to_string(), "proxy".to_string()),
+                ("listen".to_string(), e.listen.clone()),
+                (
+                    "connect".to_string(),
+                    format!("{}:127.0.0.1:{}", e.proto(), e.target),
+                ),
+            ]),
+        )
+    })
+    .collect()
+}
+
 /// Takes the proxy devices of `service`'s ingress ports out of `devices` (made by
 /// [`super::mapping::ports`]) and returns them as the [`LABEL_INGRESS_PORTS`] value (`None`
 /// when it has none).
@@ -398,7 +424,10 @@ mod tests {
         // Highest free addresses, one per member, none a replica's.
         let ips: Vec<_> = f.iter().map(|f| f.nics[0].1.to_string()).collect();
         assert_eq!(ips, ["100.100.3.254", "100.100.3.253", "100.100.3.252"]);
-        assert_eq!(f[0].raw_lxc(), ["lxc.net.0.ipv4.address = 100.100.3.254/24"]);
+        assert_eq!(
+            f[0].raw_lxc(),
+            ["lxc.net.0.ipv4.address = 100.100.3.254/24"]
+        );
     }
 
     #[test]
