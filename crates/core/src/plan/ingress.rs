@@ -106,6 +106,16 @@ pub fn decode(s: &str) -> Vec<Entry> {
         .collect()
 }
 
+/// Whether port `p` goes through the forwarders (given that its service's do): `mode:
+/// ingress` on every address. One bound to a given host address (`127.0.0.1:8080:80`) names
+/// an address of one machine, so it stays where the replica runs, as `mode: host`.
+fn meshed(p: &ic_compose::model::Port) -> bool {
+    p.mode == PortMode::Ingress
+        && p.host_ip
+            .as_deref()
+            .is_none_or(|h| matches!(h, "0.0.0.0" | "::" | "[::]"))
+}
+
 /// A replica's ingress ports (its [`LABEL_INGRESS_PORTS`]) as the proxy devices it would have
 /// without the forwarders, for what lists published ports (`ps`, `port`).
 pub fn as_proxies(config: &BTreeMap<String, String>) -> Devices {
@@ -141,7 +151,7 @@ pub fn take_ingress(service: &Service, devices: &mut Devices) -> Option<String> 
         let Some(published) = p.published else {
             continue;
         };
-        if p.mode != PortMode::Ingress {
+        if !meshed(p) {
             continue;
         }
         let name = format!("port-{}-{published}", p.protocol.to_ascii_lowercase());
@@ -164,7 +174,7 @@ pub fn take_ingress(service: &Service, devices: &mut Devices) -> Option<String> 
 pub fn replica_host_ports(service: &Service, mesh: bool) -> Vec<HostPort> {
     let mut out = Vec::new();
     for p in &service.ports {
-        if mesh && p.mode == PortMode::Ingress {
+        if mesh && meshed(p) {
             continue;
         }
         if let Some(r) = p.published {

@@ -857,7 +857,7 @@ services:
   web:
     image: testapp/v1
     deploy: {replicas: 2}
-    ports: ["8080:80", {target: 81, published: 8081, mode: host}]
+    ports: ["8080:80", {target: 81, published: 8081, mode: host}, "127.0.0.1:8082:82"]
 "#,
     );
     let d = desired(&p, &facts(), &opts(&[])).unwrap();
@@ -872,7 +872,11 @@ services:
     assert_eq!(web.devices["port-tcp-8081"]["listen"], "tcp:0.0.0.0:8081");
     // Only the host-mode port binds a replica's member (placement, start-first moves).
     let ports: Vec<u16> = web.spec.fixed_host_ports.iter().map(|h| h.port).collect();
-    assert_eq!(ports, [8081]);
+    assert_eq!(ports, [8081, 8082]);
+    assert!(
+        web.devices.contains_key("port-tcp-8082"),
+        "a host address stays on the replica"
+    );
     // A single server: the replicas publish every port themselves.
     let mut single = facts();
     single.network.clustered = false;
