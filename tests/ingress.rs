@@ -26,7 +26,8 @@ fn answers(members: &[(String, String)], port: u16) -> BTreeMap<String, Option<S
 /// Waits until every member answers `want` on `port`.
 fn all_answer(members: &[(String, String)], port: u16, want: &str) {
     let mut last = BTreeMap::new();
-    let ok = wait_until(Duration::from_secs(60), || {
+    // 120 s: after a move a forwarder may send to the replica's old MAC for up to ~40 s (README).
+    let ok = wait_until(Duration::from_secs(120), || {
         last = answers(members, port);
         last.values().all(|a| a.as_deref() == Some(want))
     });

@@ -63,14 +63,6 @@ fn unborn_alternates(
         .collect()
 }
 
-/// The MAC address of a replica's NIC with address `ip` on a spanning bridge: locally
-/// administered (`02:69:63`, "ic"), then the address's last three bytes (unique within a
-/// subnet of /8 or smaller).
-pub(super) fn mac_of(ip: Ipv4Addr) -> String {
-    let o = ip.octets();
-    format!("02:69:63:{:02x}:{:02x}:{:02x}", o[1], o[2], o[3])
-}
-
 /// Gives every replica on a spanning bridge its address (in the `Create`/`Recreate` actions of
 /// `service_actions`) and writes the bridge's DNS records (in `network_stage`).
 /// `placement`: every placed replica (member, instance, service); `removed`: instances removed.
@@ -184,10 +176,6 @@ pub(super) fn assign(
                 };
                 if let Some(nic) = p.devices.get_mut(&dev) {
                     nic.insert("ipv4.address".into(), ip.to_string());
-                    // The MAC follows the address: a replica recreated or moved keeps both, so
-                    // what talks to it (the forwarders of published ports, other replicas)
-                    // keeps a valid neighbour entry instead of a stale one for ~30 s.
-                    nic.entry("hwaddr".into()).or_insert_with(|| mac_of(*ip));
                 }
                 p.config.insert(label.clone(), ip.to_string());
             }
