@@ -441,49 +441,6 @@ fn a_member_killed_during_an_update_ends_it_within_the_deadlines_and_the_next_up
     );
 }
 
-/// What the member at `ip` answers on host port `port` (the replica there, through its
-/// published port), or None. Asked from this machine, over the harness bridge; tried once
-/// more after 300 ms.
-fn published_answer(ip: &str, port: u16) -> Option<String> {
-    use std::io::{Read, Write};
-    for attempt in 0..2 {
-        if attempt > 0 {
-            std::thread::sleep(Duration::from_millis(300));
-        }
-        let Ok(addr) = format!("{ip}:{port}").parse::<std::net::SocketAddr>() else {
-            return None;
-        };
-        let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else {
-            continue;
-        };
-        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-        if s.write_all(b"GET / HTTP/1.0\r\n\r\n").is_err() {
-            continue;
-        }
-        let mut buf = String::new();
-        if s.read_to_string(&mut buf).is_err() {
-            continue;
-        }
-        if let Some((head, body)) = buf.split_once("\r\n\r\n")
-            && head.contains(" 200 ")
-        {
-            return Some(body.trim().to_string());
-        }
-    }
-    None
-}
-
-/// The test cluster's members: (name, address) from the environment.
-fn member_ips() -> Vec<(String, String)> {
-    (1..=3)
-        .filter_map(|k| {
-            let addr = std::env::var(format!("INCUS_COMPOSE_TEST_NODE{k}_ADDRESS")).ok()?;
-            let ip = addr.split(':').next()?.to_string();
-            Some((format!("node{k}"), ip))
-        })
-        .collect()
-}
-
 fn published(image: &str, port: u16) -> String {
     format!(
         r#"
@@ -492,7 +449,7 @@ services:
   web:
     image: {image}
     stop_grace_period: 1s
-    ports: ["{port}:80"]
+    ports: [{{target: 80, published: {port}, mode: host}}]
     healthcheck:
       test: "wget -q -O- http://127.0.0.1/ >/dev/null && ip -4 addr show eth0 | grep -q inet"
       interval: 2s

@@ -90,6 +90,11 @@ pub fn run(global: &GlobalArgs, args: &PortArgs) -> anyhow::Result<ExitCode> {
         let i = super::shared::pick_replica(&instances, &args.service, args.index, is_global)?;
         let Some((mut host, port)) = published(&i.expanded_devices, proto, args.private_port)
             .or_else(|| published(&i.devices, proto, args.private_port))
+            .or_else(|| {
+                // An ingress port on a cluster: published by every member's forwarder.
+                let ingress = ic_core::plan::ingress::as_proxies(&i.config);
+                published(&ingress, proto, args.private_port)
+            })
         else {
             bail!(
                 "no port {}/{proto} published for {}",

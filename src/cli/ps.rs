@@ -97,9 +97,11 @@ pub fn run(global: &GlobalArgs, args: &PsArgs) -> anyhow::Result<ExitCode> {
                 if !args.all && ((!i.is_running() && !paused) || oneoff) {
                     continue;
                 }
+                let ingress = ic_core::plan::ingress::as_proxies(&i.config);
                 let ports = i
                     .devices
                     .values()
+                    .chain(ingress.values())
                     .filter(|d| d.get("type").map(String::as_str) == Some("proxy"))
                     .filter_map(|d| {
                         let listen = d.get("listen")?;

@@ -342,6 +342,10 @@ pub fn run(global: &GlobalArgs, args: &RunArgs) -> anyhow::Result<ExitCode> {
             );
         }
         let mut config = t.config.clone();
+        // A one-off is no replica for the forwarders of published ports: with
+        // --service-ports it publishes the service's ingress ports itself, as proxy devices.
+        let ingress_ports = ic_core::plan::ingress::as_proxies(&config);
+        config.remove(ic_core::plan::ingress::LABEL_INGRESS_PORTS);
         config.insert(LABEL_ONEOFF.into(), "true".into());
         let mut command = None;
         let mut exec_words = words.clone();
@@ -376,7 +380,9 @@ pub fn run(global: &GlobalArgs, args: &RunArgs) -> anyhow::Result<ExitCode> {
             ));
         }
         let mut devices = t.devices.clone();
-        if !args.service_ports {
+        if args.service_ports {
+            devices.extend(ingress_ports);
+        } else {
             devices.retain(|_, d| d.get("type").map(String::as_str) != Some("proxy"));
         }
         devices.extend(published.iter().cloned());

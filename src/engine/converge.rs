@@ -342,6 +342,12 @@ pub async fn converge(
         {
             revision = Some((n, RevisionOutcome::Completed));
         }
+        if !options.dry_run {
+            // Published ports on every member follow the replicas (and members that joined).
+            let lease = policy.lock.map(LockGuard::lease);
+            let target = Target::new(base, incus_project, &obs, lease, None);
+            forward_ports(&target, compose, &BTreeSet::new(), false).await;
+        }
         return Ok(Converged {
             plan,
             desired,
@@ -379,10 +385,25 @@ pub async fn converge(
     {
         eprintln!("warning: service names: {e:#}");
     }
+    // Published ports first leave the replicas the plan stops or removes (a rolling update's
+    // replicas are followed once it is over), then follow the new ones.
+    let leaving: BTreeSet<String> = plan
+        .stages
+        .iter()
+        .flat_map(|s| &s.actions)
+        .filter_map(|a| match a {
+            Action::Remove { name, .. } | Action::Stop { name, .. } => Some(name.clone()),
+            _ => None,
+        })
+        .collect();
+    if !leaving.is_empty() {
+        forward_ports(&target, compose, &leaving, true).await;
+    }
     let outcome = super::execute_gated(&target, &plan, policy.parallel, policy.gate).await;
     if let Err(e) = super::names::ensure(&target, compose).await {
         eprintln!("warning: service names: {e:#}");
     }
+    forward_ports(&target, compose, &BTreeSet::new(), false).await;
     let mut recorded = None;
     // The members' links this run probed, recorded with the revision's outcome (one write),
     // or by themselves when no revision is recorded; only under the lock.
@@ -426,6 +447,20 @@ pub async fn converge(
         outcome: Some(outcome),
         revision: recorded,
     })
+}
+
+/// The forwarders of published ports (`engine::ingress`), after the replicas changed: each
+/// change on a line of stderr, as the executor's; a failure is a warning (the replicas are up,
+/// the next `up` or `watch` tries again).
+async fn forward_ports(target: &Target, compose: &str, leaving: &BTreeSet<String>, pre: bool) {
+    match super::ingress::reconcile(target, compose, leaving, pre).await {
+        Ok(lines) => {
+            for l in lines {
+                eprintln!("[+] {l}");
+            }
+        }
+        Err(e) => eprintln!("warning: published ports: {e:#}"),
+    }
 }
 
 /// `only` and the services they depend on, directly or not.

@@ -7,6 +7,7 @@ pub mod deployed;
 pub mod drain;
 mod execute;
 pub mod health;
+pub mod ingress;
 pub mod lock;
 pub mod member;
 pub mod names;

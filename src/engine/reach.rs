@@ -140,6 +140,7 @@ pub fn ours_in_order(
 ) -> Vec<Instance> {
     instances.retain(|i| {
         crate::engine::is_ours(&i.config, compose)
+            && !ic_core::plan::ingress::is_forwarder(&i.config)
             && (services.is_empty()
                 || i.config
                     .get(LABEL_SERVICE)

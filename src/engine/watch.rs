@@ -457,6 +457,8 @@ async fn reconcile(
     let restarts_ok = restart_policy(base, w, &obs, &d, o.once, log).await;
     if plan.is_empty() {
         w.retry = !plan.warnings.is_empty() && plan.warnings.iter().any(|x| x.contains("offline"));
+        // Published ports follow restarted replicas and members that joined.
+        forward_ports(base, w, &obs, None, log).await;
         return Ok(restarts_ok);
     }
     let _ = (obs, d);
@@ -491,6 +493,7 @@ async fn reconcile(
         .collect();
     let t = Target::new(base, &w.incus_project, &obs, Some(guard.lease()), Some(&d));
     let outcome = super::execute_gated(&t, &plan, o.parallel, None).await;
+    forward_ports(base, w, &obs, Some(guard.lease()), log).await;
     drop(guard);
     for a in plan.actions() {
         let object = a.object();
@@ -509,6 +512,34 @@ async fn reconcile(
     }
     w.retry = !outcome.ok();
     Ok(outcome.ok() && restarts_ok)
+}
+
+/// The forwarders of published ports (`engine::ingress`) brought in line with the replicas;
+/// each change logged as an action, a failure as one that failed (the next round tries again).
+async fn forward_ports(
+    base: &Client,
+    w: &Watched,
+    obs: &super::Observation,
+    lease: Option<super::Lease>,
+    log: &Log,
+) {
+    let lease = lease.or_else(|| w.leader.as_ref().map(|g| g.lease()));
+    let t = Target::new(base, &w.incus_project, obs, lease, None);
+    match super::ingress::reconcile(&t, &w.compose, &BTreeSet::new(), false).await {
+        Ok(lines) => {
+            for l in lines {
+                let (object, message) = l.split_once(' ').unwrap_or((l.as_str(), ""));
+                log.event(&w.compose, "action", object, message, None);
+            }
+        }
+        Err(e) => log.event(
+            &w.compose,
+            "action",
+            "published ports",
+            "forwarders not updated",
+            Some(&format!("{e:#}")),
+        ),
+    }
 }
 
 /// Observe, read the deployed revision, plan. `None` when the project has no completed

@@ -138,6 +138,12 @@ pub(super) fn assign(
                 address.insert(name.clone(), *a);
             }
         }
+        // The forwarders' addresses (see `ingress`) are not given to new replicas.
+        for i in &obs.instances {
+            if i.label(LABEL_PROJECT) == Some(compose) {
+                taken.extend(super::ingress::key_addresses(i, &net.name));
+            }
+        }
         let missing: Vec<&String> = members
             .iter()
             .map(|(n, _)| n)

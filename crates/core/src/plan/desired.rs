@@ -340,6 +340,18 @@ fn service(
     }
 
     let mut config = config;
+    // Ingress ports on a cluster go through every member's forwarder (see `ingress`) when the
+    // service is on a spanning bridge, which the forwarders reach it through.
+    let mesh = cx.facts.network.clustered
+        && devices.values().any(|d| {
+            d.get("type").map(String::as_str) == Some("nic")
+                && networks.iter().any(|n| {
+                    n.kind == span::Kind::Span && !n.external && d.get("network") == Some(&n.name)
+                })
+        });
+    if mesh && let Some(ports) = super::ingress::take_ingress(svc, &mut devices) {
+        config.insert(super::ingress::LABEL_INGRESS_PORTS.into(), ports);
+    }
     let hash = spec_hash(
         &image,
         &config,
@@ -377,6 +389,7 @@ fn service(
             .collect();
     }
     let mut spec = scheduler_spec(svc, name, replicas);
+    spec.fixed_host_ports = super::ingress::replica_host_ports(svc, mesh);
     if let Some(arch) = &architecture {
         let c: ic_compose::model::placement::Constraint = format!("node.platform.arch == {arch}")
             .parse()

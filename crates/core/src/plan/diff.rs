@@ -558,7 +558,7 @@ fn replica_actions(
     let ours: Vec<&ObservedInstance> = obs
         .instances
         .iter()
-        .filter(|i| is_ours(&i.config, compose))
+        .filter(|i| is_ours(&i.config, compose) && !super::ingress::is_forwarder(&i.config))
         .chain(recognised.iter())
         .collect();
     let (mut existing, by_slot, surplus) = observed_replicas(d, &ours, &offline);
@@ -1192,6 +1192,8 @@ pub fn plan_down(
         let service = i.label(LABEL_SERVICE).unwrap_or_default().to_string();
         let level = match levels.get(&service) {
             Some(l) => *l,
+            // Forwarders of published ports (see `ingress`) go first.
+            None if super::ingress::is_forwarder(&i.config) => usize::MAX,
             None if o.remove_orphans => 0,
             None => {
                 warnings.push(format!(
@@ -1218,7 +1220,11 @@ pub fn plan_down(
         .into_iter()
         .rev()
         .map(|(l, actions)| Stage {
-            title: format!("remove dependency level {l}"),
+            title: if l == usize::MAX {
+                "remove the forwarders of published ports".to_string()
+            } else {
+                format!("remove dependency level {l}")
+            },
             actions,
         })
         .collect();

@@ -42,6 +42,7 @@ mod desired;
 mod diff;
 pub mod drain;
 pub mod egress;
+pub mod ingress;
 mod network;
 
 use std::collections::{BTreeMap, BTreeSet};

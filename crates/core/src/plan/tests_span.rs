@@ -848,3 +848,44 @@ networks:
         "a second up writes nothing"
     );
 }
+
+#[test]
+fn ingress_ports_on_a_spanning_bridge_go_to_the_forwarders_and_host_ports_stay_on_the_replicas() {
+    let p = load(
+        r#"
+name: shop
+services:
+  web:
+    image: testapp/v1
+    deploy: {replicas: 2}
+    ports: ["8080:80", {target: 81, published: 8081, mode: host}, "127.0.0.1:8082:82"]
+"#,
+    );
+    let d = desired(&p, &facts(), &opts(&[])).unwrap();
+    let web = &d.services[0];
+    assert_eq!(
+        web.config
+            .get(ingress::LABEL_INGRESS_PORTS)
+            .map(String::as_str),
+        Some("tcp:0.0.0.0:8080>80")
+    );
+    assert!(!web.devices.contains_key("port-tcp-8080"));
+    assert_eq!(web.devices["port-tcp-8081"]["listen"], "tcp:0.0.0.0:8081");
+    // Only the host-mode port binds a replica's member (placement, start-first moves).
+    let ports: Vec<u16> = web.spec.fixed_host_ports.iter().map(|h| h.port).collect();
+    assert_eq!(ports, [8081, 8082]);
+    assert!(
+        web.devices.contains_key("port-tcp-8082"),
+        "a host address stays on the replica"
+    );
+    // A single server: the replicas publish every port themselves.
+    let mut single = facts();
+    single.network.clustered = false;
+    let d = desired(&p, &single, &opts(&[])).unwrap();
+    assert!(d.services[0].devices.contains_key("port-tcp-8080"));
+    assert!(
+        !d.services[0]
+            .config
+            .contains_key(ingress::LABEL_INGRESS_PORTS)
+    );
+}

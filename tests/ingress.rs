@@ -1,0 +1,137 @@
+//! Published ports on a cluster (issue 24, part 2): `mode: ingress` (the default) answers on
+//! every member, whichever member runs the replica, and keeps answering after the replica
+//! moves; `mode: host` answers only where a replica runs. Needs the 3-member test cluster.
+//! Asked from this machine over the harness bridge (`common::published_answer`).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::*;
+
+/// A host port of each test's own (the members' ports are shared by every suite).
+fn port(k: u16) -> u16 {
+    21_000 + (std::process::id() % 4_000) as u16 * 2 + k
+}
+
+/// What each member answers on `port` (None: nothing).
+fn answers(members: &[(String, String)], port: u16) -> BTreeMap<String, Option<String>> {
+    members
+        .iter()
+        .map(|(m, ip)| (m.clone(), published_answer(ip, port)))
+        .collect()
+}
+
+/// Waits until every member answers `want` on `port`.
+fn all_answer(members: &[(String, String)], port: u16, want: &str) {
+    let mut last = BTreeMap::new();
+    // 120 s: after a move a forwarder may send to the replica's old MAC for up to ~40 s (README).
+    let ok = wait_until(Duration::from_secs(120), || {
+        last = answers(members, port);
+        last.values().all(|a| a.as_deref() == Some(want))
+    });
+    assert!(ok, "not every member answers {want:?} on {port}: {last:?}");
+}
+
+fn ingress_file(image: &str, member: &str, port: u16) -> String {
+    format!(
+        r#"
+name: {{name}}
+services:
+  web:
+    image: {image}
+    stop_grace_period: 1s
+    ports: ["{port}:80"]
+    deploy:
+      replicas: 1
+      placement: {{constraints: ["node.hostname == {member}"]}}
+"#
+    )
+}
+
+#[test]
+fn an_ingress_port_answers_on_every_member_and_follows_its_replica() {
+    let members = member_ips();
+    assert_eq!(members.len(), 3, "needs the 3-member test cluster");
+    let port = port(0);
+    let f = Fixture::new("mesh");
+    f.write(&ingress_file("testapp/v1", "node1", port));
+    f.ok(&["up", "-d"]);
+    all_answer(&members, port, "v1");
+    // One forwarder per member, ours, and the replica itself binds nothing.
+    let all = f.instances();
+    for (m, _) in &members {
+        let fw = &all[&format!("ic-ingress-{m}")];
+        assert_eq!(&fw.location, m);
+        assert_eq!(fw.config.get("user.incus-compose.project"), Some(&f.name));
+        assert_eq!(fw.config.get("user.incus-compose.ingress"), Some(m));
+    }
+    assert!(
+        !all["web-1"]
+            .devices
+            .values()
+            .any(|d| d.get("type").map(String::as_str) == Some("proxy")),
+        "{:?}",
+        all["web-1"].devices
+    );
+    // `ps` and `port` still show the published port.
+    let ps = f.ok(&["ps"]);
+    assert!(ps.contains(&format!("0.0.0.0:{port}->80/tcp")), "{ps}");
+    // A second `up` changes nothing.
+    let out = f.ok(&["up", "-d"]);
+    assert!(out.contains("Nothing to change"), "{out}");
+    // The replica moves (an update to another member): every member answers the new one.
+    f.write(&ingress_file("testapp/v2", "node3", port));
+    f.ok(&["up", "-d"]);
+    assert_eq!(f.instances()["web-1"].location, "node3");
+    all_answer(&members, port, "v2");
+    // Scaled up and down again: still every member.
+    f.ok(&["scale", "web=2"]);
+    all_answer(&members, port, "v2");
+    f.ok(&["scale", "web=1"]);
+    all_answer(&members, port, "v2");
+    // `down` removes the forwarders with the replicas.
+    f.ok(&["down"]);
+    assert!(f.instances().is_empty(), "{:?}", f.instances().keys());
+    assert!(
+        members
+            .iter()
+            .all(|(_, ip)| published_answer(ip, port).is_none()),
+        "the port still answers after down"
+    );
+}
+
+#[test]
+fn a_host_mode_port_answers_only_on_the_replicas_member() {
+    let members = member_ips();
+    assert_eq!(members.len(), 3, "needs the 3-member test cluster");
+    let port = port(1);
+    let f = Fixture::new("host").compose(&format!(
+        r#"
+name: {{name}}
+services:
+  web:
+    image: testapp/v1
+    stop_grace_period: 1s
+    ports: [{{target: 80, published: {port}, mode: host}}]
+    deploy:
+      replicas: 1
+      placement: {{constraints: ["node.hostname == node2"]}}
+"#
+    ));
+    f.ok(&["up", "-d"]);
+    let mut last = BTreeMap::new();
+    let ok = wait_until(Duration::from_secs(60), || {
+        last = answers(&members, port);
+        last["node2"].as_deref() == Some("v1")
+    });
+    assert!(ok, "node2 never answered: {last:?}");
+    let last = answers(&members, port);
+    assert_eq!(last["node1"], None, "{last:?}");
+    assert_eq!(last["node3"], None, "{last:?}");
+    assert!(
+        !f.instances().keys().any(|n| n.starts_with("ic-ingress-")),
+        "no forwarder for a host-mode port"
+    );
+}
