@@ -58,7 +58,7 @@ pub use diff::{
     DiffOptions, DownOptions, Power, dependency_levels, diff, incus_project_config, plan_down,
     plan_power,
 };
-pub use mapping::{AnonymousVolume, Devices, PushFile};
+pub use mapping::{AnonymousVolume, Devices, DigestKey, PushFile};
 pub use network::{Subnet, allocate_subnet};
 
 /// The compose project an object belongs to.
@@ -127,6 +127,12 @@ pub struct RolloutSpec {
 /// config yet, so no labels) is known to be ours: see [`Observed::claims_network`].
 pub const CREATING_NETWORK_PREFIX: &str = "user.incus-compose.creating-network.";
 
+/// Incus project config key: the project's digest key ([`DigestKey`], hex), 32 random bytes
+/// written once, by the first `up` that holds the project's lock (in a project incus-compose
+/// created), and kept with the project. Secret and config digests in Incus config (spec
+/// hashes, revisions) are HMACs under it.
+pub const DIGEST_KEY: &str = "user.incus-compose.digest-key";
+
 /// `true` on a one-off instance of `run`: it has [`LABEL_SERVICE`] but no [`LABEL_SLOT`], so it
 /// is never a replica (not counted, moved or recreated by `up`/`scale`).
 pub const LABEL_ONEOFF: &str = "user.incus-compose.oneoff";
@@ -157,6 +163,10 @@ pub struct PlanOptions {
 pub struct ServerFacts {
     /// Incus version (for messages).
     pub version: String,
+    /// The Incus project's digest key ([`DIGEST_KEY`]): `None` in a project incus-compose did
+    /// not create, or one no `up` has run in since incus-compose had keys (its digests stay
+    /// bare sha256).
+    pub digest_key: Option<DigestKey>,
     /// API extension `instance_oci`.
     pub oci: bool,
     /// Local image aliases (in the project that holds the images).
