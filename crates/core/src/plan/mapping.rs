@@ -1814,7 +1814,7 @@ secrets:
         // The names are part of the spec hash (the owner they resolve to can differ).
         let plain = template(
             &project(
-                &text.replace("user: www-data\n", ""),
+                &text.replace("    user: www-data\n", ""),
                 &[("/proj/a.txt", "x")],
                 &[],
             ),
