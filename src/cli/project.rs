@@ -255,6 +255,33 @@ impl Context {
                 ),
             }
         };
+        if guard.is_some() {
+            // The project's digest key, made once (a project made before keys gets it here:
+            // its secrets' and configs' replicas are replaced once, their spec hash changing).
+            let written = match engine::random_key() {
+                Ok(fresh) => {
+                    engine::lock::edit_project_config(&self.base, &self.incus_project, |config| {
+                        if config
+                            .get(ic_core::keys::DIGEST_KEY)
+                            .is_some_and(|k| ic_core::plan::DigestKey::from_hex(k).is_some())
+                        {
+                            return false;
+                        }
+                        config.insert(ic_core::keys::DIGEST_KEY.to_string(), fresh.to_hex());
+                        true
+                    })
+                    .await
+                    .map_err(anyhow::Error::from)
+                }
+                Err(e) => Err(e),
+            };
+            if let Err(e) = written {
+                eprintln!(
+                    "warning: cannot write the digest key of Incus project {}: {e}",
+                    self.incus_project
+                );
+            }
+        }
         if guard.is_some() && !self.project.files.is_empty() {
             let files = self.project.files.join("\n");
             let recorded =

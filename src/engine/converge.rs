@@ -36,7 +36,7 @@ pub const READ_BACK_LIMIT: usize = 4 << 20;
 
 /// The secret and config files of the deployed services (their contents are not kept in
 /// Incus), read back from a running replica of each service on an online member, and kept
-/// only when they have the sha256 the revision recorded. A service none can be read for
+/// only when they have the digest the revision recorded. A service none can be read for
 /// is left out: planning names it (`revision::RevisionError::Secret`).
 pub async fn read_back_files(
     base: &Client,
@@ -44,6 +44,7 @@ pub async fn read_back_files(
     compose: &str,
     wanted: BTreeMap<String, Vec<StoredFile>>,
     obs: &Observed,
+    key: Option<&ic_core::plan::DigestKey>,
 ) -> BTreeMap<String, Vec<PushFile>> {
     let project = base.with_project(incus_project);
     let mut out = BTreeMap::new();
@@ -62,7 +63,7 @@ pub async fn read_back_files(
                     .pull_file_bounded(&i.name, &f.path, READ_BACK_LIMIT)
                     .await
                 {
-                    Ok(content) => match revision::read_back_file(f, content) {
+                    Ok(content) => match revision::read_back_file(f, content, key) {
                         Some(file) => files.push(file),
                         None => break,
                     },
@@ -118,8 +119,15 @@ pub async fn deployed_state(
         *n == deployed.number && wanted.keys().all(|service| files.contains_key(service))
     });
     if !fresh {
-        let files =
-            read_back_files(base, incus_project, compose, wanted.clone(), &obs.observed).await;
+        let files = read_back_files(
+            base,
+            incus_project,
+            compose,
+            wanted.clone(),
+            &obs.observed,
+            obs.facts.digest_key.as_ref(),
+        )
+        .await;
         *read_back = Some((deployed.number, files));
     }
     let mut files = read_back
@@ -285,8 +293,15 @@ pub async fn converge(
                 // No compose file: the contents of the target's files, read back where a
                 // running replica has the same ones.
                 let wanted = revision::files_to_read_back(to);
-                let files =
-                    read_back_files(base, incus_project, compose, wanted, &obs.observed).await;
+                let files = read_back_files(
+                    base,
+                    incus_project,
+                    compose,
+                    wanted,
+                    &obs.observed,
+                    obs.facts.digest_key.as_ref(),
+                )
+                .await;
                 current = revision::deployed_desired(compose, incus_project, to, &files).ok();
             }
             revision::desired_from(

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use super::progress::Progress;
 use anyhow::{Context, anyhow};
-use ic_core::plan::mapping::anonymous_volume_name;
 use ic_core::plan::{
     Action, AnonymousVolume, COMMAND_PATH, ImageSource, InstancePlan, Plan, PushFile, egress,
+    mapping,
 };
 use ic_incus::{
     Client, FileOptions, InstanceSource, InstancesPost, NetworkPut, NetworksPost, ProjectsPost,
@@ -777,8 +777,18 @@ pub(super) async fn create(t: &Target, p: &InstancePlan) -> anyhow::Result<()> {
             }
         }
     }
+    let owners = image_owners(t, &p.name, &p.files).await;
     for f in &p.files {
-        push(t, &p.name, f).await?;
+        let mut f = f.clone();
+        if f.user.is_some() || f.group.is_some() {
+            let (uid, gid, warnings) =
+                mapping::resolve_owner(&f, owners.0.as_deref(), owners.1.as_deref());
+            for w in warnings {
+                eprintln!("warning: {}: {w}", p.name);
+            }
+            (f.uid, f.gid) = (uid, gid);
+        }
+        push(t, &p.name, &f).await?;
     }
     if let Some(script) = &p.command {
         let dir = COMMAND_PATH.rsplit_once('/').map(|(d, _)| d).unwrap_or("/");
@@ -876,6 +886,38 @@ async fn make_dirs(t: &Target, instance: &str, dir: &str) -> anyhow::Result<()> 
     Ok(())
 }
 
+/// The most bytes of the image's `/etc/passwd` or `/etc/group` read to resolve owner names
+/// (the image is not trusted: a link to a device must not exhaust memory).
+const OWNER_TABLE_LIMIT: usize = 1 << 20;
+
+/// `/etc/passwd` and `/etc/group` of a new instance's root filesystem, when one of `files`
+/// has an owner name to resolve (`PushFile::user`/`group`); `None` where unreadable.
+async fn image_owners(
+    t: &Target,
+    instance: &str,
+    files: &[PushFile],
+) -> (Option<String>, Option<String>) {
+    if !files.iter().any(|f| f.user.is_some() || f.group.is_some()) {
+        return (None, None);
+    }
+    let read = |path: &'static str| async move {
+        match t
+            .project
+            .pull_file_bounded(instance, path, OWNER_TABLE_LIMIT)
+            .await
+        {
+            Ok(bytes) => Some(String::from_utf8_lossy(&bytes).into_owned()),
+            Err(e) => {
+                eprintln!(
+                    "warning: {instance}: cannot read {path} of its image to find file owners: {e}"
+                );
+                None
+            }
+        }
+    };
+    (read("/etc/passwd").await, read("/etc/group").await)
+}
+
 /// Writes one planned file (or directory) into a stopped instance. Errors name the path,
 /// never the content.
 async fn push(t: &Target, instance: &str, f: &PushFile) -> anyhow::Result<()> {
@@ -904,7 +946,7 @@ async fn ensure_anonymous_volume(
     p: &InstancePlan,
     a: &AnonymousVolume,
 ) -> anyhow::Result<String> {
-    let name = anonymous_volume_name(&p.name, &a.target);
+    let name = a.volume_name(&p.name);
     let on = if a.shared {
         None
     } else {

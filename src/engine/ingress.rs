@@ -7,10 +7,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use anyhow::Context as _;
+use ic_core::keys::{LABEL_PROJECT, LABEL_RETIRED, LABEL_SERVICE, LABEL_VERSION};
 use ic_core::plan::ingress::{
     self, Existing, Forwarder, LABEL_INGRESS, LABEL_INGRESS_KEY, LABEL_INGRESS_PORTS, Replica,
 };
-use ic_core::keys::{LABEL_PROJECT, LABEL_RETIRED, LABEL_SERVICE, LABEL_VERSION};
 use ic_core::plan::{COMMAND_PATH, ImageSource, InstancePlan, Subnet};
 use ic_incus::{Instance, InstancePut};
 

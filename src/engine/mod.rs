@@ -30,6 +30,17 @@ pub use progress::lines_to_stderr;
 use anyhow::Context;
 use ic_incus::Client;
 
+/// A new digest key for a project (`ic_core::keys::DIGEST_KEY`): 32 bytes of the kernel's
+/// random source.
+pub fn random_key() -> anyhow::Result<ic_core::plan::DigestKey> {
+    use std::io::Read as _;
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .context("cannot read /dev/urandom for a digest key")?;
+    Ok(ic_core::plan::DigestKey(bytes.to_vec().into()))
+}
+
 /// A client for the remote `remote` (None: the incus CLI's default remote).
 pub fn connect(remote: Option<&str>) -> anyhow::Result<Client> {
     Client::from_cli_config(remote).with_context(|| {

@@ -20,9 +20,9 @@ use std::net::Ipv4Addr;
 use std::sync::{LazyLock, Mutex};
 use std::time::Duration;
 
+use ic_core::keys::{LABEL_NETWORK, LABEL_PROJECT, LABEL_RETIRED, LABEL_SERVICE};
 use ic_core::plan::dns::{self, NamedReplica};
 use ic_core::plan::span;
-use ic_core::keys::{LABEL_NETWORK, LABEL_PROJECT, LABEL_RETIRED, LABEL_SERVICE};
 use ic_incus::{FileOptions, InstanceSource, InstancesPost};
 
 use super::execute::Target;

@@ -320,6 +320,10 @@ async fn observe_with(
 
     let mut facts = ServerFacts {
         version: info.server_version().to_string(),
+        digest_key: project
+            .as_ref()
+            .and_then(|p| p.config.get(ic_core::keys::DIGEST_KEY))
+            .and_then(|k| ic_core::plan::DigestKey::from_hex(k)),
         oci: info.has_extension(extensions::INSTANCE_OCI),
         storage_pool,
         pools: pools

@@ -195,10 +195,33 @@ fn multi_line(path: &[String]) -> bool {
     )
 }
 
-/// An extension key the loader only carries (not `x-incus`, which incus-compose reads).
+/// An extension key the loader only carries (not `x-incus`, which incus-compose reads). An
+/// `x-` name of a service, network, volume, secret or config (`services: {x-web: ..}`) or an
+/// `x-` key of user data (`labels`, `sysctls`, `environment`, ...) is not one: what is under it
+/// reaches Incus (found by the planner fuzz target).
 fn inert_extension(path: &[String]) -> bool {
-    path.iter()
-        .any(|s| s.starts_with("x-") && s.as_str() != "x-incus")
+    const DATA_MAPS: &[&str] = &[
+        "environment",
+        "labels",
+        "sysctls",
+        "extra_hosts",
+        "annotations",
+        "driver_opts",
+        "options",
+        "ulimits",
+        "args",
+        "storage_opt",
+    ];
+    path.iter().enumerate().any(|(i, s)| {
+        s.starts_with("x-")
+            && s.as_str() != "x-incus"
+            && !(i == 1
+                && matches!(
+                    path[0].as_str(),
+                    "services" | "networks" | "volumes" | "secrets" | "configs"
+                ))
+            && !(i > 0 && DATA_MAPS.contains(&path[i - 1].as_str()))
+    })
 }
 
 /// A control character that is never acceptable, even in multi-line text.

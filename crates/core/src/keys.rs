@@ -93,3 +93,9 @@ pub const WATCH_KEY: &str = "user.incus-compose.watch";
 /// Member config key: set by `node drain` (with `scheduler.instance=manual`), removed by
 /// `node restore`. Its value is JSON: `{"since": RFC 3339, "scheduler.instance": previous}`.
 pub const DRAINED_KEY: &str = "user.incus-compose.drained";
+
+/// Incus project config key: the project's digest key (`plan::DigestKey`, hex), 32 random bytes
+/// written once, by the first `up` that holds the project's lock (in a project incus-compose
+/// created), and kept with the project. Secret and config digests in Incus config (spec
+/// hashes, revisions) are HMACs under it.
+pub const DIGEST_KEY: &str = "user.incus-compose.digest-key";

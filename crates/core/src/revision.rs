@@ -17,7 +17,8 @@ use serde::{Deserialize, Serialize};
 use crate::health::Check;
 use crate::keys::REVISION_PREFIX;
 use crate::plan::{
-    AnonymousVolume, Desired, Devices, ImageSource, InstanceTemplate, PushFile, RolloutSpec,
+    AnonymousVolume, Desired, Devices, DigestKey, ImageSource, InstanceTemplate, PushFile,
+    RolloutSpec,
 };
 use crate::rollout;
 use crate::schedule::{HostPort, Mode, ServiceSpec};
@@ -108,6 +109,9 @@ pub struct StoredFile {
     /// Hex of the content (`None`: a directory, or a secret/config whose content is not kept).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content_hex: Option<String>,
+    /// The content's digest: for a secret or config, `hmac-sha256:<hex>` under the project's
+    /// key (a bare sha256 in revisions written before the project had one; see
+    /// `plan::PushFile::digest`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
     pub uid: u32,
@@ -115,6 +119,11 @@ pub struct StoredFile {
     pub mode: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
+    /// Owner names resolved in the image (see `plan::PushFile::user`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
 }
 
 /// A service's instance template, as stored.
@@ -213,7 +222,7 @@ fn stored_ms(ms: u64) -> Duration {
     Duration::from_millis(ms).min(MAX_CHECK_DURATION)
 }
 
-fn hex_decode(s: &str) -> Option<Vec<u8>> {
+pub(crate) fn hex_decode(s: &str) -> Option<Vec<u8>> {
     if s.len() % 2 != 0 {
         return None;
     }
@@ -284,6 +293,8 @@ impl StoredService {
                     gid: f.gid,
                     mode: f.mode,
                     source: f.source.clone(),
+                    user: f.user.clone(),
+                    group: f.group.clone(),
                 })
                 .collect(),
             anonymous_volumes: t
@@ -359,9 +370,7 @@ impl StoredService {
                         .filter(|c| c.source.as_ref() == Some(source));
                     let problem = match now {
                         None => "the compose file at hand does not deliver it there".to_string(),
-                        Some(c) if c.digest().as_ref() != Some(sha) => {
-                            "its content changed since".to_string()
-                        }
+                        Some(c) if !c.matches(sha) => "its content changed since".to_string(),
                         Some(c) => {
                             files.push(c.clone());
                             continue;
@@ -386,6 +395,9 @@ impl StoredService {
                 gid: f.gid,
                 mode: f.mode,
                 source: f.source.clone(),
+                key: None,
+                user: f.user.clone(),
+                group: f.group.clone(),
             });
         }
         let mut spec = match self.replicas {
@@ -440,6 +452,7 @@ impl StoredService {
                         read_only: *read_only,
                         pool: pool.clone(),
                         shared: *shared,
+                        volume: None,
                     },
                 )
                 .collect(),
@@ -692,8 +705,13 @@ pub fn files_to_read_back(deployed: &Revision) -> BTreeMap<String, Vec<StoredFil
     out
 }
 
-/// `content` as the file `f` (read back from a replica) when it has the recorded sha256.
-pub fn read_back_file(f: &StoredFile, content: Vec<u8>) -> Option<PushFile> {
+/// `content` as the file `f` (read back from a replica) when it has the recorded digest
+/// (keyed with `key`, the project's, or a bare sha256 of a revision written before it).
+pub fn read_back_file(
+    f: &StoredFile,
+    content: Vec<u8>,
+    key: Option<&DigestKey>,
+) -> Option<PushFile> {
     let file = PushFile {
         path: f.path.clone(),
         content: Some(content),
@@ -701,8 +719,14 @@ pub fn read_back_file(f: &StoredFile, content: Vec<u8>) -> Option<PushFile> {
         gid: f.gid,
         mode: f.mode,
         source: f.source.clone(),
+        key: key.cloned(),
+        user: f.user.clone(),
+        group: f.group.clone(),
     };
-    (file.digest().is_some() && file.digest() == f.sha256).then_some(file)
+    f.sha256
+        .as_deref()
+        .is_some_and(|d| file.matches(d))
+        .then_some(file)
 }
 
 /// A desired state made of stored services (for `rollback`): the services of `target`
@@ -810,7 +834,15 @@ mod tests {
     use super::*;
     use crate::plan::{PlanOptions, ServerFacts, desired};
 
+    fn key() -> DigestKey {
+        DigestKey::from_hex(&"a5".repeat(32)).expect("a key")
+    }
+
     fn desired_of(text: &str, secret: &str) -> Desired {
+        desired_keyed(text, secret, Some(key()))
+    }
+
+    fn desired_keyed(text: &str, secret: &str, digest_key: Option<DigestKey>) -> Desired {
         let o = LoadOptions {
             files: vec![PathBuf::from("/p/compose.yaml")],
             working_dir: PathBuf::from("/p"),
@@ -826,6 +858,7 @@ mod tests {
             image_aliases: ["testapp/v1", "testapp/v2"].map(String::from).into(),
             storage_pool: "data".into(),
             pools: BTreeMap::from([("data".into(), "dir".into())]),
+            digest_key,
             ..Default::default()
         };
         desired(&project, &facts, &PlanOptions::default()).unwrap()
@@ -1097,8 +1130,9 @@ secrets:
         assert_eq!(wanted["web"].len(), 1);
         let f = &wanted["web"][0];
         assert_eq!(f.source.as_deref(), Some("secret pw"));
-        assert!(read_back_file(f, b"changed".to_vec()).is_none());
-        let good = read_back_file(f, b"s3cret".to_vec()).expect("the recorded content");
+        assert!(read_back_file(f, b"changed".to_vec(), Some(&key())).is_none());
+        let good =
+            read_back_file(f, b"s3cret".to_vec(), Some(&key())).expect("the recorded content");
         // Without the contents: refused, naming the secret.
         let err = deployed_desired("shop", "shop", &r1, &BTreeMap::new()).unwrap_err();
         assert!(err.to_string().contains("secret pw"), "{err}");
@@ -1114,12 +1148,65 @@ secrets:
     }
 
     #[test]
+    fn a_secret_digest_is_keyed_and_one_recorded_before_the_key_is_still_recognised() {
+        let keyed = desired_of(APP, "s3cret");
+        let r1 = revision(1, &keyed, Outcome::Completed);
+        let f = &files_to_read_back(&r1)["web"][0];
+        let bare = crate::plan::naming::hex(&<sha2::Sha256 as sha2::Digest>::digest(b"s3cret"));
+        let recorded = f.sha256.as_deref().expect("a digest");
+        assert!(recorded.starts_with("hmac-sha256:"), "{recorded}");
+        assert!(!recorded.contains(&bare), "the bare sha256 is not stored");
+        // Not checkable without the key, nor under another one.
+        assert!(read_back_file(f, b"s3cret".to_vec(), None).is_none());
+        let other = DigestKey::from_hex(&"5a".repeat(32)).unwrap();
+        assert!(read_back_file(f, b"s3cret".to_vec(), Some(&other)).is_none());
+        // The spec hash depends on the key (so does not reveal a bare digest either).
+        let unkeyed = desired_keyed(APP, "s3cret", None);
+        assert_ne!(keyed.services[0].hash, unkeyed.services[0].hash);
+        // A revision written before the project had a key (bare sha256) still reads back.
+        let r0 = revision(1, &unkeyed, Outcome::Completed);
+        let f0 = &files_to_read_back(&r0)["web"][0];
+        assert_eq!(f0.sha256.as_deref(), Some(bare.as_str()));
+        assert!(read_back_file(f0, b"s3cret".to_vec(), Some(&key())).is_some());
+        assert!(read_back_file(f0, b"other".to_vec(), Some(&key())).is_none());
+        // And a rollback to it with the keyed compose file at hand takes the secret from it.
+        let d = desired_from("shop", "shop", &r0, &r1, &[], Some(&keyed)).unwrap();
+        assert_eq!(d.services[0].hash, unkeyed.services[0].hash);
+    }
+
+    #[test]
+    fn hmac_sha256_is_rfc_4231s() {
+        // RFC 4231, test case 2.
+        let mac = crate::plan::mapping::hmac_sha256(b"Jefe", b"what do ya want for nothing?");
+        assert_eq!(
+            crate::plan::naming::hex(&mac),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+        // Test case 6: a key longer than the block.
+        let mac = crate::plan::mapping::hmac_sha256(
+            &[0xaa; 131],
+            b"Test Using Larger Than Block-Size Key - Hash Key First",
+        );
+        assert_eq!(
+            crate::plan::naming::hex(&mac),
+            "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54"
+        );
+    }
+
+    #[test]
     fn what_watch_converges_to_rolls_with_update_config_not_rollback_config() {
         let v1 = desired_of(APP, "x");
         let r1 = revision(1, &v1, Outcome::Completed);
         let read = BTreeMap::from([(
             "web".to_string(),
-            vec![read_back_file(&files_to_read_back(&r1)["web"][0], b"x".to_vec()).unwrap()],
+            vec![
+                read_back_file(
+                    &files_to_read_back(&r1)["web"][0],
+                    b"x".to_vec(),
+                    Some(&key()),
+                )
+                .unwrap(),
+            ],
         )]);
         let update = &v1.services[0].rollout.update;
         assert_ne!(

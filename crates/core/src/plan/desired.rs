@@ -576,7 +576,13 @@ fn config_and_files(
     mapping::capabilities(svc, &mut raw, warnings);
     mapping::security_opt(svc, &mut raw, warnings);
     mapping::tmpfs(svc, &mut raw, &mut files, warnings);
-    mapping::secrets_and_configs(svc, cx.project, &mut files, warnings)?;
+    mapping::secrets_and_configs(
+        svc,
+        cx.project,
+        cx.facts.digest_key.as_ref(),
+        &mut files,
+        warnings,
+    )?;
     mapping::name_resolution(svc, &mut files, warnings);
     if !raw.is_empty() {
         config.insert("raw.lxc".into(), raw.join("\n"));

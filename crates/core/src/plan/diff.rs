@@ -8,8 +8,8 @@ use super::oci::short;
 use super::placement::PendingReplica;
 use super::storage::SHARED_DRIVERS;
 use super::{
-    Action, Desired, InstancePlan, InstanceTemplate, Observed, ObservedInstance, Plan, PlanError,
-    Stage, addresses, allocate_subnet, live_key, span,
+    Action, AnonymousVolume, Desired, InstancePlan, InstanceTemplate, Observed, ObservedInstance,
+    Plan, PlanError, Stage, addresses, allocate_subnet, live_key, mapping, span,
 };
 use crate::keys::{
     LABEL_HASH, LABEL_PROJECT, LABEL_REPLACES, LABEL_RETIRED, LABEL_SERVICE, LABEL_SLOT,
@@ -684,7 +684,7 @@ fn replica_actions(
 /// instance starts on another eligible member where none of the ports is bound (one of the
 /// placement's spare members, or one an earlier batch left), in the same spread group; a
 /// replica with no such member left is replaced stop-first where it is, with a warning. A
-/// service whose named volumes are local to each member never moves (its data would not).
+/// service whose volumes (named or anonymous) are local to each member never moves (its data would not).
 fn port_moves(
     d: &Desired,
     t: &InstanceTemplate,
@@ -707,7 +707,9 @@ fn port_moves(
     if recreates.is_empty() {
         return;
     }
-    let local_data = !t.volumes.is_empty() && !d.shared_storage;
+    // Named volumes and anonymous ones (which follow the slot) on a pool local to each member.
+    let local_data = (!t.volumes.is_empty() || t.anonymous_volumes.iter().any(|a| !a.shared))
+        && !d.shared_storage;
     let spare: Vec<String> = if local_data {
         Vec::new()
     } else {
@@ -766,7 +768,7 @@ fn port_moves(
                     t.service,
                     plan.old_name.as_deref().unwrap_or(&plan.name),
                     if local_data {
-                        "its named volumes are local to each member (its data cannot move)"
+                        "its volumes are local to each member (its data cannot move)"
                     } else {
                         "no other eligible member is free of that port"
                     }
@@ -874,7 +876,16 @@ fn slot_action(
         reason: reason.to_string(),
         old_name: None,
         files: t.files.clone(),
-        anonymous_volumes: t.anonymous_volumes.clone(),
+        // Named after the slot's first name: the slot's replacement (under either name)
+        // mounts the same volume.
+        anonymous_volumes: t
+            .anonymous_volumes
+            .iter()
+            .map(|a| AnonymousVolume {
+                volume: Some(mapping::anonymous_volume_name(&name, &a.target)),
+                ..a.clone()
+            })
+            .collect(),
     };
     let alternate = t.alternate_name(slot_text);
     let stranded = current.is_some_and(|i| r.offline.contains(&i.location));

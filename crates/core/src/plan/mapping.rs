@@ -306,8 +306,57 @@ pub fn mounts(
 /// Fields of [`Service::other`] that are mapped here (not reported as unsupported).
 const MAPPED_OTHER: &[&str] = &["devices", "dns_opt", "cpuset", "oom_score_adj"];
 
+/// The per-project key of secret and config digests (see [`PushFile::digest`]): random bytes
+/// kept in the config of the Incus project incus-compose created
+/// ([`super::DIGEST_KEY`]), so that a digest in Incus config (spec hashes, revisions) cannot
+/// be checked against guesses of a weak secret by whoever reads that config. Its `Debug` form
+/// hides it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DigestKey(pub std::sync::Arc<[u8]>);
+
+impl DigestKey {
+    /// From its stored form (hex); `None` when it is not hex or shorter than 16 bytes.
+    pub fn from_hex(text: &str) -> Option<DigestKey> {
+        let bytes = crate::revision::hex_decode(text.trim())?;
+        (bytes.len() >= 16).then(|| DigestKey(bytes.into()))
+    }
+
+    /// Its stored form (hex).
+    pub fn to_hex(&self) -> String {
+        naming::hex(&self.0)
+    }
+}
+
+impl fmt::Debug for DigestKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DigestKey(<{} bytes>)", self.0.len())
+    }
+}
+
+/// HMAC-SHA256 (RFC 2104) of `message` under `key`.
+pub fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
+    let mut k = [0u8; 64];
+    if key.len() > 64 {
+        k[..32].copy_from_slice(&Sha256::digest(key));
+    } else {
+        k[..key.len()].copy_from_slice(key);
+    }
+    let mut inner = Sha256::new();
+    inner.update(k.map(|b| b ^ 0x36));
+    inner.update(message);
+    let inner = inner.finalize();
+    let mut outer = Sha256::new();
+    outer.update(k.map(|b| b ^ 0x5c));
+    outer.update(inner);
+    outer.finalize().into()
+}
+
+/// How a keyed digest starts (a bare one, as revisions written before the key, is 64 hex
+/// digits).
+pub const HMAC_PREFIX: &str = "hmac-sha256:";
+
 /// A file or directory written into an instance through the Incus file API before its first
-/// start. Its `Debug` form never shows the content (secrets), only its length and sha256.
+/// start. Its `Debug` form never shows the content (secrets), only its length.
 #[derive(Clone, PartialEq, Eq)]
 pub struct PushFile {
     /// Absolute path inside the instance.
@@ -318,8 +367,15 @@ pub struct PushFile {
     pub gid: u32,
     pub mode: u32,
     /// For a secret or config: `secret NAME` / `config NAME`. Its content is never stored
-    /// in Incus config (revisions keep only its sha256).
+    /// in Incus config (revisions keep only its digest).
     pub source: Option<String>,
+    /// The project's digest key (secrets and configs; see [`PushFile::digest`]).
+    pub key: Option<DigestKey>,
+    /// Owner names resolved in the instance's image before the push (its `/etc/passwd` and
+    /// `/etc/group`, see [`resolve_owner`]): a secret of a service whose `user` is a name, or
+    /// a `uid`/`gid` given as a name. `uid`/`gid` stay when a name is not found there.
+    pub user: Option<String>,
+    pub group: Option<String>,
 }
 
 impl PushFile {
@@ -332,25 +388,51 @@ impl PushFile {
             gid: 0,
             mode: 0o755,
             source: None,
+            key: None,
+            user: None,
+            group: None,
         }
     }
 
-    /// sha256 of the content, hex (`None` for a directory).
+    /// The digest of the content (`None` for a directory): for a secret or config with the
+    /// project's key, `hmac-sha256:<hex>` (HMAC-SHA256 under the key); else its sha256, hex
+    /// (other files, whose content is stored anyway, and projects without a key: one
+    /// incus-compose did not create).
     pub fn digest(&self) -> Option<String> {
-        self.content
-            .as_ref()
-            .map(|c| naming::hex(&Sha256::digest(c)))
+        let c = self.content.as_ref()?;
+        Some(match (&self.key, &self.source) {
+            (Some(k), Some(_)) => format!("{HMAC_PREFIX}{}", naming::hex(&hmac_sha256(&k.0, c))),
+            _ => naming::hex(&Sha256::digest(c)),
+        })
     }
 
-    /// What the spec hash sees: everything, the content as its sha256.
+    /// Whether the content has the digest `recorded` (a revision's): a keyed one under this
+    /// file's key, or a bare sha256 (revisions written before the project had a key).
+    pub fn matches(&self, recorded: &str) -> bool {
+        let Some(c) = self.content.as_ref() else {
+            return false;
+        };
+        if recorded.starts_with(HMAC_PREFIX) {
+            self.key.is_some() && self.digest().as_deref() == Some(recorded)
+        } else {
+            naming::hex(&Sha256::digest(c)) == recorded
+        }
+    }
+
+    /// What the spec hash sees: everything, the content as its digest.
     pub(crate) fn hash_view(&self) -> serde_json::Value {
-        serde_json::json!({
+        let mut v = serde_json::json!({
             "path": self.path,
             "sha256": self.digest(),
             "uid": self.uid,
             "gid": self.gid,
             "mode": self.mode,
-        })
+        });
+        // Left out when there are none, so that other files' hashes stay as they were.
+        if self.user.is_some() || self.group.is_some() {
+            v["owner"] = serde_json::json!([self.user, self.group]);
+        }
+        v
     }
 }
 
@@ -359,14 +441,7 @@ impl fmt::Debug for PushFile {
         let mut d = f.debug_struct("PushFile");
         d.field("path", &self.path);
         match &self.content {
-            Some(c) => d.field(
-                "content",
-                &format_args!(
-                    "<{} bytes, sha256 {}>",
-                    c.len(),
-                    self.digest().unwrap_or_default()
-                ),
-            ),
+            Some(c) => d.field("content", &format_args!("<{} bytes>", c.len())),
             None => d.field("content", &"<directory>"),
         };
         d.field("uid", &self.uid)
@@ -376,7 +451,7 @@ impl fmt::Debug for PushFile {
     }
 }
 
-/// An anonymous volume (`volumes: [/data]`): one custom volume per instance, see
+/// An anonymous volume (`volumes: [/data]`): one custom volume per replica slot, see
 /// [`anonymous_volume_name`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AnonymousVolume {
@@ -387,11 +462,25 @@ pub struct AnonymousVolume {
     pub pool: String,
     /// The pool is shared by every member (the volume is created without a target member).
     pub shared: bool,
+    /// The custom volume, named after the slot's first name (`web-2_anon-data` for `web-2`
+    /// and for `web-2-b`, its start-first replacement), so that it follows the slot across
+    /// replacements as Docker keeps a container's anonymous volumes across a recreate. Set by
+    /// the planner for each replica; `None` (a one-off of `run`): named after the instance.
+    pub volume: Option<String>,
 }
 
-/// The custom volume of an anonymous volume: `<instance>_anon-<target>` with the target's
-/// `/` and other non-alphanumerics as `-` (`web-1_anon-var-lib-db`). Instance names hold no
-/// `_`, so it cannot collide with another instance's volume.
+impl AnonymousVolume {
+    /// The custom volume of this anonymous volume for instance `instance`.
+    pub fn volume_name(&self, instance: &str) -> String {
+        self.volume
+            .clone()
+            .unwrap_or_else(|| anonymous_volume_name(instance, &self.target))
+    }
+}
+
+/// The custom volume of an anonymous volume: `<name>_anon-<target>` with the target's
+/// `/` and other non-alphanumerics as `-` (`web-1_anon-var-lib-db`), `<name>` the slot's first
+/// instance name. Instance names hold no `_`, so it cannot collide with another slot's volume.
 pub fn anonymous_volume_name(instance: &str, target: &str) -> String {
     let mut t = String::new();
     for c in target.chars() {
@@ -417,6 +506,7 @@ pub fn anonymous_volumes(service: &Service, pool: &str, shared: bool) -> Vec<Ano
             read_only: v.read_only,
             pool: pool.to_string(),
             shared,
+            volume: None,
         })
         .collect()
 }
@@ -432,22 +522,61 @@ fn mount_path_ok(path: &str) -> bool {
     path.starts_with('/') && raw_safe(path) && !path.chars().any(char::is_whitespace)
 }
 
-fn numeric_id(
-    service: &Service,
-    what: &str,
-    v: Option<&String>,
-    warnings: &mut Vec<String>,
-) -> u32 {
-    match v {
-        None => 0,
-        Some(v) => v.parse().unwrap_or_else(|_| {
-            warnings.push(format!(
-                "service {:?}: {what} {v:?} is not a number; root (0) owns the file",
-                service.name
-            ));
-            0
-        }),
+/// The names in the service's `user` (`www-data`, `www-data:staff`, `1000:staff`), to be
+/// resolved in the image: (user, group).
+fn named_user(service: &Service) -> (Option<String>, Option<String>) {
+    let Some(user) = service.user.as_deref() else {
+        return (None, None);
+    };
+    let (u, g) = user.split_once(':').unwrap_or((user, ""));
+    let name = |s: &str| (!s.is_empty() && s.parse::<u32>().is_err()).then(|| s.to_string());
+    (name(u), name(g))
+}
+
+/// The owner of `f` in an image whose `/etc/passwd` and `/etc/group` say `passwd` and `group`
+/// (`None`: not readable): `(uid, gid)`, with a warning for each name not found (its
+/// numeric fallback, root's, stays). A named user without a named group or a gid gets the
+/// user's primary group.
+pub fn resolve_owner(
+    f: &PushFile,
+    passwd: Option<&str>,
+    group: Option<&str>,
+) -> (u32, u32, Vec<String>) {
+    // `name:x:id:gid:...` lines; the first of a name counts, as getpwnam's.
+    let lookup = |table: Option<&str>, name: &str| -> Option<(u32, Option<u32>)> {
+        table?.lines().find_map(|l| {
+            let mut parts = l.split(':');
+            (parts.next()? == name).then_some(())?;
+            let id = parts.nth(1)?.trim().parse().ok()?;
+            Some((id, parts.next().and_then(|g| g.trim().parse().ok())))
+        })
+    };
+    let (mut uid, mut gid) = (f.uid, f.gid);
+    let mut warnings = Vec::new();
+    if let Some(u) = &f.user {
+        match lookup(passwd, u) {
+            Some((id, primary)) => {
+                uid = id;
+                if f.group.is_none() && gid == 0 {
+                    gid = primary.unwrap_or(0);
+                }
+            }
+            None => warnings.push(format!(
+                "{}: user {u:?} is not in the image's /etc/passwd: the file belongs to uid {uid}",
+                f.path
+            )),
+        }
     }
+    if let Some(g) = &f.group {
+        match lookup(group, g) {
+            Some((id, _)) => gid = id,
+            None => warnings.push(format!(
+                "{}: group {g:?} is not in the image's /etc/group: the file belongs to gid {gid}",
+                f.path
+            )),
+        }
+    }
+    (uid, gid, warnings)
 }
 
 /// The service's `user` as numeric `(uid, gid)` (`1000`, `1000:1001`); `(0, 0)` otherwise.
@@ -459,6 +588,9 @@ fn numeric_user(service: &Service) -> (u32, u32) {
     match (u.parse::<u32>(), g.parse::<u32>()) {
         (Ok(u), Ok(g)) => (u, g),
         (Ok(u), Err(_)) if g.is_empty() => (u, u),
+        // `1000:staff`: the group is a name (see `named_user`).
+        (Ok(u), Err(_)) => (u, 0),
+        (Err(_), Ok(g)) => (0, g),
         _ => (0, 0),
     }
 }
@@ -469,6 +601,7 @@ fn numeric_user(service: &Service) -> (u32, u32) {
 pub fn secrets_and_configs(
     service: &Service,
     project: &Project,
+    key: Option<&DigestKey>,
     files: &mut Vec<PushFile>,
     warnings: &mut Vec<String>,
 ) -> Result<(), PlanError> {
@@ -536,32 +669,26 @@ pub fn secrets_and_configs(
             } else {
                 (0, 0)
             };
-            let uid = match r.uid {
-                Some(_) => numeric_id(service, "uid", r.uid.as_ref(), warnings),
-                None => user_uid,
+            // Names (`uid: www-data`, or a secret of a service whose `user` is a name) are
+            // resolved in the image when the file is written (its /etc/passwd and /etc/group):
+            // until then, and if a name is not there (with a warning), root's.
+            let name = |v: Option<&String>| v.filter(|v| v.parse::<u32>().is_err()).cloned();
+            let (named_user, named_group) = if is_secret {
+                named_user(service)
+            } else {
+                (None, None)
             };
-            let gid = match r.gid {
-                Some(_) => numeric_id(service, "gid", r.gid.as_ref(), warnings),
-                None => user_gid,
+            let (uid, user) = match &r.uid {
+                Some(v) => (v.parse().unwrap_or(0), name(Some(v))),
+                None => (user_uid, named_user),
             };
-            // A named `user` is not known here (its uid is in the image's /etc/passwd): the
-            // file stays root's, readable through the default 0444 unless `mode` says less.
-            if is_secret
-                && r.uid.is_none()
-                && service.user.as_deref().is_some_and(|u| {
-                    let name = u.split_once(':').map_or(u, |(n, _)| n);
-                    !name.is_empty() && name.parse::<u32>().is_err()
-                })
-                && r.mode.is_some_and(|m| m & 0o004 == 0)
-            {
-                warnings.push(format!(
-                    "service {:?}: secret {:?} belongs to root with mode {:o}, and user {:?} is a name incus-compose cannot resolve to a uid before the container exists: the service may not read it; set `uid:` (numeric) on the secret or a mode readable by others",
-                    service.name,
-                    r.source,
-                    r.mode.unwrap_or(0),
-                    service.user.as_deref().unwrap_or_default()
-                ));
-            }
+            // Without a group: the numeric one of `user`, else (0) a named user's primary
+            // group, found with it in the image.
+            let (gid, group) = match &r.gid {
+                Some(v) => (v.parse().unwrap_or(0), name(Some(v))),
+                None if named_group.is_some() => (0, named_group),
+                None => (user_gid, None),
+            };
             // Read-only: write bits are dropped (the compose spec: "writable bit must be
             // ignored"). Default 0444 for secrets and configs, as the compose spec says.
             let mode = r.mode.unwrap_or(0o444) & 0o7555;
@@ -572,6 +699,9 @@ pub fn secrets_and_configs(
                 gid,
                 mode,
                 source: Some(format!("{kind} {}", r.source)),
+                key: key.cloned(),
+                user,
+                group,
             });
         }
     }
@@ -1179,6 +1309,9 @@ pub fn name_resolution(service: &Service, files: &mut Vec<PushFile>, warnings: &
             gid: 0,
             mode: 0o644,
             source: None,
+            key: None,
+            user: None,
+            group: None,
         });
     }
     let dns_opt: Vec<String> = service
@@ -1227,6 +1360,9 @@ pub fn name_resolution(service: &Service, files: &mut Vec<PushFile>, warnings: &
         gid: 0,
         mode: 0o644,
         source: None,
+        key: None,
+        user: None,
+        group: None,
     });
 }
 
@@ -1623,9 +1759,68 @@ configs:
         }
         let debug = format!("{:?}", t.files);
         assert!(
-            !debug.contains("hunter2") && debug.contains("7 bytes, sha256"),
+            !debug.contains("hunter2") && debug.contains("<7 bytes>"),
             "{debug}"
         );
+    }
+
+    #[test]
+    fn a_secret_of_a_named_user_is_owned_by_that_user_as_the_image_knows_it() {
+        let text = r#"
+name: p
+services:
+  app:
+    image: busybox
+    user: www-data
+    secrets: [a, {source: b, uid: "nobody", gid: staff, mode: 0400}, {source: c, uid: "7"}]
+  grp:
+    image: busybox
+    user: "1000:staff"
+    secrets: [a]
+secrets:
+  a: {file: ./a.txt}
+  b: {file: ./a.txt}
+  c: {file: ./a.txt}
+"#;
+        let p = project(text, &[("/proj/a.txt", "x")], &[]);
+        let t = template(&p, "app");
+        let f: BTreeMap<&str, &PushFile> = t.files.iter().map(|f| (f.path.as_str(), f)).collect();
+        let owner = |f: &PushFile| (f.user.clone(), f.group.clone(), f.uid, f.gid);
+        let name = |s: &str| Some(s.to_string());
+        assert_eq!(owner(f["/run/secrets/a"]), (name("www-data"), None, 0, 0));
+        assert_eq!(
+            owner(f["/run/secrets/b"]),
+            (name("nobody"), name("staff"), 0, 0)
+        );
+        assert_eq!(owner(f["/run/secrets/c"]), (None, None, 7, 0));
+        let g = template(&p, "grp");
+        assert_eq!(owner(&g.files[0]), (None, name("staff"), 1000, 0));
+        // Resolved in the image's tables; a name not there stays root's, with a warning.
+        let passwd = "root:x:0:0:root:/root:/bin/sh\nwww-data:x:33:34::/var/www:/bin/false\nnobody:x:65534:65534::/:/bin/false\n";
+        let group = "root:x:0:\nstaff:x:50:\n";
+        let r = |f: &PushFile| resolve_owner(f, Some(passwd), Some(group));
+        assert_eq!(r(f["/run/secrets/a"]), (33, 34, vec![]));
+        assert_eq!(r(f["/run/secrets/b"]), (65534, 50, vec![]));
+        assert_eq!(r(&g.files[0]), (1000, 50, vec![]));
+        let (uid, gid, warnings) =
+            resolve_owner(f["/run/secrets/b"], Some("root:x:0:0::/:/bin/sh\n"), None);
+        assert_eq!((uid, gid), (0, 0));
+        assert!(
+            warnings.len() == 2
+                && warnings[0].contains("\"nobody\" is not in the image's /etc/passwd")
+                && warnings[1].contains("\"staff\" is not in the image's /etc/group"),
+            "{warnings:?}"
+        );
+        // The names are part of the spec hash (the owner they resolve to can differ).
+        let plain = template(
+            &project(
+                &text.replace("    user: www-data\n", ""),
+                &[("/proj/a.txt", "x")],
+                &[],
+            ),
+            "app",
+        );
+        assert_ne!(plain.hash, t.hash);
     }
 
     #[test]

@@ -63,7 +63,7 @@ pub use diff::{
     DiffOptions, DownOptions, Power, dependency_levels, diff, incus_project_config, plan_down,
     plan_power,
 };
-pub use mapping::{AnonymousVolume, Devices, PushFile};
+pub use mapping::{AnonymousVolume, Devices, DigestKey, PushFile};
 pub use network::{Subnet, allocate_subnet};
 
 /// Config keys Incus applies to a running container, so that a change of them alone is
@@ -122,6 +122,10 @@ pub struct PlanOptions {
 pub struct ServerFacts {
     /// Incus version (for messages).
     pub version: String,
+    /// The Incus project's digest key ([`DIGEST_KEY`]): `None` in a project incus-compose did
+    /// not create, or one no `up` has run in since incus-compose had keys (its digests stay
+    /// bare sha256).
+    pub digest_key: Option<DigestKey>,
     /// API extension `instance_oci`.
     pub oci: bool,
     /// Local image aliases (in the project that holds the images).

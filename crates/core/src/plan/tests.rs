@@ -26,6 +26,7 @@ fn load(text: &str) -> Project {
 fn facts() -> ServerFacts {
     ServerFacts {
         version: "6.0.4".into(),
+        digest_key: None,
         oci: false,
         image_aliases: ["testapp/v1", "testapp/v2", "busybox"]
             .map(String::from)
