@@ -36,6 +36,10 @@ static BINARY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/ic-resolver"));
 /// How long a replica that left its names keeps running before its stop begins: a client that
 /// resolved it just before gets its answer.
 pub const LEAVE_SETTLE: Duration = Duration::from_millis(1000);
+/// A push to a resolver that takes longer is given up (its member is in trouble).
+const PUSH_LIMIT: Duration = Duration::from_secs(10);
+/// Making a resolver that takes longer is given up (tried again by the next run).
+const MAKE_LIMIT: Duration = Duration::from_secs(60);
 
 /// One resolver network: compose key, port, its `(name, service)` pairs.
 type Net = dns::ResolverNet;
@@ -175,15 +179,14 @@ pub async fn publish(t: &Target) -> anyhow::Result<usize> {
         }
         let text = text.clone();
         Some(async move {
-            let done = t
+            let plain = FileOptions::default();
+            let push = t
                 .project
-                .push_file(
-                    r,
-                    "/hosts",
-                    text.clone().into_bytes(),
-                    &FileOptions::default(),
-                )
-                .await;
+                .push_file(r, "/hosts", text.clone().into_bytes(), &plain);
+            let done = match tokio::time::timeout(PUSH_LIMIT, push).await {
+                Ok(d) => d.map_err(|e| e.to_string()),
+                Err(_) => Err(format!("no answer in {PUSH_LIMIT:?}")),
+            };
             match done {
                 Ok(()) => {
                     known().pushed.insert(key, text);
@@ -287,17 +290,24 @@ pub async fn ensure(t: &Target, compose: &str) -> anyhow::Result<()> {
         if existing.is_some_and(|i| i.is_running() || i.is_stand_in()) {
             continue;
         }
-        if let Err(e) = make(
-            t,
-            &name,
-            member.as_deref(),
-            compose,
-            address,
-            existing.is_some(),
+        let made = tokio::time::timeout(
+            MAKE_LIMIT,
+            make(
+                t,
+                &name,
+                member.as_deref(),
+                compose,
+                address,
+                existing.is_some(),
+            ),
         )
-        .await
-        {
-            eprintln!("warning: resolver {name} not running: {e:#}");
+        .await;
+        match made {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("warning: resolver {name} not running: {e:#}"),
+            Err(_) => {
+                eprintln!("warning: resolver {name} not running: no answer in {MAKE_LIMIT:?}")
+            }
         }
     }
     known().pushed.retain(|(p, _), _| *p != project);
