@@ -187,42 +187,13 @@ pub fn run(global: &GlobalArgs, args: &UpArgs) -> anyhow::Result<ExitCode> {
         for w in &plan.warnings {
             eprintln!("warning: {w}");
         }
-        if plan.is_empty() {
+        let empty = plan.is_empty();
+        if empty {
             say_nothing_to_change(&ctx, &plan);
-            // An update whose run was interrupted after its last action is complete now
-            // (engine::converge finishes its revision when it finds nothing to change).
-            match converge::converge(
-                &ctx.base,
-                &ctx.incus_project,
-                &ctx.project.name,
-                obs,
-                converge::Source::File(Box::new(desired)),
-                &converge::Options {
-                    diff: diff.clone(),
-                    ..Default::default()
-                },
-                &converge::Policy {
-                    lock: _lock.as_ref(),
-                    record: Some("up".into()),
-                    keep: engine::revisions::keep(Some(&ctx.project)),
-                    parallel: args.parallel,
-                    gate: None,
-                },
-            )
-            .await
-            {
-                Ok(done) => {
-                    if let Some((n, result)) = done.revision {
-                        println!("revision {n}: {result}");
-                    }
-                }
-                Err(e) => eprintln!("warning: {e:#}"),
-            }
-            ctx.record_pulls(&pulled, &keep).await;
-            return Ok(wait_for_services(&gate, &plan, args, started).await);
         }
         // The one converge path (engine::converge): the revision recorded, the plan executed
-        // under the lock with the readiness gate, the revision finished.
+        // under the lock with the readiness gate, the revision finished; with nothing to
+        // change, an update whose run was interrupted after its last action is complete now.
         let done = converge::converge(
             &ctx.base,
             &ctx.incus_project,
@@ -241,7 +212,24 @@ pub fn run(global: &GlobalArgs, args: &UpArgs) -> anyhow::Result<ExitCode> {
                 gate: Some(&gate),
             },
         )
-        .await?;
+        .await;
+        let done = match done {
+            Ok(done) => done,
+            // Nothing was to change: finishing the revision is a courtesy, not the run.
+            Err(e) if empty => {
+                eprintln!("warning: {e:#}");
+                ctx.record_pulls(&pulled, &keep).await;
+                return Ok(wait_for_services(&gate, &plan, args, started).await);
+            }
+            Err(e) => return Err(e),
+        };
+        if empty {
+            if let Some((n, result)) = done.revision {
+                println!("revision {n}: {result}");
+            }
+            ctx.record_pulls(&pulled, &keep).await;
+            return Ok(wait_for_services(&gate, &plan, args, started).await);
+        }
         let plan = done.plan;
         let outcome = done.outcome.unwrap_or_default();
         if let Some((number, result)) = done.revision {
