@@ -27,8 +27,7 @@ use ic_incus::{FileOptions, InstanceSource, InstancesPost};
 
 use super::execute::Target;
 
-/// Marks a resolver container (value: the compose project).
-pub const LABEL_RESOLVER: &str = "user.incus-compose.resolver";
+pub use ic_core::keys::LABEL_RESOLVER;
 /// Resolver containers are named this, then the member.
 const PREFIX: &str = "ic--names-";
 /// The resolver binary.

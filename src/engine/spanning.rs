@@ -9,11 +9,7 @@ use ic_core::plan::span::{self, NetworkFacts};
 use ic_incus::{Client, ClusterMember, Network, ServerInfo};
 
 /// The Incus project config key recording the members' cluster links as last probed, JSON
-/// `{"member": ["interface", mtu], ...}`: written under the lock by a run that changes
-/// something (`engine::converge`), only when every spanning bridge of the project had its
-/// tunnel set up on every member then; read by every observation, so that a converged run
-/// does not probe every member again (a few requests each).
-pub const LINKS_KEY: &str = "user.incus-compose.member-links";
+pub use ic_core::keys::LINKS_KEY;
 
 /// Where [`network_facts`] takes the members' links from.
 pub struct Links<'a> {

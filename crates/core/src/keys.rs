@@ -99,3 +99,19 @@ pub const DRAINED_KEY: &str = "user.incus-compose.drained";
 /// created), and kept with the project. Secret and config digests in Incus config (spec
 /// hashes, revisions) are HMACs under it.
 pub const DIGEST_KEY: &str = "user.incus-compose.digest-key";
+
+/// On a forwarder of published ports (`plan::ingress`): the member it serves.
+pub const LABEL_INGRESS: &str = "user.incus-compose.ingress";
+/// On a replica: its service's ingress ports, published by the forwarders (`plan::ingress::encode`).
+pub const LABEL_INGRESS_PORTS: &str = "user.incus-compose.ingress-ports";
+/// On a forwarder: what it cannot change in place (image and addresses); a change recreates it.
+pub const LABEL_INGRESS_KEY: &str = "user.incus-compose.ingress-key";
+
+/// Marks a member resolver container of the service names (value: the compose project).
+pub const LABEL_RESOLVER: &str = "user.incus-compose.resolver";
+
+/// Incus project config key, `{"member": ["interface", mtu], ...}`: written under the lock by a
+/// run that changes something (`engine::converge`), only when every spanning bridge of the
+/// project had its tunnel set up on every member then; read by every observation, so that a
+/// converged run does not probe every member again (a few requests each).
+pub const LINKS_KEY: &str = "user.incus-compose.member-links";

@@ -26,12 +26,7 @@ use ic_compose::model::{PortMode, Service};
 use super::{Devices, Subnet};
 use crate::schedule::HostPort;
 
-/// On a forwarder: the member it serves.
-pub const LABEL_INGRESS: &str = "user.incus-compose.ingress";
-/// On a replica: its service's ingress ports, published by the forwarders (see [`encode`]).
-pub const LABEL_INGRESS_PORTS: &str = "user.incus-compose.ingress-ports";
-/// On a forwarder: what it cannot change in place (image and addresses); a change recreates it.
-pub const LABEL_INGRESS_KEY: &str = "user.incus-compose.ingress-key";
+pub use crate::keys::{LABEL_INGRESS, LABEL_INGRESS_KEY, LABEL_INGRESS_PORTS};
 
 /// Whether an instance's config marks it as a forwarder.
 pub fn is_forwarder(config: &BTreeMap<String, String>) -> bool {
