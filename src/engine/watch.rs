@@ -493,6 +493,17 @@ async fn reconcile(
         .collect();
     let t = Target::new(base, &w.incus_project, &obs, Some(guard.lease()), Some(&d));
     let outcome = super::execute_gated(&t, &plan, o.parallel, None).await;
+    // The names follow what runs now (a replica this round started joins them at once, not
+    // at the next event), as converge does after its plan.
+    if let Err(e) = super::names::ensure(&t, &w.compose).await {
+        log.event(
+            &w.compose,
+            "names",
+            "resolvers",
+            "not updated",
+            Some(&format!("{e:#}")),
+        );
+    }
     forward_ports(base, w, &obs, Some(guard.lease()), log).await;
     drop(guard);
     for a in plan.actions() {
@@ -888,6 +899,7 @@ async fn restart_policy(
             return false;
         }
     };
+    let started_any = !starts.is_empty();
     for (name, set, lines) in starts {
         for line in &lines {
             log.event(&w.compose, "restart", &name, line, None);
@@ -923,6 +935,10 @@ async fn restart_policy(
                 );
             }
         }
+    }
+    // Replicas started here join their service names at once (engine::names).
+    if started_any {
+        super::names::refresh(base, &w.incus_project).await;
     }
     for (name, what, set, lines) in running_actions {
         for line in lines.iter().filter(|l| !l.is_empty()) {
