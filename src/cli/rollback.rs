@@ -120,7 +120,7 @@ pub fn run(global: &GlobalArgs, args: &RollbackArgs) -> anyhow::Result<ExitCode>
             )
             .await?;
             let plan = planned.plan;
-            if read_only && (args.volumes || !plan.is_empty()) {
+            if read_only && (args.volumes || !plan.is_empty() || planned.unfinished) {
                 _lock = ctx.lock().await?;
                 read_only = false;
                 continue;

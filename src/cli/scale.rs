@@ -145,7 +145,7 @@ pub fn run(global: &GlobalArgs, args: &ScaleArgs) -> anyhow::Result<ExitCode> {
             )
             .await?;
             let plan = &done.plan;
-            if read_only && !plan.is_empty() {
+            if read_only && (!plan.is_empty() || done.unfinished) {
                 _lock = ctx.lock().await?;
                 read_only = false;
                 continue;

@@ -261,6 +261,10 @@ pub struct Converged {
     pub outcome: Option<super::execute::Outcome>,
     /// The revision recorded and how it ended.
     pub revision: Option<(u64, RevisionOutcome)>,
+    /// A dry run with nothing to change found an unfinished newest revision that a real run
+    /// would complete (a run killed after its last action): the caller's read-only pass must
+    /// then take the lock and run for real.
+    pub unfinished: bool,
 }
 
 /// Plans `source` against what Incus holds now, and (unless a dry run) executes the plan
@@ -344,6 +348,13 @@ pub async fn converge(
         // that failed, and the cluster converged since) is complete now, whichever command
         // finds it so (`up`, `scale`, `rollback`).
         let mut revision = None;
+        let unfinished = options.dry_run
+            && plan.is_empty()
+            && super::revisions::would_complete(
+                &obs.observed.project_config,
+                compose,
+                recorded_services(&desired, options),
+            );
         if !options.dry_run
             && policy.record.is_some()
             && let Some(n) = super::revisions::complete_if_converged(
@@ -369,6 +380,7 @@ pub async fn converge(
             obs,
             outcome: None,
             revision,
+            unfinished,
         });
     }
     // No lock in an Incus project incus-compose did not create (none is taken there, and
@@ -461,6 +473,7 @@ pub async fn converge(
         obs,
         outcome: Some(outcome),
         revision: recorded,
+        unfinished: false,
     })
 }
 
