@@ -2,9 +2,8 @@
 //! `x-incus: {names: resolver}` is served by a resolver on every member (`src/engine/names.rs`),
 //! fed by file pushes; a replica leaves its name before it is stopped and joins once ready.
 //! A client on the network asks for the service by name every 0.1 s through a start-first
-//! update, a stop-first update and a scale-down: no request may fail. The same runs with the
-//! names in `raw.dnsmasq` (`names: dnsmasq`, the default) are `#[ignore]`d measurements (the
-//! "before" figures: `cargo test --test names -- --ignored --nocapture`).
+//! update, a stop-first update and a scale-down: no request may fail. (The README's "before"
+//! figures, with the names in `raw.dnsmasq`, were taken with the same runs and `names: dnsmasq`.)
 //!
 //! Start the test cluster and load its environment first (see tests/common). Without a
 //! reachable Incus cluster every test fails.
@@ -121,30 +120,13 @@ fn polled(f: &Fixture, args: &[&str], what: &str) -> (usize, usize, Vec<String>)
     (requests, failed, bodies)
 }
 
-fn start_first(names: &str) -> (usize, usize, Vec<String>) {
-    let f = Fixture::new("start").at_most(CONCURRENT_FIXTURES);
-    let cfg = "{parallelism: 1, order: start-first, monitor: 2s}";
+/// A rolling update of web from v1 to v2 with `cfg` as its update_config, polled by name.
+fn update(tag: &str, cfg: &str, names: &str) -> (usize, usize, Vec<String>) {
+    let f = Fixture::new(tag).at_most(CONCURRENT_FIXTURES);
     f.write(&stack("testapp/v1", cfg, 3, names));
     f.ok(&["up", "-d", "--wait"]);
     f.write(&stack("testapp/v2", cfg, 3, names));
-    polled(
-        &f,
-        &["up", "-d"],
-        &format!("start-first update, names: {names}"),
-    )
-}
-
-fn stop_first(names: &str) -> (usize, usize, Vec<String>) {
-    let f = Fixture::new("stop").at_most(CONCURRENT_FIXTURES);
-    let cfg = "{parallelism: 1, monitor: 2s}";
-    f.write(&stack("testapp/v1", cfg, 3, names));
-    f.ok(&["up", "-d", "--wait"]);
-    f.write(&stack("testapp/v2", cfg, 3, names));
-    polled(
-        &f,
-        &["up", "-d"],
-        &format!("stop-first update, names: {names}"),
-    )
+    polled(&f, &["up", "-d"], &format!("{tag} update, names: {names}"))
 }
 
 fn scale_down(names: &str) -> (usize, usize, Vec<String>) {
@@ -160,7 +142,11 @@ fn scale_down(names: &str) -> (usize, usize, Vec<String>) {
 
 #[test]
 fn a_start_first_update_fails_no_request_by_name() {
-    let (requests, failed, bodies) = start_first("resolver");
+    let (requests, failed, bodies) = update(
+        "start-first",
+        "{parallelism: 1, order: start-first, monitor: 2s}",
+        "resolver",
+    );
     assert!(requests >= 50, "too few requests: {requests}");
     assert_eq!(failed, 0, "{failed} of {requests} requests by name failed");
     assert_eq!(bodies.last().map(String::as_str), Some("v2"), "{bodies:?}");
@@ -168,7 +154,8 @@ fn a_start_first_update_fails_no_request_by_name() {
 
 #[test]
 fn a_stop_first_update_fails_no_request_by_name() {
-    let (requests, failed, bodies) = stop_first("resolver");
+    let (requests, failed, bodies) =
+        update("stop-first", "{parallelism: 1, monitor: 2s}", "resolver");
     assert!(requests >= 50, "too few requests: {requests}");
     assert_eq!(failed, 0, "{failed} of {requests} requests by name failed");
     assert_eq!(bodies.last().map(String::as_str), Some("v2"), "{bodies:?}");
@@ -254,22 +241,4 @@ fn under_watch_a_replica_stopped_from_outside_leaves_the_name_within_5_s_and_com
     );
     assert!(gone, "web-2 ({web2}) still resolved 5 s after it stopped");
     assert!(back, "web-2 ({web2}) did not come back in the name");
-}
-
-#[test]
-#[ignore = "measurement: the names in raw.dnsmasq (before issue 24)"]
-fn before_a_start_first_update_with_dnsmasq_records() {
-    start_first("dnsmasq");
-}
-
-#[test]
-#[ignore = "measurement: the names in raw.dnsmasq (before issue 24)"]
-fn before_a_stop_first_update_with_dnsmasq_records() {
-    stop_first("dnsmasq");
-}
-
-#[test]
-#[ignore = "measurement: the names in raw.dnsmasq (before issue 24)"]
-fn before_a_scale_down_with_dnsmasq_records() {
-    scale_down("dnsmasq");
 }

@@ -445,15 +445,7 @@ async fn reconcile(
     // The service names follow what runs (engine::names): a replica that stopped leaves them
     // at the reconcile its lifecycle event starts.
     let names = Target::new(base, &w.incus_project, &obs, None, Some(&d));
-    if let Err(e) = super::names::ensure(&names, &w.compose).await {
-        log.event(
-            &w.compose,
-            "names",
-            "resolvers",
-            "not updated",
-            Some(&format!("{e:#}")),
-        );
-    }
+    ensure_names(&names, w, log).await;
     let restarts_ok = restart_policy(base, w, &obs, &d, o.once, log).await;
     if plan.is_empty() {
         w.retry = !plan.warnings.is_empty() && plan.warnings.iter().any(|x| x.contains("offline"));
@@ -495,15 +487,7 @@ async fn reconcile(
     let outcome = super::execute_gated(&t, &plan, o.parallel, None).await;
     // The names follow what runs now (a replica this round started joins them at once, not
     // at the next event), as converge does after its plan.
-    if let Err(e) = super::names::ensure(&t, &w.compose).await {
-        log.event(
-            &w.compose,
-            "names",
-            "resolvers",
-            "not updated",
-            Some(&format!("{e:#}")),
-        );
-    }
+    ensure_names(&t, w, log).await;
     forward_ports(base, w, &obs, Some(guard.lease()), log).await;
     drop(guard);
     for a in plan.actions() {
@@ -1169,4 +1153,18 @@ async fn set_keys(
         .patch_instance(name, &serde_json::json!({ "config": set }))
         .await
         .with_context(|| format!("cannot update {name}"))
+}
+
+/// The member resolvers of the names brought in line with what runs (`engine::names`); a
+/// failure is logged (the next round tries again).
+async fn ensure_names(t: &Target, w: &Watched, log: &Log) {
+    if let Err(e) = super::names::ensure(t, &w.compose).await {
+        log.event(
+            &w.compose,
+            "names",
+            "resolvers",
+            "not updated",
+            Some(&format!("{e:#}")),
+        );
+    }
 }
