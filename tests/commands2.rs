@@ -691,14 +691,23 @@ services:
         ["tcp:0.0.0.0:18292"],
         "its own port only, not the service's: {proxies:?}"
     );
-    // The command runs in it; `exec` never picks a one-off (web has no replica yet).
-    let out = block_on(f.project().exec_output(
-        &name,
-        &ic_incus::ExecRequest::new(["sh", "-c", "ps -o args | grep -c '^sleep 300'"]),
-        b"",
-    ))
-    .expect("exec");
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1");
+    // The command runs in it (Incus starts a detached command just after `run -d` returns: under
+    // load it shows in `ps` a moment later); `exec` never picks a one-off (web has no replica yet).
+    let sleeps = || {
+        let out = block_on(f.project().exec_output(
+            &name,
+            &ic_incus::ExecRequest::new(["sh", "-c", "ps -o args | grep -c '^sleep 300'"]),
+            b"",
+        ))
+        .expect("exec");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let mut seen = sleeps();
+    wait_until(Duration::from_secs(10), || {
+        seen = sleeps();
+        seen != "0"
+    });
+    assert_eq!(seen, "1");
     let out = f.run(&["exec", "-T", "web", "true"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("has no instances"));

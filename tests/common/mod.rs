@@ -238,6 +238,9 @@ pub struct Fixture {
     pub delete_project: bool,
     /// Run `unpause` before `down` (paused replicas cannot be stopped).
     pub unpause_first: bool,
+    /// When the fixture was made (or got its turn, [`Fixture::at_most`]): its time goes to
+    /// `$IC_TEST_TIMES` when it is dropped.
+    started: Instant,
     /// Dropped last (fields drop in order), after the cleanup in `Drop`.
     slot: Option<Slot>,
 }
@@ -262,6 +265,7 @@ impl Fixture {
             delete_first: Vec::new(),
             delete_project: false,
             unpause_first: false,
+            started: Instant::now(),
             slot: None,
         }
     }
@@ -269,6 +273,7 @@ impl Fixture {
     /// At most `limit` fixtures of this test binary at once (waits for a turn).
     pub fn at_most(mut self, limit: usize) -> Fixture {
         self.slot = Some(Slot::take(limit));
+        self.started = Instant::now();
         self
     }
 
@@ -560,6 +565,36 @@ pub fn service_of(i: &Instance) -> Option<&str> {
 
 impl Drop for Fixture {
     fn drop(&mut self) {
+        let cleanup = Instant::now();
+        self.clean_up();
+        record_time(&self.name, self.started.elapsed(), cleanup.elapsed());
+    }
+}
+
+/// Appends `test<TAB>project<TAB>seconds<TAB>cleanup seconds` to the file `$IC_TEST_TIMES`
+/// names (scripts/test sets it per suite and prints the slowest tests at the end).
+fn record_time(project: &str, total: Duration, cleanup: Duration) {
+    let Some(path) = std::env::var_os("IC_TEST_TIMES") else {
+        return;
+    };
+    let test = std::thread::current().name().unwrap_or("?").to_string();
+    let line = format!(
+        "{test}\t{project}\t{:.1}\t{:.1}\n",
+        total.as_secs_f64(),
+        cleanup.as_secs_f64()
+    );
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
+        let _ = f.write_all(line.as_bytes());
+    }
+}
+
+impl Fixture {
+    /// `down -v` of the project (and what the test made by hand), retried.
+    fn clean_up(&mut self) {
         let p = self.project();
         for name in &self.delete_first {
             block_on(async {

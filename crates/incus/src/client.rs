@@ -747,6 +747,16 @@ impl Client {
 
     /// Open a websocket on any API path (events, exec streams, ...).
     pub async fn websocket(&self, req: Request) -> Result<WebSocketStream<Stream>> {
+        self.websocket_on(req, false).await
+    }
+
+    /// [`Client::websocket`] for a socket we only read from: writes the server no longer
+    /// takes count as done (see [`Stream::ReadOnly`]), so nothing it sent before closing is lost.
+    pub async fn websocket_read_only(&self, req: Request) -> Result<WebSocketStream<Stream>> {
+        self.websocket_on(req, true).await
+    }
+
+    async fn websocket_on(&self, req: Request, read_only: bool) -> Result<WebSocketStream<Stream>> {
         let label = self.label(&req);
         let ws_err = |e: tokio_tungstenite::tungstenite::Error| Error::WebSocket {
             request: label.clone(),
@@ -761,6 +771,11 @@ impl Client {
             .connect()
             .await
             .map_err(|e| self.connect_error(e))?;
+        let stream = if read_only {
+            Stream::ReadOnly(Box::new(stream))
+        } else {
+            stream
+        };
         match tokio_tungstenite::client_async(ws_req, stream).await {
             Ok((ws, _)) => Ok(ws),
             Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {

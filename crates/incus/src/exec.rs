@@ -282,14 +282,17 @@ impl Client {
                 })
         };
         let id = operation.id().to_string();
-        let connect = |secret: String| {
+        // stdout and stderr are only read: see `Stream::ReadOnly`.
+        let connect_as = |secret: String, read_only: bool| {
             let id = id.clone();
             async move {
-                self.websocket(
-                    Request::get(api_path(&["operations", &id, "websocket"]))
-                        .query("secret", secret),
-                )
-                .await
+                let req = Request::get(api_path(&["operations", &id, "websocket"]))
+                    .query("secret", secret);
+                if read_only {
+                    self.websocket_read_only(req).await
+                } else {
+                    self.websocket(req).await
+                }
                 .map_err(|error| match error {
                     Error::WebSocket { .. } => ExecStartError::Connect {
                         operation: id.clone(),
@@ -299,6 +302,7 @@ impl Client {
                 })
             }
         };
+        let connect = |secret: String| connect_as(secret, false);
         // Incus starts the command once every websocket is connected; control first.
         let control = connect(secret("control")?).await?;
         let streams = if req.interactive {
@@ -307,8 +311,8 @@ impl Client {
             }
         } else {
             let stdin = connect(secret("0")?).await?;
-            let stdout = connect(secret("1")?).await?;
-            let stderr = connect(secret("2")?).await?;
+            let stdout = connect_as(secret("1")?, true).await?;
+            let stderr = connect_as(secret("2")?, true).await?;
             ExecStreams::Pipes {
                 stdin: Box::new(stdin),
                 stdout: Box::new(stdout),
@@ -615,13 +619,24 @@ where
     S: futures_util::Stream<Item = std::result::Result<Message, tungstenite::Error>> + Unpin,
     W: AsyncWrite + Unpin,
 {
+    let (mut frames, mut bytes) = (0usize, 0usize);
     while let Some(msg) = ws.next().await {
         let data: &[u8] = match &msg {
             Ok(Message::Binary(b)) => b,
             Ok(Message::Text(t)) => t.as_bytes(),
-            Ok(Message::Close(_)) => break,
+            Ok(Message::Close(c)) => {
+                tracing::debug!(
+                    "{label}: output closed by the server ({c:?}) after {frames} frame(s), {bytes} byte(s)"
+                );
+                return Ok(());
+            }
             Ok(_) => continue,
-            Err(e) if is_closed(e) => break,
+            Err(e) if is_closed(e) => {
+                tracing::debug!(
+                    "{label}: output connection ended ({e}) after {frames} frame(s), {bytes} byte(s)"
+                );
+                return Ok(());
+            }
             Err(_) => {
                 let Err(e) = msg else { continue };
                 return Err(Error::WebSocket {
@@ -638,7 +653,10 @@ where
             request: label.clone(),
             source,
         })?;
+        frames += 1;
+        bytes += data.len();
     }
+    tracing::debug!("{label}: output stream ended after {frames} frame(s), {bytes} byte(s)");
     Ok(())
 }
 

@@ -91,6 +91,21 @@ pub enum Stream {
     Unix(UnixStream),
     /// TLS over TCP.
     Tls(Box<TlsStream<TcpStream>>),
+    /// A stream we only read from (an exec's stdout or stderr websocket): a write the server
+    /// no longer takes (it closed its end: `EPIPE`, a reset) counts as done. The websocket
+    /// library answers the server's keepalive pings on every read; when the server has sent
+    /// the last output and closed, that answer fails, and the library reported the failure
+    /// instead of the frames still waiting to be read: the output was lost (one exec in
+    /// about 25 under load).
+    ReadOnly(Box<Stream>),
+}
+
+/// Whether a write failed because the server closed its end.
+fn peer_gone(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset | io::ErrorKind::NotConnected
+    )
 }
 
 impl std::fmt::Debug for Stream {
@@ -98,6 +113,7 @@ impl std::fmt::Debug for Stream {
         f.write_str(match self {
             Stream::Unix(_) => "Stream::Unix",
             Stream::Tls(_) => "Stream::Tls",
+            Stream::ReadOnly(_) => "Stream::ReadOnly",
         })
     }
 }
@@ -111,6 +127,7 @@ impl AsyncRead for Stream {
         match self.get_mut() {
             Stream::Unix(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Stream::ReadOnly(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -124,6 +141,10 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Unix(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Stream::ReadOnly(s) => match Pin::new(s.as_mut()).poll_write(cx, buf) {
+                Poll::Ready(Err(e)) if peer_gone(&e) => Poll::Ready(Ok(buf.len())),
+                other => other,
+            },
         }
     }
 
@@ -131,6 +152,10 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Unix(s) => Pin::new(s).poll_flush(cx),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Stream::ReadOnly(s) => match Pin::new(s.as_mut()).poll_flush(cx) {
+                Poll::Ready(Err(e)) if peer_gone(&e) => Poll::Ready(Ok(())),
+                other => other,
+            },
         }
     }
 
@@ -138,6 +163,10 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Unix(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Stream::ReadOnly(s) => match Pin::new(s.as_mut()).poll_shutdown(cx) {
+                Poll::Ready(Err(e)) if peer_gone(&e) => Poll::Ready(Ok(())),
+                other => other,
+            },
         }
     }
 }
