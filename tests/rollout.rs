@@ -23,7 +23,7 @@ use rollout_common::*;
 
 #[test]
 fn a_stop_first_update_keeps_three_of_four_replicas_answering_and_ends_on_v2() {
-    let f = Fixture::new("stop").at_most(CONCURRENT_FIXTURES);
+    let f = Fixture::new("stop").at_most(ALONE);
     f.write(&web("testapp/v1", "{parallelism: 1, monitor: 2s}"));
     f.ok(&["up", "-d", "--wait"]);
     assert_eq!(f.settled_answers("web", 4), ["v1"; 4]);
@@ -55,7 +55,7 @@ fn a_stop_first_update_keeps_three_of_four_replicas_answering_and_ends_on_v2() {
 
 #[test]
 fn a_start_first_update_keeps_all_four_replicas_answering() {
-    let f = Fixture::new("start").at_most(CONCURRENT_FIXTURES);
+    let f = Fixture::new("start").at_most(ALONE);
     let cfg = "{parallelism: 1, order: start-first, monitor: 2s}";
     f.write(&web("testapp/v1", cfg));
     f.ok(&["up", "-d", "--wait"]);
@@ -124,7 +124,7 @@ fn a_start_first_update_keeps_all_four_replicas_answering() {
 #[test]
 fn a_start_first_update_whose_new_replica_dies_after_it_was_ready_rolls_back_to_the_old_replicas_still_running()
  {
-    let f = Fixture::new("sfrb").at_most(CONCURRENT_FIXTURES);
+    let f = Fixture::new("sfrb").at_most(ALONE);
     let cfg = "{parallelism: 1, order: start-first, monitor: 25s, failure_action: rollback}";
     f.write(&web("testapp/v1", cfg));
     f.ok(&["up", "-d", "--wait"]);
@@ -255,7 +255,7 @@ fn a_memory_limit_change_is_applied_without_restarting_the_replicas() {
 #[test]
 fn an_update_killed_half_way_is_finished_by_the_next_up_with_exactly_the_declared_replicas() {
     let f = Fixture::new("kill")
-        .at_most(CONCURRENT_FIXTURES)
+        .at_most(ALONE)
         .env("INCUS_COMPOSE_LOCK_TTL", "5");
     let cfg = "{parallelism: 1, monitor: 1s}";
     f.write(&web("testapp/v1", cfg));
@@ -466,7 +466,7 @@ services:
 #[test]
 fn a_start_first_update_with_a_published_port_moves_replicas_to_a_free_member_and_keeps_both_answering()
  {
-    let f = Fixture::new("port").at_most(CONCURRENT_FIXTURES);
+    let f = Fixture::new("port").at_most(ALONE);
     // A host port of its own: the members' ports are shared by every suite.
     let port = 20_000 + (std::process::id() % 10_000) as u16;
     f.write(&published("testapp/v1", port));

@@ -10,7 +10,7 @@
 //!     .compose(YAML);              // write compose.yaml (`{name}` -> the project name)
 //! f.ok(&["up", "-d"]);             // run, require success, get stdout (`run` gives the Output)
 //! let all = f.instances();         // name -> Instance of the Incus project (empty if none)
-//! // dropped: `down -v --remove-orphans -t 1` (up to 3 tries), also when the test fails
+//! // dropped: `down -v --remove-orphans -t 0` (up to 3 tries; no grace period: a cleanup tests nothing), also when the test fails
 //! ```
 //! - Runs: [`Fixture::command`] (a `Command` to adjust), [`Fixture::run`], [`Fixture::ok`],
 //!   [`Fixture::run_with_input`], [`Fixture::by_name`] (`-p NAME ...` from a dir without a
@@ -98,26 +98,33 @@ pub fn cluster_client() -> Client {
 
 static SLOTS: (Mutex<usize>, Condvar) = (Mutex::new(0), Condvar::new());
 
-/// A turn among at most `limit` fixtures of this test binary at once; given back when dropped.
-pub struct Slot;
+/// The capacity [`Slot`]s share: a fixture with limit `l` takes `CAPACITY / l` of it.
+const CAPACITY: usize = 12;
+
+/// A turn among the fixtures of this test binary; given back when dropped. A fixture with
+/// limit `l` runs with at most `l - 1` others, each of which also allows that many: a limit of
+/// 1 runs alone (say, a test that counts answered requests), 2 beside one other, and so on.
+pub struct Slot(usize);
 
 impl Slot {
     pub fn take(limit: usize) -> Slot {
+        let units = CAPACITY / limit.clamp(1, CAPACITY);
         let (lock, cvar) = &SLOTS;
         let mut used = lock.lock().unwrap_or_else(|e| e.into_inner());
-        while *used >= limit.max(1) {
+        while *used + units > CAPACITY {
             used = cvar.wait(used).unwrap_or_else(|e| e.into_inner());
         }
-        *used += 1;
-        Slot
+        *used += units;
+        Slot(units)
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
         let (lock, cvar) = &SLOTS;
-        *lock.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
-        cvar.notify_one();
+        *lock.lock().unwrap_or_else(|e| e.into_inner()) -= self.0;
+        // Waiters want different amounts: each checks again.
+        cvar.notify_all();
     }
 }
 
@@ -270,7 +277,8 @@ impl Fixture {
         }
     }
 
-    /// At most `limit` fixtures of this test binary at once (waits for a turn).
+    /// At most `limit` fixtures of this test binary at once, counting this one (waits for a
+    /// turn; see [`Slot`]: with limit 1 it runs alone).
     pub fn at_most(mut self, limit: usize) -> Fixture {
         self.slot = Some(Slot::take(limit));
         self.started = Instant::now();
@@ -633,7 +641,7 @@ impl Fixture {
                     let _ = self.command_in(dir, &args(&["unpause"])).output();
                 }
                 match self
-                    .command_in(dir, &args(&["down", "-v", "--remove-orphans", "-t", "1"]))
+                    .command_in(dir, &args(&["down", "-v", "--remove-orphans", "-t", "0"]))
                     .output()
                 {
                     Ok(o) if o.status.success() => break,
