@@ -353,7 +353,7 @@ services:
 #[test]
 fn a_member_killed_during_an_update_ends_it_within_the_deadlines_and_the_next_up_converges() {
     // The fixture is declared first: its `down` runs after node3 is back.
-    let f = Fixture::new("off").at_most(CONCURRENT_FIXTURES);
+    let f = Fixture::new("off").at_most(ALONE);
     f.write(&four_over_three("testapp/v1"));
     f.ok(&["up", "-d"]);
     let on3: BTreeSet<String> = f

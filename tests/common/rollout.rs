@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 use crate::common::*;
 use ic_incus::Instance;
 
-/// A test that counts the requests answered during an update runs alone: on two cores a
-/// second rollout's load would be counted as ours.
+/// A test that counts the requests answered during an update, or kills a member, runs alone:
+/// on two cores a second rollout's load would be counted as ours, and a killed member fails
+/// the other test's requests.
 pub const ALONE: usize = 1;
 /// The other rollout tests (end states, history, timings with a lower bound) run two at a time.
 pub const CONCURRENT_FIXTURES: usize = 2;

@@ -571,6 +571,11 @@ fn replica_actions(
             e.member.clear();
         }
     }
+    // Slots without a replica go back to the member of their anonymous volumes.
+    let homes = super::placement::add_volume_homes(obs, compose, &mut existing, |service, slot| {
+        let t = d.services.iter().find(|t| t.service == service)?;
+        slot_key(t, slot)
+    });
     let specs: Vec<_> = d.services.iter().map(|t| t.spec.clone()).collect();
     // Members within their grace period keep their replicas but take no new ones.
     let members: Vec<schedule::Member> = obs
@@ -586,8 +591,9 @@ fn replica_actions(
             m
         })
         .collect();
-    let sched = schedule::schedule(&members, &specs, &existing)
+    let mut sched = schedule::schedule(&members, &specs, &existing)
         .map_err(|e| PlanError::Schedule(e.to_string()))?;
+    super::placement::forget_volume_homes(&mut sched, &homes);
     let mut r = Replicas {
         removals: Vec::new(),
         removed: BTreeSet::new(),

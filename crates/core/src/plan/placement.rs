@@ -55,6 +55,76 @@ pub(super) fn existing_replicas(
         .collect()
 }
 
+/// Where the anonymous volumes of compose project `compose` live: `(service, slot, member)` for
+/// each one on a member of `obs` (a volume of a shared pool has no member). A slot without a
+/// replica whose volume is on a member goes back to that member when the member can take it
+/// (after `down` and `up`, say): its data stays with it, as Docker keeps a container's
+/// anonymous volumes. The callers give these to the scheduler as existing replicas, then
+/// forget that they were (a new replica is created there).
+pub(super) fn volume_homes<'a>(
+    obs: &'a Observed,
+    compose: &str,
+) -> Vec<(&'a str, &'a str, &'a str)> {
+    obs.volumes
+        .iter()
+        .filter(|v| {
+            v.config.contains_key(crate::keys::LABEL_ANONYMOUS)
+                && v.config.get(crate::keys::LABEL_PROJECT).map(String::as_str) == Some(compose)
+                && obs.members.iter().any(|m| m.name == v.location)
+        })
+        .filter_map(|v| {
+            Some((
+                v.config.get(LABEL_SERVICE)?.as_str(),
+                v.config.get(LABEL_SLOT)?.as_str(),
+                v.location.as_str(),
+            ))
+        })
+        .collect()
+}
+
+/// Adds to `existing` a replica on its volume's member ([`volume_homes`]) for each slot that
+/// has none; returns those slots.
+pub(super) fn add_volume_homes(
+    obs: &Observed,
+    compose: &str,
+    existing: &mut Vec<ExistingReplica>,
+    key_of: impl Fn(&str, &str) -> Option<SlotKey>,
+) -> std::collections::BTreeSet<(String, SlotKey)> {
+    let mut added = std::collections::BTreeSet::new();
+    for (service, slot, member) in volume_homes(obs, compose) {
+        let Some(key) = key_of(service, slot) else {
+            continue;
+        };
+        if existing
+            .iter()
+            .any(|e| e.service == service && e.slot == key)
+        {
+            continue;
+        }
+        existing.push(ExistingReplica {
+            service: service.to_string(),
+            slot: key.clone(),
+            member: member.to_string(),
+        });
+        added.insert((service.to_string(), key));
+    }
+    added
+}
+
+/// Forgets the replicas [`add_volume_homes`] made up: their slots are new ones.
+pub(super) fn forget_volume_homes(
+    sched: &mut schedule::Schedule,
+    added: &std::collections::BTreeSet<(String, SlotKey)>,
+) {
+    for p in &mut sched.placements {
+        for slot in &mut p.slots {
+            if added.contains(&(p.service.clone(), slot.key.clone())) {
+                slot.previous = None;
+            }
+        }
+    }
+}
+
 /// The pending replicas of the (selected) services of `project`, given what Incus holds.
 pub fn pending_replicas(
     project: &Project,
@@ -83,9 +153,14 @@ pub fn pending_replicas(
         specs.push(scheduler_spec(service, name, replicas));
         names.push((base, container));
     }
-    let existing = existing_replicas(obs, &project.name, &specs);
-    let sched = schedule::schedule(&obs.members, &specs, &existing)
+    let mut existing = existing_replicas(obs, &project.name, &specs);
+    let homes = add_volume_homes(obs, &project.name, &mut existing, |service, slot| {
+        let spec = specs.iter().find(|s| s.name == service)?;
+        slot_key(spec.mode, slot)
+    });
+    let mut sched = schedule::schedule(&obs.members, &specs, &existing)
         .map_err(|e| PlanError::Schedule(e.to_string()))?;
+    forget_volume_homes(&mut sched, &homes);
     let mut out = Vec::new();
     for (p, (base, container)) in sched.placements.iter().zip(&names) {
         for slot in &p.slots {

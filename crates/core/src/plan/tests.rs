@@ -916,3 +916,74 @@ fn one_off_instances_of_run_are_never_replicas_but_down_removes_them() {
         Err(PlanError::NameCollision { .. })
     ));
 }
+
+/// After `down` (which keeps anonymous volumes) the next `up` puts each slot back on the member
+/// that holds its volume, not wherever the spread would: on a local pool the data is there.
+#[test]
+fn slots_without_replicas_go_back_to_the_member_of_their_anonymous_volume() {
+    const ANON: &str = r#"
+name: shop
+services:
+  db:
+    image: busybox
+    volumes: [/data]
+    deploy: {replicas: 3}
+"#;
+    let spread = creates(&up(ANON, &cluster(), &DiffOptions::default()).unwrap());
+    assert_eq!(
+        spread,
+        [
+            ("db-1".to_string(), "node1".to_string()),
+            ("db-2".into(), "node2".into()),
+            ("db-3".into(), "node3".into())
+        ],
+        "with no volume, the usual spread"
+    );
+    let mut obs = cluster();
+    for (slot, member) in [("1", "node3"), ("2", "node1"), ("3", "node2")] {
+        obs.volumes.push(ObservedVolume {
+            pool: "data".into(),
+            name: format!("db-{slot}_anon-data"),
+            location: member.into(),
+            config: BTreeMap::from([
+                (crate::keys::LABEL_PROJECT.to_string(), "shop".to_string()),
+                (crate::keys::LABEL_SERVICE.to_string(), "db".to_string()),
+                (crate::keys::LABEL_SLOT.to_string(), slot.to_string()),
+                (
+                    crate::keys::LABEL_ANONYMOUS.to_string(),
+                    "/data".to_string(),
+                ),
+            ]),
+        });
+    }
+    let plan = up(ANON, &obs, &DiffOptions::default()).unwrap();
+    assert_eq!(
+        creates(&plan),
+        [
+            ("db-1".to_string(), "node3".to_string()),
+            ("db-2".into(), "node1".into()),
+            ("db-3".into(), "node2".into())
+        ]
+    );
+    // A member that cannot take its slot now: the slot goes elsewhere (a warning-free move).
+    obs.members[2].online = false;
+    let plan = up(ANON, &obs, &DiffOptions::default()).unwrap();
+    let moved = creates(&plan);
+    assert_eq!(moved.len(), 3, "{moved:?}");
+    assert!(moved.iter().all(|(_, m)| m != "node3"), "{moved:?}");
+    assert!(
+        moved.contains(&("db-2".into(), "node1".into())),
+        "{moved:?}"
+    );
+    // Another compose project's volumes change nothing.
+    let mut other = obs.clone();
+    other.members[2].online = true;
+    for v in &mut other.volumes {
+        v.config
+            .insert(crate::keys::LABEL_PROJECT.into(), "other".into());
+    }
+    assert_eq!(
+        creates(&up(ANON, &other, &DiffOptions::default()).unwrap()),
+        spread
+    );
+}
