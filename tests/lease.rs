@@ -1,5 +1,5 @@
 //! The project lock's lease under load, and revisions across interrupted runs: the built
-//! `incus-compose` binary against a real Incus cluster (the 6.0 line in scripts/test).
+//! `incus-compose` binary against a real Incus cluster (the 7.0 line in scripts/test).
 //!
 //! Load the test cluster's environment first (`set -a && . .test-cluster/env && set +a`),
 //! then `cargo test --test lease`. Without `INCUS_DIR`/`INCUS_SOCKET`, or with no daemon

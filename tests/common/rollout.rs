@@ -65,13 +65,22 @@ impl Fixture {
                 .get("user.incus-compose.slot")
                 .cloned()
                 .unwrap_or_default();
+            // The fixed address incus-compose gave the NIC; else what the state reports. (A
+            // member busy at that moment can leave a listed instance without its state: the
+            // replica then counted as not answering, though no request had failed.)
             let addr = i
-                .state
-                .as_ref()
-                .and_then(|s| s.network.as_ref())
-                .and_then(|n| n.get("eth0"))
-                .and_then(|e| e.addresses.iter().find(|a| a.family == "inet"))
-                .map(|a| a.address.clone());
+                .devices
+                .get("eth0")
+                .and_then(|d| d.get("ipv4.address"))
+                .cloned()
+                .or_else(|| {
+                    i.state
+                        .as_ref()
+                        .and_then(|s| s.network.as_ref())
+                        .and_then(|n| n.get("eth0"))
+                        .and_then(|e| e.addresses.iter().find(|a| a.family == "inet"))
+                        .map(|a| a.address.clone())
+                });
             if let Some(addr) = addr {
                 slots.insert(addr, slot);
             }
@@ -137,7 +146,18 @@ impl Fixture {
             if child.try_wait().expect("wait").is_some() {
                 break;
             }
-            rounds.push(self.answers_counted(service, &mut fetches).len());
+            let answered = self.answers_counted(service, &mut fetches);
+            // Which slots a short round missed, and when: the failure says who was down.
+            if rounds.iter().any(|&n| n > answered.len()) {
+                eprintln!(
+                    "round {} at {:.1} s: {} answered ({:?})",
+                    rounds.len(),
+                    started.elapsed().as_secs_f64(),
+                    answered.len(),
+                    answered.keys().collect::<Vec<_>>()
+                );
+            }
+            rounds.push(answered.len());
             assert!(
                 started.elapsed() < Duration::from_secs(600),
                 "up ran for 10 minutes"
