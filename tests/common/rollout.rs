@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Output, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::common::*;
@@ -53,8 +54,24 @@ impl Fixture {
     /// per replica).
     pub fn answers_counted(&self, service: &str, n: &mut Fetches) -> BTreeMap<String, Vec<String>> {
         let mut slots: BTreeMap<String, String> = BTreeMap::new();
+        // A member Incus could not read this round lists its instances as `Error`, without
+        // configuration: such a replica is asked at the address it had in an earlier round
+        // (not reading it is not a failed request).
+        static SEEN: Mutex<BTreeMap<(String, String), (String, String)>> =
+            Mutex::new(BTreeMap::new());
+        let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
+        let killed = self.offline.lock().map(|o| o.clone()).unwrap_or_default();
         for i in self.full_instances() {
             let c = &i.config;
+            if i.status.eq_ignore_ascii_case("error")
+                && c.is_empty()
+                && !killed.contains(&i.location)
+            {
+                if let Some((addr, slot)) = seen.get(&(self.name.clone(), i.name.clone())) {
+                    slots.insert(addr.clone(), slot.clone());
+                }
+                continue;
+            }
             if c.get("user.incus-compose.service").map(String::as_str) != Some(service)
                 || c.contains_key("user.incus-compose.retired")
                 || !i.is_running()
@@ -82,9 +99,14 @@ impl Fixture {
                         .map(|a| a.address.clone())
                 });
             if let Some(addr) = addr {
+                seen.insert(
+                    (self.name.clone(), i.name.clone()),
+                    (addr.clone(), slot.clone()),
+                );
                 slots.insert(addr, slot);
             }
         }
+        drop(seen);
         let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
         if slots.is_empty() {
             return out;
