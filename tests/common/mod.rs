@@ -26,8 +26,8 @@
 //!   prefix is the suite's (see [`prefix`]); a new suite gets its crate name.
 //!
 //! # Members (the cluster is shared by every checkout on this machine)
-//! - [`MemberTurn::take`]: the machine-wide turn (`/tmp/incus-compose-members.lock.d`) to
-//!   change members; [`Killed::kill`] and [`ExtraMember::add`] take it
+//! - [`MemberTurn::take`]: the turn of this cluster, shared by every checkout on the machine
+//!   (`/tmp/incus-compose-members-<cluster state dir>.lock.d`), to change members; [`Killed::kill`] and [`ExtraMember::add`] take it
 //!   themselves (re-entrant on one thread) and undo what they did when dropped.
 //! - [`Killed::kill`]`("3")` (`kill-member`: the daemon dies, containers live on; revived
 //!   when dropped), [`ExtraMember::add`] (node4; removed when dropped), [`harness`] (any
@@ -747,14 +747,25 @@ pub fn harness(args: &[&str]) -> Result<(), String> {
     }
 }
 
-/// The machine-wide member turn (every checkout's suites share the clusters).
-pub const MEMBER_TURN: &str = "/tmp/incus-compose-members.lock.d";
+/// The member turn of the cluster the environment names (every checkout's suites share the
+/// clusters; the lines' clusters are separate, so each has its own turn and a 6.0 suite that
+/// kills a member never waits for a 7.0 one).
+pub fn member_turn() -> PathBuf {
+    let cluster = std::env::var("INCUS_COMPOSE_TEST_STATE")
+        .or_else(|_| std::env::var("INCUS_DIR"))
+        .unwrap_or_default();
+    let tag: String = cluster
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    PathBuf::from(format!("/tmp/incus-compose-members{tag}.lock.d"))
+}
 
 thread_local! {
     static TURNS_HELD: Cell<usize> = const { Cell::new(0) };
 }
 
-/// The machine-wide turn for changing members: the directory [`MEMBER_TURN`], taken with
+/// The turn for changing this cluster's members: the directory [`member_turn`], taken with
 /// `mkdir` every 0.5 s until free, stale after 10 minutes, removed when dropped. Re-entrant
 /// on one thread (a test holding it may kill a member, whose guard takes it again).
 pub struct MemberTurn;
@@ -766,11 +777,12 @@ impl MemberTurn {
             return MemberTurn;
         }
         let start = Instant::now();
+        let turn = member_turn();
         loop {
-            match std::fs::create_dir(MEMBER_TURN) {
+            match std::fs::create_dir(&turn) {
                 Ok(()) => {
                     let _ = std::fs::write(
-                        Path::new(MEMBER_TURN).join("holder"),
+                        turn.join("holder"),
                         format!(
                             "tests/{} pid {}",
                             env!("CARGO_CRATE_NAME"),
@@ -785,22 +797,23 @@ impl MemberTurn {
                     return MemberTurn;
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    let stale = std::fs::metadata(MEMBER_TURN)
+                    let stale = std::fs::metadata(&turn)
                         .and_then(|m| m.modified())
                         .ok()
                         .and_then(|t| t.elapsed().ok())
                         .is_some_and(|age| age > Duration::from_secs(600));
                     if stale {
-                        let _ = std::fs::remove_dir_all(MEMBER_TURN);
+                        let _ = std::fs::remove_dir_all(&turn);
                         continue;
                     }
                     assert!(
                         start.elapsed() < Duration::from_secs(900),
-                        "the member turn {MEMBER_TURN} stayed taken for 15 minutes"
+                        "the member turn {} stayed taken for 15 minutes",
+                        turn.display()
                     );
                     std::thread::sleep(Duration::from_millis(500));
                 }
-                Err(e) => panic!("cannot take the member turn {MEMBER_TURN}: {e}"),
+                Err(e) => panic!("cannot take the member turn {}: {e}", turn.display()),
             }
         }
     }
@@ -814,7 +827,7 @@ impl Drop for MemberTurn {
             n
         });
         if left == 0 {
-            let _ = std::fs::remove_dir_all(MEMBER_TURN);
+            let _ = std::fs::remove_dir_all(member_turn());
         }
     }
 }
