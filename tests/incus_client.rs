@@ -61,6 +61,23 @@ where
     }
 }
 
+/// Creates and starts a `busybox` instance `name` (on `member`, else where Incus puts it) and
+/// waits until it runs.
+async fn start_busybox(c: &Client, name: &str, member: Option<&str>) {
+    let mut req = InstancesPost::from_image_alias(name, "busybox");
+    req.start = true;
+    c.create_instance(&req, member)
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+    // `start: true` may report done before the start has finished.
+    c.wait_instance_status(name, "Running", Duration::from_secs(30))
+        .await
+        .unwrap();
+}
+
 /// An online member other than the one we talk to (to exercise `?target=` forwarding),
 /// or the one we talk to on a single-member cluster.
 async fn other_online_member(c: &Client) -> String {
@@ -683,18 +700,7 @@ async fn files_are_pushed_and_pulled_and_commands_run_with_stdin_output_and_exit
     let (c2, name2) = (c.clone(), name.clone());
     run_then_clean(
         async move {
-            let mut req = InstancesPost::from_image_alias(&name2, "busybox");
-            req.start = true;
-            c2.create_instance(&req, Some(&member))
-                .await
-                .unwrap()
-                .wait()
-                .await
-                .unwrap();
-            // `start: true` may report done before the start has finished.
-            c2.wait_instance_status(&name2, "Running", Duration::from_secs(30))
-                .await
-                .unwrap();
+            start_busybox(&c2, &name2, Some(&member)).await;
 
             let opts = FileOptions {
                 mode: 0o640,
@@ -764,17 +770,7 @@ async fn streamed_execs_that_end_at_once_keep_all_their_output() {
     let (c2, name2) = (c.clone(), name.clone());
     run_then_clean(
         async move {
-            let mut req = InstancesPost::from_image_alias(&name2, "busybox");
-            req.start = true;
-            c2.create_instance(&req, None)
-                .await
-                .unwrap()
-                .wait()
-                .await
-                .unwrap();
-            c2.wait_instance_status(&name2, "Running", Duration::from_secs(30))
-                .await
-                .unwrap();
+            start_busybox(&c2, &name2, None).await;
             let mut tasks = Vec::new();
             for t in 0..4 {
                 let (c3, name3) = (c2.clone(), name2.clone());
