@@ -107,6 +107,7 @@ impl Fixture {
             }
         }
         drop(seen);
+        n.resolve(&slots);
         let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
         if slots.is_empty() {
             return out;
@@ -130,12 +131,22 @@ impl Fixture {
             let (Some(addr), Some(tries)) = (parts.next(), parts.next()) else {
                 continue;
             };
-            n.requests += 1;
-            if tries == "2" {
-                n.retried += 1;
+            let body = parts.next();
+            // A replica that has not answered yet in this poll is still starting: no client
+            // is sent to it (it joins the service name once ready), so its requests are
+            // counted apart. Once it answered, each of its requests counts.
+            if !n.served.contains(addr) {
+                if body.is_none() {
+                    n.unready += 1;
+                    continue;
+                }
+                n.served.insert(addr.to_string());
             }
-            let Some(body) = parts.next() else {
-                n.failed += 1;
+            n.requests += 1;
+            if tries == "2" || body.is_none() {
+                n.pending.push((addr.to_string(), body.is_some()));
+            }
+            let Some(body) = body else {
                 continue;
             };
             if let Some(slot) = slots.get(addr) {
@@ -154,6 +165,13 @@ impl Fixture {
 
     /// [`Fixture::up_while_polling`], with the count of the requests made.
     pub fn up_while_polling_counted(&self, service: &str) -> (Output, usize, Vec<usize>, Fetches) {
+        // The replicas in service before the update have answered already.
+        let mut before = Fetches::default();
+        self.answers_counted(service, &mut before);
+        let mut fetches = Fetches {
+            served: before.served,
+            ..Fetches::default()
+        };
         let child = self
             .command(&["up", "-d"])
             .stdout(Stdio::piped())
@@ -162,7 +180,6 @@ impl Fixture {
             .expect("start up");
         let started = Instant::now();
         let mut rounds = Vec::new();
-        let mut fetches = Fetches::default();
         let mut child = child;
         loop {
             if child.try_wait().expect("wait").is_some() {
@@ -186,10 +203,15 @@ impl Fixture {
             );
         }
         let out = child.wait_with_output().expect("up output");
+        // What the last round's late answers were: listed once more.
+        let mut last = Fetches::default();
+        let _ = self.answers_counted(service, &mut last);
+        fetches.resolve(&last.listed);
         eprintln!(
-            "$ incus-compose up -d (polled {} rounds: {:?}; {fetches:?})\n{}{}",
+            "$ incus-compose up -d (polled {} rounds: {:?}; {})\n{}{}",
             rounds.len(),
             rounds,
+            fetches.summary(),
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
@@ -212,13 +234,62 @@ impl Fixture {
     }
 }
 
-/// HTTP requests made while polling: all, those answered only on the second try (a second
-/// later), those not answered at all.
+/// HTTP requests made while polling replicas that had answered before (in service): all,
+/// those answered only on the second try (a second later), those not answered at all; and
+/// apart, the requests to replicas that had not answered yet (still starting), and the late
+/// or missing answers of replicas that were stopping (retired or stopped by the next round:
+/// a client asking by name is no longer sent there).
 #[derive(Debug, Default)]
 pub struct Fetches {
     pub requests: usize,
     pub retried: usize,
     pub failed: usize,
+    pub unready: usize,
+    pub leaving: usize,
+    /// The addresses that answered at least once.
+    pub served: BTreeSet<String>,
+    /// This round's late answers (address, answered on the second try), counted once the
+    /// next listing tells whether the replica was still in service.
+    pending: Vec<(String, bool)>,
+    /// The addresses of the replicas in service at the last listing.
+    listed: BTreeMap<String, String>,
+}
+
+impl Fetches {
+    pub fn summary(&self) -> String {
+        format!(
+            "{} requests to replicas in service, {} answered on the second try, {} not answered; apart: {} to replicas still starting, {} late or missing from replicas stopping",
+            self.requests, self.retried, self.failed, self.unready, self.leaving
+        )
+    }
+
+    /// Counts the last round's late answers, given the replicas in service now.
+    fn resolve(&mut self, in_service: &BTreeMap<String, String>) {
+        for (addr, answered) in std::mem::take(&mut self.pending) {
+            if !in_service.contains_key(&addr) {
+                self.requests -= 1;
+                self.leaving += 1;
+            } else if answered {
+                self.retried += 1;
+            } else {
+                self.failed += 1;
+            }
+            eprintln!(
+                "request to {addr}: {}{}",
+                if answered {
+                    "answered on the second try"
+                } else {
+                    "not answered"
+                },
+                if in_service.contains_key(&addr) {
+                    ""
+                } else {
+                    " (stopping)"
+                }
+            );
+        }
+        self.listed = in_service.clone();
+    }
 }
 
 /// Four replicas of testapp with a healthcheck that needs the page and an address.

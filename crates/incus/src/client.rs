@@ -53,6 +53,43 @@ pub fn requests_sent() -> Vec<(&'static str, u64)> {
         .collect()
 }
 
+/// With `INCUS_COMPOSE_REQUEST_LOG=FILE` in the environment, every request is appended to FILE
+/// as one line: the program's name, the method, the path with its query, and the milliseconds
+/// until the answer's head. For measuring which requests a command or a test suite makes
+/// (`scripts/request-profile` sums such a file); off (one environment read) otherwise.
+fn log_request(method: &Method, path: &str, sent_at: std::time::Instant) {
+    use std::io::Write;
+    static LOG: std::sync::OnceLock<Option<std::sync::Mutex<std::fs::File>>> =
+        std::sync::OnceLock::new();
+    let log = LOG.get_or_init(|| {
+        let file = std::env::var_os("INCUS_COMPOSE_REQUEST_LOG")?;
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(file)
+            .ok()?;
+        Some(std::sync::Mutex::new(f))
+    });
+    let Some(log) = log else {
+        return;
+    };
+    let program = std::env::args()
+        .next()
+        .and_then(|a| {
+            std::path::Path::new(&a)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+        })
+        .unwrap_or_default();
+    let line = format!(
+        "{program} {method} {path} {}\n",
+        sent_at.elapsed().as_millis()
+    );
+    if let Ok(mut f) = log.lock() {
+        let _ = f.write_all(line.as_bytes());
+    }
+}
+
 /// Characters left as they are in a path segment or query value: RFC 3986 unreserved.
 const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'-')
@@ -518,7 +555,10 @@ impl Client {
             })?;
         tracing::debug!(request = %label, "incus request");
         count(&req.method);
-        let resp = match self.inner.http.request(http_req).await {
+        let sent_at = std::time::Instant::now();
+        let resp = self.inner.http.request(http_req).await;
+        log_request(&req.method, &label.path, sent_at);
+        let resp = match resp {
             Ok(r) => r,
             Err(e) if e.is_connect() => {
                 let io = find_io_error(&e).unwrap_or_else(|| std::io::Error::other(chain(&e)));
