@@ -213,6 +213,13 @@ pub struct Forwarder {
     pub targets: BTreeMap<String, String>,
 }
 
+/// The forwarders' neighbour (ARP) timings per NIC (see [`Forwarder::raw_lxc`]).
+const NEIGHBOUR_TIMINGS: [(&str, u32); 3] = [
+    ("base_reachable_time_ms", 2000),
+    ("delay_first_probe_time", 1),
+    ("retrans_time_ms", 500),
+];
+
 impl Forwarder {
     /// Its NIC devices.
     pub fn nic_devices(&self) -> Devices {
@@ -233,13 +240,21 @@ impl Forwarder {
             .collect()
     }
 
-    /// `raw.lxc` lines giving each NIC its address without DHCP.
+    /// `raw.lxc` lines giving each NIC its address without DHCP, and neighbour timings that
+    /// notice a moved replica within seconds: a replica that moves keeps its address but gets
+    /// a new MAC, and with the kernel's defaults the forwarder keeps sending to the old one
+    /// while its entry is "reachable" (15-45 s) and then for 5 s more before asking again.
+    /// With these, an entry is confirmed again after 1-3 s, and a stale one is asked again
+    /// after 1 s (three unicast tries 0.5 s apart, then a broadcast): at most about 5 s.
     pub fn raw_lxc(&self) -> Vec<String> {
-        self.nics
-            .iter()
-            .enumerate()
-            .map(|(i, (_, ip, prefix))| format!("lxc.net.{i}.ipv4.address = {ip}/{prefix}"))
-            .collect()
+        let mut lines = Vec::new();
+        for (i, (_, ip, prefix)) in self.nics.iter().enumerate() {
+            lines.push(format!("lxc.net.{i}.ipv4.address = {ip}/{prefix}"));
+            for (key, value) in NEIGHBOUR_TIMINGS {
+                lines.push(format!("lxc.sysctl.net.ipv4.neigh.eth{i}.{key} = {value}"));
+            }
+        }
+        lines
     }
 
     /// [`LABEL_INGRESS_KEY`]: its networks and addresses.
@@ -431,7 +446,12 @@ mod tests {
         assert_eq!(ips, ["100.100.3.254", "100.100.3.253", "100.100.3.252"]);
         assert_eq!(
             f[0].raw_lxc(),
-            ["lxc.net.0.ipv4.address = 100.100.3.254/24"]
+            [
+                "lxc.net.0.ipv4.address = 100.100.3.254/24",
+                "lxc.sysctl.net.ipv4.neigh.eth0.base_reachable_time_ms = 2000",
+                "lxc.sysctl.net.ipv4.neigh.eth0.delay_first_probe_time = 1",
+                "lxc.sysctl.net.ipv4.neigh.eth0.retrans_time_ms = 500",
+            ]
         );
     }
 
