@@ -1,8 +1,8 @@
 //! The project lock, crash safety of a first `up`, and operating a project by name (`-p NAME`
 //! without the compose file, `ls`): the built `incus-compose` binary against a real Incus
-//! cluster.
+//! server (`scripts/test` runs it on the single 6.0 server; it passes on the clusters too).
 //!
-//! Load the test cluster's environment first (`set -a && . .test-cluster/env && set +a`),
+//! Load the test server's environment first (`set -a && . .test-cluster/env-single && set +a`),
 //! then `cargo test --test lock`. Without `INCUS_DIR`/`INCUS_SOCKET`, or with no daemon
 //! answering, every test fails and says so.
 //!

@@ -397,6 +397,38 @@ async fn remove_acl_if_unused(t: &Target, acl: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Network `name`, which a creation found existing, when it carries the labels of `config`
+/// (its compose project and network): made by a run that was killed after sending the same
+/// creation. `Some(true)`: the server finished it (`Created`); `Some(false)`: it did not
+/// (after waiting up to 5 s for it). `None`: not ours.
+async fn left_by_a_killed_run(
+    t: &Target,
+    name: &str,
+    config: &BTreeMap<String, String>,
+) -> Option<bool> {
+    let labels = |c: &BTreeMap<String, String>| {
+        (
+            c.get(ic_core::keys::LABEL_PROJECT).cloned(),
+            c.get(ic_core::keys::LABEL_NETWORK).cloned(),
+        )
+    };
+    labels(config).0.as_ref()?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let n = t.networks.network(name, None).await.ok()?;
+        if labels(&n.config) != labels(config) {
+            return None;
+        }
+        if n.status.eq_ignore_ascii_case("created") {
+            return Some(true);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Some(false);
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
 pub(super) async fn run(t: &Target, action: &Action) -> anyhow::Result<String> {
     match action {
         Action::CreateProject { name, config } => {
@@ -448,6 +480,27 @@ pub(super) async fn run(t: &Target, action: &Action) -> anyhow::Result<String> {
                     Err(e) if attempt < RETRIES && transient(&e) => {
                         attempt += 1;
                         tokio::time::sleep(Duration::from_millis(500 * attempt)).await;
+                    }
+                    // On a single server a network is made in one request. A run killed
+                    // while the server was making it leaves it `Pending` (Incus 6.0 stops there
+                    // when the client goes away), or finished if the server got that far: the
+                    // next run may not have seen it. One with our labels (this compose project
+                    // and network) is that one: kept once `Created`, else removed and made
+                    // again (nothing can use a network that was never started). Any other is
+                    // not ours and stays an error.
+                    Err(e) if e.status() == Some(409) && members.is_empty() => {
+                        match left_by_a_killed_run(t, name, config).await {
+                            Some(true) => break,
+                            Some(false) if attempt < RETRIES => {
+                                attempt += 1;
+                                t.networks.delete_network(name).await.with_context(|| {
+                                    format!(
+                                        "removing network {name}, left unfinished by a killed run"
+                                    )
+                                })?;
+                            }
+                            _ => return Err(e).with_context(|| format!("creating network {name}")),
+                        }
                     }
                     Err(e) => {
                         // An ACL made for this network alone would be left behind: the failed
