@@ -1,13 +1,13 @@
-//! Rolling updates that go back or pick up again, on the real test cluster: `failure_action`
+//! Rolling updates that go back or pick up again, on a real Incus server: `failure_action`
 //! rollback and pause, `rollback` (to a revision, with volumes), and updates killed half way
 //! and finished or resumed by the next `up`. The forward rollouts (stop-first, start-first,
 //! published ports, in-place limits, a member killed during an update) are `tests/rollout.rs`;
 //! both share `tests/common/rollout.rs` (polling every replica's page while `up` rolls).
 //!
-//! Split from `tests/rollout.rs` so that the two run on different Incus lines at the same time
-//! (`scripts/test` runs this one on the 7.0 line; it behaves the same on 6.0). Start a test
-//! cluster and load its environment first (`set -a && . .test-cluster/env-7.0 && set +a`), then
-//! `cargo test --test rollback`. Without a reachable Incus cluster every test fails.
+//! Nothing here needs a cluster: `scripts/test` runs it on the single 6.0 server, beside the
+//! cluster suites (it passes on the clusters too). Start a test server and load its environment
+//! first (`set -a && . .test-cluster/env-single && set +a`), then `cargo test --test rollback`.
+//! Without a reachable Incus server every test fails.
 
 mod common;
 
