@@ -219,6 +219,13 @@ impl Error {
         self.status() == Some(404)
     }
 
+    /// True when a background operation ended and Incus forgot it before its result was read
+    /// (a finished operation is kept about 5 s; a loaded cluster can answer the first `/wait`
+    /// later than that): it may have succeeded or failed, the object it made or changed says.
+    pub fn is_vanished_operation(&self) -> bool {
+        matches!(self, Error::Api { status: 404, message, .. } if message.contains(VANISHED))
+    }
+
     /// True when Incus refused to create something because an object of that name exists
     /// (HTTP 409, or Incus 6.0's HTTP 500 "... already exists" or "UNIQUE constraint failed"). Never transient: retrying
     /// cannot succeed, and the object may not be the caller's.
@@ -293,6 +300,24 @@ mod tests {
     }
 
     #[test]
+    fn only_a_vanished_operation_counts_as_one() {
+        let api = |status, message: String| Error::Api {
+            request: label("POST", "/1.0/instances"),
+            status,
+            message,
+        };
+        assert!(
+            api(
+                404,
+                format!("background operation 0c35 (Creating instance) {VANISHED}")
+            )
+            .is_vanished_operation()
+        );
+        assert!(!api(404, "Operation not found".into()).is_vanished_operation());
+        assert!(!api(500, VANISHED.into()).is_vanished_operation());
+    }
+
+    #[test]
     fn api_error_names_request_message_and_status() {
         let e = Error::Api {
             request: label("POST", "/1.0/instances?project=x&target=node2"),
@@ -348,3 +373,6 @@ mod tests {
         assert_eq!(e.incus_message(), Some("Failed to run: boom"));
     }
 }
+
+/// The words of the error a vanished operation gives ([`Error::is_vanished_operation`]).
+pub(crate) const VANISHED: &str = "vanished before its result was read";

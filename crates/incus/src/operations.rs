@@ -142,8 +142,10 @@ impl PendingOperation {
                             request: self.request,
                             status,
                             message: format!(
-                                "background operation {} ({}) vanished before its result was read",
-                                op.id, op.description
+                                "background operation {} ({}) {}",
+                                op.id,
+                                op.description,
+                                crate::error::VANISHED
                             ),
                         });
                     }
