@@ -288,6 +288,9 @@ pub(crate) fn chain(err: &dyn std::error::Error) -> String {
     out
 }
 
+/// The words of the error a vanished operation gives ([`Error::is_vanished_operation`]).
+pub(crate) const VANISHED: &str = "vanished before its result was read";
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -373,6 +376,3 @@ mod tests {
         assert_eq!(e.incus_message(), Some("Failed to run: boom"));
     }
 }
-
-/// The words of the error a vanished operation gives ([`Error::is_vanished_operation`]).
-pub(crate) const VANISHED: &str = "vanished before its result was read";
