@@ -249,3 +249,69 @@ fn under_watch_a_replica_stopped_from_outside_leaves_the_name_within_5_s_and_com
     assert!(gone, "web-2 ({web2}) still resolved 5 s after it stopped");
     assert!(back, "web-2 ({web2}) did not come back in the name");
 }
+
+#[test]
+fn under_watch_an_unhealthy_replica_restarted_by_its_restart_policy_comes_back_in_the_name() {
+    let f = Fixture::new("sick").at_most(CONCURRENT_FIXTURES);
+    // Unhealthy once `/sick` holds the start time of the running PID 1: a restart (a new
+    // PID 1) makes it healthy again.
+    let check = "      test: \"wget -q -O- http://127.0.0.1/ >/dev/null && ip -4 addr show eth0 | grep -q inet\"\n";
+    let yaml = stack("testapp/v1", "{parallelism: 1}", 3, "resolver")
+        .replace(
+            check,
+            "      test: \"wget -q -O- http://127.0.0.1/ >/dev/null && ip -4 addr show eth0 | grep -q inet && [ \\\"$$(cat /sick 2>/dev/null)\\\" != \\\"$$(cut -d' ' -f22 /proc/1/stat)\\\" ]\"\n",
+        )
+        .replace(
+            "    stop_grace_period: 2s\n",
+            "    stop_grace_period: 2s\n    restart: always\n",
+        );
+    assert!(yaml.contains("/sick"), "the healthcheck was not replaced");
+    f.write(&yaml);
+    f.ok(&["up", "-d", "--wait"]);
+    let web2 = f
+        .instance("web-2")
+        .config
+        .get("user.incus-compose.ipv4.net")
+        .cloned()
+        .expect("address label");
+    let mut first = Vec::new();
+    wait_until(Duration::from_secs(10), || {
+        first = resolved(&f, "web");
+        first.len() == 3
+    });
+    assert_eq!(first.len(), 3, "{first:?}");
+    let mut watch = f.spawn(&["watch", "--interval", "30"]);
+    std::thread::sleep(Duration::from_secs(3));
+    let out = incus(&[
+        "exec",
+        "--project",
+        &f.name,
+        "web-2",
+        "--",
+        "sh",
+        "-c",
+        "cut -d' ' -f22 /proc/1/stat > /sick",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    // watch finds it unhealthy and restarts it: it leaves the name, then comes back.
+    let gone = wait_until(Duration::from_secs(60), || {
+        !resolved(&f, "web").contains(&web2)
+    });
+    let back = gone
+        && wait_until(Duration::from_secs(60), || {
+            resolved(&f, "web").contains(&web2)
+        });
+    let _ = watch.kill();
+    let out = watch.wait_with_output().expect("watch output");
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    eprintln!(
+        "$ incus-compose watch\n{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(gone, "web-2 ({web2}) never left the name");
+    assert!(
+        said.contains("web-2 restarted: it was unhealthy"),
+        "watch did not restart web-2"
+    );
+    assert!(back, "web-2 ({web2}) restarted, did not come back in the name");
+}

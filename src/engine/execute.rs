@@ -562,14 +562,19 @@ pub(super) async fn run(t: &Target, action: &Action) -> anyhow::Result<String> {
                 }
             }
             t.project.update_instance(name, &put).await?.wait().await?;
-            Ok(format!(
-                "[~] {name} updated in place, without a restart ({})",
-                set.keys()
-                    .filter(|k| !k.starts_with(ic_core::keys::OURS_PREFIX))
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ))
+            let keys: Vec<&str> = set
+                .keys()
+                .filter(|k| !k.starts_with(ic_core::keys::OURS_PREFIX))
+                .map(String::as_str)
+                .collect();
+            Ok(if keys.is_empty() {
+                format!("[~] {name}: its records updated")
+            } else {
+                format!(
+                    "[~] {name} updated in place, without a restart ({})",
+                    keys.join(", ")
+                )
+            })
         }
         Action::Recreate(p) => {
             remove(t, p.old_name.as_deref().unwrap_or(&p.name), p.stop_timeout).await?;
@@ -582,6 +587,8 @@ pub(super) async fn run(t: &Target, action: &Action) -> anyhow::Result<String> {
         Action::Start { name, .. } => {
             start(t, name).await?;
             wait_started(t, name).await?;
+            // Back in its service names (it may have left them before a stop of this run).
+            after_ready(t, name).await?;
             Ok(format!("[+] {name} started"))
         }
         Action::Stop { name, timeout, .. } => {

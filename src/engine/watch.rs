@@ -660,8 +660,12 @@ impl Exits {
     }
 }
 
-/// An unhealthy replica: (name, what to do, keys to write, log lines).
+/// A stopped replica to start: (name, service, keys to write, log lines).
+type StoppedStart = (String, String, BTreeMap<String, String>, Vec<String>);
+
+/// An unhealthy replica: (name, service, what to do, keys to write, log lines).
 type RunningAction = (
+    String,
     String,
     ic_core::watch::restart::Unhealthy,
     BTreeMap<String, String>,
@@ -751,7 +755,7 @@ async fn restart_policy(
     let mut running_actions: Vec<RunningAction> = Vec::new();
     let mut ok = true;
     let mut due: Option<u64> = None;
-    let mut starts: Vec<(String, BTreeMap<String, String>, Vec<String>)> = Vec::new();
+    let mut starts: Vec<StoppedStart> = Vec::new();
     let mut stopped_now = BTreeSet::new();
     for t in &d.services {
         // A service without a stored policy: only its unhealthy replicas are handled here,
@@ -821,14 +825,14 @@ async fn restart_policy(
             if let Some(u) = a.unhealthy {
                 let mut lines = vec![unhealthy.get(&i.name).cloned().unwrap_or_default()];
                 lines.extend(a.log);
-                running_actions.push((i.name.clone(), u, a.set, lines));
+                running_actions.push((i.name.clone(), t.service.clone(), u, a.set, lines));
                 continue;
             }
             if let Some(x) = a.due {
                 due = Some(due.map_or(x, |d| d.min(x)));
             }
             if let Some(Stopped::Start) = a.stopped {
-                starts.push((i.name.clone(), a.set, a.log));
+                starts.push((i.name.clone(), t.service.clone(), a.set, a.log));
                 continue;
             }
             for line in &a.log {
@@ -883,8 +887,10 @@ async fn restart_policy(
             return false;
         }
     };
-    let started_any = !starts.is_empty();
-    for (name, set, lines) in starts {
+    // Every start, restart and stop is a plan of actions run by the one executor (the stop
+    // passes its stop step: the replica leaves its service names first; a start joins them).
+    let target = Target::new(base, &w.incus_project, obs, Some(guard.lease()), Some(d));
+    for (name, service, set, lines) in starts {
         for line in &lines {
             log.event(&w.compose, "restart", &name, line, None);
         }
@@ -892,15 +898,17 @@ async fn restart_policy(
             .get(ic_core::keys::LABEL_RESTARTS)
             .map(|h| rp::parse_history(h).len())
             .unwrap_or(0);
-        let started = async {
-            guard.lease().fence()?;
-            set_keys(&client, w, &name, &set).await?;
-            client
-                .start_instance(&name)
-                .await
-                .with_context(|| format!("cannot start {name}"))
-        }
-        .await;
+        let plan = restart_plan(
+            &w.incus_project,
+            &name,
+            &service,
+            set,
+            &[Action::Start {
+                name: name.clone(),
+                service: service.clone(),
+            }],
+        );
+        let started = run_restart_plan(&target, w, &plan).await;
         let message = format!("{name} started: it was stopped (restart {history}, restart_policy)");
         match started {
             Ok(()) => {
@@ -920,40 +928,26 @@ async fn restart_policy(
             }
         }
     }
-    // Replicas started here join their service names at once (engine::names).
-    if started_any {
-        super::names::refresh(base, &w.incus_project).await;
-    }
-    for (name, what, set, lines) in running_actions {
+    for (name, service, what, set, lines) in running_actions {
         for line in lines.iter().filter(|l| !l.is_empty()) {
             log.event(&w.compose, "unhealthy", &name, line, None);
         }
-        let fence = guard.lease();
-        let target = Target::new(base, &w.incus_project, obs, Some(guard.lease()), None);
-        let done = async {
-            fence.fence()?;
-            set_keys(&client, w, &name, &set).await?;
-            // Every replica stop passes the executor's one stop step.
-            super::execute::before_stop(&target, &name).await?;
-            let action = match what {
-                rp::Unhealthy::Restart => "restart",
-                rp::Unhealthy::Stop(_) => "stop",
-            };
-            // As `docker stop`: 10 s to stop cleanly, then forced.
-            let clean = match what {
-                rp::Unhealthy::Restart => client.restart_instance(&name, 10, false).await,
-                rp::Unhealthy::Stop(_) => client.stop_instance(&name, 10, false).await,
-            };
-            if clean.is_err() {
-                match what {
-                    rp::Unhealthy::Restart => client.restart_instance(&name, 0, true).await,
-                    rp::Unhealthy::Stop(_) => client.stop_instance(&name, 0, true).await,
-                }
-                .with_context(|| format!("cannot {action} {name}"))?;
-            }
-            Ok::<(), anyhow::Error>(())
-        }
-        .await;
+        // As `docker stop`: 10 s to stop cleanly, then forced.
+        let stop = Action::Stop {
+            name: name.clone(),
+            service: service.clone(),
+            timeout: 10,
+        };
+        let start = Action::Start {
+            name: name.clone(),
+            service: service.clone(),
+        };
+        let steps = match what {
+            rp::Unhealthy::Restart => vec![stop, start],
+            rp::Unhealthy::Stop(_) => vec![stop],
+        };
+        let plan = restart_plan(&w.incus_project, &name, &service, set, &steps);
+        let done = run_restart_plan(&target, w, &plan).await;
         let (kind, message) = match &what {
             rp::Unhealthy::Restart => (
                 "action",
@@ -975,6 +969,63 @@ async fn restart_policy(
     }
     drop(guard);
     ok
+}
+
+/// The plan `restart_policy` runs for one replica: its restart records written (a stage of
+/// its own, so a failed write stops what follows), then `steps` (stop, start) one stage each.
+fn restart_plan(
+    incus_project: &str,
+    name: &str,
+    service: &str,
+    set: BTreeMap<String, String>,
+    steps: &[Action],
+) -> ic_core::plan::Plan {
+    let mut stages = Vec::new();
+    if !set.is_empty() {
+        stages.push(ic_core::plan::Stage {
+            title: "restart records".into(),
+            actions: vec![Action::UpdateInPlace {
+                name: name.to_string(),
+                service: service.to_string(),
+                set,
+            }],
+        });
+    }
+    stages.extend(steps.iter().map(|a| ic_core::plan::Stage {
+        title: "restart_policy".into(),
+        actions: vec![a.clone()],
+    }));
+    ic_core::plan::Plan {
+        incus_project: incus_project.to_string(),
+        stages,
+        unchanged: Vec::new(),
+        placement: Vec::new(),
+        pending: Vec::new(),
+        rollouts: BTreeMap::new(),
+        warnings: Vec::new(),
+    }
+}
+
+/// Runs a [`restart_plan`] through the one executor, fenced by the watch's own lease too:
+/// what failed, as one error.
+async fn run_restart_plan(
+    target: &Target,
+    w: &Watched,
+    plan: &ic_core::plan::Plan,
+) -> anyhow::Result<()> {
+    if let Some(l) = &w.leader {
+        l.lease().fence()?;
+    }
+    let outcome = super::execute(target, plan, 1).await;
+    if outcome.ok() {
+        return Ok(());
+    }
+    let why: Vec<String> = outcome
+        .failed
+        .iter()
+        .map(|(obj, why)| format!("{obj}: {why}"))
+        .collect();
+    anyhow::bail!("{}", why.join("; "))
 }
 
 /// Runs (or stops) the project's healthcheck prober for the services of `d` with a
