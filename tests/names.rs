@@ -313,5 +313,8 @@ fn under_watch_an_unhealthy_replica_restarted_by_its_restart_policy_comes_back_i
         said.contains("web-2 restarted: it was unhealthy"),
         "watch did not restart web-2"
     );
-    assert!(back, "web-2 ({web2}) restarted, did not come back in the name");
+    assert!(
+        back,
+        "web-2 ({web2}) restarted, did not come back in the name"
+    );
 }

@@ -1219,3 +1219,77 @@ async fn ensure_names(t: &Target, w: &Watched, log: &Log) {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn titles_and_actions(p: &ic_core::plan::Plan) -> Vec<(String, Vec<String>)> {
+        p.stages
+            .iter()
+            .map(|s| {
+                (
+                    s.title.clone(),
+                    s.actions
+                        .iter()
+                        .map(|a| match a {
+                            Action::UpdateInPlace { name, set, .. } => {
+                                format!("update {name} {}", set.len())
+                            }
+                            Action::Stop { name, timeout, .. } => format!("stop {name} {timeout}"),
+                            Action::Start { name, .. } => format!("start {name}"),
+                            other => format!("{other:?}"),
+                        })
+                        .collect(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_restart_plan_writes_the_records_first_then_each_step_alone() {
+        let set = BTreeMap::from([(
+            ic_core::keys::LABEL_RESTARTS.to_string(),
+            "1700000000".to_string(),
+        )]);
+        let steps = [
+            Action::Stop {
+                name: "web-1".into(),
+                service: "web".into(),
+                timeout: 10,
+            },
+            Action::Start {
+                name: "web-1".into(),
+                service: "web".into(),
+            },
+        ];
+        let p = restart_plan("p", "web-1", "web", set, &steps);
+        assert_eq!(p.incus_project, "p");
+        assert_eq!(
+            titles_and_actions(&p),
+            vec![
+                (
+                    "restart records".to_string(),
+                    vec!["update web-1 1".to_string()]
+                ),
+                (
+                    "restart_policy".to_string(),
+                    vec!["stop web-1 10".to_string()]
+                ),
+                (
+                    "restart_policy".to_string(),
+                    vec!["start web-1".to_string()]
+                ),
+            ]
+        );
+        // Nothing to record: no write, only the steps.
+        let p = restart_plan("p", "web-1", "web", BTreeMap::new(), &steps[1..]);
+        assert_eq!(
+            titles_and_actions(&p),
+            vec![(
+                "restart_policy".to_string(),
+                vec!["start web-1".to_string()]
+            )]
+        );
+    }
+}
