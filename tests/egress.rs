@@ -42,12 +42,17 @@ struct Outside {
 
 impl Outside {
     fn start() -> Outside {
+        Outside::start_as(0)
+    }
+
+    /// Host `k` (0 or 1) of this process: its own namespace, interface and address.
+    fn start_as(k: u32) -> Outside {
         let seven = std::env::var("INCUS_COMPOSE_TEST_INCUS_LINE").is_ok_and(|l| l == "7.0");
         let (bridge, net) = if seven { ("ic7br0", 2) } else { ("ictbr0", 1) };
         let id = std::process::id() % 50;
-        let ns = format!("icegress{}", std::process::id());
-        let host_if = format!("iceg{id}h");
-        let address = format!("100.64.{net}.{}", 200 + id);
+        let ns = format!("icegress{}-{k}", std::process::id());
+        let host_if = format!("iceg{id}h{k}");
+        let address = format!("100.64.{net}.{}", 200 - 50 * k + id);
         let _ = Command::new("ip").args(["netns", "del", &ns]).output();
         let _ = Command::new("ip").args(["link", "del", &host_if]).output();
         run("ip", &["netns", "add", &ns]);
@@ -234,5 +239,217 @@ networks:
     assert!(
         !f.reaches("q", 1, &out.url()),
         "q-1 (egress: false) reached the outside host"
+    );
+}
+
+/// `tests/tools/udp-send.rs` built static (std only) into `dir`, to be pushed into containers.
+fn udp_send(dir: &std::path::Path) -> std::path::PathBuf {
+    let out = dir.join("udp-send");
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tools/udp-send.rs");
+    let built = Command::new(&rustc)
+        .args([
+            "--edition",
+            "2024",
+            "-C",
+            "opt-level=s",
+            "-C",
+            "target-feature=+crt-static",
+            "-C",
+            "panic=abort",
+        ])
+        .arg(&src)
+        .arg("-o")
+        .arg(&out)
+        .output()
+        .unwrap_or_else(|e| panic!("run {rustc}: {e}"));
+    assert!(
+        built.status.success(),
+        "building {}: {}",
+        src.display(),
+        String::from_utf8_lossy(&built.stderr)
+    );
+    out
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A VXLAN datagram (VNI `vni`) carrying a broadcast ARP request from `mac`/`from` for `to`:
+/// a host that owns `to` and receives it learns `from` -> `mac` in its ARP table.
+fn crafted_vxlan(
+    vni: u32,
+    mac: [u8; 6],
+    from: std::net::Ipv4Addr,
+    to: std::net::Ipv4Addr,
+) -> String {
+    let mut p = vec![0x08, 0, 0, 0];
+    p.extend_from_slice(&vni.to_be_bytes()[1..]);
+    p.push(0);
+    // Ethernet: broadcast, from `mac`, ARP.
+    p.extend_from_slice(&[0xff; 6]);
+    p.extend_from_slice(&mac);
+    p.extend_from_slice(&[0x08, 0x06]);
+    // ARP request: Ethernet/IPv4, sender mac/from, target ?/to.
+    p.extend_from_slice(&[0, 1, 0x08, 0, 6, 4, 0, 1]);
+    p.extend_from_slice(&mac);
+    p.extend_from_slice(&from.octets());
+    p.extend_from_slice(&[0; 6]);
+    p.extend_from_slice(&to.octets());
+    // Padded to Ethernet's 60 bytes.
+    p.resize(8 + 60, 0);
+    hex(&p)
+}
+
+#[test]
+fn a_container_with_root_cannot_inject_frames_into_another_network_by_crafted_vxlan() {
+    let c = cluster_client();
+    let tools = tempfile::tempdir().expect("temp dir");
+    let sender = udp_send(tools.path());
+    let outside = Outside::start_as(1);
+    let f = Fixture::with_client(c, "vx");
+    f.write(
+        r#"
+name: {name}
+services:
+  a:
+    image: testapp/v1
+    deploy: {replicas: 3}
+    networks: [na]
+  b:
+    image: testapp/v1
+    deploy: {replicas: 3}
+    networks: [nb]
+networks:
+  na: {}
+  nb: {}
+"#,
+    );
+    f.ok(&["up", "-d"]);
+    let inst = f.instances();
+    // The victim: b-1, on its member; nb's VNI.
+    let victim = &inst["b-1"];
+    let member = victim.location.clone();
+    let to: std::net::Ipv4Addr = victim
+        .config
+        .get("user.incus-compose.ipv4.nb")
+        .expect("b-1's address label")
+        .parse()
+        .expect("an IPv4 address");
+    let mut from = to.octets();
+    from[3] = 250;
+    let from = std::net::Ipv4Addr::from(from);
+    let vni: u32 = f
+        .networks()
+        .iter()
+        .find(|n| {
+            n.config
+                .get("user.incus-compose.network")
+                .map(String::as_str)
+                == Some("nb")
+        })
+        .and_then(|n| n.config.get("tunnel.v.id"))
+        .expect("nb's tunnel.v.id")
+        .parse()
+        .expect("a VNI");
+    let learned = |mac: &str| {
+        let (code, arp) = f.sh("b", 1, "cat /proc/net/arp");
+        assert_eq!(code, 0, "cat /proc/net/arp in b-1: {arp}");
+        arp.to_lowercase().contains(mac)
+    };
+    let wait_learned = |mac: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while std::time::Instant::now() < deadline {
+            if learned(mac) {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(300));
+        }
+        learned(mac)
+    };
+    let pid = std::process::id().to_be_bytes();
+
+    // Positive control: the same datagram from a host on the members' link reaches b-1 (the
+    // frame and the port are right; the underlay itself takes VXLAN from its own link).
+    let control_mac = [0x02, 0x1c, pid[0], pid[1], pid[2], pid[3]];
+    let control_text = hex(&control_mac);
+    let control = crafted_vxlan(vni, control_mac, from, to);
+    let sent = run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &outside.ns,
+            sender.to_str().expect("path"),
+            &format!("{}:8472", member_address(&member)),
+            &control,
+        ],
+    );
+    eprintln!("control: {}", String::from_utf8_lossy(&sent.stdout));
+    let colon = |h: &str| {
+        h.as_bytes()
+            .chunks(2)
+            .map(|p| std::str::from_utf8(p).unwrap_or(""))
+            .collect::<Vec<_>>()
+            .join(":")
+    };
+    assert!(
+        wait_learned(&colon(&control_text)),
+        "positive control: a crafted VXLAN datagram from the members' link to {member}:8472 (VNI {vni}) did not reach b-1"
+    );
+
+    // From root in every replica of a, on every member: to b-1's member, to every member, and to
+    // its own gateway, on both VXLAN ports. Nothing reaches b-1.
+    let attack_mac = [0x02, 0x1d, pid[0], pid[1], pid[2], pid[3]];
+    let attack = crafted_vxlan(vni, attack_mac, from, to);
+    let gateway = |i: u32| {
+        let (_, route) = f.sh("a", i, "ip route show default");
+        route
+            .split_whitespace()
+            .skip_while(|w| *w != "via")
+            .nth(1)
+            .unwrap_or("")
+            .to_string()
+    };
+    for i in 1..=3 {
+        let name = format!("a-{i}");
+        let pushed = run(
+            "incus",
+            &[
+                "file",
+                "push",
+                "--project",
+                &f.name,
+                "--mode",
+                "0755",
+                sender.to_str().expect("path"),
+                &format!("{name}/udp-send"),
+            ],
+        );
+        assert!(pushed.status.success());
+        let mut targets: Vec<String> = ["node1", "node2", "node3"]
+            .iter()
+            .map(|m| member_address(m))
+            .collect();
+        let gw = gateway(i);
+        assert!(!gw.is_empty(), "{name} has no default gateway");
+        targets.push(gw);
+        for t in &targets {
+            for port in ["8472", "4789"] {
+                let (code, said) = f.sh("a", i, &format!("/udp-send {t}:{port} {attack}"));
+                assert!(
+                    code == 0 && (said.contains("sent") || said.contains("error")),
+                    "udp-send in {name} did not run (exit {code}): {said:?}"
+                );
+            }
+        }
+    }
+    assert!(
+        !wait_learned(&colon(&hex(&attack_mac))),
+        "a crafted VXLAN datagram from a replica of a (network na) reached b-1 (network nb)"
+    );
+    eprintln!(
+        "crafted VXLAN (VNI {vni}): from the members' link it reached b-1 on {member}; from a's replicas (to every member, their gateways, ports 8472 and 4789) it did not"
     );
 }

@@ -62,7 +62,7 @@ impl Poller {
         let mut child = Command::new("incus")
             .args(["exec", "--project", &f.name, "client-1", "--", "sh", "-c"])
             .arg(
-                "while :; do b=$(timeout 3 wget -q -O- http://web/ 2>/dev/null) && echo \"ok $b\" || echo FAIL; sleep 0.1; done",
+                "while :; do b=$(timeout 3 wget -O- http://web/ 2>/tmp/wget.err) && echo \"ok $b\" || echo \"FAIL exit $? at $(date +%T): $(tr '\\n' ' ' </tmp/wget.err)\"; sleep 0.1; done",
             )
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -89,7 +89,10 @@ impl Poller {
         let _ = self.child.wait();
         std::thread::sleep(Duration::from_millis(200));
         let lines = self.lines.lock().unwrap().clone();
-        let failed = lines.iter().filter(|l| l.as_str() == "FAIL").count();
+        let failed = lines.iter().filter(|l| l.starts_with("FAIL")).count();
+        for l in lines.iter().filter(|l| l.starts_with("FAIL")) {
+            eprintln!("client: {l}");
+        }
         let mut bodies: Vec<String> = Vec::new();
         for l in &lines {
             if let Some(b) = l.strip_prefix("ok ")
@@ -164,6 +167,62 @@ fn a_stop_first_update_fails_no_request_by_name() {
 #[test]
 fn a_scale_down_fails_no_request_by_name() {
     let (requests, failed, _) = scale_down("resolver");
+    assert!(requests >= 20, "too few requests: {requests}");
+    assert_eq!(failed, 0, "{failed} of {requests} requests by name failed");
+}
+
+/// `node restore` of a member when dropped (a no-op when it is not drained).
+struct Restore<'a>(&'a Fixture, String);
+
+impl Drop for Restore<'_> {
+    fn drop(&mut self) {
+        let out = self.0.run(&["node", "restore", &self.1]);
+        if !out.status.success() {
+            eprintln!(
+                "cleanup: node restore {}: {}",
+                self.1,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}
+
+#[test]
+fn a_drain_fails_no_request_by_name() {
+    let f = Fixture::new("drain").at_most(CONCURRENT_FIXTURES);
+    f.write(&stack("testapp/v1", "{parallelism: 1}", 3, "resolver"));
+    f.ok(&["up", "-d", "--wait"]);
+    let _members = MemberTurn::take();
+    // A member with a replica of web but not the client (whose exec polls).
+    let web = f.running("web");
+    let client_at = f.instance("client-1").location;
+    let member = web
+        .values()
+        .find(|m| **m != client_at)
+        .cloned()
+        .expect("a member with web and without the client");
+    let moved: Vec<String> = web
+        .iter()
+        .filter(|(_, m)| **m == member)
+        .map(|(n, _)| n.clone())
+        .collect();
+    let _restore = Restore(&f, member.clone());
+    let (requests, failed, _) = polled(
+        &f,
+        &["node", "drain", &member],
+        &format!("drain of {member} ({moved:?} move), names: resolver"),
+    );
+    for (name, i) in f.instances() {
+        eprintln!(
+            "{name} on {}: {:?} {}",
+            i.location,
+            i.config.get("user.incus-compose.ipv4.net"),
+            i.status
+        );
+    }
+    let after = f.running("web");
+    assert_eq!(after.len(), 3, "{after:?}");
+    assert!(after.values().all(|m| *m != member), "{after:?}");
     assert!(requests >= 20, "too few requests: {requests}");
     assert_eq!(failed, 0, "{failed} of {requests} requests by name failed");
 }

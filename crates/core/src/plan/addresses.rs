@@ -138,10 +138,22 @@ pub(super) fn assign(
                 address.insert(name.clone(), *a);
             }
         }
-        // The forwarders' addresses (see `ingress`) are not given to new replicas.
+        // The forwarders' addresses (see `ingress`) are not given to new replicas. Nor are
+        // those of replicas that still exist but have no record here (replicas this plan
+        // removes, old replicas of start-first slots): they may run on while the new replica
+        // starts (a drain's or a rebalance's replacement starts before the replica it
+        // replaces stops, on another member), and two NICs with one address leave clients'
+        // ARP entries on the old one once it stops (requests hang for seconds).
         for i in &obs.instances {
-            if i.label(LABEL_PROJECT) == Some(compose) {
-                taken.extend(super::ingress::key_addresses(i, &net.name));
+            if i.label(LABEL_PROJECT) != Some(compose) {
+                continue;
+            }
+            taken.extend(super::ingress::key_addresses(i, &net.name));
+            if i.label(crate::keys::LABEL_RETIRED).is_none()
+                && (removed.contains(&i.name) || i.label(crate::keys::LABEL_REPLACED_BY).is_some())
+                && let Some(a) = i.label(&label).and_then(|a| a.parse::<Ipv4Addr>().ok())
+            {
+                taken.insert(a);
             }
         }
         let missing: Vec<&String> = members

@@ -889,3 +889,40 @@ services:
             .contains_key(ingress::LABEL_INGRESS_PORTS)
     );
 }
+
+#[test]
+fn a_drained_replica_keeps_its_address_until_it_goes_and_its_replacement_gets_another() {
+    let text = "name: shop\nservices:\n  app:\n    image: testapp/v1\n    deploy: {replicas: 3}\n    networks: [back]\nnetworks:\n  back: {}\n";
+    let p = load(text);
+    let first = plan_up(&p, &facts(), &cluster(), &opts(&[]), &Default::default()).unwrap();
+    let obs = apply(&first, &cluster());
+    let label = span::address_label("back");
+    let held: BTreeMap<String, String> = obs
+        .instances
+        .iter()
+        .map(|i| (i.name.clone(), i.config[&label].clone()))
+        .collect();
+    let on2 = obs
+        .instances
+        .iter()
+        .find(|i| i.location == "node2")
+        .map(|i| i.name.clone())
+        .unwrap();
+    let drain = DiffOptions {
+        drain: ["node2".to_string()].into(),
+        ..Default::default()
+    };
+    let plan = plan_up(&p, &facts(), &obs, &opts(&[]), &drain).unwrap();
+    let net = naming::span_network_name("shop", "back");
+    let replacement = format!("{on2}-b");
+    let address = addresses(&plan)
+        .get(&(replacement.clone(), net))
+        .cloned()
+        .unwrap_or_else(|| panic!("no creation of {replacement}: {:?}", plan.stages));
+    // The drained replica runs until its replacement is ready: the replacement never gets
+    // its address (nor any other replica's).
+    assert!(
+        !held.values().any(|a| *a == address),
+        "{replacement} got {address}, held by {held:?}"
+    );
+}
