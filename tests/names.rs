@@ -227,6 +227,22 @@ fn a_drain_fails_no_request_by_name() {
     assert_eq!(failed, 0, "{failed} of {requests} requests by name failed");
 }
 
+/// Stops a `watch` as a service manager does (SIGTERM), so it gives its leases back and the
+/// fixture's `down` does not wait for them to expire; killed after 10 s.
+fn stop_gently(watch: &mut Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &watch.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if matches!(watch.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = watch.kill();
+}
+
 /// The addresses `name` resolves to from the client replica.
 fn resolved(f: &Fixture, name: &str) -> Vec<String> {
     let out = Command::new("incus")
@@ -294,7 +310,7 @@ fn under_watch_a_replica_stopped_from_outside_leaves_the_name_within_5_s_and_com
     let back = wait_until(Duration::from_secs(60), || {
         resolved(&f, "web").contains(&web2)
     });
-    let _ = watch.kill();
+    stop_gently(&mut watch);
     let out = watch.wait_with_output().expect("watch output");
     eprintln!(
         "$ incus-compose watch\n{}{}",
@@ -360,7 +376,7 @@ fn under_watch_an_unhealthy_replica_restarted_by_its_restart_policy_comes_back_i
         && wait_until(Duration::from_secs(60), || {
             resolved(&f, "web").contains(&web2)
         });
-    let _ = watch.kill();
+    stop_gently(&mut watch);
     let out = watch.wait_with_output().expect("watch output");
     let said = String::from_utf8_lossy(&out.stdout).to_string();
     eprintln!(
