@@ -980,6 +980,23 @@ async fn rename_stopped(t: &Target, from: &str, to: &str) -> anyhow::Result<()> 
                 attempt += 1;
                 super::execute::force_stop(t, from).await?;
             }
+            // Incus rewrites the static DHCP leases of every bridge on the member after a
+            // rename, and fails when one of them (any project's) is being made or removed at
+            // that moment ("open .../dnsmasq.hosts: no such file or directory"; seen once in
+            // CI with other test projects coming and going): judged by what Incus holds, then
+            // tried again.
+            Err(e)
+                if attempt < 3
+                    && e.incus_message()
+                        .is_some_and(|m| m.contains("dnsmasq.hosts")) =>
+            {
+                attempt += 1;
+                let gone = matches!(t.project.instance(from).await, Err(ref e) if e.is_not_found());
+                if gone && t.project.instance(to).await.is_ok() {
+                    return Ok(());
+                }
+                tokio::time::sleep(Duration::from_millis(500 * attempt)).await;
+            }
             Err(e) => return Err(e).with_context(|| format!("renaming {from} to {to}")),
         }
     }
