@@ -243,6 +243,27 @@ fn stop_gently(watch: &mut Child) {
     let _ = watch.kill();
 }
 
+/// Replica `name`'s address on the stack's network.
+fn address(f: &Fixture, name: &str) -> String {
+    f.instance(name)
+        .config
+        .get("user.incus-compose.ipv4.net")
+        .cloned()
+        .expect("address label")
+}
+
+/// Waits until `web` resolves to its three replicas. One lookup can time out on a loaded
+/// machine (the first one failed once in CI, the one in the message then found all three): a
+/// few tries.
+fn all_three_resolve(f: &Fixture) {
+    let mut first = Vec::new();
+    wait_until(Duration::from_secs(10), || {
+        first = resolved(f, "web");
+        first.len() == 3
+    });
+    assert_eq!(first.len(), 3, "{first:?}");
+}
+
 /// The addresses `name` resolves to from the client replica.
 fn resolved(f: &Fixture, name: &str) -> Vec<String> {
     let out = Command::new("incus")
@@ -281,22 +302,8 @@ fn under_watch_a_replica_stopped_from_outside_leaves_the_name_within_5_s_and_com
     );
     f.write(&yaml);
     f.ok(&["up", "-d", "--wait"]);
-    let address = |n: &str| {
-        f.instance(n)
-            .config
-            .get("user.incus-compose.ipv4.net")
-            .cloned()
-            .expect("address label")
-    };
-    let web2 = address("web-2");
-    // One lookup can time out on a loaded machine (the first one failed once in CI, the one in
-    // the message then found all three): a few tries.
-    let mut first = Vec::new();
-    wait_until(Duration::from_secs(10), || {
-        first = resolved(&f, "web");
-        first.len() == 3
-    });
-    assert_eq!(first.len(), 3, "{first:?}");
+    let web2 = address(&f, "web-2");
+    all_three_resolve(&f);
     let mut watch = f.spawn(&["watch", "--interval", "30"]);
     std::thread::sleep(Duration::from_secs(3));
     let out = incus(&["stop", "--force", "--project", &f.name, "web-2"]);
@@ -343,18 +350,8 @@ fn under_watch_an_unhealthy_replica_restarted_by_its_restart_policy_comes_back_i
     assert!(yaml.contains("/sick"), "the healthcheck was not replaced");
     f.write(&yaml);
     f.ok(&["up", "-d", "--wait"]);
-    let web2 = f
-        .instance("web-2")
-        .config
-        .get("user.incus-compose.ipv4.net")
-        .cloned()
-        .expect("address label");
-    let mut first = Vec::new();
-    wait_until(Duration::from_secs(10), || {
-        first = resolved(&f, "web");
-        first.len() == 3
-    });
-    assert_eq!(first.len(), 3, "{first:?}");
+    let web2 = address(&f, "web-2");
+    all_three_resolve(&f);
     let mut watch = f.spawn(&["watch", "--interval", "30"]);
     std::thread::sleep(Duration::from_secs(3));
     let out = incus(&[

@@ -403,13 +403,8 @@ async fn run_steps(
     // The records of spanning networks are planned again from `d` (see below).
     let t = Target::new(base, incus_project, obs, Some(guard.lease()), Some(d));
     let run = |stages: Vec<Stage>, rollouts: BTreeMap<String, RolloutSpec>| Plan {
-        incus_project: incus_project.to_string(),
-        stages,
-        unchanged: Vec::new(),
-        placement: Vec::new(),
-        pending: Vec::new(),
         rollouts,
-        warnings: Vec::new(),
+        ..Plan::of(incus_project, stages)
     };
     // 1. The volumes the replacements need. The records of spanning networks are written
     // once, while every slot has a replica serving (a write restarts the tunnels on every

@@ -995,15 +995,7 @@ fn restart_plan(
         title: "restart_policy".into(),
         actions: vec![a.clone()],
     }));
-    ic_core::plan::Plan {
-        incus_project: incus_project.to_string(),
-        stages,
-        unchanged: Vec::new(),
-        placement: Vec::new(),
-        pending: Vec::new(),
-        rollouts: BTreeMap::new(),
-        warnings: Vec::new(),
-    }
+    ic_core::plan::Plan::of(incus_project, stages)
 }
 
 /// Runs a [`restart_plan`] through the one executor, fenced by the watch's own lease too:

@@ -1291,13 +1291,8 @@ pub fn plan_down(
     }
     stages.retain(|s| !s.actions.is_empty());
     Plan {
-        incus_project: incus_project.to_string(),
-        stages,
-        unchanged: Vec::new(),
-        placement: Vec::new(),
-        pending: Vec::new(),
-        rollouts: BTreeMap::new(),
         warnings,
+        ..Plan::of(incus_project, stages)
     }
 }
 
@@ -1372,13 +1367,5 @@ pub fn plan_power(
             });
         }
     }
-    Plan {
-        incus_project: incus_project.to_string(),
-        stages,
-        unchanged: Vec::new(),
-        placement: Vec::new(),
-        pending: Vec::new(),
-        rollouts: BTreeMap::new(),
-        warnings: Vec::new(),
-    }
+    Plan::of(incus_project, stages)
 }

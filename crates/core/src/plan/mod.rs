@@ -936,6 +936,20 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// A plan of `stages` alone (no placement, rollouts or warnings): what the engine builds
+    /// itself for a step the diff does not make (power, a drain's moves, `restart_policy`).
+    pub fn of(incus_project: &str, stages: Vec<Stage>) -> Plan {
+        Plan {
+            incus_project: incus_project.to_string(),
+            stages,
+            unchanged: Vec::new(),
+            placement: Vec::new(),
+            pending: Vec::new(),
+            rollouts: BTreeMap::new(),
+            warnings: Vec::new(),
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.stages.iter().all(|s| s.actions.is_empty())
     }
