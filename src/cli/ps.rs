@@ -170,7 +170,7 @@ pub fn run(global: &GlobalArgs, args: &PsArgs) -> anyhow::Result<ExitCode> {
             if !ctx.by_name
                 && let Some(obs) = &obs
             {
-                add_pending(&ctx, &obs.observed, args, &mut rows)?;
+                add_pending(&ctx, obs, args, &mut rows)?;
                 // A replica on an offline member has its row already (state unknown).
                 rows.retain(|r| {
                     r.pending_reason.is_none()
@@ -230,7 +230,7 @@ fn service_updates(revs: &[ic_core::revision::Revision]) -> BTreeMap<String, Str
 /// the planner's scheduler on the compose file and what Incus holds.
 fn add_pending(
     ctx: &Context,
-    observed: &ic_core::plan::Observed,
+    obs: &crate::engine::Observation,
     args: &PsArgs,
     rows: &mut Vec<Row>,
 ) -> anyhow::Result<()> {
@@ -238,8 +238,13 @@ fn add_pending(
         incus_project: Some(ctx.incus_project.clone()),
         ..Default::default()
     };
-    let pending = ic_core::plan::placement::pending_replicas(&ctx.project, observed, &opts)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let pending = ic_core::plan::placement::pending_replicas(
+        &ctx.project,
+        &obs.observed,
+        &obs.facts.network,
+        &opts,
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
     for p in pending {
         // A replica stranded on an offline member already has its own row.
         if p.exists || (!args.services.is_empty() && !args.services.contains(&p.service)) {

@@ -21,8 +21,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
+use ic_compose::Project;
 use ic_compose::model::{PortMode, Service};
 
+use super::span::NetworkFacts;
 use super::{Devices, Subnet};
 use crate::schedule::HostPort;
 
@@ -162,6 +164,19 @@ pub fn take_ingress(service: &Service, devices: &mut Devices) -> Option<String> 
         });
     }
     (!entries.is_empty()).then(|| encode(&entries))
+}
+
+/// Whether `service`'s ingress ports go through the members' forwarders: on a cluster, when it
+/// joins a spanning bridge this project makes. The same rule `desired` applies to the NICs it
+/// gives a replica, for what sees only the compose file (`ps`'s pending replicas).
+pub fn meshed_service(project: &Project, service: &Service, facts: &NetworkFacts) -> bool {
+    facts.clustered
+        && service.network_mode.as_deref() != Some("none")
+        && service.networks.keys().any(|key| {
+            project.networks.get(key).is_some_and(|n| {
+                !n.external && super::span::choose(key, n, facts) == Ok(super::span::Kind::Span)
+            })
+        })
 }
 
 /// The host ports a replica of `service` binds itself: all published ports, or, when its

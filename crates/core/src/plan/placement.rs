@@ -5,6 +5,7 @@
 
 use ic_compose::Project;
 
+use super::span::NetworkFacts;
 use super::{
     Observed, PlanError, PlanOptions, bad_name, naming, scheduler_spec, selected_services,
 };
@@ -125,10 +126,12 @@ pub(super) fn forget_volume_homes(
     }
 }
 
-/// The pending replicas of the (selected) services of `project`, given what Incus holds.
+/// The pending replicas of the (selected) services of `project`, given what Incus holds and
+/// the server's network facts (whether ingress ports bind a replica's member).
 pub fn pending_replicas(
     project: &Project,
     obs: &Observed,
+    facts: &NetworkFacts,
     opts: &PlanOptions,
 ) -> Result<Vec<PendingReplica>, PlanError> {
     let selected = selected_services(project, opts)?;
@@ -150,7 +153,12 @@ pub fn pending_replicas(
             Some(c) => Some(naming::incus_name(c).map_err(|p| bad_name("container_name", c, p))?),
             None => None,
         };
-        specs.push(scheduler_spec(service, name, replicas));
+        let mut spec = scheduler_spec(service, name, replicas);
+        spec.fixed_host_ports = super::ingress::replica_host_ports(
+            service,
+            super::ingress::meshed_service(project, service, facts),
+        );
+        specs.push(spec);
         names.push((base, container));
     }
     let mut existing = existing_replicas(obs, &project.name, &specs);

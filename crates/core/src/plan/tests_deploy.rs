@@ -137,7 +137,7 @@ fn replicas_beyond_max_per_node_are_created_elsewhere_and_the_rest_is_pending_wi
 
     // `ps` finds the same pending replica from the compose file and what exists.
     let after = apply(&plan, &three());
-    let ps = placement::pending_replicas(&project, &after, &opts()).unwrap();
+    let ps = placement::pending_replicas(&project, &after, &facts(&[]).network, &opts()).unwrap();
     assert_eq!(ps, plan.pending);
     // And a second `up` creates nothing but still reports it.
     let again = plan_up(
@@ -166,7 +166,7 @@ fn nothing_is_pending_when_every_replica_fits() {
     assert!(plan.pending.is_empty());
     let after = apply(&plan, &three());
     assert!(
-        placement::pending_replicas(&project, &after, &opts())
+        placement::pending_replicas(&project, &after, &facts(&[]).network, &opts())
             .unwrap()
             .is_empty()
     );

@@ -926,3 +926,57 @@ fn a_drained_replica_keeps_its_address_until_it_goes_and_its_replacement_gets_an
         "{replacement} got {address}, held by {held:?}"
     );
 }
+
+#[test]
+fn ps_finds_no_pending_replica_where_the_planner_placed_two_beside_an_ingress_port() {
+    // The demo's `node drain node3`: its replica's replacement goes beside another one (an
+    // ingress port binds the forwarders, not the replicas), and `ps` must agree that every
+    // slot is placed (it listed one as pending, "host port 8080 already used").
+    let text = "name: demo\nservices:\n  web:\n    image: testapp/v1\n    ports: [\"8080:80\"]\n    deploy: {replicas: 3}\n";
+    let p = load(text);
+    let deployed = apply(
+        &plan_up(&p, &facts(), &cluster(), &opts(&[]), &Default::default()).unwrap(),
+        &cluster(),
+    );
+    let mut draining = deployed.clone();
+    draining.members[2].draining = true;
+    let drain = DiffOptions {
+        drain: ["node3".to_string()].into(),
+        ..Default::default()
+    };
+    let plan = plan_up(&p, &facts(), &draining, &opts(&[]), &drain).unwrap();
+    assert!(plan.pending.is_empty(), "{:?}", plan.pending);
+    let mut after = apply(&plan, &draining);
+    after.members[2].draining = false;
+    after.members[2].manual = true;
+    let web: Vec<&str> = after
+        .instances
+        .iter()
+        .filter(|i| i.label(crate::keys::LABEL_SERVICE) == Some("web"))
+        .map(|i| i.location.as_str())
+        .collect();
+    assert_eq!(web.len(), 3, "{web:?}");
+    assert!(!web.contains(&"node3"), "{web:?}");
+    let ps = placement::pending_replicas(&p, &after, &facts().network, &opts(&[])).unwrap();
+    assert_eq!(
+        ps,
+        Vec::new(),
+        "ps lists a replica the planner placed as pending"
+    );
+
+    // With `mode: host` the port binds the replica's member: the third slot has no member.
+    let host = load(&text.replace(
+        "[\"8080:80\"]",
+        "[{target: 80, published: 8080, mode: host}]",
+    ));
+    let ps = placement::pending_replicas(&host, &after, &facts().network, &opts(&[])).unwrap();
+    assert_eq!(ps.len(), 1, "{ps:?}");
+    assert!(
+        ps[0]
+            .reason
+            .to_string()
+            .contains("host port 8080 already used"),
+        "{}",
+        ps[0].reason
+    );
+}
