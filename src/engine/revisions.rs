@@ -120,28 +120,46 @@ pub async fn begin(
 /// After a run found nothing to change: when the newest revision has the services deployed
 /// (`services`, as [`begin`] takes them) and its rollout did not complete (the run that made it
 /// was interrupted after its last action, or failed and the cluster converged since), it is
-/// recorded `completed`. Returns its number then.
+/// recorded `completed`; when the services differ from the newest revision's in what moves
+/// no replica (a placement constraint the replicas still meet, `update_config`, a
+/// reservation...), they are a new revision, `completed` at once (by `cause`). Returns its
+/// number then.
 pub async fn complete_if_converged(
     base: &Client,
     incus_project: &str,
     compose: &str,
     services: BTreeMap<String, StoredService>,
+    networks: Vec<revision::StoredNetwork>,
+    cause: &str,
     keep: usize,
 ) -> anyhow::Result<Option<u64>> {
     let revs = read(base, incus_project, compose).await?;
     let mut all = revs.last().map(|r| r.services.clone()).unwrap_or_default();
     all.extend(services);
-    let Some(open) = revision::to_reopen(&revs, &all) else {
-        return Ok(None);
+    let rev = match revision::to_reopen(&revs, &all) {
+        Some(open) => open.clone(),
+        None if revision::is_new(&revs, &all) => Revision {
+            number: revs.last().map_or(1, |r| r.number + 1),
+            time: now_rfc3339(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            outcome: Outcome::Completed,
+            cause: cause.to_string(),
+            services: all,
+            networks,
+        },
+        None => return Ok(None),
     };
-    let mut rev = open.clone();
-    rev.outcome = Outcome::Completed;
+    let rev = Revision {
+        outcome: Outcome::Completed,
+        ..rev
+    };
     let rec = Recorder::written(base, incus_project, keep, rev).await?;
     Ok(Some(rec.revision.number))
 }
 
 /// Whether [`complete_if_converged`] would write anything, judged from the Incus project's
-/// config as observed (no request): its newest revision has `services` and did not complete.
+/// config as observed (no request): its newest revision has `services` and did not complete,
+/// or `services` differ from it.
 pub fn would_complete(
     config: &BTreeMap<String, String>,
     compose: &str,
@@ -153,7 +171,7 @@ pub fn would_complete(
     let (revs, _) = revision::read(config);
     let mut all = revs.last().map(|r| r.services.clone()).unwrap_or_default();
     all.extend(services);
-    revision::to_reopen(&revs, &all).is_some()
+    revision::to_reopen(&revs, &all).is_some() || revision::is_new(&revs, &all)
 }
 
 impl Recorder {

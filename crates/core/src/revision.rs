@@ -574,18 +574,12 @@ pub fn services_of(d: &Desired) -> BTreeMap<String, StoredService> {
 
 /// Whether deploying `d` makes a new revision: its services differ from the newest one's.
 pub fn is_new(revisions: &[Revision], services: &BTreeMap<String, StoredService>) -> bool {
-    match revisions.last() {
-        None => true,
-        Some(last) => {
-            let key =
-                |m: &BTreeMap<String, StoredService>| -> BTreeMap<String, (String, Option<u32>)> {
-                    m.iter()
-                        .map(|(k, s)| (k.clone(), (s.hash.clone(), s.replicas)))
-                        .collect()
-                };
-            key(&last.services) != key(services)
-        }
-    }
+    // Every stored field counts, not only what recreates a replica: a changed placement
+    // constraint, reservation or `update_config` is a new spec (as `docker service update`
+    // makes one) that `watch`, `node drain` and `rollback` must act on.
+    revisions
+        .last()
+        .is_none_or(|last| &last.services != services)
 }
 
 /// Config keys to write so that only the newest `keep` revisions stay (an empty value
@@ -1086,6 +1080,34 @@ secrets:
         assert!(changed(Some(&r1), &r1).is_empty());
         assert!(!is_new(std::slice::from_ref(&r1), &services_of(&v1)));
         assert!(is_new(std::slice::from_ref(&r1), &services_of(&v2)));
+    }
+
+    #[test]
+    fn a_spec_change_that_recreates_no_replica_is_a_new_revision_and_a_stored_one_reads_back_equal()
+    {
+        let v1 = desired_of(APP, "x");
+        let r1 = revision(1, &v1, Outcome::Completed);
+        // Stored in the project config and read back: the same services (a converged `up`
+        // records nothing).
+        let config = with_revision(&BTreeMap::new(), &r1, 10);
+        let (stored, _) = read(&config);
+        assert_eq!(stored.len(), 1);
+        assert!(!is_new(&stored, &services_of(&v1)));
+        for (from, to) in [
+            ("node.labels.zone == a", "node.labels.zone != b"),
+            ("parallelism: 2", "parallelism: 1"),
+            ("{spread: node.labels.rack}", "{spread: node.labels.zone}"),
+        ] {
+            let changed = desired_of(&APP.replace(from, to), "x");
+            assert_eq!(
+                changed.services[0].hash, v1.services[0].hash,
+                "{to}: no replica is recreated"
+            );
+            assert!(
+                is_new(&stored, &services_of(&changed)),
+                "{to}: not recorded"
+            );
+        }
     }
 
     #[test]
