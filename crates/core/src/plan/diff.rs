@@ -1007,10 +1007,12 @@ fn slot_action(
         },
     }
     // A replica kept under the slot's other name (after a start-first update) is placed
-    // under that name: its records name it, with its address.
+    // under that name: its records name it, with its address. Not one a drain replaces
+    // (its replacement, under the slot's first name, is the one placed).
     if let Some(i) = current
         && Some(&i.name) == alternate.as_ref()
         && !stranded
+        && !drained
         && !recreated
         && let Some(last) = r.placement.iter_mut().rev().find(|p| p.1 == name)
     {
