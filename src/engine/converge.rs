@@ -356,12 +356,14 @@ pub async fn converge(
                 recorded_services(&desired, options),
             );
         if !options.dry_run
-            && policy.record.is_some()
+            && let Some(cause) = &policy.record
             && let Some(n) = super::revisions::complete_if_converged(
                 base,
                 incus_project,
                 compose,
                 recorded_services(&desired, options),
+                revision::networks_of(&desired),
+                cause,
                 policy.keep,
             )
             .await?
@@ -480,7 +482,12 @@ pub async fn converge(
 /// The forwarders of published ports (`engine::ingress`), after the replicas changed: each
 /// change on a line of stderr, as the executor's; a failure is a warning (the replicas are up,
 /// the next `up` or `watch` tries again).
-async fn forward_ports(target: &Target, compose: &str, leaving: &BTreeSet<String>, pre: bool) {
+pub(super) async fn forward_ports(
+    target: &Target,
+    compose: &str,
+    leaving: &BTreeSet<String>,
+    pre: bool,
+) {
     match super::ingress::reconcile(target, compose, leaving, pre).await {
         Ok(lines) => {
             for l in lines {

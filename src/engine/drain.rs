@@ -441,6 +441,9 @@ async fn run_steps(
         ],
         rollouts,
     );
+    // Published ports (the members' forwarders) leave each replica before it stops
+    // (`execute::before_stop`) and follow the replacements once the moves are over (below).
+    let compose = d.compose_project.as_str();
     let outcome = super::execute(&t, &plan, parallel).await;
     // Moves that did not happen: their replacement (when made) goes again, the old replica
     // keeps the slot (two replicas of one slot would have the next `up` keep the replacement).
@@ -515,6 +518,7 @@ async fn run_steps(
             "[!] DNS records not updated after the drain ({e:#}); the next `up` writes them"
         ));
     }
+    super::converge::forward_ports(&t, compose, &BTreeSet::new(), false).await;
     totals.failed += outcome2.failed.len();
     totals.moved += moved
         + steps

@@ -1119,14 +1119,17 @@ async fn is_stopped(t: &Target, name: &str) -> ic_incus::Result<bool> {
 
 /// The one step every replica stop, retire or removal of every executor (the plan's actions,
 /// the rollout, drain and watch moves) passes through, before anything is stopped: the
-/// lease is checked (a run that lost its lock stops acting here), and the replica leaves its
-/// service names: on networks whose names the member resolvers serve (`engine::names`) it is
+/// lease is checked (a run that lost its lock stops acting here), the members' forwarders of
+/// published ports send to another replica of its service (`engine::ingress::leave`), and the
+/// replica leaves its service names: on networks whose names the member resolvers serve (`engine::names`) it is
 /// taken out of every resolver, then keeps running [`super::names::LEAVE_SETTLE`] so that a
 /// client that resolved it just before gets its answer; its stop (and `stop_grace_period`)
 /// begins after that. Records in `raw.dnsmasq` are written as before (once per stage,
 /// `rollout::write_records`).
 pub(super) async fn before_stop(t: &Target, name: &str) -> anyhow::Result<()> {
     fenced(t).with_context(|| format!("{name} is not stopped"))?;
+    // Boxed: forwarders are themselves stopped through here (a cycle of async calls).
+    Box::pin(super::ingress::leave(t, name)).await;
     if super::names::leave(t, name).await {
         tokio::time::sleep(super::names::LEAVE_SETTLE).await;
     }
@@ -1135,11 +1138,13 @@ pub(super) async fn before_stop(t: &Target, name: &str) -> anyhow::Result<()> {
 
 /// The one step where a replica of every executor is declared ready: it runs (healthy, when
 /// it has a healthcheck), so the replica it replaces may go. It joins its service names on the
-/// member resolvers (`engine::names`); records in `raw.dnsmasq` are written as before
+/// member resolvers (`engine::names`) and forwarders left without a replica send to it
+/// (`engine::ingress::join`); records in `raw.dnsmasq` are written as before
 /// (`rollout::write_records` once per stage).
 pub(super) async fn after_ready(t: &Target, name: &str) -> anyhow::Result<()> {
     fenced(t).with_context(|| format!("{name} is ready, but"))?;
     super::names::join(t, name).await;
+    super::ingress::join(t, name).await;
     Ok(())
 }
 

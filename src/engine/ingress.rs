@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
+use std::sync::{LazyLock, Mutex};
 
 use anyhow::Context as _;
 use ic_core::keys::{LABEL_PROJECT, LABEL_RETIRED, LABEL_SERVICE, LABEL_VERSION};
@@ -19,6 +20,72 @@ use super::Target;
 /// PID 1 of a forwarder: nothing to do but stay up (Incus's forkproxy does the forwarding).
 const KEEP_ALIVE: &str =
     "trap 'exit 0' TERM INT HUP QUIT USR1 USR2 PWR; while :; do sleep 3600 & wait $!; done";
+
+/// Replicas this process is stopping, per Incus project: no forwarder sends to them (until
+/// they are ready again, [`join`]).
+static LEAVING: LazyLock<Mutex<BTreeSet<(String, String)>>> = LazyLock::new(Mutex::default);
+/// One forwarder change at a time in this process (a batch stops replicas in parallel).
+static TURN: LazyLock<tokio::sync::Mutex<()>> = LazyLock::new(tokio::sync::Mutex::default);
+
+fn leaving() -> std::sync::MutexGuard<'static, BTreeSet<(String, String)>> {
+    LEAVING.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Before replica `name` stops (`execute::before_stop`, every executor): the forwarders that
+/// send a published port to it are pointed at another running replica of its service, when
+/// one runs, so that the port keeps answering on every member (a drain's replacement, a
+/// start-first update's new replica, the other replicas of a scale-down). Nothing when its
+/// service publishes no ingress port.
+pub async fn leave(t: &Target, name: &str) {
+    let Some(compose) = meshed(t, name).await else {
+        return;
+    };
+    let project = t.project.project().unwrap_or("default").to_string();
+    leaving().insert((project, name.to_string()));
+    follow(t, &compose).await;
+}
+
+/// Once replica `name` is ready (`execute::after_ready`): forwarders left without a running
+/// replica of its service (a stop-first update of a single replica) send to it.
+pub async fn join(t: &Target, name: &str) {
+    let project = t.project.project().unwrap_or("default").to_string();
+    leaving().remove(&(project, name.to_string()));
+    if let Some(compose) = meshed(t, name).await {
+        follow(t, &compose).await;
+    }
+}
+
+/// The compose project of replica `name` when its ingress ports go through forwarders.
+async fn meshed(t: &Target, name: &str) -> Option<String> {
+    if !t.clustered {
+        return None;
+    }
+    let i = t.project.instance(name).await.ok()?;
+    if !i.config.contains_key(LABEL_INGRESS_PORTS) {
+        return None;
+    }
+    i.config.get(LABEL_PROJECT).cloned()
+}
+
+/// Existing forwarders pointed away from the replicas leaving (none made or removed); each
+/// change on a line of stderr, a failure a warning (the run goes on).
+async fn follow(t: &Target, compose: &str) {
+    let _turn = TURN.lock().await;
+    let project = t.project.project().unwrap_or("default");
+    let away: BTreeSet<String> = leaving()
+        .iter()
+        .filter(|(p, _)| p == project)
+        .map(|(_, n)| n.clone())
+        .collect();
+    match reconcile(t, compose, &away, true).await {
+        Ok(lines) => {
+            for l in lines {
+                eprintln!("[~] {l}");
+            }
+        }
+        Err(e) => eprintln!("warning: published ports: {e:#}"),
+    }
+}
 
 /// Brings the forwarders of compose project `compose` in line with its replicas; returns a
 /// line per change. On a single server nothing is made (replicas publish their own ports).
@@ -237,11 +304,17 @@ async fn plan(
                 || i.config.get("image.type").map(String::as_str) == Some("oci");
             Some((f, oci))
         });
-    Ok(ingress::forwarders(&members, &seen, &subnets, &existing)
-        .into_iter()
-        .filter(|f| !f.nics.is_empty())
-        .map(|f| (f, image.clone()))
-        .collect())
+    let current: ingress::Current = forwarders
+        .iter()
+        .map(|f| (f.location.clone(), ingress::connected(&f.devices)))
+        .collect();
+    Ok(
+        ingress::forwarders(&members, &seen, &subnets, &existing, &current)
+            .into_iter()
+            .filter(|f| !f.nics.is_empty())
+            .map(|f| (f, image.clone()))
+            .collect(),
+    )
 }
 
 /// The instance of a forwarder: made from a replica's image, with a keep-alive PID 1 (a shell

@@ -215,6 +215,23 @@ pub struct Replica {
 /// A forwarder that exists: member -> (network -> address).
 pub type Existing = BTreeMap<String, BTreeMap<String, Ipv4Addr>>;
 
+/// The addresses each member's forwarder sends to now (its proxies' `connect`): member ->
+/// addresses.
+pub type Current = BTreeMap<String, BTreeSet<Ipv4Addr>>;
+
+/// [`Current`] of a forwarder's devices.
+pub fn connected(devices: &Devices) -> BTreeSet<Ipv4Addr> {
+    devices
+        .values()
+        .filter(|d| d.get("type").map(String::as_str) == Some("proxy"))
+        .filter_map(|d| {
+            let connect = d.get("connect")?;
+            let (_, rest) = connect.split_once(':')?;
+            rest.rsplit_once(':')?.0.parse().ok()
+        })
+        .collect()
+}
+
 /// What one member's forwarder holds.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Forwarder {
@@ -285,12 +302,16 @@ impl Forwarder {
 /// The forwarders the project needs: one per member of `members` (online, in a stable order)
 /// when some replica has ingress ports and an address on a network of `subnets` (the
 /// project's spanning bridges), none otherwise. `existing`: the forwarders there are, whose
-/// addresses are kept when still free.
+/// addresses are kept when still free. Each port goes to the running replica it goes to now
+/// (`current`), else to the member's own, else to one of the others: a forwarder whose
+/// target still runs is not changed (a change restarts its proxy, which drops the
+/// connections in flight).
 pub fn forwarders(
     members: &[String],
     replicas: &[Replica],
     subnets: &BTreeMap<String, Subnet>,
     existing: &Existing,
+    current: &Current,
 ) -> Vec<Forwarder> {
     // Per service: its ports (from its replicas, first listed wins per listen address) and
     // the network its forwarders reach it on (the first, by name, its replicas have an
@@ -385,8 +406,16 @@ pub fn forwarders(
                 .filter(|r| &r.service == service && r.running && r.addresses.contains_key(net))
                 .collect();
             running.sort_by(|a, b| a.name.cmp(&b.name));
+            let kept = running.iter().find(|r| {
+                current
+                    .get(m)
+                    .is_some_and(|now| now.contains(&r.addresses[net]))
+            });
             let local = running.iter().find(|r| &r.member == m);
-            let Some(target) = local.or_else(|| running.get(k % running.len().max(1))) else {
+            let Some(target) = kept
+                .or(local)
+                .or_else(|| running.get(k % running.len().max(1)))
+            else {
                 continue;
             };
             let ip = target.addresses[net];
@@ -449,7 +478,13 @@ mod tests {
             replica("web-1", "node1", true, "100.100.3.2"),
             replica("web-2", "node2", false, "100.100.3.3"),
         ];
-        let f = forwarders(&members(), &r, &subnets(), &Existing::new());
+        let f = forwarders(
+            &members(),
+            &r,
+            &subnets(),
+            &Existing::new(),
+            &Current::new(),
+        );
         assert_eq!(f.len(), 3);
         for fw in &f {
             let d = &fw.ports["port-tcp-8091"];
@@ -477,12 +512,58 @@ mod tests {
             "node3".to_string(),
             BTreeMap::from([("icnet".to_string(), "100.100.3.254".parse().unwrap())]),
         )]);
-        let f = forwarders(&members(), &r, &subnets(), &existing);
+        let f = forwarders(&members(), &r, &subnets(), &existing, &Current::new());
         assert_eq!(f[2].nics[0].1.to_string(), "100.100.3.254");
         assert_eq!(f[0].nics[0].1.to_string(), "100.100.3.253");
         let mut none = r.clone();
         none[0].ports.clear();
-        assert!(forwarders(&members(), &none, &subnets(), &existing).is_empty());
+        assert!(forwarders(&members(), &none, &subnets(), &existing, &Current::new()).is_empty());
+    }
+
+    #[test]
+    fn a_forwarder_keeps_a_target_that_still_runs_and_leaves_one_that_does_not() {
+        let r = vec![
+            replica("web-1", "node1", true, "100.100.3.2"),
+            replica("web-2", "node2", true, "100.100.3.3"),
+            replica("web-3", "node3", true, "100.100.3.4"),
+        ];
+        let target = |f: &[Forwarder], m: usize| f[m].ports["port-tcp-8091"]["connect"].clone();
+        let first = forwarders(
+            &members(),
+            &r,
+            &subnets(),
+            &Existing::new(),
+            &Current::new(),
+        );
+        for (m, ip) in [(0, "2"), (1, "3"), (2, "4")] {
+            assert_eq!(
+                target(&first, m),
+                format!("tcp:100.100.3.{ip}:80"),
+                "its own"
+            );
+        }
+        let now: Current = first
+            .iter()
+            .map(|f| (f.member.clone(), connected(&f.ports)))
+            .collect();
+        assert_eq!(
+            now["node1"],
+            BTreeSet::from(["100.100.3.2".parse().unwrap()])
+        );
+        // web-3 leaves: node3's forwarder goes elsewhere, the others stay as they are.
+        let mut leaving = r.clone();
+        leaving[2].running = false;
+        let next = forwarders(&members(), &leaving, &subnets(), &Existing::new(), &now);
+        assert_eq!(target(&next, 0), target(&first, 0));
+        assert_eq!(target(&next, 1), target(&first, 1));
+        assert_ne!(target(&next, 2), target(&first, 2));
+        // web-3 back: node3's forwarder keeps the target it went to (no restart).
+        let now: Current = next
+            .iter()
+            .map(|f| (f.member.clone(), connected(&f.ports)))
+            .collect();
+        let back = forwarders(&members(), &r, &subnets(), &Existing::new(), &now);
+        assert_eq!(target(&back, 2), target(&next, 2));
     }
 
     #[test]

@@ -980,3 +980,43 @@ fn ps_finds_no_pending_replica_where_the_planner_placed_two_beside_an_ingress_po
         ps[0].reason
     );
 }
+
+#[test]
+fn a_replica_drained_back_under_its_first_name_gets_an_address() {
+    // Drained from node2 to node3 (web-1 -> web-1-b), then from node3 back to node2 (web-1-b
+    // -> web-1): each replacement has its address on the spanning bridge.
+    let text = "name: shop\nservices:\n  web:\n    image: testapp/v1\n    ports: [\"8080:80\"]\n    deploy:\n      replicas: 1\n      placement: {constraints: [\"node.hostname != node1\"]}\n";
+    let p = load(text);
+    let mut obs = apply(
+        &plan_up(&p, &facts(), &cluster(), &opts(&[]), &Default::default()).unwrap(),
+        &cluster(),
+    );
+    let net = naming::span_network_name("shop", "default");
+    for (member, other) in [("node2", "node3"), ("node3", "node2"), ("node2", "node3")] {
+        let at: Vec<_> = obs
+            .instances
+            .iter()
+            .filter(|i| i.location == member)
+            .map(|i| i.name.clone())
+            .collect();
+        assert_eq!(at.len(), 1, "{member}: {at:?}");
+        let mut draining = obs.clone();
+        for m in &mut draining.members {
+            m.draining = m.name == member;
+        }
+        let drain = DiffOptions {
+            drain: [member.to_string()].into(),
+            ..Default::default()
+        };
+        let plan = plan_up(&p, &facts(), &draining, &opts(&[]), &drain).unwrap();
+        let made: Vec<_> = addresses(&plan).into_iter().collect();
+        assert_eq!(made.len(), 1, "{made:?}");
+        let ((name, network), address) = &made[0];
+        assert_eq!(network, &net);
+        assert!(!address.is_empty(), "{name} on {other}: no address");
+        obs = apply(&plan, &draining);
+        for m in &mut obs.members {
+            m.draining = false;
+        }
+    }
+}
