@@ -18,11 +18,12 @@ use common::{Fixture, block_on, show};
 /// not renewed in time under load is lost within the test.
 const TTL: u64 = 6;
 
-/// A compose project of this suite (one at a time): its runs wait for the lock, with a lease
-/// of [`TTL`] and the lease's debug log.
+/// A compose project of this suite: its runs wait for the lock, with a lease of [`TTL`] and
+/// the lease's debug log. The two tests run at once: each is load on the other, and a lease
+/// must survive load.
 fn fixture(tag: &str) -> Fixture {
     let mut f = Fixture::new(tag)
-        .at_most(1)
+        .at_most(2)
         .env("INCUS_COMPOSE_LOCK_TTL", &TTL.to_string())
         .env("INCUS_COMPOSE_LOG", "incus_compose::lease=debug");
     f.env_remove.push("INCUS_COMPOSE_NO_WAIT_LOCK".into());

@@ -17,8 +17,12 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// One update at a time: timing-sensitive on two cores.
-const CONCURRENT_FIXTURES: usize = 1;
+/// Two tests at a time (each its own project, network and client): a request by name fails
+/// only when a name lists a replica that cannot answer, which another project's work does
+/// not change.
+const CONCURRENT_FIXTURES: usize = 2;
+/// The drain runs alone: `node drain` moves every project's replicas off the member.
+const ALONE: usize = 1;
 
 /// Three replicas of testapp (healthcheck on the page) and a client, on one network whose
 /// names are served by `names` (`resolver` or `dnsmasq`).
@@ -189,7 +193,7 @@ impl Drop for Restore<'_> {
 
 #[test]
 fn a_drain_fails_no_request_by_name() {
-    let f = Fixture::new("drain").at_most(CONCURRENT_FIXTURES);
+    let f = Fixture::new("drain").at_most(ALONE);
     f.write(&stack("testapp/v1", "{parallelism: 1}", 3, "resolver"));
     f.ok(&["up", "-d", "--wait"]);
     let _members = MemberTurn::take();

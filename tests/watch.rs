@@ -25,6 +25,12 @@ use std::time::{Duration, Instant};
 use common::*;
 use ic_incus::Instance;
 
+/// Tests that change the member set or run `watch --all` (which acts on every project of the
+/// server) run alone.
+const ALONE: usize = 1;
+/// The others, each watching its own project, two at a time.
+const CONCURRENT: usize = 2;
+
 impl Fixture {
     /// `watch -p NAME ARGS` from a directory without a compose file (by name, as a service).
     fn watch_cmd(&self, args: &[&str]) -> Command {
@@ -192,7 +198,7 @@ fn replicated(n: u32) -> String {
 
 #[test]
 fn watch_once_starts_a_stopped_replica_and_then_has_nothing_to_do() {
-    let _turn = take_turn();
+    let _turn = Slot::take(CONCURRENT);
     let c = client();
     cluster_online(&c, 3);
     let f = Fixture::new("once");
@@ -212,7 +218,7 @@ fn watch_once_starts_a_stopped_replica_and_then_has_nothing_to_do() {
 
 #[test]
 fn watch_once_leaves_a_stopped_replica_of_a_service_without_restart_policy_stopped() {
-    let _turn = take_turn();
+    let _turn = Slot::take(CONCURRENT);
     let c = client();
     cluster_online(&c, 3);
     let f = Fixture::new("norestart");
@@ -237,7 +243,7 @@ fn watch_once_leaves_a_stopped_replica_of_a_service_without_restart_policy_stopp
 
 #[test]
 fn a_running_watch_gives_a_joining_member_its_global_instance_and_changes_nothing_else() {
-    let _turn = take_turn();
+    let _turn = Slot::take(ALONE);
     let c = client();
     cluster_online(&c, 3);
     let f = Fixture::new("join");
@@ -287,7 +293,7 @@ fn a_running_watch_gives_a_joining_member_its_global_instance_and_changes_nothin
 #[test]
 fn replicas_of_a_killed_member_run_on_live_members_after_the_grace_period_and_exactly_six_remain_when_it_returns()
  {
-    let _turn = take_turn();
+    let _turn = Slot::take(ALONE);
     let c = client();
     cluster_online(&c, 3);
     let f = Fixture::new("fail");
@@ -377,7 +383,7 @@ fn replicas_of_a_killed_member_run_on_live_members_after_the_grace_period_and_ex
 
 #[test]
 fn a_second_watch_takes_over_within_the_lease_time_when_the_holder_dies() {
-    let _turn = take_turn();
+    let _turn = Slot::take(CONCURRENT);
     let c = client();
     cluster_online(&c, 3);
     let f = Fixture::new("lease");
@@ -422,7 +428,7 @@ fn starts(f: &Fixture) -> usize {
 #[test]
 fn a_replica_that_keeps_failing_is_restarted_max_attempts_times_within_the_window_then_left_stopped_and_reported()
  {
-    let _turn = take_turn();
+    let _turn = Slot::take(CONCURRENT);
     let c = client();
     cluster_online(&c, 3);
     let f = Fixture::new("maxatt");
@@ -455,7 +461,7 @@ fn a_replica_that_keeps_failing_is_restarted_max_attempts_times_within_the_windo
 
 #[test]
 fn a_replica_with_restart_policy_condition_none_is_never_restarted_while_watch_runs() {
-    let _turn = take_turn();
+    let _turn = Slot::take(CONCURRENT);
     let c = client();
     cluster_online(&c, 3);
     let f = Fixture::new("condnone");
@@ -475,7 +481,7 @@ fn a_replica_with_restart_policy_condition_none_is_never_restarted_while_watch_r
 
 #[test]
 fn an_unhealthy_replica_is_restarted_within_the_same_budget_then_stopped_and_left_stopped() {
-    let _turn = take_turn();
+    let _turn = Slot::take(CONCURRENT);
     let c = client();
     cluster_online(&c, 3);
     let f = Fixture::new("unhealthy");
@@ -510,7 +516,7 @@ fn an_unhealthy_replica_is_restarted_within_the_same_budget_then_stopped_and_lef
 
 #[test]
 fn a_stopped_replica_is_started_by_watch_after_the_restart_policy_delay_and_counted() {
-    let _turn = take_turn();
+    let _turn = Slot::take(CONCURRENT);
     let c = client();
     cluster_online(&c, 3);
     let f = Fixture::new("delay");
@@ -545,7 +551,7 @@ fn a_stopped_replica_is_started_by_watch_after_the_restart_policy_delay_and_coun
 
 #[test]
 fn watch_all_once_converges_every_compose_project_on_the_server_without_a_compose_file() {
-    let _turn = take_turn();
+    let _turn = Slot::take(ALONE);
     let c = client();
     cluster_online(&c, 3);
     let a = Fixture::new("alla");
@@ -580,7 +586,7 @@ fn watch_all_once_converges_every_compose_project_on_the_server_without_a_compos
 #[test]
 fn watch_recreates_a_replica_of_a_service_with_a_file_secret_by_reading_it_back_from_another_replica()
  {
-    let _turn = take_turn();
+    let _turn = Slot::take(CONCURRENT);
     let c = client();
     cluster_online(&c, 3);
     let f = Fixture::new("secret");
