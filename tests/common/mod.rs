@@ -996,6 +996,18 @@ pub fn published_answer_once(ip: &str, port: u16) -> Option<String> {
     head.contains(" 200 ").then(|| body.trim().to_string())
 }
 
+/// The cluster's `cluster.offline_threshold` in seconds (Incus's default, 20, when unset).
+pub fn offline_threshold() -> u64 {
+    block_on(client().server())
+        .ok()
+        .and_then(|i| {
+            i.config
+                .get("cluster.offline_threshold")
+                .and_then(|v| v.as_str().and_then(|s| s.parse().ok()))
+        })
+        .unwrap_or(20)
+}
+
 /// The test cluster's members: (name, address) from the environment.
 pub fn member_ips() -> Vec<(String, String)> {
     (1..=3)
