@@ -819,6 +819,7 @@ async fn restart_policy(
                     .map(|(_, at, _)| *at)
                     .collect(),
                 stopped_since,
+                exit_seen: mine.iter().any(|(_, _, restarted)| !restarted),
                 unhealthy: i.running && unhealthy.contains_key(&i.name),
             };
             let a = rp::assess(&p, &r, now);

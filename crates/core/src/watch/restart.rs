@@ -22,6 +22,12 @@ use crate::keys::{LABEL_GAVE_UP, LABEL_RESTART_POLICY, LABEL_RESTARTS};
 /// At most this many restarts are kept (a policy without `max_attempts` or `window`).
 const KEEP: usize = 20;
 
+/// Seconds a stopped replica whose `boot.autorestart` is on is left to Incus before `watch`
+/// starts it itself: Incus's own restart of an exit may be under way (on a loaded server it
+/// came 2-3 s after the exit, once `watch` had started the replica, and both counted: a budget
+/// of 2 spent on one restart).
+pub const AUTORESTART_WAIT: u64 = 5;
+
 /// Swarm's `restart_policy`, in whole seconds (`delay` and `window` rounded up).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RestartPolicy {
@@ -219,6 +225,9 @@ pub struct Replica {
     pub incus_restarts: Vec<u64>,
     /// Since when this `watch` has seen it stopped (its exit, as near as `watch` knows).
     pub stopped_since: Option<u64>,
+    /// Incus said its init exited and it did not restart it (an `instance-shutdown` without a
+    /// requestor): no restart of Incus's own is to come.
+    pub exit_seen: bool,
     /// Running, and its healthcheck failed `retries` times in a row (after `start_period`).
     pub unhealthy: bool,
 }
@@ -325,7 +334,13 @@ pub fn assess(p: &RestartPolicy, r: &Replica, now: u64) -> Assessment {
             stopped = Some(Stopped::Leave(m));
         } else {
             let since = r.stopped_since.unwrap_or(now);
-            let at = since.saturating_add(p.delay);
+            let incus_may_restart = get(c, "boot.autorestart") == "true" && !r.exit_seen;
+            let wait = if incus_may_restart {
+                p.delay.max(AUTORESTART_WAIT)
+            } else {
+                p.delay
+            };
+            let at = since.saturating_add(wait);
             if now >= at {
                 history.push(now);
                 stopped = Some(Stopped::Start);
@@ -417,8 +432,36 @@ mod tests {
                 .collect(),
             incus_restarts: Vec::new(),
             stopped_since: None,
+            exit_seen: true,
             unhealthy: false,
         }
+    }
+
+    #[test]
+    fn a_stopped_replica_incus_may_still_restart_is_left_to_incus_for_a_few_seconds() {
+        // Seen stopped by polling, no exit event yet, autorestart on: Incus's restart may be
+        // under way, so watch does not start it (and count it) at once.
+        let p = policy(2, 60, 0);
+        let mut r = replica(false, &[("boot.autorestart", "true")]);
+        r.exit_seen = false;
+        r.stopped_since = Some(100);
+        let a = assess(&p, &r, 100);
+        assert_eq!(a.stopped, Some(Stopped::StartAt(100 + AUTORESTART_WAIT)));
+        assert!(a.set.is_empty(), "nothing counted: {a:?}");
+        // Still stopped after the wait: Incus did not restart it, watch does.
+        let a = assess(&p, &r, 100 + AUTORESTART_WAIT);
+        assert_eq!(a.stopped, Some(Stopped::Start));
+        // Incus said it exited and did not restart it: at once.
+        r.exit_seen = true;
+        assert_eq!(assess(&p, &r, 100).stopped, Some(Stopped::Start));
+        // Autorestart off (budget spent elsewhere, or never on): nothing to wait for.
+        let mut off = replica(false, &[("boot.autorestart", "false")]);
+        off.exit_seen = false;
+        off.stopped_since = Some(100);
+        assert_eq!(
+            assess(&policy(3, 60, 0), &off, 100).stopped,
+            Some(Stopped::Start)
+        );
     }
 
     #[test]
