@@ -77,7 +77,7 @@ async fn follow(t: &Target, compose: &str) {
         .filter(|(p, _)| p == project)
         .map(|(_, n)| n.clone())
         .collect();
-    match reconcile(t, compose, &away, true).await {
+    match reconcile_with(t, compose, &away, true, true).await {
         Ok(lines) => {
             for l in lines {
                 eprintln!("[~] {l}");
@@ -98,6 +98,19 @@ pub async fn reconcile(
     leaving: &BTreeSet<String>,
     only_update: bool,
 ) -> anyhow::Result<Vec<String>> {
+    reconcile_with(t, compose, leaving, only_update, false).await
+}
+
+/// [`reconcile`]; `sticky`: a forwarder keeps a target that still runs (within a run, as
+/// replicas leave and join: no proxy restarted for nothing), else each goes to its member's
+/// own replica where one runs (after a run: the load spread by member again).
+async fn reconcile_with(
+    t: &Target,
+    compose: &str,
+    leaving: &BTreeSet<String>,
+    only_update: bool,
+    sticky: bool,
+) -> anyhow::Result<Vec<String>> {
     let instances = match t.project.instances().await {
         Ok(l) => l,
         Err(e) if e.is_not_found() => return Ok(Vec::new()),
@@ -111,7 +124,7 @@ pub async fn reconcile(
         .into_iter()
         .partition(|i| ingress::is_forwarder(&i.config));
     let wanted = if t.clustered {
-        plan(t, compose, &replicas, &forwarders, leaving).await?
+        plan(t, compose, &replicas, &forwarders, leaving, sticky).await?
     } else {
         Vec::new()
     };
@@ -209,6 +222,7 @@ async fn plan(
     replicas: &[&Instance],
     forwarders: &[&Instance],
     leaving: &BTreeSet<String>,
+    sticky: bool,
 ) -> anyhow::Result<Vec<(Forwarder, Option<(String, bool)>)>> {
     if !replicas
         .iter()
@@ -306,6 +320,7 @@ async fn plan(
         });
     let current: ingress::Current = forwarders
         .iter()
+        .filter(|_| sticky)
         .map(|f| (f.location.clone(), ingress::connected(&f.devices)))
         .collect();
     Ok(
