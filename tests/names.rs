@@ -278,20 +278,17 @@ fn all_three_resolve(f: &Fixture) {
     assert_eq!(first.len(), 3, "{first:?}");
 }
 
+/// Runs `args` in the client replica (`incus exec`).
+fn in_client(f: &Fixture, args: &[&str]) -> std::io::Result<std::process::Output> {
+    Command::new("incus")
+        .args(["exec", "--project", &f.name, "client-1", "--"])
+        .args(args)
+        .output()
+}
+
 /// The addresses `name` resolves to from the client replica.
 fn resolved(f: &Fixture, name: &str) -> Vec<String> {
-    let out = Command::new("incus")
-        .args([
-            "exec",
-            "--project",
-            &f.name,
-            "client-1",
-            "--",
-            "nslookup",
-            name,
-        ])
-        .output()
-        .expect("nslookup");
+    let out = in_client(f, &["nslookup", name]).expect("nslookup");
     let text = String::from_utf8_lossy(&out.stdout);
     let mut past_server = false;
     let mut out = Vec::new();
@@ -408,22 +405,18 @@ fn under_watch_an_unhealthy_replica_restarted_by_its_restart_policy_comes_back_i
 /// Whether replica `name` answers `http://NAME/` from the client, by its own name (within
 /// 3 s: `timeout`, as the poller does; the image's busybox `wget -T` crashes).
 fn answers_by_name(f: &Fixture, name: &str) -> bool {
-    Command::new("incus")
-        .args([
-            "exec",
-            "--project",
-            &f.name,
-            "client-1",
-            "--",
+    in_client(
+        f,
+        &[
             "timeout",
             "3",
             "wget",
             "-q",
             "-O-",
             &format!("http://{name}/"),
-        ])
-        .output()
-        .is_ok_and(|o| o.status.success())
+        ],
+    )
+    .is_ok_and(|o| o.status.success())
 }
 
 #[test]

@@ -89,32 +89,44 @@ pub async fn begin(
         }
     }
     let revs = read(base, incus_project, compose).await?;
-    let mut all = revs.last().map(|r| r.services.clone()).unwrap_or_default();
-    all.extend(services);
     // The same services as the newest revision, whose rollout did not complete (an update
     // interrupted, failed or paused): this run goes on with it and records how it ends.
-    if let Some(open) = revision::to_reopen(&revs, &all) {
-        let mut rev = open.clone();
-        rev.outcome = Outcome::InProgress;
-        return Recorder::written(base, incus_project, keep, rev)
-            .await
-            .map(Some);
-    }
-    if !revision::is_new(&revs, &all) {
+    let Some(rev) = next_revision(&revs, services, networks, cause, Outcome::InProgress) else {
         return Ok(None);
-    }
-    let rev = Revision {
-        number: revs.last().map_or(1, |r| r.number + 1),
-        time: now_rfc3339(),
-        version: env!("CARGO_PKG_VERSION").to_string(),
-        outcome: Outcome::InProgress,
-        cause: cause.to_string(),
-        services: all,
-        networks,
     };
     Recorder::written(base, incus_project, keep, rev)
         .await
         .map(Some)
+}
+
+/// What deploying `services` records after `revs`, with `outcome`: the newest revision
+/// reopened when it has the same services and its rollout did not complete, a new one when
+/// they differ from it (services it has and `services` does not name keep their stored
+/// form), `None` when the newest one completed with them.
+fn next_revision(
+    revs: &[Revision],
+    services: BTreeMap<String, StoredService>,
+    networks: Vec<revision::StoredNetwork>,
+    cause: &str,
+    outcome: Outcome,
+) -> Option<Revision> {
+    let mut all = revs.last().map(|r| r.services.clone()).unwrap_or_default();
+    all.extend(services);
+    if let Some(open) = revision::to_reopen(revs, &all) {
+        return Some(Revision {
+            outcome,
+            ..open.clone()
+        });
+    }
+    revision::is_new(revs, &all).then(|| Revision {
+        number: revs.last().map_or(1, |r| r.number + 1),
+        time: now_rfc3339(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        outcome,
+        cause: cause.to_string(),
+        services: all,
+        networks,
+    })
 }
 
 /// After a run found nothing to change: when the newest revision has the services deployed
@@ -134,24 +146,8 @@ pub async fn complete_if_converged(
     keep: usize,
 ) -> anyhow::Result<Option<u64>> {
     let revs = read(base, incus_project, compose).await?;
-    let mut all = revs.last().map(|r| r.services.clone()).unwrap_or_default();
-    all.extend(services);
-    let rev = match revision::to_reopen(&revs, &all) {
-        Some(open) => open.clone(),
-        None if revision::is_new(&revs, &all) => Revision {
-            number: revs.last().map_or(1, |r| r.number + 1),
-            time: now_rfc3339(),
-            version: env!("CARGO_PKG_VERSION").to_string(),
-            outcome: Outcome::Completed,
-            cause: cause.to_string(),
-            services: all,
-            networks,
-        },
-        None => return Ok(None),
-    };
-    let rev = Revision {
-        outcome: Outcome::Completed,
-        ..rev
+    let Some(rev) = next_revision(&revs, services, networks, cause, Outcome::Completed) else {
+        return Ok(None);
     };
     let rec = Recorder::written(base, incus_project, keep, rev).await?;
     Ok(Some(rec.revision.number))
@@ -169,9 +165,7 @@ pub fn would_complete(
         return false;
     }
     let (revs, _) = revision::read(config);
-    let mut all = revs.last().map(|r| r.services.clone()).unwrap_or_default();
-    all.extend(services);
-    revision::to_reopen(&revs, &all).is_some() || revision::is_new(&revs, &all)
+    next_revision(&revs, services, Vec::new(), "", Outcome::Completed).is_some()
 }
 
 impl Recorder {
