@@ -143,6 +143,15 @@ fn run_rm_passes_the_exit_code_starts_dependencies_and_leaves_no_instance() {
     );
     assert!(instances["db-1"].is_running());
     assert!(f.anonymous_volumes().is_empty());
+    // The dependency was converged as `up` converges it: recorded as a revision of db (so
+    // `watch` keeps it as it is).
+    let out = f.ok(&["history", "--format", "json"]);
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&out).expect("history json");
+    assert!(
+        rows.iter()
+            .any(|r| r["cause"] == "run app" && r["outcome"] == "completed"),
+        "a completed revision `run app`: {out}"
+    );
 
     // Environment, working directory and user of the command; no dependency started with
     // --no-deps (db is already up: stop it and check it stays stopped).

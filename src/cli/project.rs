@@ -321,7 +321,10 @@ impl Context {
         };
         match self.base.create_project(&req).await {
             Ok(()) => {
-                println!("[+] Incus project {} created", self.incus_project);
+                crate::engine::progress::say(&format!(
+                    "[+] Incus project {} created",
+                    self.incus_project
+                ));
                 Ok(true)
             }
             Err(e) => match self.base.get_project(&self.incus_project).await {

@@ -6,9 +6,10 @@
 //!   `--name`), labelled [`LABEL_ONEOFF`] and without a replica slot, so `up`, `scale` and
 //!   `ps` (without `-a`) never count it as a replica. Its ports are published only with
 //!   `--service-ports` or `--publish`.
-//! - What the service depends on is brought up first (the `up` planner, limited to the
-//!   dependencies, the project, networks and volumes; `depends_on` conditions are waited
-//!   for), unless `--no-deps`.
+//! - What the service depends on is brought up first, unless `--no-deps`: through the one
+//!   converge path as `up` brings it up (`engine::converge`, limited to the dependencies and
+//!   the project, networks and volumes; under the project lock; recorded as a revision of
+//!   those services, cause `run SERVICE`; `depends_on` conditions are waited for).
 //! - Its PID 1 is a small keep-alive shell (Incus 6.0 system containers have no way to run
 //!   a command as PID 1 and report its exit code); the command (entrypoint + command, or
 //!   the ones given) runs through the exec API as `exec` runs it: its output and exit code
@@ -18,20 +19,20 @@
 //!   volumes. With `-d` the command is started and the one-off's name printed; it stays
 //!   running until `rm -s` or `down`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use anyhow::{Context as _, anyhow, bail};
 use clap::Args;
 use ic_core::plan::{
-    Action, DiffOptions, ImageSource, InstancePlan, Plan, PlanOptions, Stage, desired, plan_up,
+    Action, Desired, DiffOptions, ImageSource, InstancePlan, Plan, PlanOptions, Stage, desired,
 };
 
 use super::GlobalArgs;
 use super::project::{Context, block_on};
 use super::session::{Session, exec_in, exit_code, parse_env};
-use crate::engine::{self, health, observe};
+use crate::engine::{self, converge, health};
 use ic_core::keys::{LABEL_ONEOFF, LABEL_SERVICE};
 
 #[derive(Debug, Args)]
@@ -215,19 +216,15 @@ fn oneoff_name(base: &str) -> String {
     format!("{base}-run-{:06x}", mixed & 0xff_ffff)
 }
 
-/// `plan` limited to what the one-off needs: project, networks and volumes, and (unless
-/// `no_deps`) the instances of the services it depends on; never removals, never the
-/// service's own replicas.
-fn needed_actions(plan: &mut Plan, service: &str, no_deps: bool) {
-    for stage in &mut plan.stages {
-        stage.actions.retain(|a| match a {
-            Action::Create(p) | Action::Recreate(p) => !no_deps && p.service != service,
-            Action::Start { service: s, .. } => !no_deps && s != service,
-            Action::Stop { .. } | Action::Remove { .. } => false,
-            _ => true,
-        });
+/// The services the one-off of `service` depends on, directly or not (none with `no_deps`):
+/// what its run converges first.
+fn dependencies(d: &Desired, service: &str, no_deps: bool) -> BTreeSet<String> {
+    if no_deps {
+        return BTreeSet::new();
     }
-    plan.stages.retain(|s| !s.actions.is_empty());
+    let mut deps = converge::with_dependencies(d, &BTreeSet::from([service.to_string()]));
+    deps.remove(service);
+    deps
 }
 
 pub fn run(global: &GlobalArgs, args: &RunArgs) -> anyhow::Result<ExitCode> {
@@ -261,11 +258,13 @@ pub fn run(global: &GlobalArgs, args: &RunArgs) -> anyhow::Result<ExitCode> {
     };
     let client = ctx.base.with_project(&ctx.incus_project);
     block_on(async {
-        // The dependencies are created and started as `up` makes them: under the project
-        // lock, planned from what Incus holds once it is taken (given back once the one-off
-        // exists: it may run for hours).
-        let lock = ctx.lock().await?;
-        let mut obs = observe(&ctx.base, &ctx.incus_project, true).await?;
+        // The dependencies are brought up as `up` brings them, through the one converge path
+        // (engine::converge): under the project lock (the Incus project made first when it is
+        // missing), planned from what Incus holds once it is taken, recorded as a revision
+        // of those services. The lock is given back once the one-off exists: it may run for
+        // hours.
+        let lock = ctx.lock_for_up().await?;
+        let mut obs = engine::observe_fresh(&ctx.base, &ctx.incus_project).await?;
         let selected =
             ic_core::plan::selected_services(&ctx.project, &opts).map_err(|e| anyhow!("{e}"))?;
         if obs.facts.oci {
@@ -287,15 +286,10 @@ pub fn run(global: &GlobalArgs, args: &RunArgs) -> anyhow::Result<ExitCode> {
         for w in engine::read_image_processes(&reading, &mut obs.facts, &obs.remotes).await {
             eprintln!("warning: {w}");
         }
-        let mut plan = plan_up(
-            &ctx.project,
-            &obs.facts,
-            &obs.observed,
-            &opts,
-            &DiffOptions::default(),
-        )
-        .map_err(|e| anyhow!("{e}"))?;
         let d = desired(&ctx.project, &obs.facts, &opts).map_err(|e| anyhow!("{e}"))?;
+        // Planned whole (read-only) for where the service's first replica would go.
+        let plan = ic_core::plan::diff(&d, &obs.observed, &DiffOptions::default())
+            .map_err(|e| anyhow!("{e}"))?;
         let t = d
             .services
             .iter()
@@ -405,17 +399,51 @@ pub fn run(global: &GlobalArgs, args: &RunArgs) -> anyhow::Result<ExitCode> {
             files: t.files.clone(),
             anonymous_volumes: t.anonymous_volumes.clone(),
         };
-        needed_actions(&mut plan, &args.service, args.no_deps);
-        plan.stages.push(Stage {
-            title: "one-off".into(),
-            actions: vec![Action::Create(Box::new(oneoff))],
-        });
         let gate = if args.no_deps {
             None
         } else {
             Some(health::Gate::new(client.clone(), &ctx.project, None)?)
         };
-        let outcome = engine::execute_gated(&ctx.target(&obs), &plan, 8, gate.as_ref()).await;
+        // First what the one-off needs, converged as `up` converges it: the project, networks
+        // and volumes, and (unless --no-deps) the services it depends on, recorded as a
+        // revision of those services (so `watch` keeps them as they are now); never the
+        // service's own replicas.
+        let deps = dependencies(&d, &args.service, args.no_deps);
+        let done = converge::converge(
+            &ctx.base,
+            &ctx.incus_project,
+            &ctx.project.name,
+            obs,
+            converge::Source::File(Box::new(d)),
+            &converge::Options {
+                only: Some(deps.clone()),
+                ..Default::default()
+            },
+            &converge::Policy {
+                lock: lock.as_ref(),
+                record: (!deps.is_empty()).then(|| format!("run {}", args.service)),
+                keep: engine::revisions::keep(Some(&ctx.project)),
+                parallel: 8,
+                gate: gate.as_ref(),
+            },
+        )
+        .await?;
+        if let Some((n, result)) = done.revision {
+            eprintln!("revision {n}: {result}");
+        }
+        let mut outcome = done.outcome.unwrap_or_default();
+        if outcome.ok() {
+            // Then the one-off, once its dependencies' `depends_on` conditions hold.
+            let one_off = Plan::of(
+                &ctx.incus_project,
+                vec![Stage {
+                    title: "one-off".into(),
+                    actions: vec![Action::Create(Box::new(oneoff))],
+                }],
+            );
+            outcome =
+                engine::execute_gated(&ctx.target(&done.obs), &one_off, 1, gate.as_ref()).await;
+        }
         drop(lock);
         if !outcome.ok() {
             outcome.report_failures("run", None);
@@ -534,7 +562,7 @@ mod tests {
     }
 
     #[test]
-    fn only_what_the_one_off_needs_is_kept_of_the_up_plan() {
+    fn a_run_converges_only_its_dependencies_and_never_removes_a_network() {
         let create = |service: &str| {
             Action::Create(Box::new(InstancePlan {
                 name: format!("{service}-1"),
@@ -588,13 +616,14 @@ mod tests {
             rollouts: Default::default(),
             warnings: Vec::new(),
         };
-        let mut with_deps = plan.clone();
-        needed_actions(&mut with_deps, "app", false);
+        // A run converges its dependencies as `up db` would (a surplus db replica goes), and
+        // never removes a network or touches the service's own replicas.
+        let deps = BTreeSet::from(["db".to_string()]);
+        let with_deps = converge::restrict(plan.clone(), &deps, &deps);
         let objects: Vec<String> = with_deps.actions().map(Action::object).collect();
-        assert_eq!(objects, ["network n", "db-1"]);
-        let mut no_deps = plan;
-        needed_actions(&mut no_deps, "app", true);
-        let objects: Vec<String> = no_deps.actions().map(Action::object).collect();
-        assert_eq!(objects, ["network n"]);
+        assert_eq!(objects, ["db-3", "db-1"]);
+        let none = BTreeSet::new();
+        let no_deps = converge::restrict(plan, &none, &none);
+        assert!(no_deps.is_empty(), "{:?}", no_deps.stages);
     }
 }

@@ -1,11 +1,9 @@
-//! Health, the I/O part: run a service's healthcheck inside an instance through the Incus
-//! exec API (no sidecar, no daemon, no local state), show one probe's result in `ps`, and
-//! wait for `depends_on` conditions and `up --wait`.
+//! Health, the I/O part: show one probe's result in `ps`, and wait for `depends_on`
+//! conditions and `up --wait` (the health gate).
 //!
-//! What is decided here is only when to probe and what to wait for; how probe results
-//! become a status is `ic_core::health` (Docker's rules). The time an instance last started
-//! is Incus's `last_used_at` (set on every start), so a `start_period` survives a restart of
-//! incus-compose itself.
+//! What is decided here is only what to wait for; probing a replica (when, and how its
+//! results count) is `engine::readiness`, the one module the gate, the rollout and `watch`
+//! share; how probe results become a status is `ic_core::health` (Docker's rules).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -14,119 +12,19 @@ use std::time::Duration;
 use futures_util::future::join_all;
 use ic_compose::Project;
 use ic_compose::model::DependencyCondition;
-use ic_core::health::{Check, Health, HealthError, Tracker, check_of, single_probe_status};
+use ic_core::health::{Check, Health, HealthError, check_of, single_probe_status};
 use ic_core::keys::{LABEL_PROJECT, LABEL_SERVICE};
 use ic_core::plan::{Action, Stage};
-use ic_incus::{Client, ExecRequest, Instance};
+use ic_incus::{Client, Instance};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
+
+use super::readiness::{Probing, probe, since_start, started_at};
 
 /// How many probes `ps` runs at once.
 const PROBE_PARALLEL: usize = 16;
 /// How often a wait polls an instance's state (running/stopped).
 const POLL: Duration = Duration::from_millis(500);
-/// How often a probe is tried when Incus cannot run it (not when the check fails).
-const EXEC_ATTEMPTS: usize = 3;
-/// How much of a probe's output is kept (its end, like Docker keeps its last 4 KiB).
-const OUTPUT_KEEP: usize = 400;
-/// The most bytes of a probe's stdout and of its stderr read (the container decides how
-/// much it prints; the rest is left unread and the probe's output says so).
-pub const OUTPUT_READ_LIMIT: usize = 64 << 10;
-
-/// The result of one probe.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Probe {
-    pub ok: bool,
-    /// What happened: `exit 1: <output>`, `timed out after 2 s`, or the exec error.
-    pub output: String,
-}
-
-fn tail(bytes: &[u8]) -> String {
-    let s = String::from_utf8_lossy(bytes);
-    let s = s.trim();
-    if s.len() <= OUTPUT_KEEP {
-        return s.to_string();
-    }
-    let mut start = s.len() - OUTPUT_KEEP;
-    while !s.is_char_boundary(start) {
-        start += 1;
-    }
-    format!("...{}", &s[start..])
-}
-
-/// Runs `check` once in `instance`, bounded by its timeout. A command still running at the
-/// timeout is a failure; its exec session is closed (Incus does not kill it). When Incus
-/// could not run the command at all (e.g. an exec websocket reset), that is not the check's
-/// verdict: it is tried again, up to [`EXEC_ATTEMPTS`] times within the timeout.
-pub async fn probe(client: &Client, instance: &str, check: &Check) -> Probe {
-    let req = ExecRequest::new(check.argv.iter().cloned());
-    let deadline = Instant::now() + check.timeout;
-    let timed_out = || Probe {
-        ok: false,
-        output: format!("timed out after {} s", check.timeout.as_secs_f64()),
-    };
-    let mut error = None;
-    for _ in 0..EXEC_ATTEMPTS {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            break;
-        }
-        match tokio::time::timeout(
-            left,
-            client.exec_output_bounded(instance, &req, OUTPUT_READ_LIMIT),
-        )
-        .await
-        {
-            Err(_) => return timed_out(),
-            Ok(Err(e)) => {
-                error = Some(e);
-                tokio::time::sleep(Duration::from_millis(200).min(left)).await;
-            }
-            Ok(Ok(out)) => {
-                let mut text = tail(&out.stdout);
-                let err = tail(&out.stderr);
-                if !err.is_empty() {
-                    if !text.is_empty() {
-                        text.push_str(" | ");
-                    }
-                    text.push_str(&err);
-                }
-                if out.truncated {
-                    text.push_str(&format!(
-                        " (output cut: only its first {OUTPUT_READ_LIMIT} bytes were read)"
-                    ));
-                }
-                return Probe {
-                    ok: out.exit_code == 0,
-                    output: if text.is_empty() {
-                        format!("exit {} (no output)", out.exit_code)
-                    } else {
-                        format!("exit {}: {text}", out.exit_code)
-                    },
-                };
-            }
-        }
-    }
-    match error {
-        Some(e) => Probe {
-            ok: false,
-            output: format!("could not run the check: {e}"),
-        },
-        None => timed_out(),
-    }
-}
-
-/// Time since an instance last started, from Incus's `last_used_at` (RFC 3339). Zero when
-/// it cannot be read, or lies in the future (clock skew).
-pub fn since_start(last_used_at: &str) -> Duration {
-    let Ok(at) =
-        time::OffsetDateTime::parse(last_used_at, &time::format_description::well_known::Rfc3339)
-    else {
-        return Duration::ZERO;
-    };
-    let elapsed = time::OffsetDateTime::now_utc() - at;
-    Duration::try_from(elapsed).unwrap_or(Duration::ZERO)
-}
 
 /// The checks of a project's services (services without one are absent).
 pub fn checks(project: &Project) -> Result<BTreeMap<String, Check>, HealthError> {
@@ -490,99 +388,48 @@ impl Gate {
         }
     }
 
-    /// Probes `i` as Docker would (first probe one interval after the start, failures
-    /// within the start period not counted) until it is healthy or unhealthy.
+    /// Probes `i` as Docker would (`readiness::Probing`: the first probe one interval after
+    /// the start, failures within the start period not counted) until it is healthy or
+    /// unhealthy.
     async fn wait_healthy(&self, i: &Instance, check: &Check) -> Result<(), String> {
         let name = &i.name;
-        let begun = Instant::now();
-        let offset = since_start(&i.last_used_at);
-        let now = || offset + begun.elapsed();
-        let mut tracker = Tracker::new(check.clone());
-        let mut last: Option<Probe> = None;
-        let last_text = |p: &Option<Probe>| match p {
-            Some(p) => format!("last probe: {}", p.output),
-            None => "not probed yet".to_string(),
-        };
+        let mut probing = Probing::new(check.clone(), started_at(&i.last_used_at));
         loop {
             let status = self.status(name).await?;
             if !status.eq_ignore_ascii_case("running") {
                 return Err(format!(
                     "instance {name} is {status}, not running ({})",
-                    last_text(&last)
+                    probing.last_text()
                 ));
             }
-            // The next probe is due one start_interval (within the start period) or one
-            // interval after the previous probe, the first one after the instance's start.
-            let wait = if last.is_none() {
-                tracker.next_delay(now()).saturating_sub(now())
-            } else {
-                tracker.next_delay(now())
-            };
-            let due = Instant::now() + wait;
-            while Instant::now() < due {
+            while Instant::now() < probing.due() {
                 if self.timed_out() {
                     return Err(self.timeout_error(&format!(
                         "instance {name} to be healthy ({})",
-                        last_text(&last)
+                        probing.last_text()
                     )));
                 }
-                let left = due - Instant::now();
+                let left = probing.due() - Instant::now();
                 tokio::time::sleep(left.min(POLL)).await;
             }
-            let p = probe(&self.client, name, check).await;
-            let health = tracker.record(now(), p.ok);
-            last = Some(p);
-            match health {
-                Health::Healthy => return Ok(()),
-                Health::Unhealthy => {
+            match probing.poll(&self.client, name).await {
+                Some(Health::Healthy) => return Ok(()),
+                Some(Health::Unhealthy) => {
                     return Err(format!(
                         "instance {name} is unhealthy after {} failed probe(s) of `{}` ({})",
-                        tracker.failing_streak(),
+                        probing.failing_streak(),
                         check.argv.join(" "),
-                        last_text(&last)
+                        probing.last_text()
                     ));
                 }
-                Health::Starting => {}
+                Some(Health::Starting) | None => {}
             }
             if self.timed_out() {
                 return Err(self.timeout_error(&format!(
                     "instance {name} to be healthy ({})",
-                    last_text(&last)
+                    probing.last_text()
                 )));
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn since_start_reads_incus_timestamps_and_is_zero_when_it_cannot() {
-        let five_ago = time::OffsetDateTime::now_utc() - time::Duration::seconds(5);
-        let text = five_ago
-            .format(&time::format_description::well_known::Rfc3339)
-            .expect("format");
-        let d = since_start(&text);
-        assert!(
-            d >= Duration::from_secs(5) && d < Duration::from_secs(60),
-            "{d:?}"
-        );
-        // Incus's form: nanoseconds and a Z.
-        assert!(since_start("2020-01-02T03:04:05.123456789Z") > Duration::from_secs(86400));
-        assert!(since_start("0001-01-01T00:00:00Z") > Duration::ZERO);
-        assert_eq!(since_start("not a time"), Duration::ZERO);
-        assert_eq!(since_start("2999-01-01T00:00:00Z"), Duration::ZERO);
-    }
-
-    #[test]
-    fn probe_output_keeps_the_end_of_long_output() {
-        assert_eq!(tail(b"  ok\n"), "ok");
-        let long = "é".repeat(OUTPUT_KEEP);
-        let t = tail(long.as_bytes());
-        assert!(t.starts_with("..."));
-        assert!(t.len() <= OUTPUT_KEEP + 3);
-        assert!(t.ends_with('é'));
     }
 }

@@ -15,6 +15,7 @@ mod observe;
 mod oci;
 pub mod progress;
 pub mod reach;
+pub mod readiness;
 pub mod revisions;
 pub mod rollout;
 mod spanning;

@@ -22,14 +22,14 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use futures_util::future::join_all;
-use ic_core::health::{Health, Tracker};
+use ic_core::health::Health;
 use ic_core::plan::{Action, InstancePlan, RolloutSpec};
 use ic_core::rollout::{self, Config, NewReplica, Pace, Progress as Batches, State};
 use tokio::time::Instant;
 
 use super::execute::{Target, create, remove, start, stop};
-use super::health::probe;
 use super::progress::Progress;
+use super::readiness::Probing;
 use ic_core::keys::{
     LABEL_PROJECT, LABEL_REPLACED_BY, LABEL_RETIRED, LABEL_SERVICE, PACE_PREFIX, RETIRED_ADDRESSES,
 };
@@ -172,9 +172,8 @@ struct SlotRun {
     created_at: Option<Duration>,
     create_error: Option<String>,
     started_at: Option<Duration>,
-    tracker: Option<Tracker>,
-    /// When its healthcheck may run next (rollout clock).
-    next_probe: Duration,
+    /// Its healthcheck's probing (`engine::readiness`), from when it was first seen running.
+    probing: Option<Probing>,
     /// The old replica: retired (stopped, labelled) yet, and under which name now.
     old_retired_as: Option<String>,
     /// start-first on a spanning bridge: the old replica is marked replaced and still runs.
@@ -206,8 +205,7 @@ pub async fn run_service(
             created_at: None,
             create_error: None,
             started_at: None,
-            tracker: None,
-            next_probe: Duration::ZERO,
+            probing: None,
             old_retired_as: None,
             old_marked: false,
             declared_ready: false,
@@ -349,8 +347,7 @@ pub async fn run_service(
                     created_at: None,
                     create_error: None,
                     started_at: None,
-                    tracker: None,
-                    next_probe: Duration::ZERO,
+                    probing: None,
                     ..s
                 })
                 .collect();
@@ -648,11 +645,11 @@ fn view(s: &SlotRun) -> rollout::Slot {
         new: s.created_at.map(|created_at| NewReplica {
             created_at,
             started_at: s.started_at,
-            state: match (&s.create_error, s.started_at, &s.tracker) {
+            state: match (&s.create_error, s.started_at, &s.probing) {
                 (Some(e), _, _) => State::Failed(e.clone()),
                 (None, None, _) => State::Starting,
-                (None, Some(_), tracker) => State::Running {
-                    health: tracker.as_ref().map(Tracker::status),
+                (None, Some(_), probing) => State::Running {
+                    health: probing.as_ref().map(Probing::status),
                 },
             },
         }),
@@ -684,14 +681,13 @@ async fn observe(t: &Target, spec: &RolloutSpec, slots: &mut [SlotRun], clock: I
                     s.started_at = Some(clock.elapsed());
                 }
                 if let Some(check) = &spec.check {
-                    let tracker = s.tracker.get_or_insert_with(|| Tracker::new(check.clone()));
-                    // Probed as Docker does: every start_interval within the start period,
-                    // then every interval, until it is healthy.
-                    if tracker.status() != Health::Healthy && clock.elapsed() >= s.next_probe {
-                        let since = clock.elapsed() - s.started_at.unwrap_or_default();
-                        let p = probe(&t.project, &name, check).await;
-                        tracker.record(since, p.ok);
-                        s.next_probe = clock.elapsed() + tracker.next_delay(since);
+                    // Probed as Docker does (engine::readiness), from when it was first seen
+                    // running, until it is healthy.
+                    let probing = s
+                        .probing
+                        .get_or_insert_with(|| Probing::new(check.clone(), Instant::now()));
+                    if probing.status() != Health::Healthy {
+                        probing.poll(&t.project, &name).await;
                     }
                 }
             } else if status.eq_ignore_ascii_case("stopped") || status == "Gone" {

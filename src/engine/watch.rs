@@ -23,6 +23,7 @@ use ic_core::plan::{Action, DiffOptions};
 use ic_incus::{Client, EventFilter};
 
 use super::lock::{self, LockGuard, LockOptions};
+use super::readiness::{Probing, started_at};
 use super::{Target, observe};
 use ic_core::keys::LABEL_PROJECT;
 
@@ -1088,12 +1089,11 @@ impl Prober {
     }
 }
 
-/// One replica's probing: its start (`last_used_at`), counter, next probe, and whether it
-/// was reported unhealthy since that start.
+/// One replica's probing (`engine::readiness`) since its start (`last_used_at`), and whether
+/// it was reported unhealthy since that start.
 struct Probed {
     started: String,
-    tracker: ic_core::health::Tracker,
-    next: Instant,
+    probing: Probing,
     reported: bool,
 }
 
@@ -1102,7 +1102,7 @@ async fn probe_loop(
     checks: Shared<BTreeMap<String, ic_core::health::Check>>,
     verdicts: Shared<BTreeMap<String, String>>,
 ) {
-    use super::health::{probe, since_start};
+    use ic_core::health::Health;
     let mut probed: BTreeMap<String, Probed> = BTreeMap::new();
     // (name, service, last_used_at) of running replicas, listed every PROBER_LIST.
     let mut running: Vec<(String, String, String)> = Vec::new();
@@ -1127,46 +1127,46 @@ async fn probe_loop(
             }
         }
         probed.retain(|n, _| running.iter().any(|(m, ..)| m == n));
-        let now = Instant::now();
-        let mut due = Vec::new();
         for (name, service, started) in &running {
             let Some(check) = checks.get(service) else {
                 continue;
             };
             let fresh = || Probed {
                 started: started.clone(),
-                tracker: ic_core::health::Tracker::new(check.clone()),
-                next: now,
+                probing: Probing::new(check.clone(), started_at(started)),
                 reported: false,
             };
             let p = probed.entry(name.clone()).or_insert_with(fresh);
             if &p.started != started {
                 *p = fresh();
             }
-            if !p.reported && p.next <= now && due.len() < PROBER_PARALLEL {
-                due.push((name.clone(), check.clone(), started.clone()));
-            }
         }
-        let results = futures_util::future::join_all(due.iter().map(|(name, check, _)| {
-            let client = client.clone();
-            async move { probe(&client, name, check).await }
-        }))
-        .await;
-        for ((name, check, started), r) in due.into_iter().zip(results) {
-            let Some(p) = probed.get_mut(&name) else {
-                continue;
-            };
-            let since = since_start(&started);
-            let status = p.tracker.record(since, r.ok);
-            p.next = Instant::now() + p.tracker.next_delay(since);
-            if status == ic_core::health::Health::Unhealthy {
+        // The probes due, at most PROBER_PARALLEL at once.
+        let now = tokio::time::Instant::now();
+        let due = probed
+            .iter_mut()
+            .filter(|(_, p)| !p.reported && p.probing.due() <= now)
+            .take(PROBER_PARALLEL)
+            .map(|(name, p)| {
+                let client = &client;
+                async move {
+                    let status = p.probing.poll(client, name).await;
+                    (name, p, status)
+                }
+            });
+        for (name, p, status) in futures_util::future::join_all(due).await {
+            if status == Some(Health::Unhealthy) {
                 p.reported = true;
                 if let Ok(mut v) = verdicts.lock() {
                     v.insert(
                         name.clone(),
                         format!(
                             "{name} is unhealthy: {} failed healthchecks in a row ({})",
-                            check.retries, r.output
+                            p.probing.failing_streak(),
+                            p.probing
+                                .last()
+                                .map(|r| r.output.as_str())
+                                .unwrap_or_default()
                         ),
                     );
                 }
@@ -1175,7 +1175,11 @@ async fn probe_loop(
         let next = probed
             .values()
             .filter(|p| !p.reported)
-            .map(|p| p.next.saturating_duration_since(Instant::now()))
+            .map(|p| {
+                p.probing
+                    .due()
+                    .saturating_duration_since(tokio::time::Instant::now())
+            })
             .min()
             .unwrap_or(Duration::from_secs(1))
             .clamp(Duration::from_millis(200), Duration::from_secs(1));
