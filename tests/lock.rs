@@ -454,6 +454,42 @@ fn a_run_that_loses_its_lock_stops_acting() {
     block_on(f.client.update_project_if_match(&f.name, &put, etag)).expect("remove");
 }
 
+/// How far ahead the lock's lease ends now (seconds), if it is held.
+fn lease_expires_in(f: &Fixture) -> Option<f64> {
+    let v: serde_json::Value = serde_json::from_str(&f.lock_value()?).ok()?;
+    Some(v["expires"].as_f64()? - unix_now())
+}
+
+#[test]
+fn a_run_writes_the_longer_lease_of_a_run_at_work_as_soon_as_it_starts_acting() {
+    // A lease of 60 s: the acquisition writes 60 s, the first timed renewal comes 20 s later.
+    // A run at work renews at once when it first acts, with four times that (240 s), before
+    // its work loads the server (`up -d` of 100 replicas lost its lock after 28.5 s when the
+    // first renewal, under that load, took longer than what was left of the default 30 s lease).
+    let f = fixture("working", &[LONG]).env("INCUS_COMPOSE_LOCK_TTL", "60");
+    let holder = f.spawn_in(&f.dir(0), &["up", "-d", "--parallel", "1"]);
+    assert!(
+        wait_until(Duration::from_secs(30), || !f.list().is_empty()),
+        "the up starts creating"
+    );
+    let acting = Instant::now();
+    let mut longest = 0.0f64;
+    let renewed = wait_until(Duration::from_secs(8), || {
+        longest = longest.max(lease_expires_in(&f).unwrap_or(0.0));
+        longest > 150.0
+    });
+    let out = holder.wait_with_output().expect("wait");
+    show("up -d --parallel 1 (TTL 60)", &out);
+    assert!(out.status.success());
+    assert!(
+        renewed,
+        "within {:.1} s of its first creation the lease still ended {longest:.0} s ahead (not the 240 s of a run at work)",
+        acting.elapsed().as_secs_f64()
+    );
+    assert_eq!(f.list().len(), 12);
+    assert_eq!(f.lock_value(), None, "released at the end");
+}
+
 #[test]
 fn ctrl_c_during_up_gives_the_lock_back_at_once() {
     let f = fixture("sigint", &[LONG]);
