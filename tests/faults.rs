@@ -44,9 +44,13 @@ impl Rng {
     }
 }
 
-/// A compose project of this suite (at most 3 at once).
+/// A compose project of this suite (at most 3 at once). Its runs use a 10 s lease: a run
+/// killed once at work leaves a lease of four times that (`ic_core::lease::lease_length`),
+/// which the next run waits out; with the default 30 s, 120 s per kill.
 fn fixture(tag: &str) -> Fixture {
-    Fixture::new(tag).at_most(3)
+    Fixture::new(tag)
+        .at_most(3)
+        .env("INCUS_COMPOSE_LOCK_TTL", "10")
 }
 
 impl Fixture {
