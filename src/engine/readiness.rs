@@ -148,7 +148,7 @@ impl Probing {
     pub fn new(check: Check, started: Instant) -> Probing {
         let tracker = Tracker::new(check.clone());
         Probing {
-            next: started + first_delay(&tracker),
+            next: started + tracker.next_delay(Duration::ZERO),
             check,
             tracker,
             started,
@@ -201,11 +201,6 @@ impl Probing {
         self.last = Some(p);
         status
     }
-}
-
-/// The delay of a replica's first probe after its start.
-fn first_delay(tracker: &Tracker) -> Duration {
-    tracker.next_delay(Duration::ZERO)
 }
 
 #[cfg(test)]

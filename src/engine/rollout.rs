@@ -682,10 +682,11 @@ async fn observe(t: &Target, spec: &RolloutSpec, slots: &mut [SlotRun], clock: I
                 }
                 if let Some(check) = &spec.check {
                     // Probed as Docker does (engine::readiness), from when it was first seen
-                    // running, until it is healthy.
+                    // running (`started_at`, set just above), until it is healthy.
+                    let started = clock + s.started_at.unwrap_or_default();
                     let probing = s
                         .probing
-                        .get_or_insert_with(|| Probing::new(check.clone(), Instant::now()));
+                        .get_or_insert_with(|| Probing::new(check.clone(), started));
                     if probing.status() != Health::Healthy {
                         probing.poll(&t.project, &name).await;
                     }
