@@ -12,7 +12,7 @@ use ic_core::plan::{DiffOptions, Plan, PlanOptions};
 
 use super::GlobalArgs;
 use super::project::{Context, block_on};
-use crate::engine::{self, converge, health, observe};
+use crate::engine::{self, converge, health};
 
 /// Exit status of `up` when everything else was done but some replicas are pending: no member
 /// can take them now (each is listed with every member's reason).
@@ -281,7 +281,12 @@ async fn prepare(
     let mut obs = if locked {
         engine::observe_fresh(&ctx.base, &ctx.incus_project).await?
     } else {
-        observe(&ctx.base, &ctx.incus_project, true).await?
+        engine::observe_planning(
+            &ctx.base,
+            &ctx.incus_project,
+            ic_core::plan::storage::needs_facts(&ctx.project),
+        )
+        .await?
     };
     let mut pulled = BTreeMap::new();
     let mut lines = Vec::new();

@@ -24,7 +24,7 @@ pub mod watch;
 
 pub use execute::{Target, execute, execute_gated};
 pub use lock::{Lease, LockGuard, LockOptions};
-pub use observe::{Observation, is_ours, observe, observe_fresh};
+pub use observe::{Observation, is_ours, observe, observe_fresh, observe_planning};
 pub use oci::{prepare_images, project_image_keys, pull_image, read_image_processes, record_pulls};
 pub use progress::lines_to_stderr;
 

@@ -127,13 +127,26 @@ pub async fn observe(
     incus_project: &str,
     need_images: bool,
 ) -> anyhow::Result<Observation> {
-    observe_with(base, incus_project, need_images, false).await
+    observe_with(base, incus_project, need_images, false, true).await
+}
+
+/// [`observe`] for `up`'s read-only plan: with `storage` false, the storage facts (the
+/// `default` profile's root pool, the pools, the project's volumes) are not read, for a
+/// project whose plan does not depend on them (`ic_core::plan::storage::needs_facts`): three
+/// requests fewer, each answered with a `used_by` list that grows with the instances. The
+/// plan under the lock observes everything again.
+pub async fn observe_planning(
+    base: &Client,
+    incus_project: &str,
+    storage: bool,
+) -> anyhow::Result<Observation> {
+    observe_with(base, incus_project, true, false, storage).await
 }
 
 /// [`observe`] with the members' cluster links probed whatever the Incus project records
 /// (what a run planning under the lock uses before it changes anything).
 pub async fn observe_fresh(base: &Client, incus_project: &str) -> anyhow::Result<Observation> {
-    observe_with(base, incus_project, true, true).await
+    observe_with(base, incus_project, true, true, true).await
 }
 
 async fn observe_with(
@@ -141,6 +154,7 @@ async fn observe_with(
     incus_project: &str,
     need_images: bool,
     probe: bool,
+    storage: bool,
 ) -> anyhow::Result<Observation> {
     // Independent reads run at once: the server and the project, then everything else that
     // does not depend on another answer (one round trip each instead of one after another).
@@ -194,11 +208,21 @@ async fn observe_with(
                 .await
                 .context("cannot list networks")
         },
-        default_pool(base),
         async {
-            base.storage_pools()
-                .await
-                .context("cannot list storage pools")
+            if storage {
+                default_pool(base).await
+            } else {
+                Ok(String::new())
+            }
+        },
+        async {
+            if storage {
+                base.storage_pools()
+                    .await
+                    .context("cannot list storage pools")
+            } else {
+                Ok(Vec::new())
+            }
         },
         async {
             if need_images {

@@ -17,6 +17,7 @@
 use std::collections::BTreeMap;
 
 use ic_compose::Project;
+use ic_compose::model::VolumeType;
 
 use super::{PlanError, ServerFacts};
 
@@ -62,6 +63,27 @@ impl StorageChoice {
             ("pool".to_string(), pool.clone()),
         ]))
     }
+}
+
+/// Whether planning `project` reads the storage facts (the `default` profile's root pool, the
+/// pools and their drivers, the project's volumes): only when it declares or mounts volumes
+/// (named or anonymous: bind mounts and tmpfs need no pool), uses another service's
+/// (`volumes_from`), has a read-only root or names a pool (`x-incus: {pool}`). Without them, [`choose`] adds no
+/// device and the plan is the same whatever the pools are, so a run may skip reading them
+/// (three requests whose answers grow with the instances: `used_by`).
+pub fn needs_facts(project: &Project) -> bool {
+    !project.volumes.is_empty()
+        || project
+            .extensions
+            .get("x-incus")
+            .is_some_and(|x| x.get("pool").is_some())
+        || project.services.values().any(|s| {
+            s.read_only
+                || !s.volumes_from.is_empty()
+                || s.volumes
+                    .iter()
+                    .any(|v| !matches!(v.kind, VolumeType::Bind | VolumeType::Tmpfs))
+        })
 }
 
 /// Choose the pools (see the module documentation).
