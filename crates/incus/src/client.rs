@@ -54,13 +54,15 @@ pub fn requests_sent() -> Vec<(&'static str, u64)> {
 }
 
 /// With `INCUS_COMPOSE_REQUEST_LOG=FILE` in the environment, every request is appended to FILE
-/// as one line: the program's name, the method, the path with its query, and the milliseconds
-/// until the answer's head. For measuring which requests a command or a test suite makes
+/// as one line: the program's name, the method, the path with its query, the milliseconds
+/// until the answer's head, and when it was sent (milliseconds after the process's first
+/// request: a timeline of the run). For measuring which requests a command or a test suite makes
 /// (`scripts/request-profile` sums such a file); off (one environment read) otherwise.
 fn log_request(method: &Method, path: &str, sent_at: std::time::Instant) {
     use std::io::Write;
     static LOG: std::sync::OnceLock<Option<std::sync::Mutex<std::fs::File>>> =
         std::sync::OnceLock::new();
+    static FIRST: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
     let log = LOG.get_or_init(|| {
         let file = std::env::var_os("INCUS_COMPOSE_REQUEST_LOG")?;
         let f = std::fs::OpenOptions::new()
@@ -81,9 +83,11 @@ fn log_request(method: &Method, path: &str, sent_at: std::time::Instant) {
                 .map(|n| n.to_string_lossy().into_owned())
         })
         .unwrap_or_default();
+    let first = *FIRST.get_or_init(|| sent_at);
     let line = format!(
-        "{program} {method} {path} {}\n",
-        sent_at.elapsed().as_millis()
+        "{program} {method} {path} {} {}\n",
+        sent_at.elapsed().as_millis(),
+        sent_at.saturating_duration_since(first).as_millis()
     );
     if let Ok(mut f) = log.lock() {
         let _ = f.write_all(line.as_bytes());

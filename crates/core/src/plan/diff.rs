@@ -218,6 +218,40 @@ pub fn incus_project_config(compose: &str) -> BTreeMap<String, String> {
     ])
 }
 
+/// A subnet the compose file gives a network to create must not overlap another network's:
+/// Incus would fail the creation part way (dnsmasq cannot listen on an address a bridge
+/// already holds; seen with Incus 6.0 on a cluster, which then left the tunnel's interface on
+/// a member and failed every later creation of that network with "File exists"). Docker
+/// refuses it alike ("Pool overlaps with other one on this address space").
+fn subnet_free(
+    net: &super::DesiredNetwork,
+    subnet: &super::Subnet,
+    obs: &Observed,
+) -> Result<(), PlanError> {
+    for n in obs.networks.iter().filter(|n| n.name != net.name) {
+        let Some(address) = n.config.get("ipv4.address") else {
+            continue;
+        };
+        let Some(theirs) = super::Subnet::from_address(address) else {
+            continue;
+        };
+        if theirs.overlaps(subnet) {
+            return Err(PlanError::SubnetTaken {
+                network: net.key.clone(),
+                subnet: subnet.bridge_address(),
+                other: n.name.clone(),
+                address: address.clone(),
+                owner: n
+                    .config
+                    .get(LABEL_PROJECT)
+                    .map(|p| format!(", of compose project {p}"))
+                    .unwrap_or_default(),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Networks: missing ones created (with a free subnet when none is given), unfinished ones
 /// finished, the keys kept up to date updated; external ones must exist.
 fn network_actions(d: &Desired, obs: &Observed) -> Result<Vec<Action>, PlanError> {
@@ -308,6 +342,9 @@ fn network_actions(d: &Desired, obs: &Observed) -> Result<Vec<Action>, PlanError
             }
             (Some(n), false) => return Err(not_ours(d, "network", &n.name, &n.config)),
             (None, false) => {
+                if let Some(s) = net.subnet {
+                    subnet_free(net, &s, obs)?;
+                }
                 let subnet = match net.subnet {
                     Some(s) => s,
                     None => allocate_subnet(&net.name, &used_subnets)

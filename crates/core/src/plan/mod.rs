@@ -356,6 +356,17 @@ pub enum PlanError {
     BadSubnet { network: String, message: String },
     #[error("no free /24 left in 100.100.0.0/14 for network {0:?}; give it an ipam subnet")]
     NoFreeSubnet(String),
+    #[error(
+        "network {network:?}: ipam subnet {subnet} overlaps Incus network {other:?} ({address}{owner}); give networks.{network}.ipam.config a subnet no other network uses, or leave it out for a free one"
+    )]
+    SubnetTaken {
+        network: String,
+        subnet: String,
+        other: String,
+        address: String,
+        /// ", of compose project X" when another compose project made it; else empty.
+        owner: String,
+    },
     #[error("{0}")]
     Network(String),
     #[error(

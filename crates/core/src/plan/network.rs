@@ -46,6 +46,18 @@ impl Subnet {
         Ok(Subnet { gateway, prefix })
     }
 
+    /// A subnet from a bridge's `ipv4.address` (`10.0.0.1/24`, or a network address);
+    /// `None` for anything else (`none`, `auto`, IPv6).
+    pub fn from_address(address: &str) -> Option<Subnet> {
+        Subnet::parse(address, None).ok().or_else(|| {
+            let (a, p) = address.split_once('/')?;
+            Some(Subnet {
+                gateway: a.parse().ok()?,
+                prefix: p.parse().ok().filter(|p| *p <= 32)?,
+            })
+        })
+    }
+
     /// `ipv4.address` of the bridge: `gateway/prefix`.
     pub fn bridge_address(&self) -> String {
         format!("{}/{}", self.gateway, self.prefix)
@@ -89,15 +101,7 @@ fn mask(prefix: u8) -> u32 {
 pub fn allocate_subnet(name: &str, used: &[String]) -> Option<Subnet> {
     let used: Vec<Subnet> = used
         .iter()
-        .filter_map(|u| {
-            Subnet::parse(u, None).ok().or_else(|| {
-                let (a, p) = u.split_once('/')?;
-                Some(Subnet {
-                    gateway: a.parse().ok()?,
-                    prefix: p.parse().ok()?,
-                })
-            })
-        })
+        .filter_map(|u| Subnet::from_address(u))
         .collect();
     let digest = Sha256::digest(name.as_bytes());
     let start = (u32::from(digest[0]) << 8 | u32::from(digest[1])) % 1024;

@@ -987,3 +987,62 @@ services:
         spread
     );
 }
+
+#[test]
+fn an_ipam_subnet_another_network_holds_is_refused_before_anything_is_made() {
+    let with_subnet = |subnet: &str| {
+        format!(
+            "name: shop\nservices:\n  web:\n    image: testapp/v1\nnetworks:\n  default:\n    ipam: {{config: [{{subnet: {subnet}}}]}}\n"
+        )
+    };
+    let other = |address: &str, project: Option<&str>| ObservedNetwork {
+        name: "icothers-defau".into(),
+        managed: true,
+        config: project
+            .map(|p| (LABEL_PROJECT.to_string(), p.to_string()))
+            .into_iter()
+            .chain([("ipv4.address".to_string(), address.to_string())])
+            .collect(),
+        status: "Created".into(),
+    };
+    // The same /22 (what two copies of a benchmark's file did), a /24 inside it, one around.
+    for (ours, theirs) in [
+        ("100.110.0.0/22", "100.110.0.1/22"),
+        ("100.110.2.0/24", "100.110.0.1/22"),
+        ("10.0.0.0/8", "10.20.30.1/24"),
+    ] {
+        let mut obs = cluster();
+        obs.networks.push(other(theirs, Some("bench")));
+        let err = up(&with_subnet(ours), &obs, &DiffOptions::default()).unwrap_err();
+        let PlanError::SubnetTaken { .. } = &err else {
+            panic!("{ours} against {theirs}: {err:?}");
+        };
+        let text = err.to_string();
+        assert!(
+            text.contains(&format!("ipam subnet {}", ours.replace(".0/", ".1/")))
+                && text.contains("icothers-defau")
+                && text.contains(theirs)
+                && text.contains("of compose project bench")
+                && text.contains("networks.default.ipam.config"),
+            "{text}"
+        );
+    }
+    // Next to it, or another network's `none`: planned.
+    let mut obs = cluster();
+    obs.networks.push(other("100.110.4.1/22", None));
+    obs.networks.push(ObservedNetwork {
+        name: "plain".into(),
+        ..other("none", None)
+    });
+    let plan = up(
+        &with_subnet("100.110.0.0/22"),
+        &obs,
+        &DiffOptions::default(),
+    )
+    .unwrap();
+    assert!(
+        plan.actions()
+            .any(|a| matches!(a, Action::CreateNetwork { config, .. } if config["ipv4.address"] == "100.110.0.1/22")),
+        "{plan:?}"
+    );
+}
