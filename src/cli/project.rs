@@ -256,19 +256,29 @@ impl Context {
             }
         };
         if guard.is_some() {
-            // The project's digest key, made once (a project made before keys gets it here:
-            // its secrets' and configs' replicas are replaced once, their spec hash changing).
+            // One write (each costs a round trip and the read-back's settle time): the
+            // project's digest key, made once (a project made before keys gets it here: its
+            // secrets' and configs' replicas are replaced once, their spec hash changing), and
+            // the compose files this run read.
+            let files = (!self.project.files.is_empty()).then(|| self.project.files.join("\n"));
             let written = match engine::random_key() {
                 Ok(fresh) => {
                     engine::lock::edit_project_config(&self.base, &self.incus_project, |config| {
-                        if config
+                        let mut changed = false;
+                        if !config
                             .get(ic_core::keys::DIGEST_KEY)
                             .is_some_and(|k| ic_core::plan::DigestKey::from_hex(k).is_some())
                         {
-                            return false;
+                            config.insert(ic_core::keys::DIGEST_KEY.to_string(), fresh.to_hex());
+                            changed = true;
                         }
-                        config.insert(ic_core::keys::DIGEST_KEY.to_string(), fresh.to_hex());
-                        true
+                        if let Some(files) = &files
+                            && config.get(LABEL_CONFIG_FILES) != Some(files)
+                        {
+                            config.insert(LABEL_CONFIG_FILES.to_string(), files.clone());
+                            changed = true;
+                        }
+                        changed
                     })
                     .await
                     .map_err(anyhow::Error::from)
@@ -277,25 +287,7 @@ impl Context {
             };
             if let Err(e) = written {
                 eprintln!(
-                    "warning: cannot write the digest key of Incus project {}: {e}",
-                    self.incus_project
-                );
-            }
-        }
-        if guard.is_some() && !self.project.files.is_empty() {
-            let files = self.project.files.join("\n");
-            let recorded =
-                engine::lock::edit_project_config(&self.base, &self.incus_project, |config| {
-                    if config.get(LABEL_CONFIG_FILES) == Some(&files) {
-                        return false;
-                    }
-                    config.insert(LABEL_CONFIG_FILES.to_string(), files.clone());
-                    true
-                })
-                .await;
-            if let Err(e) = recorded {
-                eprintln!(
-                    "warning: cannot record the compose files in Incus project {}: {e}",
+                    "warning: cannot write the digest key and the compose files' record of Incus project {}: {e}",
                     self.incus_project
                 );
             }
@@ -314,10 +306,22 @@ impl Context {
                     .with_context(|| format!("cannot read Incus project {}", self.incus_project));
             }
         }
+        // Made with its digest key and the compose files' record: nothing to write for them
+        // once it is locked (see `lock_for_up`).
+        let mut config = ic_core::plan::incus_project_config(&self.project.name);
+        if let Ok(key) = engine::random_key() {
+            config.insert(ic_core::keys::DIGEST_KEY.to_string(), key.to_hex());
+        }
+        if !self.project.files.is_empty() {
+            config.insert(
+                LABEL_CONFIG_FILES.to_string(),
+                self.project.files.join("\n"),
+            );
+        }
         let req = ic_incus::ProjectsPost {
             name: self.incus_project.clone(),
             description: "incus-compose project".into(),
-            config: ic_core::plan::incus_project_config(&self.project.name),
+            config,
         };
         match self.base.create_project(&req).await {
             Ok(()) => {
