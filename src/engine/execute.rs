@@ -820,6 +820,21 @@ pub(super) async fn create(t: &Target, p: &InstancePlan) -> anyhow::Result<()> {
             // Ended, but Incus forgot the operation before its result was read (seen with 3 of
             // 300 creations on a loaded cluster): the instance says how it ended. One this
             // request made is there once it succeeded (a failed creation removes it).
+            // A retry finds the name taken: an earlier attempt whose error we saw went on and
+            // made it (seen once in 300 creations on a loaded cluster: "UNIQUE constraint
+            // failed"). Ours when it carries every label of the request; then adopted.
+            Err(e) if attempt > 0 && e.is_already_exists() => {
+                match t.project.instance(&p.name).await {
+                    Ok(i) if made_by(&req.config, &i.config) => {
+                        adopt(t, &p.name, req.start).await?;
+                        break;
+                    }
+                    _ => {
+                        return Err(e)
+                            .with_context(|| format!("creating {} on {}", p.name, p.member));
+                    }
+                }
+            }
             Err(e) if e.is_vanished_operation() => match t.project.instance(&p.name).await {
                 Ok(i) if made_by(&req.config, &i.config) => {
                     if req.start && !i.is_running() {
@@ -905,6 +920,38 @@ pub(super) async fn create(t: &Target, p: &InstancePlan) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// An instance an earlier attempt of this creation made: once that attempt's operation
+/// ended (a start is refused while it runs), started when the request started it. Up to
+/// [`ADOPT_TIMEOUT`].
+async fn adopt(t: &Target, name: &str, started: bool) -> anyhow::Result<()> {
+    fenced(t).with_context(|| format!("{name} is not started"))?;
+    if !started {
+        return Ok(());
+    }
+    let deadline = tokio::time::Instant::now() + ADOPT_TIMEOUT;
+    loop {
+        if t.project.instance(name).await?.is_running() {
+            return Ok(());
+        }
+        match t.project.start_instance(name).await {
+            Ok(()) => return Ok(()),
+            Err(e)
+                if e.incus_message()
+                    .is_some_and(|m| m.contains("already running")) =>
+            {
+                return Ok(());
+            }
+            Err(e) if tokio::time::Instant::now() >= deadline => {
+                return Err(e).with_context(|| format!("starting {name}"));
+            }
+            Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+        }
+    }
+}
+
+/// How long [`adopt`] tries to start an instance an earlier attempt is still making.
+const ADOPT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Whether an instance with config `found` is the one a create request with config `sent`
 /// made: it carries every `user.incus-compose.*` label of the request, with the same values.
