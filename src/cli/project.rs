@@ -265,9 +265,9 @@ impl Context {
                 Ok(fresh) => {
                     engine::lock::edit_project_config(&self.base, &self.incus_project, |config| {
                         let mut changed = false;
-                        if !config
+                        if config
                             .get(ic_core::keys::DIGEST_KEY)
-                            .is_some_and(|k| ic_core::plan::DigestKey::from_hex(k).is_some())
+                            .is_none_or(|k| ic_core::plan::DigestKey::from_hex(k).is_none())
                         {
                             config.insert(ic_core::keys::DIGEST_KEY.to_string(), fresh.to_hex());
                             changed = true;
