@@ -1,41 +1,15 @@
 //! Loading every compose file of the corpus (`../shared/corpus`), end to end, in memory from
 //! the real files (read once), including interpolation, merging, validation and normalisation.
 
+use ic_compose::corpus::dir as corpus;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use ic_compose::{LoadOptions, load};
 
-fn corpus() -> PathBuf {
-    PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/corpus"
-    ))
-}
-
-fn compose_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    let mut entries: Vec<_> = entries.flatten().map(|e| e.path()).collect();
-    entries.sort();
-    for p in entries {
-        if p.is_dir() {
-            compose_files(&p, out);
-        } else if let Some(name) = p.file_name().and_then(|n| n.to_str()) {
-            let is_compose = (name.contains("compose") || name.contains("stack"))
-                && (name.ends_with(".yml") || name.ends_with(".yaml"));
-            if is_compose {
-                out.push(p);
-            }
-        }
-    }
-}
-
 fn bench(c: &mut Criterion) {
-    let mut files = Vec::new();
-    compose_files(&corpus(), &mut files);
+    let files = ic_compose::corpus::files(&corpus());
     let env: BTreeMap<String, String> = [
         ("DOMAIN", "example.org"),
         ("ADMIN_USER", "admin"),

@@ -11,6 +11,8 @@
 //! ```
 
 pub mod canonical;
+#[doc(hidden)]
+pub mod corpus;
 pub mod env;
 pub mod error;
 pub mod goyaml;

@@ -7,6 +7,7 @@
 //! /var/cache/incus-compose-test/compose-v2/docker-compose; `INCUS_COMPOSE_TEST_COMPOSE_V2`
 //! names another). Without it the tests fail, saying how to get it.
 
+use ic_compose::corpus::dir as corpus;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -30,39 +31,6 @@ fn v2_binary() -> PathBuf {
         path.display()
     );
     path
-}
-
-fn corpus() -> PathBuf {
-    // `../shared/corpus` beside the checkout: the nearest ancestor that has one (a worktree
-    // under /work/wt/NAME finds /work/shared/corpus as /work/main does).
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    manifest
-        .ancestors()
-        .map(|a| a.join("shared/corpus"))
-        .find(|p| p.is_dir())
-        .and_then(|p| std::fs::canonicalize(p).ok())
-        .unwrap_or_else(|| panic!("cannot find shared/corpus beside {}", manifest.display()))
-}
-
-fn compose_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", dir.display()))
-        .flatten()
-        .map(|e| e.path())
-        .collect();
-    entries.sort();
-    for p in entries {
-        if p.is_dir() {
-            compose_files(&p, out);
-        } else {
-            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-            if (name.contains("compose") || name == "docker-stack.yml")
-                && (name.ends_with(".yml") || name.ends_with(".yaml"))
-            {
-                out.push(p);
-            }
-        }
-    }
 }
 
 /// The environment both tools see: a fixed one (not the caller's), with the variables some
@@ -189,8 +157,7 @@ fn deliberate(v: &mut Value) {
 /// up to the deliberate differences.
 fn compare_corpus(json: bool) {
     let v2 = v2_binary();
-    let mut files = Vec::new();
-    compose_files(&corpus(), &mut files);
+    let files = ic_compose::corpus::files(&corpus());
     assert!(
         files.len() >= 45,
         "corpus shrank: {} compose files",

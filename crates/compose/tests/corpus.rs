@@ -5,6 +5,7 @@
 //! `docker-compose` must be installed (`apt-get install docker-compose`); the test fails, not
 //! skips, without it.
 
+use ic_compose::corpus::dir as corpus;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -14,41 +15,6 @@ use ic_compose::model::placement::Constraint;
 use ic_compose::model::{ByteSize, Duration};
 use ic_compose::{LoadOptions, load};
 use serde_json::Value;
-
-/// The corpus with symlinks resolved: docker-compose 1.29.2 reports paths from its real working
-/// directory, so a `shared/` reached through a link must compare by its real path.
-fn corpus() -> PathBuf {
-    // `../shared/corpus` beside the checkout: the nearest ancestor that has one (a worktree
-    // under /work/wt/NAME finds /work/shared/corpus as /work/main does).
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    manifest
-        .ancestors()
-        .map(|a| a.join("shared/corpus"))
-        .find(|p| p.is_dir())
-        .and_then(|p| std::fs::canonicalize(p).ok())
-        .unwrap_or_else(|| panic!("cannot find shared/corpus beside {}", manifest.display()))
-}
-
-fn compose_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", dir.display()))
-        .flatten()
-        .map(|e| e.path())
-        .collect();
-    entries.sort();
-    for p in entries {
-        if p.is_dir() {
-            compose_files(&p, out);
-        } else {
-            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-            if (name.contains("compose") || name == "docker-stack.yml")
-                && (name.ends_with(".yml") || name.ends_with(".yaml"))
-            {
-                out.push(p);
-            }
-        }
-    }
-}
 
 /// Variables that some corpus files require (`${DOMAIN?...}`), set for both tools.
 fn environment() -> BTreeMap<String, String> {
@@ -98,8 +64,7 @@ const REJECTED_BY_DOCKER_COMPOSE_1_29: &[(&str, &str)] = &[
 
 #[test]
 fn every_corpus_compose_file_loads() {
-    let mut files = Vec::new();
-    compose_files(&corpus(), &mut files);
+    let files = ic_compose::corpus::files(&corpus());
     assert!(
         files.len() >= 45,
         "corpus shrank: {} compose files",
@@ -348,8 +313,7 @@ fn unescape_dollars(v: Value) -> Value {
 
 #[test]
 fn docker_compose_1_29_agrees_on_every_corpus_file_it_loads() {
-    let mut files = Vec::new();
-    compose_files(&corpus(), &mut files);
+    let files = ic_compose::corpus::files(&corpus());
     let mut compared = 0;
     let mut problems = Vec::new();
     for f in &files {
@@ -422,8 +386,7 @@ fn docker_compose_1_29_agrees_on_every_corpus_file_it_loads() {
 #[test]
 fn corpus_restart_policies_are_folded_for_the_planner_and_printed_as_written() {
     use ic_compose::model::RestartCondition;
-    let mut files = Vec::new();
-    compose_files(&corpus(), &mut files);
+    let files = ic_compose::corpus::files(&corpus());
     let mut folded = 0;
     for f in &files {
         let p = load_ours(f).unwrap_or_else(|e| panic!("{}: {e}", rel(f)));
@@ -470,8 +433,7 @@ fn corpus_restart_policies_are_folded_for_the_planner_and_printed_as_written() {
 /// names are explicit), for every corpus file.
 #[test]
 fn rendered_corpus_projects_load_again_unchanged() {
-    let mut files = Vec::new();
-    compose_files(&corpus(), &mut files);
+    let files = ic_compose::corpus::files(&corpus());
     for f in &files {
         let first = load_ours(f).unwrap_or_else(|e| panic!("{}: {e}", rel(f)));
         let yaml = ic_compose::output::to_yaml_string(&first);

@@ -2,39 +2,12 @@
 //! file of the corpus (`../shared/corpus`) that does not need them, the desired state is the
 //! same whatever the pools are, and a file that mounts a volume does need them.
 
+use ic_compose::corpus::dir as corpus;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use ic_compose::{LoadOptions, load};
 use ic_core::plan::{PlanOptions, ServerFacts, desired, storage};
-
-fn corpus() -> PathBuf {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    manifest
-        .ancestors()
-        .map(|a| a.join("shared/corpus"))
-        .find(|p| p.is_dir())
-        .unwrap_or_else(|| panic!("cannot find shared/corpus beside {}", manifest.display()))
-}
-
-fn compose_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", dir.display()))
-        .flatten()
-        .map(|e| e.path())
-        .collect();
-    entries.sort();
-    for p in entries {
-        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-        if p.is_dir() {
-            compose_files(&p, out);
-        } else if (name.contains("compose") || name == "docker-stack.yml")
-            && (name.ends_with(".yml") || name.ends_with(".yaml"))
-        {
-            out.push(p);
-        }
-    }
-}
 
 fn facts(default: &str, pools: &[(&str, &str)]) -> ServerFacts {
     ServerFacts {
@@ -51,8 +24,7 @@ fn facts(default: &str, pools: &[(&str, &str)]) -> ServerFacts {
 
 #[test]
 fn without_volumes_the_desired_state_does_not_depend_on_the_pools() {
-    let mut files = Vec::new();
-    compose_files(&corpus(), &mut files);
+    let files = ic_compose::corpus::files(&corpus());
     let opts = PlanOptions {
         version: "0.1.0".into(),
         ..PlanOptions::default()
