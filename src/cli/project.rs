@@ -260,25 +260,10 @@ impl Context {
             // project's digest key, made once (a project made before keys gets it here: its
             // secrets' and configs' replicas are replaced once, their spec hash changing), and
             // the compose files this run read.
-            let files = (!self.project.files.is_empty()).then(|| self.project.files.join("\n"));
             let written = match engine::random_key() {
                 Ok(fresh) => {
                     engine::lock::edit_project_config(&self.base, &self.incus_project, |config| {
-                        let mut changed = false;
-                        if config
-                            .get(ic_core::keys::DIGEST_KEY)
-                            .is_none_or(|k| ic_core::plan::DigestKey::from_hex(k).is_none())
-                        {
-                            config.insert(ic_core::keys::DIGEST_KEY.to_string(), fresh.to_hex());
-                            changed = true;
-                        }
-                        if let Some(files) = &files
-                            && config.get(LABEL_CONFIG_FILES) != Some(files)
-                        {
-                            config.insert(LABEL_CONFIG_FILES.to_string(), files.clone());
-                            changed = true;
-                        }
-                        changed
+                        self.add_run_keys(config, &fresh)
                     })
                     .await
                     .map_err(anyhow::Error::from)
@@ -293,6 +278,30 @@ impl Context {
             }
         }
         Ok(guard)
+    }
+
+    /// Puts into an Incus project's `config` what a locked run keeps there: the digest key
+    /// (`key`, when the project has no valid one) and the compose files this run read (when
+    /// it read any). Whether anything changed.
+    fn add_run_keys(
+        &self,
+        config: &mut std::collections::BTreeMap<String, String>,
+        key: &ic_core::plan::DigestKey,
+    ) -> bool {
+        let mut changed = false;
+        if config
+            .get(ic_core::keys::DIGEST_KEY)
+            .is_none_or(|k| ic_core::plan::DigestKey::from_hex(k).is_none())
+        {
+            config.insert(ic_core::keys::DIGEST_KEY.to_string(), key.to_hex());
+            changed = true;
+        }
+        let files = self.project.files.join("\n");
+        if !self.project.files.is_empty() && config.get(LABEL_CONFIG_FILES) != Some(&files) {
+            config.insert(LABEL_CONFIG_FILES.to_string(), files);
+            changed = true;
+        }
+        changed
     }
 
     /// Creates the Incus project when it does not exist (another run creating it at the same
@@ -310,13 +319,7 @@ impl Context {
         // once it is locked (see `lock_for_up`).
         let mut config = ic_core::plan::incus_project_config(&self.project.name);
         if let Ok(key) = engine::random_key() {
-            config.insert(ic_core::keys::DIGEST_KEY.to_string(), key.to_hex());
-        }
-        if !self.project.files.is_empty() {
-            config.insert(
-                LABEL_CONFIG_FILES.to_string(),
-                self.project.files.join("\n"),
-            );
+            self.add_run_keys(&mut config, &key);
         }
         let req = ic_incus::ProjectsPost {
             name: self.incus_project.clone(),

@@ -817,17 +817,24 @@ pub(super) async fn create(t: &Target, p: &InstancePlan) -> anyhow::Result<()> {
         .await;
         match result {
             Ok(_) => break,
-            // Ended, but Incus forgot the operation before its result was read (seen with 3 of
-            // 300 creations on a loaded cluster): the instance says how it ended. One this
-            // request made is there once it succeeded (a failed creation removes it).
-            // A retry finds the name taken: an earlier attempt whose error we saw went on and
-            // made it (seen once in 300 creations on a loaded cluster: "UNIQUE constraint
-            // failed"). Ours when it carries every label of the request; then adopted.
-            Err(e) if attempt > 0 && e.is_already_exists() => {
+            // What an earlier attempt, or this one, made unseen: the instance says. Either the
+            // operation ended but Incus forgot it before its result was read (seen with 3 of
+            // 300 creations on a loaded cluster), or a retry finds the name taken because an
+            // attempt whose error we saw went on and made it (seen once in 300: "UNIQUE
+            // constraint failed"). One this request made carries every label of it (a failed
+            // creation removes it) and is adopted; anything else is left alone.
+            Err(e) if e.is_vanished_operation() || (attempt > 0 && e.is_already_exists()) => {
                 match t.project.instance(&p.name).await {
                     Ok(i) if made_by(&req.config, &i.config) => {
-                        adopt(t, &p.name, req.start).await?;
+                        if req.start && !i.is_running() {
+                            adopt(t, &p.name).await?;
+                        }
                         break;
+                    }
+                    Err(n)
+                        if n.is_not_found() && e.is_vanished_operation() && attempt < RETRIES =>
+                    {
+                        attempt += 1;
                     }
                     _ => {
                         return Err(e)
@@ -835,18 +842,6 @@ pub(super) async fn create(t: &Target, p: &InstancePlan) -> anyhow::Result<()> {
                     }
                 }
             }
-            Err(e) if e.is_vanished_operation() => match t.project.instance(&p.name).await {
-                Ok(i) if made_by(&req.config, &i.config) => {
-                    if req.start && !i.is_running() {
-                        start(t, &p.name).await?;
-                    }
-                    break;
-                }
-                Err(n) if n.is_not_found() && attempt < RETRIES => attempt += 1,
-                _ => {
-                    return Err(e).with_context(|| format!("creating {} on {}", p.name, p.member));
-                }
-            },
             Err(e) if attempt < RETRIES && transient(&e) => {
                 attempt += 1;
                 // A half-made instance may be left behind: removed only when this request made
@@ -921,19 +916,13 @@ pub(super) async fn create(t: &Target, p: &InstancePlan) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// An instance an earlier attempt of this creation made: once that attempt's operation
-/// ended (a start is refused while it runs), started when the request started it. Up to
-/// [`ADOPT_TIMEOUT`].
-async fn adopt(t: &Target, name: &str, started: bool) -> anyhow::Result<()> {
+/// Starts an instance an earlier attempt of this creation made (and that request would have
+/// started), once that attempt's operation ended: Incus refuses a start while it runs, so
+/// the start is tried again each second for up to [`ADOPT_TIMEOUT`].
+async fn adopt(t: &Target, name: &str) -> anyhow::Result<()> {
     fenced(t).with_context(|| format!("{name} is not started"))?;
-    if !started {
-        return Ok(());
-    }
     let deadline = tokio::time::Instant::now() + ADOPT_TIMEOUT;
     loop {
-        if t.project.instance(name).await?.is_running() {
-            return Ok(());
-        }
         match t.project.start_instance(name).await {
             Ok(()) => return Ok(()),
             Err(e)

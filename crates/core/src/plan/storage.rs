@@ -68,9 +68,9 @@ impl StorageChoice {
 /// Whether planning `project` reads the storage facts (the `default` profile's root pool, the
 /// pools and their drivers, the project's volumes): only when it declares or mounts volumes
 /// (named or anonymous: bind mounts and tmpfs need no pool), uses another service's
-/// (`volumes_from`), has a read-only root or names a pool (`x-incus: {pool}`). Without them, [`choose`] adds no
-/// device and the plan is the same whatever the pools are, so a run may skip reading them
-/// (three requests whose answers grow with the instances: `used_by`).
+/// (`volumes_from`), has a read-only root or names a pool (`x-incus: {pool}`). Without them,
+/// [`choose`] adds no device and the plan is the same whatever the pools are, so a run may
+/// skip reading them (three requests whose answers grow with the instances: `used_by`).
 pub fn needs_facts(project: &Project) -> bool {
     !project.volumes.is_empty()
         || project
