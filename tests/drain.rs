@@ -66,6 +66,7 @@ fn instances(c: &Client, project: &str) -> BTreeMap<String, Instance> {
     block_on(c.with_project(project).instances())
         .expect("list instances")
         .into_iter()
+        .filter(|i| !is_resolver(i))
         .map(|i| (i.name.clone(), i))
         .collect()
 }

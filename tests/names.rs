@@ -1,5 +1,5 @@
-//! Service names that follow what runs (issue 24): a spanning bridge with
-//! `x-incus: {names: resolver}` is served by a resolver on every member (`src/engine/names.rs`),
+//! Service names that follow what runs (issue 24): a spanning bridge's names (by default, as
+//! with `x-incus: {names: resolver}`) are served by a resolver on every member (`src/engine/names.rs`),
 //! fed by file pushes; a replica leaves its name before it is stopped and joins once ready.
 //! A client on the network asks for the service by name every 0.1 s through a start-first
 //! update, a stop-first update, a scale-down and a drain: no request may fail. Under `watch`,
@@ -29,8 +29,14 @@ const CONCURRENT_FIXTURES: usize = 2;
 const ALONE: usize = 1;
 
 /// Three replicas of testapp (healthcheck on the page) and a client, on one network whose
-/// names are served by `names` (`resolver` or `dnsmasq`).
+/// names are served by `names` (`resolver` or `dnsmasq`; `default`: no `x-incus`, the
+/// resolvers).
 fn stack(image: &str, update: &str, replicas: u32, names: &str) -> String {
+    let net = if names == "default" {
+        "{}".to_string()
+    } else {
+        format!("{{x-incus: {{names: {names}}}}}")
+    };
     format!(
         r#"
 name: {{name}}
@@ -52,8 +58,7 @@ services:
     image: testapp/v1
     networks: [net]
 networks:
-  net:
-    x-incus: {{names: {names}}}
+  net: {net}
 "#
     )
 }
@@ -166,7 +171,7 @@ fn a_start_first_update_fails_no_request_by_name() {
 #[test]
 fn a_stop_first_update_fails_no_request_by_name() {
     let (requests, failed, bodies) =
-        update("stop-first", "{parallelism: 1, monitor: 2s}", "resolver");
+        update("stop-first", "{parallelism: 1, monitor: 2s}", "default");
     assert!(requests >= 50, "too few requests: {requests}");
     assert_eq!(failed, 0, "{failed} of {requests} requests by name failed");
     assert_eq!(bodies.last().map(String::as_str), Some("v2"), "{bodies:?}");
@@ -174,7 +179,7 @@ fn a_stop_first_update_fails_no_request_by_name() {
 
 #[test]
 fn a_scale_down_fails_no_request_by_name() {
-    let (requests, failed, _) = scale_down("resolver");
+    let (requests, failed, _) = scale_down("default");
     assert!(requests >= 20, "too few requests: {requests}");
     assert_eq!(failed, 0, "{failed} of {requests} requests by name failed");
 }
@@ -216,7 +221,7 @@ impl Drop for Restore<'_> {
 #[test]
 fn a_drain_fails_no_request_by_name() {
     let f = Fixture::new("drain").at_most(ALONE);
-    f.write(&stack("testapp/v1", "{parallelism: 1}", 3, "resolver"));
+    f.write(&stack("testapp/v1", "{parallelism: 1}", 3, "default"));
     f.ok(&["up", "-d", "--wait"]);
     let _members = MemberTurn::take();
     let (member, moved) = member_without_client(&f);
@@ -224,7 +229,7 @@ fn a_drain_fails_no_request_by_name() {
     let (requests, failed, _) = polled(
         &f,
         &["node", "drain", &member],
-        &format!("drain of {member} ({moved:?} move), names: resolver"),
+        &format!("drain of {member} ({moved:?} move), names: default"),
     );
     for (name, i) in f.instances() {
         eprintln!(
@@ -307,7 +312,7 @@ fn resolved(f: &Fixture, name: &str) -> Vec<String> {
 fn under_watch_a_replica_stopped_from_outside_leaves_the_name_within_5_s_and_comes_back() {
     let f = Fixture::new("watch").at_most(CONCURRENT_FIXTURES);
     // Restarted by watch once stopped.
-    let yaml = stack("testapp/v1", "{parallelism: 1}", 3, "resolver").replace(
+    let yaml = stack("testapp/v1", "{parallelism: 1}", 3, "default").replace(
         "    stop_grace_period: 2s\n",
         "    stop_grace_period: 2s\n    restart: always\n",
     );
@@ -349,7 +354,7 @@ fn under_watch_an_unhealthy_replica_restarted_by_its_restart_policy_comes_back_i
     // Unhealthy once `/sick` holds the start time of the running PID 1: a restart (a new
     // PID 1) makes it healthy again.
     let check = "      test: \"wget -q -O- http://127.0.0.1/ >/dev/null && ip -4 addr show eth0 | grep -q inet\"\n";
-    let yaml = stack("testapp/v1", "{parallelism: 1}", 3, "resolver")
+    let yaml = stack("testapp/v1", "{parallelism: 1}", 3, "default")
         .replace(
             check,
             "      test: \"wget -q -O- http://127.0.0.1/ >/dev/null && ip -4 addr show eth0 | grep -q inet && [ \\\"$$(cat /sick 2>/dev/null)\\\" != \\\"$$(cut -d' ' -f22 /proc/1/stat)\\\" ]\"\n",
@@ -402,6 +407,77 @@ fn under_watch_an_unhealthy_replica_restarted_by_its_restart_policy_comes_back_i
     );
 }
 
+#[test]
+fn under_watch_an_unhealthy_replica_without_a_restart_policy_leaves_the_name_while_it_runs_and_comes_back_once_healthy()
+ {
+    let f = Fixture::new("ill").at_most(CONCURRENT_FIXTURES);
+    // Unhealthy while `/sick` exists; no restart policy: watch leaves it running.
+    let check = "      test: \"wget -q -O- http://127.0.0.1/ >/dev/null && ip -4 addr show eth0 | grep -q inet\"\n";
+    let yaml = stack("testapp/v1", "{parallelism: 1}", 3, "default").replace(
+        check,
+        "      test: \"wget -q -O- http://127.0.0.1/ >/dev/null && ip -4 addr show eth0 | grep -q inet && [ ! -e /sick ]\"\n",
+    );
+    assert!(yaml.contains("/sick"), "the healthcheck was not replaced");
+    f.write(&yaml);
+    f.ok(&["up", "-d", "--wait"]);
+    let web2 = address(&f, "web-2");
+    all_three_resolve(&f);
+    let mut watch = f.spawn(&["watch", "--interval", "30"]);
+    std::thread::sleep(Duration::from_secs(3));
+    let in_web2 = |cmd: &str| {
+        let out = incus(&["exec", "--project", &f.name, "web-2", "--", "sh", "-c", cmd]);
+        assert!(out.status.success(), "{out:?}");
+    };
+    in_web2("touch /sick");
+    let sick = Instant::now();
+    // Two failed probes 2 s apart, plus the prober's next listing (every 5 s) at worst.
+    let gone = wait_until(Duration::from_secs(20), || {
+        !resolved(&f, "web").contains(&web2)
+    });
+    let left_after = sick.elapsed();
+    let others = resolved(&f, "web");
+    let still_running = f.instance("web-2").status == "Running";
+    in_web2("rm /sick");
+    let healthy = Instant::now();
+    let back = wait_until(Duration::from_secs(20), || {
+        resolved(&f, "web").contains(&web2)
+    });
+    let back_after = healthy.elapsed();
+    stop_gently(&mut watch);
+    let out = watch.wait_with_output().expect("watch output");
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    eprintln!(
+        "$ incus-compose watch\n{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!(
+        "FIGURE unhealthy replica out of the name after {:.1} s, back {:.1} s after it was healthy",
+        left_after.as_secs_f64(),
+        back_after.as_secs_f64()
+    );
+    assert!(
+        gone,
+        "web-2 ({web2}) still resolved 20 s after it turned unhealthy"
+    );
+    assert_eq!(
+        others.len(),
+        2,
+        "the two healthy replicas stay in the name: {others:?}"
+    );
+    assert!(
+        still_running,
+        "web-2 was stopped: its service has no restart policy"
+    );
+    assert!(
+        said.contains("left running"),
+        "watch did not report web-2 unhealthy"
+    );
+    assert!(
+        back,
+        "web-2 ({web2}) healthy again, did not come back in the name"
+    );
+}
+
 /// Whether replica `name` answers `http://NAME/` from the client, by its own name (within
 /// 3 s: `timeout`, as the poller does; the image's busybox `wget -T` crashes).
 fn answers_by_name(f: &Fixture, name: &str) -> bool {
@@ -424,7 +500,7 @@ fn under_watch_the_replicas_of_a_killed_member_answer_by_name_within_the_offline
  {
     // Alone: a killed member fails the other tests' requests.
     let f = Fixture::new("killed").at_most(ALONE);
-    f.write(&stack("testapp/v1", "{parallelism: 1}", 3, "resolver"));
+    f.write(&stack("testapp/v1", "{parallelism: 1}", 3, "default"));
     f.ok(&["up", "-d", "--wait"]);
     all_three_resolve(&f);
     let web = f.running("web");

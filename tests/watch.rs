@@ -102,6 +102,7 @@ impl Fixture {
         )
         .expect("list instances")
         .into_iter()
+        .filter(|i| !is_resolver(i))
         .map(|i| (i.name.clone(), i))
         .collect()
     }

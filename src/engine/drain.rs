@@ -518,6 +518,13 @@ async fn run_steps(
             "[!] DNS records not updated after the drain ({e:#}); the next `up` writes them"
         ));
     }
+    // The member resolvers name what runs now (the stopped replicas leave even their own
+    // names); a push that changes nothing is not sent.
+    if let Err(e) = super::names::publish(&t).await {
+        progress.line(&format!(
+            "[!] service names not updated after the drain ({e:#})"
+        ));
+    }
     super::converge::forward_ports(&t, compose, &BTreeSet::new(), false).await;
     totals.failed += outcome2.failed.len();
     totals.moved += moved

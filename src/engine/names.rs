@@ -12,8 +12,10 @@
 //!
 //! A replica is in its service names while it runs, unless it is leaving: [`leave`] (from
 //! `execute::before_stop`, before any replica is stopped) takes it out of every resolver and
-//! [`join`] (from `execute::after_ready`) puts it back. Who is leaving is this process's
-//! knowledge; once stopped, a replica is out by its state.
+//! [`join`] (from `execute::after_ready`) puts it back. Under `watch`, a replica its
+//! healthcheck prober finds unhealthy leaves too, until a probe passes again or it restarts
+//! ([`set_health`]). Who is leaving or unhealthy is this process's knowledge; once stopped,
+//! a replica is out by its state.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -43,12 +45,14 @@ const MAKE_LIMIT: Duration = Duration::from_secs(60);
 /// One resolver network: compose key, port, its `(name, service)` pairs.
 type Net = dns::ResolverNet;
 
-/// Per Incus project: its resolver networks as last planned; replicas leaving; the file last
-/// pushed to each resolver.
+/// Per Incus project: its resolver networks as last planned; replicas leaving; replicas
+/// found unhealthy by `watch`'s prober, with the start (`last_used_at`) they were found
+/// unhealthy in; the file last pushed to each resolver.
 #[derive(Default)]
 struct Known {
     nets: BTreeMap<String, Vec<Net>>,
     leaving: BTreeSet<(String, String)>,
+    unhealthy: BTreeMap<(String, String), String>,
     pushed: BTreeMap<(String, String), String>,
 }
 
@@ -110,8 +114,16 @@ async fn hosts_file(t: &Target, nets: &[Net]) -> anyhow::Result<String> {
         k.leaving.retain(|(p, n)| {
             *p != project || instances.iter().any(|i| &i.name == n && i.is_running())
         });
+        // Unhealthy in a start that is over (it restarted, stopped or is gone): out of the set.
+        k.unhealthy.retain(|(p, n), started| {
+            *p != project
+                || instances
+                    .iter()
+                    .any(|i| &i.name == n && i.is_running() && &i.last_used_at == started)
+        });
         k.leaving
             .iter()
+            .chain(k.unhealthy.keys())
             .filter(|(p, _)| *p == project)
             .map(|(_, n)| n.clone())
             .collect()
@@ -238,6 +250,31 @@ pub async fn join(t: &Target, name: &str) {
     }
 }
 
+/// `watch`'s healthcheck prober found replica `name` (in its start `started`, its
+/// `last_used_at`) unhealthy, or healthy again: it leaves its service names until it is
+/// healthy again or restarts (a new start is named again once ready, as any). Publishes the
+/// change at once when this process knows the project's resolver networks.
+pub async fn set_health(
+    base: &ic_incus::Client,
+    incus_project: &str,
+    name: &str,
+    started: &str,
+    healthy: bool,
+) {
+    let key = (incus_project.to_string(), name.to_string());
+    let changed = {
+        let mut k = known();
+        if healthy {
+            k.unhealthy.remove(&key).is_some()
+        } else {
+            k.unhealthy.insert(key, started.to_string()).as_deref() != Some(started)
+        }
+    };
+    if changed {
+        refresh(base, incus_project).await;
+    }
+}
+
 /// Pushes what runs now for Incus project `incus_project`, without observing it first (watch,
 /// at each event, before it plans): only when this process already knows its resolver
 /// networks (from an earlier plan).
@@ -280,35 +317,33 @@ pub async fn ensure(t: &Target, compose: &str) -> anyhow::Result<()> {
     } else {
         vec![None]
     };
-    for member in members {
+    // Every member's resolver at once.
+    let makes = members.into_iter().filter_map(|member| {
         let name = format!("{PREFIX}{}", member.as_deref().unwrap_or("local"));
         let name: String = name.chars().take(63).collect::<String>();
         let name = name.trim_end_matches('-').to_string();
         let existing = have.iter().find(|i| i.name == name);
         // Running, or on a member that does not answer (it gets the names once it is back).
         if existing.is_some_and(|i| i.is_running() || i.is_stand_in()) {
-            continue;
+            return None;
         }
-        let made = tokio::time::timeout(
-            MAKE_LIMIT,
-            make(
-                t,
-                &name,
-                member.as_deref(),
-                compose,
-                address,
-                existing.is_some(),
-            ),
-        )
-        .await;
-        match made {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => eprintln!("warning: resolver {name} not running: {e:#}"),
-            Err(_) => {
-                eprintln!("warning: resolver {name} not running: no answer in {MAKE_LIMIT:?}")
+        let exists = existing.is_some();
+        Some(async move {
+            let made = tokio::time::timeout(
+                MAKE_LIMIT,
+                make(t, &name, member.as_deref(), compose, address, exists),
+            )
+            .await;
+            match made {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => eprintln!("warning: resolver {name} not running: {e:#}"),
+                Err(_) => {
+                    eprintln!("warning: resolver {name} not running: no answer in {MAKE_LIMIT:?}")
+                }
             }
-        }
-    }
+        })
+    });
+    futures_util::future::join_all(makes).await;
     known().pushed.retain(|(p, _), _| *p != project);
     publish(t).await.map(|_| ())
 }
@@ -371,18 +406,23 @@ async fn make(
 /// Removes the project's resolvers (`down`): a stopped or missing one is fine.
 pub async fn remove_all(t: &Target) -> anyhow::Result<()> {
     let project = t.project.project().unwrap_or("default").to_string();
-    for i in t.project.instances_partial(false).await? {
-        if !i.config.contains_key(LABEL_RESOLVER) {
-            continue;
-        }
-        let _ = t.project.stop_instance(&i.name, -1, true).await;
-        let _ = t
-            .project
-            .wait_instance_status(&i.name, "Stopped", Duration::from_secs(10))
-            .await;
-        if let Ok(op) = t.project.delete_instance(&i.name).await {
-            op.wait().await?;
-        }
+    let all = t.project.instances_partial(false).await?;
+    let removals = all
+        .iter()
+        .filter(|i| i.config.contains_key(LABEL_RESOLVER))
+        .map(|i| async move {
+            let _ = t.project.stop_instance(&i.name, -1, true).await;
+            let _ = t
+                .project
+                .wait_instance_status(&i.name, "Stopped", Duration::from_secs(10))
+                .await;
+            match t.project.delete_instance(&i.name).await {
+                Ok(op) => op.wait().await.map(|_| ()),
+                Err(_) => Ok(()),
+            }
+        });
+    for r in futures_util::future::join_all(removals).await {
+        r?;
     }
     let mut k = known();
     k.pushed.retain(|(p, _), _| *p != project);

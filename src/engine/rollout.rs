@@ -865,8 +865,10 @@ async fn settle_marked(t: &Target, slots: &mut [SlotRun], progress: &Progress) {
     }
 }
 
-/// Plans the project again on a fresh observation and runs only its record writes.
+/// Plans the project again on a fresh observation and runs only its record writes; the member
+/// resolvers get what runs now.
 pub(super) async fn write_records(t: &Target, progress: &Progress) -> anyhow::Result<()> {
+    super::names::publish(t).await?;
     let Some(desired) = &t.desired else {
         return Ok(());
     };

@@ -1041,7 +1041,7 @@ fn probe_unhealthy(
     let prober = w
         .restarts
         .prober
-        .get_or_insert_with(|| Prober::spawn(base.with_project(&w.incus_project)));
+        .get_or_insert_with(|| Prober::spawn(base, &w.incus_project));
     if let Ok(mut c) = prober.checks.lock() {
         *c = checks;
     }
@@ -1057,7 +1057,8 @@ type Shared<T> = std::sync::Arc<std::sync::Mutex<T>>;
 /// A task that runs the healthchecks of one project's running replicas, each at its
 /// `interval` (`start_interval` within `start_period`), counting Docker's way
 /// (`ic_core::health::Tracker`), and reports a replica once when it turns unhealthy (again
-/// after it restarted). Its cost: one instance list every [`PROBER_LIST`], one exec per
+/// after it restarted or passed a probe). An unhealthy replica leaves its service names at
+/// once and comes back when a probe passes (`names::set_health`). Its cost: one instance list every [`PROBER_LIST`], one exec per
 /// probe, at most [`PROBER_PARALLEL`] at once. Stopped when dropped.
 struct Prober {
     checks: Shared<BTreeMap<String, ic_core::health::Check>>,
@@ -1077,10 +1078,15 @@ impl Drop for Prober {
 }
 
 impl Prober {
-    fn spawn(client: Client) -> Prober {
+    fn spawn(base: &Client, incus_project: &str) -> Prober {
         let checks: Shared<BTreeMap<String, ic_core::health::Check>> = Default::default();
         let verdicts: Shared<BTreeMap<String, String>> = Default::default();
-        let task = tokio::spawn(probe_loop(client, checks.clone(), verdicts.clone()));
+        let task = tokio::spawn(probe_loop(
+            base.clone(),
+            incus_project.to_string(),
+            checks.clone(),
+            verdicts.clone(),
+        ));
         Prober {
             checks,
             verdicts,
@@ -1098,11 +1104,13 @@ struct Probed {
 }
 
 async fn probe_loop(
-    client: Client,
+    base: Client,
+    incus_project: String,
     checks: Shared<BTreeMap<String, ic_core::health::Check>>,
     verdicts: Shared<BTreeMap<String, String>>,
 ) {
     use ic_core::health::Health;
+    let client = base.with_project(&incus_project);
     let mut probed: BTreeMap<String, Probed> = BTreeMap::new();
     // (name, service, last_used_at) of running replicas, listed every PROBER_LIST.
     let mut running: Vec<(String, String, String)> = Vec::new();
@@ -1141,11 +1149,12 @@ async fn probe_loop(
                 *p = fresh();
             }
         }
-        // The probes due, at most PROBER_PARALLEL at once.
+        // The probes due, at most PROBER_PARALLEL at once (an unhealthy replica is probed on:
+        // a passing probe brings it back into its names).
         let now = tokio::time::Instant::now();
         let due = probed
             .iter_mut()
-            .filter(|(_, p)| !p.reported && p.probing.due() <= now)
+            .filter(|(_, p)| p.probing.due() <= now)
             .take(PROBER_PARALLEL)
             .map(|(name, p)| {
                 let client = &client;
@@ -1154,9 +1163,15 @@ async fn probe_loop(
                     (name, p, status)
                 }
             });
+        let mut health = Vec::new();
         for (name, p, status) in futures_util::future::join_all(due).await {
-            if status == Some(Health::Unhealthy) {
+            if status == Some(Health::Healthy) && p.reported {
+                p.reported = false;
+                health.push((name.clone(), p.started.clone(), true));
+            }
+            if status == Some(Health::Unhealthy) && !p.reported {
                 p.reported = true;
+                health.push((name.clone(), p.started.clone(), false));
                 if let Ok(mut v) = verdicts.lock() {
                     v.insert(
                         name.clone(),
@@ -1172,9 +1187,11 @@ async fn probe_loop(
                 }
             }
         }
+        for (name, started, healthy) in health {
+            super::names::set_health(&base, &incus_project, &name, &started, healthy).await;
+        }
         let next = probed
             .values()
-            .filter(|p| !p.reported)
             .map(|p| {
                 p.probing
                     .due()

@@ -428,9 +428,18 @@ impl Fixture {
         }
     }
 
-    /// Instances of the Incus project, by name (none when there is no project). Instances on
-    /// members of [`Fixture::offline`] are stand-ins, as Incus lists them.
+    /// Instances of the Incus project but its member resolvers of the service names (see
+    /// [`is_resolver`]), by name (none when there is no project). Instances on members of
+    /// [`Fixture::offline`] are stand-ins, as Incus lists them.
     pub fn instances(&self) -> BTreeMap<String, Instance> {
+        self.all_instances()
+            .into_iter()
+            .filter(|(_, i)| !is_resolver(i))
+            .collect()
+    }
+
+    /// Every instance of the Incus project, member resolvers included.
+    pub fn all_instances(&self) -> BTreeMap<String, Instance> {
         if !self.project_exists() {
             return BTreeMap::new();
         }
@@ -522,13 +531,51 @@ impl Fixture {
     }
 }
 
+/// Whether `i` is one of a project's member resolvers of the service names
+/// (`src/engine/names.rs`): infrastructure of every project with a spanning bridge, one per
+/// member, never a replica (`ps` does not list them either).
+pub fn is_resolver(i: &Instance) -> bool {
+    i.config.contains_key("user.incus-compose.resolver")
+}
+
 impl Fixture {
-    /// The `raw.dnsmasq` of this project's spanning bridge (its DNS records; empty if none).
+    /// The DNS records of this project's spanning bridge, as `host-record=NAME,NAME.incus,ADDRESS`
+    /// lines: its `raw.dnsmasq` (`x-incus: {names: dnsmasq}`), or, when that forwards to the
+    /// member resolvers (the default), the file every running resolver serves (all the same,
+    /// else this fails); empty if none.
     pub fn dns_records(&self) -> String {
-        self.networks()
+        let raw = self
+            .networks()
             .into_iter()
             .find_map(|n| n.config.get("raw.dnsmasq").cloned())
-            .unwrap_or_default()
+            .unwrap_or_default();
+        if !raw.contains("server=//") {
+            return raw;
+        }
+        let project = self.project();
+        let files: std::collections::BTreeSet<String> = self
+            .all_instances()
+            .into_values()
+            .filter(|i| is_resolver(i) && i.is_running())
+            .map(|i| {
+                let bytes =
+                    block_on(project.pull_file(&i.name, "/hosts")).expect("the resolver's file");
+                String::from_utf8_lossy(&bytes).into_owned()
+            })
+            .collect();
+        assert_eq!(files.len(), 1, "the resolvers serve one file: {files:?}");
+        let mut out = String::new();
+        for line in files.iter().next().into_iter().flat_map(|f| f.lines()) {
+            // `PORT ADDRESS NAME NAME.incus ...`
+            let words: Vec<&str> = line.split_whitespace().collect();
+            if words.len() < 3 || line.starts_with('#') {
+                continue;
+            }
+            for name in words[2..].iter().filter(|w| !w.ends_with(".incus")) {
+                out.push_str(&format!("host-record={name},{name}.incus,{}\n", words[1]));
+            }
+        }
+        out
     }
 
     /// Custom volumes of the project in pool `data` (none when there is no project).

@@ -25,11 +25,14 @@ impl Fixture {
         let offline = self.offline.lock().map(|o| o.clone()).unwrap_or_default();
         let c = self.client.with_project(&self.name);
         if offline.is_empty() {
-            return block_on(c.instances_full()).expect("list instances");
+            let mut all = block_on(c.instances_full()).expect("list instances");
+            all.retain(|i| !is_resolver(i));
+            return all;
         }
         // A killed member cannot be asked: its instances stay stand-ins (status Error), the
         // others are read with their state one by one.
         let mut all = block_on(c.instances_with_offline(&offline)).expect("list instances");
+        all.retain(|i| !is_resolver(i));
         for i in &mut all {
             if !offline.contains(&i.location) && i.is_running() {
                 i.state = block_on(c.instance_state(&i.name)).ok();
@@ -48,6 +51,9 @@ impl Fixture {
                 .instances_with_offline(&offline),
         )
         .expect("list instances")
+        .into_iter()
+        .filter(|i| !is_resolver(i))
+        .collect()
     }
 
     /// What each running replica of `service` answers over HTTP, by slot (several

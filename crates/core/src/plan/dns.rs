@@ -109,7 +109,8 @@ pub(crate) fn is_dns_name(name: &str) -> bool {
         })
 }
 
-// Member resolvers (`x-incus: {names: resolver}` on a spanning bridge; `src/engine/names.rs`):
+// Member resolvers (the default on a spanning bridge, `x-incus: {names: resolver}`;
+// `src/engine/names.rs`):
 // every member runs a resolver container of the project, reached by its routed NIC at the
 // same address on every member ([`resolver_address`]), so the bridge's dnsmasq (its config
 // the same on every member) forwards names to the member's own resolver, one port per network
@@ -117,11 +118,13 @@ pub(crate) fn is_dns_name(name: &str) -> bool {
 // file pushed into each resolver ([`resolver_hosts`]): a change restarts nothing and needs no
 // member but the resolver's own.
 
-/// Whether compose network `key` serves its names from the member resolvers
-/// (`x-incus: {names: resolver}`; `dnsmasq`, the default: records in `raw.dnsmasq`).
+/// Whether compose network `key`, a spanning bridge, serves its names from the member
+/// resolvers (`x-incus: {names: resolver}`, the default) or from records in the bridge's
+/// `raw.dnsmasq` (`x-incus: {names: dnsmasq}`: every record change restarts dnsmasq and the
+/// tunnels on every member and needs every member online).
 pub fn wants_resolver(key: &str, net: &Network) -> Result<bool, String> {
     match net.extensions.get("x-incus").and_then(|x| x.get("names")) {
-        None => Ok(false),
+        None => Ok(true),
         Some(v) => match v.as_str() {
             Some("resolver") => Ok(true),
             Some("dnsmasq") => Ok(false),

@@ -76,8 +76,8 @@ services:
     deploy: {replicas: 3}
     networks: [front, back]
 networks:
-  front: {}
-  back: {}
+  front: {x-incus: {names: dnsmasq}}
+  back: {x-incus: {names: dnsmasq}}
 "#;
 
 /// What Incus would hold after `plan`.
@@ -315,6 +315,44 @@ fn records_are_written_once_per_up_and_only_when_they_change() {
     );
 }
 
+/// By default a spanning bridge's names come from the member resolvers: its `raw.dnsmasq`
+/// only forwards to them, is written once with the network, and no scaling writes it again.
+#[test]
+fn by_default_a_spanning_bridge_forwards_its_names_and_scaling_writes_no_network() {
+    let p = load(&STACK.replace("{x-incus: {names: dnsmasq}}", "{}"));
+    let first = plan_up(&p, &facts(), &cluster(), &opts(&[]), &Default::default()).unwrap();
+    let nets = network_creations(&first);
+    for key in ["front", "back"] {
+        let raw = &nets[&naming::span_network_name("shop", key)]["raw.dnsmasq"];
+        let port = dns::resolver_port(key);
+        let address = dns::resolver_address("shop");
+        assert!(
+            raw.contains(&format!("server=//{address}#{port}")),
+            "{key}: {raw}"
+        );
+        assert!(!raw.contains("host-record"), "{key}: {raw}");
+    }
+    let obs = apply(&first, &cluster());
+    for n in [5, 1] {
+        let scaled = plan_up(
+            &p,
+            &facts(),
+            &obs,
+            &opts(&[("app", n)]),
+            &Default::default(),
+        )
+        .unwrap();
+        assert!(
+            !scaled
+                .actions()
+                .any(|a| matches!(a, Action::UpdateNetwork { .. })),
+            "app scaled to {n}: {:?}",
+            scaled.stages
+        );
+        assert!(!scaled.is_empty());
+    }
+}
+
 #[test]
 fn a_vni_held_by_any_network_is_never_given_again() {
     let mut obs = cluster();
@@ -404,7 +442,10 @@ networks:
 fn an_ovn_network_masquerades_through_the_uplink_and_an_internal_one_has_no_uplink() {
     let mut f = facts();
     f.network.ovn_uplink = Some("UPLINK".into());
-    let stack = STACK.replace("  front: {}", "  front: {internal: true}");
+    let stack = STACK.replace(
+        "  front: {x-incus: {names: dnsmasq}}",
+        "  front: {internal: true}",
+    );
     let plan = plan_up(
         &load(&stack),
         &f,
@@ -464,7 +505,10 @@ fn ovn_is_planned_when_the_cluster_has_an_uplink() {
         }
     }
     assert!(plan.warnings.iter().any(|w| w.contains("OVN")));
-    let forced = STACK.replace("  back: {}", "  back: {x-incus: {network: span}}");
+    let forced = STACK.replace(
+        "  back: {x-incus: {names: dnsmasq}}",
+        "  back: {x-incus: {network: span, names: dnsmasq}}",
+    );
     let plan = plan_up(
         &load(&forced),
         &f,
@@ -654,7 +698,7 @@ fn a_creation_left_pending_on_the_members_is_finished_with_a_subnet_and_a_vni() 
 /// Once the old ones are marked replaced, one write names the new replicas only.
 #[test]
 fn a_start_first_update_writes_records_once_after_the_new_replicas_run() {
-    let v1 = "name: shop\nservices:\n  app:\n    image: testapp/v1\n    deploy: {replicas: 2, update_config: {order: start-first}}\n    networks: [back]\nnetworks:\n  back: {}\n";
+    let v1 = "name: shop\nservices:\n  app:\n    image: testapp/v1\n    deploy: {replicas: 2, update_config: {order: start-first}}\n    networks: [back]\nnetworks:\n  back: {x-incus: {names: dnsmasq}}\n";
     let v2 = v1.replace("testapp/v1", "testapp/v2");
     let mut f = facts();
     f.image_aliases.insert("testapp/v2".into());
@@ -725,7 +769,7 @@ fn a_start_first_update_writes_records_once_after_the_new_replicas_run() {
 /// replacement gets its own address on the spanning bridge and the records name it.
 #[test]
 fn a_replacement_for_a_replica_on_an_offline_member_gets_an_address_and_records() {
-    let text = "name: shop\nservices:\n  app:\n    image: testapp/v1\n    deploy: {replicas: 3}\n    networks: [back]\nnetworks:\n  back: {}\n";
+    let text = "name: shop\nservices:\n  app:\n    image: testapp/v1\n    deploy: {replicas: 3}\n    networks: [back]\nnetworks:\n  back: {x-incus: {names: dnsmasq}}\n";
     let p = load(text);
     let first = plan_up(&p, &facts(), &cluster(), &opts(&[]), &Default::default()).unwrap();
     let mut obs = apply(&first, &cluster());
