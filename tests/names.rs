@@ -308,6 +308,43 @@ fn resolved(f: &Fixture, name: &str) -> Vec<String> {
     out
 }
 
+/// Every member runs one resolver of the project, `ps` does not list them, a converged `up`
+/// makes one again where it is missing (then names every replica there), and `down` removes
+/// them all.
+#[test]
+fn every_member_runs_a_resolver_that_a_converged_up_brings_back_and_down_removes() {
+    let f = Fixture::new("res").at_most(CONCURRENT_FIXTURES);
+    f.write(&stack("testapp/v1", "{parallelism: 1}", 3, "default"));
+    f.ok(&["up", "-d", "--wait"]);
+    let resolvers = || -> BTreeMap<String, (String, bool)> {
+        f.all_instances()
+            .into_values()
+            .filter(is_resolver)
+            .map(|i| (i.name.clone(), (i.location.clone(), i.is_running())))
+            .collect()
+    };
+    let first = resolvers();
+    let members: std::collections::BTreeSet<String> =
+        first.values().map(|(m, _)| m.clone()).collect();
+    assert_eq!(first.len(), 3, "{first:?}");
+    assert_eq!(members.len(), 3, "one per member: {first:?}");
+    assert!(first.values().all(|(_, running)| *running), "{first:?}");
+    let ps = f.ok(&["ps", "-a"]);
+    assert!(!ps.contains("ic--names"), "ps lists a resolver: {ps}");
+    let gone = first.keys().next().expect("a resolver").clone();
+    let out = incus(&["delete", "--force", "--project", &f.name, &gone]);
+    assert!(out.status.success(), "{out:?}");
+    f.ok(&["up", "-d"]);
+    assert_eq!(resolvers(), first, "the converged up made {gone} again");
+    all_three_resolve(&f);
+    f.ok(&["down"]);
+    assert!(
+        !f.project_exists() || resolvers().is_empty(),
+        "down left resolvers: {:?}",
+        resolvers()
+    );
+}
+
 #[test]
 fn under_watch_a_replica_stopped_from_outside_leaves_the_name_within_5_s_and_comes_back() {
     let f = Fixture::new("watch").at_most(CONCURRENT_FIXTURES);

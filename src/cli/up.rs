@@ -346,6 +346,7 @@ fn converged(ctx: &Context, p: &Prepared) -> bool {
         && (!ours
             || ctx.project.files.is_empty()
             || config.get(ic_core::keys::LABEL_CONFIG_FILES) == Some(&files))
+        && engine::names::missing(&p.desired, &p.obs).is_empty()
         && !engine::revisions::would_complete(
             config,
             &ctx.project.name,

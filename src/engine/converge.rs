@@ -373,6 +373,13 @@ pub async fn converge(
         if !options.dry_run {
             // Published ports on every member follow the replicas (and members that joined).
             let lease = policy.lock.map(LockGuard::lease);
+            // A member without the project's resolver (it joined, one was deleted) gets one.
+            if !super::names::missing(&desired, &obs).is_empty() {
+                let t = Target::new(base, incus_project, &obs, lease.clone(), Some(&desired));
+                if let Err(e) = super::names::ensure(&t, compose).await {
+                    eprintln!("warning: service names: {e:#}");
+                }
+            }
             let target = Target::new(base, incus_project, &obs, lease, None);
             forward_ports(&target, compose, &BTreeSet::new(), false).await;
         }
@@ -407,13 +414,6 @@ pub async fn converge(
     };
     let mut target = Target::new(base, incus_project, &obs, lease, Some(&desired));
     target.revision = recorder.as_ref().map(|r| r.revision.number);
-    // The member resolvers of the names (engine::names), before replicas come and go, and
-    // again once the plan ran (new members, the names of what runs now).
-    if obs.observed.project_exists
-        && let Err(e) = super::names::ensure(&target, compose).await
-    {
-        eprintln!("warning: service names: {e:#}");
-    }
     // Published ports first leave the replicas the plan stops or removes (a rolling update's
     // replicas are followed once it is over), then follow the new ones.
     let leaving: BTreeSet<String> = plan
@@ -428,7 +428,20 @@ pub async fn converge(
     if !leaving.is_empty() {
         forward_ports(&target, compose, &leaving, true).await;
     }
-    let outcome = super::execute_gated(&target, &plan, policy.parallel, policy.gate).await;
+    // The member resolvers of the names (engine::names) made beside the plan's first steps
+    // (a replica that leaves before they run has no name to leave), and once the plan ran
+    // (new members, the names of what runs now).
+    let resolvers = async {
+        if obs.observed.project_exists
+            && let Err(e) = super::names::ensure(&target, compose).await
+        {
+            eprintln!("warning: service names: {e:#}");
+        }
+    };
+    let (outcome, ()) = tokio::join!(
+        super::execute_gated(&target, &plan, policy.parallel, policy.gate),
+        resolvers
+    );
     if let Err(e) = super::names::ensure(&target, compose).await {
         eprintln!("warning: service names: {e:#}");
     }

@@ -58,6 +58,11 @@ struct Known {
 
 static KNOWN: LazyLock<Mutex<Known>> = LazyLock::new(Mutex::default);
 
+/// One publication at a time in this process (each reads what runs and who leaves, then
+/// pushes): a push never lands after a later one, so a replica that left is never named
+/// again by a file read before it left (`ensure` runs beside the executor's steps).
+static PUBLISHING: LazyLock<tokio::sync::Mutex<()>> = LazyLock::new(Default::default);
+
 fn known() -> std::sync::MutexGuard<'static, Known> {
     KNOWN.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -174,6 +179,7 @@ pub async fn publish(t: &Target) -> anyhow::Result<usize> {
         return Ok(0);
     }
     let project = t.project.project().unwrap_or("default").to_string();
+    let _one = PUBLISHING.lock().await;
     let text = hosts_file(t, &nets).await?;
     let resolvers: Vec<String> = t
         .project
@@ -300,6 +306,21 @@ pub async fn refresh(base: &ic_incus::Client, incus_project: &str) {
     if let Err(e) = publish(&t).await {
         eprintln!("warning: service names not updated: {e:#}");
     }
+}
+
+/// The online members (not evacuated) of a cluster that run no resolver of the project while
+/// what `d` deploys has a resolver network: a converged `up` is not converged then (it takes
+/// the lock and [`ensure`] makes them, e.g. on a member that joined).
+pub fn missing(d: &ic_core::plan::Desired, obs: &super::Observation) -> Vec<String> {
+    if !obs.observed.clustered || !d.networks.iter().any(|n| n.resolver && !n.external) {
+        return Vec::new();
+    }
+    obs.observed
+        .members
+        .iter()
+        .filter(|m| m.online && !m.evacuated && !obs.resolvers_up.contains(&m.name))
+        .map(|m| m.name.clone())
+        .collect()
 }
 
 /// Makes sure every online member runs the project's resolver (when what `t` deploys has a

@@ -24,6 +24,9 @@ pub struct Observation {
     /// record them ([`super::spanning::LINKS_KEY`]) when that differs from what it holds;
     /// `None`: nothing to record (not probed, or the record is up to date).
     pub links_to_record: Option<String>,
+    /// The project's member resolvers of the service names (`engine::names`): their members,
+    /// those running or on a member that does not answer (stand-ins).
+    pub resolvers_up: BTreeSet<String>,
 }
 
 fn member_of(m: &ic_incus::ClusterMember, instances: u32) -> Member {
@@ -287,6 +290,7 @@ async fn observe_with(
         .collect();
 
     let mut instances = Vec::new();
+    let mut resolvers_up = BTreeSet::new();
     let mut volumes = Vec::new();
     if project.is_some() {
         // Instances on offline members are listed as stand-ins (no configuration): kept so,
@@ -305,7 +309,13 @@ async fn observe_with(
             .with_context(|| format!("cannot list instances of Incus project {incus_project:?}"))?
             .into_iter()
             // The member resolvers are no replicas (see `engine::names`).
-            .filter(|i| !super::names::is_resolver(&i.name, &i.config))
+            .filter(|i| {
+                let resolver = super::names::is_resolver(&i.name, &i.config);
+                if resolver && (i.is_running() || i.is_stand_in()) {
+                    resolvers_up.insert(i.location.clone());
+                }
+                !resolver
+            })
             .map(|i| ObservedInstance {
                 running: i.is_running(),
                 name: i.name,
@@ -406,6 +416,7 @@ async fn observe_with(
         remotes,
         oci_cached,
         links_to_record,
+        resolvers_up,
     })
 }
 
