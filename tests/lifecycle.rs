@@ -413,3 +413,81 @@ services:
     );
     assert!(!f.project_exists(), "pull made the Incus project");
 }
+
+/// A replica's IPv4 address on its `eth0`.
+fn address_of(f: &Fixture, service: &str, index: u32) -> String {
+    let (code, out) = f.sh(service, index, "ip -4 -o addr show eth0");
+    assert_eq!(code, 0, "{service}-{index}: {out}");
+    out.split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)
+        .and_then(|a| a.split('/').next())
+        .unwrap_or_else(|| panic!("{service}-{index} has no address: {out}"))
+        .to_string()
+}
+
+/// On a single server too (plain bridges), a replica reaches its own network's instances and
+/// nothing of another network of its project or of another project, by address, either way
+/// (every bridge carries its project's network ACL, ingress rejected; Incus routes between
+/// bridges otherwise). The cluster's side is `tests/network.rs` and `tests/egress.rs`.
+#[test]
+fn a_replica_reaches_its_own_networks_instances_and_not_another_networks_or_projects() {
+    let f = Fixture::new("iso").at_most(CONCURRENT_FIXTURES);
+    f.write(
+        r#"
+name: {name}
+services:
+  a:
+    image: testapp/v1
+    deploy: {replicas: 2}
+    networks: [na]
+  b:
+    image: testapp/v1
+    networks: [nb]
+networks:
+  na: {}
+  nb: {}
+"#,
+    );
+    f.ok(&["up", "-d"]);
+    let other = Fixture::new("iso2");
+    other.write(
+        r#"
+name: {name}
+services:
+  a:
+    image: testapp/v1
+    networks: [na]
+networks:
+  na: {}
+"#,
+    );
+    other.ok(&["up", "-d"]);
+    let a2 = address_of(&f, "a", 2);
+    let b1 = address_of(&f, "b", 1);
+    let x1 = address_of(&other, "a", 1);
+    let a1 = address_of(&f, "a", 1);
+    // The positive control: its own network, by address and by name.
+    assert_eq!(
+        f.fetch("a", 1, &format!("http://{a2}/")).as_deref(),
+        Some("v1"),
+        "a-1 -> a-2 at {a2}"
+    );
+    assert_eq!(f.fetch("a", 1, "http://a-2/").as_deref(), Some("v1"));
+    assert!(
+        !f.reaches("a", 1, &format!("http://{b1}/")),
+        "a-1 reached network nb's b-1 at {b1}"
+    );
+    assert!(
+        !f.reaches("b", 1, &format!("http://{a1}/")),
+        "b-1 reached network na's a-1 at {a1}"
+    );
+    assert!(
+        !f.reaches("a", 1, &format!("http://{x1}/")),
+        "a-1 reached the other project's a-1 at {x1}"
+    );
+    assert!(
+        !other.reaches("a", 1, &format!("http://{a1}/")),
+        "the other project's a-1 reached {a1}"
+    );
+}

@@ -391,6 +391,9 @@ async fn make(
                 ("raw.lxc".into(), "lxc.init.cmd = /ic-resolver".into()),
                 ("boot.autostart".into(), "true".into()),
                 ("limits.memory".into(), "32MiB".into()),
+                // Never migrated by an evacuation: two resolvers with one routed address on a
+                // member would clash; the member's own comes back with it.
+                ("cluster.evacuate".into(), "stop".into()),
             ]),
             devices: BTreeMap::from([(
                 "eth0".to_string(),
