@@ -457,18 +457,24 @@ fn under_watch_an_unhealthy_replica_without_a_restart_policy_leaves_the_name_whi
     assert!(yaml.contains("/sick"), "the healthcheck was not replaced");
     f.write(&yaml);
     f.ok(&["up", "-d", "--wait"]);
+    let up = Instant::now();
     let web2 = address(&f, "web-2");
     all_three_resolve(&f);
     let mut watch = f.spawn(&["watch", "--interval", "30"]);
-    std::thread::sleep(Duration::from_secs(3));
+    // Failed probes count once the `start_period` (20 s) is over, as Docker counts them.
+    std::thread::sleep(
+        Duration::from_secs(21)
+            .saturating_sub(up.elapsed())
+            .max(Duration::from_secs(3)),
+    );
     let in_web2 = |cmd: &str| {
         let out = incus(&["exec", "--project", &f.name, "web-2", "--", "sh", "-c", cmd]);
         assert!(out.status.success(), "{out:?}");
     };
     in_web2("touch /sick");
     let sick = Instant::now();
-    // Two failed probes 2 s apart, plus the prober's next listing (every 5 s) at worst.
-    let gone = wait_until(Duration::from_secs(20), || {
+    // Two failed probes 2 s apart (`retries: 2`, `interval: 2s`), then one push.
+    let gone = wait_until(Duration::from_secs(10), || {
         !resolved(&f, "web").contains(&web2)
     });
     let left_after = sick.elapsed();

@@ -61,11 +61,33 @@ pub fn run(global: &GlobalArgs, args: &DownArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
         let target = ctx.target(&obs);
-        // The member resolvers of the service names go first (they are no replicas).
-        if let Err(e) = engine::names::remove_all(&target).await {
+        // The member resolvers of the service names (no replicas) go beside the replicas;
+        // the Incus project, which must be empty, after both.
+        let (last, body): (Vec<_>, Vec<_>) = plan.stages.iter().cloned().partition(|s| {
+            s.actions
+                .iter()
+                .all(|a| matches!(a, ic_core::plan::Action::RemoveProject { .. }))
+        });
+        let body = ic_core::plan::Plan {
+            stages: body,
+            ..plan.clone()
+        };
+        let (outcome, resolvers) = tokio::join!(
+            engine::execute(&target, &body, args.parallel),
+            engine::names::remove_all(&target)
+        );
+        if let Err(e) = resolvers {
             eprintln!("warning: removing the service name resolvers: {e:#}");
         }
-        let outcome = engine::execute(&target, &plan, args.parallel).await;
+        if !outcome.ok() {
+            outcome.report_failures("down", None);
+            return Ok(ExitCode::FAILURE);
+        }
+        let last = ic_core::plan::Plan {
+            stages: last,
+            ..plan.clone()
+        };
+        let outcome = engine::execute(&target, &last, args.parallel).await;
         if outcome.ok() {
             Ok(ExitCode::SUCCESS)
         } else {

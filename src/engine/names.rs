@@ -427,9 +427,12 @@ async fn make(
     Ok(())
 }
 
-/// Removes the project's resolvers (`down`): a stopped or missing one is fine.
+/// Removes the project's resolvers (`down`, beside the removal of its replicas): a stopped or
+/// missing one is fine. From the start, no replica of the project leaves its names first in
+/// this process (the whole project goes: nothing to push, no settle).
 pub async fn remove_all(t: &Target) -> anyhow::Result<()> {
     let project = t.project.project().unwrap_or("default").to_string();
+    known().nets.insert(project.clone(), Vec::new());
     let all = t.project.instances_partial(false).await?;
     let removals = all
         .iter()
