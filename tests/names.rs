@@ -262,6 +262,18 @@ fn stop_gently(watch: &mut Child) {
     let _ = watch.kill();
 }
 
+/// Stops `watch` ([`stop_gently`]) and prints what it said; its stdout.
+fn finish_watch(mut watch: Child) -> String {
+    stop_gently(&mut watch);
+    let out = watch.wait_with_output().expect("watch output");
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    eprintln!(
+        "$ incus-compose watch\n{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    said
+}
+
 /// Replica `name`'s address on the stack's network.
 fn address(f: &Fixture, name: &str) -> String {
     f.instance(name)
@@ -357,7 +369,7 @@ fn under_watch_a_replica_stopped_from_outside_leaves_the_name_within_5_s_and_com
     f.ok(&["up", "-d", "--wait"]);
     let web2 = address(&f, "web-2");
     all_three_resolve(&f);
-    let mut watch = f.spawn(&["watch", "--interval", "30"]);
+    let watch = f.spawn(&["watch", "--interval", "30"]);
     std::thread::sleep(Duration::from_secs(3));
     let out = incus(&["stop", "--force", "--project", &f.name, "web-2"]);
     assert!(out.status.success());
@@ -370,13 +382,7 @@ fn under_watch_a_replica_stopped_from_outside_leaves_the_name_within_5_s_and_com
     let back = wait_until(Duration::from_secs(60), || {
         resolved(&f, "web").contains(&web2)
     });
-    stop_gently(&mut watch);
-    let out = watch.wait_with_output().expect("watch output");
-    eprintln!(
-        "$ incus-compose watch\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    finish_watch(watch);
     eprintln!(
         "FIGURE stopped replica out of the name after {:.1} s",
         took.as_secs_f64()
@@ -405,7 +411,7 @@ fn under_watch_an_unhealthy_replica_restarted_by_its_restart_policy_comes_back_i
     f.ok(&["up", "-d", "--wait"]);
     let web2 = address(&f, "web-2");
     all_three_resolve(&f);
-    let mut watch = f.spawn(&["watch", "--interval", "30"]);
+    let watch = f.spawn(&["watch", "--interval", "30"]);
     std::thread::sleep(Duration::from_secs(3));
     let out = incus(&[
         "exec",
@@ -426,13 +432,7 @@ fn under_watch_an_unhealthy_replica_restarted_by_its_restart_policy_comes_back_i
         && wait_until(Duration::from_secs(60), || {
             resolved(&f, "web").contains(&web2)
         });
-    stop_gently(&mut watch);
-    let out = watch.wait_with_output().expect("watch output");
-    let said = String::from_utf8_lossy(&out.stdout).to_string();
-    eprintln!(
-        "$ incus-compose watch\n{said}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let said = finish_watch(watch);
     assert!(gone, "web-2 ({web2}) never left the name");
     assert!(
         said.contains("web-2 restarted: it was unhealthy"),
@@ -460,7 +460,7 @@ fn under_watch_an_unhealthy_replica_without_a_restart_policy_leaves_the_name_whi
     let up = Instant::now();
     let web2 = address(&f, "web-2");
     all_three_resolve(&f);
-    let mut watch = f.spawn(&["watch", "--interval", "30"]);
+    let watch = f.spawn(&["watch", "--interval", "30"]);
     // Failed probes count once the `start_period` (20 s) is over, as Docker counts them.
     std::thread::sleep(
         Duration::from_secs(21)
@@ -486,13 +486,7 @@ fn under_watch_an_unhealthy_replica_without_a_restart_policy_leaves_the_name_whi
         resolved(&f, "web").contains(&web2)
     });
     let back_after = healthy.elapsed();
-    stop_gently(&mut watch);
-    let out = watch.wait_with_output().expect("watch output");
-    let said = String::from_utf8_lossy(&out.stdout).to_string();
-    eprintln!(
-        "$ incus-compose watch\n{said}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let said = finish_watch(watch);
     eprintln!(
         "FIGURE unhealthy replica out of the name after {:.1} s, back {:.1} s after it was healthy",
         left_after.as_secs_f64(),
@@ -551,7 +545,7 @@ fn under_watch_the_replicas_of_a_killed_member_answer_by_name_within_the_offline
     let lost_addresses: Vec<String> = lost.iter().map(|n| address(&f, n)).collect();
     let threshold = offline_threshold();
     let grace = 5;
-    let mut watch = f.spawn(&["watch", "--interval", "2", "--grace", &grace.to_string()]);
+    let watch = f.spawn(&["watch", "--interval", "2", "--grace", &grace.to_string()]);
     std::thread::sleep(Duration::from_secs(3));
     let k = member.trim_start_matches("node").to_string();
     let mut killed = Killed::kill(&k);
@@ -591,13 +585,7 @@ fn under_watch_the_replicas_of_a_killed_member_answer_by_name_within_the_offline
         }
         ok
     });
-    stop_gently(&mut watch);
-    let out = watch.wait_with_output().expect("watch output");
-    eprintln!(
-        "$ incus-compose watch\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    finish_watch(watch);
     if let Some((began, ended)) = found {
         eprintln!(
             "FIGURE killed member ({member}, {lost:?}) -> replacements answer by name: found by the check of {:.1}-{:.1} s after the kill (offline threshold {threshold} s + grace {grace} s)",
