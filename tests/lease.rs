@@ -130,11 +130,14 @@ fn an_update_killed_half_way_is_completed_by_the_next_up() {
     assert!(f.run(&["up", "-d"]).status.success());
     assert_eq!(f.revisions(), [(1, "completed".to_string())]);
     f.write(&V1.replace("testapp/v1", "testapp/v2"));
+    // What the killed run said, shown when the check below fails.
+    let said = std::env::temp_dir().join(format!("{}-update.log", f.name));
+    let log = std::fs::File::create(&said).expect("a log file");
     let mut update = f
         .command(&["up", "-d"])
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stdout(log.try_clone().expect("the log file"))
+        .stderr(log)
         .spawn()
         .expect("spawn");
     // Killed once revision 2 is recorded and the update is under way.
@@ -148,10 +151,11 @@ fn an_update_killed_half_way_is_completed_by_the_next_up() {
     std::thread::sleep(Duration::from_secs(4));
     update.kill().expect("kill -9");
     let _ = update.wait();
+    let said = std::fs::read_to_string(&said).unwrap_or_default();
     assert_eq!(
         f.revisions(),
         [(1, "completed".to_string()), (2, "in-progress".to_string())],
-        "the killed update left revision 2 in progress"
+        "the killed update left revision 2 in progress; it said:\n{said}"
     );
     // Its lease ends by expiry; the next up waits for it, then finishes the update.
     let out = f.run(&["up", "-d"]);
