@@ -108,10 +108,10 @@ async fn networks(t: &Target) -> Vec<Net> {
     nets
 }
 
-/// The resolvers' file now: running replicas, each in its service names unless leaving.
-async fn hosts_file(t: &Target, nets: &[Net]) -> anyhow::Result<String> {
+/// The resolvers' file now (`instances`: the project's, as just listed): running replicas,
+/// each in its service names unless leaving.
+fn hosts_file(t: &Target, nets: &[Net], instances: &[ic_incus::Instance]) -> String {
     let project = t.project.project().unwrap_or("default").to_string();
-    let instances = t.project.instances_partial(false).await?;
     let leaving: BTreeSet<String> = {
         let mut k = known();
         // One that left and has stopped (or is gone) is out by its state: forgotten, so that a
@@ -135,7 +135,7 @@ async fn hosts_file(t: &Target, nets: &[Net]) -> anyhow::Result<String> {
     };
     let mut nets = nets.to_vec();
     let mut replicas = Vec::new();
-    for i in &instances {
+    for i in instances {
         let Some(service) = i.config.get(LABEL_SERVICE) else {
             continue;
         };
@@ -165,7 +165,7 @@ async fn hosts_file(t: &Target, nets: &[Net]) -> anyhow::Result<String> {
         });
     }
     let serving = |r: &NamedReplica| !leaving.contains(&r.name);
-    Ok(dns::resolver_hosts(&nets, &replicas, &serving))
+    dns::resolver_hosts(&nets, &replicas, &serving)
 }
 
 /// Pushes the current file into every resolver that runs (those whose copy differs). A
@@ -180,14 +180,13 @@ pub async fn publish(t: &Target) -> anyhow::Result<usize> {
     }
     let project = t.project.project().unwrap_or("default").to_string();
     let _one = PUBLISHING.lock().await;
-    let text = hosts_file(t, &nets).await?;
-    let resolvers: Vec<String> = t
-        .project
-        .instances_partial(false)
-        .await?
-        .into_iter()
+    // One listing gives both the replicas to name and the resolvers to push to.
+    let instances = t.project.instances_partial(false).await?;
+    let text = hosts_file(t, &nets, &instances);
+    let resolvers: Vec<String> = instances
+        .iter()
         .filter(|i| i.config.contains_key(LABEL_RESOLVER) && i.is_running())
-        .map(|i| i.name)
+        .map(|i| i.name.clone())
         .collect();
     let pushes = resolvers.iter().filter_map(|r| {
         let key = (project.clone(), r.clone());
