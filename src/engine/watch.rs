@@ -1058,8 +1058,9 @@ type Shared<T> = std::sync::Arc<std::sync::Mutex<T>>;
 /// `interval` (`start_interval` within `start_period`), counting Docker's way
 /// (`ic_core::health::Tracker`), and reports a replica once when it turns unhealthy (again
 /// after it restarted or passed a probe). An unhealthy replica leaves its service names at
-/// once and comes back when a probe passes (`names::set_health`). Its cost: one instance list every [`PROBER_LIST`], one exec per
-/// probe, at most [`PROBER_PARALLEL`] at once. Stopped when dropped.
+/// once and comes back when a probe passes (`names::set_health`). Its cost: one instance
+/// list every [`PROBER_LIST`], one exec per probe, at most [`PROBER_PARALLEL`] at once.
+/// Stopped when dropped.
 struct Prober {
     checks: Shared<BTreeMap<String, ic_core::health::Check>>,
     verdicts: Shared<BTreeMap<String, String>>,
@@ -1096,7 +1097,7 @@ impl Prober {
 }
 
 /// One replica's probing (`engine::readiness`) since its start (`last_used_at`), and whether
-/// it was reported unhealthy since that start.
+/// it is reported unhealthy (since its last passing probe in that start).
 struct Probed {
     started: String,
     probing: Probing,
